@@ -1,0 +1,44 @@
+# edgepack: `make demo` and `make test` set everything up on a fresh machine, then run.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup kernels demo test test-python test-c lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): setup.py pyproject.toml requirements.txt scripts/setup-system.sh
+	bash scripts/setup-system.sh
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-build-isolation --no-deps -e .
+	touch $(STAMP)
+
+# Rebuild the host C libraries into runtime_kernels/lib (incremental; the editable install
+# loads them from there).
+kernels: $(STAMP)
+	cmake -S runtime_kernels -B build/host -DCMAKE_BUILD_TYPE=Release > /dev/null
+	cmake --build build/host -j 2 > /dev/null
+
+demo: kernels
+	$(BIN)/edgepack demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+# C tests under ASan + UBSan, then cross-compiled for aarch64 and run under qemu.
+test-c: $(STAMP)
+	bash runtime_kernels/scripts/ci_native.sh
+	bash runtime_kernels/scripts/ci_aarch64.sh
+
+test-python: kernels
+	$(BIN)/python -m pytest
+
+test: lint test-c test-python
+
+bench: kernels
+	$(BIN)/python -m edgepack.benchmarks.layers
+
+clean:
+	rm -rf $(VENV) build runtime_kernels/lib *.egg-info

@@ -1,0 +1,1 @@
+"""The benchmark harness: latency, memory, energy, accuracy; results files and reports."""

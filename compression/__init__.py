@@ -1,0 +1,28 @@
+"""Compressed torch layers and the ``compress(model, recipe)`` entry point."""
+
+from .circulant import CirculantLinear
+from .hashed import HashedConv2d, HashedLinear
+from .hashing import hash_indices
+from .ldr import LDRLinear
+from .recipe import (
+    METHODS,
+    CompressionReport,
+    LayerReport,
+    compress,
+    compressed_size_bytes,
+    load_recipe,
+)
+
+__all__ = [
+    "METHODS",
+    "CirculantLinear",
+    "CompressionReport",
+    "HashedConv2d",
+    "HashedLinear",
+    "LDRLinear",
+    "LayerReport",
+    "compress",
+    "compressed_size_bytes",
+    "hash_indices",
+    "load_recipe",
+]

@@ -1,0 +1,1 @@
+"""Where a benchmark runs (local, ssh, adb, qemu) and how power is read. Not built yet."""

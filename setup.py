@@ -1,0 +1,68 @@
+"""Build edgepack: map the repository's folders into one import package and build the C kernels.
+
+Each top-level folder becomes a sub-package of ``edgepack`` (the technique ExecuTorch's setup
+uses), so nothing generic such as ``devices`` lands in site-packages on its own.
+"""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from setuptools import setup
+from setuptools.command.build_py import build_py
+
+ROOT = Path(__file__).resolve().parent
+SUBPACKAGES = ["compression", "exporter", "runtime_kernels", "devices", "benchmarks", "kws"]
+KERNEL_LIBS = ["libedgepack_kernels.so"]
+
+
+def build_kernels(lib_dir: Path) -> None:
+    """Configure and build the host C libraries with CMake, placing them in ``lib_dir``."""
+    source = ROOT / "runtime_kernels"
+    if not (source / "CMakeLists.txt").exists():
+        return
+    build_dir = ROOT / "build" / "host"
+    subprocess.check_call([
+        "cmake", "-S", str(source), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
+        f"-DEDGEPACK_PYTHON_LIB_DIR={lib_dir}",
+    ])
+    jobs = str(os.cpu_count() or 1)
+    subprocess.check_call(["cmake", "--build", str(build_dir), "-j", jobs])
+
+
+class BuildPyWithKernels(build_py):
+    """build_py that also builds the C kernels and ships them inside the package."""
+
+    def run(self):
+        source_lib = ROOT / "runtime_kernels" / "lib"
+        build_kernels(source_lib)
+        super().run()
+        if self.editable_mode:
+            return
+        target = Path(self.build_lib) / "edgepack" / "runtime_kernels" / "lib"
+        target.mkdir(parents=True, exist_ok=True)
+        for name in KERNEL_LIBS:
+            if (source_lib / name).exists():
+                shutil.copy2(source_lib / name, target / name)
+
+
+setup(
+    name="edgepack",
+    version="0.1.0",
+    description="Compress PyTorch models and run them fast on phones, ARM boards and MCUs.",
+    python_requires=">=3.10",
+    packages=["edgepack"] + [f"edgepack.{name}" for name in SUBPACKAGES],
+    package_dir={"edgepack": "edgepack", **{f"edgepack.{n}": n for n in SUBPACKAGES}},
+    install_requires=[
+        "torch>=2.2",
+        "numpy>=1.24",
+        "xxhash>=3.0",
+        "pyyaml>=6.0",
+        "rich>=13.0",
+        "scikit-learn>=1.3",
+    ],
+    entry_points={"console_scripts": ["edgepack=edgepack.cli:main"]},
+    cmdclass={"build_py": BuildPyWithKernels},
+    zip_safe=False,
+)
