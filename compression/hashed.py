@@ -72,13 +72,14 @@ class _HashedLayer(nn.Module):
 
     def _virtual_matrix(self) -> torch.Tensor:
         """Decode the rows × virtual_cols matrix from the buckets."""
-        values = self.buckets[self.hash_index] * self.hash_sign  # (K, rows·cols)
+        k = self.num_hashes
+        values = self.buckets.index_select(0, self.hash_index.view(-1)).view(k, -1) * self.hash_sign
         if self.recon is None:
             flat = values[0]
         else:
-            k, h = self.num_hashes, self.recon_hidden
+            h = self.recon_hidden
             w1, b1, w2, b2 = torch.split(self.recon, [h * k, h, h, 1])
-            hidden = torch.relu(w1.view(h, k) @ values + b1[:, None])
+            hidden = torch.addmm(b1[:, None], w1.view(h, k), values).relu_()  # (H, rows·cols)
             flat = w2 @ hidden + b2
         return flat.view(self.rows, self.virtual_cols)
 
