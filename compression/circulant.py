@@ -21,6 +21,15 @@ def circulant_index(b: int) -> torch.Tensor:
     return (r[:, None] - r[None, :]) % b
 
 
+def circulant_product(x: torch.Tensor, blocks: torch.Tensor, out_features: int) -> torch.Tensor:
+    """(x zero-padded to q·b) · W_fullᵀ, sliced to ``out_features``, by real FFT."""
+    p, q, b = blocks.shape
+    x = F.pad(x, (0, q * b - x.shape[-1]))
+    x_spectrum = torch.fft.rfft(x.unflatten(-1, (q, b)))  # (..., q, b/2+1)
+    y_spectrum = torch.einsum("...qf,pqf->...pf", x_spectrum, torch.fft.rfft(blocks))
+    return torch.fft.irfft(y_spectrum, n=b).flatten(-2)[..., :out_features]
+
+
 class CirculantLinear(nn.Module):
     """Linear layer with a block-circulant weight of block size b (a power of two >= 4)."""
 
@@ -46,14 +55,9 @@ class CirculantLinear(nn.Module):
         self.register_buffer("input_signs", signs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b = self.block_size
         if self.input_signs is not None:
             x = x * self.input_signs
-        x = F.pad(x, (0, self.q * b - self.in_features))
-        x_spectrum = torch.fft.rfft(x.unflatten(-1, (self.q, b)))  # (..., q, b/2+1)
-        w_spectrum = torch.fft.rfft(self.blocks)  # (p, q, b/2+1)
-        y_spectrum = torch.einsum("...qf,pqf->...pf", x_spectrum, w_spectrum)
-        y = torch.fft.irfft(y_spectrum, n=b).flatten(-2)[..., : self.out_features]
+        y = circulant_product(x, self.blocks, self.out_features)
         return y if self.bias is None else y + self.bias
 
     def dense_weight(self) -> torch.Tensor:

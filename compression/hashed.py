@@ -21,6 +21,19 @@ from .hashing import hash_indices
 from .validation import require
 
 
+def decode_virtual(buckets: torch.Tensor, recon: torch.Tensor | None, index: torch.Tensor,
+                   sign: torch.Tensor) -> torch.Tensor:
+    """Flat virtual weights from buckets, given hash ``index`` and ``sign`` of shape (K, M)."""
+    k = index.shape[0]
+    values = buckets.index_select(0, index.reshape(-1)).view(k, -1) * sign
+    if recon is None:
+        return values[0]
+    h = (recon.numel() - 1) // (k + 2)
+    w1, b1, w2, b2 = torch.split(recon, [h * k, h, h, 1])
+    hidden = torch.addmm(b1[:, None], w1.view(h, k), values).relu_()  # (H, M)
+    return w2 @ hidden + b2
+
+
 class _HashedLayer(nn.Module):
     """Shared state of the hashed layers: buckets, reconstruction MLP, hash caches, bias."""
 
@@ -72,15 +85,7 @@ class _HashedLayer(nn.Module):
 
     def _virtual_matrix(self) -> torch.Tensor:
         """Decode the rows × virtual_cols matrix from the buckets."""
-        k = self.num_hashes
-        values = self.buckets.index_select(0, self.hash_index.view(-1)).view(k, -1) * self.hash_sign
-        if self.recon is None:
-            flat = values[0]
-        else:
-            h = self.recon_hidden
-            w1, b1, w2, b2 = torch.split(self.recon, [h * k, h, h, 1])
-            hidden = torch.addmm(b1[:, None], w1.view(h, k), values).relu_()  # (H, rows·cols)
-            flat = w2 @ hidden + b2
+        flat = decode_virtual(self.buckets, self.recon, self.hash_index, self.hash_sign)
         return flat.view(self.rows, self.virtual_cols)
 
     def _weight_and_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:

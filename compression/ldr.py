@@ -30,6 +30,17 @@ def _twist(n: int, dtype: torch.dtype) -> torch.Tensor:
     return torch.polar(torch.ones_like(angle), angle)
 
 
+def ldr_product(x: torch.Tensor, G: torch.Tensor, H: torch.Tensor, out_features: int) -> torch.Tensor:
+    """(x zero-padded to n) · Wᵀ for W = Σᵢ Z₁(gᵢ)·Z₋₁(hᵢ), sliced to ``out_features``, by FFT."""
+    n = G.shape[-1]
+    twist = _twist(n, H.dtype)
+    x = F.pad(x, (0, n - x.shape[-1]))
+    x_spectrum = torch.fft.fft(x * twist).unsqueeze(-2)  # (..., 1, n)
+    skew = (torch.fft.ifft(x_spectrum * torch.fft.fft(H * twist)) * twist.conj()).real  # Z₋₁(hᵢ)·x
+    y_spectrum = (torch.fft.rfft(skew) * torch.fft.rfft(G)).sum(-2)
+    return torch.fft.irfft(y_spectrum, n=n)[..., :out_features]
+
+
 class LDRLinear(nn.Module):
     """Linear layer with a Toeplitz-like weight of displacement rank ``rank``."""
 
@@ -51,19 +62,8 @@ class LDRLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features).uniform_(-bound, bound)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self._structured_product(x)
+        y = ldr_product(x, self.G, self.H, self.out_features)
         return y if self.bias is None else y + self.bias
-
-    def _structured_product(self, x: torch.Tensor) -> torch.Tensor:
-        """W·x for the last axis of x, by FFT."""
-        n = self.n
-        twist = _twist(n, self.H.dtype)
-        x = F.pad(x, (0, n - self.in_features))
-        x_spectrum = torch.fft.fft(x * twist).unsqueeze(-2)  # (..., 1, n)
-        h_spectrum = torch.fft.fft(self.H * twist)  # (r, n)
-        skew = (torch.fft.ifft(x_spectrum * h_spectrum) * twist.conj()).real  # Z₋₁(hᵢ)·x
-        y_spectrum = (torch.fft.rfft(skew) * torch.fft.rfft(self.G)).sum(-2)
-        return torch.fft.irfft(y_spectrum, n=n)[..., : self.out_features]
 
     def dense_weight(self) -> torch.Tensor:
         """The equivalent dense (out_features, in_features) weight matrix."""
@@ -83,7 +83,7 @@ class LDRLinear(nn.Module):
 
         def closure() -> torch.Tensor:
             optimizer.zero_grad()
-            loss = (self._structured_product(identity).T - target).pow(2).sum()
+            loss = (ldr_product(identity, self.G, self.H, self.out_features).T - target).pow(2).sum()
             loss.backward()
             return loss
 

@@ -1,0 +1,182 @@
+"""Export a (compressed) torch model to ONNX with ai.edgepack ops and standard-op fallbacks.
+
+Stages (ExecuTorch-style): lower — swap each compressed layer for a module that calls one
+edgepack torch custom op; trace — ``torch.onnx.export`` (the dynamo exporter; each custom op
+becomes one ai.edgepack node through a custom translation, everything else standard ONNX);
+finish — attach a model-local FunctionProto per ai.edgepack op so any runtime can run the file,
+inline the compute ops in ``portable`` mode, check the model, save.
+"""
+
+import copy
+import warnings
+from pathlib import Path
+
+import onnx
+import onnx.inliner
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgepack.compression import CirculantLinear, HashedConv2d, HashedLinear, LDRLinear
+
+from . import torch_ops
+from .fallbacks import DOMAIN, FUNCTIONS, STANDARD_OPSET
+
+MODES = ("kernels", "portable")
+# Recon for K = 1 that is exactly the identity: relu(z) − relu(−z) = z (docs/ops.md).
+IDENTITY_RECON = (1.0, -1.0, 0.0, 0.0, 1.0, -1.0, 0.0)
+
+
+def _hashed_tensors(layer) -> tuple[nn.Parameter, torch.Tensor, torch.Tensor]:
+    """Buckets, a recon that is always present, and a bias that is always present."""
+    recon = layer.recon if layer.recon is not None else torch.tensor(IDENTITY_RECON)
+    bias = layer.dense_bias()
+    bias = torch.zeros(layer.rows) if bias is None else bias
+    return layer.buckets, recon.detach().clone(), bias.detach().clone()
+
+
+class LoweredHashedLinear(nn.Module):
+    """HashedLinear as HashedMatMul (kernels) or HashedWeight + Gemm (portable)."""
+
+    def __init__(self, layer: HashedLinear, mode: str, stream: bool = False) -> None:
+        super().__init__()
+        buckets, recon, bias = _hashed_tensors(layer)
+        self.buckets = buckets
+        self.register_buffer("recon", recon)
+        self.register_buffer("bias", bias)
+        self.mode, self.stream = mode, int(stream)
+        self.shape = [layer.out_features, layer.in_features]
+        self.hash = dict(num_hashes=layer.num_hashes, seed=layer.seed, signed=int(layer.signed))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out_features, in_features = self.shape
+        if self.mode == "kernels":
+            return torch.ops.edgepack.hashed_matmul(
+                x, self.buckets, self.recon, self.bias, in_features, out_features,
+                self.hash["num_hashes"], self.hash["seed"], self.hash["signed"], self.stream)
+        weight = torch.ops.edgepack.hashed_weight(self.buckets, self.recon, self.shape, **self.hash)
+        return F.linear(x, weight, self.bias)
+
+
+class LoweredHashedConv2d(nn.Module):
+    """HashedConv2d as HashedWeight + Conv in both modes (there is no fused hashed convolution)."""
+
+    def __init__(self, layer: HashedConv2d) -> None:
+        super().__init__()
+        buckets, recon, bias = _hashed_tensors(layer)
+        self.buckets = buckets
+        self.register_buffer("recon", recon)
+        self.register_buffer("bias", bias)
+        self.layer_shape = [layer.out_channels, layer.in_channels // layer.groups, *layer.kernel_size]
+        self.conv = dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
+                         groups=layer.groups)
+        self.hash = dict(num_hashes=layer.num_hashes, seed=layer.seed, signed=int(layer.signed))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = torch.ops.edgepack.hashed_weight(self.buckets, self.recon, self.layer_shape,
+                                                  **self.hash)
+        return F.conv2d(x, weight, self.bias, **self.conv)
+
+
+class LoweredCirculantLinear(nn.Module):
+    """CirculantLinear as [Mul by the input signs] + CirculantMatMul."""
+
+    def __init__(self, layer: CirculantLinear) -> None:
+        super().__init__()
+        self.blocks = layer.blocks
+        signs = layer.input_signs
+        self.register_buffer("input_signs", None if signs is None else signs.float())
+        bias = layer.bias if layer.bias is not None else torch.zeros(layer.out_features)
+        self.register_buffer("bias", bias.detach().clone())
+        self.sizes = (layer.in_features, layer.out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_signs is not None:
+            x = x * self.input_signs
+        return torch.ops.edgepack.circulant_matmul(x, self.blocks, self.bias, *self.sizes)
+
+
+class LoweredLDRLinear(nn.Module):
+    """LDRLinear as LDRMatMul."""
+
+    def __init__(self, layer: LDRLinear) -> None:
+        super().__init__()
+        self.G, self.H = layer.G, layer.H
+        bias = layer.bias if layer.bias is not None else torch.zeros(layer.out_features)
+        self.register_buffer("bias", bias.detach().clone())
+        self.sizes = (layer.in_features, layer.out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.edgepack.ldr_matmul(x, self.G, self.H, self.bias, *self.sizes)
+
+
+def lower(model: nn.Module, mode: str = "kernels", stream: bool = False) -> nn.Module:
+    """A copy of ``model`` whose compressed layers call the edgepack torch custom ops."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    lowered = copy.deepcopy(model).eval()
+    lowerings = {
+        HashedLinear: lambda layer: LoweredHashedLinear(layer, mode, stream),
+        HashedConv2d: LoweredHashedConv2d,
+        CirculantLinear: LoweredCirculantLinear,
+        LDRLinear: LoweredLDRLinear,
+    }
+    for name, module in list(lowered.named_modules()):
+        make = lowerings.get(type(module))
+        if make is None or not name:
+            continue
+        parent, _, attribute = name.rpartition(".")
+        setattr(lowered.get_submodule(parent), attribute, make(module))
+    if type(lowered) in lowerings:  # the model is itself one compressed layer
+        lowered = lowerings[type(lowered)](lowered)
+    return lowered
+
+
+def _attach_functions(model: onnx.ModelProto, mode: str) -> onnx.ModelProto:
+    """Add one fallback FunctionProto per ai.edgepack op used; inline compute ops if portable."""
+    used = sorted({node.op_type for node in model.graph.node if node.domain == DOMAIN})
+    unknown = set(used) - set(FUNCTIONS)
+    if unknown:
+        raise ValueError(f"exported graph has ai.edgepack ops without a fallback: {sorted(unknown)}")
+    model.functions.extend(FUNCTIONS[name]() for name in used)
+    if mode == "portable":
+        inline = [(DOMAIN, name) for name in used if name != "HashedWeight"]
+        if inline:
+            model = onnx.inliner.inline_selected_functions(model, inline, exclude=False)
+            kept = [f for f in model.functions if (f.domain, f.name) not in set(inline)]
+            del model.functions[:]
+            model.functions.extend(kept)
+    if not any(node.domain == DOMAIN for node in model.graph.node):
+        kept_imports = [o for o in model.opset_import if o.domain != DOMAIN]
+        del model.opset_import[:]
+        model.opset_import.extend(kept_imports)
+    return model
+
+
+def export_onnx(model: nn.Module, example_inputs, path: str | Path, mode: str = "kernels",
+                stream: bool = False, dynamic_batch: bool = True) -> Path:
+    """Export ``model`` to ``path`` (.onnx); see docs/ops.md for the ai.edgepack ops.
+
+    ``mode="kernels"`` emits fused HashedMatMul / CirculantMatMul / LDRMatMul nodes (fast with
+    libedgepack_ort.so, runnable anywhere through their fallback functions); ``"portable"``
+    emits HashedWeight decoders + standard Gemm/Conv, and the structured layers as standard
+    ops. ``stream=True`` asks HashedMatMul kernels to hash on the fly (O(buckets) memory).
+    """
+    lowered = lower(model, mode, stream)
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    example_inputs = tuple(example_inputs)
+    dynamic_shapes = [{0: "batch"} for _ in example_inputs] if dynamic_batch else None
+    torch_ops.register_schemas()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            lowered, example_inputs, dynamo=True, opset_version=STANDARD_OPSET,
+            custom_translation_table=torch_ops.TRANSLATIONS, dynamic_shapes=dynamic_shapes,
+            verbose=False, optimize=True)
+    proto = _attach_functions(program.model_proto, mode)
+    onnx.checker.check_model(proto, full_check=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(proto, path)
+    return path
