@@ -27,10 +27,12 @@ demo: kernels
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-# C tests under ASan + UBSan, then cross-compiled for aarch64 and run under qemu.
+# C tests under ASan + UBSan, then cross-compiled for aarch64 and run under qemu (kernels, and
+# libedgepack_ort with the arm64 libonnxruntime.so from the npm package onnxruntime-node).
 test-c: $(STAMP)
 	bash runtime_kernels/scripts/ci_native.sh
 	bash runtime_kernels/scripts/ci_aarch64.sh
+	bash runtime_kernels/scripts/ci_ort_aarch64.sh
 
 test-python: kernels
 	$(BIN)/python -m pytest

@@ -14,7 +14,6 @@ from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
 SUBPACKAGES = ["compression", "exporter", "runtime_kernels", "devices", "benchmarks", "kws"]
-KERNEL_LIBS = ["libedgepack_kernels.so"]
 
 
 def build_kernels(lib_dir: Path) -> None:
@@ -42,9 +41,8 @@ class BuildPyWithKernels(build_py):
             return
         target = Path(self.build_lib) / "edgepack" / "runtime_kernels" / "lib"
         target.mkdir(parents=True, exist_ok=True)
-        for name in KERNEL_LIBS:
-            if (source_lib / name).exists():
-                shutil.copy2(source_lib / name, target / name)
+        for library in source_lib.glob("lib*.so"):
+            shutil.copy2(library, target / library.name)
 
 
 setup(
@@ -61,6 +59,9 @@ setup(
         "pyyaml>=6.0",
         "rich>=13.0",
         "scikit-learn>=1.3",
+        "onnx>=1.17",
+        "onnxruntime>=1.20",
+        "onnxscript>=0.5",
     ],
     entry_points={"console_scripts": ["edgepack=edgepack.cli:main"]},
     cmdclass={"build_py": BuildPyWithKernels},

@@ -1,5 +1,6 @@
 """Compressed torch layers and the ``compress(model, recipe)`` entry point."""
 
+from .checkpoint import load_checkpoint, save_checkpoint
 from .circulant import CirculantLinear
 from .hashed import HashedConv2d, HashedLinear
 from .hashing import hash_indices
@@ -24,5 +25,7 @@ __all__ = [
     "compress",
     "compressed_size_bytes",
     "hash_indices",
+    "load_checkpoint",
     "load_recipe",
+    "save_checkpoint",
 ]

@@ -92,10 +92,11 @@ class CirculantLinear(nn.Module):
             self.bias.copy_(bias)
 
     @classmethod
-    def from_dense(cls, layer: nn.Linear, **params) -> "CirculantLinear":
+    def from_dense(cls, layer: nn.Linear, initialize: bool = True, **params) -> "CirculantLinear":
         """A block-circulant copy of a trained ``nn.Linear`` (least-squares projection)."""
         new = cls(layer.in_features, layer.out_features, bias=layer.bias is not None, **params)
-        new.init_from_dense(layer.weight, layer.bias)
+        if initialize:
+            new.init_from_dense(layer.weight, layer.bias)
         return new
 
     def extra_repr(self) -> str:

@@ -139,10 +139,11 @@ class HashedLinear(_HashedLayer):
         return F.linear(x, weight, bias)
 
     @classmethod
-    def from_dense(cls, layer: nn.Linear, **params) -> "HashedLinear":
+    def from_dense(cls, layer: nn.Linear, initialize: bool = True, **params) -> "HashedLinear":
         """A hashed copy of a trained ``nn.Linear``, buckets initialised from its weights."""
         new = cls(layer.in_features, layer.out_features, bias=layer.bias is not None, **params)
-        new.init_from_dense(layer.weight, layer.bias)
+        if initialize:
+            new.init_from_dense(layer.weight, layer.bias)
         return new
 
     def extra_repr(self) -> str:
@@ -184,7 +185,7 @@ class HashedConv2d(_HashedLayer):
         return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
     @classmethod
-    def from_dense(cls, layer: nn.Conv2d, **params) -> "HashedConv2d":
+    def from_dense(cls, layer: nn.Conv2d, initialize: bool = True, **params) -> "HashedConv2d":
         """A hashed copy of a trained ``nn.Conv2d`` (zero padding mode only)."""
         if layer.padding_mode != "zeros" or isinstance(layer.padding, str):
             raise ValueError(f"HashedConv2d: padding_mode must be 'zeros' with numeric padding, "
@@ -192,7 +193,8 @@ class HashedConv2d(_HashedLayer):
         new = cls(layer.in_channels, layer.out_channels, layer.kernel_size,
                   bias=layer.bias is not None, stride=layer.stride, padding=layer.padding,
                   dilation=layer.dilation, groups=layer.groups, **params)
-        new.init_from_dense(layer.weight, layer.bias)
+        if initialize:
+            new.init_from_dense(layer.weight, layer.bias)
         return new
 
     def extra_repr(self) -> str:

@@ -96,10 +96,11 @@ class LDRLinear(nn.Module):
         return float(error)
 
     @classmethod
-    def from_dense(cls, layer: nn.Linear, **params) -> "LDRLinear":
+    def from_dense(cls, layer: nn.Linear, initialize: bool = True, **params) -> "LDRLinear":
         """An LDR copy of a trained ``nn.Linear`` (least-squares fit of the generators)."""
         new = cls(layer.in_features, layer.out_features, bias=layer.bias is not None, **params)
-        new.init_from_dense(layer.weight, layer.bias)
+        if initialize:
+            new.init_from_dense(layer.weight, layer.bias)
         return new
 
     def extra_repr(self) -> str:

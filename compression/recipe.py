@@ -87,7 +87,7 @@ def load_recipe(recipe: dict | str | Path) -> dict[str, dict]:
     return recipe
 
 
-def _build(name: str, layer: nn.Module, spec: dict) -> nn.Module:
+def _build(name: str, layer: nn.Module, spec: dict, initialize: bool) -> nn.Module:
     params = dict(spec)
     method = params.pop("method", None)
     if method not in METHODS:
@@ -100,20 +100,20 @@ def _build(name: str, layer: nn.Module, spec: dict) -> nn.Module:
         raise ValueError(f"layer {name!r}: method {method!r} supports {valid}, "
                          f"not {type(layer).__name__}")
     accepted = set(inspect.signature(layer_class.__init__).parameters) - {
-        "self", "in_features", "out_features", "in_channels", "out_channels", "kernel_size",
+        "self", "initialize", "in_features", "out_features", "in_channels", "out_channels", "kernel_size",
         "bias", "stride", "padding", "dilation", "groups"}
     unknown = set(params) - accepted
     if unknown:
         raise ValueError(f"layer {name!r}: unknown parameters {sorted(unknown)} for "
                          f"{method!r}; valid: {sorted(accepted)}")
     try:
-        return layer_class.from_dense(layer, **params)
+        return layer_class.from_dense(layer, initialize=initialize, **params)
     except ValueError as error:
         raise ValueError(f"layer {name!r}: {error}") from None
 
 
-def compress(model: nn.Module, recipe: dict | str | Path,
-             inplace: bool = False) -> tuple[nn.Module, CompressionReport]:
+def compress(model: nn.Module, recipe: dict | str | Path, inplace: bool = False,
+             initialize: bool = True) -> tuple[nn.Module, CompressionReport]:
     """Replace the layers the recipe matches; returns the model and a per-layer table.
 
     Compressed layers start from the trained dense weights (hashing: signed bucket means;
@@ -133,7 +133,7 @@ def compress(model: nn.Module, recipe: dict | str | Path,
         pattern = next((p for p in recipe if fnmatch.fnmatchcase(name, p)), None)
         if pattern is None:
             continue
-        new_layer = _build(name, layer, recipe[pattern])
+        new_layer = _build(name, layer, recipe[pattern], initialize)
         parent_name, _, attribute = name.rpartition(".")
         setattr(model.get_submodule(parent_name), attribute, new_layer)
         before, after = tensor_bytes(layer), tensor_bytes(new_layer)

@@ -8,6 +8,8 @@ from edgepack.compression import (
     compress,
     compressed_size_bytes,
 )
+from edgepack.exporter import export
+from edgepack.runtime_kernels import onnx_session
 
 __version__ = "0.1.0"
 
@@ -19,4 +21,6 @@ __all__ = [
     "__version__",
     "compress",
     "compressed_size_bytes",
+    "export",
+    "onnx_session",
 ]

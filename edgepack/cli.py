@@ -7,7 +7,39 @@ import sys
 def _demo(args: argparse.Namespace) -> int:
     from edgepack.demo import run_demo
 
-    run_demo(quick=args.quick, seed=args.seed)
+    run_demo(quick=args.quick, seed=args.seed, save_dir=args.save)
+    return 0
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, "
+                                         f"e.g. 1,1,49,10; got {text!r}")
+    return shape
+
+
+def _export(args: argparse.Namespace) -> int:
+    import torch
+
+    from edgepack.compression import load_checkpoint
+    from edgepack.exporter import export
+
+    model = load_checkpoint(args.model)
+    examples = tuple(torch.randn(shape) for shape in args.example_shape)
+    path = export(model, examples, args.output, mode=args.mode, stream=args.stream,
+                  dynamic_batch=not args.static_batch)
+    print(f"wrote {path} ({path.stat().st_size:,} bytes, mode {args.mode})")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from edgepack.exporter import format_summary, inspect_onnx
+
+    print(format_summary(inspect_onnx(args.model)))
     return 0
 
 
@@ -23,7 +55,27 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="train a digits MLP, compress it with every method, print the table")
     demo.add_argument("--quick", action="store_true", help="few epochs (for tests)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    demo.add_argument("--save", metavar="DIR", help="also save each model as a checkpoint in DIR")
     demo.set_defaults(handler=_demo)
+
+    export = commands.add_parser("export", help="export a checkpoint to ONNX with ai.edgepack ops")
+    export.add_argument("model", help="an edgepack checkpoint (.pt, see save_checkpoint)")
+    export.add_argument("--example-shape", type=_shape, action="append", required=True,
+                        metavar="N,C,...", help="shape of an example input (repeat per input)")
+    export.add_argument("-o", "--output", required=True, help="output file (.onnx)")
+    export.add_argument("--mode", choices=["kernels", "portable"], default="kernels",
+                        help="kernels: fused ai.edgepack compute ops (default); portable: "
+                             "decoders + standard ops")
+    export.add_argument("--stream", action="store_true",
+                        help="HashedMatMul hashes on the fly (O(buckets) memory) instead of "
+                             "decoding the weights once")
+    export.add_argument("--static-batch", action="store_true",
+                        help="fix the batch size to the example's (default: dynamic)")
+    export.set_defaults(handler=_export)
+
+    inspect = commands.add_parser("inspect", help="list a model file's ops, attributes and sizes")
+    inspect.add_argument("model", help="an .onnx file")
+    inspect.set_defaults(handler=_inspect)
     return parser
 
 
@@ -33,7 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"edgepack {args.command}: error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

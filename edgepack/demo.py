@@ -3,7 +3,10 @@
 scikit-learn ships the 8×8 digits data set (1,797 images), so nothing is downloaded.
 """
 
+import re
+from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from rich.console import Console
@@ -13,7 +16,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
 
-from edgepack.compression import compress, compressed_size_bytes
+from edgepack.compression import compress, compressed_size_bytes, save_checkpoint
 
 RECIPES: dict[str, dict] = {
     "dense": {},
@@ -23,6 +26,11 @@ RECIPES: dict[str, dict] = {
     "Circulant b=16": {"fc*": {"method": "circulant", "block_size": 16}},
     "LDR r=4": {"fc*": {"method": "ldr", "rank": 4}},
 }
+
+
+def slug(name: str) -> str:
+    """A file-name form of a method name: "HashedNets 1/8" → "hashednets-1-8"."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 @dataclass
@@ -46,8 +54,6 @@ def load_digits_split(seed: int = 0) -> Split:
 
 def digits_mlp(hidden: int = 256) -> nn.Sequential:
     """The demo's dense model: 64 → hidden → hidden → 10 with ReLU; fc1/fc2 get compressed."""
-    from collections import OrderedDict
-
     return nn.Sequential(OrderedDict([
         ("fc1", nn.Linear(64, hidden)), ("act1", nn.ReLU()),
         ("fc2", nn.Linear(hidden, hidden)), ("act2", nn.ReLU()),
@@ -89,8 +95,13 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def run_demo(quick: bool = False, seed: int = 0, console: Console | None = None) -> list[dict]:
-    """Train the dense MLP, compress and fine-tune it with every recipe, print the table."""
+def run_demo(quick: bool = False, seed: int = 0, console: Console | None = None,
+             save_dir: str | Path | None = None) -> list[dict]:
+    """Train the dense MLP, compress and fine-tune it with every recipe, print the table.
+
+    With ``save_dir``, each model is also saved as a checkpoint (``<method>.pt``) that
+    ``edgepack export`` reads.
+    """
     console = console or Console()
     torch.manual_seed(seed)
     data = load_digits_split(seed)
@@ -112,6 +123,9 @@ def run_demo(quick: bool = False, seed: int = 0, console: Console | None = None)
             else:
                 model = dense
                 before = accuracy(model, data.x_test, data.y_test)
+            if save_dir is not None:
+                save_checkpoint(model, Path(save_dir) / f"{slug(name)}.pt",
+                                "edgepack.demo:digits_mlp", recipe=recipe or None)
             size = compressed_size_bytes(model)
             rows.append({"method": name, "accuracy_at_init": before,
                          "accuracy": accuracy(model, data.x_test, data.y_test),

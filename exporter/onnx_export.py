@@ -8,6 +8,7 @@ inline the compute ops in ``portable`` mode, check the model, save.
 """
 
 import copy
+import logging
 import warnings
 from pathlib import Path
 
@@ -132,8 +133,23 @@ def lower(model: nn.Module, mode: str = "kernels", stream: bool = False) -> nn.M
     return lowered
 
 
+def _name_nodes_after_layers(model: onnx.ModelProto) -> None:
+    """Name each ai.edgepack node after its layer ("fc1" from the initializer "fc1.buckets"),
+    so that errors and ``edgepack inspect`` point at the layer."""
+    initializers = {t.name for t in model.graph.initializer}
+    taken = {node.name for node in model.graph.node}
+    for node in model.graph.node:
+        weights = [name for name in node.input if name in initializers]
+        if node.domain == DOMAIN and weights and "." in weights[0]:
+            name = weights[0].rpartition(".")[0]
+            if name not in taken:
+                node.name = name
+                taken.add(name)
+
+
 def _attach_functions(model: onnx.ModelProto, mode: str) -> onnx.ModelProto:
     """Add one fallback FunctionProto per ai.edgepack op used; inline compute ops if portable."""
+    _name_nodes_after_layers(model)
     used = sorted({node.op_type for node in model.graph.node if node.domain == DOMAIN})
     unknown = set(used) - set(FUNCTIONS)
     if unknown:
@@ -168,6 +184,8 @@ def export_onnx(model: nn.Module, example_inputs, path: str | Path, mode: str = 
     example_inputs = tuple(example_inputs)
     dynamic_shapes = [{0: "batch"} for _ in example_inputs] if dynamic_batch else None
     torch_ops.register_schemas()
+    # The exporter warns once per missing torchvision op; that is noise for our users.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(

@@ -9,6 +9,8 @@ for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
     || missing+=("$package")
 done
+# npm fetches the arm64 ONNX Runtime (npm package onnxruntime-node) for the aarch64 tests.
+command -v npm >/dev/null || missing+=(npm)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 echo "edgepack: installing system packages: ${missing[*]}"

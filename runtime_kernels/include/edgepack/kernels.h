@@ -1,0 +1,136 @@
+/* edgepack kernels: plain C11 API for the ai.edgepack compressed-layer ops.
+ *
+ * Every kernel takes raw pointers + sizes, validates them before touching memory and returns
+ * an ep_status. On failure ep_last_error() (thread-local) names what is wrong and what would
+ * be valid. All matrices are row-major float32. Layer convention: Y[N, out] = X[N, in] * W^T + b.
+ *
+ * Variants: "ref" (portable C, always present), "avx2" (x86_64 with AVX2+FMA), "neon"
+ * (aarch64). The best supported one is picked at first use; EDGEPACK_KERNELS=ref (or any
+ * variant name) in the environment overrides it, ep_set_variant() switches at run time.
+ */
+#ifndef EDGEPACK_KERNELS_H
+#define EDGEPACK_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define EP_API __declspec(dllexport)
+#else
+#define EP_API __attribute__((visibility("default")))
+#endif
+
+#define EP_VERSION_MAJOR 0
+#define EP_VERSION_MINOR 1
+
+typedef enum ep_status {
+    EP_OK = 0,
+    EP_ERR_NULL = 1,     /* a required pointer is NULL */
+    EP_ERR_SIZE = 2,     /* a size is zero, negative, not a power of two, too large, ... */
+    EP_ERR_PLAN = 3,     /* sizes passed to a plan-based call do not match the plan */
+    EP_ERR_ARG = 4,      /* another argument is invalid (e.g. recon length, variant name) */
+    EP_ERR_NOMEM = 5,    /* allocation failed */
+    EP_ERR_OVERFLOW = 6, /* a size product overflows */
+} ep_status;
+
+EP_API const char *ep_status_str(ep_status s);
+/* Message of the last failure on this thread ("" if none). */
+EP_API const char *ep_last_error(void);
+EP_API const char *ep_version(void);
+
+/* ---- variants ---------------------------------------------------------------------------- */
+EP_API int ep_variant_count(void);                 /* variants usable on this CPU */
+EP_API const char *ep_variant_name(int index);     /* NULL when out of range */
+EP_API const char *ep_variant(void);               /* the active variant */
+EP_API ep_status ep_set_variant(const char *name); /* "ref", "avx2", "neon" or "auto" */
+
+/* ---- XXH32 ------------------------------------------------------------------------------- */
+EP_API uint32_t ep_xxh32(const void *data, size_t len, uint32_t seed);
+/* XXH32 of the 8-byte key u32le(a) || u32le(b). */
+EP_API uint32_t ep_xxh32_key(uint32_t a, uint32_t b, uint32_t seed);
+
+/* ---- hashed weights (HashedNets K=1, Functional Hashing K>1) ----------------------------- *
+ * key(i, j) = u32le(i) || u32le(j); h_k = XXH32(key, seed + k); bucket = h_k mod buckets;
+ * sign = (signed && (h_k >> 31)) ? -1 : +1; z_k = sign_k * buckets[bucket_k].
+ * Without recon (allowed for K=1 only): V_ij = z_0. With recon = [W1 (H x K), b1 (H), W2 (H), b2 (1)],
+ * length H*(K+2)+1 (required for K>1, applied for K=1 too when given):
+ * V_ij = b2 + sum_h W2[h] * relu(sum_k W1[h,k] z_k + b1[h]).                               */
+#define EP_MAX_HASHES 64
+typedef struct ep_hash_params {
+    int64_t rows;        /* out_features, >= 1, < 2^32 */
+    int64_t cols;        /* flattened in_features, >= 1, < 2^32 */
+    int64_t num_buckets; /* >= 1, < 2^31 */
+    int32_t num_hashes;  /* K, 1..EP_MAX_HASHES */
+    uint32_t seed;
+    int32_t is_signed;   /* 0 or 1 */
+} ep_hash_params;
+
+/* idx[rows, cols, K] bucket indices, sign[rows, cols, K] (+1/-1); sign may be NULL. */
+EP_API ep_status ep_hash_indices(const ep_hash_params *p, int32_t *idx, int8_t *sign);
+/* V[rows, cols] from buckets[num_buckets] (+ recon[recon_len] when K > 1, else NULL/0). */
+EP_API ep_status ep_hashed_decode(const ep_hash_params *p, const float *buckets, const float *recon,
+                                  int64_t recon_len, float *V);
+/* Stream mode: Y[N, rows] = X[N, cols] V^T (+ bias[rows]) without materialising V:
+ * O(num_buckets + 16 * cols) memory. bias may be NULL. */
+EP_API ep_status ep_hashed_matmul_stream(const ep_hash_params *p, const float *buckets,
+                                         const float *recon, int64_t recon_len, const float *X,
+                                         int64_t N, const float *bias, float *Y);
+/* Expand mode: the plan decodes V once; ep_hashed_matmul_expand then runs the dense GEMM. */
+typedef struct ep_hashed_plan ep_hashed_plan;
+EP_API ep_status ep_hashed_plan_create(const ep_hash_params *p, const float *buckets,
+                                       const float *recon, int64_t recon_len,
+                                       ep_hashed_plan **out);
+EP_API void ep_hashed_plan_destroy(ep_hashed_plan *plan);
+/* in_features / out_features must equal the plan's cols / rows. */
+EP_API ep_status ep_hashed_matmul_expand(const ep_hashed_plan *plan, const float *X, int64_t N,
+                                         int64_t in_features, const float *bias, float *Y,
+                                         int64_t out_features);
+EP_API const float *ep_hashed_plan_weight(const ep_hashed_plan *plan); /* V[rows, cols] */
+
+/* ---- dense ------------------------------------------------------------------------------- */
+/* Y[N, rows] = X[N, cols] W[rows, cols]^T (+ bias[rows]); bias may be NULL. */
+EP_API ep_status ep_dense_matmul(const float *X, int64_t N, int64_t cols, const float *W,
+                                 int64_t rows, const float *bias, float *Y);
+
+/* ---- real FFT ---------------------------------------------------------------------------- *
+ * n a power of two >= 4. rfft: x[n] -> X[n/2+1] complex interleaved (re, im), numpy.fft.rfft
+ * convention. irfft: X[n/2+1] -> x[n], scaled by 1/n (numpy.fft.irfft; the imaginary parts
+ * of bins 0 and n/2 are ignored).                                                            */
+typedef struct ep_rfft_plan ep_rfft_plan;
+EP_API ep_status ep_rfft_plan_create(int64_t n, ep_rfft_plan **out);
+EP_API void ep_rfft_plan_destroy(ep_rfft_plan *plan);
+EP_API ep_status ep_rfft(const ep_rfft_plan *plan, int64_t n, const float *x, float *X);
+EP_API ep_status ep_irfft(const ep_rfft_plan *plan, int64_t n, const float *X, float *x);
+
+/* ---- block-circulant --------------------------------------------------------------------- *
+ * blocks[p, q, b]: block (i, j) is the b x b circulant with first column c = blocks[i, j, :],
+ * C[r, s] = c[(r - s) mod b]. W_full is (p*b) x (q*b); in_features <= q*b, out_features <= p*b.
+ * X[N, in] is zero-padded to q*b; Y[N, out] = (X_pad W_full^T)[:, :out] + bias.              */
+typedef struct ep_circulant_plan ep_circulant_plan;
+EP_API ep_status ep_circulant_plan_create(int64_t p, int64_t q, int64_t b, const float *blocks,
+                                          int64_t in_features, int64_t out_features,
+                                          ep_circulant_plan **out);
+EP_API void ep_circulant_plan_destroy(ep_circulant_plan *plan);
+EP_API ep_status ep_circulant_matmul(const ep_circulant_plan *plan, const float *X, int64_t N,
+                                     int64_t in_features, const float *bias, float *Y,
+                                     int64_t out_features);
+
+/* ---- low displacement rank --------------------------------------------------------------- *
+ * G[r, n], H[r, n]; W = sum_i Z1(g_i) Z-1(h_i), Z_f(v)[a, c] = v[a-c] (a >= c) else
+ * f * v[n+a-c]. n a power of two >= 4, in_features, out_features <= n.                       */
+typedef struct ep_ldr_plan ep_ldr_plan;
+EP_API ep_status ep_ldr_plan_create(int64_t r, int64_t n, const float *G, const float *H,
+                                    int64_t in_features, int64_t out_features, ep_ldr_plan **out);
+EP_API void ep_ldr_plan_destroy(ep_ldr_plan *plan);
+EP_API ep_status ep_ldr_matmul(const ep_ldr_plan *plan, const float *X, int64_t N,
+                               int64_t in_features, const float *bias, float *Y,
+                               int64_t out_features);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* EDGEPACK_KERNELS_H */

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Build the kernels with ASan+UBSan into build/asan and run the C test runner.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD=build/asan
+cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Debug -DEDGEPACK_SANITIZE=ON -DEDGEPACK_PYTHON_LIB_DIR= \
+      -DCMAKE_C_FLAGS="-O1 -Werror"
+cmake --build "$BUILD" -j"$(nproc 2>/dev/null || echo 2)"
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+for v in auto ref; do
+  echo "== EDGEPACK_KERNELS=$v"
+  EDGEPACK_KERNELS=$v "$BUILD/test_kernels"
+done
+"$BUILD/edgepack-bench" kernels --sizes 64,256 --batch 1,3 --runs 3 --warmup 1 --json > /dev/null
+echo "ci_native: OK"

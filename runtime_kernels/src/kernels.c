@@ -1,0 +1,607 @@
+/* Core: errors, variant dispatch, XXH32, validation and the plan-based drivers. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "edgepack/kernels.h"
+#include "internal.h"
+
+#ifndef M_PI
+#define M_PI 3.14159265358979323846
+#endif
+
+#if defined(_MSC_VER)
+#define EP_TLS __declspec(thread)
+#else
+#define EP_TLS _Thread_local
+#endif
+
+/* ---- errors ------------------------------------------------------------------------------ */
+static EP_TLS char g_err[512];
+
+static ep_status fail(ep_status s, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(g_err, sizeof g_err, fmt, ap);
+    va_end(ap);
+    return s;
+}
+
+const char *ep_last_error(void) { return g_err; }
+const char *ep_version(void) { return "0.1"; }
+
+const char *ep_status_str(ep_status s) {
+    switch (s) {
+    case EP_OK: return "ok";
+    case EP_ERR_NULL: return "null pointer";
+    case EP_ERR_SIZE: return "invalid size";
+    case EP_ERR_PLAN: return "size does not match plan";
+    case EP_ERR_ARG: return "invalid argument";
+    case EP_ERR_NOMEM: return "out of memory";
+    case EP_ERR_OVERFLOW: return "size overflow";
+    }
+    return "unknown status";
+}
+
+#define CHECK_PTR(p, what) \
+    do { if (!(p)) return fail(EP_ERR_NULL, "%s: %s is NULL (a valid buffer is required)", __func__, what); } while (0)
+
+/* a*b with overflow check against a byte limit (elements of elem bytes must fit in size_t) */
+static int mul_ok(int64_t a, int64_t b, int64_t *out) {
+    if (a < 0 || b < 0) return 0;
+    if (a != 0 && b > (INT64_MAX / 8) / a) return 0;
+    *out = a * b;
+    return (uint64_t)*out <= (uint64_t)(SIZE_MAX / 8);
+}
+
+static int is_pow2(int64_t n) { return n > 0 && (n & (n - 1)) == 0; }
+
+/* ---- variants ---------------------------------------------------------------------------- */
+#if defined(EP_HAVE_AVX2)
+static int cpu_has_avx2(void) {
+#if defined(__GNUC__)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    return 0;
+#endif
+}
+#endif
+
+static const ep_ops *g_avail[4];
+static int g_navail = -1;
+static const ep_ops *g_ops;
+
+static void init_variants(void) {
+    if (g_navail >= 0) return;
+    int n = 0;
+    g_avail[n++] = &ep_ops_ref;
+#if defined(EP_HAVE_AVX2)
+    if (cpu_has_avx2()) g_avail[n++] = &ep_ops_avx2;
+#endif
+#if defined(EP_HAVE_NEON)
+    g_avail[n++] = &ep_ops_neon;
+#endif
+    const ep_ops *best = g_avail[n - 1];
+    const char *env = getenv("EDGEPACK_KERNELS");
+    if (env && *env && strcmp(env, "auto") != 0) {
+        for (int i = 0; i < n; i++)
+            if (strcmp(env, g_avail[i]->name) == 0) best = g_avail[i];
+        if (strcmp(env, best->name) != 0) {
+            fprintf(stderr, "edgepack: EDGEPACK_KERNELS=%s is not available here; using ref\n", env);
+            best = &ep_ops_ref;
+        }
+    }
+    g_ops = best;
+    g_navail = n;
+}
+
+static const ep_ops *ops(void) {
+    if (!g_ops) init_variants();
+    return g_ops;
+}
+
+int ep_variant_count(void) { init_variants(); return g_navail; }
+const char *ep_variant_name(int i) {
+    init_variants();
+    return (i >= 0 && i < g_navail) ? g_avail[i]->name : NULL;
+}
+const char *ep_variant(void) { return ops()->name; }
+
+ep_status ep_set_variant(const char *name) {
+    init_variants();
+    CHECK_PTR(name, "name");
+    if (strcmp(name, "auto") == 0) { g_ops = g_avail[g_navail - 1]; return EP_OK; }
+    for (int i = 0; i < g_navail; i++)
+        if (strcmp(name, g_avail[i]->name) == 0) { g_ops = g_avail[i]; return EP_OK; }
+    char list[128] = "auto";
+    for (int i = 0; i < g_navail; i++) {
+        strncat(list, ", ", sizeof list - strlen(list) - 1);
+        strncat(list, g_avail[i]->name, sizeof list - strlen(list) - 1);
+    }
+    return fail(EP_ERR_ARG, "ep_set_variant: unknown or unsupported variant '%s' (available: %s)", name, list);
+}
+
+/* ---- XXH32: hand-written so the library has no external C dependency (NDK/Xcode/cross) ---- */
+static uint32_t rd32(const uint8_t *p) {
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+static uint32_t xxh_round(uint32_t acc, uint32_t in) { return ep_rotl32(acc + in * EP_P2, 13) * EP_P1; }
+
+uint32_t ep_xxh32(const void *data, size_t len, uint32_t seed) {
+    const uint8_t *p = (const uint8_t *)data, *end = p + len;
+    uint32_t h;
+    if (!p) { p = end = (const uint8_t *)""; len = 0; }
+    if (len >= 16) {
+        uint32_t v1 = seed + EP_P1 + EP_P2, v2 = seed + EP_P2, v3 = seed, v4 = seed - EP_P1;
+        for (; end - p >= 16; p += 16) {
+            v1 = xxh_round(v1, rd32(p)); v2 = xxh_round(v2, rd32(p + 4));
+            v3 = xxh_round(v3, rd32(p + 8)); v4 = xxh_round(v4, rd32(p + 12));
+        }
+        h = ep_rotl32(v1, 1) + ep_rotl32(v2, 7) + ep_rotl32(v3, 12) + ep_rotl32(v4, 18);
+    } else {
+        h = seed + EP_P5;
+    }
+    h += (uint32_t)len;
+    for (; end - p >= 4; p += 4) h = ep_rotl32(h + rd32(p) * EP_P3, 17) * EP_P4;
+    for (; p < end; p++) h = ep_rotl32(h + (*p) * EP_P5, 11) * EP_P1;
+    return ep_xxh_avalanche(h);
+}
+
+uint32_t ep_xxh32_key(uint32_t a, uint32_t b, uint32_t seed) {
+    return ep_xxh_key_tail(ep_xxh_key_head(a, seed), b);
+}
+
+/* ---- hashed ------------------------------------------------------------------------------ */
+static ep_status check_hash(const char *fn, const ep_hash_params *p, const float *buckets,
+                            const float *recon, int64_t recon_len, ep_hcfg *c, int need_data) {
+    int64_t tmp;
+    if (!p) return fail(EP_ERR_NULL, "%s: params is NULL", fn);
+    if (p->rows <= 0 || p->cols <= 0 || p->rows > UINT32_MAX || p->cols > UINT32_MAX)
+        return fail(EP_ERR_SIZE, "%s: rows=%lld, cols=%lld; both must be in [1, 2^32)", fn,
+                    (long long)p->rows, (long long)p->cols);
+    if (!mul_ok(p->rows, p->cols, &tmp) || !mul_ok(tmp, p->num_hashes > 0 ? p->num_hashes : 1, &tmp))
+        return fail(EP_ERR_OVERFLOW, "%s: rows*cols*num_hashes = %lld*%lld*%d overflows", fn,
+                    (long long)p->rows, (long long)p->cols, p->num_hashes);
+    if (p->num_buckets <= 0 || p->num_buckets > INT32_MAX)
+        return fail(EP_ERR_SIZE, "%s: num_buckets=%lld; must be in [1, 2^31)", fn, (long long)p->num_buckets);
+    if (p->num_hashes < 1 || p->num_hashes > EP_MAX_HASHES)
+        return fail(EP_ERR_SIZE, "%s: num_hashes=%d; must be in [1, %d]", fn, p->num_hashes, EP_MAX_HASHES);
+    if (p->is_signed != 0 && p->is_signed != 1)
+        return fail(EP_ERR_ARG, "%s: is_signed=%d; must be 0 or 1", fn, p->is_signed);
+    memset(c, 0, sizeof *c);
+    c->seed = p->seed; c->nb = (uint32_t)p->num_buckets; c->k = p->num_hashes; c->sgn = p->is_signed;
+    c->buckets = buckets;
+    if (!buckets && need_data)
+        return fail(EP_ERR_NULL, "%s: buckets is NULL (need %lld floats)", fn, (long long)p->num_buckets);
+    if ((c->k > 1 || recon) && need_data) { /* K = 1 applies the MLP only when one is given */
+        const int64_t per = c->k + 2;
+        if (!recon) return fail(EP_ERR_NULL, "%s: recon is NULL but num_hashes=%d > 1 needs the reconstruction MLP "
+                                "[W1 (H x K), b1 (H), W2 (H), b2] of length H*(K+2)+1", fn, c->k);
+        if (recon_len < per + 1 || (recon_len - 1) % per != 0 || (recon_len - 1) / per > 1 << 20)
+            return fail(EP_ERR_ARG, "%s: recon_len=%lld is not H*(K+2)+1 for an integer H >= 1 with K=%d "
+                        "(valid: %lld, %lld, ...)", fn, (long long)recon_len, c->k,
+                        (long long)(per + 1), (long long)(2 * per + 1));
+        c->h = (int)((recon_len - 1) / per);
+        c->w1 = recon; c->b1 = recon + (int64_t)c->h * c->k; c->w2 = c->b1 + c->h; c->b2 = c->w2[c->h];
+    }
+    return EP_OK;
+}
+
+ep_status ep_hash_indices(const ep_hash_params *p, int32_t *idx, int8_t *sign) {
+    ep_hcfg c;
+    ep_status st = check_hash("ep_hash_indices", p, NULL, NULL, 0, &c, 0);
+    if (st) return st;
+    CHECK_PTR(idx, "idx");
+    int64_t t = 0;
+    for (int64_t i = 0; i < p->rows; i++) {
+        uint32_t head[EP_MAX_HASHES];
+        for (int k = 0; k < c.k; k++) head[k] = ep_xxh_key_head((uint32_t)i, c.seed + (uint32_t)k);
+        for (int64_t j = 0; j < p->cols; j++)
+            for (int k = 0; k < c.k; k++, t++) {
+                uint32_t h = ep_xxh_key_tail(head[k], (uint32_t)j);
+                idx[t] = (int32_t)(h % c.nb);
+                if (sign) sign[t] = (c.sgn && (h >> 31)) ? -1 : 1;
+            }
+    }
+    return EP_OK;
+}
+
+ep_status ep_hashed_decode(const ep_hash_params *p, const float *buckets, const float *recon,
+                           int64_t recon_len, float *V) {
+    ep_hcfg c;
+    ep_status st = check_hash("ep_hashed_decode", p, buckets, recon, recon_len, &c, 1);
+    if (st) return st;
+    CHECK_PTR(V, "V");
+    const ep_ops *o = ops();
+    for (int64_t i = 0; i < p->rows; i++) o->hash_row(&c, (uint32_t)i, p->cols, V + i * p->cols);
+    return EP_OK;
+}
+
+static ep_status check_mm(const char *fn, const float *X, int64_t N, const float *Y) {
+    CHECK_PTR(X, "X");
+    CHECK_PTR(Y, "Y");
+    if (N <= 0) return fail(EP_ERR_SIZE, "%s: batch N=%lld; must be >= 1", fn, (long long)N);
+    return EP_OK;
+}
+
+#define EP_STREAM_TILE 16
+ep_status ep_hashed_matmul_stream(const ep_hash_params *p, const float *buckets, const float *recon,
+                                  int64_t recon_len, const float *X, int64_t N, const float *bias, float *Y) {
+    ep_hcfg c;
+    int64_t tmp;
+    ep_status st = check_hash("ep_hashed_matmul_stream", p, buckets, recon, recon_len, &c, 1);
+    if (st || (st = check_mm("ep_hashed_matmul_stream", X, N, Y))) return st;
+    if (!mul_ok(N, p->cols, &tmp) || !mul_ok(N, p->rows, &tmp))
+        return fail(EP_ERR_OVERFLOW, "ep_hashed_matmul_stream: N*cols or N*rows overflows (N=%lld)", (long long)N);
+    float *tile = (float *)malloc(sizeof(float) * EP_STREAM_TILE * (size_t)p->cols);
+    if (!tile) return fail(EP_ERR_NOMEM, "ep_hashed_matmul_stream: cannot allocate a %d x %lld tile", EP_STREAM_TILE, (long long)p->cols);
+    const ep_ops *o = ops();
+    for (int64_t r0 = 0; r0 < p->rows; r0 += EP_STREAM_TILE) {
+        int64_t nr = p->rows - r0 < EP_STREAM_TILE ? p->rows - r0 : EP_STREAM_TILE;
+        for (int64_t r = 0; r < nr; r++) o->hash_row(&c, (uint32_t)(r0 + r), p->cols, tile + r * p->cols);
+        o->gemm(N, nr, p->cols, X, tile, bias ? bias + r0 : NULL, Y + r0, p->rows);
+    }
+    free(tile);
+    return EP_OK;
+}
+
+struct ep_hashed_plan { int64_t rows, cols; float *V; };
+
+ep_status ep_hashed_plan_create(const ep_hash_params *p, const float *buckets, const float *recon,
+                                int64_t recon_len, ep_hashed_plan **out) {
+    ep_hcfg c;
+    ep_status st = check_hash("ep_hashed_plan_create", p, buckets, recon, recon_len, &c, 1);
+    if (st) return st;
+    CHECK_PTR(out, "out");
+    *out = NULL;
+    ep_hashed_plan *pl = (ep_hashed_plan *)calloc(1, sizeof *pl);
+    if (pl) pl->V = (float *)malloc(sizeof(float) * (size_t)(p->rows * p->cols));
+    if (!pl || !pl->V) {
+        free(pl);
+        return fail(EP_ERR_NOMEM, "ep_hashed_plan_create: cannot allocate %lld x %lld weights", (long long)p->rows, (long long)p->cols);
+    }
+    pl->rows = p->rows; pl->cols = p->cols;
+    const ep_ops *o = ops();
+    for (int64_t i = 0; i < p->rows; i++) o->hash_row(&c, (uint32_t)i, p->cols, pl->V + i * p->cols);
+    *out = pl;
+    return EP_OK;
+}
+
+void ep_hashed_plan_destroy(ep_hashed_plan *pl) { if (pl) { free(pl->V); free(pl); } }
+const float *ep_hashed_plan_weight(const ep_hashed_plan *pl) { return pl ? pl->V : NULL; }
+
+ep_status ep_hashed_matmul_expand(const ep_hashed_plan *pl, const float *X, int64_t N, int64_t in,
+                                  const float *bias, float *Y, int64_t out) {
+    CHECK_PTR(pl, "plan");
+    ep_status st = check_mm("ep_hashed_matmul_expand", X, N, Y);
+    if (st) return st;
+    if (in != pl->cols || out != pl->rows)
+        return fail(EP_ERR_PLAN, "ep_hashed_matmul_expand: in_features=%lld, out_features=%lld but the plan was made "
+                    "for in=%lld, out=%lld", (long long)in, (long long)out, (long long)pl->cols, (long long)pl->rows);
+    return ep_dense_matmul(X, N, pl->cols, pl->V, pl->rows, bias, Y);
+}
+
+/* ---- dense ------------------------------------------------------------------------------- */
+ep_status ep_dense_matmul(const float *X, int64_t N, int64_t cols, const float *W, int64_t rows,
+                          const float *bias, float *Y) {
+    int64_t t;
+    ep_status st = check_mm("ep_dense_matmul", X, N, Y);
+    if (st) return st;
+    CHECK_PTR(W, "W");
+    if (rows <= 0 || cols <= 0)
+        return fail(EP_ERR_SIZE, "ep_dense_matmul: rows=%lld, cols=%lld; both must be >= 1", (long long)rows, (long long)cols);
+    if (!mul_ok(rows, cols, &t) || !mul_ok(N, cols, &t) || !mul_ok(N, rows, &t))
+        return fail(EP_ERR_OVERFLOW, "ep_dense_matmul: N=%lld, rows=%lld, cols=%lld overflow", (long long)N, (long long)rows, (long long)cols);
+    ops()->gemm(N, rows, cols, X, W, bias, Y, rows);
+    return EP_OK;
+}
+
+/* ---- real FFT: hand-written (no external C dependency; builds with NDK/Xcode/cross-gcc).
+ * rfft of n = complex Stockham radix-4 FFT of m = n/2 on (x[2k] + i x[2k+1]) + a split pass. */
+typedef struct cplan { int64_t m; float *tw, *twi; } cplan; /* m twiddles e^{-2 pi i k/m} / conj */
+
+static int cplan_init(cplan *c, int64_t m) {
+    c->m = m;
+    c->tw = (float *)malloc(sizeof(float) * 4 * (size_t)m);
+    if (!c->tw) return 0;
+    c->twi = c->tw + 2 * m;
+    for (int64_t k = 0; k < m; k++) {
+        double a = -2.0 * M_PI * (double)k / (double)m;
+        c->tw[2 * k] = (float)cos(a); c->tw[2 * k + 1] = (float)sin(a);
+        c->twi[2 * k] = (float)cos(a); c->twi[2 * k + 1] = (float)-sin(a);
+    }
+    return 1;
+}
+
+struct ep_rfft_plan { int64_t n, m; cplan c; float *rt; /* e^{-2 pi i k/n}, k < m */ };
+
+static ep_status check_pow2(const char *fn, const char *what, int64_t n) {
+    if (n < 4 || !is_pow2(n) || n > ((int64_t)1 << 30))
+        return fail(EP_ERR_SIZE, "%s: %s=%lld; must be a power of two in [4, 2^30]", fn, what, (long long)n);
+    return EP_OK;
+}
+
+static ep_status rfft_init(const char *fn, ep_rfft_plan *p, int64_t n) {
+    p->n = n; p->m = n / 2;
+    p->rt = (float *)malloc(sizeof(float) * 2 * (size_t)p->m);
+    if (!p->rt || !cplan_init(&p->c, p->m)) {
+        free(p->rt); p->rt = NULL;
+        return fail(EP_ERR_NOMEM, "%s: cannot allocate FFT tables for n=%lld", fn, (long long)n);
+    }
+    for (int64_t k = 0; k < p->m; k++) {
+        double a = -2.0 * M_PI * (double)k / (double)n;
+        p->rt[2 * k] = (float)cos(a); p->rt[2 * k + 1] = (float)sin(a);
+    }
+    return EP_OK;
+}
+static void rfft_free(ep_rfft_plan *p) { free(p->rt); free(p->c.tw); }
+
+ep_status ep_rfft_plan_create(int64_t n, ep_rfft_plan **out) {
+    ep_status st = check_pow2("ep_rfft_plan_create", "n", n);
+    if (st) return st;
+    CHECK_PTR(out, "out");
+    *out = NULL;
+    ep_rfft_plan *p = (ep_rfft_plan *)calloc(1, sizeof *p);
+    if (!p) return fail(EP_ERR_NOMEM, "ep_rfft_plan_create: out of memory");
+    if ((st = rfft_init("ep_rfft_plan_create", p, n))) { free(p); return st; }
+    *out = p;
+    return EP_OK;
+}
+void ep_rfft_plan_destroy(ep_rfft_plan *p) { if (p) { rfft_free(p); free(p); } }
+
+/* X[0..m] (2m+2 floats) = rfft(x[0..n)); tmp: 2m floats. */
+static void rfft_run(const ep_ops *o, const ep_rfft_plan *p, const float *x, float *X, float *tmp) {
+    const int64_t m = p->m;
+    memcpy(X, x, sizeof(float) * 2 * (size_t)m);
+    o->cfft(m, p->c.tw, X, tmp, 0);
+    float z0r = X[0], z0i = X[1];
+    X[0] = z0r + z0i; X[1] = 0.0f;
+    X[2 * m] = z0r - z0i; X[2 * m + 1] = 0.0f;
+    for (int64_t k = 1; k <= m / 2; k++) {
+        const int64_t l = m - k;
+        float ar = X[2 * k], ai = X[2 * k + 1], br = X[2 * l], bi = X[2 * l + 1];
+        /* E = (Z_k + conj Z_l)/2, D = (Z_k - conj Z_l)/2; X_k = E - i w^k D */
+        float er = 0.5f * (ar + br), ei = 0.5f * (ai - bi), dr = 0.5f * (ar - br), di = 0.5f * (ai + bi);
+        float wr = p->rt[2 * k], wi = p->rt[2 * k + 1];
+        float tr = wr * dr - wi * di, ti = wr * di + wi * dr; /* w^k D */
+        X[2 * k] = er + ti; X[2 * k + 1] = ei - tr;
+        if (l == k) break;
+        /* E_l = conj E, D_l = -conj D, w^l = -conj w^k: X_l = conj E - i conj(w^k D) */
+        X[2 * l] = er - ti; X[2 * l + 1] = -ei - tr;
+    }
+}
+
+/* x[0..n) = m * irfft(X) (unnormalised); X is read only; tmp: 4m floats */
+static void irfft_run(const ep_ops *o, const ep_rfft_plan *p, const float *X, float *x, float *tmp) {
+    const int64_t m = p->m;
+    float *Z = x;
+    float x0 = X[0], xm = X[2 * m];
+    Z[0] = 0.5f * (x0 + xm); Z[1] = 0.5f * (x0 - xm); /* E_0 + i O_0 */
+    for (int64_t k = 1; k <= m / 2; k++) {
+        const int64_t l = m - k;
+        float ar = X[2 * k], ai = X[2 * k + 1], br = X[2 * l], bi = X[2 * l + 1];
+        float er = 0.5f * (ar + br), ei = 0.5f * (ai - bi), dr = 0.5f * (ar - br), di = 0.5f * (ai + bi);
+        float wr = p->rt[2 * k], wi = -p->rt[2 * k + 1]; /* conj w^k */
+        float orr = wr * dr - wi * di, oi = wr * di + wi * dr; /* O_k = D conj(w^k) */
+        Z[2 * k] = er - oi; Z[2 * k + 1] = ei + orr;       /* E + i O */
+        /* for l: E_l = conj E_k, O_l = conj O_k */
+        if (l == k) break;
+        Z[2 * l] = er + oi; Z[2 * l + 1] = -ei + orr;
+    }
+    o->cfft(m, p->c.twi, Z, tmp, 1);
+}
+
+ep_status ep_rfft(const ep_rfft_plan *p, int64_t n, const float *x, float *X) {
+    CHECK_PTR(p, "plan"); CHECK_PTR(x, "x"); CHECK_PTR(X, "X");
+    if (n != p->n) return fail(EP_ERR_PLAN, "ep_rfft: n=%lld but the plan was made for n=%lld", (long long)n, (long long)p->n);
+    float *tmp = (float *)malloc(sizeof(float) * 2 * (size_t)p->m);
+    if (!tmp) return fail(EP_ERR_NOMEM, "ep_rfft: out of memory");
+    rfft_run(ops(), p, x, X, tmp);
+    free(tmp);
+    return EP_OK;
+}
+
+ep_status ep_irfft(const ep_rfft_plan *p, int64_t n, const float *X, float *x) {
+    CHECK_PTR(p, "plan"); CHECK_PTR(x, "x"); CHECK_PTR(X, "X");
+    if (n != p->n) return fail(EP_ERR_PLAN, "ep_irfft: n=%lld but the plan was made for n=%lld", (long long)n, (long long)p->n);
+    float *tmp = (float *)malloc(sizeof(float) * 2 * (size_t)p->m);
+    if (!tmp) return fail(EP_ERR_NOMEM, "ep_irfft: out of memory");
+    irfft_run(ops(), p, X, x, tmp);
+    free(tmp);
+    const float s = 1.0f / (float)p->m;
+    for (int64_t k = 0; k < n; k++) x[k] *= s;
+    return EP_OK;
+}
+
+static void add_bias_slice(float *y, const float *src, int64_t cnt, const float *bias) {
+    for (int64_t k = 0; k < cnt; k++) y[k] = src[k] + (bias ? bias[k] : 0.0f);
+}
+
+/* ---- block circulant --------------------------------------------------------------------- */
+struct ep_circulant_plan {
+    int64_t p, q, b, in, out;
+    ep_rfft_plan f;
+    float *spec; /* [p, q, b/2+1] complex, scaled by 2/b so the inverse can stay unnormalised */
+};
+
+ep_status ep_circulant_plan_create(int64_t p, int64_t q, int64_t b, const float *blocks,
+                                   int64_t in, int64_t out, ep_circulant_plan **res) {
+    const char *fn = "ep_circulant_plan_create";
+    int64_t t;
+    CHECK_PTR(blocks, "blocks"); CHECK_PTR(res, "out");
+    *res = NULL;
+    ep_status st = check_pow2(fn, "block size b", b);
+    if (st) return st;
+    if (p <= 0 || q <= 0) return fail(EP_ERR_SIZE, "%s: p=%lld, q=%lld block counts; both must be >= 1", fn, (long long)p, (long long)q);
+    if (!mul_ok(p, q, &t) || !mul_ok(t, b + 2, &t) || !mul_ok(p, b, &t) || !mul_ok(q, b, &t))
+        return fail(EP_ERR_OVERFLOW, "%s: p*q*b = %lld*%lld*%lld overflows", fn, (long long)p, (long long)q, (long long)b);
+    if (in < 1 || in > q * b || out < 1 || out > p * b)
+        return fail(EP_ERR_SIZE, "%s: in_features=%lld, out_features=%lld; need 1 <= in <= q*b=%lld and 1 <= out <= p*b=%lld",
+                    fn, (long long)in, (long long)out, (long long)(q * b), (long long)(p * b));
+    ep_circulant_plan *pl = (ep_circulant_plan *)calloc(1, sizeof *pl);
+    if (!pl) return fail(EP_ERR_NOMEM, "%s: out of memory", fn);
+    if ((st = rfft_init(fn, &pl->f, b))) { free(pl); return st; }
+    const int64_t m = b / 2;
+    pl->spec = (float *)malloc(sizeof(float) * (size_t)(p * q * (2 * m + 2)));
+    float *tmp = (float *)malloc(sizeof(float) * 2 * (size_t)m);
+    if (!pl->spec || !tmp) {
+        free(tmp); ep_circulant_plan_destroy(pl);
+        return fail(EP_ERR_NOMEM, "%s: cannot allocate spectra for p=%lld q=%lld b=%lld", fn, (long long)p, (long long)q, (long long)b);
+    }
+    pl->p = p; pl->q = q; pl->b = b; pl->in = in; pl->out = out;
+    const ep_ops *o = ops();
+    const float s = 1.0f / (float)m;
+    for (int64_t k = 0; k < p * q; k++) {
+        float *S = pl->spec + k * (2 * m + 2);
+        rfft_run(o, &pl->f, blocks + k * b, S, tmp);
+        for (int64_t u = 0; u < 2 * m + 2; u++) S[u] *= s;
+    }
+    free(tmp);
+    *res = pl;
+    return EP_OK;
+}
+
+void ep_circulant_plan_destroy(ep_circulant_plan *pl) {
+    if (!pl) return;
+    rfft_free(&pl->f); free(pl->spec); free(pl);
+}
+
+static ep_status check_plan_io(const char *fn, int64_t in, int64_t out, int64_t pin, int64_t pout) {
+    if (in != pin || out != pout)
+        return fail(EP_ERR_PLAN, "%s: in_features=%lld, out_features=%lld but the plan was made for in=%lld, out=%lld",
+                    fn, (long long)in, (long long)out, (long long)pin, (long long)pout);
+    return EP_OK;
+}
+
+ep_status ep_circulant_matmul(const ep_circulant_plan *pl, const float *X, int64_t N, int64_t in,
+                              const float *bias, float *Y, int64_t out) {
+    const char *fn = "ep_circulant_matmul";
+    CHECK_PTR(pl, "plan");
+    ep_status st = check_mm(fn, X, N, Y);
+    if (st || (st = check_plan_io(fn, in, out, pl->in, pl->out))) return st;
+    const int64_t b = pl->b, m = b / 2, cs = 2 * m + 2, q = pl->q;
+    const int64_t qa = (in + b - 1) / b, pa = (out + b - 1) / b; /* blocks that touch data */
+    float *xs = (float *)malloc(sizeof(float) * (size_t)(qa * cs + cs + b + 2 * b));
+    if (!xs) return fail(EP_ERR_NOMEM, "%s: out of memory", fn);
+    float *acc = xs + qa * cs, *xb = acc + cs, *tmp = xb + b;
+    const ep_ops *o = ops();
+    for (int64_t n = 0; n < N; n++) {
+        const float *x = X + n * in;
+        for (int64_t j = 0; j < qa; j++) {
+            int64_t c = in - j * b < b ? in - j * b : b;
+            memcpy(xb, x + j * b, sizeof(float) * (size_t)c);
+            memset(xb + c, 0, sizeof(float) * (size_t)(b - c));
+            rfft_run(o, &pl->f, xb, xs + j * cs, tmp);
+        }
+        for (int64_t i = 0; i < pa; i++) {
+            memset(acc, 0, sizeof(float) * (size_t)cs);
+            for (int64_t j = 0; j < qa; j++) o->cmac(m + 1, pl->spec + (i * q + j) * cs, xs + j * cs, acc);
+            irfft_run(o, &pl->f, acc, xb, tmp);
+            int64_t c = out - i * b < b ? out - i * b : b;
+            add_bias_slice(Y + n * out + i * b, xb, c, bias ? bias + i * b : NULL);
+        }
+    }
+    free(xs);
+    return EP_OK;
+}
+
+/* ---- LDR: y = sum_i Z1(g_i) (Z-1(h_i) x). Z-1(h) = D^-1 Circ(D h) D, D = diag(w^k),
+ * w = e^{i pi/n}: the skew product is a complex circular convolution of twisted inputs. */
+struct ep_ldr_plan {
+    int64_t r, n, in, out;
+    ep_rfft_plan f;  /* real n-point */
+    cplan c;         /* complex n-point */
+    float *tw;       /* w^k, k < n (complex) */
+    float *gs;       /* [r, n/2+1] rfft(g_i) * 2/n */
+    float *hs;       /* [r, n] FFT(D h_i) / n */
+};
+
+ep_status ep_ldr_plan_create(int64_t r, int64_t n, const float *G, const float *H, int64_t in,
+                             int64_t out, ep_ldr_plan **res) {
+    const char *fn = "ep_ldr_plan_create";
+    int64_t t;
+    CHECK_PTR(G, "G"); CHECK_PTR(H, "H"); CHECK_PTR(res, "out");
+    *res = NULL;
+    ep_status st = check_pow2(fn, "n", n);
+    if (st) return st;
+    if (r < 1 || !mul_ok(r, 2 * n + 2, &t))
+        return fail(EP_ERR_SIZE, "%s: rank r=%lld; must be >= 1 (and r*n must not overflow)", fn, (long long)r);
+    if (in < 1 || in > n || out < 1 || out > n)
+        return fail(EP_ERR_SIZE, "%s: in_features=%lld, out_features=%lld; both must be in [1, n=%lld]", fn,
+                    (long long)in, (long long)out, (long long)n);
+    ep_ldr_plan *pl = (ep_ldr_plan *)calloc(1, sizeof *pl);
+    if (!pl) return fail(EP_ERR_NOMEM, "%s: out of memory", fn);
+    if ((st = rfft_init(fn, &pl->f, n))) { free(pl); return st; }
+    const int64_t m = n / 2;
+    pl->r = r; pl->n = n; pl->in = in; pl->out = out;
+    int ok = cplan_init(&pl->c, n);
+    pl->tw = (float *)malloc(sizeof(float) * 2 * (size_t)n);
+    pl->gs = (float *)malloc(sizeof(float) * (size_t)(r * (2 * m + 2)));
+    pl->hs = (float *)malloc(sizeof(float) * (size_t)(r * 2 * n));
+    float *tmp = (float *)malloc(sizeof(float) * 2 * (size_t)n);
+    if (!ok || !pl->tw || !pl->gs || !pl->hs || !tmp) {
+        free(tmp); ep_ldr_plan_destroy(pl);
+        return fail(EP_ERR_NOMEM, "%s: cannot allocate tables for r=%lld n=%lld", fn, (long long)r, (long long)n);
+    }
+    for (int64_t k = 0; k < n; k++) {
+        double a = M_PI * (double)k / (double)n;
+        pl->tw[2 * k] = (float)cos(a); pl->tw[2 * k + 1] = (float)sin(a);
+    }
+    const ep_ops *o = ops();
+    for (int64_t i = 0; i < r; i++) {
+        float *gs = pl->gs + i * (2 * m + 2), *hs = pl->hs + i * 2 * n;
+        rfft_run(o, &pl->f, G + i * n, gs, tmp);
+        for (int64_t u = 0; u < 2 * m + 2; u++) gs[u] *= 1.0f / (float)m;
+        for (int64_t k = 0; k < n; k++) {
+            hs[2 * k] = H[i * n + k] * pl->tw[2 * k] / (float)n;
+            hs[2 * k + 1] = H[i * n + k] * pl->tw[2 * k + 1] / (float)n;
+        }
+        o->cfft(n, pl->c.tw, hs, tmp, 0);
+    }
+    free(tmp);
+    *res = pl;
+    return EP_OK;
+}
+
+void ep_ldr_plan_destroy(ep_ldr_plan *pl) {
+    if (!pl) return;
+    rfft_free(&pl->f); free(pl->c.tw); free(pl->tw); free(pl->gs); free(pl->hs); free(pl);
+}
+
+ep_status ep_ldr_matmul(const ep_ldr_plan *pl, const float *X, int64_t N, int64_t in,
+                        const float *bias, float *Y, int64_t out) {
+    const char *fn = "ep_ldr_matmul";
+    CHECK_PTR(pl, "plan");
+    ep_status st = check_mm(fn, X, N, Y);
+    if (st || (st = check_plan_io(fn, in, out, pl->in, pl->out))) return st;
+    const int64_t n = pl->n, m = n / 2, cs = 2 * m + 2;
+    float *xt = (float *)malloc(sizeof(float) * (size_t)(2 * n * 3 + n + 2 * cs));
+    if (!xt) return fail(EP_ERR_NOMEM, "%s: out of memory", fn);
+    float *u = xt + 2 * n, *tmp = u + 2 * n, *ur = tmp + 2 * n, *us = ur + n, *acc = us + cs;
+    const ep_ops *o = ops();
+    for (int64_t b = 0; b < N; b++) {
+        const float *x = X + b * in;
+        for (int64_t k = 0; k < n; k++) {
+            float v = k < in ? x[k] : 0.0f;
+            xt[2 * k] = v * pl->tw[2 * k]; xt[2 * k + 1] = v * pl->tw[2 * k + 1];
+        }
+        o->cfft(n, pl->c.tw, xt, tmp, 0);
+        memset(acc, 0, sizeof(float) * (size_t)cs);
+        for (int64_t i = 0; i < pl->r; i++) {
+            memset(u, 0, sizeof(float) * 2 * (size_t)n);
+            o->cmac(n, pl->hs + i * 2 * n, xt, u);
+            o->cfft(n, pl->c.twi, u, tmp, 1);
+            for (int64_t k = 0; k < n; k++) /* Re(conj(w^k) u_k) */
+                ur[k] = u[2 * k] * pl->tw[2 * k] + u[2 * k + 1] * pl->tw[2 * k + 1];
+            rfft_run(o, &pl->f, ur, us, tmp);
+            o->cmac(m + 1, pl->gs + i * cs, us, acc);
+        }
+        irfft_run(o, &pl->f, acc, u, tmp);
+        add_bias_slice(Y + b * out, u, out, bias);
+    }
+    free(xt);
+    return EP_OK;
+}

@@ -1,0 +1,177 @@
+/* aarch64 NEON variant (NEON is baseline on aarch64, so no run-time check is needed). */
+#if defined(__aarch64__)
+#include <arm_neon.h>
+#include <string.h>
+#include "internal.h"
+
+#define AI static inline __attribute__((always_inline))
+
+AI void tile(const int NX, const int NW, int64_t cols, const float *x, const float *w,
+             const float *bias, float *y, int64_t ldy) {
+    float32x4_t acc[4][4];
+    for (int a = 0; a < NX; a++)
+        for (int b = 0; b < NW; b++) acc[a][b] = vdupq_n_f32(0.0f);
+    int64_t c = 0;
+    for (; c + 4 <= cols; c += 4) {
+        float32x4_t xv[4], wv[4];
+        for (int a = 0; a < NX; a++) xv[a] = vld1q_f32(x + a * cols + c);
+        for (int b = 0; b < NW; b++) wv[b] = vld1q_f32(w + b * cols + c);
+        for (int a = 0; a < NX; a++)
+            for (int b = 0; b < NW; b++) acc[a][b] = vfmaq_f32(acc[a][b], xv[a], wv[b]);
+    }
+    for (int a = 0; a < NX; a++)
+        for (int b = 0; b < NW; b++) {
+            float s = vaddvq_f32(acc[a][b]);
+            for (int64_t t = c; t < cols; t++) s += x[a * cols + t] * w[b * cols + t];
+            y[a * ldy + b] = s + (bias ? bias[b] : 0.0f);
+        }
+}
+
+static void gemm_neon(int64_t N, int64_t rows, int64_t cols, const float *X, const float *W,
+                      const float *bias, float *Y, int64_t ldy) {
+    int64_t n = 0;
+    for (; n + 4 <= N; n += 4) {
+        const float *x = X + n * cols;
+        float *y = Y + n * ldy;
+        int64_t r = 0;
+        for (; r + 2 <= rows; r += 2) tile(4, 2, cols, x, W + r * cols, bias ? bias + r : NULL, y + r, ldy);
+        for (; r < rows; r++) tile(4, 1, cols, x, W + r * cols, bias ? bias + r : NULL, y + r, ldy);
+    }
+    for (; n < N; n++) {
+        const float *x = X + n * cols;
+        float *y = Y + n * ldy;
+        int64_t r = 0;
+        for (; r + 4 <= rows; r += 4) tile(1, 4, cols, x, W + r * cols, bias ? bias + r : NULL, y + r, ldy);
+        for (; r < rows; r++) tile(1, 1, cols, x, W + r * cols, bias ? bias + r : NULL, y + r, ldy);
+    }
+}
+
+AI uint32x4_t rotl17(uint32x4_t x) { return vsriq_n_u32(vshlq_n_u32(x, 17), x, 15); }
+
+AI uint32x4_t xxh_tail4(uint32x4_t head, uint32x4_t j) {
+    uint32x4_t h = vmlaq_u32(head, j, vdupq_n_u32(EP_P3));
+    h = vmulq_u32(rotl17(h), vdupq_n_u32(EP_P4));
+    h = veorq_u32(h, vshrq_n_u32(h, 15));
+    h = vmulq_u32(h, vdupq_n_u32(EP_P2));
+    h = veorq_u32(h, vshrq_n_u32(h, 13));
+    h = vmulq_u32(h, vdupq_n_u32(EP_P3));
+    return veorq_u32(h, vshrq_n_u32(h, 16));
+}
+
+AI float32x4_t lookup(const ep_hcfg *c, uint32x4_t h) {
+    uint32_t hv[4];
+    float v[4];
+    vst1q_u32(hv, h);
+    if ((c->nb & (c->nb - 1)) == 0)
+        for (int t = 0; t < 4; t++) v[t] = c->buckets[hv[t] & (c->nb - 1)];
+    else
+        for (int t = 0; t < 4; t++) v[t] = c->buckets[hv[t] % c->nb];
+    float32x4_t r = vld1q_f32(v);
+    if (c->sgn) r = vreinterpretq_f32_u32(veorq_u32(vreinterpretq_u32_f32(r), vandq_u32(h, vdupq_n_u32(0x80000000u))));
+    return r;
+}
+
+static void hash_row_neon(const ep_hcfg *c, uint32_t i, int64_t cols, float *out) {
+    uint32x4_t head[64];
+    float32x4_t z[64];
+    static const uint32_t j0[4] = {0, 1, 2, 3};
+    for (int k = 0; k < c->k; k++) head[k] = vdupq_n_u32(ep_xxh_key_head(i, c->seed + (uint32_t)k));
+    uint32x4_t jv = vld1q_u32(j0);
+    for (int64_t j = 0; j < cols; j += 4, jv = vaddq_u32(jv, vdupq_n_u32(4))) {
+        float32x4_t y;
+        if (!c->w1) {
+            y = lookup(c, xxh_tail4(head[0], jv));
+        } else {
+            for (int k = 0; k < c->k; k++) z[k] = lookup(c, xxh_tail4(head[k], jv));
+            y = vdupq_n_f32(c->b2);
+            for (int hh = 0; hh < c->h; hh++) {
+                float32x4_t a = vdupq_n_f32(c->b1[hh]);
+                for (int k = 0; k < c->k; k++) a = vfmaq_n_f32(a, z[k], c->w1[hh * c->k + k]);
+                y = vfmaq_n_f32(y, vmaxq_f32(a, vdupq_n_f32(0.0f)), c->w2[hh]);
+            }
+        }
+        if (j + 4 <= cols) vst1q_f32(out + j, y);
+        else {
+            float t[4];
+            vst1q_f32(t, y);
+            memcpy(out + j, t, sizeof(float) * (size_t)(cols - j));
+        }
+    }
+}
+
+/* ---- FFT: 2 complex per vector ---- */
+AI float32x4_t cmulw(float32x4_t v, float32x4_t wr, float32x4_t wis) { /* wis = (-wi, wi, ..) */
+    return vfmaq_f32(vmulq_f32(v, wr), vrev64q_f32(v), wis);
+}
+static const float k_alt[4] = {-1.0f, 1.0f, -1.0f, 1.0f};
+
+static void radix4_stage(int64_t L, int64_t s, const float *tw, const float *a, float *b, int inv) {
+    const int64_t l4 = L / 4;
+    const float32x4_t alt = vld1q_f32(k_alt);
+    /* sg*i*v = sg*(-y, x): swap then multiply by sg*alt */
+    const float32x4_t jm = inv ? alt : vnegq_f32(alt);
+    for (int64_t p = 0; p < l4; p++) {
+        float32x4_t w1 = vreinterpretq_f32_u64(vld1q_dup_u64((const uint64_t *)(tw + 2 * (p * s))));
+        float32x4_t w2 = vreinterpretq_f32_u64(vld1q_dup_u64((const uint64_t *)(tw + 2 * (2 * p * s))));
+        float32x4_t w3 = vreinterpretq_f32_u64(vld1q_dup_u64((const uint64_t *)(tw + 2 * (3 * p * s))));
+        float32x4_t w1r = vtrn1q_f32(w1, w1), w1i = vmulq_f32(vtrn2q_f32(w1, w1), alt);
+        float32x4_t w2r = vtrn1q_f32(w2, w2), w2i = vmulq_f32(vtrn2q_f32(w2, w2), alt);
+        float32x4_t w3r = vtrn1q_f32(w3, w3), w3i = vmulq_f32(vtrn2q_f32(w3, w3), alt);
+        const float *A = a + 2 * s * p;
+        float *o = b + 2 * s * 4 * p;
+        const int64_t st = 2 * s * l4;
+        for (int64_t q = 0; q < 2 * s; q += 4) {
+            float32x4_t va = vld1q_f32(A + q), vb = vld1q_f32(A + st + q);
+            float32x4_t vc = vld1q_f32(A + 2 * st + q), vd = vld1q_f32(A + 3 * st + q);
+            float32x4_t apc = vaddq_f32(va, vc), amc = vsubq_f32(va, vc);
+            float32x4_t bpd = vaddq_f32(vb, vd), bmd = vsubq_f32(vb, vd);
+            float32x4_t j = vmulq_f32(vrev64q_f32(bmd), jm);
+            vst1q_f32(o + q, vaddq_f32(apc, bpd));
+            vst1q_f32(o + 2 * s + q, cmulw(vaddq_f32(amc, j), w1r, w1i));
+            vst1q_f32(o + 4 * s + q, cmulw(vsubq_f32(apc, bpd), w2r, w2i));
+            vst1q_f32(o + 6 * s + q, cmulw(vsubq_f32(amc, j), w3r, w3i));
+        }
+    }
+}
+
+static void radix2_stage(int64_t s, const float *a, float *b) {
+    for (int64_t q = 0; q < 2 * s; q += 4) {
+        float32x4_t va = vld1q_f32(a + q), vb = vld1q_f32(a + 2 * s + q);
+        vst1q_f32(b + q, vaddq_f32(va, vb));
+        vst1q_f32(b + 2 * s + q, vsubq_f32(va, vb));
+    }
+}
+
+static void cfft_neon(int64_t m, const float *tw, float *x, float *tmp, int inv) {
+    float *a = x, *b = tmp;
+    int64_t L = m, s = 1;
+    for (; L >= 4; L /= 4, s *= 4) {
+        if (s >= 2) radix4_stage(L, s, tw, a, b, inv);
+        else ep_cfft_radix4_stage_ref(L, s, tw, a, b, inv);
+        float *t = a; a = b; b = t;
+    }
+    if (L == 2) {
+        if (s >= 2) radix2_stage(s, a, b);
+        else ep_cfft_radix2_stage_ref(s, a, b);
+        float *t = a; a = b; b = t;
+    }
+    if (a != x) memcpy(x, a, (size_t)m * 2 * sizeof(float));
+}
+
+static void cmac_neon(int64_t m, const float *a, const float *b, float *acc) {
+    const float32x4_t alt = vld1q_f32(k_alt);
+    int64_t k = 0;
+    for (; k + 2 <= m; k += 2) {
+        float32x4_t va = vld1q_f32(a + 2 * k), vb = vld1q_f32(b + 2 * k);
+        float32x4_t p = cmulw(va, vtrn1q_f32(vb, vb), vmulq_f32(vtrn2q_f32(vb, vb), alt));
+        vst1q_f32(acc + 2 * k, vaddq_f32(vld1q_f32(acc + 2 * k), p));
+    }
+    for (; k < m; k++) {
+        float ar = a[2 * k], ai = a[2 * k + 1], br = b[2 * k], bi = b[2 * k + 1];
+        acc[2 * k] += ar * br - ai * bi;
+        acc[2 * k + 1] += ar * bi + ai * br;
+    }
+}
+
+const ep_ops ep_ops_neon = {"neon", gemm_neon, hash_row_neon, cfft_neon, cmac_neon};
+#endif /* __aarch64__ */

@@ -1,0 +1,99 @@
+/* Portable C reference variant: the definition every SIMD variant is tested against. */
+#include <string.h>
+#include "internal.h"
+
+static void gemm_ref(int64_t N, int64_t rows, int64_t cols, const float *X, const float *W,
+                     const float *bias, float *Y, int64_t ldy) {
+    for (int64_t n = 0; n < N; n++) {
+        const float *x = X + n * cols;
+        for (int64_t r = 0; r < rows; r++) {
+            const float *w = W + r * cols;
+            float acc = 0.0f;
+            for (int64_t c = 0; c < cols; c++) acc += x[c] * w[c];
+            Y[n * ldy + r] = acc + (bias ? bias[r] : 0.0f);
+        }
+    }
+}
+
+static void hash_row_ref(const ep_hcfg *c, uint32_t i, int64_t cols, float *out) {
+    uint32_t head[64];
+    float z[64];
+    for (int k = 0; k < c->k; k++) head[k] = ep_xxh_key_head(i, c->seed + (uint32_t)k);
+    for (int64_t j = 0; j < cols; j++) {
+        for (int k = 0; k < c->k; k++) {
+            uint32_t h = ep_xxh_key_tail(head[k], (uint32_t)j);
+            float v = c->buckets[h % c->nb];
+            z[k] = (c->sgn && (h >> 31)) ? -v : v;
+        }
+        if (!c->w1) { out[j] = z[0]; continue; }
+        float y = c->b2;
+        for (int hh = 0; hh < c->h; hh++) {
+            float a = c->b1[hh];
+            for (int k = 0; k < c->k; k++) a += c->w1[hh * c->k + k] * z[k];
+            y += c->w2[hh] * (a > 0.0f ? a : 0.0f);
+        }
+        out[j] = y;
+    }
+}
+
+/* Stockham autosort radix-4 stage: sub-transform length L, stride s (L * s = m).
+ * Reads a[q + s*(p + t*L/4)], writes b[q + s*(4p + t)], twiddle w^t_p = tw[t*p*s]. */
+void ep_cfft_radix4_stage_ref(int64_t L, int64_t s, const float *tw, const float *a, float *b, int inv) {
+    const int64_t l4 = L / 4;
+    const float sg = inv ? 1.0f : -1.0f; /* forward: multiply (b - d) by -i */
+    for (int64_t p = 0; p < l4; p++) {
+        const float w1r = tw[2 * (p * s)], w1i = tw[2 * (p * s) + 1];
+        const float w2r = tw[2 * (2 * p * s)], w2i = tw[2 * (2 * p * s) + 1];
+        const float w3r = tw[2 * (3 * p * s)], w3i = tw[2 * (3 * p * s) + 1];
+        for (int64_t q = 0; q < s; q++) {
+            const float *A = a + 2 * (q + s * p), *B = A + 2 * s * l4, *C = B + 2 * s * l4, *D = C + 2 * s * l4;
+            float apcr = A[0] + C[0], apci = A[1] + C[1], amcr = A[0] - C[0], amci = A[1] - C[1];
+            float bpdr = B[0] + D[0], bpdi = B[1] + D[1], bmdr = B[0] - D[0], bmdi = B[1] - D[1];
+            /* j = sg * i * (b - d) */
+            float jr = -sg * bmdi, ji = sg * bmdr;
+            float *o = b + 2 * (q + s * 4 * p);
+            float y1r = amcr + jr, y1i = amci + ji;
+            float y2r = apcr - bpdr, y2i = apci - bpdi;
+            float y3r = amcr - jr, y3i = amci - ji;
+            o[0] = apcr + bpdr; o[1] = apci + bpdi;
+            o[2 * s] = y1r * w1r - y1i * w1i; o[2 * s + 1] = y1r * w1i + y1i * w1r;
+            o[4 * s] = y2r * w2r - y2i * w2i; o[4 * s + 1] = y2r * w2i + y2i * w2r;
+            o[6 * s] = y3r * w3r - y3i * w3i; o[6 * s + 1] = y3r * w3i + y3i * w3r;
+        }
+    }
+}
+
+/* last radix-2 stage (L == 2) */
+void ep_cfft_radix2_stage_ref(int64_t s, const float *a, float *b) {
+    for (int64_t q = 0; q < s; q++) {
+        const float *A = a + 2 * q, *B = a + 2 * (q + s);
+        float *o = b + 2 * q;
+        float br = B[0], bi = B[1], ar = A[0], ai = A[1];
+        o[0] = ar + br; o[1] = ai + bi;
+        o[2 * s] = ar - br; o[2 * s + 1] = ai - bi;
+    }
+}
+
+static void cfft_ref(int64_t m, const float *tw, float *x, float *tmp, int inv) {
+    float *a = x, *b = tmp;
+    int64_t L = m, s = 1;
+    for (; L >= 4; L /= 4, s *= 4) {
+        ep_cfft_radix4_stage_ref(L, s, tw, a, b, inv);
+        float *t = a; a = b; b = t;
+    }
+    if (L == 2) {
+        ep_cfft_radix2_stage_ref(s, a, b);
+        float *t = a; a = b; b = t;
+    }
+    if (a != x) memcpy(x, a, (size_t)m * 2 * sizeof(float));
+}
+
+static void cmac_ref(int64_t m, const float *a, const float *b, float *acc) {
+    for (int64_t k = 0; k < m; k++) {
+        float ar = a[2 * k], ai = a[2 * k + 1], br = b[2 * k], bi = b[2 * k + 1];
+        acc[2 * k] += ar * br - ai * bi;
+        acc[2 * k + 1] += ar * bi + ai * br;
+    }
+}
+
+const ep_ops ep_ops_ref = {"ref", gemm_ref, hash_row_ref, cfft_ref, cmac_ref};
