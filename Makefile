@@ -4,6 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
+OLD_ORT := .venv-ort-old
+OLD_ORT_VERSION := 1.20.1
+
 .PHONY: setup kernels demo test test-python test-c lint bench clean
 
 setup: $(STAMP)
@@ -34,7 +37,13 @@ test-c: $(STAMP)
 	bash runtime_kernels/scripts/ci_aarch64.sh
 	bash runtime_kernels/scripts/ci_ort_aarch64.sh
 
-test-python: kernels
+# A second, small venv with an older ONNX Runtime: the exported files must run there too.
+$(OLD_ORT)/.installed:
+	test -x $(OLD_ORT)/bin/python || $(PYTHON) -m venv $(OLD_ORT)
+	$(OLD_ORT)/bin/pip install --quiet --disable-pip-version-check onnxruntime==$(OLD_ORT_VERSION) numpy
+	touch $@
+
+test-python: kernels $(OLD_ORT)/.installed
 	$(BIN)/python -m pytest
 
 test: lint test-c test-python
@@ -43,4 +52,4 @@ bench: kernels
 	$(BIN)/python -m edgepack.benchmarks.layers
 
 clean:
-	rm -rf $(VENV) build runtime_kernels/lib *.egg-info
+	rm -rf $(VENV) $(OLD_ORT) build runtime_kernels/lib *.egg-info

@@ -1,0 +1,81 @@
+"""``edgepack export`` and ``edgepack inspect`` on checkpoints, and safe checkpoint loading."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from edgepack import onnx_session
+from edgepack.cli import main
+from edgepack.compression import compress, load_checkpoint, save_checkpoint
+from edgepack.demo import digits_mlp
+
+RECIPE = {"fc1": {"method": "hashed", "ratio": 1 / 8, "num_hashes": 2}, "fc2": {"method": "ldr", "rank": 2}}
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model, _ = compress(digits_mlp(hidden=32), RECIPE)
+    return model.eval(), save_checkpoint(model, tmp_path / "m.pt", "edgepack.demo:digits_mlp",
+                                         {"hidden": 32}, RECIPE)
+
+
+def test_checkpoint_round_trip(checkpoint):
+    model, path = checkpoint
+    loaded = load_checkpoint(path)
+    x = torch.randn(4, 64)
+    torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_export_and_inspect_commands(checkpoint, tmp_path, capsys):
+    model, path = checkpoint
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(path), "--example-shape", "1,64", "-o", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    x = np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)
+    session = onnx_session(out)
+    y = session.run(None, {session.get_inputs()[0].name: x})[0]
+    np.testing.assert_allclose(y, model(torch.from_numpy(x)).detach().numpy(), rtol=1e-4, atol=1e-5)
+    assert main(["inspect", str(out)]) == 0
+    report = capsys.readouterr().out
+    assert "HashedMatMul fc1" in report and "LDRMatMul fc2" in report
+    assert "num_hashes=2" in report and "ai.edgepack::LDRMatMul ×1" in report
+
+
+def test_export_command_errors(checkpoint, tmp_path, capsys):
+    _, path = checkpoint
+    assert main(["export", str(tmp_path / "missing.pt"), "--example-shape", "1,64",
+                 "-o", str(tmp_path / "m.onnx")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["export", str(path), "--example-shape", "1,x", "-o", "m.onnx"])
+    assert "expected positive integers" in capsys.readouterr().err
+    assert main(["inspect", str(path)]) == 1
+    assert "not a readable ONNX file" in capsys.readouterr().err
+
+
+class Exploit:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_checkpoint_loading_refuses_arbitrary_pickle(tmp_path, capsys):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "edgepack.checkpoint", "payload": Exploit()}, path)
+    with pytest.raises(ValueError, match="weights_only"):
+        load_checkpoint(path)
+    assert "pwned" not in capsys.readouterr().out
+    plain = tmp_path / "plain.pt"
+    plain.write_bytes(pickle.dumps({"a": 1}))
+    torch.save({"state_dict": {}}, plain)
+    with pytest.raises(ValueError, match="not an edgepack checkpoint"):
+        load_checkpoint(plain)
+
+
+def test_checkpoint_builder_must_import(tmp_path):
+    with pytest.raises(ValueError, match="package.module:function"):
+        save_checkpoint(digits_mlp(), tmp_path / "m.pt", "digits_mlp")
+    with pytest.raises(ValueError, match="cannot import model builder"):
+        save_checkpoint(digits_mlp(), tmp_path / "m.pt", "edgepack.demo:nope")

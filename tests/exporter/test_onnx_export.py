@@ -1,0 +1,103 @@
+"""torch == ORT with our kernels == ORT with the fallback functions == ReferenceEvaluator."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from conftest import LAYERS, assert_close_relative, run_all
+from torch import nn
+
+from edgepack import onnx_session
+from edgepack.exporter import export, inspect_onnx
+from edgepack.exporter.fallbacks import DOMAIN
+
+
+@pytest.mark.parametrize("mode", ["kernels", "portable"])
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_every_layer_in_every_runtime(name, mode, tmp_path):
+    torch.manual_seed(1)
+    layer = LAYERS[name]().eval()
+    path = export(layer, torch.randn(1, layer.in_features), tmp_path / f"{name}.onnx", mode=mode)
+    onnx.checker.check_model(str(path), full_check=True)
+    for batch in (1, 4):  # the batch axis is dynamic
+        x = torch.randn(batch, layer.in_features)
+        expected = layer(x).detach().numpy()
+        for runtime, y in run_all(path, x.numpy()).items():
+            assert_close_relative(y, expected), runtime
+
+
+@pytest.mark.parametrize("mode", ["kernels", "portable"])
+def test_mixed_cnn_mlp(mixed_net, mode, tmp_path):
+    x = torch.randn(3, 1, 9, 9)
+    path = export(mixed_net, x, tmp_path / "mixed.onnx", mode=mode)
+    onnx.checker.check_model(str(path), full_check=True)
+    model = onnx.load(path)
+    custom = sorted({n.op_type for n in model.graph.node if n.domain == DOMAIN})
+    expected_ops = (["CirculantMatMul", "HashedMatMul", "HashedWeight", "LDRMatMul"]
+                    if mode == "kernels" else ["HashedWeight"])
+    assert custom == expected_ops
+    assert {f.name for f in model.functions} == set(custom)
+    expected = mixed_net(x).detach().numpy()
+    for runtime, y in run_all(path, x.numpy()).items():
+        assert_close_relative(y, expected), runtime
+
+
+def executed_op_types(path, use_kernels: bool, tmp_path) -> set[str]:
+    """The node op types ORT's profiler saw run."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.enable_profiling = True
+    options.profile_file_prefix = str(tmp_path / f"profile_{use_kernels}")
+    session = onnx_session(path, use_kernels=use_kernels, sess_options=options)
+    session.run(None, {session.get_inputs()[0].name: np.ones((1, 16), np.float32)})
+    events = json.loads(open(session.end_profiling()).read())
+    return {e["args"]["op_name"] for e in events if e.get("cat") == "Node" and "op_name" in e["args"]}
+
+
+def test_profiler_shows_which_path_ran(tmp_path):
+    torch.manual_seed(2)
+    model = nn.Sequential(LAYERS["hashed_bias_unsigned"](), nn.ReLU()).eval()
+    path = export(model, torch.randn(1, 16), tmp_path / "m.onnx")
+    with_kernels = executed_op_types(path, True, tmp_path)
+    fallback = executed_op_types(path, False, tmp_path)
+    assert "HashedMatMul" in with_kernels and "MatMul" not in with_kernels
+    # ORT inlines the function, folds the decoded weight and fuses MatMul + Add + Relu.
+    assert "HashedMatMul" not in fallback and fallback & {"MatMul", "Gemm", "FusedGemm"}
+
+
+def test_hashed_at_one_sixty_fourth_is_small_on_disk(tmp_path):
+    torch.manual_seed(3)
+    dense = nn.Sequential(nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 512)).eval()
+    from edgepack.compression import compress
+
+    hashed, _ = compress(dense, {"*": {"method": "hashed", "ratio": 1 / 64}})
+    x = torch.randn(1, 512)
+    dense_size = export(dense, x, tmp_path / "dense.onnx").stat().st_size
+    hashed_size = export(hashed.eval(), x, tmp_path / "hashed.onnx").stat().st_size
+    assert hashed_size * 40 <= dense_size, (hashed_size, dense_size)
+    summary = inspect_onnx(tmp_path / "hashed.onnx")
+    assert [n.op_type for n in summary.nodes] == ["HashedMatMul", "HashedMatMul"]
+    assert summary.nodes[0].name == "0" and summary.nodes[0].dense_bytes == 512 * 512 * 4
+    assert summary.nodes[0].stored_bytes == 4 * (512 * 512 // 64) + 4 * 7  # + identity recon
+
+
+def test_stream_mode_attribute(tmp_path):
+    torch.manual_seed(4)
+    layer = LAYERS["hashednets"]().eval()
+    path = export(layer, torch.randn(2, 37), tmp_path / "s.onnx", stream=True)
+    node = next(n for n in onnx.load(path).graph.node if n.op_type == "HashedMatMul")
+    assert {a.name: a.i for a in node.attribute}["mode"] == 1
+    x = torch.randn(5, 37)
+    for runtime, y in run_all(path, x.numpy()).items():
+        assert_close_relative(y, layer(x).detach().numpy()), runtime
+
+
+def test_unsupported_suffix_and_mode(tmp_path):
+    layer = LAYERS["ldr"]()
+    with pytest.raises(ValueError, match=r"unsupported suffix '.pb'; supported: .onnx"):
+        export(layer, torch.randn(1, 30), tmp_path / "m.pb")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        export(layer, torch.randn(1, 30), tmp_path / "m.onnx", mode="fast")
