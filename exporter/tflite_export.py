@@ -170,9 +170,48 @@ class Converter:
         return False
 
 
-# ---- padding helpers ------------------------------------------------------------------------
-def tflite_padding(converter: Converter, in_hw, kernel, strides, dilations, pads) -> int | None:
-    """SAME or VALID when the ONNX pads equal what TFLite would use, else None."""
+# ---- convolution and pooling ------------------------------------------------------------------
+def spatial_2d(c: Converter, rank: int, name: str, default, size: int) -> list[int]:
+    """A 1-D or 2-D spatial attribute as its 2-D form (1-D ops run as 2-D with H = 1)."""
+    values = list(c.attribute(name, default * (rank - 2)))
+    if rank == 3:
+        values = [0, values[0], 0, values[1]] if size == 4 else [1 if name != "pads" else 0, values[0]]
+    return values
+
+
+def nhwc_input(c: Converter, name: str) -> tuple[int, tuple[int, ...]]:
+    """The input of a convolution or pool as NHWC; (N, C, L) becomes (N, 1, L, C)."""
+    value = c.values[name]
+    if len(value.shape) == 4:
+        return c.tensor(name, "nhwc"), c.tflite_shape(value.shape, True)
+    if len(value.shape) != 3:
+        raise c.fail(f"only 1-D and 2-D inputs are supported, got shape {value.shape}")
+    n, channels, length = value.shape
+    transposed = c.builder.tensor(f"{name}_nlc", (n, length, channels))
+    c.builder.operator(OP.TRANSPOSE, [c.tensor(name), c.int32([0, 2, 1])], [transposed])
+    shape = (n, 1, length, channels)
+    lifted = c.builder.tensor(f"{name}_nhwc", shape)
+    c.builder.operator(OP.RESHAPE, [transposed, c.int32(shape)], [lifted])
+    return lifted, shape
+
+
+def nhwc_output(c: Converter, name: str) -> tuple[int, Callable[[], None]]:
+    """The tensor a convolution or pool writes, and a step that finishes a 1-D output."""
+    shape = tuple(np.shape(c.static[name]))
+    if len(shape) == 4:
+        return c.output(name, nhwc=True), lambda: None
+    n, channels, length = shape
+    raw = c.builder.tensor(f"{name}_nhwc", (n, 1, length, channels))
+
+    def finish() -> None:
+        flat = c.builder.tensor(f"{name}_nlc", (n, length, channels))
+        c.builder.operator(OP.RESHAPE, [raw, c.int32((n, length, channels))], [flat])
+        c.builder.operator(OP.TRANSPOSE, [flat, c.int32([0, 2, 1])], [c.output(name)])
+    return raw, finish
+
+
+def tflite_padding(in_hw, kernel, strides, dilations, pads) -> int | None:
+    """SAME or VALID when the ONNX pads [top, left, bottom, right] equal TFLite's, else None."""
     if not any(pads):
         return tflite.Padding.VALID
     same = []
@@ -185,73 +224,78 @@ def tflite_padding(converter: Converter, in_hw, kernel, strides, dilations, pads
     return None
 
 
-def pad_nhwc(converter: Converter, x: int, name: str, shape_nhwc, pads) -> tuple[int, tuple]:
+def pad_nhwc(c: Converter, x: int, name: str, shape, pads) -> tuple[int, tuple[int, ...]]:
     """Explicit zero PAD of an NHWC tensor by ONNX pads [top, left, bottom, right]."""
     paddings = [[0, 0], [pads[0], pads[2]], [pads[1], pads[3]], [0, 0]]
-    shape = (shape_nhwc[0], shape_nhwc[1] + pads[0] + pads[2], shape_nhwc[2] + pads[1] + pads[3],
-             shape_nhwc[3])
-    out = converter.builder.tensor(f"{name}_padded", shape)
-    converter.builder.operator(OP.PAD, [x, converter.int32(paddings)], [out])
+    shape = (shape[0], shape[1] + pads[0] + pads[2], shape[2] + pads[1] + pads[3], shape[3])
+    out = c.builder.tensor(f"{name}_padded", shape)
+    c.builder.operator(OP.PAD, [x, c.int32(paddings)], [out])
     return out, shape
 
 
-# ---- convolution and pooling ------------------------------------------------------------------
 @handles("Conv")
 def convert_conv(c: Converter, node: onnx.NodeProto) -> None:
     x_value, w_value = c.values[node.input[0]], c.values[node.input[1]]
-    if len(x_value.shape) != 4:
-        raise c.fail(f"only 2-D convolutions are supported, input shape {x_value.shape}")
-    out_channels, in_per_group, kh, kw = w_value.shape
-    in_channels, group = x_value.shape[1], c.attribute("group", 1)
-    strides, dilations = c.attribute("strides", [1, 1]), c.attribute("dilations", [1, 1])
-    pads = c.attribute("pads", [0, 0, 0, 0])
+    rank = len(x_value.shape)
     if c.attribute("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
         raise c.fail("auto_pad is not supported; export with explicit pads")
+    x, x_shape = nhwc_input(c, node.input[0])
+    out_channels, in_per_group = w_value.shape[:2]
+    kernel = (1, w_value.shape[2]) if rank == 3 else tuple(w_value.shape[2:])
+    in_channels, group = x_value.shape[1], c.attribute("group", 1)
+    strides, dilations = spatial_2d(c, rank, "strides", [1], 2), spatial_2d(c, rank, "dilations", [1], 2)
+    pads = spatial_2d(c, rank, "pads", [0, 0], 4)
     depthwise = group > 1 and group == in_channels and in_per_group == 1
-    if group != 1 and not depthwise:
-        raise c.fail(f"group={group} is not supported; supported: 1 or depthwise "
-                     f"(group == in_channels={in_channels})")
-    perm = (1, 2, 3, 0) if depthwise else TO_NHWC  # ONNX OIHW → TFLite OHWI or 1HWO
+    perm = (1, 2, 3, 0) if depthwise else TO_NHWC  # ONNX OIHW → TFLite OHWI (or 1HWO)
     if w_value.const is not None:
-        weight = c.builder.constant(f"{node.input[1]}_tflite", w_value.const.transpose(perm))
+        weight = c.builder.constant(f"{node.input[1]}_tflite",
+                                    w_value.const.reshape(out_channels, in_per_group, *kernel).transpose(perm))
     else:
-        shape = tuple(w_value.shape[i] for i in perm)
-        weight = c.builder.tensor(f"{node.input[1]}_tflite", shape)
+        if rank != 4:
+            raise c.fail("a computed (non-constant) weight needs a 2-D convolution")
+        weight = c.builder.tensor(f"{node.input[1]}_tflite", tuple(w_value.shape[i] for i in perm))
         c.builder.operator(OP.TRANSPOSE, [c.tensor(node.input[1]), c.int32(perm)], [weight])
     bias = (c.tensor(node.input[2]) if len(node.input) > 2 and node.input[2]
             else c.builder.constant(f"{node.name}_bias", np.zeros(out_channels, np.float32)))
-    x = c.tensor(node.input[0], "nhwc")
-    padding = tflite_padding(c, x_value.shape[2:], (kh, kw), strides, dilations, pads)
+    padding = tflite_padding(x_shape[1:3], kernel, strides, dilations, pads)
     if padding is None:
-        x, _ = pad_nhwc(c, x, node.input[0], c.tflite_shape(x_value.shape, True), pads)
+        x, x_shape = pad_nhwc(c, x, node.input[0], x_shape, pads)
         padding = tflite.Padding.VALID
     fields = dict(Padding=padding, StrideH=strides[0], StrideW=strides[1],
                   DilationHFactor=dilations[0], DilationWFactor=dilations[1])
     if depthwise:
         options = Options("DepthwiseConv2DOptions", fields | {"DepthMultiplier": out_channels // group})
         code = OP.DEPTHWISE_CONV_2D
-    else:
+    else:  # group > 1: TFLite's CONV_2D takes a filter with in_channels / group channels
         options, code = Options("Conv2DOptions", fields), OP.CONV_2D
-    c.builder.operator(code, [x, weight, bias], [c.output(node.output[0], nhwc=True)], options)
+    out, finish = nhwc_output(c, node.output[0])
+    c.builder.operator(code, [x, weight, bias], [out], options)
+    finish()
 
 
 @handles("MaxPool", "AveragePool")
 def convert_pool(c: Converter, node: onnx.NodeProto) -> None:
-    x_value = c.values[node.input[0]]
-    kernel = c.attribute("kernel_shape")
-    strides = c.attribute("strides", [1, 1])
-    pads = c.attribute("pads", [0, 0, 0, 0])
-    if len(kernel) != 2 or c.attribute("ceil_mode", 0) or any(d != 1 for d in c.attribute("dilations", [1, 1])):
-        raise c.fail("only 2-D pooling without ceil_mode or dilation is supported")
-    padding = tflite_padding(c, x_value.shape[2:], kernel, strides, [1, 1], pads)
+    rank = len(c.values[node.input[0]].shape)
+    kernel = spatial_2d(c, rank, "kernel_shape", [1], 2)
+    strides = spatial_2d(c, rank, "strides", [1], 2)
+    pads = spatial_2d(c, rank, "pads", [0, 0], 4)
+    if any(d != 1 for d in c.attribute("dilations", [])):
+        raise c.fail("pooling with dilation is not supported")
+    x, x_shape = nhwc_input(c, node.input[0])
+    padding = tflite_padding(x_shape[1:3], kernel, strides, [1, 1], pads)
     include_pad = node.op_type == "AveragePool" and c.attribute("count_include_pad", 0)
-    if padding is None or (include_pad and any(pads)):
-        raise c.fail(f"pads {pads} are not representable as TFLite SAME/VALID for this pool "
-                     f"(count_include_pad={include_pad})")
+    out_shape = np.shape(c.static[node.output[0]])[2:]
+    same_size = [-(-size // s) if padding == tflite.Padding.SAME else (size - k) // s + 1
+                 for size, k, s in zip(x_shape[1:3], kernel, strides)]
+    if padding is None or (include_pad and any(pads)) or same_size[2 - len(out_shape):] != list(out_shape):
+        raise c.fail(f"pads {list(c.attribute('pads', []))} / ceil_mode={c.attribute('ceil_mode', 0)} are "
+                     f"not representable as TFLite SAME/VALID pooling (count_include_pad={include_pad})")
     code = OP.MAX_POOL_2D if node.op_type == "MaxPool" else OP.AVERAGE_POOL_2D
     options = Options("Pool2DOptions", dict(Padding=padding, StrideH=strides[0], StrideW=strides[1],
                                             FilterHeight=kernel[0], FilterWidth=kernel[1]))
-    c.builder.operator(code, [c.tensor(node.input[0], "nhwc")], [c.output(node.output[0], True)], options)
+    out, finish = nhwc_output(c, node.output[0])
+    c.builder.operator(code, [x], [out], options)
+    finish()
 
 
 @handles("GlobalAveragePool")
@@ -317,10 +361,21 @@ def convert_gemm(c: Converter, node: onnx.NodeProto) -> None:
         shape = b_value.shape[::-1]
         weight = c.builder.tensor(f"{node.input[1]}_t", shape)
         c.builder.operator(OP.TRANSPOSE, [c.tensor(node.input[1]), c.int32([1, 0])], [weight])
-    bias = None
-    if len(node.input) > 2 and node.input[2]:
-        bias = c.builder.constant(f"{node.input[2]}_fc", c.const(node.input[2], "Gemm C").reshape(-1))
-    fully_connected(c, node.input[0], weight, bias, node.output[0], keep_dims=False)
+    has_c = len(node.input) > 2 and node.input[2]
+    c_value = c.values[node.input[2]] if has_c else None
+    out_features = np.shape(c.static[node.output[0]])[-1]
+    if c_value is not None and c_value.const is not None and c_value.const.size == out_features:
+        bias = c.builder.constant(f"{node.input[2]}_fc", c_value.const.reshape(-1).astype(np.float32))
+        fully_connected(c, node.input[0], weight, bias, node.output[0], keep_dims=False)
+        return
+    if c_value is None:
+        fully_connected(c, node.input[0], weight, None, node.output[0], keep_dims=False)
+        return
+    product = f"{node.output[0]}_product"  # C is computed or a full matrix: FC, then ADD
+    c.static[product] = c.static[node.output[0]]
+    fully_connected(c, node.input[0], weight, None, product, keep_dims=False)
+    c.builder.operator(OP.ADD, [c.tensor(product), operand(c, node.input[2], False, 2)],
+                       [c.output(node.output[0])])
 
 
 @handles("MatMul")
@@ -370,8 +425,10 @@ def convert_unary(c: Converter, node: onnx.NodeProto) -> None:
 
 @handles("Clip")
 def convert_clip(c: Converter, node: onnx.NodeProto) -> None:
-    low = float(c.const(node.input[1], "min")) if len(node.input) > 1 and node.input[1] else -np.inf
-    high = float(c.const(node.input[2], "max")) if len(node.input) > 2 and node.input[2] else np.inf
+    low = float(c.const(node.input[1], "min")) if len(node.input) > 1 and node.input[1] else \
+        c.attribute("min", -np.inf)  # opset < 11 keeps min / max as attributes
+    high = float(c.const(node.input[2], "max")) if len(node.input) > 2 and node.input[2] else \
+        c.attribute("max", np.inf)
     nhwc = c.values[node.input[0]].nhwc
     x = c.tensor(node.input[0], "nhwc" if nhwc else "onnx")
     fused = {(0.0, 6.0): OP.RELU6, (0.0, np.inf): OP.RELU, (-1.0, 1.0): OP.RELU_N1_TO_1}
@@ -437,10 +494,13 @@ def convert_softmax(c: Converter, node: onnx.NodeProto) -> None:
 def convert_pad(c: Converter, node: onnx.NodeProto) -> None:
     value = c.values[node.input[0]]
     rank = len(value.shape)
-    pads = np.asarray(c.const(node.input[1], "pads")).reshape(-1)
+    if len(node.input) > 1:
+        pads = np.asarray(c.const(node.input[1], "pads")).reshape(-1)
+        fill = float(c.const(node.input[2], "constant_value")) if len(node.input) > 2 and node.input[2] else 0.0
+    else:  # opset < 11 keeps pads / value as attributes
+        pads, fill = np.asarray(c.attribute("pads")), c.attribute("value", 0.0)
     if len(node.input) > 3 and node.input[3]:
         raise c.fail("Pad with explicit axes is not supported")
-    fill = float(c.const(node.input[2], "constant_value")) if len(node.input) > 2 and node.input[2] else 0.0
     mode = c.attribute("mode", b"constant")
     mode = mode.decode() if isinstance(mode, bytes) else mode
     paddings = np.stack([pads[:rank], pads[rank:]], axis=1)
