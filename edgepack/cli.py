@@ -37,9 +37,17 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from edgepack.exporter import format_summary, inspect_onnx
+    from edgepack.exporter import format_summary, inspect_model
 
-    print(format_summary(inspect_onnx(args.model)))
+    print(format_summary(inspect_model(args.model)))
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from edgepack.exporter import convert_onnx_to_tflite
+
+    path = convert_onnx_to_tflite(args.model, args.output, batch_size=args.batch_size)
+    print(f"wrote {path} ({path.stat().st_size:,} bytes)")
     return 0
 
 
@@ -58,11 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--save", metavar="DIR", help="also save each model as a checkpoint in DIR")
     demo.set_defaults(handler=_demo)
 
-    export = commands.add_parser("export", help="export a checkpoint to ONNX with ai.edgepack ops")
+    export = commands.add_parser("export", help="export a checkpoint to ONNX or TFLite with ai.edgepack ops")
     export.add_argument("model", help="an edgepack checkpoint (.pt, see save_checkpoint)")
     export.add_argument("--example-shape", type=_shape, action="append", required=True,
                         metavar="N,C,...", help="shape of an example input (repeat per input)")
-    export.add_argument("-o", "--output", required=True, help="output file (.onnx)")
+    export.add_argument("-o", "--output", required=True, help="output file (.onnx or .tflite)")
     export.add_argument("--mode", choices=["kernels", "portable"], default="kernels",
                         help="kernels: fused ai.edgepack compute ops (default); portable: "
                              "decoders + standard ops")
@@ -73,8 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fix the batch size to the example's (default: dynamic)")
     export.set_defaults(handler=_export)
 
+    convert = commands.add_parser("convert", help="convert an ONNX model to TFLite (no TensorFlow)")
+    convert.add_argument("model", help="an .onnx file (standard ops of the supported list, "
+                                       "ai.edgepack ops become CUSTOM ops)")
+    convert.add_argument("-o", "--output", required=True, help="output .tflite file")
+    convert.add_argument("--batch-size", type=int, default=1,
+                         help="value for a dynamic batch axis (TFLite shapes are static; default 1)")
+    convert.set_defaults(handler=_convert)
+
     inspect = commands.add_parser("inspect", help="list a model file's ops, attributes and sizes")
-    inspect.add_argument("model", help="an .onnx file")
+    inspect.add_argument("model", help="an .onnx or .tflite file")
     inspect.set_defaults(handler=_inspect)
     return parser
 

@@ -1,4 +1,5 @@
-"""``edgepack inspect``: the ops of an exported file, their attributes, stored vs dense bytes."""
+"""``edgepack inspect``: the ops of an exported file (.onnx or .tflite), the attributes of its
+ai.edgepack ops, and the bytes it stores vs a dense model."""
 
 from collections import Counter
 from dataclasses import dataclass, field
@@ -48,6 +49,56 @@ def _dense_weight_bytes(op_type: str, attributes: dict) -> int:
     return 4 * attributes["in_features"] * attributes["out_features"]
 
 
+def _add_compressed_node(summary: ModelSummary, name: str, op_type: str, attributes: dict,
+                         input_bytes: list[int]) -> None:
+    """Count one ai.edgepack node; ``input_bytes`` are its inputs' stored bytes, in ONNX order."""
+    named = dict(zip(FUNCTIONS[op_type]().input, input_bytes))
+    stored = sum(named.get(n, 0) for n in WEIGHT_INPUTS[op_type])
+    dense = _dense_weight_bytes(op_type, attributes)
+    summary.dense_bytes += dense - stored
+    summary.nodes.append(CompressedNode(name, op_type, attributes, stored, dense))
+
+
+def inspect_model(path: str | Path) -> ModelSummary:
+    """Summarise an .onnx or .tflite file."""
+    suffix = Path(path).suffix
+    if suffix == ".tflite":
+        return inspect_tflite(path)
+    if suffix == ".onnx":
+        return inspect_onnx(path)
+    raise ValueError(f"{path}: unsupported file type {suffix!r}; supported: .onnx, .tflite")
+
+
+def inspect_tflite(path: str | Path) -> ModelSummary:
+    """Summarise a .tflite file: op counts, ai.edgepack CUSTOM ops with their options, bytes."""
+    import tflite
+    from flatbuffers import flexbuffers
+
+    path = Path(path)
+    data = path.read_bytes()
+    if len(data) < 8 or data[4:8] != b"TFL3":
+        raise ValueError(f"{path}: not a TFLite flatbuffer (no TFL3 identifier)")
+    model = tflite.Model.GetRootAs(data, 0)
+    names = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
+    graph = model.Subgraphs(0)
+    sizes = [model.Buffers(graph.Tensors(i).Buffer()).DataLength() for i in range(graph.TensorsLength())]
+    summary = ModelSummary(str(path), path.stat().st_size)
+    summary.stored_bytes = summary.dense_bytes = sum(sizes)
+    prefix = f"{DOMAIN}."
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        code = model.OperatorCodes(op.OpcodeIndex())
+        custom = code.CustomCode().decode() if code.CustomCode() else None
+        label = f"CUSTOM {custom}" if custom else names.get(code.BuiltinCode(), str(code.BuiltinCode()))
+        summary.op_counts[label] += 1
+        if custom and custom.startswith(prefix) and custom[len(prefix):] in WEIGHT_INPUTS:
+            options = flexbuffers.Loads(bytes(op.CustomOptionsAsNumpy()))
+            inputs = [sizes[t] if t >= 0 else 0 for t in op.InputsAsNumpy()]
+            name = graph.Tensors(op.Outputs(0)).Name().decode()
+            _add_compressed_node(summary, name, custom[len(prefix):], options, inputs)
+    return summary
+
+
 def inspect_onnx(path: str | Path) -> ModelSummary:
     """Summarise an ONNX file: op counts, ai.edgepack nodes, stored and dense-equivalent bytes."""
     path = Path(path)
@@ -63,11 +114,8 @@ def inspect_onnx(path: str | Path) -> ModelSummary:
         if node.domain != DOMAIN or node.op_type not in WEIGHT_INPUTS:
             continue
         attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        named = dict(zip(FUNCTIONS[node.op_type]().input, node.input))
-        stored = sum(sizes.get(named.get(n, ""), 0) for n in WEIGHT_INPUTS[node.op_type])
-        dense = _dense_weight_bytes(node.op_type, attributes)
-        summary.dense_bytes += dense - stored
-        summary.nodes.append(CompressedNode(node.name, node.op_type, attributes, stored, dense))
+        _add_compressed_node(summary, node.name, node.op_type, attributes,
+                             [sizes.get(name, 0) for name in node.input])
     return summary
 
 

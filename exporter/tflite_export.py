@@ -248,8 +248,8 @@ def convert_conv(c: Converter, node: onnx.NodeProto) -> None:
     depthwise = group > 1 and group == in_channels and in_per_group == 1
     perm = (1, 2, 3, 0) if depthwise else TO_NHWC  # ONNX OIHW → TFLite OHWI (or 1HWO)
     if w_value.const is not None:
-        weight = c.builder.constant(f"{node.input[1]}_tflite",
-                                    w_value.const.reshape(out_channels, in_per_group, *kernel).transpose(perm))
+        filter_oihw = w_value.const.reshape(out_channels, in_per_group, *kernel)
+        weight = c.builder.constant(f"{node.input[1]}_tflite", filter_oihw.transpose(perm))
     else:
         if rank != 4:
             raise c.fail("a computed (non-constant) weight needs a 2-D convolution")
@@ -319,7 +319,8 @@ def convert_reduce_mean(c: Converter, node: onnx.NodeProto) -> None:
     tflite_axes = [TO_NHWC.index(a) for a in axes] if nhwc else axes
     x = c.tensor(node.input[0], "nhwc" if nhwc else "onnx")
     out = c.output(node.output[0], nhwc=nhwc and keep)
-    c.builder.operator(OP.MEAN, [x, c.int32(tflite_axes)], [out], Options("ReducerOptions", {"KeepDims": keep}))
+    options = Options("ReducerOptions", {"KeepDims": keep})
+    c.builder.operator(OP.MEAN, [x, c.int32(tflite_axes)], [out], options)
 
 
 @handles("BatchNormalization")
@@ -496,7 +497,8 @@ def convert_pad(c: Converter, node: onnx.NodeProto) -> None:
     rank = len(value.shape)
     if len(node.input) > 1:
         pads = np.asarray(c.const(node.input[1], "pads")).reshape(-1)
-        fill = float(c.const(node.input[2], "constant_value")) if len(node.input) > 2 and node.input[2] else 0.0
+        has_fill = len(node.input) > 2 and node.input[2]
+        fill = float(c.const(node.input[2], "constant_value")) if has_fill else 0.0
     else:  # opset < 11 keeps pads / value as attributes
         pads, fill = np.asarray(c.attribute("pads")), c.attribute("value", 0.0)
     if len(node.input) > 3 and node.input[3]:

@@ -53,7 +53,15 @@ def test_export_command_errors(checkpoint, tmp_path, capsys):
         main(["export", str(path), "--example-shape", "1,x", "-o", "m.onnx"])
     assert "expected positive integers" in capsys.readouterr().err
     assert main(["inspect", str(path)]) == 1
+    assert "unsupported file type '.pt'; supported: .onnx, .tflite" in capsys.readouterr().err
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x00not onnx")
+    assert main(["inspect", str(garbage)]) == 1
     assert "not a readable ONNX file" in capsys.readouterr().err
+    garbage = garbage.with_suffix(".tflite")
+    garbage.write_bytes(b"\x00not tflite")
+    assert main(["inspect", str(garbage)]) == 1
+    assert "not a TFLite flatbuffer" in capsys.readouterr().err
 
 
 class Exploit:

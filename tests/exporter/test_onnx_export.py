@@ -97,7 +97,7 @@ def test_stream_mode_attribute(tmp_path):
 
 def test_unsupported_suffix_and_mode(tmp_path):
     layer = LAYERS["ldr"]()
-    with pytest.raises(ValueError, match=r"unsupported suffix '.pb'; supported: .onnx"):
+    with pytest.raises(ValueError, match=r"unsupported suffix '.pb'; supported: .onnx, .tflite"):
         export(layer, torch.randn(1, 30), tmp_path / "m.pb")
     with pytest.raises(ValueError, match="mode must be one of"):
         export(layer, torch.randn(1, 30), tmp_path / "m.onnx", mode="fast")
