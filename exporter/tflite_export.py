@@ -478,6 +478,30 @@ def convert_concat(c: Converter, node: onnx.NodeProto) -> None:
     c.builder.operator(OP.CONCATENATION, inputs, [c.output(node.output[0], nhwc)], options)
 
 
+@handles("Slice")
+def convert_slice(c: Converter, node: onnx.NodeProto) -> None:
+    value = c.values[node.input[0]]
+    rank = len(value.shape)
+    starts, ends = (np.ravel(c.const(name, what)) for name, what in zip(node.input[1:3], ("starts", "ends")))
+    axes = (np.ravel(c.const(node.input[3], "axes")) if len(node.input) > 3 and node.input[3]
+            else np.arange(len(starts)))
+    steps = (np.ravel(c.const(node.input[4], "steps")) if len(node.input) > 4 and node.input[4]
+             else np.ones(len(starts), np.int64))
+    if (steps <= 0).any():
+        raise c.fail(f"Slice with steps {steps.tolist()} is not supported; supported: positive steps")
+    begin, end, stride = [0] * rank, list(value.shape), [1] * rank
+    for start, stop, axis, step in zip(starts, ends, axes, steps):
+        axis, size = int(axis) % rank, value.shape[int(axis) % rank]
+        begin[axis] = int(np.clip(start + size if start < 0 else start, 0, size))
+        end[axis] = int(np.clip(stop + size if stop < 0 else stop, 0, size))
+        stride[axis] = int(step)
+    if value.nhwc:
+        begin, end, stride = ([v[i] for i in TO_NHWC] for v in (begin, end, stride))
+    x = c.tensor(node.input[0], "nhwc" if value.nhwc else "onnx")
+    c.builder.operator(OP.STRIDED_SLICE, [x, c.int32(begin), c.int32(end), c.int32(stride)],
+                       [c.output(node.output[0], value.nhwc)], Options("StridedSliceOptions", {}))
+
+
 @handles("Softmax")
 def convert_softmax(c: Converter, node: onnx.NodeProto) -> None:
     value = c.values[node.input[0]]
