@@ -482,11 +482,16 @@ def convert_concat(c: Converter, node: onnx.NodeProto) -> None:
 def convert_slice(c: Converter, node: onnx.NodeProto) -> None:
     value = c.values[node.input[0]]
     rank = len(value.shape)
-    starts, ends = (np.ravel(c.const(name, what)) for name, what in zip(node.input[1:3], ("starts", "ends")))
-    axes = (np.ravel(c.const(node.input[3], "axes")) if len(node.input) > 3 and node.input[3]
-            else np.arange(len(starts)))
-    steps = (np.ravel(c.const(node.input[4], "steps")) if len(node.input) > 4 and node.input[4]
-             else np.ones(len(starts), np.int64))
+    if len(node.input) == 1:  # opset < 10 keeps starts / ends / axes as attributes
+        starts, ends = np.array(c.attribute("starts")), np.array(c.attribute("ends"))
+        axes = np.array(c.attribute("axes", list(range(len(starts)))))
+        steps = np.ones(len(starts), np.int64)
+    else:
+        starts, ends = (np.ravel(c.const(name, what)) for name, what in zip(node.input[1:3], ("starts", "ends")))
+        axes = (np.ravel(c.const(node.input[3], "axes")) if len(node.input) > 3 and node.input[3]
+                else np.arange(len(starts)))
+        steps = (np.ravel(c.const(node.input[4], "steps")) if len(node.input) > 4 and node.input[4]
+                 else np.ones(len(starts), np.int64))
     if (steps <= 0).any():
         raise c.fail(f"Slice with steps {steps.tolist()} is not supported; supported: positive steps")
     begin, end, stride = [0] * rank, list(value.shape), [1] * rank
