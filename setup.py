@@ -62,6 +62,7 @@ setup(
         "onnx>=1.17",
         "onnxruntime>=1.20",
         "onnxscript>=0.5",
+        "matplotlib>=3.10",
     ],
     entry_points={"console_scripts": ["edgepack=edgepack.cli:main"]},
     cmdclass={"build_py": BuildPyWithKernels},

@@ -43,6 +43,26 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from edgepack.benchmarks.harness import BenchOptions, bench
+
+    options = BenchOptions(runtime=args.runtime, threads=args.threads, warmup=args.warmup, runs=args.runs,
+                           min_seconds=args.min_seconds, energy=args.energy, dataset=args.dataset,
+                           output=args.output, resume=args.resume, benchmark_model=args.benchmark_model)
+    records = bench(args.models, args.device, options)
+    failed = sum(r["status"] != "ok" for r in records)
+    print(f"{len(records) - failed} measured, {failed} failed; results appended to {args.output}")
+    return 1 if failed and failed == len(records) else 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from edgepack.benchmarks.report import write_report
+
+    paths = write_report(args.results, args.output, baseline=args.baseline)
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
 def _convert(args: argparse.Namespace) -> int:
     from edgepack.exporter import convert_onnx_to_tflite
 
@@ -88,6 +108,31 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--batch-size", type=int, default=1,
                          help="value for a dynamic batch axis (TFLite shapes are static; default 1)")
     convert.set_defaults(handler=_convert)
+
+    bench = commands.add_parser("bench", help="measure latency, memory, size, energy and accuracy on a device")
+    bench.add_argument("models", nargs="+", help=".onnx / .tflite files")
+    bench.add_argument("--device", default="local",
+                       help="local (default), ssh://user@host[:port], adb://SERIAL or qemu-aarch64")
+    bench.add_argument("--runtime", choices=["auto", "ort", "tflite"], default="auto",
+                       help="auto (default): ort for .onnx, tflite for .tflite")
+    bench.add_argument("--threads", "--num_threads", type=int, default=1, help="intra-op threads (default 1)")
+    bench.add_argument("--warmup", "--warmup_runs", type=int, default=10, help="warm-up runs (default 10)")
+    bench.add_argument("--runs", "--num_runs", type=int, default=100, help="minimum timed runs (default 100)")
+    bench.add_argument("--min-seconds", type=float, default=5.0, help="minimum timed seconds (default 5)")
+    bench.add_argument("--energy", metavar="SOURCE",
+                       help="auto, rapl, hwmon, battery, csv:FILE or estimate (labelled estimated)")
+    bench.add_argument("--dataset", help=".npz with x (inputs) and y (labels): adds accuracy")
+    bench.add_argument("-o", "--output", default="results.jsonl", help="results file (appended)")
+    bench.add_argument("--resume", action="store_true", help="skip what the results file already has")
+    bench.add_argument("--benchmark-model", metavar="PATH",
+                       help="TFLite's benchmark_model binary for devices without Python")
+    bench.set_defaults(handler=_bench)
+
+    report = commands.add_parser("report", help="Markdown + HTML report with plots from a results file")
+    report.add_argument("results", help="a results .jsonl file")
+    report.add_argument("-o", "--output", default="report", help="output folder (default report/)")
+    report.add_argument("--baseline", help="model file (or name) to compare the others with")
+    report.set_defaults(handler=_report)
 
     inspect = commands.add_parser("inspect", help="list a model file's ops, attributes and sizes")
     inspect.add_argument("model", help="an .onnx or .tflite file")

@@ -1,0 +1,222 @@
+"""``edgepack bench``: measure models on a device and append one result per model to a JSONL file.
+
+For each model: push it (and the runner, the dataset and the edgepack runtime library when the
+model needs it) to the device, run ``runner_script.py`` with the device's Python (onnxruntime or
+LiteRT / tflite-runtime), else TFLite's ``benchmark_model`` when the user gives its path; add
+file size and energy; write the record. A failure becomes a record with ``status: "error"``
+and the run goes on with the next model.
+"""
+
+import json
+import re
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import Progress
+
+from edgepack.devices import Device, DeviceError, get_device
+
+from .results import append_result, latency_metrics, read_results, result_key
+
+RUNNER = Path(__file__).with_name("runner_script.py")
+RUNTIME_MODULES = {"ort": [["numpy", "onnxruntime"]],
+                   "tflite": [["numpy", "ai_edge_litert"], ["numpy", "tflite_runtime"]]}
+
+
+@dataclass
+class BenchOptions:
+    """The harness's knobs (names follow TFLite's benchmark_model where they exist)."""
+
+    runtime: str = "auto"
+    threads: int = 1
+    warmup: int = 10
+    runs: int = 100
+    min_seconds: float = 5.0
+    energy: str | None = None
+    dataset: str | None = None
+    output: str = "results.jsonl"
+    resume: bool = False
+    benchmark_model: str | None = None
+    idle_seconds: float = 2.0
+
+
+class BenchError(RuntimeError):
+    """One model could not be measured; the message goes into its record."""
+
+
+def runtime_for(model: Path, runtime: str) -> str:
+    """The runtime to use: as asked, or by the file's suffix."""
+    if runtime != "auto":
+        return runtime
+    suffixes = {".onnx": "ort", ".tflite": "tflite"}
+    if model.suffix not in suffixes:
+        raise BenchError(f"cannot tell the runtime of {model.name}: use .onnx or .tflite, or --runtime")
+    return suffixes[model.suffix]
+
+
+def needs_edgepack_library(model: Path) -> bool:
+    """Whether the file holds ai.edgepack ops (then our ORT library or TFLite delegate is loaded)."""
+    return b"ai.edgepack" in model.read_bytes()
+
+
+def host_library(runtime: str, arch: str) -> Path:
+    """The edgepack runtime library for ``runtime`` built for ``arch`` on this host."""
+    import platform
+
+    from edgepack import runtime_kernels
+
+    if arch == platform.machine():
+        if runtime == "ort":
+            return Path(runtime_kernels.ort_library_path())
+        from edgepack.runtime_kernels.tflite_runtime import delegate_library_path
+        return Path(delegate_library_path())
+    name = "libedgepack_ort.so" if runtime == "ort" else "libedgepack_tflite_delegate.so"
+    build = Path(runtime_kernels.__file__).parent / "build" / arch
+    found = sorted(build.rglob(name)) if build.exists() else []
+    if not found:
+        raise BenchError(f"no {arch} build of {name} under {build}; cross-compile it first "
+                         f"(runtime_kernels/README.md)")
+    return found[0]
+
+
+def run_with_python(device: Device, python: str, model: Path, runtime: str, options: BenchOptions,
+                    arch: str) -> tuple[dict, str]:
+    remote_model = device.push(str(model))
+    argv = [python, device.push(str(RUNNER)), remote_model, "--runtime", runtime,
+            "--threads", str(options.threads), "--warmup", str(options.warmup),
+            "--runs", str(options.runs), "--min-seconds", str(options.min_seconds)]
+    if needs_edgepack_library(model):
+        argv += ["--library", device.push(str(host_library(runtime, arch)))]
+    if options.dataset:
+        argv += ["--dataset", device.push(options.dataset)]
+    result = device.run(argv, timeout=max(600.0, 20 * options.min_seconds))
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        raise BenchError(f"runner printed no result (exit {result.returncode}): "
+                         f"{(result.stderr or result.stdout).strip()[-500:]}")
+    measured = json.loads(lines[-1])
+    if measured.get("status") != "ok":
+        raise BenchError(measured.get("error", "runner failed"))
+    return measured, shlex.join(argv)
+
+
+def run_with_benchmark_model(device: Device, model: Path, options: BenchOptions) -> tuple[dict, str]:
+    """TFLite's benchmark_model: parses its 'Inference timings in us' line (mean only)."""
+    argv = [device.push(options.benchmark_model), f"--graph={device.push(str(model))}",
+            f"--num_threads={options.threads}", f"--warmup_runs={options.warmup}",
+            f"--num_runs={options.runs}", f"--min_secs={options.min_seconds}"]
+    if needs_edgepack_library(model):
+        delegate = host_library("tflite", device.describe()["arch"])
+        argv.append(f"--external_delegate_path={device.push(str(delegate))}")
+    result = device.run(argv, timeout=600)
+    match = re.search(r"Init: ([\d.]+), First inference: ([\d.]+), Warmup \(avg\): [\d.e+]+, "
+                      r"Inference \(avg\): ([\d.e+]+)", result.stdout + result.stderr)
+    if result.returncode != 0 or not match:
+        raise BenchError(f"benchmark_model failed (exit {result.returncode}): "
+                         f"{(result.stderr or result.stdout).strip()[-500:]}")
+    init_us, first_us, mean_us = (float(g) for g in match.groups())
+    return {"runtime_version": "benchmark_model", "init_ms": init_us / 1e3,
+            "first_inference_ms": first_us / 1e3, "latencies_ms": [mean_us / 1e3]}, shlex.join(argv)
+
+
+def measure_energy(device: Device, spec: str, model: Path, run, runs_per_call: int,
+                   idle_seconds: float) -> dict:
+    """Energy per inference by the requested method (estimates are labelled as such)."""
+    from edgepack.devices import power
+
+    if spec == "estimate":
+        macs, moved = power.count_macs_and_bytes(str(model))
+        estimate = power.estimate_energy(macs, moved)
+        return {"energy_mj_per_inference": estimate.energy_mj, "energy_method": "estimate",
+                "energy_estimated": True}
+    source = power.get_power_source(spec, device=device)
+    result = power.measure(source, run, idle_seconds=idle_seconds)
+    return {"energy_mj_per_inference": result.energy_mj_per_inference, "energy_method": result.method,
+            "energy_estimated": result.estimated, "power_idle_w": result.idle_w,
+            "power_active_w": result.active_w}
+
+
+def measure_model(device: Device, description: dict, model: Path, options: BenchOptions) -> dict:
+    """One record: metrics on success, ``status: "error"`` with the reason otherwise."""
+    runtime = runtime_for(model, options.runtime)
+    record = {"model": model.stem, "model_path": str(model.resolve()), "device_spec": device.spec,
+              "device": description, "runtime": runtime, "threads": options.threads,
+              "emulated": bool(description.get("emulated")), "timestamp": time.time(),
+              "command": shlex.join(sys.argv)}
+    try:
+        if not model.is_file():
+            raise BenchError(f"model file {model} does not exist")
+        python = next((p for mods in RUNTIME_MODULES[runtime] if (p := device.python(mods))), None)
+        arch = description.get("arch", "")
+        if python:
+            measured, device_command = run_with_python(device, python, model, runtime, options, arch)
+        elif options.benchmark_model and runtime == "tflite":
+            measured, device_command = run_with_benchmark_model(device, model, options)
+        else:
+            raise BenchError(f"no Python with {' or '.join(m[-1] for m in RUNTIME_MODULES[runtime])} on "
+                             f"{device.spec}, and no --benchmark-model path for TFLite")
+        latencies = measured.pop("latencies_ms")
+        record["metrics"] = {"init_ms": measured["init_ms"],
+                             "first_inference_ms": measured["first_inference_ms"],
+                             **latency_metrics(latencies), "size_kb": model.stat().st_size / 1024}
+        for key in ("peak_rss_mb", "accuracy"):
+            if key in measured:
+                record["metrics"][key] = measured[key]
+        if options.energy:
+            def workload() -> int:
+                run_with_python(device, python, model, runtime, options, arch)
+                return options.runs
+            record["metrics"].update(measure_energy(device, options.energy, model, workload,
+                                                    options.runs, options.idle_seconds))
+        record.update(status="ok", latencies_ms=latencies, runtime_version=measured["runtime_version"],
+                      device_command=device_command)
+    except (BenchError, DeviceError, OSError, RuntimeError, ValueError) as error:
+        record.update(status="error", error=f"{type(error).__name__}: {error}")
+    return record
+
+
+def bench(models: list[str | Path], device_spec: str, options: BenchOptions,
+          console: Console | None = None) -> list[dict]:
+    """Measure every model on one device; each record is appended to ``options.output`` at once."""
+    console = console or Console(stderr=True)
+    models = [Path(m) for m in models]
+    done = {result_key(r) for r in read_results(options.output) if r.get("status") == "ok"} \
+        if options.resume else set()
+    try:
+        device = get_device(device_spec)
+        description = device.describe()
+    except (DeviceError, ValueError) as error:
+        device, description, device_error = None, {"spec": device_spec}, error
+    records = []
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task(f"benchmarking on {device_spec}", total=len(models))
+        for model in models:
+            progress.update(task, description=f"{model.name} on {device_spec}")
+            runtime = options.runtime if options.runtime != "auto" else \
+                {".onnx": "ort", ".tflite": "tflite"}.get(model.suffix, "auto")
+            key = (str(model.resolve()), device_spec, runtime, options.threads)
+            if key in done:
+                console.print(f"skip {model.name}: already measured (--resume)")
+                progress.advance(task)
+                continue
+            if device is None:
+                record = {"model": model.stem, "model_path": str(model.resolve()), "device_spec": device_spec,
+                          "runtime": runtime, "threads": options.threads, "status": "error",
+                          "error": f"{type(device_error).__name__}: {device_error}", "timestamp": time.time()}
+            else:
+                record = measure_model(device, description, model, options)
+            append_result(options.output, record)
+            records.append(record)
+            if record["status"] == "ok":
+                metrics = record["metrics"]
+                note = " (emulated)" if record["emulated"] else ""
+                console.print(f"{model.name}: p50 {metrics['latency_p50_ms']:.3f} ms{note}, "
+                              f"{metrics['size_kb']:.1f} kB")
+            else:
+                console.print(f"[red]{model.name}: {record['error']}[/red]")
+            progress.advance(task)
+    return records

@@ -1,0 +1,161 @@
+"""``edgepack report``: Markdown and a self-contained HTML page, with matplotlib plots, from a
+results file: latency distribution per model, accuracy vs size, energy per inference, and a
+comparison against a baseline model."""
+
+import base64
+import html
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .results import read_results  # noqa: E402
+
+COLUMNS = [("latency_p50_ms", "p50 ms"), ("latency_p90_ms", "p90 ms"), ("latency_p99_ms", "p99 ms"),
+           ("latency_trimmed_mean_ms", "trimmed mean ms"), ("init_ms", "init ms"),
+           ("peak_rss_mb", "peak RSS MB"), ("size_kb", "size kB"),
+           ("energy_mj_per_inference", "energy mJ/inf"), ("accuracy", "accuracy")]
+
+
+def _label(record: dict) -> str:
+    return f"{record['model']} [{record['runtime']}, {record.get('device_spec', '?')}]"
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _table(headers: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _plots(ok: list[dict], out: Path) -> list[Path]:
+    paths = []
+    figure, axis = plt.subplots(figsize=(8, 0.5 + 0.5 * len(ok)))
+    axis.boxplot([r["latencies_ms"] for r in ok], orientation="horizontal", tick_labels=[_label(r) for r in ok])
+    axis.set_xlabel("latency per inference (ms)")
+    axis.set_title("Latency distribution")
+    paths.append(out / "latency.png")
+    figure.tight_layout()
+    figure.savefig(paths[-1], dpi=100)
+    plt.close(figure)
+    with_accuracy = [r for r in ok if "accuracy" in r["metrics"]]
+    if with_accuracy:
+        figure, axis = plt.subplots(figsize=(6, 4))
+        for r in with_accuracy:
+            axis.scatter(r["metrics"]["size_kb"], r["metrics"]["accuracy"])
+            axis.annotate(r["model"], (r["metrics"]["size_kb"], r["metrics"]["accuracy"]), fontsize=8)
+        axis.set_xscale("log")
+        axis.set_xlabel("model size (kB)")
+        axis.set_ylabel("accuracy")
+        axis.set_title("Accuracy vs size")
+        paths.append(out / "accuracy_vs_size.png")
+        figure.tight_layout()
+        figure.savefig(paths[-1], dpi=100)
+        plt.close(figure)
+    with_energy = [r for r in ok if "energy_mj_per_inference" in r["metrics"]]
+    if with_energy:
+        figure, axis = plt.subplots(figsize=(8, 0.5 + 0.5 * len(with_energy)))
+        labels = [_label(r) + (" (estimated)" if r["metrics"].get("energy_estimated") else "")
+                  for r in with_energy]
+        axis.barh(labels, [r["metrics"]["energy_mj_per_inference"] for r in with_energy])
+        axis.set_xlabel("energy per inference (mJ)")
+        axis.set_title("Energy per inference")
+        paths.append(out / "energy.png")
+        figure.tight_layout()
+        figure.savefig(paths[-1], dpi=100)
+        plt.close(figure)
+    return paths
+
+
+def _baseline_rows(ok: list[dict], baseline: str) -> list[list]:
+    base = next((r for r in ok if Path(r["model_path"]).name == Path(baseline).name
+                 or r["model"] == Path(baseline).stem), None)
+    if base is None:
+        raise ValueError(f"baseline {baseline!r} is not among the measured models: "
+                         f"{sorted({r['model'] for r in ok})}")
+    rows = []
+    for r in ok:
+        m, b = r["metrics"], base["metrics"]
+        accuracy = m.get("accuracy") - b["accuracy"] if "accuracy" in m and "accuracy" in b else None
+        energy = (b["energy_mj_per_inference"] / m["energy_mj_per_inference"]
+                  if m.get("energy_mj_per_inference") and b.get("energy_mj_per_inference") else None)
+        rows.append([_label(r), b["latency_p50_ms"] / m["latency_p50_ms"], b["size_kb"] / m["size_kb"],
+                     energy, accuracy])
+    return rows
+
+
+def write_report(results: str | Path, out: str | Path, baseline: str | None = None) -> dict[str, Path]:
+    """Write report.md, report.html and the PNG plots into ``out``; returns their paths."""
+    records = read_results(results)
+    if not records:
+        raise ValueError(f"{results}: no results to report")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ok = [r for r in records if r.get("status") == "ok"]
+    failed = [r for r in records if r.get("status") != "ok"]
+    sections = [f"# edgepack benchmark report\n\n{len(ok)} measurements, {len(failed)} failed, "
+                f"from `{results}`."]
+    if ok:
+        rows = [[_label(r)] + [r["metrics"].get(key) for key, _ in COLUMNS] for r in ok]
+        sections.append("## Results\n\n" + _table(["model"] + [h for _, h in COLUMNS], rows))
+        emulated = [r["model"] for r in ok if r.get("emulated")]
+        if emulated:
+            sections.append(f"Timings of {', '.join(emulated)} are emulated (qemu): correctness only.")
+        estimated = [r["model"] for r in ok if r["metrics"].get("energy_estimated")]
+        if estimated:
+            sections.append(f"Energy of {', '.join(estimated)} is estimated (op counts × energy per "
+                            "operation), not measured.")
+        devices = {r["device_spec"]: r.get("device", {}) for r in ok}
+        sections.append("## Devices\n\n" + _table(
+            ["device", "arch", "cpu", "cores", "governor", "temperature °C"],
+            [[spec, d.get("arch"), d.get("cpu_model"), d.get("cores"), d.get("governor"),
+              d.get("temperature_c")] for spec, d in devices.items()]))
+    if baseline and ok:
+        sections.append(f"## Compared with {Path(baseline).name}\n\n" + _table(
+            ["model", "speed-up (p50)", "smaller by", "energy saved by", "Δ accuracy"],
+            _baseline_rows(ok, baseline)))
+    if failed:
+        sections.append("## Failed\n\n" + _table(
+            ["model", "device", "error"], [[r.get("model"), r.get("device_spec"), r.get("error")] for r in failed]))
+    plots = _plots(ok, out) if ok else []
+    sections += [f"![{p.stem}]({p.name})" for p in plots]
+    markdown = "\n\n".join(sections) + "\n"
+    (out / "report.md").write_text(markdown, encoding="utf-8")
+    (out / "report.html").write_text(_html(markdown, plots), encoding="utf-8")
+    return {"markdown": out / "report.md", "html": out / "report.html", **{p.stem: p for p in plots}}
+
+
+def _html(markdown: str, plots: list[Path]) -> str:
+    """A self-contained page: Markdown tables as HTML tables, plots inlined as base64 PNGs."""
+    images = {p.name: base64.b64encode(p.read_bytes()).decode() for p in plots}
+    body, table = [], []
+    for line in markdown.splitlines() + [""]:
+        if line.startswith("|"):
+            if not line.startswith("|---"):
+                cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
+                tag = "th" if not table else "td"
+                table.append("<tr>" + "".join(f"<{tag}>{c}</{tag}>" for c in cells) + "</tr>")
+            continue
+        if table:
+            body.append("<table>" + "".join(table) + "</table>")
+            table = []
+        if line.startswith("!["):
+            name = line[line.index("(") + 1:-1]
+            body.append(f'<img alt="{html.escape(name)}" src="data:image/png;base64,{images[name]}">')
+        elif line.startswith("## "):
+            body.append(f"<h2>{html.escape(line[3:])}</h2>")
+        elif line.startswith("# "):
+            body.append(f"<h1>{html.escape(line[2:])}</h1>")
+        elif line:
+            body.append(f"<p>{html.escape(line)}</p>")
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>edgepack report</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")

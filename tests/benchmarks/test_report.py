@@ -1,0 +1,66 @@
+"""Results files and reports: torn lines are skipped, reports carry tables and plots."""
+
+import json
+
+import numpy as np
+import pytest
+
+from edgepack.benchmarks.report import write_report
+from edgepack.benchmarks.results import append_result, latency_metrics, read_results
+
+
+def record(model: str, p50: float, size_kb: float, accuracy: float, energy: float | None = None) -> dict:
+    latencies = list(np.random.default_rng(0).normal(p50, p50 / 10, 50).clip(p50 / 2))
+    metrics = {**latency_metrics(latencies), "init_ms": 3.0, "size_kb": size_kb, "accuracy": accuracy,
+               "peak_rss_mb": 1.5}
+    if energy is not None:
+        metrics.update(energy_mj_per_inference=energy, energy_method="estimate", energy_estimated=True)
+    return {"model": model, "model_path": f"/m/{model}.onnx", "device_spec": "local", "runtime": "ort",
+            "threads": 1, "status": "ok", "metrics": metrics, "latencies_ms": latencies,
+            "device": {"arch": "x86_64", "cpu_model": "test cpu", "cores": 2}}
+
+
+def test_latency_metrics_against_numpy():
+    values = list(range(1, 101))
+    metrics = latency_metrics(values)
+    assert metrics["latency_p50_ms"] == np.percentile(values, 50)
+    assert metrics["latency_p99_ms"] == np.percentile(values, 99)
+    assert metrics["latency_trimmed_mean_ms"] == np.mean(values[10:90])
+    assert metrics["runs"] == 100 and metrics["latency_min_ms"] == 1
+
+
+def test_torn_last_line_is_skipped(tmp_path):
+    path = tmp_path / "results.jsonl"
+    append_result(path, {"model": "a"})
+    append_result(path, {"model": "b"})
+    with open(path, "a") as stream:
+        stream.write('{"model": "c", "trunc')
+    assert [r["model"] for r in read_results(path)] == ["a", "b"]
+
+
+def test_report_has_tables_plots_and_baseline(tmp_path):
+    results = tmp_path / "results.jsonl"
+    for r in [record("dense_mlp", 2.0, 340.0, 0.97, 0.8), record("hashed_1_8", 1.0, 53.0, 0.95, 0.3),
+              {"model": "broken", "device_spec": "ssh://x@nowhere", "status": "error",
+               "error": "DeviceError: host unreachable"}]:
+        append_result(results, r)
+    paths = write_report(results, tmp_path / "report", baseline="dense_mlp.onnx")
+    for name in ("latency", "accuracy_vs_size", "energy"):
+        assert paths[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    markdown = paths["markdown"].read_text()
+    assert "dense_mlp" in markdown and "hashed_1_8" in markdown
+    assert "host unreachable" in markdown and "estimated" in markdown
+    baseline_row = next(line for line in markdown.splitlines() if line.startswith("| hashed_1_8") and "2 |" in line)
+    assert "| 2 |" in baseline_row  # twice as fast as the baseline
+    page = paths["html"].read_text()
+    assert page.count("data:image/png;base64,") == 3 and "hashed_1_8" in page and "<table>" in page
+
+
+def test_report_errors(tmp_path):
+    with pytest.raises(ValueError, match="no results"):
+        write_report(tmp_path / "missing.jsonl", tmp_path / "r")
+    results = tmp_path / "r.jsonl"
+    append_result(results, record("a", 1.0, 1.0, 0.5))
+    with pytest.raises(ValueError, match="baseline 'zzz.onnx' is not among"):
+        write_report(results, tmp_path / "r", baseline="zzz.onnx")
+    assert json.loads(results.read_text())["model"] == "a"
