@@ -6,6 +6,7 @@ STAMP := $(VENV)/.installed
 
 OLD_ORT := .venv-ort-old
 OLD_ORT_VERSION := 1.20.1
+TFLITE214 := .venv-tflite214
 
 .PHONY: setup kernels demo test test-python test-c lint bench clean
 
@@ -30,12 +31,14 @@ demo: kernels
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-# C tests under ASan + UBSan, then cross-compiled for aarch64 and run under qemu (kernels, and
-# libedgepack_ort with the arm64 libonnxruntime.so from the npm package onnxruntime-node).
+# C tests under ASan + UBSan, then cross-compiled for aarch64 and run under qemu (kernels,
+# libedgepack_ort with the arm64 libonnxruntime.so from the npm package onnxruntime-node, and
+# the TFLite delegate).
 test-c: $(STAMP)
 	bash runtime_kernels/scripts/ci_native.sh
 	bash runtime_kernels/scripts/ci_aarch64.sh
 	bash runtime_kernels/scripts/ci_ort_aarch64.sh
+	bash runtime_kernels/scripts/ci_tflite.sh
 
 # A second, small venv with an older ONNX Runtime: the exported files must run there too.
 $(OLD_ORT)/.installed:
@@ -43,8 +46,16 @@ $(OLD_ORT)/.installed:
 	$(OLD_ORT)/bin/pip install --quiet --disable-pip-version-check onnxruntime==$(OLD_ORT_VERSION) numpy
 	touch $@
 
-test-python: kernels $(OLD_ORT)/.installed
+# The classic tflite-runtime 2.14 needs numpy < 2: its own small venv.
+$(TFLITE214)/.installed:
+	test -x $(TFLITE214)/bin/python || $(PYTHON) -m venv $(TFLITE214)
+	$(TFLITE214)/bin/pip install --quiet --disable-pip-version-check tflite-runtime==2.14.0 'numpy<2' \
+		flatbuffers tflite pytest xxhash
+	touch $@
+
+test-python: kernels $(OLD_ORT)/.installed $(TFLITE214)/.installed
 	$(BIN)/python -m pytest
+	$(TFLITE214)/bin/python -m pytest -p no:cacheprovider tests/runtime_kernels/test_tflite_delegate.py
 
 test: lint test-c test-python
 
@@ -52,4 +63,4 @@ bench: kernels
 	$(BIN)/python -m edgepack.benchmarks.layers
 
 clean:
-	rm -rf $(VENV) $(OLD_ORT) build runtime_kernels/lib *.egg-info
+	rm -rf $(VENV) $(OLD_ORT) $(TFLITE214) build runtime_kernels/lib *.egg-info

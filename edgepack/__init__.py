@@ -9,7 +9,7 @@ from edgepack.compression import (
     compressed_size_bytes,
 )
 from edgepack.exporter import export
-from edgepack.runtime_kernels import onnx_session
+from edgepack.runtime_kernels import onnx_session, tflite_interpreter
 
 __version__ = "0.1.0"
 
@@ -23,4 +23,5 @@ __all__ = [
     "compressed_size_bytes",
     "export",
     "onnx_session",
+    "tflite_interpreter",
 ]

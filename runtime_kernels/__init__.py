@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .ort_session import onnx_session, ort_library_path
+from .tflite_runtime import delegate_library_path, tflite_interpreter
 
 __all__ = [
     "KernelError",
@@ -35,6 +36,8 @@ __all__ = [
     "use_variant",
     "onnx_session",
     "ort_library_path",
+    "delegate_library_path",
+    "tflite_interpreter",
 ]
 
 _LIBNAME = {"darwin": "libedgepack_kernels.dylib", "win32": "edgepack_kernels.dll"}.get(

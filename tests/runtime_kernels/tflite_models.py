@@ -167,8 +167,13 @@ def build(g: Graph) -> bytes:
     return bytes(b.Output())
 
 
-def single_op(op: str, x_shape, weights: list[tuple[str, np.ndarray | None]], attrs: dict | bytes,
-              trailing_absent: bool = False) -> bytes:
+def single_op(
+    op: str,
+    x_shape,
+    weights: list[tuple[str, np.ndarray | None]],
+    attrs: dict | bytes,
+    trailing_absent: bool = False,
+) -> bytes:
     """Model with one ai.edgepack.<op> node: X (graph input), weights as buffers (None: absent,
     index -1), one float32 output Y."""
     g = Graph()

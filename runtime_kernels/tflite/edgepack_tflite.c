@@ -1,0 +1,804 @@
+/* libedgepack_tflite_delegate: the ai.edgepack ops (docs/ops.md) in TensorFlow Lite.
+ *
+ * Two routes to the same node code:
+ *  - an external delegate (tflite_plugin_create_delegate / tflite_plugin_destroy_delegate) that
+ *    claims every CUSTOM node named "ai.edgepack.*"; one delegate kernel per partition, whose
+ *    tensors produced and consumed inside the partition live in buffers of the kernel;
+ *  - edgepack_register_tflite_ops(resolver): plain custom-op registrations for tflite-runtime
+ *    2.14's InterpreterWithCustomOps, added through its exported MutableOpResolver::AddCustom.
+ * Options are the node's FlexBuffers map; they are parsed at init and any problem is reported
+ * at prepare (init cannot fail portably in 2.14). Shapes are validated at prepare and again at
+ * invoke before memory is touched; plans (decoded V, FFT spectra) are built once at prepare
+ * when the weights are constant tensors, otherwise per invoke.
+ */
+#define _GNU_SOURCE /* dl_iterate_phdr, RTLD_DEFAULT */
+#include <dlfcn.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(__linux__)
+#include <link.h>
+#endif
+
+#include "edgepack/kernels.h"
+#include "edgepack_tflite.h"
+#include "flexmap.h"
+#include "tflite_abi.h"
+
+#define MAX_RANK 16
+#define MAX_IN 4
+#define U32_MAX_I64 ((int64_t)0xFFFFFFFF)
+#define PREFIX "ai.edgepack."
+
+typedef enum op_kind { OP_HASHED_WEIGHT, OP_HASHED_MATMUL, OP_CIRCULANT, OP_LDR, OP_COUNT } op_kind;
+
+typedef struct op_info {
+    const char *name;
+    int min_in, max_in; /* inputs that must be present: the first min_in */
+    const char *inputs[MAX_IN];
+    const char *keys; /* for messages */
+} op_info;
+
+static const op_info g_ops[OP_COUNT] = {
+    {"HashedWeight", 1, 2, {"buckets", "recon"}, "shape, num_hashes, seed, signed"},
+    {"HashedMatMul", 2, 4, {"X", "buckets", "recon", "bias"},
+     "in_features, out_features, num_hashes, seed, signed, mode"},
+    {"CirculantMatMul", 2, 3, {"X", "blocks", "bias"}, "in_features, out_features"},
+    {"LDRMatMul", 3, 4, {"X", "G", "H", "bias"}, "in_features, out_features"},
+};
+
+typedef struct ep_node {
+    op_kind kind;
+    char label[200]; /* "HashedMatMul node #3 (output 'Y')", used in every message */
+    char err[640];   /* problem found at init, reported at prepare */
+    int n_in, in[MAX_IN], out;
+    int64_t in_f, out_f, mode;
+    ep_hash_params hp;
+    int64_t shape[MAX_RANK];
+    size_t shape_rank;
+    int planned; /* plans below built from constant weights */
+    ep_hashed_plan *hplan;
+    ep_circulant_plan *cplan;
+    ep_ldr_plan *lplan;
+    float *W;
+} ep_node;
+
+typedef struct itensor { /* a tensor produced and consumed inside one delegate partition */
+    int idx;
+    size_t rank;
+    int64_t dims[MAX_RANK];
+    float *data;
+    size_t cap;
+} itensor;
+
+typedef struct part {
+    int n_nodes;
+    ep_node *nodes;
+    TfLiteIntArray *outputs; /* partition outputs; NULL: every output is a context tensor */
+    itensor *ints;
+    int n_ints;
+} part;
+
+typedef struct tview {
+    int present, is_const;
+    size_t rank;
+    int64_t dims[MAX_RANK];
+    int64_t count;
+    const float *data;
+} tview;
+
+static TfLiteStatus fail(TfLiteContext *ctx, const ep_node *n, const char *fmt, ...) {
+    char msg[1024];
+    int k = snprintf(msg, sizeof msg, "edgepack %s: ", n->label);
+    if (k < 0 || k >= (int)sizeof msg) k = 0;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg + k, sizeof msg - (size_t)k, fmt, ap);
+    va_end(ap);
+    ctx->ReportError(ctx, "%s\n", msg);
+    return kTfLiteError;
+}
+
+static TfLiteStatus kernel_fail(TfLiteContext *ctx, const ep_node *n, ep_status s) {
+    return fail(ctx, n, "kernel error (%s): %s", ep_status_str(s), ep_last_error());
+}
+
+static int is_pow2(int64_t v) { return v > 0 && (v & (v - 1)) == 0; }
+
+static void set_label(ep_node *n, TfLiteContext *ctx, int node_index) {
+    const char *oname = NULL;
+    if (ctx && n->out >= 0 && (size_t)n->out < ctx->tensors_size) oname = ctx->tensors[n->out].name;
+    char idx[24] = "";
+    if (node_index >= 0) snprintf(idx, sizeof idx, " #%d", node_index);
+    snprintf(n->label, sizeof n->label, "%s node%s (output '%.80s')", g_ops[n->kind].name, idx,
+             oname ? oname : "?");
+}
+
+static int kind_of(const char *custom_name, op_kind *kind) {
+    if (!custom_name || strncmp(custom_name, PREFIX, sizeof PREFIX - 1)) return 0;
+    for (int k = 0; k < OP_COUNT; k++)
+        if (!strcmp(custom_name + sizeof PREFIX - 1, g_ops[k].name)) {
+            *kind = (op_kind)k;
+            return 1;
+        }
+    return 0;
+}
+
+/* ---- options ------------------------------------------------------------------------------ */
+
+#define ERR(...) (snprintf(n->err, sizeof n->err, __VA_ARGS__), 0)
+
+static int opt_int(ep_node *n, const fx_map *m, const char *key, int required, int64_t def, int64_t lo, int64_t hi,
+                   int64_t *out) {
+    char why[160];
+    fx_result r = fx_map_int(m, key, out, why, sizeof why);
+    if (r == FX_MISSING) {
+        if (required)
+            return ERR("custom options: missing required int '%s' (valid: %lld..%lld; the map needs %s)", key,
+                       (long long)lo, (long long)hi, g_ops[n->kind].keys);
+        *out = def;
+    } else if (r) {
+        return ERR("custom options: '%s' %s", key, why);
+    }
+    if (*out < lo || *out > hi)
+        return ERR("custom options: '%s' = %lld; must be in [%lld, %lld]", key, (long long)*out, (long long)lo,
+                   (long long)hi);
+    return 1;
+}
+
+/* Parse the FlexBuffers options into n; 0 with n->err set on failure. */
+static int parse_options(ep_node *n, const void *buf, size_t len) {
+    fx_map m;
+    char why[200];
+    if (fx_map_open(buf, len, &m, why, sizeof why))
+        return ERR("%s (expected a FlexBuffers map with %s)", why, g_ops[n->kind].keys);
+    int64_t K = 1, seed = 0, sgn = 1;
+    if (n->kind == OP_HASHED_WEIGHT) {
+        fx_result r = fx_map_ints(&m, "shape", n->shape, MAX_RANK, &n->shape_rank, why, sizeof why);
+        if (r == FX_MISSING) return ERR("custom options: missing required int vector 'shape' (1..%d dims)", MAX_RANK);
+        if (r) return ERR("custom options: 'shape' %s", why);
+        if (n->shape_rank < 1) return ERR("custom options: 'shape' is empty; it needs 1..%d dims", MAX_RANK);
+        int64_t cols = 1;
+        for (size_t d = 0; d < n->shape_rank; d++) {
+            if (n->shape[d] < 1 || n->shape[d] > INT_MAX || (d > 0 && cols > U32_MAX_I64 / n->shape[d]))
+                return ERR("custom options: 'shape' dim %zu = %lld; every dim must be in [1, 2^31), with the "
+                           "product of the dims after the first < 2^32", d, (long long)n->shape[d]);
+            if (d > 0) cols *= n->shape[d];
+        }
+        n->hp.rows = n->shape[0];
+        n->hp.cols = cols;
+    } else {
+        if (!opt_int(n, &m, "in_features", 1, 0, 1, INT_MAX, &n->in_f) ||
+            !opt_int(n, &m, "out_features", 1, 0, 1, INT_MAX, &n->out_f))
+            return 0;
+        n->hp.rows = n->out_f;
+        n->hp.cols = n->in_f;
+    }
+    if (n->kind == OP_HASHED_WEIGHT || n->kind == OP_HASHED_MATMUL) {
+        if (!opt_int(n, &m, "num_hashes", 1, 1, 1, EP_MAX_HASHES, &K) ||
+            !opt_int(n, &m, "seed", 1, 0, 0, U32_MAX_I64, &seed) || !opt_int(n, &m, "signed", 0, 1, 0, 1, &sgn))
+            return 0;
+        if (n->kind == OP_HASHED_MATMUL && !opt_int(n, &m, "mode", 0, 0, 0, 1, &n->mode)) return 0;
+        n->hp.num_hashes = (int32_t)K;
+        n->hp.seed = (uint32_t)seed;
+        n->hp.is_signed = (int32_t)sgn;
+        if ((uint64_t)n->hp.rows * (uint64_t)n->hp.cols > (uint64_t)INT64_MAX / 8 / (uint64_t)K)
+            return ERR("rows*cols*num_hashes = %lld*%lld*%lld is too large", (long long)n->hp.rows,
+                       (long long)n->hp.cols, (long long)K);
+    }
+    return 1;
+}
+
+/* Inputs/outputs of the node; an error goes to n->err unless one is there already. */
+static int set_io(ep_node *n, const TfLiteIntArray *ins, const TfLiteIntArray *outs) {
+    const op_info *op = &g_ops[n->kind];
+    const int had_err = n->err[0] != 0;
+    char keep[sizeof n->err];
+    memcpy(keep, n->err, sizeof keep);
+    n->out = outs && outs->size >= 1 ? outs->data[0] : -1;
+    n->n_in = 0;
+    for (int i = 0; i < MAX_IN; i++) n->in[i] = kTfLiteOptionalTensor;
+    int ok = 1;
+    if (!ins || !outs) ok = ERR("node has no input/output list");
+    else if (outs->size != 1) ok = ERR("has %d outputs; must have exactly 1", outs->size);
+    else if (ins->size < op->min_in || ins->size > op->max_in)
+        ok = ERR("has %d inputs; must have %d..%d (%s%s%s%s%s%s%s)", ins->size, op->min_in, op->max_in,
+                 op->inputs[0], op->inputs[1] ? ", " : "", op->inputs[1] ? op->inputs[1] : "",
+                 op->inputs[2] ? ", " : "", op->inputs[2] ? op->inputs[2] : "", op->inputs[3] ? ", " : "",
+                 op->inputs[3] ? op->inputs[3] : "");
+    if (ok) {
+        n->n_in = ins->size;
+        for (int i = 0; i < ins->size; i++) n->in[i] = ins->data[i];
+    }
+    if (had_err) memcpy(n->err, keep, sizeof keep); /* the first problem found wins */
+    return ok;
+}
+
+static void release_node(ep_node *n) {
+    ep_hashed_plan_destroy(n->hplan);
+    ep_circulant_plan_destroy(n->cplan);
+    ep_ldr_plan_destroy(n->lplan);
+    free(n->W);
+    n->hplan = NULL, n->cplan = NULL, n->lplan = NULL, n->W = NULL;
+}
+
+static void free_part(part *p) {
+    if (!p) return;
+    for (int i = 0; i < p->n_nodes; i++) release_node(&p->nodes[i]);
+    for (int i = 0; i < p->n_ints; i++) free(p->ints[i].data);
+    free(p->nodes);
+    free(p->ints);
+    free(p->outputs);
+    free(p);
+}
+
+/* ---- tensors ------------------------------------------------------------------------------ */
+
+static itensor *find_internal(const part *p, int idx) {
+    for (int i = 0; i < p->n_ints; i++)
+        if (p->ints[i].idx == idx) return &p->ints[i];
+    return NULL;
+}
+
+static int is_part_output(const part *p, int idx) {
+    if (!p->outputs) return 1;
+    for (int i = 0; i < p->outputs->size; i++)
+        if (p->outputs->data[i] == idx) return 1;
+    return 0;
+}
+
+/* View of input slot i of n (absent: present = 0). need_data: the data must be there (invoke). */
+static TfLiteStatus view_of(TfLiteContext *ctx, const part *p, const ep_node *n, int i, int need_data, tview *t) {
+    const char *iname = g_ops[n->kind].inputs[i];
+    memset(t, 0, sizeof *t);
+    const int idx = i < n->n_in ? n->in[i] : kTfLiteOptionalTensor;
+    if (idx == kTfLiteOptionalTensor) return kTfLiteOk;
+    const itensor *it = find_internal(p, idx);
+    if (it) {
+        t->present = 1;
+        t->rank = it->rank;
+        memcpy(t->dims, it->dims, sizeof(int64_t) * it->rank);
+        t->count = 1;
+        for (size_t d = 0; d < it->rank; d++) t->count *= it->dims[d];
+        t->data = it->data;
+        return kTfLiteOk;
+    }
+    if (idx < 0 || (size_t)idx >= ctx->tensors_size)
+        return fail(ctx, n, "input '%s' is tensor %d; the model has %zu tensors", iname, idx, ctx->tensors_size);
+    const TfLiteTensor *ts = &ctx->tensors[idx];
+    if (ts->type != kTfLiteFloat32)
+        return fail(ctx, n, "input '%s' (tensor %d) has TfLiteType %d; must be float32 (1)", iname, idx, ts->type);
+    if (!ts->dims || ts->dims->size < 0 || ts->dims->size > MAX_RANK)
+        return fail(ctx, n, "input '%s' (tensor %d) has no shape or a rank above %d", iname, idx, MAX_RANK);
+    t->present = 1;
+    t->rank = (size_t)ts->dims->size;
+    t->count = 1;
+    for (size_t d = 0; d < t->rank; d++) {
+        t->dims[d] = ts->dims->data[d];
+        if (t->dims[d] < 0) return fail(ctx, n, "input '%s' has a negative dim %lld", iname, (long long)t->dims[d]);
+        if (t->dims[d] && t->count > INT64_MAX / 4 / t->dims[d])
+            return fail(ctx, n, "input '%s' has too many elements", iname);
+        t->count *= t->dims[d];
+    }
+    t->is_const = (ts->allocation_type == kTfLiteMmapRo || ts->allocation_type == kTfLitePersistentRo) && ts->data;
+    t->data = (const float *)ts->data;
+    if ((need_data || t->is_const) && t->count) {
+        if (!ts->data) return fail(ctx, n, "input '%s' (tensor %d) has no data", iname, idx);
+        if (ts->bytes < (size_t)t->count * sizeof(float))
+            return fail(ctx, n, "input '%s' (tensor %d) holds %zu bytes; its shape needs %lld", iname, idx,
+                        ts->bytes, (long long)t->count * 4);
+    }
+    return kTfLiteOk;
+}
+
+static void dims_str(const tview *t, char *buf, size_t cap) {
+    size_t k = (size_t)snprintf(buf, cap, "[");
+    for (size_t d = 0; d < t->rank && k < cap; d++)
+        k += (size_t)snprintf(buf + k, cap - k, d ? ", %lld" : "%lld", (long long)t->dims[d]);
+    if (k < cap) snprintf(buf + k, cap - k, "]");
+}
+
+static TfLiteStatus check_buckets(TfLiteContext *ctx, const ep_node *n, const tview *t, int i) {
+    char s[256];
+    dims_str(t, s, sizeof s);
+    if (t->rank != 1 || t->count < 1 || t->count > INT32_MAX)
+        return fail(ctx, n, "input '%s' has shape %s; must be 1-D with 1 <= B < 2^31 buckets",
+                    g_ops[n->kind].inputs[i], s);
+    return kTfLiteOk;
+}
+
+static TfLiteStatus check_recon(TfLiteContext *ctx, const ep_node *n, const tview *t, int i) {
+    const int64_t K = n->hp.num_hashes, per = K + 2;
+    const char *iname = g_ops[n->kind].inputs[i];
+    if (!t->present && K == 1) return kTfLiteOk; /* optional for K = 1: applied when given */
+    if (!t->present)
+        return fail(ctx, n, "input '%s' is required when num_hashes=%lld: the MLP [W1 (H x K), b1 (H), W2 (H), b2] "
+                    "of length H*(K+2)+1", iname, (long long)K);
+    if (t->rank != 1 || t->count < per + 1 || (t->count - 1) % per != 0)
+        return fail(ctx, n, "input '%s' has %lld values (rank %zu); with num_hashes=%lld it must be 1-D of length "
+                    "H*%lld+1 for some H >= 1 (e.g. %lld, %lld, ...)", iname, (long long)t->count, t->rank,
+                    (long long)K, (long long)per, (long long)(per + 1), (long long)(2 * per + 1));
+    return kTfLiteOk;
+}
+
+static TfLiteStatus check_blocks(TfLiteContext *ctx, const ep_node *n, const tview *t) {
+    char s[256];
+    dims_str(t, s, sizeof s);
+    if (t->rank != 3 || t->dims[0] < 1 || t->dims[1] < 1 || !is_pow2(t->dims[2]) || t->dims[2] < 4)
+        return fail(ctx, n, "input 'blocks' has shape %s; must be [p, q, b] with p, q >= 1 and b a power of two >= 4",
+                    s);
+    const int64_t p = t->dims[0], q = t->dims[1], b = t->dims[2];
+    if (n->in_f > q * b || n->out_f > p * b)
+        return fail(ctx, n, "input 'blocks' has shape %s; need in_features=%lld <= q*b=%lld and out_features=%lld <= "
+                    "p*b=%lld", s, (long long)n->in_f, (long long)(q * b), (long long)n->out_f, (long long)(p * b));
+    return kTfLiteOk;
+}
+
+static TfLiteStatus check_ldr(TfLiteContext *ctx, const ep_node *n, const tview *g, const tview *h) {
+    char sg[256], sh[256];
+    dims_str(g, sg, sizeof sg);
+    dims_str(h, sh, sizeof sh);
+    if (g->rank != 2 || h->rank != 2 || g->dims[0] != h->dims[0] || g->dims[1] != h->dims[1] || g->dims[0] < 1 ||
+        !is_pow2(g->dims[1]) || g->dims[1] < 4)
+        return fail(ctx, n, "inputs 'G' %s and 'H' %s must both be [r, n] with r >= 1 and n a power of two >= 4", sg,
+                    sh);
+    if (n->in_f > g->dims[1] || n->out_f > g->dims[1])
+        return fail(ctx, n, "in_features=%lld and out_features=%lld must both be <= n=%lld (G, H are %s)",
+                    (long long)n->in_f, (long long)n->out_f, (long long)g->dims[1], sg);
+    return kTfLiteOk;
+}
+
+static TfLiteStatus check_weights(TfLiteContext *ctx, const ep_node *n, const tview *w) {
+    switch (n->kind) {
+    case OP_HASHED_WEIGHT:
+        return check_buckets(ctx, n, &w[0], 0) || check_recon(ctx, n, &w[1], 1) ? kTfLiteError : kTfLiteOk;
+    case OP_HASHED_MATMUL:
+        return check_buckets(ctx, n, &w[1], 1) || check_recon(ctx, n, &w[2], 2) ? kTfLiteError : kTfLiteOk;
+    case OP_CIRCULANT: return check_blocks(ctx, n, &w[1]);
+    case OP_LDR: return check_ldr(ctx, n, &w[1], &w[2]);
+    default: return kTfLiteError;
+    }
+}
+
+static TfLiteStatus check_x_bias(TfLiteContext *ctx, const ep_node *n, const tview *in) {
+    char s[256];
+    const int ib = g_ops[n->kind].max_in - 1;
+    dims_str(&in[0], s, sizeof s);
+    if (in[0].rank < 1 || in[0].dims[in[0].rank - 1] != n->in_f)
+        return fail(ctx, n, "input 'X' has shape %s; its last axis must equal in_features=%lld", s, (long long)n->in_f);
+    dims_str(&in[ib], s, sizeof s);
+    if (in[ib].present && (in[ib].rank != 1 || in[ib].count != n->out_f))
+        return fail(ctx, n, "input 'bias' has shape %s; must be [out_features] = [%lld]", s, (long long)n->out_f);
+    return kTfLiteOk;
+}
+
+/* Plans for the matmul ops from validated weights; the caller owns what it gets. */
+static TfLiteStatus build_plan(TfLiteContext *ctx, const ep_node *n, const tview *w, ep_hashed_plan **hp,
+                               ep_circulant_plan **cp, ep_ldr_plan **lp) {
+    ep_status s = EP_OK;
+    ep_hash_params prm = n->hp;
+    switch (n->kind) {
+    case OP_HASHED_MATMUL:
+        prm.num_buckets = w[1].count;
+        s = ep_hashed_plan_create(&prm, w[1].data, w[2].data, w[2].present ? w[2].count : 0, hp);
+        break;
+    case OP_CIRCULANT:
+        s = ep_circulant_plan_create(w[1].dims[0], w[1].dims[1], w[1].dims[2], w[1].data, n->in_f, n->out_f, cp);
+        break;
+    case OP_LDR: s = ep_ldr_plan_create(w[1].dims[0], w[1].dims[1], w[1].data, w[2].data, n->in_f, n->out_f, lp); break;
+    default: break;
+    }
+    return s ? kernel_fail(ctx, n, s) : kTfLiteOk;
+}
+
+/* All inputs of n, validated (shapes; data too when need_data). */
+static TfLiteStatus gather(TfLiteContext *ctx, const part *p, const ep_node *n, int need_data, tview *in) {
+    const op_info *op = &g_ops[n->kind];
+    for (int i = 0; i < MAX_IN; i++) {
+        if (view_of(ctx, p, n, i, need_data, &in[i])) return kTfLiteError;
+        if (!in[i].present && i < op->min_in) return fail(ctx, n, "required input '%s' is missing", op->inputs[i]);
+    }
+    if (check_weights(ctx, n, in)) return kTfLiteError;
+    if (n->kind != OP_HASHED_WEIGHT && check_x_bias(ctx, n, in)) return kTfLiteError;
+    return kTfLiteOk;
+}
+
+static int weights_const(const ep_node *n, const tview *in) {
+    switch (n->kind) {
+    case OP_HASHED_WEIGHT: return in[0].is_const && (!in[1].present || in[1].is_const);
+    case OP_HASHED_MATMUL: return in[1].is_const && (!in[2].present || in[2].is_const);
+    case OP_CIRCULANT: return in[1].is_const;
+    case OP_LDR: return in[1].is_const && in[2].is_const;
+    default: return 0;
+    }
+}
+
+/* Output dims of n from its validated inputs. */
+static TfLiteStatus out_dims(TfLiteContext *ctx, const ep_node *n, const tview *in, int64_t *dims, size_t *rank) {
+    if (n->kind == OP_HASHED_WEIGHT) {
+        *rank = n->shape_rank;
+        memcpy(dims, n->shape, sizeof(int64_t) * n->shape_rank);
+        return kTfLiteOk;
+    }
+    *rank = in[0].rank;
+    memcpy(dims, in[0].dims, sizeof(int64_t) * in[0].rank);
+    dims[*rank - 1] = n->out_f;
+    int64_t c = 1;
+    for (size_t d = 0; d < *rank; d++) {
+        if (dims[d] && c > INT32_MAX / dims[d]) return fail(ctx, n, "output 'Y' would have more than 2^31 elements");
+        c *= dims[d];
+    }
+    return kTfLiteOk;
+}
+
+static TfLiteStatus prepare_node(TfLiteContext *ctx, part *p, ep_node *n) {
+    if (n->err[0]) {
+        ctx->ReportError(ctx, "edgepack %s: %s\n", n->label, n->err);
+        return kTfLiteError;
+    }
+    tview in[MAX_IN];
+    if (gather(ctx, p, n, 0, in)) return kTfLiteError;
+    if (!n->planned && weights_const(n, in)) {
+        if (n->kind == OP_HASHED_WEIGHT) {
+            ep_hash_params prm = n->hp;
+            prm.num_buckets = in[0].count;
+            n->W = (float *)malloc(sizeof(float) * (size_t)(prm.rows * prm.cols));
+            if (!n->W) return fail(ctx, n, "cannot allocate the %lld x %lld weight", (long long)prm.rows,
+                                   (long long)prm.cols);
+            ep_status s = ep_hashed_decode(&prm, in[0].data, in[1].data, in[1].present ? in[1].count : 0, n->W);
+            if (s) return kernel_fail(ctx, n, s);
+        } else if (!(n->kind == OP_HASHED_MATMUL && n->mode == 1) &&
+                   build_plan(ctx, n, in, &n->hplan, &n->cplan, &n->lplan)) {
+            return kTfLiteError;
+        }
+        n->planned = 1;
+    }
+    int64_t dims[MAX_RANK];
+    size_t rank = 0;
+    if (out_dims(ctx, n, in, dims, &rank)) return kTfLiteError;
+    size_t count = 1;
+    for (size_t d = 0; d < rank; d++) count *= (size_t)dims[d];
+    if (!is_part_output(p, n->out)) { /* lives inside the partition */
+        itensor *it = find_internal(p, n->out);
+        if (!it) {
+            itensor *grown = (itensor *)realloc(p->ints, sizeof(itensor) * (size_t)(p->n_ints + 1));
+            if (!grown) return fail(ctx, n, "out of memory");
+            p->ints = grown;
+            it = &p->ints[p->n_ints++];
+            memset(it, 0, sizeof *it);
+            it->idx = n->out;
+        }
+        if (count > it->cap) {
+            float *d = (float *)realloc(it->data, sizeof(float) * count);
+            if (!d) return fail(ctx, n, "cannot allocate %zu floats for an intermediate tensor", count);
+            it->data = d, it->cap = count;
+        }
+        it->rank = rank;
+        memcpy(it->dims, dims, sizeof(int64_t) * rank);
+        return kTfLiteOk;
+    }
+    if (n->out < 0 || (size_t)n->out >= ctx->tensors_size)
+        return fail(ctx, n, "output is tensor %d; the model has %zu tensors", n->out, ctx->tensors_size);
+    TfLiteTensor *ot = &ctx->tensors[n->out];
+    if (ot->type != kTfLiteFloat32)
+        return fail(ctx, n, "output (tensor %d) has TfLiteType %d; must be float32 (1)", n->out, ot->type);
+    TfLiteIntArray *sz = (TfLiteIntArray *)malloc(sizeof(int) * (rank + 1)); /* ResizeTensor owns it */
+    if (!sz) return fail(ctx, n, "out of memory");
+    sz->size = (int)rank;
+    for (size_t d = 0; d < rank; d++) sz->data[d] = (int)dims[d];
+    return ctx->ResizeTensor(ctx, ot, sz);
+}
+
+static TfLiteStatus invoke_node(TfLiteContext *ctx, part *p, const ep_node *n) {
+    tview in[MAX_IN];
+    if (n->err[0]) return fail(ctx, n, "%s", n->err);
+    if (gather(ctx, p, n, 1, in)) return kTfLiteError;
+    int64_t dims[MAX_RANK];
+    size_t rank = 0;
+    if (out_dims(ctx, n, in, dims, &rank)) return kTfLiteError;
+    size_t count = 1;
+    for (size_t d = 0; d < rank; d++) count *= (size_t)dims[d];
+    float *Y = NULL;
+    itensor *it = find_internal(p, n->out);
+    if (it) {
+        if (it->cap < count) return fail(ctx, n, "intermediate output was not prepared for this shape");
+        Y = it->data;
+        it->rank = rank;
+        memcpy(it->dims, dims, sizeof(int64_t) * rank);
+    } else {
+        if (n->out < 0 || (size_t)n->out >= ctx->tensors_size)
+            return fail(ctx, n, "output is tensor %d; the model has %zu tensors", n->out, ctx->tensors_size);
+        const TfLiteTensor *ot = &ctx->tensors[n->out];
+        if (ot->type != kTfLiteFloat32 || (count && (!ot->data || ot->bytes < count * sizeof(float))))
+            return fail(ctx, n, "output (tensor %d) is not an allocated float32 buffer of %zu values", n->out, count);
+        Y = (float *)ot->data;
+    }
+    if (!count) return kTfLiteOk;
+    ep_status s = EP_OK;
+    if (n->kind == OP_HASHED_WEIGHT) {
+        if (n->W) {
+            memcpy(Y, n->W, sizeof(float) * count);
+            return kTfLiteOk;
+        }
+        ep_hash_params prm = n->hp;
+        prm.num_buckets = in[0].count;
+        s = ep_hashed_decode(&prm, in[0].data, in[1].data, in[1].present ? in[1].count : 0, Y);
+        return s ? kernel_fail(ctx, n, s) : kTfLiteOk;
+    }
+    const int ib = g_ops[n->kind].max_in - 1;
+    const int64_t N = in[0].count / n->in_f;
+    const float *X = in[0].data, *bias = in[ib].data;
+    if (n->kind == OP_HASHED_MATMUL && n->mode == 1) {
+        ep_hash_params prm = n->hp;
+        prm.num_buckets = in[1].count;
+        s = ep_hashed_matmul_stream(&prm, in[1].data, in[2].data, in[2].present ? in[2].count : 0, X, N, bias, Y);
+        return s ? kernel_fail(ctx, n, s) : kTfLiteOk;
+    }
+    ep_hashed_plan *hp = n->hplan;
+    ep_circulant_plan *cp = n->cplan;
+    ep_ldr_plan *lp = n->lplan;
+    const int own = !n->planned; /* weights computed at run time: a plan for this run only */
+    if (own && build_plan(ctx, n, in, &hp, &cp, &lp)) return kTfLiteError;
+    switch (n->kind) {
+    case OP_HASHED_MATMUL: s = ep_hashed_matmul_expand(hp, X, N, n->in_f, bias, Y, n->out_f); break;
+    case OP_CIRCULANT: s = ep_circulant_matmul(cp, X, N, n->in_f, bias, Y, n->out_f); break;
+    case OP_LDR: s = ep_ldr_matmul(lp, X, N, n->in_f, bias, Y, n->out_f); break;
+    default: break;
+    }
+    if (own) {
+        ep_hashed_plan_destroy(hp);
+        ep_circulant_plan_destroy(cp);
+        ep_ldr_plan_destroy(lp);
+    }
+    return s ? kernel_fail(ctx, n, s) : kTfLiteOk;
+}
+
+/* ---- delegate kernel: one per partition ------------------------------------------------------ */
+
+static void *dk_init(TfLiteContext *ctx, const char *buffer, size_t length) {
+    (void)length;
+    const TfLiteDelegateParams *params = (const TfLiteDelegateParams *)(const void *)buffer;
+    part *p = (part *)calloc(1, sizeof *p);
+    if (!p || !params || !params->nodes_to_replace || !params->output_tensors) return p;
+    const int nn = params->nodes_to_replace->size > 0 ? params->nodes_to_replace->size : 0;
+    p->nodes = (ep_node *)calloc((size_t)(nn ? nn : 1), sizeof(ep_node));
+    p->outputs = (TfLiteIntArray *)malloc(sizeof(int) * (size_t)(params->output_tensors->size + 1));
+    if (!p->nodes || !p->outputs) {
+        free_part(p);
+        return NULL;
+    }
+    p->outputs->size = params->output_tensors->size;
+    memcpy(p->outputs->data, params->output_tensors->data, sizeof(int) * (size_t)p->outputs->size);
+    p->n_nodes = nn;
+    for (int i = 0; i < nn; i++) {
+        ep_node *n = &p->nodes[i];
+        const int ni = params->nodes_to_replace->data[i];
+        TfLiteNode *node = NULL;
+        TfLiteRegistration *reg = NULL;
+        n->out = -1;
+        if (ctx->GetNodeAndRegistration(ctx, ni, &node, &reg) || !node || !reg) {
+            snprintf(n->label, sizeof n->label, "node #%d", ni);
+            snprintf(n->err, sizeof n->err, "cannot read the node from the interpreter");
+            continue;
+        }
+        if (!kind_of(reg->custom_name, &n->kind)) { /* claimed by prefix, but not one of ours */
+            snprintf(n->label, sizeof n->label, "node #%d", ni);
+            snprintf(n->err, sizeof n->err, "unknown custom op '%.100s'; this library implements " PREFIX
+                     "HashedWeight, " PREFIX "HashedMatMul, " PREFIX "CirculantMatMul and " PREFIX "LDRMatMul",
+                     reg->custom_name ? reg->custom_name : "?");
+            continue;
+        }
+        const size_t len = node->custom_initial_data_size > 0 ? (size_t)node->custom_initial_data_size : 0;
+        if (set_io(n, node->inputs, node->outputs)) parse_options(n, node->custom_initial_data, len);
+        set_label(n, ctx, ni);
+    }
+    return p;
+}
+
+static void dk_free(TfLiteContext *ctx, void *buffer) {
+    (void)ctx;
+    free_part((part *)buffer);
+}
+
+static TfLiteStatus dk_prepare(TfLiteContext *ctx, TfLiteNode *node) {
+    part *p = (part *)node->user_data;
+    if (!p || !p->nodes) {
+        ctx->ReportError(ctx, "edgepack delegate: kernel initialisation failed (out of memory or no node list)");
+        return kTfLiteError;
+    }
+    for (int i = 0; i < p->n_nodes; i++)
+        if (prepare_node(ctx, p, &p->nodes[i])) return kTfLiteError;
+    return kTfLiteOk;
+}
+
+static TfLiteStatus dk_invoke(TfLiteContext *ctx, TfLiteNode *node) {
+    part *p = (part *)node->user_data;
+    if (!p || !p->nodes) return kTfLiteError;
+    for (int i = 0; i < p->n_nodes; i++)
+        if (invoke_node(ctx, p, &p->nodes[i])) return kTfLiteError;
+    return kTfLiteOk;
+}
+
+static TfLiteStatus delegate_prepare(TfLiteContext *ctx, TfLiteDelegate *delegate) {
+    TfLiteIntArray *plan = NULL;
+    if (ctx->GetExecutionPlan(ctx, &plan) || !plan) {
+        ctx->ReportError(ctx, "edgepack delegate: cannot read the execution plan");
+        return kTfLiteError;
+    }
+    const int total = plan->size > 0 ? plan->size : 0;
+    TfLiteIntArray *claim = (TfLiteIntArray *)malloc(sizeof(int) * (size_t)(total + 1));
+    int *order = (int *)malloc(sizeof(int) * (size_t)(total + 1));
+    if (!claim || !order) {
+        free(claim);
+        free(order);
+        ctx->ReportError(ctx, "edgepack delegate: out of memory");
+        return kTfLiteError;
+    }
+    memcpy(order, plan->data, sizeof(int) * (size_t)total); /* the plan may be invalidated below */
+    claim->size = 0;
+    for (int i = 0; i < total; i++) {
+        TfLiteNode *node = NULL;
+        TfLiteRegistration *reg = NULL;
+        if (ctx->GetNodeAndRegistration(ctx, order[i], &node, &reg) || !reg) continue;
+        if (reg->builtin_code == kTfLiteBuiltinCustom && reg->custom_name &&
+            !strncmp(reg->custom_name, PREFIX, sizeof PREFIX - 1))
+            claim->data[claim->size++] = order[i];
+    }
+    free(order);
+    TfLiteStatus st = kTfLiteOk;
+    if (claim->size) {
+        TfLiteRegistration r;
+        memset(&r, 0, sizeof r);
+        r.init = dk_init;
+        r.free = dk_free;
+        r.prepare = dk_prepare;
+        r.invoke = dk_invoke;
+        r.builtin_code = kTfLiteBuiltinDelegate;
+        r.custom_name = "EdgepackDelegate";
+        r.version = 1;
+        st = ctx->ReplaceNodeSubsetsWithDelegateKernels(ctx, r, claim, delegate);
+    }
+    free(claim);
+    return st;
+}
+
+/* Room after the struct, zeroed: fields a newer runtime may append read as NULL / 0. */
+typedef struct ep_delegate {
+    TfLiteDelegate base;
+    void *reserved[16];
+} ep_delegate;
+
+EP_TFLITE_EXPORT TfLiteDelegate *edgepack_tflite_delegate_create(void) {
+    ep_delegate *d = (ep_delegate *)calloc(1, sizeof *d);
+    if (!d) return NULL;
+    d->base.Prepare = delegate_prepare;
+    d->base.flags = kTfLiteDelegateFlagsAllowDynamicTensors;
+    return &d->base;
+}
+
+EP_TFLITE_EXPORT void edgepack_tflite_delegate_delete(TfLiteDelegate *d) { free(d); }
+
+EP_TFLITE_EXPORT TfLiteDelegate *tflite_plugin_create_delegate(char **keys, char **values, size_t n,
+                                                                void (*report_error)(const char *)) {
+    char msg[512];
+    for (size_t i = 0; i < n; i++) {
+        const char *k = keys && keys[i] ? keys[i] : "", *v = values && values[i] ? values[i] : "";
+        if (!strcmp(k, "kernels")) {
+            if (ep_set_variant(v) == EP_OK) continue;
+            snprintf(msg, sizeof msg, "edgepack delegate: option kernels='%.100s' is not usable here (%s)", v,
+                     ep_last_error());
+        } else {
+            snprintf(msg, sizeof msg, "edgepack delegate: unknown option '%.100s'; valid: kernels (auto, ref, avx2, "
+                     "neon)", k);
+        }
+        if (report_error) report_error(msg);
+        return NULL;
+    }
+    TfLiteDelegate *d = edgepack_tflite_delegate_create();
+    if (!d && report_error) report_error("edgepack delegate: out of memory");
+    return d;
+}
+
+EP_TFLITE_EXPORT void tflite_plugin_destroy_delegate(TfLiteDelegate *d) { edgepack_tflite_delegate_delete(d); }
+
+/* ---- plain custom ops for MutableOpResolver::AddCustom ------------------------------------------ */
+
+static void *op_init(op_kind kind, const char *buffer, size_t length) {
+    part *p = (part *)calloc(1, sizeof *p);
+    if (!p) return NULL;
+    p->nodes = (ep_node *)calloc(1, sizeof(ep_node));
+    if (!p->nodes) {
+        free(p);
+        return NULL;
+    }
+    p->n_nodes = 1;
+    ep_node *n = &p->nodes[0];
+    n->kind = kind;
+    parse_options(n, buffer, length);
+    return p;
+}
+
+static TfLiteStatus op_prepare(TfLiteContext *ctx, TfLiteNode *node) {
+    part *p = (part *)node->user_data;
+    if (!p || !p->nodes) {
+        ctx->ReportError(ctx, "edgepack custom op: kernel initialisation failed (out of memory)");
+        return kTfLiteError;
+    }
+    ep_node *n = &p->nodes[0];
+    set_io(n, node->inputs, node->outputs);
+    set_label(n, ctx, -1);
+    return prepare_node(ctx, p, n);
+}
+
+static TfLiteStatus op_invoke(TfLiteContext *ctx, TfLiteNode *node) {
+    part *p = (part *)node->user_data;
+    return p && p->nodes ? invoke_node(ctx, p, &p->nodes[0]) : kTfLiteError;
+}
+
+static void op_free(TfLiteContext *ctx, void *buffer) {
+    (void)ctx;
+    free_part((part *)buffer);
+}
+
+static void *init_hw(TfLiteContext *c, const char *b, size_t l) { (void)c; return op_init(OP_HASHED_WEIGHT, b, l); }
+static void *init_hm(TfLiteContext *c, const char *b, size_t l) { (void)c; return op_init(OP_HASHED_MATMUL, b, l); }
+static void *init_cm(TfLiteContext *c, const char *b, size_t l) { (void)c; return op_init(OP_CIRCULANT, b, l); }
+static void *init_ld(TfLiteContext *c, const char *b, size_t l) { (void)c; return op_init(OP_LDR, b, l); }
+
+#define EP_REG(INIT, NAME) \
+    { .init = INIT, .free = op_free, .prepare = op_prepare, .invoke = op_invoke, \
+      .builtin_code = kTfLiteBuiltinCustom, .custom_name = PREFIX NAME, .version = 1 }
+static const TfLiteRegistration g_regs[OP_COUNT] = {
+    EP_REG(init_hw, "HashedWeight"), EP_REG(init_hm, "HashedMatMul"),
+    EP_REG(init_cm, "CirculantMatMul"), EP_REG(init_ld, "LDRMatMul"),
+};
+
+EP_TFLITE_EXPORT const TfLiteRegistration *edgepack_tflite_registration(const char *custom_name) {
+    op_kind k;
+    return kind_of(custom_name, &k) ? &g_regs[k] : NULL;
+}
+
+/* tflite::MutableOpResolver::AddCustom(const char*, const TfLiteRegistration*, int) */
+#define ADD_CUSTOM_SYM "_ZN6tflite17MutableOpResolver9AddCustomEPKcPK18TfLiteRegistrationi"
+typedef void (*add_custom_fn)(void *self, const char *name, const TfLiteRegistration *reg, int version);
+
+static char g_reg_error[512];
+
+#if defined(__linux__)
+static int find_in_object(struct dl_phdr_info *info, size_t size, void *data) {
+    (void)size;
+    void **found = (void **)data;
+    if (!info->dlpi_name || !info->dlpi_name[0]) return 0;
+    void *h = dlopen(info->dlpi_name, RTLD_LAZY | RTLD_NOLOAD);
+    if (!h) return 0;
+    *found = dlsym(h, ADD_CUSTOM_SYM);
+    dlclose(h);
+    return *found != NULL;
+}
+#endif
+
+EP_TFLITE_EXPORT const char *edgepack_tflite_registrar_error(void) { return g_reg_error; }
+
+EP_TFLITE_EXPORT int edgepack_register_tflite_ops(void *resolver) {
+    g_reg_error[0] = 0;
+    if (!resolver) {
+        snprintf(g_reg_error, sizeof g_reg_error, "edgepack_register_tflite_ops: resolver is NULL");
+        return 1;
+    }
+    void *sym = dlsym(RTLD_DEFAULT, ADD_CUSTOM_SYM);
+#if defined(__linux__)
+    if (!sym) dl_iterate_phdr(find_in_object, &sym);
+#endif
+    if (!sym) {
+        snprintf(g_reg_error, sizeof g_reg_error,
+                 "edgepack_register_tflite_ops: no loaded library exports tflite::MutableOpResolver::AddCustom "
+                 "(tflite-runtime exports it; ai-edge-litert hides it: use the delegate there)");
+        return 1;
+    }
+    add_custom_fn add;
+    memcpy(&add, &sym, sizeof add);
+    for (int k = 0; k < OP_COUNT; k++) add(resolver, g_regs[k].custom_name, &g_regs[k], 1);
+    return 0;
+}

@@ -1,0 +1,87 @@
+"""Run .tflite files that contain ``ai.edgepack.*`` custom ops, with LiteRT or tflite-runtime.
+
+The ops run in ``libedgepack_tflite_delegate`` (an external delegate, built by CMake into
+``runtime_kernels/lib/``; ``EDGEPACK_TFLITE_DELEGATE`` points at another copy). On
+tflite-runtime 2.14 the same library can instead register plain custom ops
+(``use_delegate=False``, through ``InterpreterWithCustomOps``). Self-contained: imports only the
+standard library and the TFLite runtime it finds.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["delegate_library_path", "tflite_interpreter"]
+
+_LIB_NAME = "libedgepack_tflite_delegate.so"
+
+
+def delegate_library_path() -> Path:
+    """Path of libedgepack_tflite_delegate: $EDGEPACK_TFLITE_DELEGATE, else ``<this dir>/lib/``."""
+    env = os.environ.get("EDGEPACK_TFLITE_DELEGATE")
+    path = Path(env) if env else Path(__file__).resolve().parent / "lib" / _LIB_NAME
+    if not path.is_file():
+        where = "EDGEPACK_TFLITE_DELEGATE" if env else "the default location"
+        raise FileNotFoundError(
+            f"edgepack TFLite delegate not found at {path} ({where}); build it with CMake "
+            f"(runtime_kernels, target edgepack_tflite_delegate) or set EDGEPACK_TFLITE_DELEGATE"
+        )
+    return path
+
+
+def _runtime() -> tuple[str, Any]:
+    """The interpreter module: LiteRT if importable, else tflite-runtime."""
+    try:
+        from ai_edge_litert import interpreter as mod
+
+        return "litert", mod
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime import interpreter as mod
+
+        return "tflite_runtime", mod
+    except ImportError as e:
+        raise ImportError("no TFLite runtime: pip install ai-edge-litert (or tflite-runtime)") from e
+
+
+def _registerer(lib_path: Path):
+    """A custom_op_registerers entry: called with the tflite::MutableOpResolver address."""
+    lib = ctypes.CDLL(str(lib_path))
+    lib.edgepack_register_tflite_ops.argtypes = [ctypes.c_void_p]
+    lib.edgepack_register_tflite_ops.restype = ctypes.c_int
+    lib.edgepack_tflite_registrar_error.restype = ctypes.c_char_p
+
+    def register(resolver: int) -> None:
+        if lib.edgepack_register_tflite_ops(resolver):
+            raise RuntimeError(lib.edgepack_tflite_registrar_error().decode())
+
+    register.lib = lib  # keep the library loaded as long as the registerer lives
+    return register
+
+
+def tflite_interpreter(path: str | os.PathLike, threads: int = 1, use_delegate: bool = True):
+    """An allocated interpreter for ``path`` with the edgepack ops available.
+
+    ``use_delegate=False`` registers plain custom ops instead (tflite-runtime only: LiteRT does not
+    export the resolver's AddCustom).
+    """
+    name, mod = _runtime()
+    lib = delegate_library_path()
+    if use_delegate:
+        delegate = mod.load_delegate(str(lib))
+        interp = mod.Interpreter(model_path=str(path), num_threads=threads, experimental_delegates=[delegate])
+        interp._edgepack_delegate = delegate  # the delegate must outlive the interpreter
+    else:
+        if name != "tflite_runtime":
+            raise RuntimeError(
+                "use_delegate=False needs tflite-runtime (LiteRT hides MutableOpResolver::AddCustom)"
+            )
+        interp = mod.InterpreterWithCustomOps(
+            model_path=str(path), num_threads=threads, custom_op_registerers=[_registerer(lib)]
+        )
+    interp.allocate_tensors()
+    return interp
