@@ -42,6 +42,7 @@ class BenchOptions:
     resume: bool = False
     benchmark_model: str | None = None
     idle_seconds: float = 2.0
+    cpus: str | None = None  # e.g. "4-7": pin the runner with taskset (big cores of a phone)
 
 
 class BenchError(RuntimeError):
@@ -83,6 +84,11 @@ def host_library(runtime: str, arch: str) -> Path:
     return found[0]
 
 
+def pinned(argv: list[str], options: BenchOptions) -> list[str]:
+    """``argv`` under ``taskset -c CPUS`` when the user pins the run to some cores."""
+    return ["taskset", "-c", options.cpus, *argv] if options.cpus else argv
+
+
 def run_with_python(device: Device, python: str, model: Path, runtime: str, options: BenchOptions,
                     arch: str) -> tuple[dict, str]:
     remote_model = device.push(str(model))
@@ -93,6 +99,7 @@ def run_with_python(device: Device, python: str, model: Path, runtime: str, opti
         argv += ["--library", device.push(str(host_library(runtime, arch)))]
     if options.dataset:
         argv += ["--dataset", device.push(options.dataset)]
+    argv = pinned(argv, options)
     result = device.run(argv, timeout=max(600.0, 20 * options.min_seconds))
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     if not lines:
@@ -112,6 +119,7 @@ def run_with_benchmark_model(device: Device, model: Path, options: BenchOptions)
     if needs_edgepack_library(model):
         delegate = host_library("tflite", device.describe()["arch"])
         argv.append(f"--external_delegate_path={device.push(str(delegate))}")
+    argv = pinned(argv, options)
     result = device.run(argv, timeout=600)
     match = re.search(r"Init: ([\d.]+), First inference: ([\d.]+), Warmup \(avg\): [\d.e+]+, "
                       r"Inference \(avg\): ([\d.e+]+)", result.stdout + result.stderr)

@@ -48,7 +48,8 @@ def _bench(args: argparse.Namespace) -> int:
 
     options = BenchOptions(runtime=args.runtime, threads=args.threads, warmup=args.warmup, runs=args.runs,
                            min_seconds=args.min_seconds, energy=args.energy, dataset=args.dataset,
-                           output=args.output, resume=args.resume, benchmark_model=args.benchmark_model)
+                           output=args.output, resume=args.resume, benchmark_model=args.benchmark_model,
+                           cpus=args.cpus)
     records = bench(args.models, args.device, options)
     failed = sum(r["status"] != "ok" for r in records)
     print(f"{len(records) - failed} measured, {failed} failed; results appended to {args.output}")
@@ -126,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--resume", action="store_true", help="skip what the results file already has")
     bench.add_argument("--benchmark-model", metavar="PATH",
                        help="TFLite's benchmark_model binary for devices without Python")
+    bench.add_argument("--cpus", metavar="LIST",
+                       help="pin the runner to these cores with taskset -c (e.g. 4-7, a phone's big cores)")
     bench.set_defaults(handler=_bench)
 
     report = commands.add_parser("report", help="Markdown + HTML report with plots from a results file")
