@@ -29,6 +29,8 @@ static inline uint32_t ep_xxh_key_tail(uint32_t head, uint32_t j) {
     return ep_xxh_avalanche(ep_rotl32(head + j * EP_P3, 17) * EP_P4);
 }
 
+#define EP_HASH_DOT_MAXN 4 /* above it the X rows fall out of L1: the tile + gemm path is faster */
+
 /* Everything a hashed row decoder needs. */
 typedef struct ep_hcfg {
     uint32_t seed, nb;  /* nb = number of buckets */
@@ -46,9 +48,20 @@ typedef struct ep_ops {
                  const float *bias, float *Y, int64_t ldy);
     /* out[j] = V[i, j] for j < cols. */
     void (*hash_row)(const ep_hcfg *c, uint32_t i, int64_t cols, float *out);
-    /* in-place complex FFT of m points (m power of two >= 2), unnormalised; tw: m twiddles
-     * e^{-+2 pi i k/m} matching inv; tmp: 2m floats. */
-    void (*cfft)(int64_t m, const float *tw, float *x, float *tmp, int inv);
+    /* optional (NULL: the core decodes rows into a tile and calls gemm). Fused stream row:
+     * y[n*ldy] = bias + X[n,:] . V[i,:] for n < N, 1 <= N <= EP_HASH_DOT_MAXN, V not stored. */
+    void (*hash_dot)(const ep_hcfg *c, uint32_t i, int64_t cols, const float *X, int N, float bias,
+                     float *y, int64_t ldy);
+    /* complex FFT of m points (m power of two >= 2), unnormalised, dst = FFT(src) (src may equal
+     * dst; src is not written otherwise); tw: ep_tw_floats(m) floats, the m twiddles
+     * e^{-+2 pi i k/m} matching inv followed by the first-stage table (see ep_tw_floats);
+     * tmp: 2m floats. */
+    void (*cfft)(int64_t m, const float *tw, const float *src, float *dst, float *tmp, int inv);
+    /* real-FFT split pass: X[0..m] (2m+2 floats) from Z = FFT_m(x[2k] + i x[2k+1]) held in
+     * X[0..m); rt[k] = e^{-2 pi i k/(2m)}, k < m. */
+    void (*rfft_post)(int64_t m, const float *rt, float *X);
+    /* its inverse (unnormalised, x2): Z[0..m) from X[0..m]; X is read only. */
+    void (*irfft_pre)(int64_t m, const float *rt, const float *X, float *Z);
     /* acc[k] += a[k] * b[k], m complex values. */
     void (*cmac)(int64_t m, const float *a, const float *b, float *acc);
 } ep_ops;
@@ -63,8 +76,19 @@ extern const ep_ops ep_ops_avx2;
 extern const ep_ops ep_ops_neon;
 #endif
 
+/* Twiddle table of an m-point complex FFT, in floats: 2m (w^k, k < m) and, when m >= 16, the
+ * first radix-4 stage's per-p twiddles for SIMD: for each block of 4 p (p < m/4), 48 floats
+ * = 6 x 8: w^p re dup, w^p im dup, w^2p re dup, w^2p im dup, w^3p re dup, w^3p im dup
+ * ("re dup" = r(p0) r(p0) r(p1) r(p1) r(p2) r(p2) r(p3) r(p3)). */
+#define EP_TW1_MIN 16
+static inline int64_t ep_tw_floats(int64_t m) { return 2 * m + (m >= EP_TW1_MIN ? 3 * m : 0); }
+
 /* the scalar FFT stage loop, reused by SIMD variants for the stages they do not vectorise */
 void ep_cfft_radix4_stage_ref(int64_t L, int64_t s, const float *tw, const float *a, float *b, int inv);
 void ep_cfft_radix2_stage_ref(int64_t s, const float *a, float *b);
+/* scalar split passes for bins k0..m/2 and their mirrors (bin 0 too when k0 == 1), reused
+ * for the SIMD variants' remainders */
+void ep_rfft_post_ref(int64_t m, const float *rt, float *X, int64_t k0);
+void ep_irfft_pre_ref(int64_t m, const float *rt, const float *X, float *Z, int64_t k0);
 
 #endif

@@ -236,9 +236,14 @@ ep_status ep_hashed_matmul_stream(const ep_hash_params *p, const float *buckets,
     if (st || (st = check_mm("ep_hashed_matmul_stream", X, N, Y))) return st;
     if (!mul_ok(N, p->cols, &tmp) || !mul_ok(N, p->rows, &tmp))
         return fail(EP_ERR_OVERFLOW, "ep_hashed_matmul_stream: N*cols or N*rows overflows (N=%lld)", (long long)N);
+    const ep_ops *o = ops();
+    if (o->hash_dot && N <= EP_HASH_DOT_MAXN) { /* fused: hash, gather and dot in registers, O(1) memory */
+        for (int64_t r = 0; r < p->rows; r++)
+            o->hash_dot(&c, (uint32_t)r, p->cols, X, (int)N, bias ? bias[r] : 0.0f, Y + r, p->rows);
+        return EP_OK;
+    }
     float *tile = (float *)malloc(sizeof(float) * EP_STREAM_TILE * (size_t)p->cols);
     if (!tile) return fail(EP_ERR_NOMEM, "ep_hashed_matmul_stream: cannot allocate a %d x %lld tile", EP_STREAM_TILE, (long long)p->cols);
-    const ep_ops *o = ops();
     for (int64_t r0 = 0; r0 < p->rows; r0 += EP_STREAM_TILE) {
         int64_t nr = p->rows - r0 < EP_STREAM_TILE ? p->rows - r0 : EP_STREAM_TILE;
         for (int64_t r = 0; r < nr; r++) o->hash_row(&c, (uint32_t)(r0 + r), p->cols, tile + r * p->cols);
@@ -303,16 +308,31 @@ ep_status ep_dense_matmul(const float *X, int64_t N, int64_t cols, const float *
  * rfft of n = complex Stockham radix-4 FFT of m = n/2 on (x[2k] + i x[2k+1]) + a split pass. */
 typedef struct cplan { int64_t m; float *tw, *twi; } cplan; /* m twiddles e^{-2 pi i k/m} / conj */
 
-static int cplan_init(cplan *c, int64_t m) {
-    c->m = m;
-    c->tw = (float *)malloc(sizeof(float) * 4 * (size_t)m);
-    if (!c->tw) return 0;
-    c->twi = c->tw + 2 * m;
+static void tw_fill(float *t, int64_t m, double sg) { /* sg = -1 forward, +1 inverse */
     for (int64_t k = 0; k < m; k++) {
-        double a = -2.0 * M_PI * (double)k / (double)m;
-        c->tw[2 * k] = (float)cos(a); c->tw[2 * k + 1] = (float)sin(a);
-        c->twi[2 * k] = (float)cos(a); c->twi[2 * k + 1] = (float)-sin(a);
+        double a = sg * 2.0 * M_PI * (double)k / (double)m;
+        t[2 * k] = (float)cos(a); t[2 * k + 1] = (float)sin(a);
     }
+    if (m < EP_TW1_MIN) return;
+    float *f = t + 2 * m; /* first radix-4 stage: w^(t p), t = 1..3, blocks of 4 p, re/im duplicated */
+    for (int64_t p0 = 0; p0 < m / 4; p0 += 4, f += 48)
+        for (int t1 = 1; t1 <= 3; t1++)
+            for (int64_t u = 0; u < 4; u++) {
+                double a = sg * 2.0 * M_PI * (double)((int64_t)t1 * (p0 + u)) / (double)m;
+                float *re = f + 16 * (t1 - 1), *im = re + 8;
+                re[2 * u] = re[2 * u + 1] = (float)cos(a);
+                im[2 * u] = im[2 * u + 1] = (float)sin(a);
+            }
+}
+
+static int cplan_init(cplan *c, int64_t m) {
+    const int64_t nt = ep_tw_floats(m);
+    c->m = m;
+    c->tw = (float *)malloc(sizeof(float) * 2 * (size_t)nt);
+    if (!c->tw) return 0;
+    c->twi = c->tw + nt;
+    tw_fill(c->tw, m, -1.0);
+    tw_fill(c->twi, m, 1.0);
     return 1;
 }
 
@@ -354,63 +374,36 @@ void ep_rfft_plan_destroy(ep_rfft_plan *p) { if (p) { rfft_free(p); free(p); } }
 
 /* X[0..m] (2m+2 floats) = rfft(x[0..n)); tmp: 2m floats. */
 static void rfft_run(const ep_ops *o, const ep_rfft_plan *p, const float *x, float *X, float *tmp) {
-    const int64_t m = p->m;
-    memcpy(X, x, sizeof(float) * 2 * (size_t)m);
-    o->cfft(m, p->c.tw, X, tmp, 0);
-    float z0r = X[0], z0i = X[1];
-    X[0] = z0r + z0i; X[1] = 0.0f;
-    X[2 * m] = z0r - z0i; X[2 * m + 1] = 0.0f;
-    for (int64_t k = 1; k <= m / 2; k++) {
-        const int64_t l = m - k;
-        float ar = X[2 * k], ai = X[2 * k + 1], br = X[2 * l], bi = X[2 * l + 1];
-        /* E = (Z_k + conj Z_l)/2, D = (Z_k - conj Z_l)/2; X_k = E - i w^k D */
-        float er = 0.5f * (ar + br), ei = 0.5f * (ai - bi), dr = 0.5f * (ar - br), di = 0.5f * (ai + bi);
-        float wr = p->rt[2 * k], wi = p->rt[2 * k + 1];
-        float tr = wr * dr - wi * di, ti = wr * di + wi * dr; /* w^k D */
-        X[2 * k] = er + ti; X[2 * k + 1] = ei - tr;
-        if (l == k) break;
-        /* E_l = conj E, D_l = -conj D, w^l = -conj w^k: X_l = conj E - i conj(w^k D) */
-        X[2 * l] = er - ti; X[2 * l + 1] = -ei - tr;
-    }
+    o->cfft(p->m, p->c.tw, x, X, tmp, 0);
+    o->rfft_post(p->m, p->rt, X);
 }
 
-/* x[0..n) = m * irfft(X) (unnormalised); X is read only; tmp: 4m floats */
+/* x[0..n) = m * irfft(X) (unnormalised); X is read only; tmp: 2m floats */
 static void irfft_run(const ep_ops *o, const ep_rfft_plan *p, const float *X, float *x, float *tmp) {
-    const int64_t m = p->m;
-    float *Z = x;
-    float x0 = X[0], xm = X[2 * m];
-    Z[0] = 0.5f * (x0 + xm); Z[1] = 0.5f * (x0 - xm); /* E_0 + i O_0 */
-    for (int64_t k = 1; k <= m / 2; k++) {
-        const int64_t l = m - k;
-        float ar = X[2 * k], ai = X[2 * k + 1], br = X[2 * l], bi = X[2 * l + 1];
-        float er = 0.5f * (ar + br), ei = 0.5f * (ai - bi), dr = 0.5f * (ar - br), di = 0.5f * (ai + bi);
-        float wr = p->rt[2 * k], wi = -p->rt[2 * k + 1]; /* conj w^k */
-        float orr = wr * dr - wi * di, oi = wr * di + wi * dr; /* O_k = D conj(w^k) */
-        Z[2 * k] = er - oi; Z[2 * k + 1] = ei + orr;       /* E + i O */
-        /* for l: E_l = conj E_k, O_l = conj O_k */
-        if (l == k) break;
-        Z[2 * l] = er + oi; Z[2 * l + 1] = -ei + orr;
-    }
-    o->cfft(m, p->c.twi, Z, tmp, 1);
+    o->irfft_pre(p->m, p->rt, X, x);
+    o->cfft(p->m, p->c.twi, x, x, tmp, 1);
 }
 
+#define EP_STACK_TMP 2048 /* floats of FFT scratch kept on the stack (m <= 1024) */
 ep_status ep_rfft(const ep_rfft_plan *p, int64_t n, const float *x, float *X) {
     CHECK_PTR(p, "plan"); CHECK_PTR(x, "x"); CHECK_PTR(X, "X");
     if (n != p->n) return fail(EP_ERR_PLAN, "ep_rfft: n=%lld but the plan was made for n=%lld", (long long)n, (long long)p->n);
-    float *tmp = (float *)malloc(sizeof(float) * 2 * (size_t)p->m);
+    float stk[EP_STACK_TMP];
+    float *tmp = 2 * p->m <= EP_STACK_TMP ? stk : (float *)malloc(sizeof(float) * 2 * (size_t)p->m);
     if (!tmp) return fail(EP_ERR_NOMEM, "ep_rfft: out of memory");
     rfft_run(ops(), p, x, X, tmp);
-    free(tmp);
+    if (tmp != stk) free(tmp);
     return EP_OK;
 }
 
 ep_status ep_irfft(const ep_rfft_plan *p, int64_t n, const float *X, float *x) {
     CHECK_PTR(p, "plan"); CHECK_PTR(x, "x"); CHECK_PTR(X, "X");
     if (n != p->n) return fail(EP_ERR_PLAN, "ep_irfft: n=%lld but the plan was made for n=%lld", (long long)n, (long long)p->n);
-    float *tmp = (float *)malloc(sizeof(float) * 2 * (size_t)p->m);
+    float stk[EP_STACK_TMP];
+    float *tmp = 2 * p->m <= EP_STACK_TMP ? stk : (float *)malloc(sizeof(float) * 2 * (size_t)p->m);
     if (!tmp) return fail(EP_ERR_NOMEM, "ep_irfft: out of memory");
     irfft_run(ops(), p, X, x, tmp);
-    free(tmp);
+    if (tmp != stk) free(tmp);
     const float s = 1.0f / (float)p->m;
     for (int64_t k = 0; k < n; k++) x[k] *= s;
     return EP_OK;
@@ -559,7 +552,7 @@ ep_status ep_ldr_plan_create(int64_t r, int64_t n, const float *G, const float *
             hs[2 * k] = H[i * n + k] * pl->tw[2 * k] / (float)n;
             hs[2 * k + 1] = H[i * n + k] * pl->tw[2 * k + 1] / (float)n;
         }
-        o->cfft(n, pl->c.tw, hs, tmp, 0);
+        o->cfft(n, pl->c.tw, hs, hs, tmp, 0);
     }
     free(tmp);
     *res = pl;
@@ -588,12 +581,12 @@ ep_status ep_ldr_matmul(const ep_ldr_plan *pl, const float *X, int64_t N, int64_
             float v = k < in ? x[k] : 0.0f;
             xt[2 * k] = v * pl->tw[2 * k]; xt[2 * k + 1] = v * pl->tw[2 * k + 1];
         }
-        o->cfft(n, pl->c.tw, xt, tmp, 0);
+        o->cfft(n, pl->c.tw, xt, xt, tmp, 0);
         memset(acc, 0, sizeof(float) * (size_t)cs);
         for (int64_t i = 0; i < pl->r; i++) {
             memset(u, 0, sizeof(float) * 2 * (size_t)n);
             o->cmac(n, pl->hs + i * 2 * n, xt, u);
-            o->cfft(n, pl->c.twi, u, tmp, 1);
+            o->cfft(n, pl->c.twi, u, u, tmp, 1);
             for (int64_t k = 0; k < n; k++) /* Re(conj(w^k) u_k) */
                 ur[k] = u[2 * k] * pl->tw[2 * k] + u[2 * k + 1] * pl->tw[2 * k + 1];
             rfft_run(o, &pl->f, ur, us, tmp);

@@ -89,52 +89,146 @@ AI __m256i xxh_tail8(__m256i head, __m256i j) {
     return _mm256_xor_si256(h, _mm256_srli_epi32(h, 16));
 }
 
-/* h mod nb on 4 lanes, exact: h and nb < 2^32 are exact in double, q may be off by one */
-AI __m128i mod4(__m128i h, __m256d nb, __m256d inv) {
-    __m256d d = _mm256_cvtepi32_pd(h);
-    d = _mm256_add_pd(d, _mm256_and_pd(_mm256_cmp_pd(d, _mm256_setzero_pd(), _CMP_LT_OQ), _mm256_set1_pd(4294967296.0)));
-    __m256d q = _mm256_floor_pd(_mm256_mul_pd(d, inv));
-    __m256d r = _mm256_fnmadd_pd(q, nb, d);
-    r = _mm256_add_pd(r, _mm256_and_pd(_mm256_cmp_pd(r, _mm256_setzero_pd(), _CMP_LT_OQ), nb));
-    r = _mm256_sub_pd(r, _mm256_and_pd(_mm256_cmp_pd(r, nb, _CMP_GE_OQ), nb));
-    return _mm256_cvttpd_epi32(r);
+/* h mod nb on 8 lanes, exact for every 32-bit h and nb < 2^31, no correction step needed:
+ * d = h + 0.5 is exact in double and v = d/nb lies at least 0.5/nb from any integer, while
+ * fl(d * fl(1/nb)) is within v * 2^-52 < 2^-20/nb of v, so floor() gives floor(h/nb) exactly;
+ * r = d - q*nb (exact, fnmadd) is then r + 0.5 and truncates to r. */
+AI __m128i mod4(__m128i hs, __m256d nb, __m256d inv) { /* hs = h ^ 0x80000000 (signed) */
+    __m256d d = _mm256_add_pd(_mm256_cvtepi32_pd(hs), _mm256_set1_pd(2147483648.5));
+    __m256d q = _mm256_round_pd(_mm256_mul_pd(d, inv), _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    return _mm256_cvttpd_epi32(_mm256_fnmadd_pd(q, nb, d));
+}
+AI __m256i mod8(__m256i h, __m256d nb, __m256d inv) {
+    __m256i hs = _mm256_xor_si256(h, _mm256_set1_epi32((int)0x80000000u));
+    __m128i lo = mod4(_mm256_castsi256_si128(hs), nb, inv);
+    __m128i hi = mod4(_mm256_extracti128_si256(hs, 1), nb, inv);
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
 }
 
-AI __m256 lookup(const ep_hcfg *c, __m256i h, __m256d nb, __m256d inv) {
-    __m256i idx;
-    if ((c->nb & (c->nb - 1)) == 0) {
-        idx = _mm256_and_si256(h, _mm256_set1_epi32((int)(c->nb - 1)));
-    } else {
-        __m128i lo = mod4(_mm256_castsi256_si128(h), nb, inv);
-        __m128i hi = mod4(_mm256_extracti128_si256(h, 1), nb, inv);
-        idx = _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
+/* bucket lookup for 8 hashes; POW2: nb is a power of two (mask = nb - 1); smask = sign mask */
+AI __m256 lookup_t(const int POW2, const float *bk, __m256i h, __m256i mask, __m256d nb, __m256d inv, __m256i smask) {
+    __m256i idx = POW2 ? _mm256_and_si256(h, mask) : mod8(h, nb, inv);
+    __m256 v = _mm256_i32gather_ps(bk, idx, 4);
+    return _mm256_xor_ps(v, _mm256_castsi256_ps(_mm256_and_si256(h, smask)));
+}
+
+typedef struct hctx {
+    __m256i mask, smask;
+    __m256d nb, inv;
+    int pow2;
+} hctx;
+
+AI hctx hctx_make(const ep_hcfg *c) {
+    hctx x;
+    x.pow2 = (c->nb & (c->nb - 1)) == 0;
+    x.mask = _mm256_set1_epi32((int)(c->nb - 1));
+    x.smask = _mm256_set1_epi32(c->sgn ? (int)0x80000000u : 0);
+    x.nb = _mm256_set1_pd((double)c->nb);
+    x.inv = _mm256_set1_pd(1.0 / (double)c->nb);
+    return x;
+}
+
+AI __m256 lookup(const ep_hcfg *c, const hctx *x, __m256i h) {
+    return x->pow2 ? lookup_t(1, c->buckets, h, x->mask, x->nb, x->inv, x->smask)
+                   : lookup_t(0, c->buckets, h, x->mask, x->nb, x->inv, x->smask);
+}
+
+/* V[i, j..j+7] for the general case (K hashes, optional recon MLP) */
+AI __m256 vchunk(const ep_hcfg *c, const hctx *x, const __m256i *head, __m256i jv) {
+    if (!c->w1) return lookup(c, x, xxh_tail8(head[0], jv));
+    __m256 z[64];
+    for (int k = 0; k < c->k; k++) z[k] = lookup(c, x, xxh_tail8(head[k], jv));
+    __m256 y = _mm256_set1_ps(c->b2);
+    for (int hh = 0; hh < c->h; hh++) {
+        __m256 a = _mm256_set1_ps(c->b1[hh]);
+        for (int k = 0; k < c->k; k++) a = _mm256_fmadd_ps(_mm256_set1_ps(c->w1[hh * c->k + k]), z[k], a);
+        y = _mm256_fmadd_ps(_mm256_set1_ps(c->w2[hh]), _mm256_max_ps(a, _mm256_setzero_ps()), y);
     }
-    __m256 v = _mm256_i32gather_ps(c->buckets, idx, 4);
-    if (c->sgn) v = _mm256_xor_ps(v, _mm256_castsi256_ps(_mm256_and_si256(h, _mm256_set1_epi32((int)0x80000000u))));
-    return v;
+    return y;
 }
 
 static void hash_row_avx2(const ep_hcfg *c, uint32_t i, int64_t cols, float *out) {
     __m256i head[64];
-    __m256 z[64];
-    const __m256d nb = _mm256_set1_pd((double)c->nb), inv = _mm256_set1_pd(1.0 / (double)c->nb);
+    const hctx x = hctx_make(c);
     for (int k = 0; k < c->k; k++) head[k] = _mm256_set1_epi32((int)ep_xxh_key_head(i, c->seed + (uint32_t)k));
     __m256i jv = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     for (int64_t j = 0; j < cols; j += 8, jv = _mm256_add_epi32(jv, _mm256_set1_epi32(8))) {
-        __m256 y;
-        if (!c->w1) {
-            y = lookup(c, xxh_tail8(head[0], jv), nb, inv);
-        } else {
-            for (int k = 0; k < c->k; k++) z[k] = lookup(c, xxh_tail8(head[k], jv), nb, inv);
-            y = _mm256_set1_ps(c->b2);
-            for (int hh = 0; hh < c->h; hh++) {
-                __m256 a = _mm256_set1_ps(c->b1[hh]);
-                for (int k = 0; k < c->k; k++) a = _mm256_fmadd_ps(_mm256_set1_ps(c->w1[hh * c->k + k]), z[k], a);
-                y = _mm256_fmadd_ps(_mm256_set1_ps(c->w2[hh]), _mm256_max_ps(a, _mm256_setzero_ps()), y);
-            }
-        }
+        __m256 y = vchunk(c, &x, head, jv);
         if (j + 8 <= cols) _mm256_storeu_ps(out + j, y);
         else _mm256_maskstore_ps(out + j, tail_mask(cols - j), y);
+    }
+}
+
+/* ---- fused stream kernel: y[n * ldy] = bias + X[n, :] . V[i, :] for n < NX, V never stored.
+ * K = 1 without recon: the hash is computed with j * P3 carried incrementally, 16 lanes per
+ * step (two independent gathers in flight), and the row of X consumed straight from registers. */
+AI __m256i xxh_tail8_jp(__m256i head, __m256i jp) { /* jp = j * P3 */
+    __m256i h = _mm256_add_epi32(head, jp);
+    h = _mm256_mullo_epi32(rotl(h, 17), _mm256_set1_epi32((int)EP_P4));
+    h = _mm256_xor_si256(h, _mm256_srli_epi32(h, 15));
+    h = _mm256_mullo_epi32(h, _mm256_set1_epi32((int)EP_P2));
+    h = _mm256_xor_si256(h, _mm256_srli_epi32(h, 13));
+    h = _mm256_mullo_epi32(h, _mm256_set1_epi32((int)EP_P3));
+    return _mm256_xor_si256(h, _mm256_srli_epi32(h, 16));
+}
+
+AI void hash_dot_k1(const int NX, const int POW2, const ep_hcfg *c, const hctx *x, uint32_t i, int64_t cols,
+                    const float *X, float bias, float *y, int64_t ldy) {
+    const __m256i head = _mm256_set1_epi32((int)ep_xxh_key_head(i, c->seed));
+    const __m256i step = _mm256_set1_epi32((int)(16u * EP_P3));
+    __m256i jp0 = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)EP_P3));
+    __m256i jp1 = _mm256_add_epi32(jp0, _mm256_set1_epi32((int)(8u * EP_P3)));
+    __m256 acc0[EP_HASH_DOT_MAXN], acc1[EP_HASH_DOT_MAXN];
+    for (int a = 0; a < NX; a++) { acc0[a] = _mm256_setzero_ps(); acc1[a] = _mm256_setzero_ps(); }
+    int64_t j = 0;
+    for (; j + 16 <= cols; j += 16) {
+        __m256 v0 = lookup_t(POW2, c->buckets, xxh_tail8_jp(head, jp0), x->mask, x->nb, x->inv, x->smask);
+        __m256 v1 = lookup_t(POW2, c->buckets, xxh_tail8_jp(head, jp1), x->mask, x->nb, x->inv, x->smask);
+        jp0 = _mm256_add_epi32(jp0, step); jp1 = _mm256_add_epi32(jp1, step);
+        for (int a = 0; a < NX; a++) {
+            acc0[a] = _mm256_fmadd_ps(_mm256_loadu_ps(X + a * cols + j), v0, acc0[a]);
+            acc1[a] = _mm256_fmadd_ps(_mm256_loadu_ps(X + a * cols + j + 8), v1, acc1[a]);
+        }
+    }
+    for (; j < cols; j += 8) {
+        __m256i m = tail_mask(cols - j < 8 ? cols - j : 8);
+        __m256 v = lookup_t(POW2, c->buckets, xxh_tail8_jp(head, jp0), x->mask, x->nb, x->inv, x->smask);
+        v = _mm256_and_ps(v, _mm256_castsi256_ps(m)); /* 0 * inf would give NaN */
+        jp0 = _mm256_add_epi32(jp0, _mm256_set1_epi32((int)(8u * EP_P3)));
+        for (int a = 0; a < NX; a++) acc0[a] = _mm256_fmadd_ps(_mm256_maskload_ps(X + a * cols + j, m), v, acc0[a]);
+    }
+    for (int a = 0; a < NX; a++) y[a * ldy] = bias + hsum(_mm256_add_ps(acc0[a], acc1[a]));
+}
+
+AI void hash_dot_gen(const int NX, const ep_hcfg *c, const hctx *x, uint32_t i, int64_t cols, const float *X,
+                     float bias, float *y, int64_t ldy) {
+    __m256i head[64];
+    for (int k = 0; k < c->k; k++) head[k] = _mm256_set1_epi32((int)ep_xxh_key_head(i, c->seed + (uint32_t)k));
+    __m256 acc[EP_HASH_DOT_MAXN];
+    for (int a = 0; a < NX; a++) acc[a] = _mm256_setzero_ps();
+    __m256i jv = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int64_t j = 0; j < cols; j += 8, jv = _mm256_add_epi32(jv, _mm256_set1_epi32(8))) {
+        __m256i m = tail_mask(cols - j < 8 ? cols - j : 8);
+        __m256 v = _mm256_and_ps(vchunk(c, x, head, jv), _mm256_castsi256_ps(m));
+        for (int a = 0; a < NX; a++) acc[a] = _mm256_fmadd_ps(_mm256_maskload_ps(X + a * cols + j, m), v, acc[a]);
+    }
+    for (int a = 0; a < NX; a++) y[a * ldy] = bias + hsum(acc[a]);
+}
+
+#define HD_CASE(n)                                                                                  \
+    case n:                                                                                         \
+        if (k1 && x.pow2) hash_dot_k1(n, 1, c, &x, i, cols, X, bias, y, ldy);                       \
+        else if (k1) hash_dot_k1(n, 0, c, &x, i, cols, X, bias, y, ldy);                            \
+        else hash_dot_gen(n, c, &x, i, cols, X, bias, y, ldy);                                      \
+        break;
+
+static void hash_dot_avx2(const ep_hcfg *c, uint32_t i, int64_t cols, const float *X, int N, float bias,
+                          float *y, int64_t ldy) {
+    const hctx x = hctx_make(c);
+    const int k1 = !c->w1;
+    switch (N) {
+        HD_CASE(1) HD_CASE(2) HD_CASE(3) HD_CASE(4)
+    default: break;
     }
 }
 
@@ -180,20 +274,103 @@ static void radix2_stage(int64_t s, const float *a, float *b) {
     }
 }
 
-static void cfft_avx2(int64_t m, const float *tw, float *x, float *tmp, int inv) {
-    float *a = x, *b = tmp;
+/* first stage (L = m, s = 1), 4 values of p per vector with per-lane twiddles from the table
+ * after the m twiddles; the 4 outputs of each p are adjacent, so a 4x4 complex transpose. */
+static void radix4_first(int64_t m, const float *tw, const float *a, float *b, int inv) {
+    const int64_t l4 = m / 4;
+    const __m256 neg = inv ? _mm256_setr_ps(-0.f, 0.f, -0.f, 0.f, -0.f, 0.f, -0.f, 0.f)
+                           : _mm256_setr_ps(0.f, -0.f, 0.f, -0.f, 0.f, -0.f, 0.f, -0.f);
+    const float *t = tw + 2 * m;
+    for (int64_t p = 0; p < l4; p += 4, t += 48) {
+        const float *A = a + 2 * p;
+        __m256 va = _mm256_loadu_ps(A), vb = _mm256_loadu_ps(A + 2 * l4);
+        __m256 vc = _mm256_loadu_ps(A + 4 * l4), vd = _mm256_loadu_ps(A + 6 * l4);
+        __m256 apc = _mm256_add_ps(va, vc), amc = _mm256_sub_ps(va, vc);
+        __m256 bpd = _mm256_add_ps(vb, vd), bmd = _mm256_sub_ps(vb, vd);
+        __m256 j = _mm256_xor_ps(swap_ri(bmd), neg);
+        __m256d y0 = _mm256_castps_pd(_mm256_add_ps(apc, bpd));
+        __m256d y1 = _mm256_castps_pd(cmulw(_mm256_add_ps(amc, j), _mm256_loadu_ps(t), _mm256_loadu_ps(t + 8)));
+        __m256d y2 = _mm256_castps_pd(cmulw(_mm256_sub_ps(apc, bpd), _mm256_loadu_ps(t + 16), _mm256_loadu_ps(t + 24)));
+        __m256d y3 = _mm256_castps_pd(cmulw(_mm256_sub_ps(amc, j), _mm256_loadu_ps(t + 32), _mm256_loadu_ps(t + 40)));
+        __m256d t0 = _mm256_unpacklo_pd(y0, y1), t1 = _mm256_unpackhi_pd(y0, y1);
+        __m256d t2 = _mm256_unpacklo_pd(y2, y3), t3 = _mm256_unpackhi_pd(y2, y3);
+        double *o = (double *)(b + 8 * p);
+        _mm256_storeu_pd(o, _mm256_permute2f128_pd(t0, t2, 0x20));
+        _mm256_storeu_pd(o + 4, _mm256_permute2f128_pd(t1, t3, 0x20));
+        _mm256_storeu_pd(o + 8, _mm256_permute2f128_pd(t0, t2, 0x31));
+        _mm256_storeu_pd(o + 12, _mm256_permute2f128_pd(t1, t3, 0x31));
+    }
+}
+
+static void cfft_avx2(int64_t m, const float *tw, const float *src, float *x, float *tmp, int inv) {
+    int nst = 0;
+    for (int64_t L = m; L >= 2; L = L >= 4 ? L / 4 : 1) nst++;
+    /* stage k writes x when nst - k is even, so the last one lands in x; when src == x and the
+     * first stage would write x, run the stages through tmp first and copy at the end */
+    float *a = (float *)src, *b = (nst & 1) ? x : tmp, *c = (nst & 1) ? tmp : x;
+    if (src == x && (nst & 1)) { b = tmp; c = x; }
     int64_t L = m, s = 1;
     for (; L >= 4; L /= 4, s *= 4) {
         if (s >= 4) radix4_stage(L, s, tw, a, b, inv);
+        else if (m >= EP_TW1_MIN) radix4_first(m, tw, a, b, inv);
         else ep_cfft_radix4_stage_ref(L, s, tw, a, b, inv);
-        float *t = a; a = b; b = t;
+        a = b; b = c; c = a;
     }
     if (L == 2) {
         if (s >= 4) radix2_stage(s, a, b);
         else ep_cfft_radix2_stage_ref(s, a, b);
-        float *t = a; a = b; b = t;
+        a = b;
     }
     if (a != x) memcpy(x, a, (size_t)m * 2 * sizeof(float));
+}
+
+/* 4 complex in reverse order */
+AI __m256 crev(__m256 v) { return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(v), 0x1B)); }
+
+/* bins k..k+3 and their mirrors l = m-k-3..m-k per step, while the two blocks are disjoint */
+static void rfft_post_avx2(int64_t m, const float *rt, float *X) {
+    const __m256 half = _mm256_set1_ps(0.5f);
+    const __m256 cj = _mm256_setr_ps(0.f, -0.f, 0.f, -0.f, 0.f, -0.f, 0.f, -0.f); /* conj */
+    int64_t k = 1; /* the vector steps touch neither bin 0 nor bin m */
+    for (; 2 * k + 6 < m; k += 4) {
+        float *pk = X + 2 * k, *pl = X + 2 * (m - k - 3);
+        __m256 A = _mm256_loadu_ps(pk), Bc = _mm256_xor_ps(crev(_mm256_loadu_ps(pl)), cj); /* conj Z_l */
+        __m256 E = _mm256_mul_ps(half, _mm256_add_ps(A, Bc)), D = _mm256_mul_ps(half, _mm256_sub_ps(A, Bc));
+        __m256 w = _mm256_loadu_ps(rt + 2 * k);
+        __m256 T = cmulw(D, _mm256_moveldup_ps(w), _mm256_movehdup_ps(w)); /* w^k D */
+        __m256 S = swap_ri(T);                                              /* (ti, tr) */
+        /* X_k = (er + ti, ei - tr); X_l = (er - ti, -ei - tr) */
+        _mm256_storeu_ps(pk, _mm256_add_ps(E, _mm256_xor_ps(S, cj)));
+        _mm256_storeu_ps(pl, crev(_mm256_sub_ps(_mm256_xor_ps(E, cj), S)));
+    }
+    if (k > 1) {
+        float z0r = X[0], z0i = X[1];
+        X[0] = z0r + z0i; X[1] = 0.0f;
+        X[2 * m] = z0r - z0i; X[2 * m + 1] = 0.0f;
+    }
+    ep_rfft_post_ref(m, rt, X, k); /* the rest (and bin 0 when k == 1) */
+}
+
+static void irfft_pre_avx2(int64_t m, const float *rt, const float *X, float *Z) {
+    const __m256 half = _mm256_set1_ps(0.5f);
+    const __m256 cj = _mm256_setr_ps(0.f, -0.f, 0.f, -0.f, 0.f, -0.f, 0.f, -0.f);
+    int64_t k = 1;
+    for (; 2 * k + 6 < m; k += 4) {
+        const float *pk = X + 2 * k, *pl = X + 2 * (m - k - 3);
+        __m256 A = _mm256_loadu_ps(pk), Bc = _mm256_xor_ps(crev(_mm256_loadu_ps(pl)), cj);
+        __m256 E = _mm256_mul_ps(half, _mm256_add_ps(A, Bc)), D = _mm256_mul_ps(half, _mm256_sub_ps(A, Bc));
+        __m256 w = _mm256_xor_ps(_mm256_loadu_ps(rt + 2 * k), cj); /* conj w^k */
+        __m256 O = cmulw(D, _mm256_moveldup_ps(w), _mm256_movehdup_ps(w));
+        __m256 S = swap_ri(O); /* (oi, or) */
+        /* Z_k = (er - oi, ei + or); Z_l = (er + oi, -ei + or) */
+        _mm256_storeu_ps(Z + 2 * k, _mm256_add_ps(E, _mm256_xor_ps(S, _mm256_setr_ps(-0.f, 0.f, -0.f, 0.f, -0.f, 0.f, -0.f, 0.f))));
+        _mm256_storeu_ps(Z + 2 * (m - k - 3), crev(_mm256_add_ps(_mm256_xor_ps(E, cj), S)));
+    }
+    if (k > 1) {
+        float x0 = X[0], xm = X[2 * m];
+        Z[0] = 0.5f * (x0 + xm); Z[1] = 0.5f * (x0 - xm);
+    }
+    ep_irfft_pre_ref(m, rt, X, Z, k);
 }
 
 static void cmac_avx2(int64_t m, const float *a, const float *b, float *acc) {
@@ -210,4 +387,4 @@ static void cmac_avx2(int64_t m, const float *a, const float *b, float *acc) {
     }
 }
 
-const ep_ops ep_ops_avx2 = {"avx2", gemm_avx2, hash_row_avx2, cfft_avx2, cmac_avx2};
+const ep_ops ep_ops_avx2 = {"avx2", gemm_avx2, hash_row_avx2, hash_dot_avx2, cfft_avx2, rfft_post_avx2, irfft_pre_avx2, cmac_avx2};

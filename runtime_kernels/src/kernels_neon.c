@@ -142,20 +142,98 @@ static void radix2_stage(int64_t s, const float *a, float *b) {
     }
 }
 
-static void cfft_neon(int64_t m, const float *tw, float *x, float *tmp, int inv) {
-    float *a = x, *b = tmp;
+/* first stage (L = m, s = 1): 2 values of p per vector, per-lane twiddles from the table after
+ * the m twiddles (re/im duplicated, 4 p per 48-float block), then a 2x2 complex transpose */
+static void radix4_first(int64_t m, const float *tw, const float *a, float *b, int inv) {
+    const int64_t l4 = m / 4;
+    const float32x4_t alt = vld1q_f32(k_alt);
+    const float32x4_t jm = inv ? alt : vnegq_f32(alt);
+    const float *t = tw + 2 * m;
+    for (int64_t p = 0; p < l4; p += 2) {
+        const float *T = t + 48 * (p / 4) + 4 * ((p / 2) & 1);
+        const float *A = a + 2 * p;
+        float32x4_t va = vld1q_f32(A), vb = vld1q_f32(A + 2 * l4);
+        float32x4_t vc = vld1q_f32(A + 4 * l4), vd = vld1q_f32(A + 6 * l4);
+        float32x4_t apc = vaddq_f32(va, vc), amc = vsubq_f32(va, vc);
+        float32x4_t bpd = vaddq_f32(vb, vd), bmd = vsubq_f32(vb, vd);
+        float32x4_t j = vmulq_f32(vrev64q_f32(bmd), jm);
+        float64x2_t y0 = vreinterpretq_f64_f32(vaddq_f32(apc, bpd));
+        float64x2_t y1 = vreinterpretq_f64_f32(cmulw(vaddq_f32(amc, j), vld1q_f32(T), vmulq_f32(vld1q_f32(T + 8), alt)));
+        float64x2_t y2 = vreinterpretq_f64_f32(cmulw(vsubq_f32(apc, bpd), vld1q_f32(T + 16), vmulq_f32(vld1q_f32(T + 24), alt)));
+        float64x2_t y3 = vreinterpretq_f64_f32(cmulw(vsubq_f32(amc, j), vld1q_f32(T + 32), vmulq_f32(vld1q_f32(T + 40), alt)));
+        float *o = b + 8 * p;
+        vst1q_f32(o, vreinterpretq_f32_f64(vzip1q_f64(y0, y1)));
+        vst1q_f32(o + 4, vreinterpretq_f32_f64(vzip1q_f64(y2, y3)));
+        vst1q_f32(o + 8, vreinterpretq_f32_f64(vzip2q_f64(y0, y1)));
+        vst1q_f32(o + 12, vreinterpretq_f32_f64(vzip2q_f64(y2, y3)));
+    }
+}
+
+static void cfft_neon(int64_t m, const float *tw, const float *src, float *x, float *tmp, int inv) {
+    int nst = 0;
+    for (int64_t L = m; L >= 2; L = L >= 4 ? L / 4 : 1) nst++;
+    /* the last stage lands in x; see cfft_avx2 */
+    float *a = (float *)src, *b = (nst & 1) ? x : tmp, *c = (nst & 1) ? tmp : x;
+    if (src == x && (nst & 1)) { b = tmp; c = x; }
     int64_t L = m, s = 1;
     for (; L >= 4; L /= 4, s *= 4) {
         if (s >= 2) radix4_stage(L, s, tw, a, b, inv);
+        else if (m >= EP_TW1_MIN) radix4_first(m, tw, a, b, inv);
         else ep_cfft_radix4_stage_ref(L, s, tw, a, b, inv);
-        float *t = a; a = b; b = t;
+        a = b; b = c; c = a;
     }
     if (L == 2) {
         if (s >= 2) radix2_stage(s, a, b);
         else ep_cfft_radix2_stage_ref(s, a, b);
-        float *t = a; a = b; b = t;
+        a = b;
     }
     if (a != x) memcpy(x, a, (size_t)m * 2 * sizeof(float));
+}
+
+/* 2 complex in reverse order */
+AI float32x4_t crev(float32x4_t v) { return vextq_f32(v, v, 2); }
+static const float k_conj[4] = {1.0f, -1.0f, 1.0f, -1.0f};
+
+/* split pass, bins k, k+1 and mirrors l = m-k-1, m-k per step while disjoint (see the AVX2 one) */
+static void rfft_post_neon(int64_t m, const float *rt, float *X) {
+    const float32x4_t cj = vld1q_f32(k_conj), alt = vld1q_f32(k_alt);
+    int64_t k = 1;
+    for (; 2 * k + 2 < m; k += 2) {
+        float *pk = X + 2 * k, *pl = X + 2 * (m - k - 1);
+        float32x4_t A = vld1q_f32(pk), Bc = vmulq_f32(crev(vld1q_f32(pl)), cj);
+        float32x4_t E = vmulq_n_f32(vaddq_f32(A, Bc), 0.5f), D = vmulq_n_f32(vsubq_f32(A, Bc), 0.5f);
+        float32x4_t w = vld1q_f32(rt + 2 * k);
+        float32x4_t T = cmulw(D, vtrn1q_f32(w, w), vmulq_f32(vtrn2q_f32(w, w), alt));
+        float32x4_t S = vrev64q_f32(T);
+        vst1q_f32(pk, vfmaq_f32(E, S, cj));
+        vst1q_f32(pl, crev(vsubq_f32(vmulq_f32(E, cj), S)));
+    }
+    if (k > 1) {
+        float z0r = X[0], z0i = X[1];
+        X[0] = z0r + z0i; X[1] = 0.0f;
+        X[2 * m] = z0r - z0i; X[2 * m + 1] = 0.0f;
+    }
+    ep_rfft_post_ref(m, rt, X, k);
+}
+
+static void irfft_pre_neon(int64_t m, const float *rt, const float *X, float *Z) {
+    const float32x4_t cj = vld1q_f32(k_conj), alt = vld1q_f32(k_alt);
+    int64_t k = 1;
+    for (; 2 * k + 2 < m; k += 2) {
+        const float *pk = X + 2 * k, *pl = X + 2 * (m - k - 1);
+        float32x4_t A = vld1q_f32(pk), Bc = vmulq_f32(crev(vld1q_f32(pl)), cj);
+        float32x4_t E = vmulq_n_f32(vaddq_f32(A, Bc), 0.5f), D = vmulq_n_f32(vsubq_f32(A, Bc), 0.5f);
+        float32x4_t w = vmulq_f32(vld1q_f32(rt + 2 * k), cj);
+        float32x4_t O = cmulw(D, vtrn1q_f32(w, w), vmulq_f32(vtrn2q_f32(w, w), alt));
+        float32x4_t S = vrev64q_f32(O);
+        vst1q_f32(Z + 2 * k, vfmaq_f32(E, S, alt)); /* (er - oi, ei + or) */
+        vst1q_f32(Z + 2 * (m - k - 1), crev(vaddq_f32(vmulq_f32(E, cj), S)));
+    }
+    if (k > 1) {
+        float x0 = X[0], xm = X[2 * m];
+        Z[0] = 0.5f * (x0 + xm); Z[1] = 0.5f * (x0 - xm);
+    }
+    ep_irfft_pre_ref(m, rt, X, Z, k);
 }
 
 static void cmac_neon(int64_t m, const float *a, const float *b, float *acc) {
@@ -173,5 +251,5 @@ static void cmac_neon(int64_t m, const float *a, const float *b, float *acc) {
     }
 }
 
-const ep_ops ep_ops_neon = {"neon", gemm_neon, hash_row_neon, cfft_neon, cmac_neon};
+const ep_ops ep_ops_neon = {"neon", gemm_neon, hash_row_neon, NULL, cfft_neon, rfft_post_neon, irfft_pre_neon, cmac_neon};
 #endif /* __aarch64__ */

@@ -74,8 +74,9 @@ void ep_cfft_radix2_stage_ref(int64_t s, const float *a, float *b) {
     }
 }
 
-static void cfft_ref(int64_t m, const float *tw, float *x, float *tmp, int inv) {
+static void cfft_ref(int64_t m, const float *tw, const float *src, float *x, float *tmp, int inv) {
     float *a = x, *b = tmp;
+    if (src != x) memcpy(x, src, (size_t)m * 2 * sizeof(float));
     int64_t L = m, s = 1;
     for (; L >= 4; L /= 4, s *= 4) {
         ep_cfft_radix4_stage_ref(L, s, tw, a, b, inv);
@@ -88,6 +89,47 @@ static void cfft_ref(int64_t m, const float *tw, float *x, float *tmp, int inv) 
     if (a != x) memcpy(x, a, (size_t)m * 2 * sizeof(float));
 }
 
+void ep_rfft_post_ref(int64_t m, const float *rt, float *X, int64_t k0) {
+    if (k0 == 1) {
+        float z0r = X[0], z0i = X[1];
+        X[0] = z0r + z0i; X[1] = 0.0f;
+        X[2 * m] = z0r - z0i; X[2 * m + 1] = 0.0f;
+    }
+    for (int64_t k = k0; k <= m / 2; k++) {
+        const int64_t l = m - k;
+        float ar = X[2 * k], ai = X[2 * k + 1], br = X[2 * l], bi = X[2 * l + 1];
+        /* E = (Z_k + conj Z_l)/2, D = (Z_k - conj Z_l)/2; X_k = E - i w^k D */
+        float er = 0.5f * (ar + br), ei = 0.5f * (ai - bi), dr = 0.5f * (ar - br), di = 0.5f * (ai + bi);
+        float wr = rt[2 * k], wi = rt[2 * k + 1];
+        float tr = wr * dr - wi * di, ti = wr * di + wi * dr; /* w^k D */
+        X[2 * k] = er + ti; X[2 * k + 1] = ei - tr;
+        if (l == k) break;
+        /* E_l = conj E, D_l = -conj D, w^l = -conj w^k: X_l = conj E - i conj(w^k D) */
+        X[2 * l] = er - ti; X[2 * l + 1] = -ei - tr;
+    }
+}
+
+void ep_irfft_pre_ref(int64_t m, const float *rt, const float *X, float *Z, int64_t k0) {
+    if (k0 == 1) {
+        float x0 = X[0], xm = X[2 * m];
+        Z[0] = 0.5f * (x0 + xm); Z[1] = 0.5f * (x0 - xm); /* E_0 + i O_0 */
+    }
+    for (int64_t k = k0; k <= m / 2; k++) {
+        const int64_t l = m - k;
+        float ar = X[2 * k], ai = X[2 * k + 1], br = X[2 * l], bi = X[2 * l + 1];
+        float er = 0.5f * (ar + br), ei = 0.5f * (ai - bi), dr = 0.5f * (ar - br), di = 0.5f * (ai + bi);
+        float wr = rt[2 * k], wi = -rt[2 * k + 1]; /* conj w^k */
+        float orr = wr * dr - wi * di, oi = wr * di + wi * dr; /* O_k = D conj(w^k) */
+        Z[2 * k] = er - oi; Z[2 * k + 1] = ei + orr;       /* E + i O */
+        /* for l: E_l = conj E_k, O_l = conj O_k */
+        if (l == k) break;
+        Z[2 * l] = er + oi; Z[2 * l + 1] = -ei + orr;
+    }
+}
+
+static void rfft_post_ref(int64_t m, const float *rt, float *X) { ep_rfft_post_ref(m, rt, X, 1); }
+static void irfft_pre_ref(int64_t m, const float *rt, const float *X, float *Z) { ep_irfft_pre_ref(m, rt, X, Z, 1); }
+
 static void cmac_ref(int64_t m, const float *a, const float *b, float *acc) {
     for (int64_t k = 0; k < m; k++) {
         float ar = a[2 * k], ai = a[2 * k + 1], br = b[2 * k], bi = b[2 * k + 1];
@@ -96,4 +138,4 @@ static void cmac_ref(int64_t m, const float *a, const float *b, float *acc) {
     }
 }
 
-const ep_ops ep_ops_ref = {"ref", gemm_ref, hash_row_ref, cfft_ref, cmac_ref};
+const ep_ops ep_ops_ref = {"ref", gemm_ref, hash_row_ref, NULL, cfft_ref, rfft_post_ref, irfft_pre_ref, cmac_ref};

@@ -178,6 +178,9 @@ static void test_hashed(void) {
         {1, 1, 1, 1, 0, 1, 0},      {7, 13, 5, 1, 42, 1, 0},   {16, 33, 64, 1, 0xFFFFFFFFu, 0, 0},
         {33, 17, 1000, 1, 7, 1, 0}, {9, 40, 97, 3, 0xFFFFFFFEu, 1, 4}, {5, 11, 8, 2, 3, 0, 1},
         {12, 64, 333, 4, 11, 1, 7}, {64, 100, 800, 1, 123, 1, 0}, {10, 9, 31, 1, 5, 1, 2},
+        /* fused stream path: 16-lane steps + tails, pow2 and large / odd bucket counts (exact mod) */
+        {6, 48, 1 << 12, 1, 9, 1, 0}, {5, 257, 2097143, 1, 77, 1, 0}, {4, 200, 1000003, 1, 5, 0, 0},
+        {3, 65, 3, 1, 0xFFFFFFFFu, 1, 0}, {7, 130, 1048577, 1, 2, 1, 0}, {3, 31, 64, 2, 4, 1, 3},
     };
     for (size_t t = 0; t < sizeof cs / sizeof cs[0]; t++) {
         ep_hash_params p = {cs[t].rows, cs[t].cols, cs[t].nb, cs[t].k, cs[t].seed, cs[t].sgn};
@@ -201,7 +204,9 @@ static void test_hashed(void) {
                 }
         CHECK(bad == 0, "hash_indices case %zu: %d mismatches", t, bad);
         /* batch sizes 1 and 5 */
-        for (int64_t N = 1; N <= 5; N += 4) {
+        static const int64_t Ns[] = {1, 3, 4, 5, 9}; /* fused kernel up to 4, tile + gemm above */
+        for (size_t ni = 0; ni < sizeof Ns / sizeof Ns[0]; ni++) {
+            const int64_t N = Ns[ni];
             float *X = rnd_vec(N * p.cols), *bias = rnd_vec(p.rows);
             double *Vref = naive_mm(X, N, p.cols, V, p.rows, bias);
             float *Vr = (float *)malloc(sizeof(float) * (size_t)rc);
@@ -264,6 +269,30 @@ static void test_dense(void) {
 }
 
 /* ---- FFT ---- */
+/* sizes too large for the O(n^2) check: every variant against ref, and irfft(rfft(x)) == x */
+static void test_fft_large(void) {
+    for (int64_t n = 8192; n <= 65536; n *= 2) {
+        float *x = rnd_vec(n), *X = (float *)malloc(sizeof(float) * (size_t)(n + 2));
+        float *Xr = (float *)malloc(sizeof(float) * (size_t)(n + 2)), *y = (float *)malloc(sizeof(float) * (size_t)n);
+        double *xd = (double *)malloc(sizeof(double) * (size_t)n);
+        for (int64_t t = 0; t < n; t++) xd[t] = x[t];
+        ep_rfft_plan *p = NULL;
+        g_var = "core";
+        CHECK(ep_rfft_plan_create(n, &p) == EP_OK, "rfft plan n=%lld: %s", (long long)n, ep_last_error());
+        for (int v = 0; v < nvariants() && p; v++) {
+            use_variant(v);
+            CHECK(ep_rfft(p, n, x, X) == EP_OK, "rfft: %s", ep_last_error());
+            if (v == 0) memcpy(Xr, X, sizeof(float) * (size_t)(n + 2));
+            else CHECK(rel_err_f(X, Xr, n + 2) < 1e-5, "rfft vs ref n=%lld err %g", (long long)n, rel_err_f(X, Xr, n + 2));
+            CHECK(ep_irfft(p, n, X, y) == EP_OK, "irfft: %s", ep_last_error());
+            double e = rel_err(y, xd, n);
+            CHECK(e < 1e-5, "irfft(rfft(x)) n=%lld err %g", (long long)n, e);
+        }
+        ep_rfft_plan_destroy(p);
+        free(x); free(X); free(Xr); free(y); free(xd);
+    }
+}
+
 static void test_fft(void) {
     for (int64_t n = 4; n <= 4096; n *= 2) {
         float *x = rnd_vec(n), *X = (float *)malloc(sizeof(float) * (size_t)(n + 2)), *Xr = (float *)malloc(sizeof(float) * (size_t)(n + 2));
@@ -470,6 +499,7 @@ int main(void) {
     test_dense();
     test_hashed();
     test_fft();
+    test_fft_large();
     test_circulant();
     test_ldr();
     test_bad_input();
