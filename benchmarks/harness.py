@@ -2,8 +2,10 @@
 
 For each model: push it (and the runner, the dataset and the edgepack runtime library when the
 model needs it) to the device, run ``runner_script.py`` with the device's Python (onnxruntime or
-LiteRT / tflite-runtime), else TFLite's ``benchmark_model`` when the user gives its path; add
-file size and energy; write the record. A failure becomes a record with ``status: "error"``
+LiteRT / tflite-runtime); without one, ONNX models run through the native runner
+(``edgepack_ort_runner --bench``, built for the device's ABI, pushed with libonnxruntime) and
+TFLite models through TFLite's ``benchmark_model`` when the user gives its path; add file size
+and energy; write the record. A failure becomes a record with ``status: "error"``
 and the run goes on with the next model.
 """
 
@@ -20,6 +22,7 @@ from rich.progress import Progress
 
 from edgepack.devices import Device, DeviceError, get_device
 
+from .native import run_with_native
 from .results import append_result, latency_metrics, read_results, result_key
 
 RUNNER = Path(__file__).with_name("runner_script.py")
@@ -131,8 +134,7 @@ def run_with_benchmark_model(device: Device, model: Path, options: BenchOptions)
             "first_inference_ms": first_us / 1e3, "latencies_ms": [mean_us / 1e3]}, shlex.join(argv)
 
 
-def measure_energy(device: Device, spec: str, model: Path, run, runs_per_call: int,
-                   idle_seconds: float) -> dict:
+def measure_energy(device: Device, spec: str, model: Path, workload, idle_seconds: float) -> dict:
     """Energy per inference by the requested method (estimates are labelled as such)."""
     from edgepack.devices import power
 
@@ -142,31 +144,48 @@ def measure_energy(device: Device, spec: str, model: Path, run, runs_per_call: i
         return {"energy_mj_per_inference": estimate.energy_mj, "energy_method": "estimate",
                 "energy_estimated": True}
     source = power.get_power_source(spec, device=device)
-    result = power.measure(source, run, idle_seconds=idle_seconds)
+    result = power.measure(source, workload, idle_seconds=idle_seconds)
     return {"energy_mj_per_inference": result.energy_mj_per_inference, "energy_method": result.method,
             "energy_estimated": result.estimated, "power_idle_w": result.idle_w,
             "power_active_w": result.active_w}
 
 
+def choose_runner(device: Device, model: Path, runtime: str, options: BenchOptions, arch: str):
+    """A callable that measures ``model`` once on ``device``: the device's Python if it has the
+    runtime, else the native ORT runner (ONNX) or benchmark_model (TFLite, when given)."""
+    python = next((p for mods in RUNTIME_MODULES[runtime] if (p := device.python(mods))), None)
+    if python:
+        return lambda: run_with_python(device, python, model, runtime, options, arch)
+    if runtime == "ort":
+        library = host_library("ort", arch) if needs_edgepack_library(model) else None
+        return lambda: run_with_native(device, model, options, arch, library)
+    if options.benchmark_model:
+        return lambda: run_with_benchmark_model(device, model, options)
+    raise BenchError(f"no Python with ai_edge_litert or tflite_runtime on {device.spec}; "
+                     "give TFLite's benchmark_model with --benchmark-model PATH")
+
+
+def new_record(model: Path, device_spec: str, description: dict, options: BenchOptions) -> dict:
+    """The fields every record has, whatever happens next."""
+    try:
+        runtime = runtime_for(model, options.runtime)
+    except BenchError:
+        runtime = options.runtime
+    return {"model": model.stem, "model_path": str(model.resolve()), "device_spec": device_spec,
+            "device": description, "runtime": runtime, "threads": options.threads,
+            "emulated": bool(description.get("emulated")), "timestamp": time.time(),
+            "command": shlex.join(sys.argv)}
+
+
 def measure_model(device: Device, description: dict, model: Path, options: BenchOptions) -> dict:
     """One record: metrics on success, ``status: "error"`` with the reason otherwise."""
-    runtime = runtime_for(model, options.runtime)
-    record = {"model": model.stem, "model_path": str(model.resolve()), "device_spec": device.spec,
-              "device": description, "runtime": runtime, "threads": options.threads,
-              "emulated": bool(description.get("emulated")), "timestamp": time.time(),
-              "command": shlex.join(sys.argv)}
+    record = new_record(model, device.spec, description, options)
     try:
+        runtime = runtime_for(model, options.runtime)
         if not model.is_file():
             raise BenchError(f"model file {model} does not exist")
-        python = next((p for mods in RUNTIME_MODULES[runtime] if (p := device.python(mods))), None)
-        arch = description.get("arch", "")
-        if python:
-            measured, device_command = run_with_python(device, python, model, runtime, options, arch)
-        elif options.benchmark_model and runtime == "tflite":
-            measured, device_command = run_with_benchmark_model(device, model, options)
-        else:
-            raise BenchError(f"no Python with {' or '.join(m[-1] for m in RUNTIME_MODULES[runtime])} on "
-                             f"{device.spec}, and no --benchmark-model path for TFLite")
+        run_once = choose_runner(device, model, runtime, options, description.get("arch", ""))
+        measured, device_command = run_once()
         latencies = measured.pop("latencies_ms")
         record["metrics"] = {"init_ms": measured["init_ms"],
                              "first_inference_ms": measured["first_inference_ms"],
@@ -175,11 +194,10 @@ def measure_model(device: Device, description: dict, model: Path, options: Bench
             if key in measured:
                 record["metrics"][key] = measured[key]
         if options.energy:
-            def workload() -> int:
-                run_with_python(device, python, model, runtime, options, arch)
-                return options.runs
+            def workload() -> int:  # inferences run: the first, the warm-up and the timed ones
+                return 1 + options.warmup + len(run_once()[0]["latencies_ms"])
             record["metrics"].update(measure_energy(device, options.energy, model, workload,
-                                                    options.runs, options.idle_seconds))
+                                                    options.idle_seconds))
         record.update(status="ok", latencies_ms=latencies, runtime_version=measured["runtime_version"],
                       device_command=device_command)
     except (BenchError, DeviceError, OSError, RuntimeError, ValueError) as error:
@@ -204,17 +222,13 @@ def bench(models: list[str | Path], device_spec: str, options: BenchOptions,
         task = progress.add_task(f"benchmarking on {device_spec}", total=len(models))
         for model in models:
             progress.update(task, description=f"{model.name} on {device_spec}")
-            runtime = options.runtime if options.runtime != "auto" else \
-                {".onnx": "ort", ".tflite": "tflite"}.get(model.suffix, "auto")
-            key = (str(model.resolve()), device_spec, runtime, options.threads)
-            if key in done:
+            if result_key(new_record(model, device_spec, description, options)) in done:
                 console.print(f"skip {model.name}: already measured (--resume)")
                 progress.advance(task)
                 continue
             if device is None:
-                record = {"model": model.stem, "model_path": str(model.resolve()), "device_spec": device_spec,
-                          "runtime": runtime, "threads": options.threads, "status": "error",
-                          "error": f"{type(device_error).__name__}: {device_error}", "timestamp": time.time()}
+                record = new_record(model, device_spec, description, options)
+                record.update(status="error", error=f"{type(device_error).__name__}: {device_error}")
             else:
                 record = measure_model(device, description, model, options)
             append_result(options.output, record)

@@ -1,27 +1,84 @@
 /* edgepack_ort_runner: run an ONNX model through ONNX Runtime's C API with libedgepack_ort
- * registered, and print the outputs as JSON. libonnxruntime is dlopen'ed (no headers or import
- * library needed), so the same binary works with any ORT >= 1.16 build for its architecture.
+ * registered, and print the outputs (or, with --bench, timings) as JSON. libonnxruntime is
+ * dlopen'ed (no headers or import library needed), so the same binary works with any ORT >= 1.16
+ * build for its architecture.
  *
  *   edgepack_ort_runner --ort libonnxruntime.so --lib libedgepack_ort.so --model m.onnx [--threads N]
+ *   edgepack_ort_runner --bench --ort-lib libonnxruntime.so [--custom-ops libedgepack_ort.so]
+ *                       [--threads N] [--warmup N] [--runs N] [--min-seconds S] m.onnx
+ *
+ * (--ort/--ort-lib and --lib/--custom-ops are synonyms; the model may be positional or --model.)
+ * --bench prints one JSON line in benchmarks/runner_script.py's format: status, runtime_version,
+ * input_shape (the first input), init_ms (env + session creation), first_inference_ms,
+ * latencies_ms (every timed run, CLOCK_MONOTONIC; runs go on until both --runs and --min-seconds
+ * are reached) and peak_rss_mb (VmHWM minus VmRSS before session creation); on any failure it
+ * prints {"status": "error", "error": "..."} and exits non-zero.
  *
  * Float32 inputs are filled deterministically: input k, flat element i gets
  *   ((i * 7919 + (k + 1) * 104729) mod 2001 - 1000) / 1000
  * (dynamic dims become 1), so another runtime can rebuild the same feed.
  */
+#define _POSIX_C_SOURCE 200809L
 #include <dlfcn.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "ort_abi.h"
 
+/* not declared in ort_abi.h: OrtApi slot 25, right after SetIntraOpNumThreads, same signature */
+#define OrtSetInterOpNumThreads(a) ORT_SLOT(a, 25, ort_SetIntraOpNumThreads_fn)
+
 static const OrtApi *api;
+static int bench;
+
+static void json_string(const char *s) {
+    putchar('"');
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') printf("\\%c", c);
+        else if (c < 0x20) printf("\\u%04x", c);
+        else putchar(c);
+    }
+    putchar('"');
+}
+
+#if defined(__GNUC__)
+__attribute__((format(printf, 2, 3)))
+#endif
+static _Noreturn void die(int code, const char *fmt, ...) {
+    char msg[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (bench) {
+        fputs("{\"status\": \"error\", \"error\": ", stdout);
+        json_string(msg);
+        fputs("}\n", stdout);
+        fflush(stdout);
+    } else {
+        fprintf(stderr, "edgepack_ort_runner: %s\n", msg);
+    }
+    exit(code);
+}
 
 static void check(OrtStatus *st, const char *what) {
     if (!st) return;
-    fprintf(stderr, "edgepack_ort_runner: %s: %s\n", what, OrtGetErrorMessage(api)(st));
+    char msg[1800];
+    snprintf(msg, sizeof msg, "%s", OrtGetErrorMessage(api)(st));
     OrtReleaseStatus(api)(st);
-    exit(1);
+    die(1, "%s: %s", what, msg);
+}
+
+static void *xcalloc(size_t n, size_t size) {
+    void *p = calloc(n ? n : 1, size);
+    if (!p) die(1, "out of memory");
+    return p;
 }
 
 static float fill_value(size_t k, size_t i) {
@@ -29,50 +86,146 @@ static float fill_value(size_t k, size_t i) {
     return (float)((double)((long long)v - 1000) / 1000.0);
 }
 
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* VmRSS or VmHWM of this process in kB (0 where /proc is not there) */
+static long rss_kb(const char *field) {
+    char line[256];
+    long kb = 0;
+    size_t n = strlen(field);
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return 0;
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, field, n) && line[n] == ':') { kb = strtol(line + n + 1, NULL, 10); break; }
+    fclose(f);
+    return kb;
+}
+
+static int parse_count(const char *flag, const char *v) {
+    char *end;
+    long x = strtol(v, &end, 10);
+    if (!*v || *end || x < 0 || x > INT_MAX) die(2, "%s wants a non-negative integer, got '%s'", flag, v);
+    return (int)x;
+}
+
+typedef struct {
+    OrtSession *sess;
+    const char *const *in_names, *const *out_names;
+    const OrtValue *const *inputs;
+    OrtValue **outputs;
+    size_t n_in, n_out;
+} Feed;
+
+/* one OrtRun; returns its wall time in ms; outputs are released unless keep */
+static double run_once(const Feed *f, int keep) {
+    for (size_t k = 0; k < f->n_out; k++) f->outputs[k] = NULL;
+    double t = now_ms();
+    check(OrtRun(api)(f->sess, NULL, f->in_names, f->inputs, f->n_in, f->out_names, f->n_out, f->outputs), "Run");
+    t = now_ms() - t;
+    if (!keep)
+        for (size_t k = 0; k < f->n_out; k++) OrtReleaseValue(api)(f->outputs[k]);
+    return t;
+}
+
+static void print_outputs(const char *version, const Feed *f) {
+    printf("{\"ort_version\": \"%s\", \"outputs\": {", version);
+    for (size_t k = 0; k < f->n_out; k++) {
+        OrtTensorTypeAndShapeInfo *tsi = NULL;
+        size_t rank = 0, count = 0;
+        int64_t dims[16];
+        void *data = NULL;
+        check(OrtGetTensorTypeAndShape(api)(f->outputs[k], &tsi), "GetTensorTypeAndShape");
+        check(OrtGetDimensionsCount(api)(tsi, &rank), "GetDimensionsCount");
+        if (rank > 16) die(1, "output %s: rank %zu > 16", f->out_names[k], rank);
+        check(OrtGetDimensions(api)(tsi, dims, rank), "GetDimensions");
+        check(OrtGetTensorShapeElementCount(api)(tsi, &count), "GetTensorShapeElementCount");
+        OrtReleaseTensorTypeAndShapeInfo(api)(tsi);
+        check(OrtGetTensorMutableData(api)(f->outputs[k], &data), "GetTensorMutableData");
+        printf("%s\"%s\": {\"shape\": [", k ? ", " : "", f->out_names[k]);
+        for (size_t d = 0; d < rank; d++) printf("%s%lld", d ? ", " : "", (long long)dims[d]);
+        printf("], \"data\": [");
+        for (size_t i = 0; i < count; i++) printf("%s%.9g", i ? ", " : "", ((const float *)data)[i]);
+        printf("]}");
+        OrtReleaseValue(api)(f->outputs[k]);
+    }
+    printf("}}\n");
+}
+
 int main(int argc, char **argv) {
     const char *ort = "libonnxruntime.so", *lib = NULL, *model = NULL;
-    int threads = 1;
-    for (int i = 1; i + 1 < argc; i += 2) {
-        if (!strcmp(argv[i], "--ort")) ort = argv[i + 1];
-        else if (!strcmp(argv[i], "--lib")) lib = argv[i + 1];
-        else if (!strcmp(argv[i], "--model")) model = argv[i + 1];
-        else if (!strcmp(argv[i], "--threads")) threads = atoi(argv[i + 1]);
-        else { fprintf(stderr, "edgepack_ort_runner: unknown flag %s\n", argv[i]); return 2; }
+    int threads = 1, warmup = 10, runs = 100;
+    double min_seconds = 0.0;
+    for (int i = 1; i < argc; i++) bench |= !strcmp(argv[i], "--bench"); /* errors as JSON from here on */
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v;
+        if (!strcmp(a, "--bench")) continue;
+        if (strncmp(a, "--", 2)) {
+            if (model) die(2, "more than one model given (%s, %s)", model, a);
+            model = a;
+            continue;
+        }
+        if (i + 1 >= argc) die(2, "%s needs a value", a);
+        v = argv[++i];
+        if (!strcmp(a, "--ort") || !strcmp(a, "--ort-lib")) ort = v;
+        else if (!strcmp(a, "--lib") || !strcmp(a, "--custom-ops")) lib = v;
+        else if (!strcmp(a, "--model")) model = v;
+        else if (!strcmp(a, "--threads")) threads = parse_count(a, v);
+        else if (!strcmp(a, "--warmup")) warmup = parse_count(a, v);
+        else if (!strcmp(a, "--runs")) runs = parse_count(a, v);
+        else if (!strcmp(a, "--min-seconds")) {
+            char *end;
+            min_seconds = strtod(v, &end);
+            if (!*v || *end || !(min_seconds >= 0.0) || !isfinite(min_seconds))
+                die(2, "--min-seconds wants a non-negative number, got '%s'", v);
+        } else die(2, "unknown flag %s", a);
     }
     if (!model) {
-        fprintf(stderr, "usage: %s --ort LIBONNXRUNTIME --lib LIBEDGEPACK_ORT --model M.onnx [--threads N]\n", argv[0]);
-        return 2;
+        if (!bench)
+            fprintf(stderr, "usage: %s --ort LIBONNXRUNTIME --lib LIBEDGEPACK_ORT --model M.onnx [--threads N]\n"
+                            "       %s --bench --ort-lib LIBONNXRUNTIME [--custom-ops LIBEDGEPACK_ORT] [--threads N]"
+                            " [--warmup N] [--runs N] [--min-seconds S] M.onnx\n", argv[0], argv[0]);
+        die(2, "no model given");
     }
+
     void *h = dlopen(ort, RTLD_NOW | RTLD_LOCAL);
-    if (!h) { fprintf(stderr, "edgepack_ort_runner: dlopen %s: %s\n", ort, dlerror()); return 1; }
+    if (!h) die(1, "dlopen %s: %s", ort, dlerror());
     const OrtApiBase *(*get_base)(void) = NULL;
     *(void **)&get_base = dlsym(h, "OrtGetApiBase");
-    if (!get_base) { fprintf(stderr, "edgepack_ort_runner: OrtGetApiBase not found in %s\n", ort); return 1; }
+    if (!get_base) die(1, "OrtGetApiBase not found in %s", ort);
     const OrtApiBase *base = get_base();
+    const char *version = base->GetVersionString();
     api = base->GetApi(EP_ORT_API_VERSION);
-    if (!api) { fprintf(stderr, "edgepack_ort_runner: ORT %s lacks C API %d\n", base->GetVersionString(), EP_ORT_API_VERSION); return 1; }
+    if (!api) die(1, "ORT %s lacks C API %d", version, EP_ORT_API_VERSION);
 
     OrtEnv *env = NULL;
     OrtSessionOptions *so = NULL;
     OrtSession *sess = NULL;
+    long rss_before = rss_kb("VmRSS");
+    double t_init = now_ms();
     check(OrtCreateEnv(api)(ORT_LOGGING_LEVEL_WARNING, "edgepack", &env), "CreateEnv");
     check(OrtCreateSessionOptions(api)(&so), "CreateSessionOptions");
     check(OrtSetIntraOpNumThreads(api)(so, threads), "SetIntraOpNumThreads");
+    if (bench) check(OrtSetInterOpNumThreads(api)(so, 1), "SetInterOpNumThreads"); /* as runner_script.py */
     if (lib) check(OrtRegisterCustomOpsLibrary_V2(api)(so, lib), "RegisterCustomOpsLibrary_V2");
     check(OrtCreateSession(api)(env, model, so, &sess), "CreateSession");
+    double init_ms = now_ms() - t_init;
 
     OrtAllocator *alloc = NULL;
     OrtMemoryInfo *mem = NULL;
     check(OrtGetAllocatorWithDefaultOptions(api)(&alloc), "GetAllocatorWithDefaultOptions");
     check(OrtCreateCpuMemoryInfo(api)(OrtArenaAllocator, OrtMemTypeDefault, &mem), "CreateCpuMemoryInfo");
 
-    size_t n_in = 0, n_out = 0;
+    size_t n_in = 0, n_out = 0, rank0 = 0;
+    int64_t dims0[16];
     check(OrtSessionGetInputCount(api)(sess, &n_in), "SessionGetInputCount");
     check(OrtSessionGetOutputCount(api)(sess, &n_out), "SessionGetOutputCount");
-    char **in_names = calloc(n_in + 1, sizeof *in_names), **out_names = calloc(n_out + 1, sizeof *out_names);
-    OrtValue **inputs = calloc(n_in + 1, sizeof *inputs), **outputs = calloc(n_out + 1, sizeof *outputs);
-    float **buffers = calloc(n_in + 1, sizeof *buffers);
-    if (!in_names || !out_names || !inputs || !outputs || !buffers) return 1;
+    char **in_names = xcalloc(n_in, sizeof *in_names), **out_names = xcalloc(n_out, sizeof *out_names);
+    OrtValue **inputs = xcalloc(n_in, sizeof *inputs), **outputs = xcalloc(n_out, sizeof *outputs);
+    float **buffers = xcalloc(n_in, sizeof *buffers);
 
     for (size_t k = 0; k < n_in; k++) {
         OrtTypeInfo *ti = NULL;
@@ -83,12 +236,11 @@ int main(int argc, char **argv) {
         check(OrtSessionGetInputName(api)(sess, k, alloc, &in_names[k]), "SessionGetInputName");
         check(OrtSessionGetInputTypeInfo(api)(sess, k, &ti), "SessionGetInputTypeInfo");
         check(OrtCastTypeInfoToTensorInfo(api)(ti, &tsi), "CastTypeInfoToTensorInfo");
+        if (!tsi) die(1, "input %s is not a tensor", in_names[k]);
         check(OrtGetTensorElementType(api)(tsi, &type), "GetTensorElementType");
         check(OrtGetDimensionsCount(api)(tsi, &rank), "GetDimensionsCount");
-        if (type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || rank > 16) {
-            fprintf(stderr, "edgepack_ort_runner: input %s: only float32 inputs of rank <= 16 are supported\n", in_names[k]);
-            return 1;
-        }
+        if (type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || rank > 16)
+            die(1, "input %s: only float32 inputs of rank <= 16 are supported", in_names[k]);
         check(OrtGetDimensions(api)(tsi, dims, rank), "GetDimensions");
         OrtReleaseTypeInfo(api)(ti);
         size_t count = 1;
@@ -96,8 +248,8 @@ int main(int argc, char **argv) {
             if (dims[d] < 0) dims[d] = 1;
             count *= (size_t)dims[d];
         }
-        buffers[k] = malloc(sizeof(float) * (count ? count : 1));
-        if (!buffers[k]) return 1;
+        if (k == 0) { rank0 = rank; memcpy(dims0, dims, sizeof(int64_t) * rank); }
+        buffers[k] = xcalloc(count, sizeof(float));
         for (size_t i = 0; i < count; i++) buffers[k][i] = fill_value(k, i);
         check(OrtCreateTensorWithDataAsOrtValue(api)(mem, buffers[k], sizeof(float) * count, dims, rank,
                                                      ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, &inputs[k]),
@@ -105,30 +257,37 @@ int main(int argc, char **argv) {
     }
     for (size_t k = 0; k < n_out; k++)
         check(OrtSessionGetOutputName(api)(sess, k, alloc, &out_names[k]), "SessionGetOutputName");
-    check(OrtRun(api)(sess, NULL, (const char *const *)in_names, (const OrtValue *const *)inputs, n_in,
-                      (const char *const *)out_names, n_out, outputs), "Run");
+    Feed feed = {sess, (const char *const *)in_names, (const char *const *)out_names,
+                 (const OrtValue *const *)inputs, outputs, n_in, n_out};
 
-    printf("{\"ort_version\": \"%s\", \"outputs\": {", base->GetVersionString());
-    for (size_t k = 0; k < n_out; k++) {
-        OrtTensorTypeAndShapeInfo *tsi = NULL;
-        size_t rank = 0, count = 0;
-        int64_t dims[16];
-        void *data = NULL;
-        check(OrtGetTensorTypeAndShape(api)(outputs[k], &tsi), "GetTensorTypeAndShape");
-        check(OrtGetDimensionsCount(api)(tsi, &rank), "GetDimensionsCount");
-        if (rank > 16) return 1;
-        check(OrtGetDimensions(api)(tsi, dims, rank), "GetDimensions");
-        check(OrtGetTensorShapeElementCount(api)(tsi, &count), "GetTensorShapeElementCount");
-        OrtReleaseTensorTypeAndShapeInfo(api)(tsi);
-        check(OrtGetTensorMutableData(api)(outputs[k], &data), "GetTensorMutableData");
-        printf("%s\"%s\": {\"shape\": [", k ? ", " : "", out_names[k]);
-        for (size_t d = 0; d < rank; d++) printf("%s%lld", d ? ", " : "", (long long)dims[d]);
-        printf("], \"data\": [");
-        for (size_t i = 0; i < count; i++) printf("%s%.9g", i ? ", " : "", ((const float *)data)[i]);
-        printf("]}");
-        OrtReleaseValue(api)(outputs[k]);
+    if (!bench) {
+        run_once(&feed, 1);
+        print_outputs(version, &feed);
+    } else {
+        double first_ms = run_once(&feed, 0);
+        for (int i = 0; i < warmup; i++) run_once(&feed, 0);
+        size_t n = 0, cap = runs > 0 ? (size_t)runs : 64;
+        double *lat = xcalloc(cap, sizeof *lat), began = now_ms();
+        while (n < (size_t)runs || now_ms() - began < min_seconds * 1e3) {
+            if (n == cap) {
+                double *grown = realloc(lat, sizeof *lat * (cap *= 2));
+                if (!grown) die(1, "out of memory");
+                lat = grown;
+            }
+            lat[n++] = run_once(&feed, 0);
+        }
+        long peak = rss_kb("VmHWM") - rss_before;
+        char runtime_version[256];
+        snprintf(runtime_version, sizeof runtime_version, "onnxruntime %s", version);
+        printf("{\"status\": \"ok\", \"runtime_version\": ");
+        json_string(runtime_version);
+        printf(", \"input_shape\": [");
+        for (size_t d = 0; d < rank0; d++) printf("%s%lld", d ? ", " : "", (long long)dims0[d]);
+        printf("], \"init_ms\": %.6f, \"first_inference_ms\": %.6f, \"latencies_ms\": [", init_ms, first_ms);
+        for (size_t i = 0; i < n; i++) printf("%s%.6f", i ? ", " : "", lat[i]);
+        printf("], \"peak_rss_mb\": %.6f}\n", (double)(peak > 0 ? peak : 0) / 1024.0);
+        free(lat);
     }
-    printf("}}\n");
 
     for (size_t k = 0; k < n_in; k++) {
         OrtReleaseValue(api)(inputs[k]);
@@ -141,5 +300,5 @@ int main(int argc, char **argv) {
     OrtReleaseSession(api)(sess);
     OrtReleaseSessionOptions(api)(so);
     OrtReleaseEnv(api)(env);
-    return 0;
+    return fflush(stdout) ? 1 : 0;
 }

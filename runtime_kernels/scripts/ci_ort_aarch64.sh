@@ -91,16 +91,18 @@ model("ldr", "LDRMatMul", (2, 2, 30), [("G", r(2, 32)), ("H", r(2, 32)), ("bias"
 EOF
 
 # 4. run under qemu (or natively), both kernel variants
-run_arm() {
-  local cmd=("$BUILD/ort/edgepack_ort_runner" --ort "$ORT_LIB" --lib "$BUILD/ort/libedgepack_ort.so" --model "$1")
-  if [ $NATIVE = 1 ]; then "${cmd[@]}"; return; fi
+arm_exec() {  # an aarch64 command: natively, or under qemu-user with an ARM /proc/cpuinfo
+  if [ $NATIVE = 1 ]; then "$@"; return; fi
   if [ "$(id -u)" = 0 ] && command -v unshare >/dev/null; then
     unshare -m sh -c 'mount --bind "$0" /proc/cpuinfo && exec "$@"' "$WORK/cpuinfo" \
-      qemu-aarch64 -L "$SYSROOT" "${cmd[@]}"
+      qemu-aarch64 -L "$SYSROOT" "$@"
   else
     echo "ci_ort_aarch64: not root: running without an ARM /proc/cpuinfo (ORT may crash in cpuinfo)" >&2
-    qemu-aarch64 -L "$SYSROOT" "${cmd[@]}"
+    qemu-aarch64 -L "$SYSROOT" "$@"
   fi
+}
+run_arm() {
+  arm_exec "$BUILD/ort/edgepack_ort_runner" --ort "$ORT_LIB" --lib "$BUILD/ort/libedgepack_ort.so" --model "$1"
 }
 ncpu=$(( $(sed 's/.*-//' /sys/devices/system/cpu/possible 2>/dev/null || echo 0) + 1 ))
 for ((i = 0; i < ncpu; i++)); do
@@ -143,5 +145,19 @@ for path in sorted(glob.glob(f"{work}/*.onnx")):
         print(f"  {os.path.basename(path):24s} {variant:4s} shape {tuple(arr.shape)} max|diff| {err:.2e} "
               f"{'ok' if ok else 'MISMATCH'}")
 sys.exit(1 if fails else 0)
+EOF
+# 6. the runner's --bench mode (the harness's fallback for devices without Python) on one model
+BENCH=$(arm_exec "$BUILD/ort/edgepack_ort_runner" --bench --ort-lib "$ORT_LIB" \
+          --custom-ops "$BUILD/ort/libedgepack_ort.so" --runs 3 --warmup 1 "$WORK/hashed_expand.onnx") \
+  || { echo "ci_ort_aarch64: --bench failed: $BENCH" >&2; exit 1; }
+"$PY" - "$BENCH" <<'EOF'
+import json
+import sys
+
+result = json.loads(sys.argv[1].strip().splitlines()[-1])
+if result.get("status") != "ok" or len(result.get("latencies_ms", [])) < 3:
+    sys.exit(f"ci_ort_aarch64: --bench did not report status ok with 3 runs: {result}")
+print(f"  --bench: {result['runtime_version']}, input {result['input_shape']}, "
+      f"{len(result['latencies_ms'])} timed runs: status ok")
 EOF
 echo "ci_ort_aarch64: OK (aarch64 libedgepack_ort in ONNX Runtime $VERSION matches host ORT; emulated timings are not meaningful)"
