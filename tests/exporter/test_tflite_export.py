@@ -1,37 +1,23 @@
 """torch → ONNX → TFLite: builtins in LiteRT against torch, CUSTOM ops and their options, errors."""
 
-from collections import OrderedDict
-
 import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import assert_close_relative
+from conftest import assert_close_relative, randomize_batchnorm
 from flatbuffers import flexbuffers
 from onnx import TensorProto, helper
 from torch import nn
 
 from edgepack.exporter import ConversionError, convert_onnx_to_tflite, export, inspect_tflite
+from edgepack.kws import models as kws_models
 
 interpreter = pytest.importorskip("ai_edge_litert.interpreter")
 
 
-def ds_cnn(channels: int = 32) -> nn.Module:
-    """A DS-CNN-style keyword-spotting model (Hello Edge): conv, depthwise-separable blocks."""
-    layers = [("conv", nn.Conv2d(1, channels, (10, 4), stride=2, padding=(5, 1))),
-              ("bn", nn.BatchNorm2d(channels)), ("relu", nn.ReLU())]
-    for i in range(2):
-        layers += [(f"dw{i}", nn.Conv2d(channels, channels, 3, padding=1, groups=channels)),
-                   (f"dw{i}_bn", nn.BatchNorm2d(channels)), (f"dw{i}_relu", nn.ReLU()),
-                   (f"pw{i}", nn.Conv2d(channels, channels, 1)), (f"pw{i}_bn", nn.BatchNorm2d(channels)),
-                   (f"pw{i}_relu", nn.ReLU6())]
-    layers += [("pool", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()), ("fc", nn.Linear(channels, 12))]
-    model = nn.Sequential(OrderedDict(layers))
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.5, 1.5)
-    return model.eval()
+def ds_cnn() -> nn.Module:
+    """DS-CNN with 32 channels and 2 blocks, batch-norm statistics made non-trivial."""
+    return randomize_batchnorm(kws_models.ds_cnn(channels=32, blocks=2))
 
 
 class SmallCNN(nn.Module):
@@ -72,7 +58,7 @@ def test_batch_norm_is_folded_into_the_convolution(tmp_path):
     path = export(ds_cnn(), torch.randn(1, 1, 49, 10), tmp_path / "ds.tflite")
     ops = inspect_tflite(path).op_counts
     assert ops["CONV_2D"] == 3 and ops["DEPTHWISE_CONV_2D"] == 2
-    assert "MUL" not in ops and "ADD" not in ops
+    assert "MUL" not in ops and "ADD" not in ops  # BN folded into the conv's weights and bias
 
 
 def test_custom_ops_carry_the_onnx_attributes(tmp_path):
