@@ -135,19 +135,21 @@ def run_with_benchmark_model(device: Device, model: Path, options: BenchOptions)
 
 
 def measure_energy(device: Device, spec: str, model: Path, workload, idle_seconds: float) -> dict:
-    """Energy per inference by the requested method (estimates are labelled as such)."""
+    """Energy per inference by the requested method; an estimate is labelled as such."""
     from edgepack.devices import power
 
-    if spec == "estimate":
-        macs, moved = power.count_macs_and_bytes(str(model))
-        estimate = power.estimate_energy(macs, moved)
-        return {"energy_mj_per_inference": estimate.energy_mj, "energy_method": "estimate",
-                "energy_estimated": True}
     source = power.get_power_source(spec, device=device)
+    if source.estimated:
+        if model.suffix != ".onnx":
+            raise BenchError(f"the energy estimate counts operations of an .onnx file, not {model.name}; "
+                             "use a power meter (--energy rapl|hwmon|battery|csv:FILE) for TFLite files")
+        estimate = source.estimate(model)
+        return {"energy_mj_per_inference": estimate.energy_mj_per_inference, "energy_method": "estimate",
+                "energy_estimated": True, "energy_assumptions": estimate.assumptions,
+                "energy_fallback_reason": getattr(source, "reason", "") or None}
     result = power.measure(source, workload, idle_seconds=idle_seconds)
     return {"energy_mj_per_inference": result.energy_mj_per_inference, "energy_method": result.method,
-            "energy_estimated": result.estimated, "power_idle_w": result.idle_w,
-            "power_active_w": result.active_w}
+            "energy_estimated": False, "power_idle_w": result.idle_w, "power_active_w": result.active_w}
 
 
 def choose_runner(device: Device, model: Path, runtime: str, options: BenchOptions, arch: str):

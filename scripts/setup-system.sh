@@ -3,7 +3,7 @@
 set -euo pipefail
 
 packages=(build-essential cmake python3-venv gcc-aarch64-linux-gnu g++-aarch64-linux-gnu
-          libc6-dev-arm64-cross qemu-user)
+          libc6-dev-arm64-cross qemu-user openssh-server openssh-client adb)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \

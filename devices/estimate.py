@@ -1,0 +1,221 @@
+"""Analytic energy: operation counts × energy per operation and per byte moved. Always an estimate.
+
+The table is Horowitz, "Computing's Energy Problem (and what we can do about it)", ISSCC 2014,
+45 nm, 0.9 V. Memory costs per 32-bit word are as tabulated from it by Han et al., "Learning both
+Weights and Connections for Efficient Neural Networks" (NeurIPS 2015) and "Deep Compression"
+(ICLR 2016): 32-bit SRAM (8 KB cache) read 5 pJ, 32-bit DRAM read 640 pJ.
+
+What we use: one fp32 MAC = fp32 mult + fp32 add = 3.7 + 0.9 = 4.6 pJ; one byte moved = a DRAM
+access per 32-bit word / 4 = 160 pJ (``memory="sram"``: 1.25 pJ). Every byte an operator reads or
+writes is counted once as memory traffic (no cache reuse): an upper bound on data movement.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+from onnx import helper, shape_inference
+
+
+@dataclass(frozen=True)
+class EnergyTable:
+    """Energy per operation in picojoules, with where the numbers come from."""
+
+    name: str
+    citation: str
+    picojoules: Mapping[str, float]
+
+    def mac_pj(self, dtype: str = "fp32") -> float:
+        """One multiply-accumulate: a multiply plus an add (int8: 8-bit mult, 32-bit accumulate)."""
+        mult, add = {"fp32": ("fp32_mult", "fp32_add"), "fp16": ("fp16_mult", "fp16_add"),
+                     "int8": ("int8_mult", "int32_add")}[dtype]
+        return self.picojoules[mult] + self.picojoules[add]
+
+    def byte_pj(self, memory: str = "dram") -> float:
+        """Moving one byte: a 32-bit access of that memory divided by 4."""
+        return self.picojoules[f"{memory}_32bit"] / 4
+
+
+HOROWITZ_45NM = EnergyTable(
+    name="horowitz-45nm",
+    citation=("M. Horowitz, 'Computing's Energy Problem (and what we can do about it)', ISSCC 2014, "
+              "45 nm 0.9 V; 32-bit SRAM/DRAM per-access figures as tabulated by Han et al., NeurIPS 2015"),
+    picojoules={
+        "int8_add": 0.03, "int16_add": 0.05, "int32_add": 0.1, "fp16_add": 0.4, "fp32_add": 0.9,
+        "int8_mult": 0.2, "int32_mult": 3.1, "fp16_mult": 1.1, "fp32_mult": 3.7,
+        "register_32bit": 1.0, "sram_32bit": 5.0, "dram_32bit": 640.0,
+    },
+)
+
+
+@dataclass
+class EstimatedEnergy:
+    """Energy of one inference from op counts; ``estimated`` is always True."""
+
+    macs: int
+    bytes_moved: int
+    compute_pj: float
+    memory_pj: float
+    table: str
+    assumptions: str
+    method: str = "estimate"
+    estimated: bool = field(default=True, init=False)
+
+    @property
+    def energy_pj(self) -> float:
+        return self.compute_pj + self.memory_pj
+
+    @property
+    def energy_mj_per_inference(self) -> float:
+        return self.energy_pj * 1e-9
+
+
+def estimate_energy(macs: int, bytes_moved: int, *, table: EnergyTable = HOROWITZ_45NM,
+                    dtype: str = "fp32", memory: str = "dram") -> EstimatedEnergy:
+    """Energy per inference = MACs × MAC energy + bytes × per-byte energy of ``memory``."""
+    if macs < 0 or bytes_moved < 0:
+        raise ValueError(f"macs and bytes_moved must be >= 0, got {macs} and {bytes_moved}")
+    mac_pj, byte_pj = table.mac_pj(dtype), table.byte_pj(memory)
+    return EstimatedEnergy(
+        macs=macs, bytes_moved=bytes_moved, compute_pj=macs * mac_pj, memory_pj=bytes_moved * byte_pj,
+        table=table.name,
+        assumptions=f"{dtype} MAC {mac_pj:g} pJ, {memory} {byte_pj:g} pJ/byte ({table.citation})",
+    )
+
+
+# ---- counting ---------------------------------------------------------------------------------
+
+Shape = tuple[int, ...]
+CUSTOM_DOMAIN = "ai.edgepack"
+
+
+def fft_macs(n: int) -> float:
+    """MACs of one real FFT of size n: 2.5·n·log2(n) flops (half a complex FFT's 5·n·log2 n), 2 per MAC."""
+    return 1.25 * n * math.log2(n) if n > 1 else 0.0
+
+
+def _attribute(node: onnx.NodeProto, name: str, default=None):
+    for attribute in node.attribute:
+        if attribute.name == name:
+            return helper.get_attribute_value(attribute)
+    return default
+
+
+def _matmul(node, shape) -> float:
+    return math.prod(shape(node.output[0])) * shape(node.input[0])[-1]
+
+
+def _gemm(node, shape) -> float:
+    a = shape(node.input[0])
+    k = a[0] if _attribute(node, "transA", 0) else a[-1]
+    return math.prod(shape(node.output[0])) * k
+
+
+def _conv(node, shape) -> float:
+    return math.prod(shape(node.output[0])) * math.prod(shape(node.input[1])[1:])
+
+
+def _conv_transpose(node, shape) -> float:
+    return math.prod(shape(node.input[0])) * math.prod(shape(node.input[1])[1:])
+
+
+def _batch(node, shape) -> int:
+    return math.prod(shape(node.input[0])[:-1])
+
+
+def _hashed_matmul(node, shape) -> float:
+    """As many MACs as the dense layer it stands for (the expand-mode kernel is a dense GEMM)."""
+    return _batch(node, shape) * _attribute(node, "in_features") * _attribute(node, "out_features")
+
+
+def _circulant_matmul(node, shape) -> float:
+    """Blocks [p, q, b] with their spectra precomputed: q forward + p inverse real FFTs of size b and
+    p·q·(b/2+1) complex multiply-adds (4 real MACs each) per input row."""
+    p, q, b = shape(node.input[1])
+    return _batch(node, shape) * ((p + q) * fft_macs(b) + 4 * p * q * (b // 2 + 1))
+
+
+def _ldr_matmul(node, shape) -> float:
+    """G, H [r, n]: 2r circulant / skew-circulant products, each a forward and an inverse real FFT of
+    size n plus n/2+1 complex multiplies, per input row (the skew's diagonal scaling is ignored)."""
+    r, n = shape(node.input[1])
+    return _batch(node, shape) * 2 * r * (2 * fft_macs(n) + 4 * (n // 2 + 1))
+
+
+MAC_COUNTERS: dict[str, Callable] = {
+    "MatMul": _matmul, "Gemm": _gemm, "Conv": _conv, "ConvTranspose": _conv_transpose,
+    f"{CUSTOM_DOMAIN}.HashedMatMul": _hashed_matmul,
+    f"{CUSTOM_DOMAIN}.CirculantMatMul": _circulant_matmul,
+    f"{CUSTOM_DOMAIN}.LDRMatMul": _ldr_matmul,
+}
+
+
+def _collect(graph: onnx.GraphProto) -> dict[str, tuple[Shape, int]]:
+    """Every value with a known shape → (shape, element type); symbolic dimensions count as 1."""
+    known = {}
+    for info in [*graph.input, *graph.value_info, *graph.output]:
+        tensor = info.type.tensor_type
+        if tensor.HasField("shape"):
+            known[info.name] = (tuple(d.dim_value or 1 for d in tensor.shape.dim), tensor.elem_type)
+    for init in graph.initializer:
+        known[init.name] = (tuple(init.dims), init.data_type)
+    return known
+
+
+def _infer(model: onnx.ModelProto) -> dict[str, tuple[Shape, int]]:
+    """onnx shape inference, plus our fused ops' outputs ([..., out_features]), until nothing changes."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    for _ in range(len(model.graph.node) + 1):
+        known = _collect(shape_inference.infer_shapes(model).graph)
+        added = False
+        for node in model.graph.node:
+            out_features = _attribute(node, "out_features")
+            if (node.domain == CUSTOM_DOMAIN and out_features and node.output[0] not in known
+                    and node.input[0] in known):
+                x_shape, elem_type = known[node.input[0]]
+                model.graph.value_info.append(
+                    helper.make_tensor_value_info(node.output[0], elem_type, [*x_shape[:-1], out_features]))
+                added = True
+        if not added:
+            return known
+    return known
+
+
+def count_macs_and_bytes(model: str | Path | onnx.ModelProto) -> tuple[int, int]:
+    """(MACs, bytes moved) of one inference: MACs of MatMul/Gemm/Conv and our fused ops; bytes of every
+    node's inputs and outputs with a known shape. Symbolic dimensions (batch) count as 1, so do
+    data-dependent ones (weights rebuilt at run time in "portable" exports: count "kernels" exports).
+    Elementwise ops cost bytes, not MACs; subgraphs (If/Loop) are not counted."""
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model), load_external_data=False)
+    known = _infer(model)
+    macs = 0.0
+    moved = 0
+    for node in model.graph.node:
+        key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+        if key in MAC_COUNTERS:
+            macs += MAC_COUNTERS[key](node, functools.partial(_shape_of, known, node))
+        for name in [*node.input, *node.output]:
+            if name and name in known:
+                dims, elem_type = known[name]
+                moved += math.prod(dims) * _itemsize(elem_type)
+    return round(macs), moved
+
+
+def _shape_of(known: dict[str, tuple[Shape, int]], node: onnx.NodeProto, name: str) -> Shape:
+    if name not in known:
+        raise ValueError(f"cannot count MACs of node {node.name or node.op_type!r} ({node.op_type}): "
+                         f"the shape of {name!r} is unknown after shape inference")
+    return known[name][0]
+
+
+def _itemsize(elem_type: int) -> int:
+    try:
+        return helper.tensor_dtype_to_np_dtype(elem_type).itemsize if elem_type else 0
+    except (KeyError, ValueError, TypeError):
+        return 0
