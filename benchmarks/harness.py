@@ -207,15 +207,17 @@ def measure_model(device: Device, description: dict, model: Path, options: Bench
     return record
 
 
-def bench(models: list[str | Path], device_spec: str, options: BenchOptions,
+def bench(models: list[str | Path], device: str | Device, options: BenchOptions,
           console: Console | None = None) -> list[dict]:
-    """Measure every model on one device; each record is appended to ``options.output`` at once."""
+    """Measure every model on one device (a spec such as "ssh://pi@board", or a Device); each
+    record is appended to ``options.output`` as soon as it is measured."""
     console = console or Console(stderr=True)
     models = [Path(m) for m in models]
     done = {result_key(r) for r in read_results(options.output) if r.get("status") == "ok"} \
         if options.resume else set()
+    device_spec = device if isinstance(device, str) else device.spec
     try:
-        device = get_device(device_spec)
+        device = get_device(device) if isinstance(device, str) else device
         description = device.describe()
     except (DeviceError, ValueError) as error:
         device, description, device_error = None, {"spec": device_spec}, error

@@ -1,4 +1,4 @@
-"""Fixtures for the device tests: a throw-away sshd on 127.0.0.1 with its own keys."""
+"""Shared fixtures: a throw-away sshd on 127.0.0.1 with its own keys (device and harness tests)."""
 
 from __future__ import annotations
 
