@@ -33,9 +33,10 @@ def models(tmp_path_factory):
     dense = train_classifier(digits_mlp(hidden=64), data, epochs=5)
     hashed, _ = compress(dense, {"fc*": {"method": "hashed", "ratio": 1 / 8}})
     x = data.x_test[:1]
-    paths = {"dense": export(dense, x, folder / "dense.onnx"), "hashed": export(hashed.eval(), x, folder / "hashed.onnx")}
+    paths = {"dense": export(dense, x, folder / "dense.onnx"),
+             "hashed": export(hashed.eval(), x, folder / "hashed.onnx")}
     np.savez(folder / "digits.npz", x=data.x_test.numpy(), y=data.y_test.numpy())
-    expected = {"dense": accuracy(dense, data.x_test, data.y_test), "hashed": accuracy(hashed, data.x_test, data.y_test)}
+    expected = {name: accuracy(model, data.x_test, data.y_test) for name, model in [("dense", dense), ("hashed", hashed)]}
     return paths, folder / "digits.npz", expected
 
 
