@@ -36,7 +36,8 @@ def models(tmp_path_factory):
     paths = {"dense": export(dense, x, folder / "dense.onnx"),
              "hashed": export(hashed.eval(), x, folder / "hashed.onnx")}
     np.savez(folder / "digits.npz", x=data.x_test.numpy(), y=data.y_test.numpy())
-    expected = {name: accuracy(model, data.x_test, data.y_test) for name, model in [("dense", dense), ("hashed", hashed)]}
+    expected = {name: accuracy(model, data.x_test, data.y_test)
+                for name, model in [("dense", dense), ("hashed", hashed)]}
     return paths, folder / "digits.npz", expected
 
 
