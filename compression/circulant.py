@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .validation import is_power_of_two, require
+from .common import FromDenseLinear, is_power_of_two, require
 
 
 def circulant_index(b: int) -> torch.Tensor:
@@ -30,7 +30,7 @@ def circulant_product(x: torch.Tensor, blocks: torch.Tensor, out_features: int) 
     return torch.fft.irfft(y_spectrum, n=b).flatten(-2)[..., :out_features]
 
 
-class CirculantLinear(nn.Module):
+class CirculantLinear(FromDenseLinear, nn.Module):
     """Linear layer with a block-circulant weight of block size b (a power of two >= 4)."""
 
     def __init__(self, in_features: int, out_features: int, *, block_size: int, bias: bool = True,
@@ -91,13 +91,6 @@ class CirculantLinear(nn.Module):
         if self.bias is not None and bias is not None:
             self.bias.copy_(bias)
 
-    @classmethod
-    def from_dense(cls, layer: nn.Linear, initialize: bool = True, **params) -> "CirculantLinear":
-        """A block-circulant copy of a trained ``nn.Linear`` (least-squares projection)."""
-        new = cls(layer.in_features, layer.out_features, bias=layer.bias is not None, **params)
-        if initialize:
-            new.init_from_dense(layer.weight, layer.bias)
-        return new
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .hashing import hash_indices
-from .validation import require
+from .common import FromDenseLinear, require
 
 
 def decode_virtual(buckets: torch.Tensor, recon: torch.Tensor | None, index: torch.Tensor,
@@ -115,7 +115,7 @@ class _HashedLayer(nn.Module):
                 f"seed={self.seed}, signed={self.signed}, hashed_bias={self.hashed_bias}")
 
 
-class HashedLinear(_HashedLayer):
+class HashedLinear(FromDenseLinear, _HashedLayer):
     """A Linear layer whose out×in weights are fetched by hash from ``ceil(ratio·out·in)`` buckets."""
 
     def __init__(self, in_features: int, out_features: int, *, ratio: float, num_hashes: int = 1,
@@ -138,13 +138,6 @@ class HashedLinear(_HashedLayer):
         weight, bias = self._weight_and_bias()
         return F.linear(x, weight, bias)
 
-    @classmethod
-    def from_dense(cls, layer: nn.Linear, initialize: bool = True, **params) -> "HashedLinear":
-        """A hashed copy of a trained ``nn.Linear``, buckets initialised from its weights."""
-        new = cls(layer.in_features, layer.out_features, bias=layer.bias is not None, **params)
-        if initialize:
-            new.init_from_dense(layer.weight, layer.bias)
-        return new
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, " + \

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .validation import next_power_of_two, require
+from .common import FromDenseLinear, next_power_of_two, require
 
 
 def f_circulant(v: torch.Tensor, f: float) -> torch.Tensor:
@@ -41,7 +41,7 @@ def ldr_product(x: torch.Tensor, G: torch.Tensor, H: torch.Tensor, out_features:
     return torch.fft.irfft(y_spectrum, n=n)[..., :out_features]
 
 
-class LDRLinear(nn.Module):
+class LDRLinear(FromDenseLinear, nn.Module):
     """Linear layer with a Toeplitz-like weight of displacement rank ``rank``."""
 
     def __init__(self, in_features: int, out_features: int, *, rank: int, bias: bool = True) -> None:
@@ -95,13 +95,6 @@ class LDRLinear(nn.Module):
         self.G.grad = self.H.grad = None
         return float(error)
 
-    @classmethod
-    def from_dense(cls, layer: nn.Linear, initialize: bool = True, **params) -> "LDRLinear":
-        """An LDR copy of a trained ``nn.Linear`` (least-squares fit of the generators)."""
-        new = cls(layer.in_features, layer.out_features, bias=layer.bias is not None, **params)
-        if initialize:
-            new.init_from_dense(layer.weight, layer.bias)
-        return new
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

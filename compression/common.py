@@ -1,0 +1,33 @@
+"""What the compressed layers share: one ValueError style that names the layer, size helpers, and
+the constructor from a trained ``nn.Linear``."""
+
+from torch import nn
+
+
+def require(condition: bool, layer: str, message: str) -> None:
+    """Raise ``ValueError("<layer>: <message>")`` unless ``condition`` holds."""
+    if not condition:
+        raise ValueError(f"{layer}: {message}")
+
+
+def is_power_of_two(n: int) -> bool:
+    """True for 1, 2, 4, 8, …"""
+    return isinstance(n, int) and n >= 1 and n & (n - 1) == 0
+
+
+def next_power_of_two(n: int, minimum: int = 4) -> int:
+    """The smallest power of two that is >= max(n, minimum)."""
+    return max(minimum, 1 << (max(n, 1) - 1).bit_length())
+
+
+class FromDenseLinear:
+    """Mixin: ``Layer.from_dense(linear, **params)`` builds the layer with the Linear's sizes and
+    (unless ``initialize=False``) initialises it from the trained weights by ``init_from_dense``."""
+
+    @classmethod
+    def from_dense(cls, layer: nn.Linear, initialize: bool = True, **params):
+        """A compressed copy of a trained ``nn.Linear``."""
+        new = cls(layer.in_features, layer.out_features, bias=layer.bias is not None, **params)
+        if initialize:
+            new.init_from_dense(layer.weight, layer.bias)
+        return new
