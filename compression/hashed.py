@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .hashing import hash_indices
 from .common import FromDenseLinear, require
+from .hashing import hash_indices
 
 
 def decode_virtual(buckets: torch.Tensor, recon: torch.Tensor | None, index: torch.Tensor,
