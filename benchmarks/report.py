@@ -35,42 +35,37 @@ def _table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def _save(figure, path: Path, paths: list[Path]) -> None:
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    paths.append(path)
+
+
 def _plots(ok: list[dict], out: Path) -> list[Path]:
+    """latency.png always; accuracy_vs_size.png and energy.png when the results have them."""
     paths = []
     figure, axis = plt.subplots(figsize=(8, 0.5 + 0.5 * len(ok)))
     axis.boxplot([r["latencies_ms"] for r in ok], orientation="horizontal", tick_labels=[_label(r) for r in ok])
-    axis.set_xlabel("latency per inference (ms)")
-    axis.set_title("Latency distribution")
-    paths.append(out / "latency.png")
-    figure.tight_layout()
-    figure.savefig(paths[-1], dpi=100)
-    plt.close(figure)
+    axis.set(xlabel="latency per inference (ms)", title="Latency distribution")
+    _save(figure, out / "latency.png", paths)
     with_accuracy = [r for r in ok if "accuracy" in r["metrics"]]
     if with_accuracy:
         figure, axis = plt.subplots(figsize=(6, 4))
         for r in with_accuracy:
-            axis.scatter(r["metrics"]["size_kb"], r["metrics"]["accuracy"])
-            axis.annotate(r["model"], (r["metrics"]["size_kb"], r["metrics"]["accuracy"]), fontsize=8)
-        axis.set_xscale("log")
-        axis.set_xlabel("model size (kB)")
-        axis.set_ylabel("accuracy")
-        axis.set_title("Accuracy vs size")
-        paths.append(out / "accuracy_vs_size.png")
-        figure.tight_layout()
-        figure.savefig(paths[-1], dpi=100)
-        plt.close(figure)
+            point = (r["metrics"]["size_kb"], r["metrics"]["accuracy"])
+            axis.scatter(*point)
+            axis.annotate(r["model"], point, fontsize=8)
+        axis.set(xscale="log", xlabel="model size (kB)", ylabel="accuracy", title="Accuracy vs size")
+        _save(figure, out / "accuracy_vs_size.png", paths)
     with_energy = [r for r in ok if "energy_mj_per_inference" in r["metrics"]]
     if with_energy:
         figure, axis = plt.subplots(figsize=(8, 0.5 + 0.5 * len(with_energy)))
         labels = [_label(r) + (" (estimated)" if r["metrics"].get("energy_estimated") else "")
                   for r in with_energy]
         axis.barh(labels, [r["metrics"]["energy_mj_per_inference"] for r in with_energy])
-        axis.set_xlabel("energy per inference (mJ)")
-        axis.set_title("Energy per inference")
-        paths.append(out / "energy.png")
-        figure.tight_layout()
-        figure.savefig(paths[-1], dpi=100)
-        plt.close(figure)
+        axis.set(xlabel="energy per inference (mJ)", title="Energy per inference")
+        _save(figure, out / "energy.png", paths)
     return paths
 
 
