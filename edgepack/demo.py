@@ -133,8 +133,8 @@ def run_demo(quick: bool = False, seed: int = 0, console: Console | None = None,
                          "ratio": dense_bytes / size})
     table = Table(title=f"digits MLP 64-256-256-10, {len(data.x_test)} test images"
                   + (" (quick mode)" if quick else ""))
-    for column in ("method", "acc. after compress", "acc. fine-tuned", "params", "bytes", "ratio"):
-        table.add_column(column, justify="left" if column == "method" else "right")
+    for column in ("method", "acc. compressed", "acc. tuned", "params", "bytes", "ratio"):
+        table.add_column(column, justify="left" if column == "method" else "right", no_wrap=True)
     for row in rows:
         table.add_row(row["method"], f"{row['accuracy_at_init']:.3f}", f"{row['accuracy']:.3f}",
                       f"{row['params']:,}", f"{row['bytes']:,}", f"{row['ratio']:.1f}x")

@@ -63,9 +63,12 @@ def test_local_bench_with_accuracy_energy_estimate_and_report(models, tmp_path):
 def test_bench_over_ssh_end_to_end(sshd, models, tmp_path):
     paths, _, _ = models
     device = get_device(sshd.spec, ssh_options=sshd.options())
-    records = bench([paths["hashed"], tmp_path / "missing.onnx"], device,
+    tflite = tmp_path / "model.tflite"
+    tflite.write_bytes(b"\x00" * 8)  # the device's Python has no TFLite runtime: refused before it loads
+    records = bench([paths["hashed"], tmp_path / "missing.onnx", tflite], device,
                     BenchOptions(**QUICK, output=str(tmp_path / "r.jsonl")))
-    ok, missing = records
+    ok, missing, no_runtime = records
+    assert no_runtime["status"] == "error" and "--benchmark-model" in no_runtime["error"]
     assert ok["status"] == "ok", ok
     assert ok["device_spec"] == sshd.spec and ok["device"]["kind"] == "ssh"
     assert ok["metrics"]["runs"] >= 5
@@ -83,7 +86,12 @@ def test_unreachable_device_and_broken_model_are_recorded(models, tmp_path):
     assert records[0]["status"] == "error" and "127.0.0.1" in records[0]["error"]
     records = bench([paths["dense"]], "adb://no-such-phone", BenchOptions(**QUICK, output=str(output)))
     assert records[0]["status"] == "error" and "no-such-phone" in records[0]["error"]
-    assert [r["status"] for r in read_results(output)] == ["error", "ok", "error", "error"]
+    unreadable = tmp_path / "meter.csv"
+    unreadable.write_text("not,a,meter\n")
+    records = bench([paths["dense"]], "local", BenchOptions(**QUICK, output=str(output), energy=f"csv:{unreadable}",
+                                                            idle_seconds=0.1))
+    assert records[0]["status"] == "error" and "meter.csv" in records[0]["error"]
+    assert [r["status"] for r in read_results(output)] == ["error", "ok", "error", "error", "error"]
 
 
 def test_killed_run_keeps_finished_lines_and_resume_continues(models, tmp_path):
