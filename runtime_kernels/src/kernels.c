@@ -155,6 +155,13 @@ uint32_t ep_xxh32_key(uint32_t a, uint32_t b, uint32_t seed) {
 }
 
 /* ---- hashed ------------------------------------------------------------------------------ */
+/* The K = 1 identity MLP [W1 = (1, -1), b1 = 0, W2 = (1, -1), b2 = 0] the exporter always passes
+ * (docs/ops.md): a fallback function body cannot branch on whether an optional input is present. */
+static int is_identity_recon(const float *r, int64_t len) {
+    static const float identity[7] = {1.0f, -1.0f, 0.0f, 0.0f, 1.0f, -1.0f, 0.0f};
+    return len == 7 && memcmp(r, identity, sizeof identity) == 0;
+}
+
 static ep_status check_hash(const char *fn, const ep_hash_params *p, const float *buckets,
                             const float *recon, int64_t recon_len, ep_hcfg *c, int need_data) {
     int64_t tmp;
@@ -176,6 +183,8 @@ static ep_status check_hash(const char *fn, const ep_hash_params *p, const float
     c->buckets = buckets;
     if (!buckets && need_data)
         return fail(EP_ERR_NULL, "%s: buckets is NULL (need %lld floats)", fn, (long long)p->num_buckets);
+    if (c->k == 1 && recon && is_identity_recon(recon, recon_len))
+        recon = NULL; /* relu(z) - relu(-z) == z exactly: the exporter's K = 1 stand-in, skip it */
     if ((c->k > 1 || recon) && need_data) { /* K = 1 applies the MLP only when one is given */
         const int64_t per = c->k + 2;
         if (!recon) return fail(EP_ERR_NULL, "%s: recon is NULL but num_hashes=%d > 1 needs the reconstruction MLP "
