@@ -44,6 +44,7 @@ class Value:
     const: np.ndarray | None = None
     index: int | None = None
     nhwc: bool = False  # the TFLite tensor holds the NHWC permutation of this 4-D value
+    producer: onnx.NodeProto | None = None  # a HashedWeight emitted only if something reads W
 
 
 class ConversionError(ValueError):
@@ -100,6 +101,8 @@ class Converter:
     def tensor(self, name: str, layout: str = "onnx") -> int:
         """The TFLite tensor of ``name`` in ``layout`` ("onnx" or "nhwc"), converting if needed."""
         value = self.values[name]
+        if value.index is None and value.producer is not None:
+            self._emit_producer(value)
         want_nhwc = layout == "nhwc"
         if want_nhwc and len(value.shape) != 4:
             raise self.fail(f"input {name!r} must be 4-D (N, C, H, W), got shape {value.shape}")
@@ -117,6 +120,11 @@ class Converter:
         out = self.builder.tensor(f"{name}_{layout}", shape)
         self.builder.operator(OP.TRANSPOSE, [value.index, self.int32(perm)], [out])
         return out
+
+    def _emit_producer(self, value: Value) -> None:
+        node, self.node = self.node, value.producer
+        emit_custom(self, value.producer, self.values[value.producer.output[0]])
+        self.node = node
 
     def int32(self, values) -> int:
         return self.builder.constant(f"{self.node.name}_const{len(self.builder.tensors)}",
@@ -239,6 +247,8 @@ def convert_conv(c: Converter, node: onnx.NodeProto) -> None:
     rank = len(x_value.shape)
     if c.attribute("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
         raise c.fail("auto_pad is not supported; export with explicit pads")
+    if rank == 4 and hashed_pointwise_conv(c, node):
+        return
     x, x_shape = nhwc_input(c, node.input[0])
     out_channels, in_per_group = w_value.shape[:2]
     kernel = (1, w_value.shape[2]) if rank == 3 else tuple(w_value.shape[2:])
@@ -571,11 +581,43 @@ DEFAULT_ATTRIBUTES = {"HashedWeight": {"signed": 1}, "HashedMatMul": {"signed": 
 
 @handles(*(f"{DOMAIN}.{op}" for op in ("HashedWeight", "HashedMatMul", "CirculantMatMul", "LDRMatMul")))
 def convert_edgepack(c: Converter, node: onnx.NodeProto) -> None:
-    attributes = DEFAULT_ATTRIBUTES.get(node.op_type, {}) | {
-        a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "HashedWeight":  # emitted when read: a 1×1 convolution fuses it instead
+        c.values[node.output[0]] = Value(tuple(np.shape(c.static[node.output[0]])), producer=node)
+        return
+    emit_custom(c, node)
+
+
+def custom_attributes(node: onnx.NodeProto) -> dict:
+    return DEFAULT_ATTRIBUTES.get(node.op_type, {}) | {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def emit_custom(c: Converter, node: onnx.NodeProto, value: Value | None = None) -> None:
+    """One CUSTOM ai.edgepack.<Op> node with the ONNX attributes as flexbuffer options."""
     inputs = [c.tensor(name) if name else -1 for name in node.input]
-    c.builder.operator(f"{DOMAIN}.{node.op_type}", inputs, [c.output(node.output[0])],
-                       flexbuffer_options(attributes))
+    output = c.output(node.output[0])
+    if value is not None:
+        value.index = c.values[node.output[0]].index
+        c.values[node.output[0]] = value
+    c.builder.operator(f"{DOMAIN}.{node.op_type}", inputs, [output], flexbuffer_options(custom_attributes(node)))
+
+
+def hashed_pointwise_conv(c: Converter, node: onnx.NodeProto) -> bool:
+    """A 1×1 convolution (stride 1, no padding, one group) of a HashedWeight is a HashedMatMul over
+    the channels, which are the last axis in NHWC: same hash keys (j = c_in), no decoded filter."""
+    weight = c.values[node.input[1]]
+    plain = (c.attribute("group", 1) == 1 and not any(c.attribute("pads", [0] * 4))
+             and set(c.attribute("strides", [1, 1])) == {1} and set(c.attribute("dilations", [1, 1])) == {1})
+    if weight.producer is None or weight.index is not None or not plain or weight.shape[2:] != (1, 1):
+        return False
+    out_channels, in_channels = weight.shape[:2]
+    hashed = custom_attributes(weight.producer)
+    attributes = {key: hashed[key] for key in ("num_hashes", "seed", "signed")}
+    attributes.update(in_features=in_channels, out_features=out_channels, mode=0)
+    bias = c.tensor(node.input[2]) if len(node.input) > 2 and node.input[2] else -1
+    buckets, recon = [c.tensor(name) if name else -1 for name in (list(weight.producer.input) + [""])[:2]]
+    c.builder.operator(f"{DOMAIN}.HashedMatMul", [c.tensor(node.input[0], "nhwc"), buckets, recon, bias],
+                       [c.output(node.output[0], nhwc=True)], flexbuffer_options(attributes))
+    return True
 
 
 # ---- entry points -----------------------------------------------------------------------------

@@ -77,3 +77,14 @@ def test_same_files_in_tflite_runtime_214(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert len(rows) == 2 * len(CASES) and all(row["ok"] for row in rows)
     assert rows[0]["tflite_runtime"] == "2.14.0"
+
+
+def test_hashed_pointwise_convolutions_become_hashed_matmuls(tmp_path):
+    """1×1 convolutions of hashed weights run as HashedMatMul over NHWC channels (no decoded filter);
+    the 10×4 convolution keeps HashedWeight + CONV_2D."""
+    from edgepack.exporter import inspect_tflite
+
+    path, _, _ = export_case("ds_cnn_compressed", tmp_path)
+    ops = inspect_tflite(path).op_counts
+    assert ops["CUSTOM ai.edgepack.HashedMatMul"] == 2 and ops["CUSTOM ai.edgepack.HashedWeight"] == 1
+    assert ops["CONV_2D"] == 1 and "TRANSPOSE" in ops
