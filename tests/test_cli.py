@@ -51,7 +51,10 @@ def test_regular_install_ships_one_package(tmp_path):
                    check=True, capture_output=True)
     top_level = {p.name for p in target.iterdir() if not p.name.endswith(".dist-info")}
     assert top_level - {"bin"} == {"edgepack"}
-    code = "import edgepack.compression as c, edgepack.devices; print(c.__file__)"
+    shipped = {p.name for p in (target / "edgepack" / "runtime_kernels" / "lib").iterdir()}
+    assert {"libedgepack_kernels.so", "libedgepack_ort.so", "libedgepack_tflite_delegate.so"} <= shipped
+    code = ("import edgepack.compression as c, edgepack.devices, edgepack.runtime_kernels as k; "
+            "k.load(); print(c.__file__)")
     env = {**os.environ, "PYTHONPATH": str(target)}
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
                          capture_output=True, text=True, check=True).stdout
