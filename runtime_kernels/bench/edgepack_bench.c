@@ -162,7 +162,7 @@ static void usage(void) {
     fprintf(stderr,
             "usage: edgepack-bench kernels [--sizes 256,1024,4096] [--batch 1,8] [--threads 1] [--json]\n"
             "                              [--num_runs 20] [--warmup_runs 3] [--min_time_ms 100] [--block 64]\n"
-            "                              [--rank 2] [--ratio 8] [--variant auto|ref|avx2|neon]\n"
+            "                              [--rank 2] [--ratio 8] [--variant auto|ref|avx2|avx512|neon]\n"
             "  sizes must be powers of two >= 4 (square n x n layers)\n");
 }
 

@@ -70,6 +70,22 @@ extern const ep_ops ep_ops_ref;
 #if (defined(__x86_64__) || defined(_M_X64)) && defined(EP_WITH_AVX2)
 #define EP_HAVE_AVX2 1
 extern const ep_ops ep_ops_avx2;
+/* the AVX2 micro-kernels, reused by the avx512 table */
+void ep_gemm_avx2(int64_t N, int64_t rows, int64_t cols, const float *X, const float *W,
+                  const float *bias, float *Y, int64_t ldy);
+void ep_hash_row_avx2(const ep_hcfg *c, uint32_t i, int64_t cols, float *out);
+void ep_hash_dot_avx2(const ep_hcfg *c, uint32_t i, int64_t cols, const float *X, int N, float bias,
+                      float *y, int64_t ldy);
+void ep_cfft_avx2(int64_t m, const float *tw, const float *src, float *dst, float *tmp, int inv);
+void ep_rfft_post_avx2(int64_t m, const float *rt, float *X);
+void ep_irfft_pre_avx2(int64_t m, const float *rt, const float *X, float *Z);
+void ep_cmac_avx2(int64_t m, const float *a, const float *b, float *acc);
+#if defined(EP_WITH_AVX512)
+/* AVX-512F/DQ/VL (+ AVX2/FMA): the avx2 table with a 16-lane fused stream kernel and K=1 row
+ * decoder; chosen only after cpuid + XGETBV say the CPU and OS support it */
+#define EP_HAVE_AVX512 1
+extern const ep_ops ep_ops_avx512;
+#endif
 #endif
 #if defined(__aarch64__)
 #define EP_HAVE_NEON 1

@@ -70,7 +70,28 @@ static int cpu_has_avx2(void) {
 }
 #endif
 
-static const ep_ops *g_avail[4];
+#if defined(EP_HAVE_AVX512) && defined(__GNUC__)
+#include <cpuid.h>
+/* AVX-512F/DQ/VL in cpuid leaf 7 and the OS saving opmask + all ZMM state (XCR0 bits 1, 2, 5,
+ * 6, 7), checked with XGETBV after CPUID.1 says OSXSAVE; AVX2 + FMA are checked separately.
+ * (macOS may enable AVX-512 state lazily; XCR0 then says no and avx2 is used.) */
+static int cpu_has_avx512(void) {
+    unsigned a, b, c, d, lo, hi;
+    if (__get_cpuid_max(0, NULL) < 7) return 0;
+    __cpuid(1, a, b, c, d);
+    if (!(c & bit_OSXSAVE)) return 0;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    (void)hi;
+    if ((lo & 0xE6u) != 0xE6u) return 0;
+    __cpuid_count(7, 0, a, b, c, d);
+    const unsigned need = bit_AVX512F | bit_AVX512DQ | bit_AVX512VL;
+    return (b & need) == need;
+}
+#elif defined(EP_HAVE_AVX512)
+static int cpu_has_avx512(void) { return 0; }
+#endif
+
+static const ep_ops *g_avail[8];
 static int g_navail = -1;
 static const ep_ops *g_ops;
 
@@ -80,6 +101,9 @@ static void init_variants(void) {
     g_avail[n++] = &ep_ops_ref;
 #if defined(EP_HAVE_AVX2)
     if (cpu_has_avx2()) g_avail[n++] = &ep_ops_avx2;
+#if defined(EP_HAVE_AVX512)
+    if (cpu_has_avx2() && cpu_has_avx512()) g_avail[n++] = &ep_ops_avx512; /* last: the default */
+#endif
 #endif
 #if defined(EP_HAVE_NEON)
     g_avail[n++] = &ep_ops_neon;

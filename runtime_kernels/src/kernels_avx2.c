@@ -1,5 +1,6 @@
 /* x86_64 AVX2 + FMA variant. This file alone is compiled with -mavx2 -mfma; it is only
- * called after cpuid says the CPU has both. */
+ * called after cpuid says the CPU has both. The ep_*_avx2 functions are shared with the
+ * avx512 variant (kernels_avx512.c), which only replaces the fused stream kernel. */
 #include <immintrin.h>
 #include <string.h>
 #include "internal.h"
@@ -48,8 +49,8 @@ AI void tile(const int NX, const int NW, int64_t len, const float *x, int64_t ld
 
 #define KC 512 /* column block: 8 rows of X x KC floats stay in L1 while W streams */
 
-static void gemm_avx2(int64_t N, int64_t rows, int64_t cols, const float *X, const float *W,
-                      const float *bias, float *Y, int64_t ldy) {
+void ep_gemm_avx2(int64_t N, int64_t rows, int64_t cols, const float *X, const float *W,
+                  const float *bias, float *Y, int64_t ldy) {
     int64_t n = 0;
     for (; n + 8 <= N; n += 8) { /* W streamed once per 8 rows of X */
         const float *x = X + n * cols;
@@ -147,7 +148,7 @@ AI __m256 vchunk(const ep_hcfg *c, const hctx *x, const __m256i *head, __m256i j
     return y;
 }
 
-static void hash_row_avx2(const ep_hcfg *c, uint32_t i, int64_t cols, float *out) {
+void ep_hash_row_avx2(const ep_hcfg *c, uint32_t i, int64_t cols, float *out) {
     __m256i head[64];
     const hctx x = hctx_make(c);
     for (int k = 0; k < c->k; k++) head[k] = _mm256_set1_epi32((int)ep_xxh_key_head(i, c->seed + (uint32_t)k));
@@ -222,8 +223,8 @@ AI void hash_dot_gen(const int NX, const ep_hcfg *c, const hctx *x, uint32_t i, 
         else hash_dot_gen(n, c, &x, i, cols, X, bias, y, ldy);                                      \
         break;
 
-static void hash_dot_avx2(const ep_hcfg *c, uint32_t i, int64_t cols, const float *X, int N, float bias,
-                          float *y, int64_t ldy) {
+void ep_hash_dot_avx2(const ep_hcfg *c, uint32_t i, int64_t cols, const float *X, int N, float bias,
+                      float *y, int64_t ldy) {
     const hctx x = hctx_make(c);
     const int k1 = !c->w1;
     switch (N) {
@@ -302,7 +303,7 @@ static void radix4_first(int64_t m, const float *tw, const float *a, float *b, i
     }
 }
 
-static void cfft_avx2(int64_t m, const float *tw, const float *src, float *x, float *tmp, int inv) {
+void ep_cfft_avx2(int64_t m, const float *tw, const float *src, float *x, float *tmp, int inv) {
     int nst = 0;
     for (int64_t L = m; L >= 2; L = L >= 4 ? L / 4 : 1) nst++;
     /* stage k writes x when nst - k is even, so the last one lands in x; when src == x and the
@@ -328,7 +329,7 @@ static void cfft_avx2(int64_t m, const float *tw, const float *src, float *x, fl
 AI __m256 crev(__m256 v) { return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(v), 0x1B)); }
 
 /* bins k..k+3 and their mirrors l = m-k-3..m-k per step, while the two blocks are disjoint */
-static void rfft_post_avx2(int64_t m, const float *rt, float *X) {
+void ep_rfft_post_avx2(int64_t m, const float *rt, float *X) {
     const __m256 half = _mm256_set1_ps(0.5f);
     const __m256 cj = _mm256_setr_ps(0.f, -0.f, 0.f, -0.f, 0.f, -0.f, 0.f, -0.f); /* conj */
     int64_t k = 1; /* the vector steps touch neither bin 0 nor bin m */
@@ -351,7 +352,7 @@ static void rfft_post_avx2(int64_t m, const float *rt, float *X) {
     ep_rfft_post_ref(m, rt, X, k); /* the rest (and bin 0 when k == 1) */
 }
 
-static void irfft_pre_avx2(int64_t m, const float *rt, const float *X, float *Z) {
+void ep_irfft_pre_avx2(int64_t m, const float *rt, const float *X, float *Z) {
     const __m256 half = _mm256_set1_ps(0.5f);
     const __m256 cj = _mm256_setr_ps(0.f, -0.f, 0.f, -0.f, 0.f, -0.f, 0.f, -0.f);
     int64_t k = 1;
@@ -373,7 +374,7 @@ static void irfft_pre_avx2(int64_t m, const float *rt, const float *X, float *Z)
     ep_irfft_pre_ref(m, rt, X, Z, k);
 }
 
-static void cmac_avx2(int64_t m, const float *a, const float *b, float *acc) {
+void ep_cmac_avx2(int64_t m, const float *a, const float *b, float *acc) {
     int64_t k = 0;
     for (; k + 4 <= m; k += 4) {
         __m256 va = _mm256_loadu_ps(a + 2 * k), vb = _mm256_loadu_ps(b + 2 * k);
@@ -387,4 +388,5 @@ static void cmac_avx2(int64_t m, const float *a, const float *b, float *acc) {
     }
 }
 
-const ep_ops ep_ops_avx2 = {"avx2", gemm_avx2, hash_row_avx2, hash_dot_avx2, cfft_avx2, rfft_post_avx2, irfft_pre_avx2, cmac_avx2};
+const ep_ops ep_ops_avx2 = {"avx2", ep_gemm_avx2, ep_hash_row_avx2, ep_hash_dot_avx2, ep_cfft_avx2, ep_rfft_post_avx2,
+                             ep_irfft_pre_avx2, ep_cmac_avx2};

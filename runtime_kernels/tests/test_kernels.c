@@ -181,6 +181,8 @@ static void test_hashed(void) {
         /* fused stream path: 16-lane steps + tails, pow2 and large / odd bucket counts (exact mod) */
         {6, 48, 1 << 12, 1, 9, 1, 0}, {5, 257, 2097143, 1, 77, 1, 0}, {4, 200, 1000003, 1, 5, 0, 0},
         {3, 65, 3, 1, 0xFFFFFFFFu, 1, 0}, {7, 130, 1048577, 1, 2, 1, 0}, {3, 31, 64, 2, 4, 1, 3},
+        /* avx512: 32-column steps + a full / partial 16-lane tail, one exact 16-lane vector */
+        {2, 47, 1 << 20, 1, 13, 1, 0}, {3, 16, 4093, 1, 0x80000000u, 1, 0}, {2, 95, 65521, 1, 6, 0, 0},
     };
     for (size_t t = 0; t < sizeof cs / sizeof cs[0]; t++) {
         ep_hash_params p = {cs[t].rows, cs[t].cols, cs[t].nb, cs[t].k, cs[t].seed, cs[t].sgn};
@@ -486,6 +488,12 @@ static void test_bad_input(void) {
     ep_ldr_plan_destroy(lp);
 
     BAD(ep_set_variant("sse9"), EP_ERR_ARG);
+    { /* a variant the CPU lacks (e.g. avx512 without AVX-512 or on aarch64) is refused */
+        int has512 = 0;
+        for (int v = 0; v < ep_variant_count(); v++) has512 |= strcmp(ep_variant_name(v), "avx512") == 0;
+        if (!has512) BAD(ep_set_variant("avx512"), EP_ERR_ARG);
+        else CHECK(ep_set_variant("avx512") == EP_OK && strcmp(ep_variant(), "avx512") == 0, "set_variant avx512");
+    }
     BAD(ep_set_variant(NULL), EP_ERR_NULL);
     CHECK(ep_set_variant("auto") == EP_OK && ep_set_variant("ref") == EP_OK, "set_variant auto/ref");
     CHECK(strcmp(ep_status_str(EP_ERR_PLAN), "size does not match plan") == 0, "status_str");

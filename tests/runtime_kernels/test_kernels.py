@@ -27,7 +27,7 @@ def _variants():
     return rk.variants()
 
 
-@pytest.fixture(params=["ref", "avx2", "neon"])
+@pytest.fixture(params=["ref", "avx2", "avx512", "neon"])
 def variant(request):
     if request.param not in rk.variants():
         pytest.skip(f"variant {request.param} not available on this CPU")

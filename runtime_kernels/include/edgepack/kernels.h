@@ -4,7 +4,8 @@
  * an ep_status. On failure ep_last_error() (thread-local) names what is wrong and what would
  * be valid. All matrices are row-major float32. Layer convention: Y[N, out] = X[N, in] * W^T + b.
  *
- * Variants: "ref" (portable C, always present), "avx2" (x86_64 with AVX2+FMA), "neon"
+ * Variants: "ref" (portable C, always present), "avx2" (x86_64 with AVX2+FMA), "avx512" (x86_64 with
+ * AVX-512F/DQ/VL; hashed stream and decode only, the rest is avx2), "neon"
  * (aarch64). The best supported one is picked at first use; EDGEPACK_KERNELS=ref (or any
  * variant name) in the environment overrides it, ep_set_variant() switches at run time.
  */
