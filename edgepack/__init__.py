@@ -1,27 +1,28 @@
-"""edgepack: compress a PyTorch model and make it small and fast on phones, boards and MCUs."""
+"""edgepack: compress a PyTorch model and make it small and fast on phones, boards and MCUs.
 
-from edgepack.compression import (
-    CirculantLinear,
-    HashedConv2d,
-    HashedLinear,
-    LDRLinear,
-    compress,
-    compressed_size_bytes,
-)
-from edgepack.exporter import export
-from edgepack.runtime_kernels import onnx_session, tflite_interpreter
+The public names are imported on first use, so ``edgepack --help`` does not load torch.
+"""
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CirculantLinear",
-    "HashedConv2d",
-    "HashedLinear",
-    "LDRLinear",
-    "__version__",
-    "compress",
-    "compressed_size_bytes",
-    "export",
-    "onnx_session",
-    "tflite_interpreter",
-]
+_EXPORTS = {
+    "CirculantLinear": "edgepack.compression",
+    "HashedConv2d": "edgepack.compression",
+    "HashedLinear": "edgepack.compression",
+    "LDRLinear": "edgepack.compression",
+    "compress": "edgepack.compression",
+    "compressed_size_bytes": "edgepack.compression",
+    "export": "edgepack.exporter",
+    "onnx_session": "edgepack.runtime_kernels",
+    "tflite_interpreter": "edgepack.runtime_kernels",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'edgepack' has no attribute {name!r}")
