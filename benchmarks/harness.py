@@ -155,10 +155,13 @@ def measure_energy(device: Device, spec: str, model: Path, workload, idle_second
 def choose_runner(device: Device, model: Path, runtime: str, options: BenchOptions, arch: str):
     """A callable that measures ``model`` once on ``device``: the device's Python if it has the
     runtime, else the native ORT runner (ONNX) or benchmark_model (TFLite, when given)."""
-    python = next((p for mods in RUNTIME_MODULES[runtime] if (p := device.python(mods))), None)
+    if runtime == "native" and model.suffix != ".onnx":
+        raise BenchError(f"--runtime native runs .onnx files through ONNX Runtime's C API, not {model.name}")
+    python = None if runtime == "native" else \
+        next((p for mods in RUNTIME_MODULES[runtime] if (p := device.python(mods))), None)
     if python:
         return lambda: run_with_python(device, python, model, runtime, options, arch)
-    if runtime == "ort":
+    if runtime in ("ort", "native"):
         library = host_library("ort", arch) if needs_edgepack_library(model) else None
         return lambda: run_with_native(device, model, options, arch, library)
     if options.benchmark_model:

@@ -114,8 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("models", nargs="+", help=".onnx / .tflite files")
     bench.add_argument("--device", default="local",
                        help="local (default), ssh://user@host[:port], adb://SERIAL or qemu-aarch64")
-    bench.add_argument("--runtime", choices=["auto", "ort", "tflite"], default="auto",
-                       help="auto (default): ort for .onnx, tflite for .tflite")
+    bench.add_argument("--runtime", choices=["auto", "ort", "tflite", "native"], default="auto",
+                       help="auto (default): ort for .onnx, tflite for .tflite; native: the C runner "
+                            "(edgepack_ort_runner) instead of Python, for .onnx")
     bench.add_argument("--threads", "--num_threads", type=int, default=1, help="intra-op threads (default 1)")
     bench.add_argument("--warmup", "--warmup_runs", type=int, default=10, help="warm-up runs (default 10)")
     bench.add_argument("--runs", "--num_runs", type=int, default=100, help="minimum timed runs (default 100)")

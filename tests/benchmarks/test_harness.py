@@ -75,6 +75,15 @@ def test_bench_over_ssh_end_to_end(sshd, models, tmp_path):
     assert missing["status"] == "error" and "does not exist" in missing["error"]
 
 
+def test_native_runtime_measures_without_python(models, tmp_path):
+    paths, _, _ = models
+    options = BenchOptions(**QUICK, runtime="native", output=str(tmp_path / "r.jsonl"))
+    records = bench([paths["hashed"]], "local", options)
+    assert records[0]["status"] == "ok", records[0]
+    assert records[0]["runtime"] == "native" and "edgepack_ort_runner" in records[0]["device_command"]
+    assert records[0]["metrics"]["runs"] >= 5
+
+
 def test_unreachable_device_and_broken_model_are_recorded(models, tmp_path):
     paths, _, _ = models
     output = tmp_path / "r.jsonl"
