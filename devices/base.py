@@ -148,16 +148,22 @@ class Device(ABC):
             self._workdir = self._make_workdir()
             self._made_workdir = self._owns_workdir = True
         elif not self._made_workdir:
-            self.run_checked(["mkdir", "-p", self._workdir])
+            self._make_dir(self._workdir)
             self._made_workdir = True
         return self._workdir
 
     def cleanup(self) -> None:
         """Remove the workdir if this object created it (a workdir given by the caller is kept)."""
         if self._owns_workdir and self._workdir:
-            self.run(["rm", "-rf", self._workdir])
+            self._remove_dir(self._workdir)
             self._workdir = None
         self._made_workdir = self._owns_workdir = False
+
+    def _make_dir(self, path: str) -> None:
+        self.run_checked(["mkdir", "-p", path])
+
+    def _remove_dir(self, path: str) -> None:
+        self.run(["rm", "-rf", path])
 
     def run_checked(self, argv: list[str], **options) -> RunResult:
         """run(), raising DeviceError (naming the device and command) when the command fails."""

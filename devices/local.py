@@ -49,23 +49,11 @@ class LocalDevice(Device):
     def _make_workdir(self) -> str:
         return tempfile.mkdtemp(prefix="edgepack-")
 
-    @property
-    def workdir(self) -> str:
-        """The scratch folder (a local temp folder), created on first use."""
-        if self._workdir is None:
-            self._workdir = self._make_workdir()
-            self._made_workdir = self._owns_workdir = True
-        elif not self._made_workdir:
-            Path(self._workdir).mkdir(parents=True, exist_ok=True)
-            self._made_workdir = True
-        return self._workdir
+    def _make_dir(self, path: str) -> None:
+        Path(path).mkdir(parents=True, exist_ok=True)
 
-    def cleanup(self) -> None:
-        """Remove the workdir if this object created it."""
-        if self._owns_workdir and self._workdir:
-            shutil.rmtree(self._workdir, ignore_errors=True)
-            self._workdir = None
-        self._made_workdir = self._owns_workdir = False
+    def _remove_dir(self, path: str) -> None:
+        shutil.rmtree(path, ignore_errors=True)
 
     def push(self, local_path: str | Path, remote_name: str | None = None) -> str:
         """Copy a file or folder into the workdir; return the copy's path."""

@@ -382,19 +382,10 @@ def _mean_power(source: PowerSource, work: Callable[[], int], interval: float) -
         result = work()
         t1 = time.time()
         return source.mean_power_w(t0, t1), t1 - t0, result
-    if source.sampling == "counter":
-        before = source.energy_j()
-        sampler = _Sampler(source.energy_j, interval)  # keeps up with wrap-around on long phases
-        start = time.perf_counter()
-        sampler.start()
-        try:
-            result = work()
-        finally:
-            seconds = time.perf_counter() - start
-            sampler.finish()
-        joules = source.energy_j() - before
-        return (joules / seconds if seconds > 0 else 0.0), seconds, result
-    sampler = _Sampler(source.read_power_w, interval)
+    counter = source.sampling == "counter"
+    before = source.energy_j() if counter else 0.0
+    # For a counter the sampler only keeps up with wrap-around on long phases.
+    sampler = _Sampler(source.energy_j if counter else source.read_power_w, interval)
     start = time.perf_counter()
     sampler.start()
     try:
@@ -402,6 +393,9 @@ def _mean_power(source: PowerSource, work: Callable[[], int], interval: float) -
     finally:
         seconds = time.perf_counter() - start
         values = sampler.finish()
+    if counter:
+        joules = source.energy_j() - before
+        return (joules / seconds if seconds > 0 else 0.0), seconds, result
     if not values:  # shorter than one interval
         values = [source.read_power_w()]
     return sum(values) / len(values), seconds, result
