@@ -13,6 +13,13 @@ from onnx import AttributeProto, TensorProto, helper, numpy_helper
 DOMAIN = "ai.edgepack"
 OPSET_VERSION = 1
 STANDARD_OPSET = 18  # BitwiseAnd / BitwiseXor need 18
+# Each op's inputs, in order (docs/ops.md): the functions, the torch schemas and inspect read them.
+OP_INPUTS = {
+    "HashedWeight": ["buckets", "recon"],
+    "HashedMatMul": ["X", "buckets", "recon", "bias"],
+    "CirculantMatMul": ["X", "blocks", "bias"],
+    "LDRMatMul": ["X", "G", "H", "bias"],
+}
 MASK32 = 0xFFFFFFFF
 PRIME32_2, PRIME32_3, PRIME32_4, PRIME32_5 = 0x85EBCA77, 0xC2B2AE3D, 0x27D4EB2F, 0x165667B1
 
@@ -134,11 +141,11 @@ class Body:
         return self.op("Mod", self.op("Add", difference, n), n)
 
 
-def _function(name: str, inputs: list[str], body: Body, output: str,
-              attributes: list[str], defaults: dict[str, int]) -> onnx.FunctionProto:
+def _function(name: str, body: Body, output: str, attributes: list[str],
+              defaults: dict[str, int]) -> onnx.FunctionProto:
     body.nodes.append(helper.make_node("Identity", [output], ["Y"]))
     function = helper.make_function(
-        DOMAIN, name, inputs, ["Y"], body.nodes,
+        DOMAIN, name, OP_INPUTS[name], ["Y"], body.nodes,
         [helper.make_opsetid("", STANDARD_OPSET)], attributes=attributes)
     function.attribute_proto.extend(helper.make_attribute(k, v) for k, v in defaults.items())
     return function
@@ -152,7 +159,7 @@ def hashed_weight_function() -> onnx.FunctionProto:
     cols = body.op("ReduceProd", body.op("Slice", shape, body.const([1]), body.const([2**62])),
                    keepdims=0)
     flat = body.decode_hashed("buckets", "recon", rows, cols)
-    return _function("HashedWeight", ["buckets", "recon"], body, body.op("Reshape", flat, shape),
+    return _function("HashedWeight", body, body.op("Reshape", flat, shape),
                      ["shape", "num_hashes", "seed"], {"signed": 1})
 
 
@@ -165,7 +172,7 @@ def hashed_matmul_function() -> onnx.FunctionProto:
     weight = body.op("Reshape", flat, body.op("Concat", body.op("Reshape", rows, body.const([1])),
                                               body.op("Reshape", cols, body.const([1])), axis=0))
     y = body.linear("X", weight, "bias")
-    return _function("HashedMatMul", ["X", "buckets", "recon", "bias"], body, y,
+    return _function("HashedMatMul", body, y,
                      ["in_features", "out_features", "num_hashes", "seed"],
                      {"signed": 1, "mode": 0})
 
@@ -183,7 +190,7 @@ def circulant_matmul_function() -> onnx.FunctionProto:
     y = body.op("MatMul", x, body.op("Transpose", full, perm=[1, 0]))
     y = body.op("Slice", y, body.const([0]), body.op("Reshape", out_features, body.const([1])),
                 body.const([-1]))
-    return _function("CirculantMatMul", ["X", "blocks", "bias"], body, body.op("Add", y, "bias"),
+    return _function("CirculantMatMul", body, body.op("Add", y, "bias"),
                      ["in_features", "out_features"], {})
 
 
@@ -205,7 +212,7 @@ def ldr_matmul_function() -> onnx.FunctionProto:
     y = body.op("MatMul", x, body.op("Transpose", full, perm=[1, 0]))
     y = body.op("Slice", y, body.const([0]), body.op("Reshape", out_features, body.const([1])),
                 body.const([-1]))
-    return _function("LDRMatMul", ["X", "G", "H", "bias"], body, body.op("Add", y, "bias"),
+    return _function("LDRMatMul", body, body.op("Add", y, "bias"),
                      ["in_features", "out_features"], {})
 
 

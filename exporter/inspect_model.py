@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .fallbacks import DOMAIN, FUNCTIONS
+from .fallbacks import DOMAIN, OP_INPUTS
 
 # Which input of each ai.edgepack node holds its (compressed) weights, and its dense size.
 WEIGHT_INPUTS = {
@@ -52,7 +52,7 @@ def _dense_weight_bytes(op_type: str, attributes: dict) -> int:
 def _add_compressed_node(summary: ModelSummary, name: str, op_type: str, attributes: dict,
                          input_bytes: list[int]) -> None:
     """Count one ai.edgepack node; ``input_bytes`` are its inputs' stored bytes, in ONNX order."""
-    named = dict(zip(FUNCTIONS[op_type]().input, input_bytes))
+    named = dict(zip(OP_INPUTS[op_type], input_bytes))
     stored = sum(named.get(n, 0) for n in WEIGHT_INPUTS[op_type])
     dense = _dense_weight_bytes(op_type, attributes)
     summary.dense_bytes += dense - stored

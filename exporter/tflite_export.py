@@ -19,7 +19,7 @@ from flatbuffers import flexbuffers
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from .fallbacks import DOMAIN
+from .fallbacks import DOMAIN, OP_INPUTS
 from .tflite_writer import Options, TFLiteModelBuilder
 
 OP = tflite.BuiltinOperator
@@ -579,7 +579,7 @@ def flexbuffer_options(attributes: dict) -> bytes:
 DEFAULT_ATTRIBUTES = {"HashedWeight": {"signed": 1}, "HashedMatMul": {"signed": 1, "mode": 0}}
 
 
-@handles(*(f"{DOMAIN}.{op}" for op in ("HashedWeight", "HashedMatMul", "CirculantMatMul", "LDRMatMul")))
+@handles(*(f"{DOMAIN}.{op}" for op in OP_INPUTS))
 def convert_edgepack(c: Converter, node: onnx.NodeProto) -> None:
     if node.op_type == "HashedWeight":  # emitted when read: a 1×1 convolution fuses it instead
         c.values[node.output[0]] = Value(tuple(np.shape(c.static[node.output[0]])), producer=node)

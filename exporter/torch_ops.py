@@ -15,7 +15,7 @@ from edgepack.compression.hashed import decode_virtual
 from edgepack.compression.hashing import hash_indices
 from edgepack.compression.ldr import ldr_product
 
-from .fallbacks import DOMAIN, OPSET_VERSION
+from .fallbacks import DOMAIN, OP_INPUTS, OPSET_VERSION
 
 LIBRARY = "edgepack"
 
@@ -74,11 +74,11 @@ def _(x, G, H, bias, in_features, out_features):
 
 
 # ONNX schemas: the torch exporter builds nodes through onnxscript, which wants one per op.
-def _schema(name: str, inputs: list[str], attributes: dict[str, int]) -> OpSchema:
+def _schema(name: str, attributes: list[str]) -> OpSchema:
     attribute_type = {"shape": OpSchema.AttrType.INTS}
     return OpSchema(
         name, DOMAIN, OPSET_VERSION,
-        inputs=[OpSchema.FormalParameter(n, "T") for n in inputs],
+        inputs=[OpSchema.FormalParameter(n, "T") for n in OP_INPUTS[name]],
         outputs=[OpSchema.FormalParameter("Y", "T")],
         type_constraints=[("T", ["tensor(float)"], "float32 tensors")],
         attributes=[OpSchema.Attribute(a, attribute_type.get(a, OpSchema.AttrType.INT), "")
@@ -86,11 +86,10 @@ def _schema(name: str, inputs: list[str], attributes: dict[str, int]) -> OpSchem
 
 
 SCHEMAS = [
-    _schema("HashedWeight", ["buckets", "recon"], ["shape", "num_hashes", "seed", "signed"]),
-    _schema("HashedMatMul", ["X", "buckets", "recon", "bias"],
-            ["in_features", "out_features", "num_hashes", "seed", "signed", "mode"]),
-    _schema("CirculantMatMul", ["X", "blocks", "bias"], ["in_features", "out_features"]),
-    _schema("LDRMatMul", ["X", "G", "H", "bias"], ["in_features", "out_features"]),
+    _schema("HashedWeight", ["shape", "num_hashes", "seed", "signed"]),
+    _schema("HashedMatMul", ["in_features", "out_features", "num_hashes", "seed", "signed", "mode"]),
+    _schema("CirculantMatMul", ["in_features", "out_features"]),
+    _schema("LDRMatMul", ["in_features", "out_features"]),
 ]
 
 
