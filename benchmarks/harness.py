@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from edgepack.devices import Device, DeviceError, get_device
+from edgepack.errors import EdgepackError
 
 from .native import run_with_native
 from .results import append_result, latency_metrics, read_results, result_key
@@ -48,7 +49,7 @@ class BenchOptions:
     cpus: str | None = None  # e.g. "4-7": pin the runner with taskset (big cores of a phone)
 
 
-class BenchError(RuntimeError):
+class BenchError(EdgepackError, RuntimeError):
     """One model could not be measured; the message goes into its record."""
 
 

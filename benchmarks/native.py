@@ -22,6 +22,8 @@ import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgepack.errors import EdgepackError
+
 if TYPE_CHECKING:  # the device classes are only used through push/run
     from edgepack.devices import Device
 
@@ -31,7 +33,7 @@ RUNNER = "edgepack_ort_runner"
 ARCH_ALIASES = {"arm64": "aarch64", "armv8": "aarch64", "amd64": "x86_64", "x64": "x86_64"}
 
 
-class NativeRunnerError(RuntimeError):
+class NativeRunnerError(EdgepackError, RuntimeError):
     """The native runner failed; the message is the runner's own."""
 
 

@@ -8,6 +8,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgepack.errors import EdgepackError
+
 _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -42,7 +44,7 @@ ARM_PARTS = {
 }
 
 
-class DeviceError(RuntimeError):
+class DeviceError(EdgepackError, RuntimeError):
     """A device could not be reached or used; the message names the device and the cause."""
 
 

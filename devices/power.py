@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgepack.errors import EdgepackError
+
 from .base import Device, DeviceError
 from .estimate import HOROWITZ_45NM, EnergyTable, EstimatedEnergy, count_macs_and_bytes, estimate_energy
 
@@ -26,7 +28,7 @@ METHODS = ("rapl", "hwmon", "battery", "csv", "estimate")
 VALID_SPECS = ("auto", "rapl", "hwmon", "battery", "csv:FILE", "estimate")
 
 
-class PowerError(RuntimeError):
+class PowerError(EdgepackError, RuntimeError):
     """A power file or log could not be read or makes no sense; the message names it."""
 
 

@@ -12,6 +12,7 @@ _EXPORTS = {
     "HashedConv2d": "edgepack.compression",
     "HashedLinear": "edgepack.compression",
     "LDRLinear": "edgepack.compression",
+    "EdgepackError": "edgepack.errors",
     "compress": "edgepack.compression",
     "compressed_size_bytes": "edgepack.compression",
     "export": "edgepack.exporter",

@@ -19,6 +19,8 @@ from flatbuffers import flexbuffers
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
+from edgepack.errors import EdgepackError
+
 from .fallbacks import DOMAIN, OP_INPUTS
 from .tflite_writer import Options, TFLiteModelBuilder
 
@@ -47,7 +49,7 @@ class Value:
     producer: onnx.NodeProto | None = None  # a HashedWeight emitted only if something reads W
 
 
-class ConversionError(ValueError):
+class ConversionError(EdgepackError, ValueError):
     """The ONNX model cannot be lowered; the message names the node and what is supported."""
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgepack.errors import EdgepackError
+
 from .ort_session import onnx_session, ort_library_path
 from .tflite_runtime import delegate_library_path, tflite_interpreter
 
@@ -50,7 +52,7 @@ _i64 = C.c_int64
 _vp = C.c_void_p
 
 
-class KernelError(ValueError):
+class KernelError(EdgepackError, ValueError):
     """A C kernel rejected its arguments; the message is the kernel's own."""
 
 
