@@ -56,6 +56,7 @@ setup(
         "torch>=2.2",
         "numpy>=1.24",
         "xxhash>=3.0",
+        "safetensors>=0.4",
         "pyyaml>=6.0",
         "rich>=13.0",
         "scikit-learn>=1.3",

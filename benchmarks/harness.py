@@ -5,11 +5,14 @@ model needs it) to the device, run ``runner_script.py`` with the device's Python
 LiteRT / tflite-runtime); without one, ONNX models run through the native runner
 (``edgepack_ort_runner --bench``, built for the device's ABI, pushed with libonnxruntime) and
 TFLite models through TFLite's ``benchmark_model`` when the user gives its path; add file size
-and energy; write the record. A failure becomes a record with ``status: "error"``
-and the run goes on with the next model.
+and energy; write the record. A failure (a runner past ``--timeout`` included) becomes a record
+with ``status: "error"`` and the run goes on with the next model. A record that cannot be written
+(disk full) is printed to stderr as JSON and the run goes on. The device's work directory is
+removed at the end, on success, failure or Ctrl-C, unless ``keep_workdir``.
 """
 
 import json
+import math
 import re
 import shlex
 import sys
@@ -18,17 +21,41 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 
-from edgepack.devices import Device, DeviceError, get_device
+from edgepack.devices import CommandTimeout, Device, DeviceError, get_device
 from edgepack.errors import EdgepackError
 
 from .native import run_with_native
-from .results import append_result, latency_metrics, read_results, result_key
+from .results import append_result, check_writable, latency_metrics, load_results, result_key
+from .transfer import command_timeout, model_size_bytes, push_model
 
 RUNNER = Path(__file__).with_name("runner_script.py")
 RUNTIME_MODULES = {"ort": [["numpy", "onnxruntime"]],
                    "tflite": [["numpy", "ai_edge_litert"], ["numpy", "tflite_runtime"]]}
+
+
+class BenchError(EdgepackError, RuntimeError):
+    """One model could not be measured (the message goes into its record), or the run cannot start."""
+
+
+# option → (lowest valid value, whether it must be an integer, whether the lowest is excluded)
+LIMITS = {"threads": (1, True, False), "warmup": (0, True, False), "runs": (1, True, False),
+          "min_seconds": (0, False, False), "idle_seconds": (0, False, False), "timeout": (0, False, True)}
+
+
+def check_option(name: str, value) -> None:
+    """BenchError naming the option and its valid range unless ``value`` is in it."""
+    low, integer, exclusive = LIMITS[name]
+    valid = (isinstance(value, int) and not isinstance(value, bool)) if integer else \
+        (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value))
+    if valid:
+        valid = value > low if exclusive else value >= low
+    if not valid:
+        kind = "an integer" if integer else "a number of seconds"
+        raise BenchError(f"--{name.replace('_', '-')} must be {kind} {'>' if exclusive else '>='} {low}, "
+                         f"got {value!r}")
 
 
 @dataclass
@@ -47,10 +74,22 @@ class BenchOptions:
     benchmark_model: str | None = None
     idle_seconds: float = 2.0
     cpus: str | None = None  # e.g. "4-7": pin the runner with taskset (big cores of a phone)
+    timeout: float | None = None  # seconds per device command; None: 600 or 20 × min_seconds
+    keep_workdir: bool = False  # keep the device's work directory (its path is printed)
+    known_hosts: str | None = None  # ssh devices: known_hosts file to check the host key against
+
+    def __post_init__(self):
+        for name in LIMITS:
+            if not (name == "timeout" and self.timeout is None):
+                check_option(name, getattr(self, name))
 
 
-class BenchError(EdgepackError, RuntimeError):
-    """One model could not be measured; the message goes into its record."""
+class BenchRecords(list):
+    """bench()'s records; ``unsaved`` holds those that could not be written to the results file."""
+
+    def __init__(self, records=(), unsaved=None):
+        super().__init__(records)
+        self.unsaved: list[dict] = list(unsaved or [])
 
 
 def runtime_for(model: Path, runtime: str) -> str:
@@ -95,16 +134,18 @@ def pinned(argv: list[str], options: BenchOptions) -> list[str]:
 
 def run_with_python(device: Device, python: str, model: Path, runtime: str, options: BenchOptions,
                     arch: str) -> tuple[dict, str]:
-    remote_model = device.push(str(model))
-    argv = [python, device.push(str(RUNNER)), remote_model, "--runtime", runtime,
+    """runner_script.py with the device's Python: (its JSON result, the command it ran)."""
+    timeout = command_timeout(options)
+    remote_model = push_model(device, model, timeout)
+    argv = [python, device.push(str(RUNNER), timeout=timeout), remote_model, "--runtime", runtime,
             "--threads", str(options.threads), "--warmup", str(options.warmup),
             "--runs", str(options.runs), "--min-seconds", str(options.min_seconds)]
     if needs_edgepack_library(model):
-        argv += ["--library", device.push(str(host_library(runtime, arch)))]
+        argv += ["--library", device.push(str(host_library(runtime, arch)), timeout=timeout)]
     if options.dataset:
-        argv += ["--dataset", device.push(options.dataset)]
+        argv += ["--dataset", device.push(options.dataset, timeout=timeout)]
     argv = pinned(argv, options)
-    result = device.run(argv, timeout=max(600.0, 20 * options.min_seconds))
+    result = device.run(argv, timeout=timeout)
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     if not lines:
         raise BenchError(f"runner printed no result (exit {result.returncode}): "
@@ -117,14 +158,15 @@ def run_with_python(device: Device, python: str, model: Path, runtime: str, opti
 
 def run_with_benchmark_model(device: Device, model: Path, options: BenchOptions) -> tuple[dict, str]:
     """TFLite's benchmark_model: parses its 'Inference timings in us' line (mean only)."""
-    argv = [device.push(options.benchmark_model), f"--graph={device.push(str(model))}",
+    timeout = command_timeout(options)
+    argv = [device.push(options.benchmark_model, timeout=timeout), f"--graph={push_model(device, model, timeout)}",
             f"--num_threads={options.threads}", f"--warmup_runs={options.warmup}",
             f"--num_runs={options.runs}", f"--min_secs={options.min_seconds}"]
     if needs_edgepack_library(model):
         delegate = host_library("tflite", device.describe()["arch"])
-        argv.append(f"--external_delegate_path={device.push(str(delegate))}")
+        argv.append(f"--external_delegate_path={device.push(str(delegate), timeout=timeout)}")
     argv = pinned(argv, options)
-    result = device.run(argv, timeout=600)
+    result = device.run(argv, timeout=timeout)
     match = re.search(r"Init: ([\d.]+), First inference: ([\d.]+), Warmup \(avg\): [\d.e+]+, "
                       r"Inference \(avg\): ([\d.e+]+)", result.stdout + result.stderr)
     if result.returncode != 0 or not match:
@@ -195,7 +237,7 @@ def measure_model(device: Device, description: dict, model: Path, options: Bench
         latencies = measured.pop("latencies_ms")
         record["metrics"] = {"init_ms": measured["init_ms"],
                              "first_inference_ms": measured["first_inference_ms"],
-                             **latency_metrics(latencies), "size_kb": model.stat().st_size / 1024}
+                             **latency_metrics(latencies), "size_kb": model_size_bytes(model) / 1024}
         for key in ("peak_rss_mb", "accuracy"):
             if key in measured:
                 record["metrics"][key] = measured[key]
@@ -206,47 +248,98 @@ def measure_model(device: Device, description: dict, model: Path, options: Bench
                                                     options.idle_seconds))
         record.update(status="ok", latencies_ms=latencies, runtime_version=measured["runtime_version"],
                       device_command=device_command)
-    except (BenchError, DeviceError, OSError, RuntimeError, ValueError) as error:
+    except CommandTimeout as error:
+        record.update(status="error", error=f"timed out: no result within --timeout {command_timeout(options):g} s "
+                                            f"(a hanging model, or raise --timeout): {error}")
+    except (EdgepackError, DeviceError, OSError, RuntimeError, ValueError) as error:
         record.update(status="error", error=f"{type(error).__name__}: {error}")
     return record
 
 
+def save(record: dict, options: BenchOptions, console: Console) -> bool:
+    """Append the record to the results file; when that fails, say so and print it to stderr as JSON."""
+    try:
+        append_result(options.output, record)
+        return True
+    except OSError as error:
+        console.print(f"[red]could not write the result of {escape(record['model'])} to "
+                      f"{escape(str(options.output))} ({escape(error.strerror or str(error))}); "
+                      "the record follows on stderr as one JSON line[/red]")
+        print(json.dumps(record, sort_keys=True), file=sys.stderr, flush=True)
+        return False
+
+
+def finish_workdir(device: Device, options: BenchOptions, console: Console) -> None:
+    """Remove the device's work directory, or with keep_workdir say where it is."""
+    if options.keep_workdir:
+        if device.existing_workdir:
+            console.print(f"kept the work directory {escape(device.existing_workdir)} on "
+                          f"{escape(device.spec)} (--keep-workdir)")
+        return
+    path = device.existing_workdir
+    try:
+        device.cleanup()
+    except (DeviceError, OSError) as error:
+        console.print(f"[red]could not remove the work directory {escape(str(path))} on {escape(device.spec)}: "
+                      f"{escape(str(error))}[/red]")
+
+
 def bench(models: list[str | Path], device: str | Device, options: BenchOptions,
-          console: Console | None = None) -> list[dict]:
+          console: Console | None = None) -> BenchRecords:
     """Measure every model on one device (a spec such as "ssh://pi@board", or a Device); each
-    record is appended to ``options.output`` as soon as it is measured."""
+    record is appended to ``options.output`` as soon as it is measured. ResultsError before anything
+    is measured when the results file cannot be written."""
     console = console or Console(stderr=True)
     models = [Path(m) for m in models]
-    done = {result_key(r) for r in read_results(options.output) if r.get("status") == "ok"} \
-        if options.resume else set()
+    check_writable(options.output)
+    done = set()
+    if options.resume:
+        previous = load_results(options.output)
+        if previous.skipped:
+            console.print(f"{escape(str(options.output))}: skipped {previous.skipped} unreadable line(s) "
+                          "(torn, not a JSON object, or not UTF-8)")
+        done = {result_key(r) for r in previous.records if r.get("status") == "ok"}
     device_spec = device if isinstance(device, str) else device.spec
+    if options.known_hosts and not device_spec.startswith("ssh://"):
+        raise BenchError(f"--known-hosts is for ssh:// devices, not {device_spec}")
+    connected = None
     try:
-        device = get_device(device) if isinstance(device, str) else device
-        description = device.describe()
+        connected = get_device(device, **({"known_hosts": options.known_hosts} if options.known_hosts else {})) \
+            if isinstance(device, str) else device
+        description = connected.describe()
+        usable, device_error = connected, None
     except (DeviceError, ValueError) as error:
-        device, description, device_error = None, {"spec": device_spec}, error
-    records = []
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task(f"benchmarking on {device_spec}", total=len(models))
-        for model in models:
-            progress.update(task, description=f"{model.name} on {device_spec}")
-            if result_key(new_record(model, device_spec, description, options)) in done:
-                console.print(f"skip {model.name}: already measured (--resume)")
+        usable, description, device_error = None, {"spec": device_spec}, error
+    records = BenchRecords()
+    try:
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task(f"benchmarking on {device_spec}", total=len(models))
+            for model in models:
+                progress.update(task, description=f"{model.name} on {device_spec}")
+                if result_key(new_record(model, device_spec, description, options)) in done:
+                    console.print(f"skip {escape(model.name)}: already measured (--resume)")
+                    progress.advance(task)
+                    continue
+                if usable is None:
+                    record = new_record(model, device_spec, description, options)
+                    record.update(status="error", error=f"{type(device_error).__name__}: {device_error}")
+                else:
+                    record = measure_model(usable, description, model, options)
+                if not save(record, options, console):
+                    records.unsaved.append(record)
+                records.append(record)
+                if record["status"] == "ok":
+                    metrics = record["metrics"]
+                    note = " (emulated)" if record["emulated"] else ""
+                    console.print(f"{escape(model.name)}: p50 {metrics['latency_p50_ms']:.3f} ms{note}, "
+                                  f"{metrics['size_kb']:.1f} kB")
+                else:
+                    console.print(f"[red]{escape(model.name)}: {escape(record['error'])}[/red]")
                 progress.advance(task)
-                continue
-            if device is None:
-                record = new_record(model, device_spec, description, options)
-                record.update(status="error", error=f"{type(device_error).__name__}: {device_error}")
-            else:
-                record = measure_model(device, description, model, options)
-            append_result(options.output, record)
-            records.append(record)
-            if record["status"] == "ok":
-                metrics = record["metrics"]
-                note = " (emulated)" if record["emulated"] else ""
-                console.print(f"{model.name}: p50 {metrics['latency_p50_ms']:.3f} ms{note}, "
-                              f"{metrics['size_kb']:.1f} kB")
-            else:
-                console.print(f"[red]{model.name}: {record['error']}[/red]")
-            progress.advance(task)
+    finally:
+        if connected is not None:
+            finish_workdir(connected, options, console)
+    if records.unsaved:
+        console.print(f"[red]{len(records.unsaved)} record(s) could not be written to {escape(str(options.output))}: "
+                      "they were printed to stderr as JSON lines; append them to a results file by hand[/red]")
     return records

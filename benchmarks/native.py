@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from edgepack.errors import EdgepackError
 
+from .transfer import command_timeout, push_model
+
 if TYPE_CHECKING:  # the device classes are only used through push/run
     from edgepack.devices import Device
 
@@ -96,20 +98,23 @@ def run_with_native(device: Device, model: Path, options: Any, arch: str,
                     edgepack_ort_lib: Path | None) -> tuple[dict, str]:
     """Measure ``model`` on ``device`` with the native runner; (runner_script.py-style dict, argv).
 
-    ``options`` needs threads, warmup, runs and min_seconds (and may have cpus: pin with taskset).
-    Raises NativeRunnerError (a RuntimeError) with the runner's message when the run fails.
+    ``options`` needs threads, warmup, runs and min_seconds (and may have cpus: pin with taskset, and
+    timeout: seconds for each device command). Raises NativeRunnerError (a RuntimeError) with the
+    runner's message when the run fails.
     """
     runner = native_runner_path(arch)
     ort_lib = onnxruntime_library_path(arch)
-    argv = [device.push(str(runner)), "--bench", "--ort-lib", device.push(str(ort_lib))]
+    timeout = command_timeout(options)
+    argv = [device.push(str(runner), timeout=timeout), "--bench",
+            "--ort-lib", device.push(str(ort_lib), timeout=timeout)]
     if edgepack_ort_lib is not None:
-        argv += ["--custom-ops", device.push(str(edgepack_ort_lib))]
+        argv += ["--custom-ops", device.push(str(edgepack_ort_lib), timeout=timeout)]
     argv += ["--threads", str(options.threads), "--warmup", str(options.warmup), "--runs", str(options.runs),
-             "--min-seconds", str(options.min_seconds), device.push(str(model))]
+             "--min-seconds", str(options.min_seconds), push_model(device, model, timeout)]
     cpus = getattr(options, "cpus", None)
     if cpus:
         argv = ["taskset", "-c", str(cpus), *argv]
-    result = device.run(argv, timeout=max(600.0, 20 * float(options.min_seconds)))
+    result = device.run(argv, timeout=timeout)
     lines = [line for line in (result.stdout or "").splitlines() if line.startswith("{")]
     if not lines:
         tail = ((result.stderr or "").strip() or (result.stdout or "").strip())[-500:]

@@ -1,9 +1,12 @@
 """``edgepack report``: Markdown and a self-contained HTML page, with matplotlib plots, from a
 results file: latency distribution per model, accuracy vs size, energy per inference, and a
-comparison against a baseline model."""
+comparison against a baseline model. Unreadable lines and "ok" records that lack a field the
+report needs are skipped and counted, never fatal."""
 
 import base64
 import html
+import math
+import re
 from pathlib import Path
 
 import matplotlib
@@ -11,12 +14,33 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .results import read_results  # noqa: E402
+from .results import ResultsError, load_results  # noqa: E402
 
 COLUMNS = [("latency_p50_ms", "p50 ms"), ("latency_p90_ms", "p90 ms"), ("latency_p99_ms", "p99 ms"),
            ("latency_trimmed_mean_ms", "trimmed mean ms"), ("init_ms", "init ms"),
            ("peak_rss_mb", "peak RSS MB"), ("size_kb", "size kB"),
            ("energy_mj_per_inference", "energy mJ/inf"), ("accuracy", "accuracy")]
+
+
+class ReportPaths(dict):
+    """write_report()'s files by name; ``skipped`` counts the lines and records it left out."""
+
+    skipped: int = 0
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def well_formed(record: dict) -> bool:
+    """Whether an "ok" record has what the tables and plots read: names, numeric metrics, latencies."""
+    metrics = record.get("metrics")
+    latencies = record.get("latencies_ms")
+    return (isinstance(record.get("model"), str) and isinstance(record.get("runtime"), str)
+            and isinstance(metrics, dict) and isinstance(record.get("device", {}), dict)
+            and _number(metrics.get("latency_p50_ms")) and _number(metrics.get("size_kb"))
+            and all(metrics.get(key) is None or _number(metrics[key]) for key, _ in COLUMNS)
+            and isinstance(latencies, list) and bool(latencies) and all(_number(v) for v in latencies))
 
 
 def _label(record: dict) -> str:
@@ -26,7 +50,12 @@ def _label(record: dict) -> str:
 def _cell(value) -> str:
     if value is None:
         return "–"
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    text = f"{value:.4g}" if isinstance(value, float) else str(value)
+    return " ".join(text.replace("|", "\\|").split())
+
+
+def _ratio(numerator, denominator) -> float | None:
+    return numerator / denominator if _number(numerator) and _number(denominator) and denominator else None
 
 
 def _table(headers: list[str], rows: list[list]) -> str:
@@ -70,33 +99,43 @@ def _plots(ok: list[dict], out: Path) -> list[Path]:
 
 
 def _baseline_rows(ok: list[dict], baseline: str) -> list[list]:
-    base = next((r for r in ok if Path(r["model_path"]).name == Path(baseline).name
+    base = next((r for r in ok if Path(str(r.get("model_path", ""))).name == Path(baseline).name
                  or r["model"] == Path(baseline).stem), None)
     if base is None:
-        raise ValueError(f"baseline {baseline!r} is not among the measured models: "
+        raise ResultsError(f"baseline {baseline!r} is not among the measured models: "
                          f"{sorted({r['model'] for r in ok})}")
     rows = []
     for r in ok:
         m, b = r["metrics"], base["metrics"]
-        accuracy = m.get("accuracy") - b["accuracy"] if "accuracy" in m and "accuracy" in b else None
-        energy = (b["energy_mj_per_inference"] / m["energy_mj_per_inference"]
-                  if m.get("energy_mj_per_inference") and b.get("energy_mj_per_inference") else None)
-        rows.append([_label(r), b["latency_p50_ms"] / m["latency_p50_ms"], b["size_kb"] / m["size_kb"],
+        accuracy = m["accuracy"] - b["accuracy"] if _number(m.get("accuracy")) and _number(b.get("accuracy")) \
+            else None
+        energy = _ratio(b.get("energy_mj_per_inference"), m.get("energy_mj_per_inference"))
+        rows.append([_label(r), _ratio(b["latency_p50_ms"], m["latency_p50_ms"]), _ratio(b["size_kb"], m["size_kb"]),
                      energy, accuracy])
     return rows
 
 
-def write_report(results: str | Path, out: str | Path, baseline: str | None = None) -> dict[str, Path]:
-    """Write report.md, report.html and the PNG plots into ``out``; returns their paths."""
-    records = read_results(results)
-    if not records:
-        raise ValueError(f"{results}: no results to report")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    ok = [r for r in records if r.get("status") == "ok"]
+def write_report(results: str | Path, out: str | Path, baseline: str | None = None) -> ReportPaths:
+    """Write report.md, report.html and the PNG plots into ``out``; returns their paths (with the
+    count of skipped lines and records). ResultsError when there is nothing to report."""
+    loaded = load_results(results)
+    records = loaded.records
+    ok = [r for r in records if r.get("status") == "ok" and well_formed(r)]
     failed = [r for r in records if r.get("status") != "ok"]
+    skipped = loaded.skipped + len(records) - len(ok) - len(failed)
+    if not ok and not failed:
+        raise ResultsError(f"{results}: no results to report" + (
+            f" ({skipped} unreadable line(s) or incomplete record(s) skipped)" if skipped else ""))
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ResultsError(f"cannot create the report folder {out}: {error.strerror or error}") from None
     sections = [f"# edgepack benchmark report\n\n{len(ok)} measurements, {len(failed)} failed, "
                 f"from `{results}`."]
+    if skipped:
+        sections[0] += (f" {skipped} line(s) skipped: unreadable (torn, not a JSON object, not UTF-8) or "
+                        "an ok record without the model, runtime, metrics or latencies.")
     if ok:
         rows = [[_label(r)] + [r["metrics"].get(key) for key, _ in COLUMNS] for r in ok]
         sections.append("## Results\n\n" + _table(["model"] + [h for _, h in COLUMNS], rows))
@@ -107,7 +146,7 @@ def write_report(results: str | Path, out: str | Path, baseline: str | None = No
         if estimated:
             sections.append(f"Energy of {', '.join(estimated)} is estimated (op counts × energy per "
                             "operation), not measured.")
-        devices = {r["device_spec"]: r.get("device", {}) for r in ok}
+        devices = {str(r.get("device_spec")): r.get("device", {}) for r in ok}
         sections.append("## Devices\n\n" + _table(
             ["device", "arch", "cpu", "cores", "governor", "temperature °C"],
             [[spec, d.get("arch"), d.get("cpu_model"), d.get("cores"), d.get("governor"),
@@ -124,7 +163,9 @@ def write_report(results: str | Path, out: str | Path, baseline: str | None = No
     markdown = "\n\n".join(sections) + "\n"
     (out / "report.md").write_text(markdown, encoding="utf-8")
     (out / "report.html").write_text(_html(markdown, plots), encoding="utf-8")
-    return {"markdown": out / "report.md", "html": out / "report.html", **{p.stem: p for p in plots}}
+    paths = ReportPaths(markdown=out / "report.md", html=out / "report.html", **{p.stem: p for p in plots})
+    paths.skipped = skipped
+    return paths
 
 
 def _html(markdown: str, plots: list[Path]) -> str:
@@ -134,7 +175,8 @@ def _html(markdown: str, plots: list[Path]) -> str:
     for line in markdown.splitlines() + [""]:
         if line.startswith("|"):
             if not line.startswith("|---"):
-                cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
+                cells = [html.escape(c.strip().replace("\\|", "|"))
+                         for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])]
                 tag = "th" if not table else "td"
                 table.append("<tr>" + "".join(f"<{tag}>{c}</{tag}>" for c in cells) + "</tr>")
             continue

@@ -1,42 +1,102 @@
 """Results files: one JSON object per line (model × device × runtime), appended as each finishes.
 
-An interrupted run keeps every complete line; a torn last line is ignored when reading, and
-``--resume`` skips what already succeeded.
+An interrupted run keeps every complete line. Reading skips (and counts) what is not a record: a
+torn last line, a line that is not a JSON object, bytes that are not UTF-8. Appending after a torn
+line starts on a new line, so the new record stays readable.
 """
 
 import json
 import os
+import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from edgepack.errors import EdgepackError
+
+MIN_FREE_BYTES = 64 * 1024  # below this the first record would likely not fit
+
+
+class ResultsError(EdgepackError, ValueError):
+    """A results file cannot be written or read; the message names the file and the cause."""
+
+
+@dataclass
+class Results:
+    """The records of a results file and how many lines were skipped as unreadable."""
+
+    records: list[dict] = field(default_factory=list)
+    skipped: int = 0
+
+
+def check_writable(path: str | Path) -> None:
+    """Raise ResultsError unless records can be appended to ``path`` (checked before measuring)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ResultsError(f"results file {path} is a directory; give a file name with -o (e.g. {path}/results.jsonl)")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise ResultsError(f"cannot write results file {path}: folder {folder} does not exist")
+    try:
+        with open(path, "ab"):
+            pass
+    except OSError as error:
+        raise ResultsError(f"cannot write results file {path}: {error.strerror or error}") from None
+    free = shutil.disk_usage(path).free
+    if free < MIN_FREE_BYTES:
+        raise ResultsError(f"cannot write results file {path}: only {free} bytes free on its file system "
+                           f"(need at least {MIN_FREE_BYTES})")
+
 
 def append_result(path: str | Path, record: dict) -> None:
-    """Append one record as a single write of one line, then flush it to disk."""
-    line = json.dumps(record, sort_keys=True) + "\n"
-    with open(path, "a", encoding="utf-8") as stream:
+    """Append one record as a single write of one line (after a newline when the file lacks its
+    last one), then flush it to disk. OSError (disk full, read-only) reaches the caller."""
+    line = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
+    with open(path, "a+b") as stream:
+        size = stream.seek(0, os.SEEK_END)
+        if size:
+            stream.seek(size - 1)
+            if stream.read(1) != b"\n":
+                line = b"\n" + line
         stream.write(line)
         stream.flush()
         os.fsync(stream.fileno())
 
 
-def read_results(path: str | Path) -> list[dict]:
-    """Every complete record of a results file (a torn or garbled line is skipped)."""
+def load_results(path: str | Path) -> Results:
+    """Every record of a results file, and the count of lines skipped (torn, not a JSON object,
+    not UTF-8). A missing file has no records; one that cannot be read raises ResultsError."""
     path = Path(path)
     if not path.exists():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+        return Results()
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ResultsError(f"cannot read results file {path}: {error.strerror or error}") from None
+    results = Results()
+    for raw in data.split(b"\n"):
+        if not raw.strip():
             continue
-    return records
+        try:
+            record = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            record = None
+        if isinstance(record, dict):
+            results.records.append(record)
+        else:
+            results.skipped += 1
+    return results
+
+
+def read_results(path: str | Path) -> list[dict]:
+    """Every record of a results file (unreadable lines skipped; see load_results for the count)."""
+    return load_results(path).records
 
 
 def result_key(record: dict) -> tuple:
     """What identifies one measurement for ``--resume``."""
-    return (record.get("model_path"), record.get("device_spec"), record.get("runtime"), record.get("threads"))
+    return tuple(str(record.get(key)) for key in ("model_path", "device_spec", "runtime", "threads"))
 
 
 def latency_metrics(latencies_ms: list[float]) -> dict:

@@ -59,7 +59,7 @@ def tflite_runner(path: str, threads: int, library: str | None):
         runner.set_tensor(source["index"], x)
         runner.invoke()
         return runner.get_tensor(sink["index"])
-    return run, list(source["shape"]), name
+    return run, [int(d) for d in source["shape"]], name
 
 
 def measure(args: argparse.Namespace) -> dict:

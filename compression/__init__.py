@@ -1,6 +1,12 @@
 """Compressed torch layers and the ``compress(model, recipe)`` entry point."""
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    register_builder,
+    registered_builders,
+    save_checkpoint,
+)
 from .circulant import CirculantLinear
 from .hashed import HashedConv2d, HashedLinear
 from .hashing import hash_indices
@@ -16,6 +22,7 @@ from .recipe import (
 
 __all__ = [
     "METHODS",
+    "CheckpointError",
     "CirculantLinear",
     "CompressionReport",
     "HashedConv2d",
@@ -27,5 +34,7 @@ __all__ = [
     "hash_indices",
     "load_checkpoint",
     "load_recipe",
+    "register_builder",
+    "registered_builders",
     "save_checkpoint",
 ]

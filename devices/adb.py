@@ -114,13 +114,14 @@ class AdbDevice(Device):
         self.run_checked(["mkdir", "-p", path], timeout=60)
         return path
 
-    def push(self, local_path: str | Path, remote_name: str | None = None) -> str:
+    def push(self, local_path: str | Path, remote_name: str | None = None, *,
+             timeout: float | None = None) -> str:
         """``adb push`` a file or folder into the workdir; return its path on the device."""
         source = Path(local_path)
         if not source.exists():
             raise FileNotFoundError(f"{self.spec}: cannot push {source}: no such file or folder")
         target = f"{self.workdir}/{check_remote_name(remote_name or source.name)}"
-        done = self._call(["-s", self.serial, "push", str(source), target], timeout=None)
+        done = self._call(["-s", self.serial, "push", str(source), target], timeout=timeout)
         if done.returncode != 0:
             raise DeviceError(f"{self.spec}: cannot push {source} to {target}: {done.stderr.strip()}")
         return target

@@ -131,8 +131,10 @@ class Device(ABC):
         """Run argv (a list, never a shell string) on the device and wait for it."""
 
     @abstractmethod
-    def push(self, local_path: str | Path, remote_name: str | None = None) -> str:
-        """Copy a local file (or folder) into the workdir; return its path on the device."""
+    def push(self, local_path: str | Path, remote_name: str | None = None, *,
+             timeout: float | None = None) -> str:
+        """Copy a local file (or folder) into the workdir within ``timeout`` seconds (CommandTimeout
+        past it); return its path on the device."""
 
     @abstractmethod
     def pull(self, remote_path: str, local_path: str | Path) -> None:
@@ -153,6 +155,11 @@ class Device(ABC):
             self._make_dir(self._workdir)
             self._made_workdir = True
         return self._workdir
+
+    @property
+    def existing_workdir(self) -> str | None:
+        """The workdir if one was created or used on the device, else None (creates nothing)."""
+        return self._workdir if self._made_workdir else None
 
     def cleanup(self) -> None:
         """Remove the workdir if this object created it (a workdir given by the caller is kept)."""

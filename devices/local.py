@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -11,6 +12,15 @@ import time
 from pathlib import Path
 
 from .base import CommandTimeout, Device, DeviceError, ProgramNotFound, RunResult, check_remote_name
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    """Kill a command started in its own session with everything it started, and reap it."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.communicate()
 
 
 class LocalDevice(Device):
@@ -30,16 +40,22 @@ class LocalDevice(Device):
         full_env = None if env is None else {**os.environ, **{str(k): str(v) for k, v in env.items()}}
         start = time.perf_counter()
         try:
-            done = subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=timeout,
-                                  env=full_env, cwd=cwd, stdin=subprocess.DEVNULL)
+            process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                       errors="replace", env=full_env, cwd=cwd, stdin=subprocess.DEVNULL,
+                                       start_new_session=True)
         except FileNotFoundError as error:
             raise ProgramNotFound(f"{self.spec}: program not found: {argv[0]} ({error.strerror})") from error
         except PermissionError as error:
             raise DeviceError(f"{self.spec}: cannot execute {argv[0]}: {error.strerror}") from error
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired as error:
+            _kill_group(process)
             raise CommandTimeout(f"{self.spec}: command {argv[0]} timed out after {timeout} s") from error
-        return RunResult(done.returncode, done.stdout, done.stderr, time.perf_counter() - start,
-                         emulated=self.emulated)
+        except BaseException:  # Ctrl-C: the command runs in its own session, so stop it here
+            _kill_group(process)
+            raise
+        return RunResult(process.returncode, stdout, stderr, time.perf_counter() - start, emulated=self.emulated)
 
     def run(self, argv: list[str], *, timeout: float | None = None, env: dict | None = None,
             cwd: str | None = None) -> RunResult:
@@ -55,8 +71,9 @@ class LocalDevice(Device):
     def _remove_dir(self, path: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
-    def push(self, local_path: str | Path, remote_name: str | None = None) -> str:
-        """Copy a file or folder into the workdir; return the copy's path."""
+    def push(self, local_path: str | Path, remote_name: str | None = None, *,
+             timeout: float | None = None) -> str:
+        """Copy a file or folder into the workdir; return the copy's path (a local copy: no timeout)."""
         source = Path(local_path)
         if not source.exists():
             raise FileNotFoundError(f"{self.spec}: cannot push {source}: no such file or folder")

@@ -3,8 +3,11 @@
 Every remote command is one line of shlex-quoted words for the remote login shell (a POSIX sh on
 the boards we target). Files travel through ``ssh HOST 'cat > PATH'`` rather than scp: since
 OpenSSH 9 scp speaks SFTP by default and the quoting of remote paths differs between its legacy
-and SFTP modes, while a quoted ``cat`` means the same on every version. Host keys are checked
-(BatchMode=yes never prompts; nothing here turns StrictHostKeyChecking off).
+and SFTP modes, while a quoted ``cat`` means the same on every version. Host keys are always
+checked: ``-o StrictHostKeyChecking=yes`` comes before the user's options, and ssh keeps the first
+value it is given for an option (command line, then config files), so neither ``ssh_options`` nor
+~/.ssh/config can turn it into ``no`` or ``accept-new``. Add a host's key to known_hosts first
+(README: "Benchmark on your device"), or give ``known_hosts=FILE``.
 """
 
 from __future__ import annotations
@@ -33,8 +36,6 @@ SSH_FAILURES = [
     ("Permission denied", "authentication failed (is the key in the remote authorized_keys, "
                           "or loaded in the agent?)"),
     ("Too many authentication failures", "authentication failed (too many keys offered)"),
-    ("Host key verification failed", "host key verification failed (the host's key is not in "
-                                     "known_hosts or has changed; check its fingerprint, then add it)"),
     ("Could not resolve hostname", "unreachable: the host name does not resolve"),
     ("Connection refused", "unreachable: connection refused (is sshd running on that port?)"),
     ("timed out", "unreachable: connection timed out"),
@@ -50,13 +51,14 @@ _USER = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
 class SSHDevice(Device):
-    """``ssh://user@host[:port]``. ``ssh_options`` are passed to every ssh call (e.g. -i KEY)."""
+    """``ssh://user@host[:port]``. ``ssh_options`` are passed to every ssh call (e.g. -i KEY);
+    ``known_hosts`` is a known_hosts file to use instead of ~/.ssh/known_hosts."""
 
     kind = "ssh"
 
     def __init__(self, host: str, user: str | None = None, port: int | None = None, *,
                  ssh_options: list[str] | None = None, workdir: str | None = None,
-                 connect_timeout: float = 10, ssh: str = "ssh"):
+                 connect_timeout: float = 10, ssh: str = "ssh", known_hosts: str | Path | None = None):
         if not host or host.startswith("-") or not _HOST.match(host):
             raise ValueError(f"invalid ssh host {host!r}")
         if user is not None and (user.startswith("-") or not _USER.match(user)):
@@ -69,7 +71,13 @@ class SSHDevice(Device):
         if program is None:
             raise ProgramNotFound(f"{spec}: the ssh client {ssh!r} is not installed "
                                   "(Debian: apt-get install openssh-client)")
-        self._command = [program, "-o", "BatchMode=yes", "-o", f"ConnectTimeout={max(1, round(connect_timeout))}"]
+        self.host, self.port = host, port
+        self._command = [program, "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
+                         "-o", f"ConnectTimeout={max(1, round(connect_timeout))}"]
+        if known_hosts is not None:
+            if not Path(known_hosts).is_file():
+                raise ValueError(f"{spec}: known_hosts file {known_hosts} does not exist")
+            self._command += ["-o", f"UserKnownHostsFile={Path(known_hosts).resolve()}"]
         if port:
             self._command += ["-p", str(int(port))]
         self._command += [*(ssh_options or []), "--", target]
@@ -85,12 +93,25 @@ class SSHDevice(Device):
             raise CommandTimeout(f"{self.spec}: command timed out after {timeout} s: {command}") from error
         stderr = done.stderr if text else done.stderr.decode(errors="replace")
         if done.returncode == 255:
+            if "Host key verification failed" in stderr:
+                raise DeviceError(f"{self.spec}: {self.host_key_advice()}: {stderr.strip()}")
             for fragment, cause in SSH_FAILURES:
                 if fragment in stderr:
                     raise DeviceError(f"{self.spec}: {cause}: {stderr.strip()}")
             if stderr.startswith("ssh:") or "ssh_" in stderr:
                 raise DeviceError(f"{self.spec}: ssh failed: {stderr.strip()}")
         return done
+
+    def host_key_advice(self) -> str:
+        """What to do when the host's key is unknown or changed (edgepack never skips the check)."""
+        port = f"-p {self.port} " if self.port else ""
+        host = shlex.quote(self.host)
+        return (f"host key verification failed for {self.host}: its key is not in known_hosts or has changed "
+                f"(edgepack always checks host keys, whatever StrictHostKeyChecking your options or "
+                f"~/.ssh/config say). Add the key: `ssh-keyscan {port}{host} > key.txt`, compare "
+                f"`ssh-keygen -lf key.txt` with the fingerprint the host shows (`ssh-keygen -lf "
+                f"/etc/ssh/ssh_host_ed25519_key.pub` on it), then `cat key.txt >> ~/.ssh/known_hosts` "
+                f"(or give that file with --known-hosts)")
 
     def run(self, argv: list[str], *, timeout: float | None = None, env: dict | None = None,
             cwd: str | None = None) -> RunResult:
@@ -104,7 +125,8 @@ class SSHDevice(Device):
     def _make_workdir(self) -> str:
         return self.run_checked(["mktemp", "-d", "/tmp/edgepack.XXXXXX"], timeout=60).stdout.strip()
 
-    def push(self, local_path: str | Path, remote_name: str | None = None) -> str:
+    def push(self, local_path: str | Path, remote_name: str | None = None, *,
+             timeout: float | None = None) -> str:
         """Copy a file (keeping its permission bits) or a folder (as a tar stream) into the workdir."""
         source = Path(local_path)
         if not source.exists():
@@ -116,11 +138,11 @@ class SSHDevice(Device):
                 with tarfile.open(fileobj=archive, mode="w") as tar:
                     tar.add(source, arcname=".")
                 archive.seek(0)
-                done = self._ssh(f"mkdir -p {quoted} && tar -C {quoted} -xf -", None, stdin=archive)
+                done = self._ssh(f"mkdir -p {quoted} && tar -C {quoted} -xf -", timeout, stdin=archive)
         else:
             mode = oct(source.stat().st_mode & 0o777)[2:]
             with open(source, "rb") as data:
-                done = self._ssh(f"cat > {quoted} && chmod {mode} {quoted}", None, stdin=data)
+                done = self._ssh(f"cat > {quoted} && chmod {mode} {quoted}", timeout, stdin=data)
         if done.returncode != 0:
             raise DeviceError(f"{self.spec}: cannot push {source} to {target}: {done.stderr.strip()}")
         return target

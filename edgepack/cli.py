@@ -23,12 +23,18 @@ def _shape(text: str) -> tuple[int, ...]:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     import torch
 
     from edgepack.compression import load_checkpoint
     from edgepack.exporter import export
+    from edgepack.exporter.onnx_export import ExportError
 
-    model = load_checkpoint(args.model)
+    if Path(args.output).suffix not in (".onnx", ".tflite"):
+        raise ExportError(f"-o {args.output}: unsupported suffix {Path(args.output).suffix!r}; "
+                          "supported: .onnx, .tflite")
+    model = load_checkpoint(args.model, trust_builder=args.trust_builder or ())
     examples = tuple(torch.randn(shape) for shape in args.example_shape)
     path = export(model, examples, args.output, mode=args.mode, stream=args.stream,
                   dynamic_batch=not args.static_batch)
@@ -37,21 +43,91 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from edgepack.exporter import format_summary, inspect_model
+    import os
 
-    print(format_summary(inspect_model(args.model)))
+    from edgepack.exporter import format_summary, inspect_model
+    from edgepack.runtime_kernels import limits
+
+    saved = {name: os.environ.get(name) for name in (limits.ENV_MAX_VIRTUAL_WEIGHTS,
+                                                      limits.ENV_MAX_DECODED_BYTES)}
+    try:  # the flags override the environment for this one run
+        for value, name in ((args.max_virtual_weights, limits.ENV_MAX_VIRTUAL_WEIGHTS),
+                            (args.max_decoded_bytes, limits.ENV_MAX_DECODED_BYTES)):
+            if value is not None:
+                os.environ[name] = str(limits.parse_limit(name, value))
+        print(format_summary(inspect_model(args.model)))
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     return 0
+
+
+def _bench_number(low: float, integer: bool = False, exclusive: bool = False):
+    """An argparse type for bench's counts and seconds: a number >= low (> low when exclusive)."""
+    def convert(text: str):
+        try:
+            value = int(text) if integer else float(text)
+        except ValueError:
+            value = None
+        if value is None or value != value or value in (float("inf"), float("-inf")) \
+                or (value <= low if exclusive else value < low):
+            kind = "an integer" if integer else "a number of seconds"
+            raise argparse.ArgumentTypeError(f"must be {kind} {'>' if exclusive else '>='} {low}, got {text!r}")
+        return value
+    return convert
+
+
+def _check_bench_flags(args: argparse.Namespace) -> None:
+    """Refuse bad --device / --energy / --dataset / --cpus values before anything is measured."""
+    import re
+
+    import numpy as np
+
+    from edgepack.benchmarks.harness import BenchError
+    from edgepack.devices import EXACT, FACTORIES, VALID_SPECS
+    from edgepack.devices.power import SOURCES
+    from edgepack.devices.power import VALID_SPECS as ENERGY_SPECS
+
+    if not any(args.device == p or (p not in EXACT and args.device.startswith(p)) for p in FACTORIES):
+        raise BenchError(f"--device {args.device!r}: unknown device; valid forms: {', '.join(VALID_SPECS)}")
+    energy = args.energy
+    if energy and energy not in (*SOURCES, "auto", "estimate") and not (
+            energy.startswith("csv:") and len(energy) > 4):
+        raise BenchError(f"--energy {energy!r}: unknown power source; valid forms: {', '.join(ENERGY_SPECS)}")
+    if args.cpus and not re.fullmatch(r"\d+(-\d+)?(,\d+(-\d+)?)*", args.cpus):
+        raise BenchError(f"--cpus {args.cpus!r}: expected a CPU list such as 4-7 or 0,2,4")
+    if args.dataset:
+        try:
+            data = np.load(args.dataset, allow_pickle=False)
+            ok = isinstance(data, np.lib.npyio.NpzFile) and {"x", "y"} <= set(data.files) \
+                and len(data["x"]) == len(data["y"])
+        except (OSError, ValueError, EOFError) as error:
+            raise BenchError(f"--dataset {args.dataset}: not a readable .npz ({type(error).__name__}: "
+                             f"{error})") from None
+        if not ok:
+            raise BenchError(f"--dataset {args.dataset}: needs arrays x (inputs) and y (labels) of the "
+                             "same length")
 
 
 def _bench(args: argparse.Namespace) -> int:
     from edgepack.benchmarks.harness import BenchOptions, bench
 
+    _check_bench_flags(args)
+
     options = BenchOptions(runtime=args.runtime, threads=args.threads, warmup=args.warmup, runs=args.runs,
                            min_seconds=args.min_seconds, energy=args.energy, dataset=args.dataset,
                            output=args.output, resume=args.resume, benchmark_model=args.benchmark_model,
-                           cpus=args.cpus)
+                           cpus=args.cpus, timeout=args.timeout, keep_workdir=args.keep_workdir,
+                           known_hosts=args.known_hosts)
     records = bench(args.models, args.device, options)
     failed = sum(r["status"] != "ok" for r in records)
+    if records.unsaved:
+        print(f"{len(records) - failed} measured, {failed} failed; {len(records.unsaved)} could not be written to "
+              f"{args.output} (printed to stderr as JSON)")
+        return 1
     print(f"{len(records) - failed} measured, {failed} failed; results appended to {args.output}")
     return 1 if failed and failed == len(records) else 0
 
@@ -60,15 +136,28 @@ def _report(args: argparse.Namespace) -> int:
     from edgepack.benchmarks.report import write_report
 
     paths = write_report(args.results, args.output, baseline=args.baseline)
+    if paths.skipped:
+        print(f"{args.results}: skipped {paths.skipped} unreadable line(s) or incomplete record(s)", file=sys.stderr)
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 
 
-def _convert(args: argparse.Namespace) -> int:
-    from edgepack.exporter import convert_onnx_to_tflite
+def _input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """NAME=1,16000 (an ONNX input name and its static shape) for ``convert --input-shape``."""
+    name, sep, shape = text.rpartition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=SIZES, e.g. audio=1,16000; got {text!r}")
+    return name, _shape(shape)
 
-    path = convert_onnx_to_tflite(args.model, args.output, batch_size=args.batch_size)
-    print(f"wrote {path} ({path.stat().st_size:,} bytes)")
+
+def _convert(args: argparse.Namespace) -> int:
+    from edgepack.exporter.tflite_export import convert_and_verify
+
+    path, verification = convert_and_verify(
+        args.model, args.output, batch_size=args.batch_size, input_shapes=dict(args.input_shape or []),
+        verify=not args.no_verify, calibration_data=args.calibration_data)
+    print(f"wrote {path} ({path.stat().st_size:,} bytes); "
+          + (verification.summary() if verification else "not verified (--no-verify)"))
     return 0
 
 
@@ -79,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgepack", description="Compress PyTorch models and run them fast on-device.")
     parser.add_argument("--version", action="version", version=f"edgepack {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, show the Python traceback (accepted anywhere)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = commands.add_parser(
         "demo", help="train a digits MLP, compress it with every method, print the table")
@@ -88,7 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_demo)
 
     export = commands.add_parser("export", help="export a checkpoint to ONNX or TFLite with ai.edgepack ops")
-    export.add_argument("model", help="an edgepack checkpoint (.pt, see save_checkpoint)")
+    export.add_argument("model", help="an edgepack checkpoint (.safetensors, or a version-1 .pt; "
+                                      "see save_checkpoint)")
+    export.add_argument("--trust-builder", action="append", metavar="MODULE:FUNCTION",
+                        help="allow the checkpoint's builder MODULE:FUNCTION to be imported "
+                             "although it is not registered (repeatable; only for code you trust)")
     export.add_argument("--example-shape", type=_shape, action="append", required=True,
                         metavar="N,C,...", help="shape of an example input (repeat per input)")
     export.add_argument("-o", "--output", required=True, help="output file (.onnx or .tflite)")
@@ -106,8 +201,15 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("model", help="an .onnx file (standard ops of the supported list, "
                                        "ai.edgepack ops become CUSTOM ops)")
     convert.add_argument("-o", "--output", required=True, help="output .tflite file")
-    convert.add_argument("--batch-size", type=int, default=1,
+    convert.add_argument("--batch-size", type=_bench_number(1, integer=True), default=1,
                          help="value for a dynamic batch axis (TFLite shapes are static; default 1)")
+    convert.add_argument("--input-shape", type=_input_shape, action="append", metavar="NAME=1,16000",
+                         help="static shape for an input with dynamic axes other than the batch (repeatable)")
+    convert.add_argument("--no-verify", action="store_true",
+                         help="skip running the result against ONNX Runtime on random inputs before writing it")
+    convert.add_argument("--calibration-data", metavar="FILE.npz",
+                         help="also verify on these samples: one array per input name (or x), samples "
+                              "along the first axis")
     convert.set_defaults(handler=_convert)
 
     bench = commands.add_parser("bench", help="measure latency, memory, size, energy and accuracy on a device")
@@ -117,10 +219,21 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--runtime", choices=["auto", "ort", "tflite", "native"], default="auto",
                        help="auto (default): ort for .onnx, tflite for .tflite; native: the C runner "
                             "(edgepack_ort_runner) instead of Python, for .onnx")
-    bench.add_argument("--threads", "--num_threads", type=int, default=1, help="intra-op threads (default 1)")
-    bench.add_argument("--warmup", "--warmup_runs", type=int, default=10, help="warm-up runs (default 10)")
-    bench.add_argument("--runs", "--num_runs", type=int, default=100, help="minimum timed runs (default 100)")
-    bench.add_argument("--min-seconds", type=float, default=5.0, help="minimum timed seconds (default 5)")
+    bench.add_argument("--threads", "--num_threads", type=_bench_number(1, integer=True), default=1,
+                       help="intra-op threads, >= 1 (default 1)")
+    bench.add_argument("--warmup", "--warmup_runs", type=_bench_number(0, integer=True), default=10,
+                       help="warm-up runs, >= 0 (default 10)")
+    bench.add_argument("--runs", "--num_runs", type=_bench_number(1, integer=True), default=100,
+                       help="minimum timed runs, >= 1 (default 100)")
+    bench.add_argument("--min-seconds", type=_bench_number(0), default=5.0,
+                       help="minimum timed seconds, >= 0 (default 5)")
+    bench.add_argument("--timeout", metavar="SECONDS", type=_bench_number(0, exclusive=True),
+                       help="limit for each device command of a measurement (push, run); a model past it "
+                            "is recorded as failed and the run goes on (default 600, or 20 x --min-seconds)")
+    bench.add_argument("--keep-workdir", action="store_true",
+                       help="keep the work directory on the device (its path is printed); default: removed")
+    bench.add_argument("--known-hosts", metavar="FILE",
+                       help="ssh devices: check the host key against this known_hosts file")
     bench.add_argument("--energy", metavar="SOURCE",
                        help="auto, rapl, hwmon, battery, csv:FILE or estimate (labelled estimated)")
     bench.add_argument("--dataset", help=".npz with x (inputs) and y (labels): adds accuracy")
@@ -140,21 +253,64 @@ def build_parser() -> argparse.ArgumentParser:
 
     inspect = commands.add_parser("inspect", help="list a model file's ops, attributes and sizes")
     inspect.add_argument("model", help="an .onnx or .tflite file")
+    inspect.add_argument("--max-virtual-weights", metavar="N",
+                         help="refuse a node that decodes more than N weights (default "
+                              "$EDGEPACK_MAX_VIRTUAL_WEIGHTS or 2^28)")
+    inspect.add_argument("--max-decoded-bytes", metavar="N",
+                         help="refuse a model whose nodes decode more than N bytes in all "
+                              "(default $EDGEPACK_MAX_DECODED_BYTES or 1 GiB)")
     inspect.set_defaults(handler=_inspect)
     return parser
 
 
+EXIT_ERROR = 2  # bad input, a failed job: one "edgepack <command>: error: ..." line
+EXIT_INTERNAL = 70  # a bug in edgepack (EX_SOFTWARE): the same one line, traceback with --debug
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split()) or "(no message)"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one sub-command; errors become one line on stderr and exit 2 (70 for a bug).
+
+    ``--debug`` anywhere on the command line re-raises instead, with the full traceback.
+    """
+    from edgepack.errors import EdgepackError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
+    prefix = f"edgepack {args.command}: error:"
     try:
         return args.handler(args)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"edgepack {args.command}: error: {error}", file=sys.stderr)
-        return 1
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"{prefix} interrupted", file=sys.stderr)
+        return 130
+    except EdgepackError as error:
+        if debug:
+            raise
+        print(f"{prefix} {_one_line(error)}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as error:
+        if debug:
+            raise
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"{prefix} {where}{_one_line(error.strerror or error)}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as error:
+        if debug:
+            raise
+        print(f"{prefix} internal error ({type(error).__name__}: {_one_line(error)}); this is a "
+              "bug in edgepack: rerun with --debug for the traceback", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

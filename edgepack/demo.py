@@ -17,6 +17,7 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 
 from edgepack.compression import compress, compressed_size_bytes, save_checkpoint
+from edgepack.errors import EdgepackError
 
 RECIPES: dict[str, dict] = {
     "dense": {},
@@ -99,9 +100,14 @@ def run_demo(quick: bool = False, seed: int = 0, console: Console | None = None,
              save_dir: str | Path | None = None) -> list[dict]:
     """Train the dense MLP, compress and fine-tune it with every recipe, print the table.
 
-    With ``save_dir``, each model is also saved as a checkpoint (``<method>.pt``) that
-    ``edgepack export`` reads.
+    With ``save_dir``, each model is also saved as a checkpoint (``<method>.safetensors``)
+    that ``edgepack export`` reads.
     """
+    if save_dir is not None:
+        save_dir = Path(save_dir)
+        if save_dir.exists() and not save_dir.is_dir():
+            raise EdgepackError(f"--save {save_dir}: exists and is not a directory")
+        save_dir.mkdir(parents=True, exist_ok=True)  # fail before training, not after
     console = console or Console()
     torch.manual_seed(seed)
     data = load_digits_split(seed)
@@ -124,7 +130,7 @@ def run_demo(quick: bool = False, seed: int = 0, console: Console | None = None,
                 model = dense
                 before = accuracy(model, data.x_test, data.y_test)
             if save_dir is not None:
-                save_checkpoint(model, Path(save_dir) / f"{slug(name)}.pt",
+                save_checkpoint(model, Path(save_dir) / f"{slug(name)}.safetensors",
                                 "edgepack.demo:digits_mlp", recipe=recipe or None)
             size = compressed_size_bytes(model)
             rows.append({"method": name, "accuracy_at_init": before,

@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from .fallbacks import DOMAIN, OP_INPUTS
+from .validate import ModelFileError, check_onnx_model, check_tflite_model, load_onnx, load_tflite
 
 # Which input of each ai.edgepack node holds its (compressed) weights, and its dense size.
 WEIGHT_INPUTS = {
@@ -43,6 +43,12 @@ class ModelSummary:
     dense_bytes: int = 0
 
 
+def _initializer_bytes(tensor) -> int:
+    """Bytes an initializer holds, from its dims and type (no decoding of its data)."""
+    itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+    return int(np.prod(tensor.dims, dtype=object)) * itemsize
+
+
 def _dense_weight_bytes(op_type: str, attributes: dict) -> int:
     if op_type == "HashedWeight":
         return 4 * int(np.prod(attributes["shape"]))
@@ -60,13 +66,13 @@ def _add_compressed_node(summary: ModelSummary, name: str, op_type: str, attribu
 
 
 def inspect_model(path: str | Path) -> ModelSummary:
-    """Summarise an .onnx or .tflite file."""
+    """Summarise an .onnx or .tflite file, refusing ai.edgepack nodes the kernels would refuse."""
     suffix = Path(path).suffix
     if suffix == ".tflite":
         return inspect_tflite(path)
     if suffix == ".onnx":
         return inspect_onnx(path)
-    raise ValueError(f"{path}: unsupported file type {suffix!r}; supported: .onnx, .tflite")
+    raise ModelFileError(f"{path}: unsupported file type {suffix!r}; supported: .onnx, .tflite")
 
 
 def inspect_tflite(path: str | Path) -> ModelSummary:
@@ -75,10 +81,8 @@ def inspect_tflite(path: str | Path) -> ModelSummary:
     from flatbuffers import flexbuffers
 
     path = Path(path)
-    data = path.read_bytes()
-    if len(data) < 8 or data[4:8] != b"TFL3":
-        raise ValueError(f"{path}: not a TFLite flatbuffer (no TFL3 identifier)")
-    model = tflite.Model.GetRootAs(data, 0)
+    _, model = load_tflite(path)
+    check_tflite_model(model, str(path))
     names = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
     graph = model.Subgraphs(0)
     sizes = [model.Buffers(graph.Tensors(i).Buffer()).DataLength() for i in range(graph.TensorsLength())]
@@ -88,13 +92,13 @@ def inspect_tflite(path: str | Path) -> ModelSummary:
     for i in range(graph.OperatorsLength()):
         op = graph.Operators(i)
         code = model.OperatorCodes(op.OpcodeIndex())
-        custom = code.CustomCode().decode() if code.CustomCode() else None
+        custom = code.CustomCode().decode(errors="replace") if code.CustomCode() else None
         label = f"CUSTOM {custom}" if custom else names.get(code.BuiltinCode(), str(code.BuiltinCode()))
         summary.op_counts[label] += 1
         if custom and custom.startswith(prefix) and custom[len(prefix):] in WEIGHT_INPUTS:
             options = flexbuffers.Loads(bytes(op.CustomOptionsAsNumpy()))
             inputs = [sizes[t] if t >= 0 else 0 for t in op.InputsAsNumpy()]
-            name = graph.Tensors(op.Outputs(0)).Name().decode()
+            name = graph.Tensors(op.Outputs(0)).Name().decode(errors="replace")
             _add_compressed_node(summary, name, custom[len(prefix):], options, inputs)
     return summary
 
@@ -102,11 +106,9 @@ def inspect_tflite(path: str | Path) -> ModelSummary:
 def inspect_onnx(path: str | Path) -> ModelSummary:
     """Summarise an ONNX file: op counts, ai.edgepack nodes, stored and dense-equivalent bytes."""
     path = Path(path)
-    try:
-        model = onnx.load(path)
-    except Exception as error:
-        raise ValueError(f"{path}: not a readable ONNX file: {error}") from None
-    sizes = {t.name: numpy_helper.to_array(t).nbytes for t in model.graph.initializer}
+    model = load_onnx(path)
+    check_onnx_model(model, str(path))
+    sizes = {t.name: _initializer_bytes(t) for t in model.graph.initializer}
     summary = ModelSummary(str(path), path.stat().st_size)
     summary.stored_bytes = summary.dense_bytes = sum(sizes.values())
     for node in model.graph.node:

@@ -19,11 +19,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgepack.compression import CirculantLinear, HashedConv2d, HashedLinear, LDRLinear
+from edgepack.errors import EdgepackError
 
 from . import torch_ops
 from .fallbacks import DOMAIN, FUNCTIONS, STANDARD_OPSET
+from .validate import check_onnx_model
 
 MODES = ("kernels", "portable")
+
+
+class ExportError(EdgepackError, ValueError):
+    """The model cannot be exported as asked (bad example inputs, mode, or an op torch cannot export)."""
+
 # Recon for K = 1 that is exactly the identity: relu(z) − relu(−z) = z (docs/ops.md).
 IDENTITY_RECON = (1.0, -1.0, 0.0, 0.0, 1.0, -1.0, 0.0)
 
@@ -114,7 +121,7 @@ class LoweredLDRLinear(nn.Module):
 def lower(model: nn.Module, mode: str = "kernels", stream: bool = False) -> nn.Module:
     """A copy of ``model`` whose compressed layers call the edgepack torch custom ops."""
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        raise ExportError(f"mode must be one of {MODES}, got {mode!r}")
     lowered = copy.deepcopy(model).eval()
     lowerings = {
         HashedLinear: lambda layer: LoweredHashedLinear(layer, mode, stream),
@@ -153,7 +160,7 @@ def _attach_functions(model: onnx.ModelProto, mode: str) -> onnx.ModelProto:
     used = sorted({node.op_type for node in model.graph.node if node.domain == DOMAIN})
     unknown = set(used) - set(FUNCTIONS)
     if unknown:
-        raise ValueError(f"exported graph has ai.edgepack ops without a fallback: {sorted(unknown)}")
+        raise ExportError(f"exported graph has ai.edgepack ops without a fallback: {sorted(unknown)}")
     model.functions.extend(FUNCTIONS[name]() for name in used)
     if mode == "portable":
         inline = [(DOMAIN, name) for name in used if name != "HashedWeight"]
@@ -169,6 +176,34 @@ def _attach_functions(model: onnx.ModelProto, mode: str) -> onnx.ModelProto:
     return model
 
 
+def _first_layer(model: nn.Module) -> str:
+    """What the model's first Linear/Conv-like layer expects, for error messages."""
+    for name, module in model.named_modules():
+        for field in ("in_features", "in_channels"):
+            if isinstance(getattr(module, field, None), int):
+                return f"; its first layer {name or type(module).__name__!r} takes {field}={getattr(module, field)}"
+    return ""
+
+
+def _check_examples(model: nn.Module, examples: tuple) -> None:
+    """Run ``model`` on the example inputs, so a wrong shape fails here and not in the file."""
+    if not examples or not all(isinstance(x, torch.Tensor) for x in examples):
+        raise ExportError("example inputs must be one or more torch tensors, got "
+                          f"{[type(x).__name__ for x in examples]}")
+    given = ", ".join(str(list(x.shape)) for x in examples)
+    training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(*examples)
+    except Exception as error:
+        text = " ".join(str(error).split())[:300]
+        raise ExportError(f"the model does not run on example input(s) of shape {given} "
+                          f"({type(error).__name__}: {text}){_first_layer(model)}; pass the shape "
+                          "the model expects (e.g. --example-shape N,in_features)") from None
+    finally:
+        model.train(training)
+
+
 def export_onnx(model: nn.Module, example_inputs, path: str | Path, mode: str = "kernels",
                 stream: bool = False, dynamic_batch: bool = True) -> Path:
     """Export ``model`` to ``path`` (.onnx); see docs/ops.md for the ai.edgepack ops.
@@ -182,18 +217,25 @@ def export_onnx(model: nn.Module, example_inputs, path: str | Path, mode: str = 
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     example_inputs = tuple(example_inputs)
+    _check_examples(model, example_inputs)
     dynamic_shapes = [{0: "batch"} for _ in example_inputs] if dynamic_batch else None
     torch_ops.register_schemas()
     # The exporter warns once per missing torchvision op; that is noise for our users.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            lowered, example_inputs, dynamo=True, opset_version=STANDARD_OPSET,
-            custom_translation_table=torch_ops.TRANSLATIONS, dynamic_shapes=dynamic_shapes,
-            verbose=False, optimize=True)
+        try:
+            program = torch.onnx.export(
+                lowered, example_inputs, dynamo=True, opset_version=STANDARD_OPSET,
+                custom_translation_table=torch_ops.TRANSLATIONS, dynamic_shapes=dynamic_shapes,
+                verbose=False, optimize=True)
+        except Exception as error:
+            text = " ".join(str(error).split())[:600]
+            raise ExportError(f"torch.onnx.export failed for {type(model).__name__}: "
+                              f"{type(error).__name__}: {text}") from error
     proto = _attach_functions(program.model_proto, mode)
     onnx.checker.check_model(proto, full_check=True)
+    check_onnx_model(proto, f"export to {path}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, path)

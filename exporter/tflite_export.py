@@ -1,13 +1,16 @@
 """Lower an ONNX model to a TFLite flatbuffer, without TensorFlow.
 
-Static shapes come from one run of ``onnx.reference.ReferenceEvaluator`` at the chosen batch
-size (which also folds every constant subgraph). 4-D activations are kept in NHWC inside the
-model (convolution weights transposed at export); the model's inputs and outputs keep the ONNX
-layout, with TRANSPOSE ops at the boundary. Standard ops map to builtins; ``ai.edgepack`` ops
-become CUSTOM ops named ``ai.edgepack.<Op>`` whose flexbuffer options mirror the ONNX attributes
-(executed by libedgepack_tflite_delegate.so).
+Static shapes come from one run of ``onnx.reference.ReferenceEvaluator`` (ONNX Runtime where it
+fails) at the chosen batch size and ``--input-shape`` overrides, which also folds every constant
+subgraph. Handlers read attributes with the meaning of the model's opset (``Converter.opset``);
+``convert_and_verify`` checks the result against ONNX Runtime before writing it (tflite_verify).
+4-D activations are kept in NHWC inside the model (convolution weights transposed at export); the
+model's inputs and outputs keep the ONNX layout, with TRANSPOSE ops at the boundary. Standard ops
+map to builtins; ``ai.edgepack`` ops become CUSTOM ops named ``ai.edgepack.<Op>`` whose
+flexbuffer options mirror the ONNX attributes (executed by libedgepack_tflite_delegate.so).
 """
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +26,7 @@ from edgepack.errors import EdgepackError
 
 from .fallbacks import DOMAIN, OP_INPUTS
 from .tflite_writer import Options, TFLiteModelBuilder
+from .validate import checked_onnx
 
 OP = tflite.BuiltinOperator
 TO_NHWC, TO_NCHW = (0, 2, 3, 1), (0, 3, 1, 2)
@@ -53,34 +57,83 @@ class ConversionError(EdgepackError, ValueError):
     """The ONNX model cannot be lowered; the message names the node and what is supported."""
 
 
+def default_opset(model: onnx.ModelProto) -> int:
+    """The model's opset for the default ONNX domain: it decides every attribute's meaning."""
+    versions = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    return versions[0] if versions else onnx.defs.onnx_opset_version()
+
+
+def static_input_shapes(inputs, batch_size: int, overrides: dict[str, tuple[int, ...]]) -> dict:
+    """Each graph input's static shape: the file's fixed axes, ``batch_size`` for a dynamic first
+    axis, ``overrides`` (``--input-shape NAME=1,16000``) for the rest."""
+    names = [value.name for value in inputs]
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise ConversionError(f"--input-shape names {', '.join(map(repr, unknown))}, which is not a graph "
+                              f"input; the inputs are: {', '.join(map(repr, names))}")
+    shapes = {}
+    for value in inputs:
+        if value.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+            raise ConversionError(f"input {value.name!r}: only float32 inputs are supported")
+        dims = value.type.tensor_type.shape.dim
+        described = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
+        if value.name in overrides:
+            shape = tuple(overrides[value.name])
+            fixed = [(i, d) for i, d in enumerate(described) if isinstance(d, int) and i < len(shape)
+                     and d != shape[i]]
+            if len(shape) != len(dims) or fixed:
+                raise ConversionError(f"--input-shape {value.name}={','.join(map(str, shape))} does not fit "
+                                      f"input {value.name!r} of shape {described}: give {len(dims)} sizes "
+                                      "and keep the fixed ones")
+        else:
+            if 0 in described:
+                raise ConversionError(f"input {value.name!r} has an empty axis (shape {described}); "
+                                      "the converter needs non-empty tensors")
+            shape = tuple(d if isinstance(d, int) else (batch_size if i == 0 else 0)
+                          for i, d in enumerate(described))
+            if 0 in shape:
+                example = ",".join(str(d) if d else "N" for d in shape)
+                raise ConversionError(f"input {value.name!r} has a dynamic axis other than the batch: "
+                                      f"{described}; fix it with --input-shape {value.name}={example} "
+                                      "(N: the size to convert for)")
+        shapes[value.name] = shape
+    return shapes
+
+
+def static_values(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every value of one run on ``feeds`` (static shapes, folded constants): onnx's
+    ReferenceEvaluator, else ONNX Runtime (which implements more old-opset modes, e.g. Upsample)."""
+    from .tflite_verify import onnx_runtime_values
+
+    try:
+        return ReferenceEvaluator(model).run(None, feeds, intermediate=True)
+    except Exception as reference_error:  # noqa: BLE001 - any failure: try ORT before refusing
+        try:
+            return onnx_runtime_values(model, feeds)
+        except Exception as ort_error:  # noqa: BLE001
+            raise ConversionError(f"cannot compute the model's static shapes: onnx's ReferenceEvaluator "
+                                  f"says {reference_error}; ONNX Runtime says {ort_error}") from reference_error
+
+
 class Converter:
     """Walks the ONNX graph in order and emits TFLite tensors and operators."""
 
-    def __init__(self, model: onnx.ModelProto, batch_size: int = 1) -> None:
+    def __init__(self, model: onnx.ModelProto, batch_size: int = 1,
+                 input_shapes: dict[str, tuple[int, ...]] | None = None) -> None:
         self.model = model
+        self.opset = default_opset(model)
         self.builder = TFLiteModelBuilder()
         self.values: dict[str, Value] = {}
         self.constants: dict[tuple[str, str], int] = {}
         self.node: onnx.NodeProto | None = None
         initializers = {t.name for t in model.graph.initializer}
         self.inputs = [i for i in model.graph.input if i.name not in initializers]
-        feeds = {i.name: np.zeros(self._input_shape(i, batch_size), np.float32) for i in self.inputs}
-        self.static = ReferenceEvaluator(model).run(None, feeds, intermediate=True)
+        self.input_shapes = static_input_shapes(self.inputs, batch_size, input_shapes or {})
+        feeds = {name: np.zeros(shape, np.float32) for name, shape in self.input_shapes.items()}
+        self.static = static_values(model, feeds)
         for t in model.graph.initializer:
             array = numpy_helper.to_array(t)
             self.values[t.name] = Value(array.shape, const=array)
-
-    @staticmethod
-    def _input_shape(value: onnx.ValueInfoProto, batch_size: int) -> tuple[int, ...]:
-        dims = value.type.tensor_type.shape.dim
-        if value.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
-            raise ConversionError(f"input {value.name!r}: only float32 inputs are supported")
-        shape = [d.dim_value if d.HasField("dim_value") else (batch_size if i == 0 else 0)
-                 for i, d in enumerate(dims)]
-        if 0 in shape:
-            raise ConversionError(f"input {value.name!r} has a dynamic axis other than the batch: "
-                                  f"{[d.dim_param or d.dim_value for d in dims]}")
-        return tuple(shape)
 
     # ---- errors and attributes -----------------------------------------------------------
     def fail(self, message: str) -> ConversionError:
@@ -287,120 +340,299 @@ def convert_conv(c: Converter, node: onnx.NodeProto) -> None:
 
 @handles("MaxPool", "AveragePool")
 def convert_pool(c: Converter, node: onnx.NodeProto) -> None:
+    """MaxPool / AveragePool in NHWC: TFLite's SAME or VALID when they match; else PAD (lowest float
+    for max, zeros for average) and a VALID pool, or for a dilated pool the max / sum of one strided
+    slice per kernel tap. An average is then rescaled by a constant map to ONNX's divisor: padded
+    cells count only with count_include_pad, cells past the padded input (ceil_mode) never."""
+    if len([name for name in node.output if name]) > 1:
+        raise c.fail("MaxPool's Indices output is not supported")
     rank = len(c.values[node.input[0]].shape)
     kernel = spatial_2d(c, rank, "kernel_shape", [1], 2)
     strides = spatial_2d(c, rank, "strides", [1], 2)
-    pads = spatial_2d(c, rank, "pads", [0, 0], 4)
-    if any(d != 1 for d in c.attribute("dilations", [])):
-        raise c.fail("pooling with dilation is not supported")
+    dilations = spatial_2d(c, rank, "dilations", [1], 2)
     x, x_shape = nhwc_input(c, node.input[0])
-    padding = tflite_padding(x_shape[1:3], kernel, strides, [1, 1], pads)
-    include_pad = node.op_type == "AveragePool" and c.attribute("count_include_pad", 0)
-    out_shape = np.shape(c.static[node.output[0]])[2:]
-    same_size = [-(-size // s) if padding == tflite.Padding.SAME else (size - k) // s + 1
-                 for size, k, s in zip(x_shape[1:3], kernel, strides)]
-    if padding is None or (include_pad and any(pads)) or same_size[2 - len(out_shape):] != list(out_shape):
-        raise c.fail(f"pads {list(c.attribute('pads', []))} / ceil_mode={c.attribute('ceil_mode', 0)} are "
-                     f"not representable as TFLite SAME/VALID pooling (count_include_pad={include_pad})")
-    code = OP.MAX_POOL_2D if node.op_type == "MaxPool" else OP.AVERAGE_POOL_2D
-    options = Options("Pool2DOptions", dict(Padding=padding, StrideH=strides[0], StrideW=strides[1],
-                                            FilterHeight=kernel[0], FilterWidth=kernel[1]))
+    in_hw = x_shape[1:3]
+    spans = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
+    out_hw = pool_output_hw(c, node.output[0], rank, in_hw, spans, strides)
+    pads = pool_pads(c, rank, in_hw, out_hw, spans, strides)
+    extra = [max((o - 1) * s + k - (i + pads[a] + pads[a + 2]), 0)  # ceil_mode: past the padded input
+             for a, (o, s, k, i) in enumerate(zip(out_hw, strides, spans, in_hw))]
+    is_max, dilated = node.op_type == "MaxPool", spans != kernel
+    include_pad = not is_max and bool(c.attribute("count_include_pad", 0))
+    code = OP.MAX_POOL_2D if is_max else OP.AVERAGE_POOL_2D
+    padding = None if any(extra) or dilated else tflite_padding(in_hw, kernel, strides, [1, 1], pads)
+    direct = [-(-size // s) if padding == tflite.Padding.SAME else (size - k) // s + 1
+              for size, k, s in zip(in_hw, kernel, strides)]
     out, finish = nhwc_output(c, node.output[0])
-    c.builder.operator(code, [x], [out], options)
+    if padding is not None and direct == list(out_hw) and not (padding == tflite.Padding.SAME and include_pad):
+        c.builder.operator(code, [x], [out], pool_options(padding, kernel, strides))
+        finish()
+        return
+    paddings = [[0, 0], [pads[0], pads[2] + extra[0]], [pads[1], pads[3] + extra[1]], [0, 0]]
+    padded_shape = (x_shape[0], x_shape[1] + sum(paddings[1]), x_shape[2] + sum(paddings[2]), x_shape[3])
+    padded = c.builder.tensor(f"{node.input[0]}_pool_padded{len(c.builder.tensors)}", padded_shape)
+    if is_max:
+        lowest = c.builder.constant(f"{node.name}_lowest", np.float32(np.finfo(np.float32).min))
+        c.builder.operator(OP.PADV2, [x, c.int32(paddings), lowest], [padded])
+        scale = None
+    else:
+        c.builder.operator(OP.PAD, [x, c.int32(paddings)], [padded])
+        divisor = pool_divisor(in_hw, out_hw, kernel, strides, dilations, pads, include_pad)
+        if (divisor == 0).any():
+            raise c.fail(f"pads {pads} leave pooling windows without any input element")
+        scale = ((1 if dilated else kernel[0] * kernel[1]) / divisor).astype(np.float32)
+        scale = None if np.all(scale == 1.0) else scale
+    pooled = out if scale is None else c.builder.tensor(f"{node.output[0]}_pooled", c.builder.tensors[out].shape)
+    if dilated:
+        pool_taps(c, padded, padded_shape, pooled, out_hw, kernel, strides, dilations, is_max)
+    else:
+        c.builder.operator(code, [padded], [pooled], pool_options(tflite.Padding.VALID, kernel, strides))
+    if scale is not None:
+        scale_map = c.builder.constant(f"{node.name}_pool_scale", scale.reshape(1, *scale.shape, 1))
+        c.builder.operator(OP.MUL, [pooled, scale_map], [out])
     finish()
 
 
-@handles("GlobalAveragePool")
+def pool_options(padding: int, kernel, strides) -> Options:
+    return Options("Pool2DOptions", dict(Padding=padding, StrideH=strides[0], StrideW=strides[1],
+                                         FilterHeight=kernel[0], FilterWidth=kernel[1]))
+
+
+def pool_taps(c: Converter, x: int, shape, out: int, out_hw, kernel, strides, dilations, is_max: bool) -> None:
+    """A dilated pool of an already padded NHWC tensor: MAXIMUM / ADD over one STRIDED_SLICE per tap."""
+    taps = [(i * dilations[0], j * dilations[1]) for i in range(kernel[0]) for j in range(kernel[1])]
+    tap_shape = (shape[0], *out_hw, shape[3])
+    result = None
+    for position, (top, left) in enumerate(taps):
+        last = position == len(taps) - 1
+        tap = out if last and result is None else c.builder.tensor(f"{c.node.output[0]}_tap{position}", tap_shape)
+        end = [shape[0], top + (out_hw[0] - 1) * strides[0] + 1, left + (out_hw[1] - 1) * strides[1] + 1, shape[3]]
+        c.builder.operator(OP.STRIDED_SLICE, [x, c.int32([0, top, left, 0]), c.int32(end),
+                                              c.int32([1, strides[0], strides[1], 1])],
+                           [tap], Options("StridedSliceOptions", {}))
+        if result is not None:
+            combined = out if last else c.builder.tensor(f"{c.node.output[0]}_taps{position}", tap_shape)
+            c.builder.operator(OP.MAXIMUM if is_max else OP.ADD, [result, tap], [combined])
+            tap = combined
+        result = tap
+
+
+def pool_output_hw(c: Converter, name: str, rank: int, in_hw, spans, strides) -> tuple[int, int]:
+    """The (H, W) of a pool's output (H = 1 for a 1-D pool) as the ONNX spec defines it (``spans``:
+    the dilated kernel extents), checked against the reference run that gave every static shape."""
+    auto_pad = c.attribute("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    pads = spatial_2d(c, rank, "pads", [0, 0], 4) if auto_pad in ("NOTSET", "") else [0] * 4
+    spec = []
+    for a, (size, k, s) in enumerate(zip(in_hw, spans, strides)):
+        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            spec.append(-(-size // s))
+            continue
+        extent = size + pads[a] + pads[a + 2] - k
+        out = (-(-extent // s) if c.attribute("ceil_mode", 0) else extent // s) + 1
+        spec.append(out - 1 if (out - 1) * s >= size + pads[a] else out)  # windows start inside
+    shape = tuple(np.shape(c.static[name]))
+    static = (1, shape[2]) if len(shape) == 3 else tuple(shape[2:4])
+    if tuple(spec) != static:
+        raise c.fail(f"the static shape run gives spatial output {list(shape[2:])}, the ONNX spec "
+                     f"{spec[-(len(shape) - 2):]}; a pool whose output size is in doubt is not converted")
+    return static
+
+
+def pool_pads(c: Converter, rank: int, in_hw, out_hw, spans, strides) -> list[int]:
+    """ONNX pads [top, left, bottom, right], computed for auto_pad SAME_UPPER / SAME_LOWER / VALID."""
+    auto_pad = c.attribute("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if auto_pad in ("NOTSET", ""):
+        return spatial_2d(c, rank, "pads", [0, 0], 4)
+    if auto_pad == "VALID":
+        return [0, 0, 0, 0]
+    if auto_pad not in ("SAME_UPPER", "SAME_LOWER"):
+        raise c.fail(f"auto_pad={auto_pad!r} is not valid; valid: NOTSET, SAME_UPPER, SAME_LOWER, VALID")
+    totals = [max((o - 1) * s + k - i, 0) for o, s, k, i in zip(out_hw, strides, spans, in_hw)]
+    begin = [t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in totals]
+    return begin + [t - b for t, b in zip(totals, begin)]
+
+
+def pool_divisor(in_hw, out_hw, kernel, strides, dilations, pads, include_pad: bool) -> np.ndarray:
+    """ONNX's average-pool divisor per output cell (OH, OW): the kernel taps that land on the input,
+    or on the input and its explicit padding with count_include_pad."""
+    counts = []
+    for a, (i, o, k, s, d) in enumerate(zip(in_hw, out_hw, kernel, strides, dilations)):
+        low, high = (0, pads[a] + i + pads[a + 2]) if include_pad else (pads[a], pads[a] + i)
+        taps = (np.arange(o) * s)[:, None] + np.arange(k) * d
+        counts.append(((taps >= low) & (taps < high)).sum(axis=1))
+    return np.outer(*counts)
+
+
+@handles("GlobalAveragePool", "GlobalMaxPool")
 def convert_global_average_pool(c: Converter, node: onnx.NodeProto) -> None:
-    c.builder.operator(OP.MEAN, [c.tensor(node.input[0], "nhwc"), c.int32([1, 2])],
-                       [c.output(node.output[0], True)], Options("ReducerOptions", {"KeepDims": True}))
-
-
-@handles("ReduceMean")
-def convert_reduce_mean(c: Converter, node: onnx.NodeProto) -> None:
-    value = c.values[node.input[0]]
-    rank = len(value.shape)
-    axes = (c.const(node.input[1], "axes") if len(node.input) > 1 and node.input[1]
-            else c.attribute("axes", list(range(rank))))
-    axes = sorted(int(a) % rank for a in np.ravel(axes))
-    keep = bool(c.attribute("keepdims", 1))
-    nhwc = value.nhwc and rank == 4
-    if nhwc:  # reduce in NHWC when the result's axis order stays valid
-        kept = [TO_NHWC[i] for i in range(4) if TO_NHWC[i] not in axes]
-        nhwc = keep or kept == sorted(kept)
-    tflite_axes = [TO_NHWC.index(a) for a in axes] if nhwc else axes
+    """MEAN / REDUCE_MAX over the spatial axes: H, W of NHWC for 2-D, the ONNX axes 2.. otherwise."""
+    code = OP.MEAN if node.op_type == "GlobalAveragePool" else OP.REDUCE_MAX
+    rank = len(c.values[node.input[0]].shape)
+    nhwc = rank == 4
     x = c.tensor(node.input[0], "nhwc" if nhwc else "onnx")
-    out = c.output(node.output[0], nhwc=nhwc and keep)
-    options = Options("ReducerOptions", {"KeepDims": keep})
-    c.builder.operator(OP.MEAN, [x, c.int32(tflite_axes)], [out], options)
+    c.builder.operator(code, [x, c.int32([1, 2] if nhwc else list(range(2, rank)))],
+                       [c.output(node.output[0], nhwc)], Options("ReducerOptions", {"KeepDims": True}))
 
 
 @handles("BatchNormalization")
 def convert_batch_norm(c: Converter, node: onnx.NodeProto) -> None:
-    """A BatchNormalization not folded into a convolution: per-channel MUL + ADD."""
+    """A BatchNormalization not folded into a convolution: MUL + ADD by per-channel constants
+    (per-element ones for ``spatial=0``, opsets 7-8); batch statistics in training mode (opset 14+)."""
+    if c.opset >= 14 and c.attribute("training_mode", 0):
+        batch_norm_training(c, node)
+        return
+    refuse_training_batch_norm(c, node)
     gamma, beta, mean, var = (c.const(name, what) for name, what in
                               zip(node.input[1:5], ("scale", "bias", "mean", "var")))
     scale = (gamma / np.sqrt(var + c.attribute("epsilon", 1e-5))).astype(np.float32)
     shift = (beta - mean * scale).astype(np.float32)
     value = c.values[node.input[0]]
-    nhwc = len(value.shape) == 4
+    rank, nhwc = len(value.shape), len(value.shape) == 4
     x = c.tensor(node.input[0], "nhwc" if nhwc else "onnx")
-    shape = (-1,) + (1,) * (len(value.shape) - 2) if not nhwc else (-1,)
+    full = (1, scale.shape[0]) + (1,) * (rank - 2) if scale.ndim == 1 else (1,) + scale.shape
+    constants = [a.reshape(full).transpose(TO_NHWC) if nhwc else a.reshape(full) for a in (scale, shift)]
     scaled = c.builder.tensor(f"{node.output[0]}_scaled", c.tflite_shape(value.shape, nhwc))
-    c.builder.operator(OP.MUL, [x, c.builder.constant(f"{node.name}_scale", scale.reshape(shape))], [scaled])
-    c.builder.operator(OP.ADD, [scaled, c.builder.constant(f"{node.name}_shift", shift.reshape(shape))],
+    c.builder.operator(OP.MUL, [x, c.builder.constant(f"{node.name}_scale", constants[0])], [scaled])
+    c.builder.operator(OP.ADD, [scaled, c.builder.constant(f"{node.name}_shift", constants[1])],
                        [c.output(node.output[0], nhwc)])
 
 
+def batch_norm_training(c: Converter, node: onnx.NodeProto) -> None:
+    """Training mode: normalise with the batch's mean and population variance over every axis but
+    the channels, and output the momentum-updated running statistics."""
+    value = c.values[node.input[0]]
+    rank, nhwc = len(value.shape), len(value.shape) == 4
+    channels, epsilon = value.shape[1], c.attribute("epsilon", 1e-5)
+    momentum = c.attribute("momentum", 0.9)
+    shape = c.tflite_shape(value.shape, nhwc)
+    stat_shape = tuple(channels if i == (3 if nhwc else 1) else 1 for i in range(rank))
+    axes = c.int32([i for i in range(rank) if i != (3 if nhwc else 1)])
+    x, name = c.tensor(node.input[0], "nhwc" if nhwc else "onnx"), node.output[0]
+    reducer = Options("ReducerOptions", {"KeepDims": True})
+
+    def emit(code, inputs, tensor_shape, suffix, options=None):
+        out = c.builder.tensor(f"{name}_{suffix}", tensor_shape)
+        c.builder.operator(code, inputs, [out], options)
+        return out
+
+    def const(array, suffix):  # a per-channel array broadcast against the activation, or a scalar
+        array = np.asarray(array, np.float32)
+        return c.builder.constant(f"{name}_{suffix}", array.reshape(stat_shape) if array.size > 1 else array)
+
+    mean = emit(OP.MEAN, [x, axes], stat_shape, "batch_mean", reducer)
+    centred = emit(OP.SUB, [x, mean], shape, "centred")
+    var = emit(OP.MEAN, [emit(OP.MUL, [centred, centred], shape, "squared"), axes], stat_shape, "batch_var", reducer)
+    inv_std = emit(OP.RSQRT, [emit(OP.ADD, [var, const(epsilon, "epsilon")], stat_shape, "var_eps")],
+                   stat_shape, "inv_std")
+    gamma, beta = (c.const(n, what) for n, what in zip(node.input[1:3], ("scale", "bias")))
+    scaled = emit(OP.MUL, [emit(OP.MUL, [centred, inv_std], shape, "normalised"), const(gamma, "scale")],
+                  shape, "scaled")
+    c.builder.operator(OP.ADD, [scaled, const(beta, "bias")], [c.output(name, nhwc)])
+    for output, batch, source in zip(node.output[1:3], (mean, var), node.input[3:5]):
+        if not output:
+            continue
+        kept = const(c.const(source, "running statistic") * momentum, f"{output}_kept")
+        update = emit(OP.MUL, [batch, const(1.0 - momentum, f"{output}_rate")], stat_shape, f"{output}_update")
+        summed = emit(OP.ADD, [kept, update], stat_shape, f"{output}_sum")
+        c.builder.operator(OP.RESHAPE, [summed, c.int32([channels])], [c.output(output)])
+
+
+def refuse_training_batch_norm(c: Converter, node: onnx.NodeProto) -> None:
+    """Before opset 14, a training-mode BatchNormalization (is_test=0, extra outputs) is refused."""
+    training = any(node.output[1:])
+    if c.opset < 7:
+        training = training or not c.attribute("is_test", 0)
+    if training:
+        raise c.fail(f"BatchNormalization in training mode at opset {c.opset} (is_test=0 or extra mean/var "
+                     "outputs) is not supported; export the model in eval mode (or at opset 14+)")
+
+
 # ---- dense layers -----------------------------------------------------------------------------
-def fully_connected(c: Converter, x: str, weight: int, bias: int | None, out_name: str,
-                    keep_dims: bool) -> None:
-    inputs = [c.tensor(x), weight] + ([bias] if bias is not None else [-1])
-    c.builder.operator(OP.FULLY_CONNECTED, inputs, [c.output(out_name)],
-                       Options("FullyConnectedOptions", {"KeepNumDims": keep_dims}))
-
-
 @handles("Gemm")
 def convert_gemm(c: Converter, node: onnx.NodeProto) -> None:
-    if c.attribute("transA", 0) or c.attribute("alpha", 1.0) != 1.0 or c.attribute("beta", 1.0) != 1.0:
-        raise c.fail("only Gemm with transA=0, alpha=1, beta=1 is supported")
-    b_value = c.values[node.input[1]]
+    """Y = alpha · A' · B' + beta · C: FULLY_CONNECTED (alpha and beta folded into constant B and
+    C), a TRANSPOSE for transA, MUL / ADD steps for a computed B or C."""
+    alpha, beta = float(c.attribute("alpha", 1.0)), float(c.attribute("beta", 1.0))
+    name, out_shape = node.output[0], tuple(np.shape(c.static[node.output[0]]))
+    a = c.tensor(node.input[0])
+    if c.attribute("transA", 0):
+        transposed = c.builder.tensor(f"{node.input[0]}_t", c.values[node.input[0]].shape[::-1])
+        c.builder.operator(OP.TRANSPOSE, [a, c.int32([1, 0])], [transposed])
+        a = transposed
+    b_value, trans_b = c.values[node.input[1]], c.attribute("transB", 0)
+    scale_after = 1.0
     if b_value.const is not None:
-        w = b_value.const if c.attribute("transB", 0) else b_value.const.T
+        w = alpha * (b_value.const if trans_b else b_value.const.T)
         weight = c.builder.constant(f"{node.input[1]}_fc", np.ascontiguousarray(w, np.float32))
-    elif c.attribute("transB", 0):
-        weight = c.tensor(node.input[1])
     else:
-        shape = b_value.shape[::-1]
-        weight = c.builder.tensor(f"{node.input[1]}_t", shape)
-        c.builder.operator(OP.TRANSPOSE, [c.tensor(node.input[1]), c.int32([1, 0])], [weight])
-    has_c = len(node.input) > 2 and node.input[2]
-    c_value = c.values[node.input[2]] if has_c else None
-    out_features = np.shape(c.static[node.output[0]])[-1]
-    if c_value is not None and c_value.const is not None and c_value.const.size == out_features:
-        bias = c.builder.constant(f"{node.input[2]}_fc", c_value.const.reshape(-1).astype(np.float32))
-        fully_connected(c, node.input[0], weight, bias, node.output[0], keep_dims=False)
-        return
-    if c_value is None:
-        fully_connected(c, node.input[0], weight, None, node.output[0], keep_dims=False)
-        return
-    product = f"{node.output[0]}_product"  # C is computed or a full matrix: FC, then ADD
-    c.static[product] = c.static[node.output[0]]
-    fully_connected(c, node.input[0], weight, None, product, keep_dims=False)
-    c.builder.operator(OP.ADD, [c.tensor(product), operand(c, node.input[2], False, 2)],
-                       [c.output(node.output[0])])
+        weight, scale_after = c.tensor(node.input[1]), alpha
+        if not trans_b:
+            transposed = c.builder.tensor(f"{node.input[1]}_t", b_value.shape[::-1])
+            c.builder.operator(OP.TRANSPOSE, [weight, c.int32([1, 0])], [transposed])
+            weight = transposed
+    c_value = c.values[node.input[2]] if len(node.input) > 2 and node.input[2] else None
+    bias, stages = -1, []
+    if scale_after != 1.0:
+        stages.append((OP.MUL, c.builder.constant(f"{name}_alpha", np.float32(scale_after))))
+    if c_value is not None and c_value.const is not None:
+        c_const = (beta * c_value.const).astype(np.float32)
+        if c_const.ndim <= 2 and c_const.size == out_shape[-1] and c_const.shape[-1:] == out_shape[-1:] \
+                and scale_after == 1.0:
+            bias = c.builder.constant(f"{node.input[2]}_fc", c_const.reshape(-1))
+        else:
+            stages.append((OP.ADD, c.builder.constant(f"{node.input[2]}_beta", c_const)))
+    elif c_value is not None:
+        addend = c.tensor(node.input[2])
+        if beta != 1.0:
+            scaled = c.builder.tensor(f"{node.input[2]}_beta", c_value.shape)
+            c.builder.operator(OP.MUL, [addend, c.builder.constant(f"{name}_beta", np.float32(beta))], [scaled])
+            addend = scaled
+        stages.append((OP.ADD, addend))
+    x = c.output(name) if not stages else c.builder.tensor(f"{name}_product", out_shape)
+    c.builder.operator(OP.FULLY_CONNECTED, [a, weight, bias], [x],
+                       Options("FullyConnectedOptions", {"KeepNumDims": False}))
+    for step, (code, other) in enumerate(stages):
+        out = c.output(name) if step == len(stages) - 1 else c.builder.tensor(f"{name}_step{step}", out_shape)
+        c.builder.operator(code, [x, other], [out])
+        x = out
 
 
 @handles("MatMul")
 def convert_matmul(c: Converter, node: onnx.NodeProto) -> None:
-    b_value = c.values[node.input[1]]
+    """FULLY_CONNECTED for a constant 2-D right operand, else BATCH_MATMUL (batch axes broadcast).
+    A 1-D operand is lifted to a row (left) or a column (right) and that axis dropped after."""
+    a_value, b_value = c.values[node.input[0]], c.values[node.input[1]]
+    out_shape = tuple(np.shape(c.static[node.output[0]]))
+    lifted = list(out_shape)
+    a = c.tensor(node.input[0])
+    if len(a_value.shape) == 1:
+        a = lift(c, a, node.input[0], (1, a_value.shape[0]))
+        lifted.insert(len(lifted) - (0 if len(b_value.shape) == 1 else 1), 1)
+    if len(b_value.shape) == 1:
+        b = lift(c, c.tensor(node.input[1]), node.input[1], (b_value.shape[0], 1))
+        lifted.append(1)
+    elif b_value.const is not None and b_value.const.ndim == 2:
+        b = c.builder.constant(f"{node.input[1]}_fc", np.ascontiguousarray(b_value.const.T, np.float32))
+    else:
+        b = c.tensor(node.input[1])
+    out = c.output(node.output[0])
+    product = out if tuple(lifted) == out_shape else c.builder.tensor(f"{node.output[0]}_lifted", lifted)
     if b_value.const is not None and b_value.const.ndim == 2:
-        weight = c.builder.constant(f"{node.input[1]}_fc", np.ascontiguousarray(b_value.const.T, np.float32))
-        keep = len(c.values[node.input[0]].shape) > 2
-        fully_connected(c, node.input[0], weight, None, node.output[0], keep_dims=keep)
-        return
-    c.builder.operator(OP.BATCH_MATMUL, [c.tensor(node.input[0]), c.tensor(node.input[1])],
-                       [c.output(node.output[0])], Options("BatchMatMulOptions", {}))
+        c.builder.operator(OP.FULLY_CONNECTED, [a, b, -1], [product],
+                           Options("FullyConnectedOptions", {"KeepNumDims": len(lifted) > 2}))
+    else:
+        c.builder.operator(OP.BATCH_MATMUL, [a, b], [product], Options("BatchMatMulOptions", {}))
+    if product != out:
+        c.builder.operator(OP.RESHAPE, [product, c.int32(out_shape)], [out])
+
+
+def lift(c: Converter, x: int, name: str, shape) -> int:
+    """RESHAPE a 1-D MatMul operand to a 2-D row or column."""
+    out = c.builder.tensor(f"{name}_2d{len(c.builder.tensors)}", shape)
+    c.builder.operator(OP.RESHAPE, [x, c.int32(shape)], [out])
+    return out
 
 
 # ---- element-wise -----------------------------------------------------------------------------
@@ -438,13 +670,17 @@ def convert_unary(c: Converter, node: onnx.NodeProto) -> None:
 
 @handles("Clip")
 def convert_clip(c: Converter, node: onnx.NodeProto) -> None:
-    low = float(c.const(node.input[1], "min")) if len(node.input) > 1 and node.input[1] else \
-        c.attribute("min", -np.inf)  # opset < 11 keeps min / max as attributes
-    high = float(c.const(node.input[2], "max")) if len(node.input) > 2 and node.input[2] else \
-        c.attribute("max", np.inf)
+    if c.opset < 11:  # min / max are attributes before opset 11, optional inputs after
+        low, high = float(c.attribute("min", -np.inf)), float(c.attribute("max", np.inf))
+    else:
+        low, high = (float(c.const(node.input[i], what)) if len(node.input) > i and node.input[i] else default
+                     for i, what, default in ((1, "min", -np.inf), (2, "max", np.inf)))
     nhwc = c.values[node.input[0]].nhwc
     x = c.tensor(node.input[0], "nhwc" if nhwc else "onnx")
     fused = {(0.0, 6.0): OP.RELU6, (0.0, np.inf): OP.RELU, (-1.0, 1.0): OP.RELU_N1_TO_1}
+    if not (np.isfinite(low) or np.isfinite(high)):
+        c.values[node.output[0]] = c.values[node.input[0]]
+        return
     if (low, high) in fused:
         c.builder.operator(fused[(low, high)], [x], [c.output(node.output[0], nhwc)])
         return
@@ -459,6 +695,15 @@ def convert_clip(c: Converter, node: onnx.NodeProto) -> None:
 
 @handles("Identity", "Dropout")
 def convert_identity(c: Converter, node: onnx.NodeProto) -> None:
+    if node.op_type == "Dropout":
+        training = (c.opset >= 12 and len(node.input) > 2 and node.input[2]
+                    and bool(c.const(node.input[2], "training_mode")))
+        if training:
+            raise c.fail("Dropout in training mode is random; export the model in eval mode")
+        for name in node.output[1:]:  # the mask: all true at inference
+            if name:
+                mask = np.asarray(c.static[name])
+                c.values[name] = Value(mask.shape, const=mask)
     c.values[node.output[0]] = c.values[node.input[0]]
 
 
@@ -494,7 +739,7 @@ def convert_concat(c: Converter, node: onnx.NodeProto) -> None:
 def convert_slice(c: Converter, node: onnx.NodeProto) -> None:
     value = c.values[node.input[0]]
     rank = len(value.shape)
-    if len(node.input) == 1:  # opset < 10 keeps starts / ends / axes as attributes
+    if c.opset < 10:  # starts / ends / axes are attributes before opset 10, inputs (and steps) after
         starts, ends = np.array(c.attribute("starts")), np.array(c.attribute("ends"))
         axes = np.array(c.attribute("axes", list(range(len(starts)))))
         steps = np.ones(len(starts), np.int64)
@@ -504,49 +749,49 @@ def convert_slice(c: Converter, node: onnx.NodeProto) -> None:
                 else np.arange(len(starts)))
         steps = (np.ravel(c.const(node.input[4], "steps")) if len(node.input) > 4 and node.input[4]
                  else np.ones(len(starts), np.int64))
-    if (steps <= 0).any():
-        raise c.fail(f"Slice with steps {steps.tolist()} is not supported; supported: positive steps")
-    begin, end, stride = [0] * rank, list(value.shape), [1] * rank
+    if (steps == 0).any():
+        raise c.fail(f"Slice steps {steps.tolist()} contain 0")
+    begin, end, stride, to_start = [0] * rank, list(value.shape), [1] * rank, [False] * rank
     for start, stop, axis, step in zip(starts, ends, axes, steps):
         axis, size = int(axis) % rank, value.shape[int(axis) % rank]
-        begin[axis] = int(np.clip(start + size if start < 0 else start, 0, size))
-        end[axis] = int(np.clip(stop + size if stop < 0 else stop, 0, size))
+        start, stop = (int(v) + size if v < 0 else int(min(v, size)) for v in (start, stop))
+        if step > 0:
+            begin[axis], end[axis] = int(np.clip(start, 0, size)), int(np.clip(stop, 0, size))
+        else:  # ONNX clamps to [0, size-1] / [-1, size-1]; -1 means "through index 0": an end mask
+            begin[axis], end[axis] = int(np.clip(start, 0, size - 1)), int(np.clip(stop, -1, size - 1))
+            to_start[axis] = end[axis] == -1
         stride[axis] = int(step)
     if value.nhwc:
-        begin, end, stride = ([v[i] for i in TO_NHWC] for v in (begin, end, stride))
+        begin, end, stride, to_start = ([v[i] for i in TO_NHWC] for v in (begin, end, stride, to_start))
     x = c.tensor(node.input[0], "nhwc" if value.nhwc else "onnx")
+    end_mask = sum(1 << i for i, flag in enumerate(to_start) if flag)
     c.builder.operator(OP.STRIDED_SLICE, [x, c.int32(begin), c.int32(end), c.int32(stride)],
-                       [c.output(node.output[0], value.nhwc)], Options("StridedSliceOptions", {}))
-
-
-@handles("Softmax")
-def convert_softmax(c: Converter, node: onnx.NodeProto) -> None:
-    value = c.values[node.input[0]]
-    rank = len(value.shape)
-    axis = c.attribute("axis", -1) % rank
-    nhwc = value.nhwc and axis == 1  # channels are the last NHWC axis
-    if not nhwc and axis != rank - 1:
-        raise c.fail(f"Softmax over axis {axis} of a rank-{rank} tensor is not supported; "
-                     "supported: the last axis (or channels of a 4-D activation)")
-    c.builder.operator(OP.SOFTMAX, [c.tensor(node.input[0], "nhwc" if nhwc else "onnx")],
-                       [c.output(node.output[0], nhwc)], Options("SoftmaxOptions", {"Beta": 1.0}))
+                       [c.output(node.output[0], value.nhwc)], Options("StridedSliceOptions", {"EndMask": end_mask}))
 
 
 @handles("Pad")
 def convert_pad(c: Converter, node: onnx.NodeProto) -> None:
     value = c.values[node.input[0]]
     rank = len(value.shape)
-    if len(node.input) > 1:
+    if c.opset >= 11:  # pads / constant_value are inputs from opset 11, axes from 18
         pads = np.asarray(c.const(node.input[1], "pads")).reshape(-1)
         has_fill = len(node.input) > 2 and node.input[2]
         fill = float(c.const(node.input[2], "constant_value")) if has_fill else 0.0
-    else:  # opset < 11 keeps pads / value as attributes
-        pads, fill = np.asarray(c.attribute("pads")), c.attribute("value", 0.0)
+    else:  # attributes before 11 (named paddings in opset 1)
+        pads = np.asarray(c.attribute("paddings" if c.opset < 2 else "pads"))
+        fill = float(c.attribute("value", 0.0))
+    axes = list(range(rank))
     if len(node.input) > 3 and node.input[3]:
-        raise c.fail("Pad with explicit axes is not supported")
+        axes = [int(a) % rank for a in np.ravel(c.const(node.input[3], "axes"))]
+    if len(pads) != 2 * len(axes):
+        raise c.fail(f"pads {pads.tolist()} need 2 × {len(axes)} values")
+    begins, ends = np.zeros(rank, np.int64), np.zeros(rank, np.int64)
+    begins[axes], ends[axes] = pads[:len(axes)], pads[len(axes):]
+    if (begins < 0).any() or (ends < 0).any():
+        raise c.fail(f"negative pads {pads.tolist()} (cropping) are not supported")
     mode = c.attribute("mode", b"constant")
     mode = mode.decode() if isinstance(mode, bytes) else mode
-    paddings = np.stack([pads[:rank], pads[rank:]], axis=1)
+    paddings = np.stack([begins, ends], axis=1)
     if value.nhwc:
         paddings = paddings[list(TO_NHWC)]
     x = c.tensor(node.input[0], "nhwc" if value.nhwc else "onnx")
@@ -633,7 +878,7 @@ def fold_batch_norms(model: onnx.ModelProto) -> onnx.ModelProto:
         for name in node.input:
             consumers[name] = consumers.get(name, 0) + 1
     producers = {node.output[0]: node for node in graph.node if node.output}
-    removed = []
+    removed, opset = [], default_opset(model)
     for node in graph.node:
         conv = producers.get(node.input[0]) if node.op_type == "BatchNormalization" else None
         if (conv is None or conv.op_type != "Conv" or consumers.get(conv.output[0]) != 1
@@ -641,6 +886,10 @@ def fold_batch_norms(model: onnx.ModelProto) -> onnx.ModelProto:
                 or not all(name in initializers for name in node.input[1:5])):
             continue
         gamma, beta, mean, var = (numpy_helper.to_array(initializers[n]) for n in node.input[1:5])
+        flags = {a.name: a.i for a in node.attribute if a.name in ("training_mode", "is_test")}
+        if (gamma.ndim != 1 or any(node.output[1:]) or flags.get("training_mode", 0)
+                or (opset < 7 and not flags.get("is_test", 0))):  # left to convert_batch_norm
+            continue
         epsilon = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
         scale = gamma / np.sqrt(var + epsilon)
         weight = numpy_helper.to_array(initializers[conv.input[1]])
@@ -660,11 +909,51 @@ def fold_batch_norms(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def convert_onnx_to_tflite(source, path: str | Path, batch_size: int = 1) -> Path:
-    """Convert an ONNX model (a path or a ModelProto) to a .tflite file at ``path``."""
-    model = source if isinstance(source, onnx.ModelProto) else onnx.load(source)
-    data = Converter(fold_batch_norms(model), batch_size).convert()
+def convert_onnx_to_tflite(source, path: str | Path, batch_size: int = 1, *,
+                           input_shapes: dict[str, tuple[int, ...]] | None = None, verify: bool = True,
+                           calibration_data: str | Path | None = None) -> Path:
+    """Convert an ONNX model (a path or a ModelProto) to a .tflite file at ``path``; see
+    :func:`convert_and_verify`."""
+    return convert_and_verify(source, path, batch_size, input_shapes=input_shapes, verify=verify,
+                              calibration_data=calibration_data)[0]
+
+
+def convert_and_verify(source, path: str | Path, batch_size: int = 1, *,
+                       input_shapes: dict[str, tuple[int, ...]] | None = None, verify: bool = True,
+                       calibration_data: str | Path | None = None, seeds: int = 3):
+    """Convert, check the result against ONNX Runtime on ``seeds`` random inputs (and the samples
+    of ``calibration_data``, an .npz) unless ``verify`` is False, then write ``path``.
+
+    Returns (path, Verification or None). A disagreement raises ConversionError and writes nothing.
+    """
+    if calibration_data is not None and not verify:
+        raise ConversionError("--calibration-data is only used to verify the result; it cannot go with --no-verify")
+    model = checked_onnx(source, runtime="tflite")  # ai.edgepack nodes: the delegate's rules
     path = Path(path)
+    if path.is_dir():
+        raise ConversionError(f"output {str(path)!r} is a directory; give a .tflite file path")
+    converter = Converter(fold_batch_norms(model), batch_size, input_shapes)
+    data = converter.convert()
+    verification = None
+    if verify:
+        from .tflite_verify import verify_conversion
+
+        verification = verify_conversion(model, data, converter, seeds, calibration_data)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return path
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        partial.write_bytes(data)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path, verification
+
+
+# Op modules register more handlers; imported last because they build on this module.
+from . import (  # noqa: E402, F401
+    tflite_ops_activations,
+    tflite_ops_math,
+    tflite_ops_normalization,
+    tflite_ops_tensor,
+    tflite_opsets,
+)

@@ -11,7 +11,10 @@ import tflite
 
 TENSOR_TYPES = {np.dtype(np.float32): tflite.TensorType.FLOAT32,
                 np.dtype(np.int32): tflite.TensorType.INT32,
-                np.dtype(np.int64): tflite.TensorType.INT64}
+                np.dtype(np.int64): tflite.TensorType.INT64,
+                np.dtype(bool): tflite.TensorType.BOOL}
+# The oldest version each builtin is registered at (1 unless listed): BROADCAST_TO starts at 2.
+MIN_VERSIONS = {tflite.BuiltinOperator.BROADCAST_TO: 2}
 
 
 @dataclass
@@ -52,7 +55,7 @@ class TFLiteModelBuilder:
             raise ValueError(f"tensor {name!r}: dtype {dtype} is not supported; "
                              f"supported: {[str(t) for t in TENSOR_TYPES]}")
         if data is not None:
-            data = np.ascontiguousarray(data, dtype=dtype)
+            data = np.array(data, dtype=dtype, order="C")  # keeps a scalar 0-D (ascontiguousarray would not)
             shape = data.shape
         self.tensors.append(_Tensor(name, tuple(int(d) for d in shape), dtype, data))
         return len(self.tensors) - 1
@@ -155,7 +158,7 @@ class TFLiteModelBuilder:
         tflite.OperatorCodeStart(b)
         tflite.OperatorCodeAddDeprecatedBuiltinCode(b, min(builtin, 127))
         tflite.OperatorCodeAddBuiltinCode(b, builtin)
-        tflite.OperatorCodeAddVersion(b, 1)
+        tflite.OperatorCodeAddVersion(b, MIN_VERSIONS.get(builtin, 1))
         if custom is not None:
             tflite.OperatorCodeAddCustomCode(b, custom)
         return tflite.OperatorCodeEnd(b)

@@ -1,18 +1,24 @@
 """ONNX Runtime sessions with the edgepack custom ops (``libedgepack_ort``) registered.
 
 The library is built by CMake (``make kernels``) into ``runtime_kernels/lib/``;
-``EDGEPACK_ORT_LIB`` points at another copy.
+``EDGEPACK_ORT_LIB`` points at another copy. Its decode limits (docs/ops.md "Limits") come from
+the environment or from ``onnx_session``'s keyword arguments.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import threading
 from pathlib import Path
 from typing import Any
+
+from .limits import ENV_MAX_DECODED_BYTES, ENV_MAX_VIRTUAL_WEIGHTS, LimitError, parse_limit
 
 __all__ = ["ort_library_path", "onnx_session"]
 
 _LIB_NAME = "libedgepack_ort.so"
+_REGISTER_LOCK = threading.Lock()  # edgepack_ort_set_limits is process-wide: set, register, clear
 
 
 def ort_library_path() -> str:
@@ -28,21 +34,54 @@ def ort_library_path() -> str:
     return str(path)
 
 
+def _register(so: Any, max_virtual_weights: int | None, max_decoded_bytes: int | None) -> None:
+    """Register libedgepack_ort on ``so`` with these limits (None: the environment's or the default)."""
+    path = ort_library_path()
+    vw = 0 if max_virtual_weights is None else parse_limit("max_virtual_weights", max_virtual_weights)
+    db = 0 if max_decoded_bytes is None else parse_limit("max_decoded_bytes", max_decoded_bytes)
+    with _REGISTER_LOCK:  # also without limits: no other thread's override may be active meanwhile
+        if not vw and not db:
+            so.register_custom_ops_library(path)
+            return
+        lib = ctypes.CDLL(path)  # the same loaded copy ORT's dlopen of this path returns
+        lib.edgepack_ort_set_limits.argtypes = [ctypes.c_int64, ctypes.c_int64]
+        lib.edgepack_ort_set_limits.restype = ctypes.c_int
+        lib.edgepack_ort_set_limits(vw, db)
+        try:
+            so.register_custom_ops_library(path)
+        finally:
+            lib.edgepack_ort_set_limits(0, 0)
+
+
 def onnx_session(
-    path_or_bytes: str | os.PathLike | bytes, use_kernels: bool = True, threads: int = 1, **kwargs: Any
+    path_or_bytes: str | os.PathLike | bytes,
+    use_kernels: bool = True,
+    threads: int = 1,
+    *,
+    max_virtual_weights: int | None = None,
+    max_decoded_bytes: int | None = None,
+    **kwargs: Any,
 ) -> Any:
     """An ``onnxruntime.InferenceSession`` using ``threads`` intra-op threads.
 
-    With ``use_kernels`` the ai.edgepack ops run on the C kernels; without it ORT inlines the
-    model-local fallback functions. Extra keyword arguments go to ``InferenceSession``
-    (e.g. ``providers``).
+    With ``use_kernels`` the ai.edgepack ops run on the C kernels, within ``max_virtual_weights``
+    per node and ``max_decoded_bytes`` per session (default: $EDGEPACK_MAX_VIRTUAL_WEIGHTS /
+    $EDGEPACK_MAX_DECODED_BYTES, else 2^28 and 1 GiB); without it ORT inlines the model-local
+    fallback functions, which no edgepack limit bounds. Extra keyword arguments go to
+    ``InferenceSession`` (e.g. ``providers``).
     """
     import onnxruntime as ort
 
+    if not use_kernels and (max_virtual_weights is not None or max_decoded_bytes is not None):
+        raise LimitError(
+            "max_virtual_weights / max_decoded_bytes apply to the edgepack kernels; with use_kernels=False "
+            f"ONNX Runtime runs the fallback functions, which they do not bound (nor do {ENV_MAX_VIRTUAL_WEIGHTS} "
+            f"/ {ENV_MAX_DECODED_BYTES})"
+        )
     so = kwargs.pop("sess_options", None) or ort.SessionOptions()
     so.intra_op_num_threads = threads
     if use_kernels:
-        so.register_custom_ops_library(ort_library_path())
+        _register(so, max_virtual_weights, max_decoded_bytes)
     model = path_or_bytes if isinstance(path_or_bytes, bytes) else os.fspath(path_or_bytes)
     kwargs.setdefault("providers", ["CPUExecutionProvider"])
     return ort.InferenceSession(model, sess_options=so, **kwargs)

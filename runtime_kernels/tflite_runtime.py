@@ -4,19 +4,28 @@ The ops run in ``libedgepack_tflite_delegate`` (an external delegate, built by C
 ``runtime_kernels/lib/``; ``EDGEPACK_TFLITE_DELEGATE`` points at another copy). On
 tflite-runtime 2.14 the same library can instead register plain custom ops
 (``use_delegate=False``, through ``InterpreterWithCustomOps``). Self-contained: imports only the
-standard library and the TFLite runtime it finds.
+standard library and the TFLite runtime it finds (and edgepack's limits module when installed).
+The decode limits (docs/ops.md "Limits") come from the environment or ``tflite_interpreter``'s
+keyword arguments.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import threading
 from pathlib import Path
 from typing import Any
+
+try:
+    from .limits import parse_limit
+except ImportError:  # loaded as a lone file (a tflite-runtime venv without edgepack): C checks the values
+    parse_limit = None
 
 __all__ = ["delegate_library_path", "tflite_interpreter"]
 
 _LIB_NAME = "libedgepack_tflite_delegate.so"
+_BUILD_LOCK = threading.Lock()  # edgepack_tflite_set_limits is process-wide: set, build, clear
 
 
 def delegate_library_path() -> Path:
@@ -63,25 +72,50 @@ def _registerer(lib_path: Path):
     return register
 
 
-def tflite_interpreter(path: str | os.PathLike, threads: int = 1, use_delegate: bool = True):
+def _limits(max_virtual_weights: int | None, max_decoded_bytes: int | None) -> dict[str, int]:
+    """The limits given as keyword arguments, validated when edgepack is installed (else by C)."""
+    given = {"max_virtual_weights": max_virtual_weights, "max_decoded_bytes": max_decoded_bytes}
+    return {k: (parse_limit(k, v) if parse_limit else v) for k, v in given.items() if v is not None}
+
+
+def tflite_interpreter(
+    path: str | os.PathLike,
+    threads: int = 1,
+    use_delegate: bool = True,
+    *,
+    max_virtual_weights: int | None = None,
+    max_decoded_bytes: int | None = None,
+):
     """An allocated interpreter for ``path`` with the edgepack ops available.
 
+    The ops decode at most ``max_virtual_weights`` per node and ``max_decoded_bytes`` per
+    interpreter (default: $EDGEPACK_MAX_VIRTUAL_WEIGHTS / $EDGEPACK_MAX_DECODED_BYTES, else 2^28
+    and 1 GiB); a model above them fails in ``allocate_tensors`` with a message naming the node.
     ``use_delegate=False`` registers plain custom ops instead (tflite-runtime only: LiteRT does not
     export the resolver's AddCustom).
     """
     name, mod = _runtime()
     lib = delegate_library_path()
+    limits = _limits(max_virtual_weights, max_decoded_bytes)
     if use_delegate:
-        delegate = mod.load_delegate(str(lib))
+        delegate = mod.load_delegate(str(lib), options={k: str(v) for k, v in limits.items()})
         interp = mod.Interpreter(model_path=str(path), num_threads=threads, experimental_delegates=[delegate])
         interp._edgepack_delegate = delegate  # the delegate must outlive the interpreter
-    else:
-        if name != "tflite_runtime":
-            raise RuntimeError(
-                "use_delegate=False needs tflite-runtime (LiteRT hides MutableOpResolver::AddCustom)"
+        interp.allocate_tensors()
+        return interp
+    if name != "tflite_runtime":
+        raise RuntimeError("use_delegate=False needs tflite-runtime (LiteRT hides MutableOpResolver::AddCustom)")
+    registerer = _registerer(lib)
+    set_limits = registerer.lib.edgepack_tflite_set_limits
+    set_limits.argtypes, set_limits.restype = [ctypes.c_int64, ctypes.c_int64], ctypes.c_int
+    with _BUILD_LOCK:  # the ops read the override when the interpreter creates them
+        if set_limits(int(limits.get("max_virtual_weights", 0)), int(limits.get("max_decoded_bytes", 0))):
+            raise ValueError(f"edgepack limits must be positive integers, got {limits}")
+        try:
+            interp = mod.InterpreterWithCustomOps(
+                model_path=str(path), num_threads=threads, custom_op_registerers=[registerer]
             )
-        interp = mod.InterpreterWithCustomOps(
-            model_path=str(path), num_threads=threads, custom_op_registerers=[_registerer(lib)]
-        )
+        finally:
+            set_limits(0, 0)
     interp.allocate_tensors()
     return interp

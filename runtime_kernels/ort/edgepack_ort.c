@@ -5,8 +5,14 @@
  * OrtStatus naming the node and what would be valid. Plans (decoded V, FFT spectra) are built
  * once at kernel creation when the weights are constant initializers and are read-only after
  * that, so concurrent Run() calls on one session are safe; otherwise they are built per run.
+ *
+ * Limits (docs/ops.md "Limits"): each RegisterCustomOps call (one per session options) gets its
+ * own budget of decoded bytes, read from the environment (or edgepack_ort_set_limits) at that
+ * moment; every kernel checks its virtual weights and reserves its decoded bytes at creation,
+ * before allocating, and gives them back when ORT destroys it.
  */
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +31,9 @@
 #define U32_MAX_I64 ((int64_t)0xFFFFFFFF)
 
 typedef enum op_kind { OP_HASHED_WEIGHT, OP_HASHED_MATMUL, OP_CIRCULANT, OP_LDR } op_kind;
+#define OP_COUNT 4
+
+struct registration;
 
 typedef struct op_desc {
     OrtCustomOp base; /* first member: ORT hands our callbacks &base */
@@ -33,7 +42,16 @@ typedef struct op_desc {
     size_t n_inputs;
     const char *inputs[MAX_INPUTS];
     unsigned char optional[MAX_INPUTS];
+    struct registration *reg; /* the budget of the session options this op was registered with */
 } op_desc;
+
+/* One per RegisterCustomOps call: the ops, the limits read then and the decoded bytes held. */
+typedef struct registration {
+    op_desc ops[OP_COUNT];
+    ep_limits lim;
+    _Atomic int64_t used;
+    struct registration *next; /* every registration stays reachable from g_registrations */
+} registration;
 
 typedef struct tview {
     int present;
@@ -58,10 +76,12 @@ typedef struct kernel {
     ep_circulant_plan *cplan;
     ep_ldr_plan *lplan;
     float *W;               /* HashedWeight decoded once */
+    int64_t reserved;       /* decoded bytes counted against the registration's budget */
+    char size_desc[200];    /* "shape [2, 3]" or "in_features=3 x out_features=2", for limit messages */
 } kernel;
 
 static OrtStatus *fail(const kernel *k, const char *fmt, ...) {
-    char msg[768];
+    char msg[1536];
     int n = snprintf(msg, sizeof msg, "edgepack %s: ", k->node);
     if (n < 0 || n >= (int)sizeof msg) n = 0;
     va_list ap;
@@ -76,6 +96,74 @@ static OrtStatus *kernel_fail(const kernel *k, ep_status s) {
 }
 
 static int is_pow2(int64_t n) { return n > 0 && (n & (n - 1)) == 0; }
+
+/* ---- limits --------------------------------------------------------------------------------- */
+
+static OrtStatus *limit_fail(const kernel *k) { return fail(k, "%s", ep_last_error()); }
+
+static void dims_str(const tview *t, char *buf, size_t cap);
+
+/* "<what> of <shape>, tensor [dims]" for a limit message. */
+static void describe(const kernel *k, const char *what, const tview *t, char *buf, size_t cap) {
+    int n = snprintf(buf, cap, "%s (%s", what, k->size_desc);
+    if (n < 0 || n >= (int)cap) return;
+    if (t) {
+        n += snprintf(buf + n, cap - (size_t)n, ", input '%s' ", k->desc->inputs[1]);
+        if (n < (int)cap) dims_str(t, buf + n, cap - (size_t)n);
+        n = (int)strlen(buf);
+    }
+    if (n < (int)cap - 1) snprintf(buf + n, cap - (size_t)n, ")");
+}
+
+/* Count `bytes` more decoded bytes against the session budget, or fail naming `what`. */
+static OrtStatus *reserve(kernel *k, int64_t bytes, const char *what, const tview *t) {
+    registration *r = k->desc->reg;
+    int64_t used = atomic_load(&r->used);
+    char desc[512];
+    describe(k, what, t, desc, sizeof desc);
+    do {
+        if (ep_limits_check_bytes(&r->lim, used, bytes, desc)) return limit_fail(k);
+    } while (!atomic_compare_exchange_weak(&r->used, &used, used + bytes));
+    k->reserved += bytes;
+    return NULL;
+}
+
+/* A plan built for one run only (weights fed at run time) must fit what the session has left. */
+static OrtStatus *check_transient(const kernel *k, int64_t bytes, const char *what, const tview *t) {
+    const registration *r = k->desc->reg;
+    char desc[512];
+    describe(k, what, t, desc, sizeof desc);
+    return ep_limits_check_bytes(&r->lim, atomic_load(&r->used), bytes, desc) ? limit_fail(k) : NULL;
+}
+
+/* Bytes of the decoded form of a matmul op's weights (docs/ops.md "Limits"), from valid views. */
+static int64_t plan_bytes(const kernel *k, const tview *w) {
+    switch (k->desc->kind) {
+    case OP_HASHED_MATMUL: return k->mode == 1 ? 0 : 4 * k->hp.rows * k->hp.cols;
+    case OP_CIRCULANT: return 4 * w[1].dims[0] * w[1].dims[1] * (w[1].dims[2] + 2);
+    case OP_LDR: return 4 * w[1].dims[0] * (4 * w[1].dims[1] + 2);
+    default: return 4 * k->hp.rows * k->hp.cols;
+    }
+}
+
+/* Per node: the virtual weights (HashedWeight: prod(shape); matmul ops: in * out). */
+static OrtStatus *check_virtual(kernel *k) {
+    char *what = k->size_desc;
+    const size_t cap = sizeof k->size_desc;
+    int n = 0;
+    if (k->desc->kind == OP_HASHED_WEIGHT) {
+        n = snprintf(what, cap, "shape [");
+        for (size_t d = 0; d < k->shape_rank && n > 0 && n < (int)cap; d++)
+            n += snprintf(what + n, cap - (size_t)n, d ? ", %lld" : "%lld", (long long)k->shape[d]);
+        if (n > 0 && n < (int)cap) snprintf(what + n, cap - (size_t)n, "]");
+    } else {
+        snprintf(what, cap, "in_features=%lld x out_features=%lld", (long long)k->hp.cols,
+                 (long long)k->hp.rows);
+    }
+    const uint64_t v = (uint64_t)k->hp.rows * (uint64_t)k->hp.cols; /* both < 2^32 */
+    return ep_limits_check_weights(&k->desc->reg->lim, v > (uint64_t)INT64_MAX ? -1 : (int64_t)v, what)
+               ? limit_fail(k) : NULL;
+}
 
 /* ---- attributes ------------------------------------------------------------------------- */
 
@@ -341,6 +429,7 @@ static void set_node_name(kernel *k, const OrtKernelInfo *info) {
 static void destroy_kernel(void *p) {
     kernel *k = (kernel *)p;
     if (!k) return;
+    if (k->reserved) atomic_fetch_sub(&k->desc->reg->used, k->reserved);
     ep_hashed_plan_destroy(k->hplan);
     ep_circulant_plan_destroy(k->cplan);
     ep_ldr_plan_destroy(k->lplan);
@@ -369,6 +458,9 @@ static OrtStatus *prepare_constants(kernel *k, const OrtKernelInfo *info) {
         if ((st = view_of(k, v, i, &w[i]))) return st;
     }
     if ((st = check_weights(k, w))) return st;
+    if ((d->kind == OP_CIRCULANT || d->kind == OP_LDR) &&
+        (st = reserve(k, plan_bytes(k, w), d->kind == OP_CIRCULANT ? "the block spectra" : "the LDR spectra", &w[1])))
+        return st;
     if (d->kind == OP_HASHED_WEIGHT) {
         ep_hash_params p = k->hp;
         p.num_buckets = w[0].count;
@@ -388,6 +480,10 @@ static OrtStatus *create_kernel(const OrtCustomOp *op, const OrtApi *api, const 
     k->desc = (const op_desc *)op;
     set_node_name(k, info);
     OrtStatus *st = read_attrs(k, info);
+    if (!st) st = check_virtual(k);
+    /* the hashed ops' decoded size is known from the attributes: count it whatever feeds them */
+    if (!st && (k->desc->kind == OP_HASHED_WEIGHT || (k->desc->kind == OP_HASHED_MATMUL && k->mode == 0)))
+        st = reserve(k, plan_bytes(k, NULL), k->desc->kind == OP_HASHED_WEIGHT ? "the decoded weight" : "the expanded weight (mode 0)", NULL);
     if (!st) st = prepare_constants(k, info);
     if (st) {
         destroy_kernel(k);
@@ -399,12 +495,28 @@ static OrtStatus *create_kernel(const OrtCustomOp *op, const OrtApi *api, const 
 
 /* ---- compute ------------------------------------------------------------------------------- */
 
-static OrtStatus *get_output(const kernel *k, OrtKernelContext *ctx, const int64_t *dims, size_t rank, float **y) {
+/* The output buffer, checked to be a float32 tensor of exactly `count` values before it is written
+ * (a pre-bound output of another size or type must not be overrun). */
+static OrtStatus *get_output(const kernel *k, OrtKernelContext *ctx, const int64_t *dims, size_t rank,
+                             int64_t count, float **y) {
     OrtValue *ov = NULL;
     void *data = NULL;
+    tview t;
     OrtStatus *st = OrtKernelContext_GetOutput(k->api)(ctx, 0, dims, rank, &ov);
-    if (!st) st = OrtGetTensorMutableData(k->api)(ov, &data);
     if (st) return st;
+    if (!ov) return fail(k, "ONNX Runtime gave no output tensor");
+    OrtTensorTypeAndShapeInfo *ti = NULL;
+    size_t n = 0;
+    st = OrtGetTensorTypeAndShape(k->api)(ov, &ti);
+    if (!st) st = OrtGetTensorElementType(k->api)(ti, &t.type);
+    if (!st) st = OrtGetTensorShapeElementCount(k->api)(ti, &n);
+    if (ti) OrtReleaseTensorTypeAndShapeInfo(k->api)(ti);
+    if (st) return st;
+    if (t.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || (int64_t)n != count)
+        return fail(k, "output tensor has element type %d and %zu values; must be float32 (1) with %lld values",
+                    (int)t.type, n, (long long)count);
+    if ((st = OrtGetTensorMutableData(k->api)(ov, &data))) return st;
+    if (!data && count) return fail(k, "output tensor has no data");
     *y = (float *)data;
     return NULL;
 }
@@ -427,7 +539,7 @@ static OrtStatus *compute(void *p, OrtKernelContext *ctx) {
 
     if (d->kind == OP_HASHED_WEIGHT) {
         float *W = NULL;
-        if ((st = get_output(k, ctx, k->shape, k->shape_rank, &W))) return st;
+        if ((st = get_output(k, ctx, k->shape, k->shape_rank, k->hp.rows * k->hp.cols, &W))) return st;
         size_t n = (size_t)(k->hp.rows * k->hp.cols);
         if (k->W) {
             memcpy(W, k->W, sizeof(float) * n);
@@ -445,9 +557,20 @@ static OrtStatus *compute(void *p, OrtKernelContext *ctx) {
     int64_t ydims[MAX_RANK];
     memcpy(ydims, in[0].dims, sizeof(int64_t) * in[0].rank);
     ydims[in[0].rank - 1] = k->out_f;
-    float *Y = NULL;
-    if ((st = get_output(k, ctx, ydims, in[0].rank, &Y))) return st;
     const int64_t N = in[0].count / k->in_f;
+    if (N > k->desc->reg->lim.max_decoded_bytes / 4 / k->out_f) {
+        char what[320];
+        tview yv = in[0];
+        yv.dims[yv.rank - 1] = k->out_f;
+        int n = snprintf(what, sizeof what, "output 'Y' of shape ");
+        dims_str(&yv, what + n, sizeof what - (size_t)n);
+        const uint64_t bytes = (uint64_t)N * 4u * (uint64_t)k->out_f;
+        (void)ep_limits_check_bytes(&k->desc->reg->lim, 0, bytes > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)bytes,
+                                    what);
+        return limit_fail(k);
+    }
+    float *Y = NULL;
+    if ((st = get_output(k, ctx, ydims, in[0].rank, N * k->out_f, &Y))) return st;
     if (N == 0) return NULL;
     const float *X = in[0].data, *bias = in[ib].data;
 
@@ -462,6 +585,8 @@ static OrtStatus *compute(void *p, OrtKernelContext *ctx) {
         return s ? kernel_fail(k, s) : NULL;
     }
     const int own = !hp && !cp && !lp; /* weights fed at run time: plan for this run only */
+    if (own && d->kind != OP_HASHED_MATMUL && (st = check_transient(k, plan_bytes(k, in), "this run's spectra", &in[1])))
+        return st;
     if (own && (st = build_plan(k, in, &hp, &cp, &lp))) return st;
     switch (d->kind) {
     case OP_HASHED_MATMUL: s = ep_hashed_matmul_expand(hp, X, N, k->in_f, bias, Y, k->out_f); break;
@@ -509,16 +634,29 @@ static int op_one(const OrtCustomOp *op) { (void)op; return 1; }
                 .KernelComputeV2 = compute },                                                         \
       .kind = KIND, .name = NAME, .n_inputs = N, __VA_ARGS__ }
 
-static const op_desc g_ops[] = {
+static const op_desc g_ops[OP_COUNT] = {
     EP_OP(OP_HASHED_WEIGHT, "HashedWeight", 2, .inputs = {"buckets", "recon"}, .optional = {0, 1}),
     EP_OP(OP_HASHED_MATMUL, "HashedMatMul", 4, .inputs = {"X", "buckets", "recon", "bias"}, .optional = {0, 0, 1, 1}),
     EP_OP(OP_CIRCULANT, "CirculantMatMul", 3, .inputs = {"X", "blocks", "bias"}, .optional = {0, 0, 1}),
     EP_OP(OP_LDR, "LDRMatMul", 4, .inputs = {"X", "G", "H", "bias"}, .optional = {0, 0, 0, 1}),
 };
 
+/* Limits for the registrations that follow, over the environment's (0: no override). */
+static _Atomic int64_t g_max_virtual_weights, g_max_decoded_bytes;
+static registration *_Atomic g_registrations;
+
+/* Set (or with 0, clear) the limits later RegisterCustomOps calls use instead of the environment's;
+ * 0 on success, 1 for a negative value. Process-wide: set it, register, clear it. */
+EP_ORT_EXPORT int edgepack_ort_set_limits(int64_t max_virtual_weights, int64_t max_decoded_bytes) {
+    if (max_virtual_weights < 0 || max_decoded_bytes < 0) return 1;
+    atomic_store(&g_max_virtual_weights, max_virtual_weights);
+    atomic_store(&g_max_decoded_bytes, max_decoded_bytes);
+    return 0;
+}
+
 /* Entry point ORT looks up after loading the library (register_custom_ops_library). The domain
- * must outlive every session made from these options and ORT does not own it, so it is never
- * released (a few hundred bytes per registration). */
+ * and our registration (ops + budget) must outlive every session made from these options and ORT
+ * owns neither, so they are never released (a few hundred bytes per registration). */
 EP_ORT_EXPORT OrtStatus *RegisterCustomOps(OrtSessionOptions *options, const OrtApiBase *base) {
     const OrtApi *api = base ? base->GetApi(EP_ORT_API_VERSION) : NULL;
     if (!api) {
@@ -531,10 +669,29 @@ EP_ORT_EXPORT OrtStatus *RegisterCustomOps(OrtSessionOptions *options, const Ort
         fprintf(stderr, "edgepack: %s\n", msg);
         return NULL;
     }
+    ep_limits lim;
+    if (ep_limits_from_env(&lim)) {
+        char msg[1100];
+        snprintf(msg, sizeof msg, "edgepack: %s", ep_last_error());
+        return OrtCreateStatus(api)(ORT_INVALID_ARGUMENT, msg);
+    }
+    const int64_t vw = atomic_load(&g_max_virtual_weights), db = atomic_load(&g_max_decoded_bytes);
+    if (vw > 0) lim.max_virtual_weights = vw;
+    if (db > 0) lim.max_decoded_bytes = db;
+    registration *reg = (registration *)calloc(1, sizeof *reg);
+    if (!reg) return OrtCreateStatus(api)(ORT_FAIL, "edgepack: out of memory registering the custom ops");
+    memcpy(reg->ops, g_ops, sizeof g_ops);
+    reg->lim = lim;
+    atomic_init(&reg->used, 0);
+    reg->next = atomic_load(&g_registrations);
+    while (!atomic_compare_exchange_weak(&g_registrations, &reg->next, reg)) {
+    }
     OrtCustomOpDomain *domain = NULL;
     OrtStatus *st = OrtCreateCustomOpDomain(api)("ai.edgepack", &domain);
-    for (size_t i = 0; !st && i < sizeof g_ops / sizeof g_ops[0]; i++)
-        st = OrtCustomOpDomain_Add(api)(domain, &g_ops[i].base);
+    for (size_t i = 0; !st && i < OP_COUNT; i++) {
+        reg->ops[i].reg = reg;
+        st = OrtCustomOpDomain_Add(api)(domain, &reg->ops[i].base);
+    }
     if (!st) st = OrtAddCustomOpDomain(api)(options, domain);
     return st;
 }

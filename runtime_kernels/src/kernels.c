@@ -19,7 +19,7 @@
 #endif
 
 /* ---- errors ------------------------------------------------------------------------------ */
-static EP_TLS char g_err[512];
+static EP_TLS char g_err[1024];
 
 static ep_status fail(ep_status s, const char *fmt, ...) {
     va_list ap;
@@ -57,6 +57,64 @@ static int mul_ok(int64_t a, int64_t b, int64_t *out) {
 }
 
 static int is_pow2(int64_t n) { return n > 0 && (n & (n - 1)) == 0; }
+
+/* ---- decode limits ----------------------------------------------------------------------- */
+#define EP_RAISE_HINT(env, kw) "; if the model is trusted, raise it with the environment variable " env \
+    "=N or " kw "=N (onnx_session / tflite_interpreter, delegate option " kw ")"
+
+ep_status ep_parse_limit(const char *name, const char *text, int64_t *out) {
+    CHECK_PTR(name, "name");
+    CHECK_PTR(out, "out");
+    const char *p = text ? text : "";
+    while (*p == ' ' || *p == '\t') p++;
+    int64_t v = 0;
+    int digits = 0;
+    for (; *p >= '0' && *p <= '9'; p++, digits++) {
+        if (v > (INT64_MAX - (*p - '0')) / 10)
+            return fail(EP_ERR_ARG, "%s='%.40s' is too large: must be a decimal integer in [1, %lld]", name,
+                        text, (long long)INT64_MAX);
+        v = v * 10 + (*p - '0');
+    }
+    while (*p == ' ' || *p == '\t') p++;
+    if (!digits || *p || v < 1)
+        return fail(EP_ERR_ARG, "%s='%.40s' is not a positive decimal integer (e.g. %s=%lld)", name,
+                    text ? text : "", name, (long long)EP_DEFAULT_MAX_VIRTUAL_WEIGHTS);
+    *out = v;
+    return EP_OK;
+}
+
+ep_status ep_limits_from_env(ep_limits *out) {
+    CHECK_PTR(out, "out");
+    ep_limits lim = {EP_DEFAULT_MAX_VIRTUAL_WEIGHTS, EP_DEFAULT_MAX_DECODED_BYTES};
+    const char *v = getenv(EP_ENV_MAX_VIRTUAL_WEIGHTS), *b = getenv(EP_ENV_MAX_DECODED_BYTES);
+    ep_status st;
+    if (v && (st = ep_parse_limit(EP_ENV_MAX_VIRTUAL_WEIGHTS, v, &lim.max_virtual_weights))) return st;
+    if (b && (st = ep_parse_limit(EP_ENV_MAX_DECODED_BYTES, b, &lim.max_decoded_bytes))) return st;
+    *out = lim;
+    return EP_OK;
+}
+
+ep_status ep_limits_check_weights(const ep_limits *lim, int64_t virtual_weights, const char *shape) {
+    CHECK_PTR(lim, "limits");
+    if (virtual_weights >= 0 && virtual_weights <= lim->max_virtual_weights) return EP_OK;
+    return fail(EP_ERR_SIZE, "%s would decode %lld virtual weights, above the limit of %lld per node"
+                EP_RAISE_HINT(EP_ENV_MAX_VIRTUAL_WEIGHTS, "max_virtual_weights"), shape ? shape : "the node",
+                (long long)virtual_weights, (long long)lim->max_virtual_weights);
+}
+
+ep_status ep_limits_check_bytes(const ep_limits *lim, int64_t used, int64_t bytes, const char *what) {
+    CHECK_PTR(lim, "limits");
+    if (used >= 0 && bytes >= 0 && used <= lim->max_decoded_bytes && bytes <= lim->max_decoded_bytes - used)
+        return EP_OK;
+    if (used > 0)
+        return fail(EP_ERR_SIZE, "%s needs %lld bytes; with the %lld bytes already decoded in this session / "
+                    "interpreter that is above the limit of %lld decoded bytes"
+                    EP_RAISE_HINT(EP_ENV_MAX_DECODED_BYTES, "max_decoded_bytes"), what ? what : "the node",
+                    (long long)bytes, (long long)used, (long long)lim->max_decoded_bytes);
+    return fail(EP_ERR_SIZE, "%s needs %lld bytes, above the limit of %lld decoded bytes"
+                EP_RAISE_HINT(EP_ENV_MAX_DECODED_BYTES, "max_decoded_bytes"), what ? what : "the node",
+                (long long)bytes, (long long)lim->max_decoded_bytes);
+}
 
 /* ---- variants ---------------------------------------------------------------------------- */
 #if defined(EP_HAVE_AVX2)

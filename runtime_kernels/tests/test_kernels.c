@@ -1,5 +1,7 @@
 /* C test runner: every kernel, every variant, against the reference variant and against naive
- * dense math built from the definitions in kernels.h. Prints "N passed, M failed". */
+ * dense math built from the definitions in kernels.h, and the decode limits. Prints "N passed,
+ * M failed". */
+#define _POSIX_C_SOURCE 200112L /* setenv */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -499,6 +501,48 @@ static void test_bad_input(void) {
     CHECK(strcmp(ep_status_str(EP_ERR_PLAN), "size does not match plan") == 0, "status_str");
 }
 
+/* The decode limits: strict parsing, the environment, and the checks at their boundaries. */
+static void test_limits(void) {
+    g_var = "limits";
+    static const struct { const char *text; int64_t want; } good[] = {
+        {"1", 1}, {" 42\t", 42}, {"268435456", 268435456}, {"9223372036854775807", INT64_MAX}};
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        int64_t v = 0;
+        CHECK(ep_parse_limit("X", good[i].text, &v) == EP_OK && v == good[i].want, "parse '%s' -> %lld",
+              good[i].text, (long long)v);
+    }
+    const char *bad[] = {"", " ", "0", "-1", "+1", "1e9", "12x", "0x10", "1 2", "9223372036854775808", NULL};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        int64_t v = 7;
+        CHECK(ep_parse_limit("EDGEPACK_X", bad[i], &v) == EP_ERR_ARG && v == 7 &&
+              strstr(ep_last_error(), "EDGEPACK_X="), "parse '%s': %s", bad[i] ? bad[i] : "NULL", ep_last_error());
+    }
+    ep_limits lim;
+    unsetenv(EP_ENV_MAX_VIRTUAL_WEIGHTS);
+    unsetenv(EP_ENV_MAX_DECODED_BYTES);
+    CHECK(ep_limits_from_env(&lim) == EP_OK && lim.max_virtual_weights == (int64_t)1 << 28 &&
+          lim.max_decoded_bytes == (int64_t)1 << 30, "defaults");
+    setenv(EP_ENV_MAX_DECODED_BYTES, "4096", 1);
+    CHECK(ep_limits_from_env(&lim) == EP_OK && lim.max_decoded_bytes == 4096, "env bytes");
+    setenv(EP_ENV_MAX_VIRTUAL_WEIGHTS, "lots", 1);
+    CHECK(ep_limits_from_env(&lim) == EP_ERR_ARG && strstr(ep_last_error(), "EDGEPACK_MAX_VIRTUAL_WEIGHTS='lots'"),
+          "env bad: %s", ep_last_error());
+    unsetenv(EP_ENV_MAX_VIRTUAL_WEIGHTS);
+    unsetenv(EP_ENV_MAX_DECODED_BYTES);
+    lim.max_virtual_weights = 100, lim.max_decoded_bytes = 1000;
+    CHECK(ep_limits_check_weights(&lim, 100, "shape [10, 10]") == EP_OK, "100 weights");
+    CHECK(ep_limits_check_weights(&lim, 101, "shape [101]") == EP_ERR_SIZE &&
+          strstr(ep_last_error(), "shape [101] would decode 101 virtual weights, above the limit of 100") &&
+          strstr(ep_last_error(), "EDGEPACK_MAX_VIRTUAL_WEIGHTS"), "101 weights: %s", ep_last_error());
+    CHECK(ep_limits_check_weights(&lim, -1, "overflow") == EP_ERR_SIZE, "overflowed count");
+    CHECK(ep_limits_check_bytes(&lim, 600, 400, "w") == EP_OK, "600 + 400 bytes");
+    CHECK(ep_limits_check_bytes(&lim, 600, 401, "w") == EP_ERR_SIZE && strstr(ep_last_error(), "600 bytes already"),
+          "600 + 401 bytes: %s", ep_last_error());
+    lim.max_decoded_bytes = INT64_MAX;
+    CHECK(ep_limits_check_bytes(&lim, INT64_MAX - 5, INT64_MAX, "w") == EP_ERR_SIZE, "no overflow in used + bytes");
+    CHECK(ep_limits_check_bytes(&lim, INT64_MAX - 5, 5, "w") == EP_OK, "up to INT64_MAX");
+}
+
 int main(void) {
     printf("edgepack kernels %s, variants:", ep_version());
     for (int v = 0; v < ep_variant_count(); v++) printf(" %s", ep_variant_name(v));
@@ -511,6 +555,7 @@ int main(void) {
     test_circulant();
     test_ldr();
     test_bad_input();
+    test_limits();
     printf("%d passed, %d failed\n", g_pass, g_fail);
     return g_fail ? 1 : 0;
 }

@@ -10,10 +10,17 @@
  * at prepare (init cannot fail portably in 2.14). Shapes are validated at prepare and again at
  * invoke before memory is touched; plans (decoded V, FFT spectra) are built once at prepare
  * when the weights are constant tensors, otherwise per invoke.
+ *
+ * Tensors: a constant input (kTfLiteMmapRo / kTfLitePersistentRo) must hold exactly its shape's
+ * bytes; the output must be writable (arena, dynamic or custom), never a constant.
+ * Limits (docs/ops.md "Limits"): the delegate's options or the environment give the virtual
+ * weights allowed per node and the decoded bytes per interpreter (TfLiteContext); prepare checks
+ * both, and each output's size, before anything is allocated.
  */
 #define _GNU_SOURCE /* dl_iterate_phdr, RTLD_DEFAULT */
 #include <dlfcn.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,13 +59,16 @@ static const op_info g_ops[OP_COUNT] = {
 typedef struct ep_node {
     op_kind kind;
     char label[200]; /* "HashedMatMul node #3 (output 'Y')", used in every message */
-    char err[640];   /* problem found at init, reported at prepare */
+    char err[1100];  /* problem found at init, reported at prepare */
     int n_in, in[MAX_IN], out;
     int64_t in_f, out_f, mode;
     ep_hash_params hp;
     int64_t shape[MAX_RANK];
     size_t shape_rank;
     int planned; /* plans below built from constant weights */
+    ep_limits lim;
+    int64_t reserved;           /* decoded bytes counted against budget_ctx's budget */
+    const TfLiteContext *budget_ctx;
     ep_hashed_plan *hplan;
     ep_circulant_plan *cplan;
     ep_ldr_plan *lplan;
@@ -90,7 +100,7 @@ typedef struct tview {
 } tview;
 
 static TfLiteStatus fail(TfLiteContext *ctx, const ep_node *n, const char *fmt, ...) {
-    char msg[1024];
+    char msg[1536];
     int k = snprintf(msg, sizeof msg, "edgepack %s: ", n->label);
     if (k < 0 || k >= (int)sizeof msg) k = 0;
     va_list ap;
@@ -216,7 +226,63 @@ static int set_io(ep_node *n, const TfLiteIntArray *ins, const TfLiteIntArray *o
     return ok;
 }
 
+/* ---- decoded-bytes budgets: one per interpreter (TfLiteContext), shared by its nodes ---------- */
+
+typedef struct budget {
+    const TfLiteContext *ctx;
+    int64_t used;
+} budget;
+
+static pthread_mutex_t g_budget_lock = PTHREAD_MUTEX_INITIALIZER;
+static budget *g_budgets;
+static int g_n_budgets, g_cap_budgets;
+
+static budget *budget_of(const TfLiteContext *ctx, int create) { /* caller holds the lock */
+    for (int i = 0; i < g_n_budgets; i++)
+        if (g_budgets[i].ctx == ctx) return &g_budgets[i];
+    if (!create) return NULL;
+    if (g_n_budgets == g_cap_budgets) {
+        const int cap = g_cap_budgets ? 2 * g_cap_budgets : 8;
+        budget *grown = (budget *)realloc(g_budgets, sizeof(budget) * (size_t)cap);
+        if (!grown) return NULL;
+        g_budgets = grown, g_cap_budgets = cap;
+    }
+    budget *b = &g_budgets[g_n_budgets++];
+    b->ctx = ctx, b->used = 0;
+    return b;
+}
+
+static void budget_release_locked(ep_node *n) {
+    budget *b = n->reserved ? budget_of(n->budget_ctx, 0) : NULL;
+    if (b && (b->used -= n->reserved) <= 0) *b = g_budgets[--g_n_budgets]; /* drop empty entries */
+    n->reserved = 0, n->budget_ctx = NULL;
+}
+
+static void budget_release(ep_node *n) {
+    if (!n->reserved) return;
+    pthread_mutex_lock(&g_budget_lock);
+    budget_release_locked(n);
+    pthread_mutex_unlock(&g_budget_lock);
+}
+
+/* Make n's reservation on ctx's budget exactly `bytes`: 0 when it fits, else 1 with
+ * ep_last_error() set (what describes the buffer), -1 when out of memory. */
+static int budget_reserve(ep_node *n, const TfLiteContext *ctx, int64_t bytes, const char *what) {
+    if (n->reserved == bytes && n->budget_ctx == ctx) return 0;
+    pthread_mutex_lock(&g_budget_lock);
+    budget_release_locked(n);
+    int rc = 0;
+    budget *b = bytes ? budget_of(ctx, 1) : NULL;
+    if (bytes && !b) rc = -1;
+    else if (b && ep_limits_check_bytes(&n->lim, b->used, bytes, what)) rc = 1;
+    else if (b) b->used += bytes, n->reserved = bytes, n->budget_ctx = ctx;
+    if (b && !b->used) *b = g_budgets[--g_n_budgets];
+    pthread_mutex_unlock(&g_budget_lock);
+    return rc;
+}
+
 static void release_node(ep_node *n) {
+    budget_release(n);
     ep_hashed_plan_destroy(n->hplan);
     ep_circulant_plan_destroy(n->cplan);
     ep_ldr_plan_destroy(n->lplan);
@@ -247,6 +313,20 @@ static int is_part_output(const part *p, int idx) {
     for (int i = 0; i < p->outputs->size; i++)
         if (p->outputs->data[i] == idx) return 1;
     return 0;
+}
+
+static void dims_str(const tview *t, char *buf, size_t cap);
+
+static const char *alloc_name(int type) {
+    static const char *names[] = {"kTfLiteMemNone", "kTfLiteMmapRo", "kTfLiteArenaRw", "kTfLiteArenaRwPersistent",
+                                  "kTfLiteDynamic", "kTfLitePersistentRo", "kTfLiteCustom", "kTfLiteVariantObject"};
+    return type >= 0 && type < (int)(sizeof names / sizeof names[0]) ? names[type] : "an unknown allocation type";
+}
+
+static int is_read_only(int type) { return type == kTfLiteMmapRo || type == kTfLitePersistentRo; }
+/* buffers the runtime lets an op write: its arenas, dynamic and user (custom) allocations */
+static int is_writable(int type) {
+    return type == kTfLiteArenaRw || type == kTfLiteArenaRwPersistent || type == kTfLiteDynamic || type == kTfLiteCustom;
 }
 
 /* View of input slot i of n (absent: present = 0). need_data: the data must be there (invoke). */
@@ -282,13 +362,20 @@ static TfLiteStatus view_of(TfLiteContext *ctx, const part *p, const ep_node *n,
             return fail(ctx, n, "input '%s' has too many elements", iname);
         t->count *= t->dims[d];
     }
-    t->is_const = (ts->allocation_type == kTfLiteMmapRo || ts->allocation_type == kTfLitePersistentRo) && ts->data;
+    const int at = ts->allocation_type;
+    if (!is_read_only(at) && !is_writable(at))
+        return fail(ctx, n, "input '%s' (tensor %d) has allocation type %s; an input must be a constant "
+                    "(kTfLiteMmapRo, kTfLitePersistentRo) or an arena, dynamic or custom buffer", iname, idx,
+                    alloc_name(at));
+    t->is_const = is_read_only(at) && ts->data;
     t->data = (const float *)ts->data;
-    if ((need_data || t->is_const) && t->count) {
-        if (!ts->data) return fail(ctx, n, "input '%s' (tensor %d) has no data", iname, idx);
-        if (ts->bytes < (size_t)t->count * sizeof(float))
-            return fail(ctx, n, "input '%s' (tensor %d) holds %zu bytes; its shape needs %lld", iname, idx,
-                        ts->bytes, (long long)t->count * 4);
+    if (need_data || t->is_const) {
+        char s[256];
+        dims_str(t, s, sizeof s);
+        if (!ts->data && t->count) return fail(ctx, n, "input '%s' (tensor %d) has no data", iname, idx);
+        if (ts->bytes != (size_t)t->count * sizeof(float))
+            return fail(ctx, n, "input '%s' (tensor %d, %s) holds %zu bytes; its shape %s needs exactly %lld",
+                        iname, idx, alloc_name(at), ts->bytes, s, (long long)t->count * 4);
     }
     return kTfLiteOk;
 }
@@ -433,6 +520,75 @@ static TfLiteStatus out_dims(TfLiteContext *ctx, const ep_node *n, const tview *
     return kTfLiteOk;
 }
 
+/* "shape [2, 3]" (HashedWeight) or "in_features=3 x out_features=2", for limit messages. */
+static void size_desc(const ep_node *n, char *buf, size_t cap) {
+    if (n->kind != OP_HASHED_WEIGHT) {
+        snprintf(buf, cap, "in_features=%lld x out_features=%lld", (long long)n->in_f, (long long)n->out_f);
+        return;
+    }
+    tview t;
+    t.rank = n->shape_rank;
+    memcpy(t.dims, n->shape, sizeof(int64_t) * n->shape_rank);
+    int k = snprintf(buf, cap, "shape ");
+    if (k > 0 && k < (int)cap) dims_str(&t, buf + k, cap - (size_t)k);
+}
+
+/* Bytes of n's decoded weights / plan (docs/ops.md "Limits"), from validated inputs. */
+static int64_t node_bytes(const ep_node *n, const tview *in) {
+    switch (n->kind) {
+    case OP_HASHED_WEIGHT: return 4 * n->hp.rows * n->hp.cols;
+    case OP_HASHED_MATMUL: return n->mode == 1 ? 0 : 4 * n->hp.rows * n->hp.cols;
+    case OP_CIRCULANT: return 4 * in[1].dims[0] * in[1].dims[1] * (in[1].dims[2] + 2);
+    case OP_LDR: return 4 * in[1].dims[0] * (4 * in[1].dims[1] + 2);
+    default: return 0;
+    }
+}
+
+/* The node's virtual weights, its decoded bytes (counted against the interpreter's budget) and
+ * its output's bytes, all checked before anything is allocated. */
+static TfLiteStatus check_limits(TfLiteContext *ctx, ep_node *n, const tview *in, const int64_t *dims, size_t rank) {
+    char sd[200], what[512];
+    size_desc(n, sd, sizeof sd);
+    const uint64_t v = (uint64_t)n->hp.rows * (uint64_t)n->hp.cols; /* both < 2^32 */
+    if (ep_limits_check_weights(&n->lim, v > (uint64_t)INT64_MAX ? -1 : (int64_t)v, sd))
+        return fail(ctx, n, "%s", ep_last_error());
+    const int64_t bytes = node_bytes(n, in);
+    if (n->kind == OP_HASHED_WEIGHT) snprintf(what, sizeof what, "the decoded weight (%s)", sd);
+    else if (n->kind == OP_HASHED_MATMUL) snprintf(what, sizeof what, "the expanded weight (mode 0, %s)", sd);
+    else {
+        char ws[256];
+        dims_str(&in[1], ws, sizeof ws);
+        snprintf(what, sizeof what, "the %s spectra (%s, input '%s' %s)", n->kind == OP_CIRCULANT ? "block" : "LDR",
+                 sd, g_ops[n->kind].inputs[1], ws);
+    }
+    const int rc = budget_reserve(n, ctx, bytes, what);
+    if (rc < 0) return fail(ctx, n, "out of memory");
+    if (rc) return fail(ctx, n, "%s", ep_last_error());
+    tview y;
+    y.rank = rank;
+    memcpy(y.dims, dims, sizeof(int64_t) * rank);
+    int64_t count = 1;
+    for (size_t d = 0; d < rank; d++) count *= dims[d]; /* < 2^31: out_dims checked it */
+    int k = snprintf(what, sizeof what, "output 'Y' of shape ");
+    dims_str(&y, what + k, sizeof what - (size_t)k);
+    if (ep_limits_check_bytes(&n->lim, 0, 4 * count, what)) return fail(ctx, n, "%s", ep_last_error());
+    return kTfLiteOk;
+}
+
+/* The node's output when it is an interpreter tensor: float32 and writable (never a constant). */
+static TfLiteStatus check_output(TfLiteContext *ctx, const ep_node *n) {
+    if (n->out < 0 || (size_t)n->out >= ctx->tensors_size)
+        return fail(ctx, n, "output is tensor %d; the model has %zu tensors", n->out, ctx->tensors_size);
+    const TfLiteTensor *ot = &ctx->tensors[n->out];
+    if (ot->type != kTfLiteFloat32)
+        return fail(ctx, n, "output (tensor %d) has TfLiteType %d; must be float32 (1)", n->out, ot->type);
+    if (!is_writable(ot->allocation_type))
+        return fail(ctx, n, "output (tensor %d) has allocation type %s; an op output must be a writable arena, "
+                    "dynamic or custom buffer, not a constant%s", n->out, alloc_name(ot->allocation_type),
+                    is_read_only(ot->allocation_type) ? " (the model gives this tensor a data buffer)" : "");
+    return kTfLiteOk;
+}
+
 static TfLiteStatus prepare_node(TfLiteContext *ctx, part *p, ep_node *n) {
     if (n->err[0]) {
         ctx->ReportError(ctx, "edgepack %s: %s\n", n->label, n->err);
@@ -440,6 +596,10 @@ static TfLiteStatus prepare_node(TfLiteContext *ctx, part *p, ep_node *n) {
     }
     tview in[MAX_IN];
     if (gather(ctx, p, n, 0, in)) return kTfLiteError;
+    int64_t dims[MAX_RANK];
+    size_t rank = 0;
+    if (out_dims(ctx, n, in, dims, &rank) || check_limits(ctx, n, in, dims, rank)) return kTfLiteError;
+    if (is_part_output(p, n->out) && check_output(ctx, n)) return kTfLiteError;
     if (!n->planned && weights_const(n, in)) {
         if (n->kind == OP_HASHED_WEIGHT) {
             ep_hash_params prm = n->hp;
@@ -455,9 +615,6 @@ static TfLiteStatus prepare_node(TfLiteContext *ctx, part *p, ep_node *n) {
         }
         n->planned = 1;
     }
-    int64_t dims[MAX_RANK];
-    size_t rank = 0;
-    if (out_dims(ctx, n, in, dims, &rank)) return kTfLiteError;
     size_t count = 1;
     for (size_t d = 0; d < rank; d++) count *= (size_t)dims[d];
     if (!is_part_output(p, n->out)) { /* lives inside the partition */
@@ -479,11 +636,7 @@ static TfLiteStatus prepare_node(TfLiteContext *ctx, part *p, ep_node *n) {
         memcpy(it->dims, dims, sizeof(int64_t) * rank);
         return kTfLiteOk;
     }
-    if (n->out < 0 || (size_t)n->out >= ctx->tensors_size)
-        return fail(ctx, n, "output is tensor %d; the model has %zu tensors", n->out, ctx->tensors_size);
     TfLiteTensor *ot = &ctx->tensors[n->out];
-    if (ot->type != kTfLiteFloat32)
-        return fail(ctx, n, "output (tensor %d) has TfLiteType %d; must be float32 (1)", n->out, ot->type);
     TfLiteIntArray *sz = (TfLiteIntArray *)malloc(sizeof(int) * (rank + 1)); /* ResizeTensor owns it */
     if (!sz) return fail(ctx, n, "out of memory");
     sz->size = (int)rank;
@@ -508,11 +661,11 @@ static TfLiteStatus invoke_node(TfLiteContext *ctx, part *p, const ep_node *n) {
         it->rank = rank;
         memcpy(it->dims, dims, sizeof(int64_t) * rank);
     } else {
-        if (n->out < 0 || (size_t)n->out >= ctx->tensors_size)
-            return fail(ctx, n, "output is tensor %d; the model has %zu tensors", n->out, ctx->tensors_size);
+        if (check_output(ctx, n)) return kTfLiteError;
         const TfLiteTensor *ot = &ctx->tensors[n->out];
-        if (ot->type != kTfLiteFloat32 || (count && (!ot->data || ot->bytes < count * sizeof(float))))
-            return fail(ctx, n, "output (tensor %d) is not an allocated float32 buffer of %zu values", n->out, count);
+        if ((count && !ot->data) || ot->bytes != count * sizeof(float))
+            return fail(ctx, n, "output (tensor %d) holds %zu bytes%s; it must be an allocated buffer of exactly %zu "
+                        "(%zu float32 values)", n->out, ot->bytes, ot->data ? "" : " and no data", count * 4, count);
         Y = (float *)ot->data;
     }
     if (!count) return kTfLiteOk;
@@ -555,6 +708,46 @@ static TfLiteStatus invoke_node(TfLiteContext *ctx, part *p, const ep_node *n) {
     return s ? kernel_fail(ctx, n, s) : kTfLiteOk;
 }
 
+/* ---- limits ------------------------------------------------------------------------------------ */
+
+/* Room after the struct, zeroed: fields a newer runtime may append read as NULL / 0. */
+#define EP_DELEGATE_MAGIC 0x65706467u
+typedef struct ep_delegate {
+    TfLiteDelegate base;
+    void *reserved[16];
+    uint32_t magic;
+    ep_limits lim;  /* what this delegate's partitions may decode */
+    char err[1100]; /* a malformed limit in the environment, reported at Prepare */
+} ep_delegate;
+
+/* Limits the plain custom ops use instead of the environment's (0: no override). */
+static int64_t g_max_virtual_weights, g_max_decoded_bytes;
+
+EP_TFLITE_EXPORT int edgepack_tflite_set_limits(int64_t max_virtual_weights, int64_t max_decoded_bytes) {
+    if (max_virtual_weights < 0 || max_decoded_bytes < 0) return 1;
+    pthread_mutex_lock(&g_budget_lock);
+    g_max_virtual_weights = max_virtual_weights, g_max_decoded_bytes = max_decoded_bytes;
+    pthread_mutex_unlock(&g_budget_lock);
+    return 0;
+}
+
+/* n's limits: the delegate's, else the environment's with edgepack_tflite_set_limits' override. */
+static void node_limits(ep_node *n, const TfLiteDelegate *delegate) {
+    const ep_delegate *d = (const ep_delegate *)delegate;
+    if (d && d->magic == EP_DELEGATE_MAGIC) {
+        n->lim = d->lim;
+        return;
+    }
+    if (ep_limits_from_env(&n->lim)) {
+        n->lim.max_virtual_weights = n->lim.max_decoded_bytes = 0;
+        if (!n->err[0]) snprintf(n->err, sizeof n->err, "%s", ep_last_error());
+    }
+    pthread_mutex_lock(&g_budget_lock);
+    if (g_max_virtual_weights) n->lim.max_virtual_weights = g_max_virtual_weights;
+    if (g_max_decoded_bytes) n->lim.max_decoded_bytes = g_max_decoded_bytes;
+    pthread_mutex_unlock(&g_budget_lock);
+}
+
 /* ---- delegate kernel: one per partition ------------------------------------------------------ */
 
 static void *dk_init(TfLiteContext *ctx, const char *buffer, size_t length) {
@@ -591,6 +784,7 @@ static void *dk_init(TfLiteContext *ctx, const char *buffer, size_t length) {
             continue;
         }
         const size_t len = node->custom_initial_data_size > 0 ? (size_t)node->custom_initial_data_size : 0;
+        node_limits(n, params->delegate);
         if (set_io(n, node->inputs, node->outputs)) parse_options(n, node->custom_initial_data, len);
         set_label(n, ctx, ni);
     }
@@ -622,6 +816,11 @@ static TfLiteStatus dk_invoke(TfLiteContext *ctx, TfLiteNode *node) {
 }
 
 static TfLiteStatus delegate_prepare(TfLiteContext *ctx, TfLiteDelegate *delegate) {
+    const ep_delegate *d = (const ep_delegate *)delegate;
+    if (d && d->err[0]) {
+        ctx->ReportError(ctx, "edgepack delegate: %s", d->err);
+        return kTfLiteError;
+    }
     TfLiteIntArray *plan = NULL;
     if (ctx->GetExecutionPlan(ctx, &plan) || !plan) {
         ctx->ReportError(ctx, "edgepack delegate: cannot read the execution plan");
@@ -664,39 +863,51 @@ static TfLiteStatus delegate_prepare(TfLiteContext *ctx, TfLiteDelegate *delegat
     return st;
 }
 
-/* Room after the struct, zeroed: fields a newer runtime may append read as NULL / 0. */
-typedef struct ep_delegate {
-    TfLiteDelegate base;
-    void *reserved[16];
-} ep_delegate;
-
-EP_TFLITE_EXPORT TfLiteDelegate *edgepack_tflite_delegate_create(void) {
+static TfLiteDelegate *delegate_new(const ep_limits *lim, const char *err) {
     ep_delegate *d = (ep_delegate *)calloc(1, sizeof *d);
     if (!d) return NULL;
     d->base.Prepare = delegate_prepare;
     d->base.flags = kTfLiteDelegateFlagsAllowDynamicTensors;
+    d->magic = EP_DELEGATE_MAGIC;
+    if (lim) d->lim = *lim;
+    if (err) snprintf(d->err, sizeof d->err, "%s", err);
     return &d->base;
+}
+
+EP_TFLITE_EXPORT TfLiteDelegate *edgepack_tflite_delegate_create(void) {
+    ep_limits lim;
+    return ep_limits_from_env(&lim) ? delegate_new(NULL, ep_last_error()) : delegate_new(&lim, NULL);
 }
 
 EP_TFLITE_EXPORT void edgepack_tflite_delegate_delete(TfLiteDelegate *d) { free(d); }
 
 EP_TFLITE_EXPORT TfLiteDelegate *tflite_plugin_create_delegate(char **keys, char **values, size_t n,
                                                                 void (*report_error)(const char *)) {
-    char msg[512];
+    char msg[1200];
+    ep_limits lim;
+    if (ep_limits_from_env(&lim)) {
+        snprintf(msg, sizeof msg, "edgepack delegate: %s", ep_last_error());
+        if (report_error) report_error(msg);
+        return NULL;
+    }
     for (size_t i = 0; i < n; i++) {
         const char *k = keys && keys[i] ? keys[i] : "", *v = values && values[i] ? values[i] : "";
         if (!strcmp(k, "kernels")) {
             if (ep_set_variant(v) == EP_OK) continue;
             snprintf(msg, sizeof msg, "edgepack delegate: option kernels='%.100s' is not usable here (%s)", v,
                      ep_last_error());
+        } else if (!strcmp(k, "max_virtual_weights") || !strcmp(k, "max_decoded_bytes")) {
+            int64_t *dst = k[4] == 'v' ? &lim.max_virtual_weights : &lim.max_decoded_bytes;
+            if (ep_parse_limit(k, v, dst) == EP_OK) continue;
+            snprintf(msg, sizeof msg, "edgepack delegate: option %s", ep_last_error());
         } else {
             snprintf(msg, sizeof msg, "edgepack delegate: unknown option '%.100s'; valid: kernels (auto, ref, avx2, "
-                     "neon)", k);
+                     "neon), max_virtual_weights, max_decoded_bytes (positive integers)", k);
         }
         if (report_error) report_error(msg);
         return NULL;
     }
-    TfLiteDelegate *d = edgepack_tflite_delegate_create();
+    TfLiteDelegate *d = delegate_new(&lim, NULL);
     if (!d && report_error) report_error("edgepack delegate: out of memory");
     return d;
 }
@@ -716,6 +927,7 @@ static void *op_init(op_kind kind, const char *buffer, size_t length) {
     p->n_nodes = 1;
     ep_node *n = &p->nodes[0];
     n->kind = kind;
+    node_limits(n, NULL);
     parse_options(n, buffer, length);
     return p;
 }

@@ -14,7 +14,10 @@
 /* The delegate (flags: AllowDynamicTensors): claims every CUSTOM node named "ai.edgepack.*". */
 EP_TFLITE_EXPORT TfLiteDelegate *edgepack_tflite_delegate_create(void);
 EP_TFLITE_EXPORT void edgepack_tflite_delegate_delete(TfLiteDelegate *delegate);
-/* keys/values: "kernels" = auto | ref | avx2 | neon (process-wide kernel variant). */
+/* keys/values: "kernels" = auto | ref | avx2 | neon (process-wide kernel variant);
+ * "max_virtual_weights" (per node) and "max_decoded_bytes" (per interpreter), positive integers
+ * overriding $EDGEPACK_MAX_VIRTUAL_WEIGHTS / $EDGEPACK_MAX_DECODED_BYTES (docs/ops.md "Limits").
+ * A malformed option or environment variable: NULL, with the reason passed to report_error. */
 EP_TFLITE_EXPORT TfLiteDelegate *tflite_plugin_create_delegate(char **keys, char **values, size_t n,
                                                                 void (*report_error)(const char *));
 EP_TFLITE_EXPORT void tflite_plugin_destroy_delegate(TfLiteDelegate *delegate);
@@ -27,5 +30,9 @@ EP_TFLITE_EXPORT const TfLiteRegistration *edgepack_tflite_registration(const ch
  * else 1 and edgepack_tflite_registrar_error() says why. */
 EP_TFLITE_EXPORT int edgepack_register_tflite_ops(void *resolver);
 EP_TFLITE_EXPORT const char *edgepack_tflite_registrar_error(void);
+/* Limits the plain custom ops created from now on use instead of the environment's (0: clear the
+ * override); 0 on success, 1 for a negative value. Process-wide: set it, build the interpreter,
+ * clear it. (The delegate takes its limits from its options instead.) */
+EP_TFLITE_EXPORT int edgepack_tflite_set_limits(int64_t max_virtual_weights, int64_t max_decoded_bytes);
 
 #endif /* EDGEPACK_TFLITE_H */

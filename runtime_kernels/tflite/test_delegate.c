@@ -1,8 +1,10 @@
 /* Drives libedgepack_tflite_delegate's callbacks through a fake TfLiteContext built in memory:
  * delegate Prepare (claiming) -> kernel init/prepare/invoke/free, and the plain custom-op
  * registrations, for every op, a two-node partition, and malformed options / shapes (every
- * truncation and many byte mutations of the options must fail cleanly). Meant for ASan/UBSan.
+ * truncation and many byte mutations of the options must fail cleanly), allocation types, exact
+ * buffer sizes and the decode limits (issue 9). Meant for ASan/UBSan.
  * Prints "N passed, M failed". */
+#define _POSIX_C_SOURCE 200112L /* setenv */
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -180,13 +182,18 @@ static void node(fake *f, const char *name, int nin, const int *in, int out, con
     f->nn++;
 }
 
+/* delegate options for the next run_delegate calls */
+static char **g_keys, **g_vals;
+static size_t g_nopts;
+
 /* Claim with the delegate, then prepare + invoke the partition kernel. */
 static TfLiteStatus run_delegate(fake *f, int out_tensor) {
     int order[8];
     for (int i = 0; i < f->nn; i++) order[i] = i;
     f->plan = ints(f->nn, order);
     if (!f->part_out) f->part_out = ints(1, &out_tensor);
-    TfLiteDelegate *d = tflite_plugin_create_delegate(NULL, NULL, 0, NULL);
+    TfLiteDelegate *d = tflite_plugin_create_delegate(g_keys, g_vals, g_nopts, NULL);
+    if (!d) return kTfLiteError;
     TfLiteStatus st = d->Prepare(&f->ctx, d);
     if (!st && f->replaced) {
         st = f->dreg.prepare(&f->ctx, &f->dnode);
@@ -446,6 +453,167 @@ static void misc_cases(void) {
     CHECK(edgepack_register_tflite_ops(NULL) == 1 && strstr(edgepack_tflite_registrar_error(), "NULL"), "registrar NULL");
 }
 
+/* ---- issue 9: allocation types, exact sizes, decode limits ---------------------------------------- */
+
+/* A HashedWeight of `shape` reading `nb` constant buckets; the output tensor is made by `out`. */
+typedef struct hw { fake *f; int y, b; } hw;
+static hw hw_new(const int64_t *shape, int rank, int nb) {
+    entry e[] = {{"num_hashes", 'i', 1, 0, 0}, {"seed", 'i', 3, 0, 0}, {"shape", 'v', 0, shape, rank}};
+    uint8_t opts[1024];
+    size_t len = flex_map(opts, e, 3);
+    float buckets[64];
+    fill(buckets, 64, 21);
+    hw h;
+    h.f = fake_new();
+    int db[] = {nb}, dy[] = {1};
+    h.b = tensor(h.f, 1, db, buckets);
+    h.y = tensor(h.f, 1, dy, NULL);
+    node(h.f, "ai.edgepack.HashedWeight", 1, &h.b, h.y, opts, len);
+    return h;
+}
+
+static TfLiteStatus hw_run(hw *h, int custom) { return custom ? run_custom(h->f) : run_delegate(h->f, h->y); }
+
+static char g_report[2048];
+static void capture(const char *msg) { snprintf(g_report, sizeof g_report, "%s", msg); }
+
+static void tensor_cases(void) {
+    int64_t shape[] = {3, 4};
+    for (int custom = 0; custom < 2; custom++) {
+        /* a constant (read-only) output: refused at prepare, never written */
+        hw h = hw_new(shape, 2, 8);
+        int d34[] = {3, 4};
+        free(h.f->t[h.y].dims);
+        h.f->t[h.y].dims = ints(2, d34);
+        h.f->t[h.y].bytes = 48;
+        h.f->t[h.y].data = realloc(h.f->t[h.y].data, 48);
+        h.f->t[h.y].allocation_type = kTfLiteMmapRo;
+        CHECK(hw_run(&h, custom) && strstr(h.f->err, "output (tensor 1) has allocation type kTfLiteMmapRo") &&
+              strstr(h.f->err, "HashedWeight node"), "const output, custom %d: '%s'", custom, h.f->err);
+        fake_free(h.f);
+        h = hw_new(shape, 2, 8);
+        h.f->t[h.y].allocation_type = kTfLitePersistentRo;
+        CHECK(hw_run(&h, custom) && strstr(h.f->err, "kTfLitePersistentRo"), "persistent-ro output: '%s'", h.f->err);
+        fake_free(h.f);
+        h = hw_new(shape, 2, 8);
+        h.f->t[h.y].allocation_type = kTfLiteDynamic;
+        CHECK(!hw_run(&h, custom), "dynamic output must work: '%s'", h.f->err);
+        fake_free(h.f);
+        /* a constant input whose buffer is longer / shorter than its shape */
+        for (int extra = -4; extra <= 4; extra += 8) {
+            h = hw_new(shape, 2, 8);
+            h.f->t[h.b].bytes = (size_t)(32 + extra);
+            if (extra > 0) h.f->t[h.b].data = realloc(h.f->t[h.b].data, 36);
+            char want[128];
+            snprintf(want, sizeof want, "holds %d bytes; its shape [8] needs exactly 32", 32 + extra);
+            CHECK(hw_run(&h, custom) && strstr(h.f->err, want), "const input %+d bytes: '%s'", extra, h.f->err);
+            fake_free(h.f);
+        }
+        h = hw_new(shape, 2, 8);
+        h.f->t[h.b].allocation_type = kTfLiteMemNone;
+        CHECK(hw_run(&h, custom) && strstr(h.f->err, "allocation type kTfLiteMemNone"), "MemNone input: '%s'", h.f->err);
+        fake_free(h.f);
+    }
+    /* an arena output whose buffer does not match its shape at invoke */
+    hw h = hw_new(shape, 2, 8);
+    int order[] = {0};
+    h.f->plan = ints(1, order);
+    h.f->part_out = ints(1, &h.y);
+    TfLiteDelegate *d = tflite_plugin_create_delegate(NULL, NULL, 0, NULL);
+    TfLiteStatus st = d->Prepare(&h.f->ctx, d);
+    if (!st) st = h.f->dreg.prepare(&h.f->ctx, &h.f->dnode);
+    CHECK(!st, "prepare: '%s'", h.f->err);
+    h.f->t[h.y].bytes = 40;
+    CHECK(h.f->dreg.invoke(&h.f->ctx, &h.f->dnode) && strstr(h.f->err, "holds 40 bytes") &&
+          strstr(h.f->err, "exactly 48"), "short output: '%s'", h.f->err);
+    h.f->dreg.free(&h.f->ctx, h.f->dnode.user_data);
+    tflite_plugin_destroy_delegate(d);
+    fake_free(h.f);
+}
+
+static void limit_cases(void) {
+    int64_t bomb[] = {2, 2147483647};
+    for (int custom = 0; custom < 2; custom++) {
+        hw h = hw_new(bomb, 2, 8);
+        CHECK(hw_run(&h, custom) && strstr(h.f->err, "shape [2, 2147483647] would decode 4294967294 virtual weights") &&
+              strstr(h.f->err, "limit of 268435456") && strstr(h.f->err, "EDGEPACK_MAX_VIRTUAL_WEIGHTS"),
+              "bomb, custom %d: '%s'", custom, h.f->err);
+        fake_free(h.f);
+    }
+    int64_t s105[] = {7, 15};
+    char *k1[] = {"max_virtual_weights"}, *v104[] = {"104"}, *v105[] = {" 105 "};
+    g_keys = k1, g_vals = v104, g_nopts = 1;
+    hw h = hw_new(s105, 2, 8);
+    CHECK(hw_run(&h, 0) && strstr(h.f->err, "105 virtual weights, above the limit of 104"), "option 104: '%s'", h.f->err);
+    fake_free(h.f);
+    g_vals = v105;
+    h = hw_new(s105, 2, 8);
+    CHECK(!hw_run(&h, 0), "option 105: '%s'", h.f->err);
+    fake_free(h.f);
+    g_keys = g_vals = NULL, g_nopts = 0;
+
+    /* the environment: custom ops read it at init, a malformed value fails prepare / create */
+    setenv("EDGEPACK_MAX_VIRTUAL_WEIGHTS", "104", 1);
+    h = hw_new(s105, 2, 8);
+    CHECK(hw_run(&h, 1) && strstr(h.f->err, "limit of 104"), "env 104: '%s'", h.f->err);
+    fake_free(h.f);
+    CHECK(edgepack_tflite_set_limits(105, 0) == 0 && edgepack_tflite_set_limits(-1, 0) == 1, "set_limits");
+    h = hw_new(s105, 2, 8);
+    CHECK(!hw_run(&h, 1), "override 105: '%s'", h.f->err);
+    fake_free(h.f);
+    edgepack_tflite_set_limits(0, 0);
+    const char *bad[] = {"", "0", "12x", "-1", "0x10", "99999999999999999999"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        setenv("EDGEPACK_MAX_VIRTUAL_WEIGHTS", bad[i], 1);
+        h = hw_new(s105, 2, 8);
+        CHECK(hw_run(&h, 1) && strstr(h.f->err, "EDGEPACK_MAX_VIRTUAL_WEIGHTS"), "bad env '%s': '%s'", bad[i], h.f->err);
+        fake_free(h.f);
+        g_report[0] = 0;
+        CHECK(!tflite_plugin_create_delegate(NULL, NULL, 0, capture) && strstr(g_report, "EDGEPACK_MAX_VIRTUAL_WEIGHTS"),
+              "delegate, bad env '%s': '%s'", bad[i], g_report);
+        TfLiteDelegate *d = edgepack_tflite_delegate_create();
+        h = hw_new(s105, 2, 8);
+        int order[] = {0};
+        h.f->plan = ints(1, order);
+        CHECK(d && d->Prepare(&h.f->ctx, d) && strstr(h.f->err, "EDGEPACK_MAX_VIRTUAL_WEIGHTS"),
+              "delegate_create, bad env '%s': '%s'", bad[i], h.f->err);
+        edgepack_tflite_delegate_delete(d);
+        fake_free(h.f);
+    }
+    unsetenv("EDGEPACK_MAX_VIRTUAL_WEIGHTS");
+    char *k2[] = {"max_decoded_bytes"}, *vbad[] = {"1e6"};
+    g_report[0] = 0;
+    CHECK(!tflite_plugin_create_delegate(k2, vbad, 1, capture) && strstr(g_report, "max_decoded_bytes='1e6'"),
+          "bad option: '%s'", g_report);
+
+    /* the decoded-bytes budget is shared by the nodes of one interpreter */
+    int64_t s100[] = {10, 10};
+    entry e[] = {{"num_hashes", 'i', 1, 0, 0}, {"seed", 'i', 3, 0, 0}, {"shape", 'v', 0, s100, 2}};
+    uint8_t opts[1024];
+    size_t len = flex_map(opts, e, 3);
+    char *v799[] = {"799"}, *v800[] = {"800"};
+    for (int budget = 799; budget <= 800; budget++) {
+        float buckets[8];
+        fill(buckets, 8, 4);
+        fake *f = fake_new();
+        int db[] = {8}, dy[] = {1};
+        int b = tensor(f, 1, db, buckets), y0 = tensor(f, 1, dy, NULL), y1 = tensor(f, 1, dy, NULL);
+        node(f, "ai.edgepack.HashedWeight", 1, &b, y0, opts, len);
+        node(f, "ai.edgepack.HashedWeight", 1, &b, y1, opts, len);
+        int outs[] = {y0, y1};
+        f->part_out = ints(2, outs);
+        g_keys = k2, g_vals = budget == 799 ? v799 : v800, g_nopts = 1;
+        TfLiteStatus st = run_delegate(f, y0);
+        if (budget == 799)
+            CHECK(st && strstr(f->err, "needs 400 bytes; with the 400 bytes already decoded") &&
+                  strstr(f->err, "limit of 799"), "budget 799: '%s'", f->err);
+        else
+            CHECK(!st, "budget 800: '%s'", f->err);
+        fake_free(f);
+    }
+    g_keys = g_vals = NULL, g_nopts = 0;
+}
+
 int main(void) {
     for (int mode = 0; mode < 2; mode++)
         for (int custom = 0; custom < 2; custom++) hashed_case(mode, custom);
@@ -454,6 +622,8 @@ int main(void) {
     chain_case();
     error_cases();
     misc_cases();
+    tensor_cases();
+    limit_cases();
     printf("%d passed, %d failed\n", g_pass, g_fail);
     return g_fail ? 1 : 0;
 }

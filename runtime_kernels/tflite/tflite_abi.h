@@ -14,7 +14,10 @@
 typedef enum { kTfLiteOk = 0, kTfLiteError = 1 } TfLiteStatus;
 
 enum { kTfLiteFloat32 = 1 };                                       /* TfLiteType */
-enum { kTfLiteMmapRo = 1, kTfLiteArenaRw = 2, kTfLitePersistentRo = 5 }; /* TfLiteAllocationType */
+enum { /* TfLiteAllocationType */
+    kTfLiteMemNone = 0, kTfLiteMmapRo = 1, kTfLiteArenaRw = 2, kTfLiteArenaRwPersistent = 3, kTfLiteDynamic = 4,
+    kTfLitePersistentRo = 5, kTfLiteCustom = 6, kTfLiteVariantObject = 7,
+};
 enum { kTfLiteOptionalTensor = -1 };
 enum { kTfLiteDelegateFlagsAllowDynamicTensors = 1 };
 enum { kTfLiteBuiltinCustom = 32, kTfLiteBuiltinDelegate = 51 }; /* tflite::BuiltinOperator */

@@ -33,9 +33,12 @@ class FakeDevice:
         self.root = root
         self.pushed: list[str] = []
 
-    def push(self, local_path, remote_name=None) -> str:
+    def push(self, local_path, remote_name=None, *, timeout=None) -> str:
         dest = self.root / (remote_name or Path(local_path).name)
-        shutil.copy2(local_path, dest)
+        if Path(local_path).is_dir():
+            shutil.copytree(local_path, dest, dirs_exist_ok=True)
+        else:
+            shutil.copy2(local_path, dest)
         self.pushed.append(str(dest))
         return str(dest)
 

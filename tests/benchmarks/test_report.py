@@ -64,3 +64,31 @@ def test_report_errors(tmp_path):
     with pytest.raises(ValueError, match="baseline 'zzz.onnx' is not among"):
         write_report(results, tmp_path / "r", baseline="zzz.onnx")
     assert json.loads(results.read_text())["model"] == "a"
+
+
+def test_report_skips_garbled_lines_and_incomplete_records(tmp_path, capsys):
+    results = tmp_path / "results.jsonl"
+    good = record("good", 1.0, 10.0, 0.9)
+    no_model = {k: v for k, v in record("x", 1.0, 10.0, 0.9).items() if k != "model"}
+    no_metrics = {"model": "nometrics", "runtime": "ort", "status": "ok"}
+    bad_latencies = {**record("badlat", 1.0, 10.0, 0.9), "latencies_ms": ["fast"]}
+    zero_size = {**record("zero", 1.0, 0.0, 0.9)}
+    failed = {"status": "error", "error": "a | pipe\nand a newline"}  # no model, no device_spec
+    lines = [json.dumps(r).encode() for r in (good, no_model, no_metrics, bad_latencies, zero_size, failed)]
+    results.write_bytes(b"\n".join([*lines, b"[1]", b'"text"', b"\xff\xfe\x00", b'{"model": "torn']))
+    paths = write_report(results, tmp_path / "report", baseline="zero")
+    assert paths.skipped == 3 + 4  # 3 incomplete ok records, 4 unreadable lines
+    markdown = paths["markdown"].read_text()
+    assert "2 measurements, 1 failed" in markdown and "7 line(s) skipped" in markdown
+    assert "a \\| pipe and a newline" in markdown
+    baseline_row = next(line for line in markdown.splitlines() if line.startswith("| zero [") and "| 1 |" in line)
+    assert "| 1 | – |" in baseline_row  # the baseline against itself: same speed, size ratio 0/0 left out
+    assert "<td>a | pipe and a newline</td>" in paths["html"].read_text()
+
+    from edgepack.cli import main
+    assert main(["report", str(results), "-o", str(tmp_path / "cli")]) == 0
+    assert "skipped 7 unreadable line(s) or incomplete record(s)" in capsys.readouterr().err
+    results.write_bytes(b"\xff\n[]\n")
+    assert main(["report", str(results), "-o", str(tmp_path / "cli")]) == 2
+    err = capsys.readouterr().err
+    assert "no results to report (2 unreadable line(s)" in err and "Traceback" not in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -153,6 +154,46 @@ def test_unknown_host_key_is_refused(sshd, tmp_path):
     dev = get_device(sshd.spec, ssh_options=sshd.options(known_hosts=empty))
     with pytest.raises(DeviceError, match="host key verification failed"):
         dev.run(["true"])
+
+
+def lenient(sshd, known_hosts: Path, how: str) -> list[str]:
+    """The test sshd's client options with host key checking turned off the way a user might."""
+    config = known_hosts.parent / "ssh_config"
+    config.write_text("Host *\n  StrictHostKeyChecking no\n" if how == "config" else "")
+    options = ["-F", str(config), "-i", str(sshd.client_key), "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none",
+               "-o", f"UserKnownHostsFile={known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null"]
+    return options if how == "config" else [*options, "-o", f"StrictHostKeyChecking={how}"]
+
+
+@pytest.mark.parametrize("how", ["no", "accept-new", "config"])
+def test_host_key_checking_cannot_be_turned_off(sshd, tmp_path, how):
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text("")
+    dev = get_device(sshd.spec, ssh_options=lenient(sshd, known_hosts, how))
+    with pytest.raises(DeviceError) as error:
+        dev.run(["true"])
+    message = str(error.value)
+    assert message.startswith(f"{sshd.spec}: host key verification failed for 127.0.0.1")
+    assert f"ssh-keyscan -p {sshd.port} 127.0.0.1" in message and "ssh-keygen -lf" in message
+    assert known_hosts.read_text() == ""  # accept-new would have added the key
+
+
+def test_known_hosts_from_ssh_keyscan(sshd, tmp_path):
+    scanned = subprocess.run(["ssh-keyscan", "-p", str(sshd.port), "127.0.0.1"], capture_output=True, text=True,
+                             timeout=30, check=True).stdout
+    fingerprint = subprocess.run(["ssh-keygen", "-lf", "-"], input=scanned, capture_output=True, text=True,
+                                 check=True).stdout.split()[1]
+    expected = subprocess.run(["ssh-keygen", "-lf", str(sshd.folder / "host_key.pub")], capture_output=True,
+                              text=True, check=True).stdout.split()[1]
+    assert fingerprint == expected  # the README's check before adding the key
+    known_hosts = tmp_path / "scanned_known_hosts"
+    known_hosts.write_text(scanned)
+    empty = tmp_path / "empty"
+    empty.write_text("")
+    dev = get_device(sshd.spec, ssh_options=sshd.options(known_hosts=empty), known_hosts=known_hosts)
+    assert dev.run(["echo", "hi"]).stdout == "hi\n"
+    with pytest.raises(ValueError, match="known_hosts file .*missing does not exist"):
+        get_device(sshd.spec, known_hosts=tmp_path / "missing")
 
 
 def test_unreachable_host(sshd):

@@ -101,3 +101,35 @@ def test_unsupported_suffix_and_mode(tmp_path):
         export(layer, torch.randn(1, 30), tmp_path / "m.pb")
     with pytest.raises(ValueError, match="mode must be one of"):
         export(layer, torch.randn(1, 30), tmp_path / "m.onnx", mode="fast")
+
+
+def test_example_of_the_wrong_shape_is_refused_before_writing(tmp_path):
+    """It used to write a file whose graph cannot run on its own declared input."""
+    from edgepack.exporter.onnx_export import ExportError
+    from edgepack.exporter.validate import InvalidNodeError
+
+    with pytest.raises(ExportError, match=r"does not run on example input\(s\) of shape \[1, 36\].*"
+                                          r"takes in_features=37"):
+        export(LAYERS["hashednets"](), torch.randn(1, 36), tmp_path / "m.onnx")
+    # the LDR layer zero-pads a short input in torch; the node check still catches the file
+    with pytest.raises(InvalidNodeError, match=r"LDRMatMul node .*: input 'X' has shape \[-1, 29\]; "
+                                               r"its last axis must equal in_features=30"):
+        export(LAYERS["ldr"](), torch.randn(1, 29), tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_export_refuses_nodes_above_the_decode_limits(tmp_path, monkeypatch):
+    """The exporter checks its own output with the kernels' rules, limits included."""
+    from edgepack.compression import HashedLinear
+    from edgepack.exporter.validate import InvalidNodeError
+
+    layer = HashedLinear(40, 30, ratio=0.25).eval()
+    monkeypatch.setenv("EDGEPACK_MAX_VIRTUAL_WEIGHTS", "1199")
+    with pytest.raises(InvalidNodeError, match=r"in_features=40 x out_features=30 would decode 1200 "
+                                               r"virtual weights, above the limit of 1199 per node"):
+        export(layer, torch.randn(1, 40), tmp_path / "m.onnx")
+    monkeypatch.setenv("EDGEPACK_MAX_VIRTUAL_WEIGHTS", "1200")
+    monkeypatch.setenv("EDGEPACK_MAX_DECODED_BYTES", "4799")
+    with pytest.raises(InvalidNodeError, match=r"the expanded weight \(mode 0\) .* needs 4800 bytes"):
+        export(layer, torch.randn(1, 40), tmp_path / "m.onnx")
+    assert export(layer, torch.randn(1, 40), tmp_path / "m.onnx", stream=True).exists()  # mode 1

@@ -92,15 +92,16 @@ def onnx_model(node: onnx.NodeProto, shape=(1, 4)) -> onnx.ModelProto:
 
 
 def test_unsupported_op_names_node_and_supported_list(tmp_path):
-    model = onnx_model(helper.make_node("Erf", ["x"], ["y"], name="my_erf"))
-    with pytest.raises(ConversionError, match=r"node 'my_erf' \(Erf\): op Erf is not supported .*"
+    model = onnx_model(helper.make_node("Det", ["x"], ["y"], name="my_det"), shape=(4, 4))
+    with pytest.raises(ConversionError, match=r"node 'my_det' \(Det\): op Det is not supported .*"
                                               r"supported: .*Conv.*Softmax"):
         convert_onnx_to_tflite(model, tmp_path / "m.tflite")
 
 
 def test_unsupported_attributes_are_refused(tmp_path):
-    model = onnx_model(helper.make_node("Softmax", ["x"], ["y"], axis=0, name="sm"))
-    with pytest.raises(ConversionError, match="Softmax over axis 0"):
+    model = onnx_model(helper.make_node("Pad", ["x", "p"], ["y"], name="crop"))
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array([0, -1, 0, 1], np.int64), "p"))
+    with pytest.raises(ConversionError, match=r"node 'crop' .*negative pads \[0, -1, 0, 1\] \(cropping\)"):
         convert_onnx_to_tflite(model, tmp_path / "m.tflite")
     model = onnx_model(helper.make_node("Pad", ["x", "p"], ["y"], mode="edge", name="pad"))
     model.graph.initializer.append(onnx.numpy_helper.from_array(np.array([0, 1, 0, 1], np.int64), "p"))

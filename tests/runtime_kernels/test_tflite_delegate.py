@@ -6,7 +6,11 @@ InterpreterWithCustomOps registrar; bad models fail with our messages, not crash
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -354,3 +358,153 @@ def test_delegate_options(tmp_path):
     it.invoke()
     close(it.get_tensor(it.get_output_details()[0]["index"]), X @ hashed_v(6, 8, buckets, None, 1, 1).T)
     INTERP.load_delegate(lib, {"kernels": "auto"})  # leave the process on the default variant
+
+
+# ---- decode limits and tensor checks (issue 9) ---------------------------------------------------
+
+LIMIT_ERRORS = (RuntimeError, ValueError)
+_CAPPED = """
+import json, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, ({cap}, {cap}))
+try:
+    from edgepack.runtime_kernels import tflite_runtime as tr
+except ImportError:
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("tr", {module!r})
+    tr = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tr)
+result = {{}}
+try:
+    tr.tflite_interpreter({path!r}, use_delegate={use_delegate}).invoke()
+    result["error"] = None
+except Exception as e:
+    result["error"] = str(e)
+result["maxrss_mb"] = [int(line.split()[1]) for line in open('/proc/self/status') if line.startswith('VmHWM')][0] / 1024
+print("RESULT " + json.dumps(result))
+"""
+
+
+def capped_interpreter(tmp_path, model: bytes, route: str, cap_bytes: int = 3 << 30) -> dict:
+    """Build, allocate and invoke ``model`` in a fresh Python capped at ``cap_bytes`` of address
+    space: {"error": message or None, "maxrss_mb": peak RSS}. A crash fails the assertion."""
+    path = tmp_path / "capped.tflite"
+    path.write_bytes(model)
+    code = _CAPPED.format(cap=cap_bytes, module=str(ROOT / "runtime_kernels/tflite_runtime.py"), path=str(path),
+                          use_delegate=route == "delegate")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEPACK_MAX_")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, f"rc={proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def hashed_weights_graph(shapes, buckets=None) -> bytes:
+    """One HashedWeight per shape (seed 11 + i), each output a graph output."""
+    g = tm.Graph()
+    b = g.const("buckets", buckets if buckets is not None else np.linspace(-1, 1, 33, dtype=np.float32))
+    for i, shape in enumerate(shapes):
+        w = g.tensor(f"W{i}", (1,))
+        g.ops.append(tm.Op("ai.edgepack.HashedWeight", [b], [w], tm.options(shape=list(shape), num_hashes=1,
+                                                                            seed=11 + i)))
+        g.outputs.append(w)
+    return tm.build(g)
+
+
+def interp_with(tmp_path, model: bytes, route: str, **limits):
+    path = tmp_path / "m.tflite"
+    path.write_bytes(model)
+    return tr.tflite_interpreter(path, use_delegate=route == "delegate", **limits)
+
+
+@pytest.fixture
+def no_limit_env(monkeypatch):
+    for name in ("EDGEPACK_MAX_VIRTUAL_WEIGHTS", "EDGEPACK_MAX_DECODED_BYTES"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_bomb_is_refused_before_allocating(tmp_path, route):
+    """Issue 9: HashedWeight shape [2, 2^31-1] made the delegate allocate 16 GiB; now prepare fails
+    with the limit, in a process capped at 3 GiB of address space."""
+    model = hashed_weights_graph([[2, 2**31 - 1]])
+    result = capped_interpreter(tmp_path, model, route)
+    err = result["error"] or ""
+    for part in ("HashedWeight node", "shape [2, 2147483647]", "4294967294 virtual weights", "limit of 268435456",
+                 "EDGEPACK_MAX_VIRTUAL_WEIGHTS"):
+        assert part in err, (part, err)
+    assert result["maxrss_mb"] < 1024
+
+
+def test_limits_from_kwargs_and_env(tmp_path, route, no_limit_env):
+    model = hashed_weights_graph([[7, 3, 5]])
+    with pytest.raises(LIMIT_ERRORS, match=r"shape \[7, 3, 5\] would decode 105 virtual weights.*limit of 104"):
+        interp_with(tmp_path, model, route, max_virtual_weights=104)
+    it = interp_with(tmp_path, model, route, max_virtual_weights=105)
+    it.invoke()
+    buckets = np.linspace(-1, 1, 33, dtype=np.float32)
+    close(it.get_tensor(it.get_output_details()[0]["index"]), hashed_v(7, 15, buckets, None, 1, 11).reshape(7, 3, 5))
+    no_limit_env.setenv("EDGEPACK_MAX_VIRTUAL_WEIGHTS", "104")
+    with pytest.raises(LIMIT_ERRORS, match="limit of 104 per node"):
+        interp_with(tmp_path, model, route)
+    interp_with(tmp_path, model, route, max_virtual_weights=105)  # the keyword wins
+
+
+def test_decoded_bytes_budget_per_interpreter(tmp_path, route, no_limit_env):
+    model = hashed_weights_graph([[10, 10], [10, 10]])  # 400 decoded bytes each
+    with pytest.raises(LIMIT_ERRORS, match=r"needs 400 bytes; with the 400 bytes already decoded.*limit of 799"):
+        interp_with(tmp_path, model, route, max_decoded_bytes=799)
+    first = interp_with(tmp_path, model, route, max_decoded_bytes=800)
+    second = interp_with(tmp_path, model, route, max_decoded_bytes=800)  # its own budget
+    first.invoke(), second.invoke()
+    for d in first.get_output_details():
+        np.testing.assert_array_equal(first.get_tensor(d["index"]), second.get_tensor(d["index"]))
+
+
+def test_output_limit(tmp_path, route, no_limit_env):
+    model = tm.single_op("HashedMatMul", (17, 1), [("buckets", f32(5))],
+                         dict(in_features=1, out_features=64, num_hashes=1, seed=3, mode=1))
+    with pytest.raises(LIMIT_ERRORS, match=r"output 'Y' of shape \[17, 64\] needs 4352 bytes.*limit of 4096"):
+        interp_with(tmp_path, model, route, max_decoded_bytes=4096)
+
+
+@pytest.mark.parametrize("value", ["0", "12x", "-3", "1e6", ""])
+def test_bad_limit_option_or_env_names_it(tmp_path, no_limit_env, value):
+    lib = str(tr.delegate_library_path())
+    with pytest.raises(ValueError, match="max_decoded_bytes"):
+        INTERP.load_delegate(lib, {"max_decoded_bytes": value})
+    no_limit_env.setenv("EDGEPACK_MAX_VIRTUAL_WEIGHTS", value)
+    with pytest.raises(ValueError, match="EDGEPACK_MAX_VIRTUAL_WEIGHTS"):
+        INTERP.load_delegate(lib)
+
+
+def test_bad_env_fails_custom_ops_at_prepare(tmp_path, no_limit_env):
+    if RUNTIME != "tflite_runtime":
+        pytest.skip("the registrar needs tflite-runtime")
+    no_limit_env.setenv("EDGEPACK_MAX_DECODED_BYTES", "lots")
+    with pytest.raises(RuntimeError, match="EDGEPACK_MAX_DECODED_BYTES='lots' is not a positive decimal integer"):
+        interp_with(tmp_path, hashed_weights_graph([[3, 4]]), "custom_ops")
+
+
+def test_constant_output_is_refused_not_written(tmp_path, route):
+    """The model gives the op's output a data buffer (read-only, mmapped): writing it crashed."""
+    g = tm.Graph()
+    w = g.const("W", np.zeros((3, 4), np.float32))
+    g.ops.append(tm.Op("ai.edgepack.HashedWeight", [g.const("buckets", f32(4))], [w],
+                       tm.options(shape=[3, 4], num_hashes=1, seed=0)))
+    g.outputs = [w]
+    err = capped_interpreter(tmp_path, tm.build(g), route)["error"] or ""
+    assert "output (tensor 0) has allocation type kTfLiteMmapRo" in err and "not a constant" in err, err
+
+
+def test_constant_input_longer_than_its_shape_is_refused(tmp_path, route):
+    g = tm.Graph()
+    w = g.tensor("W", (1,))
+    g.tensors.append(("buckets", (4,), f32(8)))  # declared [4], 8 floats of data
+    g.ops.append(tm.Op("ai.edgepack.HashedWeight", [len(g.tensors) - 1], [w],
+                       tm.options(shape=[3, 4], num_hashes=1, seed=0)))
+    g.outputs = [w]
+    ours = r"input 'buckets' \(tensor 1, kTfLiteMmapRo\) holds 32 bytes; its shape \[4\] needs exactly 16"
+    # tflite-runtime 2.14 refuses such a file itself; LiteRT 2.x loads it and leaves the check to the op
+    theirs = r"required_bytes != bytes \(16 != 32\)"
+    with pytest.raises(LIMIT_ERRORS, match=theirs if RUNTIME == "tflite_runtime" else ours):
+        run(tmp_path, tm.build(g), [], route)

@@ -49,6 +49,32 @@ EP_API const char *ep_variant_name(int index);     /* NULL when out of range */
 EP_API const char *ep_variant(void);               /* the active variant */
 EP_API ep_status ep_set_variant(const char *name); /* "ref", "avx2", "neon" or "auto" */
 
+/* ---- decode limits (docs/ops.md "Limits") ------------------------------------------------ *
+ * What one file may make the kernels allocate, checked before allocating: the virtual weights
+ * of one node (HashedWeight: prod(shape); the matmul ops: in_features * out_features) and the
+ * bytes of all decoded weights / plans of one session or interpreter (docs/ops.md gives each
+ * op's count); one output tensor of a node may not exceed the byte limit either.
+ * Defaults below; EDGEPACK_MAX_VIRTUAL_WEIGHTS / EDGEPACK_MAX_DECODED_BYTES override them.   */
+#define EP_DEFAULT_MAX_VIRTUAL_WEIGHTS ((int64_t)1 << 28)
+#define EP_DEFAULT_MAX_DECODED_BYTES ((int64_t)1 << 30)
+#define EP_ENV_MAX_VIRTUAL_WEIGHTS "EDGEPACK_MAX_VIRTUAL_WEIGHTS"
+#define EP_ENV_MAX_DECODED_BYTES "EDGEPACK_MAX_DECODED_BYTES"
+typedef struct ep_limits {
+    int64_t max_virtual_weights; /* per node */
+    int64_t max_decoded_bytes;   /* per session / interpreter; also per output tensor */
+} ep_limits;
+
+/* A limit from text: decimal digits only (surrounding blanks allowed), 1 .. 2^63-1; otherwise
+ * EP_ERR_ARG and ep_last_error() names `name` and what is valid. */
+EP_API ep_status ep_parse_limit(const char *name, const char *text, int64_t *out);
+/* The defaults, overridden by the two environment variables (a malformed one is an error). */
+EP_API ep_status ep_limits_from_env(ep_limits *out);
+/* EP_ERR_SIZE unless `virtual_weights` (of a node whose shape is described by `shape`, e.g.
+ * "shape [2, 536870912]") is within lim->max_virtual_weights; the message says how to raise it. */
+EP_API ep_status ep_limits_check_weights(const ep_limits *lim, int64_t virtual_weights, const char *shape);
+/* EP_ERR_SIZE unless used + bytes <= lim->max_decoded_bytes ("what" describes the buffer). */
+EP_API ep_status ep_limits_check_bytes(const ep_limits *lim, int64_t used, int64_t bytes, const char *what);
+
 /* ---- XXH32 ------------------------------------------------------------------------------- */
 EP_API uint32_t ep_xxh32(const void *data, size_t len, uint32_t seed);
 /* XXH32 of the 8-byte key u32le(a) || u32le(b). */

@@ -1,0 +1,583 @@
+"""Load model files safely and check ai.edgepack nodes with exactly the C kernels' rules.
+
+Every .onnx / .tflite read by edgepack goes through ``load_onnx`` / ``load_tflite``, which turn
+any parse failure into a ``ModelFileError`` naming the file and what was expected. The node
+checks copy the validation of runtime_kernels/ort/edgepack_ort.c (ONNX files) and
+runtime_kernels/tflite/edgepack_tflite.c (TFLite files), with their message text, plus the
+decode limits of ``edgepack.runtime_kernels.limits`` — so a file the kernels would refuse is
+refused by export, inspect and convert too, even where ORT would run the fallback function.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import AttributeProto, TensorProto
+
+from edgepack.errors import EdgepackError
+from edgepack.runtime_kernels import limits
+
+from .fallbacks import DOMAIN, OP_INPUTS
+
+MAX_RANK = 16
+MAX_HASHES = 64  # EP_MAX_HASHES in include/edgepack/kernels.h
+MAX_RECON_HIDDEN = 1 << 20  # kernels.c check_hash
+MAX_POW2 = 1 << 30  # kernels.c check_pow2
+U32_MAX = 0xFFFFFFFF
+INT_MAX = 0x7FFFFFFF
+INT64_MAX = (1 << 63) - 1
+# Inputs that must be present, in order (ORT: non-optional; TFLite: min_in).
+REQUIRED_INPUTS = {"HashedWeight": 1, "HashedMatMul": 2, "CirculantMatMul": 2, "LDRMatMul": 3}
+KEYS = {"HashedWeight": "shape, num_hashes, seed, signed",
+        "HashedMatMul": "in_features, out_features, num_hashes, seed, signed, mode",
+        "CirculantMatMul": "in_features, out_features", "LDRMatMul": "in_features, out_features"}
+
+
+class ModelFileError(EdgepackError, ValueError):
+    """A model file is missing, unreadable, corrupt or not the format its name says."""
+
+
+class InvalidNodeError(EdgepackError, ValueError):
+    """An ai.edgepack node that the C kernels would refuse (attributes, shapes or limits)."""
+
+
+# ---- loading -------------------------------------------------------------------------------
+
+
+def _check_path(path: Path, kind: str) -> None:
+    if not path.exists():
+        raise ModelFileError(f"{path}: no such file (expected {kind})")
+    if path.is_dir():
+        raise ModelFileError(f"{path}: is a directory (expected {kind})")
+    if path.stat().st_size == 0:
+        raise ModelFileError(f"{path}: the file is empty (0 bytes; expected {kind})")
+
+
+def load_onnx(path: str | Path, check: bool = True) -> onnx.ModelProto:
+    """Read an ONNX file (with its external data), or raise ModelFileError saying why not."""
+    path = Path(path)
+    kind = "an ONNX model, .onnx"
+    _check_path(path, kind)
+    try:
+        model = onnx.load(str(path))
+    except Exception as error:
+        raise ModelFileError(f"{path}: not a readable ONNX model ({_why(error)}); expected "
+                             f"{kind}") from None
+    if not model.HasField("graph") or model.ir_version < 1 or not model.opset_import:
+        raise ModelFileError(f"{path}: parses as protobuf but is not an ONNX model (no graph, "
+                             f"IR version or opset import); expected {kind}")
+    if check:
+        _check_graph(model, path)
+    return model
+
+
+def _check_graph(model: onnx.ModelProto, path: Path) -> None:
+    """Every value a node or the graph output reads is defined before (ONNX's topological rule)."""
+    graph = model.graph
+    if not graph.output:
+        raise ModelFileError(f"{path}: invalid ONNX model: the graph has no outputs")
+    defined = {v.name for v in graph.input} | {t.name for t in graph.initializer}
+    defined |= {t.values.name for t in graph.sparse_initializer}
+    for index, node in enumerate(graph.node):
+        for name in node.input:
+            if name and name not in defined:
+                label = f"node {index} {node.name!r} ({node.op_type})" if node.name else \
+                    f"node {index} ({node.op_type})"
+                raise ModelFileError(f"{path}: invalid ONNX model: {label} reads {name!r}, which "
+                                     "is not a graph input, an initializer or the output of an "
+                                     "earlier node")
+        defined.update(node.output)
+    for output in graph.output:
+        if output.name not in defined:
+            raise ModelFileError(f"{path}: invalid ONNX model: graph output {output.name!r} is not "
+                                 "produced by any node, input or initializer")
+
+
+def load_tflite(path: str | Path):
+    """Read a .tflite file and walk its flatbuffer tables; ModelFileError if any is out of bounds.
+
+    Returns ``(data, model)``: the file's bytes and its ``tflite.Model``.
+    """
+    import tflite
+
+    path = Path(path)
+    kind = "a TFLite flatbuffer, .tflite"
+    _check_path(path, kind)
+    data = path.read_bytes()
+    if len(data) < 8 or data[4:8] != b"TFL3":
+        raise ModelFileError(f"{path}: not a TFLite flatbuffer (no TFL3 identifier); expected {kind}")
+    try:
+        model = tflite.Model.GetRootAs(data, 0)
+        limit = len(data) // 4  # every vector entry takes at least 4 bytes of the file
+        counts = [model.SubgraphsLength(), model.BuffersLength(), model.OperatorCodesLength()]
+        if max(counts) > limit or model.SubgraphsLength() < 1:
+            raise ValueError(f"table counts {counts} do not fit in {len(data)} bytes")
+        for b in range(model.BuffersLength()):
+            buffer = model.Buffers(b)
+            if buffer.DataLength() > len(data):
+                raise ValueError(f"buffer {b} claims {buffer.DataLength()} bytes")
+            if buffer.DataLength():
+                buffer.DataAsNumpy()
+        for c in range(model.OperatorCodesLength()):
+            code = model.OperatorCodes(c)
+            code.BuiltinCode(), code.CustomCode()
+        for s in range(model.SubgraphsLength()):
+            graph = model.Subgraphs(s)
+            if max(graph.TensorsLength(), graph.OperatorsLength()) > limit:
+                raise ValueError(f"subgraph {s} claims more tables than fit in the file")
+            for t in range(graph.TensorsLength()):
+                tensor = graph.Tensors(t)
+                if not 0 <= tensor.Buffer() < max(model.BuffersLength(), 1):
+                    raise ValueError(f"tensor {t} uses buffer {tensor.Buffer()} of "
+                                     f"{model.BuffersLength()}")
+                tensor.Name(), tensor.ShapeAsNumpy() if tensor.ShapeLength() else None
+            for o in range(graph.OperatorsLength()):
+                op = graph.Operators(o)
+                if not 0 <= op.OpcodeIndex() < model.OperatorCodesLength():
+                    raise ValueError(f"operator {o} uses opcode {op.OpcodeIndex()} of "
+                                     f"{model.OperatorCodesLength()}")
+                for vector in (op.InputsAsNumpy() if op.InputsLength() else [],
+                               op.OutputsAsNumpy() if op.OutputsLength() else []):
+                    if any(not -1 <= int(i) < graph.TensorsLength() for i in vector):
+                        raise ValueError(f"operator {o} names a tensor outside 0..{graph.TensorsLength() - 1}")
+                if op.CustomOptionsLength():
+                    op.CustomOptionsAsNumpy()
+    except Exception as error:
+        raise ModelFileError(f"{path}: corrupt TFLite flatbuffer ({_why(error)}); expected "
+                             f"{kind}") from None
+    return data, model
+
+
+def _why(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+# ---- the rules -------------------------------------------------------------------------------
+
+
+@dataclass
+class Tensor:
+    """What is statically known of one input: present, its dims (None: unknown), element type."""
+
+    present: bool
+    dims: tuple[int, ...] | None = None
+    float32: bool = True
+
+
+class _Node:
+    """One node's attribute/option access, in the wording of the runtime whose rules apply."""
+
+    def __init__(self, op_type: str, label: str, values: dict, runtime: str) -> None:
+        self.op_type, self.label, self.values, self.runtime = op_type, label, values, runtime
+
+    def fail(self, message: str) -> InvalidNodeError:
+        return InvalidNodeError(f"edgepack {self.label}: {message}")
+
+    def integer(self, name: str, required: bool, default: int, lo: int, hi: int) -> int:
+        value = self.values.get(name)
+        if self.runtime == "tflite":
+            if value is None:
+                if required:
+                    raise self.fail(f"custom options: missing required int '{name}' (valid: {lo}..{hi}; "
+                                    f"the map needs {KEYS[self.op_type]})")
+                value = default
+            elif not isinstance(value, int) or isinstance(value, bool):
+                raise self.fail(f"custom options: '{name}' is a FlexBuffers {_flex_kind(value)}, "
+                                "must be an int")
+            if not lo <= value <= hi:
+                raise self.fail(f"custom options: '{name}' = {value}; must be in [{lo}, {hi}]")
+            return value
+        if value is None:
+            if required:
+                raise self.fail(f"missing required int attribute '{name}' (valid: {lo}..{hi})")
+            value = default
+        elif value[0] != "int":
+            raise self.fail(f"attribute '{name}' must be an int, got {value[0]}")
+        else:
+            value = value[1]
+        if not lo <= value <= hi:
+            raise self.fail(f"attribute '{name}' = {value}; must be in [{lo}, {hi}]")
+        return value
+
+    def shape(self) -> list[int]:
+        value = self.values.get("shape")
+        if self.runtime == "tflite":
+            if value is None:
+                raise self.fail(f"custom options: missing required int vector 'shape' (1..{MAX_RANK} dims)")
+            if not isinstance(value, list) or any(not isinstance(v, int) or isinstance(v, bool)
+                                                  for v in value):
+                raise self.fail(f"custom options: 'shape' is a FlexBuffers {_flex_kind(value)}, "
+                                "must be a vector of ints")
+            if len(value) > MAX_RANK:
+                raise self.fail(f"custom options: 'shape' has {len(value)} values; at most "
+                                f"{MAX_RANK} are supported")
+            if not value:
+                raise self.fail(f"custom options: 'shape' is empty; it needs 1..{MAX_RANK} dims")
+            cols = 1
+            for d, dim in enumerate(value):
+                if dim < 1 or dim > INT_MAX or (d > 0 and cols > U32_MAX // dim):
+                    raise self.fail(f"custom options: 'shape' dim {d} = {dim}; every dim must be in "
+                                    "[1, 2^31), with the product of the dims after the first < 2^32")
+                cols *= dim if d else 1
+            return value
+        if value is None:
+            raise self.fail(f"missing required ints attribute 'shape' (1..{MAX_RANK} values)")
+        if value[0] != "ints":
+            raise self.fail(f"attribute 'shape' must be ints (1..{MAX_RANK} values), got {value[0]}")
+        dims = list(value[1])
+        if not 1 <= len(dims) <= MAX_RANK:
+            raise self.fail(f"attribute 'shape' has {len(dims)} values; must have 1..{MAX_RANK}")
+        cols = 1
+        for d, dim in enumerate(dims):
+            if dim < 1 or dim > U32_MAX or (d > 0 and cols > U32_MAX // dim):
+                raise self.fail(f"attribute 'shape' dim {d} = {dim}; every dim must be >= 1, with "
+                                "shape[0] and the product of the other dims < 2^32")
+            cols *= dim if d else 1
+        return dims
+
+
+def _flex_kind(value) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, (list, tuple)):
+        return "vector"
+    if isinstance(value, dict):
+        return "map"
+    return type(value).__name__
+
+
+def _dims(t: Tensor) -> str:
+    return "[" + ", ".join(str(d) for d in t.dims) + "]"
+
+
+def _is_pow2(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def check_node(op_type: str, label: str, values: dict, inputs: list[Tensor],
+               runtime: str = "ort") -> dict:
+    """Check one ai.edgepack node with the rules of the ORT library or the TFLite delegate.
+
+    ``values``: ONNX attributes as {name: (kind, value)} (kind "int", "ints", "float", ...) or
+    the TFLite options map as plain values; ``inputs``: one ``Tensor`` per ONNX input slot.
+    Returns {"node", "decoded_bytes", "what"} for the per-model byte limit; raises InvalidNodeError.
+    """
+    node = _Node(op_type, label, values, runtime)
+    feature_max = INT_MAX if runtime == "tflite" else U32_MAX
+    K = 1
+    if op_type == "HashedWeight":
+        shape = node.shape()
+        rows, cols = shape[0], int(np.prod(shape[1:], dtype=object)) if len(shape) > 1 else 1
+        in_f = out_f = 0
+    else:
+        in_f = node.integer("in_features", True, 0, 1, feature_max)
+        out_f = node.integer("out_features", True, 0, 1, feature_max)
+        rows, cols = out_f, in_f
+    mode = 0
+    if op_type in ("HashedWeight", "HashedMatMul"):
+        K = node.integer("num_hashes", True, 1, 1, MAX_HASHES)
+        node.integer("seed", True, 0, 0, U32_MAX)
+        node.integer("signed", False, 1, 0, 1)
+        if op_type == "HashedMatMul":
+            mode = node.integer("mode", False, 0, 0, 1)
+        if rows * cols > INT64_MAX // 8 // K:
+            raise node.fail(f"rows*cols*num_hashes = {rows}*{cols}*{K} is too large")
+    desc = _size_desc(op_type, shape if op_type == "HashedWeight" else None, in_f, out_f)
+    _check_virtual(node, desc, rows, cols)
+
+    names = OP_INPUTS[op_type]
+    inputs = list(inputs) + [Tensor(False)] * (len(names) - len(inputs))
+    for i in range(REQUIRED_INPUTS[op_type]):
+        if not inputs[i].present:
+            raise node.fail(f"required input '{names[i]}' is missing")
+    known = {name: t for name, t in zip(names, inputs) if t.present and t.dims is not None}
+    for name, t in known.items():
+        if not t.float32:
+            raise node.fail(f"input '{name}' has a non-float32 element type; must be float32")
+    if op_type in ("HashedWeight", "HashedMatMul"):
+        _check_buckets(node, known.get("buckets"))
+        recon = inputs[names.index("recon")]
+        _check_recon(node, K, recon.present, known.get("recon"))
+    elif op_type == "CirculantMatMul" and "blocks" in known:
+        _check_blocks(node, known["blocks"], in_f, out_f)
+    elif op_type == "LDRMatMul" and "G" in known and "H" in known:
+        _check_ldr(node, known["G"], known["H"], in_f, out_f)
+    if op_type != "HashedWeight":
+        x = known.get("X")
+        if x is not None and (not x.dims or (x.dims[-1] >= 0 and x.dims[-1] != in_f)):
+            raise node.fail(f"input 'X' has shape {_dims(x)}; its last axis must equal "
+                            f"in_features={in_f}")
+        bias = known.get("bias")
+        if bias is not None and (len(bias.dims) != 1 or bias.dims[0] != out_f):
+            raise node.fail(f"input 'bias' has shape {_dims(bias)}; must be [out_features] = [{out_f}]")
+    decoded, what = 0, ""
+    if op_type == "HashedWeight" or (op_type == "HashedMatMul" and mode == 0):
+        decoded = 4 * rows * cols
+        what = f"the {'decoded' if op_type == 'HashedWeight' else 'expanded'} weight" + \
+            ("" if op_type == "HashedWeight" else " (mode 0)") + f" ({desc})"
+    elif op_type == "CirculantMatMul" and "blocks" in known:
+        p, q, b = known["blocks"].dims
+        decoded, what = 4 * p * q * (b + 2), f"the block spectra ({desc}, input 'blocks' {_dims(known['blocks'])})"
+    elif op_type == "LDRMatMul" and "G" in known:
+        r, n = known["G"].dims
+        decoded, what = 4 * r * (4 * n + 2), f"the LDR spectra ({desc}, input 'G' {_dims(known['G'])})"
+    return {"node": node, "decoded_bytes": decoded, "what": what}
+
+
+def _hint(env: str, keyword: str) -> str:
+    return (f"; if the model is trusted, raise it with the environment variable {env}=N or "
+            f"{keyword}=N (onnx_session / tflite_interpreter, delegate option {keyword})")
+
+
+def _size_desc(op_type: str, shape: list[int] | None, in_f: int, out_f: int) -> str:
+    if op_type == "HashedWeight":
+        return "shape [" + ", ".join(str(d) for d in shape) + "]"
+    return f"in_features={in_f} x out_features={out_f}"
+
+
+def _check_virtual(node: _Node, desc: str, rows: int, cols: int) -> None:
+    limit = limits.max_virtual_weights()
+    if rows * cols > limit:
+        raise node.fail(f"{desc} would decode {rows * cols} virtual weights, above the limit of "
+                        f"{limit} per node" + _hint(limits.ENV_MAX_VIRTUAL_WEIGHTS, "max_virtual_weights"))
+
+
+def _check_buckets(node: _Node, t: Tensor | None) -> None:
+    name = "buckets"
+    if t is None:
+        return
+    count = int(np.prod(t.dims, dtype=object))
+    if len(t.dims) != 1 or count < 1 or count > INT_MAX:
+        raise node.fail(f"input '{name}' has shape {_dims(t)}; must be 1-D with 1 <= B < 2^31 buckets")
+
+
+def _check_recon(node: _Node, K: int, present: bool, t: Tensor | None) -> None:
+    per = K + 2
+    if not present and K == 1:
+        return
+    if not present:
+        raise node.fail(f"input 'recon' is required when num_hashes={K}: the MLP [W1 (H x K), "
+                        "b1 (H), W2 (H), b2] of length H*(K+2)+1")
+    if t is None:
+        return
+    count = int(np.prod(t.dims, dtype=object))
+    if len(t.dims) != 1 or count < per + 1 or (count - 1) % per != 0:
+        raise node.fail(f"input 'recon' has {count} values (rank {len(t.dims)}); with "
+                        f"num_hashes={K} it must be 1-D of length H*{per}+1 for some H >= 1 "
+                        f"(e.g. {per + 1}, {2 * per + 1}, ...)")
+    identity = K == 1 and count == 7
+    if not identity and (count - 1) // per > MAX_RECON_HIDDEN:
+        raise node.fail(f"input 'recon' has {count} values: H = {(count - 1) // per} hidden units; "
+                        f"the kernels allow H <= {MAX_RECON_HIDDEN}")
+
+
+def _check_blocks(node: _Node, t: Tensor, in_f: int, out_f: int) -> None:
+    d = t.dims
+    if len(d) != 3 or d[0] < 1 or d[1] < 1 or not _is_pow2(d[2]) or d[2] < 4:
+        raise node.fail(f"input 'blocks' has shape {_dims(t)}; must be [p, q, b] with p, q >= 1 "
+                        "and b a power of two >= 4")
+    p, q, b = d
+    if in_f > q * b or out_f > p * b:
+        raise node.fail(f"input 'blocks' has shape {_dims(t)}; need in_features={in_f} <= "
+                        f"q*b={q * b} and out_features={out_f} <= p*b={p * b}")
+    if b > MAX_POW2:
+        raise node.fail(f"kernel error (size): block size b={b}; must be a power of two in [4, 2^30]")
+    if p * q * (b + 2) > INT64_MAX:
+        raise node.fail(f"kernel error (overflow): p*q*b = {p}*{q}*{b} overflows")
+
+
+def _check_ldr(node: _Node, g: Tensor, h: Tensor, in_f: int, out_f: int) -> None:
+    if (len(g.dims) != 2 or len(h.dims) != 2 or g.dims != h.dims or g.dims[0] < 1
+            or not _is_pow2(g.dims[1]) or g.dims[1] < 4):
+        raise node.fail(f"inputs 'G' {_dims(g)} and 'H' {_dims(h)} must both be [r, n] with r >= 1 "
+                        "and n a power of two >= 4")
+    n = g.dims[1]
+    if in_f > n or out_f > n:
+        raise node.fail(f"in_features={in_f} and out_features={out_f} must both be <= n={n} "
+                        f"(G, H are {_dims(g)})")
+    if n > MAX_POW2:
+        raise node.fail(f"kernel error (size): n={n}; must be a power of two in [4, 2^30]")
+
+
+def _check_total(results: list[dict]) -> None:
+    """Count each node's decoded bytes against one budget per model, in node order (as ORT does)."""
+    limit, used = limits.max_decoded_bytes(), 0
+    hint = _hint(limits.ENV_MAX_DECODED_BYTES, "max_decoded_bytes")
+    for r in results:
+        if r["decoded_bytes"] > limit - used:
+            if used:
+                raise r["node"].fail(f"{r['what']} needs {r['decoded_bytes']} bytes; with the {used} "
+                                     "bytes already decoded in this session / interpreter that is "
+                                     f"above the limit of {limit} decoded bytes" + hint)
+            raise r["node"].fail(f"{r['what']} needs {r['decoded_bytes']} bytes, above the limit of "
+                                 f"{limit} decoded bytes" + hint)
+        used += r["decoded_bytes"]
+
+
+# ---- ONNX ------------------------------------------------------------------------------------
+
+_KINDS = {AttributeProto.INT: "int", AttributeProto.FLOAT: "float", AttributeProto.STRING: "string",
+          AttributeProto.INTS: "ints", AttributeProto.FLOATS: "floats",
+          AttributeProto.TENSOR: "tensor", AttributeProto.GRAPH: "graph",
+          AttributeProto.STRINGS: "strings"}
+
+
+def _onnx_values(node: onnx.NodeProto) -> dict:
+    values = {}
+    for a in node.attribute:
+        kind = _KINDS.get(a.type, "an unsupported type")
+        if kind == "int":
+            values[a.name] = ("int", a.i)
+        elif kind in ("ints", "floats"):
+            items = list(a.ints if kind == "ints" else a.floats)
+            values[a.name] = (kind if items else "an empty list", items)
+        else:
+            values[a.name] = (kind, None)
+    return values
+
+
+def _static_shapes(model: onnx.ModelProto) -> dict[str, Tensor]:
+    """Statically known shapes: initializers, Constant outputs, typed graph inputs/value_info."""
+    known: dict[str, Tensor] = {}
+    graph = model.graph
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model).graph
+        infos = list(inferred.input) + list(inferred.value_info)
+    except Exception:
+        infos = list(graph.input) + list(graph.value_info)
+    for info in infos:
+        tensor_type = info.type.tensor_type
+        if not tensor_type.HasField("shape"):
+            continue
+        dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tensor_type.shape.dim)
+        known[info.name] = Tensor(True, dims, tensor_type.elem_type == TensorProto.FLOAT)
+    for t in graph.initializer:
+        known[t.name] = Tensor(True, tuple(t.dims), t.data_type == TensorProto.FLOAT)
+    for node in graph.node:
+        if node.op_type == "Constant" and not node.domain and node.output:
+            for a in node.attribute:
+                if a.name == "value" and a.type == AttributeProto.TENSOR:
+                    known[node.output[0]] = Tensor(True, tuple(a.t.dims), a.t.data_type == TensorProto.FLOAT)
+    return known
+
+
+def check_onnx_model(model: onnx.ModelProto, where: str = "model", runtime: str = "ort") -> int:
+    """Check every ai.edgepack node of ``model`` (graph and functions' callers); returns the count.
+
+    Weight shapes are checked when they are constant (initializers); ``runtime="tflite"``
+    also applies the delegate's rules to the options ``convert`` will write.
+    """
+    known = _static_shapes(model)
+    results = []
+    for index, node in enumerate(model.graph.node):
+        if node.domain != DOMAIN:
+            continue
+        name = f"'{node.name}'" if node.name else "(unnamed)"
+        label = f"{node.op_type} node {name}"
+        if node.op_type not in OP_INPUTS:
+            raise InvalidNodeError(f"edgepack {where}: node {index} {name} is ai.edgepack "
+                                   f"{node.op_type!r}, which does not exist (ops: "
+                                   f"{', '.join(OP_INPUTS)})")
+        names = OP_INPUTS[node.op_type]
+        if len(node.input) > len(names) or len(node.output) != 1:
+            raise InvalidNodeError(f"edgepack {label}: has {len(node.input)} inputs and "
+                                   f"{len(node.output)} outputs; must have at most {len(names)} "
+                                   f"inputs ({', '.join(names)}) and exactly 1 output")
+        inputs = [known.get(i, Tensor(True)) if i else Tensor(False) for i in node.input]
+        values = _onnx_values(node)
+        results.append(check_node(node.op_type, label, values, inputs, "ort"))
+        if runtime == "tflite":  # the options convert writes: the ints and int lists
+            options = {k: v for k, (kind, v) in values.items() if kind in ("int", "ints")}
+            check_node(node.op_type, label, options, inputs, "tflite")
+    _check_total(results)
+    return len(results)
+
+
+def check_onnx_file(path: str | Path, runtime: str = "ort") -> onnx.ModelProto:
+    """``load_onnx`` then ``check_onnx_model``: the model, or a clear EdgepackError."""
+    model = load_onnx(path)
+    check_onnx_model(model, str(path), runtime)
+    return model
+
+
+def checked_onnx(source, runtime: str = "tflite") -> onnx.ModelProto:
+    """A path or ModelProto as a ModelProto whose ai.edgepack nodes pass the kernels' rules."""
+    model = source if isinstance(source, onnx.ModelProto) else load_onnx(source)
+    check_onnx_model(model, "model" if isinstance(source, onnx.ModelProto) else str(source), runtime)
+    return model
+
+
+# ---- TFLite ----------------------------------------------------------------------------------
+
+
+def check_tflite_model(model, where: str = "model") -> int:
+    """Check every ai.edgepack CUSTOM op of a ``tflite.Model`` with the delegate's rules."""
+    from flatbuffers import flexbuffers
+
+    results = []
+    prefix = f"{DOMAIN}."
+    for s in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(s)
+        for index in range(graph.OperatorsLength()):
+            op = graph.Operators(index)
+            code = model.OperatorCodes(op.OpcodeIndex()).CustomCode()
+            custom = code.decode(errors="replace") if code else ""
+            if not custom.startswith(prefix) or custom[len(prefix):] not in OP_INPUTS:
+                continue
+            op_type = custom[len(prefix):]
+            outputs = op.OutputsAsNumpy() if op.OutputsLength() else []
+            out_name = "?"
+            if len(outputs) and 0 <= outputs[0] < graph.TensorsLength():
+                out_name = graph.Tensors(int(outputs[0])).Name().decode(errors="replace")[:80]
+            label = f"{op_type} node #{index} (output '{out_name}')"
+            names = OP_INPUTS[op_type]
+            node = _Node(op_type, label, {}, "tflite")
+            ins = op.InputsAsNumpy() if op.InputsLength() else []
+            if len(outputs) != 1:
+                raise node.fail(f"has {len(outputs)} outputs; must have exactly 1")
+            if not REQUIRED_INPUTS[op_type] <= len(ins) <= len(names):
+                raise node.fail(f"has {len(ins)} inputs; must have {REQUIRED_INPUTS[op_type]}.."
+                                f"{len(names)} ({', '.join(names)})")
+            try:
+                raw = bytes(op.CustomOptionsAsNumpy()) if op.CustomOptionsLength() else b""
+                options = flexbuffers.Loads(raw) if raw else None
+            except Exception as error:
+                raise node.fail(f"custom options: {_why(error)} (expected a FlexBuffers map with "
+                                f"{KEYS[op_type]})") from None
+            if not isinstance(options, dict):
+                raise node.fail(f"custom options: root is a FlexBuffers {_flex_kind(options)}, must be "
+                                f"a map (expected a FlexBuffers map with {KEYS[op_type]})")
+            inputs, stored = [], []
+            for t in ins:
+                if t < 0:
+                    inputs.append(Tensor(False))
+                    continue
+                tensor = graph.Tensors(int(t))
+                dims = tuple(int(d) for d in tensor.ShapeAsNumpy()) if tensor.ShapeLength() else ()
+                inputs.append(Tensor(True, dims, tensor.Type() == 0))
+                size = model.Buffers(tensor.Buffer()).DataLength() \
+                    if tensor.Buffer() < model.BuffersLength() else 0
+                stored.append((names[len(inputs) - 1], int(t), dims, size))
+            results.append(check_node(op_type, label, options, inputs, "tflite"))
+            for name, t, dims, size in stored:  # a constant's buffer must match its shape exactly
+                needed = 4 * int(np.prod(dims, dtype=object))
+                if size and size != needed:
+                    raise node.fail(f"input '{name}' (tensor {t}, kTfLiteMmapRo) holds {size} bytes; "
+                                    f"its shape [{', '.join(map(str, dims))}] needs exactly {needed}")
+    _check_total(results)
+    return len(results)
+
+
+def check_tflite_file(path: str | Path):
+    """``load_tflite`` then ``check_tflite_model``: (bytes, model), or a clear EdgepackError."""
+    data, model = load_tflite(path)
+    check_tflite_model(model, str(path))
+    return data, model
