@@ -8,7 +8,7 @@ OLD_ORT := .venv-ort-old
 OLD_ORT_VERSION := 1.20.1
 TFLITE214 := .venv-tflite214
 
-.PHONY: setup kernels demo test test-python test-c lint bench clean
+.PHONY: setup kernels demo test test-python test-c lint bench clean fuzz
 
 setup: $(STAMP)
 
@@ -33,12 +33,20 @@ lint: $(STAMP)
 
 # C tests under ASan + UBSan, then cross-compiled for aarch64 and run under qemu (kernels,
 # libedgepack_ort with the arm64 libonnxruntime.so from the npm package onnxruntime-node, and
-# the TFLite delegate).
+# the TFLite delegate), then each libFuzzer harness for 20 s (`make fuzz` below).
 test-c: $(STAMP)
 	bash runtime_kernels/scripts/ci_native.sh
 	bash runtime_kernels/scripts/ci_aarch64.sh
 	bash runtime_kernels/scripts/ci_ort_aarch64.sh
 	bash runtime_kernels/scripts/ci_tflite.sh
+	bash runtime_kernels/scripts/ci_fuzz.sh
+
+# libFuzzer harnesses (clang, ASan/UBSan) for the options reader, the kernels (every variant
+# against ref), the TFLite delegate and the ORT library: each runs FUZZ_SECONDS from its seed
+# corpus (test-c runs each for 20 s).
+FUZZ_SECONDS ?= 60
+fuzz: $(STAMP)
+	FUZZ_SECONDS=$(FUZZ_SECONDS) bash runtime_kernels/scripts/ci_fuzz.sh
 
 # A second, small venv with an older ONNX Runtime: the exported files must run there too.
 $(OLD_ORT)/.installed:

@@ -5,8 +5,10 @@ model needs it) to the device, run ``runner_script.py`` with the device's Python
 LiteRT / tflite-runtime); without one, ONNX models run through the native runner
 (``edgepack_ort_runner --bench``, built for the device's ABI, pushed with libonnxruntime) and
 TFLite models through TFLite's ``benchmark_model`` when the user gives its path; add file size
-and energy; write the record. A failure (a runner past ``--timeout`` included) becomes a record
-with ``status: "error"`` and the run goes on with the next model. A record that cannot be written
+and energy; write the record. Each model file is first checked on the host with the exporter's
+loader (corrupt, truncated, ai.edgepack nodes the kernels refuse), so a bad one is never pushed.
+A failure (that check, a runner past ``--timeout`` included) becomes a record with
+``status: "error"`` and the run goes on with the next model. A record that cannot be written
 (disk full) is printed to stderr as JSON and the run goes on. The device's work directory is
 removed at the end, on success, failure or Ctrl-C, unless ``keep_workdir``.
 """
@@ -43,19 +45,25 @@ class BenchError(EdgepackError, RuntimeError):
 # option → (lowest valid value, whether it must be an integer, whether the lowest is excluded)
 LIMITS = {"threads": (1, True, False), "warmup": (0, True, False), "runs": (1, True, False),
           "min_seconds": (0, False, False), "idle_seconds": (0, False, False), "timeout": (0, False, True)}
+CPU_LIST = re.compile(r"\d+(-\d+)?(,\d+(-\d+)?)*")  # taskset -c: 4-7 or 0,2,4
+
+
+def option_problem(name: str, value) -> str | None:
+    """What is wrong with ``value`` for the option ``name`` ("must be ..."), or None when it is valid."""
+    low, integer, exclusive = LIMITS[name]
+    valid = (isinstance(value, int) and not isinstance(value, bool)) if integer else \
+        (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value))
+    if valid and (value > low if exclusive else value >= low):
+        return None
+    kind = "an integer" if integer else "a number of seconds"
+    return f"must be {kind} {'>' if exclusive else '>='} {low}, got {value!r}"
 
 
 def check_option(name: str, value) -> None:
     """BenchError naming the option and its valid range unless ``value`` is in it."""
-    low, integer, exclusive = LIMITS[name]
-    valid = (isinstance(value, int) and not isinstance(value, bool)) if integer else \
-        (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value))
-    if valid:
-        valid = value > low if exclusive else value >= low
-    if not valid:
-        kind = "an integer" if integer else "a number of seconds"
-        raise BenchError(f"--{name.replace('_', '-')} must be {kind} {'>' if exclusive else '>='} {low}, "
-                         f"got {value!r}")
+    problem = option_problem(name, value)
+    if problem:
+        raise BenchError(f"--{name.replace('_', '-')} {problem}")
 
 
 @dataclass
@@ -92,6 +100,36 @@ class BenchRecords(list):
         self.unsaved: list[dict] = list(unsaved or [])
 
 
+def check_inputs(device: str | Device, options: BenchOptions) -> None:
+    """BenchError for a --known-hosts, --energy, --cpus or --dataset value that cannot work, before
+    anything is measured (a malformed --device is refused when bench() makes the device)."""
+    import numpy as np
+
+    from edgepack.devices.power import check_spec
+
+    spec = device if isinstance(device, str) else device.spec
+    if options.energy is not None:
+        try:
+            check_spec(options.energy)
+        except ValueError as error:
+            raise BenchError(f"--energy: {error}") from None
+    if options.known_hosts and not spec.startswith("ssh://"):
+        raise BenchError(f"--known-hosts is for ssh:// devices, not {spec}")
+    if options.cpus and not CPU_LIST.fullmatch(options.cpus):
+        raise BenchError(f"--cpus {options.cpus!r}: expected a CPU list such as 4-7 or 0,2,4")
+    if options.dataset:
+        try:
+            data = np.load(options.dataset, allow_pickle=False)
+            ok = isinstance(data, np.lib.npyio.NpzFile) and {"x", "y"} <= set(data.files) \
+                and len(data["x"]) == len(data["y"])
+        except (OSError, ValueError, EOFError) as error:
+            raise BenchError(f"--dataset {options.dataset}: not a readable .npz ({type(error).__name__}: "
+                             f"{error})") from None
+        if not ok:
+            raise BenchError(f"--dataset {options.dataset}: needs arrays x (inputs) and y (labels) of the "
+                             "same length")
+
+
 def runtime_for(model: Path, runtime: str) -> str:
     """The runtime to use: as asked, or by the file's suffix."""
     if runtime != "auto":
@@ -100,6 +138,18 @@ def runtime_for(model: Path, runtime: str) -> str:
     if model.suffix not in suffixes:
         raise BenchError(f"cannot tell the runtime of {model.name}: use .onnx or .tflite, or --runtime")
     return suffixes[model.suffix]
+
+
+def check_model_file(model: Path) -> None:
+    """The exporter's loader check for an .onnx / .tflite file (empty, corrupt, truncated,
+    ai.edgepack nodes the kernels refuse): an EdgepackError here, before anything is pushed,
+    instead of a failure on the device."""
+    from edgepack.exporter.validate import check_onnx_model, check_tflite_model, load_onnx, load_tflite
+
+    if model.suffix == ".onnx":
+        check_onnx_model(load_onnx(model, external_data=False), str(model))
+    elif model.suffix == ".tflite":
+        check_tflite_model(load_tflite(model)[1], str(model))
 
 
 def needs_edgepack_library(model: Path) -> bool:
@@ -233,6 +283,7 @@ def measure_model(device: Device, description: dict, model: Path, options: Bench
         if not model.is_file():
             raise BenchError(f"model file {model} does not exist")
         run_once = choose_runner(device, model, runtime, options, description.get("arch", ""))
+        check_model_file(model)
         measured, device_command = run_once()
         latencies = measured.pop("latencies_ms")
         record["metrics"] = {"init_ms": measured["init_ms"],
@@ -251,7 +302,7 @@ def measure_model(device: Device, description: dict, model: Path, options: Bench
     except CommandTimeout as error:
         record.update(status="error", error=f"timed out: no result within --timeout {command_timeout(options):g} s "
                                             f"(a hanging model, or raise --timeout): {error}")
-    except (EdgepackError, DeviceError, OSError, RuntimeError, ValueError) as error:
+    except (EdgepackError, OSError, RuntimeError, ValueError) as error:
         record.update(status="error", error=f"{type(error).__name__}: {error}")
     return record
 
@@ -287,10 +338,12 @@ def finish_workdir(device: Device, options: BenchOptions, console: Console) -> N
 def bench(models: list[str | Path], device: str | Device, options: BenchOptions,
           console: Console | None = None) -> BenchRecords:
     """Measure every model on one device (a spec such as "ssh://pi@board", or a Device); each
-    record is appended to ``options.output`` as soon as it is measured. ResultsError before anything
-    is measured when the results file cannot be written."""
+    record is appended to ``options.output`` as soon as it is measured. BenchError (bad flags, a
+    malformed device spec) or ResultsError (a results file that cannot be written) before anything
+    is measured."""
     console = console or Console(stderr=True)
     models = [Path(m) for m in models]
+    check_inputs(device, options)
     check_writable(options.output)
     done = set()
     if options.resume:
@@ -300,8 +353,6 @@ def bench(models: list[str | Path], device: str | Device, options: BenchOptions,
                           "(torn, not a JSON object, or not UTF-8)")
         done = {result_key(r) for r in previous.records if r.get("status") == "ok"}
     device_spec = device if isinstance(device, str) else device.spec
-    if options.known_hosts and not device_spec.startswith("ssh://"):
-        raise BenchError(f"--known-hosts is for ssh:// devices, not {device_spec}")
     connected = None
     try:
         connected = get_device(device, **({"known_hosts": options.known_hosts} if options.known_hosts else {})) \
@@ -309,6 +360,8 @@ def bench(models: list[str | Path], device: str | Device, options: BenchOptions,
         description = connected.describe()
         usable, device_error = connected, None
     except (DeviceError, ValueError) as error:
+        if connected is None and isinstance(error, ValueError):  # a malformed spec or option
+            raise BenchError(str(error)) from None
         usable, description, device_error = None, {"spec": device_spec}, error
     records = BenchRecords()
     try:

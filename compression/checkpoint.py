@@ -87,7 +87,8 @@ def _import_builder(name: str) -> Callable[..., nn.Module]:
     try:
         function = getattr(importlib.import_module(module_name), function_name)
     except (ImportError, AttributeError) as error:
-        raise CheckpointError(f"cannot import model builder {name!r}: {error}") from None
+        raise CheckpointError(f"cannot import model builder {name!r}: {error} (its module must be "
+                              "importable: installed, or its folder on PYTHONPATH)") from None
     if not callable(function):
         raise CheckpointError(f"model builder {name!r} is not callable")
     return function
@@ -129,14 +130,13 @@ def save_checkpoint(model: nn.Module, path: str | Path, builder: str | Callable,
         builder = names[0] if names else f"{builder.__module__}:{builder.__qualname__}"
     if builder not in _BUILTIN_BUILDERS and builder not in _BUILDERS:
         _import_builder(builder)  # fail now, not at load time, if it is not even importable
-    builder_kwargs = dict(builder_kwargs or {})
-    _check_plain(builder_kwargs, "builder_kwargs")
-    _check_plain(recipe, "recipe")
+    path = Path(path)
     tensors = {name: value.detach().cpu().contiguous().clone()
                for name, value in model.state_dict().items()}
+    builder_kwargs = builder_kwargs or {}
+    _check_fields(path, builder, builder_kwargs, recipe, tensors)  # refuse what load_checkpoint would
     metadata = {"format": FORMAT, "version": str(VERSION), "builder": builder,
                 "builder_kwargs": json.dumps(builder_kwargs), "recipe": json.dumps(recipe)}
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata=metadata)
     return path
@@ -231,6 +231,7 @@ def _read_legacy(path: Path) -> tuple[str, dict, dict | None, dict]:
 
 
 def _check_fields(path: Path, builder, kwargs, recipe, state) -> tuple[str, dict, dict | None, dict]:
+    """A checkpoint's fields, or CheckpointError: the rules save_checkpoint and load_checkpoint share."""
     if not isinstance(builder, str) or not builder:
         raise CheckpointError(f"{path}: the checkpoint has no builder name (a string)")
     if not isinstance(kwargs, dict):

@@ -431,28 +431,33 @@ SOURCES: dict[str, Callable[[Device | None], PowerSource]] = {
 }
 
 
+def check_spec(spec: str) -> None:
+    """ValueError listing VALID_SPECS unless ``spec`` names a power source (opens nothing)."""
+    if spec not in (*SOURCES, "auto", "estimate") and not (spec.startswith("csv:") and len(spec) > 4):
+        raise ValueError(f"unknown power source {spec!r}; valid forms: {', '.join(VALID_SPECS)}")
+
+
 def get_power_source(spec: str, device: Device | None = None) -> PowerSource:
     """``auto`` (rapl, hwmon, battery in that order, else estimate), ``rapl``, ``hwmon``, ``battery``,
     ``csv:FILE`` or ``estimate``; ``device`` makes the sysfs sources read that device's files."""
+    check_spec(spec)
     if spec in SOURCES:
         return SOURCES[spec](device)
-    if spec.startswith("csv:") and len(spec) > 4:
+    if spec.startswith("csv:"):
         return CsvMeterSource(spec[4:])
     if spec == "estimate":
         return EstimateSource()
-    if spec == "auto":
-        reasons = []
-        for make in SOURCES.values():
-            try:
-                return make(device)
-            except PowerError as error:
-                reasons.append(str(error))
-        return EstimateSource(reason="; ".join(reasons))
-    raise ValueError(f"unknown power source {spec!r}; valid forms: {', '.join(VALID_SPECS)}")
+    reasons = []  # auto
+    for make in SOURCES.values():
+        try:
+            return make(device)
+        except PowerError as error:
+            reasons.append(str(error))
+    return EstimateSource(reason="; ".join(reasons))
 
 
 __all__ = [
     "HOROWITZ_45NM", "METHODS", "VALID_SPECS", "BatterySource", "CsvMeterSource", "EnergyResult", "EnergyTable",
     "EstimateSource", "EstimatedEnergy", "HwmonSource", "PowerError", "PowerSource", "RaplSource",
-    "count_macs_and_bytes", "estimate_energy", "get_power_source", "measure",
+    "check_spec", "count_macs_and_bytes", "estimate_energy", "get_power_source", "measure",
 ]

@@ -77,7 +77,9 @@ class SSHDevice(Device):
         if known_hosts is not None:
             if not Path(known_hosts).is_file():
                 raise ValueError(f"{spec}: known_hosts file {known_hosts} does not exist")
-            self._command += ["-o", f"UserKnownHostsFile={Path(known_hosts).resolve()}"]
+            # ssh splits this option's value on blanks (quotes and backslashes escape) and expands %-tokens
+            path = str(Path(known_hosts).resolve()).replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+            self._command += ["-o", f'UserKnownHostsFile="{path}"']
         if port:
             self._command += ["-p", str(int(port))]
         self._command += [*(ssh_options or []), "--", target]

@@ -4,14 +4,9 @@ import argparse
 import sys
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from edgepack.demo import run_demo
-
-    run_demo(quick=args.quick, seed=args.seed, save_dir=args.save)
-    return 0
-
-
+# argparse types: a bad value is argparse's one-line error naming the flag (exit 2)
 def _shape(text: str) -> tuple[int, ...]:
+    """N,C,... (positive integers) for ``--example-shape`` and ``--input-shape``."""
     try:
         shape = tuple(int(part) for part in text.split(","))
     except ValueError:
@@ -22,18 +17,66 @@ def _shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def _export(args: argparse.Namespace) -> int:
-    from pathlib import Path
+def _input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """NAME=1,16000 (an ONNX input name and its static shape) for ``convert --input-shape``."""
+    name, sep, shape = text.rpartition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=SIZES, e.g. audio=1,16000; got {text!r}")
+    return name, _shape(shape)
 
+
+def _positive_int(text: str) -> int:
+    """An argparse type for a count such as ``--batch-size``: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
+def _bench_option(name: str):
+    """An argparse type for the bench option ``name``: parsed and range-checked by the harness's rule."""
+    def convert(text: str):
+        from edgepack.benchmarks.harness import LIMITS, option_problem
+
+        try:
+            value = int(text) if LIMITS[name][1] else float(text)
+        except ValueError:
+            value = text
+        problem = option_problem(name, value)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+    return convert
+
+
+def _limit(flag: str):
+    """An argparse type for a decode limit: the rule of its environment variable (runtime_kernels.limits)."""
+    def convert(text: str) -> int:
+        from edgepack.runtime_kernels.limits import parse_limit
+
+        try:
+            return parse_limit(flag, text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    return convert
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from edgepack.demo import run_demo
+
+    run_demo(quick=args.quick, seed=args.seed, save_dir=args.save)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
     import torch
 
     from edgepack.compression import load_checkpoint
     from edgepack.exporter import export
-    from edgepack.exporter.onnx_export import ExportError
 
-    if Path(args.output).suffix not in (".onnx", ".tflite"):
-        raise ExportError(f"-o {args.output}: unsupported suffix {Path(args.output).suffix!r}; "
-                          "supported: .onnx, .tflite")
     model = load_checkpoint(args.model, trust_builder=args.trust_builder or ())
     examples = tuple(torch.randn(shape) for shape in args.example_shape)
     path = export(model, examples, args.output, mode=args.mode, stream=args.stream,
@@ -54,7 +97,7 @@ def _inspect(args: argparse.Namespace) -> int:
         for value, name in ((args.max_virtual_weights, limits.ENV_MAX_VIRTUAL_WEIGHTS),
                             (args.max_decoded_bytes, limits.ENV_MAX_DECODED_BYTES)):
             if value is not None:
-                os.environ[name] = str(limits.parse_limit(name, value))
+                os.environ[name] = str(value)
         print(format_summary(inspect_model(args.model)))
     finally:
         for name, value in saved.items():
@@ -65,57 +108,8 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench_number(low: float, integer: bool = False, exclusive: bool = False):
-    """An argparse type for bench's counts and seconds: a number >= low (> low when exclusive)."""
-    def convert(text: str):
-        try:
-            value = int(text) if integer else float(text)
-        except ValueError:
-            value = None
-        if value is None or value != value or value in (float("inf"), float("-inf")) \
-                or (value <= low if exclusive else value < low):
-            kind = "an integer" if integer else "a number of seconds"
-            raise argparse.ArgumentTypeError(f"must be {kind} {'>' if exclusive else '>='} {low}, got {text!r}")
-        return value
-    return convert
-
-
-def _check_bench_flags(args: argparse.Namespace) -> None:
-    """Refuse bad --device / --energy / --dataset / --cpus values before anything is measured."""
-    import re
-
-    import numpy as np
-
-    from edgepack.benchmarks.harness import BenchError
-    from edgepack.devices import EXACT, FACTORIES, VALID_SPECS
-    from edgepack.devices.power import SOURCES
-    from edgepack.devices.power import VALID_SPECS as ENERGY_SPECS
-
-    if not any(args.device == p or (p not in EXACT and args.device.startswith(p)) for p in FACTORIES):
-        raise BenchError(f"--device {args.device!r}: unknown device; valid forms: {', '.join(VALID_SPECS)}")
-    energy = args.energy
-    if energy and energy not in (*SOURCES, "auto", "estimate") and not (
-            energy.startswith("csv:") and len(energy) > 4):
-        raise BenchError(f"--energy {energy!r}: unknown power source; valid forms: {', '.join(ENERGY_SPECS)}")
-    if args.cpus and not re.fullmatch(r"\d+(-\d+)?(,\d+(-\d+)?)*", args.cpus):
-        raise BenchError(f"--cpus {args.cpus!r}: expected a CPU list such as 4-7 or 0,2,4")
-    if args.dataset:
-        try:
-            data = np.load(args.dataset, allow_pickle=False)
-            ok = isinstance(data, np.lib.npyio.NpzFile) and {"x", "y"} <= set(data.files) \
-                and len(data["x"]) == len(data["y"])
-        except (OSError, ValueError, EOFError) as error:
-            raise BenchError(f"--dataset {args.dataset}: not a readable .npz ({type(error).__name__}: "
-                             f"{error})") from None
-        if not ok:
-            raise BenchError(f"--dataset {args.dataset}: needs arrays x (inputs) and y (labels) of the "
-                             "same length")
-
-
 def _bench(args: argparse.Namespace) -> int:
     from edgepack.benchmarks.harness import BenchOptions, bench
-
-    _check_bench_flags(args)
 
     options = BenchOptions(runtime=args.runtime, threads=args.threads, warmup=args.warmup, runs=args.runs,
                            min_seconds=args.min_seconds, energy=args.energy, dataset=args.dataset,
@@ -140,14 +134,6 @@ def _report(args: argparse.Namespace) -> int:
         print(f"{args.results}: skipped {paths.skipped} unreadable line(s) or incomplete record(s)", file=sys.stderr)
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
-
-
-def _input_shape(text: str) -> tuple[str, tuple[int, ...]]:
-    """NAME=1,16000 (an ONNX input name and its static shape) for ``convert --input-shape``."""
-    name, sep, shape = text.rpartition("=")
-    if not sep or not name:
-        raise argparse.ArgumentTypeError(f"expected NAME=SIZES, e.g. audio=1,16000; got {text!r}")
-    return name, _shape(shape)
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -201,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("model", help="an .onnx file (standard ops of the supported list, "
                                        "ai.edgepack ops become CUSTOM ops)")
     convert.add_argument("-o", "--output", required=True, help="output .tflite file")
-    convert.add_argument("--batch-size", type=_bench_number(1, integer=True), default=1,
+    convert.add_argument("--batch-size", type=_positive_int, default=1,
                          help="value for a dynamic batch axis (TFLite shapes are static; default 1)")
     convert.add_argument("--input-shape", type=_input_shape, action="append", metavar="NAME=1,16000",
                          help="static shape for an input with dynamic axes other than the batch (repeatable)")
@@ -219,15 +205,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--runtime", choices=["auto", "ort", "tflite", "native"], default="auto",
                        help="auto (default): ort for .onnx, tflite for .tflite; native: the C runner "
                             "(edgepack_ort_runner) instead of Python, for .onnx")
-    bench.add_argument("--threads", "--num_threads", type=_bench_number(1, integer=True), default=1,
+    bench.add_argument("--threads", "--num_threads", type=_bench_option("threads"), default=1,
                        help="intra-op threads, >= 1 (default 1)")
-    bench.add_argument("--warmup", "--warmup_runs", type=_bench_number(0, integer=True), default=10,
+    bench.add_argument("--warmup", "--warmup_runs", type=_bench_option("warmup"), default=10,
                        help="warm-up runs, >= 0 (default 10)")
-    bench.add_argument("--runs", "--num_runs", type=_bench_number(1, integer=True), default=100,
+    bench.add_argument("--runs", "--num_runs", type=_bench_option("runs"), default=100,
                        help="minimum timed runs, >= 1 (default 100)")
-    bench.add_argument("--min-seconds", type=_bench_number(0), default=5.0,
+    bench.add_argument("--min-seconds", type=_bench_option("min_seconds"), default=5.0,
                        help="minimum timed seconds, >= 0 (default 5)")
-    bench.add_argument("--timeout", metavar="SECONDS", type=_bench_number(0, exclusive=True),
+    bench.add_argument("--timeout", metavar="SECONDS", type=_bench_option("timeout"),
                        help="limit for each device command of a measurement (push, run); a model past it "
                             "is recorded as failed and the run goes on (default 600, or 20 x --min-seconds)")
     bench.add_argument("--keep-workdir", action="store_true",
@@ -253,10 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     inspect = commands.add_parser("inspect", help="list a model file's ops, attributes and sizes")
     inspect.add_argument("model", help="an .onnx or .tflite file")
-    inspect.add_argument("--max-virtual-weights", metavar="N",
+    inspect.add_argument("--max-virtual-weights", metavar="N", type=_limit("--max-virtual-weights"),
                          help="refuse a node that decodes more than N weights (default "
                               "$EDGEPACK_MAX_VIRTUAL_WEIGHTS or 2^28)")
-    inspect.add_argument("--max-decoded-bytes", metavar="N",
+    inspect.add_argument("--max-decoded-bytes", metavar="N", type=_limit("--max-decoded-bytes"),
                          help="refuse a model whose nodes decode more than N bytes in all "
                               "(default $EDGEPACK_MAX_DECODED_BYTES or 1 GiB)")
     inspect.set_defaults(handler=_inspect)

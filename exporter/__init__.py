@@ -4,7 +4,7 @@ import tempfile
 from pathlib import Path
 
 from .inspect_model import format_summary, inspect_model, inspect_onnx, inspect_tflite
-from .onnx_export import MODES, export_onnx, lower
+from .onnx_export import MODES, ExportError, export_onnx, lower
 from .tflite_export import ConversionError, convert_onnx_to_tflite
 
 
@@ -22,9 +22,9 @@ def export(model, example_inputs, path: str | Path, mode: str = "kernels", **opt
             onnx_path = export_onnx(model, example_inputs, Path(tmp) / "model.onnx", mode=mode,
                                     **{"dynamic_batch": False, **options})
             return convert_onnx_to_tflite(onnx_path, path)
-    raise ValueError(f"cannot export to {str(path)!r}: unsupported suffix {suffix!r}; "
-                     "supported: .onnx, .tflite")
+    raise ExportError(f"cannot export to {str(path)!r}: unsupported suffix {suffix!r}; "
+                      "valid suffixes: .onnx, .tflite")
 
 
-__all__ = ["MODES", "ConversionError", "convert_onnx_to_tflite", "export", "export_onnx",
+__all__ = ["MODES", "ConversionError", "ExportError", "convert_onnx_to_tflite", "export", "export_onnx",
            "format_summary", "inspect_model", "inspect_onnx", "inspect_tflite", "lower"]

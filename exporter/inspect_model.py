@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from onnx import helper
 
+from .external_data import model_size_bytes
 from .fallbacks import DOMAIN, OP_INPUTS
 from .validate import ModelFileError, check_onnx_model, check_tflite_model, load_onnx, load_tflite
 
@@ -33,7 +34,7 @@ class CompressedNode:
 
 @dataclass
 class ModelSummary:
-    """What ``inspect_onnx`` reports."""
+    """What ``inspect_onnx`` / ``inspect_tflite`` report (``file_bytes``: with external data)."""
 
     path: str
     file_bytes: int
@@ -104,12 +105,13 @@ def inspect_tflite(path: str | Path) -> ModelSummary:
 
 
 def inspect_onnx(path: str | Path) -> ModelSummary:
-    """Summarise an ONNX file: op counts, ai.edgepack nodes, stored and dense-equivalent bytes."""
+    """Summarise an ONNX file: op counts, ai.edgepack nodes, stored and dense-equivalent bytes; its
+    size on disk counts its external-data files, whose contents are not read."""
     path = Path(path)
-    model = load_onnx(path)
+    model = load_onnx(path, external_data=False)
     check_onnx_model(model, str(path))
     sizes = {t.name: _initializer_bytes(t) for t in model.graph.initializer}
-    summary = ModelSummary(str(path), path.stat().st_size)
+    summary = ModelSummary(str(path), model_size_bytes(path, model))
     summary.stored_bytes = summary.dense_bytes = sum(sizes.values())
     for node in model.graph.node:
         summary.op_counts[f"{node.domain}::{node.op_type}" if node.domain else node.op_type] += 1

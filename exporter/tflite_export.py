@@ -8,6 +8,8 @@ subgraph. Handlers read attributes with the meaning of the model's opset (``Conv
 model's inputs and outputs keep the ONNX layout, with TRANSPOSE ops at the boundary. Standard ops
 map to builtins; ``ai.edgepack`` ops become CUSTOM ops named ``ai.edgepack.<Op>`` whose
 flexbuffer options mirror the ONNX attributes (executed by libedgepack_tflite_delegate.so).
+This module holds the walk, the dense, layout and ai.edgepack lowerings and the entry points; the
+other ops register their handlers from tflite_ops_* and tflite_opsets.
 """
 
 import os
@@ -26,10 +28,15 @@ from edgepack.errors import EdgepackError
 
 from .fallbacks import DOMAIN, OP_INPUTS
 from .tflite_writer import Options, TFLiteModelBuilder
-from .validate import checked_onnx
+from .validate import OPTION_KEYS, checked_onnx
 
 OP = tflite.BuiltinOperator
 TO_NHWC, TO_NCHW = (0, 2, 3, 1), (0, 3, 1, 2)
+# Model inputs may be float32 or, as indices / values to cast, int32 / int64.
+INPUT_TYPES = {onnx.TensorProto.FLOAT: np.dtype(np.float32), onnx.TensorProto.INT32: np.dtype(np.int32),
+               onnx.TensorProto.INT64: np.dtype(np.int64)}
+# The writer computes in float32: an integer or bool tensor may only be read here (op, input slot).
+INTEGER_READERS = {("Gather", 0), ("Gather", 1), ("Expand", 0), ("Cast", 0)}
 HANDLERS: dict[str, Callable] = {}
 
 
@@ -73,8 +80,11 @@ def static_input_shapes(inputs, batch_size: int, overrides: dict[str, tuple[int,
                               f"input; the inputs are: {', '.join(map(repr, names))}")
     shapes = {}
     for value in inputs:
-        if value.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
-            raise ConversionError(f"input {value.name!r}: only float32 inputs are supported")
+        elem_type = value.type.tensor_type.elem_type
+        if elem_type not in INPUT_TYPES:
+            raise ConversionError(f"input {value.name!r} has element type "
+                                  f"{onnx.TensorProto.DataType.Name(elem_type)}; only float32, int32 and int64 "
+                                  "inputs are supported")
         dims = value.type.tensor_type.shape.dim
         described = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
         if value.name in overrides:
@@ -129,7 +139,11 @@ class Converter:
         initializers = {t.name for t in model.graph.initializer}
         self.inputs = [i for i in model.graph.input if i.name not in initializers]
         self.input_shapes = static_input_shapes(self.inputs, batch_size, input_shapes or {})
-        feeds = {name: np.zeros(shape, np.float32) for name, shape in self.input_shapes.items()}
+        self.input_dtypes = {i.name: INPUT_TYPES[i.type.tensor_type.elem_type] for i in self.inputs}
+        for name, dtype in self.input_dtypes.items():  # before the static run: its zeros are no shape
+            if dtype != np.float32:
+                self.check_integer_readers(name, dtype, f"input {name!r}")
+        feeds = {name: np.zeros(shape, self.input_dtypes[name]) for name, shape in self.input_shapes.items()}
         self.static = static_values(model, feeds)
         for t in model.graph.initializer:
             array = numpy_helper.to_array(t)
@@ -145,6 +159,18 @@ class Converter:
             if attribute.name == name:
                 return helper.get_attribute_value(attribute)
         return default
+
+    def text(self, name: str, default: str) -> str:
+        """A string attribute as str (onnx gives bytes)."""
+        value = self.attribute(name, default)
+        return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+    def axis(self, rank: int, default: int | None = None) -> int:
+        """The node's ``axis`` attribute as an index in [0, rank); ConversionError when out of range."""
+        axis = self.attribute("axis", default)
+        if axis is None or not -rank <= axis < rank:
+            raise self.fail(f"axis {axis} is out of range for a rank-{rank} input")
+        return int(axis) % rank
 
     def const(self, name: str, what: str) -> np.ndarray:
         value = self.values.get(name)
@@ -189,6 +215,11 @@ class Converter:
     def tflite_shape(shape, nhwc: bool) -> tuple[int, ...]:
         return tuple(shape[i] for i in TO_NHWC) if nhwc else tuple(shape)
 
+    @staticmethod
+    def tflite_axis(axis: int, nhwc: bool) -> int:
+        """Where ONNX axis ``axis`` (in [0, 4) when ``nhwc``) lies in the TFLite tensor."""
+        return TO_NHWC.index(axis) if nhwc else axis
+
     def output(self, name: str, nhwc: bool = False) -> int:
         """Create the TFLite tensor for an op output (its static shape from the reference run)."""
         shape = tuple(np.shape(self.static[name]))
@@ -196,11 +227,28 @@ class Converter:
         self.values[name] = Value(shape, index=index, nhwc=nhwc)
         return index
 
+    def check_integer_readers(self, name: str, dtype: np.dtype, what: str) -> None:
+        """Refuse a non-float32 tensor that a float32-only op reads (it would be mistyped)."""
+        for node in self.model.graph.node:
+            for slot, input_name in enumerate(node.input):
+                if input_name == name and (node.op_type, slot) not in INTEGER_READERS:
+                    raise ConversionError(
+                        f"{what} ({dtype}) is read by {node.op_type} node {node.name!r} (input {slot}); the TFLite "
+                        f"writer computes in float32 and takes {dtype} tensors only as Gather's data or indices, "
+                        "Expand's or Cast's input, or a model output (shapes, axes and pads must be constants)")
+
+    def index_bound(self, name: str, default: int = 8) -> int:
+        """The largest n such that every index in [-n, n) is valid for each Gather that reads ``name``
+        as its indices (``default`` if none does): random integer inputs for verification."""
+        sizes = [self.values[n.input[0]].shape[int(next((a.i for a in n.attribute if a.name == "axis"), 0))]
+                 for n in self.model.graph.node if n.op_type == "Gather" and n.input[1:2] == [name]]
+        return max(min(sizes, default=default), 1)
+
     # ---- the walk --------------------------------------------------------------------------
     def convert(self) -> bytes:
         for value in self.inputs:
-            shape = np.shape(self.static[value.name])
-            self.values[value.name] = Value(shape, index=self.builder.tensor(value.name, shape))
+            shape, dtype = np.shape(self.static[value.name]), self.input_dtypes[value.name]
+            self.values[value.name] = Value(shape, index=self.builder.tensor(value.name, shape, dtype))
         for node in self.model.graph.node:
             self.node = node
             if self._fold(node):
@@ -231,322 +279,6 @@ class Converter:
                 self.values[name] = Value(array.shape, const=array)
             return True
         return False
-
-
-# ---- convolution and pooling ------------------------------------------------------------------
-def spatial_2d(c: Converter, rank: int, name: str, default, size: int) -> list[int]:
-    """A 1-D or 2-D spatial attribute as its 2-D form (1-D ops run as 2-D with H = 1)."""
-    values = list(c.attribute(name, default * (rank - 2)))
-    if rank == 3:
-        values = [0, values[0], 0, values[1]] if size == 4 else [1 if name != "pads" else 0, values[0]]
-    return values
-
-
-def nhwc_input(c: Converter, name: str) -> tuple[int, tuple[int, ...]]:
-    """The input of a convolution or pool as NHWC; (N, C, L) becomes (N, 1, L, C)."""
-    value = c.values[name]
-    if len(value.shape) == 4:
-        return c.tensor(name, "nhwc"), c.tflite_shape(value.shape, True)
-    if len(value.shape) != 3:
-        raise c.fail(f"only 1-D and 2-D inputs are supported, got shape {value.shape}")
-    n, channels, length = value.shape
-    transposed = c.builder.tensor(f"{name}_nlc", (n, length, channels))
-    c.builder.operator(OP.TRANSPOSE, [c.tensor(name), c.int32([0, 2, 1])], [transposed])
-    shape = (n, 1, length, channels)
-    lifted = c.builder.tensor(f"{name}_nhwc", shape)
-    c.builder.operator(OP.RESHAPE, [transposed, c.int32(shape)], [lifted])
-    return lifted, shape
-
-
-def nhwc_output(c: Converter, name: str) -> tuple[int, Callable[[], None]]:
-    """The tensor a convolution or pool writes, and a step that finishes a 1-D output."""
-    shape = tuple(np.shape(c.static[name]))
-    if len(shape) == 4:
-        return c.output(name, nhwc=True), lambda: None
-    n, channels, length = shape
-    raw = c.builder.tensor(f"{name}_nhwc", (n, 1, length, channels))
-
-    def finish() -> None:
-        flat = c.builder.tensor(f"{name}_nlc", (n, length, channels))
-        c.builder.operator(OP.RESHAPE, [raw, c.int32((n, length, channels))], [flat])
-        c.builder.operator(OP.TRANSPOSE, [flat, c.int32([0, 2, 1])], [c.output(name)])
-    return raw, finish
-
-
-def tflite_padding(in_hw, kernel, strides, dilations, pads) -> int | None:
-    """SAME or VALID when the ONNX pads [top, left, bottom, right] equal TFLite's, else None."""
-    if not any(pads):
-        return tflite.Padding.VALID
-    same = []
-    for size, k, s, d in zip(in_hw, kernel, strides, dilations):
-        out = -(-size // s)
-        total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
-        same.append((total // 2, total - total // 2))
-    if [pads[0], pads[2]] == list(same[0]) and [pads[1], pads[3]] == list(same[1]):
-        return tflite.Padding.SAME
-    return None
-
-
-def pad_nhwc(c: Converter, x: int, name: str, shape, pads) -> tuple[int, tuple[int, ...]]:
-    """Explicit zero PAD of an NHWC tensor by ONNX pads [top, left, bottom, right]."""
-    paddings = [[0, 0], [pads[0], pads[2]], [pads[1], pads[3]], [0, 0]]
-    shape = (shape[0], shape[1] + pads[0] + pads[2], shape[2] + pads[1] + pads[3], shape[3])
-    out = c.builder.tensor(f"{name}_padded", shape)
-    c.builder.operator(OP.PAD, [x, c.int32(paddings)], [out])
-    return out, shape
-
-
-@handles("Conv")
-def convert_conv(c: Converter, node: onnx.NodeProto) -> None:
-    x_value, w_value = c.values[node.input[0]], c.values[node.input[1]]
-    rank = len(x_value.shape)
-    if c.attribute("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-        raise c.fail("auto_pad is not supported; export with explicit pads")
-    if rank == 4 and hashed_pointwise_conv(c, node):
-        return
-    x, x_shape = nhwc_input(c, node.input[0])
-    out_channels, in_per_group = w_value.shape[:2]
-    kernel = (1, w_value.shape[2]) if rank == 3 else tuple(w_value.shape[2:])
-    in_channels, group = x_value.shape[1], c.attribute("group", 1)
-    strides, dilations = spatial_2d(c, rank, "strides", [1], 2), spatial_2d(c, rank, "dilations", [1], 2)
-    pads = spatial_2d(c, rank, "pads", [0, 0], 4)
-    depthwise = group > 1 and group == in_channels and in_per_group == 1
-    perm = (1, 2, 3, 0) if depthwise else TO_NHWC  # ONNX OIHW → TFLite OHWI (or 1HWO)
-    if w_value.const is not None:
-        filter_oihw = w_value.const.reshape(out_channels, in_per_group, *kernel)
-        weight = c.builder.constant(f"{node.input[1]}_tflite", filter_oihw.transpose(perm))
-    else:
-        if rank != 4:
-            raise c.fail("a computed (non-constant) weight needs a 2-D convolution")
-        weight = c.builder.tensor(f"{node.input[1]}_tflite", tuple(w_value.shape[i] for i in perm))
-        c.builder.operator(OP.TRANSPOSE, [c.tensor(node.input[1]), c.int32(perm)], [weight])
-    bias = (c.tensor(node.input[2]) if len(node.input) > 2 and node.input[2]
-            else c.builder.constant(f"{node.name}_bias", np.zeros(out_channels, np.float32)))
-    padding = tflite_padding(x_shape[1:3], kernel, strides, dilations, pads)
-    if padding is None:
-        x, x_shape = pad_nhwc(c, x, node.input[0], x_shape, pads)
-        padding = tflite.Padding.VALID
-    fields = dict(Padding=padding, StrideH=strides[0], StrideW=strides[1],
-                  DilationHFactor=dilations[0], DilationWFactor=dilations[1])
-    if depthwise:
-        options = Options("DepthwiseConv2DOptions", fields | {"DepthMultiplier": out_channels // group})
-        code = OP.DEPTHWISE_CONV_2D
-    else:  # group > 1: TFLite's CONV_2D takes a filter with in_channels / group channels
-        options, code = Options("Conv2DOptions", fields), OP.CONV_2D
-    out, finish = nhwc_output(c, node.output[0])
-    c.builder.operator(code, [x, weight, bias], [out], options)
-    finish()
-
-
-@handles("MaxPool", "AveragePool")
-def convert_pool(c: Converter, node: onnx.NodeProto) -> None:
-    """MaxPool / AveragePool in NHWC: TFLite's SAME or VALID when they match; else PAD (lowest float
-    for max, zeros for average) and a VALID pool, or for a dilated pool the max / sum of one strided
-    slice per kernel tap. An average is then rescaled by a constant map to ONNX's divisor: padded
-    cells count only with count_include_pad, cells past the padded input (ceil_mode) never."""
-    if len([name for name in node.output if name]) > 1:
-        raise c.fail("MaxPool's Indices output is not supported")
-    rank = len(c.values[node.input[0]].shape)
-    kernel = spatial_2d(c, rank, "kernel_shape", [1], 2)
-    strides = spatial_2d(c, rank, "strides", [1], 2)
-    dilations = spatial_2d(c, rank, "dilations", [1], 2)
-    x, x_shape = nhwc_input(c, node.input[0])
-    in_hw = x_shape[1:3]
-    spans = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
-    out_hw = pool_output_hw(c, node.output[0], rank, in_hw, spans, strides)
-    pads = pool_pads(c, rank, in_hw, out_hw, spans, strides)
-    extra = [max((o - 1) * s + k - (i + pads[a] + pads[a + 2]), 0)  # ceil_mode: past the padded input
-             for a, (o, s, k, i) in enumerate(zip(out_hw, strides, spans, in_hw))]
-    is_max, dilated = node.op_type == "MaxPool", spans != kernel
-    include_pad = not is_max and bool(c.attribute("count_include_pad", 0))
-    code = OP.MAX_POOL_2D if is_max else OP.AVERAGE_POOL_2D
-    padding = None if any(extra) or dilated else tflite_padding(in_hw, kernel, strides, [1, 1], pads)
-    direct = [-(-size // s) if padding == tflite.Padding.SAME else (size - k) // s + 1
-              for size, k, s in zip(in_hw, kernel, strides)]
-    out, finish = nhwc_output(c, node.output[0])
-    if padding is not None and direct == list(out_hw) and not (padding == tflite.Padding.SAME and include_pad):
-        c.builder.operator(code, [x], [out], pool_options(padding, kernel, strides))
-        finish()
-        return
-    paddings = [[0, 0], [pads[0], pads[2] + extra[0]], [pads[1], pads[3] + extra[1]], [0, 0]]
-    padded_shape = (x_shape[0], x_shape[1] + sum(paddings[1]), x_shape[2] + sum(paddings[2]), x_shape[3])
-    padded = c.builder.tensor(f"{node.input[0]}_pool_padded{len(c.builder.tensors)}", padded_shape)
-    if is_max:
-        lowest = c.builder.constant(f"{node.name}_lowest", np.float32(np.finfo(np.float32).min))
-        c.builder.operator(OP.PADV2, [x, c.int32(paddings), lowest], [padded])
-        scale = None
-    else:
-        c.builder.operator(OP.PAD, [x, c.int32(paddings)], [padded])
-        divisor = pool_divisor(in_hw, out_hw, kernel, strides, dilations, pads, include_pad)
-        if (divisor == 0).any():
-            raise c.fail(f"pads {pads} leave pooling windows without any input element")
-        scale = ((1 if dilated else kernel[0] * kernel[1]) / divisor).astype(np.float32)
-        scale = None if np.all(scale == 1.0) else scale
-    pooled = out if scale is None else c.builder.tensor(f"{node.output[0]}_pooled", c.builder.tensors[out].shape)
-    if dilated:
-        pool_taps(c, padded, padded_shape, pooled, out_hw, kernel, strides, dilations, is_max)
-    else:
-        c.builder.operator(code, [padded], [pooled], pool_options(tflite.Padding.VALID, kernel, strides))
-    if scale is not None:
-        scale_map = c.builder.constant(f"{node.name}_pool_scale", scale.reshape(1, *scale.shape, 1))
-        c.builder.operator(OP.MUL, [pooled, scale_map], [out])
-    finish()
-
-
-def pool_options(padding: int, kernel, strides) -> Options:
-    return Options("Pool2DOptions", dict(Padding=padding, StrideH=strides[0], StrideW=strides[1],
-                                         FilterHeight=kernel[0], FilterWidth=kernel[1]))
-
-
-def pool_taps(c: Converter, x: int, shape, out: int, out_hw, kernel, strides, dilations, is_max: bool) -> None:
-    """A dilated pool of an already padded NHWC tensor: MAXIMUM / ADD over one STRIDED_SLICE per tap."""
-    taps = [(i * dilations[0], j * dilations[1]) for i in range(kernel[0]) for j in range(kernel[1])]
-    tap_shape = (shape[0], *out_hw, shape[3])
-    result = None
-    for position, (top, left) in enumerate(taps):
-        last = position == len(taps) - 1
-        tap = out if last and result is None else c.builder.tensor(f"{c.node.output[0]}_tap{position}", tap_shape)
-        end = [shape[0], top + (out_hw[0] - 1) * strides[0] + 1, left + (out_hw[1] - 1) * strides[1] + 1, shape[3]]
-        c.builder.operator(OP.STRIDED_SLICE, [x, c.int32([0, top, left, 0]), c.int32(end),
-                                              c.int32([1, strides[0], strides[1], 1])],
-                           [tap], Options("StridedSliceOptions", {}))
-        if result is not None:
-            combined = out if last else c.builder.tensor(f"{c.node.output[0]}_taps{position}", tap_shape)
-            c.builder.operator(OP.MAXIMUM if is_max else OP.ADD, [result, tap], [combined])
-            tap = combined
-        result = tap
-
-
-def pool_output_hw(c: Converter, name: str, rank: int, in_hw, spans, strides) -> tuple[int, int]:
-    """The (H, W) of a pool's output (H = 1 for a 1-D pool) as the ONNX spec defines it (``spans``:
-    the dilated kernel extents), checked against the reference run that gave every static shape."""
-    auto_pad = c.attribute("auto_pad", b"NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-    pads = spatial_2d(c, rank, "pads", [0, 0], 4) if auto_pad in ("NOTSET", "") else [0] * 4
-    spec = []
-    for a, (size, k, s) in enumerate(zip(in_hw, spans, strides)):
-        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-            spec.append(-(-size // s))
-            continue
-        extent = size + pads[a] + pads[a + 2] - k
-        out = (-(-extent // s) if c.attribute("ceil_mode", 0) else extent // s) + 1
-        spec.append(out - 1 if (out - 1) * s >= size + pads[a] else out)  # windows start inside
-    shape = tuple(np.shape(c.static[name]))
-    static = (1, shape[2]) if len(shape) == 3 else tuple(shape[2:4])
-    if tuple(spec) != static:
-        raise c.fail(f"the static shape run gives spatial output {list(shape[2:])}, the ONNX spec "
-                     f"{spec[-(len(shape) - 2):]}; a pool whose output size is in doubt is not converted")
-    return static
-
-
-def pool_pads(c: Converter, rank: int, in_hw, out_hw, spans, strides) -> list[int]:
-    """ONNX pads [top, left, bottom, right], computed for auto_pad SAME_UPPER / SAME_LOWER / VALID."""
-    auto_pad = c.attribute("auto_pad", b"NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-    if auto_pad in ("NOTSET", ""):
-        return spatial_2d(c, rank, "pads", [0, 0], 4)
-    if auto_pad == "VALID":
-        return [0, 0, 0, 0]
-    if auto_pad not in ("SAME_UPPER", "SAME_LOWER"):
-        raise c.fail(f"auto_pad={auto_pad!r} is not valid; valid: NOTSET, SAME_UPPER, SAME_LOWER, VALID")
-    totals = [max((o - 1) * s + k - i, 0) for o, s, k, i in zip(out_hw, strides, spans, in_hw)]
-    begin = [t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in totals]
-    return begin + [t - b for t, b in zip(totals, begin)]
-
-
-def pool_divisor(in_hw, out_hw, kernel, strides, dilations, pads, include_pad: bool) -> np.ndarray:
-    """ONNX's average-pool divisor per output cell (OH, OW): the kernel taps that land on the input,
-    or on the input and its explicit padding with count_include_pad."""
-    counts = []
-    for a, (i, o, k, s, d) in enumerate(zip(in_hw, out_hw, kernel, strides, dilations)):
-        low, high = (0, pads[a] + i + pads[a + 2]) if include_pad else (pads[a], pads[a] + i)
-        taps = (np.arange(o) * s)[:, None] + np.arange(k) * d
-        counts.append(((taps >= low) & (taps < high)).sum(axis=1))
-    return np.outer(*counts)
-
-
-@handles("GlobalAveragePool", "GlobalMaxPool")
-def convert_global_average_pool(c: Converter, node: onnx.NodeProto) -> None:
-    """MEAN / REDUCE_MAX over the spatial axes: H, W of NHWC for 2-D, the ONNX axes 2.. otherwise."""
-    code = OP.MEAN if node.op_type == "GlobalAveragePool" else OP.REDUCE_MAX
-    rank = len(c.values[node.input[0]].shape)
-    nhwc = rank == 4
-    x = c.tensor(node.input[0], "nhwc" if nhwc else "onnx")
-    c.builder.operator(code, [x, c.int32([1, 2] if nhwc else list(range(2, rank)))],
-                       [c.output(node.output[0], nhwc)], Options("ReducerOptions", {"KeepDims": True}))
-
-
-@handles("BatchNormalization")
-def convert_batch_norm(c: Converter, node: onnx.NodeProto) -> None:
-    """A BatchNormalization not folded into a convolution: MUL + ADD by per-channel constants
-    (per-element ones for ``spatial=0``, opsets 7-8); batch statistics in training mode (opset 14+)."""
-    if c.opset >= 14 and c.attribute("training_mode", 0):
-        batch_norm_training(c, node)
-        return
-    refuse_training_batch_norm(c, node)
-    gamma, beta, mean, var = (c.const(name, what) for name, what in
-                              zip(node.input[1:5], ("scale", "bias", "mean", "var")))
-    scale = (gamma / np.sqrt(var + c.attribute("epsilon", 1e-5))).astype(np.float32)
-    shift = (beta - mean * scale).astype(np.float32)
-    value = c.values[node.input[0]]
-    rank, nhwc = len(value.shape), len(value.shape) == 4
-    x = c.tensor(node.input[0], "nhwc" if nhwc else "onnx")
-    full = (1, scale.shape[0]) + (1,) * (rank - 2) if scale.ndim == 1 else (1,) + scale.shape
-    constants = [a.reshape(full).transpose(TO_NHWC) if nhwc else a.reshape(full) for a in (scale, shift)]
-    scaled = c.builder.tensor(f"{node.output[0]}_scaled", c.tflite_shape(value.shape, nhwc))
-    c.builder.operator(OP.MUL, [x, c.builder.constant(f"{node.name}_scale", constants[0])], [scaled])
-    c.builder.operator(OP.ADD, [scaled, c.builder.constant(f"{node.name}_shift", constants[1])],
-                       [c.output(node.output[0], nhwc)])
-
-
-def batch_norm_training(c: Converter, node: onnx.NodeProto) -> None:
-    """Training mode: normalise with the batch's mean and population variance over every axis but
-    the channels, and output the momentum-updated running statistics."""
-    value = c.values[node.input[0]]
-    rank, nhwc = len(value.shape), len(value.shape) == 4
-    channels, epsilon = value.shape[1], c.attribute("epsilon", 1e-5)
-    momentum = c.attribute("momentum", 0.9)
-    shape = c.tflite_shape(value.shape, nhwc)
-    stat_shape = tuple(channels if i == (3 if nhwc else 1) else 1 for i in range(rank))
-    axes = c.int32([i for i in range(rank) if i != (3 if nhwc else 1)])
-    x, name = c.tensor(node.input[0], "nhwc" if nhwc else "onnx"), node.output[0]
-    reducer = Options("ReducerOptions", {"KeepDims": True})
-
-    def emit(code, inputs, tensor_shape, suffix, options=None):
-        out = c.builder.tensor(f"{name}_{suffix}", tensor_shape)
-        c.builder.operator(code, inputs, [out], options)
-        return out
-
-    def const(array, suffix):  # a per-channel array broadcast against the activation, or a scalar
-        array = np.asarray(array, np.float32)
-        return c.builder.constant(f"{name}_{suffix}", array.reshape(stat_shape) if array.size > 1 else array)
-
-    mean = emit(OP.MEAN, [x, axes], stat_shape, "batch_mean", reducer)
-    centred = emit(OP.SUB, [x, mean], shape, "centred")
-    var = emit(OP.MEAN, [emit(OP.MUL, [centred, centred], shape, "squared"), axes], stat_shape, "batch_var", reducer)
-    inv_std = emit(OP.RSQRT, [emit(OP.ADD, [var, const(epsilon, "epsilon")], stat_shape, "var_eps")],
-                   stat_shape, "inv_std")
-    gamma, beta = (c.const(n, what) for n, what in zip(node.input[1:3], ("scale", "bias")))
-    scaled = emit(OP.MUL, [emit(OP.MUL, [centred, inv_std], shape, "normalised"), const(gamma, "scale")],
-                  shape, "scaled")
-    c.builder.operator(OP.ADD, [scaled, const(beta, "bias")], [c.output(name, nhwc)])
-    for output, batch, source in zip(node.output[1:3], (mean, var), node.input[3:5]):
-        if not output:
-            continue
-        kept = const(c.const(source, "running statistic") * momentum, f"{output}_kept")
-        update = emit(OP.MUL, [batch, const(1.0 - momentum, f"{output}_rate")], stat_shape, f"{output}_update")
-        summed = emit(OP.ADD, [kept, update], stat_shape, f"{output}_sum")
-        c.builder.operator(OP.RESHAPE, [summed, c.int32([channels])], [c.output(output)])
-
-
-def refuse_training_batch_norm(c: Converter, node: onnx.NodeProto) -> None:
-    """Before opset 14, a training-mode BatchNormalization (is_test=0, extra outputs) is refused."""
-    training = any(node.output[1:])
-    if c.opset < 7:
-        training = training or not c.attribute("is_test", 0)
-    if training:
-        raise c.fail(f"BatchNormalization in training mode at opset {c.opset} (is_test=0 or extra mean/var "
-                     "outputs) is not supported; export the model in eval mode (or at opset 14+)")
 
 
 # ---- dense layers -----------------------------------------------------------------------------
@@ -635,64 +367,7 @@ def lift(c: Converter, x: int, name: str, shape) -> int:
     return out
 
 
-# ---- element-wise -----------------------------------------------------------------------------
-ELEMENTWISE = {"Add": OP.ADD, "Sub": OP.SUB, "Mul": OP.MUL, "Div": OP.DIV}
-UNARY = {"Relu": OP.RELU, "Sigmoid": OP.LOGISTIC, "Tanh": OP.TANH}
-
-
-def operand(c: Converter, name: str, nhwc: bool, rank: int) -> int:
-    """A binary op's operand in the common layout; constants are broadcast to ``rank`` first."""
-    value = c.values[name]
-    if value.const is not None and nhwc:
-        data = value.const.astype(np.float32).reshape((1,) * (rank - value.const.ndim) + value.const.shape)
-        return c.builder.constant(f"{name}_nhwc{len(c.builder.tensors)}", data.transpose(TO_NHWC))
-    if value.const is not None:
-        return c.builder.constant(f"{name}_{len(c.builder.tensors)}", value.const.astype(np.float32))
-    return c.tensor(name, "nhwc" if nhwc else "onnx")
-
-
-@handles(*ELEMENTWISE)
-def convert_elementwise(c: Converter, node: onnx.NodeProto) -> None:
-    values = [c.values[name] for name in node.input]
-    rank = len(np.shape(c.static[node.output[0]]))
-    activations = [v for v in values if v.const is None]
-    nhwc = rank == 4 and any(v.nhwc for v in activations) and all(len(v.shape) == 4 for v in activations)
-    inputs = [operand(c, name, nhwc, rank) for name in node.input]
-    c.builder.operator(ELEMENTWISE[node.op_type], inputs, [c.output(node.output[0], nhwc)])
-
-
-@handles(*UNARY)
-def convert_unary(c: Converter, node: onnx.NodeProto) -> None:
-    nhwc = c.values[node.input[0]].nhwc
-    c.builder.operator(UNARY[node.op_type], [c.tensor(node.input[0], "nhwc" if nhwc else "onnx")],
-                       [c.output(node.output[0], nhwc)])
-
-
-@handles("Clip")
-def convert_clip(c: Converter, node: onnx.NodeProto) -> None:
-    if c.opset < 11:  # min / max are attributes before opset 11, optional inputs after
-        low, high = float(c.attribute("min", -np.inf)), float(c.attribute("max", np.inf))
-    else:
-        low, high = (float(c.const(node.input[i], what)) if len(node.input) > i and node.input[i] else default
-                     for i, what, default in ((1, "min", -np.inf), (2, "max", np.inf)))
-    nhwc = c.values[node.input[0]].nhwc
-    x = c.tensor(node.input[0], "nhwc" if nhwc else "onnx")
-    fused = {(0.0, 6.0): OP.RELU6, (0.0, np.inf): OP.RELU, (-1.0, 1.0): OP.RELU_N1_TO_1}
-    if not (np.isfinite(low) or np.isfinite(high)):
-        c.values[node.output[0]] = c.values[node.input[0]]
-        return
-    if (low, high) in fused:
-        c.builder.operator(fused[(low, high)], [x], [c.output(node.output[0], nhwc)])
-        return
-    steps = [(code, bound) for code, bound in ((OP.MAXIMUM, low), (OP.MINIMUM, high)) if np.isfinite(bound)]
-    shape = c.tflite_shape(c.values[node.input[0]].shape, nhwc)
-    for step, (code, bound) in enumerate(steps):
-        last = step == len(steps) - 1
-        out = c.output(node.output[0], nhwc) if last else c.builder.tensor(f"{node.output[0]}_max", shape)
-        c.builder.operator(code, [x, c.builder.constant(f"{node.name}_{code}", np.float32(bound))], [out])
-        x = out
-
-
+# ---- identity -----------------------------------------------------------------------------
 @handles("Identity", "Dropout")
 def convert_identity(c: Converter, node: onnx.NodeProto) -> None:
     if node.op_type == "Dropout":
@@ -728,10 +403,10 @@ def convert_transpose(c: Converter, node: onnx.NodeProto) -> None:
 def convert_concat(c: Converter, node: onnx.NodeProto) -> None:
     values = [c.values[name] for name in node.input]
     rank = len(values[0].shape)
-    axis = c.attribute("axis") % rank
+    axis = c.axis(rank)
     nhwc = rank == 4 and all(v.nhwc or v.const is not None for v in values) and any(v.nhwc for v in values)
     inputs = [c.tensor(name, "nhwc" if nhwc else "onnx") for name in node.input]
-    options = Options("ConcatenationOptions", {"Axis": TO_NHWC.index(axis) if nhwc else axis})
+    options = Options("ConcatenationOptions", {"Axis": c.tflite_axis(axis, nhwc)})
     c.builder.operator(OP.CONCATENATION, inputs, [c.output(node.output[0], nhwc)], options)
 
 
@@ -789,8 +464,7 @@ def convert_pad(c: Converter, node: onnx.NodeProto) -> None:
     begins[axes], ends[axes] = pads[:len(axes)], pads[len(axes):]
     if (begins < 0).any() or (ends < 0).any():
         raise c.fail(f"negative pads {pads.tolist()} (cropping) are not supported")
-    mode = c.attribute("mode", b"constant")
-    mode = mode.decode() if isinstance(mode, bytes) else mode
+    mode = c.text("mode", "constant")
     paddings = np.stack([begins, ends], axis=1)
     if value.nhwc:
         paddings = paddings[list(TO_NHWC)]
@@ -835,7 +509,10 @@ def convert_edgepack(c: Converter, node: onnx.NodeProto) -> None:
 
 
 def custom_attributes(node: onnx.NodeProto) -> dict:
-    return DEFAULT_ATTRIBUTES.get(node.op_type, {}) | {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    """The attributes the kernels read, defaults filled in; others (ignored by ORT) are not written."""
+    keys = OPTION_KEYS[node.op_type]
+    given = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name in keys}
+    return DEFAULT_ATTRIBUTES.get(node.op_type, {}) | given
 
 
 def emit_custom(c: Converter, node: onnx.NodeProto, value: Value | None = None) -> None:
@@ -952,6 +629,7 @@ def convert_and_verify(source, path: str | Path, batch_size: int = 1, *,
 # Op modules register more handlers; imported last because they build on this module.
 from . import (  # noqa: E402, F401
     tflite_ops_activations,
+    tflite_ops_conv,
     tflite_ops_math,
     tflite_ops_normalization,
     tflite_ops_tensor,

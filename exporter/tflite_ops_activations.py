@@ -6,8 +6,8 @@ Abramowitz–Stegun 7.1.26 rational approximation (absolute error below 1.5e-7) 
 
 import onnx
 
-from .tflite_export import OP, Converter, Value, handles, operand
-from .tflite_ops_math import layout_of, scalar, temporary, unary
+from .tflite_export import OP, Converter, Value, handles
+from .tflite_ops_math import layout_of, operand, scalar, temporary, unary
 from .tflite_writer import Options
 
 ERF_P = 0.3275911
@@ -87,8 +87,7 @@ def convert_elu(c: Converter, node: onnx.NodeProto) -> None:
 
 @handles("Gelu")
 def convert_gelu(c: Converter, node: onnx.NodeProto) -> None:
-    approximate = c.attribute("approximate", b"none")
-    approximate = approximate.decode() if isinstance(approximate, bytes) else approximate
+    approximate = c.text("approximate", "none")
     if approximate not in ("none", "tanh"):
         raise c.fail(f"Gelu approximate={approximate!r} is not valid; valid: 'none', 'tanh'")
     unary(c, node, OP.GELU, Options("GeluOptions", {"Approximate": approximate == "tanh"}))

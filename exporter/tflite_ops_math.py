@@ -1,18 +1,21 @@
-"""Element-wise math for the TFLite writer: Sqrt, Exp, Log, Abs, Neg, Floor, Ceil, Sin, Cos, Pow,
-and the variadic Sum, Mean, Max, Min.
+"""Element-wise math for the TFLite writer: Add, Sub, Mul, Div, Relu, Sigmoid, Tanh, Clip, Sqrt,
+Exp, Log, Abs, Neg, Floor, Ceil, Sin, Cos, Pow, and the variadic Sum, Mean, Max, Min.
 
-Unary ops keep their input's layout (NHWC or ONNX); binary ops broadcast like Add/Mul. The
-helpers here (``unary``, ``binary_inputs``, ``scalar``) are shared by the other op modules.
+Unary ops keep their input's layout (NHWC or ONNX); binary ops broadcast like ONNX, in NHWC when
+an activation already is. The helpers here (``unary``, ``binary_inputs``, ``operand``, ``scalar``,
+``temporary``) are shared by the other op modules.
 """
 
 import numpy as np
 import onnx
 
-from .tflite_export import OP, Converter, handles, operand
+from .tflite_export import OP, TO_NHWC, Converter, handles
 from .tflite_writer import Options
 
-UNARY_MATH = {"Sqrt": OP.SQRT, "Exp": OP.EXP, "Log": OP.LOG, "Abs": OP.ABS, "Neg": OP.NEG,
-              "Floor": OP.FLOOR, "Ceil": OP.CEIL, "Sin": OP.SIN, "Cos": OP.COS}
+BINARY = {"Add": OP.ADD, "Sub": OP.SUB, "Mul": OP.MUL, "Div": OP.DIV}
+UNARY_MATH = {"Relu": OP.RELU, "Sigmoid": OP.LOGISTIC, "Tanh": OP.TANH, "Sqrt": OP.SQRT, "Exp": OP.EXP,
+              "Log": OP.LOG, "Abs": OP.ABS, "Neg": OP.NEG, "Floor": OP.FLOOR, "Ceil": OP.CEIL,
+              "Sin": OP.SIN, "Cos": OP.COS}
 
 
 def layout_of(c: Converter, name: str) -> tuple[int, bool]:
@@ -37,6 +40,17 @@ def unary(c: Converter, node: onnx.NodeProto, code: int, options: Options | None
     c.builder.operator(code, [x], [c.output(node.output[0], nhwc)], options)
 
 
+def operand(c: Converter, name: str, nhwc: bool, rank: int) -> int:
+    """A binary op's operand in the common layout; constants are broadcast to ``rank`` first."""
+    value = c.values[name]
+    if value.const is not None and nhwc:
+        data = value.const.astype(np.float32).reshape((1,) * (rank - value.const.ndim) + value.const.shape)
+        return c.builder.constant(f"{name}_nhwc{len(c.builder.tensors)}", data.transpose(TO_NHWC))
+    if value.const is not None:
+        return c.builder.constant(f"{name}_{len(c.builder.tensors)}", value.const.astype(np.float32))
+    return c.tensor(name, "nhwc" if nhwc else "onnx")
+
+
 def binary_inputs(c: Converter, node: onnx.NodeProto, names) -> tuple[list[int], bool]:
     """The operands of a broadcasting binary op in one common layout (NHWC when every activation
     is 4-D and one is already NHWC), and that layout."""
@@ -50,6 +64,37 @@ def binary_inputs(c: Converter, node: onnx.NodeProto, names) -> tuple[list[int],
 @handles(*UNARY_MATH)
 def convert_unary_math(c: Converter, node: onnx.NodeProto) -> None:
     unary(c, node, UNARY_MATH[node.op_type])
+
+
+@handles(*BINARY)
+def convert_binary(c: Converter, node: onnx.NodeProto) -> None:
+    inputs, nhwc = binary_inputs(c, node, node.input)
+    c.builder.operator(BINARY[node.op_type], inputs, [c.output(node.output[0], nhwc)])
+
+
+@handles("Clip")
+def convert_clip(c: Converter, node: onnx.NodeProto) -> None:
+    """RELU / RELU6 / RELU_N1_TO_1 for their bounds, else MAXIMUM and / or MINIMUM."""
+    if c.opset < 11:  # min / max are attributes before opset 11, optional inputs after
+        low, high = float(c.attribute("min", -np.inf)), float(c.attribute("max", np.inf))
+    else:
+        low, high = (float(c.const(node.input[i], what)) if len(node.input) > i and node.input[i] else default
+                     for i, what, default in ((1, "min", -np.inf), (2, "max", np.inf)))
+    if not (np.isfinite(low) or np.isfinite(high)):
+        c.values[node.output[0]] = c.values[node.input[0]]
+        return
+    fused = {(0.0, 6.0): OP.RELU6, (0.0, np.inf): OP.RELU, (-1.0, 1.0): OP.RELU_N1_TO_1}
+    if (low, high) in fused:
+        unary(c, node, fused[(low, high)])
+        return
+    x, nhwc = layout_of(c, node.input[0])
+    steps = [(code, bound) for code, bound in ((OP.MAXIMUM, low), (OP.MINIMUM, high)) if np.isfinite(bound)]
+    shape = c.tflite_shape(c.values[node.input[0]].shape, nhwc)
+    for step, (code, bound) in enumerate(steps):
+        last = step == len(steps) - 1
+        out = c.output(node.output[0], nhwc) if last else temporary(c, node.output[0], "max", shape)
+        c.builder.operator(code, [x, scalar(c, bound)], [out])
+        x = out
 
 
 @handles("Pow")

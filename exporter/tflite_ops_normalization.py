@@ -10,8 +10,8 @@ import numpy as np
 import onnx
 import tflite
 
-from .tflite_export import OP, TO_NHWC, Converter, handles, operand
-from .tflite_ops_math import scalar, temporary
+from .tflite_export import OP, Converter, handles
+from .tflite_ops_math import operand, scalar, temporary
 from .tflite_writer import Options
 
 
@@ -56,13 +56,10 @@ def convert_layer_norm(c: Converter, node: onnx.NodeProto) -> None:
     the input already is (the reduced axes are permuted, the scale and bias transposed)."""
     value = c.values[node.input[0]]
     rank = len(value.shape)
-    axis = int(c.attribute("axis", -1))
-    if not -rank <= axis < rank:
-        raise c.fail(f"axis {axis} is out of range for a rank-{rank} input")
-    axes = list(range(axis % rank, rank))
+    axes = list(range(c.axis(rank, -1), rank))
     affine = [name for name in node.input[1:3] if name]
     nhwc = value.nhwc and rank == 4 and all(c.values[name].const is not None for name in affine)
-    tflite_axes = sorted(TO_NHWC.index(a) for a in axes) if nhwc else axes
+    tflite_axes = sorted(c.tflite_axis(a, nhwc) for a in axes)
     shape = c.tflite_shape(value.shape, nhwc)
     reduced_shape = tuple(1 if i in tflite_axes else d for i, d in enumerate(shape))
     x = c.tensor(node.input[0], "nhwc" if nhwc else "onnx")

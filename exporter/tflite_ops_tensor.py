@@ -1,18 +1,18 @@
 """Indexing and types for the TFLite writer: Gather (GATHER), Expand (BROADCAST_TO), Cast (CAST).
 
-The rest of the writer computes in float32, so an integer or bool tensor is only produced where
-every reader can take it: Gather, Expand, Cast, or a model output. Anything else is refused.
+The rest of the writer computes in float32, so an integer or bool tensor (a model input too) is
+only allowed where every reader can take it: as Gather's data or indices, Expand's or Cast's input,
+or a model output (``Converter.check_integer_readers``). Anything else is refused.
 """
 
 import numpy as np
 import onnx
 from onnx import helper
 
-from .tflite_export import OP, TO_NHWC, Converter, Value, handles
+from .tflite_export import OP, Converter, Value, handles
 from .tflite_ops_math import layout_of
 from .tflite_writer import TENSOR_TYPES, Options
 
-INTEGER_READERS = {"Gather", "Expand", "Cast"}
 CAST_TARGETS = {np.dtype(np.float32), np.dtype(np.int32), np.dtype(np.int64), np.dtype(bool)}
 
 
@@ -24,11 +24,7 @@ def typed_output(c: Converter, name: str, nhwc: bool = False) -> int:
         return c.output(name, nhwc)
     if dtype not in TENSOR_TYPES:
         raise c.fail(f"output {name!r} has dtype {dtype}; supported: {sorted(str(t) for t in CAST_TARGETS)}")
-    readers = [n for n in c.model.graph.node if name in n.input and n.op_type not in INTEGER_READERS]
-    if readers:
-        raise c.fail(f"its {dtype} output {name!r} is read by {readers[0].op_type} node "
-                     f"{readers[0].name!r}; the TFLite writer computes in float32 and takes {dtype} "
-                     f"tensors only in {sorted(INTEGER_READERS)} or as a model output")
+    c.check_integer_readers(name, dtype, f"node {c.node.name or '(unnamed)'!r} ({c.node.op_type}): its output {name!r}")
     shape = tuple(np.shape(c.static[name]))
     index = c.builder.tensor(name, c.tflite_shape(shape, nhwc), dtype)
     c.values[name] = Value(shape, index=index, nhwc=nhwc)
@@ -54,10 +50,7 @@ def convert_gather(c: Converter, node: onnx.NodeProto) -> None:
     A 4-D NHWC input stays NHWC when the indices are 1-D (the gathered axis is permuted)."""
     data, indices = (c.values[name] for name in node.input[:2])
     rank = len(data.shape)
-    axis = int(c.attribute("axis", 0))
-    if not -rank <= axis < rank:
-        raise c.fail(f"axis {axis} is out of range for a rank-{rank} input")
-    axis %= rank
+    axis = c.axis(rank, 0)
     size = data.shape[axis]
     if indices.const is not None:
         positions = np.asarray(indices.const, np.int64)
@@ -71,7 +64,7 @@ def convert_gather(c: Converter, node: onnx.NodeProto) -> None:
                                           c.builder.constant(f"{node.name}_size", np.array(size, dtype))], [index])
     nhwc = data.nhwc and len(indices.shape) == 1
     x = c.tensor(node.input[0], "nhwc" if nhwc else "onnx")
-    options = Options("GatherOptions", {"Axis": TO_NHWC.index(axis) if nhwc else axis})
+    options = Options("GatherOptions", {"Axis": c.tflite_axis(axis, nhwc)})
     c.builder.operator(OP.GATHER, [x, index], [typed_output(c, node.output[0], nhwc)], options)
 
 

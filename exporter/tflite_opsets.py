@@ -38,10 +38,7 @@ def convert_softmax(c: Converter, node: onnx.NodeProto) -> None:
     value = c.values[node.input[0]]
     rank = len(value.shape)
     coerced = c.opset < 13  # before 13: axis 1 by default, over the input flattened to 2-D at axis
-    axis = c.attribute("axis", 1 if coerced else -1)
-    if not -rank <= axis < rank:
-        raise c.fail(f"axis {axis} is out of range for a rank-{rank} input")
-    axis %= rank
+    axis = c.axis(rank, 1 if coerced else -1)
     if coerced and axis < rank - 1:
         outer, inner = int(np.prod(value.shape[:axis])), int(np.prod(value.shape[axis:]))
         # Softmax/LogSoftmax over every axis from 1 on ignore element order: keep NHWC as it is.
@@ -96,7 +93,7 @@ def convert_reduce(c: Converter, node: onnx.NodeProto) -> None:
     if nhwc:  # reduce in NHWC when the result's axis order stays valid
         kept = [TO_NHWC[i] for i in range(4) if TO_NHWC[i] not in axes]
         nhwc = keep or kept == sorted(kept)
-    tflite_axes = [TO_NHWC.index(a) for a in axes] if nhwc else axes
+    tflite_axes = [c.tflite_axis(a, nhwc) for a in axes]
     x = c.tensor(node.input[0], "nhwc" if nhwc else "onnx")
     out = c.output(node.output[0], nhwc=nhwc and keep)
     c.builder.operator(REDUCERS[node.op_type], [x, c.int32(tflite_axes)], [out],
@@ -108,20 +105,15 @@ def convert_split(c: Converter, node: onnx.NodeProto) -> None:
     """SPLIT_V with the sizes of the static run (the ``split`` attribute, input or num_outputs)."""
     value = c.values[node.input[0]]
     rank = len(value.shape)
-    axis = c.attribute("axis", 0) % rank
+    axis = c.axis(rank, 0)
     sizes = [int(np.shape(c.static[name])[axis]) for name in node.output]
     x = c.tensor(node.input[0], "nhwc" if value.nhwc else "onnx")
     outputs = [c.output(name, value.nhwc) for name in node.output]
-    c.builder.operator(OP.SPLIT_V, [x, c.int32(sizes), c.int32(TO_NHWC.index(axis) if value.nhwc else axis)],
+    c.builder.operator(OP.SPLIT_V, [x, c.int32(sizes), c.int32(c.tflite_axis(axis, value.nhwc))],
                        outputs, Options("SplitVOptions", {"NumSplits": len(sizes)}))
 
 
 # ---- Upsample / Resize ------------------------------------------------------------------------
-def _text(c: Converter, name: str, default: str) -> str:
-    value = c.attribute(name, default)
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def tflite_resize_matrix(nearest: bool, size_in: int, size_out: int, align: bool, half: bool) -> np.ndarray:
     """[size_out, size_in] weights of TFLite's RESIZE_NEAREST_NEIGHBOR / RESIZE_BILINEAR on one
     axis (its reference kernels' float32 arithmetic)."""
@@ -147,7 +139,7 @@ def tflite_resize_matrix(nearest: bool, size_in: int, size_out: int, align: bool
 def onnx_resize_matrix(c: Converter, node: onnx.NodeProto, axis: int, scale: float | None, size_out: int):
     """[size_out, size_in] weights of this Resize / Upsample node on one spatial axis, measured in
     ONNX Runtime on one-hot inputs (the op is separable and linear in its input)."""
-    from .tflite_verify import _ort_session
+    from .tflite_verify import ort_session
 
     size_in = c.values[node.input[0]].shape[axis]
     shape = [1, size_in, 1, 1]
@@ -178,7 +170,7 @@ def onnx_resize_matrix(c: Converter, node: onnx.NodeProto, axis: int, scale: flo
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", c.opset)])
     model.ir_version = c.model.ir_version
     try:
-        out = _ort_session(model).run(None, {"x": probe})[0]
+        out = ort_session(model).run(None, {"x": probe})[0]
     except Exception as error:  # noqa: BLE001 - ORT's refusal becomes the node's error
         raise c.fail(f"ONNX Runtime cannot run this {node.op_type} configuration ({error})") from error
     return out.reshape(size_in, size_out).T  # channel k holds the one-hot at input position k
@@ -210,13 +202,13 @@ def convert_resize(c: Converter, node: onnx.NodeProto) -> None:
     if len(value.shape) != 4 or out_shape[:2] != value.shape[:2]:
         raise c.fail(f"only resizing H and W of a 4-D (N, C, H, W) input is supported; input {value.shape} "
                      f"→ output {out_shape}")
-    mode = _text(c, "mode", "nearest")
+    mode = c.text("mode", "nearest")
     if mode not in ("nearest", "linear", "bilinear"):
         raise c.fail(f"mode {mode!r} is not supported; supported: nearest, linear (bilinear)")
-    transform = _text(c, "coordinate_transformation_mode", "half_pixel" if c.opset >= 11 else "asymmetric")
-    if transform == "tf_crop_and_resize" or _text(c, "keep_aspect_ratio_policy", "stretch") != "stretch":
+    transform = c.text("coordinate_transformation_mode", "half_pixel" if c.opset >= 11 else "asymmetric")
+    if transform == "tf_crop_and_resize" or c.text("keep_aspect_ratio_policy", "stretch") != "stretch":
         raise c.fail(f"coordinate_transformation_mode {transform!r} / keep_aspect_ratio_policy "
-                     f"{_text(c, 'keep_aspect_ratio_policy', 'stretch')!r} is not supported")
+                     f"{c.text('keep_aspect_ratio_policy', 'stretch')!r} is not supported")
     scales = resize_scales(c, node)
     expected = {axis: onnx_resize_matrix(c, node, axis, None if scales is None else float(scales[axis]),
                                          out_shape[axis]) for axis in (2, 3)}
@@ -227,7 +219,7 @@ def convert_resize(c: Converter, node: onnx.NodeProto) -> None:
             break
     else:
         raise c.fail(f"mode {mode!r} with coordinate_transformation_mode {transform!r}, nearest_mode "
-                     f"{_text(c, 'nearest_mode', 'round_prefer_floor')!r} and scales "
+                     f"{c.text('nearest_mode', 'round_prefer_floor')!r} and scales "
                      f"{None if scales is None else scales.tolist()} from {value.shape[2:]} to {out_shape[2:]} "
                      "samples other positions than TFLite's resize (supported: asymmetric, align_corners, "
                      "half_pixel / pytorch_half_pixel with output size = input size × scale; nearest also "

@@ -44,7 +44,7 @@ def has_edgepack_ops(model: onnx.ModelProto) -> bool:
     return any(node.domain == DOMAIN for node in model.graph.node)
 
 
-def _ort_session(model: onnx.ModelProto):
+def ort_session(model: onnx.ModelProto):
     """An ORT session for ``model``; ai.edgepack ops run on libedgepack_ort when it is built, else
     on the model's standard-op fallback functions."""
     import onnxruntime
@@ -74,7 +74,7 @@ def with_all_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def onnx_runtime_values(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Every node output (and the feeds) of one ONNX Runtime run."""
-    session = _ort_session(with_all_outputs(model))
+    session = ort_session(with_all_outputs(model))
     names = [output.name for output in session.get_outputs()]
     return dict(feeds) | dict(zip(names, session.run(None, feeds)))
 
@@ -86,7 +86,7 @@ class OnnxReference:
         self.model = model
         self.outputs = [value.name for value in model.graph.output]
         try:
-            self.session = _ort_session(model)
+            self.session = ort_session(model)
             self.name = "ONNX Runtime"
         except Exception as error:  # noqa: BLE001 - any ORT refusal: use the reference instead
             self._use_reference(error)
@@ -166,12 +166,11 @@ def run_tflite(interpreter, inputs: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def compare(actual: np.ndarray, expected: np.ndarray) -> tuple[float, float]:
-    """(max abs error, tolerance); NaN or ±inf count as equal only where both sides agree."""
+    """(max abs error, tolerance); a different shape is an infinite error; NaN or ±inf count as
+    equal only where both sides agree."""
     expected = np.asarray(expected)
     if actual.shape != expected.shape:
-        if actual.size != expected.size:
-            return np.inf, 0.0
-        actual = actual.reshape(expected.shape)
+        return np.inf, 0.0
     actual, expected = actual.astype(np.float64), expected.astype(np.float64)
     same = (actual == expected) | (np.isnan(actual) & np.isnan(expected))
     error = np.where(same, 0.0, np.nan_to_num(np.abs(actual - expected), nan=np.inf))
@@ -180,9 +179,11 @@ def compare(actual: np.ndarray, expected: np.ndarray) -> tuple[float, float]:
     return (float(error.max()) if error.size else 0.0), ATOL + RTOL * scale
 
 
-def calibration_samples(path: str | os.PathLike, shapes: dict[str, tuple[int, ...]]) -> list[dict]:
+def calibration_samples(path: str | os.PathLike, shapes: dict[str, tuple[int, ...]],
+                        dtypes: dict[str, np.dtype]) -> list[dict]:
     """Feeds from an .npz: one array per input name (or ``x`` for a one-input model), samples
-    along the first axis, each reshaped to the input's static shape; at most 16 are used."""
+    along the first axis, each reshaped to the input's static shape and cast to its type; at most
+    16 are used."""
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
@@ -200,9 +201,23 @@ def calibration_samples(path: str | os.PathLike, shapes: dict[str, tuple[int, ..
         if array.dtype.kind not in "fiub" or size == 0 or array.size % size:
             raise ConversionError(f"--calibration-data {str(path)!r}: array {name!r} of shape {array.shape} "
                                   f"({array.dtype}) is not numeric samples of input shape {shape}")
-        per_input[name] = array.astype(np.float32).reshape((-1, *shape))
+        per_input[name] = array.astype(dtypes[name]).reshape((-1, *shape))
     count = min(len(a) for a in per_input.values())
     return [{name: a[i] for name, a in per_input.items()} for i in range(min(count, MAX_CALIBRATION_SAMPLES))]
+
+
+def random_feeds(converter, seed: int) -> dict[str, np.ndarray]:
+    """Standard normal float32 inputs; integer inputs uniform over the indices valid for their Gathers."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for name, shape in converter.input_shapes.items():
+        dtype = converter.input_dtypes[name]
+        if dtype == np.float32:
+            feeds[name] = rng.standard_normal(shape).astype(np.float32)
+        else:
+            bound = converter.index_bound(name)
+            feeds[name] = rng.integers(-bound, bound, shape).astype(dtype)
+    return feeds
 
 
 def verify_conversion(model: onnx.ModelProto, data: bytes, converter, seeds: int = 3,
@@ -210,9 +225,8 @@ def verify_conversion(model: onnx.ModelProto, data: bytes, converter, seeds: int
     """Run ``data`` (the converter's output) and ``model`` on the same inputs; raise
     ConversionError naming the first diverging node when any output disagrees."""
     shapes = converter.input_shapes
-    feeds = [{name: np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-              for name, shape in shapes.items()} for seed in range(seeds)]
-    samples = calibration_samples(calibration, shapes) if calibration is not None else []
+    feeds = [random_feeds(converter, seed) for seed in range(seeds)]
+    samples = calibration_samples(calibration, shapes, converter.input_dtypes) if calibration is not None else []
     reference = OnnxReference(model)
     custom = has_edgepack_ops(model)
     interpreter = tflite_runner(data, custom)
@@ -221,13 +235,15 @@ def verify_conversion(model: onnx.ModelProto, data: bytes, converter, seeds: int
         expected = reference.run(feed)
         actual = run_tflite(interpreter, [feed[value.name] for value in converter.inputs])
         for name, got, want in zip(reference.outputs, actual, expected):
-            error, tolerance = compare(got, np.asarray(want))
+            want = np.asarray(want)
+            error, tolerance = compare(got, want)
             if error > tolerance:
                 what = f"random input {number}" if number < seeds else f"calibration sample {number - seeds}"
+                how = (f"max abs error {error:.3g} > tolerance {tolerance:.3g}" if got.shape == want.shape
+                       else f"shape {got.shape} in TFLite, {want.shape} in ONNX")
                 where = first_divergence(reference, data, converter, feed, custom)
                 raise ConversionError(f"the converted model disagrees with {reference.name} on {what}: output "
-                                      f"{name!r} max abs error {error:.3g} > tolerance {tolerance:.3g}; {where}. "
-                                      "Nothing was written (--no-verify writes it anyway)")
+                                      f"{name!r} {how}; {where}. Nothing was written (--no-verify writes it anyway)")
             worst = max(worst, error)
     return Verification(reference.name, seeds, len(samples), worst)
 

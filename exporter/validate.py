@@ -31,9 +31,11 @@ INT_MAX = 0x7FFFFFFF
 INT64_MAX = (1 << 63) - 1
 # Inputs that must be present, in order (ORT: non-optional; TFLite: min_in).
 REQUIRED_INPUTS = {"HashedWeight": 1, "HashedMatMul": 2, "CirculantMatMul": 2, "LDRMatMul": 3}
-KEYS = {"HashedWeight": "shape, num_hashes, seed, signed",
-        "HashedMatMul": "in_features, out_features, num_hashes, seed, signed, mode",
-        "CirculantMatMul": "in_features, out_features", "LDRMatMul": "in_features, out_features"}
+# The attributes each op reads: the ORT kernel's attributes and the delegate's options map.
+OPTION_KEYS = {"HashedWeight": ("shape", "num_hashes", "seed", "signed"),
+               "HashedMatMul": ("in_features", "out_features", "num_hashes", "seed", "signed", "mode"),
+               "CirculantMatMul": ("in_features", "out_features"), "LDRMatMul": ("in_features", "out_features")}
+KEYS = {op: ", ".join(keys) for op, keys in OPTION_KEYS.items()}
 
 
 class ModelFileError(EdgepackError, ValueError):
@@ -56,21 +58,30 @@ def _check_path(path: Path, kind: str) -> None:
         raise ModelFileError(f"{path}: the file is empty (0 bytes; expected {kind})")
 
 
-def load_onnx(path: str | Path, check: bool = True) -> onnx.ModelProto:
-    """Read an ONNX file (with its external data), or raise ModelFileError saying why not."""
+def load_onnx(path: str | Path, external_data: bool = True) -> onnx.ModelProto:
+    """Read an ONNX file, or raise ModelFileError saying why not. Its external-data files must lie
+    below its folder; their contents are read only with ``external_data``."""
+    from onnx.external_data_helper import load_external_data_for_model
+
+    from .external_data import external_data_files
+
     path = Path(path)
     kind = "an ONNX model, .onnx"
     _check_path(path, kind)
     try:
-        model = onnx.load(str(path))
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as error:
         raise ModelFileError(f"{path}: not a readable ONNX model ({_why(error)}); expected "
                              f"{kind}") from None
     if not model.HasField("graph") or model.ir_version < 1 or not model.opset_import:
         raise ModelFileError(f"{path}: parses as protobuf but is not an ONNX model (no graph, "
                              f"IR version or opset import); expected {kind}")
-    if check:
-        _check_graph(model, path)
+    _check_graph(model, path)
+    if external_data and external_data_files(path, model):
+        try:
+            load_external_data_for_model(model, str(path.parent))
+        except Exception as error:
+            raise ModelFileError(f"{path}: cannot read its external data ({_why(error)})") from None
     return model
 
 
@@ -494,18 +505,11 @@ def check_onnx_model(model: onnx.ModelProto, where: str = "model", runtime: str 
         inputs = [known.get(i, Tensor(True)) if i else Tensor(False) for i in node.input]
         values = _onnx_values(node)
         results.append(check_node(node.op_type, label, values, inputs, "ort"))
-        if runtime == "tflite":  # the options convert writes: the ints and int lists
-            options = {k: v for k, (kind, v) in values.items() if kind in ("int", "ints")}
+        if runtime == "tflite":  # the options convert writes: the op's own attributes
+            options = {k: v for k, (_, v) in values.items() if k in OPTION_KEYS[node.op_type]}
             check_node(node.op_type, label, options, inputs, "tflite")
     _check_total(results)
     return len(results)
-
-
-def check_onnx_file(path: str | Path, runtime: str = "ort") -> onnx.ModelProto:
-    """``load_onnx`` then ``check_onnx_model``: the model, or a clear EdgepackError."""
-    model = load_onnx(path)
-    check_onnx_model(model, str(path), runtime)
-    return model
 
 
 def checked_onnx(source, runtime: str = "tflite") -> onnx.ModelProto:
@@ -574,10 +578,3 @@ def check_tflite_model(model, where: str = "model") -> int:
                                     f"its shape [{', '.join(map(str, dims))}] needs exactly {needed}")
     _check_total(results)
     return len(results)
-
-
-def check_tflite_file(path: str | Path):
-    """``load_tflite`` then ``check_tflite_model``: (bytes, model), or a clear EdgepackError."""
-    data, model = load_tflite(path)
-    check_tflite_model(model, str(path))
-    return data, model

@@ -3,7 +3,8 @@
 set -euo pipefail
 
 packages=(build-essential cmake python3-venv gcc-aarch64-linux-gnu g++-aarch64-linux-gnu
-          libc6-dev-arm64-cross qemu-user openssh-server openssh-client adb)
+          libc6-dev-arm64-cross qemu-user openssh-server openssh-client adb
+          clang libclang-rt-dev)  # clang + libFuzzer/sanitizer runtimes for make fuzz
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \

@@ -117,6 +117,14 @@ def corpus(tmp_path_factory):
     put("onnx", "decompression bomb [2, 2^29]", "bomb.onnx",
         edgepack_node_model(shape=[2, 2**29], num_hashes=1, seed=0).SerializeToString())
     put("onnx", "unknown ai.edgepack op", "unknown_op.onnx", edgepack_unknown_op().SerializeToString())
+    for label, location in (("external data outside the folder", "../../etc/passwd"),
+                            ("external data missing", "nowhere.data")):
+        model = tiny_onnx()
+        weight = model.graph.initializer[0]
+        weight.ClearField("raw_data")
+        weight.data_location = TensorProto.EXTERNAL
+        weight.external_data.add(key="location", value=location)
+        put("onnx", label, f"{location.split('/')[-1]}.onnx", model.SerializeToString())
     return root, files
 
 

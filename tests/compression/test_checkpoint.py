@@ -126,6 +126,22 @@ def test_kwargs_must_be_plain_data(tmp_path):
                         {"hidden": float("nan")})
 
 
+def test_save_refuses_what_load_would_refuse(tmp_path):
+    """A recipe given as a YAML path (or a list) was saved, then every load refused the file."""
+    for recipe in ("recipe.yaml", [RECIPE]):
+        path = tmp_path / "r.safetensors"
+        with pytest.raises(CheckpointError, match="recipe must be a dict or null"):
+            save_checkpoint(digits_mlp(), path, "edgepack.demo:digits_mlp", recipe=recipe)
+        assert not path.exists()
+    with pytest.raises(CheckpointError, match="builder_kwargs must be a dict"):
+        save_checkpoint(digits_mlp(), tmp_path / "k.safetensors", "edgepack.demo:digits_mlp", [("hidden", 3)])
+
+
+def test_an_unimportable_trusted_builder_says_how_to_make_it_importable(tmp_path):
+    with pytest.raises(CheckpointError, match="No module named 'no_such_pkg'.*on PYTHONPATH"):
+        save_checkpoint(digits_mlp(), tmp_path / "x.safetensors", "no_such_pkg:make")
+
+
 def test_state_dict_that_does_not_match_the_builder_names_the_keys(tmp_path):
     model = digits_mlp(hidden=32)
     path = save_checkpoint(model, tmp_path / "m.safetensors", "edgepack.demo:digits_mlp", {"hidden": 16})

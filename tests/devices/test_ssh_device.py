@@ -196,6 +196,18 @@ def test_known_hosts_from_ssh_keyscan(sshd, tmp_path):
         get_device(sshd.spec, known_hosts=tmp_path / "missing")
 
 
+def test_known_hosts_path_with_blanks_quotes_and_percents(sshd, tmp_path):
+    """ssh splits UserKnownHostsFile on blanks, unquotes it and expands %-tokens: still one file."""
+    folder = tmp_path / 'my keys %h "q" a\\\\b\\c'
+    folder.mkdir()
+    known_hosts = folder / "known hosts"
+    known_hosts.write_text(sshd.known_hosts.read_text())
+    empty = tmp_path / "empty"
+    empty.write_text("")
+    dev = get_device(sshd.spec, ssh_options=sshd.options(known_hosts=empty), known_hosts=known_hosts)
+    assert dev.run(["echo", "hi"]).stdout == "hi\n"
+
+
 def test_unreachable_host(sshd):
     spec = f"ssh://{sshd.user}@127.0.0.1:{free_port()}"
     dev = get_device(spec, ssh_options=sshd.options(), connect_timeout=5)

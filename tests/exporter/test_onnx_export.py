@@ -10,6 +10,7 @@ from conftest import LAYERS, assert_close_relative, run_all
 from torch import nn
 
 from edgepack import onnx_session
+from edgepack.errors import EdgepackError
 from edgepack.exporter import export, inspect_onnx
 from edgepack.exporter.fallbacks import DOMAIN
 
@@ -97,9 +98,9 @@ def test_stream_mode_attribute(tmp_path):
 
 def test_unsupported_suffix_and_mode(tmp_path):
     layer = LAYERS["ldr"]()
-    with pytest.raises(ValueError, match=r"unsupported suffix '.pb'; supported: .onnx, .tflite"):
+    with pytest.raises(EdgepackError, match=r"unsupported suffix '.pb'; valid suffixes: .onnx, .tflite"):
         export(layer, torch.randn(1, 30), tmp_path / "m.pb")
-    with pytest.raises(ValueError, match="mode must be one of"):
+    with pytest.raises(EdgepackError, match="mode must be one of"):
         export(layer, torch.randn(1, 30), tmp_path / "m.onnx", mode="fast")
 
 

@@ -82,3 +82,43 @@ def test_cast_refuses_what_tflite_cannot_hold(tmp_path):
     model = graph_model(nodes, {"x": [3]}, ["y"], output_types={"y": TensorProto.INT64})
     with pytest.raises(ConversionError, match=r"'to_int'.*read by Add node 'int_add'.*computes in float32"):
         convert_onnx_to_tflite(model, tmp_path / "m.tflite", verify=False)
+
+
+@pytest.mark.parametrize("elem_type", [TensorProto.INT64, TensorProto.INT32])
+def test_integer_model_input_as_gather_indices(elem_type, tmp_path):
+    """Integer model inputs used to be refused ("only float32 inputs"): an embedding lookup by an
+    int input, verified against ORT on random valid indices, checked in LiteRT against numpy."""
+    from tflite_ops_check import RESOLVERS, run_litert
+
+    from edgepack.exporter.tflite_export import convert_and_verify
+
+    table = np.random.default_rng(8).standard_normal((7, 4)).astype(np.float32)
+    nodes = [helper.make_node("Gather", ["table", "idx"], ["rows"], axis=0, name="lookup"),
+             helper.make_node("Cast", ["idx"], ["idx_f"], to=TensorProto.FLOAT, name="to_float"),
+             helper.make_node("Unsqueeze", ["idx_f", "last"], ["idx_col"], name="column"),
+             helper.make_node("Mul", ["rows", "idx_col"], ["y"], name="scale")]
+    model = graph_model(nodes, {}, ["y"], {"table": table, "last": np.array([-1], np.int64)})
+    model.graph.input.append(helper.make_tensor_value_info("idx", elem_type, [2, 5]))
+    path, verification = convert_and_verify(model, tmp_path / "m.tflite")
+    assert verification.random_inputs == 3
+    idx = np.array([[0, 6, -1, -7, 3], [2, -3, 5, 1, 0]], helper.tensor_dtype_to_np_dtype(elem_type))
+    for resolver in RESOLVERS:
+        got = run_litert(path, {"idx": idx}, resolver)[0]
+        np.testing.assert_allclose(got, table[idx] * idx[..., None], rtol=1e-6, err_msg=str(resolver))
+
+
+def test_integer_model_input_read_as_float_is_refused(tmp_path):
+    model = graph_model([helper.make_node("Add", ["i", "i"], ["y"], name="int_add")], {}, ["y"],
+                        output_types={"y": TensorProto.INT64})
+    model.graph.input.append(helper.make_tensor_value_info("i", TensorProto.INT64, [3]))
+    with pytest.raises(ConversionError, match=r"input 'i' \(int64\) is read by Add node 'int_add'.*in float32"):
+        convert_onnx_to_tflite(model, tmp_path / "m.tflite", verify=False)
+    model = graph_model([helper.make_node("Reshape", ["x", "s"], ["y"], name="by_input")], {"x": [2, 3]}, ["y"])
+    model.graph.input.append(helper.make_tensor_value_info("s", TensorProto.INT64, [2]))
+    with pytest.raises(ConversionError, match=r"input 's' \(int64\) is read by Reshape node 'by_input' \(input 1\)"
+                                              r".*shapes, axes and pads must be constants"):
+        convert_onnx_to_tflite(model, tmp_path / "m.tflite", verify=False)
+    model = graph_model([helper.make_node("Relu", ["h"], ["y"])], {}, ["y"])
+    model.graph.input.append(helper.make_tensor_value_info("h", TensorProto.FLOAT16, [3]))
+    with pytest.raises(ConversionError, match=r"input 'h' has element type FLOAT16; only float32, int32 and int64"):
+        convert_onnx_to_tflite(model, tmp_path / "m.tflite", verify=False)

@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import tflite_ops_check
 from onnx import TensorProto, helper, numpy_helper
 
 from edgepack.cli import main
@@ -35,12 +36,9 @@ def make_model(nodes, opset: int, shape=SHAPE, initializers=(), outputs=("y",), 
 
 
 def run_litert(path, feeds: list[np.ndarray]) -> list[np.ndarray]:
-    runner = interpreter.Interpreter(model_path=str(path))
-    runner.allocate_tensors()
-    for detail, value in zip(runner.get_input_details(), feeds):
-        runner.set_tensor(detail["index"], value)
-    runner.invoke()
-    return [runner.get_tensor(d["index"]) for d in runner.get_output_details()]
+    """The outputs of ``path`` in LiteRT with its default resolver, inputs in graph order."""
+    names = [d["name"] for d in interpreter.Interpreter(model_path=str(path)).get_input_details()]
+    return tflite_ops_check.run_litert(path, dict(zip(names, feeds)), tflite_ops_check.RESOLVERS[0])
 
 
 def random_input(model: onnx.ModelProto, seed: int = 0) -> np.ndarray:
@@ -52,11 +50,13 @@ def check_against(model, tmp_path, expected_fn, rtol=1e-4) -> list[np.ndarray]:
     """Convert without verification, run in LiteRT, compare with ``expected_fn(x)``."""
     path = convert_onnx_to_tflite(model, tmp_path / "m.tflite", verify=False)
     x = random_input(model)
-    actual, expected = run_litert(path, [x]), expected_fn(x)
-    for got, want in zip(actual, expected):
-        scale = max(float(np.abs(want).max()), 1e-6)
-        assert got.shape == want.shape, (got.shape, want.shape)
-        assert float(np.abs(got - want).max()) <= rtol * scale, float(np.abs(got - want).max())
+    expected = expected_fn(x)
+    for resolver in tflite_ops_check.RESOLVERS:  # XNNPACK and the builtin kernels
+        actual = tflite_ops_check.run_litert(path, {model.graph.input[0].name: x}, resolver)
+        for got, want in zip(actual, expected):
+            scale = max(float(np.abs(want).max()), 1e-6)
+            assert got.shape == want.shape, (got.shape, want.shape)
+            assert float(np.abs(got - want).max()) <= rtol * scale, (resolver, float(np.abs(got - want).max()))
     return actual
 
 
@@ -432,6 +432,23 @@ def test_verification_refuses_a_wrong_lowering_and_names_the_node(tmp_path, monk
     assert not target.exists() and not list(tmp_path.rglob("*.partial"))
     convert_onnx_to_tflite(three_layer_model(), target, verify=False)  # --no-verify writes it anyway
     assert target.exists()
+
+
+def test_verification_refuses_an_output_of_the_wrong_shape(tmp_path, monkeypatch):
+    """The right values in the wrong shape ([2, 3] for [3, 2]) used to pass: outputs were reshaped."""
+    from edgepack.exporter import tflite_export
+
+    def wrong_reshape(c, node):
+        c.builder.operator(tflite_export.OP.RESHAPE, [c.tensor(node.input[0]), c.int32([2, 3])],
+                           [c.output(node.output[0])])
+
+    monkeypatch.setitem(HANDLERS, "Reshape", wrong_reshape)
+    nodes = [helper.make_node("Relu", ["a"], ["r"], name="act"), helper.make_node("Reshape", ["r", "s"], ["y"])]
+    model = make_model(nodes, 18, shape=(2, 3), nhwc=False,
+                       initializers=[numpy_helper.from_array(np.array([3, 2], np.int64), "s")])
+    with pytest.raises(ConversionError, match=r"output 'y' shape \(2, 3\) in TFLite, \(3, 2\) in ONNX"):
+        convert_onnx_to_tflite(model, tmp_path / "m.tflite")
+    assert not (tmp_path / "m.tflite").exists()
 
 
 def test_a_file_litert_cannot_load_is_refused(tmp_path, monkeypatch):

@@ -267,7 +267,11 @@ def test_inspect_refuses_an_invalid_node(tmp_path, capsys, monkeypatch):
     assert "needs 4294967296 bytes, above the limit of 60000" in capsys.readouterr().err
     assert main(["inspect", str(path), "--max-virtual-weights", str(2**30),
                  "--max-decoded-bytes", str(2**33)]) == 0
-    assert main(["inspect", str(path), "--max-virtual-weights", "lots"]) == 2
+    try:  # a bad flag value: argparse's one-line error and exit 2
+        code = main(["inspect", str(path), "--max-virtual-weights", "lots"])
+    except SystemExit as exit_:
+        code = exit_.code
+    assert code == 2
     assert "is not a positive decimal integer" in capsys.readouterr().err
 
 
@@ -405,3 +409,42 @@ def test_tflite_constant_whose_buffer_does_not_match_its_shape(tmp_path):
     with pytest.raises(Exception) as theirs:
         run_delegate(path, None)
     assert str(theirs.value).splitlines()[0] == str(ours.value)
+
+
+def test_convert_writes_only_the_attributes_the_kernels_read(tmp_path):
+    """Extra attributes (ignored by ORT) used to go into the options map: a string one crashed convert
+    with flexbuffers' RuntimeError, a float one was truncated to an int."""
+    import tflite
+    from flatbuffers import flexbuffers
+
+    from edgepack.exporter import convert_onnx_to_tflite
+
+    op, attrs, weights, x_width = hashed_matmul(note="hello", gain=2.7)
+    model = build(op, attrs, weights, x_width, functions=True)
+    path = convert_onnx_to_tflite(model, tmp_path / "m.tflite")  # verified against ORT
+    flat = tflite.Model.GetRootAs(path.read_bytes(), 0)
+    options = flexbuffers.Loads(bytes(flat.Subgraphs(0).Operators(0).CustomOptionsAsNumpy()))
+    assert options == {"in_features": 5, "out_features": 6, "num_hashes": 1, "seed": 7, "signed": 1, "mode": 0}
+
+
+def test_inspect_counts_external_data_without_reading_it(tmp_path, capsys, monkeypatch):
+    """`inspect` used to report the .onnx alone as the size on disk, and loaded the data to do it."""
+    import onnx.external_data_helper
+
+    op, attrs, weights, x_width = hashed_matmul(buckets=w(4000))
+    model = build(op, attrs, weights, x_width, functions=True)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path, save_as_external_data=True, location="m.onnx.data", size_threshold=0)
+    total = path.stat().st_size + (tmp_path / "m.onnx.data").stat().st_size
+    assert (tmp_path / "m.onnx.data").stat().st_size >= 16_000
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("inspect read the external data")
+
+    monkeypatch.setattr(onnx.external_data_helper, "load_external_data_for_model", no_loading)
+    monkeypatch.setattr(onnx, "load_external_data_for_model", no_loading)  # what onnx.load calls
+    assert main(["inspect", str(path)]) == 0
+    assert f"{total:,} bytes on disk" in capsys.readouterr().out
+    (tmp_path / "m.onnx.data").unlink()
+    assert main(["inspect", str(path)]) == 2
+    assert "keeps its data in 'm.onnx.data', but" in capsys.readouterr().err

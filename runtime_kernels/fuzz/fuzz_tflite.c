@@ -1,0 +1,334 @@
+/* libFuzzer harness: the TFLite delegate (tflite/edgepack_tflite.c) driven through a fake
+ * TfLiteContext, like tflite/test_delegate.c: tensors (type, allocation type, shape, buffer
+ * size), one to three nodes (op name, inputs, output, FlexBuffers options) and the route (the
+ * delegate's Prepare -> kernel init/prepare/invoke/free, or the plain custom-op registration)
+ * all come from the input. The fake behaves like the runtime: arena tensors hold exactly their
+ * shape's bytes, a constant (MmapRo) tensor cannot be resized, ResizeTensor owns its array.
+ * Checked: ASan/UBSan; that an invoke writes nothing but the partition's outputs, and never a
+ * read-only (MmapRo / PersistentRo) tensor; that a prepared node's constants hold exactly their
+ * shape's bytes. */
+#include "fuzz_common.h"
+
+#include <stdarg.h>
+
+#include "edgepack/kernels.h"
+#include "edgepack_tflite.h"
+
+#define MAX_T 8
+#define MAX_N 3
+#define CAP (1 << 14) /* floats in one runtime-allocated tensor */
+
+
+typedef struct fake {
+    TfLiteContext ctx; /* first: callbacks cast back */
+    TfLiteTensor t[MAX_T];
+    int nt;
+    TfLiteNode nodes[MAX_N + 1];
+    TfLiteRegistration regs[MAX_N + 1];
+    int nn;
+    TfLiteIntArray *plan, *part_out;
+    TfLiteNode dnode;
+    TfLiteRegistration dreg;
+    int replaced;
+} fake;
+
+/* A zeroed TfLiteIntArray of n values (freed with free, as TFLite's). */
+static TfLiteIntArray *int_array(int n) {
+    TfLiteIntArray *a = (TfLiteIntArray *)calloc((size_t)n + 1, sizeof(int));
+    a->size = n;
+    return a;
+}
+
+static int g_verbose; /* FUZZ_VERBOSE=1: print what the delegate reports (to triage an input) */
+
+static void f_report(TfLiteContext *c, const char *fmt, ...) {
+    char msg[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap); /* formats every message: catches bad format arguments */
+    va_end(ap);
+    (void)c;
+    if (g_verbose) fprintf(stderr, "ReportError: %s\n", msg);
+}
+
+static TfLiteStatus f_plan(TfLiteContext *c, TfLiteIntArray **p) {
+    *p = ((fake *)c)->plan;
+    return kTfLiteOk;
+}
+
+static TfLiteStatus f_node(TfLiteContext *c, int i, TfLiteNode **n, TfLiteRegistration **r) {
+    fake *f = (fake *)c;
+    if (i < 0 || i >= f->nn) return kTfLiteError;
+    *n = &f->nodes[i], *r = &f->regs[i];
+    return kTfLiteOk;
+}
+
+/* As the runtime: only arena / dynamic / persistent tensors can be resized; the new dims array
+ * is owned (freed on failure too). */
+static TfLiteStatus f_resize(TfLiteContext *c, TfLiteTensor *t, TfLiteIntArray *dims) {
+    (void)c;
+    size_t count = 1;
+    int ok = t->allocation_type != kTfLiteMmapRo && dims->size >= 0;
+    for (int d = 0; ok && d < dims->size; d++) {
+        if (dims->data[d] < 0 || (dims->data[d] && count > CAP / (size_t)dims->data[d])) ok = 0;
+        else count *= (size_t)dims->data[d];
+    }
+    if (!ok || count > CAP) {
+        free(dims);
+        return kTfLiteError;
+    }
+    free(t->dims);
+    t->dims = dims;
+    t->bytes = count * sizeof(float);
+    free(t->data);
+    t->data = calloc(count ? count : 1, sizeof(float));
+    return kTfLiteOk;
+}
+
+/* One partition of every claimed node: the delegate kernel's init runs here, as in TFLite. */
+static TfLiteStatus f_replace(TfLiteContext *c, TfLiteRegistration r, const TfLiteIntArray *nodes, TfLiteDelegate *d) {
+    fake *f = (fake *)c;
+    static const TfLiteIntArray empty = {0};
+    TfLiteDelegateParams params = {d, (TfLiteIntArray *)nodes, (TfLiteIntArray *)&empty, f->part_out};
+    f->dreg = r;
+    f->replaced = nodes->size;
+    f->dnode.user_data = r.init(c, (const char *)&params, 0);
+    return kTfLiteOk;
+}
+
+/* Everything the fake allocated for one input. */
+static void fake_free(fake *f) {
+    for (int i = 0; i < f->nt; i++) free(f->t[i].dims), free(f->t[i].data);
+    for (int i = 0; i < f->nn; i++) {
+        free(f->nodes[i].inputs);
+        free(f->nodes[i].outputs);
+        free((void *)f->nodes[i].custom_initial_data);
+    }
+    free(f->plan);
+    free(f->part_out);
+}
+
+/* TfLiteAllocationType: ArenaRw (2) twice, MmapRo (1) twice, PersistentRo (5), Dynamic (4),
+ * ArenaRwPersistent (3), MemNone (0) */
+static const int ALLOC[8] = {2, 2, 1, 1, 5, 4, 3, 0};
+static const int HOSTILE_DIM[8] = {-1, -7, 65536, 1 << 20, 0x7FFFFFFF, (int)0x80000000u, 1 << 16, 3};
+
+/* One tensor from the input; 0 when its runtime buffer would be larger than CAP. */
+static int read_tensor(fz *in, TfLiteTensor *t) {
+    const uint8_t a = fz_u8(in), r = fz_u8(in);
+    t->type = a & 0x80 ? (a >> 4 & 7) : kTfLiteFloat32;
+    t->allocation_type = ALLOC[a & 7];
+    t->name = "t";
+    const int konst = t->allocation_type == kTfLiteMmapRo || t->allocation_type == kTfLitePersistentRo;
+    const int rank = r & 0x80 ? 16 + (r & 3) : r % 5;
+    t->dims = int_array(rank);
+    int64_t count = 1;
+    for (int d = 0; d < rank; d++) {
+        const uint8_t b = fz_u8(in);
+        int v = b >= 0xF8 ? HOSTILE_DIM[b & 7] : b % 40;
+        if (!konst && v < 0) v = 1; /* a runtime buffer always has a real shape */
+        t->dims->data[d] = v;
+        if (v < 0 || count < 0) count = -1;
+        else if (v && count > CAP / v) count = (int64_t)CAP + 1;
+        else count *= v;
+    }
+    size_t floats;
+    if (konst) { /* a buffer from the file: its size need not match the shape */
+        const uint8_t m = fz_u8(in);
+        floats = m & 1 && count >= 0 && count <= CAP ? (size_t)count : (size_t)(m >> 1);
+        if (m == 0xFE) floats = 0;
+    } else {
+        if (count > CAP) return 0;
+        floats = (size_t)count;
+    }
+    const uint8_t seed = fz_u8(in);
+    t->bytes = floats * sizeof(float);
+    if (t->allocation_type == 0 || (!konst && seed == 0xFF)) { /* not allocated yet */
+        t->data = NULL;
+    } else {
+        t->data = malloc(t->bytes ? t->bytes : 1);
+        fz_fill_seeded((float *)t->data, floats, seed);
+    }
+    return 1;
+}
+
+/* A copy of every tensor's bytes, to see what an invoke wrote. */
+typedef struct snap {
+    void *data[MAX_T];
+    size_t bytes[MAX_T];
+} snap;
+
+/* Snapshot of every tensor's data before an invoke. */
+static void take(const fake *f, snap *s) {
+    for (int i = 0; i < f->nt; i++) {
+        s->bytes[i] = f->t[i].data ? f->t[i].bytes : 0;
+        s->data[i] = malloc(s->bytes[i] ? s->bytes[i] : 1);
+        if (s->bytes[i]) memcpy(s->data[i], f->t[i].data, s->bytes[i]);
+    }
+}
+
+/* Whether v is one of a's values. */
+static int is_in(const TfLiteIntArray *a, int v) {
+    for (int i = 0; a && i < a->size; i++)
+        if (a->data[i] == v) return 1;
+    return 0;
+}
+
+/* Only `writable` tensors may change, and never a read-only one. */
+static void check_writes(const fake *f, snap *s, const TfLiteIntArray *writable) {
+    for (int i = 0; i < f->nt; i++) {
+        const TfLiteTensor *t = &f->t[i];
+        const int ro = t->allocation_type == kTfLiteMmapRo || t->allocation_type == kTfLitePersistentRo;
+        if (s->bytes[i] && t->data && t->bytes == s->bytes[i] && memcmp(s->data[i], t->data, s->bytes[i]))
+            FZ_ASSERT(!ro && is_in(writable, i), "invoke wrote into tensor %d (allocation type %d), which is %s", i,
+                      t->allocation_type, ro ? "read-only" : "not an output of the partition");
+        free(s->data[i]);
+    }
+}
+
+/* Whether one of nodes [first, last) produces tensor idx (the delegate keeps it in its own buffer). */
+static int produced(const fake *f, int first, int last, int idx) {
+    for (int k = first; k < last; k++)
+        if (f->nodes[k].outputs->data[0] == idx) return 1;
+    return 0;
+}
+
+/* After a successful prepare of nodes [first, last): each of their constant float32 inputs holds
+ * exactly its shape's bytes (issue 9: a buffer longer or shorter than the shape is refused). */
+static void check_exact_constants(const fake *f, int first, int last) {
+    for (int k = first; k < last; k++) {
+        const char *name = f->regs[k].custom_name;
+        if (f->regs[k].builtin_code != kTfLiteBuiltinCustom || strncmp(name, "ai.edgepack.", 12)) continue;
+        const TfLiteIntArray *ins = f->nodes[k].inputs;
+        for (int i = 0; i < ins->size; i++) {
+            const int idx = ins->data[i];
+            if (idx < 0 || idx >= f->nt || produced(f, first, last, idx)) continue; /* inside the partition */
+            const TfLiteTensor *t = &f->t[idx];
+            if ((t->allocation_type != kTfLiteMmapRo && t->allocation_type != kTfLitePersistentRo) || !t->data ||
+                t->type != kTfLiteFloat32 || !t->dims)
+                continue;
+            size_t count = 1;
+            for (int d = 0; d < t->dims->size && count; d++)
+                count = t->dims->data[d] > 0 ? count * (size_t)t->dims->data[d] : 0;
+            if (count)
+                FZ_ASSERT(t->bytes == count * sizeof(float), "node %d prepared with constant input %d of %zu values "
+                          "holding %zu bytes", k, idx, count, t->bytes);
+        }
+    }
+}
+
+/* One invoke, then the write check. */
+static TfLiteStatus invoke_checked(fake *f, TfLiteStatus (*invoke)(TfLiteContext *, TfLiteNode *), TfLiteNode *node,
+                                   const TfLiteIntArray *writable) {
+    snap s;
+    take(f, &s);
+    TfLiteStatus st = invoke(&f->ctx, node);
+    check_writes(f, &s, writable);
+    return st;
+}
+
+static const char *const NAMES[6] = {"ai.edgepack.HashedWeight", "ai.edgepack.HashedMatMul",
+                                     "ai.edgepack.CirculantMatMul", "ai.edgepack.LDRMatMul", "ai.edgepack.Bogus",
+                                     "ai.edgepackHashedWeight"};
+static const char *const VARIANTS[4] = {"ref", "auto", "avx2", "nope"};
+
+/* Small decode limits; FUZZ_VERBOSE. */
+int LLVMFuzzerInitialize(int *argc, char ***argv) {
+    (void)argc, (void)argv;
+    fz_set_limits();
+    g_verbose = getenv("FUZZ_VERBOSE") != NULL;
+    return 0;
+}
+
+/* flags (bit 0: custom-op route; 1: prepare twice; 2: invoke twice; 3: plugin option
+ * kernels=...), tensors, nodes (op byte: bits 0-3 name, 4-6 = 7 builtin, 7 partition output). */
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    fz in = {data, size};
+    static fake f;
+    memset(&f, 0, sizeof f);
+    f.ctx.tensors = f.t;
+    f.ctx.GetExecutionPlan = f_plan;
+    f.ctx.ReportError = f_report;
+    f.ctx.GetNodeAndRegistration = f_node;
+    f.ctx.ResizeTensor = f_resize;
+    f.ctx.ReplaceNodeSubsetsWithDelegateKernels = f_replace;
+    const uint8_t flags = fz_u8(&in);
+    const int nt = 1 + fz_u8(&in) % MAX_T;
+    for (; f.nt < nt; f.nt++)
+        if (!read_tensor(&in, &f.t[f.nt])) {
+            f.nt++;
+            fake_free(&f);
+            return 0;
+        }
+    f.ctx.tensors_size = (size_t)f.nt;
+    const int nn = 1 + fz_u8(&in) % MAX_N;
+    int outs_flag = 0;
+    for (; f.nn < nn; f.nn++) {
+        TfLiteNode *n = &f.nodes[f.nn];
+        const uint8_t op = fz_u8(&in), nin = fz_u8(&in) % 6;
+        n->inputs = int_array(nin);
+        for (int i = 0; i < nin; i++) {
+            const uint8_t b = fz_u8(&in);
+            n->inputs->data[i] = b == 0xFF ? kTfLiteOptionalTensor : b % (f.nt + 2);
+        }
+        const uint8_t o = fz_u8(&in);
+        n->outputs = int_array(o >= 0xF0 ? 2 : 1);
+        n->outputs->data[0] = o % (f.nt + 1);
+        if (o >= 0xF0) n->outputs->data[1] = 0;
+        outs_flag |= (op >> 7) << f.nn;
+        size_t len = fz_u16(&in) % 512, got;
+        const uint8_t *opts = fz_bytes(&in, len, &got);
+        void *copy = malloc(got ? got : 1);
+        if (got) memcpy(copy, opts, got);
+        n->custom_initial_data = copy;
+        n->custom_initial_data_size = (int)got;
+        f.regs[f.nn].builtin_code = (op & 0x70) == 0x70 ? 9 : kTfLiteBuiltinCustom;
+        f.regs[f.nn].custom_name = NAMES[(op & 15) % 6];
+        f.regs[f.nn].version = 1;
+    }
+    TfLiteStatus st;
+    if (flags & 1) { /* the plain custom-op registration, node 0 */
+        const TfLiteRegistration *r = edgepack_tflite_registration(f.regs[0].custom_name);
+        if (r) {
+            TfLiteNode *n = &f.nodes[0];
+            n->user_data = r->init(&f.ctx, (const char *)n->custom_initial_data, (size_t)n->custom_initial_data_size);
+            st = r->prepare(&f.ctx, n);
+            if (!st && (flags & 2)) st = r->prepare(&f.ctx, n);
+            if (!st) check_exact_constants(&f, 0, 1);
+            if (!st) st = invoke_checked(&f, r->invoke, n, n->outputs);
+            if (g_verbose) fprintf(stderr, "custom op route: status %d\n", (int)st);
+            if (!st && (flags & 4)) invoke_checked(&f, r->invoke, n, n->outputs);
+            r->free(&f.ctx, n->user_data);
+        }
+    } else { /* the delegate claims the nodes; one partition; its outputs: the last node's + flagged ones */
+        f.plan = int_array(f.nn);
+        for (int i = 0; i < f.nn; i++) f.plan->data[i] = i;
+        f.part_out = int_array(f.nn);
+        f.part_out->size = 0;
+        for (int i = 0; i < f.nn; i++)
+            if (i == f.nn - 1 || (outs_flag >> i & 1)) f.part_out->data[f.part_out->size++] = f.nodes[i].outputs->data[0];
+        TfLiteDelegate *d;
+        if (flags & 8) {
+            char *keys[1] = {"kernels"}, *vals[1] = {(char *)VARIANTS[flags >> 4 & 3]};
+            d = tflite_plugin_create_delegate(keys, vals, 1, NULL);
+        } else {
+            d = tflite_plugin_create_delegate(NULL, NULL, 0, NULL);
+        }
+        if (d) {
+            st = d->Prepare(&f.ctx, d);
+            if (!st && f.replaced) {
+                st = f.dreg.prepare(&f.ctx, &f.dnode);
+                if (!st && (flags & 2)) st = f.dreg.prepare(&f.ctx, &f.dnode); /* TFLite may prepare again */
+                if (!st) check_exact_constants(&f, 0, f.nn);
+                if (!st) st = invoke_checked(&f, f.dreg.invoke, &f.dnode, f.part_out);
+                if (!st && (flags & 4)) invoke_checked(&f, f.dreg.invoke, &f.dnode, f.part_out);
+            }
+            if (g_verbose) fprintf(stderr, "delegate route: %d nodes claimed, status %d\n", f.replaced, (int)st);
+            if (f.replaced) f.dreg.free(&f.ctx, f.dnode.user_data);
+            tflite_plugin_destroy_delegate(d);
+        }
+        ep_set_variant("auto");
+    }
+    fake_free(&f);
+    return 0;
+}
