@@ -8,7 +8,7 @@ OLD_ORT := .venv-ort-old
 OLD_ORT_VERSION := 1.20.1
 TFLITE214 := .venv-tflite214
 
-.PHONY: setup kernels demo test test-python test-c lint bench clean fuzz
+.PHONY: setup kernels demo test test-python test-c lint bench clean fuzz generate
 
 setup: $(STAMP)
 
@@ -31,13 +31,20 @@ demo: kernels
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# Regenerate runtime_kernels/include/edgepack/ops.inc and docs/ops.md's op tables from the op
+# spec (runtime_kernels/op_spec.py); tests/runtime_kernels/test_op_spec.py fails when they are stale.
+generate: $(STAMP)
+	$(BIN)/python -m edgepack.runtime_kernels.op_spec --write
+
 # C tests under ASan + UBSan, then cross-compiled for aarch64 and run under qemu (kernels,
 # libedgepack_ort with the arm64 libonnxruntime.so from the npm package onnxruntime-node, and
-# the TFLite delegate), then each libFuzzer harness for 20 s (`make fuzz` below).
+# the TFLite delegate), the portability builds (aarch64-macos with zig cc, link only; armv7 NEON
+# with its tests under qemu-arm), then each libFuzzer harness for 20 s (`make fuzz` below).
 test-c: $(STAMP)
 	bash runtime_kernels/scripts/ci_native.sh
 	bash runtime_kernels/scripts/ci_aarch64.sh
 	bash runtime_kernels/scripts/ci_ort_aarch64.sh
+	bash runtime_kernels/scripts/ci_portability.sh
 	bash runtime_kernels/scripts/ci_tflite.sh
 	bash runtime_kernels/scripts/ci_fuzz.sh
 
@@ -70,5 +77,8 @@ test: lint test-c test-python
 bench: kernels
 	$(BIN)/python -m edgepack.benchmarks.layers
 
+# Every build folder: build/ (make kernels, setup.py, fuzz) and runtime_kernels/build/ (the ci
+# scripts' sanitizer and cross builds, the npm ONNX Runtime cache); tests/runtime_kernels/
+# test_artifacts.py checks that the scripts write nowhere else.
 clean:
-	rm -rf $(VENV) $(OLD_ORT) $(TFLITE214) build runtime_kernels/lib *.egg-info
+	rm -rf $(VENV) $(OLD_ORT) $(TFLITE214) build dist runtime_kernels/build runtime_kernels/lib *.egg-info src/*.egg-info

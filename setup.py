@@ -1,7 +1,9 @@
-"""Build edgepack: map the repository's folders into one import package and build the C kernels.
+"""Build edgepack: one import package ``edgepack`` from ``src/`` plus the host C kernels.
 
-Each top-level folder becomes a sub-package of ``edgepack`` (the technique ExecuTorch's setup
-uses), so nothing generic such as ``devices`` lands in site-packages on its own.
+``src/edgepack`` links to ``edgepack/``, whose sub-package links point at the top-level folders
+(ExecuTorch's ``src/executorch`` technique): the editable install is a plain path entry that
+IDEs, pyright and a bare ``sys.path`` resolve, and nothing generic such as ``devices`` lands in
+site-packages on its own.
 """
 
 import os
@@ -9,11 +11,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
-SUBPACKAGES = ["compression", "exporter", "runtime_kernels", "devices", "benchmarks", "kws"]
 
 
 def build_kernels(lib_dir: Path) -> None:
@@ -50,8 +51,8 @@ setup(
     version="0.1.0",
     description="Compress PyTorch models and run them fast on phones, ARM boards and MCUs.",
     python_requires=">=3.10",
-    packages=["edgepack"] + [f"edgepack.{name}" for name in SUBPACKAGES],
-    package_dir={"edgepack": "edgepack", **{f"edgepack.{n}": n for n in SUBPACKAGES}},
+    packages=find_packages("src"),
+    package_dir={"": "src"},
     install_requires=[
         "torch>=2.2",
         "numpy>=1.24",

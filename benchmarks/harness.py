@@ -158,23 +158,10 @@ def needs_edgepack_library(model: Path) -> bool:
 
 
 def host_library(runtime: str, arch: str) -> Path:
-    """The edgepack runtime library for ``runtime`` built for ``arch`` on this host."""
-    import platform
+    """The edgepack runtime library for ``runtime`` ("ort" or "tflite") built for ``arch`` on this host."""
+    from edgepack.runtime_kernels.artifacts import find_artifact
 
-    from edgepack import runtime_kernels
-
-    if arch == platform.machine():
-        if runtime == "ort":
-            return Path(runtime_kernels.ort_library_path())
-        from edgepack.runtime_kernels.tflite_runtime import delegate_library_path
-        return Path(delegate_library_path())
-    name = "libedgepack_ort.so" if runtime == "ort" else "libedgepack_tflite_delegate.so"
-    build = Path(runtime_kernels.__file__).parent / "build" / arch
-    found = sorted(build.rglob(name)) if build.exists() else []
-    if not found:
-        raise BenchError(f"no {arch} build of {name} under {build}; cross-compile it first "
-                         f"(runtime_kernels/README.md)")
-    return found[0]
+    return find_artifact("libedgepack_ort.so" if runtime == "ort" else "libedgepack_tflite_delegate.so", arch)
 
 
 def pinned(argv: list[str], options: BenchOptions) -> list[str]:

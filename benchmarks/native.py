@@ -3,95 +3,31 @@
 It measures an ONNX model the way ``runner_script.py`` does (same JSON fields, latencies from
 CLOCK_MONOTONIC, runs until both ``runs`` and ``min_seconds`` are reached) with only the runner,
 ``libonnxruntime.so`` and, for models with ai.edgepack ops, ``libedgepack_ort.so`` pushed to the
-device. The runner and the ONNX Runtime library come from this checkout's builds:
-
-- host architecture: ``build/host/ort/edgepack_ort_runner`` (``make kernels``) and the
-  ``libonnxruntime.so*`` inside the installed onnxruntime wheel;
-- aarch64 (cross): ``runtime_kernels/build/ort-aarch64/ort/edgepack_ort_runner`` and the arm64
-  library of the npm package onnxruntime-node under ``runtime_kernels/build/ort-npm``, both made
-  by ``runtime_kernels/scripts/ci_ort_aarch64.sh``.
+device. The runner and the ONNX Runtime library come from ``runtime_kernels.artifacts`` (the host
+build of ``make kernels`` and the onnxruntime wheel, or a cross build and the npm package
+onnxruntime-node that ``runtime_kernels/scripts/ci_ort_aarch64.sh`` fetches).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import platform
-import re
 import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgepack.errors import EdgepackError
+from edgepack.runtime_kernels.artifacts import find_artifact, onnxruntime_library_path
 
 from .transfer import command_timeout, push_model
 
 if TYPE_CHECKING:  # the device classes are only used through push/run
     from edgepack.devices import Device
 
-ROOT = Path(__file__).resolve().parents[1]
-RUNTIME_KERNELS = ROOT / "runtime_kernels"
 RUNNER = "edgepack_ort_runner"
-ARCH_ALIASES = {"arm64": "aarch64", "armv8": "aarch64", "amd64": "x86_64", "x64": "x86_64"}
 
 
 class NativeRunnerError(EdgepackError, RuntimeError):
     """The native runner failed; the message is the runner's own."""
-
-
-def _arch(arch: str) -> str:
-    arch = (arch or "").strip().lower()
-    return ARCH_ALIASES.get(arch, arch)
-
-
-def _is_host(arch: str) -> bool:
-    return _arch(arch) == _arch(platform.machine())
-
-
-def native_runner_path(arch: str) -> Path:
-    """The ``edgepack_ort_runner`` built in this checkout for ``arch``; FileNotFoundError if none."""
-    arch = _arch(arch)
-    candidates, how = [], None
-    if _is_host(arch):
-        candidates.append(ROOT / "build" / "host" / "ort" / RUNNER)
-        how = "run `make kernels` at the repository root (builds build/host/ort/edgepack_ort_runner)"
-    if arch == "aarch64":
-        candidates.append(RUNTIME_KERNELS / "build" / "ort-aarch64" / "ort" / RUNNER)
-        how = how or ("run `bash runtime_kernels/scripts/ci_ort_aarch64.sh` (cross-builds "
-                      "runtime_kernels/build/ort-aarch64/ort/edgepack_ort_runner)")
-    candidates.append(RUNTIME_KERNELS / "build" / arch / "ort" / RUNNER)
-    for path in candidates:
-        if path.is_file():
-            return path
-    how = how or (f"cross-compile runtime_kernels for {arch} into runtime_kernels/build/{arch} "
-                  "(runtime_kernels/README.md)")
-    raise FileNotFoundError(f"no {arch} build of {RUNNER} (looked at {', '.join(map(str, candidates))}); {how}")
-
-
-def _version_key(path: Path) -> tuple[int, ...]:
-    return tuple(int(n) for n in re.findall(r"\d+", path.as_posix()))
-
-
-def onnxruntime_library_path(arch: str) -> Path:
-    """``libonnxruntime.so*`` for ``arch``: the onnxruntime wheel's on the host, else the npm one."""
-    arch = _arch(arch)
-    if _is_host(arch):
-        spec = importlib.util.find_spec("onnxruntime")
-        locations = list(spec.submodule_search_locations or []) if spec else []
-        found = sorted((lib for loc in locations for lib in (Path(loc) / "capi").glob("libonnxruntime.so*")),
-                       key=_version_key)
-        if not found:
-            raise FileNotFoundError("no libonnxruntime.so* in an installed onnxruntime wheel (onnxruntime/capi/); "
-                                    "pip install onnxruntime")
-        return found[-1]
-    npm_arch = {"aarch64": "arm64", "x86_64": "x64"}.get(arch, arch)
-    npm = RUNTIME_KERNELS / "build" / "ort-npm"
-    found = sorted(npm.glob(f"*/package/bin/napi-v*/linux/{npm_arch}/libonnxruntime.so*"), key=_version_key)
-    if not found:
-        raise FileNotFoundError(f"no {arch} libonnxruntime.so* under {npm}/<version>/package/bin/napi-v*/linux/"
-                                f"{npm_arch}/; run `bash runtime_kernels/scripts/ci_ort_aarch64.sh` (it fetches "
-                                "the npm package onnxruntime-node)")
-    return found[-1]
 
 
 def run_with_native(device: Device, model: Path, options: Any, arch: str,
@@ -102,7 +38,7 @@ def run_with_native(device: Device, model: Path, options: Any, arch: str,
     timeout: seconds for each device command). Raises NativeRunnerError (a RuntimeError) with the
     runner's message when the run fails.
     """
-    runner = native_runner_path(arch)
+    runner = find_artifact(RUNNER, arch)
     ort_lib = onnxruntime_library_path(arch)
     timeout = command_timeout(options)
     argv = [device.push(str(runner), timeout=timeout), "--bench",

@@ -21,6 +21,9 @@ from pathlib import Path
 import onnx
 from onnx import helper, shape_inference
 
+from edgepack.runtime_kernels.op_spec import DOMAIN, OPS
+from edgepack.runtime_kernels.op_spec import fft_macs as fft_macs
+
 
 @dataclass(frozen=True)
 class EnergyTable:
@@ -91,12 +94,6 @@ def estimate_energy(macs: int, bytes_moved: int, *, table: EnergyTable = HOROWIT
 # ---- counting ---------------------------------------------------------------------------------
 
 Shape = tuple[int, ...]
-CUSTOM_DOMAIN = "ai.edgepack"
-
-
-def fft_macs(n: int) -> float:
-    """MACs of one real FFT of size n: 2.5·n·log2(n) flops (half a complex FFT's 5·n·log2 n), 2 per MAC."""
-    return 1.25 * n * math.log2(n) if n > 1 else 0.0
 
 
 def _attribute(node: onnx.NodeProto, name: str, default=None):
@@ -124,34 +121,31 @@ def _conv_transpose(node, shape) -> float:
     return math.prod(shape(node.input[0])) * math.prod(shape(node.input[1])[1:])
 
 
-def _batch(node, shape) -> int:
-    return math.prod(shape(node.input[0])[:-1])
+def _attributes(node: onnx.NodeProto) -> dict:
+    """An ai.edgepack node's attributes, the spec's defaults filled in."""
+    return OPS[node.op_type].defaults | {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _hashed_matmul(node, shape) -> float:
-    """As many MACs as the dense layer it stands for (the expand-mode kernel is a dense GEMM)."""
-    return _batch(node, shape) * _attribute(node, "in_features") * _attribute(node, "out_features")
+def _by_spec_name(node: onnx.NodeProto, shape: Callable) -> Callable:
+    """``shape`` for an ai.edgepack node's inputs by their spec names (KeyError: absent)."""
+    slots = dict(zip(OPS[node.op_type].input_names, node.input))
+
+    def by_name(name: str) -> Shape:
+        if not slots.get(name):
+            raise KeyError(name)
+        return shape(slots[name])
+    return by_name
 
 
-def _circulant_matmul(node, shape) -> float:
-    """Blocks [p, q, b] with their spectra precomputed: q forward + p inverse real FFTs of size b and
-    p·q·(b/2+1) complex multiply-adds (4 real MACs each) per input row."""
-    p, q, b = shape(node.input[1])
-    return _batch(node, shape) * ((p + q) * fft_macs(b) + 4 * p * q * (b // 2 + 1))
-
-
-def _ldr_matmul(node, shape) -> float:
-    """G, H [r, n]: 2r circulant / skew-circulant products, each a forward and an inverse real FFT of
-    size n plus n/2+1 complex multiplies, per input row (the skew's diagonal scaling is ignored)."""
-    r, n = shape(node.input[1])
-    return _batch(node, shape) * 2 * r * (2 * fft_macs(n) + 4 * (n // 2 + 1))
+def _edgepack_counter(op) -> Callable:
+    """The MAC counter of ai.edgepack ``op``: the spec's count (the dense layer for HashedMatMul,
+    FFT formulas for CirculantMatMul / LDRMatMul)."""
+    return lambda node, shape: op.macs(_attributes(node), _by_spec_name(node, shape))
 
 
 MAC_COUNTERS: dict[str, Callable] = {
     "MatMul": _matmul, "Gemm": _gemm, "Conv": _conv, "ConvTranspose": _conv_transpose,
-    f"{CUSTOM_DOMAIN}.HashedMatMul": _hashed_matmul,
-    f"{CUSTOM_DOMAIN}.CirculantMatMul": _circulant_matmul,
-    f"{CUSTOM_DOMAIN}.LDRMatMul": _ldr_matmul,
+    **{f"{DOMAIN}.{name}": _edgepack_counter(op) for name, op in OPS.items() if op.macs is not None},
 }
 
 
@@ -168,19 +162,22 @@ def _collect(graph: onnx.GraphProto) -> dict[str, tuple[Shape, int]]:
 
 
 def _infer(model: onnx.ModelProto) -> dict[str, tuple[Shape, int]]:
-    """onnx shape inference, plus our fused ops' outputs ([..., out_features]), until nothing changes."""
+    """onnx shape inference, plus our ops' outputs (the spec's output-shape rule), until nothing changes."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     for _ in range(len(model.graph.node) + 1):
         known = _collect(shape_inference.infer_shapes(model).graph)
         added = False
         for node in model.graph.node:
-            out_features = _attribute(node, "out_features")
-            if (node.domain == CUSTOM_DOMAIN and out_features and node.output[0] not in known
-                    and node.input[0] in known):
-                x_shape, elem_type = known[node.input[0]]
-                model.graph.value_info.append(
-                    helper.make_tensor_value_info(node.output[0], elem_type, [*x_shape[:-1], out_features]))
-                added = True
+            if node.domain != DOMAIN or node.op_type not in OPS or node.output[0] in known:
+                continue
+            try:
+                shape = OPS[node.op_type].output_shape(_attributes(node),
+                                                       _by_spec_name(node, lambda name, k=known: k[name][0]))
+            except KeyError:  # an input's shape is not known yet
+                continue
+            model.graph.value_info.append(
+                helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, list(shape)))
+            added = True
         if not added:
             return known
     return known

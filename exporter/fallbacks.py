@@ -10,16 +10,12 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
-DOMAIN = "ai.edgepack"
-OPSET_VERSION = 1
+from edgepack.runtime_kernels.op_spec import DOMAIN, OPS, OPSET_VERSION
+
 STANDARD_OPSET = 18  # BitwiseAnd / BitwiseXor need 18
-# Each op's inputs, in order (docs/ops.md): the functions, the torch schemas and inspect read them.
-OP_INPUTS = {
-    "HashedWeight": ["buckets", "recon"],
-    "HashedMatMul": ["X", "buckets", "recon", "bias"],
-    "CirculantMatMul": ["X", "blocks", "bias"],
-    "LDRMatMul": ["X", "G", "H", "bias"],
-}
+# Each op's inputs, in order, from the op spec.
+OP_INPUTS = {name: op.input_names for name, op in OPS.items()}
+__all__ = ["DOMAIN", "FUNCTIONS", "OPSET_VERSION", "OP_INPUTS", "STANDARD_OPSET"]
 MASK32 = 0xFFFFFFFF
 PRIME32_2, PRIME32_3, PRIME32_4, PRIME32_5 = 0x85EBCA77, 0xC2B2AE3D, 0x27D4EB2F, 0x165667B1
 
@@ -141,13 +137,15 @@ class Body:
         return self.op("Mod", self.op("Add", difference, n), n)
 
 
-def _function(name: str, body: Body, output: str, attributes: list[str],
-              defaults: dict[str, int]) -> onnx.FunctionProto:
+def _function(name: str, body: Body, output: str) -> onnx.FunctionProto:
+    """The FunctionProto of op ``name``: the spec's inputs; its required attributes, and the
+    optional ones with their defaults (IR >= 9), so a node may leave them out."""
+    op = OPS[name]
     body.nodes.append(helper.make_node("Identity", [output], ["Y"]))
     function = helper.make_function(
-        DOMAIN, name, OP_INPUTS[name], ["Y"], body.nodes,
-        [helper.make_opsetid("", STANDARD_OPSET)], attributes=attributes)
-    function.attribute_proto.extend(helper.make_attribute(k, v) for k, v in defaults.items())
+        DOMAIN, name, op.input_names, ["Y"], body.nodes,
+        [helper.make_opsetid("", STANDARD_OPSET)], attributes=[a.name for a in op.attributes if a.required])
+    function.attribute_proto.extend(helper.make_attribute(k, v) for k, v in op.defaults.items())
     return function
 
 
@@ -159,8 +157,7 @@ def hashed_weight_function() -> onnx.FunctionProto:
     cols = body.op("ReduceProd", body.op("Slice", shape, body.const([1]), body.const([2**62])),
                    keepdims=0)
     flat = body.decode_hashed("buckets", "recon", rows, cols)
-    return _function("HashedWeight", body, body.op("Reshape", flat, shape),
-                     ["shape", "num_hashes", "seed"], {"signed": 1})
+    return _function("HashedWeight", body, body.op("Reshape", flat, shape))
 
 
 def hashed_matmul_function() -> onnx.FunctionProto:
@@ -172,9 +169,7 @@ def hashed_matmul_function() -> onnx.FunctionProto:
     weight = body.op("Reshape", flat, body.op("Concat", body.op("Reshape", rows, body.const([1])),
                                               body.op("Reshape", cols, body.const([1])), axis=0))
     y = body.linear("X", weight, "bias")
-    return _function("HashedMatMul", body, y,
-                     ["in_features", "out_features", "num_hashes", "seed"],
-                     {"signed": 1, "mode": 0})
+    return _function("HashedMatMul", body, y)
 
 
 def circulant_matmul_function() -> onnx.FunctionProto:
@@ -190,8 +185,7 @@ def circulant_matmul_function() -> onnx.FunctionProto:
     y = body.op("MatMul", x, body.op("Transpose", full, perm=[1, 0]))
     y = body.op("Slice", y, body.const([0]), body.op("Reshape", out_features, body.const([1])),
                 body.const([-1]))
-    return _function("CirculantMatMul", body, body.op("Add", y, "bias"),
-                     ["in_features", "out_features"], {})
+    return _function("CirculantMatMul", body, body.op("Add", y, "bias"))
 
 
 def ldr_matmul_function() -> onnx.FunctionProto:
@@ -212,8 +206,7 @@ def ldr_matmul_function() -> onnx.FunctionProto:
     y = body.op("MatMul", x, body.op("Transpose", full, perm=[1, 0]))
     y = body.op("Slice", y, body.const([0]), body.op("Reshape", out_features, body.const([1])),
                 body.const([-1]))
-    return _function("LDRMatMul", body, body.op("Add", y, "bias"),
-                     ["in_features", "out_features"], {})
+    return _function("LDRMatMul", body, body.op("Add", y, "bias"))
 
 
 FUNCTIONS = {

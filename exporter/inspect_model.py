@@ -8,17 +8,10 @@ from pathlib import Path
 import numpy as np
 from onnx import helper
 
-from .external_data import model_size_bytes
-from .fallbacks import DOMAIN, OP_INPUTS
-from .validate import ModelFileError, check_onnx_model, check_tflite_model, load_onnx, load_tflite
+from edgepack.runtime_kernels.op_spec import DOMAIN, OPS
 
-# Which input of each ai.edgepack node holds its (compressed) weights, and its dense size.
-WEIGHT_INPUTS = {
-    "HashedWeight": ("buckets", "recon"),
-    "HashedMatMul": ("buckets", "recon"),
-    "CirculantMatMul": ("blocks",),
-    "LDRMatMul": ("G", "H"),
-}
+from .external_data import model_size_bytes
+from .validate import ModelFileError, check_onnx_model, check_tflite_model, load_onnx, load_tflite
 
 
 @dataclass
@@ -50,18 +43,13 @@ def _initializer_bytes(tensor) -> int:
     return int(np.prod(tensor.dims, dtype=object)) * itemsize
 
 
-def _dense_weight_bytes(op_type: str, attributes: dict) -> int:
-    if op_type == "HashedWeight":
-        return 4 * int(np.prod(attributes["shape"]))
-    return 4 * attributes["in_features"] * attributes["out_features"]
-
-
 def _add_compressed_node(summary: ModelSummary, name: str, op_type: str, attributes: dict,
                          input_bytes: list[int]) -> None:
     """Count one ai.edgepack node; ``input_bytes`` are its inputs' stored bytes, in ONNX order."""
-    named = dict(zip(OP_INPUTS[op_type], input_bytes))
-    stored = sum(named.get(n, 0) for n in WEIGHT_INPUTS[op_type])
-    dense = _dense_weight_bytes(op_type, attributes)
+    op = OPS[op_type]
+    named = dict(zip(op.input_names, input_bytes))
+    stored = sum(named.get(n, 0) for n in op.weight_inputs)
+    dense = op.dense_bytes(attributes)
     summary.dense_bytes += dense - stored
     summary.nodes.append(CompressedNode(name, op_type, attributes, stored, dense))
 
@@ -96,7 +84,7 @@ def inspect_tflite(path: str | Path) -> ModelSummary:
         custom = code.CustomCode().decode(errors="replace") if code.CustomCode() else None
         label = f"CUSTOM {custom}" if custom else names.get(code.BuiltinCode(), str(code.BuiltinCode()))
         summary.op_counts[label] += 1
-        if custom and custom.startswith(prefix) and custom[len(prefix):] in WEIGHT_INPUTS:
+        if custom and custom.startswith(prefix) and custom[len(prefix):] in OPS:
             options = flexbuffers.Loads(bytes(op.CustomOptionsAsNumpy()))
             inputs = [sizes[t] if t >= 0 else 0 for t in op.InputsAsNumpy()]
             name = graph.Tensors(op.Outputs(0)).Name().decode(errors="replace")
@@ -115,7 +103,7 @@ def inspect_onnx(path: str | Path) -> ModelSummary:
     summary.stored_bytes = summary.dense_bytes = sum(sizes.values())
     for node in model.graph.node:
         summary.op_counts[f"{node.domain}::{node.op_type}" if node.domain else node.op_type] += 1
-        if node.domain != DOMAIN or node.op_type not in WEIGHT_INPUTS:
+        if node.domain != DOMAIN or node.op_type not in OPS:
             continue
         attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         _add_compressed_node(summary, node.name, node.op_type, attributes,

@@ -23,12 +23,14 @@ import tflite
 from flatbuffers import flexbuffers
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
+from onnx.reference.op_run import OpRun
 
 from edgepack.errors import EdgepackError
+from edgepack.runtime_kernels.op_spec import DOMAIN, OPS
 
-from .fallbacks import DOMAIN, OP_INPUTS
+from .passes import run_passes
 from .tflite_writer import Options, TFLiteModelBuilder
-from .validate import OPTION_KEYS, checked_onnx
+from .validate import checked_onnx
 
 OP = tflite.BuiltinOperator
 TO_NHWC, TO_NCHW = (0, 2, 3, 1), (0, 3, 1, 2)
@@ -110,13 +112,26 @@ def static_input_shapes(inputs, batch_size: int, overrides: dict[str, tuple[int,
     return shapes
 
 
+def _shape_only(op):
+    """A ReferenceEvaluator op for ai.edgepack ``op``: zeros of the spec's output shape (only its
+    shape is read; an ai.edgepack output is never folded), so the static run hashes nothing."""
+    def _run(self, *inputs, **attributes):
+        shapes = {name: np.shape(x) for name, x in zip(op.input_names, inputs) if x is not None}
+        return (np.zeros(op.output_shape(op.defaults | attributes, shapes.__getitem__), np.float32),)
+    return type(op.name, (OpRun,), {"op_domain": DOMAIN, "_run": _run})
+
+
+EDGEPACK_SHAPES = [_shape_only(op) for op in OPS.values()]
+
+
 def static_values(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Every value of one run on ``feeds`` (static shapes, folded constants): onnx's
-    ReferenceEvaluator, else ONNX Runtime (which implements more old-opset modes, e.g. Upsample)."""
+    ReferenceEvaluator (ai.edgepack nodes by their output-shape rule), else ONNX Runtime (which
+    implements more old-opset modes, e.g. Upsample)."""
     from .tflite_verify import onnx_runtime_values
 
     try:
-        return ReferenceEvaluator(model).run(None, feeds, intermediate=True)
+        return ReferenceEvaluator(model, new_ops=EDGEPACK_SHAPES).run(None, feeds, intermediate=True)
     except Exception as reference_error:  # noqa: BLE001 - any failure: try ORT before refusing
         try:
             return onnx_runtime_values(model, feeds)
@@ -135,6 +150,7 @@ class Converter:
         self.builder = TFLiteModelBuilder()
         self.values: dict[str, Value] = {}
         self.constants: dict[tuple[str, str], int] = {}
+        self.transposed: dict[tuple[str, str], int] = {}  # a computed value in its other layout, made once
         self.node: onnx.NodeProto | None = None
         initializers = {t.name for t in model.graph.initializer}
         self.inputs = [i for i in model.graph.input if i.name not in initializers]
@@ -196,11 +212,12 @@ class Converter:
             return self.constants[name, layout]
         if value.nhwc == want_nhwc:
             return value.index
-        perm = TO_NHWC if want_nhwc else TO_NCHW
-        shape = self.tflite_shape(value.shape, want_nhwc)
-        out = self.builder.tensor(f"{name}_{layout}", shape)
-        self.builder.operator(OP.TRANSPOSE, [value.index, self.int32(perm)], [out])
-        return out
+        if (name, layout) not in self.transposed:
+            perm = TO_NHWC if want_nhwc else TO_NCHW
+            out = self.builder.tensor(f"{name}_{layout}", self.tflite_shape(value.shape, want_nhwc))
+            self.builder.operator(OP.TRANSPOSE, [value.index, self.int32(perm)], [out])
+            self.transposed[name, layout] = out
+        return self.transposed[name, layout]
 
     def _emit_producer(self, value: Value) -> None:
         node, self.node = self.node, value.producer
@@ -396,6 +413,14 @@ def convert_transpose(c: Converter, node: onnx.NodeProto) -> None:
     if value.nhwc:  # compose with the NHWC layout instead of transposing back first
         perm = [TO_NHWC.index(p) for p in perm]
     x = c.tensor(node.input[0], "nhwc" if value.nhwc else "onnx")
+    out_shape = tuple(np.shape(c.static[node.output[0]]))
+    inner = node.output[0] not in {value.name for value in c.model.graph.output}
+    if inner and list(perm) == sorted(perm):  # the data is already in this order (NHWC of an NHWC value)
+        c.values[node.output[0]] = Value(out_shape, index=x)
+        return
+    if inner and len(perm) == 4 and tuple(perm) == TO_NCHW:  # NHWC -> NCHW: keep it NHWC, transpose on use
+        c.values[node.output[0]] = Value(out_shape, index=x, nhwc=True)
+        return
     c.builder.operator(OP.TRANSPOSE, [x, c.int32(perm)], [c.output(node.output[0])])
 
 
@@ -497,10 +522,7 @@ def flexbuffer_options(attributes: dict) -> bytes:
     return bytes(fbb.Finish())
 
 
-DEFAULT_ATTRIBUTES = {"HashedWeight": {"signed": 1}, "HashedMatMul": {"signed": 1, "mode": 0}}
-
-
-@handles(*(f"{DOMAIN}.{op}" for op in OP_INPUTS))
+@handles(*(f"{DOMAIN}.{op}" for op in OPS))
 def convert_edgepack(c: Converter, node: onnx.NodeProto) -> None:
     if node.op_type == "HashedWeight":  # emitted when read: a 1×1 convolution fuses it instead
         c.values[node.output[0]] = Value(tuple(np.shape(c.static[node.output[0]])), producer=node)
@@ -510,9 +532,9 @@ def convert_edgepack(c: Converter, node: onnx.NodeProto) -> None:
 
 def custom_attributes(node: onnx.NodeProto) -> dict:
     """The attributes the kernels read, defaults filled in; others (ignored by ORT) are not written."""
-    keys = OPTION_KEYS[node.op_type]
-    given = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name in keys}
-    return DEFAULT_ATTRIBUTES.get(node.op_type, {}) | given
+    op = OPS[node.op_type]
+    given = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name in op.attribute_names}
+    return op.defaults | given
 
 
 def emit_custom(c: Converter, node: onnx.NodeProto, value: Value | None = None) -> None:
@@ -525,67 +547,7 @@ def emit_custom(c: Converter, node: onnx.NodeProto, value: Value | None = None) 
     c.builder.operator(f"{DOMAIN}.{node.op_type}", inputs, [output], flexbuffer_options(custom_attributes(node)))
 
 
-def hashed_pointwise_conv(c: Converter, node: onnx.NodeProto) -> bool:
-    """A 1×1 convolution (stride 1, no padding, one group) of a HashedWeight is a HashedMatMul over
-    the channels, which are the last axis in NHWC: same hash keys (j = c_in), no decoded filter."""
-    weight = c.values[node.input[1]]
-    plain = (c.attribute("group", 1) == 1 and not any(c.attribute("pads", [0] * 4))
-             and set(c.attribute("strides", [1, 1])) == {1} and set(c.attribute("dilations", [1, 1])) == {1})
-    if weight.producer is None or weight.index is not None or not plain or weight.shape[2:] != (1, 1):
-        return False
-    out_channels, in_channels = weight.shape[:2]
-    hashed = custom_attributes(weight.producer)
-    attributes = {key: hashed[key] for key in ("num_hashes", "seed", "signed")}
-    attributes.update(in_features=in_channels, out_features=out_channels, mode=0)
-    bias = c.tensor(node.input[2]) if len(node.input) > 2 and node.input[2] else -1
-    buckets, recon = [c.tensor(name) if name else -1 for name in (list(weight.producer.input) + [""])[:2]]
-    c.builder.operator(f"{DOMAIN}.HashedMatMul", [c.tensor(node.input[0], "nhwc"), buckets, recon, bias],
-                       [c.output(node.output[0], nhwc=True)], flexbuffer_options(attributes))
-    return True
-
-
 # ---- entry points -----------------------------------------------------------------------------
-def fold_batch_norms(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Fold each BatchNormalization that directly follows a Conv with constant weights into it."""
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    graph = model.graph
-    initializers = {t.name: t for t in graph.initializer}
-    consumers: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers[name] = consumers.get(name, 0) + 1
-    producers = {node.output[0]: node for node in graph.node if node.output}
-    removed, opset = [], default_opset(model)
-    for node in graph.node:
-        conv = producers.get(node.input[0]) if node.op_type == "BatchNormalization" else None
-        if (conv is None or conv.op_type != "Conv" or consumers.get(conv.output[0]) != 1
-                or conv.input[1] not in initializers
-                or not all(name in initializers for name in node.input[1:5])):
-            continue
-        gamma, beta, mean, var = (numpy_helper.to_array(initializers[n]) for n in node.input[1:5])
-        flags = {a.name: a.i for a in node.attribute if a.name in ("training_mode", "is_test")}
-        if (gamma.ndim != 1 or any(node.output[1:]) or flags.get("training_mode", 0)
-                or (opset < 7 and not flags.get("is_test", 0))):  # left to convert_batch_norm
-            continue
-        epsilon = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
-        scale = gamma / np.sqrt(var + epsilon)
-        weight = numpy_helper.to_array(initializers[conv.input[1]])
-        bias = (numpy_helper.to_array(initializers[conv.input[2]]) if len(conv.input) > 2 and conv.input[2]
-                else np.zeros(weight.shape[0], np.float32))
-        folded_w = (weight * scale.reshape(-1, 1, 1, 1)).astype(np.float32)
-        folded_b = ((bias - mean) * scale + beta).astype(np.float32)
-        w_name, b_name = f"{conv.input[1]}_bn_folded", f"{conv.output[0]}_bn_folded_bias"
-        graph.initializer.extend([numpy_helper.from_array(folded_w, w_name),
-                                  numpy_helper.from_array(folded_b, b_name)])
-        del conv.input[1:]
-        conv.input.extend([w_name, b_name])
-        conv.output[0] = node.output[0]
-        removed.append(node)
-    for node in removed:
-        graph.node.remove(node)
-    return model
-
-
 def convert_onnx_to_tflite(source, path: str | Path, batch_size: int = 1, *,
                            input_shapes: dict[str, tuple[int, ...]] | None = None, verify: bool = True,
                            calibration_data: str | Path | None = None) -> Path:
@@ -609,7 +571,7 @@ def convert_and_verify(source, path: str | Path, batch_size: int = 1, *,
     path = Path(path)
     if path.is_dir():
         raise ConversionError(f"output {str(path)!r} is a directory; give a .tflite file path")
-    converter = Converter(fold_batch_norms(model), batch_size, input_shapes)
+    converter = Converter(run_passes(model), batch_size, input_shapes)  # exporter/passes.py first
     data = converter.convert()
     verification = None
     if verify:

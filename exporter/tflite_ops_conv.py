@@ -3,7 +3,8 @@
 1-D ops run as 2-D with H = 1. ONNX pads that TFLite's SAME / VALID cannot express become an
 explicit PAD (lowest float for max pooling) and a VALID op; an average pool is then rescaled to
 ONNX's divisor. A BatchNormalization right after a convolution is folded into it before lowering
-(``fold_batch_norms``); the others become MUL + ADD, or batch statistics in training mode.
+(``passes.fold_batch_norms``), and a 1×1 convolution of a HashedWeight has become a HashedMatMul
+(``passes.fuse_hashed_pointwise_convs``); the others become MUL + ADD, or batch statistics in training mode.
 """
 
 from collections.abc import Callable
@@ -12,7 +13,7 @@ import numpy as np
 import onnx
 import tflite
 
-from .tflite_export import OP, TO_NHWC, Converter, handles, hashed_pointwise_conv
+from .tflite_export import OP, TO_NHWC, Converter, handles
 from .tflite_writer import Options
 
 
@@ -84,8 +85,6 @@ def convert_conv(c: Converter, node: onnx.NodeProto) -> None:
     rank = len(x_value.shape)
     if c.text("auto_pad", "NOTSET") != "NOTSET":
         raise c.fail("auto_pad is not supported; export with explicit pads")
-    if rank == 4 and hashed_pointwise_conv(c, node):
-        return
     x, x_shape = nhwc_input(c, node.input[0])
     out_channels, in_per_group = w_value.shape[:2]
     kernel = (1, w_value.shape[2]) if rank == 3 else tuple(w_value.shape[2:])

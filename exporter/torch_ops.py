@@ -5,6 +5,8 @@ The eager implementations compute the same result as the compressed layers (they
 the hashes, so they are slow): they exist so a lowered model can be checked before export.
 """
 
+import inspect
+
 import onnx
 import onnxscript
 import torch
@@ -14,10 +16,25 @@ from edgepack.compression.circulant import circulant_product
 from edgepack.compression.hashed import decode_virtual
 from edgepack.compression.hashing import hash_indices
 from edgepack.compression.ldr import ldr_product
-
-from .fallbacks import DOMAIN, OP_INPUTS, OPSET_VERSION
+from edgepack.runtime_kernels.op_spec import DOMAIN, OPS, OPSET_VERSION, Op
 
 LIBRARY = "edgepack"
+
+
+def _torch_names(op: Op) -> list[str]:
+    """The torch argument names of ``op``: its inputs (X as x), then its attributes."""
+    return [("x" if name == "X" else name) for name in op.input_names] + list(op.attribute_names)
+
+
+def torch_schema(op: Op) -> str:
+    """The torch.library schema of ``op``, from the spec (ints are SymInt, as torch infers them)."""
+    types = ["Tensor"] * len(op.inputs) + [{"int": "SymInt", "ints": "SymInt[]"}[a.type] for a in op.attributes]
+    return "(" + ", ".join(f"{t} {n}" for t, n in zip(types, _torch_names(op))) + ") -> Tensor"
+
+
+def _custom_op(name: str):
+    op = OPS[name]
+    return torch.library.custom_op(f"{LIBRARY}::{op.torch_name}", mutates_args=(), schema=torch_schema(op))
 
 
 def _decode(buckets, recon, rows, cols, num_hashes, seed, signed):
@@ -26,7 +43,7 @@ def _decode(buckets, recon, rows, cols, num_hashes, seed, signed):
     return decode_virtual(buckets, recon, index.view(num_hashes, -1), sign.view(num_hashes, -1))
 
 
-@torch.library.custom_op(f"{LIBRARY}::hashed_weight", mutates_args=())
+@_custom_op("HashedWeight")
 def hashed_weight(buckets: torch.Tensor, recon: torch.Tensor, shape: list[int], num_hashes: int,
                   seed: int, signed: int) -> torch.Tensor:
     rows, cols = shape[0], int(torch.tensor(shape[1:]).prod())
@@ -38,7 +55,7 @@ def _(buckets, recon, shape, num_hashes, seed, signed):
     return buckets.new_empty(shape)
 
 
-@torch.library.custom_op(f"{LIBRARY}::hashed_matmul", mutates_args=())
+@_custom_op("HashedMatMul")
 def hashed_matmul(x: torch.Tensor, buckets: torch.Tensor, recon: torch.Tensor, bias: torch.Tensor,
                   in_features: int, out_features: int, num_hashes: int, seed: int, signed: int,
                   mode: int) -> torch.Tensor:
@@ -51,7 +68,7 @@ def _(x, buckets, recon, bias, in_features, out_features, num_hashes, seed, sign
     return x.new_empty(*x.shape[:-1], out_features)
 
 
-@torch.library.custom_op(f"{LIBRARY}::circulant_matmul", mutates_args=())
+@_custom_op("CirculantMatMul")
 def circulant_matmul(x: torch.Tensor, blocks: torch.Tensor, bias: torch.Tensor, in_features: int,
                      out_features: int) -> torch.Tensor:
     return circulant_product(x, blocks, out_features) + bias
@@ -62,7 +79,7 @@ def _(x, blocks, bias, in_features, out_features):
     return x.new_empty(*x.shape[:-1], out_features)
 
 
-@torch.library.custom_op(f"{LIBRARY}::ldr_matmul", mutates_args=())
+@_custom_op("LDRMatMul")
 def ldr_matmul(x: torch.Tensor, G: torch.Tensor, H: torch.Tensor, bias: torch.Tensor,
                in_features: int, out_features: int) -> torch.Tensor:
     return ldr_product(x, G, H, out_features) + bias
@@ -74,23 +91,17 @@ def _(x, G, H, bias, in_features, out_features):
 
 
 # ONNX schemas: the torch exporter builds nodes through onnxscript, which wants one per op.
-def _schema(name: str, attributes: list[str]) -> OpSchema:
-    attribute_type = {"shape": OpSchema.AttrType.INTS}
+def _schema(op: Op) -> OpSchema:
+    attribute_type = {"int": OpSchema.AttrType.INT, "ints": OpSchema.AttrType.INTS}
     return OpSchema(
-        name, DOMAIN, OPSET_VERSION,
-        inputs=[OpSchema.FormalParameter(n, "T") for n in OP_INPUTS[name]],
+        op.name, DOMAIN, OPSET_VERSION,
+        inputs=[OpSchema.FormalParameter(n, "T") for n in op.input_names],
         outputs=[OpSchema.FormalParameter("Y", "T")],
         type_constraints=[("T", ["tensor(float)"], "float32 tensors")],
-        attributes=[OpSchema.Attribute(a, attribute_type.get(a, OpSchema.AttrType.INT), "")
-                    for a in attributes])
+        attributes=[OpSchema.Attribute(a.name, attribute_type[a.type], "") for a in op.attributes])
 
 
-SCHEMAS = [
-    _schema("HashedWeight", ["shape", "num_hashes", "seed", "signed"]),
-    _schema("HashedMatMul", ["in_features", "out_features", "num_hashes", "seed", "signed", "mode"]),
-    _schema("CirculantMatMul", ["in_features", "out_features"]),
-    _schema("LDRMatMul", ["in_features", "out_features"]),
-]
+SCHEMAS = [_schema(op) for op in OPS.values()]
 
 
 def register_schemas() -> None:
@@ -103,30 +114,20 @@ def register_schemas() -> None:
 _edgepack = onnxscript.values.Opset(DOMAIN, OPSET_VERSION)
 
 
-def _translate_hashed_weight(buckets, recon, shape, num_hashes, seed, signed):
-    return _edgepack.HashedWeight(buckets, recon, shape=shape, num_hashes=num_hashes, seed=seed,
-                                  signed=signed)
+def _translation(op: Op):
+    """The function that turns a traced call of ``op``'s torch op into one ONNX node: the spec's
+    inputs as inputs, the rest as attributes. Its signature is the torch op's (the exporter reads it)."""
+    signature = inspect.Signature([inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+                                   for n in _torch_names(op)])
+    count = len(op.inputs)
+
+    def translate(*args, **kwargs):
+        values = list(signature.bind(*args, **kwargs).arguments.values())
+        return getattr(_edgepack, op.name)(*values[:count], **dict(zip(op.attribute_names, values[count:])))
+
+    translate.__signature__ = signature
+    translate.__name__ = translate.__qualname__ = f"translate_{op.torch_name}"
+    return translate
 
 
-def _translate_hashed_matmul(x, buckets, recon, bias, in_features, out_features, num_hashes, seed,
-                             signed, mode):
-    return _edgepack.HashedMatMul(x, buckets, recon, bias, in_features=in_features,
-                                  out_features=out_features, num_hashes=num_hashes, seed=seed,
-                                  signed=signed, mode=mode)
-
-
-def _translate_circulant_matmul(x, blocks, bias, in_features, out_features):
-    return _edgepack.CirculantMatMul(x, blocks, bias, in_features=in_features,
-                                     out_features=out_features)
-
-
-def _translate_ldr_matmul(x, G, H, bias, in_features, out_features):
-    return _edgepack.LDRMatMul(x, G, H, bias, in_features=in_features, out_features=out_features)
-
-
-TRANSLATIONS = {
-    torch.ops.edgepack.hashed_weight.default: _translate_hashed_weight,
-    torch.ops.edgepack.hashed_matmul.default: _translate_hashed_matmul,
-    torch.ops.edgepack.circulant_matmul.default: _translate_circulant_matmul,
-    torch.ops.edgepack.ldr_matmul.default: _translate_ldr_matmul,
-}
+TRANSLATIONS = {getattr(torch.ops.edgepack, op.torch_name).default: _translation(op) for op in OPS.values()}

@@ -19,22 +19,23 @@ from onnx import AttributeProto, TensorProto
 
 from edgepack.errors import EdgepackError
 from edgepack.runtime_kernels import limits
+from edgepack.runtime_kernels.op_spec import (
+    DOMAIN,
+    MAX_BUCKETS,
+    MAX_POW2,
+    MAX_RANK,
+    MAX_RECON_HIDDEN,
+    MIN_POW2,
+    OPS,
+    U32_MAX,
+)
 
-from .fallbacks import DOMAIN, OP_INPUTS
-
-MAX_RANK = 16
-MAX_HASHES = 64  # EP_MAX_HASHES in include/edgepack/kernels.h
-MAX_RECON_HIDDEN = 1 << 20  # kernels.c check_hash
-MAX_POW2 = 1 << 30  # kernels.c check_pow2
-U32_MAX = 0xFFFFFFFF
-INT_MAX = 0x7FFFFFFF
 INT64_MAX = (1 << 63) - 1
+OP_INPUTS = {name: op.input_names for name, op in OPS.items()}
 # Inputs that must be present, in order (ORT: non-optional; TFLite: min_in).
-REQUIRED_INPUTS = {"HashedWeight": 1, "HashedMatMul": 2, "CirculantMatMul": 2, "LDRMatMul": 3}
+REQUIRED_INPUTS = {name: op.required_inputs for name, op in OPS.items()}
 # The attributes each op reads: the ORT kernel's attributes and the delegate's options map.
-OPTION_KEYS = {"HashedWeight": ("shape", "num_hashes", "seed", "signed"),
-               "HashedMatMul": ("in_features", "out_features", "num_hashes", "seed", "signed", "mode"),
-               "CirculantMatMul": ("in_features", "out_features"), "LDRMatMul": ("in_features", "out_features")}
+OPTION_KEYS = {name: op.attribute_names for name, op in OPS.items()}
 KEYS = {op: ", ".join(keys) for op, keys in OPTION_KEYS.items()}
 
 
@@ -216,6 +217,7 @@ class _Node:
 
     def shape(self) -> list[int]:
         value = self.values.get("shape")
+        dim_max = OPS[self.op_type].attribute("shape").valid(self.runtime)[1]
         if self.runtime == "tflite":
             if value is None:
                 raise self.fail(f"custom options: missing required int vector 'shape' (1..{MAX_RANK} dims)")
@@ -230,7 +232,7 @@ class _Node:
                 raise self.fail(f"custom options: 'shape' is empty; it needs 1..{MAX_RANK} dims")
             cols = 1
             for d, dim in enumerate(value):
-                if dim < 1 or dim > INT_MAX or (d > 0 and cols > U32_MAX // dim):
+                if dim < 1 or dim > dim_max or (d > 0 and cols > U32_MAX // dim):
                     raise self.fail(f"custom options: 'shape' dim {d} = {dim}; every dim must be in "
                                     "[1, 2^31), with the product of the dims after the first < 2^32")
                 cols *= dim if d else 1
@@ -244,7 +246,7 @@ class _Node:
             raise self.fail(f"attribute 'shape' has {len(dims)} values; must have 1..{MAX_RANK}")
         cols = 1
         for d, dim in enumerate(dims):
-            if dim < 1 or dim > U32_MAX or (d > 0 and cols > U32_MAX // dim):
+            if dim < 1 or dim > dim_max or (d > 0 and cols > U32_MAX // dim):
                 raise self.fail(f"attribute 'shape' dim {d} = {dim}; every dim must be >= 1, with "
                                 "shape[0] and the product of the other dims < 2^32")
             cols *= dim if d else 1
@@ -282,26 +284,21 @@ def check_node(op_type: str, label: str, values: dict, inputs: list[Tensor],
     Returns {"node", "decoded_bytes", "what"} for the per-model byte limit; raises InvalidNodeError.
     """
     node = _Node(op_type, label, values, runtime)
-    feature_max = INT_MAX if runtime == "tflite" else U32_MAX
-    K = 1
+    read = {}
+    for a in OPS[op_type].attributes:  # in the spec's order, as the kernels read them
+        read[a.name] = node.shape() if a.type == "ints" else \
+            node.integer(a.name, a.required, a.default or 0, *a.valid(runtime))
+    shape, K, mode = read.get("shape"), read.get("num_hashes", 1), read.get("mode", 0)
     if op_type == "HashedWeight":
-        shape = node.shape()
         rows, cols = shape[0], int(np.prod(shape[1:], dtype=object)) if len(shape) > 1 else 1
         in_f = out_f = 0
     else:
-        in_f = node.integer("in_features", True, 0, 1, feature_max)
-        out_f = node.integer("out_features", True, 0, 1, feature_max)
+        in_f, out_f = read["in_features"], read["out_features"]
         rows, cols = out_f, in_f
-    mode = 0
     if op_type in ("HashedWeight", "HashedMatMul"):
-        K = node.integer("num_hashes", True, 1, 1, MAX_HASHES)
-        node.integer("seed", True, 0, 0, U32_MAX)
-        node.integer("signed", False, 1, 0, 1)
-        if op_type == "HashedMatMul":
-            mode = node.integer("mode", False, 0, 0, 1)
         if rows * cols > INT64_MAX // 8 // K:
             raise node.fail(f"rows*cols*num_hashes = {rows}*{cols}*{K} is too large")
-    desc = _size_desc(op_type, shape if op_type == "HashedWeight" else None, in_f, out_f)
+    desc = _size_desc(op_type, shape, in_f, out_f)
     _check_virtual(node, desc, rows, cols)
 
     names = OP_INPUTS[op_type]
@@ -366,7 +363,7 @@ def _check_buckets(node: _Node, t: Tensor | None) -> None:
     if t is None:
         return
     count = int(np.prod(t.dims, dtype=object))
-    if len(t.dims) != 1 or count < 1 or count > INT_MAX:
+    if len(t.dims) != 1 or count < 1 or count > MAX_BUCKETS:
         raise node.fail(f"input '{name}' has shape {_dims(t)}; must be 1-D with 1 <= B < 2^31 buckets")
 
 
@@ -392,7 +389,7 @@ def _check_recon(node: _Node, K: int, present: bool, t: Tensor | None) -> None:
 
 def _check_blocks(node: _Node, t: Tensor, in_f: int, out_f: int) -> None:
     d = t.dims
-    if len(d) != 3 or d[0] < 1 or d[1] < 1 or not _is_pow2(d[2]) or d[2] < 4:
+    if len(d) != 3 or d[0] < 1 or d[1] < 1 or not _is_pow2(d[2]) or d[2] < MIN_POW2:
         raise node.fail(f"input 'blocks' has shape {_dims(t)}; must be [p, q, b] with p, q >= 1 "
                         "and b a power of two >= 4")
     p, q, b = d
@@ -407,7 +404,7 @@ def _check_blocks(node: _Node, t: Tensor, in_f: int, out_f: int) -> None:
 
 def _check_ldr(node: _Node, g: Tensor, h: Tensor, in_f: int, out_f: int) -> None:
     if (len(g.dims) != 2 or len(h.dims) != 2 or g.dims != h.dims or g.dims[0] < 1
-            or not _is_pow2(g.dims[1]) or g.dims[1] < 4):
+            or not _is_pow2(g.dims[1]) or g.dims[1] < MIN_POW2):
         raise node.fail(f"inputs 'G' {_dims(g)} and 'H' {_dims(h)} must both be [r, n] with r >= 1 "
                         "and n a power of two >= 4")
     n = g.dims[1]

@@ -1,7 +1,7 @@
 """ONNX Runtime sessions with the edgepack custom ops (``libedgepack_ort``) registered.
 
-The library is built by CMake (``make kernels``) into ``runtime_kernels/lib/``;
-``EDGEPACK_ORT_LIB`` points at another copy. Its decode limits (docs/ops.md "Limits") come from
+The library is found by ``artifacts.find_artifact`` (``make kernels`` builds it; ``$EDGEPACK_LIB_DIR``
+points at another folder). Its decode limits (docs/ops.md "Limits") come from
 the environment or from ``onnx_session``'s keyword arguments.
 """
 
@@ -10,28 +10,19 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
-from pathlib import Path
 from typing import Any
 
+from .artifacts import find_artifact
 from .limits import ENV_MAX_DECODED_BYTES, ENV_MAX_VIRTUAL_WEIGHTS, LimitError, parse_limit
 
 __all__ = ["ort_library_path", "onnx_session"]
 
-_LIB_NAME = "libedgepack_ort.so"
 _REGISTER_LOCK = threading.Lock()  # edgepack_ort_set_limits is process-wide: set, register, clear
 
 
 def ort_library_path() -> str:
-    """Path of libedgepack_ort: ``$EDGEPACK_ORT_LIB`` if set, else the copy next to this module."""
-    env = os.environ.get("EDGEPACK_ORT_LIB")
-    path = Path(env) if env else Path(__file__).resolve().parent / "lib" / _LIB_NAME
-    if not path.is_file():
-        origin = "EDGEPACK_ORT_LIB" if env else "the package"
-        raise FileNotFoundError(
-            f"edgepack ORT custom-op library not found at {path} (from {origin}); "
-            "build it with `make kernels` (CMake target edgepack_ort) or set EDGEPACK_ORT_LIB"
-        )
-    return str(path)
+    """Path of libedgepack_ort (``artifacts.find_artifact``: ``$EDGEPACK_LIB_DIR``, the package's lib/, build/host)."""
+    return str(find_artifact("libedgepack_ort.so"))
 
 
 def _register(so: Any, max_virtual_weights: int | None, max_decoded_bytes: int | None) -> None:

@@ -1,10 +1,11 @@
 """Run .tflite files that contain ``ai.edgepack.*`` custom ops, with LiteRT or tflite-runtime.
 
-The ops run in ``libedgepack_tflite_delegate`` (an external delegate, built by CMake into
-``runtime_kernels/lib/``; ``EDGEPACK_TFLITE_DELEGATE`` points at another copy). On
+The ops run in ``libedgepack_tflite_delegate`` (an external delegate, found by
+``artifacts.find_artifact``: ``$EDGEPACK_LIB_DIR``, else ``runtime_kernels/lib/``). On
 tflite-runtime 2.14 the same library can instead register plain custom ops
 (``use_delegate=False``, through ``InterpreterWithCustomOps``). Self-contained: imports only the
-standard library and the TFLite runtime it finds (and edgepack's limits module when installed).
+standard library, the TFLite runtime it finds and its sibling ``artifacts.py`` (and edgepack's limits
+module when installed).
 The decode limits (docs/ops.md "Limits") come from the environment or ``tflite_interpreter``'s
 keyword arguments.
 """
@@ -12,33 +13,30 @@ keyword arguments.
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import os
 import threading
 from pathlib import Path
 from typing import Any
 
 try:
+    from .artifacts import find_artifact
     from .limits import parse_limit
 except ImportError:  # loaded as a lone file (a tflite-runtime venv without edgepack): C checks the values
     parse_limit = None
+    _spec = importlib.util.spec_from_file_location("edgepack_artifacts", Path(__file__).with_name("artifacts.py"))
+    _artifacts = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(_artifacts)
+    find_artifact = _artifacts.find_artifact
 
 __all__ = ["delegate_library_path", "tflite_interpreter"]
 
-_LIB_NAME = "libedgepack_tflite_delegate.so"
 _BUILD_LOCK = threading.Lock()  # edgepack_tflite_set_limits is process-wide: set, build, clear
 
 
 def delegate_library_path() -> Path:
-    """Path of libedgepack_tflite_delegate: $EDGEPACK_TFLITE_DELEGATE, else ``<this dir>/lib/``."""
-    env = os.environ.get("EDGEPACK_TFLITE_DELEGATE")
-    path = Path(env) if env else Path(__file__).resolve().parent / "lib" / _LIB_NAME
-    if not path.is_file():
-        where = "EDGEPACK_TFLITE_DELEGATE" if env else "the default location"
-        raise FileNotFoundError(
-            f"edgepack TFLite delegate not found at {path} ({where}); build it with CMake "
-            f"(runtime_kernels, target edgepack_tflite_delegate) or set EDGEPACK_TFLITE_DELEGATE"
-        )
-    return path
+    """Path of libedgepack_tflite_delegate (``find_artifact``: $EDGEPACK_LIB_DIR, the package lib/, build/host)."""
+    return find_artifact("libedgepack_tflite_delegate.so")
 
 
 def _runtime() -> tuple[str, Any]:

@@ -4,6 +4,7 @@ set -euo pipefail
 
 packages=(build-essential cmake python3-venv gcc-aarch64-linux-gnu g++-aarch64-linux-gnu
           libc6-dev-arm64-cross qemu-user openssh-server openssh-client adb
+          gcc-arm-linux-gnueabihf libc6-dev-armhf-cross  # armv7 (armeabi-v7a ISA) build + qemu-arm
           clang libclang-rt-dev)  # clang + libFuzzer/sanitizer runtimes for make fuzz
 missing=()
 for package in "${packages[@]}"; do

@@ -2,7 +2,7 @@
  *   edgepack-bench kernels --sizes 256,1024,4096 --batch 1,8 --threads 1 --json
  * Per kernel and shape: median/p90 time per call, dense-equivalent GFLOP/s, weight bytes and
  * the speed-up over the dense kernel of the same shape. Kernels are single-threaded. */
-#define _POSIX_C_SOURCE 199309L
+#define _POSIX_C_SOURCE 200112L /* clock_gettime; 2001 so Darwin's stdio also declares snprintf */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>

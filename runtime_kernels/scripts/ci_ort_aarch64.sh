@@ -116,7 +116,7 @@ for m in "$WORK"/*.onnx; do
 done
 
 # 5. compare with host ORT + host libedgepack_ort, same deterministic feed as the runner
-EDGEPACK_ORT_LIB="$RK/$HOST/ort/libedgepack_ort.so" "$PY" - "$WORK" <<'EOF'
+"$PY" - "$WORK" "$RK/$HOST/ort/libedgepack_ort.so" <<'EOF'
 import glob
 import json
 import sys
@@ -128,7 +128,7 @@ import os
 work, fails = sys.argv[1], 0
 for path in sorted(glob.glob(f"{work}/*.onnx")):
     so = ort.SessionOptions()
-    so.register_custom_ops_library(os.environ["EDGEPACK_ORT_LIB"])
+    so.register_custom_ops_library(sys.argv[2])
     sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
     feeds = {}
     for k, meta in enumerate(sess.get_inputs()):

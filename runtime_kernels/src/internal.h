@@ -87,7 +87,7 @@ void ep_cmac_avx2(int64_t m, const float *a, const float *b, float *acc);
 extern const ep_ops ep_ops_avx512;
 #endif
 #endif
-#if defined(__aarch64__)
+#if defined(__aarch64__) || (defined(__arm__) && defined(__ARM_NEON))
 #define EP_HAVE_NEON 1
 extern const ep_ops ep_ops_neon;
 #endif

@@ -1,10 +1,37 @@
-/* aarch64 NEON variant (NEON is baseline on aarch64, so no run-time check is needed). */
-#if defined(__aarch64__)
+/* NEON variant for aarch64 and for 32-bit ARMv7 built with NEON (-mfpu=neon, armeabi-v7a):
+ * NEON is baseline in both builds, so no run-time check is needed. */
+#if defined(__aarch64__) || (defined(__arm__) && defined(__ARM_NEON))
 #include <arm_neon.h>
 #include <string.h>
 #include "internal.h"
 
 #define AI static inline __attribute__((always_inline))
+
+/* the few A64-only intrinsics, with ARMv7 equivalents (no fused multiply-add without VFPv4) */
+#if defined(__aarch64__)
+#define FMA(a, b, c) vfmaq_f32(a, b, c)
+#define FMA_N(a, b, s) vfmaq_n_f32(a, b, s)
+#define HSUM(v) vaddvq_f32(v)
+#define TRN1(a, b) vtrn1q_f32(a, b)
+#define TRN2(a, b) vtrn2q_f32(a, b)
+#define ZIP1_64(a, b) vreinterpretq_f32_f64(vzip1q_f64(vreinterpretq_f64_f32(a), vreinterpretq_f64_f32(b)))
+#define ZIP2_64(a, b) vreinterpretq_f32_f64(vzip2q_f64(vreinterpretq_f64_f32(a), vreinterpretq_f64_f32(b)))
+#else
+#if defined(__ARM_FEATURE_FMA)
+#define FMA(a, b, c) vfmaq_f32(a, b, c)
+#else
+#define FMA(a, b, c) vmlaq_f32(a, b, c)
+#endif
+#define FMA_N(a, b, s) FMA(a, b, vdupq_n_f32(s))
+AI float HSUM(float32x4_t v) {
+    float32x2_t p = vadd_f32(vget_low_f32(v), vget_high_f32(v));
+    return vget_lane_f32(vpadd_f32(p, p), 0);
+}
+#define TRN1(a, b) (vtrnq_f32(a, b).val[0])
+#define TRN2(a, b) (vtrnq_f32(a, b).val[1])
+#define ZIP1_64(a, b) vcombine_f32(vget_low_f32(a), vget_low_f32(b))
+#define ZIP2_64(a, b) vcombine_f32(vget_high_f32(a), vget_high_f32(b))
+#endif
 
 AI void tile(const int NX, const int NW, int64_t cols, const float *x, const float *w,
              const float *bias, float *y, int64_t ldy) {
@@ -17,11 +44,11 @@ AI void tile(const int NX, const int NW, int64_t cols, const float *x, const flo
         for (int a = 0; a < NX; a++) xv[a] = vld1q_f32(x + a * cols + c);
         for (int b = 0; b < NW; b++) wv[b] = vld1q_f32(w + b * cols + c);
         for (int a = 0; a < NX; a++)
-            for (int b = 0; b < NW; b++) acc[a][b] = vfmaq_f32(acc[a][b], xv[a], wv[b]);
+            for (int b = 0; b < NW; b++) acc[a][b] = FMA(acc[a][b], xv[a], wv[b]);
     }
     for (int a = 0; a < NX; a++)
         for (int b = 0; b < NW; b++) {
-            float s = vaddvq_f32(acc[a][b]);
+            float s = HSUM(acc[a][b]);
             for (int64_t t = c; t < cols; t++) s += x[a * cols + t] * w[b * cols + t];
             y[a * ldy + b] = s + (bias ? bias[b] : 0.0f);
         }
@@ -86,8 +113,8 @@ static void hash_row_neon(const ep_hcfg *c, uint32_t i, int64_t cols, float *out
             y = vdupq_n_f32(c->b2);
             for (int hh = 0; hh < c->h; hh++) {
                 float32x4_t a = vdupq_n_f32(c->b1[hh]);
-                for (int k = 0; k < c->k; k++) a = vfmaq_n_f32(a, z[k], c->w1[hh * c->k + k]);
-                y = vfmaq_n_f32(y, vmaxq_f32(a, vdupq_n_f32(0.0f)), c->w2[hh]);
+                for (int k = 0; k < c->k; k++) a = FMA_N(a, z[k], c->w1[hh * c->k + k]);
+                y = FMA_N(y, vmaxq_f32(a, vdupq_n_f32(0.0f)), c->w2[hh]);
             }
         }
         if (j + 4 <= cols) vst1q_f32(out + j, y);
@@ -101,7 +128,7 @@ static void hash_row_neon(const ep_hcfg *c, uint32_t i, int64_t cols, float *out
 
 /* ---- FFT: 2 complex per vector ---- */
 AI float32x4_t cmulw(float32x4_t v, float32x4_t wr, float32x4_t wis) { /* wis = (-wi, wi, ..) */
-    return vfmaq_f32(vmulq_f32(v, wr), vrev64q_f32(v), wis);
+    return FMA(vmulq_f32(v, wr), vrev64q_f32(v), wis);
 }
 static const float k_alt[4] = {-1.0f, 1.0f, -1.0f, 1.0f};
 
@@ -114,9 +141,9 @@ static void radix4_stage(int64_t L, int64_t s, const float *tw, const float *a, 
         float32x4_t w1 = vreinterpretq_f32_u64(vld1q_dup_u64((const uint64_t *)(tw + 2 * (p * s))));
         float32x4_t w2 = vreinterpretq_f32_u64(vld1q_dup_u64((const uint64_t *)(tw + 2 * (2 * p * s))));
         float32x4_t w3 = vreinterpretq_f32_u64(vld1q_dup_u64((const uint64_t *)(tw + 2 * (3 * p * s))));
-        float32x4_t w1r = vtrn1q_f32(w1, w1), w1i = vmulq_f32(vtrn2q_f32(w1, w1), alt);
-        float32x4_t w2r = vtrn1q_f32(w2, w2), w2i = vmulq_f32(vtrn2q_f32(w2, w2), alt);
-        float32x4_t w3r = vtrn1q_f32(w3, w3), w3i = vmulq_f32(vtrn2q_f32(w3, w3), alt);
+        float32x4_t w1r = TRN1(w1, w1), w1i = vmulq_f32(TRN2(w1, w1), alt);
+        float32x4_t w2r = TRN1(w2, w2), w2i = vmulq_f32(TRN2(w2, w2), alt);
+        float32x4_t w3r = TRN1(w3, w3), w3i = vmulq_f32(TRN2(w3, w3), alt);
         const float *A = a + 2 * s * p;
         float *o = b + 2 * s * 4 * p;
         const int64_t st = 2 * s * l4;
@@ -157,15 +184,15 @@ static void radix4_first(int64_t m, const float *tw, const float *a, float *b, i
         float32x4_t apc = vaddq_f32(va, vc), amc = vsubq_f32(va, vc);
         float32x4_t bpd = vaddq_f32(vb, vd), bmd = vsubq_f32(vb, vd);
         float32x4_t j = vmulq_f32(vrev64q_f32(bmd), jm);
-        float64x2_t y0 = vreinterpretq_f64_f32(vaddq_f32(apc, bpd));
-        float64x2_t y1 = vreinterpretq_f64_f32(cmulw(vaddq_f32(amc, j), vld1q_f32(T), vmulq_f32(vld1q_f32(T + 8), alt)));
-        float64x2_t y2 = vreinterpretq_f64_f32(cmulw(vsubq_f32(apc, bpd), vld1q_f32(T + 16), vmulq_f32(vld1q_f32(T + 24), alt)));
-        float64x2_t y3 = vreinterpretq_f64_f32(cmulw(vsubq_f32(amc, j), vld1q_f32(T + 32), vmulq_f32(vld1q_f32(T + 40), alt)));
+        float32x4_t y0 = vaddq_f32(apc, bpd);
+        float32x4_t y1 = cmulw(vaddq_f32(amc, j), vld1q_f32(T), vmulq_f32(vld1q_f32(T + 8), alt));
+        float32x4_t y2 = cmulw(vsubq_f32(apc, bpd), vld1q_f32(T + 16), vmulq_f32(vld1q_f32(T + 24), alt));
+        float32x4_t y3 = cmulw(vsubq_f32(amc, j), vld1q_f32(T + 32), vmulq_f32(vld1q_f32(T + 40), alt));
         float *o = b + 8 * p;
-        vst1q_f32(o, vreinterpretq_f32_f64(vzip1q_f64(y0, y1)));
-        vst1q_f32(o + 4, vreinterpretq_f32_f64(vzip1q_f64(y2, y3)));
-        vst1q_f32(o + 8, vreinterpretq_f32_f64(vzip2q_f64(y0, y1)));
-        vst1q_f32(o + 12, vreinterpretq_f32_f64(vzip2q_f64(y2, y3)));
+        vst1q_f32(o, ZIP1_64(y0, y1));
+        vst1q_f32(o + 4, ZIP1_64(y2, y3));
+        vst1q_f32(o + 8, ZIP2_64(y0, y1));
+        vst1q_f32(o + 12, ZIP2_64(y2, y3));
     }
 }
 
@@ -203,9 +230,9 @@ static void rfft_post_neon(int64_t m, const float *rt, float *X) {
         float32x4_t A = vld1q_f32(pk), Bc = vmulq_f32(crev(vld1q_f32(pl)), cj);
         float32x4_t E = vmulq_n_f32(vaddq_f32(A, Bc), 0.5f), D = vmulq_n_f32(vsubq_f32(A, Bc), 0.5f);
         float32x4_t w = vld1q_f32(rt + 2 * k);
-        float32x4_t T = cmulw(D, vtrn1q_f32(w, w), vmulq_f32(vtrn2q_f32(w, w), alt));
+        float32x4_t T = cmulw(D, TRN1(w, w), vmulq_f32(TRN2(w, w), alt));
         float32x4_t S = vrev64q_f32(T);
-        vst1q_f32(pk, vfmaq_f32(E, S, cj));
+        vst1q_f32(pk, FMA(E, S, cj));
         vst1q_f32(pl, crev(vsubq_f32(vmulq_f32(E, cj), S)));
     }
     if (k > 1) {
@@ -224,9 +251,9 @@ static void irfft_pre_neon(int64_t m, const float *rt, const float *X, float *Z)
         float32x4_t A = vld1q_f32(pk), Bc = vmulq_f32(crev(vld1q_f32(pl)), cj);
         float32x4_t E = vmulq_n_f32(vaddq_f32(A, Bc), 0.5f), D = vmulq_n_f32(vsubq_f32(A, Bc), 0.5f);
         float32x4_t w = vmulq_f32(vld1q_f32(rt + 2 * k), cj);
-        float32x4_t O = cmulw(D, vtrn1q_f32(w, w), vmulq_f32(vtrn2q_f32(w, w), alt));
+        float32x4_t O = cmulw(D, TRN1(w, w), vmulq_f32(TRN2(w, w), alt));
         float32x4_t S = vrev64q_f32(O);
-        vst1q_f32(Z + 2 * k, vfmaq_f32(E, S, alt)); /* (er - oi, ei + or) */
+        vst1q_f32(Z + 2 * k, FMA(E, S, alt)); /* (er - oi, ei + or) */
         vst1q_f32(Z + 2 * (m - k - 1), crev(vaddq_f32(vmulq_f32(E, cj), S)));
     }
     if (k > 1) {
@@ -241,7 +268,7 @@ static void cmac_neon(int64_t m, const float *a, const float *b, float *acc) {
     int64_t k = 0;
     for (; k + 2 <= m; k += 2) {
         float32x4_t va = vld1q_f32(a + 2 * k), vb = vld1q_f32(b + 2 * k);
-        float32x4_t p = cmulw(va, vtrn1q_f32(vb, vb), vmulq_f32(vtrn2q_f32(vb, vb), alt));
+        float32x4_t p = cmulw(va, TRN1(vb, vb), vmulq_f32(TRN2(vb, vb), alt));
         vst1q_f32(acc + 2 * k, vaddq_f32(vld1q_f32(acc + 2 * k), p));
     }
     for (; k < m; k++) {
@@ -252,4 +279,4 @@ static void cmac_neon(int64_t m, const float *a, const float *b, float *acc) {
 }
 
 const ep_ops ep_ops_neon = {"neon", gemm_neon, hash_row_neon, NULL, cfft_neon, rfft_post_neon, irfft_pre_neon, cmac_neon};
-#endif /* __aarch64__ */
+#endif /* __aarch64__ || ARMv7 NEON */

@@ -27,6 +27,8 @@
 #include <string.h>
 #if defined(__linux__)
 #include <link.h>
+#elif defined(__APPLE__)
+#include <mach-o/dyld.h>
 #endif
 
 #include "edgepack/kernels.h"
@@ -989,6 +991,19 @@ static int find_in_object(struct dl_phdr_info *info, size_t size, void *data) {
     dlclose(h);
     return *found != NULL;
 }
+#elif defined(__APPLE__)
+/* Mach-O has no dl_iterate_phdr: ask each image dyld has loaded (TFLite loaded RTLD_LOCAL) */
+static void *find_in_images(void) {
+    for (uint32_t i = 0, n = _dyld_image_count(); i < n; i++) {
+        const char *name = _dyld_get_image_name(i);
+        void *h = name ? dlopen(name, RTLD_LAZY | RTLD_NOLOAD) : NULL;
+        if (!h) continue;
+        void *sym = dlsym(h, ADD_CUSTOM_SYM);
+        dlclose(h);
+        if (sym) return sym;
+    }
+    return NULL;
+}
 #endif
 
 EP_TFLITE_EXPORT const char *edgepack_tflite_registrar_error(void) { return g_reg_error; }
@@ -1002,6 +1017,8 @@ EP_TFLITE_EXPORT int edgepack_register_tflite_ops(void *resolver) {
     void *sym = dlsym(RTLD_DEFAULT, ADD_CUSTOM_SYM);
 #if defined(__linux__)
     if (!sym) dl_iterate_phdr(find_in_object, &sym);
+#elif defined(__APPLE__)
+    if (!sym) sym = find_in_images();
 #endif
     if (!sym) {
         snprintf(g_reg_error, sizeof g_reg_error,

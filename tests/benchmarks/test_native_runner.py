@@ -13,12 +13,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from edgepack.benchmarks.native import (
-    NativeRunnerError,
-    native_runner_path,
-    onnxruntime_library_path,
-    run_with_native,
-)
+from edgepack.benchmarks.native import NativeRunnerError, run_with_native
+from edgepack.runtime_kernels.artifacts import find_artifact, onnxruntime_library_path
 
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
@@ -54,7 +50,7 @@ def options(**kw):
 @pytest.fixture(scope="module")
 def libs():
     try:
-        runner, ort_lib = native_runner_path(ARCH), onnxruntime_library_path(ARCH)
+        runner, ort_lib = find_artifact("edgepack_ort_runner", ARCH), onnxruntime_library_path(ARCH)
         from edgepack.runtime_kernels import ort_library_path
         edgepack_lib = Path(ort_library_path())
     except (FileNotFoundError, ImportError, OSError) as exc:  # pragma: no cover - depends on the build
@@ -151,4 +147,4 @@ def test_output_mode_unchanged(libs, models):
 
 def test_unknown_arch_names_what_to_build():
     with pytest.raises(FileNotFoundError, match="riscv64"):
-        native_runner_path("riscv64")
+        find_artifact("edgepack_ort_runner", "riscv64")

@@ -70,7 +70,7 @@ def test_same_files_in_tflite_runtime_214(tmp_path):
     for name in CASES:
         path, x, expected = export_case(name, tmp_path)
         np.savez(path.with_suffix(".npz"), x=x, y=expected)
-    env = {**os.environ, "EDGEPACK_TFLITE_DELEGATE": str(delegate_library_path())}
+    env = {**os.environ, "EDGEPACK_LIB_DIR": str(delegate_library_path().parent)}
     result = subprocess.run([str(TFLITE214_PYTHON), str(Path(__file__).with_name("tflite214_check.py")),
                              str(tmp_path)], capture_output=True, text=True, env=env)
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]

@@ -251,9 +251,11 @@ def test_env_forces_reference():
 
 
 def test_missing_library_message(monkeypatch, tmp_path):
-    monkeypatch.setenv("EDGEPACK_KERNELS_LIB", str(tmp_path / "nope.so"))
-    monkeypatch.setattr(rk, "_lib", None)
-    with pytest.raises(FileNotFoundError, match="make"):
+    from edgepack.runtime_kernels import loader
+
+    monkeypatch.setenv("EDGEPACK_LIB_DIR", str(tmp_path))
+    monkeypatch.setattr(loader, "_lib", None)
+    with pytest.raises(FileNotFoundError, match="EDGEPACK_LIB_DIR"):
         rk.load()
 
 

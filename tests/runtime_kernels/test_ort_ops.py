@@ -4,6 +4,7 @@ that must fail with a message naming the node."""
 
 from __future__ import annotations
 
+import os
 import struct
 from concurrent.futures import ThreadPoolExecutor
 
@@ -279,10 +280,10 @@ def test_concurrent_runs_share_cached_plans():
 
 def test_library_path_env_override(monkeypatch, tmp_path):
     real = ort_library_path()
-    monkeypatch.setenv("EDGEPACK_ORT_LIB", real)
+    monkeypatch.setenv("EDGEPACK_LIB_DIR", os.path.dirname(real))
     assert ort_library_path() == real
-    monkeypatch.setenv("EDGEPACK_ORT_LIB", str(tmp_path / "missing.so"))
-    with pytest.raises(FileNotFoundError, match="EDGEPACK_ORT_LIB"):
+    monkeypatch.setenv("EDGEPACK_LIB_DIR", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="EDGEPACK_LIB_DIR"):
         ort_library_path()
 
 

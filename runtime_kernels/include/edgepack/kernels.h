@@ -6,8 +6,9 @@
  *
  * Variants: "ref" (portable C, always present), "avx2" (x86_64 with AVX2+FMA), "avx512" (x86_64 with
  * AVX-512F/DQ/VL; hashed stream and decode only, the rest is avx2), "neon"
- * (aarch64). The best supported one is picked at first use; EDGEPACK_KERNELS=ref (or any
- * variant name) in the environment overrides it, ep_set_variant() switches at run time.
+ * (aarch64, and 32-bit ARMv7 built with -mfpu=neon). The best supported one is picked at first
+ * use; EDGEPACK_KERNELS=ref (or any variant name) in the environment overrides it,
+ * ep_set_variant() switches at run time.
  */
 #ifndef EDGEPACK_KERNELS_H
 #define EDGEPACK_KERNELS_H
@@ -19,7 +20,11 @@
 extern "C" {
 #endif
 
-#if defined(_WIN32)
+#if defined(EP_STATIC_BUILD)
+/* the static library, linked into libedgepack_ort / the delegate: hidden there on every platform
+ * (ELF's -Wl,--exclude-libs has no Mach-O counterpart in every linker) */
+#define EP_API
+#elif defined(_WIN32)
 #define EP_API __declspec(dllexport)
 #else
 #define EP_API __attribute__((visibility("default")))

@@ -1,0 +1,266 @@
+"""numpy wrappers over the C kernels: float32, C-contiguous arrays in and out, shapes checked
+before any pointer reaches C (the library itself comes from loader.load)."""
+
+from __future__ import annotations
+
+import ctypes as C
+
+import numpy as np
+
+from .loader import HashParams, KernelError, check, load
+
+__all__ = [
+    "xxh32",
+    "hash_indices",
+    "hashed_decode",
+    "hashed_matmul",
+    "rfft",
+    "irfft",
+    "circulant_matmul",
+    "ldr_matmul",
+    "dense_matmul",
+    "variants",
+    "variant",
+    "set_variant",
+    "use_variant",
+]
+
+_vp = C.c_void_p
+
+
+def _f32(a, name: str, ndim: int | None = None) -> np.ndarray:
+    arr = np.ascontiguousarray(np.asarray(a, dtype=np.float32))
+    if ndim is not None and arr.ndim != ndim:
+        raise KernelError(f"{name} must be {ndim}-D, got shape {arr.shape}")
+    return arr
+
+
+def _ptr(a: np.ndarray | None):
+    return None if a is None else a.ctypes.data_as(_vp)
+
+
+def _batch(x, name: str = "x") -> tuple[np.ndarray, tuple[int, ...]]:
+    """x[..., in] -> (x2d[N, in], leading shape)."""
+    arr = _f32(x, name)
+    if arr.ndim < 1:
+        raise KernelError(f"{name} must have at least 1 dimension (…, in_features)")
+    return arr.reshape(-1, arr.shape[-1]) if arr.size else arr.reshape(0, arr.shape[-1]), arr.shape[:-1]
+
+
+def _opt(bias, name: str = "bias") -> np.ndarray | None:
+    return None if bias is None else _f32(bias, name, 1)
+
+
+# ---- variants ----------------------------------------------------------------------------------
+def variants() -> list[str]:
+    """Kernel variants usable on this CPU, reference first (e.g. ['ref', 'avx2'])."""
+    lib = load()
+    return [lib.ep_variant_name(i).decode() for i in range(lib.ep_variant_count())]
+
+
+def variant() -> str:
+    """The active variant."""
+    return load().ep_variant().decode()
+
+
+def set_variant(name: str) -> None:
+    """Select a variant by name ('ref', 'avx2', 'neon' or 'auto') for the whole process."""
+    check(load().ep_set_variant(name.encode()))
+
+
+class use_variant:
+    """Context manager: ``with use_variant("ref"): ...`` restores the previous variant after."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.prev = name, None
+
+    def __enter__(self) -> use_variant:
+        self.prev = variant()
+        set_variant(self.name)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        set_variant(self.prev)
+
+
+# ---- hashing -----------------------------------------------------------------------------------
+def xxh32(data: bytes, seed: int = 0) -> int:
+    """XXH32 of ``data`` (bit-exact with ``xxhash.xxh32_intdigest``)."""
+    data = bytes(data)
+    return int(load().ep_xxh32(data, len(data), seed & 0xFFFFFFFF))
+
+
+def _hp(rows: int, cols: int, buckets: int, seed: int, num_hashes: int, signed: bool) -> HashParams:
+    return HashParams(rows, cols, buckets, num_hashes, seed & 0xFFFFFFFF, int(bool(signed)))
+
+
+def hash_indices(
+    rows: int, cols: int, buckets: int, seed: int = 0, num_hashes: int = 1, signed: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bucket indices (int32) and signs (int8) of shape (num_hashes, rows, cols)."""
+    p = _hp(rows, cols, buckets, seed, num_hashes, signed)
+    n = max(rows, 0) * max(cols, 0) * max(num_hashes, 0)
+    idx, sign = np.empty(max(n, 1), np.int32), np.empty(max(n, 1), np.int8)
+    check(load().ep_hash_indices(C.byref(p), _ptr(idx), _ptr(sign)))
+    shape = (rows, cols, num_hashes)
+    return (
+        np.moveaxis(idx[:n].reshape(shape), 2, 0).copy(),
+        np.moveaxis(sign[:n].reshape(shape), 2, 0).copy(),
+    )
+
+
+def _recon(recon, num_hashes: int) -> tuple[np.ndarray | None, int]:
+    if recon is None:
+        return None, 0
+    r = _f32(recon, "recon").reshape(-1)
+    return r, r.size
+
+
+def hashed_decode(
+    buckets, rows: int, cols: int, *, seed: int = 0, num_hashes: int = 1, signed: bool = True, recon=None
+) -> np.ndarray:
+    """The virtual matrix V[rows, cols] of a hashed layer."""
+    b = _f32(buckets, "buckets", 1)
+    r, rlen = _recon(recon, num_hashes)
+    p = _hp(rows, cols, b.size, seed, num_hashes, signed)
+    out = np.empty((max(rows, 1), max(cols, 1)), np.float32)
+    check(load().ep_hashed_decode(C.byref(p), _ptr(b), _ptr(r), rlen, _ptr(out)))
+    return out
+
+
+def hashed_matmul(
+    x,
+    buckets,
+    rows: int,
+    cols: int,
+    *,
+    seed: int = 0,
+    num_hashes: int = 1,
+    signed: bool = True,
+    recon=None,
+    bias=None,
+    mode: str = "expand",
+) -> np.ndarray:
+    """y = x·Vᵀ + bias with V hashed from ``buckets``; mode 'expand' (decode once) or 'stream'."""
+    lib = load()
+    b, bias = _f32(buckets, "buckets", 1), _opt(bias)
+    r, rlen = _recon(recon, num_hashes)
+    x2, lead = _batch(x)
+    p = _hp(rows, cols, b.size, seed, num_hashes, signed)
+    if bias is not None and bias.size != rows:
+        raise KernelError(f"bias has {bias.size} elements; must equal rows={rows}")
+    if x2.shape[1] != cols:
+        raise KernelError(f"x has {x2.shape[1]} features; the hashed layer takes cols={cols}")
+    y = np.empty((x2.shape[0], max(rows, 1)), np.float32)
+    if mode == "stream":
+        check(
+            lib.ep_hashed_matmul_stream(
+                C.byref(p), _ptr(b), _ptr(r), rlen, _ptr(x2), x2.shape[0], _ptr(bias), _ptr(y)
+            )
+        )
+    elif mode == "expand":
+        plan = _vp()
+        check(lib.ep_hashed_plan_create(C.byref(p), _ptr(b), _ptr(r), rlen, C.byref(plan)))
+        try:
+            check(lib.ep_hashed_matmul_expand(plan, _ptr(x2), x2.shape[0], cols, _ptr(bias), _ptr(y), rows))
+        finally:
+            lib.ep_hashed_plan_destroy(plan)
+    else:
+        raise KernelError(f"mode must be 'expand' or 'stream', got {mode!r}")
+    return y.reshape(*lead, rows)
+
+
+# ---- dense / FFT / structured ------------------------------------------------------------------
+def dense_matmul(x, W, bias=None) -> np.ndarray:
+    """y = x·Wᵀ + bias, W[rows, cols]."""
+    w, bias = _f32(W, "W", 2), _opt(bias)
+    x2, lead = _batch(x)
+    if x2.shape[1] != w.shape[1]:
+        raise KernelError(f"x has {x2.shape[1]} features but W has {w.shape[1]} columns")
+    if bias is not None and bias.size != w.shape[0]:
+        raise KernelError(f"bias has {bias.size} elements; must equal W rows={w.shape[0]}")
+    y = np.empty((x2.shape[0], max(w.shape[0], 1)), np.float32)
+    check(
+        load().ep_dense_matmul(_ptr(x2), x2.shape[0], w.shape[1], _ptr(w), w.shape[0], _ptr(bias), _ptr(y))
+    )
+    return y.reshape(*lead, w.shape[0])
+
+
+def _rfft_plan(n: int):
+    plan = _vp()
+    check(load().ep_rfft_plan_create(n, C.byref(plan)))
+    return plan
+
+
+def rfft(x) -> np.ndarray:
+    """numpy.fft.rfft over the last axis (power-of-two length >= 4), complex64 output."""
+    lib = load()
+    x2, lead = _batch(x)
+    n = x2.shape[1]
+    plan = _rfft_plan(n)
+    out = np.empty((x2.shape[0], n // 2 + 1), np.complex64)
+    try:
+        for k in range(x2.shape[0]):
+            check(lib.ep_rfft(plan, n, _ptr(x2[k]), out[k].ctypes.data_as(_vp)))
+    finally:
+        lib.ep_rfft_plan_destroy(plan)
+    return out.reshape(*lead, n // 2 + 1)
+
+
+def irfft(X, n: int) -> np.ndarray:
+    """numpy.fft.irfft(X, n) over the last axis (X has n/2+1 bins), float32 output."""
+    lib = load()
+    arr = np.ascontiguousarray(np.asarray(X, dtype=np.complex64))
+    if arr.ndim < 1 or arr.shape[-1] != n // 2 + 1:
+        raise KernelError(f"X must have n/2+1 = {n // 2 + 1} bins in its last axis, got shape {arr.shape}")
+    X2 = arr.reshape(-1, arr.shape[-1])
+    plan = _rfft_plan(n)
+    out = np.empty((X2.shape[0], n), np.float32)
+    try:
+        for k in range(X2.shape[0]):
+            check(lib.ep_irfft(plan, n, X2[k].ctypes.data_as(_vp), _ptr(out[k])))
+    finally:
+        lib.ep_rfft_plan_destroy(plan)
+    return out.reshape(*arr.shape[:-1], n)
+
+
+def circulant_matmul(x, blocks, out_features: int, bias=None) -> np.ndarray:
+    """Block-circulant y = x_pad·W_fullᵀ[:, :out] + bias, blocks[p, q, b]."""
+    lib = load()
+    bl, bias = _f32(blocks, "blocks", 3), _opt(bias)
+    x2, lead = _batch(x)
+    p, q, b = bl.shape
+    plan = _vp()
+    check(lib.ep_circulant_plan_create(p, q, b, _ptr(bl), x2.shape[1], out_features, C.byref(plan)))
+    try:
+        if bias is not None and bias.size != out_features:
+            raise KernelError(f"bias has {bias.size} elements; must equal out_features={out_features}")
+        y = np.empty((x2.shape[0], out_features), np.float32)
+        check(
+            lib.ep_circulant_matmul(
+                plan, _ptr(x2), x2.shape[0], x2.shape[1], _ptr(bias), _ptr(y), out_features
+            )
+        )
+    finally:
+        lib.ep_circulant_plan_destroy(plan)
+    return y.reshape(*lead, out_features)
+
+
+def ldr_matmul(x, G, H, out_features: int, bias=None) -> np.ndarray:
+    """Low-displacement-rank y = x_pad·Wᵀ[:, :out] + bias, W = Σᵢ Z₁(gᵢ)·Z₋₁(hᵢ)."""
+    lib = load()
+    g, h, bias = _f32(G, "G", 2), _f32(H, "H", 2), _opt(bias)
+    if g.shape != h.shape:
+        raise KernelError(f"G {g.shape} and H {h.shape} must have the same shape [r, n]")
+    x2, lead = _batch(x)
+    r, n = g.shape
+    plan = _vp()
+    check(lib.ep_ldr_plan_create(r, n, _ptr(g), _ptr(h), x2.shape[1], out_features, C.byref(plan)))
+    try:
+        if bias is not None and bias.size != out_features:
+            raise KernelError(f"bias has {bias.size} elements; must equal out_features={out_features}")
+        y = np.empty((x2.shape[0], out_features), np.float32)
+        check(lib.ep_ldr_matmul(plan, _ptr(x2), x2.shape[0], x2.shape[1], _ptr(bias), _ptr(y), out_features))
+    finally:
+        lib.ep_ldr_plan_destroy(plan)
+    return y.reshape(*lead, out_features)

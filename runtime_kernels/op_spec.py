@@ -1,0 +1,290 @@
+"""The ai.edgepack operator set, declared once: every op's inputs, attributes (type, default, valid
+range per runtime), output-shape rule, stored and dense bytes, and MACs.
+
+Everything else is derived from it: the torch schemas, fallback functions, TFLite options,
+validator, ``inspect``, the energy estimate and the converter's shapes in Python, and the
+generated ``include/edgepack/ops.inc`` and docs/ops.md tables (``make generate``, or
+``python -m edgepack.runtime_kernels.op_spec --write``). Plain Python, so any layer can import it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+DOMAIN = "ai.edgepack"
+OPSET_VERSION = 1
+
+U32_MAX = 0xFFFFFFFF
+INT_MAX = 0x7FFFFFFF
+# Limits the C kernels enforce on inputs (kernels.h, kernels.c, edgepack_ort.c, edgepack_tflite.c).
+LIMITS = {
+    "MAX_RANK": (16, "most dims of HashedWeight's shape"),
+    "MAX_HASHES": (64, "largest num_hashes (EP_MAX_HASHES)"),
+    "MAX_RECON_HIDDEN": (1 << 20, "most hidden units H of a recon MLP"),
+    "MAX_BUCKETS": (INT_MAX, "most buckets B"),
+    "MIN_POW2": (4, "smallest FFT size (circulant block b, LDR n)"),
+    "MAX_POW2": (1 << 30, "largest FFT size (circulant block b, LDR n)"),
+}
+MAX_RANK, MAX_HASHES, MAX_RECON_HIDDEN, MAX_BUCKETS, MIN_POW2, MAX_POW2 = (v for v, _ in LIMITS.values())
+
+Shape = tuple[int, ...]
+ShapeOf = Callable[[str], Shape]  # an input's static shape by its spec name (KeyError: unknown)
+
+
+@dataclass(frozen=True)
+class Input:
+    """One input slot. ``kind``: "activation" (computed at run time), "weight" (the stored, compressed
+    weight that stands for a dense one) or "bias" (stored, not part of the weight)."""
+
+    name: str
+    required: bool
+    kind: str
+    meaning: str
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class Attribute:
+    """One attribute: ``default`` None means required; ranges are [lo, hi] per runtime (for
+    ``ints``: of every element, with 1..MAX_RANK elements)."""
+
+    name: str
+    type: str  # "int" or "ints"
+    default: int | None
+    ort: tuple[int, int]
+    tflite: tuple[int, int]
+    meaning: str
+
+    @property
+    def required(self) -> bool:
+        return self.default is None
+
+    def valid(self, runtime: str = "ort") -> tuple[int, int]:
+        """The valid range in ``runtime`` ("ort": the ORT library, "tflite": the delegate)."""
+        return self.tflite if runtime == "tflite" else self.ort
+
+
+@dataclass(frozen=True)
+class Op:
+    """One ai.edgepack operator and the rules every runtime and tool applies to it."""
+
+    name: str
+    torch_name: str  # edgepack::<torch_name> in torch.library
+    kind: str  # "decoder" or "compute"
+    inputs: tuple[Input, ...]
+    attributes: tuple[Attribute, ...]
+    output_rule: str
+    output_shape: Callable[[dict, ShapeOf], Shape]  # (attributes with defaults, input shapes)
+    virtual_weights: Callable[[dict], int]  # elements of the dense weight it stands for
+    macs: Callable[[dict, ShapeOf], float] | None  # per inference; None: decoded once, at load
+    macs_rule: str
+
+    @property
+    def input_names(self) -> list[str]:
+        return [i.name for i in self.inputs]
+
+    @property
+    def required_inputs(self) -> int:
+        """How many leading inputs must be present (the optional ones come last)."""
+        return sum(i.required for i in self.inputs)
+
+    @property
+    def weight_inputs(self) -> tuple[str, ...]:
+        return tuple(i.name for i in self.inputs if i.kind == "weight")
+
+    @property
+    def attribute_names(self) -> tuple[str, ...]:
+        return tuple(a.name for a in self.attributes)
+
+    @property
+    def defaults(self) -> dict[str, int]:
+        return {a.name: a.default for a in self.attributes if not a.required}
+
+    def attribute(self, name: str) -> Attribute:
+        return next(a for a in self.attributes if a.name == name)
+
+    def dense_bytes(self, attributes: dict) -> int:
+        """Bytes of the float32 dense weight this op replaces."""
+        return 4 * self.virtual_weights(self.defaults | attributes)
+
+
+def fft_macs(n: int) -> float:
+    """MACs of one real FFT of size n: 2.5·n·log2(n) flops (half a complex FFT's 5·n·log2 n), 2 per MAC."""
+    return 1.25 * n * math.log2(n) if n > 1 else 0.0
+
+
+def _batch(shape: ShapeOf) -> int:
+    return math.prod(shape("X")[:-1])
+
+
+def _matmul_output(attributes: dict, shape: ShapeOf) -> Shape:
+    return (*shape("X")[:-1], attributes["out_features"])
+
+
+def _dense(attributes: dict) -> int:
+    return attributes["in_features"] * attributes["out_features"]
+
+
+def _circulant_macs(attributes: dict, shape: ShapeOf) -> float:
+    p, q, b = shape("blocks")
+    return _batch(shape) * ((p + q) * fft_macs(b) + 4 * p * q * (b // 2 + 1))
+
+
+def _ldr_macs(attributes: dict, shape: ShapeOf) -> float:
+    r, n = shape("G")
+    return _batch(shape) * 2 * r * (2 * fft_macs(n) + 4 * (n // 2 + 1))
+
+
+X = Input("X", True, "activation", "the activations; the op acts on the last axis (in_features)")
+RECON = Input("recon", False, "weight", "reconstruction MLP [W1 (H×K), b1 (H), W2 (H), b2], length H·(K+2)+1; "
+              "required when num_hashes > 1")
+BIAS = Input("bias", False, "bias", "[out_features], added to the output")
+IN_FEATURES = Attribute("in_features", "int", None, (1, U32_MAX), (1, INT_MAX),
+                        "cols of the weight; X's last axis must equal it")
+OUT_FEATURES = Attribute("out_features", "int", None, (1, U32_MAX), (1, INT_MAX),
+                         "rows of the weight, the output's last axis")
+HASH_ATTRIBUTES = (
+    Attribute("num_hashes", "int", None, (1, MAX_HASHES), (1, MAX_HASHES),
+              "K hashes per weight (recon required when K > 1)"),
+    Attribute("seed", "int", None, (0, U32_MAX), (0, U32_MAX), "hash k uses seed + k (mod 2³²)"),
+    Attribute("signed", "int", 1, (0, 1), (0, 1), "1: random ±1 sign per hash; 0: always +1"),
+)
+
+OPS: dict[str, Op] = {op.name: op for op in (
+    Op("HashedWeight", "hashed_weight", "decoder",
+       (Input("buckets", True, "weight", "the B shared values, 1-D, 1 ≤ B < 2³¹"), RECON),
+       (Attribute("shape", "ints", None, (1, U32_MAX), (1, INT_MAX),
+                  "shape of W; rows = shape[0], cols = product of the rest (< 2³²)"), *HASH_ATTRIBUTES),
+       "`shape`", lambda a, shape: tuple(a["shape"]), lambda a: math.prod(a["shape"]),
+       None, "0 per inference (decoded once, at load; its consumer counts the MACs)"),
+    Op("HashedMatMul", "hashed_matmul", "compute",
+       (X, Input("buckets", True, "weight", "the B shared values, 1-D, 1 ≤ B < 2³¹"), RECON, BIAS),
+       (IN_FEATURES, OUT_FEATURES, *HASH_ATTRIBUTES,
+        Attribute("mode", "int", 0, (0, 1), (0, 1),
+                  "kernel only: 0 = expand (decode V once, dense GEMM), 1 = stream (hash on the fly, O(B) memory)")),
+       "X's shape with the last axis `out_features`", _matmul_output, _dense,
+       lambda a, shape: _batch(shape) * _dense(a), "N·in·out, as the dense layer it stands for"),
+    Op("CirculantMatMul", "circulant_matmul", "compute",
+       (X, Input("blocks", True, "weight", "first columns of the p×q circulant blocks of size b "
+                 "(a power of two ≥ 4; in_features ≤ q·b, out_features ≤ p·b)"), BIAS),
+       (IN_FEATURES, OUT_FEATURES),
+       "X's shape with the last axis `out_features`", _matmul_output, _dense,
+       _circulant_macs, "N·((p+q)·F(b) + 4·p·q·(b/2+1)), F(n) = 1.25·n·log2 n (a real FFT)"),
+    Op("LDRMatMul", "ldr_matmul", "compute",
+       (X, Input("G", True, "weight", "generators of the Z₁ circulants, [r, n], n a power of two ≥ 4"),
+        Input("H", True, "weight", "generators of the Z₋₁ skew-circulants, the same shape as G"), BIAS),
+       (IN_FEATURES, OUT_FEATURES),
+       "X's shape with the last axis `out_features`", _matmul_output, _dense,
+       _ldr_macs, "N·2r·(2·F(n) + 4·(n/2+1))"),
+)}
+
+
+# ---- generated files --------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+HEADER = Path(__file__).resolve().parent / "include" / "edgepack" / "ops.inc"
+DOCS = ROOT / "docs" / "ops.md"
+GENERATOR = "python -m edgepack.runtime_kernels.op_spec --write (make generate)"
+
+
+def c_header() -> str:
+    """include/edgepack/ops.inc: X-macros over the ops, their inputs and attributes."""
+    lines = [f"/* Generated from runtime_kernels/op_spec.py by {GENERATOR}; do not edit. */",
+             "/* Define the macros you use before including this file; it undefines them all.",
+             " *   EP_OP_DOMAIN(domain, opset_version)   EP_OP_LIMIT(name, value)",
+             " *   EP_OP(op, n_inputs, n_required, n_attributes)",
+             " *   EP_OP_INPUT(op, index, name, required, kind)   kind: \"activation\", \"weight\" or \"bias\"",
+             " *   EP_OP_ATTR(op, name, is_ints, required, default, ort_lo, ort_hi, tflite_lo, tflite_hi)",
+             " */",
+             "#ifndef EP_OP_DOMAIN", "#define EP_OP_DOMAIN(domain, version)", "#endif",
+             "#ifndef EP_OP_LIMIT", "#define EP_OP_LIMIT(name, value)", "#endif",
+             "#ifndef EP_OP", "#define EP_OP(op, n_inputs, n_required, n_attributes)", "#endif",
+             "#ifndef EP_OP_INPUT", "#define EP_OP_INPUT(op, index, name, required, kind)", "#endif",
+             "#ifndef EP_OP_ATTR",
+             "#define EP_OP_ATTR(op, name, is_ints, required, default, ort_lo, ort_hi, tflite_lo, tflite_hi)",
+             "#endif", "",
+             f'EP_OP_DOMAIN("{DOMAIN}", {OPSET_VERSION})']
+    lines += [f"EP_OP_LIMIT({name}, {value}LL) /* {what} */" for name, (value, what) in LIMITS.items()]
+    for op in OPS.values():
+        lines += ["", f"EP_OP({op.name}, {len(op.inputs)}, {op.required_inputs}, {len(op.attributes)})"]
+        lines += [f'EP_OP_INPUT({op.name}, {i}, "{x.name}", {int(x.required)}, "{x.kind}")'
+                  for i, x in enumerate(op.inputs)]
+        lines += [f'EP_OP_ATTR({op.name}, "{a.name}", {int(a.type == "ints")}, {int(a.required)}, '
+                  f'{a.default or 0}, {a.ort[0]}LL, {a.ort[1]}LL, {a.tflite[0]}LL, {a.tflite[1]}LL)'
+                  for a in op.attributes]
+    lines += ["", *(f"#undef {m}" for m in ("EP_OP_DOMAIN", "EP_OP_LIMIT", "EP_OP", "EP_OP_INPUT", "EP_OP_ATTR"))]
+    return "\n".join(lines) + "\n"
+
+
+def _bound(value: int) -> str:
+    return {U32_MAX: "2³²−1", INT_MAX: "2³¹−1"}.get(value, str(value))
+
+
+def op_table(op: Op) -> str:
+    """docs/ops.md's generated tables for ``op``: inputs, attributes, shape, bytes and MACs."""
+    lines = ["| input | | kind | meaning |", "|---|---|---|---|"]
+    lines += [f"| `{i.name}` | {'required' if i.required else 'optional'} | {i.kind}, {i.dtype} | {i.meaning} |"
+              for i in op.inputs]
+    lines += ["", "| attribute | type | default | valid (ORT) | valid (TFLite) | meaning |",
+              "|---|---|---|---|---|---|"]
+    for a in op.attributes:
+        ranges = [f"[{_bound(lo)}, {_bound(hi)}]" for lo, hi in (a.ort, a.tflite)]
+        if a.type == "ints":
+            ranges = [f"1..{MAX_RANK} dims in {r}" for r in ranges]
+        default = "required" if a.required else str(a.default)
+        lines.append(f"| `{a.name}` | {a.type} | {default} | {ranges[0]} | {ranges[1]} | {a.meaning} |")
+    lines += ["", f"Output: {op.output_rule}. Stored: the weight inputs "
+              f"({', '.join(f'`{n}`' for n in op.weight_inputs)}); dense: "
+              f"{'4·prod(`shape`)' if op.kind == 'decoder' else '4·in_features·out_features'} bytes. "
+              f"MACs: {op.macs_rule}."]
+    return "\n".join(lines)
+
+
+def _markers(name: str) -> tuple[str, str]:
+    return (f"<!-- generated: {name} (runtime_kernels/op_spec.py; make generate) -->",
+            f"<!-- end generated: {name} -->")
+
+
+def docs_text(current: str) -> str:
+    """``current`` docs/ops.md with every generated block replaced by the spec's tables."""
+    for name, op in OPS.items():
+        begin, end = _markers(name)
+        pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+        if not pattern.search(current):
+            raise ValueError(f"docs/ops.md has no generated block for {name}: add the lines\n{begin}\n{end}")
+        block = f"{begin}\n{op_table(op)}\n{end}"
+        current = pattern.sub(lambda _, block=block: block, current)
+    return current
+
+
+def generated_files() -> dict[Path, str]:
+    """Each generated file and the text it must hold."""
+    return {HEADER: c_header(), DOCS: docs_text(DOCS.read_text())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``--write`` regenerates the files; without it, exit 1 if any is stale."""
+    parser = argparse.ArgumentParser(description="Generate ops.inc and docs/ops.md tables from the op spec.")
+    parser.add_argument("--write", action="store_true", help="rewrite the stale files (default: only check)")
+    write = parser.parse_args(argv).write
+    stale = [path for path, text in generated_files().items()
+             if not path.exists() or path.read_text() != text]
+    if write:
+        for path, text in generated_files().items():
+            if path in stale:
+                path.write_text(text)
+                print(f"wrote {path.relative_to(ROOT)}")
+        return 0
+    for path in stale:
+        print(f"{path.relative_to(ROOT)} is stale: run make generate", file=sys.stderr)
+    return 1 if stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
