@@ -19,6 +19,7 @@ from .recipe import (
     compressed_size_bytes,
     load_recipe,
 )
+from .registry import register_method
 
 __all__ = [
     "METHODS",
@@ -35,6 +36,7 @@ __all__ = [
     "load_checkpoint",
     "load_recipe",
     "register_builder",
+    "register_method",
     "registered_builders",
     "save_checkpoint",
 ]

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common import FromDenseLinear, is_power_of_two, require
+from .registry import register_method
 
 
 def circulant_index(b: int) -> torch.Tensor:
@@ -30,6 +31,7 @@ def circulant_product(x: torch.Tensor, blocks: torch.Tensor, out_features: int) 
     return torch.fft.irfft(y_spectrum, n=b).flatten(-2)[..., :out_features]
 
 
+@register_method("circulant", nn.Linear)
 class CirculantLinear(FromDenseLinear, nn.Module):
     """Linear layer with a block-circulant weight of block size b (a power of two >= 4)."""
 

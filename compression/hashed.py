@@ -19,6 +19,7 @@ from torch import nn
 
 from .common import FromDenseLinear, require
 from .hashing import hash_indices
+from .registry import register_method
 
 
 def decode_virtual(buckets: torch.Tensor, recon: torch.Tensor | None, index: torch.Tensor,
@@ -115,6 +116,7 @@ class _HashedLayer(nn.Module):
                 f"seed={self.seed}, signed={self.signed}, hashed_bias={self.hashed_bias}")
 
 
+@register_method("hashed", nn.Linear)
 class HashedLinear(FromDenseLinear, _HashedLayer):
     """A Linear layer whose out×in weights are fetched by hash from ``ceil(ratio·out·in)`` buckets."""
 
@@ -144,6 +146,7 @@ class HashedLinear(FromDenseLinear, _HashedLayer):
             super().extra_repr()
 
 
+@register_method("hashed", nn.Conv2d)
 class HashedConv2d(_HashedLayer):
     """A Conv2d whose weights are fetched by hash; the key's j is the flattened (c_in, kh, kw)."""
 

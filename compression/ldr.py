@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common import FromDenseLinear, next_power_of_two, require
+from .registry import register_method
 
 
 def f_circulant(v: torch.Tensor, f: float) -> torch.Tensor:
@@ -41,6 +42,7 @@ def ldr_product(x: torch.Tensor, G: torch.Tensor, H: torch.Tensor, out_features:
     return torch.fft.irfft(y_spectrum, n=n)[..., :out_features]
 
 
+@register_method("ldr", nn.Linear)
 class LDRLinear(FromDenseLinear, nn.Module):
     """Linear layer with a Toeplitz-like weight of displacement rank ``rank``."""
 

@@ -3,6 +3,7 @@
 A recipe maps layer-name patterns (``fnmatch`` globs over ``model.named_modules()`` names) to a
 method and its parameters, e.g. ``{"fc*": {"method": "hashed", "ratio": 1/8}}``; the first
 matching pattern wins and unmatched layers stay dense. It may also be a YAML or JSON file.
+The methods are those the layers register with ``registry.register_method``.
 """
 
 import copy
@@ -15,17 +16,7 @@ from pathlib import Path
 import yaml
 from torch import nn
 
-from .circulant import CirculantLinear
-from .hashed import HashedConv2d, HashedLinear
-from .ldr import LDRLinear
-
-# method name -> {dense layer type -> compressed layer class (with a from_dense constructor)}
-METHODS: dict[str, dict[type[nn.Module], type[nn.Module]]] = {
-    "hashed": {nn.Linear: HashedLinear, nn.Conv2d: HashedConv2d},
-    "circulant": {nn.Linear: CirculantLinear},
-    "ldr": {nn.Linear: LDRLinear},
-    "dense": {},
-}
+from .registry import METHODS
 
 
 @dataclass

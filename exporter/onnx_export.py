@@ -1,8 +1,9 @@
 """Export a (compressed) torch model to ONNX with ai.edgepack ops and standard-op fallbacks.
 
-Stages (ExecuTorch-style): lower — swap each compressed layer for a module that calls one
-edgepack torch custom op; trace — ``torch.onnx.export`` (the dynamo exporter; each custom op
-becomes one ai.edgepack node through a custom translation, everything else standard ONNX);
+Stages (ExecuTorch-style): lower — swap each compressed layer for the module registered for its
+class with ``@lowers`` (below), which calls edgepack torch custom ops; trace —
+``torch.onnx.export`` (the dynamo exporter; each custom op becomes one ai.edgepack node through a
+custom translation, everything else standard ONNX);
 finish — attach a model-local FunctionProto per ai.edgepack op so any runtime can run the file,
 inline the compute ops in ``portable`` mode, check the model, save.
 """
@@ -31,6 +32,23 @@ MODES = ("kernels", "portable")
 class ExportError(EdgepackError, ValueError):
     """The model cannot be exported as asked (bad example inputs, mode, or an op torch cannot export)."""
 
+# compressed layer class -> its lowered module class, built as Lowered(layer, mode, stream)
+LOWERINGS: dict[type[nn.Module], type[nn.Module]] = {}
+
+
+def lowers(layer_class: type[nn.Module]):
+    """Class decorator: the decorated module, built as ``Lowered(layer, mode, stream)``, replaces
+    every ``layer_class`` layer when a model is lowered for export."""
+
+    def decorate(lowered_class: type[nn.Module]) -> type[nn.Module]:
+        if LOWERINGS.get(layer_class, lowered_class) is not lowered_class:
+            raise ValueError(f"{layer_class.__name__} is already lowered by {LOWERINGS[layer_class].__name__}")
+        LOWERINGS[layer_class] = lowered_class
+        return lowered_class
+
+    return decorate
+
+
 # Recon for K = 1 that is exactly the identity: relu(z) − relu(−z) = z (docs/ops.md).
 IDENTITY_RECON = (1.0, -1.0, 0.0, 0.0, 1.0, -1.0, 0.0)
 
@@ -43,10 +61,11 @@ def _hashed_tensors(layer) -> tuple[nn.Parameter, torch.Tensor, torch.Tensor]:
     return layer.buckets, recon.detach().clone(), bias.detach().clone()
 
 
+@lowers(HashedLinear)
 class LoweredHashedLinear(nn.Module):
     """HashedLinear as HashedMatMul (kernels) or HashedWeight + Gemm (portable)."""
 
-    def __init__(self, layer: HashedLinear, mode: str, stream: bool = False) -> None:
+    def __init__(self, layer: HashedLinear, mode: str = "kernels", stream: bool = False) -> None:
         super().__init__()
         buckets, recon, bias = _hashed_tensors(layer)
         self.buckets = buckets
@@ -66,10 +85,11 @@ class LoweredHashedLinear(nn.Module):
         return F.linear(x, weight, self.bias)
 
 
+@lowers(HashedConv2d)
 class LoweredHashedConv2d(nn.Module):
     """HashedConv2d as HashedWeight + Conv in both modes (there is no fused hashed convolution)."""
 
-    def __init__(self, layer: HashedConv2d) -> None:
+    def __init__(self, layer: HashedConv2d, mode: str = "kernels", stream: bool = False) -> None:
         super().__init__()
         buckets, recon, bias = _hashed_tensors(layer)
         self.buckets = buckets
@@ -86,10 +106,11 @@ class LoweredHashedConv2d(nn.Module):
         return F.conv2d(x, weight, self.bias, **self.conv)
 
 
+@lowers(CirculantLinear)
 class LoweredCirculantLinear(nn.Module):
     """CirculantLinear as [Mul by the input signs] + CirculantMatMul."""
 
-    def __init__(self, layer: CirculantLinear) -> None:
+    def __init__(self, layer: CirculantLinear, mode: str = "kernels", stream: bool = False) -> None:
         super().__init__()
         self.blocks = layer.blocks
         signs = layer.input_signs
@@ -104,10 +125,11 @@ class LoweredCirculantLinear(nn.Module):
         return torch.ops.edgepack.circulant_matmul(x, self.blocks, self.bias, *self.sizes)
 
 
+@lowers(LDRLinear)
 class LoweredLDRLinear(nn.Module):
     """LDRLinear as LDRMatMul."""
 
-    def __init__(self, layer: LDRLinear) -> None:
+    def __init__(self, layer: LDRLinear, mode: str = "kernels", stream: bool = False) -> None:
         super().__init__()
         self.G, self.H = layer.G, layer.H
         bias = layer.bias if layer.bias is not None else torch.zeros(layer.out_features)
@@ -123,20 +145,14 @@ def lower(model: nn.Module, mode: str = "kernels", stream: bool = False) -> nn.M
     if mode not in MODES:
         raise ExportError(f"mode must be one of {MODES}, got {mode!r}")
     lowered = copy.deepcopy(model).eval()
-    lowerings = {
-        HashedLinear: lambda layer: LoweredHashedLinear(layer, mode, stream),
-        HashedConv2d: LoweredHashedConv2d,
-        CirculantLinear: LoweredCirculantLinear,
-        LDRLinear: LoweredLDRLinear,
-    }
     for name, module in list(lowered.named_modules()):
-        make = lowerings.get(type(module))
+        make = LOWERINGS.get(type(module))
         if make is None or not name:
             continue
         parent, _, attribute = name.rpartition(".")
-        setattr(lowered.get_submodule(parent), attribute, make(module))
-    if type(lowered) in lowerings:  # the model is itself one compressed layer
-        lowered = lowerings[type(lowered)](lowered)
+        setattr(lowered.get_submodule(parent), attribute, make(module, mode, stream))
+    if type(lowered) in LOWERINGS:  # the model is itself one compressed layer
+        lowered = LOWERINGS[type(lowered)](lowered, mode, stream)
     return lowered
 
 

@@ -2,8 +2,9 @@
 
 Every .onnx / .tflite read by edgepack goes through ``load_onnx`` / ``load_tflite``, which turn
 any parse failure into a ``ModelFileError`` naming the file and what was expected. The node
-checks copy the validation of runtime_kernels/ort/edgepack_ort.c (ONNX files) and
-runtime_kernels/tflite/edgepack_tflite.c (TFLite files), with their message text, plus the
+checks copy the validation of runtime_kernels/src/ops.c (attributes, one wording for both
+runtimes, each with its own ranges), runtime_kernels/ort/edgepack_ort.c and
+runtime_kernels/tflite/edgepack_tflite.c (inputs), with their message text, plus the
 decode limits of ``edgepack.runtime_kernels.limits`` — so a file the kernels would refuse is
 refused by export, inspect and convert too, even where ORT would run the fallback function.
 """
@@ -181,28 +182,18 @@ class Tensor:
 
 
 class _Node:
-    """One node's attribute/option access, in the wording of the runtime whose rules apply."""
+    """One node's attribute access with the checks and words of src/ops.c (both runtimes)."""
 
     def __init__(self, op_type: str, label: str, values: dict, runtime: str) -> None:
-        self.op_type, self.label, self.values, self.runtime = op_type, label, values, runtime
+        self.op_type, self.label, self.runtime = op_type, label, runtime
+        # ONNX attributes come as (kind, value); a TFLite options map as plain values
+        self.values = values if runtime == "ort" else {k: _flex_value(v) for k, v in values.items()}
 
     def fail(self, message: str) -> InvalidNodeError:
         return InvalidNodeError(f"edgepack {self.label}: {message}")
 
     def integer(self, name: str, required: bool, default: int, lo: int, hi: int) -> int:
         value = self.values.get(name)
-        if self.runtime == "tflite":
-            if value is None:
-                if required:
-                    raise self.fail(f"custom options: missing required int '{name}' (valid: {lo}..{hi}; "
-                                    f"the map needs {KEYS[self.op_type]})")
-                value = default
-            elif not isinstance(value, int) or isinstance(value, bool):
-                raise self.fail(f"custom options: '{name}' is a FlexBuffers {_flex_kind(value)}, "
-                                "must be an int")
-            if not lo <= value <= hi:
-                raise self.fail(f"custom options: '{name}' = {value}; must be in [{lo}, {hi}]")
-            return value
         if value is None:
             if required:
                 raise self.fail(f"missing required int attribute '{name}' (valid: {lo}..{hi})")
@@ -217,43 +208,46 @@ class _Node:
 
     def shape(self) -> list[int]:
         value = self.values.get("shape")
-        dim_max = OPS[self.op_type].attribute("shape").valid(self.runtime)[1]
-        if self.runtime == "tflite":
-            if value is None:
-                raise self.fail(f"custom options: missing required int vector 'shape' (1..{MAX_RANK} dims)")
-            if not isinstance(value, list) or any(not isinstance(v, int) or isinstance(v, bool)
-                                                  for v in value):
-                raise self.fail(f"custom options: 'shape' is a FlexBuffers {_flex_kind(value)}, "
-                                "must be a vector of ints")
-            if len(value) > MAX_RANK:
-                raise self.fail(f"custom options: 'shape' has {len(value)} values; at most "
-                                f"{MAX_RANK} are supported")
-            if not value:
-                raise self.fail(f"custom options: 'shape' is empty; it needs 1..{MAX_RANK} dims")
-            cols = 1
-            for d, dim in enumerate(value):
-                if dim < 1 or dim > dim_max or (d > 0 and cols > U32_MAX // dim):
-                    raise self.fail(f"custom options: 'shape' dim {d} = {dim}; every dim must be in "
-                                    "[1, 2^31), with the product of the dims after the first < 2^32")
-                cols *= dim if d else 1
-            return value
+        lo, hi = OPS[self.op_type].attribute("shape").valid(self.runtime)
         if value is None:
             raise self.fail(f"missing required ints attribute 'shape' (1..{MAX_RANK} values)")
-        if value[0] != "ints":
+        if value[0] not in ("ints", "an empty list"):
             raise self.fail(f"attribute 'shape' must be ints (1..{MAX_RANK} values), got {value[0]}")
         dims = list(value[1])
         if not 1 <= len(dims) <= MAX_RANK:
             raise self.fail(f"attribute 'shape' has {len(dims)} values; must have 1..{MAX_RANK}")
         cols = 1
         for d, dim in enumerate(dims):
-            if dim < 1 or dim > dim_max or (d > 0 and cols > U32_MAX // dim):
-                raise self.fail(f"attribute 'shape' dim {d} = {dim}; every dim must be >= 1, with "
-                                "shape[0] and the product of the other dims < 2^32")
+            if dim < max(lo, 1) or dim > hi or (d > 0 and cols > U32_MAX // dim):
+                raise self.fail(f"attribute 'shape' dim {d} = {dim}; every dim must be in [{lo}, {hi}], "
+                                "with the product of the dims after the first < 2^32")
             cols *= dim if d else 1
         return dims
 
 
+def _flex_value(value) -> tuple[str, object]:
+    """A FlexBuffers value as (kind, value) in the ONNX words the delegate's fx_map_kind uses."""
+    int63 = 1 << 63
+    if isinstance(value, int):  # bool too: the delegate reads FlexBuffers bools as ints
+        return ("int", int(value)) if value < int63 else ("an int above 2^63-1", None)
+    if isinstance(value, float):
+        return "float", None
+    if isinstance(value, (str, bytes)):
+        return "string", None
+    if isinstance(value, (list, tuple)):
+        if not value:
+            return "an empty list", []
+        if all(isinstance(v, int) for v in value):
+            return ("ints", [int(v) for v in value]) if max(value) < int63 else \
+                ("ints with a value above 2^63-1", None)
+        return ("floats", None) if all(isinstance(v, float) for v in value) else ("a list", None)
+    if isinstance(value, dict):
+        return "a map", None
+    return ("null", None) if value is None else ("another FlexBuffers type", None)
+
+
 def _flex_kind(value) -> str:
+    """What the root of a TFLite options buffer is, for the delegate's map-open message."""
     if isinstance(value, bool):
         return "bool"
     if isinstance(value, float):

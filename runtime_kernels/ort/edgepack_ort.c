@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "edgepack/kernels.h"
+#include "edgepack/ops.h"
 #include "ort_abi.h"
 
 #if defined(_WIN32)
@@ -26,12 +27,16 @@
 #define EP_ORT_EXPORT __attribute__((visibility("default")))
 #endif
 
-#define MAX_RANK 16
+#define MAX_RANK EP_LIMIT_MAX_RANK
 #define MAX_INPUTS 4
-#define U32_MAX_I64 ((int64_t)0xFFFFFFFF)
 
-typedef enum op_kind { OP_HASHED_WEIGHT, OP_HASHED_MATMUL, OP_CIRCULANT, OP_LDR } op_kind;
-#define OP_COUNT 4
+typedef enum op_kind {
+    OP_HASHED_WEIGHT = EP_OP_HashedWeight,
+    OP_HASHED_MATMUL = EP_OP_HashedMatMul,
+    OP_CIRCULANT = EP_OP_CirculantMatMul,
+    OP_LDR = EP_OP_LDRMatMul
+} op_kind;
+#define OP_COUNT EP_OP_COUNT
 
 struct registration;
 
@@ -168,8 +173,7 @@ static OrtStatus *check_virtual(kernel *k) {
 /* ---- attributes ------------------------------------------------------------------------- */
 
 /* The type an attribute actually has, or NULL when the node has no such attribute. */
-static const char *attr_kind(const kernel *k, const OrtKernelInfo *info, const char *name) {
-    const OrtApi *a = k->api;
+static const char *attr_kind(const OrtApi *a, const OrtKernelInfo *info, const char *name) {
     OrtStatus *st;
     int64_t i;
     float f;
@@ -193,80 +197,69 @@ static const char *attr_kind(const kernel *k, const OrtKernelInfo *info, const c
     return empty ? "an empty list" : NULL;
 }
 
-static OrtStatus *attr_int(const kernel *k, const OrtKernelInfo *info, const char *name, int required,
-                           int64_t def, int64_t lo, int64_t hi, int64_t *out) {
-    OrtStatus *st = OrtKernelInfoGetAttribute_int64(k->api)(info, name, out);
-    if (st) {
-        OrtReleaseStatus(k->api)(st);
-        const char *kind = attr_kind(k, info, name);
-        if (kind) return fail(k, "attribute '%s' must be an int, got %s", name, kind);
-        if (required) return fail(k, "missing required int attribute '%s' (valid: %lld..%lld)", name,
-                                  (long long)lo, (long long)hi);
-        *out = def;
-    }
-    if (*out < lo || *out > hi)
-        return fail(k, "attribute '%s' = %lld; must be in [%lld, %lld]", name, (long long)*out, (long long)lo,
-                    (long long)hi);
-    return NULL;
+/* ep_attr_reader over an OrtKernelInfo (ops.h); ctx is a kernel_attrs. */
+typedef struct kernel_attrs {
+    const OrtApi *api;
+    const OrtKernelInfo *info;
+} kernel_attrs;
+
+static ep_attr_result missing_or(const kernel_attrs *c, const char *name, char *kind, size_t cap) {
+    const char *k = attr_kind(c->api, c->info, name);
+    if (!k) return EP_ATTR_MISSING;
+    snprintf(kind, cap, "%s", k);
+    return EP_ATTR_WRONG_TYPE;
 }
 
-static OrtStatus *attr_ints(kernel *k, const OrtKernelInfo *info, const char *name, int64_t *out, size_t *n) {
+static ep_attr_result ort_get_int(void *ctx, const char *name, int64_t *out, char *kind, size_t cap) {
+    const kernel_attrs *c = (const kernel_attrs *)ctx;
+    OrtStatus *st = OrtKernelInfoGetAttribute_int64(c->api)(c->info, name, out);
+    if (!st) return EP_ATTR_FOUND;
+    OrtReleaseStatus(c->api)(st);
+    return missing_or(c, name, kind, cap);
+}
+
+static ep_attr_result ort_get_float(void *ctx, const char *name, float *out, char *kind, size_t cap) {
+    const kernel_attrs *c = (const kernel_attrs *)ctx;
+    OrtStatus *st = OrtKernelInfoGetAttribute_float(c->api)(c->info, name, out);
+    if (!st) return EP_ATTR_FOUND;
+    OrtReleaseStatus(c->api)(st);
+    return missing_or(c, name, kind, cap);
+}
+
+static ep_attr_result ort_get_ints(void *ctx, const char *name, int64_t *out, size_t cap, size_t *n, char *kind,
+                                   size_t kind_cap) {
+    const kernel_attrs *c = (const kernel_attrs *)ctx;
     size_t size = 0;
-    OrtStatus *st = OrtKernelInfoGetAttributeArray_int64(k->api)(info, name, NULL, &size);
-    if (st) OrtReleaseStatus(k->api)(st);
+    OrtStatus *st = OrtKernelInfoGetAttributeArray_int64(c->api)(c->info, name, NULL, &size);
+    if (st) OrtReleaseStatus(c->api)(st);
     if (st || size == 0) {
-        const char *kind = attr_kind(k, info, name);
-        if (!kind) return fail(k, "missing required ints attribute '%s' (1..%d values)", name, MAX_RANK);
-        if (strcmp(kind, "ints")) return fail(k, "attribute '%s' must be ints (1..%d values), got %s", name, MAX_RANK, kind);
+        const char *k = attr_kind(c->api, c->info, name);
+        if (!k) return EP_ATTR_MISSING;
+        if (!strcmp(k, "an empty list")) return *n = 0, EP_ATTR_FOUND;
+        if (strcmp(k, "ints")) return snprintf(kind, kind_cap, "%s", k), EP_ATTR_WRONG_TYPE;
     }
-    if (size < 1 || size > MAX_RANK)
-        return fail(k, "attribute '%s' has %zu values; must have 1..%d", name, size, MAX_RANK);
-    if ((st = OrtKernelInfoGetAttributeArray_int64(k->api)(info, name, out, &size))) return st;
     *n = size;
-    return NULL;
+    if (size > cap) return EP_ATTR_FOUND; /* too many: the caller reports the count */
+    if ((st = OrtKernelInfoGetAttributeArray_int64(c->api)(c->info, name, out, &size))) {
+        OrtReleaseStatus(c->api)(st);
+        return snprintf(kind, kind_cap, "unreadable ints"), EP_ATTR_WRONG_TYPE;
+    }
+    return EP_ATTR_FOUND;
 }
 
 static OrtStatus *read_attrs(kernel *k, const OrtKernelInfo *info) {
-    OrtStatus *st = NULL;
-    int64_t K = 1, seed = 0, sgn = 1;
-    switch (k->desc->kind) {
-    case OP_HASHED_WEIGHT: {
-        if ((st = attr_ints(k, info, "shape", k->shape, &k->shape_rank))) return st;
-        int64_t cols = 1;
-        for (size_t d = 0; d < k->shape_rank; d++) {
-            if (k->shape[d] < 1 || k->shape[d] > U32_MAX_I64 || (d > 0 && cols > U32_MAX_I64 / k->shape[d]))
-                return fail(k, "attribute 'shape' dim %zu = %lld; every dim must be >= 1, with shape[0] and the "
-                            "product of the other dims < 2^32", d, (long long)k->shape[d]);
-            if (d > 0) cols *= k->shape[d];
-        }
-        k->hp.rows = k->shape[0];
-        k->hp.cols = cols;
-        break;
-    }
-    case OP_HASHED_MATMUL:
-    case OP_CIRCULANT:
-    case OP_LDR:
-        if ((st = attr_int(k, info, "in_features", 1, 0, 1, U32_MAX_I64, &k->in_f)) ||
-            (st = attr_int(k, info, "out_features", 1, 0, 1, U32_MAX_I64, &k->out_f)))
-            return st;
-        k->hp.rows = k->out_f;
-        k->hp.cols = k->in_f;
-        break;
-    }
-    if (k->desc->kind == OP_HASHED_WEIGHT || k->desc->kind == OP_HASHED_MATMUL) {
-        if ((st = attr_int(k, info, "num_hashes", 1, 1, 1, EP_MAX_HASHES, &K)) ||
-            (st = attr_int(k, info, "seed", 1, 0, 0, U32_MAX_I64, &seed)) ||
-            (st = attr_int(k, info, "signed", 0, 1, 0, 1, &sgn)))
-            return st;
-        k->hp.num_hashes = (int32_t)K;
-        k->hp.seed = (uint32_t)seed;
-        k->hp.is_signed = (int32_t)sgn;
-        if (k->desc->kind == OP_HASHED_MATMUL && (st = attr_int(k, info, "mode", 0, 0, 0, 1, &k->mode)))
-            return st;
-        if ((uint64_t)k->hp.rows * (uint64_t)k->hp.cols > (uint64_t)INT64_MAX / 8 / (uint64_t)K)
-            return fail(k, "rows*cols*num_hashes = %lld*%lld*%lld is too large", (long long)k->hp.rows,
-                        (long long)k->hp.cols, (long long)K);
-    }
+    kernel_attrs c = {k->api, info};
+    const ep_attr_reader reader = {&c, ort_get_int, ort_get_ints, ort_get_float};
+    ep_op_attrs at;
+    char msg[600];
+    if (ep_op_read_attrs((ep_op)k->desc->kind, EP_RUNTIME_ORT, &reader, &at, msg, sizeof msg))
+        return fail(k, "%s", msg);
+    k->in_f = at.in_f;
+    k->out_f = at.out_f;
+    k->mode = at.mode;
+    k->hp = at.hp;
+    memcpy(k->shape, at.shape, sizeof k->shape);
+    k->shape_rank = at.shape_rank;
     return NULL;
 }
 

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "edgepack/kernels.h"
+#include "edgepack/ops.h"
 #include "internal.h"
 
 #ifndef M_PI
@@ -254,7 +255,7 @@ static ep_status check_hash(const char *fn, const ep_hash_params *p, const float
     if (!mul_ok(p->rows, p->cols, &tmp) || !mul_ok(tmp, p->num_hashes > 0 ? p->num_hashes : 1, &tmp))
         return fail(EP_ERR_OVERFLOW, "%s: rows*cols*num_hashes = %lld*%lld*%d overflows", fn,
                     (long long)p->rows, (long long)p->cols, p->num_hashes);
-    if (p->num_buckets <= 0 || p->num_buckets > INT32_MAX)
+    if (p->num_buckets <= 0 || p->num_buckets > EP_LIMIT_MAX_BUCKETS)
         return fail(EP_ERR_SIZE, "%s: num_buckets=%lld; must be in [1, 2^31)", fn, (long long)p->num_buckets);
     if (p->num_hashes < 1 || p->num_hashes > EP_MAX_HASHES)
         return fail(EP_ERR_SIZE, "%s: num_hashes=%d; must be in [1, %d]", fn, p->num_hashes, EP_MAX_HASHES);
@@ -271,7 +272,7 @@ static ep_status check_hash(const char *fn, const ep_hash_params *p, const float
         const int64_t per = c->k + 2;
         if (!recon) return fail(EP_ERR_NULL, "%s: recon is NULL but num_hashes=%d > 1 needs the reconstruction MLP "
                                 "[W1 (H x K), b1 (H), W2 (H), b2] of length H*(K+2)+1", fn, c->k);
-        if (recon_len < per + 1 || (recon_len - 1) % per != 0 || (recon_len - 1) / per > 1 << 20)
+        if (recon_len < per + 1 || (recon_len - 1) % per != 0 || (recon_len - 1) / per > EP_LIMIT_MAX_RECON_HIDDEN)
             return fail(EP_ERR_ARG, "%s: recon_len=%lld is not H*(K+2)+1 for an integer H >= 1 with K=%d "
                         "(valid: %lld, %lld, ...)", fn, (long long)recon_len, c->k,
                         (long long)(per + 1), (long long)(2 * per + 1));
@@ -430,7 +431,7 @@ static int cplan_init(cplan *c, int64_t m) {
 struct ep_rfft_plan { int64_t n, m; cplan c; float *rt; /* e^{-2 pi i k/n}, k < m */ };
 
 static ep_status check_pow2(const char *fn, const char *what, int64_t n) {
-    if (n < 4 || !is_pow2(n) || n > ((int64_t)1 << 30))
+    if (n < EP_LIMIT_MIN_POW2 || !is_pow2(n) || n > EP_LIMIT_MAX_POW2)
         return fail(EP_ERR_SIZE, "%s: %s=%lld; must be a power of two in [4, 2^30]", fn, what, (long long)n);
     return EP_OK;
 }

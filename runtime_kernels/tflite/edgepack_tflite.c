@@ -4,8 +4,8 @@
  *  - an external delegate (tflite_plugin_create_delegate / tflite_plugin_destroy_delegate) that
  *    claims every CUSTOM node named "ai.edgepack.*"; one delegate kernel per partition, whose
  *    tensors produced and consumed inside the partition live in buffers of the kernel;
- *  - edgepack_register_tflite_ops(resolver): plain custom-op registrations for tflite-runtime
- *    2.14's InterpreterWithCustomOps, added through its exported MutableOpResolver::AddCustom.
+ *  - plain custom-op registrations (edgepack_tflite_registration), which registrar.c adds to
+ *    tflite-runtime 2.14's InterpreterWithCustomOps through its exported MutableOpResolver::AddCustom.
  * Options are the node's FlexBuffers map; they are parsed at init and any problem is reported
  * at prepare (init cannot fail portably in 2.14). Shapes are validated at prepare and again at
  * invoke before memory is touched; plans (decoded V, FFT spectra) are built once at prepare
@@ -17,31 +17,30 @@
  * weights allowed per node and the decoded bytes per interpreter (TfLiteContext); prepare checks
  * both, and each output's size, before anything is allocated.
  */
-#define _GNU_SOURCE /* dl_iterate_phdr, RTLD_DEFAULT */
-#include <dlfcn.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#if defined(__linux__)
-#include <link.h>
-#elif defined(__APPLE__)
-#include <mach-o/dyld.h>
-#endif
 
 #include "edgepack/kernels.h"
+#include "edgepack/ops.h"
 #include "edgepack_tflite.h"
 #include "flexmap.h"
 #include "tflite_abi.h"
 
-#define MAX_RANK 16
+#define MAX_RANK EP_LIMIT_MAX_RANK
 #define MAX_IN 4
-#define U32_MAX_I64 ((int64_t)0xFFFFFFFF)
 #define PREFIX "ai.edgepack."
 
-typedef enum op_kind { OP_HASHED_WEIGHT, OP_HASHED_MATMUL, OP_CIRCULANT, OP_LDR, OP_COUNT } op_kind;
+typedef enum op_kind {
+    OP_HASHED_WEIGHT = EP_OP_HashedWeight,
+    OP_HASHED_MATMUL = EP_OP_HashedMatMul,
+    OP_CIRCULANT = EP_OP_CirculantMatMul,
+    OP_LDR = EP_OP_LDRMatMul,
+    OP_COUNT = EP_OP_COUNT
+} op_kind;
 
 typedef struct op_info {
     const char *name;
@@ -142,64 +141,56 @@ static int kind_of(const char *custom_name, op_kind *kind) {
 
 #define ERR(...) (snprintf(n->err, sizeof n->err, __VA_ARGS__), 0)
 
-static int opt_int(ep_node *n, const fx_map *m, const char *key, int required, int64_t def, int64_t lo, int64_t hi,
-                   int64_t *out) {
-    char why[160];
-    fx_result r = fx_map_int(m, key, out, why, sizeof why);
-    if (r == FX_MISSING) {
-        if (required)
-            return ERR("custom options: missing required int '%s' (valid: %lld..%lld; the map needs %s)", key,
-                       (long long)lo, (long long)hi, g_ops[n->kind].keys);
-        *out = def;
-    } else if (r) {
-        return ERR("custom options: '%s' %s", key, why);
-    }
-    if (*out < lo || *out > hi)
-        return ERR("custom options: '%s' = %lld; must be in [%lld, %lld]", key, (long long)*out, (long long)lo,
-                   (long long)hi);
-    return 1;
+/* ep_attr_reader over the node's FlexBuffers options map (ops.h); ctx is the fx_map. */
+static ep_attr_result fx_kind_of(const fx_map *m, const char *key, fx_result r, const char *as_expected,
+                                 const char *when_too_large, char *kind, size_t cap) {
+    const char *k = fx_map_kind(m, key);
+    if (r == FX_MISSING || !k) return EP_ATTR_MISSING;
+    if (r == FX_MALFORMED) k = "an out-of-bounds FlexBuffers value";
+    else if (!strcmp(k, as_expected)) k = when_too_large; /* the right type whose value does not fit */
+    snprintf(kind, cap, "%s", k);
+    return EP_ATTR_WRONG_TYPE;
 }
 
-/* Parse the FlexBuffers options into n; 0 with n->err set on failure. */
+static ep_attr_result fx_get_int(void *ctx, const char *name, int64_t *out, char *kind, size_t cap) {
+    char why[160];
+    fx_result r = fx_map_int((const fx_map *)ctx, name, out, why, sizeof why);
+    return r == FX_OK ? EP_ATTR_FOUND
+                      : fx_kind_of((const fx_map *)ctx, name, r, "int", "an int above 2^63-1", kind, cap);
+}
+
+static ep_attr_result fx_get_ints(void *ctx, const char *name, int64_t *out, size_t max, size_t *n, char *kind,
+                                  size_t cap) {
+    char why[160];
+    *n = 0;
+    fx_result r = fx_map_ints((const fx_map *)ctx, name, out, max, n, why, sizeof why);
+    if (r == FX_OK || (r == FX_WRONG_TYPE && *n > max)) return EP_ATTR_FOUND; /* the caller reports a count */
+    return fx_kind_of((const fx_map *)ctx, name, r, "ints", "ints with a value above 2^63-1", kind, cap);
+}
+
+static ep_attr_result fx_get_float(void *ctx, const char *name, float *out, char *kind, size_t cap) {
+    (void)out; /* no ai.edgepack op has a float attribute yet, and flexmap reads ints only */
+    const char *k = fx_map_kind((const fx_map *)ctx, name);
+    if (!k) return EP_ATTR_MISSING;
+    snprintf(kind, cap, "%s", k);
+    return EP_ATTR_WRONG_TYPE;
+}
+
+/* Parse the FlexBuffers options into n with the shared checks of src/ops.c; 0 with n->err set on failure. */
 static int parse_options(ep_node *n, const void *buf, size_t len) {
     fx_map m;
     char why[200];
     if (fx_map_open(buf, len, &m, why, sizeof why))
         return ERR("%s (expected a FlexBuffers map with %s)", why, g_ops[n->kind].keys);
-    int64_t K = 1, seed = 0, sgn = 1;
-    if (n->kind == OP_HASHED_WEIGHT) {
-        fx_result r = fx_map_ints(&m, "shape", n->shape, MAX_RANK, &n->shape_rank, why, sizeof why);
-        if (r == FX_MISSING) return ERR("custom options: missing required int vector 'shape' (1..%d dims)", MAX_RANK);
-        if (r) return ERR("custom options: 'shape' %s", why);
-        if (n->shape_rank < 1) return ERR("custom options: 'shape' is empty; it needs 1..%d dims", MAX_RANK);
-        int64_t cols = 1;
-        for (size_t d = 0; d < n->shape_rank; d++) {
-            if (n->shape[d] < 1 || n->shape[d] > INT_MAX || (d > 0 && cols > U32_MAX_I64 / n->shape[d]))
-                return ERR("custom options: 'shape' dim %zu = %lld; every dim must be in [1, 2^31), with the "
-                           "product of the dims after the first < 2^32", d, (long long)n->shape[d]);
-            if (d > 0) cols *= n->shape[d];
-        }
-        n->hp.rows = n->shape[0];
-        n->hp.cols = cols;
-    } else {
-        if (!opt_int(n, &m, "in_features", 1, 0, 1, INT_MAX, &n->in_f) ||
-            !opt_int(n, &m, "out_features", 1, 0, 1, INT_MAX, &n->out_f))
-            return 0;
-        n->hp.rows = n->out_f;
-        n->hp.cols = n->in_f;
-    }
-    if (n->kind == OP_HASHED_WEIGHT || n->kind == OP_HASHED_MATMUL) {
-        if (!opt_int(n, &m, "num_hashes", 1, 1, 1, EP_MAX_HASHES, &K) ||
-            !opt_int(n, &m, "seed", 1, 0, 0, U32_MAX_I64, &seed) || !opt_int(n, &m, "signed", 0, 1, 0, 1, &sgn))
-            return 0;
-        if (n->kind == OP_HASHED_MATMUL && !opt_int(n, &m, "mode", 0, 0, 0, 1, &n->mode)) return 0;
-        n->hp.num_hashes = (int32_t)K;
-        n->hp.seed = (uint32_t)seed;
-        n->hp.is_signed = (int32_t)sgn;
-        if ((uint64_t)n->hp.rows * (uint64_t)n->hp.cols > (uint64_t)INT64_MAX / 8 / (uint64_t)K)
-            return ERR("rows*cols*num_hashes = %lld*%lld*%lld is too large", (long long)n->hp.rows,
-                       (long long)n->hp.cols, (long long)K);
-    }
+    const ep_attr_reader reader = {&m, fx_get_int, fx_get_ints, fx_get_float};
+    ep_op_attrs at;
+    if (ep_op_read_attrs((ep_op)n->kind, EP_RUNTIME_TFLITE, &reader, &at, n->err, sizeof n->err)) return 0;
+    n->in_f = at.in_f;
+    n->out_f = at.out_f;
+    n->mode = at.mode;
+    n->hp = at.hp;
+    memcpy(n->shape, at.shape, sizeof n->shape);
+    n->shape_rank = at.shape_rank;
     return 1;
 }
 
@@ -972,62 +963,4 @@ static const TfLiteRegistration g_regs[OP_COUNT] = {
 EP_TFLITE_EXPORT const TfLiteRegistration *edgepack_tflite_registration(const char *custom_name) {
     op_kind k;
     return kind_of(custom_name, &k) ? &g_regs[k] : NULL;
-}
-
-/* tflite::MutableOpResolver::AddCustom(const char*, const TfLiteRegistration*, int) */
-#define ADD_CUSTOM_SYM "_ZN6tflite17MutableOpResolver9AddCustomEPKcPK18TfLiteRegistrationi"
-typedef void (*add_custom_fn)(void *self, const char *name, const TfLiteRegistration *reg, int version);
-
-static char g_reg_error[512];
-
-#if defined(__linux__)
-static int find_in_object(struct dl_phdr_info *info, size_t size, void *data) {
-    (void)size;
-    void **found = (void **)data;
-    if (!info->dlpi_name || !info->dlpi_name[0]) return 0;
-    void *h = dlopen(info->dlpi_name, RTLD_LAZY | RTLD_NOLOAD);
-    if (!h) return 0;
-    *found = dlsym(h, ADD_CUSTOM_SYM);
-    dlclose(h);
-    return *found != NULL;
-}
-#elif defined(__APPLE__)
-/* Mach-O has no dl_iterate_phdr: ask each image dyld has loaded (TFLite loaded RTLD_LOCAL) */
-static void *find_in_images(void) {
-    for (uint32_t i = 0, n = _dyld_image_count(); i < n; i++) {
-        const char *name = _dyld_get_image_name(i);
-        void *h = name ? dlopen(name, RTLD_LAZY | RTLD_NOLOAD) : NULL;
-        if (!h) continue;
-        void *sym = dlsym(h, ADD_CUSTOM_SYM);
-        dlclose(h);
-        if (sym) return sym;
-    }
-    return NULL;
-}
-#endif
-
-EP_TFLITE_EXPORT const char *edgepack_tflite_registrar_error(void) { return g_reg_error; }
-
-EP_TFLITE_EXPORT int edgepack_register_tflite_ops(void *resolver) {
-    g_reg_error[0] = 0;
-    if (!resolver) {
-        snprintf(g_reg_error, sizeof g_reg_error, "edgepack_register_tflite_ops: resolver is NULL");
-        return 1;
-    }
-    void *sym = dlsym(RTLD_DEFAULT, ADD_CUSTOM_SYM);
-#if defined(__linux__)
-    if (!sym) dl_iterate_phdr(find_in_object, &sym);
-#elif defined(__APPLE__)
-    if (!sym) sym = find_in_images();
-#endif
-    if (!sym) {
-        snprintf(g_reg_error, sizeof g_reg_error,
-                 "edgepack_register_tflite_ops: no loaded library exports tflite::MutableOpResolver::AddCustom "
-                 "(tflite-runtime exports it; ai-edge-litert hides it: use the delegate there)");
-        return 1;
-    }
-    add_custom_fn add;
-    memcpy(&add, &sym, sizeof add);
-    for (int k = 0; k < OP_COUNT; k++) add(resolver, g_regs[k].custom_name, &g_regs[k], 1);
-    return 0;
 }

@@ -153,6 +153,7 @@ fx_result fx_map_ints(const fx_map *m, const char *key, int64_t *out, size_t max
         return FX_MALFORMED;
     }
     if (cnt > max) {
+        *n = (size_t)cnt;
         snprintf(why, cap, "has %llu values; at most %zu are supported", (unsigned long long)cnt, max);
         return FX_WRONG_TYPE;
     }
@@ -170,4 +171,21 @@ fx_result fx_map_ints(const fx_map *m, const char *key, int64_t *out, size_t max
     }
     *n = (size_t)cnt;
     return FX_OK;
+}
+
+const char *fx_map_kind(const fx_map *m, const char *key) {
+    long i = find(m, key);
+    if (i < 0) return NULL;
+    switch (m->buf[m->data + m->n * m->bw + (size_t)i] >> 2) {
+    case FBT_INT: case FBT_INDIRECT_INT: case FBT_UINT: case FBT_INDIRECT_UINT: case FBT_BOOL: return "int";
+    case FBT_FLOAT: case FBT_INDIRECT_FLOAT: return "float";
+    case FBT_KEY: case FBT_STRING: return "string";
+    case FBT_VECTOR_INT: case FBT_VECTOR_UINT: case FBT_VECTOR_INT2: case FBT_VECTOR_UINT2: case FBT_VECTOR_INT3:
+    case FBT_VECTOR_UINT3: case FBT_VECTOR_INT4: case FBT_VECTOR_UINT4: return "ints";
+    case 13: case 18: case 21: case 24: return "floats"; /* typed float vectors */
+    case FBT_VECTOR: return "a list";
+    case FBT_MAP: return "a map";
+    case FBT_NULL: return "null";
+    default: return "another FlexBuffers type";
+    }
 }

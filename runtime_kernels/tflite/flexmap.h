@@ -22,7 +22,11 @@ typedef enum fx_result { FX_OK = 0, FX_MISSING = 1, FX_WRONG_TYPE = 2, FX_MALFOR
 fx_result fx_map_open(const void *buf, size_t len, fx_map *m, char *why, size_t cap);
 /* An int (INT, UINT, BOOL or their indirect forms). */
 fx_result fx_map_int(const fx_map *m, const char *key, int64_t *out, char *why, size_t cap);
-/* A vector of ints (typed, fixed-size typed, or untyped with int elements) of at most max values. */
+/* A vector of ints (typed, fixed-size typed, or untyped with int elements) of at most max values;
+ * with more, FX_WRONG_TYPE with *n set to the count. */
 fx_result fx_map_ints(const fx_map *m, const char *key, int64_t *out, size_t max, size_t *n, char *why, size_t cap);
+/* What key holds, in ONNX attribute words ("int", "float", "string", "ints", "floats", "a list",
+ * ...), or NULL when the map has no such key. */
+const char *fx_map_kind(const fx_map *m, const char *key);
 
 #endif /* EDGEPACK_FLEXMAP_H */

@@ -419,7 +419,8 @@ static void error_cases(void) {
         memcpy(w, e, sizeof w);
         w[0].kind = 'f';
         l = flex_map(bad, w, 6);
-        CHECK(hm_with(bad, l, 11, 2, custom, msg, sizeof msg) && strstr(msg, "'in_features' is a FlexBuffers float"),
+        CHECK(hm_with(bad, l, 11, 2, custom, msg, sizeof msg) &&
+                  strstr(msg, "attribute 'in_features' must be an int, got float"),
               "wrong type: '%s'", msg);
     }
     /* every truncation fails cleanly; every single-byte mutation either works or fails cleanly */

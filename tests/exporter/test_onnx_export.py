@@ -134,3 +134,37 @@ def test_export_refuses_nodes_above_the_decode_limits(tmp_path, monkeypatch):
     with pytest.raises(InvalidNodeError, match=r"the expanded weight \(mode 0\) .* needs 4800 bytes"):
         export(layer, torch.randn(1, 40), tmp_path / "m.onnx")
     assert export(layer, torch.randn(1, 40), tmp_path / "m.onnx", stream=True).exists()  # mode 1
+
+
+def test_every_recipe_layer_registers_a_lowering():
+    """A compressed layer a recipe can create but the exporter cannot lower would export as its
+    eager torch ops (thousands of nodes) instead of one ai.edgepack node."""
+    from edgepack.compression import METHODS
+    from edgepack.exporter.onnx_export import LOWERINGS
+
+    layers = {layer for classes in METHODS.values() for layer in classes.values()}
+    assert layers and layers <= set(LOWERINGS), sorted(c.__name__ for c in layers - set(LOWERINGS))
+
+
+def test_a_layer_registered_with_lowers_is_exported_as_one_node(tmp_path):
+    """``@lowers`` outside onnx_export.py is all a new layer class needs to export."""
+    from edgepack.compression import HashedLinear
+    from edgepack.exporter.onnx_export import LOWERINGS, LoweredHashedLinear, lowers
+
+    class RenamedHashedLinear(HashedLinear):
+        """The same layer under another class, which lower() matches by exact type."""
+
+    torch.manual_seed(2)
+    layer = RenamedHashedLinear(12, 7, ratio=1 / 4, num_hashes=2, seed=5).eval()
+    try:
+        lowers(RenamedHashedLinear)(LoweredHashedLinear)
+        with pytest.raises(ValueError, match="RenamedHashedLinear is already lowered by LoweredHashedLinear"):
+            lowers(RenamedHashedLinear)(nn.Identity)
+        path = export(layer, torch.randn(1, 12), tmp_path / "renamed.onnx")
+    finally:
+        LOWERINGS.pop(RenamedHashedLinear, None)
+    graph = onnx.load(str(path)).graph
+    assert [(n.domain, n.op_type) for n in graph.node] == [(DOMAIN, "HashedMatMul")]
+    x = torch.randn(3, 12)
+    for runtime, y in run_all(path, x.numpy()).items():
+        assert_close_relative(y, layer(x).detach().numpy()), runtime

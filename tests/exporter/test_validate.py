@@ -6,6 +6,8 @@ fallback functions (ORT without the library) accept many of the invalid sets: th
 export, inspect and convert run the validator.
 """
 
+import re
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -21,6 +23,7 @@ from edgepack.exporter.validate import (
     load_tflite,
 )
 from edgepack.runtime_kernels import onnx_session
+from edgepack.runtime_kernels.op_spec import OPS
 
 RNG = np.random.default_rng(0)
 IDENTITY = np.array([1, -1, 0, 0, 1, -1, 0], np.float32)
@@ -256,7 +259,7 @@ def test_inspect_refuses_an_invalid_node(tmp_path, capsys, monkeypatch):
     assert main(["inspect", str(path)]) == 2
     assert capsys.readouterr().err.strip() == (
         "edgepack inspect: error: edgepack HashedWeight node 'node0': attribute 'shape' dim 0 = 0; "
-        "every dim must be >= 1, with shape[0] and the product of the other dims < 2^32")
+        "every dim must be in [1, 4294967295], with the product of the dims after the first < 2^32")
     # the issue's 227-byte bomb: shape [2, 2^29]
     op, attrs, weights, x_width = hashed_weight(shape=(2, 2**29))
     onnx.save(build(op, attrs, weights, x_width, functions=True), path)
@@ -369,6 +372,40 @@ def test_tflite_rules_agree_with_the_delegate(case, tmp_path):
     assert str(theirs.value).splitlines()[0] == str(ours.value)  # the delegate's words exactly
 
 
+def _in_tflite_words(op: str, message: str) -> str:
+    """The ORT message with the delegate's bound where the spec gives the attribute it names
+    another range in TFLite (in_features, out_features, shape dims: < 2^31 there)."""
+    named = re.search(r"attribute '(\w+)'", message)
+    if named:
+        spec = OPS[op].attribute(named.group(1))
+        (_, ort_hi), (_, tflite_hi) = spec.valid("ort"), spec.valid("tflite")
+        if ort_hi != tflite_hi:
+            message = message.replace(f"{ort_hi}]", f"{tflite_hi}]").replace(f"..{ort_hi})", f"..{tflite_hi})")
+    return message
+
+
+@pytest.mark.parametrize("case", [c for c in INVALID if c not in TFLITE_SKIP | {"hm-decoded-limit"}])
+def test_one_table_gets_the_same_message_in_both_runtimes(case, tmp_path):
+    """src/ops.c words every bad set once: the real ORT library and the real delegate refuse it with
+    the same text after their node label, the range bound of ops.inc's runtime column aside."""
+    op, attrs, weights, x_width = INVALID[case]
+    with pytest.raises(Exception) as in_ort:
+        run_ort(build(op, attrs, weights, x_width), x_width)
+    ort_text = " ".join(str(in_ort.value).split())
+    ort_label = f"edgepack {op} node 'node0': "
+    assert ort_label in ort_text, ort_text
+    ort_message = ort_text.split(ort_label, 1)[1]
+    path = tmp_path / "m.tflite"
+    path.write_bytes(build_tflite(op, attrs, weights, x_width))
+    with pytest.raises(Exception) as in_tflite:
+        run_delegate(path, x_width)
+    tflite_line = str(in_tflite.value).splitlines()[0]
+    tflite_label = f"edgepack {op} node #0 (output 'Y'): "
+    assert tflite_line.startswith(tflite_label), tflite_line
+    tflite_message = tflite_line[len(tflite_label):]
+    assert _in_tflite_words(op, ort_message) == tflite_message, (ort_message, tflite_message)
+
+
 def test_convert_applies_the_delegate_rules(tmp_path, capsys, monkeypatch):
     """in_features = 2^31 is valid for the ORT library (u32) but not for the delegate (int32 dims)."""
     monkeypatch.setenv("EDGEPACK_MAX_VIRTUAL_WEIGHTS", str(2**40))
@@ -381,7 +418,7 @@ def test_convert_applies_the_delegate_rules(tmp_path, capsys, monkeypatch):
     onnx.save(model, path)
     assert main(["convert", str(path), "-o", str(tmp_path / "wide.tflite")]) == 2
     assert capsys.readouterr().err.strip() == (
-        "edgepack convert: error: edgepack HashedMatMul node 'node0': custom options: 'in_features' = "
+        "edgepack convert: error: edgepack HashedMatMul node 'node0': attribute 'in_features' = "
         "2147483648; must be in [1, 2147483647]")
     assert not (tmp_path / "wide.tflite").exists()
 

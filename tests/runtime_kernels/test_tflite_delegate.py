@@ -289,12 +289,12 @@ def _float_in_features() -> bytes:
 
 BAD = {
     "truncated_options": (tm.options(**HM)[:-7], (4, 8), 1, "custom options"),
-    "wrong_type": (_float_in_features(), (4, 8), 1, "'in_features' is a FlexBuffers float, must be an int"),
+    "wrong_type": (_float_in_features(), (4, 8), 1, "attribute 'in_features' must be an int, got float"),
     "missing_key": (
         tm.options(**{k: v for k, v in HM.items() if k != "seed"}),
         (4, 8),
         1,
-        "missing required int 'seed'",
+        r"missing required int attribute 'seed' \(valid: 0\.\.4294967295\)",
     ),
     "out_of_range": (tm.options(**dict(HM, mode=3)), (4, 8), 1, r"'mode' = 3; must be in \[0, 1\]"),
     "x_shape": (tm.options(**HM), (4, 9), 1, "last axis must equal in_features=8"),
