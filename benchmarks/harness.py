@@ -144,7 +144,8 @@ def check_model_file(model: Path) -> None:
     """The exporter's loader check for an .onnx / .tflite file (empty, corrupt, truncated,
     ai.edgepack nodes the kernels refuse): an EdgepackError here, before anything is pushed,
     instead of a failure on the device."""
-    from edgepack.exporter.validate import check_onnx_model, check_tflite_model, load_onnx, load_tflite
+    from edgepack.exporter.model_files import load_onnx, load_tflite
+    from edgepack.exporter.validate import check_onnx_model, check_tflite_model
 
     if model.suffix == ".onnx":
         check_onnx_model(load_onnx(model, external_data=False), str(model))

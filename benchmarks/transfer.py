@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgepack.exporter.external_data import external_data_files, model_size_bytes  # noqa: F401
-from edgepack.exporter.validate import ModelFileError  # noqa: F401
+from edgepack.exporter.model_files import ModelFileError  # noqa: F401
 
 if TYPE_CHECKING:
     from edgepack.devices import Device

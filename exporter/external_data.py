@@ -11,7 +11,7 @@ from pathlib import Path, PurePosixPath
 
 import onnx
 
-from .validate import ModelFileError
+from .model_files import ModelFileError
 
 
 def _node_tensors(node: onnx.NodeProto) -> list[onnx.TensorProto]:

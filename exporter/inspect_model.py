@@ -11,7 +11,8 @@ from onnx import helper
 from edgepack.runtime_kernels.op_spec import DOMAIN, OPS
 
 from .external_data import model_size_bytes
-from .validate import ModelFileError, check_onnx_model, check_tflite_model, load_onnx, load_tflite
+from .model_files import ModelFileError, load_onnx, load_tflite
+from .validate import check_onnx_model, check_tflite_model
 
 
 @dataclass

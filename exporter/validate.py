@@ -1,8 +1,6 @@
-"""Load model files safely and check ai.edgepack nodes with exactly the C kernels' rules.
+"""Check ai.edgepack nodes with exactly the C kernels' rules.
 
-Every .onnx / .tflite read by edgepack goes through ``load_onnx`` / ``load_tflite``, which turn
-any parse failure into a ``ModelFileError`` naming the file and what was expected. The node
-checks copy the validation of runtime_kernels/src/ops.c (attributes, one wording for both
+The node checks copy the validation of runtime_kernels/src/ops.c (attributes, one wording for both
 runtimes, each with its own ranges), runtime_kernels/ort/edgepack_ort.c and
 runtime_kernels/tflite/edgepack_tflite.c (inputs), with their message text, plus the
 decode limits of ``edgepack.runtime_kernels.limits`` — so a file the kernels would refuse is
@@ -12,7 +10,6 @@ refused by export, inspect and convert too, even where ORT would run the fallbac
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -31,6 +28,9 @@ from edgepack.runtime_kernels.op_spec import (
     U32_MAX,
 )
 
+from .model_files import load_onnx
+from .model_files import why as _why
+
 INT64_MAX = (1 << 63) - 1
 OP_INPUTS = {name: op.input_names for name, op in OPS.items()}
 # Inputs that must be present, in order (ORT: non-optional; TFLite: min_in).
@@ -40,133 +40,8 @@ OPTION_KEYS = {name: op.attribute_names for name, op in OPS.items()}
 KEYS = {op: ", ".join(keys) for op, keys in OPTION_KEYS.items()}
 
 
-class ModelFileError(EdgepackError, ValueError):
-    """A model file is missing, unreadable, corrupt or not the format its name says."""
-
-
 class InvalidNodeError(EdgepackError, ValueError):
     """An ai.edgepack node that the C kernels would refuse (attributes, shapes or limits)."""
-
-
-# ---- loading -------------------------------------------------------------------------------
-
-
-def _check_path(path: Path, kind: str) -> None:
-    if not path.exists():
-        raise ModelFileError(f"{path}: no such file (expected {kind})")
-    if path.is_dir():
-        raise ModelFileError(f"{path}: is a directory (expected {kind})")
-    if path.stat().st_size == 0:
-        raise ModelFileError(f"{path}: the file is empty (0 bytes; expected {kind})")
-
-
-def load_onnx(path: str | Path, external_data: bool = True) -> onnx.ModelProto:
-    """Read an ONNX file, or raise ModelFileError saying why not. Its external-data files must lie
-    below its folder; their contents are read only with ``external_data``."""
-    from onnx.external_data_helper import load_external_data_for_model
-
-    from .external_data import external_data_files
-
-    path = Path(path)
-    kind = "an ONNX model, .onnx"
-    _check_path(path, kind)
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as error:
-        raise ModelFileError(f"{path}: not a readable ONNX model ({_why(error)}); expected "
-                             f"{kind}") from None
-    if not model.HasField("graph") or model.ir_version < 1 or not model.opset_import:
-        raise ModelFileError(f"{path}: parses as protobuf but is not an ONNX model (no graph, "
-                             f"IR version or opset import); expected {kind}")
-    _check_graph(model, path)
-    if external_data and external_data_files(path, model):
-        try:
-            load_external_data_for_model(model, str(path.parent))
-        except Exception as error:
-            raise ModelFileError(f"{path}: cannot read its external data ({_why(error)})") from None
-    return model
-
-
-def _check_graph(model: onnx.ModelProto, path: Path) -> None:
-    """Every value a node or the graph output reads is defined before (ONNX's topological rule)."""
-    graph = model.graph
-    if not graph.output:
-        raise ModelFileError(f"{path}: invalid ONNX model: the graph has no outputs")
-    defined = {v.name for v in graph.input} | {t.name for t in graph.initializer}
-    defined |= {t.values.name for t in graph.sparse_initializer}
-    for index, node in enumerate(graph.node):
-        for name in node.input:
-            if name and name not in defined:
-                label = f"node {index} {node.name!r} ({node.op_type})" if node.name else \
-                    f"node {index} ({node.op_type})"
-                raise ModelFileError(f"{path}: invalid ONNX model: {label} reads {name!r}, which "
-                                     "is not a graph input, an initializer or the output of an "
-                                     "earlier node")
-        defined.update(node.output)
-    for output in graph.output:
-        if output.name not in defined:
-            raise ModelFileError(f"{path}: invalid ONNX model: graph output {output.name!r} is not "
-                                 "produced by any node, input or initializer")
-
-
-def load_tflite(path: str | Path):
-    """Read a .tflite file and walk its flatbuffer tables; ModelFileError if any is out of bounds.
-
-    Returns ``(data, model)``: the file's bytes and its ``tflite.Model``.
-    """
-    import tflite
-
-    path = Path(path)
-    kind = "a TFLite flatbuffer, .tflite"
-    _check_path(path, kind)
-    data = path.read_bytes()
-    if len(data) < 8 or data[4:8] != b"TFL3":
-        raise ModelFileError(f"{path}: not a TFLite flatbuffer (no TFL3 identifier); expected {kind}")
-    try:
-        model = tflite.Model.GetRootAs(data, 0)
-        limit = len(data) // 4  # every vector entry takes at least 4 bytes of the file
-        counts = [model.SubgraphsLength(), model.BuffersLength(), model.OperatorCodesLength()]
-        if max(counts) > limit or model.SubgraphsLength() < 1:
-            raise ValueError(f"table counts {counts} do not fit in {len(data)} bytes")
-        for b in range(model.BuffersLength()):
-            buffer = model.Buffers(b)
-            if buffer.DataLength() > len(data):
-                raise ValueError(f"buffer {b} claims {buffer.DataLength()} bytes")
-            if buffer.DataLength():
-                buffer.DataAsNumpy()
-        for c in range(model.OperatorCodesLength()):
-            code = model.OperatorCodes(c)
-            code.BuiltinCode(), code.CustomCode()
-        for s in range(model.SubgraphsLength()):
-            graph = model.Subgraphs(s)
-            if max(graph.TensorsLength(), graph.OperatorsLength()) > limit:
-                raise ValueError(f"subgraph {s} claims more tables than fit in the file")
-            for t in range(graph.TensorsLength()):
-                tensor = graph.Tensors(t)
-                if not 0 <= tensor.Buffer() < max(model.BuffersLength(), 1):
-                    raise ValueError(f"tensor {t} uses buffer {tensor.Buffer()} of "
-                                     f"{model.BuffersLength()}")
-                tensor.Name(), tensor.ShapeAsNumpy() if tensor.ShapeLength() else None
-            for o in range(graph.OperatorsLength()):
-                op = graph.Operators(o)
-                if not 0 <= op.OpcodeIndex() < model.OperatorCodesLength():
-                    raise ValueError(f"operator {o} uses opcode {op.OpcodeIndex()} of "
-                                     f"{model.OperatorCodesLength()}")
-                for vector in (op.InputsAsNumpy() if op.InputsLength() else [],
-                               op.OutputsAsNumpy() if op.OutputsLength() else []):
-                    if any(not -1 <= int(i) < graph.TensorsLength() for i in vector):
-                        raise ValueError(f"operator {o} names a tensor outside 0..{graph.TensorsLength() - 1}")
-                if op.CustomOptionsLength():
-                    op.CustomOptionsAsNumpy()
-    except Exception as error:
-        raise ModelFileError(f"{path}: corrupt TFLite flatbuffer ({_why(error)}); expected "
-                             f"{kind}") from None
-    return data, model
-
-
-def _why(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
 # ---- the rules -------------------------------------------------------------------------------

@@ -16,11 +16,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgepack.cli import main
 from edgepack.exporter.fallbacks import DOMAIN, FUNCTIONS, OP_INPUTS, STANDARD_OPSET
+from edgepack.exporter.model_files import load_tflite
 from edgepack.exporter.validate import (
     InvalidNodeError,
     check_onnx_model,
     check_tflite_model,
-    load_tflite,
 )
 from edgepack.runtime_kernels import onnx_session
 from edgepack.runtime_kernels.op_spec import OPS
