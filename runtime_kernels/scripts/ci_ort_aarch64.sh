@@ -11,12 +11,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RK=$(pwd)
 ROOT=$(cd .. && pwd)
-VERSION=${ORT_NODE_VERSION:-1.30.0}
+ORT_NPM_DIR=build/ort-npm
+source "$RK/scripts/ort_npm.sh"
+VERSION=$ORT_NODE_VERSION
 SYSROOT=${AARCH64_SYSROOT:-/usr/aarch64-linux-gnu}
 PY=${PYTHON:-$ROOT/.venv/bin/python}
 [ -x "$PY" ] || PY=python3
-NPM_DIR=build/ort-npm
-ORT_DIR=$NPM_DIR/$VERSION
 BUILD=build/ort-aarch64
 HOST=build/ort-host
 WORK=$BUILD/parity
@@ -31,17 +31,7 @@ if [ $NATIVE = 0 ]; then
 fi
 
 # 1. arm64 libonnxruntime from onnxruntime-node (downloaded once, then reused)
-ORT_LIB=$(ls "$ORT_DIR"/package/bin/napi-v*/linux/arm64/libonnxruntime.so* 2>/dev/null | head -n 1 || true)
-if [ -z "$ORT_LIB" ]; then
-  mkdir -p "$ORT_DIR"
-  TGZ=$NPM_DIR/onnxruntime-node-$VERSION.tgz
-  if [ ! -f "$TGZ" ]; then
-    need npm "install Node.js/npm, or put $TGZ there yourself"
-    (cd "$NPM_DIR" && npm pack --silent "onnxruntime-node@$VERSION" >/dev/null)
-  fi
-  tar -xzf "$TGZ" -C "$ORT_DIR" --wildcards 'package/bin/napi-v*/linux/arm64/libonnxruntime.so*'
-  ORT_LIB=$(ls "$ORT_DIR"/package/bin/napi-v*/linux/arm64/libonnxruntime.so* | head -n 1)
-fi
+ORT_LIB=$(ort_npm_lib "linux/arm64/libonnxruntime.so*")
 echo "ci_ort_aarch64: arm64 ONNX Runtime $VERSION: $ORT_LIB"
 
 # 2. builds: aarch64 (cross unless native) and host (for the reference results)

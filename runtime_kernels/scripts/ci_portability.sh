@@ -21,8 +21,8 @@ JOBS=$(nproc 2>/dev/null || echo 2)
 MAC=build/zig-macos-arm64
 ARM=build/armv7
 ARM_SYSROOT=${ARMV7_SYSROOT:-/usr/arm-linux-gnueabihf}
-VERSION=${ORT_NODE_VERSION:-1.30.0}
-NPM_DIR=build/ort-npm
+ORT_NPM_DIR=build/ort-npm
+source scripts/ort_npm.sh
 t0=$SECONDS
 
 need() { command -v "$1" >/dev/null || { echo "ci_portability: $1 not found ($2)" >&2; exit 2; }; }
@@ -70,17 +70,7 @@ exports "$MAC/tflite/libedgepack_tflite_delegate.dylib" tflite_plugin_create_del
   tflite_plugin_destroy_delegate edgepack_register_tflite_ops edgepack_tflite_registration
 echo "ci_portability: aarch64-macos: kernels, ORT library + runner, TFLite delegate, bench, tests build and link"
 
-ORT_DYLIB=$(ls "$NPM_DIR/$VERSION"/package/bin/napi-v*/darwin/arm64/libonnxruntime.1.dylib 2>/dev/null | head -n 1 || true)
-if [ -z "$ORT_DYLIB" ]; then
-  mkdir -p "$NPM_DIR/$VERSION"
-  TGZ=$NPM_DIR/onnxruntime-node-$VERSION.tgz
-  if [ ! -f "$TGZ" ]; then
-    need npm "install Node.js/npm, or put $TGZ there yourself"
-    (cd "$NPM_DIR" && npm pack --silent "onnxruntime-node@$VERSION" >/dev/null)
-  fi
-  tar -xzf "$TGZ" -C "$NPM_DIR/$VERSION" --wildcards 'package/bin/napi-v*/darwin/arm64/libonnxruntime.1.dylib'
-  ORT_DYLIB=$(ls "$NPM_DIR/$VERSION"/package/bin/napi-v*/darwin/arm64/libonnxruntime.1.dylib | head -n 1)
-fi
+ORT_DYLIB=$(ort_npm_lib "darwin/arm64/libonnxruntime.1.dylib")
 PROBE=$MAC/ort_probe
 printf 'typedef struct OrtApiBase OrtApiBase;\nconst OrtApiBase *OrtGetApiBase(void);\nint main(void) { return OrtGetApiBase() == 0; }\n' \
   > "$PROBE.c"
