@@ -103,7 +103,6 @@ class BenchRecords(list):
 def check_inputs(device: str | Device, options: BenchOptions) -> None:
     """BenchError for a --known-hosts, --energy, --cpus or --dataset value that cannot work, before
     anything is measured (a malformed --device is refused when bench() makes the device)."""
-    import numpy as np
 
     from edgepack.devices.power import check_spec
 
@@ -118,14 +117,10 @@ def check_inputs(device: str | Device, options: BenchOptions) -> None:
     if options.cpus and not CPU_LIST.fullmatch(options.cpus):
         raise BenchError(f"--cpus {options.cpus!r}: expected a CPU list such as 4-7 or 0,2,4")
     if options.dataset:
-        try:
-            data = np.load(options.dataset, allow_pickle=False)
-            ok = isinstance(data, np.lib.npyio.NpzFile) and {"x", "y"} <= set(data.files) \
-                and len(data["x"]) == len(data["y"])
-        except (OSError, ValueError, EOFError) as error:
-            raise BenchError(f"--dataset {options.dataset}: not a readable .npz ({type(error).__name__}: "
-                             f"{error})") from None
-        if not ok:
+        from edgepack.exporter.model_files import load_npz
+
+        data = load_npz(options.dataset, f"--dataset {options.dataset}")
+        if not ({"x", "y"} <= set(data) and len(data["x"]) == len(data["y"])):
             raise BenchError(f"--dataset {options.dataset}: needs arrays x (inputs) and y (labels) of the "
                              "same length")
 

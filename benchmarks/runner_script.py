@@ -83,7 +83,7 @@ def measure(args: argparse.Namespace) -> dict:
               "first_inference_ms": first_ms, "latencies_ms": latencies,
               "peak_rss_mb": max(rss_kb("VmHWM") - rss_before, 0) / 1024.0}
     if args.dataset:
-        data = np.load(args.dataset)
+        data = np.load(args.dataset, allow_pickle=False)
         correct = 0
         for features, label in zip(data["x"], data["y"]):
             correct += int(np.argmax(run(features.reshape(shape).astype(np.float32))) == int(label))

@@ -4,8 +4,10 @@ what was expected (a model file is data; a corrupt one must never reach a runtim
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from edgepack.errors import EdgepackError
@@ -133,3 +135,38 @@ def why(error: Exception) -> str:
     """The first line of an exception, with its type: short enough for a one-line error."""
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+MAX_NPZ_BYTES = 1 << 30
+
+
+def load_npz(path: str | Path, what: str, max_bytes: int = MAX_NPZ_BYTES) -> dict[str, np.ndarray]:
+    """The arrays of an .npz data file, or ModelFileError naming ``what`` (e.g. ``--dataset x.npz``).
+    No pickles; each member's .npy header must declare exactly the bytes the member holds, and all
+    of them together at most ``max_bytes``, checked before anything is decompressed."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = [info for info in archive.infolist() if info.filename.endswith(".npy")]
+            total = sum(info.file_size for info in members)
+            if not members or total > max_bytes:
+                raise ModelFileError(f"{what}: {len(members)} arrays of {total:,} bytes; expected at least "
+                                     f"one array and at most {max_bytes:,} bytes in all")
+            for info in members:
+                with archive.open(info) as member:
+                    read_header = (np.lib.format.read_array_header_1_0
+                                   if np.lib.format.read_magic(member) == (1, 0)
+                                   else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = read_header(member)
+                    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                    if dtype.hasobject or declared > info.file_size:
+                        raise ModelFileError(f"{what}: array {info.filename[:-4]!r} declares {shape} {dtype} "
+                                             f"({declared:,} bytes) in {info.file_size:,} stored bytes; "
+                                             "expected plain numeric arrays (np.savez)")
+        with np.load(path, allow_pickle=False) as npz:
+            return {key: npz[key] for key in npz.files}
+    except ModelFileError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise ModelFileError(f"{what}: not a readable .npz file ({why(error)}); expected arrays saved "
+                             "with np.savez") from None

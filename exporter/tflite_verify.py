@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 
 from .fallbacks import DOMAIN
+from .model_files import ModelFileError, load_npz
 from .tflite_export import TO_NCHW, ConversionError
 
 ATOL, RTOL = 1e-5, 1e-3
@@ -185,10 +186,9 @@ def calibration_samples(path: str | os.PathLike, shapes: dict[str, tuple[int, ..
     along the first axis, each reshaped to the input's static shape and cast to its type; at most
     16 are used."""
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-    except (OSError, ValueError) as error:
-        raise ConversionError(f"--calibration-data {str(path)!r}: not a readable .npz file ({error})") from error
+        arrays = load_npz(path, f"--calibration-data {str(path)!r}")
+    except ModelFileError as error:
+        raise ConversionError(str(error)) from None
     if len(shapes) == 1 and "x" in arrays and next(iter(shapes)) not in arrays:
         arrays[next(iter(shapes))] = arrays["x"]
     missing = [name for name in shapes if name not in arrays]
