@@ -3,7 +3,8 @@ exporter/inspect/convert): one place for the defaults and the environment-variab
 
 ``EDGEPACK_MAX_VIRTUAL_WEIGHTS`` bounds the virtual weights one node may decode (default 2^28);
 ``EDGEPACK_MAX_DECODED_BYTES`` bounds the bytes all decoded weights of one model/session may
-take (default 1 GiB). Both must be a positive decimal integer; anything else is an error.
+take (default 1 GiB); the defaults come from the op spec (op_spec.LIMITS), as the C library's do.
+Both must be a positive decimal integer; anything else is an error.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 
 from edgepack.errors import EdgepackError
+from edgepack.runtime_kernels.op_spec import DEFAULT_MAX_DECODED_BYTES, DEFAULT_MAX_VIRTUAL_WEIGHTS
 
 __all__ = [
     "DEFAULT_MAX_VIRTUAL_WEIGHTS",
@@ -23,8 +25,6 @@ __all__ = [
     "parse_limit",
 ]
 
-DEFAULT_MAX_VIRTUAL_WEIGHTS = 1 << 28
-DEFAULT_MAX_DECODED_BYTES = 1 << 30
 ENV_MAX_VIRTUAL_WEIGHTS = "EDGEPACK_MAX_VIRTUAL_WEIGHTS"
 ENV_MAX_DECODED_BYTES = "EDGEPACK_MAX_DECODED_BYTES"
 _MAX_VALUE = (1 << 63) - 1
@@ -44,7 +44,8 @@ def parse_limit(name: str, value: str | int) -> int:
     else:
         text = str(value).strip(" \t")
         if not text.isascii() or not text.isdigit():
-            raise LimitError(f"{name}={value!r} is not a positive decimal integer (e.g. {name}={1 << 28})")
+            raise LimitError(f"{name}={value!r} is not a positive decimal integer "
+                             f"(e.g. {name}={DEFAULT_MAX_VIRTUAL_WEIGHTS})")
         number = int(text)
     if number < 1 or number > _MAX_VALUE:
         raise LimitError(f"{name}={value!r} is out of range: must be between 1 and {_MAX_VALUE}")

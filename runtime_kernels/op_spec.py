@@ -22,7 +22,8 @@ OPSET_VERSION = 1
 
 U32_MAX = 0xFFFFFFFF
 INT_MAX = 0x7FFFFFFF
-# Limits the C kernels enforce on inputs (kernels.h, kernels.c, edgepack_ort.c, edgepack_tflite.c).
+# Limits the C kernels enforce on inputs (kernels.c and the op layer src/ops.c), and the default
+# decode limits (docs/ops.md "Limits") of the C library and runtime_kernels/limits.py.
 LIMITS = {
     "MAX_RANK": (16, "most dims of HashedWeight's shape"),
     "MAX_HASHES": (64, "largest num_hashes (EP_MAX_HASHES)"),
@@ -30,8 +31,11 @@ LIMITS = {
     "MAX_BUCKETS": (INT_MAX, "most buckets B"),
     "MIN_POW2": (4, "smallest FFT size (circulant block b, LDR n)"),
     "MAX_POW2": (1 << 30, "largest FFT size (circulant block b, LDR n)"),
+    "DEFAULT_MAX_VIRTUAL_WEIGHTS": (1 << 28, "virtual weights one node may decode (EDGEPACK_MAX_VIRTUAL_WEIGHTS)"),
+    "DEFAULT_MAX_DECODED_BYTES": (1 << 30, "decoded bytes per session / interpreter (EDGEPACK_MAX_DECODED_BYTES)"),
 }
-MAX_RANK, MAX_HASHES, MAX_RECON_HIDDEN, MAX_BUCKETS, MIN_POW2, MAX_POW2 = (v for v, _ in LIMITS.values())
+(MAX_RANK, MAX_HASHES, MAX_RECON_HIDDEN, MAX_BUCKETS, MIN_POW2, MAX_POW2, DEFAULT_MAX_VIRTUAL_WEIGHTS,
+ DEFAULT_MAX_DECODED_BYTES) = (v for v, _ in LIMITS.values())
 
 Shape = tuple[int, ...]
 ShapeOf = Callable[[str], Shape]  # an input's static shape by its spec name (KeyError: unknown)

@@ -1,8 +1,9 @@
 /* libedgepack_ort: ONNX Runtime custom ops for the ai.edgepack domain, opset 1 (docs/ops.md).
  *
- * Ops: HashedWeight, HashedMatMul, CirculantMatMul, LDRMatMul, backed by libedgepack_kernels.
- * Every attribute and input is validated before memory is touched; failures come back as an
- * OrtStatus naming the node and what would be valid. Plans (decoded V, FFT spectra) are built
+ * Ops: HashedWeight, HashedMatMul, CirculantMatMul, LDRMatMul. A thin adapter over the C op layer
+ * (src/ops.c): it reads attributes through an ep_attr_reader and turns OrtValues into ep_tensor
+ * views; the layer validates them before memory is touched, builds plans and runs the kernels.
+ * Failures come back as an OrtStatus naming the node and what would be valid. Plans (decoded V, FFT spectra) are built
  * once at kernel creation when the weights are constant initializers and are read-only after
  * that, so concurrent Run() calls on one session are safe; otherwise they are built per run.
  *
@@ -27,62 +28,32 @@
 #define EP_ORT_EXPORT __attribute__((visibility("default")))
 #endif
 
-#define MAX_RANK EP_LIMIT_MAX_RANK
-#define MAX_INPUTS 4
+#define EP_OP_DOMAIN(domain, version) static const char EP_ORT_DOMAIN[] = domain;
+#include "edgepack/ops.inc"
 
-typedef enum op_kind {
-    OP_HASHED_WEIGHT = EP_OP_HashedWeight,
-    OP_HASHED_MATMUL = EP_OP_HashedMatMul,
-    OP_CIRCULANT = EP_OP_CirculantMatMul,
-    OP_LDR = EP_OP_LDRMatMul
-} op_kind;
-#define OP_COUNT EP_OP_COUNT
-
-struct registration;
+typedef struct registration registration;
 
 typedef struct op_desc {
     OrtCustomOp base; /* first member: ORT hands our callbacks &base */
-    op_kind kind;
-    const char *name;
-    size_t n_inputs;
-    const char *inputs[MAX_INPUTS];
-    unsigned char optional[MAX_INPUTS];
-    struct registration *reg; /* the budget of the session options this op was registered with */
+    ep_op op;
+    registration *reg; /* the budget of the session options this op was registered with */
 } op_desc;
 
 /* One per RegisterCustomOps call: the ops, the limits read then and the decoded bytes held. */
-typedef struct registration {
-    op_desc ops[OP_COUNT];
+struct registration {
+    op_desc ops[EP_OP_COUNT];
     ep_limits lim;
     _Atomic int64_t used;
-    struct registration *next; /* every registration stays reachable from g_registrations */
-} registration;
-
-typedef struct tview {
-    int present;
-    ONNXTensorElementDataType type;
-    size_t rank;
-    int64_t dims[MAX_RANK];
-    int64_t count;
-    const float *data;
-} tview;
+    registration *next; /* every registration stays reachable from g_registrations */
+};
 
 typedef struct kernel {
     const OrtApi *api;
     const op_desc *desc;
-    char node[256];         /* "HashedMatMul node 'name'", used in every message */
-    int64_t in_f, out_f;    /* matmul ops */
-    ep_hash_params hp;      /* hashed ops (num_buckets set per use) */
-    int64_t mode;           /* HashedMatMul: 0 expand, 1 stream */
-    int64_t shape[MAX_RANK];
-    size_t shape_rank;      /* HashedWeight */
-    /* built from constant initializers at creation, read-only afterwards */
-    ep_hashed_plan *hplan;
-    ep_circulant_plan *cplan;
-    ep_ldr_plan *lplan;
-    float *W;               /* HashedWeight decoded once */
-    int64_t reserved;       /* decoded bytes counted against the registration's budget */
-    char size_desc[200];    /* "shape [2, 3]" or "in_features=3 x out_features=2", for limit messages */
+    char node[256];   /* "HashedMatMul node 'name'", used in every message */
+    ep_op_attrs at;
+    ep_op_plan *plan; /* built from constant initializers at creation, read-only afterwards */
+    int64_t reserved; /* decoded bytes counted against the registration's budget */
 } kernel;
 
 static OrtStatus *fail(const kernel *k, const char *fmt, ...) {
@@ -96,78 +67,17 @@ static OrtStatus *fail(const kernel *k, const char *fmt, ...) {
     return OrtCreateStatus(k->api)(ORT_INVALID_ARGUMENT, msg);
 }
 
-static OrtStatus *kernel_fail(const kernel *k, ep_status s) {
-    return fail(k, "kernel error (%s): %s", ep_status_str(s), ep_last_error());
-}
-
-static int is_pow2(int64_t n) { return n > 0 && (n & (n - 1)) == 0; }
-
 /* ---- limits --------------------------------------------------------------------------------- */
 
-static OrtStatus *limit_fail(const kernel *k) { return fail(k, "%s", ep_last_error()); }
-
-static void dims_str(const tview *t, char *buf, size_t cap);
-
-/* "<what> of <shape>, tensor [dims]" for a limit message. */
-static void describe(const kernel *k, const char *what, const tview *t, char *buf, size_t cap) {
-    int n = snprintf(buf, cap, "%s (%s", what, k->size_desc);
-    if (n < 0 || n >= (int)cap) return;
-    if (t) {
-        n += snprintf(buf + n, cap - (size_t)n, ", input '%s' ", k->desc->inputs[1]);
-        if (n < (int)cap) dims_str(t, buf + n, cap - (size_t)n);
-        n = (int)strlen(buf);
-    }
-    if (n < (int)cap - 1) snprintf(buf + n, cap - (size_t)n, ")");
-}
-
-/* Count `bytes` more decoded bytes against the session budget, or fail naming `what`. */
-static OrtStatus *reserve(kernel *k, int64_t bytes, const char *what, const tview *t) {
+/* Count `bytes` more decoded bytes (of `what`) against the session budget, or fail. */
+static OrtStatus *reserve(kernel *k, int64_t bytes, const char *what) {
     registration *r = k->desc->reg;
     int64_t used = atomic_load(&r->used);
-    char desc[512];
-    describe(k, what, t, desc, sizeof desc);
     do {
-        if (ep_limits_check_bytes(&r->lim, used, bytes, desc)) return limit_fail(k);
+        if (ep_limits_check_bytes(&r->lim, used, bytes, what)) return fail(k, "%s", ep_last_error());
     } while (!atomic_compare_exchange_weak(&r->used, &used, used + bytes));
     k->reserved += bytes;
     return NULL;
-}
-
-/* A plan built for one run only (weights fed at run time) must fit what the session has left. */
-static OrtStatus *check_transient(const kernel *k, int64_t bytes, const char *what, const tview *t) {
-    const registration *r = k->desc->reg;
-    char desc[512];
-    describe(k, what, t, desc, sizeof desc);
-    return ep_limits_check_bytes(&r->lim, atomic_load(&r->used), bytes, desc) ? limit_fail(k) : NULL;
-}
-
-/* Bytes of the decoded form of a matmul op's weights (docs/ops.md "Limits"), from valid views. */
-static int64_t plan_bytes(const kernel *k, const tview *w) {
-    switch (k->desc->kind) {
-    case OP_HASHED_MATMUL: return k->mode == 1 ? 0 : 4 * k->hp.rows * k->hp.cols;
-    case OP_CIRCULANT: return 4 * w[1].dims[0] * w[1].dims[1] * (w[1].dims[2] + 2);
-    case OP_LDR: return 4 * w[1].dims[0] * (4 * w[1].dims[1] + 2);
-    default: return 4 * k->hp.rows * k->hp.cols;
-    }
-}
-
-/* Per node: the virtual weights (HashedWeight: prod(shape); matmul ops: in * out). */
-static OrtStatus *check_virtual(kernel *k) {
-    char *what = k->size_desc;
-    const size_t cap = sizeof k->size_desc;
-    int n = 0;
-    if (k->desc->kind == OP_HASHED_WEIGHT) {
-        n = snprintf(what, cap, "shape [");
-        for (size_t d = 0; d < k->shape_rank && n > 0 && n < (int)cap; d++)
-            n += snprintf(what + n, cap - (size_t)n, d ? ", %lld" : "%lld", (long long)k->shape[d]);
-        if (n > 0 && n < (int)cap) snprintf(what + n, cap - (size_t)n, "]");
-    } else {
-        snprintf(what, cap, "in_features=%lld x out_features=%lld", (long long)k->hp.cols,
-                 (long long)k->hp.rows);
-    }
-    const uint64_t v = (uint64_t)k->hp.rows * (uint64_t)k->hp.cols; /* both < 2^32 */
-    return ep_limits_check_weights(&k->desc->reg->lim, v > (uint64_t)INT64_MAX ? -1 : (int64_t)v, what)
-               ? limit_fail(k) : NULL;
 }
 
 /* ---- attributes ------------------------------------------------------------------------- */
@@ -250,34 +160,29 @@ static ep_attr_result ort_get_ints(void *ctx, const char *name, int64_t *out, si
 static OrtStatus *read_attrs(kernel *k, const OrtKernelInfo *info) {
     kernel_attrs c = {k->api, info};
     const ep_attr_reader reader = {&c, ort_get_int, ort_get_ints, ort_get_float};
-    ep_op_attrs at;
     char msg[600];
-    if (ep_op_read_attrs((ep_op)k->desc->kind, EP_RUNTIME_ORT, &reader, &at, msg, sizeof msg))
-        return fail(k, "%s", msg);
-    k->in_f = at.in_f;
-    k->out_f = at.out_f;
-    k->mode = at.mode;
-    k->hp = at.hp;
-    memcpy(k->shape, at.shape, sizeof k->shape);
-    k->shape_rank = at.shape_rank;
+    if (ep_op_read_attrs(k->desc->op, EP_RUNTIME_ORT, &reader, &k->at, msg, sizeof msg)) return fail(k, "%s", msg);
     return NULL;
 }
 
 /* ---- tensors ----------------------------------------------------------------------------- */
 
-static OrtStatus *view_of(const kernel *k, const OrtValue *v, size_t idx, tview *t) {
+/* The view of input `idx` (v NULL: absent), a float32 tensor with its data. */
+static OrtStatus *view_of(const kernel *k, const OrtValue *v, int idx, ep_tensor *t) {
     const OrtApi *a = k->api;
+    const char *name = ep_op_input_name(k->desc->op, idx);
     OrtTensorTypeAndShapeInfo *ti = NULL;
+    ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
     size_t count = 0;
     void *data = NULL;
     memset(t, 0, sizeof *t);
     if (!v) return NULL;
     OrtStatus *st = OrtGetTensorTypeAndShape(a)(v, &ti);
-    if (!st) st = OrtGetTensorElementType(a)(ti, &t->type);
+    if (!st) st = OrtGetTensorElementType(a)(ti, &type);
     if (!st) st = OrtGetDimensionsCount(a)(ti, &t->rank);
-    if (!st && t->rank > MAX_RANK) {
+    if (!st && t->rank > EP_LIMIT_MAX_RANK) {
         OrtReleaseTensorTypeAndShapeInfo(a)(ti);
-        return fail(k, "input '%s' has rank %zu; at most %d is supported", k->desc->inputs[idx], t->rank, MAX_RANK);
+        return fail(k, "input '%s' has rank %zu; at most %d is supported", name, t->rank, EP_LIMIT_MAX_RANK);
     }
     if (!st) st = OrtGetDimensions(a)(ti, t->dims, t->rank);
     if (!st) st = OrtGetTensorShapeElementCount(a)(ti, &count);
@@ -285,121 +190,12 @@ static OrtStatus *view_of(const kernel *k, const OrtValue *v, size_t idx, tview 
     if (st) return st;
     t->present = 1;
     t->count = (int64_t)count;
-    if (t->type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
-        return fail(k, "input '%s' has element type %d; must be float32 (1)", k->desc->inputs[idx], (int)t->type);
+    if (type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
+        return fail(k, "input '%s' has element type %d; must be float32 (1)", name, (int)type);
     if ((st = OrtGetTensorMutableData(a)((OrtValue *)v, &data))) return st;
-    if (!data && count) return fail(k, "input '%s' has no data", k->desc->inputs[idx]);
+    if (!data && count) return fail(k, "input '%s' has no data", name);
     t->data = (const float *)data;
     return NULL;
-}
-
-static void dims_str(const tview *t, char *buf, size_t cap) {
-    size_t n = (size_t)snprintf(buf, cap, "[");
-    for (size_t d = 0; d < t->rank && n < cap; d++)
-        n += (size_t)snprintf(buf + n, cap - n, d ? ", %lld" : "%lld", (long long)t->dims[d]);
-    if (n < cap) snprintf(buf + n, cap - n, "]");
-}
-
-static OrtStatus *check_buckets(const kernel *k, const tview *t, size_t idx) {
-    char s[256];
-    dims_str(t, s, sizeof s);
-    if (t->rank != 1 || t->count < 1 || t->count > INT32_MAX)
-        return fail(k, "input '%s' has shape %s; must be 1-D with 1 <= B < 2^31 buckets", k->desc->inputs[idx], s);
-    return NULL;
-}
-
-static OrtStatus *check_recon(const kernel *k, const tview *t, size_t idx) {
-    const int64_t K = k->hp.num_hashes, per = K + 2;
-    if (!t->present && K == 1) return NULL; /* optional for K = 1: applied when given */
-    if (!t->present)
-        return fail(k, "input '%s' is required when num_hashes=%lld: the MLP [W1 (H x K), b1 (H), W2 (H), b2] "
-                    "of length H*(K+2)+1", k->desc->inputs[idx], (long long)K);
-    if (t->rank != 1 || t->count < per + 1 || (t->count - 1) % per != 0)
-        return fail(k, "input '%s' has %lld values (rank %zu); with num_hashes=%lld it must be 1-D of length "
-                    "H*%lld+1 for some H >= 1 (e.g. %lld, %lld, ...)", k->desc->inputs[idx], (long long)t->count,
-                    t->rank, (long long)K, (long long)per, (long long)(per + 1), (long long)(2 * per + 1));
-    return NULL;
-}
-
-static OrtStatus *check_blocks(const kernel *k, const tview *t, size_t idx) {
-    char s[256];
-    dims_str(t, s, sizeof s);
-    if (t->rank != 3 || t->dims[0] < 1 || t->dims[1] < 1 || !is_pow2(t->dims[2]) || t->dims[2] < 4)
-        return fail(k, "input '%s' has shape %s; must be [p, q, b] with p, q >= 1 and b a power of two >= 4",
-                    k->desc->inputs[idx], s);
-    const int64_t p = t->dims[0], q = t->dims[1], b = t->dims[2];
-    if (k->in_f > q * b || k->out_f > p * b)
-        return fail(k, "input '%s' has shape %s; need in_features=%lld <= q*b=%lld and out_features=%lld <= "
-                    "p*b=%lld", k->desc->inputs[idx], s, (long long)k->in_f, (long long)(q * b),
-                    (long long)k->out_f, (long long)(p * b));
-    return NULL;
-}
-
-static OrtStatus *check_ldr(const kernel *k, const tview *g, const tview *h) {
-    char sg[256], sh[256];
-    dims_str(g, sg, sizeof sg);
-    dims_str(h, sh, sizeof sh);
-    if (g->rank != 2 || h->rank != 2 || g->dims[0] != h->dims[0] || g->dims[1] != h->dims[1] || g->dims[0] < 1 ||
-        !is_pow2(g->dims[1]) || g->dims[1] < 4)
-        return fail(k, "inputs 'G' %s and 'H' %s must both be [r, n] with r >= 1 and n a power of two >= 4", sg, sh);
-    if (k->in_f > g->dims[1] || k->out_f > g->dims[1])
-        return fail(k, "in_features=%lld and out_features=%lld must both be <= n=%lld (G, H are %s)",
-                    (long long)k->in_f, (long long)k->out_f, (long long)g->dims[1], sg);
-    return NULL;
-}
-
-static OrtStatus *check_bias(const kernel *k, const tview *t, size_t idx) {
-    char s[256];
-    dims_str(t, s, sizeof s);
-    if (t->present && (t->rank != 1 || t->count != k->out_f))
-        return fail(k, "input '%s' has shape %s; must be [out_features] = [%lld]", k->desc->inputs[idx], s,
-                    (long long)k->out_f);
-    return NULL;
-}
-
-static OrtStatus *check_x(const kernel *k, const tview *t) {
-    char s[256];
-    dims_str(t, s, sizeof s);
-    if (t->rank < 1 || t->dims[t->rank - 1] != k->in_f)
-        return fail(k, "input 'X' has shape %s; its last axis must equal in_features=%lld", s, (long long)k->in_f);
-    return NULL;
-}
-
-/* Validate the weight inputs (everything but X and bias) of w[]. */
-static OrtStatus *check_weights(const kernel *k, const tview *w) {
-    OrtStatus *st = NULL;
-    switch (k->desc->kind) {
-    case OP_HASHED_WEIGHT:
-        if (!(st = check_buckets(k, &w[0], 0))) st = check_recon(k, &w[1], 1);
-        break;
-    case OP_HASHED_MATMUL:
-        if (!(st = check_buckets(k, &w[1], 1))) st = check_recon(k, &w[2], 2);
-        break;
-    case OP_CIRCULANT: st = check_blocks(k, &w[1], 1); break;
-    case OP_LDR: st = check_ldr(k, &w[1], &w[2]); break;
-    }
-    return st;
-}
-
-/* Build the plan of a matmul op from validated weights; the caller owns the plan it gets. */
-static OrtStatus *build_plan(const kernel *k, const tview *w, ep_hashed_plan **hp, ep_circulant_plan **cp,
-                             ep_ldr_plan **lp) {
-    ep_status s = EP_OK;
-    ep_hash_params p = k->hp;
-    switch (k->desc->kind) {
-    case OP_HASHED_MATMUL:
-        p.num_buckets = w[1].count;
-        s = ep_hashed_plan_create(&p, w[1].data, w[2].data, w[2].present ? w[2].count : 0, hp);
-        break;
-    case OP_CIRCULANT:
-        s = ep_circulant_plan_create(w[1].dims[0], w[1].dims[1], w[1].dims[2], w[1].data, k->in_f, k->out_f, cp);
-        break;
-    case OP_LDR:
-        s = ep_ldr_plan_create(w[1].dims[0], w[1].dims[1], w[1].data, w[2].data, k->in_f, k->out_f, lp);
-        break;
-    case OP_HASHED_WEIGHT: break;
-    }
-    return s ? kernel_fail(k, s) : NULL;
 }
 
 /* ---- kernel lifetime ----------------------------------------------------------------------- */
@@ -413,9 +209,9 @@ static void set_node_name(kernel *k, const OrtKernelInfo *info) {
         st = OrtKernelInfo_GetNodeName(a)(info, name, &size);
     if (st) OrtReleaseStatus(a)(st);
     if (!st && name && name[0])
-        snprintf(k->node, sizeof k->node, "%s node '%s'", k->desc->name, name);
+        snprintf(k->node, sizeof k->node, "%s node '%s'", ep_op_name(k->desc->op), name);
     else
-        snprintf(k->node, sizeof k->node, "%s node (unnamed)", k->desc->name);
+        snprintf(k->node, sizeof k->node, "%s node (unnamed)", ep_op_name(k->desc->op));
     free(name);
 }
 
@@ -423,47 +219,35 @@ static void destroy_kernel(void *p) {
     kernel *k = (kernel *)p;
     if (!k) return;
     if (k->reserved) atomic_fetch_sub(&k->desc->reg->used, k->reserved);
-    ep_hashed_plan_destroy(k->hplan);
-    ep_circulant_plan_destroy(k->cplan);
-    ep_ldr_plan_destroy(k->lplan);
-    free(k->W);
+    ep_op_plan_destroy(k->plan);
     free(k);
 }
 
-/* When every weight input is a constant initializer: validate now and build the plan once. */
+/* When every weight input is a constant initializer: check them now and build the plan once. */
 static OrtStatus *prepare_constants(kernel *k, const OrtKernelInfo *info) {
     const OrtApi *a = k->api;
-    const op_desc *d = k->desc;
-    tview w[MAX_INPUTS];
+    const ep_op op = k->desc->op;
+    ep_tensor w[EP_OP_MAX_INPUTS];
     size_t n_in = 0;
     OrtStatus *st = OrtKernelInfo_GetInputCount(a)(info, &n_in);
     if (st) return st;
     memset(w, 0, sizeof w);
-    /* weight inputs: HashedWeight 0-1 (buckets, recon); matmul ops 1-2 (buckets/G, recon/H) */
-    size_t first = d->kind == OP_HASHED_WEIGHT ? 0 : 1, last = first + (d->kind != OP_CIRCULANT);
-    for (size_t i = first; i <= last; i++) {
+    for (int i = 0; i < ep_op_n_inputs(op); i++) {
         int is_const = 0;
         const OrtValue *v = NULL;
-        if (i >= n_in) continue; /* trailing input left out: absent */
-        st = OrtKernelInfoGetConstantInput_tensor(a)(info, i, &is_const, &v);
+        if (strcmp(ep_op_input_kind(op, i), "weight") || (size_t)i >= n_in) continue; /* left out: absent */
+        st = OrtKernelInfoGetConstantInput_tensor(a)(info, (size_t)i, &is_const, &v);
         if (st) { OrtReleaseStatus(a)(st); return NULL; }
-        if (!is_const || !v) return NULL; /* fed at run time: validate and build per run */
+        if (!is_const || !v) return NULL; /* fed at run time: checked and planned per run */
         if ((st = view_of(k, v, i, &w[i]))) return st;
     }
-    if ((st = check_weights(k, w))) return st;
-    if ((d->kind == OP_CIRCULANT || d->kind == OP_LDR) &&
-        (st = reserve(k, plan_bytes(k, w), d->kind == OP_CIRCULANT ? "the block spectra" : "the LDR spectra", &w[1])))
+    char msg[1100], what[512];
+    if (ep_op_check_weights(op, &k->at, w, msg, sizeof msg)) return fail(k, "%s", msg);
+    /* the hashed ops' bytes were counted at creation; the spectra's size comes with the weights */
+    if ((op == EP_OP_CirculantMatMul || op == EP_OP_LDRMatMul) &&
+        (st = reserve(k, ep_op_plan_bytes(op, &k->at, w, what, sizeof what), what)))
         return st;
-    if (d->kind == OP_HASHED_WEIGHT) {
-        ep_hash_params p = k->hp;
-        p.num_buckets = w[0].count;
-        k->W = (float *)malloc(sizeof(float) * (size_t)(p.rows * p.cols));
-        if (!k->W) return fail(k, "cannot allocate the %lld x %lld weight", (long long)p.rows, (long long)p.cols);
-        ep_status s = ep_hashed_decode(&p, w[0].data, w[1].data, w[1].present ? w[1].count : 0, k->W);
-        return s ? kernel_fail(k, s) : NULL;
-    }
-    if (d->kind == OP_HASHED_MATMUL && k->mode == 1) return NULL; /* stream: nothing to cache */
-    return build_plan(k, w, &k->hplan, &k->cplan, &k->lplan);
+    return ep_op_plan_create(op, &k->at, w, &k->plan, msg, sizeof msg) ? fail(k, "%s", msg) : NULL;
 }
 
 static OrtStatus *create_kernel(const OrtCustomOp *op, const OrtApi *api, const OrtKernelInfo *info, void **out) {
@@ -472,11 +256,13 @@ static OrtStatus *create_kernel(const OrtCustomOp *op, const OrtApi *api, const 
     k->api = api;
     k->desc = (const op_desc *)op;
     set_node_name(k, info);
+    char msg[1100], what[512];
     OrtStatus *st = read_attrs(k, info);
-    if (!st) st = check_virtual(k);
+    if (!st && ep_op_check_virtual(k->desc->op, &k->at, &k->desc->reg->lim, msg, sizeof msg)) st = fail(k, "%s", msg);
     /* the hashed ops' decoded size is known from the attributes: count it whatever feeds them */
-    if (!st && (k->desc->kind == OP_HASHED_WEIGHT || (k->desc->kind == OP_HASHED_MATMUL && k->mode == 0)))
-        st = reserve(k, plan_bytes(k, NULL), k->desc->kind == OP_HASHED_WEIGHT ? "the decoded weight" : "the expanded weight (mode 0)", NULL);
+    const ep_op o = k->desc->op;
+    if (!st && (o == EP_OP_HashedWeight || (o == EP_OP_HashedMatMul && k->at.mode == 0)))
+        st = reserve(k, ep_op_plan_bytes(o, &k->at, NULL, what, sizeof what), what);
     if (!st) st = prepare_constants(k, info);
     if (st) {
         destroy_kernel(k);
@@ -488,126 +274,74 @@ static OrtStatus *create_kernel(const OrtCustomOp *op, const OrtApi *api, const 
 
 /* ---- compute ------------------------------------------------------------------------------- */
 
-/* The output buffer, checked to be a float32 tensor of exactly `count` values before it is written
+/* The output buffer, checked to be a float32 tensor of exactly y's count before it is written
  * (a pre-bound output of another size or type must not be overrun). */
-static OrtStatus *get_output(const kernel *k, OrtKernelContext *ctx, const int64_t *dims, size_t rank,
-                             int64_t count, float **y) {
+static OrtStatus *get_output(const kernel *k, OrtKernelContext *ctx, const ep_tensor *y, float **Y) {
     OrtValue *ov = NULL;
     void *data = NULL;
-    tview t;
-    OrtStatus *st = OrtKernelContext_GetOutput(k->api)(ctx, 0, dims, rank, &ov);
+    ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+    OrtStatus *st = OrtKernelContext_GetOutput(k->api)(ctx, 0, y->dims, y->rank, &ov);
     if (st) return st;
     if (!ov) return fail(k, "ONNX Runtime gave no output tensor");
     OrtTensorTypeAndShapeInfo *ti = NULL;
     size_t n = 0;
     st = OrtGetTensorTypeAndShape(k->api)(ov, &ti);
-    if (!st) st = OrtGetTensorElementType(k->api)(ti, &t.type);
+    if (!st) st = OrtGetTensorElementType(k->api)(ti, &type);
     if (!st) st = OrtGetTensorShapeElementCount(k->api)(ti, &n);
     if (ti) OrtReleaseTensorTypeAndShapeInfo(k->api)(ti);
     if (st) return st;
-    if (t.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || (int64_t)n != count)
+    if (type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || (int64_t)n != y->count)
         return fail(k, "output tensor has element type %d and %zu values; must be float32 (1) with %lld values",
-                    (int)t.type, n, (long long)count);
+                    (int)type, n, (long long)y->count);
     if ((st = OrtGetTensorMutableData(k->api)(ov, &data))) return st;
-    if (!data && count) return fail(k, "output tensor has no data");
-    *y = (float *)data;
+    if (!data && y->count) return fail(k, "output tensor has no data");
+    *Y = (float *)data;
     return NULL;
 }
 
 static OrtStatus *compute(void *p, OrtKernelContext *ctx) {
     const kernel *k = (const kernel *)p;
-    const op_desc *d = k->desc;
-    tview in[MAX_INPUTS];
+    const ep_op op = k->desc->op;
+    const registration *r = k->desc->reg;
+    ep_tensor in[EP_OP_MAX_INPUTS], y;
     size_t n_in = 0;
     OrtStatus *st = OrtKernelContext_GetInputCount(k->api)(ctx, &n_in);
     if (st) return st;
     memset(in, 0, sizeof in);
-    for (size_t i = 0; i < d->n_inputs; i++) {
+    for (int i = 0; i < ep_op_n_inputs(op); i++) {
         const OrtValue *v = NULL;
-        if (i < n_in && (st = OrtKernelContext_GetInput(k->api)(ctx, i, &v))) return st;
+        if ((size_t)i < n_in && (st = OrtKernelContext_GetInput(k->api)(ctx, (size_t)i, &v))) return st;
         if ((st = view_of(k, v, i, &in[i]))) return st;
-        if (!in[i].present && !d->optional[i]) return fail(k, "required input '%s' is missing", d->inputs[i]);
     }
-    if ((st = check_weights(k, in))) return st;
-
-    if (d->kind == OP_HASHED_WEIGHT) {
-        float *W = NULL;
-        if ((st = get_output(k, ctx, k->shape, k->shape_rank, k->hp.rows * k->hp.cols, &W))) return st;
-        size_t n = (size_t)(k->hp.rows * k->hp.cols);
-        if (k->W) {
-            memcpy(W, k->W, sizeof(float) * n);
-            return NULL;
-        }
-        ep_hash_params hp = k->hp;
-        hp.num_buckets = in[0].count;
-        ep_status s = ep_hashed_decode(&hp, in[0].data, in[1].data, in[1].present ? in[1].count : 0, W);
-        return s ? kernel_fail(k, s) : NULL;
-    }
-
-    /* matmul ops: X [..., in] -> Y [..., out] */
-    const size_t ib = d->n_inputs - 1; /* bias is the last input */
-    if ((st = check_x(k, &in[0])) || (st = check_bias(k, &in[ib], ib))) return st;
-    int64_t ydims[MAX_RANK];
-    memcpy(ydims, in[0].dims, sizeof(int64_t) * in[0].rank);
-    ydims[in[0].rank - 1] = k->out_f;
-    const int64_t N = in[0].count / k->in_f;
-    if (N > k->desc->reg->lim.max_decoded_bytes / 4 / k->out_f) {
-        char what[320];
-        tview yv = in[0];
-        yv.dims[yv.rank - 1] = k->out_f;
-        int n = snprintf(what, sizeof what, "output 'Y' of shape ");
-        dims_str(&yv, what + n, sizeof what - (size_t)n);
-        const uint64_t bytes = (uint64_t)N * 4u * (uint64_t)k->out_f;
-        (void)ep_limits_check_bytes(&k->desc->reg->lim, 0, bytes > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)bytes,
-                                    what);
-        return limit_fail(k);
-    }
+    char msg[1100], what[512];
+    if (ep_op_check_inputs(op, &k->at, in, msg, sizeof msg) || ep_op_output_shape(op, &k->at, in, &y, msg, sizeof msg) ||
+        ep_op_check_output(&r->lim, &y, msg, sizeof msg))
+        return fail(k, "%s", msg);
     float *Y = NULL;
-    if ((st = get_output(k, ctx, ydims, in[0].rank, N * k->out_f, &Y))) return st;
-    if (N == 0) return NULL;
-    const float *X = in[0].data, *bias = in[ib].data;
-
-    ep_hashed_plan *hp = k->hplan;
-    ep_circulant_plan *cp = k->cplan;
-    ep_ldr_plan *lp = k->lplan;
-    ep_status s = EP_OK;
-    if (d->kind == OP_HASHED_MATMUL && k->mode == 1) {
-        ep_hash_params p = k->hp;
-        p.num_buckets = in[1].count;
-        s = ep_hashed_matmul_stream(&p, in[1].data, in[2].data, in[2].present ? in[2].count : 0, X, N, bias, Y);
-        return s ? kernel_fail(k, s) : NULL;
-    }
-    const int own = !hp && !cp && !lp; /* weights fed at run time: plan for this run only */
-    if (own && d->kind != OP_HASHED_MATMUL && (st = check_transient(k, plan_bytes(k, in), "this run's spectra", &in[1])))
-        return st;
-    if (own && (st = build_plan(k, in, &hp, &cp, &lp))) return st;
-    switch (d->kind) {
-    case OP_HASHED_MATMUL: s = ep_hashed_matmul_expand(hp, X, N, k->in_f, bias, Y, k->out_f); break;
-    case OP_CIRCULANT: s = ep_circulant_matmul(cp, X, N, k->in_f, bias, Y, k->out_f); break;
-    case OP_LDR: s = ep_ldr_matmul(lp, X, N, k->in_f, bias, Y, k->out_f); break;
-    case OP_HASHED_WEIGHT: break;
-    }
-    if (own) {
-        ep_hashed_plan_destroy(hp);
-        ep_circulant_plan_destroy(cp);
-        ep_ldr_plan_destroy(lp);
-    }
-    return s ? kernel_fail(k, s) : NULL;
+    if ((st = get_output(k, ctx, &y, &Y))) return st;
+    if (y.count == 0) return NULL;
+    /* weights fed at run time: the spectra built for this run must fit what the session has left */
+    if (!k->plan && (op == EP_OP_CirculantMatMul || op == EP_OP_LDRMatMul) &&
+        ep_limits_check_bytes(&r->lim, atomic_load(&r->used), ep_op_plan_bytes(op, &k->at, in, what, sizeof what),
+                              what))
+        return fail(k, "%s", ep_last_error());
+    return ep_op_run(op, &k->at, k->plan, in, Y, msg, sizeof msg) ? fail(k, "%s", msg) : NULL;
 }
 
 /* ---- op descriptions ----------------------------------------------------------------------- */
 
-static const char *op_name(const OrtCustomOp *op) { return ((const op_desc *)op)->name; }
+static const char *op_name(const OrtCustomOp *op) { return ep_op_name(((const op_desc *)op)->op); }
 static const char *op_ep(const OrtCustomOp *op) { (void)op; return NULL; /* CPU */ }
 static ONNXTensorElementDataType op_type(const OrtCustomOp *op, size_t i) {
     (void)op; (void)i;
     return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
 }
-static size_t op_n_inputs(const OrtCustomOp *op) { return ((const op_desc *)op)->n_inputs; }
+static size_t op_n_inputs(const OrtCustomOp *op) { return (size_t)ep_op_n_inputs(((const op_desc *)op)->op); }
 static size_t op_n_outputs(const OrtCustomOp *op) { (void)op; return 1; }
 static OrtCustomOpInputOutputCharacteristic op_in_char(const OrtCustomOp *op, size_t i) {
-    const op_desc *d = (const op_desc *)op;
-    return i < d->n_inputs && d->optional[i] ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+    const ep_op o = ((const op_desc *)op)->op;
+    return i < (size_t)ep_op_n_inputs(o) && i >= (size_t)ep_op_n_required(o) ? INPUT_OUTPUT_OPTIONAL
+                                                                               : INPUT_OUTPUT_REQUIRED;
 }
 static OrtCustomOpInputOutputCharacteristic op_out_char(const OrtCustomOp *op, size_t i) {
     (void)op; (void)i;
@@ -616,7 +350,7 @@ static OrtCustomOpInputOutputCharacteristic op_out_char(const OrtCustomOp *op, s
 static OrtMemType op_mem(const OrtCustomOp *op, size_t i) { (void)op; (void)i; return OrtMemTypeDefault; }
 static int op_one(const OrtCustomOp *op) { (void)op; return 1; }
 
-#define EP_OP(KIND, NAME, N, ...)                                                                   \
+#define EP_ORT_OP(OP)                                                                               \
     { .base = { .version = EP_ORT_API_VERSION, .GetName = op_name, .GetExecutionProviderType = op_ep, \
                 .GetInputType = op_type, .GetInputTypeCount = op_n_inputs, .GetOutputType = op_type,  \
                 .GetOutputTypeCount = op_n_outputs, .KernelDestroy = destroy_kernel,                  \
@@ -625,13 +359,11 @@ static int op_one(const OrtCustomOp *op) { (void)op; return 1; }
                 .GetVariadicInputHomogeneity = op_one, .GetVariadicOutputMinArity = op_one,           \
                 .GetVariadicOutputHomogeneity = op_one, .CreateKernelV2 = create_kernel,              \
                 .KernelComputeV2 = compute },                                                         \
-      .kind = KIND, .name = NAME, .n_inputs = N, __VA_ARGS__ }
+      .op = EP_OP_##OP },
 
-static const op_desc g_ops[OP_COUNT] = {
-    EP_OP(OP_HASHED_WEIGHT, "HashedWeight", 2, .inputs = {"buckets", "recon"}, .optional = {0, 1}),
-    EP_OP(OP_HASHED_MATMUL, "HashedMatMul", 4, .inputs = {"X", "buckets", "recon", "bias"}, .optional = {0, 0, 1, 1}),
-    EP_OP(OP_CIRCULANT, "CirculantMatMul", 3, .inputs = {"X", "blocks", "bias"}, .optional = {0, 0, 1}),
-    EP_OP(OP_LDR, "LDRMatMul", 4, .inputs = {"X", "G", "H", "bias"}, .optional = {0, 0, 0, 1}),
+static const op_desc g_ops[EP_OP_COUNT] = {
+#define EP_OP(op, n_inputs, n_required, n_attributes) EP_ORT_OP(op)
+#include "edgepack/ops.inc"
 };
 
 /* Limits for the registrations that follow, over the environment's (0: no override). */
@@ -680,8 +412,8 @@ EP_ORT_EXPORT OrtStatus *RegisterCustomOps(OrtSessionOptions *options, const Ort
     while (!atomic_compare_exchange_weak(&g_registrations, &reg->next, reg)) {
     }
     OrtCustomOpDomain *domain = NULL;
-    OrtStatus *st = OrtCreateCustomOpDomain(api)("ai.edgepack", &domain);
-    for (size_t i = 0; !st && i < OP_COUNT; i++) {
+    OrtStatus *st = OrtCreateCustomOpDomain(api)(EP_ORT_DOMAIN, &domain);
+    for (size_t i = 0; !st && i < EP_OP_COUNT; i++) {
         reg->ops[i].reg = reg;
         st = OrtCustomOpDomain_Add(api)(domain, &reg->ops[i].base);
     }

@@ -11,5 +11,7 @@ for v in auto ref; do
   echo "== EDGEPACK_KERNELS=$v"
   EDGEPACK_KERNELS=$v "$BUILD/test_kernels"
 done
+echo "== micro-kernels, every variant against the reference"
+"$BUILD/test_microkernels"
 "$BUILD/edgepack-bench" kernels --sizes 64,256 --batch 1,3 --runs 3 --warmup 1 --json > /dev/null
 echo "ci_native: OK"

@@ -47,7 +47,7 @@ cmake -S . -B "$MAC" -DCMAKE_TOOLCHAIN_FILE=cmake/zig-aarch64-macos.cmake -DCMAK
 cmake --build "$MAC" -j"$JOBS" >/dev/null
 for f in libedgepack_kernels.dylib libedgepack_kernels_static.a ort/libedgepack_ort.dylib \
          ort/edgepack_ort_runner tflite/libedgepack_tflite_delegate.dylib edgepack-bench test_kernels \
-         tflite/test_tflite_delegate; do
+         test_microkernels tflite/test_tflite_delegate; do
   [ -f "$MAC/$f" ] || { echo "ci_portability: $MAC/$f was not built" >&2; exit 1; }
   case $f in *.a) ;; *) macho_arm64 "$MAC/$f" ;; esac
 done
@@ -88,6 +88,9 @@ echo "$out" | head -n 1
 echo "$out" | tail -n 1
 echo "$out" | head -n 1 | grep -q "default neon" || { echo "ci_portability: armv7 NEON variant missing" >&2; exit 1; }
 EDGEPACK_KERNELS=ref run_arm "$ARM/test_kernels" | tail -n 1
+out=$(run_arm "$ARM/test_microkernels") || { echo "$out"; exit 1; }
+echo "$out" | grep -q "^neon    gemm" || { echo "ci_portability: armv7 NEON micro-kernels not tested" >&2; exit 1; }
+echo "$out" | tail -n 1
 run_arm "$ARM/tflite/test_tflite_delegate" | tail -n 1
 run_arm "$ARM/edgepack-bench" kernels --sizes 64 --batch 1,3 --runs 2 --warmup 1 --json > /dev/null
 [ -f "$ARM/ort/libedgepack_ort.so" ] && [ -f "$ARM/ort/edgepack_ort_runner" ] \

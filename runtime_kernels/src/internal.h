@@ -40,6 +40,22 @@ typedef struct ep_hcfg {
     float b2;
 } ep_hcfg;
 
+/* A variant's declared tiles: how its micro-kernels block their loops (XNNPACK's discipline).
+ * tests/test_microkernels.c derives its sizes from them (1, t-1, t, t+1, 2t, 2t+1, 3t-1), so
+ * each number must be what the code does; 1 means one element per step (scalar). */
+typedef struct ep_tiles {
+    int gemm_mr;        /* rows of X in the largest register tile */
+    int gemm_nr;        /* rows of W in the largest register tile */
+    int gemm_kr;        /* columns per vector step; the rest is a masked or scalar tail */
+    int gemm_kc;        /* columns per cache block (0: the columns are not blocked) */
+    int hash_row_lanes; /* columns of V decoded per step (K = 1 path) */
+    int hash_dot_lanes; /* columns per main-loop step of hash_dot, K = 1 path (0: no hash_dot) */
+    int fft_lanes;      /* complex values per vector in the cfft stages */
+    int fft_min_m;      /* smallest m whose every cfft stage runs the vector path */
+    int split_lanes;    /* bins (and as many mirrors) per step of rfft_post / irfft_pre */
+    int cmac_lanes;     /* complex values per step of cmac */
+} ep_tiles;
+
 /* A variant: the micro-kernels that differ per ISA. The core validates and drives them. */
 typedef struct ep_ops {
     const char *name;
@@ -64,6 +80,7 @@ typedef struct ep_ops {
     void (*irfft_pre)(int64_t m, const float *rt, const float *X, float *Z);
     /* acc[k] += a[k] * b[k], m complex values. */
     void (*cmac)(int64_t m, const float *a, const float *b, float *acc);
+    ep_tiles tile;
 } ep_ops;
 
 extern const ep_ops ep_ops_ref;

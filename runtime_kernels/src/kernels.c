@@ -79,14 +79,14 @@ ep_status ep_parse_limit(const char *name, const char *text, int64_t *out) {
     while (*p == ' ' || *p == '\t') p++;
     if (!digits || *p || v < 1)
         return fail(EP_ERR_ARG, "%s='%.40s' is not a positive decimal integer (e.g. %s=%lld)", name,
-                    text ? text : "", name, (long long)EP_DEFAULT_MAX_VIRTUAL_WEIGHTS);
+                    text ? text : "", name, (long long)EP_LIMIT_DEFAULT_MAX_VIRTUAL_WEIGHTS);
     *out = v;
     return EP_OK;
 }
 
 ep_status ep_limits_from_env(ep_limits *out) {
     CHECK_PTR(out, "out");
-    ep_limits lim = {EP_DEFAULT_MAX_VIRTUAL_WEIGHTS, EP_DEFAULT_MAX_DECODED_BYTES};
+    ep_limits lim = {EP_LIMIT_DEFAULT_MAX_VIRTUAL_WEIGHTS, EP_LIMIT_DEFAULT_MAX_DECODED_BYTES}; /* op_spec.py's */
     const char *v = getenv(EP_ENV_MAX_VIRTUAL_WEIGHTS), *b = getenv(EP_ENV_MAX_DECODED_BYTES);
     ep_status st;
     if (v && (st = ep_parse_limit(EP_ENV_MAX_VIRTUAL_WEIGHTS, v, &lim.max_virtual_weights))) return st;

@@ -233,160 +233,28 @@ void ep_hash_dot_avx2(const ep_hcfg *c, uint32_t i, int64_t cols, const float *X
     }
 }
 
-/* ---- FFT ---- */
-AI __m256 swap_ri(__m256 v) { return _mm256_permute_ps(v, 0xB1); }
-/* v * w, w given as (re dup, im dup) */
-AI __m256 cmulw(__m256 v, __m256 wr, __m256 wi) { return _mm256_fmaddsub_ps(v, wr, _mm256_mul_ps(swap_ri(v), wi)); }
-
-static void radix4_stage(int64_t L, int64_t s, const float *tw, const float *a, float *b, int inv) {
-    const int64_t l4 = L / 4;
-    /* sg*i*v: forward (-i): (y, -x) -> negate odd lanes; inverse (+i): (-y, x) -> negate even */
-    const __m256 neg = inv ? _mm256_setr_ps(-0.f, 0.f, -0.f, 0.f, -0.f, 0.f, -0.f, 0.f)
-                           : _mm256_setr_ps(0.f, -0.f, 0.f, -0.f, 0.f, -0.f, 0.f, -0.f);
-    for (int64_t p = 0; p < l4; p++) {
-        __m256 w1 = _mm256_castpd_ps(_mm256_broadcast_sd((const double *)(tw + 2 * (p * s))));
-        __m256 w2 = _mm256_castpd_ps(_mm256_broadcast_sd((const double *)(tw + 2 * (2 * p * s))));
-        __m256 w3 = _mm256_castpd_ps(_mm256_broadcast_sd((const double *)(tw + 2 * (3 * p * s))));
-        __m256 w1r = _mm256_moveldup_ps(w1), w1i = _mm256_movehdup_ps(w1);
-        __m256 w2r = _mm256_moveldup_ps(w2), w2i = _mm256_movehdup_ps(w2);
-        __m256 w3r = _mm256_moveldup_ps(w3), w3i = _mm256_movehdup_ps(w3);
-        const float *A = a + 2 * s * p;
-        float *o = b + 2 * s * 4 * p;
-        const int64_t st = 2 * s * l4;
-        for (int64_t q = 0; q < 2 * s; q += 8) {
-            __m256 va = _mm256_loadu_ps(A + q), vb = _mm256_loadu_ps(A + st + q);
-            __m256 vc = _mm256_loadu_ps(A + 2 * st + q), vd = _mm256_loadu_ps(A + 3 * st + q);
-            __m256 apc = _mm256_add_ps(va, vc), amc = _mm256_sub_ps(va, vc);
-            __m256 bpd = _mm256_add_ps(vb, vd), bmd = _mm256_sub_ps(vb, vd);
-            __m256 j = _mm256_xor_ps(swap_ri(bmd), neg);
-            _mm256_storeu_ps(o + q, _mm256_add_ps(apc, bpd));
-            _mm256_storeu_ps(o + 2 * s + q, cmulw(_mm256_add_ps(amc, j), w1r, w1i));
-            _mm256_storeu_ps(o + 4 * s + q, cmulw(_mm256_sub_ps(apc, bpd), w2r, w2i));
-            _mm256_storeu_ps(o + 6 * s + q, cmulw(_mm256_sub_ps(amc, j), w3r, w3i));
-        }
-    }
-}
-
-static void radix2_stage(int64_t s, const float *a, float *b) {
-    for (int64_t q = 0; q < 2 * s; q += 8) {
-        __m256 va = _mm256_loadu_ps(a + q), vb = _mm256_loadu_ps(a + 2 * s + q);
-        _mm256_storeu_ps(b + q, _mm256_add_ps(va, vb));
-        _mm256_storeu_ps(b + 2 * s + q, _mm256_sub_ps(va, vb));
-    }
-}
-
-/* first stage (L = m, s = 1), 4 values of p per vector with per-lane twiddles from the table
- * after the m twiddles; the 4 outputs of each p are adjacent, so a 4x4 complex transpose. */
-static void radix4_first(int64_t m, const float *tw, const float *a, float *b, int inv) {
-    const int64_t l4 = m / 4;
-    const __m256 neg = inv ? _mm256_setr_ps(-0.f, 0.f, -0.f, 0.f, -0.f, 0.f, -0.f, 0.f)
-                           : _mm256_setr_ps(0.f, -0.f, 0.f, -0.f, 0.f, -0.f, 0.f, -0.f);
-    const float *t = tw + 2 * m;
-    for (int64_t p = 0; p < l4; p += 4, t += 48) {
-        const float *A = a + 2 * p;
-        __m256 va = _mm256_loadu_ps(A), vb = _mm256_loadu_ps(A + 2 * l4);
-        __m256 vc = _mm256_loadu_ps(A + 4 * l4), vd = _mm256_loadu_ps(A + 6 * l4);
-        __m256 apc = _mm256_add_ps(va, vc), amc = _mm256_sub_ps(va, vc);
-        __m256 bpd = _mm256_add_ps(vb, vd), bmd = _mm256_sub_ps(vb, vd);
-        __m256 j = _mm256_xor_ps(swap_ri(bmd), neg);
-        __m256d y0 = _mm256_castps_pd(_mm256_add_ps(apc, bpd));
-        __m256d y1 = _mm256_castps_pd(cmulw(_mm256_add_ps(amc, j), _mm256_loadu_ps(t), _mm256_loadu_ps(t + 8)));
-        __m256d y2 = _mm256_castps_pd(cmulw(_mm256_sub_ps(apc, bpd), _mm256_loadu_ps(t + 16), _mm256_loadu_ps(t + 24)));
-        __m256d y3 = _mm256_castps_pd(cmulw(_mm256_sub_ps(amc, j), _mm256_loadu_ps(t + 32), _mm256_loadu_ps(t + 40)));
-        __m256d t0 = _mm256_unpacklo_pd(y0, y1), t1 = _mm256_unpackhi_pd(y0, y1);
-        __m256d t2 = _mm256_unpacklo_pd(y2, y3), t3 = _mm256_unpackhi_pd(y2, y3);
-        double *o = (double *)(b + 8 * p);
-        _mm256_storeu_pd(o, _mm256_permute2f128_pd(t0, t2, 0x20));
-        _mm256_storeu_pd(o + 4, _mm256_permute2f128_pd(t1, t3, 0x20));
-        _mm256_storeu_pd(o + 8, _mm256_permute2f128_pd(t0, t2, 0x31));
-        _mm256_storeu_pd(o + 12, _mm256_permute2f128_pd(t1, t3, 0x31));
-    }
-}
+/* ---- FFT: the shared micro-kernels (fft_simd.h) over simd.h's AVX2 mapping ---- */
+#include "fft_simd.h"
 
 void ep_cfft_avx2(int64_t m, const float *tw, const float *src, float *x, float *tmp, int inv) {
-    int nst = 0;
-    for (int64_t L = m; L >= 2; L = L >= 4 ? L / 4 : 1) nst++;
-    /* stage k writes x when nst - k is even, so the last one lands in x; when src == x and the
-     * first stage would write x, run the stages through tmp first and copy at the end */
-    float *a = (float *)src, *b = (nst & 1) ? x : tmp, *c = (nst & 1) ? tmp : x;
-    if (src == x && (nst & 1)) { b = tmp; c = x; }
-    int64_t L = m, s = 1;
-    for (; L >= 4; L /= 4, s *= 4) {
-        if (s >= 4) radix4_stage(L, s, tw, a, b, inv);
-        else if (m >= EP_TW1_MIN) radix4_first(m, tw, a, b, inv);
-        else ep_cfft_radix4_stage_ref(L, s, tw, a, b, inv);
-        a = b; b = c; c = a;
-    }
-    if (L == 2) {
-        if (s >= 4) radix2_stage(s, a, b);
-        else ep_cfft_radix2_stage_ref(s, a, b);
-        a = b;
-    }
-    if (a != x) memcpy(x, a, (size_t)m * 2 * sizeof(float));
+    fft_cfft(m, tw, src, x, tmp, inv);
 }
+void ep_rfft_post_avx2(int64_t m, const float *rt, float *X) { fft_rfft_post(m, rt, X); }
+void ep_irfft_pre_avx2(int64_t m, const float *rt, const float *X, float *Z) { fft_irfft_pre(m, rt, X, Z); }
+void ep_cmac_avx2(int64_t m, const float *a, const float *b, float *acc) { fft_cmac(m, a, b, acc); }
 
-/* 4 complex in reverse order */
-AI __m256 crev(__m256 v) { return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(v), 0x1B)); }
-
-/* bins k..k+3 and their mirrors l = m-k-3..m-k per step, while the two blocks are disjoint */
-void ep_rfft_post_avx2(int64_t m, const float *rt, float *X) {
-    const __m256 half = _mm256_set1_ps(0.5f);
-    const __m256 cj = _mm256_setr_ps(0.f, -0.f, 0.f, -0.f, 0.f, -0.f, 0.f, -0.f); /* conj */
-    int64_t k = 1; /* the vector steps touch neither bin 0 nor bin m */
-    for (; 2 * k + 6 < m; k += 4) {
-        float *pk = X + 2 * k, *pl = X + 2 * (m - k - 3);
-        __m256 A = _mm256_loadu_ps(pk), Bc = _mm256_xor_ps(crev(_mm256_loadu_ps(pl)), cj); /* conj Z_l */
-        __m256 E = _mm256_mul_ps(half, _mm256_add_ps(A, Bc)), D = _mm256_mul_ps(half, _mm256_sub_ps(A, Bc));
-        __m256 w = _mm256_loadu_ps(rt + 2 * k);
-        __m256 T = cmulw(D, _mm256_moveldup_ps(w), _mm256_movehdup_ps(w)); /* w^k D */
-        __m256 S = swap_ri(T);                                              /* (ti, tr) */
-        /* X_k = (er + ti, ei - tr); X_l = (er - ti, -ei - tr) */
-        _mm256_storeu_ps(pk, _mm256_add_ps(E, _mm256_xor_ps(S, cj)));
-        _mm256_storeu_ps(pl, crev(_mm256_sub_ps(_mm256_xor_ps(E, cj), S)));
-    }
-    if (k > 1) {
-        float z0r = X[0], z0i = X[1];
-        X[0] = z0r + z0i; X[1] = 0.0f;
-        X[2 * m] = z0r - z0i; X[2 * m + 1] = 0.0f;
-    }
-    ep_rfft_post_ref(m, rt, X, k); /* the rest (and bin 0 when k == 1) */
-}
-
-void ep_irfft_pre_avx2(int64_t m, const float *rt, const float *X, float *Z) {
-    const __m256 half = _mm256_set1_ps(0.5f);
-    const __m256 cj = _mm256_setr_ps(0.f, -0.f, 0.f, -0.f, 0.f, -0.f, 0.f, -0.f);
-    int64_t k = 1;
-    for (; 2 * k + 6 < m; k += 4) {
-        const float *pk = X + 2 * k, *pl = X + 2 * (m - k - 3);
-        __m256 A = _mm256_loadu_ps(pk), Bc = _mm256_xor_ps(crev(_mm256_loadu_ps(pl)), cj);
-        __m256 E = _mm256_mul_ps(half, _mm256_add_ps(A, Bc)), D = _mm256_mul_ps(half, _mm256_sub_ps(A, Bc));
-        __m256 w = _mm256_xor_ps(_mm256_loadu_ps(rt + 2 * k), cj); /* conj w^k */
-        __m256 O = cmulw(D, _mm256_moveldup_ps(w), _mm256_movehdup_ps(w));
-        __m256 S = swap_ri(O); /* (oi, or) */
-        /* Z_k = (er - oi, ei + or); Z_l = (er + oi, -ei + or) */
-        _mm256_storeu_ps(Z + 2 * k, _mm256_add_ps(E, _mm256_xor_ps(S, _mm256_setr_ps(-0.f, 0.f, -0.f, 0.f, -0.f, 0.f, -0.f, 0.f))));
-        _mm256_storeu_ps(Z + 2 * (m - k - 3), crev(_mm256_add_ps(_mm256_xor_ps(E, cj), S)));
-    }
-    if (k > 1) {
-        float x0 = X[0], xm = X[2 * m];
-        Z[0] = 0.5f * (x0 + xm); Z[1] = 0.5f * (x0 - xm);
-    }
-    ep_irfft_pre_ref(m, rt, X, Z, k);
-}
-
-void ep_cmac_avx2(int64_t m, const float *a, const float *b, float *acc) {
-    int64_t k = 0;
-    for (; k + 4 <= m; k += 4) {
-        __m256 va = _mm256_loadu_ps(a + 2 * k), vb = _mm256_loadu_ps(b + 2 * k);
-        __m256 p = _mm256_fmaddsub_ps(va, _mm256_moveldup_ps(vb), _mm256_mul_ps(swap_ri(va), _mm256_movehdup_ps(vb)));
-        _mm256_storeu_ps(acc + 2 * k, _mm256_add_ps(_mm256_loadu_ps(acc + 2 * k), p));
-    }
-    for (; k < m; k++) {
-        float ar = a[2 * k], ai = a[2 * k + 1], br = b[2 * k], bi = b[2 * k + 1];
-        acc[2 * k] += ar * br - ai * bi;
-        acc[2 * k + 1] += ar * bi + ai * br;
-    }
-}
-
-const ep_ops ep_ops_avx2 = {"avx2", ep_gemm_avx2, ep_hash_row_avx2, ep_hash_dot_avx2, ep_cfft_avx2, ep_rfft_post_avx2,
-                             ep_irfft_pre_avx2, ep_cmac_avx2};
+const ep_ops ep_ops_avx2 = {
+    "avx2", ep_gemm_avx2, ep_hash_row_avx2, ep_hash_dot_avx2, ep_cfft_avx2, ep_rfft_post_avx2,
+    ep_irfft_pre_avx2, ep_cmac_avx2,
+    .tile = {
+        .gemm_mr = 8, .gemm_nr = 4, /* tiles 8x1 (KC blocks), 4x2, 1x4, then 4x1 / 1x1 tails */
+        .gemm_kr = 8,               /* 8 lanes, masked tail */
+        .gemm_kc = KC,              /* the 8-row path accumulates over 512-column blocks */
+        .hash_row_lanes = 8,        /* xxh_tail8 + gather, masked store of the tail */
+        .hash_dot_lanes = 16,       /* K = 1: two 8-lane gathers per step, 8-lane tail; K > 1: 8 */
+        .fft_lanes = EP_VC,         /* fft_simd.h over simd.h: 4 complex per __m256 */
+        .fft_min_m = EP_TW1_MIN,    /* fft_radix4_first needs m >= 16; later stages have s >= 4 */
+        .split_lanes = EP_VC,       /* bins k..k+3 and their mirrors while 2k + 6 < m */
+        .cmac_lanes = EP_VC,        /* 4 complex per step, scalar tail */
+    },
+};

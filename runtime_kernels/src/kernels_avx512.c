@@ -140,7 +140,15 @@ static void hash_dot_avx512(const ep_hcfg *c, uint32_t i, int64_t cols, const fl
     }
 }
 
-const ep_ops ep_ops_avx512 = {"avx512", ep_gemm_avx2, hash_row_avx512, hash_dot_avx512, ep_cfft_avx2,
-                              ep_rfft_post_avx2, ep_irfft_pre_avx2, ep_cmac_avx2};
+const ep_ops ep_ops_avx512 = {
+    "avx512", ep_gemm_avx2, hash_row_avx512, hash_dot_avx512, ep_cfft_avx2,
+    ep_rfft_post_avx2, ep_irfft_pre_avx2, ep_cmac_avx2,
+    .tile = { /* the avx2 kernels' tiles except the two hash kernels */
+        .gemm_mr = 8, .gemm_nr = 4, .gemm_kr = 8, .gemm_kc = 512,
+        .hash_row_lanes = 16,      /* K = 1: 16 lanes, masked tail; K > 1: the avx2 8-lane decoder */
+        .hash_dot_lanes = 16 * HD_U, /* K = 1: HD_U 16-lane gathers per step, 16-lane tail */
+        .fft_lanes = 4, .fft_min_m = EP_TW1_MIN, .split_lanes = 4, .cmac_lanes = 4,
+    },
+};
 
 #endif

@@ -12,10 +12,6 @@
 #define FMA(a, b, c) vfmaq_f32(a, b, c)
 #define FMA_N(a, b, s) vfmaq_n_f32(a, b, s)
 #define HSUM(v) vaddvq_f32(v)
-#define TRN1(a, b) vtrn1q_f32(a, b)
-#define TRN2(a, b) vtrn2q_f32(a, b)
-#define ZIP1_64(a, b) vreinterpretq_f32_f64(vzip1q_f64(vreinterpretq_f64_f32(a), vreinterpretq_f64_f32(b)))
-#define ZIP2_64(a, b) vreinterpretq_f32_f64(vzip2q_f64(vreinterpretq_f64_f32(a), vreinterpretq_f64_f32(b)))
 #else
 #if defined(__ARM_FEATURE_FMA)
 #define FMA(a, b, c) vfmaq_f32(a, b, c)
@@ -27,10 +23,6 @@ AI float HSUM(float32x4_t v) {
     float32x2_t p = vadd_f32(vget_low_f32(v), vget_high_f32(v));
     return vget_lane_f32(vpadd_f32(p, p), 0);
 }
-#define TRN1(a, b) (vtrnq_f32(a, b).val[0])
-#define TRN2(a, b) (vtrnq_f32(a, b).val[1])
-#define ZIP1_64(a, b) vcombine_f32(vget_low_f32(a), vget_low_f32(b))
-#define ZIP2_64(a, b) vcombine_f32(vget_high_f32(a), vget_high_f32(b))
 #endif
 
 AI void tile(const int NX, const int NW, int64_t cols, const float *x, const float *w,
@@ -126,157 +118,28 @@ static void hash_row_neon(const ep_hcfg *c, uint32_t i, int64_t cols, float *out
     }
 }
 
-/* ---- FFT: 2 complex per vector ---- */
-AI float32x4_t cmulw(float32x4_t v, float32x4_t wr, float32x4_t wis) { /* wis = (-wi, wi, ..) */
-    return FMA(vmulq_f32(v, wr), vrev64q_f32(v), wis);
-}
-static const float k_alt[4] = {-1.0f, 1.0f, -1.0f, 1.0f};
-
-static void radix4_stage(int64_t L, int64_t s, const float *tw, const float *a, float *b, int inv) {
-    const int64_t l4 = L / 4;
-    const float32x4_t alt = vld1q_f32(k_alt);
-    /* sg*i*v = sg*(-y, x): swap then multiply by sg*alt */
-    const float32x4_t jm = inv ? alt : vnegq_f32(alt);
-    for (int64_t p = 0; p < l4; p++) {
-        float32x4_t w1 = vreinterpretq_f32_u64(vld1q_dup_u64((const uint64_t *)(tw + 2 * (p * s))));
-        float32x4_t w2 = vreinterpretq_f32_u64(vld1q_dup_u64((const uint64_t *)(tw + 2 * (2 * p * s))));
-        float32x4_t w3 = vreinterpretq_f32_u64(vld1q_dup_u64((const uint64_t *)(tw + 2 * (3 * p * s))));
-        float32x4_t w1r = TRN1(w1, w1), w1i = vmulq_f32(TRN2(w1, w1), alt);
-        float32x4_t w2r = TRN1(w2, w2), w2i = vmulq_f32(TRN2(w2, w2), alt);
-        float32x4_t w3r = TRN1(w3, w3), w3i = vmulq_f32(TRN2(w3, w3), alt);
-        const float *A = a + 2 * s * p;
-        float *o = b + 2 * s * 4 * p;
-        const int64_t st = 2 * s * l4;
-        for (int64_t q = 0; q < 2 * s; q += 4) {
-            float32x4_t va = vld1q_f32(A + q), vb = vld1q_f32(A + st + q);
-            float32x4_t vc = vld1q_f32(A + 2 * st + q), vd = vld1q_f32(A + 3 * st + q);
-            float32x4_t apc = vaddq_f32(va, vc), amc = vsubq_f32(va, vc);
-            float32x4_t bpd = vaddq_f32(vb, vd), bmd = vsubq_f32(vb, vd);
-            float32x4_t j = vmulq_f32(vrev64q_f32(bmd), jm);
-            vst1q_f32(o + q, vaddq_f32(apc, bpd));
-            vst1q_f32(o + 2 * s + q, cmulw(vaddq_f32(amc, j), w1r, w1i));
-            vst1q_f32(o + 4 * s + q, cmulw(vsubq_f32(apc, bpd), w2r, w2i));
-            vst1q_f32(o + 6 * s + q, cmulw(vsubq_f32(amc, j), w3r, w3i));
-        }
-    }
-}
-
-static void radix2_stage(int64_t s, const float *a, float *b) {
-    for (int64_t q = 0; q < 2 * s; q += 4) {
-        float32x4_t va = vld1q_f32(a + q), vb = vld1q_f32(a + 2 * s + q);
-        vst1q_f32(b + q, vaddq_f32(va, vb));
-        vst1q_f32(b + 2 * s + q, vsubq_f32(va, vb));
-    }
-}
-
-/* first stage (L = m, s = 1): 2 values of p per vector, per-lane twiddles from the table after
- * the m twiddles (re/im duplicated, 4 p per 48-float block), then a 2x2 complex transpose */
-static void radix4_first(int64_t m, const float *tw, const float *a, float *b, int inv) {
-    const int64_t l4 = m / 4;
-    const float32x4_t alt = vld1q_f32(k_alt);
-    const float32x4_t jm = inv ? alt : vnegq_f32(alt);
-    const float *t = tw + 2 * m;
-    for (int64_t p = 0; p < l4; p += 2) {
-        const float *T = t + 48 * (p / 4) + 4 * ((p / 2) & 1);
-        const float *A = a + 2 * p;
-        float32x4_t va = vld1q_f32(A), vb = vld1q_f32(A + 2 * l4);
-        float32x4_t vc = vld1q_f32(A + 4 * l4), vd = vld1q_f32(A + 6 * l4);
-        float32x4_t apc = vaddq_f32(va, vc), amc = vsubq_f32(va, vc);
-        float32x4_t bpd = vaddq_f32(vb, vd), bmd = vsubq_f32(vb, vd);
-        float32x4_t j = vmulq_f32(vrev64q_f32(bmd), jm);
-        float32x4_t y0 = vaddq_f32(apc, bpd);
-        float32x4_t y1 = cmulw(vaddq_f32(amc, j), vld1q_f32(T), vmulq_f32(vld1q_f32(T + 8), alt));
-        float32x4_t y2 = cmulw(vsubq_f32(apc, bpd), vld1q_f32(T + 16), vmulq_f32(vld1q_f32(T + 24), alt));
-        float32x4_t y3 = cmulw(vsubq_f32(amc, j), vld1q_f32(T + 32), vmulq_f32(vld1q_f32(T + 40), alt));
-        float *o = b + 8 * p;
-        vst1q_f32(o, ZIP1_64(y0, y1));
-        vst1q_f32(o + 4, ZIP1_64(y2, y3));
-        vst1q_f32(o + 8, ZIP2_64(y0, y1));
-        vst1q_f32(o + 12, ZIP2_64(y2, y3));
-    }
-}
+/* ---- FFT: the shared micro-kernels (fft_simd.h) over simd.h's NEON mapping ---- */
+#include "fft_simd.h"
 
 static void cfft_neon(int64_t m, const float *tw, const float *src, float *x, float *tmp, int inv) {
-    int nst = 0;
-    for (int64_t L = m; L >= 2; L = L >= 4 ? L / 4 : 1) nst++;
-    /* the last stage lands in x; see cfft_avx2 */
-    float *a = (float *)src, *b = (nst & 1) ? x : tmp, *c = (nst & 1) ? tmp : x;
-    if (src == x && (nst & 1)) { b = tmp; c = x; }
-    int64_t L = m, s = 1;
-    for (; L >= 4; L /= 4, s *= 4) {
-        if (s >= 2) radix4_stage(L, s, tw, a, b, inv);
-        else if (m >= EP_TW1_MIN) radix4_first(m, tw, a, b, inv);
-        else ep_cfft_radix4_stage_ref(L, s, tw, a, b, inv);
-        a = b; b = c; c = a;
-    }
-    if (L == 2) {
-        if (s >= 2) radix2_stage(s, a, b);
-        else ep_cfft_radix2_stage_ref(s, a, b);
-        a = b;
-    }
-    if (a != x) memcpy(x, a, (size_t)m * 2 * sizeof(float));
+    fft_cfft(m, tw, src, x, tmp, inv);
 }
+static void rfft_post_neon(int64_t m, const float *rt, float *X) { fft_rfft_post(m, rt, X); }
+static void irfft_pre_neon(int64_t m, const float *rt, const float *X, float *Z) { fft_irfft_pre(m, rt, X, Z); }
+static void cmac_neon(int64_t m, const float *a, const float *b, float *acc) { fft_cmac(m, a, b, acc); }
 
-/* 2 complex in reverse order */
-AI float32x4_t crev(float32x4_t v) { return vextq_f32(v, v, 2); }
-static const float k_conj[4] = {1.0f, -1.0f, 1.0f, -1.0f};
-
-/* split pass, bins k, k+1 and mirrors l = m-k-1, m-k per step while disjoint (see the AVX2 one) */
-static void rfft_post_neon(int64_t m, const float *rt, float *X) {
-    const float32x4_t cj = vld1q_f32(k_conj), alt = vld1q_f32(k_alt);
-    int64_t k = 1;
-    for (; 2 * k + 2 < m; k += 2) {
-        float *pk = X + 2 * k, *pl = X + 2 * (m - k - 1);
-        float32x4_t A = vld1q_f32(pk), Bc = vmulq_f32(crev(vld1q_f32(pl)), cj);
-        float32x4_t E = vmulq_n_f32(vaddq_f32(A, Bc), 0.5f), D = vmulq_n_f32(vsubq_f32(A, Bc), 0.5f);
-        float32x4_t w = vld1q_f32(rt + 2 * k);
-        float32x4_t T = cmulw(D, TRN1(w, w), vmulq_f32(TRN2(w, w), alt));
-        float32x4_t S = vrev64q_f32(T);
-        vst1q_f32(pk, FMA(E, S, cj));
-        vst1q_f32(pl, crev(vsubq_f32(vmulq_f32(E, cj), S)));
-    }
-    if (k > 1) {
-        float z0r = X[0], z0i = X[1];
-        X[0] = z0r + z0i; X[1] = 0.0f;
-        X[2 * m] = z0r - z0i; X[2 * m + 1] = 0.0f;
-    }
-    ep_rfft_post_ref(m, rt, X, k);
-}
-
-static void irfft_pre_neon(int64_t m, const float *rt, const float *X, float *Z) {
-    const float32x4_t cj = vld1q_f32(k_conj), alt = vld1q_f32(k_alt);
-    int64_t k = 1;
-    for (; 2 * k + 2 < m; k += 2) {
-        const float *pk = X + 2 * k, *pl = X + 2 * (m - k - 1);
-        float32x4_t A = vld1q_f32(pk), Bc = vmulq_f32(crev(vld1q_f32(pl)), cj);
-        float32x4_t E = vmulq_n_f32(vaddq_f32(A, Bc), 0.5f), D = vmulq_n_f32(vsubq_f32(A, Bc), 0.5f);
-        float32x4_t w = vmulq_f32(vld1q_f32(rt + 2 * k), cj);
-        float32x4_t O = cmulw(D, TRN1(w, w), vmulq_f32(TRN2(w, w), alt));
-        float32x4_t S = vrev64q_f32(O);
-        vst1q_f32(Z + 2 * k, FMA(E, S, alt)); /* (er - oi, ei + or) */
-        vst1q_f32(Z + 2 * (m - k - 1), crev(vaddq_f32(vmulq_f32(E, cj), S)));
-    }
-    if (k > 1) {
-        float x0 = X[0], xm = X[2 * m];
-        Z[0] = 0.5f * (x0 + xm); Z[1] = 0.5f * (x0 - xm);
-    }
-    ep_irfft_pre_ref(m, rt, X, Z, k);
-}
-
-static void cmac_neon(int64_t m, const float *a, const float *b, float *acc) {
-    const float32x4_t alt = vld1q_f32(k_alt);
-    int64_t k = 0;
-    for (; k + 2 <= m; k += 2) {
-        float32x4_t va = vld1q_f32(a + 2 * k), vb = vld1q_f32(b + 2 * k);
-        float32x4_t p = cmulw(va, TRN1(vb, vb), vmulq_f32(TRN2(vb, vb), alt));
-        vst1q_f32(acc + 2 * k, vaddq_f32(vld1q_f32(acc + 2 * k), p));
-    }
-    for (; k < m; k++) {
-        float ar = a[2 * k], ai = a[2 * k + 1], br = b[2 * k], bi = b[2 * k + 1];
-        acc[2 * k] += ar * br - ai * bi;
-        acc[2 * k + 1] += ar * bi + ai * br;
-    }
-}
-
-const ep_ops ep_ops_neon = {"neon", gemm_neon, hash_row_neon, NULL, cfft_neon, rfft_post_neon, irfft_pre_neon, cmac_neon};
+const ep_ops ep_ops_neon = {
+    "neon", gemm_neon, hash_row_neon, NULL, cfft_neon, rfft_post_neon, irfft_pre_neon, cmac_neon,
+    .tile = {
+        .gemm_mr = 4, .gemm_nr = 4, /* tiles 4x2, 1x4, then 4x1 / 1x1 tails */
+        .gemm_kr = 4,               /* 4 lanes, scalar tail */
+        .gemm_kc = 0,               /* no column blocking */
+        .hash_row_lanes = 4,        /* xxh_tail4 + scalar lookups, partial store of the tail */
+        .hash_dot_lanes = 0,        /* no fused kernel: the core decodes + gemm */
+        .fft_lanes = EP_VC,         /* fft_simd.h over simd.h: 2 complex per float32x4_t */
+        .fft_min_m = EP_TW1_MIN,    /* fft_radix4_first needs m >= 16; later stages have s >= 4 */
+        .split_lanes = EP_VC,       /* bins k, k+1 and their mirrors while 2k + 2 < m */
+        .cmac_lanes = EP_VC,        /* 2 complex per step, scalar tail */
+    },
+};
 #endif /* __aarch64__ || ARMv7 NEON */

@@ -138,4 +138,15 @@ static void cmac_ref(int64_t m, const float *a, const float *b, float *acc) {
     }
 }
 
-const ep_ops ep_ops_ref = {"ref", gemm_ref, hash_row_ref, NULL, cfft_ref, rfft_post_ref, irfft_pre_ref, cmac_ref};
+const ep_ops ep_ops_ref = {
+    "ref", gemm_ref, hash_row_ref, NULL, cfft_ref, rfft_post_ref, irfft_pre_ref, cmac_ref,
+    .tile = {
+        .gemm_mr = 1, .gemm_nr = 1, .gemm_kr = 1, /* one dot product at a time, one column per step */
+        .gemm_kc = 0,                              /* no column blocking */
+        .hash_row_lanes = 1,                       /* one column per step */
+        .hash_dot_lanes = 0,                       /* no fused kernel: the core decodes + gemm */
+        .fft_lanes = 1, .fft_min_m = 2,            /* scalar stages for every m */
+        .split_lanes = 1,                          /* one bin and its mirror per step */
+        .cmac_lanes = 1,
+    },
+};

@@ -1,9 +1,11 @@
-/* The attribute half of the C op layer (include/edgepack/ops.h): one reading and one set of
- * checks and messages for every ai.edgepack op, driven by the generated ops.inc. */
+/* The C op layer (include/edgepack/ops.h): one reading of the attributes, one set of input checks
+ * and messages, the output shape, decoded bytes, plan and run of every ai.edgepack op, driven by
+ * the generated ops.inc. A new op adds its case to the switches below (docs/ops.md). */
 #include "edgepack/ops.h"
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define U32_MAX_I64 ((int64_t)0xFFFFFFFF)
@@ -13,6 +15,10 @@ _Static_assert(EP_LIMIT_MAX_RANK >= 1, "ops.inc MAX_RANK must allow a 1-D shape"
 /* kernels.c checks num_buckets, recon's H and FFT sizes with EP_LIMIT_*; its messages say these: */
 _Static_assert(EP_LIMIT_MAX_BUCKETS == INT32_MAX, "kernels.c says num_buckets < 2^31");
 _Static_assert(EP_LIMIT_MIN_POW2 == 4 && EP_LIMIT_MAX_POW2 == 1 << 30, "kernels.c says FFT sizes in [4, 2^30]");
+/* kernels.c's ep_limits_from_env defaults are ops.inc's; kernels.h's public constants must agree */
+_Static_assert(EP_LIMIT_DEFAULT_MAX_VIRTUAL_WEIGHTS == EP_DEFAULT_MAX_VIRTUAL_WEIGHTS &&
+                   EP_LIMIT_DEFAULT_MAX_DECODED_BYTES == EP_DEFAULT_MAX_DECODED_BYTES,
+               "kernels.h's EP_DEFAULT_MAX_* differ from op_spec.py's DEFAULT_MAX_* limits");
 
 typedef struct attr_spec {
     ep_op op;
@@ -125,4 +131,372 @@ int ep_op_read_attrs(ep_op op, ep_runtime rt, const ep_attr_reader *r, ep_op_att
                        (long long)out->hp.cols, (long long)K);
     }
     return 0;
+}
+
+/* ---- inputs ------------------------------------------------------------------------------ */
+
+typedef struct input_spec {
+    ep_op op;
+    int index;
+    const char *name;
+    int required;
+    const char *kind;
+} input_spec;
+
+static const input_spec INPUTS[] = {
+#define EP_OP_INPUT(op, index, name, required, kind) {EP_OP_##op, index, name, required, kind},
+#include "edgepack/ops.inc"
+};
+
+static const int N_INPUTS[EP_OP_COUNT] = {
+#define EP_OP(op, n_inputs, n_required, n_attributes) n_inputs,
+#include "edgepack/ops.inc"
+};
+
+static const int N_REQUIRED[EP_OP_COUNT] = {
+#define EP_OP(op, n_inputs, n_required, n_attributes) n_required,
+#include "edgepack/ops.inc"
+};
+
+#define EP_OP(op, n_inputs, n_required, n_attributes) \
+    _Static_assert(n_inputs <= EP_OP_MAX_INPUTS, #op " has more inputs than EP_OP_MAX_INPUTS");
+#include "edgepack/ops.inc"
+
+int ep_op_n_inputs(ep_op op) { return (unsigned)op < EP_OP_COUNT ? N_INPUTS[op] : 0; }
+int ep_op_n_required(ep_op op) { return (unsigned)op < EP_OP_COUNT ? N_REQUIRED[op] : 0; }
+
+static const input_spec *input_at(ep_op op, int index) {
+    for (size_t i = 0; i < sizeof INPUTS / sizeof INPUTS[0]; i++)
+        if (INPUTS[i].op == op && INPUTS[i].index == index) return &INPUTS[i];
+    return NULL;
+}
+
+const char *ep_op_input_name(ep_op op, int index) {
+    const input_spec *s = input_at(op, index);
+    return s ? s->name : NULL;
+}
+
+const char *ep_op_input_kind(ep_op op, int index) {
+    const input_spec *s = input_at(op, index);
+    return s ? s->kind : NULL;
+}
+
+/* The slot of op's input `name`, or -1 when it has none. */
+static int slot(ep_op op, const char *name) {
+    for (size_t i = 0; i < sizeof INPUTS / sizeof INPUTS[0]; i++)
+        if (INPUTS[i].op == op && !strcmp(INPUTS[i].name, name)) return INPUTS[i].index;
+    return -1;
+}
+
+void ep_op_attr_names(ep_op op, char *buf, size_t cap) {
+    size_t n = 0;
+    if (cap) buf[0] = 0;
+    for (size_t i = 0; i < sizeof ATTRS / sizeof ATTRS[0] && n < cap; i++)
+        if (ATTRS[i].op == op) n += (size_t)snprintf(buf + n, cap - n, n ? ", %s" : "%s", ATTRS[i].name);
+}
+
+void ep_tensor_dims_str(const ep_tensor *t, char *buf, size_t cap) {
+    size_t n = (size_t)snprintf(buf, cap, "[");
+    for (size_t d = 0; d < t->rank && n < cap; d++)
+        n += (size_t)snprintf(buf + n, cap - n, d ? ", %lld" : "%lld", (long long)t->dims[d]);
+    if (n < cap) snprintf(buf + n, cap - n, "]");
+}
+
+static int is_pow2(int64_t n) { return n > 0 && (n & (n - 1)) == 0; }
+
+static int check_buckets(const ep_tensor *t, char *msg, size_t cap) {
+    char s[256];
+    ep_tensor_dims_str(t, s, sizeof s);
+    if (t->rank != 1 || t->count < 1 || t->count > EP_LIMIT_MAX_BUCKETS)
+        return say(msg, cap, "input 'buckets' has shape %s; must be 1-D with 1 <= B < 2^31 buckets", s);
+    return 0;
+}
+
+static int check_recon(const ep_op_attrs *a, const ep_tensor *t, char *msg, size_t cap) {
+    const long long K = a->hp.num_hashes, per = K + 2;
+    if (!t->present && K == 1) return 0; /* optional for K = 1: applied when given */
+    if (!t->present)
+        return say(msg, cap, "input 'recon' is required when num_hashes=%lld: the MLP [W1 (H x K), b1 (H), W2 (H), "
+                   "b2] of length H*(K+2)+1", K);
+    if (t->rank != 1 || t->count < per + 1 || (t->count - 1) % per != 0)
+        return say(msg, cap, "input 'recon' has %lld values (rank %zu); with num_hashes=%lld it must be 1-D of "
+                   "length H*%lld+1 for some H >= 1 (e.g. %lld, %lld, ...)", (long long)t->count, t->rank, K, per,
+                   per + 1, 2 * per + 1);
+    return 0;
+}
+
+static int check_blocks(const ep_op_attrs *a, const ep_tensor *t, char *msg, size_t cap) {
+    char s[256];
+    ep_tensor_dims_str(t, s, sizeof s);
+    if (t->rank != 3 || t->dims[0] < 1 || t->dims[1] < 1 || !is_pow2(t->dims[2]) || t->dims[2] < EP_LIMIT_MIN_POW2)
+        return say(msg, cap, "input 'blocks' has shape %s; must be [p, q, b] with p, q >= 1 and b a power of two "
+                   ">= %d", s, EP_LIMIT_MIN_POW2);
+    const int64_t p = t->dims[0], q = t->dims[1], b = t->dims[2];
+    if (a->in_f > q * b || a->out_f > p * b)
+        return say(msg, cap, "input 'blocks' has shape %s; need in_features=%lld <= q*b=%lld and out_features=%lld "
+                   "<= p*b=%lld", s, (long long)a->in_f, (long long)(q * b), (long long)a->out_f, (long long)(p * b));
+    return 0;
+}
+
+static int check_ldr(const ep_op_attrs *a, const ep_tensor *g, const ep_tensor *h, char *msg, size_t cap) {
+    char sg[256], sh[256];
+    ep_tensor_dims_str(g, sg, sizeof sg);
+    ep_tensor_dims_str(h, sh, sizeof sh);
+    if (g->rank != 2 || h->rank != 2 || g->dims[0] != h->dims[0] || g->dims[1] != h->dims[1] || g->dims[0] < 1 ||
+        !is_pow2(g->dims[1]) || g->dims[1] < EP_LIMIT_MIN_POW2)
+        return say(msg, cap, "inputs 'G' %s and 'H' %s must both be [r, n] with r >= 1 and n a power of two >= %d", sg,
+                   sh, EP_LIMIT_MIN_POW2);
+    if (a->in_f > g->dims[1] || a->out_f > g->dims[1])
+        return say(msg, cap, "in_features=%lld and out_features=%lld must both be <= n=%lld (G, H are %s)",
+                   (long long)a->in_f, (long long)a->out_f, (long long)g->dims[1], sg);
+    return 0;
+}
+
+static int check_missing(ep_op op, const ep_tensor *in, int weights_only, char *msg, size_t cap) {
+    for (int i = 0; i < N_REQUIRED[op]; i++) {
+        const input_spec *s = input_at(op, i);
+        if (!in[i].present && (!weights_only || !strcmp(s->kind, "weight")))
+            return say(msg, cap, "required input '%s' is missing", s->name);
+    }
+    return 0;
+}
+
+static int bad_args(ep_op op, const ep_op_attrs *a, const void *in, char *msg, size_t cap) {
+    if ((unsigned)op < EP_OP_COUNT && a && in) return 0;
+    return say(msg, cap, "internal error: bad arguments to the op layer");
+}
+
+int ep_op_check_weights(ep_op op, const ep_op_attrs *a, const ep_tensor *in, char *msg, size_t cap) {
+    if (bad_args(op, a, in, msg, cap) || check_missing(op, in, 1, msg, cap)) return 1;
+    switch (op) {
+    case EP_OP_HashedWeight:
+    case EP_OP_HashedMatMul:
+        return check_buckets(&in[slot(op, "buckets")], msg, cap) || check_recon(a, &in[slot(op, "recon")], msg, cap);
+    case EP_OP_CirculantMatMul: return check_blocks(a, &in[slot(op, "blocks")], msg, cap);
+    case EP_OP_LDRMatMul: return check_ldr(a, &in[slot(op, "G")], &in[slot(op, "H")], msg, cap);
+    case EP_OP_COUNT: break;
+    }
+    return 1;
+}
+
+int ep_op_check_inputs(ep_op op, const ep_op_attrs *a, const ep_tensor *in, char *msg, size_t cap) {
+    if (bad_args(op, a, in, msg, cap) || check_missing(op, in, 0, msg, cap) || ep_op_check_weights(op, a, in, msg, cap))
+        return 1;
+    char s[256];
+    const int x = slot(op, "X"), b = slot(op, "bias");
+    if (x >= 0) {
+        ep_tensor_dims_str(&in[x], s, sizeof s);
+        if (in[x].rank < 1 || in[x].dims[in[x].rank - 1] != a->in_f)
+            return say(msg, cap, "input 'X' has shape %s; its last axis must equal in_features=%lld", s,
+                       (long long)a->in_f);
+    }
+    if (b >= 0 && in[b].present) {
+        ep_tensor_dims_str(&in[b], s, sizeof s);
+        if (in[b].rank != 1 || in[b].count != a->out_f)
+            return say(msg, cap, "input 'bias' has shape %s; must be [out_features] = [%lld]", s, (long long)a->out_f);
+    }
+    return 0;
+}
+
+/* ---- output, limits and plans ------------------------------------------------------------ */
+
+int ep_op_output_shape(ep_op op, const ep_op_attrs *a, const ep_tensor *in, ep_tensor *y, char *msg, size_t cap) {
+    if (bad_args(op, a, y, msg, cap)) return 1;
+    memset(y, 0, sizeof *y);
+    y->present = 1;
+    if (op == EP_OP_HashedWeight) {
+        y->rank = a->shape_rank;
+        memcpy(y->dims, a->shape, sizeof(int64_t) * a->shape_rank);
+        y->count = a->hp.rows * a->hp.cols; /* ep_op_read_attrs bounds it by INT64_MAX / 8 */
+        return 0;
+    }
+    const ep_tensor *x = in ? &in[slot(op, "X")] : NULL;
+    if (!x || x->rank < 1 || a->in_f < 1) return say(msg, cap, "internal error: output shape of unchecked inputs");
+    y->rank = x->rank;
+    memcpy(y->dims, x->dims, sizeof(int64_t) * x->rank);
+    y->dims[y->rank - 1] = a->out_f;
+    const int64_t N = x->count / a->in_f;
+    if (N > INT64_MAX / 4 / a->out_f) {
+        char s[256];
+        ep_tensor_dims_str(y, s, sizeof s);
+        return say(msg, cap, "output 'Y' of shape %s would have more than 2^61 elements", s);
+    }
+    y->count = N * a->out_f;
+    return 0;
+}
+
+/* "shape [2, 3]" (HashedWeight) or "in_features=3 x out_features=2": the node's size in messages. */
+static void size_str(ep_op op, const ep_op_attrs *a, char *buf, size_t cap) {
+    if (op != EP_OP_HashedWeight) {
+        snprintf(buf, cap, "in_features=%lld x out_features=%lld", (long long)a->in_f, (long long)a->out_f);
+        return;
+    }
+    ep_tensor t;
+    t.rank = a->shape_rank;
+    memcpy(t.dims, a->shape, sizeof(int64_t) * a->shape_rank);
+    int n = snprintf(buf, cap, "shape ");
+    if (n > 0 && (size_t)n < cap) ep_tensor_dims_str(&t, buf + n, cap - (size_t)n);
+}
+
+int ep_op_check_virtual(ep_op op, const ep_op_attrs *a, const ep_limits *lim, char *msg, size_t cap) {
+    if (bad_args(op, a, lim, msg, cap)) return 1;
+    char desc[200];
+    size_str(op, a, desc, sizeof desc);
+    const uint64_t v = (uint64_t)a->hp.rows * (uint64_t)a->hp.cols; /* both < 2^32 */
+    if (ep_limits_check_weights(lim, v > (uint64_t)INT64_MAX ? -1 : (int64_t)v, desc))
+        return say(msg, cap, "%s", ep_last_error());
+    return 0;
+}
+
+int ep_op_check_output(const ep_limits *lim, const ep_tensor *y, char *msg, size_t cap) {
+    if (!lim || !y || y->count < 0 || y->count > INT64_MAX / 4)
+        return say(msg, cap, "internal error: bad arguments to ep_op_check_output");
+    char what[320], s[256];
+    ep_tensor_dims_str(y, s, sizeof s);
+    snprintf(what, sizeof what, "output 'Y' of shape %s", s);
+    if (ep_limits_check_bytes(lim, 0, 4 * y->count, what)) return say(msg, cap, "%s", ep_last_error());
+    return 0;
+}
+
+int64_t ep_op_plan_bytes(ep_op op, const ep_op_attrs *a, const ep_tensor *in, char *what, size_t cap) {
+    char desc[200], s[256];
+    if (cap) what[0] = 0;
+    if ((unsigned)op >= EP_OP_COUNT || !a) return -1;
+    size_str(op, a, desc, sizeof desc);
+    switch (op) {
+    case EP_OP_HashedWeight:
+        snprintf(what, cap, "the decoded weight (%s)", desc);
+        return 4 * a->hp.rows * a->hp.cols;
+    case EP_OP_HashedMatMul:
+        if (a->mode == 1) return 0;
+        snprintf(what, cap, "the expanded weight (mode 0) (%s)", desc);
+        return 4 * a->hp.rows * a->hp.cols;
+    case EP_OP_CirculantMatMul:
+    case EP_OP_LDRMatMul: {
+        const char *name = op == EP_OP_CirculantMatMul ? "blocks" : "G";
+        const int w = slot(op, name);
+        if (!in || !in[w].present) return -1;
+        const int64_t *d = in[w].dims;
+        ep_tensor_dims_str(&in[w], s, sizeof s);
+        snprintf(what, cap, "the %s spectra (%s, input '%s' %s)", op == EP_OP_CirculantMatMul ? "block" : "LDR", desc,
+                 name, s);
+        return op == EP_OP_CirculantMatMul ? 4 * d[0] * d[1] * (d[2] + 2) : 4 * d[0] * (4 * d[1] + 2);
+    }
+    case EP_OP_COUNT: break;
+    }
+    return -1;
+}
+
+struct ep_op_plan {
+    ep_hashed_plan *hashed;
+    ep_circulant_plan *circulant;
+    ep_ldr_plan *ldr;
+    float *W; /* HashedWeight, decoded */
+};
+
+static int kernel_error(ep_status s, char *msg, size_t cap) {
+    return say(msg, cap, "kernel error (%s): %s", ep_status_str(s), ep_last_error());
+}
+
+/* The hash parameters with B from the checked buckets; recon's length (0 when absent) in *n_recon. */
+static ep_hash_params hash_params(ep_op op, const ep_op_attrs *a, const ep_tensor *in, const float **recon,
+                                  int64_t *n_recon) {
+    const ep_tensor *r = &in[slot(op, "recon")];
+    ep_hash_params p = a->hp;
+    p.num_buckets = in[slot(op, "buckets")].count;
+    *recon = r->present ? r->data : NULL;
+    *n_recon = r->present ? r->count : 0;
+    return p;
+}
+
+int ep_op_plan_create(ep_op op, const ep_op_attrs *a, const ep_tensor *in, ep_op_plan **out, char *msg, size_t cap) {
+    if (bad_args(op, a, in, msg, cap) || !out) return 1;
+    *out = NULL;
+    ep_op_plan *plan = (ep_op_plan *)calloc(1, sizeof *plan);
+    if (!plan) return say(msg, cap, "out of memory creating a plan");
+    ep_status s = EP_OK;
+    const float *recon = NULL;
+    int64_t n_recon = 0;
+    switch (op) {
+    case EP_OP_HashedWeight: {
+        const ep_hash_params p = hash_params(op, a, in, &recon, &n_recon);
+        plan->W = (float *)malloc(sizeof(float) * (size_t)(p.rows * p.cols));
+        if (!plan->W) {
+            free(plan);
+            return say(msg, cap, "cannot allocate the %lld x %lld weight", (long long)p.rows, (long long)p.cols);
+        }
+        s = ep_hashed_decode(&p, in[slot(op, "buckets")].data, recon, n_recon, plan->W);
+        break;
+    }
+    case EP_OP_HashedMatMul:
+        if (a->mode == 1) break; /* stream: hashes on the fly, nothing to keep */
+        {
+            const ep_hash_params p = hash_params(op, a, in, &recon, &n_recon);
+            s = ep_hashed_plan_create(&p, in[slot(op, "buckets")].data, recon, n_recon, &plan->hashed);
+        }
+        break;
+    case EP_OP_CirculantMatMul: {
+        const ep_tensor *w = &in[slot(op, "blocks")];
+        s = ep_circulant_plan_create(w->dims[0], w->dims[1], w->dims[2], w->data, a->in_f, a->out_f, &plan->circulant);
+        break;
+    }
+    case EP_OP_LDRMatMul: {
+        const ep_tensor *g = &in[slot(op, "G")], *h = &in[slot(op, "H")];
+        s = ep_ldr_plan_create(g->dims[0], g->dims[1], g->data, h->data, a->in_f, a->out_f, &plan->ldr);
+        break;
+    }
+    case EP_OP_COUNT: break;
+    }
+    if (s) {
+        ep_op_plan_destroy(plan);
+        return kernel_error(s, msg, cap);
+    }
+    *out = plan;
+    return 0;
+}
+
+void ep_op_plan_destroy(ep_op_plan *plan) {
+    if (!plan) return;
+    ep_hashed_plan_destroy(plan->hashed);
+    ep_circulant_plan_destroy(plan->circulant);
+    ep_ldr_plan_destroy(plan->ldr);
+    free(plan->W);
+    free(plan);
+}
+
+int ep_op_run(ep_op op, const ep_op_attrs *a, const ep_op_plan *plan, const ep_tensor *in, float *Y, char *msg,
+              size_t cap) {
+    if (bad_args(op, a, in, msg, cap)) return 1;
+    const float *recon = NULL;
+    int64_t n_recon = 0;
+    ep_status s = EP_OK;
+    if (op == EP_OP_HashedWeight) {
+        const ep_hash_params p = hash_params(op, a, in, &recon, &n_recon);
+        if (plan && plan->W) {
+            memcpy(Y, plan->W, sizeof(float) * (size_t)(p.rows * p.cols));
+            return 0;
+        }
+        s = ep_hashed_decode(&p, in[slot(op, "buckets")].data, recon, n_recon, Y);
+        return s ? kernel_error(s, msg, cap) : 0;
+    }
+    const int64_t N = in[slot(op, "X")].count / a->in_f;
+    if (N == 0) return 0;
+    const ep_tensor *b = &in[slot(op, "bias")];
+    const float *X = in[slot(op, "X")].data, *bias = b->present ? b->data : NULL;
+    if (op == EP_OP_HashedMatMul && a->mode == 1) {
+        const ep_hash_params p = hash_params(op, a, in, &recon, &n_recon);
+        s = ep_hashed_matmul_stream(&p, in[slot(op, "buckets")].data, recon, n_recon, X, N, bias, Y);
+        return s ? kernel_error(s, msg, cap) : 0;
+    }
+    ep_op_plan *own = NULL; /* weights fed at run time: a plan for this run only */
+    if (!plan && ep_op_plan_create(op, a, in, &own, msg, cap)) return 1;
+    const ep_op_plan *use = plan ? plan : own;
+    switch (op) {
+    case EP_OP_HashedMatMul: s = ep_hashed_matmul_expand(use->hashed, X, N, a->in_f, bias, Y, a->out_f); break;
+    case EP_OP_CirculantMatMul: s = ep_circulant_matmul(use->circulant, X, N, a->in_f, bias, Y, a->out_f); break;
+    case EP_OP_LDRMatMul: s = ep_ldr_matmul(use->ldr, X, N, a->in_f, bias, Y, a->out_f); break;
+    default: break;
+    }
+    ep_op_plan_destroy(own);
+    return s ? kernel_error(s, msg, cap) : 0;
 }

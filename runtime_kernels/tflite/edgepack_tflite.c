@@ -6,10 +6,11 @@
  *    tensors produced and consumed inside the partition live in buffers of the kernel;
  *  - plain custom-op registrations (edgepack_tflite_registration), which registrar.c adds to
  *    tflite-runtime 2.14's InterpreterWithCustomOps through its exported MutableOpResolver::AddCustom.
- * Options are the node's FlexBuffers map; they are parsed at init and any problem is reported
- * at prepare (init cannot fail portably in 2.14). Shapes are validated at prepare and again at
- * invoke before memory is touched; plans (decoded V, FFT spectra) are built once at prepare
- * when the weights are constant tensors, otherwise per invoke.
+ * A thin adapter over the C op layer (src/ops.c): options are the node's FlexBuffers map, read
+ * through an ep_attr_reader at init (any problem is reported at prepare: init cannot fail
+ * portably in 2.14); TfLiteTensors become ep_tensor views that the layer checks at prepare and
+ * again at invoke before memory is touched; plans (decoded V, FFT spectra) are built once at
+ * prepare when the weights are constant tensors, otherwise per invoke.
  *
  * Tensors: a constant input (kTfLiteMmapRo / kTfLitePersistentRo) must hold exactly its shape's
  * bytes; the output must be writable (arena, dynamic or custom), never a constant.
@@ -30,56 +31,25 @@
 #include "flexmap.h"
 #include "tflite_abi.h"
 
-#define MAX_RANK EP_LIMIT_MAX_RANK
-#define MAX_IN 4
+#define MAX_IN EP_OP_MAX_INPUTS
 #define PREFIX "ai.edgepack."
 
-typedef enum op_kind {
-    OP_HASHED_WEIGHT = EP_OP_HashedWeight,
-    OP_HASHED_MATMUL = EP_OP_HashedMatMul,
-    OP_CIRCULANT = EP_OP_CirculantMatMul,
-    OP_LDR = EP_OP_LDRMatMul,
-    OP_COUNT = EP_OP_COUNT
-} op_kind;
-
-typedef struct op_info {
-    const char *name;
-    int min_in, max_in; /* inputs that must be present: the first min_in */
-    const char *inputs[MAX_IN];
-    const char *keys; /* for messages */
-} op_info;
-
-static const op_info g_ops[OP_COUNT] = {
-    {"HashedWeight", 1, 2, {"buckets", "recon"}, "shape, num_hashes, seed, signed"},
-    {"HashedMatMul", 2, 4, {"X", "buckets", "recon", "bias"},
-     "in_features, out_features, num_hashes, seed, signed, mode"},
-    {"CirculantMatMul", 2, 3, {"X", "blocks", "bias"}, "in_features, out_features"},
-    {"LDRMatMul", 3, 4, {"X", "G", "H", "bias"}, "in_features, out_features"},
-};
-
 typedef struct ep_node {
-    op_kind kind;
+    ep_op kind;
     char label[200]; /* "HashedMatMul node #3 (output 'Y')", used in every message */
     char err[1100];  /* problem found at init, reported at prepare */
     int n_in, in[MAX_IN], out;
-    int64_t in_f, out_f, mode;
-    ep_hash_params hp;
-    int64_t shape[MAX_RANK];
-    size_t shape_rank;
-    int planned; /* plans below built from constant weights */
+    ep_op_attrs at;
+    ep_op_plan *plan; /* built at prepare from constant weights */
     ep_limits lim;
     int64_t reserved;           /* decoded bytes counted against budget_ctx's budget */
     const TfLiteContext *budget_ctx;
-    ep_hashed_plan *hplan;
-    ep_circulant_plan *cplan;
-    ep_ldr_plan *lplan;
-    float *W;
 } ep_node;
 
 typedef struct itensor { /* a tensor produced and consumed inside one delegate partition */
     int idx;
     size_t rank;
-    int64_t dims[MAX_RANK];
+    int64_t dims[EP_LIMIT_MAX_RANK];
     float *data;
     size_t cap;
 } itensor;
@@ -91,14 +61,6 @@ typedef struct part {
     itensor *ints;
     int n_ints;
 } part;
-
-typedef struct tview {
-    int present, is_const;
-    size_t rank;
-    int64_t dims[MAX_RANK];
-    int64_t count;
-    const float *data;
-} tview;
 
 static TfLiteStatus fail(TfLiteContext *ctx, const ep_node *n, const char *fmt, ...) {
     char msg[1536];
@@ -112,26 +74,20 @@ static TfLiteStatus fail(TfLiteContext *ctx, const ep_node *n, const char *fmt, 
     return kTfLiteError;
 }
 
-static TfLiteStatus kernel_fail(TfLiteContext *ctx, const ep_node *n, ep_status s) {
-    return fail(ctx, n, "kernel error (%s): %s", ep_status_str(s), ep_last_error());
-}
-
-static int is_pow2(int64_t v) { return v > 0 && (v & (v - 1)) == 0; }
-
 static void set_label(ep_node *n, TfLiteContext *ctx, int node_index) {
     const char *oname = NULL;
     if (ctx && n->out >= 0 && (size_t)n->out < ctx->tensors_size) oname = ctx->tensors[n->out].name;
     char idx[24] = "";
     if (node_index >= 0) snprintf(idx, sizeof idx, " #%d", node_index);
-    snprintf(n->label, sizeof n->label, "%s node%s (output '%.80s')", g_ops[n->kind].name, idx,
+    snprintf(n->label, sizeof n->label, "%s node%s (output '%.80s')", ep_op_name(n->kind), idx,
              oname ? oname : "?");
 }
 
-static int kind_of(const char *custom_name, op_kind *kind) {
+static int kind_of(const char *custom_name, ep_op *kind) {
     if (!custom_name || strncmp(custom_name, PREFIX, sizeof PREFIX - 1)) return 0;
-    for (int k = 0; k < OP_COUNT; k++)
-        if (!strcmp(custom_name + sizeof PREFIX - 1, g_ops[k].name)) {
-            *kind = (op_kind)k;
+    for (int k = 0; k < EP_OP_COUNT; k++)
+        if (!strcmp(custom_name + sizeof PREFIX - 1, ep_op_name((ep_op)k))) {
+            *kind = (ep_op)k;
             return 1;
         }
     return 0;
@@ -179,38 +135,32 @@ static ep_attr_result fx_get_float(void *ctx, const char *name, float *out, char
 /* Parse the FlexBuffers options into n with the shared checks of src/ops.c; 0 with n->err set on failure. */
 static int parse_options(ep_node *n, const void *buf, size_t len) {
     fx_map m;
-    char why[200];
+    char why[200], keys[200];
+    ep_op_attr_names(n->kind, keys, sizeof keys);
     if (fx_map_open(buf, len, &m, why, sizeof why))
-        return ERR("%s (expected a FlexBuffers map with %s)", why, g_ops[n->kind].keys);
+        return ERR("%s (expected a FlexBuffers map with %s)", why, keys);
     const ep_attr_reader reader = {&m, fx_get_int, fx_get_ints, fx_get_float};
-    ep_op_attrs at;
-    if (ep_op_read_attrs((ep_op)n->kind, EP_RUNTIME_TFLITE, &reader, &at, n->err, sizeof n->err)) return 0;
-    n->in_f = at.in_f;
-    n->out_f = at.out_f;
-    n->mode = at.mode;
-    n->hp = at.hp;
-    memcpy(n->shape, at.shape, sizeof n->shape);
-    n->shape_rank = at.shape_rank;
-    return 1;
+    return !ep_op_read_attrs(n->kind, EP_RUNTIME_TFLITE, &reader, &n->at, n->err, sizeof n->err);
 }
 
 /* Inputs/outputs of the node; an error goes to n->err unless one is there already. */
 static int set_io(ep_node *n, const TfLiteIntArray *ins, const TfLiteIntArray *outs) {
-    const op_info *op = &g_ops[n->kind];
+    const int min_in = ep_op_n_required(n->kind), max_in = ep_op_n_inputs(n->kind);
     const int had_err = n->err[0] != 0;
-    char keep[sizeof n->err];
+    char keep[sizeof n->err], names[200];
     memcpy(keep, n->err, sizeof keep);
     n->out = outs && outs->size >= 1 ? outs->data[0] : -1;
     n->n_in = 0;
     for (int i = 0; i < MAX_IN; i++) n->in[i] = kTfLiteOptionalTensor;
+    size_t len = 0;
+    names[0] = 0;
+    for (int i = 0; i < max_in && len < sizeof names; i++)
+        len += (size_t)snprintf(names + len, sizeof names - len, i ? ", %s" : "%s", ep_op_input_name(n->kind, i));
     int ok = 1;
     if (!ins || !outs) ok = ERR("node has no input/output list");
     else if (outs->size != 1) ok = ERR("has %d outputs; must have exactly 1", outs->size);
-    else if (ins->size < op->min_in || ins->size > op->max_in)
-        ok = ERR("has %d inputs; must have %d..%d (%s%s%s%s%s%s%s)", ins->size, op->min_in, op->max_in,
-                 op->inputs[0], op->inputs[1] ? ", " : "", op->inputs[1] ? op->inputs[1] : "",
-                 op->inputs[2] ? ", " : "", op->inputs[2] ? op->inputs[2] : "", op->inputs[3] ? ", " : "",
-                 op->inputs[3] ? op->inputs[3] : "");
+    else if (ins->size < min_in || ins->size > max_in)
+        ok = ERR("has %d inputs; must have %d..%d (%s)", ins->size, min_in, max_in, names);
     if (ok) {
         n->n_in = ins->size;
         for (int i = 0; i < ins->size; i++) n->in[i] = ins->data[i];
@@ -276,11 +226,8 @@ static int budget_reserve(ep_node *n, const TfLiteContext *ctx, int64_t bytes, c
 
 static void release_node(ep_node *n) {
     budget_release(n);
-    ep_hashed_plan_destroy(n->hplan);
-    ep_circulant_plan_destroy(n->cplan);
-    ep_ldr_plan_destroy(n->lplan);
-    free(n->W);
-    n->hplan = NULL, n->cplan = NULL, n->lplan = NULL, n->W = NULL;
+    ep_op_plan_destroy(n->plan);
+    n->plan = NULL;
 }
 
 static void free_part(part *p) {
@@ -308,8 +255,6 @@ static int is_part_output(const part *p, int idx) {
     return 0;
 }
 
-static void dims_str(const tview *t, char *buf, size_t cap);
-
 static const char *alloc_name(int type) {
     static const char *names[] = {"kTfLiteMemNone", "kTfLiteMmapRo", "kTfLiteArenaRw", "kTfLiteArenaRwPersistent",
                                   "kTfLiteDynamic", "kTfLitePersistentRo", "kTfLiteCustom", "kTfLiteVariantObject"};
@@ -322,10 +267,13 @@ static int is_writable(int type) {
     return type == kTfLiteArenaRw || type == kTfLiteArenaRwPersistent || type == kTfLiteDynamic || type == kTfLiteCustom;
 }
 
-/* View of input slot i of n (absent: present = 0). need_data: the data must be there (invoke). */
-static TfLiteStatus view_of(TfLiteContext *ctx, const part *p, const ep_node *n, int i, int need_data, tview *t) {
-    const char *iname = g_ops[n->kind].inputs[i];
+/* View of input slot i of n (absent: present = 0), and whether it is a constant. need_data: the
+ * data must be there (invoke). */
+static TfLiteStatus view_of(TfLiteContext *ctx, const part *p, const ep_node *n, int i, int need_data, ep_tensor *t,
+                            int *is_const) {
+    const char *iname = ep_op_input_name(n->kind, i);
     memset(t, 0, sizeof *t);
+    *is_const = 0;
     const int idx = i < n->n_in ? n->in[i] : kTfLiteOptionalTensor;
     if (idx == kTfLiteOptionalTensor) return kTfLiteOk;
     const itensor *it = find_internal(p, idx);
@@ -343,8 +291,8 @@ static TfLiteStatus view_of(TfLiteContext *ctx, const part *p, const ep_node *n,
     const TfLiteTensor *ts = &ctx->tensors[idx];
     if (ts->type != kTfLiteFloat32)
         return fail(ctx, n, "input '%s' (tensor %d) has TfLiteType %d; must be float32 (1)", iname, idx, ts->type);
-    if (!ts->dims || ts->dims->size < 0 || ts->dims->size > MAX_RANK)
-        return fail(ctx, n, "input '%s' (tensor %d) has no shape or a rank above %d", iname, idx, MAX_RANK);
+    if (!ts->dims || ts->dims->size < 0 || ts->dims->size > EP_LIMIT_MAX_RANK)
+        return fail(ctx, n, "input '%s' (tensor %d) has no shape or a rank above %d", iname, idx, EP_LIMIT_MAX_RANK);
     t->present = 1;
     t->rank = (size_t)ts->dims->size;
     t->count = 1;
@@ -360,11 +308,11 @@ static TfLiteStatus view_of(TfLiteContext *ctx, const part *p, const ep_node *n,
         return fail(ctx, n, "input '%s' (tensor %d) has allocation type %s; an input must be a constant "
                     "(kTfLiteMmapRo, kTfLitePersistentRo) or an arena, dynamic or custom buffer", iname, idx,
                     alloc_name(at));
-    t->is_const = is_read_only(at) && ts->data;
+    *is_const = is_read_only(at) && ts->data;
     t->data = (const float *)ts->data;
-    if (need_data || t->is_const) {
+    if (need_data || *is_const) {
         char s[256];
-        dims_str(t, s, sizeof s);
+        ep_tensor_dims_str(t, s, sizeof s);
         if (!ts->data && t->count) return fail(ctx, n, "input '%s' (tensor %d) has no data", iname, idx);
         if (ts->bytes != (size_t)t->count * sizeof(float))
             return fail(ctx, n, "input '%s' (tensor %d, %s) holds %zu bytes; its shape %s needs exactly %lld",
@@ -373,198 +321,35 @@ static TfLiteStatus view_of(TfLiteContext *ctx, const part *p, const ep_node *n,
     return kTfLiteOk;
 }
 
-static void dims_str(const tview *t, char *buf, size_t cap) {
-    size_t k = (size_t)snprintf(buf, cap, "[");
-    for (size_t d = 0; d < t->rank && k < cap; d++)
-        k += (size_t)snprintf(buf + k, cap - k, d ? ", %lld" : "%lld", (long long)t->dims[d]);
-    if (k < cap) snprintf(buf + k, cap - k, "]");
-}
-
-static TfLiteStatus check_buckets(TfLiteContext *ctx, const ep_node *n, const tview *t, int i) {
-    char s[256];
-    dims_str(t, s, sizeof s);
-    if (t->rank != 1 || t->count < 1 || t->count > INT32_MAX)
-        return fail(ctx, n, "input '%s' has shape %s; must be 1-D with 1 <= B < 2^31 buckets",
-                    g_ops[n->kind].inputs[i], s);
-    return kTfLiteOk;
-}
-
-static TfLiteStatus check_recon(TfLiteContext *ctx, const ep_node *n, const tview *t, int i) {
-    const int64_t K = n->hp.num_hashes, per = K + 2;
-    const char *iname = g_ops[n->kind].inputs[i];
-    if (!t->present && K == 1) return kTfLiteOk; /* optional for K = 1: applied when given */
-    if (!t->present)
-        return fail(ctx, n, "input '%s' is required when num_hashes=%lld: the MLP [W1 (H x K), b1 (H), W2 (H), b2] "
-                    "of length H*(K+2)+1", iname, (long long)K);
-    if (t->rank != 1 || t->count < per + 1 || (t->count - 1) % per != 0)
-        return fail(ctx, n, "input '%s' has %lld values (rank %zu); with num_hashes=%lld it must be 1-D of length "
-                    "H*%lld+1 for some H >= 1 (e.g. %lld, %lld, ...)", iname, (long long)t->count, t->rank,
-                    (long long)K, (long long)per, (long long)(per + 1), (long long)(2 * per + 1));
-    return kTfLiteOk;
-}
-
-static TfLiteStatus check_blocks(TfLiteContext *ctx, const ep_node *n, const tview *t) {
-    char s[256];
-    dims_str(t, s, sizeof s);
-    if (t->rank != 3 || t->dims[0] < 1 || t->dims[1] < 1 || !is_pow2(t->dims[2]) || t->dims[2] < 4)
-        return fail(ctx, n, "input 'blocks' has shape %s; must be [p, q, b] with p, q >= 1 and b a power of two >= 4",
-                    s);
-    const int64_t p = t->dims[0], q = t->dims[1], b = t->dims[2];
-    if (n->in_f > q * b || n->out_f > p * b)
-        return fail(ctx, n, "input 'blocks' has shape %s; need in_features=%lld <= q*b=%lld and out_features=%lld <= "
-                    "p*b=%lld", s, (long long)n->in_f, (long long)(q * b), (long long)n->out_f, (long long)(p * b));
-    return kTfLiteOk;
-}
-
-static TfLiteStatus check_ldr(TfLiteContext *ctx, const ep_node *n, const tview *g, const tview *h) {
-    char sg[256], sh[256];
-    dims_str(g, sg, sizeof sg);
-    dims_str(h, sh, sizeof sh);
-    if (g->rank != 2 || h->rank != 2 || g->dims[0] != h->dims[0] || g->dims[1] != h->dims[1] || g->dims[0] < 1 ||
-        !is_pow2(g->dims[1]) || g->dims[1] < 4)
-        return fail(ctx, n, "inputs 'G' %s and 'H' %s must both be [r, n] with r >= 1 and n a power of two >= 4", sg,
-                    sh);
-    if (n->in_f > g->dims[1] || n->out_f > g->dims[1])
-        return fail(ctx, n, "in_features=%lld and out_features=%lld must both be <= n=%lld (G, H are %s)",
-                    (long long)n->in_f, (long long)n->out_f, (long long)g->dims[1], sg);
-    return kTfLiteOk;
-}
-
-static TfLiteStatus check_weights(TfLiteContext *ctx, const ep_node *n, const tview *w) {
-    switch (n->kind) {
-    case OP_HASHED_WEIGHT:
-        return check_buckets(ctx, n, &w[0], 0) || check_recon(ctx, n, &w[1], 1) ? kTfLiteError : kTfLiteOk;
-    case OP_HASHED_MATMUL:
-        return check_buckets(ctx, n, &w[1], 1) || check_recon(ctx, n, &w[2], 2) ? kTfLiteError : kTfLiteOk;
-    case OP_CIRCULANT: return check_blocks(ctx, n, &w[1]);
-    case OP_LDR: return check_ldr(ctx, n, &w[1], &w[2]);
-    default: return kTfLiteError;
-    }
-}
-
-static TfLiteStatus check_x_bias(TfLiteContext *ctx, const ep_node *n, const tview *in) {
-    char s[256];
-    const int ib = g_ops[n->kind].max_in - 1;
-    dims_str(&in[0], s, sizeof s);
-    if (in[0].rank < 1 || in[0].dims[in[0].rank - 1] != n->in_f)
-        return fail(ctx, n, "input 'X' has shape %s; its last axis must equal in_features=%lld", s, (long long)n->in_f);
-    dims_str(&in[ib], s, sizeof s);
-    if (in[ib].present && (in[ib].rank != 1 || in[ib].count != n->out_f))
-        return fail(ctx, n, "input 'bias' has shape %s; must be [out_features] = [%lld]", s, (long long)n->out_f);
-    return kTfLiteOk;
-}
-
-/* Plans for the matmul ops from validated weights; the caller owns what it gets. */
-static TfLiteStatus build_plan(TfLiteContext *ctx, const ep_node *n, const tview *w, ep_hashed_plan **hp,
-                               ep_circulant_plan **cp, ep_ldr_plan **lp) {
-    ep_status s = EP_OK;
-    ep_hash_params prm = n->hp;
-    switch (n->kind) {
-    case OP_HASHED_MATMUL:
-        prm.num_buckets = w[1].count;
-        s = ep_hashed_plan_create(&prm, w[1].data, w[2].data, w[2].present ? w[2].count : 0, hp);
-        break;
-    case OP_CIRCULANT:
-        s = ep_circulant_plan_create(w[1].dims[0], w[1].dims[1], w[1].dims[2], w[1].data, n->in_f, n->out_f, cp);
-        break;
-    case OP_LDR: s = ep_ldr_plan_create(w[1].dims[0], w[1].dims[1], w[1].data, w[2].data, n->in_f, n->out_f, lp); break;
-    default: break;
-    }
-    return s ? kernel_fail(ctx, n, s) : kTfLiteOk;
-}
-
-/* All inputs of n, validated (shapes; data too when need_data). */
-static TfLiteStatus gather(TfLiteContext *ctx, const part *p, const ep_node *n, int need_data, tview *in) {
-    const op_info *op = &g_ops[n->kind];
+/* All inputs of n, checked by the op layer (shapes; data too when need_data), and its output's
+ * shape y (a matmul's fewer than 2^31 elements). *weights_const: every weight given is a constant. */
+static TfLiteStatus gather(TfLiteContext *ctx, const part *p, const ep_node *n, int need_data, ep_tensor *in,
+                           ep_tensor *y, int *weights_const) {
+    char msg[1100];
+    *weights_const = 1;
     for (int i = 0; i < MAX_IN; i++) {
-        if (view_of(ctx, p, n, i, need_data, &in[i])) return kTfLiteError;
-        if (!in[i].present && i < op->min_in) return fail(ctx, n, "required input '%s' is missing", op->inputs[i]);
+        int is_const = 0;
+        if (view_of(ctx, p, n, i, need_data, &in[i], &is_const)) return kTfLiteError;
+        if (in[i].present && !is_const && i < ep_op_n_inputs(n->kind) && !strcmp(ep_op_input_kind(n->kind, i), "weight"))
+            *weights_const = 0;
     }
-    if (check_weights(ctx, n, in)) return kTfLiteError;
-    if (n->kind != OP_HASHED_WEIGHT && check_x_bias(ctx, n, in)) return kTfLiteError;
+    if (ep_op_check_inputs(n->kind, &n->at, in, msg, sizeof msg) || ep_op_output_shape(n->kind, &n->at, in, y, msg,
+                                                                                        sizeof msg))
+        return fail(ctx, n, "%s", msg);
+    if (n->kind != EP_OP_HashedWeight && y->count > INT32_MAX) /* HashedWeight: bounded by its limits */
+        return fail(ctx, n, "output 'Y' would have more than 2^31 elements");
     return kTfLiteOk;
-}
-
-static int weights_const(const ep_node *n, const tview *in) {
-    switch (n->kind) {
-    case OP_HASHED_WEIGHT: return in[0].is_const && (!in[1].present || in[1].is_const);
-    case OP_HASHED_MATMUL: return in[1].is_const && (!in[2].present || in[2].is_const);
-    case OP_CIRCULANT: return in[1].is_const;
-    case OP_LDR: return in[1].is_const && in[2].is_const;
-    default: return 0;
-    }
-}
-
-/* Output dims of n from its validated inputs. */
-static TfLiteStatus out_dims(TfLiteContext *ctx, const ep_node *n, const tview *in, int64_t *dims, size_t *rank) {
-    if (n->kind == OP_HASHED_WEIGHT) {
-        *rank = n->shape_rank;
-        memcpy(dims, n->shape, sizeof(int64_t) * n->shape_rank);
-        return kTfLiteOk;
-    }
-    *rank = in[0].rank;
-    memcpy(dims, in[0].dims, sizeof(int64_t) * in[0].rank);
-    dims[*rank - 1] = n->out_f;
-    int64_t c = 1;
-    for (size_t d = 0; d < *rank; d++) {
-        if (dims[d] && c > INT32_MAX / dims[d]) return fail(ctx, n, "output 'Y' would have more than 2^31 elements");
-        c *= dims[d];
-    }
-    return kTfLiteOk;
-}
-
-/* "shape [2, 3]" (HashedWeight) or "in_features=3 x out_features=2", for limit messages. */
-static void size_desc(const ep_node *n, char *buf, size_t cap) {
-    if (n->kind != OP_HASHED_WEIGHT) {
-        snprintf(buf, cap, "in_features=%lld x out_features=%lld", (long long)n->in_f, (long long)n->out_f);
-        return;
-    }
-    tview t;
-    t.rank = n->shape_rank;
-    memcpy(t.dims, n->shape, sizeof(int64_t) * n->shape_rank);
-    int k = snprintf(buf, cap, "shape ");
-    if (k > 0 && k < (int)cap) dims_str(&t, buf + k, cap - (size_t)k);
-}
-
-/* Bytes of n's decoded weights / plan (docs/ops.md "Limits"), from validated inputs. */
-static int64_t node_bytes(const ep_node *n, const tview *in) {
-    switch (n->kind) {
-    case OP_HASHED_WEIGHT: return 4 * n->hp.rows * n->hp.cols;
-    case OP_HASHED_MATMUL: return n->mode == 1 ? 0 : 4 * n->hp.rows * n->hp.cols;
-    case OP_CIRCULANT: return 4 * in[1].dims[0] * in[1].dims[1] * (in[1].dims[2] + 2);
-    case OP_LDR: return 4 * in[1].dims[0] * (4 * in[1].dims[1] + 2);
-    default: return 0;
-    }
 }
 
 /* The node's virtual weights, its decoded bytes (counted against the interpreter's budget) and
  * its output's bytes, all checked before anything is allocated. */
-static TfLiteStatus check_limits(TfLiteContext *ctx, ep_node *n, const tview *in, const int64_t *dims, size_t rank) {
-    char sd[200], what[512];
-    size_desc(n, sd, sizeof sd);
-    const uint64_t v = (uint64_t)n->hp.rows * (uint64_t)n->hp.cols; /* both < 2^32 */
-    if (ep_limits_check_weights(&n->lim, v > (uint64_t)INT64_MAX ? -1 : (int64_t)v, sd))
-        return fail(ctx, n, "%s", ep_last_error());
-    const int64_t bytes = node_bytes(n, in);
-    if (n->kind == OP_HASHED_WEIGHT) snprintf(what, sizeof what, "the decoded weight (%s)", sd);
-    else if (n->kind == OP_HASHED_MATMUL) snprintf(what, sizeof what, "the expanded weight (mode 0, %s)", sd);
-    else {
-        char ws[256];
-        dims_str(&in[1], ws, sizeof ws);
-        snprintf(what, sizeof what, "the %s spectra (%s, input '%s' %s)", n->kind == OP_CIRCULANT ? "block" : "LDR",
-                 sd, g_ops[n->kind].inputs[1], ws);
-    }
-    const int rc = budget_reserve(n, ctx, bytes, what);
+static TfLiteStatus check_limits(TfLiteContext *ctx, ep_node *n, const ep_tensor *in, const ep_tensor *y) {
+    char msg[1100], what[512];
+    if (ep_op_check_virtual(n->kind, &n->at, &n->lim, msg, sizeof msg)) return fail(ctx, n, "%s", msg);
+    const int rc = budget_reserve(n, ctx, ep_op_plan_bytes(n->kind, &n->at, in, what, sizeof what), what);
     if (rc < 0) return fail(ctx, n, "out of memory");
     if (rc) return fail(ctx, n, "%s", ep_last_error());
-    tview y;
-    y.rank = rank;
-    memcpy(y.dims, dims, sizeof(int64_t) * rank);
-    int64_t count = 1;
-    for (size_t d = 0; d < rank; d++) count *= dims[d]; /* < 2^31: out_dims checked it */
-    int k = snprintf(what, sizeof what, "output 'Y' of shape ");
-    dims_str(&y, what + k, sizeof what - (size_t)k);
-    if (ep_limits_check_bytes(&n->lim, 0, 4 * count, what)) return fail(ctx, n, "%s", ep_last_error());
+    if (ep_op_check_output(&n->lim, y, msg, sizeof msg)) return fail(ctx, n, "%s", msg);
     return kTfLiteOk;
 }
 
@@ -587,29 +372,14 @@ static TfLiteStatus prepare_node(TfLiteContext *ctx, part *p, ep_node *n) {
         ctx->ReportError(ctx, "edgepack %s: %s\n", n->label, n->err);
         return kTfLiteError;
     }
-    tview in[MAX_IN];
-    if (gather(ctx, p, n, 0, in)) return kTfLiteError;
-    int64_t dims[MAX_RANK];
-    size_t rank = 0;
-    if (out_dims(ctx, n, in, dims, &rank) || check_limits(ctx, n, in, dims, rank)) return kTfLiteError;
+    ep_tensor in[MAX_IN], y;
+    int weights_const = 0;
+    char msg[1100];
+    if (gather(ctx, p, n, 0, in, &y, &weights_const) || check_limits(ctx, n, in, &y)) return kTfLiteError;
     if (is_part_output(p, n->out) && check_output(ctx, n)) return kTfLiteError;
-    if (!n->planned && weights_const(n, in)) {
-        if (n->kind == OP_HASHED_WEIGHT) {
-            ep_hash_params prm = n->hp;
-            prm.num_buckets = in[0].count;
-            n->W = (float *)malloc(sizeof(float) * (size_t)(prm.rows * prm.cols));
-            if (!n->W) return fail(ctx, n, "cannot allocate the %lld x %lld weight", (long long)prm.rows,
-                                   (long long)prm.cols);
-            ep_status s = ep_hashed_decode(&prm, in[0].data, in[1].data, in[1].present ? in[1].count : 0, n->W);
-            if (s) return kernel_fail(ctx, n, s);
-        } else if (!(n->kind == OP_HASHED_MATMUL && n->mode == 1) &&
-                   build_plan(ctx, n, in, &n->hplan, &n->cplan, &n->lplan)) {
-            return kTfLiteError;
-        }
-        n->planned = 1;
-    }
-    size_t count = 1;
-    for (size_t d = 0; d < rank; d++) count *= (size_t)dims[d];
+    if (!n->plan && weights_const && ep_op_plan_create(n->kind, &n->at, in, &n->plan, msg, sizeof msg))
+        return fail(ctx, n, "%s", msg);
+    const size_t count = (size_t)y.count;
     if (!is_part_output(p, n->out)) { /* lives inside the partition */
         itensor *it = find_internal(p, n->out);
         if (!it) {
@@ -625,34 +395,32 @@ static TfLiteStatus prepare_node(TfLiteContext *ctx, part *p, ep_node *n) {
             if (!d) return fail(ctx, n, "cannot allocate %zu floats for an intermediate tensor", count);
             it->data = d, it->cap = count;
         }
-        it->rank = rank;
-        memcpy(it->dims, dims, sizeof(int64_t) * rank);
+        it->rank = y.rank;
+        memcpy(it->dims, y.dims, sizeof(int64_t) * y.rank);
         return kTfLiteOk;
     }
     TfLiteTensor *ot = &ctx->tensors[n->out];
-    TfLiteIntArray *sz = (TfLiteIntArray *)malloc(sizeof(int) * (rank + 1)); /* ResizeTensor owns it */
+    TfLiteIntArray *sz = (TfLiteIntArray *)malloc(sizeof(int) * (y.rank + 1)); /* ResizeTensor owns it */
     if (!sz) return fail(ctx, n, "out of memory");
-    sz->size = (int)rank;
-    for (size_t d = 0; d < rank; d++) sz->data[d] = (int)dims[d];
+    sz->size = (int)y.rank;
+    for (size_t d = 0; d < y.rank; d++) sz->data[d] = (int)y.dims[d];
     return ctx->ResizeTensor(ctx, ot, sz);
 }
 
 static TfLiteStatus invoke_node(TfLiteContext *ctx, part *p, const ep_node *n) {
-    tview in[MAX_IN];
+    ep_tensor in[MAX_IN], y;
+    int weights_const = 0;
+    char msg[1100];
     if (n->err[0]) return fail(ctx, n, "%s", n->err);
-    if (gather(ctx, p, n, 1, in)) return kTfLiteError;
-    int64_t dims[MAX_RANK];
-    size_t rank = 0;
-    if (out_dims(ctx, n, in, dims, &rank)) return kTfLiteError;
-    size_t count = 1;
-    for (size_t d = 0; d < rank; d++) count *= (size_t)dims[d];
+    if (gather(ctx, p, n, 1, in, &y, &weights_const)) return kTfLiteError;
+    const size_t count = (size_t)y.count;
     float *Y = NULL;
     itensor *it = find_internal(p, n->out);
     if (it) {
         if (it->cap < count) return fail(ctx, n, "intermediate output was not prepared for this shape");
         Y = it->data;
-        it->rank = rank;
-        memcpy(it->dims, dims, sizeof(int64_t) * rank);
+        it->rank = y.rank;
+        memcpy(it->dims, y.dims, sizeof(int64_t) * y.rank);
     } else {
         if (check_output(ctx, n)) return kTfLiteError;
         const TfLiteTensor *ot = &ctx->tensors[n->out];
@@ -662,43 +430,8 @@ static TfLiteStatus invoke_node(TfLiteContext *ctx, part *p, const ep_node *n) {
         Y = (float *)ot->data;
     }
     if (!count) return kTfLiteOk;
-    ep_status s = EP_OK;
-    if (n->kind == OP_HASHED_WEIGHT) {
-        if (n->W) {
-            memcpy(Y, n->W, sizeof(float) * count);
-            return kTfLiteOk;
-        }
-        ep_hash_params prm = n->hp;
-        prm.num_buckets = in[0].count;
-        s = ep_hashed_decode(&prm, in[0].data, in[1].data, in[1].present ? in[1].count : 0, Y);
-        return s ? kernel_fail(ctx, n, s) : kTfLiteOk;
-    }
-    const int ib = g_ops[n->kind].max_in - 1;
-    const int64_t N = in[0].count / n->in_f;
-    const float *X = in[0].data, *bias = in[ib].data;
-    if (n->kind == OP_HASHED_MATMUL && n->mode == 1) {
-        ep_hash_params prm = n->hp;
-        prm.num_buckets = in[1].count;
-        s = ep_hashed_matmul_stream(&prm, in[1].data, in[2].data, in[2].present ? in[2].count : 0, X, N, bias, Y);
-        return s ? kernel_fail(ctx, n, s) : kTfLiteOk;
-    }
-    ep_hashed_plan *hp = n->hplan;
-    ep_circulant_plan *cp = n->cplan;
-    ep_ldr_plan *lp = n->lplan;
-    const int own = !n->planned; /* weights computed at run time: a plan for this run only */
-    if (own && build_plan(ctx, n, in, &hp, &cp, &lp)) return kTfLiteError;
-    switch (n->kind) {
-    case OP_HASHED_MATMUL: s = ep_hashed_matmul_expand(hp, X, N, n->in_f, bias, Y, n->out_f); break;
-    case OP_CIRCULANT: s = ep_circulant_matmul(cp, X, N, n->in_f, bias, Y, n->out_f); break;
-    case OP_LDR: s = ep_ldr_matmul(lp, X, N, n->in_f, bias, Y, n->out_f); break;
-    default: break;
-    }
-    if (own) {
-        ep_hashed_plan_destroy(hp);
-        ep_circulant_plan_destroy(cp);
-        ep_ldr_plan_destroy(lp);
-    }
-    return s ? kernel_fail(ctx, n, s) : kTfLiteOk;
+    /* weights computed at run time (no plan from prepare): the layer plans for this run only */
+    return ep_op_run(n->kind, &n->at, n->plan, in, Y, msg, sizeof msg) ? fail(ctx, n, "%s", msg) : kTfLiteOk;
 }
 
 /* ---- limits ------------------------------------------------------------------------------------ */
@@ -771,9 +504,11 @@ static void *dk_init(TfLiteContext *ctx, const char *buffer, size_t length) {
         }
         if (!kind_of(reg->custom_name, &n->kind)) { /* claimed by prefix, but not one of ours */
             snprintf(n->label, sizeof n->label, "node #%d", ni);
-            snprintf(n->err, sizeof n->err, "unknown custom op '%.100s'; this library implements " PREFIX
-                     "HashedWeight, " PREFIX "HashedMatMul, " PREFIX "CirculantMatMul and " PREFIX "LDRMatMul",
-                     reg->custom_name ? reg->custom_name : "?");
+            int len = snprintf(n->err, sizeof n->err, "unknown custom op '%.100s'; this library implements",
+                               reg->custom_name ? reg->custom_name : "?");
+            for (int k = 0; k < EP_OP_COUNT && len > 0 && (size_t)len < sizeof n->err; k++)
+                len += snprintf(n->err + len, sizeof n->err - (size_t)len, "%s " PREFIX "%s",
+                                k == 0 ? "" : k == EP_OP_COUNT - 1 ? " and" : ",", ep_op_name((ep_op)k));
             continue;
         }
         const size_t len = node->custom_initial_data_size > 0 ? (size_t)node->custom_initial_data_size : 0;
@@ -909,7 +644,7 @@ EP_TFLITE_EXPORT void tflite_plugin_destroy_delegate(TfLiteDelegate *d) { edgepa
 
 /* ---- plain custom ops for MutableOpResolver::AddCustom ------------------------------------------ */
 
-static void *op_init(op_kind kind, const char *buffer, size_t length) {
+static void *op_init(ep_op kind, const char *buffer, size_t length) {
     part *p = (part *)calloc(1, sizeof *p);
     if (!p) return NULL;
     p->nodes = (ep_node *)calloc(1, sizeof(ep_node));
@@ -947,20 +682,18 @@ static void op_free(TfLiteContext *ctx, void *buffer) {
     free_part((part *)buffer);
 }
 
-static void *init_hw(TfLiteContext *c, const char *b, size_t l) { (void)c; return op_init(OP_HASHED_WEIGHT, b, l); }
-static void *init_hm(TfLiteContext *c, const char *b, size_t l) { (void)c; return op_init(OP_HASHED_MATMUL, b, l); }
-static void *init_cm(TfLiteContext *c, const char *b, size_t l) { (void)c; return op_init(OP_CIRCULANT, b, l); }
-static void *init_ld(TfLiteContext *c, const char *b, size_t l) { (void)c; return op_init(OP_LDR, b, l); }
+#define EP_OP(op, n_inputs, n_required, n_attributes) \
+    static void *init_##op(TfLiteContext *c, const char *b, size_t l) { (void)c; return op_init(EP_OP_##op, b, l); }
+#include "edgepack/ops.inc"
 
-#define EP_REG(INIT, NAME) \
-    { .init = INIT, .free = op_free, .prepare = op_prepare, .invoke = op_invoke, \
-      .builtin_code = kTfLiteBuiltinCustom, .custom_name = PREFIX NAME, .version = 1 }
-static const TfLiteRegistration g_regs[OP_COUNT] = {
-    EP_REG(init_hw, "HashedWeight"), EP_REG(init_hm, "HashedMatMul"),
-    EP_REG(init_cm, "CirculantMatMul"), EP_REG(init_ld, "LDRMatMul"),
+#define EP_OP(op, n_inputs, n_required, n_attributes)                                                \
+    {.init = init_##op, .free = op_free, .prepare = op_prepare, .invoke = op_invoke,                  \
+     .builtin_code = kTfLiteBuiltinCustom, .custom_name = PREFIX #op, .version = 1},
+static const TfLiteRegistration g_regs[EP_OP_COUNT] = {
+#include "edgepack/ops.inc"
 };
 
 EP_TFLITE_EXPORT const TfLiteRegistration *edgepack_tflite_registration(const char *custom_name) {
-    op_kind k;
+    ep_op k;
     return kind_of(custom_name, &k) ? &g_regs[k] : NULL;
 }

@@ -201,7 +201,8 @@ def test_circulant_spectra_counted_for_constant_and_run_time_blocks():
         onnx_session(const, max_decoded_bytes=159)
     fed = matmul_model("CirculantMatMul", weights, attrs, runtime_weights=("blocks",))
     sess = onnx_session(fed, max_decoded_bytes=159)  # the size is only known when blocks arrive
-    with pytest.raises(Exception, match=r"this run's spectra.*needs 160 bytes.*limit of 159"):
+    with pytest.raises(Exception, match=r"block spectra \(in_features=16 x out_features=16, input 'blocks' "
+                                        r"\[2, 2, 8\]\) needs 160 bytes.*limit of 159"):
         sess.run(None, {"X": x, "blocks": blocks})
     want = onnx_session(fed, use_kernels=False).run(None, {"X": x, "blocks": blocks})[0]
     got = onnx_session(fed, max_decoded_bytes=160).run(None, {"X": x, "blocks": blocks})[0]

@@ -1,0 +1,552 @@
+/* Micro-kernel tests in XNNPACK's discipline: every ISA variant compiled in and supported by this
+ * CPU runs every micro-kernel of its ep_ops table against the scalar reference table (ep_ops_ref)
+ * on cases generated from the variant's declared tiles (ep_tiles in src/internal.h); the
+ * reference itself is checked against naive double-precision math on the same kind of cases.
+ * Prints one line per variant and kernel (cases run, worst error / tolerance); a mismatch prints
+ * variant, kernel and sizes. Exit status 1 on any mismatch. About 2 s under qemu. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "edgepack/kernels.h"
+#include "internal.h"
+
+#ifndef M_PI
+#define M_PI 3.14159265358979323846
+#endif
+
+/* Tolerances, relative to the reference: errors are scaled by the magnitude the reference sums
+ * over (sum of |terms| for dot products, the output's rms for FFTs), so they stay meaningful
+ * under cancellation. The variants reorder sums and fuse multiply-adds, so equality is exact
+ * only where no arithmetic is done: hash_row with K = 1 and no recon MLP (one signed bucket). */
+#define TOL_DOT 1e-5   /* gemm, hash_dot, hash_row with the recon MLP: |y - ref| / sum |terms| */
+#define TOL_FFT 1e-6   /* cfft: max |Y - ref| / rms(ref), times log2(2m) (one rounding per stage) */
+#define TOL_SPLIT 4e-6 /* rfft_post, irfft_pre: max |X - ref| / rms(ref) */
+#define TOL_CMAC 2e-6  /* cmac: |acc - ref| / (|acc| + |a||b|) per element */
+#define MAX_FAIL_LINES 8 /* per variant and kernel */
+
+typedef struct kstat {
+    const char *var, *kern;
+    int cases, fails;
+    double worst; /* the largest error / tolerance over the cases */
+} kstat;
+
+static kstat stat_new(const ep_ops *v, const char *kern) {
+    kstat s = {v->name, kern, 0, 0, 0.0};
+    return s;
+}
+
+/* One case: err must be <= tol (NaN fails); fmt: printf-style sizes of the case. */
+static void check(kstat *s, double err, double tol, const char *fmt, ...) {
+    s->cases++;
+    double r = tol > 0 ? err / tol : (err > 0 ? INFINITY : 0.0);
+    if (r > s->worst || r != r) s->worst = r != r ? INFINITY : r;
+    if (err <= tol) return;
+    if (s->fails++ < MAX_FAIL_LINES) {
+        char buf[256];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(buf, sizeof buf, fmt, ap);
+        va_end(ap);
+        printf("FAIL %s %s %s: error %.3g > tolerance %.3g\n", s->var, s->kern, buf, err, tol);
+    }
+}
+
+static int g_failed;
+static void summary(const kstat *s) {
+    printf("%-7s %-10s %5d cases  worst %.2f of tolerance  %s\n", s->var, s->kern, s->cases, s->worst,
+           s->fails ? "FAILED" : "ok");
+    if (s->fails) g_failed = 1;
+}
+
+/* ---- data ---- */
+static uint64_t g_rng = 0x2545F4914F6CDD1Dull;
+static uint32_t rnd_u32(void) {
+    g_rng ^= g_rng << 13; g_rng ^= g_rng >> 7; g_rng ^= g_rng << 17;
+    return (uint32_t)(g_rng >> 16);
+}
+static float rnd(void) { return (float)((double)rnd_u32() / 4294967296.0 * 2.0 - 1.0); }
+
+/* exactly n floats (so ASan sees any access past the end), random in [-1, 1) */
+static float *fvec(int64_t n) {
+    float *v = (float *)malloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
+    if (!v) { printf("out of memory\n"); exit(2); }
+    for (int64_t i = 0; i < n; i++) v[i] = rnd();
+    return v;
+}
+static double *dvec(int64_t n) {
+    double *v = (double *)calloc((size_t)(n > 0 ? n : 1), sizeof(double));
+    if (!v) { printf("out of memory\n"); exit(2); }
+    return v;
+}
+
+/* a NaN payload no kernel produces: marks memory a kernel must not write */
+static const uint32_t SENTINEL = 0x7FC0DEADu;
+static void fill_sentinel(float *v, int64_t n) { for (int64_t i = 0; i < n; i++) memcpy(v + i, &SENTINEL, 4); }
+static int is_sentinel(float f) { uint32_t u; memcpy(&u, &f, 4); return u == SENTINEL; }
+
+/* max_i |got_i - want_i| / scale_i; at: the worst index; NaN counts as infinite */
+static double max_err(const float *got, const double *want, const double *scale, int64_t n, int64_t *at) {
+    double e = 0.0;
+    *at = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double d = fabs((double)got[i] - want[i]) / (scale[i] > 0 ? scale[i] : 1e-30);
+        if (d != d) d = INFINITY;
+        if (d > e) { e = d; *at = i; }
+    }
+    return e;
+}
+static double rms(const double *v, int64_t n) {
+    double s = 0.0;
+    for (int64_t i = 0; i < n; i++) s += v[i] * v[i];
+    return sqrt(s / (double)(n > 0 ? n : 1)) + 1e-30;
+}
+
+/* Sizes from a declared tile t: 1, t-1, t, t+1, 2t, 2t+1, 3t-1 (positive, no duplicates). */
+static int tile_sizes(int64_t t, int64_t *out, int n) {
+    const int64_t c[7] = {1, t - 1, t, t + 1, 2 * t, 2 * t + 1, 3 * t - 1};
+    for (int i = 0; i < 7; i++) {
+        int dup = c[i] <= 0;
+        for (int j = 0; j < n && !dup; j++) dup = out[j] == c[i];
+        if (!dup) out[n++] = c[i];
+    }
+    return n;
+}
+
+/* ---- GEMM ---- */
+static void gemm_case(const ep_ops *v, kstat *s, int64_t N, int64_t rows, int64_t cols, int with_bias, int64_t ldy) {
+    float *X = fvec(N * cols), *W = fvec(rows * cols), *bias = with_bias ? fvec(rows) : NULL;
+    const int64_t ny = (N - 1) * ldy + rows;
+    float *Y = fvec(ny), *R = fvec(ny);
+    double *want = dvec(ny), *scale = dvec(ny);
+    fill_sentinel(Y, ny);
+    v->gemm(N, rows, cols, X, W, bias, Y, ldy);
+    if (v != &ep_ops_ref) ep_ops_ref.gemm(N, rows, cols, X, W, bias, R, ldy);
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t r = 0; r < rows; r++) {
+            double acc = bias ? bias[r] : 0.0, mag = bias ? fabs(bias[r]) : 0.0;
+            for (int64_t c = 0; c < cols; c++) {
+                double p = (double)X[n * cols + c] * W[r * cols + c];
+                acc += p; mag += fabs(p);
+            }
+            want[n * ldy + r] = v == &ep_ops_ref ? acc : R[n * ldy + r];
+            scale[n * ldy + r] = mag;
+        }
+    int64_t at = 0, gap = -1;
+    for (int64_t n = 0; n + 1 < N; n++) /* the gaps between output rows stay untouched */
+        for (int64_t r = rows; r < ldy; r++) {
+            if (!is_sentinel(Y[n * ldy + r]) && gap < 0) gap = n * ldy + r;
+            want[n * ldy + r] = 0.0; scale[n * ldy + r] = 1.0; Y[n * ldy + r] = 0.0f;
+        }
+    double e = gap >= 0 ? INFINITY : max_err(Y, want, scale, ny, &at);
+    if (gap >= 0) at = gap;
+    check(s, e, TOL_DOT, "N=%lld rows=%lld cols=%lld bias=%d ldy=%lld (at n=%lld r=%lld%s)", (long long)N,
+          (long long)rows, (long long)cols, with_bias, (long long)ldy, (long long)(at / ldy), (long long)(at % ldy),
+          gap >= 0 ? ", wrote between output rows" : "");
+    free(X); free(W); free(bias); free(Y); free(R); free(want); free(scale);
+}
+
+static void test_gemm(const ep_ops *v) {
+    const ep_tiles *t = &v->tile;
+    int64_t Ns[8], rs[8], cs[24];
+    int nN = tile_sizes(t->gemm_mr, Ns, 0), nr = tile_sizes(t->gemm_nr, rs, 0);
+    int nc = tile_sizes(t->gemm_kr, cs, 0);
+    if (t->gemm_kc > 0) nc = tile_sizes(t->gemm_kc, cs, nc);
+    cs[nc++] = 257; /* above every vector width, odd */
+    kstat s = stat_new(v, "gemm");
+    for (int a = 0; a < nN; a++)
+        for (int b = 0; b < nr; b++)
+            for (int c = 0; c < nc; c++)
+                for (int bias = 0; bias < 2; bias++)
+                    for (int pad = 0; pad < 2; pad++)
+                        gemm_case(v, &s, Ns[a], rs[b], cs[c], bias, rs[b] + 3 * pad);
+    summary(&s);
+}
+
+/* ---- hashing ---- */
+typedef struct hconf { int k, h, sgn; uint32_t nb, seed; } hconf; /* h = 0: no recon MLP */
+static const hconf k_hconf[] = {
+    {1, 0, 0, 1024, 7},               /* K = 1, power-of-two buckets (mask), unsigned */
+    {1, 0, 1, 1000, 42},              /* K = 1, modulo, signed */
+    {1, 0, 1, 1, 3},                  /* one bucket */
+    {1, 0, 1, (1u << 20) + 7, 99},    /* large modulo */
+    {1, 3, 1, 500, 5},                /* K = 1 with a recon MLP */
+    {3, 4, 0, 64, 11},                /* K = 3 recon, power of two, unsigned */
+    {2, 1, 1, 1000, 0xFFFFFFFFu},     /* K = 2 recon, signed, seed + k wraps */
+};
+#define NHCONF ((int)(sizeof k_hconf / sizeof k_hconf[0]))
+static const uint32_t k_rows[] = {0, 77777, 0xFFFFFFFEu};
+
+typedef struct hdata { ep_hcfg c; float *bk, *recon; } hdata;
+static hdata hdata_make(const hconf *q) {
+    hdata d;
+    memset(&d, 0, sizeof d);
+    d.bk = fvec(q->nb);
+    d.c.seed = q->seed; d.c.nb = q->nb; d.c.k = q->k; d.c.sgn = q->sgn; d.c.buckets = d.bk;
+    if (q->h) {
+        d.recon = fvec((int64_t)q->h * (q->k + 2) + 1); /* [W1 (H x K), b1 (H), W2 (H), b2] */
+        d.c.h = q->h; d.c.w1 = d.recon; d.c.b1 = d.recon + q->h * q->k; d.c.w2 = d.c.b1 + q->h;
+        d.c.b2 = d.c.w2[q->h];
+    }
+    return d;
+}
+static void hdata_free(hdata *d) { free(d->bk); free(d->recon); }
+
+/* V[i, j] in double from the definition, and the sum of |terms| of its recon MLP (1 for K = 1) */
+static double naive_v(const ep_hcfg *c, uint32_t i, uint32_t j, double *mag) {
+    double z[EP_MAX_HASHES];
+    for (int k = 0; k < c->k; k++) {
+        uint32_t h = ep_xxh_key_tail(ep_xxh_key_head(i, c->seed + (uint32_t)k), j);
+        double b = c->buckets[h % c->nb];
+        z[k] = (c->sgn && (h >> 31)) ? -b : b;
+    }
+    if (!c->w1) { *mag = fabs(z[0]); return z[0]; }
+    double y = c->b2, m = fabs(c->b2);
+    for (int hh = 0; hh < c->h; hh++) {
+        double a = c->b1[hh], am = fabs(c->b1[hh]);
+        for (int k = 0; k < c->k; k++) { a += c->w1[hh * c->k + k] * z[k]; am += fabs(c->w1[hh * c->k + k] * z[k]); }
+        y += c->w2[hh] * (a > 0 ? a : 0.0);
+        m += fabs(c->w2[hh]) * am;
+    }
+    *mag = m;
+    return y;
+}
+
+static void hash_row_case(const ep_ops *v, kstat *s, const hconf *q, const ep_hcfg *c, uint32_t i, int64_t cols) {
+    float *out = fvec(cols), *R = fvec(cols);
+    double *want = dvec(cols), *scale = dvec(cols);
+    v->hash_row(c, i, cols, out);
+    for (int64_t j = 0; j < cols; j++) want[j] = naive_v(c, i, (uint32_t)j, &scale[j]);
+    if (v != &ep_ops_ref) {
+        ep_ops_ref.hash_row(c, i, cols, R);
+        for (int64_t j = 0; j < cols; j++) want[j] = R[j];
+    }
+    int64_t at = 0;
+    double e, tol;
+    if (!c->w1) { /* one signed bucket: bit-exact */
+        for (int64_t j = 0; j < cols; j++) R[j] = (float)want[j];
+        at = -1;
+        for (int64_t j = 0; j < cols && at < 0; j++)
+            if (memcmp(out + j, R + j, sizeof(float)) != 0) at = j;
+        e = at < 0 ? 0.0 : INFINITY;
+        tol = 0.0;
+        if (at < 0) at = 0;
+    } else {
+        e = max_err(out, want, scale, cols, &at);
+        tol = TOL_DOT;
+    }
+    check(s, e, tol, "K=%d H=%d signed=%d nb=%u seed=%u row=%u cols=%lld (at j=%lld)", q->k, q->h, q->sgn,
+          (unsigned)q->nb, (unsigned)q->seed, (unsigned)i, (long long)cols, (long long)at);
+    free(out); free(R); free(want); free(scale);
+}
+
+static void test_hash_row(const ep_ops *v) {
+    int64_t cs[16];
+    int nc = tile_sizes(v->tile.hash_row_lanes, cs, 0);
+    cs[nc++] = 1000;
+    kstat s = stat_new(v, "hash_row");
+    for (int q = 0; q < NHCONF; q++) {
+        hdata d = hdata_make(&k_hconf[q]);
+        for (int r = 0; r < (int)(sizeof k_rows / sizeof k_rows[0]); r++)
+            for (int c = 0; c < nc; c++) hash_row_case(v, &s, &k_hconf[q], &d.c, k_rows[r], cs[c]);
+        hdata_free(&d);
+    }
+    summary(&s);
+}
+
+/* hash_dot against the reference's decoded row (ep_ops_ref.hash_row: the core's path when a
+ * variant has no hash_dot) dotted in double */
+static void hash_dot_case(const ep_ops *v, kstat *s, const hconf *q, const ep_hcfg *c, uint32_t i, int64_t cols,
+                          int N, int64_t ldy) {
+    float *X = fvec(N * cols), *V = fvec(cols), bias = rnd();
+    const int64_t ny = (N - 1) * ldy + 1;
+    float *y = fvec(ny);
+    double *want = dvec(ny), *scale = dvec(ny);
+    fill_sentinel(y, ny);
+    v->hash_dot(c, i, cols, X, N, bias, y, ldy);
+    ep_ops_ref.hash_row(c, i, cols, V);
+    int64_t gap = -1, at = 0;
+    for (int64_t t = 0; t < ny; t++) {
+        if (t % ldy) { /* not an output: stays untouched */
+            if (!is_sentinel(y[t]) && gap < 0) gap = t;
+            y[t] = 0.0f; scale[t] = 1.0;
+            continue;
+        }
+        double acc = bias, mag = fabs(bias);
+        for (int64_t j = 0; j < cols; j++) {
+            double p = (double)X[(t / ldy) * cols + j] * V[j];
+            acc += p; mag += fabs(p);
+        }
+        want[t] = acc; scale[t] = mag;
+    }
+    double e = gap >= 0 ? INFINITY : max_err(y, want, scale, ny, &at);
+    if (gap >= 0) at = gap;
+    check(s, e, TOL_DOT, "K=%d H=%d signed=%d nb=%u row=%u cols=%lld N=%d ldy=%lld (at n=%lld%s)", q->k, q->h,
+          q->sgn, (unsigned)q->nb, (unsigned)i, (long long)cols, N, (long long)ldy, (long long)(at / ldy),
+          gap >= 0 ? ", wrote between outputs" : "");
+    free(X); free(V); free(y); free(want); free(scale);
+}
+
+static void test_hash_dot(const ep_ops *v) {
+    if (!v->hash_dot) { printf("%-7s %-10s none: the core decodes rows and calls gemm\n", v->name, "hash_dot"); return; }
+    int64_t cs[16];
+    int nc = tile_sizes(v->tile.hash_dot_lanes, cs, 0);
+    cs[nc++] = 1000;
+    kstat s = stat_new(v, "hash_dot");
+    for (int q = 0; q < NHCONF; q++) {
+        hdata d = hdata_make(&k_hconf[q]);
+        for (int r = 0; r < 2; r++)
+            for (int c = 0; c < nc; c++)
+                for (int N = 1; N <= EP_HASH_DOT_MAXN; N++)
+                    for (int ldy = 1; ldy <= 5; ldy += 4) hash_dot_case(v, &s, &k_hconf[q], &d.c, k_rows[r], cs[c], N, ldy);
+        hdata_free(&d);
+    }
+    summary(&s);
+}
+
+/* ---- FFT ---- */
+/* The m twiddles e^{-+2 pi i k/m} and, for m >= EP_TW1_MIN, the first-stage table, laid out as
+ * ep_tw_floats documents in internal.h. */
+static float *twiddles(int64_t m, int inv) {
+    float *t = fvec(ep_tw_floats(m));
+    const double sg = inv ? 1.0 : -1.0;
+    for (int64_t k = 0; k < m; k++) {
+        double a = sg * 2.0 * M_PI * (double)k / (double)m;
+        t[2 * k] = (float)cos(a); t[2 * k + 1] = (float)sin(a);
+    }
+    if (m < EP_TW1_MIN) return t;
+    float *f = t + 2 * m;
+    for (int64_t p0 = 0; p0 < m / 4; p0 += 4, f += 48)
+        for (int t1 = 1; t1 <= 3; t1++)
+            for (int64_t u = 0; u < 4; u++) {
+                double a = sg * 2.0 * M_PI * (double)(t1 * (p0 + u)) / (double)m;
+                float *re = f + 16 * (t1 - 1), *im = re + 8;
+                re[2 * u] = re[2 * u + 1] = (float)cos(a);
+                im[2 * u] = im[2 * u + 1] = (float)sin(a);
+            }
+    return t;
+}
+/* rt[k] = e^{-2 pi i k/(2m)}, k < m: the split pass's table */
+static float *split_twiddles(int64_t m) {
+    float *rt = fvec(2 * m);
+    for (int64_t k = 0; k < m; k++) {
+        double a = -M_PI * (double)k / (double)m;
+        rt[2 * k] = (float)cos(a); rt[2 * k + 1] = (float)sin(a);
+    }
+    return rt;
+}
+
+/* m = 2, 4, ... up to a few times the declared vector widths (cfft's smallest vector m and
+ * lanes, the split pass's lanes), then the large ones */
+static int fft_sizes(const ep_tiles *t, int64_t *out) {
+    int n = 0;
+    int64_t top = 64;
+    if (8 * (int64_t)t->fft_min_m > top) top = 8 * (int64_t)t->fft_min_m;
+    if (16 * (int64_t)t->fft_lanes > top) top = 16 * (int64_t)t->fft_lanes;
+    if (16 * (int64_t)t->split_lanes > top) top = 16 * (int64_t)t->split_lanes;
+    for (int64_t m = 2; m <= top; m *= 2) out[n++] = m;
+    out[n++] = 1024;
+    out[n++] = 4096;
+    return n;
+}
+#define NAIVE_MAX_M 1024 /* the O(m^2) DFT of the reference check stops here */
+
+static double log2d(int64_t m) { return log((double)m) / log(2.0); }
+
+static void cfft_case(const ep_ops *v, kstat *s, int64_t m, int inv, int inplace) {
+    float *tw = twiddles(m, inv), *src = fvec(2 * m), *dst = fvec(2 * m), *tmp = fvec(2 * m);
+    float *keep = fvec(2 * m), *R = fvec(2 * m), *Rt = fvec(2 * m);
+    double *want = dvec(2 * m), *scale = dvec(2 * m);
+    memcpy(keep, src, sizeof(float) * 2 * (size_t)m);
+    if (inplace) memcpy(dst, src, sizeof(float) * 2 * (size_t)m);
+    v->cfft(m, tw, inplace ? dst : src, dst, tmp, inv);
+    if (v != &ep_ops_ref) {
+        ep_ops_ref.cfft(m, tw, keep, R, Rt, inv);
+        for (int64_t k = 0; k < 2 * m; k++) want[k] = R[k];
+    } else {
+        const double sg = inv ? 1.0 : -1.0;
+        for (int64_t k = 0; k < m; k++) {
+            double re = 0.0, im = 0.0;
+            for (int64_t j = 0; j < m; j++) {
+                double a = sg * 2.0 * M_PI * (double)((j * k) % m) / (double)m, c = cos(a), sn = sin(a);
+                re += keep[2 * j] * c - keep[2 * j + 1] * sn;
+                im += keep[2 * j] * sn + keep[2 * j + 1] * c;
+            }
+            want[2 * k] = re; want[2 * k + 1] = im;
+        }
+    }
+    const double r = rms(want, 2 * m);
+    for (int64_t k = 0; k < 2 * m; k++) scale[k] = r;
+    int64_t at = 0;
+    int src_kept = inplace || memcmp(src, keep, sizeof(float) * 2 * (size_t)m) == 0;
+    double e = src_kept ? max_err(dst, want, scale, 2 * m, &at) : INFINITY;
+    check(s, e, TOL_FFT * log2d(2 * m), "m=%lld inv=%d in-place=%d (at bin %lld%s)", (long long)m, inv, inplace,
+          (long long)(at / 2), src_kept ? "" : ", wrote src");
+    free(tw); free(src); free(dst); free(tmp); free(keep); free(R); free(Rt); free(want); free(scale);
+}
+
+static void test_cfft(const ep_ops *v) {
+    int64_t ms[24];
+    int nm = fft_sizes(&v->tile, ms);
+    kstat s = stat_new(v, "cfft");
+    for (int a = 0; a < nm; a++) {
+        if (v == &ep_ops_ref && ms[a] > NAIVE_MAX_M) continue;
+        for (int inv = 0; inv < 2; inv++)
+            for (int inplace = 0; inplace < 2; inplace++) cfft_case(v, &s, ms[a], inv, inplace);
+    }
+    summary(&s);
+}
+
+/* the split passes from their definitions, in double, with exact twiddles w^k = e^{-i pi k/m} */
+static void naive_rfft_post(int64_t m, const float *Z, double *X) {
+    for (int64_t k = 0; k <= m; k++) {
+        const int64_t a = k % m, b = (m - k) % m;
+        double er = 0.5 * (Z[2 * a] + Z[2 * b]), ei = 0.5 * (Z[2 * a + 1] - Z[2 * b + 1]);
+        double dr = 0.5 * (Z[2 * a] - Z[2 * b]), di = 0.5 * (Z[2 * a + 1] + Z[2 * b + 1]);
+        double wr = cos(M_PI * (double)k / (double)m), wi = -sin(M_PI * (double)k / (double)m);
+        double tr = wr * dr - wi * di, ti = wr * di + wi * dr; /* X_k = E - i w^k D */
+        X[2 * k] = er + ti; X[2 * k + 1] = ei - tr;
+    }
+}
+static void naive_irfft_pre(int64_t m, const float *X, double *Z) {
+    for (int64_t k = 0; k < m; k++) {
+        const int64_t b = m - k;
+        double er = 0.5 * (X[2 * k] + X[2 * b]), ei = 0.5 * (X[2 * k + 1] - X[2 * b + 1]);
+        double dr = 0.5 * (X[2 * k] - X[2 * b]), di = 0.5 * (X[2 * k + 1] + X[2 * b + 1]);
+        double wr = cos(M_PI * (double)k / (double)m), wi = sin(M_PI * (double)k / (double)m); /* conj w^k */
+        double orr = wr * dr - wi * di, oi = wr * di + wi * dr; /* Z_k = E + i O */
+        Z[2 * k] = er - oi; Z[2 * k + 1] = ei + orr;
+    }
+}
+
+static void rfft_post_case(const ep_ops *v, kstat *s, int64_t m) {
+    const int64_t n = 2 * m + 2;
+    float *rt = split_twiddles(m), *X = fvec(n), *R = fvec(n);
+    double *want = dvec(n), *scale = dvec(n);
+    memcpy(R, X, sizeof(float) * (size_t)n);
+    v->rfft_post(m, rt, X);
+    if (v != &ep_ops_ref) {
+        ep_ops_ref.rfft_post(m, rt, R);
+        for (int64_t k = 0; k < n; k++) want[k] = R[k];
+    } else {
+        naive_rfft_post(m, R, want);
+    }
+    const double r = rms(want, n);
+    for (int64_t k = 0; k < n; k++) scale[k] = r;
+    int64_t at = 0;
+    double e = max_err(X, want, scale, n, &at);
+    check(s, e, TOL_SPLIT, "m=%lld (at bin %lld)", (long long)m, (long long)(at / 2));
+    free(rt); free(X); free(R); free(want); free(scale);
+}
+
+static void irfft_pre_case(const ep_ops *v, kstat *s, int64_t m) {
+    const int64_t n = 2 * m + 2;
+    float *rt = split_twiddles(m), *X = fvec(n), *keep = fvec(n), *Z = fvec(2 * m), *R = fvec(2 * m);
+    double *want = dvec(2 * m), *scale = dvec(2 * m);
+    X[1] = 0.0f; X[2 * m + 1] = 0.0f; /* a real signal's spectrum: bins 0 and m are real */
+    memcpy(keep, X, sizeof(float) * (size_t)n);
+    v->irfft_pre(m, rt, X, Z);
+    if (v != &ep_ops_ref) {
+        ep_ops_ref.irfft_pre(m, rt, keep, R);
+        for (int64_t k = 0; k < 2 * m; k++) want[k] = R[k];
+    } else {
+        naive_irfft_pre(m, keep, want);
+    }
+    const double r = rms(want, 2 * m);
+    for (int64_t k = 0; k < 2 * m; k++) scale[k] = r;
+    int64_t at = 0;
+    int kept = memcmp(X, keep, sizeof(float) * (size_t)n) == 0;
+    double e = kept ? max_err(Z, want, scale, 2 * m, &at) : INFINITY;
+    check(s, e, TOL_SPLIT, "m=%lld (at bin %lld%s)", (long long)m, (long long)(at / 2), kept ? "" : ", wrote X");
+    free(rt); free(X); free(keep); free(Z); free(R); free(want); free(scale);
+}
+
+static void test_split(const ep_ops *v) {
+    int64_t ms[24];
+    int nm = fft_sizes(&v->tile, ms);
+    kstat sp = stat_new(v, "rfft_post"), si = stat_new(v, "irfft_pre");
+    for (int a = 0; a < nm; a++) {
+        rfft_post_case(v, &sp, ms[a]);
+        irfft_pre_case(v, &si, ms[a]);
+    }
+    summary(&sp);
+    summary(&si);
+}
+
+static void cmac_case(const ep_ops *v, kstat *s, int64_t m) {
+    float *a = fvec(2 * m), *b = fvec(2 * m), *acc = fvec(2 * m), *R = fvec(2 * m);
+    double *want = dvec(2 * m), *scale = dvec(2 * m);
+    memcpy(R, acc, sizeof(float) * 2 * (size_t)m);
+    for (int64_t k = 0; k < m; k++) {
+        double ar = a[2 * k], ai = a[2 * k + 1], br = b[2 * k], bi = b[2 * k + 1];
+        want[2 * k] = acc[2 * k] + ar * br - ai * bi;
+        want[2 * k + 1] = acc[2 * k + 1] + ar * bi + ai * br;
+        scale[2 * k] = fabs(acc[2 * k]) + fabs(ar * br) + fabs(ai * bi);
+        scale[2 * k + 1] = fabs(acc[2 * k + 1]) + fabs(ar * bi) + fabs(ai * br);
+    }
+    v->cmac(m, a, b, acc);
+    if (v != &ep_ops_ref) {
+        ep_ops_ref.cmac(m, a, b, R);
+        for (int64_t k = 0; k < 2 * m; k++) want[k] = R[k];
+    }
+    int64_t at = 0;
+    double e = max_err(acc, want, scale, 2 * m, &at);
+    check(s, e, TOL_CMAC, "m=%lld (at k=%lld)", (long long)m, (long long)(at / 2));
+    free(a); free(b); free(acc); free(R); free(want); free(scale);
+}
+
+static void test_cmac(const ep_ops *v) {
+    int64_t ms[16];
+    int nm = tile_sizes(v->tile.cmac_lanes, ms, 0);
+    ms[nm++] = 1000;
+    kstat s = stat_new(v, "cmac");
+    for (int a = 0; a < nm; a++) cmac_case(v, &s, ms[a]);
+    summary(&s);
+}
+
+/* the declared tiles are usable: positive lanes, a hash_dot tile exactly when there is a hash_dot */
+static int tiles_valid(const ep_ops *v) {
+    const ep_tiles *t = &v->tile;
+    int ok = t->gemm_mr >= 1 && t->gemm_nr >= 1 && t->gemm_kr >= 1 && t->gemm_kc >= 0 && t->hash_row_lanes >= 1 &&
+             (t->hash_dot_lanes >= 1) == (v->hash_dot != NULL) && t->fft_lanes >= 1 && t->fft_min_m >= 2 &&
+             t->split_lanes >= 1 && t->cmac_lanes >= 1;
+    if (!ok) printf("FAIL %s: declared tiles are incomplete or inconsistent with its table\n", v->name);
+    return ok;
+}
+
+int main(void) {
+    const ep_ops *compiled[] = {
+        &ep_ops_ref,
+#if defined(EP_HAVE_AVX2)
+        &ep_ops_avx2,
+#endif
+#if defined(EP_HAVE_AVX512)
+        &ep_ops_avx512,
+#endif
+#if defined(EP_HAVE_NEON)
+        &ep_ops_neon,
+#endif
+    };
+    for (size_t i = 0; i < sizeof compiled / sizeof compiled[0]; i++) {
+        const ep_ops *v = compiled[i];
+        int supported = 0;
+        for (int j = 0; j < ep_variant_count(); j++) supported |= strcmp(ep_variant_name(j), v->name) == 0;
+        if (!supported) { printf("%-7s compiled in, not supported by this CPU: skipped\n", v->name); continue; }
+        const ep_tiles *t = &v->tile;
+        printf("%-7s tiles: gemm %dx%d k%d kc%d, hash_row %d, hash_dot %d, fft %d (m >= %d), split %d, cmac %d%s\n",
+               v->name, t->gemm_mr, t->gemm_nr, t->gemm_kr, t->gemm_kc, t->hash_row_lanes, t->hash_dot_lanes,
+               t->fft_lanes, t->fft_min_m, t->split_lanes, t->cmac_lanes,
+               v == &ep_ops_ref ? " (checked against naive double math)" : "");
+        if (!tiles_valid(v)) { g_failed = 1; continue; }
+        test_gemm(v);
+        test_hash_row(v);
+        test_hash_dot(v);
+        test_cfft(v);
+        test_split(v);
+        test_cmac(v);
+    }
+    printf(g_failed ? "test_microkernels: FAILED\n" : "test_microkernels: all variants match the reference\n");
+    return g_failed ? 1 : 0;
+}
