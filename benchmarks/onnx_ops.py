@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
             sessions = {}
             for name, (make, options) in LAYERS.items():
                 path = export(make(n).eval(), x, Path(tmp) / f"{n}_{len(sessions)}.onnx", **options)
-                sessions[name] = onnx_session(path, use_kernels=True, threads=1)
+                sessions[name] = onnx_session(path, use_kernels=True, threads=1, decode_at_load=False)
             feed = x.numpy()
             samples = {name: [] for name in sessions}
             for _ in range(args.rounds):

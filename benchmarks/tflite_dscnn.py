@@ -1,4 +1,5 @@
-"""TFLite latency of a dense DS-CNN-S (XNNPACK) vs its compressed versions (edgepack delegate).
+"""TFLite latency of a dense DS-CNN-S (XNNPACK) vs its compressed versions on the edgepack delegate
+(decode_at_load=False; benchmarks.models measures the decoded-at-load path).
 
 A benchmark, not a test: ``python -m edgepack.benchmarks.tflite_dscnn`` exports each model,
 runs every interpreter single-threaded at batch 1, interleaving them round by round so machine
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
             model = compress(dense, recipe)[0].eval() if recipe else dense
             path = export(model, x, Path(tmp) / f"{len(sizes)}.tflite")
             sizes[name] = path.stat().st_size
-            interpreters[name] = tflite_interpreter(path, threads=1)
+            interpreters[name] = tflite_interpreter(path, threads=1, decode_at_load=False)
         samples = {name: [] for name in interpreters}
         feed = x.numpy()
         for _ in range(args.rounds):

@@ -8,6 +8,15 @@ Weights and Connections for Efficient Neural Networks" (NeurIPS 2015) and "Deep 
 What we use: one fp32 MAC = fp32 mult + fp32 add = 3.7 + 0.9 = 4.6 pJ; one byte moved = a DRAM
 access per 32-bit word / 4 = 160 pJ (``memory="sram"``: 1.25 pJ). Every byte an operator reads or
 writes is counted once as memory traffic (no cache reuse): an upper bound on data movement.
+The key hash of hashed layers: int32 mult 3.1 pJ, every other 32-bit integer op (add, xor, shift,
+rotate, and) as an int32 add, 0.1 pJ (the table lists no logic ops); a bucket gather is a 32-bit
+SRAM read, 5 pJ (the bucket table is assumed cached).
+
+What a run really does comes from the op spec (runtime_kernels/op_spec.py ``work`` / ``load_work``):
+storage-compressed weights (HashedWeight, expand-mode HashedMatMul) are decoded once, at load, so
+each inference reads the dense weight; stream-mode HashedMatMul reads only its buckets but hashes
+every weight on every run; circulant / LDR read their precomputed spectra. The one-time work at
+load (decoding, spectra) is estimated separately (``EstimatedEnergy.load``), never per inference.
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ from pathlib import Path
 import onnx
 from onnx import helper, shape_inference
 
-from edgepack.runtime_kernels.op_spec import DOMAIN, OPS
+from edgepack.runtime_kernels.op_spec import DOMAIN, OPS, Work
 from edgepack.runtime_kernels.op_spec import fft_macs as fft_macs
 
 
@@ -58,7 +67,8 @@ HOROWITZ_45NM = EnergyTable(
 
 @dataclass
 class EstimatedEnergy:
-    """Energy of one inference from op counts; ``estimated`` is always True."""
+    """Energy of one inference from op counts; ``estimated`` is always True. ``load``: the one-time
+    work when the model is loaded (decoding, FFT spectra), estimated the same way, not included."""
 
     macs: int
     bytes_moved: int
@@ -67,6 +77,10 @@ class EstimatedEnergy:
     table: str
     assumptions: str
     method: str = "estimate"
+    int_mults: int = 0
+    int_ops: int = 0
+    gathers: int = 0
+    load: EstimatedEnergy | None = None
     estimated: bool = field(default=True, init=False)
 
     @property
@@ -79,16 +93,36 @@ class EstimatedEnergy:
 
 
 def estimate_energy(macs: int, bytes_moved: int, *, table: EnergyTable = HOROWITZ_45NM,
-                    dtype: str = "fp32", memory: str = "dram") -> EstimatedEnergy:
-    """Energy per inference = MACs × MAC energy + bytes × per-byte energy of ``memory``."""
-    if macs < 0 or bytes_moved < 0:
-        raise ValueError(f"macs and bytes_moved must be >= 0, got {macs} and {bytes_moved}")
+                    dtype: str = "fp32", memory: str = "dram", int_mults: int = 0, int_ops: int = 0,
+                    gathers: int = 0) -> EstimatedEnergy:
+    """Energy per inference = MACs × MAC energy + bytes × per-byte energy of ``memory`` + the hash
+    work: integer multiplies, other integer ops (as an int32 add) and bucket gathers (32-bit SRAM)."""
+    counts = {"macs": macs, "bytes_moved": bytes_moved, "int_mults": int_mults, "int_ops": int_ops,
+              "gathers": gathers}
+    if any(value < 0 for value in counts.values()):
+        raise ValueError(f"every count must be >= 0, got {counts}")
     mac_pj, byte_pj = table.mac_pj(dtype), table.byte_pj(memory)
+    mult_pj, op_pj, gather_pj = (table.picojoules[k] for k in ("int32_mult", "int32_add", "sram_32bit"))
+    hash_pj = int_mults * mult_pj + int_ops * op_pj + gathers * gather_pj
     return EstimatedEnergy(
-        macs=macs, bytes_moved=bytes_moved, compute_pj=macs * mac_pj, memory_pj=bytes_moved * byte_pj,
-        table=table.name,
-        assumptions=f"{dtype} MAC {mac_pj:g} pJ, {memory} {byte_pj:g} pJ/byte ({table.citation})",
+        macs=macs, bytes_moved=bytes_moved, compute_pj=macs * mac_pj + hash_pj, memory_pj=bytes_moved * byte_pj,
+        table=table.name, int_mults=int_mults, int_ops=int_ops, gathers=gathers,
+        assumptions=(f"estimate: {dtype} MAC {mac_pj:g} pJ, {memory} {byte_pj:g} pJ/byte, hash: int32 mult "
+                     f"{mult_pj:g} pJ, other int op {op_pj:g} pJ (an int32 add), bucket gather {gather_pj:g} pJ "
+                     f"(32-bit SRAM read) ({table.citation})"),
     )
+
+
+def estimate_model(model: str | Path | onnx.ModelProto, *, table: EnergyTable = HOROWITZ_45NM,
+                   dtype: str = "fp32", memory: str = "dram") -> EstimatedEnergy:
+    """Estimated energy of one inference of an ONNX model, with the one-time load work in ``.load``."""
+    inference, load = count_work(model)
+    options = {"table": table, "dtype": dtype, "memory": memory}
+    estimate = estimate_energy(**inference.as_counts(), **options)
+    estimate.load = estimate_energy(**load.as_counts(), **options)
+    estimate.assumptions += (f"; one-time work at load (decoding, FFT spectra) "
+                             f"{estimate.load.energy_pj * 1e-9:.4g} mJ, not included")
+    return estimate
 
 
 # ---- counting ---------------------------------------------------------------------------------
@@ -137,16 +171,29 @@ def _by_spec_name(node: onnx.NodeProto, shape: Callable) -> Callable:
     return by_name
 
 
-def _edgepack_counter(op) -> Callable:
-    """The MAC counter of ai.edgepack ``op``: the spec's count (the dense layer for HashedMatMul,
-    FFT formulas for CirculantMatMul / LDRMatMul)."""
-    return lambda node, shape: op.macs(_attributes(node), _by_spec_name(node, shape))
-
-
 MAC_COUNTERS: dict[str, Callable] = {
     "MatMul": _matmul, "Gemm": _gemm, "Conv": _conv, "ConvTranspose": _conv_transpose,
-    **{f"{DOMAIN}.{name}": _edgepack_counter(op) for name, op in OPS.items() if op.macs is not None},
 }
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Totals over a model: MACs, bytes moved, the key hash's integer multiplies and other ops, gathers."""
+
+    macs: int = 0
+    bytes_moved: int = 0
+    int_mults: int = 0
+    int_ops: int = 0
+    gathers: int = 0
+
+    def as_counts(self) -> dict[str, int]:
+        return {"macs": self.macs, "bytes_moved": self.bytes_moved, "int_mults": self.int_mults,
+                "int_ops": self.int_ops, "gathers": self.gathers}
+
+
+def _counts(work: Work, activation_bytes: int) -> Counts:
+    return Counts(round(work.macs), work.weight_bytes + activation_bytes, round(work.int_mults),
+                  round(work.int_ops), round(work.gathers))
 
 
 def _collect(graph: onnx.GraphProto) -> dict[str, tuple[Shape, int]]:
@@ -183,25 +230,44 @@ def _infer(model: onnx.ModelProto) -> dict[str, tuple[Shape, int]]:
     return known
 
 
-def count_macs_and_bytes(model: str | Path | onnx.ModelProto) -> tuple[int, int]:
-    """(MACs, bytes moved) of one inference: MACs of MatMul/Gemm/Conv and our fused ops; bytes of every
-    node's inputs and outputs with a known shape. Symbolic dimensions (batch) count as 1, so do
-    data-dependent ones (weights rebuilt at run time in "portable" exports: count "kernels" exports).
-    Elementwise ops cost bytes, not MACs; subgraphs (If/Loop) are not counted."""
+def count_work(model: str | Path | onnx.ModelProto) -> tuple[Counts, Counts]:
+    """(one inference, loading once) of ``model``: MACs of MatMul/Gemm/Conv, bytes of every
+    standard node's inputs and outputs with a known shape, and for ai.edgepack nodes the spec's
+    ``work`` (per inference, in the node's mode) and ``load_work`` plus their activation, bias and
+    output bytes. Symbolic dimensions (batch) count as 1, so do data-dependent ones (weights rebuilt
+    at run time in "portable" exports: count "kernels" exports). Elementwise ops cost bytes, not
+    MACs; subgraphs (If/Loop) are not counted. A fallback-function run (no edgepack library) is not
+    what this counts: it rebuilds hashed weights on every run."""
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load(str(model), load_external_data=False)
     known = _infer(model)
-    macs = 0.0
-    moved = 0
+    inference, load, moved = Work(), Work(), 0
     for node in model.graph.node:
-        key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
-        if key in MAC_COUNTERS:
-            macs += MAC_COUNTERS[key](node, functools.partial(_shape_of, known, node))
-        for name in [*node.input, *node.output]:
+        shape = functools.partial(_shape_of, known, node)
+        if node.domain == DOMAIN and node.op_type in OPS:
+            op = OPS[node.op_type]
+            attributes, by_name = _attributes(node), _by_spec_name(node, shape)
+            inference += op.work(attributes, by_name)
+            load += op.load_work(attributes, by_name)
+            kinds = dict(zip(op.input_names, (i.kind for i in op.inputs)))
+            names = [name for spec_name, name in zip(op.input_names, node.input) if kinds[spec_name] != "weight"]
+            names += list(node.output) if op.kind == "compute" else []
+        else:
+            key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+            if key in MAC_COUNTERS:
+                inference += Work(macs=MAC_COUNTERS[key](node, shape))
+            names = [*node.input, *node.output]
+        for name in names:
             if name and name in known:
                 dims, elem_type = known[name]
                 moved += math.prod(dims) * _itemsize(elem_type)
-    return round(macs), moved
+    return _counts(inference, moved), _counts(load, 0)
+
+
+def count_macs_and_bytes(model: str | Path | onnx.ModelProto) -> tuple[int, int]:
+    """(MACs, bytes moved) of one inference (count_work's first half)."""
+    inference, _ = count_work(model)
+    return inference.macs, inference.bytes_moved
 
 
 def _shape_of(known: dict[str, tuple[Shape, int]], node: onnx.NodeProto, name: str) -> Shape:

@@ -22,7 +22,15 @@ from pathlib import Path
 from edgepack.errors import EdgepackError
 
 from .base import Device, DeviceError
-from .estimate import HOROWITZ_45NM, EnergyTable, EstimatedEnergy, count_macs_and_bytes, estimate_energy
+from .estimate import (
+    HOROWITZ_45NM,
+    EnergyTable,
+    EstimatedEnergy,
+    count_macs_and_bytes,
+    count_work,
+    estimate_energy,
+    estimate_model,
+)
 
 METHODS = ("rapl", "hwmon", "battery", "csv", "estimate")
 VALID_SPECS = ("auto", "rapl", "hwmon", "battery", "csv:FILE", "estimate")
@@ -330,9 +338,8 @@ class EstimateSource(PowerSource):
         self.name = f"estimate:{table.name}"
 
     def estimate(self, onnx_model: str | Path, **options) -> EstimatedEnergy:
-        """Estimated energy of one inference of an ONNX model."""
-        macs, moved = count_macs_and_bytes(onnx_model)
-        return estimate_energy(macs, moved, table=self.table, **options)
+        """Estimated energy of one inference of an ONNX model (one-time load work in ``.load``)."""
+        return estimate_model(onnx_model, table=self.table, **options)
 
 
 # ---- measuring -------------------------------------------------------------------------------
@@ -459,5 +466,6 @@ def get_power_source(spec: str, device: Device | None = None) -> PowerSource:
 __all__ = [
     "HOROWITZ_45NM", "METHODS", "VALID_SPECS", "BatterySource", "CsvMeterSource", "EnergyResult", "EnergyTable",
     "EstimateSource", "EstimatedEnergy", "HwmonSource", "PowerError", "PowerSource", "RaplSource",
-    "check_spec", "count_macs_and_bytes", "estimate_energy", "get_power_source", "measure",
+    "check_spec", "count_macs_and_bytes", "count_work", "estimate_energy", "estimate_model", "get_power_source",
+    "measure",
 ]

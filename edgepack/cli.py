@@ -80,7 +80,8 @@ def _export(args: argparse.Namespace) -> int:
     model = load_checkpoint(args.model, trust_builder=args.trust_builder or ())
     examples = tuple(torch.randn(shape) for shape in args.example_shape)
     path = export(model, examples, args.output, mode=args.mode, stream=args.stream,
-                  dynamic_batch=not args.static_batch)
+                  dynamic_batch=not args.static_batch,
+                  **({"fallback_fold_limit": args.fallback_fold_limit} if args.fallback_fold_limit else {}))
     print(f"wrote {path} ({path.stat().st_size:,} bytes, mode {args.mode})")
     return 0
 
@@ -181,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "decoding the weights once")
     export.add_argument("--static-batch", action="store_true",
                         help="fix the batch size to the example's (default: dynamic)")
+    export.add_argument("--fallback-fold-limit", type=_positive_int, metavar="N",
+                        help="in ONNX Runtime without edgepack's library, hashed layers up to N "
+                             "virtual weights x hashes are decoded once at session build (dense "
+                             "speed, ~350 bytes per weight while building); larger ones at every "
+                             "run, with session build within 3x the dense bytes (default: "
+                             "exporter.fallbacks.FOLD_LIMIT, docs/ops.md)")
     export.set_defaults(handler=_export)
 
     convert = commands.add_parser("convert", help="convert an ONNX model to TFLite (no TensorFlow)")

@@ -2,8 +2,10 @@
 
 Every ``ai.edgepack`` node in an exported file carries one of these functions, so any ONNX
 runtime (ORT without our library, ``onnx.reference.ReferenceEvaluator``) can run the file: the
-hash is XXH32 written with int64 arithmetic (ORT has no uint32 Mul), the circulant and LDR
+hash is XXH32 written with int64 arithmetic (ORT 1.20 has no uint32 Mul), the circulant and LDR
 structures are expanded with Range / Mod / Gather. The semantics are those of docs/ops.md.
+Hashed matrices above FOLD_LIMIT are decoded by a Loop over row blocks, so that building an ORT
+session stays within 3× the dense weight bytes (docs/ops.md, "Without the library").
 """
 
 import numpy as np
@@ -15,26 +17,38 @@ from edgepack.runtime_kernels.op_spec import DOMAIN, OPS, OPSET_VERSION
 STANDARD_OPSET = 18  # BitwiseAnd / BitwiseXor need 18
 # Each op's inputs, in order, from the op spec.
 OP_INPUTS = {name: op.input_names for name, op in OPS.items()}
-__all__ = ["DOMAIN", "FUNCTIONS", "OPSET_VERSION", "OP_INPUTS", "STANDARD_OPSET"]
+__all__ = ["DOMAIN", "FOLD_LIMIT", "FUNCTIONS", "OPSET_VERSION", "OP_INPUTS", "STANDARD_OPSET"]
 MASK32 = 0xFFFFFFFF
 PRIME32_2, PRIME32_3, PRIME32_4, PRIME32_5 = 0x85EBCA77, 0xC2B2AE3D, 0x27D4EB2F, 0x165667B1
+# Hashed fallbacks: up to FOLD_LIMIT virtual weights × hashes ORT folds the decode at session
+# build; above it a Loop decodes DECODE_CHUNK of them per iteration at every run.
+FOLD_LIMIT = 1 << 16
+DECODE_CHUNK = 1 << 16
+KEY_SPACE = 1 << 32  # virtual weights × hashes; a larger hashed matrix fails at its first run
 
 
 class Body:
     """A small builder for a function body: every call appends a node and returns its output."""
 
-    def __init__(self) -> None:
+    def __init__(self, parent: "Body | None" = None, prefix: str = "") -> None:
+        # A subgraph's names must not shadow the enclosing body's; it reads the root's constants.
+        self.root = parent.root if parent else self
+        self.prefix = prefix
         self.nodes: list[onnx.NodeProto] = []
+        self.constants: dict[tuple, str] = {}
 
     def op(self, op_type: str, *inputs: str, **attributes) -> str:
-        output = f"_{len(self.nodes)}_{op_type.lower()}"
+        output = f"_{self.prefix}{len(self.nodes)}"  # short: the file carries every name
         self.nodes.append(helper.make_node(op_type, list(inputs), [output], **attributes))
         return output
 
     def const(self, value, dtype=np.int64) -> str:
-        """A constant tensor (a Python scalar becomes a 0-d tensor)."""
-        tensor = numpy_helper.from_array(np.asarray(value, dtype=dtype))
-        return self.op("Constant", value=tensor)
+        """A constant tensor (a Python scalar becomes a 0-d tensor), made once per function."""
+        array = np.asarray(value, dtype=dtype)
+        key = (array.dtype.str, array.shape, array.tobytes())
+        if key not in self.root.constants:
+            self.root.constants[key] = self.root.op("Constant", value=numpy_helper.from_array(array))
+        return self.root.constants[key]
 
     def attribute(self, name: str, kind: int) -> str:
         """The value of the function's attribute ``name`` as an int64 tensor."""
@@ -44,12 +58,15 @@ class Body:
         self.nodes.append(node)
         return node.output[0]
 
-    # uint32 arithmetic on non-negative int64 tensors that hold values < 2**32
+    # uint32 arithmetic on non-negative int64 tensors that hold values < 2**32, with no
+    # intermediate reaching 2**63 (ORT 1.20 has no uint32/uint64 Add or Mul)
     def mul32(self, a: str, constant: int) -> str:
-        low = self.op("Mul", a, self.const(constant & 0xFFFF))
-        high = self.op("BitwiseAnd", self.op("Mul", a, self.const(constant >> 16)), self.const(0xFFFF))
-        total = self.op("Add", low, self.op("Mul", high, self.const(1 << 16)))
-        return self.op("BitwiseAnd", total, self.const(MASK32))
+        if constant < 1 << 31:
+            return self.op("BitwiseAnd", self.op("Mul", a, self.const(constant)), self.const(MASK32))
+        # a·c = a·(c − 2³¹) + (a mod 2)·2³¹ (mod 2³²)
+        low = self.op("Mul", a, self.const(constant - (1 << 31)))
+        odd = self.op("Mul", self.op("BitwiseAnd", a, self.const(1)), self.const(1 << 31))
+        return self.op("BitwiseAnd", self.op("Add", low, odd), self.const(MASK32))
 
     def add32(self, a: str, b: str) -> str:
         return self.op("BitwiseAnd", self.op("Add", a, b), self.const(MASK32))
@@ -64,12 +81,15 @@ class Body:
     def xorshift(self, a: str, bits: int) -> str:
         return self.op("BitwiseXor", a, self.shr(a, bits))
 
-    def xxh32_pair(self, i: str, j: str, seed: str) -> str:
-        """XXH32 of the 8-byte keys u32le(i) ‖ u32le(j), broadcasting i, j and seed."""
+    def xxh32_head(self, i: str, seed: str) -> str:
+        """XXH32 state of the 8-byte key u32le(i) ‖ u32le(j) after its first word (per row)."""
         h = self.add32(seed, self.const(PRIME32_5 + 8))
-        for word in (i, j):
-            h = self.add32(h, self.mul32(word, PRIME32_3))
-            h = self.mul32(self.rotl32(h, 17), PRIME32_4)
+        h = self.add32(h, self.mul32(i, PRIME32_3))
+        return self.mul32(self.rotl32(h, 17), PRIME32_4)
+
+    def xxh32_tail(self, head: str, j_term: str) -> str:
+        """XXH32 from the head and ``j_term`` = j·PRIME32_3 mod 2³² (the second word, per column)."""
+        h = self.mul32(self.rotl32(self.add32(head, j_term), 17), PRIME32_4)
         h = self.mul32(self.xorshift(h, 15), PRIME32_2)
         h = self.mul32(self.xorshift(h, 13), PRIME32_3)
         return self.xorshift(h, 16)
@@ -78,9 +98,17 @@ class Body:
         return self.op("Slice", x, self.op("Reshape", start, self.const([1])),
                        self.op("Reshape", end, self.const([1])))
 
-    def decode_hashed(self, buckets: str, recon: str, rows: str, cols: str) -> str:
+    def vector(self, scalar: str) -> str:
+        return self.op("Reshape", scalar, self.const([1]))
+
+    def decode_hashed(self, buckets: str, recon: str, rows: str, cols: str, fold_limit: int) -> str:
         """The rows × cols virtual matrix (docs/ops.md, hash contract) as a flat float vector.
 
+        Up to ``fold_limit`` virtual weights × hashes, ORT constant-folds the whole decode when it
+        builds the session (the weight becomes a constant; folding keeps every intermediate
+        until it ends, ~350 bytes per virtual weight). Larger matrices are decoded by a Loop
+        over blocks of rows, ~DECODE_CHUNK hashes per iteration, which ORT does not fold:
+        building the session needs O(buckets) memory, and the decode runs at every inference.
         ``recon`` is always given: the exporter passes the exact identity MLP for K = 1, since a
         function body cannot branch on whether an optional input is present.
         """
@@ -88,31 +116,72 @@ class Body:
         seed = self.attribute("seed", AttributeProto.INT)
         signed = self.attribute("signed", AttributeProto.INT)
         zero, one = self.const(0), self.const(1)
-        hashes = self.op("Reshape", self.op("Range", zero, k, one), self.const([-1, 1, 1]))
-        i = self.op("Reshape", self.op("Range", zero, rows, one), self.const([1, -1, 1]))
-        j = self.op("Reshape", self.op("Range", zero, cols, one), self.const([1, 1, -1]))
-        h = self.xxh32_pair(i, j, self.add32(seed, hashes))  # (K, rows, cols)
-        index = self.op("Mod", h, self.op("Shape", buckets))
-        negative = self.op("Mul", self.shr(h, 31), signed)
-        sign = self.op("Sub", self.const(1), self.op("Mul", self.const(2), negative))
-        values = self.op("Mul", self.op("Gather", buckets, index),
-                         self.op("Cast", sign, to=TensorProto.FLOAT))
-        values = self.op("Reshape", values, self.op("Concat", self.op("Reshape", k, self.const([1])),
-                                                     self.const([-1]), axis=0))  # (K, rows·cols)
+        per_row = self.op("Max", one, self.op("Mul", cols, k))  # never a division by 0
+        block = self.op("Max", one, self.op("Div", self.const(DECODE_CHUNK), per_row))
+        trips = self.op("Div", self.op("Add", rows, self.op("Sub", block, one)), block)
+        seeds = self.add32(seed, self.op("Reshape", self.op("Range", zero, k, one), self.const([-1, 1, 1])))
+        # buckets ‖ sign·buckets: bit 31 of h picks the half, so the sign costs no float Mul
+        sign = self.op("Cast", self.op("Sub", one, self.op("Mul", self.const(2), signed)), to=TensorProto.FLOAT)
+        table = self.op("Concat", buckets, self.op("Mul", buckets, sign), axis=0)
+        count = self.op("Shape", buckets)
+        z_shape = self.op("Concat", self.vector(k), self.const([-1]), axis=0)
         length = self.op("Squeeze", self.op("Shape", recon))
         hidden = self.op("Div", self.op("Sub", length, one), self.op("Add", k, self.const(2)))
         hk = self.op("Mul", hidden, k)
         w1 = self.op("Reshape", self.slice1d(recon, zero, hk),
-                     self.op("Concat", self.op("Reshape", hidden, self.const([1])),
-                             self.op("Reshape", k, self.const([1])), axis=0))
+                     self.op("Concat", self.vector(hidden), self.vector(k), axis=0))
         b1_end = self.op("Add", hk, hidden)
         b1 = self.op("Unsqueeze", self.slice1d(recon, hk, b1_end), self.const([1]))
         w2_end = self.op("Add", b1_end, hidden)
         w2 = self.op("Unsqueeze", self.slice1d(recon, b1_end, w2_end), self.const([0]))
         b2 = self.slice1d(recon, w2_end, length)
-        activations = self.op("Relu", self.op("Add", self.op("MatMul", w1, values), b1))
-        return self.op("Add", self.op("Reshape", self.op("MatMul", w2, activations),
-                                      self.const([-1])), b2)
+
+        def values(body: "Body", start: str, end: str, width: str, step: str) -> str:
+            """V[start:end:step, :width] (scalars), flat; the head (per row) and the j term (per
+            column) are computed here too, so nothing of size rows or cols is folded on the Loop path."""
+            i = body.op("Reshape", body.op("Range", start, end, step), self.const([1, -1, 1]))
+            j = body.op("Reshape", body.op("Range", zero, width, one), self.const([1, 1, -1]))
+            h = body.xxh32_tail(body.xxh32_head(i, seeds), body.mul32(j, PRIME32_3))  # (K, rows, width)
+            index = body.op("Add", body.op("Mod", h, count), body.op("Mul", body.shr(h, 31), count))
+            z = body.op("Reshape", body.op("Gather", table, index), z_shape)  # (K, rows·cols)
+            activations = body.op("Relu", body.op("Add", body.op("MatMul", w1, z), b1))
+            return body.op("Add", body.op("Reshape", body.op("MatMul", w2, activations),
+                                          body.const([-1])), b2)
+
+        double = [self.op("Cast", n, to=TensorProto.DOUBLE) for n in (rows, cols, k)]
+        size = self.op("Mul", self.op("Mul", double[0], double[1]), double[2])  # no int64 overflow
+        fold = self.op("LessOrEqual", size, self.const(fold_limit, np.float64))
+        # From KEY_SPACE on, the Loop's row step is 0: its first Range fails (instead of decoding
+        # for minutes until memory runs out; the keys are u32 anyway).
+        row_step = self.op("Cast", self.op("Less", size, self.const(KEY_SPACE, np.float64)), to=TensorProto.INT64)
+        # ORT folds the branch not taken too, so that one decodes a 0 × 0 matrix.
+        folded = Body(self, "f")
+        folded_graph = folded.graph("folded", [], values(folded, zero, self.op("Where", fold, rows, zero),
+                                                         self.op("Where", fold, cols, zero), one))
+
+        step = Body(self, "l")
+        start = step.op("Mul", "_l_i", block)
+        # cols tied to the iteration: ORT would fold the loop-invariant j term (~6 int64 × cols)
+        width = step.op("Add", cols, step.op("Mul", "_l_i", zero))
+        step_values = values(step, start, step.op("Add", start, block), width, row_step)
+        step.nodes.append(helper.make_node("Identity", ["_l_cond"], ["_l_cond_out"]))
+        step_graph = step.graph("decode_rows", [("_l_i", TensorProto.INT64), ("_l_cond", TensorProto.BOOL)],
+                                step_values, extra_output="_l_cond_out")
+        chunked = Body(self, "c")
+        blocks = chunked.op("Loop", trips, chunked.const(True, np.bool_), body=step_graph)
+        flat = chunked.slice1d(chunked.op("Reshape", blocks, chunked.const([-1])), zero,
+                               self.op("Mul", rows, cols))
+        chunked_graph = chunked.graph("chunked", [], flat)
+        return self.op("If", fold, then_branch=folded_graph, else_branch=chunked_graph)
+
+    def graph(self, name: str, inputs: list[tuple[str, int]], output: str,
+              extra_output: str | None = None) -> onnx.GraphProto:
+        """This body as a subgraph (If branch, Loop body) with one float output."""
+        outputs = [helper.make_tensor_value_info(output, TensorProto.FLOAT, None)]
+        if extra_output:
+            outputs.insert(0, helper.make_tensor_value_info(extra_output, TensorProto.BOOL, []))
+        return helper.make_graph(self.nodes, name,
+                                 [helper.make_tensor_value_info(n, t, []) for n, t in inputs], outputs)
 
     def linear(self, x: str, weight: str, bias: str) -> str:
         """x[..., in] · weight[out, in]ᵀ + bias."""
@@ -149,23 +218,23 @@ def _function(name: str, body: Body, output: str) -> onnx.FunctionProto:
     return function
 
 
-def hashed_weight_function() -> onnx.FunctionProto:
+def hashed_weight_function(fold_limit: int = FOLD_LIMIT) -> onnx.FunctionProto:
     """HashedWeight(buckets, recon) → W[shape]."""
     body = Body()
     shape = body.attribute("shape", AttributeProto.INTS)
     rows = body.op("Squeeze", body.op("Slice", shape, body.const([0]), body.const([1])))
     cols = body.op("ReduceProd", body.op("Slice", shape, body.const([1]), body.const([2**62])),
                    keepdims=0)
-    flat = body.decode_hashed("buckets", "recon", rows, cols)
+    flat = body.decode_hashed("buckets", "recon", rows, cols, fold_limit)
     return _function("HashedWeight", body, body.op("Reshape", flat, shape))
 
 
-def hashed_matmul_function() -> onnx.FunctionProto:
+def hashed_matmul_function(fold_limit: int = FOLD_LIMIT) -> onnx.FunctionProto:
     """HashedMatMul(X, buckets, recon, bias) → X · Vᵀ + bias."""
     body = Body()
     rows = body.attribute("out_features", AttributeProto.INT)
     cols = body.attribute("in_features", AttributeProto.INT)
-    flat = body.decode_hashed("buckets", "recon", rows, cols)
+    flat = body.decode_hashed("buckets", "recon", rows, cols, fold_limit)
     weight = body.op("Reshape", flat, body.op("Concat", body.op("Reshape", rows, body.const([1])),
                                               body.op("Reshape", cols, body.const([1])), axis=0))
     y = body.linear("X", weight, "bias")
@@ -215,3 +284,11 @@ FUNCTIONS = {
     "CirculantMatMul": circulant_matmul_function,
     "LDRMatMul": ldr_matmul_function,
 }
+
+
+def fallback_function(name: str, fold_limit: int = FOLD_LIMIT) -> onnx.FunctionProto:
+    """The fallback FunctionProto of op ``name``; hashed decodes up to ``fold_limit`` virtual
+    weights × hashes are folded by ORT at session build (dense speed, ~350 bytes per weight then)."""
+    if name in ("HashedWeight", "HashedMatMul"):
+        return FUNCTIONS[name](fold_limit)
+    return FUNCTIONS[name]()

@@ -23,7 +23,7 @@ from edgepack.compression import CirculantLinear, HashedConv2d, HashedLinear, LD
 from edgepack.errors import EdgepackError
 
 from . import torch_ops
-from .fallbacks import DOMAIN, FUNCTIONS, STANDARD_OPSET
+from .fallbacks import DOMAIN, FOLD_LIMIT, FUNCTIONS, STANDARD_OPSET, fallback_function
 from .validate import check_onnx_model
 
 MODES = ("kernels", "portable")
@@ -170,14 +170,14 @@ def _name_nodes_after_layers(model: onnx.ModelProto) -> None:
                 taken.add(name)
 
 
-def _attach_functions(model: onnx.ModelProto, mode: str) -> onnx.ModelProto:
+def _attach_functions(model: onnx.ModelProto, mode: str, fold_limit: int) -> onnx.ModelProto:
     """Add one fallback FunctionProto per ai.edgepack op used; inline compute ops if portable."""
     _name_nodes_after_layers(model)
     used = sorted({node.op_type for node in model.graph.node if node.domain == DOMAIN})
     unknown = set(used) - set(FUNCTIONS)
     if unknown:
         raise ExportError(f"exported graph has ai.edgepack ops without a fallback: {sorted(unknown)}")
-    model.functions.extend(FUNCTIONS[name]() for name in used)
+    model.functions.extend(fallback_function(name, fold_limit) for name in used)
     if mode == "portable":
         inline = [(DOMAIN, name) for name in used if name != "HashedWeight"]
         if inline:
@@ -221,14 +221,20 @@ def _check_examples(model: nn.Module, examples: tuple) -> None:
 
 
 def export_onnx(model: nn.Module, example_inputs, path: str | Path, mode: str = "kernels",
-                stream: bool = False, dynamic_batch: bool = True) -> Path:
+                stream: bool = False, dynamic_batch: bool = True, fallback_fold_limit: int = FOLD_LIMIT) -> Path:
     """Export ``model`` to ``path`` (.onnx); see docs/ops.md for the ai.edgepack ops.
 
     ``mode="kernels"`` emits fused HashedMatMul / CirculantMatMul / LDRMatMul nodes (fast with
     libedgepack_ort.so, runnable anywhere through their fallback functions); ``"portable"``
     emits HashedWeight decoders + standard Gemm/Conv, and the structured layers as standard
     ops. ``stream=True`` asks HashedMatMul kernels to hash on the fly (O(buckets) memory).
+    ``fallback_fold_limit``: in ORT without our library, hashed matrices up to this many virtual
+    weights × hashes are decoded once at session build (dense speed, ~350 bytes per weight while
+    building); larger ones by a Loop at every run (session build within 3× the dense bytes).
     """
+    if isinstance(fallback_fold_limit, bool) or not isinstance(fallback_fold_limit, int) or fallback_fold_limit < 0:
+        raise ExportError(f"fallback_fold_limit must be an int >= 0 (virtual weights × hashes), "
+                          f"got {fallback_fold_limit!r}")
     lowered = lower(model, mode, stream)
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
@@ -249,7 +255,7 @@ def export_onnx(model: nn.Module, example_inputs, path: str | Path, mode: str = 
             text = " ".join(str(error).split())[:600]
             raise ExportError(f"torch.onnx.export failed for {type(model).__name__}: "
                               f"{type(error).__name__}: {text}") from error
-    proto = _attach_functions(program.model_proto, mode)
+    proto = _attach_functions(program.model_proto, mode, fallback_fold_limit)
     onnx.checker.check_model(proto, full_check=True)
     check_onnx_model(proto, f"export to {path}")
     path = Path(path)

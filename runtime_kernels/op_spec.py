@@ -1,5 +1,6 @@
 """The ai.edgepack operator set, declared once: every op's inputs, attributes (type, default, valid
-range per runtime), output-shape rule, stored and dense bytes, and MACs.
+range per runtime), output-shape rule, stored and dense bytes, MACs, and the work and weight
+bytes one run really costs (per inference and once, at load) for the energy estimate.
 
 Everything else is derived from it: the torch schemas, fallback functions, TFLite options,
 validator, ``inspect``, the energy estimate and the converter's shapes in Python, and the
@@ -88,6 +89,9 @@ class Op:
     virtual_weights: Callable[[dict], int]  # elements of the dense weight it stands for
     macs: Callable[[dict, ShapeOf], float] | None  # per inference; None: decoded once, at load
     macs_rule: str
+    work: Callable[[dict, ShapeOf], Work]  # per inference, in the mode the attributes choose
+    load_work: Callable[[dict, ShapeOf], Work]  # once, when the model is loaded (decode, spectra)
+    work_rule: str
 
     @property
     def input_names(self) -> list[str]:
@@ -118,6 +122,41 @@ class Op:
         return 4 * self.virtual_weights(self.defaults | attributes)
 
 
+@dataclass(frozen=True)
+class Work:
+    """What one op run costs: fp32 MACs, weight bytes moved (read per inference; read and written at
+    load), the key hash's 32-bit integer multiplies and other integer ops (add, xor, shift, rotate,
+    and), and bucket gathers (32-bit table reads). Activations, bias and outputs are counted from
+    the graph by the estimate, not here."""
+
+    macs: float = 0.0
+    weight_bytes: int = 0
+    int_mults: float = 0.0
+    int_ops: float = 0.0
+    gathers: float = 0.0
+
+    def __add__(self, other: Work) -> Work:
+        return Work(*(a + b for a, b in zip(self.astuple(), other.astuple())))
+
+    def astuple(self) -> tuple:
+        """The counts in field order."""
+        return (self.macs, self.weight_bytes, self.int_mults, self.int_ops, self.gathers)
+
+
+# The key hash's integer work, (multiplies, other ops), as the kernels run it (src/internal.h):
+# XXH32 of the 8-byte key u32le(i) ‖ u32le(j) (xxHash spec, input < 16 bytes) is 6 multiplies and
+# 12 other ops (seed + P5, + len; per 4-byte word: mult, add, rotate, mult; avalanche: 3 shifts,
+# 3 xors, 2 mults). The kernels absorb the row word i once per row and hash (ep_xxh_key_head: seed
+# + P5 + 8 folded into one add, then add, rotate, 2 mults), leaving per weight and hash the column
+# word and the avalanche (ep_xxh_key_tail). Then the bucket index h mod B (a mask when B is a power
+# of two; else q = ⌊h·(1/B)⌋ and h − q·B, kernels_avx2.c mod8) and, when signed, bit 31 of h moved
+# into the value's sign (and, xor).
+HASH_HEAD = (2, 3)  # per row and hash
+HASH_TAIL = (4, 8)  # per weight and hash
+HASH_MOD = {True: (0, 1), False: (2, 1)}  # B a power of two: True
+HASH_SIGN = (0, 2)
+
+
 def fft_macs(n: int) -> float:
     """MACs of one real FFT of size n: 2.5·n·log2(n) flops (half a complex FFT's 5·n·log2 n), 2 per MAC."""
     return 1.25 * n * math.log2(n) if n > 1 else 0.0
@@ -145,6 +184,89 @@ def _ldr_macs(attributes: dict, shape: ShapeOf) -> float:
     return _batch(shape) * 2 * r * (2 * fft_macs(n) + 4 * (n // 2 + 1))
 
 
+def _recon_hidden(attributes: dict, shape: ShapeOf) -> int:
+    """H of the reconstruction MLP the kernels apply: none for K = 1 (the exporter's identity
+    stand-in, skipped by the kernels), else from recon's length H·(K+2)+1."""
+    k = attributes["num_hashes"]
+    try:
+        length = math.prod(shape("recon"))
+    except KeyError:
+        return 0
+    return (length - 1) // (k + 2) if k > 1 else 0
+
+
+def _decode_work(attributes: dict, shape: ShapeOf, rows: int, weights: int) -> Work:
+    """Hashing ``weights`` virtual weights in ``rows`` rows, without the bytes: K key hashes, bucket
+    indices, signs and gathers per weight, and the recon MLP's H·(K+1) MACs per weight when K > 1."""
+    k, buckets = attributes["num_hashes"], math.prod(shape("buckets"))
+    per_weight = [t + m + s * attributes["signed"]
+                  for t, m, s in zip(HASH_TAIL, HASH_MOD[buckets & (buckets - 1) == 0], HASH_SIGN)]
+    mults, ops = (k * (rows * h + weights * w) for h, w in zip(HASH_HEAD, per_weight))
+    hidden = _recon_hidden(attributes, shape)
+    return Work(macs=weights * hidden * (k + 1), int_mults=mults, int_ops=ops, gathers=weights * k)
+
+
+def _stored_hash_bytes(attributes: dict, shape: ShapeOf) -> int:
+    """buckets, and recon when the kernels apply it."""
+    hidden = _recon_hidden(attributes, shape)
+    k = attributes["num_hashes"]
+    return 4 * (math.prod(shape("buckets")) + (hidden * (k + 2) + 1 if hidden else 0))
+
+
+def _decoded(attributes: dict, shape: ShapeOf, rows: int, weights: int) -> Work:
+    """Decoding once, at load: hash every weight, read buckets (+ recon), write the dense weight."""
+    return _decode_work(attributes, shape, rows, weights) + Work(
+        weight_bytes=_stored_hash_bytes(attributes, shape) + 4 * weights)
+
+
+def _hashed_work(attributes: dict, shape: ShapeOf) -> Work:
+    """Expand: the dense GEMM on the weight decoded at load. Stream: the GEMM plus hashing every
+    weight once per run (not per batch row), reading only buckets (+ recon)."""
+    macs, weights = _batch(shape) * _dense(attributes), _dense(attributes)
+    if attributes["mode"] == 0:
+        return Work(macs=macs, weight_bytes=4 * weights)
+    return Work(macs=macs, weight_bytes=_stored_hash_bytes(attributes, shape)) + _decode_work(
+        attributes, shape, attributes["out_features"], weights)
+
+
+def _hashed_load(attributes: dict, shape: ShapeOf) -> Work:
+    """Expand decodes the weight once, at load; stream keeps nothing to decode."""
+    if attributes["mode"] == 0:
+        return _decoded(attributes, shape, attributes["out_features"], _dense(attributes))
+    return Work()
+
+
+def _weight_decoded(attributes: dict, shape: ShapeOf) -> Work:
+    """HashedWeight decoded at load: rows = shape[0], every element a virtual weight."""
+    dims = attributes["shape"]
+    return _decoded(attributes, shape, dims[0], math.prod(dims))
+
+
+def _circulant_spectra(shape: ShapeOf) -> int:
+    """Bytes of the p·q block spectra the plan keeps: b/2+1 complex floats each (kernels.c)."""
+    p, q, b = shape("blocks")
+    return 8 * p * q * (b // 2 + 1)
+
+
+def _ldr_spectra(shape: ShapeOf) -> int:
+    """Bytes of the LDR plan's spectra: r real-FFT spectra of g (n/2+1 complex) and r complex
+    n-point spectra of the twisted h (kernels.c)."""
+    r, n = shape("G")
+    return 8 * r * (n // 2 + 1) + 8 * r * n
+
+
+def _circulant_load(attributes: dict, shape: ShapeOf) -> Work:
+    """The plan: one real FFT per block, blocks read, spectra written."""
+    p, q, b = shape("blocks")
+    return Work(macs=p * q * fft_macs(b), weight_bytes=4 * p * q * b + _circulant_spectra(shape))
+
+
+def _ldr_load(attributes: dict, shape: ShapeOf) -> Work:
+    """The plan: a real FFT of each g and a complex FFT (2·F(n)) of each twisted h."""
+    r, n = shape("G")
+    return Work(macs=r * 3 * fft_macs(n), weight_bytes=2 * 4 * r * n + _ldr_spectra(shape))
+
+
 X = Input("X", True, "activation", "the activations; the op acts on the last axis (in_features)")
 RECON = Input("recon", False, "weight", "reconstruction MLP [W1 (H×K), b1 (H), W2 (H), b2], length H·(K+2)+1; "
               "required when num_hashes > 1")
@@ -166,26 +288,41 @@ OPS: dict[str, Op] = {op.name: op for op in (
        (Attribute("shape", "ints", None, (1, U32_MAX), (1, INT_MAX),
                   "shape of W; rows = shape[0], cols = product of the rest (< 2³²)"), *HASH_ATTRIBUTES),
        "`shape`", lambda a, shape: tuple(a["shape"]), lambda a: math.prod(a["shape"]),
-       None, "0 per inference (decoded once, at load; its consumer counts the MACs)"),
+       None, "0 per inference (decoded once, at load; its consumer counts the MACs)",
+       lambda a, shape: Work(), _weight_decoded,
+       "per inference nothing: decoded at load into a constant that its consumer reads (4·prod(`shape`) "
+       "bytes, counted there). At load: the hash work over V = prod(`shape`) weights (see below), "
+       "reading buckets (+ recon when K > 1) and writing 4·V bytes"),
     Op("HashedMatMul", "hashed_matmul", "compute",
        (X, Input("buckets", True, "weight", "the B shared values, 1-D, 1 ≤ B < 2³¹"), RECON, BIAS),
        (IN_FEATURES, OUT_FEATURES, *HASH_ATTRIBUTES,
         Attribute("mode", "int", 0, (0, 1), (0, 1),
                   "kernel only: 0 = expand (decode V once, dense GEMM), 1 = stream (hash on the fly, O(B) memory)")),
        "X's shape with the last axis `out_features`", _matmul_output, _dense,
-       lambda a, shape: _batch(shape) * _dense(a), "N·in·out, as the dense layer it stands for"),
+       lambda a, shape: _batch(shape) * _dense(a), "N·in·out, as the dense layer it stands for",
+       _hashed_work, _hashed_load,
+       "`mode` 0 (expand): per inference N·in·out MACs reading the dense 4·in·out weight bytes (decoded at "
+       "load, as HashedWeight). `mode` 1 (stream): per inference N·in·out MACs plus the hash work over "
+       "V = in·out weights once per run, reading only buckets (+ recon when K > 1); nothing at load"),
     Op("CirculantMatMul", "circulant_matmul", "compute",
        (X, Input("blocks", True, "weight", "first columns of the p×q circulant blocks of size b "
                  "(a power of two ≥ 4; in_features ≤ q·b, out_features ≤ p·b)"), BIAS),
        (IN_FEATURES, OUT_FEATURES),
        "X's shape with the last axis `out_features`", _matmul_output, _dense,
-       _circulant_macs, "N·((p+q)·F(b) + 4·p·q·(b/2+1)), F(n) = 1.25·n·log2 n (a real FFT)"),
+       _circulant_macs, "N·((p+q)·F(b) + 4·p·q·(b/2+1)), F(n) = 1.25·n·log2 n (a real FFT)",
+       lambda a, shape: Work(macs=_circulant_macs(a, shape), weight_bytes=_circulant_spectra(shape)),
+       _circulant_load,
+       "per inference the MACs above, reading the block spectra, 8·p·q·(b/2+1) bytes. At load: "
+       "p·q·F(b) MACs, reading 4·p·q·b bytes of blocks and writing the spectra"),
     Op("LDRMatMul", "ldr_matmul", "compute",
        (X, Input("G", True, "weight", "generators of the Z₁ circulants, [r, n], n a power of two ≥ 4"),
         Input("H", True, "weight", "generators of the Z₋₁ skew-circulants, the same shape as G"), BIAS),
        (IN_FEATURES, OUT_FEATURES),
        "X's shape with the last axis `out_features`", _matmul_output, _dense,
-       _ldr_macs, "N·2r·(2·F(n) + 4·(n/2+1))"),
+       _ldr_macs, "N·2r·(2·F(n) + 4·(n/2+1))",
+       lambda a, shape: Work(macs=_ldr_macs(a, shape), weight_bytes=_ldr_spectra(shape)), _ldr_load,
+       "per inference the MACs above, reading the spectra, 8·r·(n/2+1) + 8·r·n bytes. At load: "
+       "3·r·F(n) MACs, reading 8·r·n bytes of G and H and writing the spectra"),
 )}
 
 
@@ -226,6 +363,14 @@ def c_header() -> str:
     return "\n".join(lines) + "\n"
 
 
+HASH_RULE = (f"Hash work per weight and hash: {HASH_TAIL[0]} integer multiplies and {HASH_TAIL[1]} other "
+             f"integer ops (the key hash, the row word absorbed once per row: {HASH_HEAD[0]} + {HASH_HEAD[1]} "
+             f"per row and hash; a full XXH32 of the 8-byte key is 6 + 12), the bucket index "
+             f"(B a power of two: {HASH_MOD[True][1]} op; else {HASH_MOD[False][0]} multiplies + "
+             f"{HASH_MOD[False][1]} op), the sign when `signed` ({HASH_SIGN[1]} ops), one 4-byte bucket "
+             f"gather; K > 1 adds the recon MLP's H·(K+1) MACs per weight.")
+
+
 def _bound(value: int) -> str:
     return {U32_MAX: "2³²−1", INT_MAX: "2³¹−1"}.get(value, str(value))
 
@@ -246,7 +391,9 @@ def op_table(op: Op) -> str:
     lines += ["", f"Output: {op.output_rule}. Stored: the weight inputs "
               f"({', '.join(f'`{n}`' for n in op.weight_inputs)}); dense: "
               f"{'4·prod(`shape`)' if op.kind == 'decoder' else '4·in_features·out_features'} bytes. "
-              f"MACs: {op.macs_rule}."]
+              f"MACs: {op.macs_rule}.", "", f"Energy estimate (work and weight bytes): {op.work_rule}."]
+    if op.kind == "decoder" or "mode" in op.attribute_names:
+        lines += ["", HASH_RULE]
     return "\n".join(lines)
 
 

@@ -51,6 +51,7 @@ def onnx_session(
     *,
     max_virtual_weights: int | None = None,
     max_decoded_bytes: int | None = None,
+    decode_at_load: bool = True,
     **kwargs: Any,
 ) -> Any:
     """An ``onnxruntime.InferenceSession`` using ``threads`` intra-op threads.
@@ -58,8 +59,11 @@ def onnx_session(
     With ``use_kernels`` the ai.edgepack ops run on the C kernels, within ``max_virtual_weights``
     per node and ``max_decoded_bytes`` per session (default: $EDGEPACK_MAX_VIRTUAL_WEIGHTS /
     $EDGEPACK_MAX_DECODED_BYTES, else 2^28 and 1 GiB); without it ORT inlines the model-local
-    fallback functions, which no edgepack limit bounds. Extra keyword arguments go to
-    ``InferenceSession`` (e.g. ``providers``).
+    fallback functions, which no edgepack limit bounds. With ``use_kernels`` and
+    ``decode_at_load`` (the default) storage-compressed weights (HashedWeight, expand-mode
+    HashedMatMul) are decoded once, in C, and handed to ORT as constant initializers, so its own
+    dense kernels and fusions run (decode_onnx.py); ``decode_at_load=False`` keeps the fused
+    kernels (less memory). Extra keyword arguments go to ``InferenceSession`` (e.g. ``providers``).
     """
     import onnxruntime as ort
 
@@ -69,10 +73,24 @@ def onnx_session(
             f"ONNX Runtime runs the fallback functions, which they do not bound (nor do {ENV_MAX_VIRTUAL_WEIGHTS} "
             f"/ {ENV_MAX_DECODED_BYTES})"
         )
-    so = kwargs.pop("sess_options", None) or ort.SessionOptions()
+    given = kwargs.pop("sess_options", None)
+    so = given or ort.SessionOptions()
     so.intra_op_num_threads = threads
     if use_kernels:
         _register(so, max_virtual_weights, max_decoded_bytes)
     model = path_or_bytes if isinstance(path_or_bytes, bytes) else os.fspath(path_or_bytes)
+    weights = []
+    if use_kernels and decode_at_load:
+        from .decode_onnx import decoded_onnx
+
+        # our own options take the weights without a protobuf copy; the caller's are left untouched
+        decoded = decoded_onnx(path_or_bytes, max_virtual_weights, max_decoded_bytes, inline=given is not None)
+        if decoded is not None:
+            model, arrays = decoded
+            weights = [ort.OrtValue.ortvalue_from_numpy(array) for array in arrays.values()]
+            if weights:
+                so.add_external_initializers(list(arrays), weights)
     kwargs.setdefault("providers", ["CPUExecutionProvider"])
-    return ort.InferenceSession(model, sess_options=so, **kwargs)
+    session = ort.InferenceSession(model, sess_options=so, **kwargs)
+    session._edgepack_decoded = weights  # ORT reads them in place: they live as long as the session
+    return session

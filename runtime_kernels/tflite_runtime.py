@@ -5,9 +5,10 @@ The ops run in ``libedgepack_tflite_delegate`` (an external delegate, found by
 tflite-runtime 2.14 the same library can instead register plain custom ops
 (``use_delegate=False``, through ``InterpreterWithCustomOps``). Self-contained: imports only the
 standard library, the TFLite runtime it finds and its sibling ``artifacts.py`` (and edgepack's limits
-module when installed).
+and decode_tflite modules when installed).
 The decode limits (docs/ops.md "Limits") come from the environment or ``tflite_interpreter``'s
-keyword arguments.
+keyword arguments. With edgepack installed, storage-compressed weights are decoded at load
+(``decode_tflite.py``); loaded as a lone file, the delegate runs them as they are.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ except ImportError:  # loaded as a lone file (a tflite-runtime venv without edge
     _artifacts = importlib.util.module_from_spec(_spec)
     _spec.loader.exec_module(_artifacts)
     find_artifact = _artifacts.find_artifact
+try:
+    from .decode_tflite import decoded_tflite
+except ImportError:  # a lone file: the delegate runs the weights as stored
+    decoded_tflite = None
 
 __all__ = ["delegate_library_path", "tflite_interpreter"]
 
@@ -83,21 +88,30 @@ def tflite_interpreter(
     *,
     max_virtual_weights: int | None = None,
     max_decoded_bytes: int | None = None,
+    decode_at_load: bool = True,
 ):
     """An allocated interpreter for ``path`` with the edgepack ops available.
 
     The ops decode at most ``max_virtual_weights`` per node and ``max_decoded_bytes`` per
     interpreter (default: $EDGEPACK_MAX_VIRTUAL_WEIGHTS / $EDGEPACK_MAX_DECODED_BYTES, else 2^28
     and 1 GiB); a model above them fails in ``allocate_tensors`` with a message naming the node.
+    With ``decode_at_load`` (the default, when edgepack is installed) storage-compressed weights
+    are decoded once, in C, into constant buffers of a model held in memory, so LiteRT / XNNPACK
+    run their own dense kernels (the file is unchanged); ``decode_at_load=False`` keeps the
+    delegate's fused kernels (less memory).
     ``use_delegate=False`` registers plain custom ops instead (tflite-runtime only: LiteRT does not
     export the resolver's AddCustom).
     """
     name, mod = _runtime()
     lib = delegate_library_path()
     limits = _limits(max_virtual_weights, max_decoded_bytes)
+    content = None
+    if decode_at_load and decoded_tflite is not None:
+        content = decoded_tflite(path, max_virtual_weights, max_decoded_bytes)
+    model = {"model_content": content} if content is not None else {"model_path": str(path)}
     if use_delegate:
         delegate = mod.load_delegate(str(lib), options={k: str(v) for k, v in limits.items()})
-        interp = mod.Interpreter(model_path=str(path), num_threads=threads, experimental_delegates=[delegate])
+        interp = mod.Interpreter(**model, num_threads=threads, experimental_delegates=[delegate])
         interp._edgepack_delegate = delegate  # the delegate must outlive the interpreter
         interp.allocate_tensors()
         return interp
@@ -110,9 +124,7 @@ def tflite_interpreter(
         if set_limits(int(limits.get("max_virtual_weights", 0)), int(limits.get("max_decoded_bytes", 0))):
             raise ValueError(f"edgepack limits must be positive integers, got {limits}")
         try:
-            interp = mod.InterpreterWithCustomOps(
-                model_path=str(path), num_threads=threads, custom_op_registerers=[registerer]
-            )
+            interp = mod.InterpreterWithCustomOps(**model, num_threads=threads, custom_op_registerers=[registerer])
         finally:
             set_limits(0, 0)
     interp.allocate_tensors()

@@ -234,7 +234,7 @@ static void run_hashed(fz *f, int op) {
                                                        MAYBE_NULL(nulls, 4, bias), MAYBE_NULL(nulls, 2, Y), out);
                 FZ_ASSERT((ms == EP_OK) == mm_ok, "ep_hashed_matmul_expand: status %d for N=%lld in=%lld out=%lld",
                           (int)ms, (long long)N, (long long)in, (long long)out);
-                if (small) memcpy(dst, ep_hashed_plan_weight(plan), sizeof(float) * (size_t)vcount);
+                if (small) FZ_ASSERT(ep_hashed_plan_unpack(plan, dst) == EP_OK, "ep_hashed_plan_unpack failed");
                 free(Y);
                 free(Xb);
             }

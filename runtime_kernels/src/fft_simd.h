@@ -146,4 +146,62 @@ static void fft_cmac(int64_t m, const float *a, const float *b, float *acc) {
     }
 }
 
+/* acc[r][k] = sum_j a[j][k] * B[j][r][k] for tr rows and tv vectors of k, the tr x tv sums
+ * held in registers over j; each vector of a is prepared once per j and used by every row */
+EP_SI void cmac_rows_tile(const int tr, const int tv, int64_t nj, const float *a, int64_t lda, const float *B,
+                          int64_t ldbj, int64_t ldb, float *acc, int64_t ldacc) {
+    ep_v c[4][2];
+    for (int r = 0; r < tr; r++)
+        for (int v = 0; v < tv; v++) c[r][v] = ep_vset1(0.0f);
+    for (int64_t j = 0; j < nj; j++, a += lda, B += ldbj) {
+        ep_vtw w[2];
+        for (int v = 0; v < tv; v++) w[v] = ep_vtw_acc_of(ep_vld(a + v * EP_VL));
+        for (int r = 0; r < tr; r++)
+            for (int v = 0; v < tv; v++) c[r][v] = ep_vcmac(c[r][v], ep_vld(B + r * ldb + v * EP_VL), w[v]);
+    }
+    for (int r = 0; r < tr; r++)
+        for (int v = 0; v < tv; v++) ep_vst(acc + r * ldacc + v * EP_VL, c[r][v]);
+}
+
+/* the row tiles (4, 2, 1) of one step of tv vectors at complex offset k */
+EP_SI void cmac_rows_step(const int tv, int64_t k, int64_t nj, int64_t rows, const float *a, int64_t lda,
+                          const float *B, int64_t ldb, float *acc, int64_t ldacc) {
+    const int64_t ldbj = rows * ldb;
+    int64_t r = 0;
+    a += 2 * k; B += 2 * k; acc += 2 * k;
+    for (; r + 4 <= rows; r += 4) cmac_rows_tile(4, tv, nj, a, lda, B + r * ldb, ldbj, ldb, acc + r * ldacc, ldacc);
+    if (r + 2 <= rows) {
+        cmac_rows_tile(2, tv, nj, a, lda, B + r * ldb, ldbj, ldb, acc + r * ldacc, ldacc);
+        r += 2;
+    }
+    if (r < rows) cmac_rows_tile(1, tv, nj, a, lda, B + r * ldb, ldbj, ldb, acc + r * ldacc, ldacc);
+}
+
+/* ep_ops.cmac_rows: steps of 2 * EP_VC complex values (4 x 2-vector register tiles, 2- and 1-row
+ * tails), one EP_VC step, then scalar; a single product (nj = rows = 1, the b = n circulant)
+ * in EP_VC steps, then scalar */
+static void fft_cmac_rows(int64_t m, int64_t nj, int64_t rows, const float *a, int64_t lda, const float *B,
+                          int64_t ldb, float *acc, int64_t ldacc) {
+    int64_t k = 0;
+    if (nj == 1 && rows == 1)
+        for (; k + EP_VC <= m; k += EP_VC) ep_vst(acc + 2 * k, ep_vcmul(ep_vld(a + 2 * k), ep_vtw_of(ep_vld(B + 2 * k))));
+    for (; k + 2 * EP_VC <= m; k += 2 * EP_VC) cmac_rows_step(2, k, nj, rows, a, lda, B, ldb, acc, ldacc);
+    if (k + EP_VC <= m) {
+        cmac_rows_step(1, k, nj, rows, a, lda, B, ldb, acc, ldacc);
+        k += EP_VC;
+    }
+    for (; k < m; k++)
+        for (int64_t r = 0; r < rows; r++) {
+            float sr = 0.0f, si = 0.0f;
+            for (int64_t j = 0; j < nj; j++) {
+                const float ar = a[j * lda + 2 * k], ai = a[j * lda + 2 * k + 1];
+                const float br = B[(j * rows + r) * ldb + 2 * k], bi = B[(j * rows + r) * ldb + 2 * k + 1];
+                sr += ar * br - ai * bi;
+                si += ar * bi + ai * br;
+            }
+            acc[r * ldacc + 2 * k] = sr;
+            acc[r * ldacc + 2 * k + 1] = si;
+        }
+}
+
 #endif

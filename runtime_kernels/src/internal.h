@@ -44,24 +44,38 @@ typedef struct ep_hcfg {
  * tests/test_microkernels.c derives its sizes from them (1, t-1, t, t+1, 2t, 2t+1, 3t-1), so
  * each number must be what the code does; 1 means one element per step (scalar). */
 typedef struct ep_tiles {
-    int gemm_mr;        /* rows of X in the largest register tile */
-    int gemm_nr;        /* rows of W in the largest register tile */
-    int gemm_kr;        /* columns per vector step; the rest is a masked or scalar tail */
+    int gemm_mr;        /* rows of X (broadcast) in the register tile */
+    int gemm_nr;        /* rows of W in the register tile = the packed panel width (ep_gemm_pack) */
+    int gemm_kr;        /* columns per step (1: one broadcast-FMA step per column) */
     int gemm_kc;        /* columns per cache block (0: the columns are not blocked) */
+    int dot_mr, dot_nr; /* gemm_dot: rows of X and of W in its largest tile */
+    int dot_kr, dot_kc; /* gemm_dot: columns per vector step, per cache block (0: none) */
+    int pack_kr;        /* gemm_pack: columns per transpose step (1: one at a time); full panels only */
+    int pack_min_n;     /* rows of X from which packing W per call pays (ep_dense_matmul, stream
+                         * tiles; measured); below it gemm_dot runs on W as given (0: always) */
     int hash_row_lanes; /* columns of V decoded per step (K = 1 path) */
     int hash_dot_lanes; /* columns per main-loop step of hash_dot, K = 1 path (0: no hash_dot) */
     int fft_lanes;      /* complex values per vector in the cfft stages */
     int fft_min_m;      /* smallest m whose every cfft stage runs the vector path */
     int split_lanes;    /* bins (and as many mirrors) per step of rfft_post / irfft_pre */
     int cmac_lanes;     /* complex values per step of cmac */
+    int cmac_rows_lanes; /* complex values per main step of cmac_rows (each step covers every row) */
+    int cmac_rows_mr;    /* rows per register tile of cmac_rows (the rest in smaller tiles) */
 } ep_tiles;
 
 /* A variant: the micro-kernels that differ per ISA. The core validates and drives them. */
 typedef struct ep_ops {
     const char *name;
-    /* Y[n*ldy + r] = X[n,:] . W[r,:] (+ bias[r]) for n < N, r < rows. */
-    void (*gemm)(int64_t N, int64_t rows, int64_t cols, const float *X, const float *W,
+    /* Y[n*ldy + r] = X[n,:] . W[r,:] (+ bias[r]) for n < N, r < rows, with W given packed by
+     * ep_gemm_pack(tile.gemm_nr, ...): panels of nr rows, a broadcast-FMA mr x nr register tile. */
+    void (*gemm)(int64_t N, int64_t rows, int64_t cols, const float *X, const float *Wp,
                  const float *bias, float *Y, int64_t ldy);
+    /* the same on W[rows, cols] as given, by dot products: for a few rows of X, where packing W
+     * per call would cost more than the packed kernel saves (N < tile.pack_min_n) */
+    void (*gemm_dot)(int64_t N, int64_t rows, int64_t cols, const float *X, const float *W,
+                     const float *bias, float *Y, int64_t ldy);
+    /* ep_gemm_pack(tile.gemm_nr, rows, cols, W, Wp), bit for bit */
+    void (*gemm_pack)(int64_t rows, int64_t cols, const float *W, float *Wp);
     /* out[j] = V[i, j] for j < cols. */
     void (*hash_row)(const ep_hcfg *c, uint32_t i, int64_t cols, float *out);
     /* optional (NULL: the core decodes rows into a tile and calls gemm). Fused stream row:
@@ -80,16 +94,33 @@ typedef struct ep_ops {
     void (*irfft_pre)(int64_t m, const float *rt, const float *X, float *Z);
     /* acc[k] += a[k] * b[k], m complex values. */
     void (*cmac)(int64_t m, const float *a, const float *b, float *acc);
+    /* acc[r*ldacc + k] = sum_{j < nj} a[j*lda + k] * B[(j*rows + r)*ldb + k], m complex values,
+     * r < rows: a block of batch rows against nj weight spectra (the batch-blocked circulant's
+     * output block; each spectrum read once per block of rows). */
+    void (*cmac_rows)(int64_t m, int64_t nj, int64_t rows, const float *a, int64_t lda, const float *B,
+                      int64_t ldb, float *acc, int64_t ldacc);
     ep_tiles tile;
 } ep_ops;
 
 extern const ep_ops ep_ops_ref;
+
+/* Packed GEMM weights (BLIS / XNNPACK style): W[rows, cols] as ceil(rows/nr) panels of nr rows,
+ * each stored column by column (Wp[p*nr*cols + k*nr + j] = W[p*nr + j, k]), the last panel
+ * zero-padded, so a micro-kernel reads nr weights of one column with aligned-stride loads. */
+static inline int64_t ep_gemm_packed_floats(int nr, int64_t rows, int64_t cols) {
+    return (rows + nr - 1) / nr * nr * cols;
+}
+void ep_gemm_pack(int nr, int64_t rows, int64_t cols, const float *W, float *Wp);
+/* its inverse: W[rows, cols] from Wp */
+void ep_gemm_unpack(int nr, int64_t rows, int64_t cols, const float *Wp, float *W);
 #if (defined(__x86_64__) || defined(_M_X64)) && defined(EP_WITH_AVX2)
 #define EP_HAVE_AVX2 1
 extern const ep_ops ep_ops_avx2;
 /* the AVX2 micro-kernels, reused by the avx512 table */
-void ep_gemm_avx2(int64_t N, int64_t rows, int64_t cols, const float *X, const float *W,
-                  const float *bias, float *Y, int64_t ldy);
+void ep_gemm_dot_avx2(int64_t N, int64_t rows, int64_t cols, const float *X, const float *W,
+                      const float *bias, float *Y, int64_t ldy);
+/* ep_gemm_pack for nr a multiple of 8, by 8 x 8 transposes */
+void ep_gemm_pack_avx2(int nr, int64_t rows, int64_t cols, const float *W, float *Wp);
 void ep_hash_row_avx2(const ep_hcfg *c, uint32_t i, int64_t cols, float *out);
 void ep_hash_dot_avx2(const ep_hcfg *c, uint32_t i, int64_t cols, const float *X, int N, float bias,
                       float *y, int64_t ldy);
@@ -97,9 +128,11 @@ void ep_cfft_avx2(int64_t m, const float *tw, const float *src, float *dst, floa
 void ep_rfft_post_avx2(int64_t m, const float *rt, float *X);
 void ep_irfft_pre_avx2(int64_t m, const float *rt, const float *X, float *Z);
 void ep_cmac_avx2(int64_t m, const float *a, const float *b, float *acc);
+void ep_cmac_rows_avx2(int64_t m, int64_t nj, int64_t rows, const float *a, int64_t lda, const float *B,
+                       int64_t ldb, float *acc, int64_t ldacc);
 #if defined(EP_WITH_AVX512)
-/* AVX-512F/DQ/VL (+ AVX2/FMA): the avx2 table with a 16-lane fused stream kernel and K=1 row
- * decoder; chosen only after cpuid + XGETBV say the CPU and OS support it */
+/* AVX-512F/DQ/VL (+ AVX2/FMA): the avx2 table with its own GEMM tile, a 16-lane fused stream
+ * kernel and K=1 row decoder; chosen only after cpuid + XGETBV say the CPU and OS support it */
 #define EP_HAVE_AVX512 1
 extern const ep_ops ep_ops_avx512;
 #endif

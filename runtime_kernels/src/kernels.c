@@ -319,6 +319,19 @@ static ep_status check_mm(const char *fn, const float *X, int64_t N, const float
     return EP_OK;
 }
 
+/* n floats on a 64-byte boundary (a cache line: the GEMM's panel loads never split); *raw is
+ * the block to free. NULL when out of memory or n is above the byte limit mul_ok allows. */
+static float *alloc_panels(int64_t n, void **raw) {
+    *raw = n >= 0 && (uint64_t)n <= (uint64_t)(SIZE_MAX / 8) ? malloc(sizeof(float) * (size_t)n + 64) : NULL;
+    return *raw ? (float *)(((uintptr_t)*raw + 63) & ~(uintptr_t)63) : NULL;
+}
+
+/* ep_gemm_packed_floats(nr, rows, cols) without overflow: -1 when it would pass mul_ok's limit */
+static int64_t packed_floats(int64_t nr, int64_t rows, int64_t cols) {
+    int64_t n;
+    return rows <= INT64_MAX - nr && mul_ok((rows + nr - 1) / nr * nr, cols, &n) ? n : -1;
+}
+
 #define EP_STREAM_TILE 16
 ep_status ep_hashed_matmul_stream(const ep_hash_params *p, const float *buckets, const float *recon,
                                   int64_t recon_len, const float *X, int64_t N, const float *bias, float *Y) {
@@ -334,18 +347,28 @@ ep_status ep_hashed_matmul_stream(const ep_hash_params *p, const float *buckets,
             o->hash_dot(&c, (uint32_t)r, p->cols, X, (int)N, bias ? bias[r] : 0.0f, Y + r, p->rows);
         return EP_OK;
     }
-    float *tile = (float *)malloc(sizeof(float) * EP_STREAM_TILE * (size_t)p->cols);
-    if (!tile) return fail(EP_ERR_NOMEM, "ep_hashed_matmul_stream: cannot allocate a %d x %lld tile", EP_STREAM_TILE, (long long)p->cols);
-    for (int64_t r0 = 0; r0 < p->rows; r0 += EP_STREAM_TILE) {
-        int64_t nr = p->rows - r0 < EP_STREAM_TILE ? p->rows - r0 : EP_STREAM_TILE;
-        for (int64_t r = 0; r < nr; r++) o->hash_row(&c, (uint32_t)(r0 + r), p->cols, tile + r * p->cols);
-        o->gemm(N, nr, p->cols, X, tile, bias ? bias + r0 : NULL, Y + r0, p->rows);
+    const int64_t nr = o->tile.gemm_nr, T = (EP_STREAM_TILE + nr - 1) / nr * nr; /* whole panels */
+    void *raw;
+    float *packed = alloc_panels(2 * packed_floats(nr, T, p->cols), &raw);
+    if (!packed) return fail(EP_ERR_NOMEM, "ep_hashed_matmul_stream: cannot allocate a %lld x %lld tile", (long long)T, (long long)p->cols);
+    float *tile = packed + T * p->cols;
+    for (int64_t r0 = 0; r0 < p->rows; r0 += T) {
+        int64_t nt = p->rows - r0 < T ? p->rows - r0 : T;
+        for (int64_t r = 0; r < nt; r++) o->hash_row(&c, (uint32_t)(r0 + r), p->cols, tile + r * p->cols);
+        if (N < o->tile.pack_min_n) { /* few rows of X: packing the tile would cost more than it saves */
+            o->gemm_dot(N, nt, p->cols, X, tile, bias ? bias + r0 : NULL, Y + r0, p->rows);
+            continue;
+        }
+        o->gemm_pack(nt, p->cols, tile, packed);
+        o->gemm(N, nt, p->cols, X, packed, bias ? bias + r0 : NULL, Y + r0, p->rows);
     }
-    free(tile);
+    free(raw);
     return EP_OK;
 }
 
-struct ep_hashed_plan { int64_t rows, cols; float *V; };
+/* Expand mode: V decoded once and kept packed for the variant current at creation (o), which
+ * then runs every ep_hashed_matmul_expand; V itself is unpacked only if asked for. */
+struct ep_hashed_plan { int64_t rows, cols; const ep_ops *o; float *Wp; void *raw; /* Wp's block */ };
 
 ep_status ep_hashed_plan_create(const ep_hash_params *p, const float *buckets, const float *recon,
                                 int64_t recon_len, ep_hashed_plan **out) {
@@ -354,21 +377,35 @@ ep_status ep_hashed_plan_create(const ep_hash_params *p, const float *buckets, c
     if (st) return st;
     CHECK_PTR(out, "out");
     *out = NULL;
+    const ep_ops *o = ops();
+    const int nr = o->tile.gemm_nr;
     ep_hashed_plan *pl = (ep_hashed_plan *)calloc(1, sizeof *pl);
-    if (pl) pl->V = (float *)malloc(sizeof(float) * (size_t)(p->rows * p->cols));
-    if (!pl || !pl->V) {
-        free(pl);
+    float *rowbuf = (float *)malloc(sizeof(float) * (size_t)nr * (size_t)p->cols);
+    if (pl) pl->Wp = alloc_panels(packed_floats(nr, p->rows, p->cols), &pl->raw);
+    if (!pl || !pl->Wp || !rowbuf) {
+        if (pl) free(pl->raw);
+        free(pl); free(rowbuf);
         return fail(EP_ERR_NOMEM, "ep_hashed_plan_create: cannot allocate %lld x %lld weights", (long long)p->rows, (long long)p->cols);
     }
-    pl->rows = p->rows; pl->cols = p->cols;
-    const ep_ops *o = ops();
-    for (int64_t i = 0; i < p->rows; i++) o->hash_row(&c, (uint32_t)i, p->cols, pl->V + i * p->cols);
+    pl->rows = p->rows; pl->cols = p->cols; pl->o = o;
+    for (int64_t r0 = 0; r0 < p->rows; r0 += nr) { /* one panel at a time: no unpacked copy of V */
+        const int64_t nt = p->rows - r0 < nr ? p->rows - r0 : nr;
+        for (int64_t r = 0; r < nt; r++) o->hash_row(&c, (uint32_t)(r0 + r), p->cols, rowbuf + r * p->cols);
+        o->gemm_pack(nt, p->cols, rowbuf, pl->Wp + r0 * p->cols);
+    }
+    free(rowbuf);
     *out = pl;
     return EP_OK;
 }
 
-void ep_hashed_plan_destroy(ep_hashed_plan *pl) { if (pl) { free(pl->V); free(pl); } }
-const float *ep_hashed_plan_weight(const ep_hashed_plan *pl) { return pl ? pl->V : NULL; }
+void ep_hashed_plan_destroy(ep_hashed_plan *pl) { if (pl) { free(pl->raw); free(pl); } }
+
+ep_status ep_hashed_plan_unpack(const ep_hashed_plan *pl, float *V) {
+    CHECK_PTR(pl, "plan");
+    CHECK_PTR(V, "V");
+    ep_gemm_unpack(pl->o->tile.gemm_nr, pl->rows, pl->cols, pl->Wp, V);
+    return EP_OK;
+}
 
 ep_status ep_hashed_matmul_expand(const ep_hashed_plan *pl, const float *X, int64_t N, int64_t in,
                                   const float *bias, float *Y, int64_t out) {
@@ -378,10 +415,15 @@ ep_status ep_hashed_matmul_expand(const ep_hashed_plan *pl, const float *X, int6
     if (in != pl->cols || out != pl->rows)
         return fail(EP_ERR_PLAN, "ep_hashed_matmul_expand: in_features=%lld, out_features=%lld but the plan was made "
                     "for in=%lld, out=%lld", (long long)in, (long long)out, (long long)pl->cols, (long long)pl->rows);
-    return ep_dense_matmul(X, N, pl->cols, pl->V, pl->rows, bias, Y);
+    int64_t t;
+    if (!mul_ok(N, pl->cols, &t) || !mul_ok(N, pl->rows, &t))
+        return fail(EP_ERR_OVERFLOW, "ep_hashed_matmul_expand: N*in or N*out overflows (N=%lld)", (long long)N);
+    pl->o->gemm(N, pl->rows, pl->cols, X, pl->Wp, bias, Y, pl->rows);
+    return EP_OK;
 }
 
 /* ---- dense ------------------------------------------------------------------------------- */
+#define EP_PACK_CHUNK (16 * 1024) /* floats of W packed per call of the GEMM: stays in L2 */
 ep_status ep_dense_matmul(const float *X, int64_t N, int64_t cols, const float *W, int64_t rows,
                           const float *bias, float *Y) {
     int64_t t;
@@ -392,7 +434,21 @@ ep_status ep_dense_matmul(const float *X, int64_t N, int64_t cols, const float *
         return fail(EP_ERR_SIZE, "ep_dense_matmul: rows=%lld, cols=%lld; both must be >= 1", (long long)rows, (long long)cols);
     if (!mul_ok(rows, cols, &t) || !mul_ok(N, cols, &t) || !mul_ok(N, rows, &t))
         return fail(EP_ERR_OVERFLOW, "ep_dense_matmul: N=%lld, rows=%lld, cols=%lld overflow", (long long)N, (long long)rows, (long long)cols);
-    ops()->gemm(N, rows, cols, X, W, bias, Y, rows);
+    const ep_ops *o = ops();
+    if (N < o->tile.pack_min_n) { o->gemm_dot(N, rows, cols, X, W, bias, Y, rows); return EP_OK; }
+    const int64_t nr = o->tile.gemm_nr;
+    int64_t chunk = EP_PACK_CHUNK / (nr * cols) * nr; /* W packed a few panels at a time */
+    if (chunk < nr) chunk = nr;
+    if (chunk > rows) chunk = rows;
+    void *raw;
+    float *Wp = alloc_panels(packed_floats(nr, chunk, cols), &raw);
+    if (!Wp) return fail(EP_ERR_NOMEM, "ep_dense_matmul: cannot allocate %lld x %lld packed weights", (long long)chunk, (long long)cols);
+    for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+        const int64_t nt = rows - r0 < chunk ? rows - r0 : chunk;
+        o->gemm_pack(nt, cols, W + r0 * cols, Wp);
+        o->gemm(N, nt, cols, X, Wp, bias ? bias + r0 : NULL, Y + r0, rows);
+    }
+    free(raw);
     return EP_OK;
 }
 
@@ -501,15 +557,45 @@ ep_status ep_irfft(const ep_rfft_plan *p, int64_t n, const float *X, float *x) {
     return EP_OK;
 }
 
+/* sum_k a[k] b[k] in four partial sums (a float reduction the compiler keeps serial) */
+static float dot4(const float *a, const float *b, int64_t n) {
+    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+    int64_t k = 0;
+    for (; k + 4 <= n; k += 4) {
+        s0 += a[k] * b[k]; s1 += a[k + 1] * b[k + 1];
+        s2 += a[k + 2] * b[k + 2]; s3 += a[k + 3] * b[k + 3];
+    }
+    for (; k < n; k++) s0 += a[k] * b[k];
+    return (s0 + s1) + (s2 + s3);
+}
+
 static void add_bias_slice(float *y, const float *src, int64_t cnt, const float *bias) {
     for (int64_t k = 0; k < cnt; k++) y[k] = src[k] + (bias ? bias[k] : 0.0f);
 }
+
+/* Rows per batch block of the circulant / LDR drivers: their per-row spectra (row_floats each)
+ * take at most EP_BATCH_FLOATS floats (256 KiB, to stay in L2 while every weight spectrum is
+ * read once per block), or one row when a row alone is larger, so the per-call scratch is
+ * bounded by the layer's size, never by the batch size N. */
+#define EP_BATCH_FLOATS (64 * 1024)
+static int64_t batch_rows(int64_t N, int64_t row_floats) {
+    const int64_t nb = EP_BATCH_FLOATS / row_floats;
+    return nb < 1 ? 1 : nb > N ? N : nb;
+}
+
+/* the stride of scratch spectra of cs floats: whole 64-byte lines, so no vector access splits one */
+static int64_t line_stride(int64_t cs) { return (cs + 15) & ~(int64_t)15; }
+/* p rounded up to a 64-byte boundary (the scratch is allocated 16 floats larger) */
+static float *line_align(float *p) { return (float *)(((uintptr_t)p + 63) & ~(uintptr_t)63); }
 
 /* ---- block circulant --------------------------------------------------------------------- */
 struct ep_circulant_plan {
     int64_t p, q, b, in, out;
     ep_rfft_plan f;
-    float *spec; /* [p, q, b/2+1] complex, scaled by 2/b so the inverse can stay unnormalised */
+    /* the block spectra scaled by 2/b (so the inverse can stay unnormalised), split for
+     * ep_ops.cmac_rows: spec [p, q, b/2] complex = bins 0..b/2-1 (64-byte aligned), ny [p, q]
+     * the Nyquist bins (real); both in mem, p*q*(b+1) + 16 floats */
+    float *mem, *spec, *ny;
 };
 
 ep_status ep_circulant_plan_create(int64_t p, int64_t q, int64_t b, const float *blocks,
@@ -530,19 +616,21 @@ ep_status ep_circulant_plan_create(int64_t p, int64_t q, int64_t b, const float 
     if (!pl) return fail(EP_ERR_NOMEM, "%s: out of memory", fn);
     if ((st = rfft_init(fn, &pl->f, b))) { free(pl); return st; }
     const int64_t m = b / 2;
-    pl->spec = (float *)malloc(sizeof(float) * (size_t)(p * q * (2 * m + 2)));
-    float *tmp = (float *)malloc(sizeof(float) * 2 * (size_t)m);
-    if (!pl->spec || !tmp) {
+    pl->mem = (float *)malloc(sizeof(float) * (size_t)(p * q * (2 * m + 1) + 16));
+    float *tmp = (float *)malloc(sizeof(float) * (size_t)(4 * m + 2)), *S = tmp + 2 * m;
+    if (!pl->mem || !tmp) {
         free(tmp); ep_circulant_plan_destroy(pl);
         return fail(EP_ERR_NOMEM, "%s: cannot allocate spectra for p=%lld q=%lld b=%lld", fn, (long long)p, (long long)q, (long long)b);
     }
     pl->p = p; pl->q = q; pl->b = b; pl->in = in; pl->out = out;
     const ep_ops *o = ops();
     const float s = 1.0f / (float)m;
+    pl->spec = line_align(pl->mem);
+    pl->ny = pl->spec + p * q * 2 * m;
     for (int64_t k = 0; k < p * q; k++) {
-        float *S = pl->spec + k * (2 * m + 2);
         rfft_run(o, &pl->f, blocks + k * b, S, tmp);
-        for (int64_t u = 0; u < 2 * m + 2; u++) S[u] *= s;
+        for (int64_t u = 0; u < 2 * m; u++) pl->spec[k * 2 * m + u] = S[u] * s;
+        pl->ny[k] = S[2 * m] * s;
     }
     free(tmp);
     *res = pl;
@@ -551,7 +639,7 @@ ep_status ep_circulant_plan_create(int64_t p, int64_t q, int64_t b, const float 
 
 void ep_circulant_plan_destroy(ep_circulant_plan *pl) {
     if (!pl) return;
-    rfft_free(&pl->f); free(pl->spec); free(pl);
+    rfft_free(&pl->f); free(pl->mem); free(pl);
 }
 
 static ep_status check_plan_io(const char *fn, int64_t in, int64_t out, int64_t pin, int64_t pout) {
@@ -561,35 +649,56 @@ static ep_status check_plan_io(const char *fn, int64_t in, int64_t out, int64_t 
     return EP_OK;
 }
 
+
 ep_status ep_circulant_matmul(const ep_circulant_plan *pl, const float *X, int64_t N, int64_t in,
                               const float *bias, float *Y, int64_t out) {
     const char *fn = "ep_circulant_matmul";
+    int64_t t;
     CHECK_PTR(pl, "plan");
     ep_status st = check_mm(fn, X, N, Y);
     if (st || (st = check_plan_io(fn, in, out, pl->in, pl->out))) return st;
-    const int64_t b = pl->b, m = b / 2, cs = 2 * m + 2, q = pl->q;
+    if (!mul_ok(N, in, &t) || !mul_ok(N, out, &t))
+        return fail(EP_ERR_OVERFLOW, "%s: N=%lld rows of in=%lld, out=%lld overflow", fn, (long long)N, (long long)in,
+                    (long long)out);
+    const int64_t b = pl->b, m = b / 2, cs = 2 * m + 2, ld = line_stride(cs), q = pl->q;
     const int64_t qa = (in + b - 1) / b, pa = (out + b - 1) / b; /* blocks that touch data */
-    float *xs = (float *)malloc(sizeof(float) * (size_t)(qa * cs + cs + b + 2 * b));
-    if (!xs) return fail(EP_ERR_NOMEM, "%s: out of memory", fn);
-    float *acc = xs + qa * cs, *xb = acc + cs, *tmp = xb + b;
+    const int64_t nb = batch_rows(N, qa * ld + ld + qa);
+    if (!mul_ok(nb, qa * ld + ld + qa + 2 * b + 16, &t))
+        return fail(EP_ERR_OVERFLOW, "%s: scratch for %lld rows of %lld input blocks of b=%lld overflows", fn,
+                    (long long)nb, (long long)qa, (long long)b);
+    /* xs[j][r]: spectrum of row r's input block j (ny[r][j]: its Nyquist bin, real); acc[r]: row
+     * r's output block spectrum */
+    float *mem = (float *)malloc(sizeof(float) * (size_t)(nb * (qa * ld + ld + qa) + 2 * b + 16));
+    if (!mem) return fail(EP_ERR_NOMEM, "%s: out of memory", fn);
+    float *xs = line_align(mem), *acc = xs + nb * qa * ld, *ny = acc + nb * ld, *xb = ny + nb * qa, *tmp = xb + b;
     const ep_ops *o = ops();
-    for (int64_t n = 0; n < N; n++) {
-        const float *x = X + n * in;
-        for (int64_t j = 0; j < qa; j++) {
-            int64_t c = in - j * b < b ? in - j * b : b;
-            memcpy(xb, x + j * b, sizeof(float) * (size_t)c);
-            memset(xb + c, 0, sizeof(float) * (size_t)(b - c));
-            rfft_run(o, &pl->f, xb, xs + j * cs, tmp);
-        }
+    for (int64_t n0 = 0; n0 < N; n0 += nb) {
+        const int64_t rows = N - n0 < nb ? N - n0 : nb;
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t j = 0; j < qa; j++) {
+                const float *x = X + (n0 + r) * in + j * b;
+                const int64_t c = in - j * b < b ? in - j * b : b;
+                if (c < b) {
+                    memcpy(xb, x, sizeof(float) * (size_t)c);
+                    memset(xb + c, 0, sizeof(float) * (size_t)(b - c));
+                    x = xb;
+                }
+                rfft_run(o, &pl->f, x, xs + (j * rows + r) * ld, tmp);
+                ny[r * qa + j] = xs[(j * rows + r) * ld + 2 * m];
+            }
         for (int64_t i = 0; i < pa; i++) {
-            memset(acc, 0, sizeof(float) * (size_t)cs);
-            for (int64_t j = 0; j < qa; j++) o->cmac(m + 1, pl->spec + (i * q + j) * cs, xs + j * cs, acc);
-            irfft_run(o, &pl->f, acc, xb, tmp);
-            int64_t c = out - i * b < b ? out - i * b : b;
-            add_bias_slice(Y + n * out + i * b, xb, c, bias ? bias + i * b : NULL);
+            /* bins 0..m-1 (whole vectors for b >= 16), then the Nyquist bin (real) */
+            o->cmac_rows(m, qa, rows, pl->spec + i * q * 2 * m, 2 * m, xs, ld, acc, ld);
+            for (int64_t r = 0; r < rows; r++) acc[r * ld + 2 * m] = dot4(pl->ny + i * q, ny + r * qa, qa);
+            const int64_t c = out - i * b < b ? out - i * b : b;
+            for (int64_t r = 0; r < rows; r++) {
+                float *y = Y + (n0 + r) * out + i * b, *dst = c == b ? y : xb;
+                irfft_run(o, &pl->f, acc + r * ld, dst, tmp);
+                if (dst != y || bias) add_bias_slice(y, dst, c, bias ? bias + i * b : NULL);
+            }
         }
     }
-    free(xs);
+    free(mem);
     return EP_OK;
 }
 
@@ -659,33 +768,48 @@ void ep_ldr_plan_destroy(ep_ldr_plan *pl) {
 ep_status ep_ldr_matmul(const ep_ldr_plan *pl, const float *X, int64_t N, int64_t in,
                         const float *bias, float *Y, int64_t out) {
     const char *fn = "ep_ldr_matmul";
+    int64_t t;
     CHECK_PTR(pl, "plan");
     ep_status st = check_mm(fn, X, N, Y);
     if (st || (st = check_plan_io(fn, in, out, pl->in, pl->out))) return st;
+    if (!mul_ok(N, in, &t) || !mul_ok(N, out, &t))
+        return fail(EP_ERR_OVERFLOW, "%s: N=%lld rows of in=%lld, out=%lld overflow", fn, (long long)N, (long long)in,
+                    (long long)out);
     const int64_t n = pl->n, m = n / 2, cs = 2 * m + 2;
-    float *xt = (float *)malloc(sizeof(float) * (size_t)(2 * n * 3 + n + 2 * cs));
+    const int64_t nb = batch_rows(N, 2 * n + cs);
+    if (!mul_ok(nb, 2 * n + cs + 5 * n + cs, &t))
+        return fail(EP_ERR_OVERFLOW, "%s: scratch for %lld rows of n=%lld overflows", fn, (long long)nb, (long long)n);
+    /* xt[r]: FFT of row r's twisted input, acc[r]: its output spectrum; u, tmp, ur, us: one row's */
+    float *xt = (float *)malloc(sizeof(float) * (size_t)(nb * (2 * n + cs) + 2 * n * 2 + n + cs));
     if (!xt) return fail(EP_ERR_NOMEM, "%s: out of memory", fn);
-    float *u = xt + 2 * n, *tmp = u + 2 * n, *ur = tmp + 2 * n, *us = ur + n, *acc = us + cs;
+    float *acc = xt + nb * 2 * n, *u = acc + nb * cs, *tmp = u + 2 * n, *ur = tmp + 2 * n, *us = ur + n;
     const ep_ops *o = ops();
-    for (int64_t b = 0; b < N; b++) {
-        const float *x = X + b * in;
-        for (int64_t k = 0; k < n; k++) {
-            float v = k < in ? x[k] : 0.0f;
-            xt[2 * k] = v * pl->tw[2 * k]; xt[2 * k + 1] = v * pl->tw[2 * k + 1];
+    for (int64_t n0 = 0; n0 < N; n0 += nb) {
+        const int64_t rows = N - n0 < nb ? N - n0 : nb;
+        for (int64_t r = 0; r < rows; r++) {
+            const float *x = X + (n0 + r) * in;
+            float *xr = xt + r * 2 * n;
+            for (int64_t k = 0; k < n; k++) {
+                const float v = k < in ? x[k] : 0.0f;
+                xr[2 * k] = v * pl->tw[2 * k]; xr[2 * k + 1] = v * pl->tw[2 * k + 1];
+            }
+            o->cfft(n, pl->c.tw, xr, xr, tmp, 0);
         }
-        o->cfft(n, pl->c.tw, xt, xt, tmp, 0);
-        memset(acc, 0, sizeof(float) * (size_t)cs);
-        for (int64_t i = 0; i < pl->r; i++) {
-            memset(u, 0, sizeof(float) * 2 * (size_t)n);
-            o->cmac(n, pl->hs + i * 2 * n, xt, u);
-            o->cfft(n, pl->c.twi, u, u, tmp, 1);
-            for (int64_t k = 0; k < n; k++) /* Re(conj(w^k) u_k) */
-                ur[k] = u[2 * k] * pl->tw[2 * k] + u[2 * k + 1] * pl->tw[2 * k + 1];
-            rfft_run(o, &pl->f, ur, us, tmp);
-            o->cmac(m + 1, pl->gs + i * cs, us, acc);
+        memset(acc, 0, sizeof(float) * (size_t)(rows * cs));
+        for (int64_t i = 0; i < pl->r; i++) /* generator pair i, read once per block of rows */
+            for (int64_t r = 0; r < rows; r++) {
+                o->cmac_rows(n, 1, 1, pl->hs + i * 2 * n, 2 * n, xt + r * 2 * n, 2 * n, u, 2 * n); /* u = hs_i xt_r */
+                o->cfft(n, pl->c.twi, u, u, tmp, 1);
+                for (int64_t k = 0; k < n; k++) /* Re(conj(w^k) u_k) */
+                    ur[k] = u[2 * k] * pl->tw[2 * k] + u[2 * k + 1] * pl->tw[2 * k + 1];
+                rfft_run(o, &pl->f, ur, us, tmp);
+                o->cmac(m + 1, pl->gs + i * cs, us, acc + r * cs);
+            }
+        for (int64_t r = 0; r < rows; r++) {
+            float *y = Y + (n0 + r) * out, *dst = out == n ? y : u;
+            irfft_run(o, &pl->f, acc + r * cs, dst, tmp);
+            if (dst != y || bias) add_bias_slice(y, dst, out, bias);
         }
-        irfft_run(o, &pl->f, acc, u, tmp);
-        add_bias_slice(Y + b * out, u, out, bias);
     }
     free(xt);
     return EP_OK;

@@ -17,9 +17,10 @@ AI float hsum(__m256 v) {
 static const int32_t k_mask[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
 AI __m256i tail_mask(int64_t r) { return _mm256_loadu_si256((const __m256i *)(k_mask + 8 - r)); }
 
-/* NX rows of X against NW rows of W, dot products over len columns (8 lanes + masked tail);
+/* ---- dot-product GEMM on unpacked W (small N, where packing W would cost more than it saves):
+ * NX rows of X against NW rows of W, dot products over len columns (8 lanes + masked tail);
  * y = (acc ? y : bias) + dot */
-AI void tile(const int NX, const int NW, int64_t len, const float *x, int64_t ldx, const float *w,
+AI void dot_tile(const int NX, const int NW, int64_t len, const float *x, int64_t ldx, const float *w,
              int64_t ldw, const float *bias, float *y, int64_t ldy, int acc_y) {
     __m256 acc[8][4];
     for (int a = 0; a < NX; a++)
@@ -47,33 +48,153 @@ AI void tile(const int NX, const int NW, int64_t len, const float *x, int64_t ld
         }
 }
 
-#define KC 512 /* column block: 8 rows of X x KC floats stay in L1 while W streams */
+#define DOT_KC 512 /* column block: 8 rows of X x DOT_KC floats stay in L1 while W streams */
 
-void ep_gemm_avx2(int64_t N, int64_t rows, int64_t cols, const float *X, const float *W,
-                  const float *bias, float *Y, int64_t ldy) {
+void ep_gemm_dot_avx2(int64_t N, int64_t rows, int64_t cols, const float *X, const float *W,
+                      const float *bias, float *Y, int64_t ldy) {
     int64_t n = 0;
     for (; n + 8 <= N; n += 8) { /* W streamed once per 8 rows of X */
         const float *x = X + n * cols;
         float *y = Y + n * ldy;
-        for (int64_t c0 = 0; c0 < cols; c0 += KC) {
-            const int64_t len = cols - c0 < KC ? cols - c0 : KC;
+        for (int64_t c0 = 0; c0 < cols; c0 += DOT_KC) {
+            const int64_t len = cols - c0 < DOT_KC ? cols - c0 : DOT_KC;
             for (int64_t r = 0; r < rows; r++)
-                tile(8, 1, len, x + c0, cols, W + r * cols + c0, cols, bias ? bias + r : NULL, y + r, ldy, c0 > 0);
+                dot_tile(8, 1, len, x + c0, cols, W + r * cols + c0, cols, bias ? bias + r : NULL, y + r, ldy, c0 > 0);
         }
     }
     for (; n + 4 <= N; n += 4) {
         const float *x = X + n * cols;
         float *y = Y + n * ldy;
         int64_t r = 0;
-        for (; r + 2 <= rows; r += 2) tile(4, 2, cols, x, cols, W + r * cols, cols, bias ? bias + r : NULL, y + r, ldy, 0);
-        for (; r < rows; r++) tile(4, 1, cols, x, cols, W + r * cols, cols, bias ? bias + r : NULL, y + r, ldy, 0);
+        for (; r + 2 <= rows; r += 2) dot_tile(4, 2, cols, x, cols, W + r * cols, cols, bias ? bias + r : NULL, y + r, ldy, 0);
+        for (; r < rows; r++) dot_tile(4, 1, cols, x, cols, W + r * cols, cols, bias ? bias + r : NULL, y + r, ldy, 0);
     }
     for (; n < N; n++) {
         const float *x = X + n * cols;
         float *y = Y + n * ldy;
         int64_t r = 0;
-        for (; r + 4 <= rows; r += 4) tile(1, 4, cols, x, cols, W + r * cols, cols, bias ? bias + r : NULL, y + r, ldy, 0);
-        for (; r < rows; r++) tile(1, 1, cols, x, cols, W + r * cols, cols, bias ? bias + r : NULL, y + r, ldy, 0);
+        for (; r + 4 <= rows; r += 4) dot_tile(1, 4, cols, x, cols, W + r * cols, cols, bias ? bias + r : NULL, y + r, ldy, 0);
+        for (; r < rows; r++) dot_tile(1, 1, cols, x, cols, W + r * cols, cols, bias ? bias + r : NULL, y + r, ldy, 0);
+    }
+}
+
+/* ---- packed GEMM: a 6 x 16 broadcast-FMA register tile (12 accumulators) over 16-row panels */
+#define MR 6
+#define NR 16
+#define KC 256 /* column block: a 256 x 16 panel slice (16 KB) stays in L1 while the rows of X pass */
+
+/* y[i, 0..nc) (+)= x[i, 0..kc) . panel for i < M; first: y = acc + b (b: NR floats, zero
+ * padded), else y += acc. U independent accumulator sets over interleaved columns hide the FMA
+ * latency when M is small. */
+AI void gemm_tile(const int M, const int U, int64_t kc, const float *x, int64_t ldx, const float *w,
+                  const float *b, float *y, int64_t ldy, int first, int nc) {
+    __m256 acc[4][MR][2]; /* U <= 4, M <= MR: fixed sizes keep them in registers */
+    for (int u = 0; u < U; u++)
+        for (int i = 0; i < M; i++) acc[u][i][0] = acc[u][i][1] = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + U <= kc; k += U)
+        for (int u = 0; u < U; u++) {
+            const __m256 w0 = _mm256_loadu_ps(w + (k + u) * NR), w1 = _mm256_loadu_ps(w + (k + u) * NR + 8);
+            for (int i = 0; i < M; i++) {
+                const __m256 xv = _mm256_broadcast_ss(x + i * ldx + k + u);
+                acc[u][i][0] = _mm256_fmadd_ps(xv, w0, acc[u][i][0]);
+                acc[u][i][1] = _mm256_fmadd_ps(xv, w1, acc[u][i][1]);
+            }
+        }
+    for (; k < kc; k++) {
+        const __m256 w0 = _mm256_loadu_ps(w + k * NR), w1 = _mm256_loadu_ps(w + k * NR + 8);
+        for (int i = 0; i < M; i++) {
+            const __m256 xv = _mm256_broadcast_ss(x + i * ldx + k);
+            acc[0][i][0] = _mm256_fmadd_ps(xv, w0, acc[0][i][0]);
+            acc[0][i][1] = _mm256_fmadd_ps(xv, w1, acc[0][i][1]);
+        }
+    }
+    for (int u = 1; u < U; u++)
+        for (int i = 0; i < M; i++) {
+            acc[0][i][0] = _mm256_add_ps(acc[0][i][0], acc[u][i][0]);
+            acc[0][i][1] = _mm256_add_ps(acc[0][i][1], acc[u][i][1]);
+        }
+    const __m256i m0 = tail_mask(nc < 8 ? nc : 8), m1 = tail_mask(nc < 8 ? 0 : nc - 8);
+    const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
+    for (int i = 0; i < M; i++) {
+        float *yi = y + i * ldy;
+        __m256 v0 = acc[0][i][0], v1 = acc[0][i][1];
+        if (first) { v0 = _mm256_add_ps(v0, b0); v1 = _mm256_add_ps(v1, b1); }
+        if (nc == NR) {
+            if (!first) { v0 = _mm256_add_ps(v0, _mm256_loadu_ps(yi)); v1 = _mm256_add_ps(v1, _mm256_loadu_ps(yi + 8)); }
+            _mm256_storeu_ps(yi, v0); _mm256_storeu_ps(yi + 8, v1);
+        } else {
+            if (!first) { v0 = _mm256_add_ps(v0, _mm256_maskload_ps(yi, m0)); v1 = _mm256_add_ps(v1, _mm256_maskload_ps(yi + 8, m1)); }
+            _mm256_maskstore_ps(yi, m0, v0); _mm256_maskstore_ps(yi + 8, m1, v1);
+        }
+    }
+}
+
+/* r[t] = column t of the 8 x 8 block whose rows are r[0..8) */
+AI void transpose8(__m256 r[8]) {
+    __m256 t[8], s[8];
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 2; i++) {
+        s[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+        s[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+        s[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+        s[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+    }
+    for (int i = 0; i < 4; i++) {
+        r[i] = _mm256_permute2f128_ps(s[i], s[i + 4], 0x20);
+        r[i + 4] = _mm256_permute2f128_ps(s[i], s[i + 4], 0x31);
+    }
+}
+
+void ep_gemm_pack_avx2(int nr, int64_t rows, int64_t cols, const float *W, float *Wp) {
+    for (int64_t r0 = 0; r0 < rows; r0 += nr) {
+        const float *w = W + r0 * cols;
+        float *p = Wp + r0 * cols;
+        if (rows - r0 < nr) { ep_gemm_pack(nr, rows - r0, cols, w, p); break; } /* zero-padded panel */
+        for (int g = 0; g < nr; g += 8) { /* 8 rows of W at a time: 8 source lines live in L1 */
+            int64_t k = 0;
+            for (; k + 8 <= cols; k += 8) {
+                __m256 v[8];
+                for (int j = 0; j < 8; j++) v[j] = _mm256_loadu_ps(w + (g + j) * cols + k);
+                transpose8(v);
+                for (int t = 0; t < 8; t++) _mm256_storeu_ps(p + (k + t) * nr + g, v[t]);
+            }
+            for (; k < cols; k++)
+                for (int j = 0; j < 8; j++) p[k * nr + g + j] = w[(g + j) * cols + k];
+        }
+    }
+}
+
+static void gemm_pack_avx2(int64_t rows, int64_t cols, const float *W, float *Wp) {
+    ep_gemm_pack_avx2(NR, rows, cols, W, Wp);
+}
+
+static void gemm_avx2(int64_t N, int64_t rows, int64_t cols, const float *X, const float *Wp,
+                      const float *bias, float *Y, int64_t ldy) {
+    float b[NR];
+    const int64_t kb = N > MR ? KC : cols; /* one row block of X: stream each panel once, unblocked */
+    for (int64_t k0 = 0; k0 < cols; k0 += kb) {
+        const int64_t kc = cols - k0 < kb ? cols - k0 : kb;
+        for (int64_t r0 = 0; r0 < rows; r0 += NR) {
+            const int nc = (int)(rows - r0 < NR ? rows - r0 : NR);
+            const float *w = Wp + r0 * cols + k0 * NR;
+            for (int j = 0; j < NR; j++) b[j] = bias && j < nc ? bias[r0 + j] : 0.0f;
+            for (int64_t n = 0; n < N; n += MR) {
+                const float *x = X + n * cols + k0;
+                float *y = Y + n * ldy + r0;
+                switch (N - n < MR ? N - n : MR) {
+                case 1: gemm_tile(1, 4, kc, x, cols, w, b, y, ldy, k0 == 0, nc); break;
+                case 2: gemm_tile(2, 2, kc, x, cols, w, b, y, ldy, k0 == 0, nc); break;
+                case 3: gemm_tile(3, 2, kc, x, cols, w, b, y, ldy, k0 == 0, nc); break;
+                case 4: gemm_tile(4, 1, kc, x, cols, w, b, y, ldy, k0 == 0, nc); break;
+                case 5: gemm_tile(5, 1, kc, x, cols, w, b, y, ldy, k0 == 0, nc); break;
+                default: gemm_tile(MR, 1, kc, x, cols, w, b, y, ldy, k0 == 0, nc); break;
+                }
+            }
+        }
     }
 }
 
@@ -242,19 +363,30 @@ void ep_cfft_avx2(int64_t m, const float *tw, const float *src, float *x, float 
 void ep_rfft_post_avx2(int64_t m, const float *rt, float *X) { fft_rfft_post(m, rt, X); }
 void ep_irfft_pre_avx2(int64_t m, const float *rt, const float *X, float *Z) { fft_irfft_pre(m, rt, X, Z); }
 void ep_cmac_avx2(int64_t m, const float *a, const float *b, float *acc) { fft_cmac(m, a, b, acc); }
+void ep_cmac_rows_avx2(int64_t m, int64_t nj, int64_t rows, const float *a, int64_t lda, const float *B,
+                       int64_t ldb, float *acc, int64_t ldacc) {
+    fft_cmac_rows(m, nj, rows, a, lda, B, ldb, acc, ldacc);
+}
 
 const ep_ops ep_ops_avx2 = {
-    "avx2", ep_gemm_avx2, ep_hash_row_avx2, ep_hash_dot_avx2, ep_cfft_avx2, ep_rfft_post_avx2,
-    ep_irfft_pre_avx2, ep_cmac_avx2,
+    "avx2", gemm_avx2, ep_gemm_dot_avx2, gemm_pack_avx2, ep_hash_row_avx2, ep_hash_dot_avx2, ep_cfft_avx2, ep_rfft_post_avx2,
+    ep_irfft_pre_avx2, ep_cmac_avx2, .cmac_rows = ep_cmac_rows_avx2,
     .tile = {
-        .gemm_mr = 8, .gemm_nr = 4, /* tiles 8x1 (KC blocks), 4x2, 1x4, then 4x1 / 1x1 tails */
-        .gemm_kr = 8,               /* 8 lanes, masked tail */
-        .gemm_kc = KC,              /* the 8-row path accumulates over 512-column blocks */
+        .gemm_mr = MR, .gemm_nr = NR, /* 6 x 16 tile (12 ymm accumulators), 1..5-row tails */
+        .gemm_kr = 1,                 /* one broadcast per row and column */
+        .gemm_kc = KC,                /* N > MR: columns in blocks of 256, accumulated into Y */
+        .dot_mr = 8, .dot_nr = 4,     /* dot tiles 8x1 (DOT_KC blocks), 4x2, 1x4, then 4x1 / 1x1 */
+        .dot_kr = 8,                  /* 8 lanes, masked tail */
+        .dot_kc = DOT_KC,             /* the 8-row path accumulates over 512-column blocks */
+        .pack_kr = 8,                 /* 8 x 8 transposes, scalar column tail and partial panel */
+        .pack_min_n = 32,             /* measured: dense 16 x 1024 x 1024 still 1.05x slower packed */
         .hash_row_lanes = 8,        /* xxh_tail8 + gather, masked store of the tail */
         .hash_dot_lanes = 16,       /* K = 1: two 8-lane gathers per step, 8-lane tail; K > 1: 8 */
         .fft_lanes = EP_VC,         /* fft_simd.h over simd.h: 4 complex per __m256 */
         .fft_min_m = EP_TW1_MIN,    /* fft_radix4_first needs m >= 16; later stages have s >= 4 */
         .split_lanes = EP_VC,       /* bins k..k+3 and their mirrors while 2k + 6 < m */
         .cmac_lanes = EP_VC,        /* 4 complex per step, scalar tail */
+        .cmac_rows_lanes = 2 * EP_VC, /* 8 complex per step, then 4, then scalar */
+        .cmac_rows_mr = 4,            /* 4 rows x 2 vectors of sums in registers, 2- and 1-row tails */
     },
 };

@@ -25,7 +25,9 @@ AI float HSUM(float32x4_t v) {
 }
 #endif
 
-AI void tile(const int NX, const int NW, int64_t cols, const float *x, const float *w,
+/* ---- dot-product GEMM on unpacked W (small N, where packing W would cost more than it saves):
+ * NX rows of X against NW rows of W, 4 lanes + scalar tail */
+AI void dot_tile(const int NX, const int NW, int64_t cols, const float *x, const float *w,
              const float *bias, float *y, int64_t ldy) {
     float32x4_t acc[4][4];
     for (int a = 0; a < NX; a++)
@@ -46,22 +48,107 @@ AI void tile(const int NX, const int NW, int64_t cols, const float *x, const flo
         }
 }
 
-static void gemm_neon(int64_t N, int64_t rows, int64_t cols, const float *X, const float *W,
-                      const float *bias, float *Y, int64_t ldy) {
+static void gemm_dot_neon(int64_t N, int64_t rows, int64_t cols, const float *X, const float *W,
+                          const float *bias, float *Y, int64_t ldy) {
     int64_t n = 0;
     for (; n + 4 <= N; n += 4) {
         const float *x = X + n * cols;
         float *y = Y + n * ldy;
         int64_t r = 0;
-        for (; r + 2 <= rows; r += 2) tile(4, 2, cols, x, W + r * cols, bias ? bias + r : NULL, y + r, ldy);
-        for (; r < rows; r++) tile(4, 1, cols, x, W + r * cols, bias ? bias + r : NULL, y + r, ldy);
+        for (; r + 2 <= rows; r += 2) dot_tile(4, 2, cols, x, W + r * cols, bias ? bias + r : NULL, y + r, ldy);
+        for (; r < rows; r++) dot_tile(4, 1, cols, x, W + r * cols, bias ? bias + r : NULL, y + r, ldy);
     }
     for (; n < N; n++) {
         const float *x = X + n * cols;
         float *y = Y + n * ldy;
         int64_t r = 0;
-        for (; r + 4 <= rows; r += 4) tile(1, 4, cols, x, W + r * cols, bias ? bias + r : NULL, y + r, ldy);
-        for (; r < rows; r++) tile(1, 1, cols, x, W + r * cols, bias ? bias + r : NULL, y + r, ldy);
+        for (; r + 4 <= rows; r += 4) dot_tile(1, 4, cols, x, W + r * cols, bias ? bias + r : NULL, y + r, ldy);
+        for (; r < rows; r++) dot_tile(1, 1, cols, x, W + r * cols, bias ? bias + r : NULL, y + r, ldy);
+    }
+}
+
+/* ---- packed GEMM: an MR x 8 broadcast-FMA register tile over 8-row panels (ep_gemm_pack(8)):
+ * 6 x 8 (12 accumulators of the 32 registers) on aarch64, 4 x 8 (8 of 16) on ARMv7 */
+#if defined(__aarch64__)
+#define MR 6
+#else
+#define MR 4
+#endif
+#define NR 8
+#define KC 256 /* column block: a 256 x 8 panel slice (8 KB) stays in L1 while the rows of X pass */
+
+/* y[i, 0..nc) (+)= x[i, 0..kc) . panel for i < M; first: y = acc + b (b: NR floats, zero
+ * padded), else y += acc. U independent accumulator sets over interleaved columns hide the FMA
+ * latency when M is small. */
+AI void gemm_tile(const int M, const int U, int64_t kc, const float *x, int64_t ldx, const float *w,
+                  const float *b, float *y, int64_t ldy, int first, int nc) {
+    float32x4_t acc[4][MR][2]; /* U <= 4, M <= MR: fixed sizes keep them in registers */
+    for (int u = 0; u < U; u++)
+        for (int i = 0; i < M; i++) acc[u][i][0] = acc[u][i][1] = vdupq_n_f32(0.0f);
+    int64_t k = 0;
+    for (; k + U <= kc; k += U)
+        for (int u = 0; u < U; u++) {
+            const float32x4_t w0 = vld1q_f32(w + (k + u) * NR), w1 = vld1q_f32(w + (k + u) * NR + 4);
+            for (int i = 0; i < M; i++) {
+                const float32x4_t xv = vld1q_dup_f32(x + i * ldx + k + u);
+                acc[u][i][0] = FMA(acc[u][i][0], xv, w0);
+                acc[u][i][1] = FMA(acc[u][i][1], xv, w1);
+            }
+        }
+    for (; k < kc; k++) {
+        const float32x4_t w0 = vld1q_f32(w + k * NR), w1 = vld1q_f32(w + k * NR + 4);
+        for (int i = 0; i < M; i++) {
+            const float32x4_t xv = vld1q_dup_f32(x + i * ldx + k);
+            acc[0][i][0] = FMA(acc[0][i][0], xv, w0);
+            acc[0][i][1] = FMA(acc[0][i][1], xv, w1);
+        }
+    }
+    for (int u = 1; u < U; u++)
+        for (int i = 0; i < M; i++) {
+            acc[0][i][0] = vaddq_f32(acc[0][i][0], acc[u][i][0]);
+            acc[0][i][1] = vaddq_f32(acc[0][i][1], acc[u][i][1]);
+        }
+    const float32x4_t b0 = vld1q_f32(b), b1 = vld1q_f32(b + 4);
+    for (int i = 0; i < M; i++) {
+        float *yi = y + i * ldy, t[NR];
+        float32x4_t v0 = acc[0][i][0], v1 = acc[0][i][1];
+        if (first) { v0 = vaddq_f32(v0, b0); v1 = vaddq_f32(v1, b1); }
+        if (nc == NR) {
+            if (!first) { v0 = vaddq_f32(v0, vld1q_f32(yi)); v1 = vaddq_f32(v1, vld1q_f32(yi + 4)); }
+            vst1q_f32(yi, v0); vst1q_f32(yi + 4, v1);
+        } else {
+            vst1q_f32(t, v0); vst1q_f32(t + 4, v1);
+            for (int j = 0; j < nc; j++) yi[j] = first ? t[j] : yi[j] + t[j];
+        }
+    }
+}
+
+static void gemm_pack_neon(int64_t rows, int64_t cols, const float *W, float *Wp) { ep_gemm_pack(NR, rows, cols, W, Wp); }
+
+#define GEMM_CASE(m, u) case m: gemm_tile(m, u, kc, x, cols, w, b, y, ldy, k0 == 0, nc); break;
+
+static void gemm_neon(int64_t N, int64_t rows, int64_t cols, const float *X, const float *Wp,
+                      const float *bias, float *Y, int64_t ldy) {
+    float b[NR];
+    const int64_t kb = N > MR ? KC : cols; /* one row block of X: stream each panel once, unblocked */
+    for (int64_t k0 = 0; k0 < cols; k0 += kb) {
+        const int64_t kc = cols - k0 < kb ? cols - k0 : kb;
+        for (int64_t r0 = 0; r0 < rows; r0 += NR) {
+            const int nc = (int)(rows - r0 < NR ? rows - r0 : NR);
+            const float *w = Wp + r0 * cols + k0 * NR;
+            for (int j = 0; j < NR; j++) b[j] = bias && j < nc ? bias[r0 + j] : 0.0f;
+            for (int64_t n = 0; n < N; n += MR) {
+                const float *x = X + n * cols + k0;
+                float *y = Y + n * ldy + r0;
+                switch (N - n < MR ? N - n : MR) {
+                    GEMM_CASE(1, 4) GEMM_CASE(2, 2) GEMM_CASE(3, 2) GEMM_CASE(4, 1)
+#if MR > 4
+                    GEMM_CASE(5, 1) GEMM_CASE(6, 1)
+#endif
+                default: break;
+                }
+            }
+        }
     }
 }
 
@@ -127,19 +214,31 @@ static void cfft_neon(int64_t m, const float *tw, const float *src, float *x, fl
 static void rfft_post_neon(int64_t m, const float *rt, float *X) { fft_rfft_post(m, rt, X); }
 static void irfft_pre_neon(int64_t m, const float *rt, const float *X, float *Z) { fft_irfft_pre(m, rt, X, Z); }
 static void cmac_neon(int64_t m, const float *a, const float *b, float *acc) { fft_cmac(m, a, b, acc); }
+static void cmac_rows_neon(int64_t m, int64_t nj, int64_t rows, const float *a, int64_t lda, const float *B,
+                           int64_t ldb, float *acc, int64_t ldacc) {
+    fft_cmac_rows(m, nj, rows, a, lda, B, ldb, acc, ldacc);
+}
 
 const ep_ops ep_ops_neon = {
-    "neon", gemm_neon, hash_row_neon, NULL, cfft_neon, rfft_post_neon, irfft_pre_neon, cmac_neon,
+    "neon", gemm_neon, gemm_dot_neon, gemm_pack_neon, hash_row_neon, NULL, cfft_neon, rfft_post_neon, irfft_pre_neon, cmac_neon,
+    .cmac_rows = cmac_rows_neon,
     .tile = {
-        .gemm_mr = 4, .gemm_nr = 4, /* tiles 4x2, 1x4, then 4x1 / 1x1 tails */
-        .gemm_kr = 4,               /* 4 lanes, scalar tail */
-        .gemm_kc = 0,               /* no column blocking */
+        .gemm_mr = MR, .gemm_nr = NR, /* 6 x 8 (aarch64) or 4 x 8 (ARMv7) tile, 1..MR-1-row tails */
+        .gemm_kr = 1,                 /* one broadcast per row and column */
+        .gemm_kc = KC,                /* N > MR: columns in blocks of 256, accumulated into Y */
+        .dot_mr = 4, .dot_nr = 4,     /* dot tiles 4x2, 1x4, then 4x1 / 1x1 tails */
+        .dot_kr = 4,                  /* 4 lanes, scalar tail */
+        .dot_kc = 0,                  /* no column blocking */
+        .pack_kr = 1,                 /* the portable packing */
+        .pack_min_n = 32,             /* not measured on hardware: the x86 avx2 figure */
         .hash_row_lanes = 4,        /* xxh_tail4 + scalar lookups, partial store of the tail */
         .hash_dot_lanes = 0,        /* no fused kernel: the core decodes + gemm */
         .fft_lanes = EP_VC,         /* fft_simd.h over simd.h: 2 complex per float32x4_t */
         .fft_min_m = EP_TW1_MIN,    /* fft_radix4_first needs m >= 16; later stages have s >= 4 */
         .split_lanes = EP_VC,       /* bins k, k+1 and their mirrors while 2k + 2 < m */
         .cmac_lanes = EP_VC,        /* 2 complex per step, scalar tail */
+        .cmac_rows_lanes = 2 * EP_VC, /* 4 complex per step, then 2, then scalar */
+        .cmac_rows_mr = 4,            /* 4 rows x 2 vectors of sums in registers, 2- and 1-row tails */
     },
 };
 #endif /* __aarch64__ || ARMv7 NEON */

@@ -2,14 +2,52 @@
 #include <string.h>
 #include "internal.h"
 
-static void gemm_ref(int64_t N, int64_t rows, int64_t cols, const float *X, const float *W,
-                     const float *bias, float *Y, int64_t ldy) {
+#define PACK_KB 16 /* columns per pass: one cache line of each row of W, a block of Wp in L1 */
+void ep_gemm_pack(int nr, int64_t rows, int64_t cols, const float *W, float *Wp) {
+    for (int64_t r0 = 0; r0 < rows; r0 += nr, Wp += nr * cols) {
+        const int64_t nc = rows - r0 < nr ? rows - r0 : nr;
+        const float *w = W + r0 * cols;
+        for (int64_t k0 = 0; k0 < cols; k0 += PACK_KB) {
+            const int64_t k1 = cols - k0 < PACK_KB ? cols : k0 + PACK_KB;
+            for (int64_t j = 0; j < nr; j++)
+                for (int64_t k = k0; k < k1; k++) Wp[k * nr + j] = j < nc ? w[j * cols + k] : 0.0f;
+        }
+    }
+}
+
+void ep_gemm_unpack(int nr, int64_t rows, int64_t cols, const float *Wp, float *W) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float *p = Wp + r / nr * nr * cols + r % nr;
+        for (int64_t k = 0; k < cols; k++) W[r * cols + k] = p[k * nr];
+    }
+}
+
+/* Y = X W^T + bias by dot products on W as given, one output at a time */
+static void gemm_dot_ref(int64_t N, int64_t rows, int64_t cols, const float *X, const float *W,
+                         const float *bias, float *Y, int64_t ldy) {
     for (int64_t n = 0; n < N; n++) {
         const float *x = X + n * cols;
         for (int64_t r = 0; r < rows; r++) {
             const float *w = W + r * cols;
             float acc = 0.0f;
             for (int64_t c = 0; c < cols; c++) acc += x[c] * w[c];
+            Y[n * ldy + r] = acc + (bias ? bias[r] : 0.0f);
+        }
+    }
+}
+
+#define REF_NR 4 /* the panel width of the reference: exercises packing and its zero padding */
+static void gemm_pack_ref(int64_t rows, int64_t cols, const float *W, float *Wp) { ep_gemm_pack(REF_NR, rows, cols, W, Wp); }
+
+/* The definition on the packed layout: one output at a time, columns summed in order. */
+static void gemm_ref(int64_t N, int64_t rows, int64_t cols, const float *X, const float *Wp,
+                     const float *bias, float *Y, int64_t ldy) {
+    for (int64_t n = 0; n < N; n++) {
+        const float *x = X + n * cols;
+        for (int64_t r = 0; r < rows; r++) {
+            const float *w = Wp + r / REF_NR * REF_NR * cols + r % REF_NR;
+            float acc = 0.0f;
+            for (int64_t c = 0; c < cols; c++) acc += x[c] * w[c * REF_NR];
             Y[n * ldy + r] = acc + (bias ? bias[r] : 0.0f);
         }
     }
@@ -138,15 +176,27 @@ static void cmac_ref(int64_t m, const float *a, const float *b, float *acc) {
     }
 }
 
+static void cmac_rows_ref(int64_t m, int64_t nj, int64_t rows, const float *a, int64_t lda, const float *B,
+                          int64_t ldb, float *acc, int64_t ldacc) {
+    for (int64_t r = 0; r < rows; r++) memset(acc + r * ldacc, 0, sizeof(float) * 2 * (size_t)m);
+    for (int64_t j = 0; j < nj; j++)
+        for (int64_t r = 0; r < rows; r++) cmac_ref(m, a + j * lda, B + (j * rows + r) * ldb, acc + r * ldacc);
+}
+
 const ep_ops ep_ops_ref = {
-    "ref", gemm_ref, hash_row_ref, NULL, cfft_ref, rfft_post_ref, irfft_pre_ref, cmac_ref,
+    "ref", gemm_ref, gemm_dot_ref, gemm_pack_ref, hash_row_ref, NULL, cfft_ref, rfft_post_ref, irfft_pre_ref, cmac_ref,
+    .cmac_rows = cmac_rows_ref,
     .tile = {
-        .gemm_mr = 1, .gemm_nr = 1, .gemm_kr = 1, /* one dot product at a time, one column per step */
-        .gemm_kc = 0,                              /* no column blocking */
+        .gemm_mr = 1, .gemm_nr = REF_NR, .gemm_kr = 1, /* one output at a time on 4-row panels */
+        .gemm_kc = 0,                                   /* no column blocking */
+        .dot_mr = 1, .dot_nr = 1, .dot_kr = 1, .dot_kc = 0, /* one dot product at a time */
+        .pack_kr = 1,                                   /* one column at a time */
+        .pack_min_n = 1 << 30,                          /* dot products read W as fast as the panels */
         .hash_row_lanes = 1,                       /* one column per step */
         .hash_dot_lanes = 0,                       /* no fused kernel: the core decodes + gemm */
         .fft_lanes = 1, .fft_min_m = 2,            /* scalar stages for every m */
         .split_lanes = 1,                          /* one bin and its mirror per step */
         .cmac_lanes = 1,
+        .cmac_rows_lanes = 1, .cmac_rows_mr = 1,   /* one complex value of one row per step */
     },
 };

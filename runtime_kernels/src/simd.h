@@ -58,6 +58,12 @@ EP_SI ep_vtw ep_vtw_split(ep_v re_dup, ep_v im_dup) {
 }
 /* v * w lane by lane (complex) */
 EP_SI ep_v ep_vcmul(ep_v v, ep_vtw w) { return _mm256_fmaddsub_ps(v, w.r, _mm256_mul_ps(ep_vswap(v), w.i)); }
+/* a weight prepared for ep_vcmac: real parts duplicated, imaginary parts duplicated with the
+ * real lanes negated */
+EP_SI ep_vtw ep_vtw_acc_of(ep_v w) {
+    ep_vtw t = {_mm256_moveldup_ps(w), _mm256_xor_ps(_mm256_movehdup_ps(w), ep_vsigns(1, 0))};
+    return t;
+}
 
 /* complex transpose store: for each complex lane c, y0[c] y1[c] y2[c] y3[c] to o + 8c */
 EP_SI void ep_vst_ct4(float *o, ep_v y0, ep_v y1, ep_v y2, ep_v y3) {
@@ -124,6 +130,8 @@ EP_SI ep_vtw ep_vtw_conj_of(ep_v w) {
     return t;
 }
 EP_SI ep_v ep_vcmul(ep_v v, ep_vtw w) { return ep_vfma(vmulq_f32(v, w.r), vrev64q_f32(v), w.i); }
+/* ep_vtw_of's form is already the one ep_vcmac needs */
+EP_SI ep_vtw ep_vtw_acc_of(ep_v w) { return ep_vtw_of(w); }
 
 EP_SI void ep_vst_ct4(float *o, ep_v y0, ep_v y1, ep_v y2, ep_v y3) {
 #if defined(__aarch64__)
@@ -146,5 +154,8 @@ EP_SI void ep_vst_ct4(float *o, ep_v y0, ep_v y1, ep_v y2, ep_v y3) {
 #endif
 
 #define EP_VC (EP_VL / 2) /* complex values per vector */
+
+/* acc + v * w lane by lane (complex), w from ep_vtw_acc_of: two multiply-adds */
+EP_SI ep_v ep_vcmac(ep_v acc, ep_v v, ep_vtw w) { return ep_vfma(ep_vfma(acc, v, w.r), ep_vswap(v), w.i); }
 
 #endif

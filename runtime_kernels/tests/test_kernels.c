@@ -336,6 +336,8 @@ static void test_circulant(void) {
     int64_t cs[][6] = { /* p, q, b, in, out, N */
         {1, 1, 4, 4, 4, 1},     {1, 1, 4, 3, 2, 3},       {2, 3, 8, 21, 13, 1},  {3, 2, 16, 32, 48, 4},
         {2, 2, 64, 100, 77, 5}, {1, 1, 256, 256, 256, 2}, {4, 3, 32, 65, 127, 7}, {1, 1, 1024, 1000, 999, 1},
+        /* batches larger than one block of rows (kernels.c's EP_BATCH_FLOATS): 26 + 4, 648 x 3 + 56 rows */
+        {2, 8, 256, 2000, 512, 30}, {3, 5, 4, 18, 11, 2000},
     };
     for (size_t t = 0; t < sizeof cs / sizeof cs[0]; t++) {
         int64_t p = cs[t][0], q = cs[t][1], b = cs[t][2], in = cs[t][3], out = cs[t][4], N = cs[t][5];
@@ -373,6 +375,7 @@ static double zf(const float *v, int64_t n, int64_t a, int64_t c, double f) { re
 static void test_ldr(void) {
     int64_t cs[][5] = { /* r, n, in, out, N */
         {1, 4, 4, 4, 1}, {2, 4, 3, 2, 3}, {1, 8, 8, 5, 2}, {3, 16, 11, 16, 4}, {2, 64, 50, 63, 5}, {2, 128, 128, 128, 1}, {4, 256, 200, 255, 3},
+        {2, 32, 32, 32, 700}, {1, 64, 40, 50, 400}, /* batches larger than one block of rows: 668 + 32, 337 + 63 */
     };
     for (size_t t = 0; t < sizeof cs / sizeof cs[0]; t++) {
         int64_t r = cs[t][0], n = cs[t][1], in = cs[t][2], out = cs[t][3], N = cs[t][4];

@@ -116,14 +116,38 @@ static int tile_sizes(int64_t t, int64_t *out, int n) {
 }
 
 /* ---- GEMM ---- */
-static void gemm_case(const ep_ops *v, kstat *s, int64_t N, int64_t rows, int64_t cols, int with_bias, int64_t ldy) {
+/* packed: v->gemm on W packed by ep_gemm_pack (with the pack itself checked); else v->gemm_dot on W */
+static void gemm_case(const ep_ops *v, kstat *s, int packed, int64_t N, int64_t rows, int64_t cols, int with_bias,
+                      int64_t ldy) {
     float *X = fvec(N * cols), *W = fvec(rows * cols), *bias = with_bias ? fvec(rows) : NULL;
     const int64_t ny = (N - 1) * ldy + rows;
     float *Y = fvec(ny), *R = fvec(ny);
     double *want = dvec(ny), *scale = dvec(ny);
+    /* each variant's packing (exactly sized, pre-filled with NaNs so unwritten padding shows),
+     * checked against ep_gemm_pack bit for bit and to round-trip, then its kernel on it against
+     * the reference's own packing */
+    const int nr = v->tile.gemm_nr, rnr = ep_ops_ref.tile.gemm_nr;
+    const int64_t np = ep_gemm_packed_floats(nr, rows, cols), nrp = ep_gemm_packed_floats(rnr, rows, cols);
+    float *Wp = fvec(np), *Wr = fvec(nrp), *Wu = fvec(rows * cols);
+    float *Wg = fvec(np);
+    fill_sentinel(Wp, np);
+    v->gemm_pack(rows, cols, W, Wp);
+    ep_gemm_pack(nr, rows, cols, W, Wg);
+    ep_gemm_unpack(nr, rows, cols, Wp, Wu);
+    int64_t bad_pack = -1;
+    const char *why = "a packed float left unwritten";
+    for (int64_t i = 0; i < np && bad_pack < 0; i++)
+        if (is_sentinel(Wp[i])) bad_pack = i;
+    if (bad_pack < 0 && memcmp(Wp, Wg, sizeof(float) * (size_t)np) != 0) { bad_pack = 0; why = "differs from ep_gemm_pack"; }
+    if (bad_pack < 0 && memcmp(W, Wu, sizeof(float) * (size_t)(rows * cols)) != 0) { bad_pack = 0; why = "unpack does not give W back"; }
+    if (packed)
+        check(s, bad_pack >= 0 ? INFINITY : 0.0, TOL_DOT, "gemm_pack nr=%d rows=%lld cols=%lld (%s)", nr,
+              (long long)rows, (long long)cols, why);
+    ep_gemm_pack(rnr, rows, cols, W, Wr);
     fill_sentinel(Y, ny);
-    v->gemm(N, rows, cols, X, W, bias, Y, ldy);
-    if (v != &ep_ops_ref) ep_ops_ref.gemm(N, rows, cols, X, W, bias, R, ldy);
+    if (packed) v->gemm(N, rows, cols, X, Wp, bias, Y, ldy);
+    else v->gemm_dot(N, rows, cols, X, W, bias, Y, ldy);
+    if (v != &ep_ops_ref) ep_ops_ref.gemm(N, rows, cols, X, Wr, bias, R, ldy);
     for (int64_t n = 0; n < N; n++)
         for (int64_t r = 0; r < rows; r++) {
             double acc = bias ? bias[r] : 0.0, mag = bias ? fabs(bias[r]) : 0.0;
@@ -145,24 +169,74 @@ static void gemm_case(const ep_ops *v, kstat *s, int64_t N, int64_t rows, int64_
     check(s, e, TOL_DOT, "N=%lld rows=%lld cols=%lld bias=%d ldy=%lld (at n=%lld r=%lld%s)", (long long)N,
           (long long)rows, (long long)cols, with_bias, (long long)ldy, (long long)(at / ldy), (long long)(at % ldy),
           gap >= 0 ? ", wrote between output rows" : "");
-    free(X); free(W); free(bias); free(Y); free(R); free(want); free(scale);
+    free(X); free(W); free(Wp); free(Wg); free(Wr); free(Wu); free(bias); free(Y); free(R); free(want); free(scale);
 }
 
-static void test_gemm(const ep_ops *v) {
+/* packed: the gemm kernel on its tiles (gemm_*), else gemm_dot on its own (dot_*); both are
+ * compared with the reference's packed gemm */
+static void test_gemm(const ep_ops *v, int packed) {
     const ep_tiles *t = &v->tile;
     int64_t Ns[8], rs[8], cs[24];
-    int nN = tile_sizes(t->gemm_mr, Ns, 0), nr = tile_sizes(t->gemm_nr, rs, 0);
-    int nc = tile_sizes(t->gemm_kr, cs, 0);
-    if (t->gemm_kc > 0) nc = tile_sizes(t->gemm_kc, cs, nc);
+    int nN = tile_sizes(packed ? t->gemm_mr : t->dot_mr, Ns, 0), nr = tile_sizes(packed ? t->gemm_nr : t->dot_nr, rs, 0);
+    int nc = tile_sizes(packed ? t->gemm_kr : t->dot_kr, cs, 0);
+    const int kc = packed ? t->gemm_kc : t->dot_kc;
+    if (kc > 0) nc = tile_sizes(kc, cs, nc);
+    if (packed) nc = tile_sizes(t->pack_kr, cs, nc);
     cs[nc++] = 257; /* above every vector width, odd */
-    kstat s = stat_new(v, "gemm");
+    kstat s = stat_new(v, packed ? "gemm" : "gemm_dot");
     for (int a = 0; a < nN; a++)
         for (int b = 0; b < nr; b++)
             for (int c = 0; c < nc; c++)
                 for (int bias = 0; bias < 2; bias++)
                     for (int pad = 0; pad < 2; pad++)
-                        gemm_case(v, &s, Ns[a], rs[b], cs[c], bias, rs[b] + 3 * pad);
+                        gemm_case(v, &s, packed, Ns[a], rs[b], cs[c], bias, rs[b] + 3 * pad);
     summary(&s);
+}
+
+/* Packed weights belong to the variant that packed them (its panel width): an expand plan made
+ * under each supported variant and run after switching to every other one must still give
+ * X V^T + bias, V from ep_hashed_decode, within the dot-product tolerance; ep_hashed_plan_unpack
+ * unpacks V exactly. */
+static void test_plan_across_variants(void) {
+    const int64_t rows = 45, cols = 37, N = 14; /* partial panels for every nr, more than one row block */
+    ep_hash_params p = {rows, cols, 97, 1, 5, 1};
+    float *bk = fvec(97), *X = fvec(N * cols), *bias = fvec(rows), *V = fvec(rows * cols), *Y = fvec(N * rows);
+    kstat s = {"all", "plan_xvar", 0, 0, 0.0};
+    const int nv = ep_variant_count();
+    for (int a = 0; a < nv; a++) {
+        ep_hashed_plan *pl = NULL;
+        if (ep_set_variant(ep_variant_name(a)) || ep_hashed_plan_create(&p, bk, NULL, 0, &pl) ||
+            ep_hashed_decode(&p, bk, NULL, 0, V)) {
+            check(&s, INFINITY, TOL_DOT, "plan under %s: %s", ep_variant_name(a), ep_last_error());
+            ep_hashed_plan_destroy(pl);
+            continue;
+        }
+        for (int b = 0; b < nv; b++) {
+            ep_set_variant(ep_variant_name(b));
+            fill_sentinel(Y, N * rows);
+            double e = ep_hashed_matmul_expand(pl, X, N, cols, bias, Y, rows) ? INFINITY : 0.0;
+            for (int64_t n = 0; n < N; n++)
+                for (int64_t r = 0; r < rows; r++) {
+                    double acc = bias[r], mag = fabs(bias[r]);
+                    for (int64_t c = 0; c < cols; c++) {
+                        acc += (double)X[n * cols + c] * V[r * cols + c];
+                        mag += fabs((double)X[n * cols + c] * V[r * cols + c]);
+                    }
+                    double d = fabs(Y[n * rows + r] - acc) / mag;
+                    if (!(d <= e)) e = d != d ? INFINITY : d;
+                }
+            check(&s, e, TOL_DOT, "plan made under %s, run under %s", ep_variant_name(a), ep_variant_name(b));
+        }
+        float *Vp = (float *)malloc(sizeof(float) * (size_t)(rows * cols)); /* K = 1: exact */
+        const int same = Vp && ep_hashed_plan_unpack(pl, Vp) == EP_OK && !memcmp(Vp, V, sizeof(float) * (size_t)(rows * cols));
+        check(&s, same ? 0.0 : INFINITY, TOL_DOT, "ep_hashed_plan_unpack under %s differs from ep_hashed_decode",
+              ep_variant_name(a));
+        free(Vp);
+        ep_hashed_plan_destroy(pl);
+    }
+    ep_set_variant("auto");
+    summary(&s);
+    free(bk); free(X); free(bias); free(V); free(Y);
 }
 
 /* ---- hashing ---- */
@@ -506,12 +580,60 @@ static void test_cmac(const ep_ops *v) {
     summary(&s);
 }
 
+/* nj spectra against rows rows of B at strides lda, ldb, ldacc wider than 2m: acc holds the
+ * sums (its old values are overwritten), the gaps stay untouched */
+static void cmac_rows_case(const ep_ops *v, kstat *s, int64_t m, int64_t nj, int64_t rows) {
+    const int64_t lda = 2 * m + 2, ldb = 2 * m + 4, ldacc = 2 * m + 6;
+    const int64_t na_ = (nj - 1) * lda + 2 * m, nb = (nj * rows - 1) * ldb + 2 * m, nc = (rows - 1) * ldacc + 2 * m;
+    float *a = fvec(na_), *B = fvec(nb), *acc = fvec(nc), *R = fvec(nc);
+    double *want = dvec(nc), *scale = dvec(nc);
+    memcpy(R, acc, sizeof(float) * (size_t)nc);
+    for (int64_t i = 0; i < nc; i++) { want[i] = acc[i]; scale[i] = 1.0; }
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t k = 0; k < m; k++) {
+            double *w = want + r * ldacc + 2 * k, *sc = scale + r * ldacc + 2 * k;
+            w[0] = w[1] = sc[0] = sc[1] = 0.0;
+            for (int64_t j = 0; j < nj; j++) {
+                const float *b = B + (j * rows + r) * ldb + 2 * k;
+                double ar = a[j * lda + 2 * k], ai = a[j * lda + 2 * k + 1], br = b[0], bi = b[1];
+                sc[0] += fabs(ar * br) + fabs(ai * bi);
+                sc[1] += fabs(ar * bi) + fabs(ai * br);
+                w[0] += ar * br - ai * bi;
+                w[1] += ar * bi + ai * br;
+            }
+        }
+    v->cmac_rows(m, nj, rows, a, lda, B, ldb, acc, ldacc);
+    if (v != &ep_ops_ref) {
+        ep_ops_ref.cmac_rows(m, nj, rows, a, lda, B, ldb, R, ldacc);
+        for (int64_t i = 0; i < nc; i++) want[i] = R[i];
+    }
+    int64_t at = 0;
+    double e = max_err(acc, want, scale, nc, &at);
+    check(s, e, TOL_CMAC, "m=%lld nj=%lld rows=%lld (at row %lld, float %lld)", (long long)m, (long long)nj,
+          (long long)rows, (long long)(at / ldacc), (long long)(at % ldacc));
+    free(a); free(B); free(acc); free(R); free(want); free(scale);
+}
+
+static void test_cmac_rows(const ep_ops *v) {
+    int64_t ms[16], rows[16];
+    const int64_t njs[] = {1, 3};
+    int nm = tile_sizes(v->tile.cmac_rows_lanes, ms, 0), nr = tile_sizes(v->tile.cmac_rows_mr, rows, 0);
+    ms[nm++] = 32; /* b = 64: bins 0..31 */
+    kstat s = stat_new(v, "cmac_rows");
+    for (int a = 0; a < nm; a++)
+        for (int r = 0; r < nr; r++)
+            for (size_t j = 0; j < sizeof njs / sizeof njs[0]; j++) cmac_rows_case(v, &s, ms[a], njs[j], rows[r]);
+    summary(&s);
+}
+
 /* the declared tiles are usable: positive lanes, a hash_dot tile exactly when there is a hash_dot */
 static int tiles_valid(const ep_ops *v) {
     const ep_tiles *t = &v->tile;
-    int ok = t->gemm_mr >= 1 && t->gemm_nr >= 1 && t->gemm_kr >= 1 && t->gemm_kc >= 0 && t->hash_row_lanes >= 1 &&
+    int ok = t->gemm_mr >= 1 && t->gemm_nr >= 1 && t->gemm_kr >= 1 && t->gemm_kc >= 0 && t->dot_mr >= 1 &&
+             t->dot_nr >= 1 && t->dot_kr >= 1 && t->dot_kc >= 0 && t->pack_kr >= 1 && t->pack_min_n >= 0 &&
+             t->hash_row_lanes >= 1 &&
              (t->hash_dot_lanes >= 1) == (v->hash_dot != NULL) && t->fft_lanes >= 1 && t->fft_min_m >= 2 &&
-             t->split_lanes >= 1 && t->cmac_lanes >= 1;
+             t->split_lanes >= 1 && t->cmac_lanes >= 1 && t->cmac_rows_lanes >= 1 && t->cmac_rows_mr >= 1 && v->cmac_rows;
     if (!ok) printf("FAIL %s: declared tiles are incomplete or inconsistent with its table\n", v->name);
     return ok;
 }
@@ -535,18 +657,22 @@ int main(void) {
         for (int j = 0; j < ep_variant_count(); j++) supported |= strcmp(ep_variant_name(j), v->name) == 0;
         if (!supported) { printf("%-7s compiled in, not supported by this CPU: skipped\n", v->name); continue; }
         const ep_tiles *t = &v->tile;
-        printf("%-7s tiles: gemm %dx%d k%d kc%d, hash_row %d, hash_dot %d, fft %d (m >= %d), split %d, cmac %d%s\n",
-               v->name, t->gemm_mr, t->gemm_nr, t->gemm_kr, t->gemm_kc, t->hash_row_lanes, t->hash_dot_lanes,
-               t->fft_lanes, t->fft_min_m, t->split_lanes, t->cmac_lanes,
+        printf("%-7s tiles: gemm %dx%d k%d kc%d, gemm_dot %dx%d k%d kc%d, gemm_pack k%d (from N=%d), hash_row %d, hash_dot %d, fft %d (m >= %d), split %d, cmac %d, cmac_rows %d x %d rows%s\n",
+               v->name, t->gemm_mr, t->gemm_nr, t->gemm_kr, t->gemm_kc, t->dot_mr, t->dot_nr, t->dot_kr, t->dot_kc,
+               t->pack_kr, t->pack_min_n, t->hash_row_lanes, t->hash_dot_lanes,
+               t->fft_lanes, t->fft_min_m, t->split_lanes, t->cmac_lanes, t->cmac_rows_lanes, t->cmac_rows_mr,
                v == &ep_ops_ref ? " (checked against naive double math)" : "");
         if (!tiles_valid(v)) { g_failed = 1; continue; }
-        test_gemm(v);
+        test_gemm(v, 1);
+        test_gemm(v, 0);
         test_hash_row(v);
         test_hash_dot(v);
         test_cfft(v);
         test_split(v);
         test_cmac(v);
+        test_cmac_rows(v);
     }
+    test_plan_across_variants();
     printf(g_failed ? "test_microkernels: FAILED\n" : "test_microkernels: all variants match the reference\n");
     return g_failed ? 1 : 0;
 }

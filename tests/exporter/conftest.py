@@ -59,7 +59,8 @@ def run_all(path, x: np.ndarray) -> dict[str, np.ndarray]:
     """Outputs of one file in ORT with and without our library and in ReferenceEvaluator."""
     feed = {ort.InferenceSession(str(path)).get_inputs()[0].name: x}
     return {
-        "ort_kernels": onnx_session(path, use_kernels=True).run(None, feed)[0],
+        "ort_kernels": onnx_session(path, use_kernels=True, decode_at_load=False).run(None, feed)[0],
+        "ort_decoded": onnx_session(path, use_kernels=True).run(None, feed)[0],
         "ort_fallback": onnx_session(path, use_kernels=False).run(None, feed)[0],
         "reference": ReferenceEvaluator(str(path)).run(None, feed)[0],
     }

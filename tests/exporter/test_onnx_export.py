@@ -52,7 +52,7 @@ def executed_op_types(path, use_kernels: bool, tmp_path) -> set[str]:
     options = ort.SessionOptions()
     options.enable_profiling = True
     options.profile_file_prefix = str(tmp_path / f"profile_{use_kernels}")
-    session = onnx_session(path, use_kernels=use_kernels, sess_options=options)
+    session = onnx_session(path, use_kernels=use_kernels, decode_at_load=False, sess_options=options)
     session.run(None, {session.get_inputs()[0].name: np.ones((1, 16), np.float32)})
     events = json.loads(open(session.end_profiling()).read())
     return {e["args"]["op_name"] for e in events if e.get("cat") == "Node" and "op_name" in e["args"]}

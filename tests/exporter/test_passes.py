@@ -32,7 +32,7 @@ def exported(model: nn.Module, x: torch.Tensor, tmp_path) -> onnx.ModelProto:
 
 
 def run(model: onnx.ModelProto, x: np.ndarray, use_kernels: bool) -> np.ndarray:
-    session = onnx_session(model.SerializeToString(), use_kernels=use_kernels)
+    session = onnx_session(model.SerializeToString(), use_kernels=use_kernels, decode_at_load=False)
     return session.run(None, {session.get_inputs()[0].name: x})[0]
 
 

@@ -42,7 +42,7 @@ CASES["ds_cnn_compressed"] = (compressed_ds_cnn, lambda m: (1, 1, 49, 10))
 
 
 def run_litert(path, x: np.ndarray) -> np.ndarray:
-    interpreter = tflite_interpreter(path)
+    interpreter = tflite_interpreter(path, decode_at_load=False)
     interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
     interpreter.invoke()
     return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])

@@ -186,7 +186,7 @@ def build(op, attrs, weights, x_width, functions=False, count=1):
 
 def run_ort(model, x_width, use_kernels=True):
     kwargs = dict(max_virtual_weights=VIRTUAL, max_decoded_bytes=DECODED) if use_kernels else {}
-    session = onnx_session(model.SerializeToString(), use_kernels=use_kernels, **kwargs)
+    session = onnx_session(model.SerializeToString(), use_kernels=use_kernels, decode_at_load=False, **kwargs)
     feeds = {"X": w(2, x_width)} if x_width is not None else {}
     return session.run(None, feeds)
 
@@ -244,7 +244,7 @@ def test_export_runs_the_validator_on_the_fallback_math():
         op, attrs, weights, x_width = VALID[case]
         model = build(op, attrs, weights, x_width, functions=True)
         feeds = {"X": w(2, x_width)} if x_width is not None else {}
-        kernels = onnx_session(model.SerializeToString()).run(None, feeds)[0]
+        kernels = onnx_session(model.SerializeToString(), decode_at_load=False).run(None, feeds)[0]
         so = ort.SessionOptions()
         fallback = ort.InferenceSession(model.SerializeToString(), so,
                                         providers=["CPUExecutionProvider"]).run(None, feeds)[0]
@@ -341,7 +341,7 @@ def build_tflite(op, attrs, weights, x_width) -> bytes:
 def run_delegate(path, x_width):
     from edgepack.runtime_kernels import tflite_interpreter
 
-    interp = tflite_interpreter(path, max_virtual_weights=VIRTUAL, max_decoded_bytes=DECODED)
+    interp = tflite_interpreter(path, max_virtual_weights=VIRTUAL, max_decoded_bytes=DECODED, decode_at_load=False)
     if x_width is not None:
         interp.set_tensor(interp.get_input_details()[0]["index"], w(2, x_width))
     interp.invoke()

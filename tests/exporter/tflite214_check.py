@@ -25,7 +25,7 @@ def main(directory: str) -> int:
     for model in sorted(Path(directory).glob("*.tflite")):
         data = np.load(model.with_suffix(".npz"))
         for use_delegate in (True, False):
-            interpreter = runtime.tflite_interpreter(model, use_delegate=use_delegate)
+            interpreter = runtime.tflite_interpreter(model, use_delegate=use_delegate, decode_at_load=False)
             interpreter.set_tensor(interpreter.get_input_details()[0]["index"], data["x"])
             interpreter.invoke()
             y = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])

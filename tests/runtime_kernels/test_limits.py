@@ -131,7 +131,8 @@ def test_ort_bomb_is_refused_before_allocating():
     assert len(model) < 300
     code = (
         "from edgepack.runtime_kernels import onnx_session\n"
-        f"result = {{}}\ntry:\n    onnx_session({model!r}).run(None, {{}})\n    result['error'] = None\n"
+        f"result = {{}}\ntry:\n    onnx_session({model!r}, decode_at_load=False).run(None, {{}})\n"
+        "    result['error'] = None\n"
         "except Exception as e:\n    result['error'] = str(e)\n"
     )
     result = capped_run(code)
@@ -147,23 +148,24 @@ def test_ort_bomb_is_refused_before_allocating():
 def test_virtual_weights_limit_kwarg_env_and_reference(monkeypatch):
     model = hashed_weight_model([[40, 5, 10]])
     with pytest.raises(Exception, match=r"node 'w0'.*shape \[40, 5, 10\].*2000 virtual weights.*limit of 1999"):
-        onnx_session(model, max_virtual_weights=1999)
-    got = onnx_session(model, max_virtual_weights=2000).run(None, {})[0]
+        onnx_session(model, decode_at_load=False, max_virtual_weights=1999)
+    got = onnx_session(model, decode_at_load=False, max_virtual_weights=2000).run(None, {})[0]
     want = onnx_session(model, use_kernels=False).run(None, {})[0]  # ORT's own standard ops
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
     monkeypatch.setenv(limits.ENV_MAX_VIRTUAL_WEIGHTS, "1999")
     with pytest.raises(Exception, match="limit of 1999 per node"):
-        onnx_session(model)
-    assert onnx_session(model, max_virtual_weights=2000).run(None, {})[0].shape == (40, 5, 10)  # kwarg wins
+        onnx_session(model, decode_at_load=False)
+    kwarg_wins = onnx_session(model, decode_at_load=False, max_virtual_weights=2000)
+    assert kwarg_wins.run(None, {})[0].shape == (40, 5, 10)
 
 
 def test_decoded_bytes_budget_is_per_session():
     model = hashed_weight_model([[10, 10], [10, 10]])  # 400 decoded bytes each
     with pytest.raises(Exception, match=r"the decoded weight \(shape \[10, 10\]\) needs 400 bytes; with the 400 bytes "
                        r"already decoded.*limit of 799 decoded bytes.*EDGEPACK_MAX_DECODED_BYTES"):
-        onnx_session(model, max_decoded_bytes=799)
-    first = onnx_session(model, max_decoded_bytes=800)
-    second = onnx_session(model, max_decoded_bytes=800)  # its own budget
+        onnx_session(model, decode_at_load=False, max_decoded_bytes=799)
+    first = onnx_session(model, decode_at_load=False, max_decoded_bytes=800)
+    second = onnx_session(model, decode_at_load=False, max_decoded_bytes=800)  # its own budget
     for a, b in zip(first.run(None, {}), second.run(None, {})):
         np.testing.assert_array_equal(a, b)
 
@@ -174,7 +176,7 @@ def test_bad_env_value_is_an_ort_error_naming_the_variable(monkeypatch, env, val
     """The C library parses the environment as strictly as limits.py does."""
     monkeypatch.setenv(env, value)
     with pytest.raises(Exception, match=env):
-        onnx_session(hashed_weight_model([[3, 4]]))
+        onnx_session(hashed_weight_model([[3, 4]]), decode_at_load=False)
 
 
 def test_ort_output_limit():
@@ -182,7 +184,7 @@ def test_ort_output_limit():
     attrs = dict(in_features=1, out_features=64, num_hashes=1, seed=3, mode=1)
     model = matmul_model("HashedMatMul", {"buckets": RNG.standard_normal(5).astype(np.float32), "recon": IDENTITY,
                                            "bias": np.zeros(64, np.float32)}, attrs)
-    sess = onnx_session(model, max_decoded_bytes=4096)
+    sess = onnx_session(model, decode_at_load=False, max_decoded_bytes=4096)
     x = RNG.standard_normal((16, 1)).astype(np.float32)
     want = onnx_session(model, use_kernels=False).run(None, {"X": x})[0]
     np.testing.assert_allclose(sess.run(None, {"X": x})[0], want, rtol=1e-5, atol=1e-5)
@@ -214,7 +216,7 @@ def test_matmul_virtual_weights_checked_at_session_creation():
     model = matmul_model("HashedMatMul", {"buckets": np.ones(4, np.float32)}, attrs)
     with pytest.raises(Exception, match=r"node 'm'.*in_features=65536 x out_features=8192 would decode "
                                         r"536870912 virtual weights.*limit of 268435456"):
-        onnx_session(model)
+        onnx_session(model, decode_at_load=False)
 
 
 @pytest.mark.parametrize("kwargs", [dict(max_virtual_weights=0), dict(max_decoded_bytes=-1),

@@ -117,7 +117,7 @@ def make_model(op, inputs, attrs, *, as_inputs=False, name="ep_node", x_dtype=Te
 
 
 def run(model, inputs, as_inputs=False, threads=1):
-    sess = onnx_session(model.SerializeToString(), threads=threads)
+    sess = onnx_session(model.SerializeToString(), threads=threads, decode_at_load=False)
     feeds = {n: a for n, a in inputs if a is not None and (n == "X" or as_inputs)}
     return sess.run(None, feeds)[0]
 
@@ -183,7 +183,7 @@ def test_hashed_matmul_default_mode_and_dynamic_batch():
     attrs = dict(in_features=in_f, out_features=out_f, num_hashes=1, seed=1)
     inputs = [("X", rand(4, in_f)), ("buckets", buckets), ("recon", None), ("bias", bias)]
     model = make_model("HashedMatMul", inputs, attrs, x_dims=["N", in_f])
-    sess = onnx_session(model.SerializeToString())
+    sess = onnx_session(model.SerializeToString(), decode_at_load=False)
     V = ref_decode(out_f, in_f, buckets, 1)
     for n in (1, 4, 0):
         x = rand(n, in_f)
@@ -269,7 +269,7 @@ def test_concurrent_runs_share_cached_plans():
     inputs = [("X", rand(2, in_f)), ("blocks", blocks), ("bias", bias)]
     model = make_model("CirculantMatMul", inputs, dict(in_features=in_f, out_features=out_f),
                        x_dims=["N", in_f])
-    sess = onnx_session(model.SerializeToString(), threads=2)
+    sess = onnx_session(model.SerializeToString(), threads=2, decode_at_load=False)
     xs = [rand(1 + i % 3, in_f) for i in range(32)]
     with ThreadPoolExecutor(4) as pool:
         outs = list(pool.map(lambda x: sess.run(None, {"X": x})[0], xs))
@@ -292,7 +292,7 @@ def test_session_from_file(tmp_path):
     model = make_model("HashedWeight", [("buckets", buckets)], dict(shape=[3, 4], num_hashes=1, seed=0))
     path = tmp_path / "m.onnx"
     onnx.save(model, path)
-    close(onnx_session(path).run(None, {})[0], ref_decode(3, 4, buckets, 0))
+    close(onnx_session(path, decode_at_load=False).run(None, {})[0], ref_decode(3, 4, buckets, 0))
 
 
 # ---- bad inputs: session creation or run fails with the node's name ------------------------------

@@ -68,7 +68,7 @@ def f32(*shape):
 def run(tmp_path, model: bytes, feeds: list[np.ndarray], route="delegate", resize=False):
     path = tmp_path / "m.tflite"
     path.write_bytes(model)
-    it = tr.tflite_interpreter(path, use_delegate=route == "delegate")
+    it = tr.tflite_interpreter(path, use_delegate=route == "delegate", decode_at_load=False)
     if resize:
         for d, x in zip(it.get_input_details(), feeds):
             it.resize_tensor_input(d["index"], list(x.shape))
@@ -375,7 +375,7 @@ except ImportError:
     spec.loader.exec_module(tr)
 result = {{}}
 try:
-    tr.tflite_interpreter({path!r}, use_delegate={use_delegate}).invoke()
+    tr.tflite_interpreter({path!r}, use_delegate={use_delegate}, decode_at_load=False).invoke()
     result["error"] = None
 except Exception as e:
     result["error"] = str(e)
@@ -413,7 +413,7 @@ def hashed_weights_graph(shapes, buckets=None) -> bytes:
 def interp_with(tmp_path, model: bytes, route: str, **limits):
     path = tmp_path / "m.tflite"
     path.write_bytes(model)
-    return tr.tflite_interpreter(path, use_delegate=route == "delegate", **limits)
+    return tr.tflite_interpreter(path, use_delegate=route == "delegate", decode_at_load=False, **limits)
 
 
 @pytest.fixture

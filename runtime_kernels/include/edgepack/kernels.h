@@ -121,7 +121,8 @@ EP_API void ep_hashed_plan_destroy(ep_hashed_plan *plan);
 EP_API ep_status ep_hashed_matmul_expand(const ep_hashed_plan *plan, const float *X, int64_t N,
                                          int64_t in_features, const float *bias, float *Y,
                                          int64_t out_features);
-EP_API const float *ep_hashed_plan_weight(const ep_hashed_plan *plan); /* V[rows, cols] */
+/* V[rows, cols] (the plan holds it packed in GEMM panels) into V, rows*cols floats. */
+EP_API ep_status ep_hashed_plan_unpack(const ep_hashed_plan *plan, float *V);
 
 /* ---- dense ------------------------------------------------------------------------------- */
 /* Y[N, rows] = X[N, cols] W[rows, cols]^T (+ bias[rows]); bias may be NULL. */
