@@ -78,57 +78,11 @@ void ep_gemm_dot_avx2(int64_t N, int64_t rows, int64_t cols, const float *X, con
     }
 }
 
-/* ---- packed GEMM: a 6 x 16 broadcast-FMA register tile (12 accumulators) over 16-row panels */
+/* ---- packed GEMM: gemm_simd.h's 6 x 16 broadcast-FMA register tile (12 accumulators) over
+ * 16-row panels, over simd.h's AVX2 mapping */
 #define MR 6
-#define NR 16
 #define KC 256 /* column block: a 256 x 16 panel slice (16 KB) stays in L1 while the rows of X pass */
-
-/* y[i, 0..nc) (+)= x[i, 0..kc) . panel for i < M; first: y = acc + b (b: NR floats, zero
- * padded), else y += acc. U independent accumulator sets over interleaved columns hide the FMA
- * latency when M is small. */
-AI void gemm_tile(const int M, const int U, int64_t kc, const float *x, int64_t ldx, const float *w,
-                  const float *b, float *y, int64_t ldy, int first, int nc) {
-    __m256 acc[4][MR][2]; /* U <= 4, M <= MR: fixed sizes keep them in registers */
-    for (int u = 0; u < U; u++)
-        for (int i = 0; i < M; i++) acc[u][i][0] = acc[u][i][1] = _mm256_setzero_ps();
-    int64_t k = 0;
-    for (; k + U <= kc; k += U)
-        for (int u = 0; u < U; u++) {
-            const __m256 w0 = _mm256_loadu_ps(w + (k + u) * NR), w1 = _mm256_loadu_ps(w + (k + u) * NR + 8);
-            for (int i = 0; i < M; i++) {
-                const __m256 xv = _mm256_broadcast_ss(x + i * ldx + k + u);
-                acc[u][i][0] = _mm256_fmadd_ps(xv, w0, acc[u][i][0]);
-                acc[u][i][1] = _mm256_fmadd_ps(xv, w1, acc[u][i][1]);
-            }
-        }
-    for (; k < kc; k++) {
-        const __m256 w0 = _mm256_loadu_ps(w + k * NR), w1 = _mm256_loadu_ps(w + k * NR + 8);
-        for (int i = 0; i < M; i++) {
-            const __m256 xv = _mm256_broadcast_ss(x + i * ldx + k);
-            acc[0][i][0] = _mm256_fmadd_ps(xv, w0, acc[0][i][0]);
-            acc[0][i][1] = _mm256_fmadd_ps(xv, w1, acc[0][i][1]);
-        }
-    }
-    for (int u = 1; u < U; u++)
-        for (int i = 0; i < M; i++) {
-            acc[0][i][0] = _mm256_add_ps(acc[0][i][0], acc[u][i][0]);
-            acc[0][i][1] = _mm256_add_ps(acc[0][i][1], acc[u][i][1]);
-        }
-    const __m256i m0 = tail_mask(nc < 8 ? nc : 8), m1 = tail_mask(nc < 8 ? 0 : nc - 8);
-    const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
-    for (int i = 0; i < M; i++) {
-        float *yi = y + i * ldy;
-        __m256 v0 = acc[0][i][0], v1 = acc[0][i][1];
-        if (first) { v0 = _mm256_add_ps(v0, b0); v1 = _mm256_add_ps(v1, b1); }
-        if (nc == NR) {
-            if (!first) { v0 = _mm256_add_ps(v0, _mm256_loadu_ps(yi)); v1 = _mm256_add_ps(v1, _mm256_loadu_ps(yi + 8)); }
-            _mm256_storeu_ps(yi, v0); _mm256_storeu_ps(yi + 8, v1);
-        } else {
-            if (!first) { v0 = _mm256_add_ps(v0, _mm256_maskload_ps(yi, m0)); v1 = _mm256_add_ps(v1, _mm256_maskload_ps(yi + 8, m1)); }
-            _mm256_maskstore_ps(yi, m0, v0); _mm256_maskstore_ps(yi + 8, m1, v1);
-        }
-    }
-}
+#include "gemm_simd.h"
 
 /* r[t] = column t of the 8 x 8 block whose rows are r[0..8) */
 AI void transpose8(__m256 r[8]) {
@@ -174,28 +128,7 @@ static void gemm_pack_avx2(int64_t rows, int64_t cols, const float *W, float *Wp
 
 static void gemm_avx2(int64_t N, int64_t rows, int64_t cols, const float *X, const float *Wp,
                       const float *bias, float *Y, int64_t ldy) {
-    float b[NR];
-    const int64_t kb = N > MR ? KC : cols; /* one row block of X: stream each panel once, unblocked */
-    for (int64_t k0 = 0; k0 < cols; k0 += kb) {
-        const int64_t kc = cols - k0 < kb ? cols - k0 : kb;
-        for (int64_t r0 = 0; r0 < rows; r0 += NR) {
-            const int nc = (int)(rows - r0 < NR ? rows - r0 : NR);
-            const float *w = Wp + r0 * cols + k0 * NR;
-            for (int j = 0; j < NR; j++) b[j] = bias && j < nc ? bias[r0 + j] : 0.0f;
-            for (int64_t n = 0; n < N; n += MR) {
-                const float *x = X + n * cols + k0;
-                float *y = Y + n * ldy + r0;
-                switch (N - n < MR ? N - n : MR) {
-                case 1: gemm_tile(1, 4, kc, x, cols, w, b, y, ldy, k0 == 0, nc); break;
-                case 2: gemm_tile(2, 2, kc, x, cols, w, b, y, ldy, k0 == 0, nc); break;
-                case 3: gemm_tile(3, 2, kc, x, cols, w, b, y, ldy, k0 == 0, nc); break;
-                case 4: gemm_tile(4, 1, kc, x, cols, w, b, y, ldy, k0 == 0, nc); break;
-                case 5: gemm_tile(5, 1, kc, x, cols, w, b, y, ldy, k0 == 0, nc); break;
-                default: gemm_tile(MR, 1, kc, x, cols, w, b, y, ldy, k0 == 0, nc); break;
-                }
-            }
-        }
-    }
+    gemm_simd(N, rows, cols, X, Wp, bias, Y, ldy);
 }
 
 /* ---- hashing: 8 keys (i, j..j+7) per step ---- */

@@ -10,88 +10,21 @@
 
 #define AI static inline __attribute__((always_inline))
 
-/* ---- packed GEMM: a 12 x 32 broadcast-FMA register tile (24 zmm accumulators) over 32-row
- * panels, the layout ep_gemm_pack(32, ...) writes */
+/* ---- packed GEMM: gemm_simd.h's 12 x 32 broadcast-FMA register tile (24 zmm accumulators) over
+ * 32-row panels, over simd.h's AVX-512 mapping */
+#define EP_SIMD_AVX512 1
 #define MR 12
-#define NR 32
+#define GEMM_MASKED 1 /* measured: a separate full-panel path made GCC spill the 24 accumulators, 6% slower */
 #define KC 256 /* column block: a 256 x 32 panel slice (32 KB) stays in L1 while the rows of X pass */
-
-/* y[i, 0..nc) (+)= x[i, 0..kc) . panel for i < M; first: y = acc + b (b: NR floats, zero
- * padded), else y += acc. U independent accumulator sets over interleaved columns hide the FMA
- * latency when M is small. */
-AI void gemm_tile(const int M, const int U, int64_t kc, const float *x, int64_t ldx, const float *w,
-                  const float *b, float *y, int64_t ldy, int first, int nc) {
-    __m512 acc[4][MR][2]; /* U <= 4, M <= MR: fixed sizes keep them in registers */
-    for (int u = 0; u < U; u++)
-        for (int i = 0; i < M; i++) acc[u][i][0] = acc[u][i][1] = _mm512_setzero_ps();
-    int64_t k = 0;
-    for (; k + U <= kc; k += U)
-        for (int u = 0; u < U; u++) {
-            const __m512 w0 = _mm512_loadu_ps(w + (k + u) * NR), w1 = _mm512_loadu_ps(w + (k + u) * NR + 16);
-            for (int i = 0; i < M; i++) {
-                const __m512 xv = _mm512_set1_ps(x[i * ldx + k + u]);
-                acc[u][i][0] = _mm512_fmadd_ps(xv, w0, acc[u][i][0]);
-                acc[u][i][1] = _mm512_fmadd_ps(xv, w1, acc[u][i][1]);
-            }
-        }
-    for (; k < kc; k++) {
-        const __m512 w0 = _mm512_loadu_ps(w + k * NR), w1 = _mm512_loadu_ps(w + k * NR + 16);
-        for (int i = 0; i < M; i++) {
-            const __m512 xv = _mm512_set1_ps(x[i * ldx + k]);
-            acc[0][i][0] = _mm512_fmadd_ps(xv, w0, acc[0][i][0]);
-            acc[0][i][1] = _mm512_fmadd_ps(xv, w1, acc[0][i][1]);
-        }
-    }
-    for (int u = 1; u < U; u++)
-        for (int i = 0; i < M; i++) {
-            acc[0][i][0] = _mm512_add_ps(acc[0][i][0], acc[u][i][0]);
-            acc[0][i][1] = _mm512_add_ps(acc[0][i][1], acc[u][i][1]);
-        }
-    const __mmask16 m0 = nc >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nc) - 1u);
-    const __mmask16 m1 = nc >= 32 ? (__mmask16)0xFFFF : nc <= 16 ? 0 : (__mmask16)((1u << (nc - 16)) - 1u);
-    const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
-    for (int i = 0; i < M; i++) {
-        float *yi = y + i * ldy;
-        __m512 v0 = acc[0][i][0], v1 = acc[0][i][1];
-        if (first) {
-            v0 = _mm512_add_ps(v0, b0); v1 = _mm512_add_ps(v1, b1);
-        } else {
-            v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, yi));
-            v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, yi + 16));
-        }
-        _mm512_mask_storeu_ps(yi, m0, v0);
-        _mm512_mask_storeu_ps(yi + 16, m1, v1);
-    }
-}
+#include "gemm_simd.h"
 
 static void gemm_pack_avx512(int64_t rows, int64_t cols, const float *W, float *Wp) {
     ep_gemm_pack_avx2(NR, rows, cols, W, Wp);
 }
 
-#define GEMM_CASE(m, u) case m: gemm_tile(m, u, kc, x, cols, w, b, y, ldy, k0 == 0, nc); break;
-
 static void gemm_avx512(int64_t N, int64_t rows, int64_t cols, const float *X, const float *Wp,
                         const float *bias, float *Y, int64_t ldy) {
-    float b[NR];
-    const int64_t kb = N > MR ? KC : cols; /* one row block of X: stream each panel once, unblocked */
-    for (int64_t k0 = 0; k0 < cols; k0 += kb) {
-        const int64_t kc = cols - k0 < kb ? cols - k0 : kb;
-        for (int64_t r0 = 0; r0 < rows; r0 += NR) {
-            const int nc = (int)(rows - r0 < NR ? rows - r0 : NR);
-            const float *w = Wp + r0 * cols + k0 * NR;
-            for (int j = 0; j < NR; j++) b[j] = bias && j < nc ? bias[r0 + j] : 0.0f;
-            for (int64_t n = 0; n < N; n += MR) {
-                const float *x = X + n * cols + k0;
-                float *y = Y + n * ldy + r0;
-                switch (N - n < MR ? N - n : MR) {
-                    GEMM_CASE(1, 4) GEMM_CASE(2, 2) GEMM_CASE(3, 2) GEMM_CASE(4, 1) GEMM_CASE(5, 1)
-                    GEMM_CASE(6, 1) GEMM_CASE(7, 1) GEMM_CASE(8, 1) GEMM_CASE(9, 1) GEMM_CASE(10, 1)
-                    GEMM_CASE(11, 1) GEMM_CASE(12, 1)
-                default: break;
-                }
-            }
-        }
-    }
+    gemm_simd(N, rows, cols, X, Wp, bias, Y, ldy);
 }
 
 /* XXH32 tail of the keys (i, j..j+15), jp = j * P3 (the head is the per-row constant) */

@@ -67,89 +67,22 @@ static void gemm_dot_neon(int64_t N, int64_t rows, int64_t cols, const float *X,
     }
 }
 
-/* ---- packed GEMM: an MR x 8 broadcast-FMA register tile over 8-row panels (ep_gemm_pack(8)):
- * 6 x 8 (12 accumulators of the 32 registers) on aarch64, 4 x 8 (8 of 16) on ARMv7 */
+/* ---- packed GEMM: gemm_simd.h's MR x 8 broadcast-FMA register tile over 8-row panels
+ * (ep_gemm_pack(8)), over simd.h's NEON mapping: 6 x 8 (12 accumulators of the 32 registers) on
+ * aarch64, 4 x 8 (8 of 16) on ARMv7 */
 #if defined(__aarch64__)
 #define MR 6
 #else
 #define MR 4
 #endif
-#define NR 8
 #define KC 256 /* column block: a 256 x 8 panel slice (8 KB) stays in L1 while the rows of X pass */
-
-/* y[i, 0..nc) (+)= x[i, 0..kc) . panel for i < M; first: y = acc + b (b: NR floats, zero
- * padded), else y += acc. U independent accumulator sets over interleaved columns hide the FMA
- * latency when M is small. */
-AI void gemm_tile(const int M, const int U, int64_t kc, const float *x, int64_t ldx, const float *w,
-                  const float *b, float *y, int64_t ldy, int first, int nc) {
-    float32x4_t acc[4][MR][2]; /* U <= 4, M <= MR: fixed sizes keep them in registers */
-    for (int u = 0; u < U; u++)
-        for (int i = 0; i < M; i++) acc[u][i][0] = acc[u][i][1] = vdupq_n_f32(0.0f);
-    int64_t k = 0;
-    for (; k + U <= kc; k += U)
-        for (int u = 0; u < U; u++) {
-            const float32x4_t w0 = vld1q_f32(w + (k + u) * NR), w1 = vld1q_f32(w + (k + u) * NR + 4);
-            for (int i = 0; i < M; i++) {
-                const float32x4_t xv = vld1q_dup_f32(x + i * ldx + k + u);
-                acc[u][i][0] = FMA(acc[u][i][0], xv, w0);
-                acc[u][i][1] = FMA(acc[u][i][1], xv, w1);
-            }
-        }
-    for (; k < kc; k++) {
-        const float32x4_t w0 = vld1q_f32(w + k * NR), w1 = vld1q_f32(w + k * NR + 4);
-        for (int i = 0; i < M; i++) {
-            const float32x4_t xv = vld1q_dup_f32(x + i * ldx + k);
-            acc[0][i][0] = FMA(acc[0][i][0], xv, w0);
-            acc[0][i][1] = FMA(acc[0][i][1], xv, w1);
-        }
-    }
-    for (int u = 1; u < U; u++)
-        for (int i = 0; i < M; i++) {
-            acc[0][i][0] = vaddq_f32(acc[0][i][0], acc[u][i][0]);
-            acc[0][i][1] = vaddq_f32(acc[0][i][1], acc[u][i][1]);
-        }
-    const float32x4_t b0 = vld1q_f32(b), b1 = vld1q_f32(b + 4);
-    for (int i = 0; i < M; i++) {
-        float *yi = y + i * ldy, t[NR];
-        float32x4_t v0 = acc[0][i][0], v1 = acc[0][i][1];
-        if (first) { v0 = vaddq_f32(v0, b0); v1 = vaddq_f32(v1, b1); }
-        if (nc == NR) {
-            if (!first) { v0 = vaddq_f32(v0, vld1q_f32(yi)); v1 = vaddq_f32(v1, vld1q_f32(yi + 4)); }
-            vst1q_f32(yi, v0); vst1q_f32(yi + 4, v1);
-        } else {
-            vst1q_f32(t, v0); vst1q_f32(t + 4, v1);
-            for (int j = 0; j < nc; j++) yi[j] = first ? t[j] : yi[j] + t[j];
-        }
-    }
-}
+#include "gemm_simd.h"
 
 static void gemm_pack_neon(int64_t rows, int64_t cols, const float *W, float *Wp) { ep_gemm_pack(NR, rows, cols, W, Wp); }
 
-#define GEMM_CASE(m, u) case m: gemm_tile(m, u, kc, x, cols, w, b, y, ldy, k0 == 0, nc); break;
-
 static void gemm_neon(int64_t N, int64_t rows, int64_t cols, const float *X, const float *Wp,
                       const float *bias, float *Y, int64_t ldy) {
-    float b[NR];
-    const int64_t kb = N > MR ? KC : cols; /* one row block of X: stream each panel once, unblocked */
-    for (int64_t k0 = 0; k0 < cols; k0 += kb) {
-        const int64_t kc = cols - k0 < kb ? cols - k0 : kb;
-        for (int64_t r0 = 0; r0 < rows; r0 += NR) {
-            const int nc = (int)(rows - r0 < NR ? rows - r0 : NR);
-            const float *w = Wp + r0 * cols + k0 * NR;
-            for (int j = 0; j < NR; j++) b[j] = bias && j < nc ? bias[r0 + j] : 0.0f;
-            for (int64_t n = 0; n < N; n += MR) {
-                const float *x = X + n * cols + k0;
-                float *y = Y + n * ldy + r0;
-                switch (N - n < MR ? N - n : MR) {
-                    GEMM_CASE(1, 4) GEMM_CASE(2, 2) GEMM_CASE(3, 2) GEMM_CASE(4, 1)
-#if MR > 4
-                    GEMM_CASE(5, 1) GEMM_CASE(6, 1)
-#endif
-                default: break;
-                }
-            }
-        }
-    }
+    gemm_simd(N, rows, cols, X, Wp, bias, Y, ldy);
 }
 
 AI uint32x4_t rotl17(uint32x4_t x) { return vsriq_n_u32(vshlq_n_u32(x, 17), x, 15); }

@@ -1,13 +1,43 @@
 /* A few vector operations per ISA (in the style of ggml's simd-mappings), so that the FFT
- * micro-kernels in fft_simd.h are written once: AVX2 + FMA (8 floats) or NEON (4 floats, aarch64
- * or ARMv7). Include after the ISA's intrinsics header, in a file compiled for that ISA.
+ * micro-kernels in fft_simd.h and the packed GEMM in gemm_simd.h are written once: AVX2 + FMA
+ * (8 floats) or NEON (4 floats, aarch64 or ARMv7); AVX-512 (16 floats, real operations only, for
+ * gemm_simd.h) when the including file defines EP_SIMD_AVX512. Include after the ISA's
+ * intrinsics header, in a file compiled for that ISA.
  * Complex values are interleaved (re, im): a vector holds EP_VC of them. */
 #ifndef EDGEPACK_SIMD_H
 #define EDGEPACK_SIMD_H
 
+#include <string.h>
+
 #define EP_SI static inline __attribute__((always_inline))
 
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(EP_SIMD_AVX512)
+#if !defined(__AVX512F__) || !defined(__FMA__)
+#error "simd.h: EP_SIMD_AVX512 needs a file compiled with -mavx512f -mfma"
+#endif
+#include <immintrin.h>
+#define EP_VL 16
+#define EP_SIMD_REAL_ONLY 1 /* no complex operations in this mapping */
+typedef __m512 ep_v;
+
+EP_SI ep_v ep_vld(const float *p) { return _mm512_loadu_ps(p); }
+EP_SI void ep_vst(float *p, ep_v v) { _mm512_storeu_ps(p, v); }
+EP_SI ep_v ep_vset1(float x) { return _mm512_set1_ps(x); }
+EP_SI ep_v ep_vadd(ep_v a, ep_v b) { return _mm512_add_ps(a, b); }
+EP_SI ep_v ep_vsub(ep_v a, ep_v b) { return _mm512_sub_ps(a, b); }
+EP_SI ep_v ep_vmul(ep_v a, ep_v b) { return _mm512_mul_ps(a, b); }
+EP_SI ep_v ep_vfma(ep_v acc, ep_v a, ep_v b) { return _mm512_fmadd_ps(a, b, acc); }
+/* *p in every lane */
+EP_SI ep_v ep_vbcast(const float *p) { return _mm512_set1_ps(*p); }
+/* the first n lanes (0 <= n <= EP_VL), prepared once for ep_vld_n / ep_vst_n */
+typedef __mmask16 ep_vtail;
+EP_SI ep_vtail ep_vtail_of(int n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1u); }
+/* the tail's lanes from p, the others 0; lanes past the tail are not read */
+EP_SI ep_v ep_vld_n(const float *p, ep_vtail t) { return _mm512_maskz_loadu_ps(t, p); }
+/* the tail's lanes of v to p; lanes past the tail are not written */
+EP_SI void ep_vst_n(float *p, ep_v v, ep_vtail t) { _mm512_mask_storeu_ps(p, t, v); }
+
+#elif defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define EP_VL 8
 typedef __m256 ep_v;
@@ -20,6 +50,11 @@ EP_SI ep_v ep_vsub(ep_v a, ep_v b) { return _mm256_sub_ps(a, b); }
 EP_SI ep_v ep_vmul(ep_v a, ep_v b) { return _mm256_mul_ps(a, b); }
 /* acc + a * b */
 EP_SI ep_v ep_vfma(ep_v acc, ep_v a, ep_v b) { return _mm256_fmadd_ps(a, b, acc); }
+EP_SI ep_v ep_vbcast(const float *p) { return _mm256_broadcast_ss(p); }
+typedef __m256i ep_vtail;
+EP_SI ep_vtail ep_vtail_of(int n) { return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)); }
+EP_SI ep_v ep_vld_n(const float *p, ep_vtail t) { return _mm256_maskload_ps(p, t); }
+EP_SI void ep_vst_n(float *p, ep_v v, ep_vtail t) { _mm256_maskstore_ps(p, t, v); }
 
 /* (re, im) -> (im, re) in every complex lane */
 EP_SI ep_v ep_vswap(ep_v v) { return _mm256_permute_ps(v, 0xB1); }
@@ -94,6 +129,19 @@ EP_SI ep_v ep_vfma(ep_v acc, ep_v a, ep_v b) { return vfmaq_f32(acc, a, b); }
 #else /* ARMv7 without VFPv4: multiply then add */
 EP_SI ep_v ep_vfma(ep_v acc, ep_v a, ep_v b) { return vmlaq_f32(acc, a, b); }
 #endif
+EP_SI ep_v ep_vbcast(const float *p) { return vld1q_dup_f32(p); }
+typedef int ep_vtail; /* the lane count */
+EP_SI ep_vtail ep_vtail_of(int n) { return n; }
+EP_SI ep_v ep_vld_n(const float *p, ep_vtail n) {
+    float t[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    memcpy(t, p, sizeof(float) * (size_t)n);
+    return vld1q_f32(t);
+}
+EP_SI void ep_vst_n(float *p, ep_v v, ep_vtail n) {
+    float t[4];
+    vst1q_f32(t, v);
+    memcpy(p, t, sizeof(float) * (size_t)n);
+}
 
 EP_SI ep_v ep_vswap(ep_v v) { return vrev64q_f32(v); }
 EP_SI ep_v ep_vcrev(ep_v v) { return vextq_f32(v, v, 2); }
@@ -155,7 +203,9 @@ EP_SI void ep_vst_ct4(float *o, ep_v y0, ep_v y1, ep_v y2, ep_v y3) {
 
 #define EP_VC (EP_VL / 2) /* complex values per vector */
 
+#if !defined(EP_SIMD_REAL_ONLY)
 /* acc + v * w lane by lane (complex), w from ep_vtw_acc_of: two multiply-adds */
 EP_SI ep_v ep_vcmac(ep_v acc, ep_v v, ep_vtw w) { return ep_vfma(ep_vfma(acc, v, w.r), ep_vswap(v), w.i); }
+#endif
 
 #endif
