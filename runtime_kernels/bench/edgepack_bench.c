@@ -342,23 +342,24 @@ static void bench_shape(const opts_t *o, int64_t n, int64_t N, int do_fft, const
     free(c.X); free(c.bias); free(c.W); free(c.G); free(c.H); free(c.buckets); free(cur.Y); free(base.Y);
 }
 
-/* dlopen the baseline library (a bare file name is taken relative to the working directory, not
- * searched for) and resolve every BENCH_API symbol; exit 2 naming the path or symbol otherwise. */
-static void *load_baseline(const char *path, api_t *api) {
+/* dlopen a kernels library for option flag (a bare file name is taken relative to the working
+ * directory, not searched for) and resolve every BENCH_API symbol; exit 2 naming the path or
+ * symbol otherwise. */
+static void *load_library(const char *flag, const char *path, api_t *api) {
     char buf[4096];
     snprintf(buf, sizeof buf, "%s%s", strchr(path, '/') ? "" : "./", path);
     void *h = dlopen(buf, RTLD_NOW | RTLD_LOCAL);
     if (!h) {
         const char *why = dlerror();
-        fprintf(stderr, "edgepack-bench: --baseline %s: cannot load it: %s\n", path, why ? why : "unknown error");
+        fprintf(stderr, "edgepack-bench: %s %s: cannot load it: %s\n", flag, path, why ? why : "unknown error");
         exit(2);
     }
 #define API_RESOLVE(ret, name, args)                                                                        \
     {                                                                                                       \
         void *sym = dlsym(h, #name);                                                                        \
         if (!sym) {                                                                                         \
-            fprintf(stderr, "edgepack-bench: --baseline %s has no symbol %s: not a libedgepack_kernels "   \
-                            "shared library (or one older than this bench)\n", path, #name);                \
+            fprintf(stderr, "edgepack-bench: %s %s has no symbol %s: not a libedgepack_kernels "           \
+                            "shared library (or one older than this bench)\n", flag, path, #name);          \
             exit(2);                                                                                        \
         }                                                                                                   \
         memcpy(&api->name, &sym, sizeof sym);                                                               \
@@ -386,18 +387,21 @@ static void usage(void) {
             "usage: edgepack-bench kernels [--sizes 256,1024,4096] [--batch 1,8] [--threads 1] [--json | --markdown]\n"
             "                              [--num_runs 20] [--warmup_runs 3] [--min_time_ms 100] [--block 64]\n"
             "                              [--rank 2] [--ratio 8] [--variant auto|ref|avx2|avx512|neon]\n"
-            "                              [--baseline LIB [--rounds 11] [--tolerance 1e-3] [--baseline_variant V]]\n"
+            "                              [--baseline LIB [--current LIB] [--rounds 11] [--tolerance 1e-3]\n"
+            "                              [--baseline_variant V]]\n"
             "  sizes must be powers of two >= 4 (square n x n layers)\n"
             "  --baseline: also run every kernel from the shared library LIB (dlopen'ed); outputs must agree\n"
             "  within tolerance x max(1, max|y|) (else exit 3); timed in interleaved rounds of blocks of\n"
-            "  about min_time_ms/rounds per side; reports both medians and the ratio current/baseline\n");
+            "  about min_time_ms/rounds per side; reports both medians and the ratio current/baseline\n"
+            "  --current: take the current side from the shared library LIB too (both sides dlopen'ed:\n"
+            "  the same code placement, no linked-vs-shared offset)\n");
 }
 
 int main(int argc, char **argv) {
     opts_t o = {20, 3, 64, 2, 8, 0, 0, 1, 11, 0.1, 1e-3};
     int64_t sizes[32] = {256, 1024, 4096}, batch[32] = {1, 8};
     int ns = 3, nbt = 2;
-    const char *baseline = NULL, *variant = NULL, *baseline_variant = NULL;
+    const char *baseline = NULL, *current = NULL, *variant = NULL, *baseline_variant = NULL;
     if (argc < 2 || strcmp(argv[1], "kernels") != 0) { usage(); return 2; }
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -415,6 +419,7 @@ int main(int argc, char **argv) {
         else if (ARG("--ratio")) o.ratio = atoi(v);
         else if (ARG("--variant")) variant = v;
         else if (ARG("--baseline")) baseline = v;
+        else if (ARG("--current")) current = v;
         else if (ARG("--baseline_variant")) baseline_variant = v;
         else if (ARG("--rounds")) o.rounds = atoi(v);
         else if (ARG("--tolerance")) o.tolerance = atof(v);
@@ -423,14 +428,18 @@ int main(int argc, char **argv) {
     }
     if (o.runs < 1 || o.warmup < 0 || o.block < 4 || o.rank < 1 || o.ratio < 1 || o.rounds < 1 ||
         !(o.tolerance >= 0) || !(o.min_time_s >= 0) || (o.json && o.markdown)) { usage(); return 2; }
-    if (baseline_variant && !baseline) { fprintf(stderr, "edgepack-bench: --baseline_variant needs --baseline\n"); return 2; }
+    if ((baseline_variant || current) && !baseline) {
+        fprintf(stderr, "edgepack-bench: --%s needs --baseline\n", current ? "current" : "baseline_variant");
+        return 2;
+    }
     for (int i = 0; i < ns; i++)
         if (sizes[i] < 4 || (sizes[i] & (sizes[i] - 1))) { fprintf(stderr, "edgepack-bench: size %lld is not a power of two >= 4\n", (long long)sizes[i]); return 2; }
     if (o.threads != 1) fprintf(stderr, "edgepack-bench: kernels are single-threaded; --threads %d ignored\n", o.threads);
 
-    api_t base_api;
-    void *handle = baseline ? load_baseline(baseline, &base_api) : NULL;
-    if (variant && ep_set_variant(variant) != EP_OK) { fprintf(stderr, "%s\n", ep_last_error()); return 2; }
+    api_t base_api, cur = g_linked;
+    void *handle = baseline ? load_library("--baseline", baseline, &base_api) : NULL;
+    void *cur_handle = current ? load_library("--current", current, &cur) : NULL;
+    if (variant && cur.ep_set_variant(variant) != EP_OK) { fprintf(stderr, "%s\n", cur.ep_last_error()); return 2; }
     if (handle && (baseline_variant || variant) && base_api.ep_set_variant(baseline_variant ? baseline_variant : variant) != EP_OK) {
         fprintf(stderr, "edgepack-bench: --baseline %s: %s\n", baseline, base_api.ep_last_error());
         return 2;
@@ -438,7 +447,7 @@ int main(int argc, char **argv) {
 
     if (o.json) {
         printf("{\"tool\": \"edgepack-bench\", \"mode\": \"kernels\", \"version\": \"%s\", \"variant\": \"%s\", "
-               "\"threads\": 1, \"time_unit\": \"us\", ", ep_version(), ep_variant());
+               "\"threads\": 1, \"time_unit\": \"us\", ", cur.ep_version(), cur.ep_variant());
         if (handle) {
             printf("\"baseline\": {\"path\": ");
             json_str(baseline);
@@ -450,11 +459,12 @@ int main(int argc, char **argv) {
         }
         printf("\"results\": [\n");
     } else if (handle) {
-        printf("%scurrent: this build (linked), version %s, variant %s; baseline: %s, version %s, variant %s.\n"
+        printf("%scurrent: %s, version %s, variant %s; baseline: %s, version %s, variant %s.\n"
                "%s%d interleaved rounds per kernel (each round: a block of calls on one side then the other, order "
                "alternating), median per side; ratio = current/baseline (<1: current faster); IQR: quartiles of "
                "the per-round ratios.\n",
-               o.markdown ? "" : "# ", ep_version(), ep_variant(), baseline, base_api.ep_version(),
+               o.markdown ? "" : "# ", current ? current : "this build (linked)", cur.ep_version(), cur.ep_variant(),
+               baseline, base_api.ep_version(),
                base_api.ep_variant(), o.markdown ? "" : "# ", o.rounds);
         if (o.markdown)
             printf("\n| kernel | params | n | batch | current (us) | baseline (us) | current/baseline | "
@@ -465,8 +475,9 @@ int main(int argc, char **argv) {
     }
     fflush(stdout);
     for (int i = 0; i < ns; i++)
-        for (int j = 0; j < nbt; j++) bench_shape(&o, sizes[i], batch[j], j == 0, &g_linked, handle ? &base_api : NULL);
+        for (int j = 0; j < nbt; j++) bench_shape(&o, sizes[i], batch[j], j == 0, &cur, handle ? &base_api : NULL);
     if (o.json) printf("\n]}\n");
     if (handle) dlclose(handle);
+    if (cur_handle) dlclose(cur_handle);
     return 0;
 }

@@ -38,7 +38,9 @@ done
 echo "bench_before_after: building the current tree (make kernels)" >&2
 make -C "$ROOT" kernels >/dev/null
 BENCH=$("$PY" -c 'from edgepack.runtime_kernels.artifacts import find_artifact; print(find_artifact("edgepack-bench"))')
+# both sides dlopen'ed, so code placement is the same (a linked-vs-shared control run showed 0.96-1.16)
+CURRENT=$("$PY" -c 'from edgepack.runtime_kernels.artifacts import find_artifact; print(find_artifact("libedgepack_kernels.so"))')
 CPU=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo 2>/dev/null | head -n 1 || true)
 echo "machine: $(uname -sm), ${CPU:-unknown CPU}, $(nproc 2>/dev/null || echo '?') cores, load average $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo '?')"
-echo "bench_before_after: $BENCH kernels --baseline runtime_kernels/$LIB $*" >&2
-exec "$BENCH" kernels --baseline "$PWD/$LIB" "$@"
+echo "bench_before_after: $BENCH kernels --baseline runtime_kernels/$LIB --current $CURRENT $*" >&2
+exec "$BENCH" kernels --baseline "$PWD/$LIB" --current "$CURRENT" "$@"

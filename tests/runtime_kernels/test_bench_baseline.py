@@ -72,6 +72,20 @@ def test_the_current_library_as_baseline_gives_equal_outputs_and_finite_ratios()
         assert math.isfinite(high) and 0 < low <= high, r
 
 
+def test_current_from_a_library_too_gives_equal_outputs():
+    """--current dlopens the current side as well (same code placement on both sides)."""
+    out = bench("--baseline", library(), "--current", library(), "--json", *TINY)
+    assert out.returncode == 0, out.stderr
+    results = json.loads(out.stdout)["results"]
+    assert results and all(r["max_abs_diff"] == 0.0 for r in results)
+
+
+def test_a_missing_current_library_exits_2_naming_it(tmp_path):
+    path = tmp_path / "libnone.so"
+    out = bench("--baseline", library(), "--current", str(path), *TINY)
+    assert out.returncode == 2 and "--current" in out.stderr and str(path) in out.stderr
+
+
 def test_plain_and_markdown_output_name_both_sides():
     plain = bench("--baseline", library(), "--sizes", "16", "--batch", "1", "--rounds", "2", "--min_time_ms", "1")
     assert plain.returncode == 0, plain.stderr
@@ -137,7 +151,8 @@ def test_a_library_without_the_kernel_symbols_exits_2_naming_the_symbol():
     assert out.returncode == 2 and ort in out.stderr and "has no symbol ep_" in out.stderr
 
 
-@pytest.mark.parametrize("args", [["--baseline_variant", "ref"], ["--baseline", "x.so", "--rounds", "0"],
+@pytest.mark.parametrize("args", [["--baseline_variant", "ref"], ["--current", "x.so"],
+                                  ["--baseline", "x.so", "--rounds", "0"],
                                   ["--baseline", "x.so", "--json", "--markdown"]])
 def test_bad_option_combinations_exit_2(args):
     assert bench(*args).returncode == 2
