@@ -183,9 +183,20 @@ class Body:
         return helper.make_graph(self.nodes, name,
                                  [helper.make_tensor_value_info(n, t, []) for n, t in inputs], outputs)
 
-    def linear(self, x: str, weight: str, bias: str) -> str:
-        """x[..., in] · weight[out, in]ᵀ + bias."""
-        return self.op("Add", self.op("MatMul", x, self.op("Transpose", weight, perm=[1, 0])), bias)
+
+    def epilogue(self, product: str, scaled: bool) -> str:
+        """activation(product·scale + bias) (docs/ops.md): ``scaled`` reads the optional ``scale``
+        input (a body cannot test whether it is present: the exporter attaches this variant when a
+        node of the op has one, and gives every node of the op a scale then). The ``activation``
+        attribute (0 none, 1 ReLU, 2 ReLU6) without branches: Clip(y, lo, hi), lo = 0 when
+        activation ≥ 1 (else −inf), hi = 6 when it is 2 (else +inf)."""
+        y = self.op("Add", self.op("Mul", product, "scale") if scaled else product, "bias")
+        activation = self.attribute("activation", AttributeProto.INT)
+        inf = self.const(np.inf, np.float32)
+        lo = self.op("Where", self.op("Greater", activation, self.const(0)), self.const(0.0, np.float32),
+                     self.op("Neg", inf))
+        hi = self.op("Where", self.op("Equal", activation, self.const(2)), self.const(6.0, np.float32), inf)
+        return self.op("Clip", y, lo, hi)
 
     def pad_last(self, x: str, size: str) -> str:
         """Zero-pad the last axis of x to ``size``."""
@@ -206,13 +217,14 @@ class Body:
         return self.op("Mod", self.op("Add", difference, n), n)
 
 
-def _function(name: str, body: Body, output: str) -> onnx.FunctionProto:
-    """The FunctionProto of op ``name``: the spec's inputs; its required attributes, and the
-    optional ones with their defaults (IR >= 9), so a node may leave them out."""
+def _function(name: str, body: Body, output: str, scaled: bool = False) -> onnx.FunctionProto:
+    """The FunctionProto of op ``name``: the spec's inputs (the ``folded`` ones only when ``scaled``:
+    onnx's ReferenceEvaluator wants a node to give every input its function declares); its required
+    attributes, and the optional ones with their defaults (IR >= 9), so a node may leave them out."""
     op = OPS[name]
     body.nodes.append(helper.make_node("Identity", [output], ["Y"]))
     function = helper.make_function(
-        DOMAIN, name, op.input_names, ["Y"], body.nodes,
+        DOMAIN, name, [i.name for i in op.inputs if scaled or not i.folded], ["Y"], body.nodes,
         [helper.make_opsetid("", STANDARD_OPSET)], attributes=[a.name for a in op.attributes if a.required])
     function.attribute_proto.extend(helper.make_attribute(k, v) for k, v in op.defaults.items())
     return function
@@ -229,19 +241,19 @@ def hashed_weight_function(fold_limit: int = FOLD_LIMIT) -> onnx.FunctionProto:
     return _function("HashedWeight", body, body.op("Reshape", flat, shape))
 
 
-def hashed_matmul_function(fold_limit: int = FOLD_LIMIT) -> onnx.FunctionProto:
-    """HashedMatMul(X, buckets, recon, bias) → X · Vᵀ + bias."""
+def hashed_matmul_function(fold_limit: int = FOLD_LIMIT, scaled: bool = False) -> onnx.FunctionProto:
+    """HashedMatMul(X, buckets, recon, bias[, scale]) → activation(X · Vᵀ [· scale] + bias)."""
     body = Body()
     rows = body.attribute("out_features", AttributeProto.INT)
     cols = body.attribute("in_features", AttributeProto.INT)
     flat = body.decode_hashed("buckets", "recon", rows, cols, fold_limit)
     weight = body.op("Reshape", flat, body.op("Concat", body.op("Reshape", rows, body.const([1])),
                                               body.op("Reshape", cols, body.const([1])), axis=0))
-    y = body.linear("X", weight, "bias")
-    return _function("HashedMatMul", body, y)
+    product = body.op("MatMul", "X", body.op("Transpose", weight, perm=[1, 0]))
+    return _function("HashedMatMul", body, body.epilogue(product, scaled), scaled)
 
 
-def circulant_matmul_function() -> onnx.FunctionProto:
+def circulant_matmul_function(scaled: bool = False) -> onnx.FunctionProto:
     """CirculantMatMul(X, blocks[p, q, b], bias): the blocks expanded by Gather, then MatMul."""
     body = Body()
     out_features = body.attribute("out_features", AttributeProto.INT)
@@ -254,10 +266,10 @@ def circulant_matmul_function() -> onnx.FunctionProto:
     y = body.op("MatMul", x, body.op("Transpose", full, perm=[1, 0]))
     y = body.op("Slice", y, body.const([0]), body.op("Reshape", out_features, body.const([1])),
                 body.const([-1]))
-    return _function("CirculantMatMul", body, body.op("Add", y, "bias"))
+    return _function("CirculantMatMul", body, body.epilogue(y, scaled), scaled)
 
 
-def ldr_matmul_function() -> onnx.FunctionProto:
+def ldr_matmul_function(scaled: bool = False) -> onnx.FunctionProto:
     """LDRMatMul(X, G[r, n], H[r, n], bias): W = Σᵢ Z₁(gᵢ)·Z₋₁(hᵢ) expanded by Gather, then MatMul."""
     body = Body()
     out_features = body.attribute("out_features", AttributeProto.INT)
@@ -275,7 +287,7 @@ def ldr_matmul_function() -> onnx.FunctionProto:
     y = body.op("MatMul", x, body.op("Transpose", full, perm=[1, 0]))
     y = body.op("Slice", y, body.const([0]), body.op("Reshape", out_features, body.const([1])),
                 body.const([-1]))
-    return _function("LDRMatMul", body, body.op("Add", y, "bias"))
+    return _function("LDRMatMul", body, body.epilogue(y, scaled), scaled)
 
 
 FUNCTIONS = {
@@ -286,9 +298,12 @@ FUNCTIONS = {
 }
 
 
-def fallback_function(name: str, fold_limit: int = FOLD_LIMIT) -> onnx.FunctionProto:
+def fallback_function(name: str, fold_limit: int = FOLD_LIMIT, scaled: bool = False) -> onnx.FunctionProto:
     """The fallback FunctionProto of op ``name``; hashed decodes up to ``fold_limit`` virtual
-    weights × hashes are folded by ORT at session build (dense speed, ~350 bytes per weight then)."""
-    if name in ("HashedWeight", "HashedMatMul"):
+    weights × hashes are folded by ORT at session build (dense speed, ~350 bytes per weight then).
+    ``scaled``: the compute ops' variant that reads the ``scale`` input (every node must give one)."""
+    if name == "HashedWeight":
         return FUNCTIONS[name](fold_limit)
-    return FUNCTIONS[name]()
+    if name == "HashedMatMul":
+        return FUNCTIONS[name](fold_limit, scaled)
+    return FUNCTIONS[name](scaled)

@@ -21,9 +21,11 @@ from torch import nn
 
 from edgepack.compression import CirculantLinear, HashedConv2d, HashedLinear, LDRLinear
 from edgepack.errors import EdgepackError
+from edgepack.runtime_kernels.op_spec import OPS
 
 from . import torch_ops
 from .fallbacks import DOMAIN, FOLD_LIMIT, FUNCTIONS, STANDARD_OPSET, fallback_function
+from .passes import fuse_epilogues
 from .validate import check_onnx_model
 
 MODES = ("kernels", "portable")
@@ -79,8 +81,8 @@ class LoweredHashedLinear(nn.Module):
         out_features, in_features = self.shape
         if self.mode == "kernels":
             return torch.ops.edgepack.hashed_matmul(
-                x, self.buckets, self.recon, self.bias, in_features, out_features,
-                self.hash["num_hashes"], self.hash["seed"], self.hash["signed"], self.stream)
+                x, self.buckets, self.recon, self.bias, None, in_features, out_features,
+                self.hash["num_hashes"], self.hash["seed"], self.hash["signed"], self.stream, 0)
         weight = torch.ops.edgepack.hashed_weight(self.buckets, self.recon, self.shape, **self.hash)
         return F.linear(x, weight, self.bias)
 
@@ -122,7 +124,7 @@ class LoweredCirculantLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_signs is not None:
             x = x * self.input_signs
-        return torch.ops.edgepack.circulant_matmul(x, self.blocks, self.bias, *self.sizes)
+        return torch.ops.edgepack.circulant_matmul(x, self.blocks, self.bias, None, *self.sizes, 0)
 
 
 @lowers(LDRLinear)
@@ -137,7 +139,7 @@ class LoweredLDRLinear(nn.Module):
         self.sizes = (layer.in_features, layer.out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.edgepack.ldr_matmul(x, self.G, self.H, self.bias, *self.sizes)
+        return torch.ops.edgepack.ldr_matmul(x, self.G, self.H, self.bias, None, *self.sizes, 0)
 
 
 def lower(model: nn.Module, mode: str = "kernels", stream: bool = False) -> nn.Module:
@@ -170,6 +172,13 @@ def _name_nodes_after_layers(model: onnx.ModelProto) -> None:
                 taken.add(name)
 
 
+def _scaled(model: onnx.ModelProto, name: str) -> bool:
+    """Whether a node of op ``name`` has a ``scale`` input (a folded epilogue, exporter/passes.py)."""
+    names = OPS[name].input_names
+    return "scale" in names and any(node.op_type == name and node.domain == DOMAIN
+                                    and dict(zip(names, node.input)).get("scale") for node in model.graph.node)
+
+
 def _attach_functions(model: onnx.ModelProto, mode: str, fold_limit: int) -> onnx.ModelProto:
     """Add one fallback FunctionProto per ai.edgepack op used; inline compute ops if portable."""
     _name_nodes_after_layers(model)
@@ -177,7 +186,7 @@ def _attach_functions(model: onnx.ModelProto, mode: str, fold_limit: int) -> onn
     unknown = set(used) - set(FUNCTIONS)
     if unknown:
         raise ExportError(f"exported graph has ai.edgepack ops without a fallback: {sorted(unknown)}")
-    model.functions.extend(fallback_function(name, fold_limit) for name in used)
+    model.functions.extend(fallback_function(name, fold_limit, scaled=_scaled(model, name)) for name in used)
     if mode == "portable":
         inline = [(DOMAIN, name) for name in used if name != "HashedWeight"]
         if inline:
@@ -255,7 +264,7 @@ def export_onnx(model: nn.Module, example_inputs, path: str | Path, mode: str = 
             text = " ".join(str(error).split())[:600]
             raise ExportError(f"torch.onnx.export failed for {type(model).__name__}: "
                               f"{type(error).__name__}: {text}") from error
-    proto = _attach_functions(program.model_proto, mode, fallback_fold_limit)
+    proto = _attach_functions(fuse_epilogues(program.model_proto), mode, fallback_fold_limit)
     onnx.checker.check_model(proto, full_check=True)
     check_onnx_model(proto, f"export to {path}")
     path = Path(path)

@@ -1,8 +1,10 @@
 """ONNX→ONNX passes that run before the TFLite conversion: each rewrites the graph into a form the
 converter lowers to fewer, cheaper TFLite ops, and returns a new model (its input is untouched).
 
-``run_passes`` applies them in order: BatchNorm folding into the convolution before it, then 1×1
-convolutions of hashed weights as HashedMatMul over the channels (no decoded filter).
+``run_passes`` applies them in order: BatchNorm folding into the convolution before it, 1×1
+convolutions of hashed weights as HashedMatMul over the channels (no decoded filter), then the
+epilogues (per-channel Mul / Add / BatchNorm, Relu / Clip(0, 6)) folded into the ai.edgepack
+compute op before them (``fuse_epilogues``; the ONNX export runs it too).
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgepack.runtime_kernels.op_spec import DOMAIN
+from edgepack.runtime_kernels.op_spec import DOMAIN, OPS
 
-from .fallbacks import FUNCTIONS
+from .fallbacks import FUNCTIONS, fallback_function
 
 TO_NHWC, TO_NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
 
@@ -127,7 +129,185 @@ def fuse_hashed_pointwise_convs(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-PASSES = (fold_batch_norms, fuse_hashed_pointwise_convs)
+EPILOGUE_OPS = ("HashedMatMul", "CirculantMatMul", "LDRMatMul")
+
+
+def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    """Every initializer and Constant node output of ``graph``, as arrays."""
+    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output and node.attribute and node.attribute[0].name == "value":
+            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return values
+
+
+def _channels(value: np.ndarray | None, out: int, rank: int | None) -> np.ndarray | None:
+    """``value`` as a float32 [out] vector when it broadcasts along the last axis only, without
+    growing the rank of a rank-``rank`` tensor (a scalar, [out], [1, …, 1, out]); else None."""
+    if value is None or not np.issubdtype(value.dtype, np.floating):
+        return None
+    if value.ndim > 1 and (rank is None or value.ndim > rank):
+        return None
+    if value.size == 1:
+        return np.full(out, value.reshape(()), np.float32)
+    if value.size == out and value.shape[-1] == out:
+        return value.reshape(out).astype(np.float32)
+    return None
+
+
+def _rank(graph: onnx.GraphProto, name: str) -> int | None:
+    """The rank the exporter recorded for value ``name`` (value_info / outputs), or None."""
+    for info in [*graph.value_info, *graph.output, *graph.input]:
+        if info.name == name and info.type.tensor_type.HasField("shape"):
+            return len(info.type.tensor_type.shape.dim)
+    return None
+
+
+def _step(node: onnx.NodeProto, y: str, constants: dict, out: int, rank: int | None, opset: int):
+    """What ``node`` (the only reader of ``y``) does to y as an epilogue step: ("affine", scale,
+    shift) for y·scale + shift, ("activation", 1 or 2), or None when it cannot be folded."""
+    others = [n for n in node.input if n != y]
+    if node.op_type in ("Add", "Mul", "Sub") and len(node.input) == 2 and len(others) == 1:
+        c = _channels(constants.get(others[0]), out, rank)
+        if c is None or (node.op_type == "Sub" and node.input[0] != y):
+            return None
+        ones, zeros = np.ones(out, np.float32), np.zeros(out, np.float32)
+        return {"Add": ("affine", ones, c), "Sub": ("affine", ones, -c), "Mul": ("affine", c, zeros)}[node.op_type]
+    if node.op_type == "BatchNormalization" and node.input[0] == y and rank == 2:
+        params = [_channels(constants.get(n), out, 1) for n in node.input[1:5]]
+        flags = {a.name: a.i for a in node.attribute if a.name in ("training_mode", "is_test")}
+        if (any(p is None for p in params) or any(node.output[1:]) or flags.get("training_mode", 0)
+                or (opset < 7 and not flags.get("is_test", 0))):
+            return None
+        gamma, beta, mean, var = params
+        epsilon = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
+        scale = (gamma / np.sqrt(var + epsilon)).astype(np.float32)
+        return "affine", scale, (beta - mean * scale).astype(np.float32)
+    if node.op_type == "Relu":
+        return "activation", 1
+    if node.op_type == "Clip":
+        if opset < 11:
+            bounds = [next((a.f for a in node.attribute if a.name == k), None) for k in ("min", "max")]
+        else:
+            bounds = [constants.get(n) if n else None for n in (list(node.input[1:]) + ["", ""])[:2]]
+            if any(n and n not in constants for n in node.input[1:3]):
+                return None
+        lo, hi = (None if b is None else float(np.asarray(b).reshape(())) for b in bounds)
+        if lo == 0.0 and hi == 6.0:
+            return "activation", 2
+        if lo == 0.0 and (hi is None or hi == np.inf):
+            return "activation", 1
+    return None
+
+
+def _names_read(graph: onnx.GraphProto) -> set[str]:
+    """Every value name a node of ``graph`` or of its subgraphs reads, and the graph outputs."""
+    names = {o.name for o in graph.output}
+    for node in graph.node:
+        names.update(node.input)
+        for attribute in node.attribute:
+            for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                names |= _names_read(sub)
+    return names
+
+
+def fuse_epilogues(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Fold what follows each ai.edgepack compute node into it (its ``scale`` and ``bias`` inputs and
+    ``activation`` attribute, docs/ops.md): Mul / Add / Sub by a per-channel constant,
+    BatchNormalization (inference, 2-D) and then Relu or Clip(0, 6), each only when its input has
+    no other reader. Expand-mode HashedMatMul is left alone: it is decoded at load into MatMul + Add
+    (runtime_kernels/decode_onnx.py, decode_tflite.py), where the runtime fuses the epilogue itself.
+    When one node of an op gets a ``scale``, every node of that op gets one (ones), since the
+    fallback function cannot test for an absent input; that op's fallback then reads it."""
+    model = _copy(model)
+    graph, opset = model.graph, _opset(model)
+    constants, readers = _constants(graph), _readers(graph)
+    consumers: dict[str, onnx.NodeProto] = {n: node for node in graph.node for n in node.input}
+    removed: set[int] = set()
+    added: list[onnx.TensorProto] = []
+    dropped: set[str] = set()
+    for node in graph.node:
+        if node.domain != DOMAIN or node.op_type not in EPILOGUE_OPS:
+            continue
+        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if attributes.get("activation", 0) or (node.op_type == "HashedMatMul" and attributes.get("mode", 0) == 0):
+            continue
+        names = OPS[node.op_type].input_names
+        given = dict(zip(names, node.input))
+        out = attributes["out_features"]
+        if any(given.get(k) and given[k] not in constants for k in ("bias", "scale")):
+            continue
+        bias = constants[given["bias"]].astype(np.float32) if given.get("bias") else np.zeros(out, np.float32)
+        scale = constants[given["scale"]].astype(np.float32) if given.get("scale") else None
+        activation, affine, y, folded = 0, False, node.output[0], []
+        rank = _rank(graph, y)  # every step folded keeps y's shape
+        while activation == 0 and readers.get(y) == 1 and y in consumers:
+            step = _step(consumers[y], y, constants, out, rank, opset)
+            if step is None:
+                break
+            if step[0] == "affine":
+                scale = step[1] if scale is None else scale * step[1]
+                bias, affine = bias * step[1] + step[2], True
+            else:
+                activation = step[1]
+            folded.append(consumers[y])
+            y = consumers[y].output[0]
+        if not folded:
+            continue
+        inputs = (list(node.input) + [""] * len(names))[:len(names)]
+        label = node.name or node.output[0]
+        for key, value in (("bias", bias), ("scale", scale)) if affine else ():
+            if value is not None:
+                added.append(numpy_helper.from_array(value.astype(np.float32), f"{label}_fused_{key}"))
+                inputs[names.index(key)] = added[-1].name
+        while inputs and not inputs[-1]:
+            inputs.pop()
+        dropped.update(n for n in node.input if n not in inputs)
+        dropped.update(n for f in folded for n in f.input)
+        del node.input[:]
+        node.input.extend(inputs)
+        kept = [a for a in node.attribute if a.name != "activation"]  # written even when 0:
+        del node.attribute[:]  # onnx's ReferenceEvaluator ignores a function's attribute defaults
+        node.attribute.extend([*kept, helper.make_attribute("activation", activation)])
+        node.output[0] = y
+        removed.update(id(n) for n in folded)
+    if not removed:
+        return model
+    graph.initializer.extend(added)
+    kept = [n for n in graph.node if id(n) not in removed]
+    del graph.node[:]
+    graph.node.extend(kept)
+    read = _names_read(graph)
+    unused = [t for t in graph.initializer if t.name in dropped and t.name not in read]
+    for tensor in unused:
+        graph.initializer.remove(tensor)
+    _give_every_node_a_scale(model)
+    return model
+
+
+def _give_every_node_a_scale(model: onnx.ModelProto) -> None:
+    """For each compute op of which some node has a ``scale``: a scale of ones for its other nodes
+    and, where the model carries that op's fallback function, the variant that reads it."""
+    graph = model.graph
+    for name in EPILOGUE_OPS:
+        nodes = [n for n in graph.node if n.domain == DOMAIN and n.op_type == name]
+        at = OPS[name].input_names.index("scale")
+        if not any(len(n.input) > at and n.input[at] for n in nodes):
+            continue
+        for node in nodes:
+            if len(node.input) > at and node.input[at]:
+                continue
+            out = next(a.i for a in node.attribute if a.name == "out_features")
+            ones = f"edgepack_ones_{out}"
+            if not any(t.name == ones for t in graph.initializer):
+                graph.initializer.append(numpy_helper.from_array(np.ones(out, np.float32), ones))
+            node.input.extend([""] * (at - len(node.input)) + [ones])
+        for i, function in enumerate(model.functions):
+            if function.domain == DOMAIN and function.name == name:
+                model.functions[i].CopyFrom(fallback_function(name, scaled=True))
+
+
+PASSES = (fold_batch_norms, fuse_hashed_pointwise_convs, fuse_epilogues)
 
 
 def run_passes(model: onnx.ModelProto) -> onnx.ModelProto:

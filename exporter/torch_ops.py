@@ -28,13 +28,20 @@ def _torch_names(op: Op) -> list[str]:
 
 def torch_schema(op: Op) -> str:
     """The torch.library schema of ``op``, from the spec (ints are SymInt, as torch infers them)."""
-    types = ["Tensor"] * len(op.inputs) + [{"int": "SymInt", "ints": "SymInt[]"}[a.type] for a in op.attributes]
+    types = ["Tensor?" if i.folded else "Tensor" for i in op.inputs]
+    types += [{"int": "SymInt", "ints": "SymInt[]"}[a.type] for a in op.attributes]
     return "(" + ", ".join(f"{t} {n}" for t, n in zip(types, _torch_names(op))) + ") -> Tensor"
 
 
 def _custom_op(name: str):
     op = OPS[name]
     return torch.library.custom_op(f"{LIBRARY}::{op.torch_name}", mutates_args=(), schema=torch_schema(op))
+
+
+def _epilogue(product: torch.Tensor, bias: torch.Tensor, scale: torch.Tensor | None, activation: int) -> torch.Tensor:
+    """The compute ops' epilogue (docs/ops.md): activation(product·scale + bias); 0 none, 1 ReLU, 2 ReLU6."""
+    y = (product if scale is None else product * scale) + bias
+    return {0: y, 1: torch.relu(y), 2: torch.clamp(y, 0.0, 6.0)}[activation]
 
 
 def _decode(buckets, recon, rows, cols, num_hashes, seed, signed):
@@ -57,36 +64,36 @@ def _(buckets, recon, shape, num_hashes, seed, signed):
 
 @_custom_op("HashedMatMul")
 def hashed_matmul(x: torch.Tensor, buckets: torch.Tensor, recon: torch.Tensor, bias: torch.Tensor,
-                  in_features: int, out_features: int, num_hashes: int, seed: int, signed: int,
-                  mode: int) -> torch.Tensor:
+                  scale: torch.Tensor | None, in_features: int, out_features: int, num_hashes: int,
+                  seed: int, signed: int, mode: int, activation: int) -> torch.Tensor:
     weight = _decode(buckets, recon, out_features, in_features, num_hashes, seed, signed)
-    return torch.nn.functional.linear(x, weight.view(out_features, in_features), bias)
+    return _epilogue(x @ weight.view(out_features, in_features).T, bias, scale, activation)
 
 
 @hashed_matmul.register_fake
-def _(x, buckets, recon, bias, in_features, out_features, num_hashes, seed, signed, mode):
+def _(x, buckets, recon, bias, scale, in_features, out_features, num_hashes, seed, signed, mode, activation):
     return x.new_empty(*x.shape[:-1], out_features)
 
 
 @_custom_op("CirculantMatMul")
-def circulant_matmul(x: torch.Tensor, blocks: torch.Tensor, bias: torch.Tensor, in_features: int,
-                     out_features: int) -> torch.Tensor:
-    return circulant_product(x, blocks, out_features) + bias
+def circulant_matmul(x: torch.Tensor, blocks: torch.Tensor, bias: torch.Tensor, scale: torch.Tensor | None,
+                     in_features: int, out_features: int, activation: int) -> torch.Tensor:
+    return _epilogue(circulant_product(x, blocks, out_features), bias, scale, activation)
 
 
 @circulant_matmul.register_fake
-def _(x, blocks, bias, in_features, out_features):
+def _(x, blocks, bias, scale, in_features, out_features, activation):
     return x.new_empty(*x.shape[:-1], out_features)
 
 
 @_custom_op("LDRMatMul")
 def ldr_matmul(x: torch.Tensor, G: torch.Tensor, H: torch.Tensor, bias: torch.Tensor,
-               in_features: int, out_features: int) -> torch.Tensor:
-    return ldr_product(x, G, H, out_features) + bias
+               scale: torch.Tensor | None, in_features: int, out_features: int, activation: int) -> torch.Tensor:
+    return _epilogue(ldr_product(x, G, H, out_features), bias, scale, activation)
 
 
 @ldr_matmul.register_fake
-def _(x, G, H, bias, in_features, out_features):
+def _(x, G, H, bias, scale, in_features, out_features, activation):
     return x.new_empty(*x.shape[:-1], out_features)
 
 
@@ -95,7 +102,9 @@ def _schema(op: Op) -> OpSchema:
     attribute_type = {"int": OpSchema.AttrType.INT, "ints": OpSchema.AttrType.INTS}
     return OpSchema(
         op.name, DOMAIN, OPSET_VERSION,
-        inputs=[OpSchema.FormalParameter(n, "T") for n in op.input_names],
+        inputs=[OpSchema.FormalParameter(i.name, "T", param_option=OpSchema.FormalParameterOption.Single
+                                         if i.required else OpSchema.FormalParameterOption.Optional)
+                for i in op.inputs],
         outputs=[OpSchema.FormalParameter("Y", "T")],
         type_constraints=[("T", ["tensor(float)"], "float32 tensors")],
         attributes=[OpSchema.Attribute(a.name, attribute_type[a.type], "") for a in op.attributes])
@@ -116,14 +125,18 @@ _edgepack = onnxscript.values.Opset(DOMAIN, OPSET_VERSION)
 
 def _translation(op: Op):
     """The function that turns a traced call of ``op``'s torch op into one ONNX node: the spec's
-    inputs as inputs, the rest as attributes. Its signature is the torch op's (the exporter reads it)."""
+    inputs as inputs (trailing absent ones dropped), the rest as attributes. Its signature is the
+    torch op's (the exporter reads it)."""
     signature = inspect.Signature([inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD)
                                    for n in _torch_names(op)])
     count = len(op.inputs)
 
     def translate(*args, **kwargs):
         values = list(signature.bind(*args, **kwargs).arguments.values())
-        return getattr(_edgepack, op.name)(*values[:count], **dict(zip(op.attribute_names, values[count:])))
+        inputs = values[:count]
+        while inputs and inputs[-1] is None:
+            inputs.pop()
+        return getattr(_edgepack, op.name)(*inputs, **dict(zip(op.attribute_names, values[count:])))
 
     translate.__signature__ = signature
     translate.__name__ = translate.__qualname__ = f"translate_{op.torch_name}"

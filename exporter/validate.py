@@ -192,9 +192,10 @@ def check_node(op_type: str, label: str, values: dict, inputs: list[Tensor],
         if x is not None and (not x.dims or (x.dims[-1] >= 0 and x.dims[-1] != in_f)):
             raise node.fail(f"input 'X' has shape {_dims(x)}; its last axis must equal "
                             f"in_features={in_f}")
-        bias = known.get("bias")
-        if bias is not None and (len(bias.dims) != 1 or bias.dims[0] != out_f):
-            raise node.fail(f"input 'bias' has shape {_dims(bias)}; must be [out_features] = [{out_f}]")
+        for name in ("bias", "scale"):
+            vector = known.get(name)
+            if vector is not None and (len(vector.dims) != 1 or vector.dims[0] != out_f):
+                raise node.fail(f"input '{name}' has shape {_dims(vector)}; must be [out_features] = [{out_f}]")
     decoded, what = 0, ""
     if op_type == "HashedWeight" or (op_type == "HashedMatMul" and mode == 0):
         decoded = 4 * rows * cols

@@ -67,11 +67,18 @@ def _attributes(node: onnx.NodeProto) -> dict:
     return op.defaults | {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name in op.attribute_names}
 
 
+def _has_scale(node: onnx.NodeProto) -> bool:
+    slots = dict(zip(OPS[node.op_type].input_names, node.input))
+    return bool(slots.get("scale"))
+
+
 def _decodable(node: onnx.NodeProto, constants: dict) -> bool:
-    """An expand-mode storage-compressed node whose weight inputs are all constants."""
+    """An expand-mode storage-compressed node whose weight inputs are all constants (one with a
+    fused epilogue, ``activation`` or ``scale``, stays on the kernels, which apply it)."""
     if node.domain != DOMAIN or node.op_type not in DECODED_OPS:
         return False
-    if node.op_type == "HashedMatMul" and _attributes(node).get("mode", 0) != 0:
+    attributes = _attributes(node)
+    if attributes.get("mode", 0) != 0 or attributes.get("activation", 0) != 0 or _has_scale(node):
         return False
     names = OPS[node.op_type].input_names
     weights = [name for slot, name in zip(names, node.input) if name and slot in OPS[node.op_type].weight_inputs]

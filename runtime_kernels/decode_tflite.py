@@ -137,14 +137,17 @@ def _const(tensors: list[_Tensor], index: int) -> bool:
 
 
 def _decodable(op: _Op, tensors: list[_Tensor]) -> dict | None:
-    """The attributes of an expand-mode storage-compressed op whose weights are all constant."""
+    """The attributes of an expand-mode storage-compressed op whose weights are all constant (one
+    with a fused epilogue, ``activation`` or ``scale``, stays on the delegate, which applies it)."""
     name = op.custom_op
     if name not in DECODED_OPS or not op.custom:
         return None
     attributes = OPS[name].defaults | dict(flexbuffers.Loads(op.custom))
     slots = dict(zip(OPS[name].input_names, op.inputs))
     weights = [slots[s] for s in OPS[name].weight_inputs if slots.get(s, -1) >= 0]
-    if attributes.get("mode", 0) != 0 or not weights or not all(_const(tensors, i) for i in weights):
+    if attributes.get("mode", 0) != 0 or attributes.get("activation", 0) != 0 or slots.get("scale", -1) >= 0:
+        return None
+    if not weights or not all(_const(tensors, i) for i in weights):
         return None
     return attributes
 

@@ -52,6 +52,7 @@ class Input:
     kind: str
     meaning: str
     dtype: str = "float32"
+    folded: bool = False  # written only by the exporter's epilogue pass: the torch op takes it as optional
 
 
 @dataclass(frozen=True)
@@ -270,11 +271,16 @@ def _ldr_load(attributes: dict, shape: ShapeOf) -> Work:
 X = Input("X", True, "activation", "the activations; the op acts on the last axis (in_features)")
 RECON = Input("recon", False, "weight", "reconstruction MLP [W1 (H×K), b1 (H), W2 (H), b2], length H·(K+2)+1; "
               "required when num_hashes > 1")
-BIAS = Input("bias", False, "bias", "[out_features], added to the output")
+BIAS = Input("bias", False, "bias", "[out_features], added to the output (after `scale`)")
+SCALE = Input("scale", False, "bias", "[out_features], multiplies the product before the bias "
+              "(a folded BatchNorm or Mul: Y = activation((X·Wᵀ)·scale + bias))", folded=True)
 IN_FEATURES = Attribute("in_features", "int", None, (1, U32_MAX), (1, INT_MAX),
                         "cols of the weight; X's last axis must equal it")
 OUT_FEATURES = Attribute("out_features", "int", None, (1, U32_MAX), (1, INT_MAX),
                          "rows of the weight, the output's last axis")
+ACTIVATION = Attribute("activation", "int", 0, (0, 2), (0, 2),
+                        "fused epilogue after the bias: 0 = none, 1 = ReLU, 2 = ReLU6 (min(max(y, 0), 6))")
+ACTIVATIONS = {0: "none", 1: "relu", 2: "relu6"}
 HASH_ATTRIBUTES = (
     Attribute("num_hashes", "int", None, (1, MAX_HASHES), (1, MAX_HASHES),
               "K hashes per weight (recon required when K > 1)"),
@@ -294,10 +300,11 @@ OPS: dict[str, Op] = {op.name: op for op in (
        "bytes, counted there). At load: the hash work over V = prod(`shape`) weights (see below), "
        "reading buckets (+ recon when K > 1) and writing 4·V bytes"),
     Op("HashedMatMul", "hashed_matmul", "compute",
-       (X, Input("buckets", True, "weight", "the B shared values, 1-D, 1 ≤ B < 2³¹"), RECON, BIAS),
+       (X, Input("buckets", True, "weight", "the B shared values, 1-D, 1 ≤ B < 2³¹"), RECON, BIAS, SCALE),
        (IN_FEATURES, OUT_FEATURES, *HASH_ATTRIBUTES,
         Attribute("mode", "int", 0, (0, 1), (0, 1),
-                  "kernel only: 0 = expand (decode V once, dense GEMM), 1 = stream (hash on the fly, O(B) memory)")),
+                  "kernel only: 0 = expand (decode V once, dense GEMM), 1 = stream (hash on the fly, O(B) memory)"),
+        ACTIVATION),
        "X's shape with the last axis `out_features`", _matmul_output, _dense,
        lambda a, shape: _batch(shape) * _dense(a), "N·in·out, as the dense layer it stands for",
        _hashed_work, _hashed_load,
@@ -306,8 +313,8 @@ OPS: dict[str, Op] = {op.name: op for op in (
        "V = in·out weights once per run, reading only buckets (+ recon when K > 1); nothing at load"),
     Op("CirculantMatMul", "circulant_matmul", "compute",
        (X, Input("blocks", True, "weight", "first columns of the p×q circulant blocks of size b "
-                 "(a power of two ≥ 4; in_features ≤ q·b, out_features ≤ p·b)"), BIAS),
-       (IN_FEATURES, OUT_FEATURES),
+                 "(a power of two ≥ 4; in_features ≤ q·b, out_features ≤ p·b)"), BIAS, SCALE),
+       (IN_FEATURES, OUT_FEATURES, ACTIVATION),
        "X's shape with the last axis `out_features`", _matmul_output, _dense,
        _circulant_macs, "N·((p+q)·F(b) + 4·p·q·(b/2+1)), F(n) = 1.25·n·log2 n (a real FFT)",
        lambda a, shape: Work(macs=_circulant_macs(a, shape), weight_bytes=_circulant_spectra(shape)),
@@ -316,8 +323,9 @@ OPS: dict[str, Op] = {op.name: op for op in (
        "p·q·F(b) MACs, reading 4·p·q·b bytes of blocks and writing the spectra"),
     Op("LDRMatMul", "ldr_matmul", "compute",
        (X, Input("G", True, "weight", "generators of the Z₁ circulants, [r, n], n a power of two ≥ 4"),
-        Input("H", True, "weight", "generators of the Z₋₁ skew-circulants, the same shape as G"), BIAS),
-       (IN_FEATURES, OUT_FEATURES),
+        Input("H", True, "weight", "generators of the Z₋₁ skew-circulants, the same shape as G"), BIAS,
+        SCALE),
+       (IN_FEATURES, OUT_FEATURES, ACTIVATION),
        "X's shape with the last axis `out_features`", _matmul_output, _dense,
        _ldr_macs, "N·2r·(2·F(n) + 4·(n/2+1))",
        lambda a, shape: Work(macs=_ldr_macs(a, shape), weight_bytes=_ldr_spectra(shape)), _ldr_load,

@@ -25,23 +25,25 @@ def ort_library_path() -> str:
     return str(find_artifact("libedgepack_ort.so"))
 
 
-def _register(so: Any, max_virtual_weights: int | None, max_decoded_bytes: int | None) -> None:
-    """Register libedgepack_ort on ``so`` with these limits (None: the environment's or the default)."""
+def _register(so: Any, max_virtual_weights: int | None, max_decoded_bytes: int | None, threads: int = 1) -> None:
+    """Register libedgepack_ort on ``so`` with these limits (None: the environment's or the default)
+    and ``threads`` threads for our kernels (the session's intra-op count)."""
     path = ort_library_path()
     vw = 0 if max_virtual_weights is None else parse_limit("max_virtual_weights", max_virtual_weights)
     db = 0 if max_decoded_bytes is None else parse_limit("max_decoded_bytes", max_decoded_bytes)
-    with _REGISTER_LOCK:  # also without limits: no other thread's override may be active meanwhile
-        if not vw and not db:
-            so.register_custom_ops_library(path)
-            return
+    with _REGISTER_LOCK:  # no other thread's override may be active meanwhile
         lib = ctypes.CDLL(path)  # the same loaded copy ORT's dlopen of this path returns
         lib.edgepack_ort_set_limits.argtypes = [ctypes.c_int64, ctypes.c_int64]
         lib.edgepack_ort_set_limits.restype = ctypes.c_int
+        lib.edgepack_ort_set_threads.argtypes = [ctypes.c_int]
+        lib.edgepack_ort_set_threads.restype = ctypes.c_int
         lib.edgepack_ort_set_limits(vw, db)
+        lib.edgepack_ort_set_threads(max(int(threads), 0))  # 0: ORT's default count, ours from the environment
         try:
             so.register_custom_ops_library(path)
         finally:
             lib.edgepack_ort_set_limits(0, 0)
+            lib.edgepack_ort_set_threads(0)
 
 
 def onnx_session(
@@ -54,7 +56,7 @@ def onnx_session(
     decode_at_load: bool = True,
     **kwargs: Any,
 ) -> Any:
-    """An ``onnxruntime.InferenceSession`` using ``threads`` intra-op threads.
+    """An ``onnxruntime.InferenceSession`` using ``threads`` intra-op threads (ORT's and our kernels').
 
     With ``use_kernels`` the ai.edgepack ops run on the C kernels, within ``max_virtual_weights``
     per node and ``max_decoded_bytes`` per session (default: $EDGEPACK_MAX_VIRTUAL_WEIGHTS /
@@ -77,7 +79,7 @@ def onnx_session(
     so = given or ort.SessionOptions()
     so.intra_op_num_threads = threads
     if use_kernels:
-        _register(so, max_virtual_weights, max_decoded_bytes)
+        _register(so, max_virtual_weights, max_decoded_bytes, threads)
     model = path_or_bytes if isinstance(path_or_bytes, bytes) else os.fspath(path_or_bytes)
     weights = []
     if use_kernels and decode_at_load:

@@ -1,7 +1,9 @@
 /* edgepack-bench: native kernel micro-benchmarks (runs where there is no Python).
  *   edgepack-bench kernels --sizes 256,1024,4096 --batch 1,8 --threads 1 --json
  * Per kernel and shape: median/p90 time per call, dense-equivalent GFLOP/s, weight bytes and
- * the speed-up over the dense kernel of the same shape. Kernels are single-threaded.
+ * the speed-up over the dense kernel of the same shape, on --threads N threads (ep_set_num_threads).
+ *   edgepack-bench kernels --sizes 4096 --batch 8 --threads 1,2
+ * Two thread counts in one process: both timed in interleaved rounds, ratio = time(A) / time(B).
  *   edgepack-bench kernels --baseline OLD/libedgepack_kernels.so [--rounds 11] [--markdown]
  * Before/after in one process: each kernel runs from this build (linked) and from the dlopen'ed
  * baseline library on the same inputs; outputs must agree, then both are timed in interleaved
@@ -56,7 +58,7 @@ static const api_t g_linked = {
 };
 
 typedef struct {
-    int runs, warmup, block, rank, ratio, json, markdown, threads, rounds;
+    int runs, warmup, block, rank, ratio, json, markdown, threads, threads_b, rounds; /* threads_b: 0 or B of --threads A,B */
     double min_time_s, tolerance;
 } opts_t;
 
@@ -96,6 +98,8 @@ typedef struct {
     ep_ldr_plan *lpl;
     ep_hashed_plan *hpl;
     ep_rfft_plan *fpl;
+    void (*set_threads)(int); /* the library's ep_set_num_threads (NULL: a baseline without one) */
+    int threads;
 } side_t;
 
 typedef enum { K_DENSE, K_CIRC, K_LDR, K_HEXP, K_HSTR, K_RFFT } kind_t;
@@ -104,6 +108,7 @@ static const char *const KIND_NAME[] = {"dense", "circulant", "ldr", "hashed_exp
 static ep_status run_kernel(kind_t k, side_t *d) {
     const inputs_t *c = d->in;
     const api_t *a = d->api;
+    if (d->set_threads) d->set_threads(d->threads);
     switch (k) {
     case K_DENSE: return a->ep_dense_matmul(c->X, c->N, c->n, c->W, c->n, c->bias, d->Y);
     case K_CIRC: return a->ep_circulant_matmul(d->cpl, c->X, c->N, c->n, c->bias, d->Y, c->n);
@@ -300,7 +305,7 @@ static double bench_kernel(const opts_t *o, kind_t k, const char *params, side_t
 }
 
 static void bench_shape(const opts_t *o, int64_t n, int64_t N, int do_fft, const api_t *cur_api,
-                        const api_t *base_api) {
+                        const api_t *base_api, void (*cur_thr)(int), void (*base_thr)(int)) {
     inputs_t c;
     memset(&c, 0, sizeof c);
     c.n = n; c.N = N; c.rank = o->rank;
@@ -310,8 +315,8 @@ static void bench_shape(const opts_t *o, int64_t n, int64_t N, int do_fft, const
     ep_hash_params hp = {n, n, nb, 1, 42, 1};
     c.hp = hp;
     c.buckets = rnd_vec(nb, 7);
-    side_t cur = {"current", cur_api, &c, NULL, NULL, NULL, NULL, NULL};
-    side_t base = {"baseline", base_api, &c, NULL, NULL, NULL, NULL, NULL};
+    side_t cur = {"current", cur_api, &c, NULL, NULL, NULL, NULL, NULL, cur_thr, o->threads};
+    side_t base = {"baseline", base_api, &c, NULL, NULL, NULL, NULL, NULL, base_thr, o->threads_b ? o->threads_b : o->threads};
     cur.Y = (float *)calloc((size_t)(N * n + 2), sizeof(float));
     base.Y = (float *)calloc((size_t)(N * n + 2), sizeof(float));
     side_t *b = base_api ? &base : NULL;
@@ -384,12 +389,14 @@ static int parse_list(const char *s, int64_t *out, int max) {
 
 static void usage(void) {
     fprintf(stderr,
-            "usage: edgepack-bench kernels [--sizes 256,1024,4096] [--batch 1,8] [--threads 1] [--json | --markdown]\n"
+            "usage: edgepack-bench kernels [--sizes 256,1024,4096] [--batch 1,8] [--threads N|A,B] [--json | --markdown]\n"
             "                              [--num_runs 20] [--warmup_runs 3] [--min_time_ms 100] [--block 64]\n"
             "                              [--rank 2] [--ratio 8] [--variant auto|ref|avx2|avx512|neon]\n"
             "                              [--baseline LIB [--current LIB] [--rounds 11] [--tolerance 1e-3]\n"
             "                              [--baseline_variant V]]\n"
             "  sizes must be powers of two >= 4 (square n x n layers)\n"
+            "  --threads A,B: time every kernel on A and on B threads in interleaved rounds (as --baseline\n"
+            "  does; outputs must agree), ratio = time(A) / time(B); not with --baseline\n"
             "  --baseline: also run every kernel from the shared library LIB (dlopen'ed); outputs must agree\n"
             "  within tolerance x max(1, max|y|) (else exit 3); timed in interleaved rounds of blocks of\n"
             "  about min_time_ms/rounds per side; reports both medians and the ratio current/baseline\n"
@@ -398,7 +405,7 @@ static void usage(void) {
 }
 
 int main(int argc, char **argv) {
-    opts_t o = {20, 3, 64, 2, 8, 0, 0, 1, 11, 0.1, 1e-3};
+    opts_t o = {20, 3, 64, 2, 8, 0, 0, 1, 0, 11, 0.1, 1e-3};
     int64_t sizes[32] = {256, 1024, 4096}, batch[32] = {1, 8};
     int ns = 3, nbt = 2;
     const char *baseline = NULL, *current = NULL, *variant = NULL, *baseline_variant = NULL;
@@ -410,7 +417,16 @@ int main(int argc, char **argv) {
         else if (strcmp(a, "--markdown") == 0) o.markdown = 1;
         else if (ARG("--sizes")) { if ((ns = parse_list(v, sizes, 32)) <= 0) { usage(); return 2; } }
         else if (ARG("--batch")) { if ((nbt = parse_list(v, batch, 32)) <= 0) { usage(); return 2; } }
-        else if (ARG("--threads") || ARG("--num_threads")) o.threads = atoi(v);
+        else if (ARG("--threads") || ARG("--num_threads")) {
+            int64_t t[3];
+            int nt = parse_list(v, t, 3);
+            if (nt < 1 || nt > 2 || t[0] > 64 || t[nt - 1] > 64) {
+                fprintf(stderr, "edgepack-bench: --threads %s: give N or A,B (thread counts in [1, 64])\n", v);
+                return 2;
+            }
+            o.threads = (int)t[0];
+            o.threads_b = nt == 2 ? (int)t[1] : 0;
+        }
         else if (ARG("--runs") || ARG("--num_runs")) o.runs = atoi(v);
         else if (ARG("--warmup") || ARG("--warmup_runs")) o.warmup = atoi(v);
         else if (ARG("--min_time_ms")) o.min_time_s = atof(v) / 1e3;
@@ -434,11 +450,22 @@ int main(int argc, char **argv) {
     }
     for (int i = 0; i < ns; i++)
         if (sizes[i] < 4 || (sizes[i] & (sizes[i] - 1))) { fprintf(stderr, "edgepack-bench: size %lld is not a power of two >= 4\n", (long long)sizes[i]); return 2; }
-    if (o.threads != 1) fprintf(stderr, "edgepack-bench: kernels are single-threaded; --threads %d ignored\n", o.threads);
+    if (o.threads_b && baseline) {
+        fprintf(stderr, "edgepack-bench: --threads A,B compares two thread counts of this build; with --baseline give one count\n");
+        return 2;
+    }
 
     api_t base_api, cur = g_linked;
     void *handle = baseline ? load_library("--baseline", baseline, &base_api) : NULL;
     void *cur_handle = current ? load_library("--current", current, &cur) : NULL;
+    void (*cur_thr)(int) = ep_set_num_threads, (*base_thr)(int) = NULL;
+    if (cur_handle) { void *f = dlsym(cur_handle, "ep_set_num_threads"); memcpy(&cur_thr, &f, sizeof f); }
+    if (handle) { void *f = dlsym(handle, "ep_set_num_threads"); memcpy(&base_thr, &f, sizeof f); }
+    if ((cur_handle && !cur_thr && o.threads != 1) || (handle && !base_thr && o.threads != 1))
+        fprintf(stderr, "edgepack-bench: %s has no ep_set_num_threads (older library): it runs single-threaded\n",
+                cur_handle && !cur_thr ? current : baseline);
+    if (o.threads_b) { base_api = cur; base_thr = cur_thr; }
+    const int paired = handle || o.threads_b;
     if (variant && cur.ep_set_variant(variant) != EP_OK) { fprintf(stderr, "%s\n", cur.ep_last_error()); return 2; }
     if (handle && (baseline_variant || variant) && base_api.ep_set_variant(baseline_variant ? baseline_variant : variant) != EP_OK) {
         fprintf(stderr, "edgepack-bench: --baseline %s: %s\n", baseline, base_api.ep_last_error());
@@ -447,7 +474,10 @@ int main(int argc, char **argv) {
 
     if (o.json) {
         printf("{\"tool\": \"edgepack-bench\", \"mode\": \"kernels\", \"version\": \"%s\", \"variant\": \"%s\", "
-               "\"threads\": 1, \"time_unit\": \"us\", ", cur.ep_version(), cur.ep_variant());
+               "\"threads\": %d, \"time_unit\": \"us\", ", cur.ep_version(), cur.ep_variant(), o.threads);
+        if (o.threads_b)
+            printf("\"threads_compared\": [%d, %d], \"rounds\": %d, \"interleaved\": true, \"tolerance\": %g, ",
+                   o.threads, o.threads_b, o.rounds, o.tolerance);
         if (handle) {
             printf("\"baseline\": {\"path\": ");
             json_str(baseline);
@@ -469,13 +499,22 @@ int main(int argc, char **argv) {
         if (o.markdown)
             printf("\n| kernel | params | n | batch | current (us) | baseline (us) | current/baseline | "
                    "per-round ratio IQR | max abs diff |\n|---|---|--:|--:|--:|--:|--:|--:|--:|\n");
+    } else if (o.threads_b) {
+        printf("%svariant %s; %d interleaved rounds per kernel of %d threads (\"current\") and %d threads "
+               "(\"baseline\"), median per side; ratio = time(%d threads) / time(%d threads) (>1: %d threads faster).\n",
+               o.markdown ? "" : "# ", cur.ep_variant(), o.rounds, o.threads, o.threads_b, o.threads, o.threads_b,
+               o.threads_b);
+        if (o.markdown)
+            printf("\n| kernel | params | n | batch | %d threads (us) | %d threads (us) | ratio | "
+                   "per-round ratio IQR | max abs diff |\n|---|---|--:|--:|--:|--:|--:|--:|--:|\n", o.threads, o.threads_b);
     } else if (o.markdown) {
-        printf("variant %s, single thread\n\n| kernel | params | n | batch | median (us) | p90 (us) | GFLOP/s | "
-               "weight bytes | vs dense |\n|---|---|--:|--:|--:|--:|--:|--:|--:|\n", ep_variant());
+        printf("variant %s, %d thread(s)\n\n| kernel | params | n | batch | median (us) | p90 (us) | GFLOP/s | "
+               "weight bytes | vs dense |\n|---|---|--:|--:|--:|--:|--:|--:|--:|\n", ep_variant(), o.threads);
     }
     fflush(stdout);
     for (int i = 0; i < ns; i++)
-        for (int j = 0; j < nbt; j++) bench_shape(&o, sizes[i], batch[j], j == 0, &cur, handle ? &base_api : NULL);
+        for (int j = 0; j < nbt; j++)
+            bench_shape(&o, sizes[i], batch[j], j == 0, &cur, paired ? &base_api : NULL, cur_thr, base_thr);
     if (o.json) printf("\n]}\n");
     if (handle) dlclose(handle);
     if (cur_handle) dlclose(cur_handle);

@@ -10,7 +10,9 @@
  * Limits (docs/ops.md "Limits"): each RegisterCustomOps call (one per session options) gets its
  * own budget of decoded bytes, read from the environment (or edgepack_ort_set_limits) at that
  * moment; every kernel checks its virtual weights and reserves its decoded bytes at creation,
- * before allocating, and gives them back when ORT destroys it.
+ * before allocating, and gives them back when ORT destroys it. The thread count of our kernels
+ * (ep_set_num_threads) is fixed per registration too: edgepack_ort_set_threads (onnx_session's
+ * threads=), else $EDGEPACK_NUM_THREADS, else 1; ORT's C API offers custom ops no intra-op count.
  */
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -43,6 +45,7 @@ typedef struct op_desc {
 struct registration {
     op_desc ops[EP_OP_COUNT];
     ep_limits lim;
+    int threads; /* our kernels' threads in these sessions (ep_set_num_threads) */
     _Atomic int64_t used;
     registration *next; /* every registration stays reachable from g_registrations */
 };
@@ -255,6 +258,7 @@ static OrtStatus *create_kernel(const OrtCustomOp *op, const OrtApi *api, const 
     if (!k) return OrtCreateStatus(api)(ORT_FAIL, "edgepack: out of memory creating a kernel");
     k->api = api;
     k->desc = (const op_desc *)op;
+    ep_set_num_threads(k->desc->reg->threads); /* plans built here (decoding V) split too */
     set_node_name(k, info);
     char msg[1100], what[512];
     OrtStatus *st = read_attrs(k, info);
@@ -325,6 +329,7 @@ static OrtStatus *compute(void *p, OrtKernelContext *ctx) {
         ep_limits_check_bytes(&r->lim, atomic_load(&r->used), ep_op_plan_bytes(op, &k->at, in, what, sizeof what),
                               what))
         return fail(k, "%s", ep_last_error());
+    ep_set_num_threads(r->threads);
     return ep_op_run(op, &k->at, k->plan, in, Y, msg, sizeof msg) ? fail(k, "%s", msg) : NULL;
 }
 
@@ -368,6 +373,16 @@ static const op_desc g_ops[EP_OP_COUNT] = {
 
 /* Limits for the registrations that follow, over the environment's (0: no override). */
 static _Atomic int64_t g_max_virtual_weights, g_max_decoded_bytes;
+static _Atomic int g_threads;
+
+/* Set (or with 0, clear) the thread count our kernels use in sessions of later RegisterCustomOps
+ * calls, instead of $EDGEPACK_NUM_THREADS (default 1); 0 on success, 1 for a negative value.
+ * Process-wide like edgepack_ort_set_limits: onnx_session(threads=N) sets it, registers, clears it. */
+EP_ORT_EXPORT int edgepack_ort_set_threads(int threads) {
+    if (threads < 0) return 1;
+    atomic_store(&g_threads, threads);
+    return 0;
+}
 static registration *_Atomic g_registrations;
 
 /* Set (or with 0, clear) the limits later RegisterCustomOps calls use instead of the environment's;
@@ -400,6 +415,19 @@ EP_ORT_EXPORT OrtStatus *RegisterCustomOps(OrtSessionOptions *options, const Ort
         snprintf(msg, sizeof msg, "edgepack: %s", ep_last_error());
         return OrtCreateStatus(api)(ORT_INVALID_ARGUMENT, msg);
     }
+    long threads = 1;
+    const char *env_threads = getenv("EDGEPACK_NUM_THREADS");
+    if (env_threads) {
+        char *end;
+        threads = strtol(env_threads, &end, 10);
+        if (end == env_threads || *end || threads < 1) {
+            char msg[256];
+            snprintf(msg, sizeof msg, "edgepack: EDGEPACK_NUM_THREADS='%.40s' is not a positive integer "
+                     "(the threads our kernels use, e.g. EDGEPACK_NUM_THREADS=2)", env_threads);
+            return OrtCreateStatus(api)(ORT_INVALID_ARGUMENT, msg);
+        }
+    }
+    if (atomic_load(&g_threads) > 0) threads = atomic_load(&g_threads);
     const int64_t vw = atomic_load(&g_max_virtual_weights), db = atomic_load(&g_max_decoded_bytes);
     if (vw > 0) lim.max_virtual_weights = vw;
     if (db > 0) lim.max_decoded_bytes = db;
@@ -407,6 +435,7 @@ EP_ORT_EXPORT OrtStatus *RegisterCustomOps(OrtSessionOptions *options, const Ort
     if (!reg) return OrtCreateStatus(api)(ORT_FAIL, "edgepack: out of memory registering the custom ops");
     memcpy(reg->ops, g_ops, sizeof g_ops);
     reg->lim = lim;
+    reg->threads = threads > 64 ? 64 : (int)threads;
     atomic_init(&reg->used, 0);
     reg->next = atomic_load(&g_registrations);
     while (!atomic_compare_exchange_weak(&g_registrations, &reg->next, reg)) {

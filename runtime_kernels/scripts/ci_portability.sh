@@ -91,6 +91,7 @@ EDGEPACK_KERNELS=ref run_arm "$ARM/test_kernels" | tail -n 1
 out=$(run_arm "$ARM/test_microkernels") || { echo "$out"; exit 1; }
 echo "$out" | grep -q "^neon    gemm" || { echo "ci_portability: armv7 NEON micro-kernels not tested" >&2; exit 1; }
 echo "$out" | tail -n 1
+run_arm "$ARM/test_threads" | tail -n 1
 run_arm "$ARM/tflite/test_tflite_delegate" | tail -n 1
 run_arm "$ARM/edgepack-bench" kernels --sizes 64 --batch 1,3 --runs 2 --warmup 1 --json > /dev/null
 [ -f "$ARM/ort/libedgepack_ort.so" ] && [ -f "$ARM/ort/edgepack_ort_runner" ] \

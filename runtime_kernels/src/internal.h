@@ -157,4 +157,17 @@ void ep_cfft_radix2_stage_ref(int64_t s, const float *a, float *b);
 void ep_rfft_post_ref(int64_t m, const float *rt, float *X, int64_t k0);
 void ep_irfft_pre_ref(int64_t m, const float *rt, const float *X, float *Z, int64_t k0);
 
+/* ---- threads (threadpool.c) ---- */
+#define EP_MAX_THREADS 64
+#define EP_PAR_MIN_WORK ((int64_t)1 << 17) /* multiply-adds below which a driver stays on one thread */
+/* task i of a parallel loop, run by participant worker (0: the caller, < the threads asked for) */
+typedef void (*ep_task_fn)(void *ctx, int64_t task, int worker);
+/* fn(ctx, i, w) for every i < n_tasks, on up to `threads` threads (the caller included); runs on the
+ * calling thread when threads <= 1 or the pool is busy. Returns the participants used. */
+int ep_parallel_for(int threads, int64_t n_tasks, ep_task_fn fn, void *ctx);
+/* the threads a driver uses: ep_get_num_threads(), at most n_tasks, 1 when work < the minimum */
+int ep_threads_for(int64_t work, int64_t n_tasks);
+/* tests: the minimum work to split (negative: the default EP_PAR_MIN_WORK) */
+void ep_set_parallel_min_work(int64_t work);
+
 #endif

@@ -59,6 +59,17 @@ static int mul_ok(int64_t a, int64_t b, int64_t *out) {
 
 static int is_pow2(int64_t n) { return n > 0 && (n & (n - 1)) == 0; }
 
+/* start of part i of `units` split into `parts` near-equal ranges (part i: [at(i), at(i + 1))) */
+static int64_t split_at(int64_t units, int64_t parts, int64_t i) { return units / parts * i + (units % parts) * i / parts; }
+
+/* a*b*c for the drivers' work estimates, saturating at INT64_MAX (operands >= 0) */
+static int64_t work3(int64_t a, int64_t b, int64_t c) {
+    if (a <= 0 || b <= 0 || c <= 0) return 0;
+    if (b > INT64_MAX / a) return INT64_MAX;
+    a *= b;
+    return c > INT64_MAX / a ? INT64_MAX : a * c;
+}
+
 /* ---- decode limits ----------------------------------------------------------------------- */
 #define EP_RAISE_HINT(env, kw) "; if the model is trusted, raise it with the environment variable " env \
     "=N or " kw "=N (onnx_session / tflite_interpreter, delegate option " kw ")"
@@ -301,14 +312,23 @@ ep_status ep_hash_indices(const ep_hash_params *p, int32_t *idx, int8_t *sign) {
     return EP_OK;
 }
 
+/* ep_hashed_decode's rows, in `parts` ranges */
+typedef struct { const ep_ops *o; const ep_hcfg *c; int64_t cols; float *V; int64_t rows; int parts; } hash_rows_job;
+static void hash_rows_task(void *ctx, int64_t t, int w) {
+    const hash_rows_job *j = (const hash_rows_job *)ctx;
+    (void)w;
+    for (int64_t i = split_at(j->rows, j->parts, t); i < split_at(j->rows, j->parts, t + 1); i++)
+        j->o->hash_row(j->c, (uint32_t)i, j->cols, j->V + i * j->cols);
+}
+
 ep_status ep_hashed_decode(const ep_hash_params *p, const float *buckets, const float *recon,
                            int64_t recon_len, float *V) {
     ep_hcfg c;
     ep_status st = check_hash("ep_hashed_decode", p, buckets, recon, recon_len, &c, 1);
     if (st) return st;
     CHECK_PTR(V, "V");
-    const ep_ops *o = ops();
-    for (int64_t i = 0; i < p->rows; i++) o->hash_row(&c, (uint32_t)i, p->cols, V + i * p->cols);
+    hash_rows_job j = {ops(), &c, p->cols, V, p->rows, ep_threads_for(work3(p->rows, p->cols, c.k), p->rows)};
+    ep_parallel_for(j.parts, j.parts, hash_rows_task, &j);
     return EP_OK;
 }
 
@@ -333,6 +353,39 @@ static int64_t packed_floats(int64_t nr, int64_t rows, int64_t cols) {
 }
 
 #define EP_STREAM_TILE 16
+/* ep_hashed_matmul_stream split by rows of V: `parts` ranges of rows (fused path) or of T-row
+ * tiles, each part with its own tile + packed buffer of per floats in mem */
+typedef struct {
+    const ep_ops *o; const ep_hcfg *c; const ep_hash_params *p; const float *X; int64_t N; const float *bias; float *Y;
+    int parts; float *mem; int64_t per, T;
+} stream_job;
+
+static void stream_dot_task(void *ctx, int64_t t, int w) {
+    const stream_job *j = (const stream_job *)ctx;
+    const int64_t rows = j->p->rows;
+    (void)w;
+    for (int64_t r = split_at(rows, j->parts, t); r < split_at(rows, j->parts, t + 1); r++)
+        j->o->hash_dot(j->c, (uint32_t)r, j->p->cols, j->X, (int)j->N, j->bias ? j->bias[r] : 0.0f, j->Y + r, rows);
+}
+
+static void stream_tile_task(void *ctx, int64_t t, int w) {
+    const stream_job *j = (const stream_job *)ctx;
+    const ep_ops *o = j->o;
+    const int64_t rows = j->p->rows, cols = j->p->cols, T = j->T, tiles = (rows + T - 1) / T;
+    float *packed = j->mem + j->per * w, *tile = packed + T * cols;
+    for (int64_t r0 = split_at(tiles, j->parts, t) * T; r0 < split_at(tiles, j->parts, t + 1) * T && r0 < rows; r0 += T) {
+        int64_t nt = rows - r0 < T ? rows - r0 : T;
+        for (int64_t r = 0; r < nt; r++) o->hash_row(j->c, (uint32_t)(r0 + r), cols, tile + r * cols);
+        const float *b = j->bias ? j->bias + r0 : NULL;
+        if (j->N < o->tile.pack_min_n) { /* few rows of X: packing the tile would cost more than it saves */
+            o->gemm_dot(j->N, nt, cols, j->X, tile, b, j->Y + r0, rows);
+            continue;
+        }
+        o->gemm_pack(nt, cols, tile, packed);
+        o->gemm(j->N, nt, cols, j->X, packed, b, j->Y + r0, rows);
+    }
+}
+
 ep_status ep_hashed_matmul_stream(const ep_hash_params *p, const float *buckets, const float *recon,
                                   int64_t recon_len, const float *X, int64_t N, const float *bias, float *Y) {
     ep_hcfg c;
@@ -342,26 +395,22 @@ ep_status ep_hashed_matmul_stream(const ep_hash_params *p, const float *buckets,
     if (!mul_ok(N, p->cols, &tmp) || !mul_ok(N, p->rows, &tmp))
         return fail(EP_ERR_OVERFLOW, "ep_hashed_matmul_stream: N*cols or N*rows overflows (N=%lld)", (long long)N);
     const ep_ops *o = ops();
+    const int64_t work = work3(N + c.k, p->rows, p->cols);
+    stream_job j = {o, &c, p, X, N, bias, Y, 0, NULL, 0, 0};
     if (o->hash_dot && N <= EP_HASH_DOT_MAXN) { /* fused: hash, gather and dot in registers, O(1) memory */
-        for (int64_t r = 0; r < p->rows; r++)
-            o->hash_dot(&c, (uint32_t)r, p->cols, X, (int)N, bias ? bias[r] : 0.0f, Y + r, p->rows);
+        j.parts = ep_threads_for(work, p->rows);
+        ep_parallel_for(j.parts, j.parts, stream_dot_task, &j);
         return EP_OK;
     }
-    const int64_t nr = o->tile.gemm_nr, T = (EP_STREAM_TILE + nr - 1) / nr * nr; /* whole panels */
+    const int64_t nr = o->tile.gemm_nr;
+    j.T = (EP_STREAM_TILE + nr - 1) / nr * nr; /* whole panels */
+    j.parts = ep_threads_for(work, (p->rows + j.T - 1) / j.T);
+    const int64_t pf = packed_floats(nr, j.T, p->cols);
+    j.per = pf < 0 || pf > INT64_MAX / 4 ? -1 : (2 * pf + 15) & ~(int64_t)15; /* each part's on a 64-byte line */
     void *raw;
-    float *packed = alloc_panels(2 * packed_floats(nr, T, p->cols), &raw);
-    if (!packed) return fail(EP_ERR_NOMEM, "ep_hashed_matmul_stream: cannot allocate a %lld x %lld tile", (long long)T, (long long)p->cols);
-    float *tile = packed + T * p->cols;
-    for (int64_t r0 = 0; r0 < p->rows; r0 += T) {
-        int64_t nt = p->rows - r0 < T ? p->rows - r0 : T;
-        for (int64_t r = 0; r < nt; r++) o->hash_row(&c, (uint32_t)(r0 + r), p->cols, tile + r * p->cols);
-        if (N < o->tile.pack_min_n) { /* few rows of X: packing the tile would cost more than it saves */
-            o->gemm_dot(N, nt, p->cols, X, tile, bias ? bias + r0 : NULL, Y + r0, p->rows);
-            continue;
-        }
-        o->gemm_pack(nt, p->cols, tile, packed);
-        o->gemm(N, nt, p->cols, X, packed, bias ? bias + r0 : NULL, Y + r0, p->rows);
-    }
+    j.mem = j.per < 0 || j.per > INT64_MAX / j.parts ? NULL : alloc_panels(j.per * j.parts, &raw);
+    if (!j.mem) return fail(EP_ERR_NOMEM, "ep_hashed_matmul_stream: cannot allocate %d tiles of %lld x %lld", j.parts, (long long)j.T, (long long)p->cols);
+    ep_parallel_for(j.parts, j.parts, stream_tile_task, &j);
     free(raw);
     return EP_OK;
 }
@@ -407,6 +456,42 @@ ep_status ep_hashed_plan_unpack(const ep_hashed_plan *pl, float *V) {
     return EP_OK;
 }
 
+/* A GEMM split by W rows into `parts` ranges of whole nr-row panels (so every panel, and every
+ * output, is computed exactly as by one call): Wp pre-packed, or W packed chunk rows at a time
+ * into each part's own per floats of mem, or (mem NULL, Wp NULL) W read by gemm_dot. */
+typedef struct {
+    const ep_ops *o; const float *X; int64_t N, cols, rows; const float *Wp, *W, *bias; float *Y;
+    int parts; int64_t chunk; float *mem; int64_t per;
+} gemm_job;
+
+static void gemm_packed_task(void *ctx, int64_t t, int w) {
+    const gemm_job *j = (const gemm_job *)ctx;
+    const int64_t nr = j->o->tile.gemm_nr, panels = (j->rows + nr - 1) / nr;
+    const int64_t r0 = split_at(panels, j->parts, t) * nr, r1e = split_at(panels, j->parts, t + 1) * nr;
+    const int64_t r1 = r1e < j->rows ? r1e : j->rows;
+    (void)w;
+    if (r1 > r0)
+        j->o->gemm(j->N, r1 - r0, j->cols, j->X, j->Wp + r0 * j->cols, j->bias ? j->bias + r0 : NULL, j->Y + r0, j->rows);
+}
+
+static void gemm_dense_task(void *ctx, int64_t t, int w) {
+    const gemm_job *j = (const gemm_job *)ctx;
+    const ep_ops *o = j->o;
+    const int64_t nr = o->tile.gemm_nr, panels = (j->rows + nr - 1) / nr;
+    const int64_t r0 = split_at(panels, j->parts, t) * nr, r1e = split_at(panels, j->parts, t + 1) * nr;
+    const int64_t r1 = r1e < j->rows ? r1e : j->rows;
+    if (!j->mem) {
+        if (r1 > r0) o->gemm_dot(j->N, r1 - r0, j->cols, j->X, j->W + r0 * j->cols, j->bias ? j->bias + r0 : NULL, j->Y + r0, j->rows);
+        return;
+    }
+    float *Wp = j->mem + j->per * w;
+    for (int64_t a = r0; a < r1; a += j->chunk) {
+        const int64_t nt = r1 - a < j->chunk ? r1 - a : j->chunk;
+        o->gemm_pack(nt, j->cols, j->W + a * j->cols, Wp);
+        o->gemm(j->N, nt, j->cols, j->X, Wp, j->bias ? j->bias + a : NULL, j->Y + a, j->rows);
+    }
+}
+
 ep_status ep_hashed_matmul_expand(const ep_hashed_plan *pl, const float *X, int64_t N, int64_t in,
                                   const float *bias, float *Y, int64_t out) {
     CHECK_PTR(pl, "plan");
@@ -418,7 +503,10 @@ ep_status ep_hashed_matmul_expand(const ep_hashed_plan *pl, const float *X, int6
     int64_t t;
     if (!mul_ok(N, pl->cols, &t) || !mul_ok(N, pl->rows, &t))
         return fail(EP_ERR_OVERFLOW, "ep_hashed_matmul_expand: N*in or N*out overflows (N=%lld)", (long long)N);
-    pl->o->gemm(N, pl->rows, pl->cols, X, pl->Wp, bias, Y, pl->rows);
+    const int64_t nr = pl->o->tile.gemm_nr;
+    gemm_job j = {pl->o, X, N, pl->cols, pl->rows, pl->Wp, NULL, bias, Y, 0, 0, NULL, 0};
+    j.parts = ep_threads_for(work3(N, pl->rows, pl->cols), (pl->rows + nr - 1) / nr);
+    ep_parallel_for(j.parts, j.parts, gemm_packed_task, &j);
     return EP_OK;
 }
 
@@ -435,19 +523,19 @@ ep_status ep_dense_matmul(const float *X, int64_t N, int64_t cols, const float *
     if (!mul_ok(rows, cols, &t) || !mul_ok(N, cols, &t) || !mul_ok(N, rows, &t))
         return fail(EP_ERR_OVERFLOW, "ep_dense_matmul: N=%lld, rows=%lld, cols=%lld overflow", (long long)N, (long long)rows, (long long)cols);
     const ep_ops *o = ops();
-    if (N < o->tile.pack_min_n) { o->gemm_dot(N, rows, cols, X, W, bias, Y, rows); return EP_OK; }
     const int64_t nr = o->tile.gemm_nr;
-    int64_t chunk = EP_PACK_CHUNK / (nr * cols) * nr; /* W packed a few panels at a time */
-    if (chunk < nr) chunk = nr;
-    if (chunk > rows) chunk = rows;
+    gemm_job j = {o, X, N, cols, rows, NULL, W, bias, Y, 0, 0, NULL, 0};
+    j.parts = ep_threads_for(work3(N, rows, cols), (rows + nr - 1) / nr);
+    if (N < o->tile.pack_min_n) { ep_parallel_for(j.parts, j.parts, gemm_dense_task, &j); return EP_OK; }
+    j.chunk = EP_PACK_CHUNK / (nr * cols) * nr; /* W packed a few panels at a time */
+    if (j.chunk < nr) j.chunk = nr;
+    if (j.chunk > rows) j.chunk = rows;
+    const int64_t pf = packed_floats(nr, j.chunk, cols);
+    j.per = pf < 0 ? -1 : (pf + 15) & ~(int64_t)15; /* each part's Wp on a 64-byte line */
     void *raw;
-    float *Wp = alloc_panels(packed_floats(nr, chunk, cols), &raw);
-    if (!Wp) return fail(EP_ERR_NOMEM, "ep_dense_matmul: cannot allocate %lld x %lld packed weights", (long long)chunk, (long long)cols);
-    for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
-        const int64_t nt = rows - r0 < chunk ? rows - r0 : chunk;
-        o->gemm_pack(nt, cols, W + r0 * cols, Wp);
-        o->gemm(N, nt, cols, X, Wp, bias ? bias + r0 : NULL, Y + r0, rows);
-    }
+    j.mem = j.per < 0 || j.per > INT64_MAX / j.parts ? NULL : alloc_panels(j.per * j.parts, &raw);
+    if (!j.mem) return fail(EP_ERR_NOMEM, "ep_dense_matmul: cannot allocate %lld x %lld packed weights", (long long)j.chunk, (long long)cols);
+    ep_parallel_for(j.parts, j.parts, gemm_dense_task, &j);
     free(raw);
     return EP_OK;
 }
@@ -650,53 +738,90 @@ static ep_status check_plan_io(const char *fn, int64_t in, int64_t out, int64_t 
 }
 
 
+/* ep_circulant_matmul on one block of rows [n0, n0 + rows): phase 0 transforms the rows' input
+ * blocks (split over row x block pairs), phase 1 makes the output blocks (split over blocks) */
+typedef struct {
+    const ep_circulant_plan *pl; const ep_ops *o; const float *X, *bias; float *Y;
+    int64_t in, out, qa, pa, ld, nb, priv, n0, rows;
+    float *xs, *ny, *own;
+    int parts, phase;
+} circ_job;
+
+static void circ_task(void *ctx, int64_t t, int w) {
+    const circ_job *jb = (const circ_job *)ctx;
+    const ep_circulant_plan *pl = jb->pl;
+    const ep_ops *o = jb->o;
+    const int64_t b = pl->b, m = b / 2, ld = jb->ld, qa = jb->qa, rows = jb->rows, in = jb->in, out = jb->out;
+    float *acc = jb->own + jb->priv * w, *xb = acc + jb->nb * ld, *tmp = xb + b;
+    if (jb->phase == 0) {
+        for (int64_t u = split_at(rows * qa, jb->parts, t); u < split_at(rows * qa, jb->parts, t + 1); u++) {
+            const int64_t r = u / qa, j = u % qa;
+            const float *x = jb->X + (jb->n0 + r) * in + j * b;
+            const int64_t c = in - j * b < b ? in - j * b : b;
+            if (c < b) {
+                memcpy(xb, x, sizeof(float) * (size_t)c);
+                memset(xb + c, 0, sizeof(float) * (size_t)(b - c));
+                x = xb;
+            }
+            rfft_run(o, &pl->f, x, jb->xs + (j * rows + r) * ld, tmp);
+            jb->ny[r * qa + j] = jb->xs[(j * rows + r) * ld + 2 * m];
+        }
+        return;
+    }
+    for (int64_t i = split_at(jb->pa, jb->parts, t); i < split_at(jb->pa, jb->parts, t + 1); i++) {
+        /* bins 0..m-1 (whole vectors for b >= 16), then the Nyquist bin (real) */
+        o->cmac_rows(m, qa, rows, pl->spec + i * pl->q * 2 * m, 2 * m, jb->xs, ld, acc, ld);
+        for (int64_t r = 0; r < rows; r++) acc[r * ld + 2 * m] = dot4(pl->ny + i * pl->q, jb->ny + r * qa, qa);
+        const int64_t c = out - i * b < b ? out - i * b : b;
+        for (int64_t r = 0; r < rows; r++) {
+            float *y = jb->Y + (jb->n0 + r) * out + i * b, *dst = c == b ? y : xb;
+            irfft_run(o, &pl->f, acc + r * ld, dst, tmp);
+            if (dst != y || jb->bias) add_bias_slice(y, dst, c, jb->bias ? jb->bias + i * b : NULL);
+        }
+    }
+}
+
+/* The shared checks of the FFT matmuls: pointers, the plan's in/out, N*in and N*out in int64. */
+static ep_status check_fft_matmul(const char *fn, const float *X, int64_t N, int64_t in, const float *Y, int64_t out,
+                                  int64_t plan_in, int64_t plan_out) {
+    int64_t t;
+    ep_status st = check_mm(fn, X, N, Y);
+    if (st || (st = check_plan_io(fn, in, out, plan_in, plan_out))) return st;
+    if (!mul_ok(N, in, &t) || !mul_ok(N, out, &t))
+        return fail(EP_ERR_OVERFLOW, "%s: N=%lld rows of in=%lld, out=%lld overflow", fn, (long long)N, (long long)in,
+                    (long long)out);
+    return EP_OK;
+}
+
 ep_status ep_circulant_matmul(const ep_circulant_plan *pl, const float *X, int64_t N, int64_t in,
                               const float *bias, float *Y, int64_t out) {
     const char *fn = "ep_circulant_matmul";
     int64_t t;
     CHECK_PTR(pl, "plan");
-    ep_status st = check_mm(fn, X, N, Y);
-    if (st || (st = check_plan_io(fn, in, out, pl->in, pl->out))) return st;
-    if (!mul_ok(N, in, &t) || !mul_ok(N, out, &t))
-        return fail(EP_ERR_OVERFLOW, "%s: N=%lld rows of in=%lld, out=%lld overflow", fn, (long long)N, (long long)in,
-                    (long long)out);
-    const int64_t b = pl->b, m = b / 2, cs = 2 * m + 2, ld = line_stride(cs), q = pl->q;
+    ep_status st = check_fft_matmul(fn, X, N, in, Y, out, pl->in, pl->out);
+    if (st) return st;
+    const int64_t b = pl->b, cs = b + 2, ld = line_stride(cs);
     const int64_t qa = (in + b - 1) / b, pa = (out + b - 1) / b; /* blocks that touch data */
-    const int64_t nb = batch_rows(N, qa * ld + ld + qa);
-    if (!mul_ok(nb, qa * ld + ld + qa + 2 * b + 16, &t))
+    circ_job j = {pl, ops(), X, bias, Y, in, out, qa, pa, ld, 0, 0, 0, 0, NULL, NULL, NULL, 0, 0};
+    j.nb = batch_rows(N, qa * ld + ld + qa);
+    j.parts = ep_threads_for(work3(N, pa * qa, b), pa);
+    j.priv = line_stride(j.nb * ld + 2 * b);
+    if (!mul_ok(j.nb, qa * ld + qa, &t) || !mul_ok(j.parts, j.priv, &t) || !mul_ok(j.nb, qa * ld + qa + j.parts * j.priv + 16, &t))
         return fail(EP_ERR_OVERFLOW, "%s: scratch for %lld rows of %lld input blocks of b=%lld overflows", fn,
-                    (long long)nb, (long long)qa, (long long)b);
-    /* xs[j][r]: spectrum of row r's input block j (ny[r][j]: its Nyquist bin, real); acc[r]: row
-     * r's output block spectrum */
-    float *mem = (float *)malloc(sizeof(float) * (size_t)(nb * (qa * ld + ld + qa) + 2 * b + 16));
+                    (long long)j.nb, (long long)qa, (long long)b);
+    /* shared: xs[j][r], the spectrum of row r's input block j (ny[r][j]: its Nyquist bin, real);
+     * each part's own: acc[r], row r's output block spectrum, then xb and tmp (b floats each) */
+    float *mem = (float *)malloc(sizeof(float) * (size_t)(j.nb * (qa * ld + qa) + j.parts * j.priv + 32));
     if (!mem) return fail(EP_ERR_NOMEM, "%s: out of memory", fn);
-    float *xs = line_align(mem), *acc = xs + nb * qa * ld, *ny = acc + nb * ld, *xb = ny + nb * qa, *tmp = xb + b;
-    const ep_ops *o = ops();
-    for (int64_t n0 = 0; n0 < N; n0 += nb) {
-        const int64_t rows = N - n0 < nb ? N - n0 : nb;
-        for (int64_t r = 0; r < rows; r++)
-            for (int64_t j = 0; j < qa; j++) {
-                const float *x = X + (n0 + r) * in + j * b;
-                const int64_t c = in - j * b < b ? in - j * b : b;
-                if (c < b) {
-                    memcpy(xb, x, sizeof(float) * (size_t)c);
-                    memset(xb + c, 0, sizeof(float) * (size_t)(b - c));
-                    x = xb;
-                }
-                rfft_run(o, &pl->f, x, xs + (j * rows + r) * ld, tmp);
-                ny[r * qa + j] = xs[(j * rows + r) * ld + 2 * m];
-            }
-        for (int64_t i = 0; i < pa; i++) {
-            /* bins 0..m-1 (whole vectors for b >= 16), then the Nyquist bin (real) */
-            o->cmac_rows(m, qa, rows, pl->spec + i * q * 2 * m, 2 * m, xs, ld, acc, ld);
-            for (int64_t r = 0; r < rows; r++) acc[r * ld + 2 * m] = dot4(pl->ny + i * q, ny + r * qa, qa);
-            const int64_t c = out - i * b < b ? out - i * b : b;
-            for (int64_t r = 0; r < rows; r++) {
-                float *y = Y + (n0 + r) * out + i * b, *dst = c == b ? y : xb;
-                irfft_run(o, &pl->f, acc + r * ld, dst, tmp);
-                if (dst != y || bias) add_bias_slice(y, dst, c, bias ? bias + i * b : NULL);
-            }
-        }
+    j.xs = line_align(mem);
+    j.own = line_align(j.xs + j.nb * qa * ld);
+    j.ny = j.own + j.parts * j.priv;
+    for (j.n0 = 0; j.n0 < N; j.n0 += j.nb) {
+        j.rows = N - j.n0 < j.nb ? N - j.n0 : j.nb;
+        j.phase = 0;
+        ep_parallel_for(j.parts, j.parts, circ_task, &j);
+        j.phase = 1;
+        ep_parallel_for(j.parts, j.parts, circ_task, &j);
     }
     free(mem);
     return EP_OK;
@@ -765,29 +890,26 @@ void ep_ldr_plan_destroy(ep_ldr_plan *pl) {
     rfft_free(&pl->f); free(pl->c.tw); free(pl->tw); free(pl->gs); free(pl->hs); free(pl);
 }
 
-ep_status ep_ldr_matmul(const ep_ldr_plan *pl, const float *X, int64_t N, int64_t in,
-                        const float *bias, float *Y, int64_t out) {
-    const char *fn = "ep_ldr_matmul";
-    int64_t t;
-    CHECK_PTR(pl, "plan");
-    ep_status st = check_mm(fn, X, N, Y);
-    if (st || (st = check_plan_io(fn, in, out, pl->in, pl->out))) return st;
-    if (!mul_ok(N, in, &t) || !mul_ok(N, out, &t))
-        return fail(EP_ERR_OVERFLOW, "%s: N=%lld rows of in=%lld, out=%lld overflow", fn, (long long)N, (long long)in,
-                    (long long)out);
-    const int64_t n = pl->n, m = n / 2, cs = 2 * m + 2;
-    const int64_t nb = batch_rows(N, 2 * n + cs);
-    if (!mul_ok(nb, 2 * n + cs + 5 * n + cs, &t))
-        return fail(EP_ERR_OVERFLOW, "%s: scratch for %lld rows of n=%lld overflows", fn, (long long)nb, (long long)n);
+/* ep_ldr_matmul split by batch rows (each row's output depends on that row alone): `parts`
+ * ranges of rows, each run in blocks of nb rows with its own priv floats of scratch in mem */
+typedef struct {
+    const ep_ldr_plan *pl; const ep_ops *o; const float *X, *bias; float *Y;
+    int64_t in, out, N, nb, priv; float *mem; int parts;
+} ldr_job;
+
+static void ldr_task(void *ctx, int64_t t, int w) {
+    const ldr_job *j = (const ldr_job *)ctx;
+    const ep_ldr_plan *pl = j->pl;
+    const ep_ops *o = j->o;
+    const int64_t n = pl->n, m = n / 2, cs = 2 * m + 2, nb = j->nb, in = j->in, out = j->out;
     /* xt[r]: FFT of row r's twisted input, acc[r]: its output spectrum; u, tmp, ur, us: one row's */
-    float *xt = (float *)malloc(sizeof(float) * (size_t)(nb * (2 * n + cs) + 2 * n * 2 + n + cs));
-    if (!xt) return fail(EP_ERR_NOMEM, "%s: out of memory", fn);
+    float *xt = j->mem + j->priv * w;
     float *acc = xt + nb * 2 * n, *u = acc + nb * cs, *tmp = u + 2 * n, *ur = tmp + 2 * n, *us = ur + n;
-    const ep_ops *o = ops();
-    for (int64_t n0 = 0; n0 < N; n0 += nb) {
-        const int64_t rows = N - n0 < nb ? N - n0 : nb;
+    const int64_t end = split_at(j->N, j->parts, t + 1);
+    for (int64_t n0 = split_at(j->N, j->parts, t); n0 < end; n0 += nb) {
+        const int64_t rows = end - n0 < nb ? end - n0 : nb;
         for (int64_t r = 0; r < rows; r++) {
-            const float *x = X + (n0 + r) * in;
+            const float *x = j->X + (n0 + r) * in;
             float *xr = xt + r * 2 * n;
             for (int64_t k = 0; k < n; k++) {
                 const float v = k < in ? x[k] : 0.0f;
@@ -806,11 +928,30 @@ ep_status ep_ldr_matmul(const ep_ldr_plan *pl, const float *X, int64_t N, int64_
                 o->cmac(m + 1, pl->gs + i * cs, us, acc + r * cs);
             }
         for (int64_t r = 0; r < rows; r++) {
-            float *y = Y + (n0 + r) * out, *dst = out == n ? y : u;
+            float *y = j->Y + (n0 + r) * out, *dst = out == n ? y : u;
             irfft_run(o, &pl->f, acc + r * cs, dst, tmp);
-            if (dst != y || bias) add_bias_slice(y, dst, out, bias);
+            if (dst != y || j->bias) add_bias_slice(y, dst, out, j->bias);
         }
     }
-    free(xt);
+}
+
+ep_status ep_ldr_matmul(const ep_ldr_plan *pl, const float *X, int64_t N, int64_t in,
+                        const float *bias, float *Y, int64_t out) {
+    const char *fn = "ep_ldr_matmul";
+    int64_t t;
+    CHECK_PTR(pl, "plan");
+    ep_status st = check_fft_matmul(fn, X, N, in, Y, out, pl->in, pl->out);
+    if (st) return st;
+    const int64_t n = pl->n, cs = n + 2;
+    ldr_job j = {pl, ops(), X, bias, Y, in, out, N, 0, 0, NULL, 0};
+    j.nb = batch_rows(N, 2 * n + cs);
+    j.parts = ep_threads_for(work3(N, pl->r, n * 4), N);
+    j.priv = line_stride(j.nb * (2 * n + cs) + 2 * n * 2 + n + cs);
+    if (!mul_ok(j.nb, 2 * n + cs + 5 * n + cs, &t) || !mul_ok(j.parts, j.priv, &t))
+        return fail(EP_ERR_OVERFLOW, "%s: scratch for %lld rows of n=%lld overflows", fn, (long long)j.nb, (long long)n);
+    j.mem = (float *)malloc(sizeof(float) * (size_t)(j.parts * j.priv));
+    if (!j.mem) return fail(EP_ERR_NOMEM, "%s: out of memory", fn);
+    ep_parallel_for(j.parts, j.parts, ldr_task, &j);
+    free(j.mem);
     return EP_OK;
 }

@@ -113,6 +113,7 @@ int ep_op_read_attrs(ep_op op, ep_runtime rt, const ep_attr_reader *r, ep_op_att
         else if (!strcmp(a->name, "seed")) seed = v;
         else if (!strcmp(a->name, "signed")) sgn = v;
         else if (!strcmp(a->name, "mode")) out->mode = v;
+        else if (!strcmp(a->name, "activation")) out->activation = v;
     }
     if (op == EP_OP_HashedWeight) {
         out->hp.rows = out->shape[0];
@@ -283,17 +284,21 @@ int ep_op_check_inputs(ep_op op, const ep_op_attrs *a, const ep_tensor *in, char
     if (bad_args(op, a, in, msg, cap) || check_missing(op, in, 0, msg, cap) || ep_op_check_weights(op, a, in, msg, cap))
         return 1;
     char s[256];
-    const int x = slot(op, "X"), b = slot(op, "bias");
+    const int x = slot(op, "X");
     if (x >= 0) {
         ep_tensor_dims_str(&in[x], s, sizeof s);
         if (in[x].rank < 1 || in[x].dims[in[x].rank - 1] != a->in_f)
             return say(msg, cap, "input 'X' has shape %s; its last axis must equal in_features=%lld", s,
                        (long long)a->in_f);
     }
-    if (b >= 0 && in[b].present) {
+    static const char *const per_row[] = {"bias", "scale"};
+    for (size_t k = 0; k < sizeof per_row / sizeof per_row[0]; k++) {
+        const int b = slot(op, per_row[k]);
+        if (b < 0 || !in[b].present) continue;
         ep_tensor_dims_str(&in[b], s, sizeof s);
         if (in[b].rank != 1 || in[b].count != a->out_f)
-            return say(msg, cap, "input 'bias' has shape %s; must be [out_features] = [%lld]", s, (long long)a->out_f);
+            return say(msg, cap, "input '%s' has shape %s; must be [out_features] = [%lld]", per_row[k], s,
+                       (long long)a->out_f);
     }
     return 0;
 }
@@ -465,6 +470,22 @@ void ep_op_plan_destroy(ep_op_plan *plan) {
     free(plan);
 }
 
+/* The fused epilogue over rows x cols of Y, one row at a time: y = y*scale + bias (when scale is
+ * given; else the kernel added the bias), then ReLU (activation 1) or ReLU6 (2). */
+static void epilogue(int64_t activation, const float *scale, const float *bias, float *Y, int64_t rows,
+                     int64_t cols) {
+    if (!scale && activation != 1 && activation != 2) return;
+    for (int64_t r = 0; r < rows; r++) {
+        float *y = Y + r * cols;
+        if (scale)
+            for (int64_t c = 0; c < cols; c++) y[c] = y[c] * scale[c] + (bias ? bias[c] : 0.0f);
+        if (activation == 1)
+            for (int64_t c = 0; c < cols; c++) y[c] = y[c] > 0.0f ? y[c] : 0.0f;
+        else if (activation == 2)
+            for (int64_t c = 0; c < cols; c++) y[c] = y[c] > 0.0f ? (y[c] < 6.0f ? y[c] : 6.0f) : 0.0f;
+    }
+}
+
 int ep_op_run(ep_op op, const ep_op_attrs *a, const ep_op_plan *plan, const ep_tensor *in, float *Y, char *msg,
               size_t cap) {
     if (bad_args(op, a, in, msg, cap)) return 1;
@@ -482,12 +503,15 @@ int ep_op_run(ep_op op, const ep_op_attrs *a, const ep_op_plan *plan, const ep_t
     }
     const int64_t N = in[slot(op, "X")].count / a->in_f;
     if (N == 0) return 0;
-    const ep_tensor *b = &in[slot(op, "bias")];
-    const float *X = in[slot(op, "X")].data, *bias = b->present ? b->data : NULL;
+    const ep_tensor *b = &in[slot(op, "bias")], *sc = &in[slot(op, "scale")];
+    const float *X = in[slot(op, "X")].data, *scale = sc->present ? sc->data : NULL;
+    const float *given = b->present ? b->data : NULL, *bias = scale ? NULL : given; /* after scale: epilogue */
     if (op == EP_OP_HashedMatMul && a->mode == 1) {
         const ep_hash_params p = hash_params(op, a, in, &recon, &n_recon);
         s = ep_hashed_matmul_stream(&p, in[slot(op, "buckets")].data, recon, n_recon, X, N, bias, Y);
-        return s ? kernel_error(s, msg, cap) : 0;
+        if (s) return kernel_error(s, msg, cap);
+        epilogue(a->activation, scale, given, Y, N, a->out_f);
+        return 0;
     }
     ep_op_plan *own = NULL; /* weights fed at run time: a plan for this run only */
     if (!plan && ep_op_plan_create(op, a, in, &own, msg, cap)) return 1;
@@ -499,5 +523,7 @@ int ep_op_run(ep_op op, const ep_op_attrs *a, const ep_op_plan *plan, const ep_t
     default: break;
     }
     ep_op_plan_destroy(own);
-    return s ? kernel_error(s, msg, cap) : 0;
+    if (s) return kernel_error(s, msg, cap);
+    epilogue(a->activation, scale, given, Y, N, a->out_f);
+    return 0;
 }

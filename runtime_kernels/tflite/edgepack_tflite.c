@@ -430,6 +430,8 @@ static TfLiteStatus invoke_node(TfLiteContext *ctx, part *p, const ep_node *n) {
         Y = (float *)ot->data;
     }
     if (!count) return kTfLiteOk;
+    /* the interpreter's thread count (num_threads; -1: not set, one thread) for our kernels too */
+    ep_set_num_threads(ctx->recommended_num_threads > 0 ? ctx->recommended_num_threads : 1);
     /* weights computed at run time (no plan from prepare): the layer plans for this run only */
     return ep_op_run(n->kind, &n->at, n->plan, in, Y, msg, sizeof msg) ? fail(ctx, n, "%s", msg) : kTfLiteOk;
 }

@@ -71,7 +71,7 @@ def test_custom_ops_carry_the_onnx_attributes(tmp_path):
     assert summary.op_counts["CUSTOM ai.edgepack.HashedMatMul"] == 1
     node = summary.nodes[0]
     assert node.attributes == {"in_features": 20, "out_features": 6, "num_hashes": 3, "seed": 77,
-                               "signed": 0, "mode": 1}
+                               "signed": 0, "mode": 1, "activation": 0}
     assert node.stored_bytes == 4 * (layer.buckets.numel() + layer.recon.numel())
     # Without the delegate, TFLite cannot resolve the op and says so.
     with pytest.raises(RuntimeError, match="ai.edgepack.HashedMatMul"):

@@ -53,16 +53,20 @@ def hashed_matmul(in_f=5, out_f=6, num_hashes=1, seed=7, mode=None, buckets=None
     return "HashedMatMul", attrs, weights, x if x is not None else in_f
 
 
-def circulant(in_f=10, out_f=7, blocks=None, bias=None, x=None):
+def circulant(in_f=10, out_f=7, blocks=None, bias=None, x=None, scale=None, **extra):
     weights = {"blocks": w(2, 3, 4) if blocks is None else blocks,
-               "bias": w(out_f if isinstance(out_f, int) and 0 < out_f < 1000 else 3) if bias is None else bias}
-    return "CirculantMatMul", {"in_features": in_f, "out_features": out_f}, weights, x if x is not None else in_f
+               "bias": w(out_f if isinstance(out_f, int) and 0 < out_f < 1000 else 3) if bias is None else bias,
+               "scale": scale}
+    attrs = {"in_features": in_f, "out_features": out_f, **extra}
+    return "CirculantMatMul", attrs, weights, x if x is not None else in_f
 
 
-def ldr(in_f=6, out_f=8, G=None, H=None, bias=None, x=None):
+def ldr(in_f=6, out_f=8, G=None, H=None, bias=None, x=None, scale=None, **extra):
     weights = {"G": w(2, 8) if G is None else G, "H": w(2, 8) if H is None else H,
-               "bias": w(out_f if isinstance(out_f, int) and 0 < out_f < 1000 else 3) if bias is None else bias}
-    return "LDRMatMul", {"in_features": in_f, "out_features": out_f}, weights, x if x is not None else in_f
+               "bias": w(out_f if isinstance(out_f, int) and 0 < out_f < 1000 else 3) if bias is None else bias,
+               "scale": scale}
+    attrs = {"in_features": in_f, "out_features": out_f, **extra}
+    return "LDRMatMul", attrs, weights, x if x is not None else in_f
 
 
 VALID = {
@@ -76,6 +80,8 @@ VALID = {
     "hm-big-stream": hashed_matmul(in_f=64, out_f=64, mode=1),  # mode 1 decodes nothing
     "circ": circulant(),
     "circ-exact": circulant(in_f=12, out_f=8),
+    "circ-scale-relu6": circulant(scale=w(7), activation=2),
+    "hm-stream-relu": hashed_matmul(mode=1, activation=1),
     "ldr": ldr(),
     "ldr-full": ldr(in_f=8, out_f=8),
 }
@@ -118,6 +124,11 @@ INVALID = {
     "hm-mode-2": hashed_matmul(mode=2),
     "hm-mode-negative": hashed_matmul(mode=-1),
     "hm-signed-5": hashed_matmul(signed=5),
+    "hm-activation-3": hashed_matmul(activation=3),
+    "circ-activation-negative": circulant(activation=-1),
+    "ldr-activation-float": ldr(activation=1.0),
+    "circ-scale-length": circulant(scale=w(3)),
+    "ldr-scale-2d": ldr(scale=w(1, 8)),
     "hm-buckets-2d": hashed_matmul(buckets=w(2, 6)),
     "hm-recon-missing-k3": hashed_matmul(num_hashes=3, rec=None),
     "hm-recon-length": hashed_matmul(num_hashes=3, rec=w(12)),
@@ -461,7 +472,8 @@ def test_convert_writes_only_the_attributes_the_kernels_read(tmp_path):
     path = convert_onnx_to_tflite(model, tmp_path / "m.tflite")  # verified against ORT
     flat = tflite.Model.GetRootAs(path.read_bytes(), 0)
     options = flexbuffers.Loads(bytes(flat.Subgraphs(0).Operators(0).CustomOptionsAsNumpy()))
-    assert options == {"in_features": 5, "out_features": 6, "num_hashes": 1, "seed": 7, "signed": 1, "mode": 0}
+    assert options == {"in_features": 5, "out_features": 6, "num_hashes": 1, "seed": 7, "signed": 1, "mode": 0,
+                       "activation": 0}
 
 
 def test_inspect_counts_external_data_without_reading_it(tmp_path, capsys, monkeypatch):

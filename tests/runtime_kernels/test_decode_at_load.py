@@ -197,8 +197,8 @@ def hashed_weight_model(shapes, **attributes) -> bytes:
     return model.SerializeToString()
 
 
-def hashed_matmul_model(mode: int) -> bytes:
-    attrs = dict(in_features=6, out_features=5, num_hashes=1, seed=3, mode=mode)
+def hashed_matmul_model(mode: int, **epilogue) -> bytes:
+    attrs = dict(in_features=6, out_features=5, num_hashes=1, seed=3, mode=mode, **epilogue)
     inits = [numpy_helper.from_array(RNG.standard_normal(7).astype(np.float32), "buckets"),
              numpy_helper.from_array(IDENTITY, "recon"),
              numpy_helper.from_array(np.arange(5, dtype=np.float32), "bias")]
@@ -223,6 +223,17 @@ def test_expand_matmul_is_decoded_and_stream_mode_keeps_its_kernel():
             assert ops == ["MatMul", "Add"]
         else:
             assert rewritten is None  # O(buckets) memory was asked for: the file runs as it is
+
+
+def test_an_expand_matmul_with_a_fused_activation_stays_on_the_kernels():
+    """Decoding would drop the epilogue: the node keeps its kernel, which applies the ReLU."""
+    model = hashed_matmul_model(0, activation=1)
+    assert decoded_onnx(model) is None
+    x = RNG.standard_normal((16, 6)).astype(np.float32)
+    got = run_ort(model, x)
+    want = run_ort(model, x, use_kernels=False)  # the fallback function applies the ReLU too
+    assert (got == 0).any()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("attributes, words", [

@@ -298,7 +298,7 @@ BAD = {
     ),
     "out_of_range": (tm.options(**dict(HM, mode=3)), (4, 8), 1, r"'mode' = 3; must be in \[0, 1\]"),
     "x_shape": (tm.options(**HM), (4, 9), 1, "last axis must equal in_features=8"),
-    "too_few_inputs": (tm.options(**HM), (4, 8), 0, "has 1 inputs; must have 2..4"),
+    "too_few_inputs": (tm.options(**HM), (4, 8), 0, "has 1 inputs; must have 2..5"),
     "recon_missing_k4": (tm.options(**dict(HM, num_hashes=4)), (4, 8), 1, "required when num_hashes=4"),
 }
 

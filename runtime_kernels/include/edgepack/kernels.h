@@ -54,6 +54,14 @@ EP_API const char *ep_variant_name(int index);     /* NULL when out of range */
 EP_API const char *ep_variant(void);               /* the active variant */
 EP_API ep_status ep_set_variant(const char *name); /* "ref", "avx2", "neon" or "auto" */
 
+/* ---- threads ----------------------------------------------------------------------------- *
+ * Threads the kernels called from the calling thread may use (thread-local; default 1, clamped
+ * to [1, 64]). The drivers split GEMM weight panels, hashed rows, circulant output blocks and
+ * LDR batch rows over a pool of workers created once; the output is bit-identical for any count.
+ * Small calls stay on the calling thread, as do calls made while another thread uses the pool. */
+EP_API void ep_set_num_threads(int n);
+EP_API int ep_get_num_threads(void);
+
 /* ---- decode limits (docs/ops.md "Limits") ------------------------------------------------ *
  * What one file may make the kernels allocate, checked before allocating: the virtual weights
  * of one node (HashedWeight: prod(shape); the matmul ops: in_features * out_features) and the

@@ -49,6 +49,7 @@ typedef struct ep_attr_reader {
 typedef struct ep_op_attrs {
     int64_t in_f, out_f;      /* matmul ops */
     int64_t mode;             /* HashedMatMul: 0 expand, 1 stream */
+    int64_t activation;       /* matmul ops' epilogue after the bias: 0 none, 1 ReLU, 2 ReLU6 */
     ep_hash_params hp;        /* rows, cols and the hash attributes; num_buckets left 0 */
     int64_t shape[EP_LIMIT_MAX_RANK];
     size_t shape_rank;        /* HashedWeight */
@@ -64,7 +65,7 @@ const char *ep_op_name(ep_op op);
 
 /* ---- inputs (ops.inc's EP_OP_INPUT rows) ---------------------------------------------------- */
 
-#define EP_OP_MAX_INPUTS 4 /* most input slots of any op (checked against ops.inc in ops.c) */
+#define EP_OP_MAX_INPUTS 5 /* most input slots of any op (checked against ops.inc in ops.c) */
 
 int ep_op_n_inputs(ep_op op);   /* its input slots */
 int ep_op_n_required(ep_op op); /* the leading slots that must be present */
