@@ -6,7 +6,7 @@ round times every variant once, the order reversed every other round, so machine
 alike) and prints a Markdown table: median latency, its ratio to the dense model of the group,
 the file size on disk (model + external data) and the peak resident memory of loading the model
 and running it once in a fresh process (VmHWM minus the RSS before loading, measured after the
-imports: the decode path imports edgepack's exporter, and with it torch, once per process).
+imports).
 Hashed models run twice: decoded at load (the default) and on the edgepack kernels
 (``decode_at_load=False``).
 """
