@@ -7,41 +7,24 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from ort_models import make_model, ref_circulant_dense, ref_ldr_dense
 
-from edgepack.runtime_kernels.ort_session import onnx_session, ort_library_path
+from edgepack.runtime_kernels.ort_session import onnx_session
 
 ort = pytest.importorskip("onnxruntime")
 RNG = np.random.default_rng(11)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _library():
-    try:
-        ort_library_path()
-    except FileNotFoundError as exc:  # pragma: no cover - depends on the build
-        pytest.skip(str(exc))
+pytestmark = pytest.mark.usefixtures("ort_library")
 
 
 def rand(*shape):
     return RNG.standard_normal(shape).astype(np.float32)
 
 
-def model_bytes(op, x, weights, attrs, weights_as_inputs=False):
+def model_bytes(op, x, weights, attrs, as_inputs=False):
     """One ai.edgepack node: X (and, if asked, the weights) as graph inputs, the rest initializers."""
-    names = ["X", *weights]
-    ins = [helper.make_tensor_value_info("X", TensorProto.FLOAT, list(x.shape))]
-    inits = []
-    for name, arr in weights.items():
-        if weights_as_inputs:
-            ins.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(arr.shape)))
-        else:
-            inits.append(numpy_helper.from_array(arr, name))
-    node = helper.make_node(op, names, ["Y"], domain="ai.edgepack", **attrs)
-    graph = helper.make_graph([node], "g", ins, [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
-                              initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.edgepack", 1)])
-    model.ir_version = 9
-    return model.SerializeToString()
+    return make_model(op, [("X", x), *weights.items()], attrs, as_inputs=as_inputs).SerializeToString()
 
 
 def run(data, feeds, threads):
@@ -91,19 +74,6 @@ def test_hashed_weight_threads():
     assert set(np.unique(np.abs(one))) <= set(np.abs(buckets))  # every weight is ± a bucket
 
 
-def z_matrix(v, f):
-    """The f-circulant matrix with first column v: Z[j, k] = v[j - k], times f where j < k."""
-    n = len(v)
-    j, k = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
-    return np.where(j >= k, 1.0, f) * np.asarray(v, np.float64)[(j - k) % n]
-
-
-def circulant_dense(blocks):
-    p, q, b = blocks.shape
-    idx = (np.arange(b)[:, None] - np.arange(b)[None, :]) % b
-    return np.block([[blocks[i, j][idx] for j in range(q)] for i in range(p)]).astype(np.float64)
-
-
 @pytest.mark.parametrize("as_inputs", [False, True])
 def test_circulant_matmul_threads(as_inputs):
     in_f, out_f, b, n = 1500, 1490, 32, 5
@@ -112,7 +82,7 @@ def test_circulant_matmul_threads(as_inputs):
     weights = {"blocks": blocks, "bias": bias}
     data = model_bytes("CirculantMatMul", x, weights, dict(in_features=in_f, out_features=out_f), as_inputs)
     y = same_for_threads(data, {"X": x, **(weights if as_inputs else {})})
-    W = circulant_dense(blocks)[:out_f, :in_f]
+    W = ref_circulant_dense(blocks)[:out_f, :in_f]
     np.testing.assert_allclose(y, x.astype(np.float64) @ W.T + bias, rtol=1e-3, atol=1e-2)
 
 
@@ -122,7 +92,7 @@ def test_ldr_matmul_threads():
     weights = {"G": G, "H": H, "bias": bias}
     data = model_bytes("LDRMatMul", x, weights, dict(in_features=in_f, out_features=out_f))
     y = same_for_threads(data, {"X": x})
-    W = sum(z_matrix(g, 1.0) @ z_matrix(h, -1.0) for g, h in zip(G, H))[:out_f, :in_f]
+    W = ref_ldr_dense(G, H)[:out_f, :in_f]
     np.testing.assert_allclose(y, x.astype(np.float64) @ W.T + bias, rtol=1e-3, atol=1e-2)
 
 
@@ -148,7 +118,7 @@ def test_tflite_delegate_threads(tmp_path):
         it.invoke()
         outs.append(it.get_tensor(it.get_output_details()[0]["index"]))
     assert outs[0].tobytes() == outs[1].tobytes()
-    W = circulant_dense(blocks)[:out_f, :in_f]
+    W = ref_circulant_dense(blocks)[:out_f, :in_f]
     np.testing.assert_allclose(outs[0], x.astype(np.float64) @ W.T + bias, rtol=1e-3, atol=1e-2)
 
 
@@ -161,5 +131,5 @@ def test_bad_thread_env_names_the_variable(monkeypatch):
         onnx_session(data, threads=2, decode_at_load=False)
     monkeypatch.setenv("EDGEPACK_NUM_THREADS", "3")
     y = onnx_session(data, decode_at_load=False).run(None, {"X": x})[0]
-    W = sum(z_matrix(g, 1.0) @ z_matrix(h, -1.0) for g, h in zip(G, H))
+    W = ref_ldr_dense(G, H)
     np.testing.assert_allclose(y, x.astype(np.float64) @ W.T, rtol=1e-4, atol=1e-4)
