@@ -205,12 +205,12 @@ void ep_tensor_dims_str(const ep_tensor *t, char *buf, size_t cap) {
 
 static int is_pow2(int64_t n) { return n > 0 && (n & (n - 1)) == 0; }
 
+/* The checks run at every invoke: a shape is formatted only for a message. */
 static int check_buckets(const ep_tensor *t, char *msg, size_t cap) {
+    if (t->rank == 1 && t->count >= 1 && t->count <= EP_LIMIT_MAX_BUCKETS) return 0;
     char s[256];
     ep_tensor_dims_str(t, s, sizeof s);
-    if (t->rank != 1 || t->count < 1 || t->count > EP_LIMIT_MAX_BUCKETS)
-        return say(msg, cap, "input 'buckets' has shape %s; must be 1-D with 1 <= B < 2^31 buckets", s);
-    return 0;
+    return say(msg, cap, "input 'buckets' has shape %s; must be 1-D with 1 <= B < 2^31 buckets", s);
 }
 
 static int check_recon(const ep_op_attrs *a, const ep_tensor *t, char *msg, size_t cap) {
@@ -227,30 +227,31 @@ static int check_recon(const ep_op_attrs *a, const ep_tensor *t, char *msg, size
 }
 
 static int check_blocks(const ep_op_attrs *a, const ep_tensor *t, char *msg, size_t cap) {
+    const int shape_ok = t->rank == 3 && t->dims[0] >= 1 && t->dims[1] >= 1 && is_pow2(t->dims[2]) &&
+                         t->dims[2] >= EP_LIMIT_MIN_POW2; /* then p*q*b is a real tensor's count: no overflow */
+    if (shape_ok && a->in_f <= t->dims[1] * t->dims[2] && a->out_f <= t->dims[0] * t->dims[2]) return 0;
     char s[256];
     ep_tensor_dims_str(t, s, sizeof s);
-    if (t->rank != 3 || t->dims[0] < 1 || t->dims[1] < 1 || !is_pow2(t->dims[2]) || t->dims[2] < EP_LIMIT_MIN_POW2)
+    if (!shape_ok)
         return say(msg, cap, "input 'blocks' has shape %s; must be [p, q, b] with p, q >= 1 and b a power of two "
                    ">= %d", s, EP_LIMIT_MIN_POW2);
     const int64_t p = t->dims[0], q = t->dims[1], b = t->dims[2];
-    if (a->in_f > q * b || a->out_f > p * b)
-        return say(msg, cap, "input 'blocks' has shape %s; need in_features=%lld <= q*b=%lld and out_features=%lld "
-                   "<= p*b=%lld", s, (long long)a->in_f, (long long)(q * b), (long long)a->out_f, (long long)(p * b));
-    return 0;
+    return say(msg, cap, "input 'blocks' has shape %s; need in_features=%lld <= q*b=%lld and out_features=%lld "
+               "<= p*b=%lld", s, (long long)a->in_f, (long long)(q * b), (long long)a->out_f, (long long)(p * b));
 }
 
 static int check_ldr(const ep_op_attrs *a, const ep_tensor *g, const ep_tensor *h, char *msg, size_t cap) {
+    const int shapes_ok = g->rank == 2 && h->rank == 2 && g->dims[0] == h->dims[0] && g->dims[1] == h->dims[1] &&
+                          g->dims[0] >= 1 && is_pow2(g->dims[1]) && g->dims[1] >= EP_LIMIT_MIN_POW2;
+    if (shapes_ok && a->in_f <= g->dims[1] && a->out_f <= g->dims[1]) return 0;
     char sg[256], sh[256];
     ep_tensor_dims_str(g, sg, sizeof sg);
     ep_tensor_dims_str(h, sh, sizeof sh);
-    if (g->rank != 2 || h->rank != 2 || g->dims[0] != h->dims[0] || g->dims[1] != h->dims[1] || g->dims[0] < 1 ||
-        !is_pow2(g->dims[1]) || g->dims[1] < EP_LIMIT_MIN_POW2)
+    if (!shapes_ok)
         return say(msg, cap, "inputs 'G' %s and 'H' %s must both be [r, n] with r >= 1 and n a power of two >= %d", sg,
                    sh, EP_LIMIT_MIN_POW2);
-    if (a->in_f > g->dims[1] || a->out_f > g->dims[1])
-        return say(msg, cap, "in_features=%lld and out_features=%lld must both be <= n=%lld (G, H are %s)",
-                   (long long)a->in_f, (long long)a->out_f, (long long)g->dims[1], sg);
-    return 0;
+    return say(msg, cap, "in_features=%lld and out_features=%lld must both be <= n=%lld (G, H are %s)",
+               (long long)a->in_f, (long long)a->out_f, (long long)g->dims[1], sg);
 }
 
 static int check_missing(ep_op op, const ep_tensor *in, int weights_only, char *msg, size_t cap) {
@@ -285,20 +286,18 @@ int ep_op_check_inputs(ep_op op, const ep_op_attrs *a, const ep_tensor *in, char
         return 1;
     char s[256];
     const int x = slot(op, "X");
-    if (x >= 0) {
+    if (x >= 0 && (in[x].rank < 1 || in[x].dims[in[x].rank - 1] != a->in_f)) {
         ep_tensor_dims_str(&in[x], s, sizeof s);
-        if (in[x].rank < 1 || in[x].dims[in[x].rank - 1] != a->in_f)
-            return say(msg, cap, "input 'X' has shape %s; its last axis must equal in_features=%lld", s,
-                       (long long)a->in_f);
+        return say(msg, cap, "input 'X' has shape %s; its last axis must equal in_features=%lld", s,
+                   (long long)a->in_f);
     }
     static const char *const per_row[] = {"bias", "scale"};
     for (size_t k = 0; k < sizeof per_row / sizeof per_row[0]; k++) {
         const int b = slot(op, per_row[k]);
-        if (b < 0 || !in[b].present) continue;
+        if (b < 0 || !in[b].present || (in[b].rank == 1 && in[b].count == a->out_f)) continue;
         ep_tensor_dims_str(&in[b], s, sizeof s);
-        if (in[b].rank != 1 || in[b].count != a->out_f)
-            return say(msg, cap, "input '%s' has shape %s; must be [out_features] = [%lld]", per_row[k], s,
-                       (long long)a->out_f);
+        return say(msg, cap, "input '%s' has shape %s; must be [out_features] = [%lld]", per_row[k], s,
+                   (long long)a->out_f);
     }
     return 0;
 }
