@@ -6,10 +6,20 @@ from __future__ import annotations
 import struct
 
 import numpy as np
+import pytest
 import xxhash
 from onnx import TensorProto, helper, numpy_helper
 
-from edgepack.runtime_kernels.ort_session import onnx_session
+from edgepack.runtime_kernels.ort_session import onnx_session, ort_library_path
+
+
+@pytest.fixture(scope="module")
+def ort_library():
+    """Skip the importing module's tests when libedgepack_ort has not been built."""
+    try:
+        return ort_library_path()
+    except FileNotFoundError as exc:  # pragma: no cover - depends on the build
+        pytest.skip(str(exc))
 
 # ---- numpy references (docs/ops.md) ---------------------------------------------------------
 

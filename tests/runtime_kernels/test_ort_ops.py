@@ -11,7 +11,15 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto
-from ort_models import make_model, ref_circulant_dense, ref_decode, ref_ldr_dense, ref_linear, run
+from ort_models import (
+    make_model,
+    ort_library,  # noqa: F401 (a fixture)
+    ref_circulant_dense,
+    ref_decode,
+    ref_ldr_dense,
+    ref_linear,
+    run,
+)
 
 from edgepack.runtime_kernels.ort_session import onnx_session, ort_library_path
 

@@ -7,7 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from ort_models import make_model, ref_circulant_dense, ref_ldr_dense
+from ort_models import (
+    make_model,
+    ort_library,  # noqa: F401 (a fixture)
+    ref_circulant_dense,
+    ref_ldr_dense,
+)
 
 from edgepack.runtime_kernels.ort_session import onnx_session
 
