@@ -253,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="refuse a model whose nodes decode more than N bytes in all "
                               "(default $EDGEPACK_MAX_DECODED_BYTES or 1 GiB)")
     inspect.set_defaults(handler=_inspect)
+
+    from edgepack.kws.cli import add_kws_parser
+    add_kws_parser(commands)
     return parser
 
 
