@@ -5,7 +5,11 @@ model needs it) to the device, run ``runner_script.py`` with the device's Python
 LiteRT / tflite-runtime); without one, ONNX models run through the native runner
 (``edgepack_ort_runner --bench``, built for the device's ABI, pushed with libonnxruntime) and
 TFLite models through TFLite's ``benchmark_model`` when the user gives its path; add file size
-and energy; write the record. Each model file is first checked on the host with the exporter's
+and energy; write the record. File size (the model with its external data, on disk) and peak
+resident memory (measured on the device: VmHWM above the RSS before the model was loaded) are kept
+apart; ``decode_at_load`` (the default) decodes compressed weights to dense constants at load where
+the device can (edgepack installed there, or the native runner), else the fused kernels run, and
+the record's ``weights`` says which. Each model file is first checked on the host with the exporter's
 loader (corrupt, truncated, ai.edgepack nodes the kernels refuse), so a bad one is never pushed.
 A failure (that check, a runner past ``--timeout`` included) becomes a record with
 ``status: "error"`` and the run goes on with the next model. A record that cannot be written
@@ -30,7 +34,16 @@ from edgepack.devices import CommandTimeout, Device, DeviceError, get_device
 from edgepack.errors import EdgepackError
 
 from .native import run_with_native
-from .results import append_result, check_writable, latency_metrics, load_results, result_key
+from .results import (
+    MB,
+    append_result,
+    check_writable,
+    format_time_ms,
+    latency_metrics,
+    load_results,
+    result_key,
+    significant,
+)
 from .transfer import command_timeout, model_size_bytes, push_model
 
 RUNNER = Path(__file__).with_name("runner_script.py")
@@ -85,6 +98,7 @@ class BenchOptions:
     timeout: float | None = None  # seconds per device command; None: 600 or 20 × min_seconds
     keep_workdir: bool = False  # keep the device's work directory (its path is printed)
     known_hosts: str | None = None  # ssh devices: known_hosts file to check the host key against
+    decode_at_load: bool = True  # False: keep ai.edgepack ops on the fused kernels (less memory)
 
     def __post_init__(self):
         for name in LIMITS:
@@ -177,6 +191,8 @@ def run_with_python(device: Device, python: str, model: Path, runtime: str, opti
         argv += ["--library", device.push(str(host_library(runtime, arch)), timeout=timeout)]
     if options.dataset:
         argv += ["--dataset", device.push(options.dataset, timeout=timeout)]
+    if not options.decode_at_load:
+        argv.append("--keep-fused")
     argv = pinned(argv, options)
     result = device.run(argv, timeout=timeout)
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
@@ -255,7 +271,18 @@ def new_record(model: Path, device_spec: str, description: dict, options: BenchO
     return {"model": model.stem, "model_path": str(model.resolve()), "device_spec": device_spec,
             "device": description, "runtime": runtime, "threads": options.threads,
             "emulated": bool(description.get("emulated")), "timestamp": time.time(),
-            "command": shlex.join(sys.argv)}
+            "command": shlex.join(sys.argv), "decode_at_load": options.decode_at_load}
+
+
+WEIGHTS = {True: "decoded at load", False: "fused kernels", None: "dense"}
+
+
+def weights_used(model: Path, measured: dict) -> str:
+    """How the run held the model's weights: "dense" (no ai.edgepack ops), "decoded at load" or
+    "fused kernels", as the runner reports it (a runner that does not say never decodes)."""
+    if not needs_edgepack_library(model):
+        return "dense"
+    return WEIGHTS[bool(measured.get("decode_at_load"))]
 
 
 def measure_model(device: Device, description: dict, model: Path, options: BenchOptions) -> dict:
@@ -269,9 +296,11 @@ def measure_model(device: Device, description: dict, model: Path, options: Bench
         check_model_file(model)
         measured, device_command = run_once()
         latencies = measured.pop("latencies_ms")
+        size = model_size_bytes(model)
         record["metrics"] = {"init_ms": measured["init_ms"],
                              "first_inference_ms": measured["first_inference_ms"],
-                             **latency_metrics(latencies), "size_kb": model_size_bytes(model) / 1024}
+                             **latency_metrics(latencies), "size_kb": size / 1024, "file_size_mb": size / MB}
+        record["weights"] = weights_used(model, measured)
         for key in ("peak_rss_mb", "accuracy"):
             if key in measured:
                 record["metrics"][key] = measured[key]
@@ -367,8 +396,11 @@ def bench(models: list[str | Path], device: str | Device, options: BenchOptions,
                 if record["status"] == "ok":
                     metrics = record["metrics"]
                     note = " (emulated)" if record["emulated"] else ""
-                    console.print(f"{escape(model.name)}: p50 {metrics['latency_p50_ms']:.3f} ms{note}, "
-                                  f"{metrics['size_kb']:.1f} kB")
+                    rss = metrics.get("peak_rss_mb")
+                    console.print(f"{escape(model.name)}: p50 {format_time_ms(metrics['latency_p50_ms'])}{note}, "
+                                  f"file {significant(metrics['file_size_mb'])} MB, peak RSS "
+                                  f"{significant(rss) + ' MB' if rss is not None else 'not measured'}, "
+                                  f"{record['weights']}")
                 else:
                     console.print(f"[red]{escape(model.name)}: {escape(record['error'])}[/red]")
                 progress.advance(task)

@@ -34,8 +34,10 @@ def run_with_native(device: Device, model: Path, options: Any, arch: str,
                     edgepack_ort_lib: Path | None) -> tuple[dict, str]:
     """Measure ``model`` on ``device`` with the native runner; (runner_script.py-style dict, argv).
 
-    ``options`` needs threads, warmup, runs and min_seconds (and may have cpus: pin with taskset, and
-    timeout: seconds for each device command). Raises NativeRunnerError (a RuntimeError) with the
+    ``options`` needs threads, warmup, runs and min_seconds (and may have cpus: pin with taskset,
+    timeout: seconds for each device command, and decode_at_load: False keeps the fused edgepack
+    kernels, as ``onnx_session(decode_at_load=False)``; the runner's default decodes storage-compressed
+    weights at load). Raises NativeRunnerError (a RuntimeError) with the
     runner's message when the run fails.
     """
     runner = find_artifact(RUNNER, arch)
@@ -45,6 +47,8 @@ def run_with_native(device: Device, model: Path, options: Any, arch: str,
             "--ort-lib", device.push(str(ort_lib), timeout=timeout)]
     if edgepack_ort_lib is not None:
         argv += ["--custom-ops", device.push(str(edgepack_ort_lib), timeout=timeout)]
+    if getattr(options, "decode_at_load", True) is False:
+        argv.append("--keep-fused")
     argv += ["--threads", str(options.threads), "--warmup", str(options.warmup), "--runs", str(options.runs),
              "--min-seconds", str(options.min_seconds), push_model(device, model, timeout)]
     cpus = getattr(options, "cpus", None)

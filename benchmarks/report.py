@@ -1,7 +1,8 @@
 """``edgepack report``: Markdown and a self-contained HTML page, with matplotlib plots, from a
-results file: latency distribution per model, accuracy vs size, energy per inference, and a
-comparison against a baseline model. Unreadable lines and "ok" records that lack a field the
-report needs are skipped and counted, never fatal."""
+results file: latency distribution per model, accuracy and latency vs file size (Pareto plots),
+energy per inference, and a comparison against a baseline model. Times read in µs / ms / s and
+every number has 3 significant digits (results.significant). Unreadable lines and "ok" records
+that lack a field the report needs are skipped and counted, never fatal."""
 
 import base64
 import html
@@ -9,17 +10,24 @@ import math
 import re
 from pathlib import Path
 
-import matplotlib
+from . import plots
+from .results import MB, ResultsError, format_ratio, format_time_ms, load_results, significant
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
-from .results import ResultsError, load_results  # noqa: E402
+def _percent(value) -> str:
+    return "–" if value is None else f"{significant(100 * value)} %"
 
-COLUMNS = [("latency_p50_ms", "p50 ms"), ("latency_p90_ms", "p90 ms"), ("latency_p99_ms", "p99 ms"),
-           ("latency_trimmed_mean_ms", "trimmed mean ms"), ("init_ms", "init ms"),
-           ("peak_rss_mb", "peak RSS MB"), ("size_kb", "size kB"),
-           ("energy_mj_per_inference", "energy mJ/inf"), ("accuracy", "accuracy")]
+
+def _file_mb(size_kb) -> str:
+    return "–" if size_kb is None else significant(size_kb * 1024 / MB)
+
+
+# (metric, table header, how a value reads): times carry their unit, sizes are in MB (2^20 bytes)
+COLUMNS = [("latency_p50_ms", "p50", format_time_ms), ("latency_p90_ms", "p90", format_time_ms),
+           ("latency_p99_ms", "p99", format_time_ms), ("latency_trimmed_mean_ms", "trimmed mean", format_time_ms),
+           ("init_ms", "init", format_time_ms), ("size_kb", "file size (MB)", _file_mb),
+           ("peak_rss_mb", "peak RSS (MB)", significant),
+           ("energy_mj_per_inference", "energy (mJ/inference)", significant), ("accuracy", "accuracy", _percent)]
 
 
 class ReportPaths(dict):
@@ -39,18 +47,25 @@ def well_formed(record: dict) -> bool:
     return (isinstance(record.get("model"), str) and isinstance(record.get("runtime"), str)
             and isinstance(metrics, dict) and isinstance(record.get("device", {}), dict)
             and _number(metrics.get("latency_p50_ms")) and _number(metrics.get("size_kb"))
-            and all(metrics.get(key) is None or _number(metrics[key]) for key, _ in COLUMNS)
+            and all(metrics.get(key) is None or _number(metrics[key]) for key, _, _ in COLUMNS)
             and isinstance(latencies, list) and bool(latencies) and all(_number(v) for v in latencies))
 
 
 def _label(record: dict) -> str:
-    return f"{record['model']} [{record['runtime']}, {record.get('device_spec', '?')}]"
+    kernels = ", fused kernels" if record.get("weights") == "fused kernels" else ""
+    return f"{record['model']} [{record['runtime']}, {record.get('device_spec', '?')}{kernels}]"
+
+
+def _short_labels(ok: list[dict]) -> list[str]:
+    """Model names for plot points; the full label where a name alone would be ambiguous."""
+    names = [r["model"] for r in ok]
+    return [name if names.count(name) == 1 else _label(r) for name, r in zip(names, ok)]
 
 
 def _cell(value) -> str:
     if value is None:
         return "–"
-    text = f"{value:.4g}" if isinstance(value, float) else str(value)
+    text = significant(value) if isinstance(value, float) else str(value)
     return " ".join(text.replace("|", "\\|").split())
 
 
@@ -58,43 +73,36 @@ def _ratio(numerator, denominator) -> float | None:
     return numerator / denominator if _number(numerator) and _number(denominator) and denominator else None
 
 
-def _table(headers: list[str], rows: list[list]) -> str:
+def markdown_table(headers: list[str], rows: list[list]) -> str:
+    """A Markdown table; cells through _cell (None as "—", numbers to 3 significant digits)."""
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
-def _save(figure, path: Path, paths: list[Path]) -> None:
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    paths.append(path)
-
-
 def _plots(ok: list[dict], out: Path) -> list[Path]:
-    """latency.png always; accuracy_vs_size.png and energy.png when the results have them."""
-    paths = []
-    figure, axis = plt.subplots(figsize=(8, 0.5 + 0.5 * len(ok)))
-    axis.boxplot([r["latencies_ms"] for r in ok], orientation="horizontal", tick_labels=[_label(r) for r in ok])
-    axis.set(xlabel="latency per inference (ms)", title="Latency distribution")
-    _save(figure, out / "latency.png", paths)
-    with_accuracy = [r for r in ok if "accuracy" in r["metrics"]]
+    """latency.png and latency_vs_size.png always; accuracy_vs_size.png and energy.png when some
+    results have accuracy / energy (the others are left out of those plots)."""
+    names = dict(zip(map(id, ok), _short_labels(ok)))
+    sizes = {id(r): r["metrics"]["size_kb"] * 1024 / MB for r in ok}
+    paths = [plots.plot_latency([r["latencies_ms"] for r in ok], [_label(r) for r in ok], out / "latency.png"),
+             plots.plot_pareto([(sizes[id(r)], r["metrics"]["latency_p50_ms"]) for r in ok],
+                               [names[id(r)] for r in ok], out / "latency_vs_size.png",
+                               xlabel="file size (MB)", ylabel="p50 latency", title="Latency vs file size",
+                               maximize_y=False, time_y=True)]
+    with_accuracy = [r for r in ok if _number(r["metrics"].get("accuracy"))]
     if with_accuracy:
-        figure, axis = plt.subplots(figsize=(6, 4))
-        for r in with_accuracy:
-            point = (r["metrics"]["size_kb"], r["metrics"]["accuracy"])
-            axis.scatter(*point)
-            axis.annotate(r["model"], point, fontsize=8)
-        axis.set(xscale="log", xlabel="model size (kB)", ylabel="accuracy", title="Accuracy vs size")
-        _save(figure, out / "accuracy_vs_size.png", paths)
-    with_energy = [r for r in ok if "energy_mj_per_inference" in r["metrics"]]
+        paths.append(plots.plot_pareto(
+            [(sizes[id(r)], 100 * r["metrics"]["accuracy"]) for r in with_accuracy],
+            [names[id(r)] for r in with_accuracy], out / "accuracy_vs_size.png",
+            xlabel="file size (MB)", ylabel="accuracy (%)", title="Accuracy vs file size",
+            maximize_y=True))
+    with_energy = [r for r in ok if _number(r["metrics"].get("energy_mj_per_inference"))]
     if with_energy:
-        figure, axis = plt.subplots(figsize=(8, 0.5 + 0.5 * len(with_energy)))
         labels = [_label(r) + (" (estimated)" if r["metrics"].get("energy_estimated") else "")
                   for r in with_energy]
-        axis.barh(labels, [r["metrics"]["energy_mj_per_inference"] for r in with_energy])
-        axis.set(xlabel="energy per inference (mJ)", title="Energy per inference")
-        _save(figure, out / "energy.png", paths)
+        paths.append(plots.plot_energy([r["metrics"]["energy_mj_per_inference"] for r in with_energy], labels,
+                                       out / "energy.png"))
     return paths
 
 
@@ -107,11 +115,13 @@ def _baseline_rows(ok: list[dict], baseline: str) -> list[list]:
     rows = []
     for r in ok:
         m, b = r["metrics"], base["metrics"]
-        accuracy = m["accuracy"] - b["accuracy"] if _number(m.get("accuracy")) and _number(b.get("accuracy")) \
-            else None
+        accuracy = f"{significant(100 * (m['accuracy'] - b['accuracy']))} pt" \
+            if _number(m.get("accuracy")) and _number(b.get("accuracy")) else None
         energy = _ratio(b.get("energy_mj_per_inference"), m.get("energy_mj_per_inference"))
-        rows.append([_label(r), _ratio(b["latency_p50_ms"], m["latency_p50_ms"]), _ratio(b["size_kb"], m["size_kb"]),
-                     energy, accuracy])
+        rows.append([_label(r), format_ratio(_ratio(b["latency_p50_ms"], m["latency_p50_ms"])),
+                     format_ratio(_ratio(b["size_kb"], m["size_kb"])),
+                     format_ratio(_ratio(b.get("peak_rss_mb"), m.get("peak_rss_mb"))),
+                     format_ratio(energy), accuracy])
     return rows
 
 
@@ -137,8 +147,13 @@ def write_report(results: str | Path, out: str | Path, baseline: str | None = No
         sections[0] += (f" {skipped} line(s) skipped: unreadable (torn, not a JSON object, not UTF-8) or "
                         "an ok record without the model, runtime, metrics or latencies.")
     if ok:
-        rows = [[_label(r)] + [r["metrics"].get(key) for key, _ in COLUMNS] for r in ok]
-        sections.append("## Results\n\n" + _table(["model"] + [h for _, h in COLUMNS], rows))
+        rows = [[_label(r), r.get("weights")]
+                + [show(r["metrics"].get(key)) for key, _, show in COLUMNS] for r in ok]
+        sections.append("## Results\n\n" + markdown_table(["model", "weights"] + [h for _, h, _ in COLUMNS], rows))
+        sections.append("File size: the model file with its external data, on disk. Peak RSS: measured "
+                        "peak resident memory of the runner process (VmHWM) above its memory before the "
+                        "model was loaded. Weights: dense (no ai.edgepack ops), compressed weights decoded to "
+                        "dense constants at load, or run on the edgepack fused kernels. 1 MB = 2^20 bytes.")
         emulated = [r["model"] for r in ok if r.get("emulated")]
         if emulated:
             sections.append(f"Timings of {', '.join(emulated)} are emulated (qemu): correctness only.")
@@ -147,28 +162,29 @@ def write_report(results: str | Path, out: str | Path, baseline: str | None = No
             sections.append(f"Energy of {', '.join(estimated)} is estimated (op counts × energy per "
                             "operation), not measured.")
         devices = {str(r.get("device_spec")): r.get("device", {}) for r in ok}
-        sections.append("## Devices\n\n" + _table(
+        sections.append("## Devices\n\n" + markdown_table(
             ["device", "arch", "cpu", "cores", "governor", "temperature °C"],
             [[spec, d.get("arch"), d.get("cpu_model"), d.get("cores"), d.get("governor"),
               d.get("temperature_c")] for spec, d in devices.items()]))
     if baseline and ok:
-        sections.append(f"## Compared with {Path(baseline).name}\n\n" + _table(
-            ["model", "speed-up (p50)", "smaller by", "energy saved by", "Δ accuracy"],
+        sections.append(f"## Compared with {Path(baseline).name}\n\n" + markdown_table(
+            ["model", "speed-up (p50)", "file smaller by", "peak RSS smaller by", "energy saved by",
+             "Δ accuracy"],
             _baseline_rows(ok, baseline)))
     if failed:
-        sections.append("## Failed\n\n" + _table(
+        sections.append("## Failed\n\n" + markdown_table(
             ["model", "device", "error"], [[r.get("model"), r.get("device_spec"), r.get("error")] for r in failed]))
     plots = _plots(ok, out) if ok else []
     sections += [f"![{p.stem}]({p.name})" for p in plots]
     markdown = "\n\n".join(sections) + "\n"
     (out / "report.md").write_text(markdown, encoding="utf-8")
-    (out / "report.html").write_text(_html(markdown, plots), encoding="utf-8")
+    (out / "report.html").write_text(html_page(markdown, plots), encoding="utf-8")
     paths = ReportPaths(markdown=out / "report.md", html=out / "report.html", **{p.stem: p for p in plots})
     paths.skipped = skipped
     return paths
 
 
-def _html(markdown: str, plots: list[Path]) -> str:
+def html_page(markdown: str, plots: list[Path], title: str = "edgepack report") -> str:
     """A self-contained page: Markdown tables as HTML tables, plots inlined as base64 PNGs."""
     images = {p.name: base64.b64encode(p.read_bytes()).decode() for p in plots}
     body, table = [], []
@@ -194,5 +210,5 @@ def _html(markdown: str, plots: list[Path]) -> str:
             body.append(f"<p>{html.escape(line)}</p>")
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
              "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>edgepack report</title>"
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")

@@ -6,6 +6,7 @@ line starts on a new line, so the new record stays readable.
 """
 
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -96,7 +97,7 @@ def read_results(path: str | Path) -> list[dict]:
 
 def result_key(record: dict) -> tuple:
     """What identifies one measurement for ``--resume``."""
-    return tuple(str(record.get(key)) for key in ("model_path", "device_spec", "runtime", "threads"))
+    return tuple(str(record.get(key)) for key in ("model_path", "device_spec", "runtime", "threads", "decode_at_load"))
 
 
 def latency_metrics(latencies_ms: list[float]) -> dict:
@@ -109,3 +110,40 @@ def latency_metrics(latencies_ms: list[float]) -> dict:
             "latency_p99_ms": float(np.percentile(values, 99)),
             "latency_trimmed_mean_ms": float(trimmed.mean()),
             "latency_min_ms": float(values[0]), "runs": int(len(values))}
+
+
+MB = 1 << 20  # bytes per MB in every report (the kB of /proc/self/status are 1024 bytes)
+
+
+def significant(value, digits: int = 3) -> str:
+    """``value`` with ``digits`` significant digits, never in e-notation (12,346 / 45.7 / 0.0108);
+    "–" for None, integers as they are. One rule for the Markdown, HTML and CLI tables."""
+    if value is None:
+        return "–"
+    if isinstance(value, (bool, int)):
+        return f"{value:,}" if not isinstance(value, bool) else str(value)
+    value = float(value)
+    if not math.isfinite(value):
+        return str(value)
+    if value == 0:
+        return "0"
+    value = float(f"{value:.{digits - 1}e}")  # rounded first, so 9.996 becomes 10.0, not 10.00
+    decimals = digits - 1 - math.floor(math.log10(abs(value)))
+    return f"{value:,.{max(decimals, 0)}f}"
+
+
+def format_time_ms(ms) -> str:
+    """A time given in ms with its unit: µs below 1 ms, s from 1000 ms, 3 significant digits."""
+    if ms is None:
+        return "–"
+    ms = float(f"{ms:.2e}")  # rounded first, so 999.96 ms shows as 1.00 s
+    if abs(ms) < 1:
+        return f"{significant(ms * 1e3)} µs"
+    if abs(ms) >= 1e3:
+        return f"{significant(ms / 1e3)} s"
+    return f"{significant(ms)} ms"
+
+
+def format_ratio(ratio) -> str:
+    """A ratio as "1.95×" (3 significant digits)."""
+    return "–" if ratio is None else f"{significant(ratio)}×"

@@ -30,6 +30,7 @@ LEGACY_VERSION = 1  # torch.save'd dict, read with weights_only=True
 _BUILTIN_BUILDERS = {
     "edgepack.demo:digits_mlp": ("edgepack.demo", "digits_mlp"),
     "edgepack.kws.models:ds_cnn": ("edgepack.kws.models", "ds_cnn"),
+    "edgepack.kws.models:ds_cnn_l": ("edgepack.kws.models", "ds_cnn_l"),
 }
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 

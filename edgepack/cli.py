@@ -65,9 +65,18 @@ def _limit(flag: str):
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from edgepack.demo import run_demo
+    if args.digits:
+        from edgepack.demo import run_demo
 
-    run_demo(quick=args.quick, seed=args.seed, save_dir=args.save)
+        run_demo(quick=args.quick, seed=args.seed, save_dir=args.save)
+        return 0
+    if args.save:
+        from edgepack.errors import EdgepackError
+
+        raise EdgepackError("--save goes with --digits; the keyword-spotting demo keeps everything in --work")
+    from edgepack.kws.demo import run_kws_demo
+
+    run_kws_demo(args.work, quick=args.quick, seed=args.seed)
     return 0
 
 
@@ -116,7 +125,7 @@ def _bench(args: argparse.Namespace) -> int:
                            min_seconds=args.min_seconds, energy=args.energy, dataset=args.dataset,
                            output=args.output, resume=args.resume, benchmark_model=args.benchmark_model,
                            cpus=args.cpus, timeout=args.timeout, keep_workdir=args.keep_workdir,
-                           known_hosts=args.known_hosts)
+                           known_hosts=args.known_hosts, decode_at_load=args.decode_at_load)
     records = bench(args.models, args.device, options)
     failed = sum(r["status"] != "ok" for r in records)
     if records.unsaved:
@@ -159,10 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="on an error, show the Python traceback (accepted anywhere)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = commands.add_parser(
-        "demo", help="train a digits MLP, compress it with every method, print the table")
-    demo.add_argument("--quick", action="store_true", help="few epochs (for tests)")
+        "demo", help="keyword spotting end to end: data, train, compress, export, bench, stream, report")
+    demo.add_argument("--quick", action="store_true", help="tiny data, 2 epochs (for tests)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    demo.add_argument("--save", metavar="DIR", help="also save each model as a checkpoint in DIR")
+    demo.add_argument("--work", metavar="DIR", default="edgepack-demo",
+                      help="work folder: data, runs, exported models, report (default edgepack-demo/; "
+                           "a rerun reuses what is there)")
+    demo.add_argument("--digits", action="store_true",
+                      help="instead: the small digits-MLP comparison of every method (seconds)")
+    demo.add_argument("--save", metavar="DIR", help="with --digits: also save each model as a checkpoint in DIR")
     demo.set_defaults(handler=_demo)
 
     export = commands.add_parser("export", help="export a checkpoint to ONNX or TFLite with ai.edgepack ops")
@@ -236,6 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="TFLite's benchmark_model binary for devices without Python")
     bench.add_argument("--cpus", metavar="LIST",
                        help="pin the runner to these cores with taskset -c (e.g. 4-7, a phone's big cores)")
+    bench.add_argument("--decode-at-load", action=argparse.BooleanOptionalAction, default=True,
+                       help="decode compressed weights to dense constants when the model loads (default; "
+                            "needs edgepack on the device or the native runner); --no-decode-at-load keeps "
+                            "the fused kernels (less memory)")
     bench.set_defaults(handler=_bench)
 
     report = commands.add_parser("report", help="Markdown + HTML report with plots from a results file")

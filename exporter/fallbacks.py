@@ -290,11 +290,75 @@ def ldr_matmul_function(scaled: bool = False) -> onnx.FunctionProto:
     return _function("LDRMatMul", body, body.epilogue(y, scaled), scaled)
 
 
+def mfcc_function(scaled: bool = False) -> onnx.FunctionProto:
+    """MFCC(audio[..., samples]) → Y[..., frames, coefficients] (docs/ops.md "Audio front end"), in
+    float64: the samples padded by fft − window zeros, STFT with the Hann window zero-padded to fft,
+    magnitude, the tf.signal mel and DCT matrices built from the attributes, log(mel + 1e-6)."""
+    body = Body()
+    f64 = TensorProto.DOUBLE
+    rate, window, hop, fft, mels, coefficients, lower, upper = (
+        body.attribute(name, AttributeProto.INT) for name in
+        ("sample_rate", "window_length", "hop_length", "fft_length", "num_mel_bins", "num_coefficients",
+         "lower_hz", "upper_hz"))
+
+    def real(x: str) -> str:
+        return body.op("Cast", x, to=f64)
+
+    def hz_to_mel(hz: str) -> str:
+        return body.op("Mul", body.const(1127.0, np.float64),
+                       body.op("Log", body.op("Add", body.const(1.0, np.float64),
+                                              body.op("Div", hz, body.const(700.0, np.float64)))))
+
+    def arange(n: str) -> str:
+        return real(body.op("Range", body.const(0), n, body.const(1)))
+
+    shape = body.op("Shape", "audio")
+    leading = body.op("Slice", shape, body.const([0]), body.const([-1]))
+    rows = body.op("Reshape", "audio", body.op("Concat", body.const([-1]), body.op(
+        "Slice", shape, body.const([-1]), body.const([2**62])), axis=0))
+    extra = body.op("Reshape", body.op("Sub", fft, window), body.const([1]))
+    padded = body.op("Pad", real(rows), body.op("Concat", body.const([0, 0, 0]), extra, axis=0))
+    n = arange(window)
+    hann = body.op("Sub", body.const(0.5, np.float64), body.op("Mul", body.const(0.5, np.float64), body.op(
+        "Cos", body.op("Div", body.op("Mul", n, body.const(2 * np.pi, np.float64)), real(window)))))
+    hann = body.op("Pad", hann, body.op("Concat", body.const([0]), extra, axis=0))
+    stft = body.op("STFT", body.op("Unsqueeze", padded, body.const([2])), hop, hann, fft, onesided=1)
+    magnitude = body.op("Sqrt", body.op("ReduceSum", body.op("Mul", stft, stft), body.const([-1]), keepdims=0))
+
+    bins = body.op("Add", body.op("Div", fft, body.const(2)), body.const(1))
+    k = arange(bins)
+    hz = body.op("Mul", k, body.op("Div", body.op("Div", real(rate), body.const(2.0, np.float64)),
+                                   real(body.op("Sub", bins, body.const(1)))))
+    bin_mel = body.op("Unsqueeze", hz_to_mel(hz), body.const([1]))  # [bins, 1]
+    low, high = hz_to_mel(real(lower)), hz_to_mel(real(upper))
+    step = body.op("Div", body.op("Sub", high, low), real(body.op("Add", mels, body.const(1))))
+    left = body.op("Add", low, body.op("Mul", arange(mels), step))  # [mels]
+    center, right = body.op("Add", left, step), body.op("Add", left, body.op("Mul", step, body.const(2.0, np.float64)))
+    rising = body.op("Div", body.op("Sub", bin_mel, left), body.op("Sub", center, left))
+    falling = body.op("Div", body.op("Sub", right, bin_mel), body.op("Sub", right, center))
+    weights = body.op("Max", body.const(0.0, np.float64), body.op("Min", rising, falling))
+    not_dc = real(body.op("Greater", body.op("Unsqueeze", k, body.const([1])), body.const(0.0, np.float64)))
+    mel_matrix = body.op("Mul", weights, not_dc)  # [bins, mels]
+
+    m = body.op("Unsqueeze", arange(mels), body.const([1]))
+    c = body.op("Unsqueeze", arange(coefficients), body.const([0]))
+    angle = body.op("Div", body.op("Mul", body.op("Mul", c, body.const(np.pi, np.float64)), body.op(
+        "Add", body.op("Mul", m, body.const(2.0, np.float64)), body.const(1.0, np.float64))),
+        body.op("Mul", real(mels), body.const(2.0, np.float64)))
+    scale = body.op("Sqrt", body.op("Div", body.const(2.0, np.float64), real(mels)))
+    dct = body.op("Mul", body.op("Cos", angle), scale)
+    log_mel = body.op("Log", body.op("Add", body.op("MatMul", magnitude, mel_matrix), body.const(1e-6, np.float64)))
+    features = body.op("Cast", body.op("MatMul", log_mel, dct), to=TensorProto.FLOAT)  # [rows, frames, coefficients]
+    tail = body.op("Slice", body.op("Shape", features), body.const([1]), body.const([3]))
+    return _function("MFCC", body, body.op("Reshape", features, body.op("Concat", leading, tail, axis=0)))
+
+
 FUNCTIONS = {
     "HashedWeight": hashed_weight_function,
     "HashedMatMul": hashed_matmul_function,
     "CirculantMatMul": circulant_matmul_function,
     "LDRMatMul": ldr_matmul_function,
+    "MFCC": mfcc_function,
 }
 
 

@@ -1,18 +1,24 @@
 """``edgepack inspect``: the ops of an exported file (.onnx or .tflite), the attributes of its
-ai.edgepack ops, and the bytes it stores vs a dense model."""
+ai.edgepack ops, the bytes it stores vs a dense model, and an estimate of the weight bytes it
+holds in memory once loaded: with decode at load (the default of onnx_session /
+tflite_interpreter) and with the fused kernels (``decode_at_load=False``)."""
 
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from onnx import helper
 
-from edgepack.runtime_kernels.op_spec import DOMAIN, OPS
+from edgepack.runtime_kernels.decode_at_load import DECODED_OPS
+from edgepack.runtime_kernels.op_spec import DOMAIN, OPS, _circulant_spectra, _ldr_spectra
 
 from .external_data import model_size_bytes
 from .model_files import ModelFileError, load_onnx, load_tflite
 from .validate import check_onnx_model, check_tflite_model
+
+MB = 1 << 20
 
 
 @dataclass
@@ -24,6 +30,8 @@ class CompressedNode:
     attributes: dict
     stored_bytes: int
     dense_bytes: int
+    plan_bytes: int = 0  # what the kernels build from the weights at load (decoded W, spectra)
+    decoded_at_load: bool = False  # decode at load makes it a dense constant (dense_bytes resident)
 
 
 @dataclass
@@ -37,6 +45,23 @@ class ModelSummary:
     stored_bytes: int = 0
     dense_bytes: int = 0
 
+    @property
+    def other_bytes(self) -> int:
+        """Stored bytes outside the ai.edgepack weights (dense layers, biases, other constants)."""
+        return self.stored_bytes - sum(node.stored_bytes for node in self.nodes)
+
+    @property
+    def memory_decoded(self) -> int:
+        """Estimated weight bytes in memory with decode at load: decoded nodes as dense constants,
+        the others as stored plus their kernels' plans."""
+        return self.other_bytes + sum(node.dense_bytes if node.decoded_at_load else node.stored_bytes + node.plan_bytes
+                                      for node in self.nodes)
+
+    @property
+    def memory_kernels(self) -> int:
+        """Estimated weight bytes in memory on the fused kernels: stored weights plus every plan."""
+        return self.other_bytes + sum(node.stored_bytes + node.plan_bytes for node in self.nodes)
+
 
 def _initializer_bytes(tensor) -> int:
     """Bytes an initializer holds, from its dims and type (no decoding of its data)."""
@@ -44,15 +69,57 @@ def _initializer_bytes(tensor) -> int:
     return int(np.prod(tensor.dims, dtype=object)) * itemsize
 
 
-def _add_compressed_node(summary: ModelSummary, name: str, op_type: str, attributes: dict,
-                         input_bytes: list[int]) -> None:
-    """Count one ai.edgepack node; ``input_bytes`` are its inputs' stored bytes, in ONNX order."""
+def plan_bytes(op_type: str, attributes: dict, shapes: dict[str, list[int]]) -> int:
+    """Bytes the kernels allocate at load for one node's weights (kernels.c, ops.c): the decoded
+    weight of HashedWeight and of expand-mode HashedMatMul (4 per virtual weight), nothing for
+    stream mode, the circulant / LDR spectra (the op spec's counts). ``shapes``: the weight
+    inputs' shapes by spec name."""
     op = OPS[op_type]
-    named = dict(zip(op.input_names, input_bytes))
-    stored = sum(named.get(n, 0) for n in op.weight_inputs)
+    attributes = op.defaults | attributes
+    if op_type == "HashedWeight" or (op_type == "HashedMatMul" and attributes["mode"] == 0):
+        return op.dense_bytes(attributes)
+    shape_of = lambda name: tuple(shapes[name])  # noqa: E731
+    if op_type == "CirculantMatMul" and len(shapes.get("blocks", [])) == 3:
+        return _circulant_spectra(shape_of)
+    if op_type == "LDRMatMul" and len(shapes.get("G", [])) == 2:
+        return _ldr_spectra(shape_of)
+    return 0
+
+
+class Slot(NamedTuple):
+    """One input of a node: the bytes it stores, its shape, and whether it is present and constant."""
+
+    stored: int
+    shape: list[int]
+    present: bool
+    constant: bool
+
+
+ABSENT = Slot(0, [], False, False)
+
+
+def _decoded_at_load(op_type: str, attributes: dict, named: dict[str, Slot]) -> bool:
+    """The rule of decode_onnx / decode_tflite: a HashedWeight or expand-mode HashedMatMul without
+    a fused epilogue (activation, scale) whose present weight inputs are all constants."""
+    op = OPS[op_type]
+    full = op.defaults | attributes
+    weights = [named.get(n, ABSENT) for n in op.weight_inputs if named.get(n, ABSENT).present]
+    return (op_type in DECODED_OPS and full.get("mode", 0) == 0 and full.get("activation", 0) == 0
+            and not named.get("scale", ABSENT).present and bool(weights) and all(w.constant for w in weights))
+
+
+def _add_compressed_node(summary: ModelSummary, name: str, op_type: str, attributes: dict,
+                         inputs: list[Slot]) -> None:
+    """Count one ai.edgepack node; ``inputs`` in ONNX order."""
+    op = OPS[op_type]
+    named = dict(zip(op.input_names, inputs))
+    stored = sum(named.get(n, ABSENT).stored for n in op.weight_inputs)
     dense = op.dense_bytes(attributes)
     summary.dense_bytes += dense - stored
-    summary.nodes.append(CompressedNode(name, op_type, attributes, stored, dense))
+    shapes = {n: named.get(n, ABSENT).shape for n in op.weight_inputs}
+    summary.nodes.append(CompressedNode(name, op_type, attributes, stored, dense,
+                                        plan_bytes(op_type, attributes, shapes),
+                                        _decoded_at_load(op_type, attributes, named)))
 
 
 def inspect_model(path: str | Path) -> ModelSummary:
@@ -76,6 +143,8 @@ def inspect_tflite(path: str | Path) -> ModelSummary:
     names = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
     graph = model.Subgraphs(0)
     sizes = [model.Buffers(graph.Tensors(i).Buffer()).DataLength() for i in range(graph.TensorsLength())]
+    shapes = [graph.Tensors(i).ShapeAsNumpy().tolist() if graph.Tensors(i).ShapeLength() else []
+              for i in range(graph.TensorsLength())]
     summary = ModelSummary(str(path), path.stat().st_size)
     summary.stored_bytes = summary.dense_bytes = sum(sizes)
     prefix = f"{DOMAIN}."
@@ -87,7 +156,8 @@ def inspect_tflite(path: str | Path) -> ModelSummary:
         summary.op_counts[label] += 1
         if custom and custom.startswith(prefix) and custom[len(prefix):] in OPS:
             options = flexbuffers.Loads(bytes(op.CustomOptionsAsNumpy()))
-            inputs = [sizes[t] if t >= 0 else 0 for t in op.InputsAsNumpy()]
+            inputs = [Slot(sizes[t], shapes[t], True, sizes[t] > 0) if t >= 0 else ABSENT
+                      for t in op.InputsAsNumpy()]
             name = graph.Tensors(op.Outputs(0)).Name().decode(errors="replace")
             _add_compressed_node(summary, name, custom[len(prefix):], options, inputs)
     return summary
@@ -100,6 +170,8 @@ def inspect_onnx(path: str | Path) -> ModelSummary:
     model = load_onnx(path, external_data=False)
     check_onnx_model(model, str(path))
     sizes = {t.name: _initializer_bytes(t) for t in model.graph.initializer}
+    shapes = {t.name: list(t.dims) for t in model.graph.initializer}
+    graph_inputs = {value.name for value in model.graph.input}
     summary = ModelSummary(str(path), model_size_bytes(path, model))
     summary.stored_bytes = summary.dense_bytes = sum(sizes.values())
     for node in model.graph.node:
@@ -108,19 +180,36 @@ def inspect_onnx(path: str | Path) -> ModelSummary:
             continue
         attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         _add_compressed_node(summary, node.name, node.op_type, attributes,
-                             [sizes.get(name, 0) for name in node.input])
+                             [Slot(sizes.get(name, 0), shapes.get(name, []), True,
+                                   name in sizes and name not in graph_inputs) if name else ABSENT
+                              for name in node.input])
     return summary
 
 
+def _mb(size: int) -> str:
+    from edgepack.benchmarks.results import significant
+
+    return f"{significant(size / MB)} MB"
+
+
 def format_summary(summary: ModelSummary) -> str:
-    """A plain-text report of ``summary``."""
-    lines = [f"{summary.path}: {summary.file_bytes:,} bytes on disk",
+    """A plain-text report of ``summary``: file size on disk and estimated memory, kept apart."""
+    from edgepack.benchmarks.results import format_ratio
+
+    external = summary.file_bytes != Path(summary.path).stat().st_size
+    lines = [f"{summary.path}: {summary.file_bytes:,} bytes on disk ({_mb(summary.file_bytes)}"
+             + (", external data included)" if external else ")"),
              "ops: " + ", ".join(f"{op} ×{n}" for op, n in sorted(summary.op_counts.items()))]
     for node in summary.nodes:
         attributes = ", ".join(f"{k}={v}" for k, v in sorted(node.attributes.items()))
+        at_load = "decoded at load" if node.decoded_at_load else "stays on the kernels"
         lines.append(f"  {node.op_type} {node.name}: {attributes}; weights {node.stored_bytes:,} B "
-                     f"stored vs {node.dense_bytes:,} B dense")
+                     f"stored vs {node.dense_bytes:,} B dense; kernel plan {node.plan_bytes:,} B; {at_load}")
     ratio = summary.dense_bytes / max(summary.stored_bytes, 1)
     lines.append(f"weights: {summary.stored_bytes:,} B stored, {summary.dense_bytes:,} B as a dense "
-                 f"model ({ratio:.1f}x smaller)")
+                 f"model ({format_ratio(ratio)} smaller)")
+    lines.append(f"memory once loaded (estimate: weights, decoded weights and kernel plans; not activations "
+                 f"or runtime copies): {summary.memory_decoded:,} B ({_mb(summary.memory_decoded)}) with decode at "
+                 f"load (default), {summary.memory_kernels:,} B ({_mb(summary.memory_kernels)}) with the fused "
+                 "kernels (decode_at_load=False / --no-decode-at-load)")
     return "\n".join(lines)

@@ -21,11 +21,12 @@ from torch import nn
 
 from edgepack.compression import CirculantLinear, HashedConv2d, HashedLinear, LDRLinear
 from edgepack.errors import EdgepackError
+from edgepack.kws.frontend import MFCC
 from edgepack.runtime_kernels.op_spec import OPS
 
 from . import torch_ops
 from .fallbacks import DOMAIN, FOLD_LIMIT, FUNCTIONS, STANDARD_OPSET, fallback_function
-from .passes import fuse_epilogues
+from .passes import fuse_epilogues, strip_export_trail
 from .validate import check_onnx_model
 
 MODES = ("kernels", "portable")
@@ -140,6 +141,24 @@ class LoweredLDRLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.edgepack.ldr_matmul(x, self.G, self.H, self.bias, None, *self.sizes, 0)
+
+
+@lowers(MFCC)
+class LoweredMFCC(nn.Module):
+    """The MFCC front end (kws/frontend.py) as one ai.edgepack.MFCC node; the op takes the band
+    edges in whole Hz and fixes the log offset at 1e-6 (docs/ops.md "Audio front end")."""
+
+    def __init__(self, layer: MFCC, mode: str = "kernels", stream: bool = False) -> None:
+        super().__init__()
+        c = layer.config
+        if c.lower_hz != int(c.lower_hz) or c.upper_hz != int(c.upper_hz) or c.log_offset != 1e-6:
+            raise ExportError(f"the MFCC op takes lower_hz / upper_hz in whole Hz and log_offset 1e-6; this front "
+                              f"end has lower_hz={c.lower_hz}, upper_hz={c.upper_hz}, log_offset={c.log_offset}")
+        self.attributes = (c.sample_rate, c.window_length, c.hop_length, c.fft_length, c.num_mel_bins,
+                           c.num_coefficients, int(c.lower_hz), int(c.upper_hz))
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        return torch.ops.edgepack.mfcc(audio, *self.attributes)
 
 
 def lower(model: nn.Module, mode: str = "kernels", stream: bool = False) -> nn.Module:
@@ -264,7 +283,7 @@ def export_onnx(model: nn.Module, example_inputs, path: str | Path, mode: str = 
             text = " ".join(str(error).split())[:600]
             raise ExportError(f"torch.onnx.export failed for {type(model).__name__}: "
                               f"{type(error).__name__}: {text}") from error
-    proto = _attach_functions(fuse_epilogues(program.model_proto), mode, fallback_fold_limit)
+    proto = _attach_functions(strip_export_trail(fuse_epilogues(program.model_proto)), mode, fallback_fold_limit)
     onnx.checker.check_model(proto, full_check=True)
     check_onnx_model(proto, f"export to {path}")
     path = Path(path)

@@ -307,6 +307,17 @@ def _give_every_node_a_scale(model: onnx.ModelProto) -> None:
                 model.functions[i].CopyFrom(fallback_function(name, scaled=True))
 
 
+def strip_export_trail(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop the torch exporter's per-node debug trail (stack traces, FX nodes, module paths in
+    ``metadata_props``): it is most of a small compressed model's file and no runtime reads it."""
+    model = _copy(model)
+    for node in model.graph.node:
+        kept = [p for p in node.metadata_props if not p.key.startswith(("pkg.torch.", "pkg.onnxscript.", "namespace"))]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
+    return model
+
+
 PASSES = (fold_batch_norms, fuse_hashed_pointwise_convs, fuse_epilogues)
 
 

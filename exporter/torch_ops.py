@@ -97,6 +97,24 @@ def _(x, G, H, bias, scale, in_features, out_features, activation):
     return x.new_empty(*x.shape[:-1], out_features)
 
 
+@_custom_op("MFCC")
+def mfcc(audio: torch.Tensor, sample_rate: int, window_length: int, hop_length: int, fft_length: int,
+         num_mel_bins: int, num_coefficients: int, lower_hz: int, upper_hz: int) -> torch.Tensor:
+    from edgepack.kws.frontend import MFCCConfig
+    from edgepack.kws.frontend import mfcc as front_end
+
+    config = MFCCConfig(sample_rate, window_length, hop_length, fft_length, num_mel_bins, num_coefficients,
+                        float(lower_hz), float(upper_hz))
+    return front_end(audio, config).clone()
+
+
+@mfcc.register_fake
+def _(audio, sample_rate, window_length, hop_length, fft_length, num_mel_bins, num_coefficients, lower_hz,
+      upper_hz):
+    frames = (audio.shape[-1] - window_length) // hop_length + 1
+    return audio.new_empty(*audio.shape[:-1], frames, num_coefficients)
+
+
 # ONNX schemas: the torch exporter builds nodes through onnxscript, which wants one per op.
 def _schema(op: Op) -> OpSchema:
     attribute_type = {"int": OpSchema.AttrType.INT, "ints": OpSchema.AttrType.INTS}

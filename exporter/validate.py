@@ -157,6 +157,8 @@ def check_node(op_type: str, label: str, values: dict, inputs: list[Tensor],
     for a in OPS[op_type].attributes:  # in the spec's order, as the kernels read them
         read[a.name] = node.shape() if a.type == "ints" else \
             node.integer(a.name, a.required, a.default or 0, *a.valid(runtime))
+    if op_type == "MFCC":
+        return _check_mfcc(node, read, list(inputs))
     shape, K, mode = read.get("shape"), read.get("num_hashes", 1), read.get("mode", 0)
     if op_type == "HashedWeight":
         rows, cols = shape[0], int(np.prod(shape[1:], dtype=object)) if len(shape) > 1 else 1
@@ -208,6 +210,30 @@ def check_node(op_type: str, label: str, values: dict, inputs: list[Tensor],
         r, n = known["G"].dims
         decoded, what = 4 * r * (4 * n + 2), f"the LDR spectra ({desc}, input 'G' {_dims(known['G'])})"
     return {"node": node, "decoded_bytes": decoded, "what": what}
+
+
+def _check_mfcc(node: _Node, a: dict, inputs: list[Tensor]) -> dict:
+    """The MFCC rules between attributes and on the audio's shape (src/ops.c check_mfcc); no weights."""
+    fft, window, coefficients, mels = a["fft_length"], a["window_length"], a["num_coefficients"], a["num_mel_bins"]
+    if not _is_pow2(fft):
+        raise node.fail(f"attribute 'fft_length' = {fft}; must be a power of two")
+    if window > fft:
+        raise node.fail(f"attribute 'window_length' = {window}; must be <= fft_length = {fft}")
+    if coefficients > mels:
+        raise node.fail(f"attribute 'num_coefficients' = {coefficients}; must be <= num_mel_bins = {mels}")
+    if not a["lower_hz"] < a["upper_hz"] <= a["sample_rate"] / 2:
+        raise node.fail(f"attributes lower_hz = {a['lower_hz']}, upper_hz = {a['upper_hz']}; need lower_hz < "
+                        f"upper_hz <= sample_rate / 2 = {a['sample_rate']} / 2")
+    audio = inputs[0] if inputs else Tensor(False)
+    if not audio.present:
+        raise node.fail("required input 'audio' is missing")
+    if audio.dims is not None:
+        if not audio.float32:
+            raise node.fail("input 'audio' has a non-float32 element type; must be float32")
+        if not 1 <= len(audio.dims) < MAX_RANK or 0 <= audio.dims[-1] < window:
+            raise node.fail(f"input 'audio' has shape {_dims(audio)}; must be [..., samples] (rank 1..{MAX_RANK - 1}) "
+                            f"with at least one window of window_length={window} samples")
+    return {"node": node, "decoded_bytes": 0, "what": ""}
 
 
 def _hint(env: str, keyword: str) -> str:

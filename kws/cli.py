@@ -23,3 +23,13 @@ def add_kws_parser(commands) -> None:
 def _print_help(parser: argparse.ArgumentParser) -> int:
     parser.print_help()
     return 2
+
+from edgepack.kws.generate import add_parser as _add_data  # noqa: E402  (edgepack kws data)
+
+COMMANDS.append(_add_data)
+from edgepack.kws import compress_kws, evaluate, train  # noqa: E402  (edgepack kws train / eval / compress)
+
+COMMANDS.extend([train.add_parser, evaluate.add_parser, compress_kws.add_parser])
+from edgepack.kws import listen, stream_eval  # noqa: E402  (edgepack kws listen / stream-eval)
+
+COMMANDS.extend([listen.add_parser, stream_eval.add_parser])

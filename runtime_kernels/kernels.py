@@ -23,6 +23,7 @@ __all__ = [
     "variant",
     "set_variant",
     "use_variant",
+    "mfcc",
 ]
 
 _vp = C.c_void_p
@@ -264,3 +265,61 @@ def ldr_matmul(x, G, H, out_features: int, bias=None) -> np.ndarray:
     finally:
         lib.ep_ldr_plan_destroy(plan)
     return y.reshape(*lead, out_features)
+
+
+# ---- MFCC front end (include/edgepack/mfcc.h) ------------------------------------------------
+class MFCCConfig(C.Structure):
+    """``ep_mfcc_config``: the front end's parameters (field names as kws.frontend.MFCCConfig's)."""
+
+    _fields_ = [(name, C.c_int32) for name in ("sample_rate", "window_length", "hop_length", "fft_length",
+                                               "num_mel_bins", "num_coefficients")] + \
+               [(name, C.c_float) for name in ("lower_hz", "upper_hz", "log_offset")]
+
+
+_MFCC_DECLARED = False
+
+
+def _mfcc_lib() -> C.CDLL:
+    """The library with the ep_mfcc_* signatures declared (once)."""
+    global _MFCC_DECLARED
+    lib = load()
+    if not _MFCC_DECLARED:
+        sig = {"ep_mfcc_default_config": (None, [C.POINTER(MFCCConfig)]),
+               "ep_mfcc_plan_create": (C.c_int, [C.POINTER(MFCCConfig), C.POINTER(_vp)]),
+               "ep_mfcc_plan_destroy": (None, [_vp]),
+               "ep_mfcc_num_frames": (C.c_int64, [_vp, C.c_int64]),
+               "ep_mfcc": (C.c_int, [_vp, _vp, C.c_int64, _vp, C.c_int64])}
+        for name, (res, args) in sig.items():
+            fn = getattr(lib, name)
+            fn.restype, fn.argtypes = res, args
+        _MFCC_DECLARED = True
+    return lib
+
+
+def mfcc_config(**fields) -> MFCCConfig:
+    """ep_mfcc_default_config's values with ``fields`` (e.g. num_coefficients=13) replaced."""
+    config = MFCCConfig()
+    _mfcc_lib().ep_mfcc_default_config(C.byref(config))
+    for name, value in fields.items():
+        if name not in dict(MFCCConfig._fields_):
+            raise KernelError(f"unknown MFCC config field {name!r}; valid: {', '.join(dict(MFCCConfig._fields_))}")
+        setattr(config, name, value)
+    return config
+
+
+def mfcc(audio, **config) -> np.ndarray:
+    """The C front end: float audio [..., samples] → MFCC [..., frames, num_coefficients] float32;
+    ``config``: ep_mfcc_config fields that differ from the defaults (16 kHz, 49 × 10 per second)."""
+    lib = _mfcc_lib()
+    x2, lead = _batch(audio, "audio")
+    plan = _vp()
+    check(lib.ep_mfcc_plan_create(C.byref(mfcc_config(**config)), C.byref(plan)))
+    try:
+        frames = lib.ep_mfcc_num_frames(plan, x2.shape[1])
+        coefficients = config.get("num_coefficients", mfcc_config().num_coefficients)
+        out = np.empty((x2.shape[0], frames, coefficients), np.float32)
+        for k in range(x2.shape[0]):
+            check(lib.ep_mfcc(plan, _ptr(x2[k]), x2.shape[1], _ptr(out[k]), out[k].size))
+    finally:
+        lib.ep_mfcc_plan_destroy(plan)
+    return out.reshape(*lead, frames, coefficients)

@@ -34,9 +34,11 @@ LIMITS = {
     "MAX_POW2": (1 << 30, "largest FFT size (circulant block b, LDR n)"),
     "DEFAULT_MAX_VIRTUAL_WEIGHTS": (1 << 28, "virtual weights one node may decode (EDGEPACK_MAX_VIRTUAL_WEIGHTS)"),
     "DEFAULT_MAX_DECODED_BYTES": (1 << 30, "decoded bytes per session / interpreter (EDGEPACK_MAX_DECODED_BYTES)"),
+    "MFCC_MAX_FFT": (1 << 16, "largest MFCC fft_length (EP_MFCC_MAX_FFT)"),
+    "MFCC_MAX_MEL_BINS": (1024, "most MFCC num_mel_bins (EP_MFCC_MAX_MEL_BINS)"),
 }
 (MAX_RANK, MAX_HASHES, MAX_RECON_HIDDEN, MAX_BUCKETS, MIN_POW2, MAX_POW2, DEFAULT_MAX_VIRTUAL_WEIGHTS,
- DEFAULT_MAX_DECODED_BYTES) = (v for v, _ in LIMITS.values())
+ DEFAULT_MAX_DECODED_BYTES, MFCC_MAX_FFT, MFCC_MAX_MEL_BINS) = (v for v, _ in LIMITS.values())
 
 Shape = tuple[int, ...]
 ShapeOf = Callable[[str], Shape]  # an input's static shape by its spec name (KeyError: unknown)
@@ -82,7 +84,7 @@ class Op:
 
     name: str
     torch_name: str  # edgepack::<torch_name> in torch.library
-    kind: str  # "decoder" or "compute"
+    kind: str  # "decoder", "compute" or "frontend" (no weights: MFCC)
     inputs: tuple[Input, ...]
     attributes: tuple[Attribute, ...]
     output_rule: str
@@ -288,6 +290,47 @@ HASH_ATTRIBUTES = (
     Attribute("signed", "int", 1, (0, 1), (0, 1), "1: random ±1 sign per hash; 0: always +1"),
 )
 
+def _mfcc_frames(attributes: dict, shape: ShapeOf) -> int:
+    samples = shape("audio")[-1]
+    return max(0, 1 + (samples - attributes["window_length"]) // attributes["hop_length"])
+
+
+def _mfcc_output(attributes: dict, shape: ShapeOf) -> Shape:
+    return (*shape("audio")[:-1], _mfcc_frames(attributes, shape), attributes["num_coefficients"])
+
+
+def _mfcc_table_bytes(attributes: dict) -> int:
+    """The plan's tables (src/mfcc.c): the window, at most 2·(n/2+1) mel weights with a start and
+    count per band, the DCT matrix."""
+    bins = attributes["fft_length"] // 2 + 1
+    mels = attributes["num_mel_bins"]
+    return 4 * (attributes["window_length"] + 2 * bins + 2 * mels + mels * attributes["num_coefficients"])
+
+
+def _mfcc_macs(attributes: dict, shape: ShapeOf) -> float:
+    """Per frame: the window, a real FFT, the magnitudes, the mel weights, the DCT."""
+    bins = attributes["fft_length"] // 2 + 1
+    per_frame = (attributes["window_length"] + fft_macs(attributes["fft_length"]) + 2 * bins + 2 * bins
+                 + attributes["num_mel_bins"] * attributes["num_coefficients"])
+    return math.prod(shape("audio")[:-1]) * _mfcc_frames(attributes, shape) * per_frame
+
+
+MFCC_ATTRIBUTES = (
+    Attribute("sample_rate", "int", 16000, (1, INT_MAX), (1, INT_MAX), "Hz of the audio"),
+    Attribute("window_length", "int", 480, (1, MFCC_MAX_FFT), (1, MFCC_MAX_FFT),
+              "samples per frame, ≤ `fft_length` (30 ms)"),
+    Attribute("hop_length", "int", 320, (1, INT_MAX), (1, INT_MAX), "samples between frame starts (20 ms)"),
+    Attribute("fft_length", "int", 512, (MIN_POW2, MFCC_MAX_FFT), (MIN_POW2, MFCC_MAX_FFT),
+              "a power of two; each windowed frame is zero-padded to it"),
+    Attribute("num_mel_bins", "int", 40, (1, MFCC_MAX_MEL_BINS), (1, MFCC_MAX_MEL_BINS),
+              "triangular HTK-mel bands over [`lower_hz`, `upper_hz`]"),
+    Attribute("num_coefficients", "int", 10, (1, MFCC_MAX_MEL_BINS), (1, MFCC_MAX_MEL_BINS),
+              "DCT coefficients kept, ≤ `num_mel_bins`"),
+    Attribute("lower_hz", "int", 20, (0, INT_MAX), (0, INT_MAX), "lower edge of the lowest band, < `upper_hz`"),
+    Attribute("upper_hz", "int", 4000, (1, INT_MAX), (1, INT_MAX),
+              "upper edge of the highest band, ≤ `sample_rate` / 2"),
+)
+
 OPS: dict[str, Op] = {op.name: op for op in (
     Op("HashedWeight", "hashed_weight", "decoder",
        (Input("buckets", True, "weight", "the B shared values, 1-D, 1 ≤ B < 2³¹"), RECON),
@@ -331,6 +374,19 @@ OPS: dict[str, Op] = {op.name: op for op in (
        lambda a, shape: Work(macs=_ldr_macs(a, shape), weight_bytes=_ldr_spectra(shape)), _ldr_load,
        "per inference the MACs above, reading the spectra, 8·r·(n/2+1) + 8·r·n bytes. At load: "
        "3·r·F(n) MACs, reading 8·r·n bytes of G and H and writing the spectra"),
+    Op("MFCC", "mfcc", "frontend",
+       (Input("audio", True, "activation", "float audio [..., samples] in [-1, 1] at `sample_rate`; "
+              "at least `window_length` samples"),),
+       MFCC_ATTRIBUTES,
+       "audio's shape with the last axis replaced by [frames, `num_coefficients`], frames = "
+       "1 + (samples − `window_length`) // `hop_length`", _mfcc_output, lambda a: 0,
+       _mfcc_macs, "per frame `window_length` + F(`fft_length`) + 4·(`fft_length`/2+1) + "
+       "`num_mel_bins`·`num_coefficients`",
+       lambda a, shape: Work(macs=_mfcc_macs(a, shape), weight_bytes=_mfcc_table_bytes(a)),
+       lambda a, shape: Work(weight_bytes=_mfcc_table_bytes(a)),
+       "per inference the MACs above, reading the plan's tables (window, mel weights, DCT: "
+       "4·(`window_length` + 2·(`fft_length`/2+1) + 2·`num_mel_bins` + `num_mel_bins`·`num_coefficients`) "
+       "bytes). At load: writing those tables"),
 )}
 
 
@@ -396,9 +452,12 @@ def op_table(op: Op) -> str:
             ranges = [f"1..{MAX_RANK} dims in {r}" for r in ranges]
         default = "required" if a.required else str(a.default)
         lines.append(f"| `{a.name}` | {a.type} | {default} | {ranges[0]} | {ranges[1]} | {a.meaning} |")
-    lines += ["", f"Output: {op.output_rule}. Stored: the weight inputs "
-              f"({', '.join(f'`{n}`' for n in op.weight_inputs)}); dense: "
-              f"{'4·prod(`shape`)' if op.kind == 'decoder' else '4·in_features·out_features'} bytes. "
+    if op.weight_inputs:
+        stored = (f"Stored: the weight inputs ({', '.join(f'`{n}`' for n in op.weight_inputs)}); dense: "
+                  f"{'4·prod(`shape`)' if op.kind == 'decoder' else '4·in_features·out_features'} bytes.")
+    else:
+        stored = "Stored: nothing (no weight inputs)."
+    lines += ["", f"Output: {op.output_rule}. {stored} "
               f"MACs: {op.macs_rule}.", "", f"Energy estimate (work and weight bytes): {op.work_rule}."]
     if op.kind == "decoder" or "mode" in op.attribute_names:
         lines += ["", HASH_RULE]

@@ -30,9 +30,10 @@ except ImportError:  # loaded as a lone file (a tflite-runtime venv without edge
     _spec.loader.exec_module(_artifacts)
     find_artifact = _artifacts.find_artifact
 try:
+    from .decode_at_load import DecodeError
     from .decode_tflite import decoded_tflite
-except ImportError:  # a lone file: the delegate runs the weights as stored
-    decoded_tflite = None
+except ImportError:  # a lone file: the delegate runs the weights as stored (or decode_at_load="c")
+    decoded_tflite, DecodeError = None, ValueError
 
 __all__ = ["delegate_library_path", "tflite_interpreter"]
 
@@ -75,6 +76,28 @@ def _registerer(lib_path: Path):
     return register
 
 
+def _c_decoded(lib_path: Path, path: str | os.PathLike, limits: dict[str, int]) -> bytes | None:
+    """The file decoded by the C entry point ``edgepack_tflite_decode_model``, or None when it has
+    nothing to decode; DecodeError with the C message when it refuses the file."""
+    lib = ctypes.CDLL(str(lib_path))
+    decode, release = lib.edgepack_tflite_decode_model, lib.edgepack_tflite_free_model
+    decode.restype, release.restype, release.argtypes = ctypes.c_int, None, [ctypes.c_void_p]
+    decode.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int64, ctypes.c_int64,
+                       ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_size_t), ctypes.c_char_p,
+                       ctypes.c_size_t]
+    data = Path(path).read_bytes()
+    out, size, err = ctypes.c_void_p(), ctypes.c_size_t(), ctypes.create_string_buffer(2048)
+    if decode(data, len(data), int(limits.get("max_virtual_weights", 0)), int(limits.get("max_decoded_bytes", 0)),
+              ctypes.byref(out), ctypes.byref(size), err, len(err)):
+        raise DecodeError(f"{path}: {err.value.decode(errors='replace')}")
+    if not out.value:
+        return None
+    try:
+        return ctypes.string_at(out.value, size.value)
+    finally:
+        release(out)
+
+
 def _limits(max_virtual_weights: int | None, max_decoded_bytes: int | None) -> dict[str, int]:
     """The limits given as keyword arguments, validated when edgepack is installed (else by C)."""
     given = {"max_virtual_weights": max_virtual_weights, "max_decoded_bytes": max_decoded_bytes}
@@ -88,7 +111,7 @@ def tflite_interpreter(
     *,
     max_virtual_weights: int | None = None,
     max_decoded_bytes: int | None = None,
-    decode_at_load: bool = True,
+    decode_at_load: bool | str = True,
 ):
     """An allocated interpreter for ``path`` with the edgepack ops available.
 
@@ -98,7 +121,8 @@ def tflite_interpreter(
     With ``decode_at_load`` (the default, when edgepack is installed) storage-compressed weights
     are decoded once, in C, into constant buffers of a model held in memory, so LiteRT / XNNPACK
     run their own dense kernels (the file is unchanged); ``decode_at_load=False`` keeps the
-    delegate's fused kernels (less memory).
+    delegate's fused kernels (less memory). ``decode_at_load="c"`` decodes with the C entry point
+    apps use (``edgepack_tflite_decode_model`` in the delegate library; no Python packages needed).
     ``use_delegate=False`` registers plain custom ops instead (tflite-runtime only: LiteRT does not
     export the resolver's AddCustom).
     """
@@ -106,7 +130,9 @@ def tflite_interpreter(
     lib = delegate_library_path()
     limits = _limits(max_virtual_weights, max_decoded_bytes)
     content = None
-    if decode_at_load and decoded_tflite is not None:
+    if decode_at_load == "c":
+        content = _c_decoded(lib, path, limits)
+    elif decode_at_load and decoded_tflite is not None:
         content = decoded_tflite(path, max_virtual_weights, max_decoded_bytes)
     model = {"model_content": content} if content is not None else {"model_path": str(path)}
     if use_delegate:

@@ -6,7 +6,8 @@ packages=(build-essential cmake python3-venv gcc-aarch64-linux-gnu g++-aarch64-l
           libc6-dev-arm64-cross qemu-user openssh-server openssh-client adb
           gcc-arm-linux-gnueabihf libc6-dev-armhf-cross  # armv7 (armeabi-v7a ISA) build + qemu-arm
           clang libclang-rt-dev  # clang + libFuzzer/sanitizer runtimes for make fuzz
-          espeak-ng sox)  # keyword-spotting data: speech synthesis and audio effects
+          espeak-ng sox  # keyword-spotting data: speech synthesis and audio effects
+          chromium)  # a headless browser: the report test checks report.html's images load
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \

@@ -39,7 +39,7 @@ kernel_objs=("${objs[@]}")
 
 library() { # the library sources of a folder: not its test programs or the ORT runner (they have main)
   for src in "$1"/*.c; do
-    case "$src" in */test_*.c|ort/runner.c) ;; *) compile "$src" ;; esac
+    case "$src" in */test_*.c|ort/runner.c|ort/kws_stream.c) ;; *) compile "$src" ;; esac
   done
 }
 objs=()
@@ -57,6 +57,9 @@ link() { # target, objects...
 }
 link fuzz_flexmap "$OUT/obj/tflite_flexmap.c.o"
 link fuzz_kernels "${kernel_objs[@]}"
+link fuzz_mfcc "${kernel_objs[@]}"
 link fuzz_tflite "${tflite_objs[@]}" "${kernel_objs[@]}"
+link fuzz_tflite_decode "${tflite_objs[@]}" "${kernel_objs[@]}"
 link fuzz_ort "${ort_objs[@]}" "${kernel_objs[@]}"
-echo "fuzz harnesses in $OUT: fuzz_flexmap fuzz_kernels fuzz_tflite fuzz_ort"
+link fuzz_onnx_decode "$OUT/obj/ort_decode_model.c.o" "${kernel_objs[@]}"
+echo "fuzz harnesses in $OUT: fuzz_flexmap fuzz_kernels fuzz_mfcc fuzz_tflite fuzz_tflite_decode fuzz_ort fuzz_onnx_decode"

@@ -2,111 +2,23 @@
  * TfLiteContext, like tflite/test_delegate.c: tensors (type, allocation type, shape, buffer
  * size), one to three nodes (op name, inputs, output, FlexBuffers options) and the route (the
  * delegate's Prepare -> kernel init/prepare/invoke/free, or the plain custom-op registration)
- * all come from the input. The fake behaves like the runtime: arena tensors hold exactly their
- * shape's bytes, a constant (MmapRo) tensor cannot be resized, ResizeTensor owns its array.
+ * all come from the input. The fake (tflite/fake_context.h, shared with the test) behaves like
+ * the runtime: arena tensors hold exactly their shape's bytes, a constant (MmapRo) tensor cannot
+ * be resized, ResizeTensor owns its array.
  * Checked: ASan/UBSan; that an invoke writes nothing but the partition's outputs, and never a
  * read-only (MmapRo / PersistentRo) tensor; that a prepared node's constants hold exactly their
  * shape's bytes. */
 #include "fuzz_common.h"
 
-#include <stdarg.h>
-
 #include "edgepack/kernels.h"
 #include "edgepack_tflite.h"
+#include "fake_context.h"
 
-#define MAX_T 8
-#define MAX_N 3
+#define MAX_T 8 /* at most FAKE_MAX_T */
+#define MAX_N 3 /* below FAKE_MAX_N: a partition node follows */
 #define CAP (1 << 14) /* floats in one runtime-allocated tensor */
 
-
-typedef struct fake {
-    TfLiteContext ctx; /* first: callbacks cast back */
-    TfLiteTensor t[MAX_T];
-    int nt;
-    TfLiteNode nodes[MAX_N + 1];
-    TfLiteRegistration regs[MAX_N + 1];
-    int nn;
-    TfLiteIntArray *plan, *part_out;
-    TfLiteNode dnode;
-    TfLiteRegistration dreg;
-    int replaced;
-} fake;
-
-/* A zeroed TfLiteIntArray of n values (freed with free, as TFLite's). */
-static TfLiteIntArray *int_array(int n) {
-    TfLiteIntArray *a = (TfLiteIntArray *)calloc((size_t)n + 1, sizeof(int));
-    a->size = n;
-    return a;
-}
-
 static int g_verbose; /* FUZZ_VERBOSE=1: print what the delegate reports (to triage an input) */
-
-static void f_report(TfLiteContext *c, const char *fmt, ...) {
-    char msg[2048];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap); /* formats every message: catches bad format arguments */
-    va_end(ap);
-    (void)c;
-    if (g_verbose) fprintf(stderr, "ReportError: %s\n", msg);
-}
-
-static TfLiteStatus f_plan(TfLiteContext *c, TfLiteIntArray **p) {
-    *p = ((fake *)c)->plan;
-    return kTfLiteOk;
-}
-
-static TfLiteStatus f_node(TfLiteContext *c, int i, TfLiteNode **n, TfLiteRegistration **r) {
-    fake *f = (fake *)c;
-    if (i < 0 || i >= f->nn) return kTfLiteError;
-    *n = &f->nodes[i], *r = &f->regs[i];
-    return kTfLiteOk;
-}
-
-/* As the runtime: only arena / dynamic / persistent tensors can be resized; the new dims array
- * is owned (freed on failure too). */
-static TfLiteStatus f_resize(TfLiteContext *c, TfLiteTensor *t, TfLiteIntArray *dims) {
-    (void)c;
-    size_t count = 1;
-    int ok = t->allocation_type != kTfLiteMmapRo && dims->size >= 0;
-    for (int d = 0; ok && d < dims->size; d++) {
-        if (dims->data[d] < 0 || (dims->data[d] && count > CAP / (size_t)dims->data[d])) ok = 0;
-        else count *= (size_t)dims->data[d];
-    }
-    if (!ok || count > CAP) {
-        free(dims);
-        return kTfLiteError;
-    }
-    free(t->dims);
-    t->dims = dims;
-    t->bytes = count * sizeof(float);
-    free(t->data);
-    t->data = calloc(count ? count : 1, sizeof(float));
-    return kTfLiteOk;
-}
-
-/* One partition of every claimed node: the delegate kernel's init runs here, as in TFLite. */
-static TfLiteStatus f_replace(TfLiteContext *c, TfLiteRegistration r, const TfLiteIntArray *nodes, TfLiteDelegate *d) {
-    fake *f = (fake *)c;
-    static const TfLiteIntArray empty = {0};
-    TfLiteDelegateParams params = {d, (TfLiteIntArray *)nodes, (TfLiteIntArray *)&empty, f->part_out};
-    f->dreg = r;
-    f->replaced = nodes->size;
-    f->dnode.user_data = r.init(c, (const char *)&params, 0);
-    return kTfLiteOk;
-}
-
-/* Everything the fake allocated for one input. */
-static void fake_free(fake *f) {
-    for (int i = 0; i < f->nt; i++) free(f->t[i].dims), free(f->t[i].data);
-    for (int i = 0; i < f->nn; i++) {
-        free(f->nodes[i].inputs);
-        free(f->nodes[i].outputs);
-        free((void *)f->nodes[i].custom_initial_data);
-    }
-    free(f->plan);
-    free(f->part_out);
-}
 
 /* TfLiteAllocationType: ArenaRw (2) twice, MmapRo (1) twice, PersistentRo (5), Dynamic (4),
  * ArenaRwPersistent (3), MemNone (0) */
@@ -121,7 +33,7 @@ static int read_tensor(fz *in, TfLiteTensor *t) {
     t->name = "t";
     const int konst = t->allocation_type == kTfLiteMmapRo || t->allocation_type == kTfLitePersistentRo;
     const int rank = r & 0x80 ? 16 + (r & 3) : r % 5;
-    t->dims = int_array(rank);
+    t->dims = fake_ints(rank, NULL);
     int64_t count = 1;
     for (int d = 0; d < rank; d++) {
         const uint8_t b = fz_u8(in);
@@ -227,9 +139,9 @@ static TfLiteStatus invoke_checked(fake *f, TfLiteStatus (*invoke)(TfLiteContext
     return st;
 }
 
-static const char *const NAMES[6] = {"ai.edgepack.HashedWeight", "ai.edgepack.HashedMatMul",
+static const char *const NAMES[7] = {"ai.edgepack.HashedWeight", "ai.edgepack.HashedMatMul",
                                      "ai.edgepack.CirculantMatMul", "ai.edgepack.LDRMatMul", "ai.edgepack.Bogus",
-                                     "ai.edgepackHashedWeight"};
+                                     "ai.edgepackHashedWeight", "ai.edgepack.MFCC"};
 static const char *const VARIANTS[4] = {"ref", "auto", "avx2", "nope"};
 
 /* Small decode limits; FUZZ_VERBOSE. */
@@ -245,19 +157,14 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     fz in = {data, size};
     static fake f;
-    memset(&f, 0, sizeof f);
-    f.ctx.tensors = f.t;
-    f.ctx.GetExecutionPlan = f_plan;
-    f.ctx.ReportError = f_report;
-    f.ctx.GetNodeAndRegistration = f_node;
-    f.ctx.ResizeTensor = f_resize;
-    f.ctx.ReplaceNodeSubsetsWithDelegateKernels = f_replace;
+    fake_init(&f);
+    f.cap = CAP, f.verbose = g_verbose;
     const uint8_t flags = fz_u8(&in);
     const int nt = 1 + fz_u8(&in) % MAX_T;
     for (; f.nt < nt; f.nt++)
         if (!read_tensor(&in, &f.t[f.nt])) {
             f.nt++;
-            fake_free(&f);
+            fake_release(&f);
             return 0;
         }
     f.ctx.tensors_size = (size_t)f.nt;
@@ -266,13 +173,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     for (; f.nn < nn; f.nn++) {
         TfLiteNode *n = &f.nodes[f.nn];
         const uint8_t op = fz_u8(&in), nin = fz_u8(&in) % 6;
-        n->inputs = int_array(nin);
+        n->inputs = fake_ints(nin, NULL);
         for (int i = 0; i < nin; i++) {
             const uint8_t b = fz_u8(&in);
             n->inputs->data[i] = b == 0xFF ? kTfLiteOptionalTensor : b % (f.nt + 2);
         }
         const uint8_t o = fz_u8(&in);
-        n->outputs = int_array(o >= 0xF0 ? 2 : 1);
+        n->outputs = fake_ints(o >= 0xF0 ? 2 : 1, NULL);
         n->outputs->data[0] = o % (f.nt + 1);
         if (o >= 0xF0) n->outputs->data[1] = 0;
         outs_flag |= (op >> 7) << f.nn;
@@ -283,7 +190,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         n->custom_initial_data = copy;
         n->custom_initial_data_size = (int)got;
         f.regs[f.nn].builtin_code = (op & 0x70) == 0x70 ? 9 : kTfLiteBuiltinCustom;
-        f.regs[f.nn].custom_name = NAMES[(op & 15) % 6];
+        f.regs[f.nn].custom_name = NAMES[(op & 15) % 7];
         f.regs[f.nn].version = 1;
     }
     TfLiteStatus st;
@@ -301,9 +208,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             r->free(&f.ctx, n->user_data);
         }
     } else { /* the delegate claims the nodes; one partition; its outputs: the last node's + flagged ones */
-        f.plan = int_array(f.nn);
+        f.plan = fake_ints(f.nn, NULL);
         for (int i = 0; i < f.nn; i++) f.plan->data[i] = i;
-        f.part_out = int_array(f.nn);
+        f.part_out = fake_ints(f.nn, NULL);
         f.part_out->size = 0;
         for (int i = 0; i < f.nn; i++)
             if (i == f.nn - 1 || (outs_flag >> i & 1)) f.part_out->data[f.part_out->size++] = f.nodes[i].outputs->data[0];
@@ -329,6 +236,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         }
         ep_set_variant("auto");
     }
-    fake_free(&f);
+    fake_release(&f);
     return 0;
 }

@@ -111,6 +111,108 @@ def tflite_seeds() -> None:
     write("fuzz_tflite", "bomb_expand", graph(1, tensors, [node("HashedMatMul", [0, 1, 2], 3, bomb)]))
 
 
+# ---- fuzz_tflite_decode: whole .tflite files for edgepack_tflite_decode_model ------------------
+def decode_models() -> dict[str, bytes]:
+    """Small .tflite files: ok_* decode (a conv / depthwise filter through TRANSPOSE with MUL /
+    ADD / RELU after it, a RESHAPE, expand HashedMatMuls with an ADD and RELU / RELU6 after them next
+    to a stream one kept for the delegate, a HashedWeight graph output), bad_* are refused.
+    tests/runtime_kernels/test_tflite_decode_c.py runs the ok_* ones in LiteRT;
+    tflite/test_decode_model.c checks every one."""
+    import numpy as np
+    import tflite
+
+    from edgepack.exporter.tflite_writer import Options, TFLiteModelBuilder
+
+    op, rng = tflite.BuiltinOperator, np.random.default_rng(3)
+    hw, hm = "ai.edgepack.HashedWeight", "ai.edgepack.HashedMatMul"
+    recon = np.array([1.0, 0.5, 0.0, 1.0, 0.0], np.float32)  # H=1, K=2: V = relu(z1 + z2/2)
+
+    def floats(*shape):
+        return rng.standard_normal(shape).astype(np.float32)
+
+    def conv(depthwise: bool, output_data: bool = False) -> bytes:
+        b = TFLiteModelBuilder()
+        x = b.tensor("x", (1, 6, 5, 3))
+        buckets = b.constant("buckets", floats(11))
+        shape = [3, 1, 3, 3] if depthwise else [4, 3, 3, 2]
+        extra = [b.constant("recon", recon)] if depthwise else []
+        w = b.constant("w", np.zeros(shape, np.float32)) if output_data else b.tensor("w", shape)
+        attrs = {"shape": shape, "num_hashes": 2 if depthwise else 1, "seed": 7, "signed": int(not depthwise)}
+        b.operator(hw, [buckets, *extra], [w], flexbuffer_options(attrs))
+        perm = [1, 2, 3, 0] if depthwise else [0, 2, 3, 1]
+        filt = b.tensor("filter", [shape[p] for p in perm])
+        b.operator(op.TRANSPOSE, [w, b.constant("perm", np.array(perm, np.int32))], [filt])
+        bias = b.constant("bias", floats(shape[0]))
+        fields = {"Padding": tflite.Padding.SAME, "StrideH": 1, "StrideW": 1}
+        c = shape[0]
+        y, scaled, shifted, out = (b.tensor(n, (1, 6, 5, c)) for n in ("y", "scaled", "shifted", "out"))
+        if depthwise:  # then a scalar MUL and RELU6, folded by the decoder
+            b.operator(op.DEPTHWISE_CONV_2D, [x, filt, bias], [y],
+                       Options("DepthwiseConv2DOptions", fields | {"DepthMultiplier": 1}))
+            b.operator(op.MUL, [y, b.constant("scale", np.array([1.5], np.float32))], [scaled])
+            b.operator(op.RELU6, [scaled], [out])
+        else:  # then a BatchNorm's per-channel MUL and ADD, and RELU, folded by the decoder
+            b.operator(op.CONV_2D, [x, filt, bias], [y], Options("Conv2DOptions", fields))
+            b.operator(op.MUL, [y, b.constant("scale", floats(1, 1, 1, c))], [scaled])
+            b.operator(op.ADD, [scaled, b.constant("shift", floats(c))], [shifted])
+            b.operator(op.RELU, [shifted], [out])
+        return b.serialize([x], [out])
+
+    def mlp() -> bytes:
+        b = TFLiteModelBuilder()
+        x = b.tensor("x", (2, 6))
+        h, h2, y1, y = b.tensor("h", (2, 5)), b.tensor("h_relu", (2, 5)), b.tensor("y1", (2, 4)), b.tensor("y", (2, 3))
+        attrs = {"in_features": 6, "out_features": 5, "num_hashes": 1, "seed": 1}
+        b.operator(hm, [x, b.constant("b1", floats(9)), -1, b.constant("bias1", floats(5))], [h],
+                   flexbuffer_options(attrs))
+        b.operator(op.RELU, [h], [h2])
+        attrs = {"in_features": 5, "out_features": 4, "num_hashes": 2, "seed": 2, "signed": 0}
+        b.operator(hm, [h2, b.constant("b2", floats(8)), b.constant("recon", recon)], [y1], flexbuffer_options(attrs))
+        attrs = {"in_features": 4, "out_features": 3, "num_hashes": 1, "seed": 3, "mode": 1}
+        b.operator(hm, [y1, b.constant("b3", floats(5))], [y], flexbuffer_options(attrs))
+        return b.serialize([x], [y])
+
+    def nhwc_matmul() -> bytes:
+        b = TFLiteModelBuilder()
+        x, h, h2, y = (b.tensor(n, s) for n, s in (("x", (1, 3, 3, 4)), ("h", (1, 3, 3, 5)), ("h2", (1, 3, 3, 5)),
+                                                    ("y", (1, 3, 3, 5))))
+        attrs = {"in_features": 4, "out_features": 5, "num_hashes": 1, "seed": 4}
+        b.operator(hm, [x, b.constant("b", floats(7)), -1, b.constant("bias", floats(5))], [h],
+                   flexbuffer_options(attrs))
+        b.operator(op.ADD, [h, b.constant("shift", floats(1, 1, 1, 5))], [h2])
+        b.operator(op.RELU6, [h2], [y])
+        return b.serialize([x], [y])
+
+    def reshape_fc() -> bytes:
+        b = TFLiteModelBuilder()
+        x, w, wr, y = b.tensor("x", (1, 8)), b.tensor("w", (4, 2, 4)), b.tensor("w2", (4, 8)), b.tensor("y", (1, 4))
+        b.operator(hw, [b.constant("buckets", floats(6))], [w], flexbuffer_options({"shape": [4, 2, 4],
+                                                                                     "num_hashes": 1, "seed": 5}))
+        b.operator(op.RESHAPE, [w, b.constant("new_shape", np.array([4, 8], np.int32))], [wr])
+        b.operator(op.FULLY_CONNECTED, [x, wr, -1], [y], Options("FullyConnectedOptions", {}))
+        return b.serialize([x], [y])
+
+    def weight_output(attrs: dict) -> bytes:
+        b = TFLiteModelBuilder()
+        w = b.tensor("w", (1,))  # the runtime resizes it: the decoder writes the real shape
+        b.operator(hw, [b.constant("buckets", floats(5))], [w], flexbuffer_options(attrs))
+        return b.serialize([], [w])
+
+    weight = {"shape": [3, 4], "num_hashes": 1, "seed": 6}
+    return {"ok_conv": conv(False), "ok_depthwise": conv(True), "ok_mlp": mlp(), "ok_nhwc_matmul": nhwc_matmul(),
+            "ok_reshape_fc": reshape_fc(), "ok_weight_output": weight_output(weight),
+            "bad_num_hashes": weight_output(weight | {"num_hashes": 65}),
+            "bad_bomb": weight_output(weight | {"shape": [2, 2**31 - 1]}),
+            "bad_constant_output": conv(False, output_data=True)}
+
+
+def decode_seeds() -> None:
+    """The decode_models() files as seeds."""
+    for name, data in decode_models().items():
+        assert len(data) <= 4096, f"{name}: {len(data)} bytes; ci_fuzz.sh passes -max_len=4096"
+        write("fuzz_tflite_decode", name, data)
+
+
 # ---- fuzz_ort ----------------------------------------------------------------------------------
 ATTR_NAMES = ["in_features", "out_features", "num_hashes", "seed", "signed", "mode", "shape"]
 
@@ -189,12 +291,81 @@ def kernel_seeds() -> None:
     write("fuzz_kernels", "limits", bytes([9]) + limits + b" 268435456 ")
 
 
+def mfcc_seeds() -> None:
+    """fuzz_mfcc: flags, sample_rate, log2 fft_length, window, hop, mel bins, coefficients, lower and
+    upper Hz (bytes scaled as fuzz_mfcc.c reads them), samples (u16), audio seed (u32), audio."""
+    rng = random.Random(2)
+
+    def seed(flags, rate, log2_fft, window, hop, mels, coefficients, lower, upper, samples, extra=b""):
+        return bytes([flags, rate, log2_fft, window, hop, mels, coefficients, lower, upper]) + extra + \
+            struct.pack("<HI", samples, 7) + rng.randbytes(64)
+    write("fuzz_mfcc", "kws_like", seed(0, 124, 9, 232, 124, 124, 124, 1, 112, 4000))
+    write("fuzz_mfcc", "short_fft", seed(0, 124, 4, 200, 60, 40, 60, 0, 224, 300))
+    write("fuzz_mfcc", "one_window", seed(0, 200, 8, 247, 200, 200, 100, 10, 200, 128))
+    write("fuzz_mfcc", "bad_out_len", seed(16, 124, 9, 232, 124, 124, 124, 1, 112, 2000) + b"\x05\x00")
+    write("fuzz_mfcc", "log_offset", seed(4, 124, 7, 232, 124, 124, 124, 1, 112, 1000, b"\x20"))
+
+
+# ---- fuzz_onnx_decode: whole ModelProtos for ort/decode_model.c ---------------------------------
+def onnx_decode_seeds() -> None:
+    """Small ONNX models: HashedWeight (K=1, and K=2 with recon) and expand HashedMatMul with a bias
+    that decode, stream mode, a fused ReLU and weights fed as inputs that stay, a subgraph reading
+    the buckets, and an external-data reference (refused: the harness gives no folder)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(11)
+    recon = np.array([1.0, 0.5, 0.0, 1.0, 0.0], np.float32)  # H=1, K=2
+
+    def init(name: str, *shape: int):
+        return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+
+    def model(nodes, inits, inputs=(), outputs=("Y",)) -> bytes:
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, s)
+                                               for n, s in inputs],
+                                  [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs], inits)
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("ai.edgepack", 1)])
+        m.ir_version = 10
+        return m.SerializeToString()
+
+    def hm(name: str, mode: int = 0, out: str = "Y", **extra):
+        return helper.make_node("HashedMatMul", ["X", "b", "", "bias"], [out], domain="ai.edgepack", name=name,
+                                in_features=6, out_features=5, num_hashes=1, seed=3, mode=mode, **extra)
+
+    x = [("X", [2, 6])]
+    weight = helper.make_node("HashedWeight", ["b", "r"], ["Y"], domain="ai.edgepack", name="w", shape=[3, 2, 2],
+                              num_hashes=2, seed=7, signed=0)
+    write("fuzz_onnx_decode", "hashed_weight_k2", model([weight], [init("b", 9), numpy_helper.from_array(recon, "r")]))
+    k1 = helper.make_node("HashedWeight", ["b"], ["Y"], domain="ai.edgepack", name="w", shape=[4, 3], num_hashes=1,
+                          seed=1)
+    write("fuzz_onnx_decode", "hashed_weight_k1", model([k1], [init("b", 5)]))
+    write("fuzz_onnx_decode", "expand_bias", model([hm("m")], [init("b", 7), init("bias", 5)], x))
+    write("fuzz_onnx_decode", "stream_and_relu", model(
+        [hm("s", 1), helper.make_node("Relu", ["Y"], ["Z"]), hm("r", out="R", activation=1)],
+        [init("b", 7), init("bias", 5)], x, ("Y", "Z", "R")))
+    write("fuzz_onnx_decode", "weights_as_inputs", model([hm("m")], [init("bias", 5)], x + [("b", [7])]))
+    branch = helper.make_graph([helper.make_node("Identity", ["b"], ["o"])], "then", [],
+                               [helper.make_tensor_value_info("o", TensorProto.FLOAT, None)])
+    sub = helper.make_node("If", ["c"], ["Z"], then_branch=branch, else_branch=branch)
+    write("fuzz_onnx_decode", "subgraph_reads_buckets", model(
+        [hm("m"), sub], [init("b", 7), init("bias", 5), numpy_helper.from_array(np.array(True), "c")], x, ("Y", "Z")))
+    external = init("b", 7)
+    external.ClearField("raw_data")
+    external.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", "m.onnx.data"), ("offset", "0"), ("length", "28")):
+        external.external_data.add(key=key, value=value)
+    write("fuzz_onnx_decode", "external_buckets", model([hm("m")], [external, init("bias", 5)], x))
+
+
 def main() -> None:
     """Write every corpus."""
     flexmap_seeds()
     tflite_seeds()
+    decode_seeds()
     ort_seeds()
+    onnx_decode_seeds()
     kernel_seeds()
+    mfcc_seeds()
     for folder in sorted(CORPUS.iterdir()):
         print(f"{folder.name}: {len(list(folder.iterdir()))} seeds")
 

@@ -4,12 +4,22 @@
  * build for its architecture.
  *
  *   edgepack_ort_runner --ort libonnxruntime.so --lib libedgepack_ort.so --model m.onnx [--threads N]
+ *                       [--keep-fused]
  *   edgepack_ort_runner --bench --ort-lib libonnxruntime.so [--custom-ops libedgepack_ort.so]
- *                       [--threads N] [--warmup N] [--runs N] [--min-seconds S] m.onnx
+ *                       [--threads N] [--warmup N] [--runs N] [--min-seconds S] [--keep-fused] m.onnx
+ *
+ * Decode at load (the default with --lib / --custom-ops, as onnx_session(decode_at_load=True) with
+ * use_kernels): HashedWeight and expand-mode HashedMatMul nodes with constant weights are decoded
+ * once, in C (decode_model.c, the kernels' decoder, within $EDGEPACK_MAX_VIRTUAL_WEIGHTS /
+ * $EDGEPACK_MAX_DECODED_BYTES), and the session is built from the rewritten model, so ORT's own
+ * dense kernels and fusions run; the decoded weights and the external data of the main graph's
+ * initializers reach ORT as external initializers. --keep-fused (decode_at_load=False) runs the
+ * file as it is, on the fused custom ops.
  *
  * (--ort/--ort-lib and --lib/--custom-ops are synonyms; the model may be positional or --model.)
  * --bench prints one JSON line in benchmarks/runner_script.py's format: status, runtime_version,
- * input_shape (the first input), init_ms (env + session creation), first_inference_ms,
+ * input_shape (the first input), init_ms (env, decode at load and session creation),
+ * decode_at_load (false with --keep-fused or without --custom-ops), decoded_nodes, first_inference_ms,
  * latencies_ms (every timed run, CLOCK_MONOTONIC; runs go on until both --runs and --min-seconds
  * are reached) and peak_rss_mb (VmHWM minus VmRSS before session creation); on any failure it
  * prints {"status": "error", "error": "..."} and exits non-zero.
@@ -20,32 +30,36 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
+#include "decode_model.h"
+#include "json_string.h"
 #include "ort_abi.h"
 
 /* not declared in ort_abi.h: OrtApi slot 25, right after SetIntraOpNumThreads, same signature */
 #define OrtSetInterOpNumThreads(a) ORT_SLOT(a, 25, ort_SetIntraOpNumThreads_fn)
+/* nor these (slot 8 of API 1; slot 210, the first of API 12) */
+typedef OrtStatus *(*ort_CreateSessionFromArray_fn)(const OrtEnv *, const void *, size_t, const OrtSessionOptions *,
+                                                    OrtSession **);
+typedef OrtStatus *(*ort_AddExternalInitializers_fn)(OrtSessionOptions *, const char *const *,
+                                                     const OrtValue *const *, size_t);
+#define OrtCreateSessionFromArray(a) ORT_SLOT(a, 8, ort_CreateSessionFromArray_fn)
+#define OrtAddExternalInitializers(a) ORT_SLOT(a, 210, ort_AddExternalInitializers_fn)
 
 static const OrtApi *api;
 static int bench;
 
-static void json_string(const char *s) {
-    putchar('"');
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') printf("\\%c", c);
-        else if (c < 0x20) printf("\\u%04x", c);
-        else putchar(c);
-    }
-    putchar('"');
-}
 
 #if defined(__GNUC__)
 __attribute__((format(printf, 2, 3)))
@@ -58,7 +72,7 @@ static _Noreturn void die(int code, const char *fmt, ...) {
     va_end(ap);
     if (bench) {
         fputs("{\"status\": \"error\", \"error\": ", stdout);
-        json_string(msg);
+        json_string(stdout, msg);
         fputs("}\n", stdout);
         fflush(stdout);
     } else {
@@ -105,6 +119,34 @@ static long rss_kb(const char *field) {
     return kb;
 }
 
+/* The model file decoded at load into *d (d->model stays NULL when it has nothing to decode, or is
+ * no protobuf: ORT then says why it refuses the file). The file is mapped, not read: the rewrite
+ * skips over the bytes it copies or drops unread. */
+static void decode_at_load(const char *model, ep_onnx_decoded *d) {
+    struct stat st;
+    const int fd = open(model, O_RDONLY);
+    if (fd < 0) die(1, "%s: cannot open the model: %s", model, strerror(errno));
+    if (fstat(fd, &st) || !S_ISREG(st.st_mode) || st.st_size <= 0 || (unsigned long long)st.st_size > SIZE_MAX) {
+        close(fd);
+        die(1, "%s: not a non-empty regular file (expected an ONNX model)", model);
+    }
+    const size_t size = (size_t)st.st_size;
+    void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (map == MAP_FAILED) die(1, "%s: cannot map the model: %s", model, strerror(errno));
+    char dir[4096];
+    const char *slash = strrchr(model, '/');
+    if (!slash) snprintf(dir, sizeof dir, ".");
+    else if ((size_t)(slash - model) >= sizeof dir) die(1, "%s: the model's folder name is too long", model);
+    else snprintf(dir, sizeof dir, "%.*s", slash == model ? 1 : (int)(slash - model), model);
+    ep_limits lim;
+    char msg[1536];
+    if (ep_limits_from_env(&lim)) die(2, "%s", ep_last_error());
+    const int failed = ep_onnx_decode_model((const uint8_t *)map, size, dir, &lim, d, msg, sizeof msg);
+    munmap(map, size);
+    if (failed == 1) die(1, "%s: decode at load: %s (--keep-fused runs the file on the edgepack kernels)", model, msg);
+}
+
 static int parse_count(const char *flag, const char *v) {
     char *end;
     long x = strtol(v, &end, 10);
@@ -131,8 +173,9 @@ static double run_once(const Feed *f, int keep) {
     return t;
 }
 
-static void print_outputs(const char *version, const Feed *f) {
-    printf("{\"ort_version\": \"%s\", \"outputs\": {", version);
+static void print_outputs(const char *version, int decode, int decoded_nodes, const Feed *f) {
+    printf("{\"ort_version\": \"%s\", \"decode_at_load\": %s, \"decoded_nodes\": %d, \"outputs\": {", version,
+           decode ? "true" : "false", decoded_nodes);
     for (size_t k = 0; k < f->n_out; k++) {
         OrtTensorTypeAndShapeInfo *tsi = NULL;
         size_t rank = 0, count = 0;
@@ -158,11 +201,16 @@ static void print_outputs(const char *version, const Feed *f) {
 int main(int argc, char **argv) {
     const char *ort = "libonnxruntime.so", *lib = NULL, *model = NULL;
     int threads = 1, warmup = 10, runs = 100;
+    int keep_fused = 0;
     double min_seconds = 0.0;
     for (int i = 1; i < argc; i++) bench |= !strcmp(argv[i], "--bench"); /* errors as JSON from here on */
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "--bench")) continue;
+        if (!strcmp(a, "--keep-fused")) {
+            keep_fused = 1;
+            continue;
+        }
         if (strncmp(a, "--", 2)) {
             if (model) die(2, "more than one model given (%s, %s)", model, a);
             model = a;
@@ -185,9 +233,10 @@ int main(int argc, char **argv) {
     }
     if (!model) {
         if (!bench)
-            fprintf(stderr, "usage: %s --ort LIBONNXRUNTIME --lib LIBEDGEPACK_ORT --model M.onnx [--threads N]\n"
+            fprintf(stderr, "usage: %s --ort LIBONNXRUNTIME --lib LIBEDGEPACK_ORT --model M.onnx [--threads N]"
+                            " [--keep-fused]\n"
                             "       %s --bench --ort-lib LIBONNXRUNTIME [--custom-ops LIBEDGEPACK_ORT] [--threads N]"
-                            " [--warmup N] [--runs N] [--min-seconds S] M.onnx\n", argv[0], argv[0]);
+                            " [--warmup N] [--runs N] [--min-seconds S] [--keep-fused] M.onnx\n", argv[0], argv[0]);
         die(2, "no model given");
     }
 
@@ -204,6 +253,11 @@ int main(int argc, char **argv) {
     OrtEnv *env = NULL;
     OrtSessionOptions *so = NULL;
     OrtSession *sess = NULL;
+    OrtAllocator *alloc = NULL;
+    OrtMemoryInfo *mem = NULL;
+    ep_onnx_decoded decoded;
+    OrtValue **weights = NULL; /* decoded and external initializers: they live as long as the session */
+    memset(&decoded, 0, sizeof decoded);
     long rss_before = rss_kb("VmRSS");
     double t_init = now_ms();
     check(OrtCreateEnv(api)(ORT_LOGGING_LEVEL_WARNING, "edgepack", &env), "CreateEnv");
@@ -211,13 +265,37 @@ int main(int argc, char **argv) {
     check(OrtSetIntraOpNumThreads(api)(so, threads), "SetIntraOpNumThreads");
     if (bench) check(OrtSetInterOpNumThreads(api)(so, 1), "SetInterOpNumThreads"); /* as runner_script.py */
     if (lib) check(OrtRegisterCustomOpsLibrary_V2(api)(so, lib), "RegisterCustomOpsLibrary_V2");
-    check(OrtCreateSession(api)(env, model, so, &sess), "CreateSession");
+    check(OrtCreateCpuMemoryInfo(api)(OrtArenaAllocator, OrtMemTypeDefault, &mem), "CreateCpuMemoryInfo");
+    const int decode = lib && !keep_fused; /* as onnx_session: decode at load goes with the kernels */
+    if (decode) {
+        ep_set_num_threads(threads > 0 ? threads : 1);
+        decode_at_load(model, &decoded);
+    }
+    if (decoded.model) {
+        const size_t n = decoded.n_initializers;
+        const char **names = xcalloc(n, sizeof *names);
+        weights = xcalloc(n, sizeof *weights);
+        for (size_t i = 0; i < n; i++) {
+            ep_onnx_initializer *w = &decoded.initializers[i];
+            names[i] = w->name;
+            check(OrtCreateTensorWithDataAsOrtValue(api)(mem, w->data, w->bytes, w->dims, w->rank,
+                                                         (ONNXTensorElementDataType)w->data_type, &weights[i]),
+                  "CreateTensorWithDataAsOrtValue");
+        }
+        if (n) check(OrtAddExternalInitializers(api)(so, names, (const OrtValue *const *)weights, n),
+                     "AddExternalInitializers");
+        free(names);
+        char what[512];
+        snprintf(what, sizeof what, "CreateSession (%s, decoded at load)", model);
+        check(OrtCreateSessionFromArray(api)(env, decoded.model, decoded.model_size, so, &sess), what);
+        free(decoded.model); /* ORT parsed it; the weights stay */
+        decoded.model = NULL;
+    } else {
+        check(OrtCreateSession(api)(env, model, so, &sess), "CreateSession");
+    }
     double init_ms = now_ms() - t_init;
 
-    OrtAllocator *alloc = NULL;
-    OrtMemoryInfo *mem = NULL;
     check(OrtGetAllocatorWithDefaultOptions(api)(&alloc), "GetAllocatorWithDefaultOptions");
-    check(OrtCreateCpuMemoryInfo(api)(OrtArenaAllocator, OrtMemTypeDefault, &mem), "CreateCpuMemoryInfo");
 
     size_t n_in = 0, n_out = 0, rank0 = 0;
     int64_t dims0[16];
@@ -262,7 +340,7 @@ int main(int argc, char **argv) {
 
     if (!bench) {
         run_once(&feed, 1);
-        print_outputs(version, &feed);
+        print_outputs(version, decode, decoded.n_decoded, &feed);
     } else {
         double first_ms = run_once(&feed, 0);
         for (int i = 0; i < warmup; i++) run_once(&feed, 0);
@@ -280,10 +358,11 @@ int main(int argc, char **argv) {
         char runtime_version[256];
         snprintf(runtime_version, sizeof runtime_version, "onnxruntime %s", version);
         printf("{\"status\": \"ok\", \"runtime_version\": ");
-        json_string(runtime_version);
+        json_string(stdout, runtime_version);
         printf(", \"input_shape\": [");
         for (size_t d = 0; d < rank0; d++) printf("%s%lld", d ? ", " : "", (long long)dims0[d]);
-        printf("], \"init_ms\": %.6f, \"first_inference_ms\": %.6f, \"latencies_ms\": [", init_ms, first_ms);
+        printf("], \"init_ms\": %.6f, \"decode_at_load\": %s, \"decoded_nodes\": %d, \"first_inference_ms\": %.6f, "
+               "\"latencies_ms\": [", init_ms, decode ? "true" : "false", decoded.n_decoded, first_ms);
         for (size_t i = 0; i < n; i++) printf("%s%.6f", i ? ", " : "", lat[i]);
         printf("], \"peak_rss_mb\": %.6f}\n", (double)(peak > 0 ? peak : 0) / 1024.0);
         free(lat);
@@ -300,5 +379,8 @@ int main(int argc, char **argv) {
     OrtReleaseSession(api)(sess);
     OrtReleaseSessionOptions(api)(so);
     OrtReleaseEnv(api)(env);
+    for (size_t i = 0; weights && i < decoded.n_initializers; i++) OrtReleaseValue(api)(weights[i]);
+    free(weights);
+    ep_onnx_decoded_free(&decoded);
     return fflush(stdout) ? 1 : 0;
 }

@@ -20,5 +20,6 @@ out=$(qemu-aarch64 -L "$SYSROOT" "$BUILD/test_microkernels") || { echo "$out"; e
 echo "$out" | grep -q "^neon    gemm" || { echo "ci_aarch64: NEON micro-kernels not tested" >&2; exit 1; }
 echo "$out" | tail -n 1
 qemu-aarch64 -L "$SYSROOT" "$BUILD/test_threads" | tail -n 1
+qemu-aarch64 -L "$SYSROOT" "$BUILD/test_mfcc" | tail -n 1
 qemu-aarch64 -L "$SYSROOT" "$BUILD/edgepack-bench" kernels --sizes 64 --batch 1 --runs 2 --warmup 1 --json > /dev/null
 echo "ci_aarch64: OK (timings under qemu are emulated, not meaningful)"

@@ -5,6 +5,8 @@
 #include <stdint.h>
 #include <stddef.h>
 
+#include "edgepack/kernels.h" /* ep_status (ep_fail) */
+
 #define EP_P1 0x9E3779B1u
 #define EP_P2 0x85EBCA77u
 #define EP_P3 0xC2B2AE3Du
@@ -156,6 +158,9 @@ void ep_cfft_radix2_stage_ref(int64_t s, const float *a, float *b);
  * for the SIMD variants' remainders */
 void ep_rfft_post_ref(int64_t m, const float *rt, float *X, int64_t k0);
 void ep_irfft_pre_ref(int64_t m, const float *rt, const float *X, float *Z, int64_t k0);
+
+/* sets ep_last_error() to the formatted message and returns s (for the other source files: mfcc.c) */
+ep_status ep_fail(ep_status s, const char *fmt, ...);
 
 /* ---- threads (threadpool.c) ---- */
 #define EP_MAX_THREADS 64

@@ -31,6 +31,14 @@ static ep_status fail(ep_status s, const char *fmt, ...) {
 }
 
 const char *ep_last_error(void) { return g_err; }
+
+ep_status ep_fail(ep_status s, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(g_err, sizeof g_err, fmt, ap);
+    va_end(ap);
+    return s;
+}
 const char *ep_version(void) { return "0.1"; }
 
 const char *ep_status_str(ep_status s) {

@@ -19,6 +19,8 @@ _Static_assert(EP_LIMIT_MIN_POW2 == 4 && EP_LIMIT_MAX_POW2 == 1 << 30, "kernels.
 _Static_assert(EP_LIMIT_DEFAULT_MAX_VIRTUAL_WEIGHTS == EP_DEFAULT_MAX_VIRTUAL_WEIGHTS &&
                    EP_LIMIT_DEFAULT_MAX_DECODED_BYTES == EP_DEFAULT_MAX_DECODED_BYTES,
                "kernels.h's EP_DEFAULT_MAX_* differ from op_spec.py's DEFAULT_MAX_* limits");
+_Static_assert(EP_LIMIT_MFCC_MAX_FFT == EP_MFCC_MAX_FFT && EP_LIMIT_MFCC_MAX_MEL_BINS == EP_MFCC_MAX_MEL_BINS,
+               "mfcc.h's EP_MFCC_MAX_* differ from op_spec.py's MFCC_MAX_* limits");
 
 typedef struct attr_spec {
     ep_op op;
@@ -93,6 +95,35 @@ static int read_dims(const attr_spec *a, ep_runtime rt, const ep_attr_reader *r,
     return 0;
 }
 
+/* An MFCC attribute (already within its range, so it fits int32) into the front end's config. */
+static void mfcc_field(ep_mfcc_config *c, const char *name, int64_t v) {
+    if (!strcmp(name, "sample_rate")) c->sample_rate = (int32_t)v;
+    else if (!strcmp(name, "window_length")) c->window_length = (int32_t)v;
+    else if (!strcmp(name, "hop_length")) c->hop_length = (int32_t)v;
+    else if (!strcmp(name, "fft_length")) c->fft_length = (int32_t)v;
+    else if (!strcmp(name, "num_mel_bins")) c->num_mel_bins = (int32_t)v;
+    else if (!strcmp(name, "num_coefficients")) c->num_coefficients = (int32_t)v;
+    else if (!strcmp(name, "lower_hz")) c->lower_hz = (float)v;
+    else if (!strcmp(name, "upper_hz")) c->upper_hz = (float)v;
+    c->log_offset = 1e-6f;
+}
+
+/* The MFCC rules between attributes (each alone is within its range). */
+static int check_mfcc(const ep_mfcc_config *c, char *msg, size_t cap) {
+    if (c->fft_length & (c->fft_length - 1))
+        return say(msg, cap, "attribute 'fft_length' = %d; must be a power of two", c->fft_length);
+    if (c->window_length > c->fft_length)
+        return say(msg, cap, "attribute 'window_length' = %d; must be <= fft_length = %d", c->window_length,
+                   c->fft_length);
+    if (c->num_coefficients > c->num_mel_bins)
+        return say(msg, cap, "attribute 'num_coefficients' = %d; must be <= num_mel_bins = %d", c->num_coefficients,
+                   c->num_mel_bins);
+    if (!(c->lower_hz < c->upper_hz) || 2.0 * c->upper_hz > (double)c->sample_rate)
+        return say(msg, cap, "attributes lower_hz = %.0f, upper_hz = %.0f; need lower_hz < upper_hz <= sample_rate / 2 "
+                   "= %d / 2", (double)c->lower_hz, (double)c->upper_hz, c->sample_rate);
+    return 0;
+}
+
 int ep_op_read_attrs(ep_op op, ep_runtime rt, const ep_attr_reader *r, ep_op_attrs *out, char *msg, size_t cap) {
     if ((unsigned)op >= EP_OP_COUNT || (rt != EP_RUNTIME_ORT && rt != EP_RUNTIME_TFLITE) || !r || !out)
         return say(msg, cap, "internal error: bad arguments to ep_op_read_attrs");
@@ -114,7 +145,9 @@ int ep_op_read_attrs(ep_op op, ep_runtime rt, const ep_attr_reader *r, ep_op_att
         else if (!strcmp(a->name, "signed")) sgn = v;
         else if (!strcmp(a->name, "mode")) out->mode = v;
         else if (!strcmp(a->name, "activation")) out->activation = v;
+        else if (op == EP_OP_MFCC) mfcc_field(&out->mfcc, a->name, v);
     }
+    if (op == EP_OP_MFCC) return check_mfcc(&out->mfcc, msg, cap);
     if (op == EP_OP_HashedWeight) {
         out->hp.rows = out->shape[0];
         out->hp.cols = 1;
@@ -276,6 +309,7 @@ int ep_op_check_weights(ep_op op, const ep_op_attrs *a, const ep_tensor *in, cha
         return check_buckets(&in[slot(op, "buckets")], msg, cap) || check_recon(a, &in[slot(op, "recon")], msg, cap);
     case EP_OP_CirculantMatMul: return check_blocks(a, &in[slot(op, "blocks")], msg, cap);
     case EP_OP_LDRMatMul: return check_ldr(a, &in[slot(op, "G")], &in[slot(op, "H")], msg, cap);
+    case EP_OP_MFCC: return 0; /* no weights */
     case EP_OP_COUNT: break;
     }
     return 1;
@@ -285,6 +319,13 @@ int ep_op_check_inputs(ep_op op, const ep_op_attrs *a, const ep_tensor *in, char
     if (bad_args(op, a, in, msg, cap) || check_missing(op, in, 0, msg, cap) || ep_op_check_weights(op, a, in, msg, cap))
         return 1;
     char s[256];
+    if (op == EP_OP_MFCC) {
+        const ep_tensor *t = &in[slot(op, "audio")];
+        if (t->rank >= 1 && t->rank < EP_LIMIT_MAX_RANK && t->dims[t->rank - 1] >= a->mfcc.window_length) return 0;
+        ep_tensor_dims_str(t, s, sizeof s);
+        return say(msg, cap, "input 'audio' has shape %s; must be [..., samples] (rank 1..%d) with at least one "
+                   "window of window_length=%d samples", s, EP_LIMIT_MAX_RANK - 1, a->mfcc.window_length);
+    }
     const int x = slot(op, "X");
     if (x >= 0 && (in[x].rank < 1 || in[x].dims[in[x].rank - 1] != a->in_f)) {
         ep_tensor_dims_str(&in[x], s, sizeof s);
@@ -312,6 +353,24 @@ int ep_op_output_shape(ep_op op, const ep_op_attrs *a, const ep_tensor *in, ep_t
         y->rank = a->shape_rank;
         memcpy(y->dims, a->shape, sizeof(int64_t) * a->shape_rank);
         y->count = a->hp.rows * a->hp.cols; /* ep_op_read_attrs bounds it by INT64_MAX / 8 */
+        return 0;
+    }
+    if (op == EP_OP_MFCC) {
+        const ep_tensor *t = in ? &in[slot(op, "audio")] : NULL;
+        if (!t || t->rank < 1 || t->rank >= EP_LIMIT_MAX_RANK || t->dims[t->rank - 1] < a->mfcc.window_length)
+            return say(msg, cap, "internal error: output shape of unchecked inputs");
+        const int64_t samples = t->dims[t->rank - 1], rows = samples ? t->count / samples : 0;
+        const int64_t frames = 1 + (samples - a->mfcc.window_length) / a->mfcc.hop_length;
+        y->rank = t->rank + 1;
+        memcpy(y->dims, t->dims, sizeof(int64_t) * t->rank);
+        y->dims[t->rank - 1] = frames;
+        y->dims[t->rank] = a->mfcc.num_coefficients;
+        if (rows && frames > INT64_MAX / 4 / a->mfcc.num_coefficients / rows) {
+            char s[256];
+            ep_tensor_dims_str(y, s, sizeof s);
+            return say(msg, cap, "output 'Y' of shape %s would have more than 2^61 elements", s);
+        }
+        y->count = rows * frames * a->mfcc.num_coefficients;
         return 0;
     }
     const ep_tensor *x = in ? &in[slot(op, "X")] : NULL;
@@ -387,6 +446,12 @@ int64_t ep_op_plan_bytes(ep_op op, const ep_op_attrs *a, const ep_tensor *in, ch
                  name, s);
         return op == EP_OP_CirculantMatMul ? 4 * d[0] * d[1] * (d[2] + 2) : 4 * d[0] * (4 * d[1] + 2);
     }
+    case EP_OP_MFCC: {
+        const ep_mfcc_config *c = &a->mfcc;
+        snprintf(what, cap, "the MFCC tables (fft_length=%d, num_mel_bins=%d)", c->fft_length, c->num_mel_bins);
+        return 4 * ((int64_t)c->window_length + 2 * (c->fft_length / 2 + 1) + 2 * (int64_t)c->num_mel_bins +
+                    (int64_t)c->num_mel_bins * c->num_coefficients);
+    }
     case EP_OP_COUNT: break;
     }
     return -1;
@@ -396,6 +461,7 @@ struct ep_op_plan {
     ep_hashed_plan *hashed;
     ep_circulant_plan *circulant;
     ep_ldr_plan *ldr;
+    ep_mfcc_plan *mfcc;
     float *W; /* HashedWeight, decoded */
 };
 
@@ -450,6 +516,7 @@ int ep_op_plan_create(ep_op op, const ep_op_attrs *a, const ep_tensor *in, ep_op
         s = ep_ldr_plan_create(g->dims[0], g->dims[1], g->data, h->data, a->in_f, a->out_f, &plan->ldr);
         break;
     }
+    case EP_OP_MFCC: s = ep_mfcc_plan_create(&a->mfcc, &plan->mfcc); break;
     case EP_OP_COUNT: break;
     }
     if (s) {
@@ -465,6 +532,7 @@ void ep_op_plan_destroy(ep_op_plan *plan) {
     ep_hashed_plan_destroy(plan->hashed);
     ep_circulant_plan_destroy(plan->circulant);
     ep_ldr_plan_destroy(plan->ldr);
+    ep_mfcc_plan_destroy(plan->mfcc);
     free(plan->W);
     free(plan);
 }
@@ -485,6 +553,21 @@ static void epilogue(int64_t activation, const float *scale, const float *bias, 
     }
 }
 
+/* MFCC of each row of the checked audio [..., samples] into Y [..., frames, num_coefficients]. */
+static int run_mfcc(const ep_op_attrs *a, const ep_op_plan *plan, const ep_tensor *audio, float *Y, char *msg,
+                    size_t cap) {
+    const int64_t samples = audio->dims[audio->rank - 1], rows = samples ? audio->count / samples : 0;
+    if (rows == 0) return 0;
+    ep_op_plan *own = NULL;
+    if ((!plan || !plan->mfcc) && ep_op_plan_create(EP_OP_MFCC, a, audio, &own, msg, cap)) return 1;
+    const ep_mfcc_plan *p = own ? own->mfcc : plan->mfcc;
+    const int64_t per_row = ep_mfcc_num_frames(p, samples) * a->mfcc.num_coefficients;
+    ep_status s = EP_OK;
+    for (int64_t r = 0; r < rows && !s; r++) s = ep_mfcc(p, audio->data + r * samples, samples, Y + r * per_row, per_row);
+    ep_op_plan_destroy(own);
+    return s ? kernel_error(s, msg, cap) : 0;
+}
+
 int ep_op_run(ep_op op, const ep_op_attrs *a, const ep_op_plan *plan, const ep_tensor *in, float *Y, char *msg,
               size_t cap) {
     if (bad_args(op, a, in, msg, cap)) return 1;
@@ -500,6 +583,7 @@ int ep_op_run(ep_op op, const ep_op_attrs *a, const ep_op_plan *plan, const ep_t
         s = ep_hashed_decode(&p, in[slot(op, "buckets")].data, recon, n_recon, Y);
         return s ? kernel_error(s, msg, cap) : 0;
     }
+    if (op == EP_OP_MFCC) return run_mfcc(a, plan, &in[slot(op, "audio")], Y, msg, cap);
     const int64_t N = in[slot(op, "X")].count / a->in_f;
     if (N == 0) return 0;
     const ep_tensor *b = &in[slot(op, "bias")], *sc = &in[slot(op, "scale")];

@@ -13,6 +13,7 @@
 
 #include "edgepack/kernels.h"
 #include "edgepack_tflite.h"
+#include "fake_context.h"
 
 static int g_pass, g_fail;
 #define CHECK(cond, ...)                                                        \
@@ -69,87 +70,15 @@ static size_t flex_map(uint8_t *out, const entry *e, int n) { /* keys must be so
     return f.n;
 }
 
-/* ---- fake interpreter ------------------------------------------------------------------------ */
-typedef struct fake {
-    TfLiteContext ctx; /* first: callbacks cast back */
-    TfLiteTensor t[32];
-    int nt;
-    TfLiteNode nodes[8];
-    TfLiteRegistration regs[8];
-    int nn;
-    TfLiteIntArray *plan;
-    TfLiteIntArray *part_out; /* what the runtime would compute as the partition's outputs */
-    TfLiteNode dnode;
-    TfLiteRegistration dreg;
-    int replaced;
-    char err[4096];
-} fake;
-
-static TfLiteIntArray *ints(int n, const int *v) {
-    TfLiteIntArray *a = (TfLiteIntArray *)malloc(sizeof(int) * (size_t)(n + 1));
-    a->size = n;
-    if (n) memcpy(a->data, v, sizeof(int) * (size_t)n);
-    return a;
-}
-
-static void f_report(TfLiteContext *c, const char *fmt, ...) {
-    fake *f = (fake *)c;
-    size_t k = strlen(f->err);
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(f->err + k, sizeof f->err - k, fmt, ap);
-    va_end(ap);
-}
-static TfLiteStatus f_plan(TfLiteContext *c, TfLiteIntArray **p) { *p = ((fake *)c)->plan; return kTfLiteOk; }
-static TfLiteStatus f_node(TfLiteContext *c, int i, TfLiteNode **n, TfLiteRegistration **r) {
-    fake *f = (fake *)c;
-    if (i < 0 || i >= f->nn) return kTfLiteError;
-    *n = &f->nodes[i], *r = &f->regs[i];
-    return kTfLiteOk;
-}
-static TfLiteStatus f_resize(TfLiteContext *c, TfLiteTensor *t, TfLiteIntArray *dims) {
-    (void)c;
-    size_t count = 1;
-    for (int d = 0; d < dims->size; d++) count *= (size_t)dims->data[d];
-    free(t->dims);
-    t->dims = dims;
-    t->bytes = count * sizeof(float);
-    t->data = realloc(t->data, t->bytes ? t->bytes : 1);
-    return kTfLiteOk;
-}
-static TfLiteStatus f_replace(TfLiteContext *c, TfLiteRegistration r, const TfLiteIntArray *nodes, TfLiteDelegate *d) {
-    fake *f = (fake *)c;
-    static const TfLiteIntArray empty = {0};
-    TfLiteDelegateParams params = {d, (TfLiteIntArray *)nodes, (TfLiteIntArray *)&empty, f->part_out};
-    f->dreg = r;
-    f->replaced = nodes->size;
-    f->dnode.user_data = r.init(c, (const char *)&params, 0);
-    return kTfLiteOk;
-}
-
+/* ---- fake interpreter (fake_context.h) ------------------------------------------------------ */
 static fake *fake_new(void) {
-    fake *f = (fake *)calloc(1, sizeof *f);
-    f->ctx.tensors = f->t;
-    f->ctx.GetExecutionPlan = f_plan;
-    f->ctx.ReportError = f_report;
-    f->ctx.GetNodeAndRegistration = f_node;
-    f->ctx.ResizeTensor = f_resize;
-    f->ctx.ReplaceNodeSubsetsWithDelegateKernels = f_replace;
+    fake *f = (fake *)malloc(sizeof *f);
+    fake_init(f);
     return f;
 }
 
 static void fake_free(fake *f) {
-    for (int i = 0; i < f->nt; i++) {
-        free(f->t[i].dims);
-        free(f->t[i].data);
-    }
-    for (int i = 0; i < f->nn; i++) {
-        free(f->nodes[i].inputs);
-        free(f->nodes[i].outputs);
-        free((void *)f->nodes[i].custom_initial_data);
-    }
-    free(f->plan);
-    free(f->part_out);
+    fake_release(f);
     free(f);
 }
 
@@ -159,7 +88,7 @@ static int tensor(fake *f, int rank, const int *dims, const float *data) {
     size_t count = 1;
     for (int d = 0; d < rank; d++) count *= (size_t)dims[d];
     t->type = kTfLiteFloat32;
-    t->dims = ints(rank, dims);
+    t->dims = fake_ints(rank, dims);
     t->bytes = count * sizeof(float);
     t->data = malloc(t->bytes ? t->bytes : 1);
     if (data) memcpy(t->data, data, t->bytes);
@@ -171,8 +100,8 @@ static int tensor(fake *f, int rank, const int *dims, const float *data) {
 
 static void node(fake *f, const char *name, int nin, const int *in, int out, const uint8_t *opts, size_t len) {
     TfLiteNode *n = &f->nodes[f->nn];
-    n->inputs = ints(nin, in);
-    n->outputs = ints(1, &out);
+    n->inputs = fake_ints(nin, in);
+    n->outputs = fake_ints(1, &out);
     void *copy = malloc(len ? len : 1);
     if (len) memcpy(copy, opts, len);
     n->custom_initial_data = copy;
@@ -190,8 +119,8 @@ static size_t g_nopts;
 static TfLiteStatus run_delegate(fake *f, int out_tensor) {
     int order[8];
     for (int i = 0; i < f->nn; i++) order[i] = i;
-    f->plan = ints(f->nn, order);
-    if (!f->part_out) f->part_out = ints(1, &out_tensor);
+    f->plan = fake_ints(f->nn, order);
+    if (!f->part_out) f->part_out = fake_ints(1, &out_tensor);
     TfLiteDelegate *d = tflite_plugin_create_delegate(g_keys, g_vals, g_nopts, NULL);
     if (!d) return kTfLiteError;
     TfLiteStatus st = d->Prepare(&f->ctx, d);
@@ -485,7 +414,7 @@ static void tensor_cases(void) {
         hw h = hw_new(shape, 2, 8);
         int d34[] = {3, 4};
         free(h.f->t[h.y].dims);
-        h.f->t[h.y].dims = ints(2, d34);
+        h.f->t[h.y].dims = fake_ints(2, d34);
         h.f->t[h.y].bytes = 48;
         h.f->t[h.y].data = realloc(h.f->t[h.y].data, 48);
         h.f->t[h.y].allocation_type = kTfLiteMmapRo;
@@ -518,8 +447,8 @@ static void tensor_cases(void) {
     /* an arena output whose buffer does not match its shape at invoke */
     hw h = hw_new(shape, 2, 8);
     int order[] = {0};
-    h.f->plan = ints(1, order);
-    h.f->part_out = ints(1, &h.y);
+    h.f->plan = fake_ints(1, order);
+    h.f->part_out = fake_ints(1, &h.y);
     TfLiteDelegate *d = tflite_plugin_create_delegate(NULL, NULL, 0, NULL);
     TfLiteStatus st = d->Prepare(&h.f->ctx, d);
     if (!st) st = h.f->dreg.prepare(&h.f->ctx, &h.f->dnode);
@@ -575,7 +504,7 @@ static void limit_cases(void) {
         TfLiteDelegate *d = edgepack_tflite_delegate_create();
         h = hw_new(s105, 2, 8);
         int order[] = {0};
-        h.f->plan = ints(1, order);
+        h.f->plan = fake_ints(1, order);
         CHECK(d && d->Prepare(&h.f->ctx, d) && strstr(h.f->err, "EDGEPACK_MAX_VIRTUAL_WEIGHTS"),
               "delegate_create, bad env '%s': '%s'", bad[i], h.f->err);
         edgepack_tflite_delegate_delete(d);
@@ -602,7 +531,7 @@ static void limit_cases(void) {
         node(f, "ai.edgepack.HashedWeight", 1, &b, y0, opts, len);
         node(f, "ai.edgepack.HashedWeight", 1, &b, y1, opts, len);
         int outs[] = {y0, y1};
-        f->part_out = ints(2, outs);
+        f->part_out = fake_ints(2, outs);
         g_keys = k2, g_vals = budget == 799 ? v799 : v800, g_nopts = 1;
         TfLiteStatus st = run_delegate(f, y0);
         if (budget == 799)

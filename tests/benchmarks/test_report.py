@@ -45,15 +45,19 @@ def test_report_has_tables_plots_and_baseline(tmp_path):
                "error": "DeviceError: host unreachable"}]:
         append_result(results, r)
     paths = write_report(results, tmp_path / "report", baseline="dense_mlp.onnx")
-    for name in ("latency", "accuracy_vs_size", "energy"):
+    for name in ("latency", "latency_vs_size", "accuracy_vs_size", "energy"):
         assert paths[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     markdown = paths["markdown"].read_text()
     assert "dense_mlp" in markdown and "hashed_1_8" in markdown
     assert "host unreachable" in markdown and "estimated" in markdown
-    baseline_row = next(line for line in markdown.splitlines() if line.startswith("| hashed_1_8") and "2 |" in line)
-    assert "| 2 |" in baseline_row  # twice as fast as the baseline
+    baseline_row = next(line for line in markdown.splitlines() if line.startswith("| hashed_1_8") and "×" in line)
+    # the same random sample scaled: exactly twice as fast, 3 significant digits everywhere
+    assert baseline_row.startswith(f"| hashed_1_8 [ort, local] | 2.00× | {340 / 53:.2f}× | 1.00× | "
+                                   f"{0.8 / 0.3:.2f}× | -2.00 pt |")
+    row = next(line for line in markdown.splitlines() if line.startswith("| hashed_1_8"))
+    assert f"| {53 / 1024:.4f} | 1.50 |" in row  # file size in MB (2^20 bytes), peak RSS in MB
     page = paths["html"].read_text()
-    assert page.count("data:image/png;base64,") == 3 and "hashed_1_8" in page and "<table>" in page
+    assert page.count("data:image/png;base64,") == 4 and "hashed_1_8" in page and "<table>" in page
 
 
 def test_report_errors(tmp_path):
@@ -81,8 +85,8 @@ def test_report_skips_garbled_lines_and_incomplete_records(tmp_path, capsys):
     markdown = paths["markdown"].read_text()
     assert "2 measurements, 1 failed" in markdown and "7 line(s) skipped" in markdown
     assert "a \\| pipe and a newline" in markdown
-    baseline_row = next(line for line in markdown.splitlines() if line.startswith("| zero [") and "| 1 |" in line)
-    assert "| 1 | – |" in baseline_row  # the baseline against itself: same speed, size ratio 0/0 left out
+    baseline_row = next(line for line in markdown.splitlines() if line.startswith("| zero [") and "×" in line)
+    assert "| 1.00× | – |" in baseline_row  # the baseline against itself: same speed, size ratio 0/0 left out
     assert "<td>a | pipe and a newline</td>" in paths["html"].read_text()
 
     from edgepack.cli import main

@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "edgepack/kernels.h"
+#include "edgepack/mfcc.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -53,6 +54,7 @@ typedef struct ep_op_attrs {
     ep_hash_params hp;        /* rows, cols and the hash attributes; num_buckets left 0 */
     int64_t shape[EP_LIMIT_MAX_RANK];
     size_t shape_rank;        /* HashedWeight */
+    ep_mfcc_config mfcc;      /* MFCC (log_offset fixed at 1e-6) */
 } ep_op_attrs;
 
 /* Read and check op's attributes with runtime's ranges. 0 when valid; otherwise 1 with the

@@ -1,0 +1,207 @@
+"""``edgepack kws compress``: compress a trained DS-CNN with a recipe, fine-tune, export, measure.
+
+For each recipe: swap the layers (``compression.compress``, initialised from the trained weights),
+fine-tune with the same recipe at a low learning rate (best validation epoch kept), save the
+checkpoint, export ONNX and TFLite with ``edgepack.exporter.export`` (what ``edgepack export`` uses),
+and measure test accuracy in torch and in the exported files under ONNX Runtime and LiteRT, plus the
+largest difference of their outputs from torch's. Results go to ``compress.json`` in the output.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import time
+from pathlib import Path
+
+from edgepack.kws.recipes import DESCRIPTIONS, RECIPES
+from edgepack.kws.train import BATCH_SIZE, KwsTrainError, accuracy, features, load_data, progress_bar, train_epoch
+
+FINETUNE_RATES = (1e-4, 2e-5)  # a tenth of training's, then lower (MLPerf's last steps)
+FINETUNE_EPOCHS = 4
+
+
+def slug(name: str) -> str:
+    """A folder name for a recipe name: "hashed+ldr-fc" → "hashed-ldr-fc"."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def resolve_recipe(name_or_file) -> tuple[str, dict]:
+    """(name, recipe dict) for a named recipe (``kws.recipes.RECIPES``) or a YAML / JSON recipe file."""
+    from edgepack.compression import load_recipe
+
+    if name_or_file in RECIPES:
+        return name_or_file, RECIPES[name_or_file]
+    path = Path(name_or_file)
+    if path.suffix.lower() in (".yaml", ".yml", ".json") or path.exists():
+        if not path.is_file():
+            raise KwsTrainError(f"--recipe {name_or_file}: no such recipe file")
+        try:
+            return path.stem, load_recipe(path)
+        except ValueError as error:
+            raise KwsTrainError(f"--recipe {name_or_file}: {error}") from None
+    raise KwsTrainError(f"unknown recipe {name_or_file!r}; valid: {', '.join(RECIPES)}, all, "
+                        "or a .yaml / .json recipe file")
+
+
+def _dense_source(source) -> tuple[Path, str, dict, str | None]:
+    """(checkpoint, builder, builder kwargs, the run's data folder or None) of a run folder or checkpoint."""
+    from safetensors import safe_open
+
+    from edgepack.kws.evaluate import checkpoint_of
+
+    path = checkpoint_of(source)
+    try:
+        with safe_open(str(path), framework="pt") as file:
+            metadata = file.metadata() or {}
+    except Exception as error:
+        raise KwsTrainError(f"{path}: not an edgepack checkpoint ({type(error).__name__}: {error})") from None
+    if metadata.get("recipe") not in (None, "null"):
+        raise KwsTrainError(f"{path}: already compressed (recipe {metadata['recipe']}); compress the dense "
+                            "model of the training run")
+    data = None
+    state_file = (Path(source) if Path(source).is_dir() else path.parent) / "train.json"
+    if state_file.is_file():
+        data = json.loads(state_file.read_text())["config"].get("data")
+    return path, metadata.get("builder", ""), json.loads(metadata.get("builder_kwargs") or "{}"), data
+
+
+def compress_one(dense, builder: str, kwargs: dict, name: str, recipe: dict, data: dict, cache: dict, out: Path,
+                 finetune_epochs: int, seed: int = 0, console=None, batch_size: int = BATCH_SIZE,
+                 learning_rates=FINETUNE_RATES, export: bool = True, distill: bool = True) -> dict:
+    """Compress ``dense`` with ``recipe``, fine-tune, save and export it to ``out``; returns the result row."""
+    import torch
+
+    from edgepack.compression import compress, compressed_size_bytes, save_checkpoint
+    from edgepack.kws.augment import Augmenter
+    from edgepack.kws.evaluate import load_predictor
+    from edgepack.kws.train import learning_rate
+
+    start = time.monotonic()
+    torch.manual_seed(seed)
+    try:
+        model, report = compress(dense, recipe) if recipe else (copy.deepcopy(dense), [])
+    except ValueError as error:
+        raise KwsTrainError(f"recipe {name!r}: {error}") from None
+    train_split, val, test = data["train"], data["validation"], data["test"]
+    row = {"recipe": name, "description": DESCRIPTIONS.get(name, "recipe file"), "spec": recipe,
+           "layers": [vars(r) for r in report], "dense_bytes": compressed_size_bytes(dense),
+           "accuracy_dense": accuracy(dense, cache["test"], test.labels),
+           "accuracy_compressed": accuracy(model, cache["test"], test.labels)}
+    if recipe and finetune_epochs:
+        augmenter = Augmenter(train_split.background, seed)
+        optimizer = torch.optim.Adam(model.parameters(), lr=learning_rates[0])
+        best, best_acc = copy.deepcopy(model.state_dict()), accuracy(model, cache["validation"], val.labels)
+        with progress_bar(console) as progress:
+            for epoch in range(finetune_epochs):
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(epoch, finetune_epochs, learning_rates)
+                train_epoch(model, optimizer, train_split.audio, train_split.labels, augmenter, epoch, seed + 1,
+                            batch_size, progress, f"{name}: fine-tune {epoch + 1}/{finetune_epochs}",
+                            teacher=dense if distill else None)
+                val_acc = accuracy(model, cache["validation"], val.labels)
+                if val_acc > best_acc:
+                    best, best_acc = copy.deepcopy(model.state_dict()), val_acc
+        model.load_state_dict(best)
+    model.eval()
+    row.update({"bytes": compressed_size_bytes(model), "finetune_epochs": finetune_epochs if recipe else 0,
+                "accuracy": accuracy(model, cache["test"], test.labels)})
+    row["ratio"] = row["dense_bytes"] / row["bytes"]
+    out.mkdir(parents=True, exist_ok=True)
+    row["checkpoint"] = str(save_checkpoint(model, out / "model.safetensors", builder, kwargs, recipe=recipe or None))
+    if export:
+        from edgepack.exporter import export as export_model
+
+        with torch.no_grad():
+            reference = model(cache["test"]).numpy()
+        example = torch.randn(1, 1, 49, 10)
+        for fmt in ("onnx", "tflite"):
+            path = export_model(model, example, out / f"model.{fmt}")
+            predictor = load_predictor(path)
+            logits = predictor(cache["test"].numpy())
+            row[fmt] = {"path": str(path), "file_bytes": path.stat().st_size, "runtime": predictor.kind,
+                        "accuracy": float((logits.argmax(1) == test.labels).mean()),
+                        "max_abs_diff_vs_torch": float(abs(logits - reference).max())}
+    row["seconds"] = round(time.monotonic() - start, 1)
+    (out / "compress.json").write_text(json.dumps(row, indent=2) + "\n")
+    return row
+
+
+def compress_run(source, recipes, output, data_dir=None, finetune_epochs: int = FINETUNE_EPOCHS, seed: int = 0,
+                 console=None, batch_size: int = BATCH_SIZE, learning_rates=FINETUNE_RATES,
+                 export: bool = True, distill: bool = True) -> list[dict]:
+    """Compress the dense model of a run folder or checkpoint with each recipe (names, files or "all").
+
+    One recipe writes to ``output``; several write to ``output/<recipe>/`` and ``output/summary.json``."""
+    from rich.console import Console
+
+    from edgepack.kws.evaluate import load_torch
+
+    console = console or Console()
+    if finetune_epochs < 0:
+        raise KwsTrainError(f"--finetune-epochs must be >= 0, got {finetune_epochs}")
+    names = [n for r in recipes for n in (RECIPES if r == "all" else [r])]
+    resolved = [resolve_recipe(r) for r in dict.fromkeys(names)]  # unknown names fail before any work
+    checkpoint, builder, kwargs, run_data = _dense_source(source)
+    dense = load_torch(checkpoint)
+    data_dir = data_dir or run_data
+    if data_dir is None:
+        raise KwsTrainError(f"{source}: no train.json next to it names the dataset; pass --data DIR")
+    data = load_data(data_dir, seed=seed)
+    cache = {split: features(data[split].audio) for split in ("validation", "test")}
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise KwsTrainError(f"-o {out}: exists and is not a folder")
+    rows = []
+    for name, recipe in resolved:
+        folder = out if len(resolved) == 1 else out / slug(name)
+        rows.append(compress_one(dense, builder, kwargs, name, recipe, data, cache, folder, finetune_epochs, seed,
+                                 console, batch_size, learning_rates, export, distill))
+        row = rows[-1]
+        console.print(f"{name}: {row['bytes']:,} bytes ({row['ratio']:.1f}x smaller), accuracy "
+                      f"{row['accuracy_compressed']:.1%} → {row['accuracy']:.1%} fine-tuned "
+                      f"(dense {row['accuracy_dense']:.1%})")
+    if len(resolved) > 1:
+        (out / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
+    print_summary(rows, console)
+    return rows
+
+
+def print_summary(rows: list[dict], console) -> None:
+    """The accuracy-vs-size table of the compressed variants."""
+    from rich.table import Table
+
+    table = Table(title=f"DS-CNN compression (test split, dense {rows[0]['accuracy_dense']:.1%})")
+    for column in ("recipe", "bytes", "× smaller", "acc. compressed", "acc. tuned", "Δ vs dense", "ONNX acc.",
+                   "TFLite acc."):
+        table.add_column(column, justify="left" if column == "recipe" else "right", no_wrap=True)
+    for row in rows:
+        exported = [f"{row[f]['accuracy']:.1%}" if f in row else "—" for f in ("onnx", "tflite")]
+        table.add_row(row["recipe"], f"{row['bytes']:,}", f"{row['ratio']:.1f}", f"{row['accuracy_compressed']:.1%}",
+                      f"{row['accuracy']:.1%}", f"{100 * (row['accuracy'] - row['accuracy_dense']):+.1f} pt",
+                      *exported)
+    console.print(table)
+
+
+def _handler(args) -> int:
+    compress_run(args.run, args.recipe, args.output, data_dir=args.data, finetune_epochs=args.finetune_epochs,
+                 seed=args.seed, export=not args.no_export)
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    """``edgepack kws compress RUN --recipe NAME|FILE -o OUT [--finetune-epochs N]``."""
+    parser = subparsers.add_parser("compress", help="compress a trained DS-CNN, fine-tune, export ONNX and TFLite")
+    parser.add_argument("run", help="a training run folder (its best.safetensors) or a dense KWS checkpoint")
+    parser.add_argument("--recipe", action="append", required=True, metavar="NAME|FILE",
+                        help=f"a named recipe ({', '.join(RECIPES)}), 'all', or a YAML/JSON recipe file; "
+                             "repeat for several (each then in OUT/<name>/)")
+    parser.add_argument("-o", "--output", required=True, help="output folder")
+    parser.add_argument("--data", help="dataset folder (default: the one the run was trained on)")
+    parser.add_argument("--finetune-epochs", type=int, default=FINETUNE_EPOCHS,
+                        help=f"fine-tuning epochs at learning rate {FINETUNE_RATES[0]:g} → "
+                             f"{FINETUNE_RATES[1]:g} (default {FINETUNE_EPOCHS}; 0: none)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-export", action="store_true", help="skip the ONNX / TFLite export")
+    parser.set_defaults(handler=_handler)

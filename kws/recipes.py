@@ -1,0 +1,43 @@
+"""Named compression recipes for the DS-CNN (layer names ``conv``, ``dw<i>``, ``pw<i>``, ``fc``).
+
+What applies where: hashing (HashedNets, and Functional Hashing with ``num_hashes`` > 1) has a Linear
+and a Conv2d layer, so it covers the first conv, the depthwise and pointwise convs and the FC.
+Circulant and LDR exist only for Linear layers (their ops are matrix products over the last axis), so
+in the DS-CNN they apply to the FC alone, which holds ~3 % of the weights: on their own they barely
+shrink the model; the ``+circulant-fc`` / ``+ldr-fc`` recipes pair them with hashed convs. (A 1×1
+pointwise conv is a matrix product over channels, but NCHW puts channels on axis 1, not last; no
+circulant/LDR Conv2d layer exists.) BatchNorm parameters stay dense (~9 % of DS-CNN-S's bytes).
+"""
+
+from __future__ import annotations
+
+_HASHED_CONVS = {
+    "conv": {"method": "hashed", "ratio": 1 / 4},
+    "dw*": {"method": "hashed", "ratio": 1 / 4},
+    "pw*": {"method": "hashed", "ratio": 1 / 8},
+}
+
+RECIPES: dict[str, dict] = {
+    "dense": {},
+    "hashed-pw": {"pw*": {"method": "hashed", "ratio": 1 / 8}},
+    "hashed-all": {**_HASHED_CONVS, "fc": {"method": "hashed", "ratio": 1 / 4}},
+    "funhash-all": {"conv": {"method": "hashed", "ratio": 1 / 4, "num_hashes": 2},
+                    "dw*": {"method": "hashed", "ratio": 1 / 4},
+                    "pw*": {"method": "hashed", "ratio": 1 / 8, "num_hashes": 2},
+                    "fc": {"method": "hashed", "ratio": 1 / 4, "num_hashes": 2}},
+    "circulant-fc": {"fc": {"method": "circulant", "block_size": 4}},
+    "ldr-fc": {"fc": {"method": "ldr", "rank": 1}},
+    "hashed+circulant-fc": {**_HASHED_CONVS, "fc": {"method": "circulant", "block_size": 4}},
+    "hashed+ldr-fc": {**_HASHED_CONVS, "fc": {"method": "ldr", "rank": 1}},
+}
+
+DESCRIPTIONS = {
+    "dense": "no compression (the trained model, exported)",
+    "hashed-pw": "HashedNets 1/8 on the pointwise convs",
+    "hashed-all": "HashedNets: conv 1/4, depthwise 1/4, pointwise 1/8, FC 1/4",
+    "funhash-all": "Functional Hashing (K=2) on conv, pointwise and FC; depthwise HashedNets 1/4",
+    "circulant-fc": "block-circulant FC (b=4); convs dense",
+    "ldr-fc": "Toeplitz-like LDR FC (rank 1); convs dense",
+    "hashed+circulant-fc": "HashedNets convs (as hashed-all) + block-circulant FC (b=4)",
+    "hashed+ldr-fc": "HashedNets convs (as hashed-all) + LDR FC (rank 1)",
+}

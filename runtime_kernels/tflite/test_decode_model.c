@@ -1,0 +1,159 @@
+/* Test of edgepack_tflite_decode_model (decode_model.c, included to reuse its reader on the
+ * output) on the seed files of runtime_kernels/fuzz/corpus/fuzz_tflite_decode (make_seeds.py):
+ * ok_* decode into a valid model with static weights and nothing left to decode; bad_* and the
+ * limits are refused with the expected words; every truncation and many corruptions of every seed
+ * are refused or decoded without a memory error (run under ASan/UBSan and qemu-aarch64 by
+ * ci_tflite.sh). Usage: test_tflite_decode <corpus dir>. LiteRT runs the outputs in
+ * tests/runtime_kernels/test_tflite_decode_c.py. */
+#include "decode_model.c"
+
+#include <dirent.h>
+
+static int g_failed;
+
+#define CHECK(cond, ...)                                                           \
+    do {                                                                           \
+        if (!(cond)) {                                                             \
+            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                   \
+            fprintf(stderr, __VA_ARGS__);                                          \
+            fprintf(stderr, "\n");                                                 \
+            g_failed++;                                                            \
+        }                                                                          \
+    } while (0)
+
+static uint8_t *read_file(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    uint8_t *b = (uint8_t *)malloc(1 << 16);
+    *n = b ? fread(b, 1, 1 << 16, f) : 0;
+    fclose(f);
+    return b;
+}
+
+static int decode(const uint8_t *b, size_t n, int64_t mvw, int64_t mdb, void **out, size_t *size, char *err) {
+    return edgepack_tflite_decode_model(b, n, mvw, mdb, out, size, err, 2048);
+}
+
+/* The decoded model: parses, names no ai.edgepack op it could decode, its CONV_2D / DEPTHWISE /
+ * FULLY_CONNECTED filters are constants of exactly their shape's bytes, and a second decode finds
+ * nothing to do. */
+static void check_output(const char *name, const uint8_t *b, size_t n) {
+    dec d;
+    char err[2048] = "";
+    memset(&d, 0, sizeof d);
+    d.b = b, d.n = n, d.err = err, d.cap = sizeof err;
+    ep_limits_from_env(&d.lim);
+    CHECK(!parse(&d), "%s: the decoded model does not parse: %s", name, err);
+    int filters = 0;
+    for (uint32_t i = 0; i < d.no && !err[0]; i++) {
+        const opr *o = &d.o[i];
+        const int builtin = d.c[o->code].builtin;
+        const opc *c = &d.c[o->code];
+        CHECK(!(c->custom_len == strlen(PREFIX "HashedWeight") && !memcmp(b + c->custom, PREFIX "HashedWeight",
+                                                                            c->custom_len)),
+              "%s: node #%u is still a HashedWeight", name, i);
+        if (builtin != 3 && builtin != 4 && builtin != OP_FULLY_CONNECTED) continue;
+        const int32_t w = in_at(&d, o, 1);
+        CHECK(w >= 0 && d.t[w].rank >= 1 && d.bf[d.t[w].buffer].len == 4 * (size_t)d.t[w].count,
+              "%s: node #%u's filter (tensor %d) is not a constant of its shape", name, i, w);
+        filters++;
+    }
+    CHECK(filters > 0 || strstr(name, "weight_output"), "%s: no convolution or FULLY_CONNECTED left", name);
+    free(d.t), free(d.bf), free(d.c), free(d.o), free(d.value_of), free(d.readers), free(d.consumer);
+    void *again = NULL;
+    size_t size = 0;
+    CHECK(!decode(b, n, 0, 0, &again, &size, err) && !again, "%s: decoding the output again: %s", name, err);
+    edgepack_tflite_free_model(again);
+}
+
+/* Refused or decoded, never a memory error: every prefix, and every byte flipped three ways. */
+static void corrupt(const uint8_t *b, size_t n) {
+    uint8_t *c = (uint8_t *)malloc(n ? n : 1);
+    char err[2048];
+    for (size_t k = 0; k < n; k++) {
+        void *out = NULL;
+        size_t size = 0;
+        memcpy(c, b, k);
+        CHECK(decode(c, k, 0, 0, &out, &size, err) == 1 || k > 0, "empty input accepted");
+        edgepack_tflite_free_model(out);
+    }
+    static const uint8_t flips[] = {0xFF, 0x01, 0x80};
+    for (size_t k = 0; k < n; k++)
+        for (size_t f = 0; f < sizeof flips; f++) {
+            void *out = NULL;
+            size_t size = 0;
+            memcpy(c, b, n);
+            c[k] ^= flips[f];
+            const int rc = decode(c, n, 1 << 20, 1 << 24, &out, &size, err);
+            CHECK(rc == 0 || rc == 1, "flip at %zu: rc %d", k, rc);
+            CHECK(rc == 0 || err[0], "flip at %zu: refused without a message", k);
+            edgepack_tflite_free_model(out);
+        }
+    free(c);
+}
+
+static const struct {
+    const char *name, *words;
+} REFUSED[] = {
+    {"bad_num_hashes", "edgepack HashedWeight node #0 (output 'w'): attribute 'num_hashes' = 65; must be in [1, 64]"},
+    {"bad_bomb", "shape [2, 2147483647] would decode 4294967294 virtual weights"},
+    {"bad_constant_output", "output (tensor 2) is a constant"},
+};
+
+int main(int argc, char **argv) {
+    if (argc != 2) {
+        fprintf(stderr, "usage: %s <corpus dir: runtime_kernels/fuzz/corpus/fuzz_tflite_decode>\n", argv[0]);
+        return 2;
+    }
+    DIR *dir = opendir(argv[1]);
+    if (!dir) {
+        fprintf(stderr, "%s: cannot open %s\n", argv[0], argv[1]);
+        return 2;
+    }
+    int ok = 0, bad = 0;
+    struct dirent *e;
+    char path[4096], err[2048];
+    while ((e = readdir(dir))) {
+        const int is_ok = !strncmp(e->d_name, "ok_", 3), is_bad = !strncmp(e->d_name, "bad_", 4);
+        if (!is_ok && !is_bad) continue;
+        snprintf(path, sizeof path, "%s/%s", argv[1], e->d_name);
+        size_t n = 0;
+        uint8_t *b = read_file(path, &n);
+        CHECK(b && n > 0, "cannot read %s", path);
+        if (!b) continue;
+        void *out = NULL;
+        size_t size = 0;
+        const int rc = decode(b, n, 0, 0, &out, &size, err);
+        if (is_ok) {
+            ok++;
+            CHECK(rc == 0 && out && size > n, "%s: not decoded: %s", e->d_name, err);
+            if (!rc && out) check_output(e->d_name, (const uint8_t *)out, size);
+            edgepack_tflite_free_model(out);
+            /* limits: one virtual weight per node, or 4 decoded bytes in all, refuse every ok_ seed */
+            CHECK(decode(b, n, 1, 0, &out, &size, err) == 1 && strstr(err, "virtual weights") &&
+                      strstr(err, "limit of 1 per node"), "%s: max_virtual_weights=1 not refused: %s", e->d_name, err);
+            CHECK(decode(b, n, 0, 4, &out, &size, err) == 1 && strstr(err, "the decoded weight") &&
+                      strstr(err, "limit of 4"), "%s: max_decoded_bytes=4 not refused: %s", e->d_name, err);
+        } else {
+            bad++;
+            const char *words = NULL;
+            for (size_t k = 0; k < sizeof REFUSED / sizeof REFUSED[0]; k++)
+                if (!strcmp(REFUSED[k].name, e->d_name)) words = REFUSED[k].words;
+            CHECK(words, "%s: no expected message in REFUSED[]", e->d_name);
+            CHECK(rc == 1 && !out && words && strstr(err, words), "%s: got rc %d '%s', want '%s'", e->d_name, rc,
+                  err, words ? words : "?");
+        }
+        corrupt(b, n);
+        free(b);
+    }
+    closedir(dir);
+    CHECK(ok >= 5 && bad >= 3, "found %d ok_ and %d bad_ seeds in %s (run make_seeds.py)", ok, bad, argv[1]);
+    void *out = NULL;
+    size_t size = 0;
+    CHECK(decode(NULL, 0, 0, 0, &out, &size, err) == 1, "NULL model accepted");
+    CHECK(decode((const uint8_t *)"12345678", 8, -1, 0, &out, &size, err) == 1 && strstr(err, "positive"),
+          "negative limit accepted");
+    printf("test_tflite_decode: %d ok and %d refused models, their truncations and corruptions: %s\n", ok, bad,
+           g_failed ? "FAILED" : "OK");
+    return g_failed ? 1 : 0;
+}

@@ -1,0 +1,187 @@
+"""kws train / eval / compress on a tiny tone dataset in the Speech Commands layout: training runs,
+checkpoints and resumes exactly, learns, evaluation matches a hand count, compressed exports match
+torch under ONNX Runtime and LiteRT, bad inputs give clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from edgepack.cli import main
+from edgepack.compression import compressed_size_bytes, load_checkpoint, save_checkpoint
+from edgepack.demo import digits_mlp
+from edgepack.errors import EdgepackError
+from edgepack.kws import train as train_module
+from edgepack.kws.compress_kws import compress_run
+from edgepack.kws.evaluate import evaluate
+from edgepack.kws.labels import CLASSES, KEYWORDS
+from edgepack.kws.models import ds_cnn_l
+from edgepack.kws.train import features, load_data, train
+from edgepack.kws.wav import write_wav
+from edgepack.runtime_kernels import onnx_session, tflite_interpreter
+
+SPEAKERS = {"train": ["a1", "a2", "a3", "a4"], "validation": ["v1"], "test": ["t1", "t2"]}
+FAST = {"batch_size": 24, "learning_rates": (3e-3, 1e-3, 3e-4)}  # a tiny set needs more, larger steps
+
+
+def _tone(freq: float, rng: np.random.Generator) -> np.ndarray:
+    """A 0.5 s two-partial tone at a random place in 1 s, slightly detuned, over faint noise."""
+    t = np.arange(16000) / 16000
+    envelope = np.zeros(16000)
+    start = int(rng.integers(2000, 5000))
+    envelope[start:start + 8000] = np.hanning(8000)
+    f = freq * rng.uniform(0.97, 1.03)
+    tone = np.sin(2 * np.pi * f * t) + 0.5 * np.sin(2 * np.pi * 2.1 * f * t)
+    return (0.4 * envelope * tone + 0.01 * rng.standard_normal(16000)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    """Each keyword (and two "unknown" words) a tone of its own pitch; 7 speakers split 4/1/2; noise."""
+    root = tmp_path_factory.mktemp("tones")
+    rng = np.random.default_rng(0)
+    lists = {"validation": [], "test": []}
+    for index, word in enumerate([*KEYWORDS, "bed", "cat"]):
+        (root / word).mkdir()
+        for split, speakers in SPEAKERS.items():
+            for speaker in speakers:
+                for n in range(3):
+                    rel = f"{word}/{speaker}_nohash_{n}.wav"
+                    write_wav(root / rel, _tone(250 * 1.25 ** index, rng))
+                    if split in lists:
+                        lists[split].append(rel)
+    (root / "validation_list.txt").write_text("\n".join(lists["validation"]) + "\n")
+    (root / "testing_list.txt").write_text("\n".join(lists["test"]) + "\n")
+    (root / "_background_noise_").mkdir()
+    write_wav(root / "_background_noise_" / "white.wav", np.clip(0.3 * rng.standard_normal(48000), -1, 1))
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(tree, tmp_path_factory):
+    """A DS-CNN-S trained 8 epochs on the tones."""
+    folder = tmp_path_factory.mktemp("run")
+    state = train(tree, folder, epochs=8, **FAST)
+    return folder, state
+
+
+def test_training_writes_checkpoints_and_a_log_and_learns(run):
+    folder, state = run
+    log = json.loads((folder / "train.json").read_text())
+    assert log == json.loads(json.dumps(state))
+    assert [row["epoch"] for row in log["history"]] == list(range(1, 9))
+    best = max(log["history"], key=lambda row: row["val_accuracy"])
+    assert log["best"]["val_accuracy"] == best["val_accuracy"]
+    assert [row["lr"] for row in log["history"]] == [3e-3] * 3 + [1e-3] * 3 + [3e-4] * 2  # epoch·3 // 8
+    for name in ("best.safetensors", "last.safetensors", "optimizer.pt"):
+        assert (folder / name).is_file()
+    model = load_checkpoint(folder / "best.safetensors")
+    assert sum(p.numel() for p in model.parameters()) == 23_180  # DS-CNN-S
+    assert log["test_accuracy"] > 0.6  # chance is 1/12
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(tree, tmp_path, monkeypatch):
+    straight = tmp_path / "straight"
+    train(tree, straight, epochs=3, **FAST)
+    real_epoch, calls = train_module.train_epoch, []
+
+    def interrupt_third_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_epoch", interrupt_third_epoch)
+    resumed = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        train(tree, resumed, epochs=3, **FAST)
+    assert json.loads((resumed / "train.json").read_text())["epochs_done"] == 2
+    monkeypatch.setattr(train_module, "train_epoch", real_epoch)
+    state = train(tree, resumed, **FAST)  # the same command again: epoch 3 only
+    assert [row["epoch"] for row in state["history"]] == [1, 2, 3]
+    a = load_checkpoint(straight / "last.safetensors").state_dict()
+    b = load_checkpoint(resumed / "last.safetensors").state_dict()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6)
+
+
+def test_eval_matches_a_hand_count(run, tree, tmp_path):
+    folder, _ = run
+    result = evaluate(folder, tree, "test", output=tmp_path)
+    model = load_checkpoint(folder / "best.safetensors")
+    test = load_data(tree, ("test",))["test"]
+    with torch.no_grad():
+        predicted = model(features(test.audio)).argmax(1).tolist()
+    truth = test.labels.tolist()
+    matrix = [[sum(1 for t, p in zip(truth, predicted) if (t, p) == (i, j)) for j in range(12)] for i in range(12)]
+    assert result["confusion"] == matrix
+    assert result["accuracy"] == pytest.approx(sum(t == p for t, p in zip(truth, predicted)) / len(truth))
+    for i, name in enumerate(CLASSES):
+        count = truth.count(i)
+        assert result["per_class"][name] == (pytest.approx(matrix[i][i] / count) if count else None)
+    plot = tmp_path / f"eval-{folder.name}-safetensors-test.png"
+    assert result["plot"] == str(plot) and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads(plot.with_suffix(".json").read_text())["confusion"] == matrix
+
+
+def test_compressed_export_matches_torch_in_ort_and_litert(run, tree, tmp_path):
+    folder, _ = run
+    recipe = tmp_path / "mixed.yaml"  # hashed conv and depthwise, Functional Hashing pointwise, circulant FC
+    recipe.write_text("conv: {method: hashed, ratio: 0.25}\ndw*: {method: hashed, ratio: 0.25}\n"
+                      "pw*: {method: hashed, ratio: 0.125, num_hashes: 2}\nfc: {method: circulant, block_size: 4}\n")
+    [row] = compress_run(folder, [str(recipe)], tmp_path / "out", finetune_epochs=1, **FAST)
+    out = tmp_path / "out"
+    model = load_checkpoint(out / "model.safetensors")
+    assert row["bytes"] == compressed_size_bytes(model) and row["ratio"] > 4  # >= 4x fewer weight bytes
+    x = features(load_data(tree, ("test",))["test"].audio)[:20]
+    with torch.no_grad():
+        expected = model(x).numpy()
+    session = onnx_session(out / "model.onnx")
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
+    interpreter = tflite_interpreter(out / "model.tflite")
+    inp, outp = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    for i in range(len(x)):
+        interpreter.set_tensor(inp["index"], x[i:i + 1].numpy())
+        interpreter.invoke()
+        np.testing.assert_allclose(interpreter.get_tensor(outp["index"])[0], expected[i], rtol=0, atol=1e-4)
+    assert row["onnx"]["max_abs_diff_vs_torch"] < 1e-4 and row["tflite"]["max_abs_diff_vs_torch"] < 1e-4
+    assert json.loads((out / "compress.json").read_text())["recipe"] == "mixed"
+
+
+def test_ds_cnn_l_round_trips_through_a_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = ds_cnn_l().eval()
+    assert sum(p.numel() for p in model.parameters()) == 413_736  # conv 276x10x4, 5 blocks of 276, FC
+    path = save_checkpoint(model, tmp_path / "l.safetensors", "edgepack.kws.models:ds_cnn_l", {"classes": 12})
+    x = torch.randn(3, 1, 49, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(load_checkpoint(path)(x), model(x), rtol=0, atol=0)
+        assert model.conv(x).shape[2:] == (25, 9) and model[:7](x).shape[2:] == (13, 5)  # strides (2,1), then 2
+
+
+def test_cli_trains_and_evaluates(tree, tmp_path, capsys):
+    assert main(["kws", "train", "--data", str(tree), "-o", str(tmp_path / "r"), "--epochs", "1"]) == 0
+    assert (tmp_path / "r" / "best.safetensors").is_file()
+    assert main(["kws", "eval", str(tmp_path / "r"), "--data", str(tree), "--split", "validation"]) == 0
+    assert "accuracy" in capsys.readouterr().out
+
+
+def test_bad_inputs_give_clear_errors(run, tree, tmp_path, capsys):
+    folder, _ = run
+    with pytest.raises(EdgepackError, match="no-such-data.*not a folder"):
+        train(tmp_path / "no-such-data", tmp_path / "r")
+    with pytest.raises(EdgepackError, match="holds a run with model='ds-cnn-s', not 'ds-cnn-l'"):
+        train(tree, folder, model="ds-cnn-l")
+    digits = save_checkpoint(digits_mlp(), tmp_path / "digits.safetensors", digits_mlp)
+    with pytest.raises(EdgepackError, match="digits.safetensors: not a keyword-spotting model"):
+        evaluate(digits, tree)
+    with pytest.raises(EdgepackError, match="unknown recipe 'nope'; valid: dense, hashed-pw"):
+        compress_run(folder, ["nope"], tmp_path / "c")
+    with pytest.raises(EdgepackError, match="without best.safetensors"):
+        evaluate(tmp_path, tree)
+    assert main(["kws", "compress", str(folder), "--recipe", "nope", "-o", str(tmp_path / "c")]) == 2
+    assert "edgepack kws: error: unknown recipe 'nope'" in capsys.readouterr().err

@@ -1,0 +1,214 @@
+"""The C decode-at-load entry point (``edgepack_tflite_decode_model``, tflite/decode_model.c), called
+through ctypes by ``tflite_interpreter(decode_at_load="c")``.
+
+References: the same file on the edgepack delegate's kernels (``decode_at_load=False``), the
+Python rewrite (decode_tflite.py), and tflite-runtime 2.14 running the C output. Models: a hashed
+DS-CNN and MLP exported by edgepack, and the small files of fuzz/make_seeds.py (conv / depthwise
+filters through TRANSPOSE, RESHAPE, expand HashedMatMuls with a fused ReLU next to a stream one)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tflite
+import torch
+from torch import nn
+
+from edgepack.compression import HashedLinear, compress
+from edgepack.exporter import export
+from edgepack.kws.models import ds_cnn
+from edgepack.runtime_kernels import delegate_library_path, tflite_interpreter
+from edgepack.runtime_kernels.decode_at_load import DecodeError
+
+pytest.importorskip("ai_edge_litert")
+ROOT = Path(__file__).resolve().parents[2]
+CORPUS = ROOT / "runtime_kernels/fuzz/corpus/fuzz_tflite_decode"
+TFLITE214_PYTHON = Path(os.environ.get("EDGEPACK_TFLITE214_PYTHON", ROOT / ".venv-tflite214" / "bin" / "python"))
+OP = tflite.BuiltinOperator
+
+
+def make_seeds():
+    spec = importlib.util.spec_from_file_location("make_seeds", ROOT / "runtime_kernels/fuzz/make_seeds.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def hashed_ds_cnn() -> nn.Module:
+    """A small DS-CNN with every conv and the FC hashed (the hashed-all recipe), BatchNorm statistics
+    that make the scale visible."""
+    torch.manual_seed(3)
+    model, _ = compress(ds_cnn(channels=16, blocks=2), {"conv": {"method": "hashed", "ratio": 1 / 4},
+                                                        "dw*": {"method": "hashed", "ratio": 1 / 4},
+                                                        "pw*": {"method": "hashed", "ratio": 1 / 8, "num_hashes": 2},
+                                                        "fc": {"method": "hashed", "ratio": 1 / 4}})
+    for bn in [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]:
+        bn.running_mean.uniform_(-0.5, 0.5), bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.data.uniform_(0.5, 1.5), bn.bias.data.uniform_(-0.5, 0.5)
+    return model.eval()
+
+
+def hashed_mlp() -> nn.Module:
+    torch.manual_seed(4)
+    return nn.Sequential(HashedLinear(24, 32, ratio=1 / 4, seed=1), nn.ReLU(),
+                         HashedLinear(32, 16, ratio=1 / 4, seed=2, num_hashes=2), nn.ReLU6(),
+                         HashedLinear(16, 10, ratio=1 / 2, seed=3, signed=False)).eval()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    """{name: .tflite path}: the exported DS-CNN and MLP, and the ok_* seed files."""
+    folder = tmp_path_factory.mktemp("decode_c")
+    out = {}
+    for name, make, shape in (("ds_cnn", hashed_ds_cnn, (1, 1, 49, 10)), ("mlp", hashed_mlp, (2, 24))):
+        out[name] = export(make(), torch.randn(*shape), folder / f"{name}.tflite")
+    for name, data in make_seeds().decode_models().items():
+        (folder / name).write_bytes(data)
+        out[name] = folder / name
+    return out
+
+
+def inputs(interpreter) -> list[np.ndarray]:
+    rng = np.random.default_rng(11)
+    return [rng.standard_normal(d["shape"]).astype(np.float32) for d in interpreter.get_input_details()]
+
+
+def run(path: Path, xs: list[np.ndarray] | None = None, **kwargs) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    interpreter = tflite_interpreter(path, **kwargs)
+    xs = inputs(interpreter) if xs is None else xs
+    for detail, x in zip(interpreter.get_input_details(), xs):
+        interpreter.set_tensor(detail["index"], x)
+    interpreter.invoke()
+    return xs, [interpreter.get_tensor(d["index"]) for d in interpreter.get_output_details()]
+
+
+def assert_within_1e6(got: list[np.ndarray], want: list[np.ndarray]) -> None:
+    assert len(got) == len(want) > 0
+    for g, w in zip(got, want):
+        assert g.shape == w.shape
+        assert np.abs(g - w).max() <= 1e-6 * max(1.0, np.abs(w).max())
+
+
+def c_decoded(path: Path, **limits) -> bytes | None:
+    from edgepack.runtime_kernels.tflite_runtime import _c_decoded
+
+    return _c_decoded(delegate_library_path(), path, limits)
+
+
+def ops_of(data: bytes) -> list[int | str]:
+    model = tflite.Model.GetRootAs(data, 0)
+    graph, ops = model.Subgraphs(0), []
+    for i in range(graph.OperatorsLength()):
+        code = model.OperatorCodes(graph.Operators(i).OpcodeIndex())
+        ops.append(code.CustomCode().decode() if code.CustomCode() else max(code.BuiltinCode(),
+                                                                            code.DeprecatedBuiltinCode()))
+    return ops
+
+
+def test_the_committed_seeds_are_make_seeds_output():
+    for name, data in make_seeds().decode_models().items():
+        assert (CORPUS / name).read_bytes() == data, f"{name}: run runtime_kernels/fuzz/make_seeds.py"
+
+
+@pytest.mark.parametrize("name", ["ds_cnn", "mlp", "ok_conv", "ok_depthwise", "ok_mlp", "ok_nhwc_matmul",
+                                  "ok_reshape_fc", "ok_weight_output"])
+def test_c_decoded_equals_the_kernel_path_and_the_python_rewrite(models, name):
+    xs, decoded = run(models[name], decode_at_load="c")
+    assert_within_1e6(decoded, run(models[name], xs, decode_at_load=False)[1])
+    assert_within_1e6(decoded, run(models[name], xs, decode_at_load=True)[1])
+
+
+def test_c_output_has_static_filters_and_no_decoder_left(models):
+    ds, mlp = c_decoded(models["ds_cnn"]), c_decoded(models["mlp"])
+    assert ops_of(mlp) == [OP.FULLY_CONNECTED] * 3  # the ReLU / ReLU6 fused
+    ops = ops_of(ds)
+    assert not [op for op in ops if isinstance(op, str)]
+    assert ops.count(OP.CONV_2D) == 1 and ops.count(OP.DEPTHWISE_CONV_2D) == 2 and ops.count(OP.FULLY_CONNECTED) == 3
+    assert not {OP.MUL, OP.ADD, OP.RELU} & set(ops)  # BatchNorm and ReLU folded, as in the dense export
+    model = tflite.Model.GetRootAs(ds, 0)
+    graph, weights = model.Subgraphs(0), 0
+    for i, op in enumerate(ops):
+        if op in (OP.CONV_2D, OP.DEPTHWISE_CONV_2D, OP.FULLY_CONNECTED):
+            weight = graph.Tensors(int(graph.Operators(i).InputsAsNumpy()[1]))
+            weights += 4 * int(np.prod(weight.ShapeAsNumpy()))
+            assert model.Buffers(weight.Buffer()).DataLength() == 4 * int(np.prod(weight.ShapeAsNumpy()))
+    assert OP.TRANSPOSE in ops  # the input's NCHW -> NHWC stays; the filters' transposes are folded
+    assert ops_of(c_decoded(models["ok_mlp"])) == [OP.FULLY_CONNECTED, OP.FULLY_CONNECTED, "ai.edgepack.HashedMatMul"]
+    assert len(ds) > models["ds_cnn"].stat().st_size + weights * 3 // 4  # the dense weights appended in memory
+
+
+@pytest.mark.parametrize("name, words", [
+    ("bad_num_hashes", "HashedWeight node #0 (output 'w'): attribute 'num_hashes' = 65; must be in [1, 64]"),
+    ("bad_bomb", "shape [2, 2147483647] would decode 4294967294 virtual weights"),
+    ("bad_constant_output", "output (tensor 2) is a constant"),
+])
+def test_bad_files_are_refused_with_the_delegates_words(models, name, words):
+    with pytest.raises(DecodeError, match=words.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        tflite_interpreter(models[name], decode_at_load="c")
+
+
+def test_limits_from_kwargs_and_env(models, monkeypatch):
+    monkeypatch.delenv("EDGEPACK_MAX_DECODED_BYTES", raising=False)
+    with pytest.raises(DecodeError, match=r"shape \[4, 2, 4\] would decode 32 virtual weights.*limit of 31"):
+        tflite_interpreter(models["ok_reshape_fc"], decode_at_load="c", max_virtual_weights=31)
+    with pytest.raises(DecodeError, match=r"needs 128 bytes.*limit of 127"):
+        tflite_interpreter(models["ok_reshape_fc"], decode_at_load="c", max_decoded_bytes=127)
+    with pytest.raises(DecodeError, match=r"weight \[4, 8\] of node #1 needs 128 bytes; with the 128 bytes already "
+                                          r"decoded.*limit of 255"):  # the RESHAPE's copy counts too
+        c_decoded(models["ok_reshape_fc"], max_decoded_bytes=255)
+    assert c_decoded(models["ok_reshape_fc"], max_virtual_weights=32, max_decoded_bytes=256) is not None
+    monkeypatch.setenv("EDGEPACK_MAX_DECODED_BYTES", "127")
+    with pytest.raises(DecodeError, match="limit of 127"):
+        c_decoded(models["ok_reshape_fc"])
+
+
+def test_nothing_to_decode_returns_none(models, tmp_path):
+    path = tmp_path / "dense.tflite"
+    path.write_bytes(c_decoded(models["mlp"]))
+    assert c_decoded(path) is None
+    path.write_bytes(b"TFL3 is not a model")
+    with pytest.raises(DecodeError, match="dense.tflite: model: "):
+        c_decoded(path)
+
+
+_TFLITE214 = """
+import json, sys, numpy as np
+from tflite_runtime.interpreter import Interpreter, load_delegate
+for path in sys.argv[2:]:
+    data = np.load(path + ".npz")
+    delegates = [load_delegate(sys.argv[1])] if path.endswith("ok_mlp.tflite") else []
+    it = Interpreter(model_path=path, experimental_delegates=delegates)
+    it.allocate_tensors()
+    for d, x in zip(it.get_input_details(), [data[k] for k in sorted(data) if k.startswith("x")]):
+        it.set_tensor(d["index"], x)
+    it.invoke()
+    got = [it.get_tensor(d["index"]) for d in it.get_output_details()]
+    want = [data[k] for k in sorted(data) if k.startswith("y")]
+    ok = all(g.shape == w.shape and np.abs(g - w).max() <= 1e-6 * max(1.0, np.abs(w).max()) for g, w in zip(got, want))
+    print(json.dumps({"path": path, "ok": bool(ok and got)}))
+"""
+
+
+def test_tflite_runtime_214_runs_the_c_output(models, tmp_path):
+    """The C output is a model tflite-runtime 2.14 loads and runs with its builtin kernels (the
+    delegate only for the stream-mode node it keeps)."""
+    if not TFLITE214_PYTHON.exists():
+        pytest.fail(f"{TFLITE214_PYTHON} is missing: `make test` creates it (make .venv-tflite214)")
+    paths = []
+    for name in ("ds_cnn", "mlp", "ok_conv", "ok_depthwise", "ok_mlp", "ok_reshape_fc"):
+        xs, want = run(models[name], decode_at_load=False)
+        path = tmp_path / f"{name}.tflite"
+        path.write_bytes(c_decoded(models[name]))
+        np.savez(f"{path}.npz", **{f"x{i}": x for i, x in enumerate(xs)}, **{f"y{i}": y for i, y in enumerate(want)})
+        paths.append(str(path))
+    result = subprocess.run([str(TFLITE214_PYTHON), "-c", _TFLITE214, str(delegate_library_path()), *paths],
+                            capture_output=True, text=True, timeout=300)
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(rows) == len(paths) and all(row["ok"] for row in rows), rows
