@@ -18,11 +18,9 @@
  * on stdout, exit 2 for bad input, 1 for a runtime failure.
  */
 #define _POSIX_C_SOURCE 200809L
-#include <dlfcn.h>
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,7 +28,7 @@
 #include <time.h>
 
 #include "edgepack/mfcc.h"
-#include "json_string.h"
+#include "runner_common.h"
 #include "ort_abi.h"
 
 #define SAMPLE_RATE 16000
@@ -43,44 +41,11 @@
 
 static const char *const LABELS[NUM_LABELS] = {"silence", "unknown", "yes", "no", "up", "down",
                                                "left", "right", "on", "off", "stop", "go"};
-static const OrtApi *api;
 
 
-#if defined(__GNUC__)
-__attribute__((format(printf, 2, 3)))
-#endif
-static _Noreturn void die(int code, const char *fmt, ...) {
-    char msg[2048];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    fputs("{\"status\": \"error\", \"error\": ", stdout);
-    json_string(stdout, msg);
-    fputs("}\n", stdout);
-    fflush(stdout);
-    exit(code);
-}
 
-static void check(OrtStatus *st, const char *what) {
-    if (!st) return;
-    char msg[1800];
-    snprintf(msg, sizeof msg, "%s", OrtGetErrorMessage(api)(st));
-    OrtReleaseStatus(api)(st);
-    die(1, "%s: %s", what, msg);
-}
 
-static void *xcalloc(size_t n, size_t size) {
-    void *p = calloc(n ? n : 1, size);
-    if (!p) die(1, "out of memory");
-    return p;
-}
 
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
 
 static double parse_number(const char *flag, const char *v, double lo, double hi) {
     char *end;
@@ -260,6 +225,7 @@ int main(int argc, char **argv) {
     int threads = 1, bench = 0;
     double hop_ms = 20;
     Recognizer rec = {.window_ms = 1000, .threshold = 0.8, .suppression_ms = 1500, .minimum_count = 3};
+    json_errors = 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "--bench")) { bench = 1; continue; }
@@ -303,15 +269,7 @@ int main(int argc, char **argv) {
             (long long)ep_mfcc_num_frames(plan, CLIP), (int)cfg.num_coefficients, FRAMES, COEFS);
     if (ep_mfcc(plan, ring, CLIP, features, FRAMES * COEFS) != EP_OK) die(1, "ep_mfcc: %s", ep_last_error());
 
-    void *h = dlopen(ort, RTLD_NOW | RTLD_LOCAL);
-    if (!h) die(1, "dlopen %s: %s", ort, dlerror());
-    const OrtApiBase *(*get_base)(void) = NULL;
-    *(void **)&get_base = dlsym(h, "OrtGetApiBase");
-    if (!get_base) die(1, "OrtGetApiBase not found in %s", ort);
-    const OrtApiBase *base = get_base();
-    const char *version = base->GetVersionString();
-    api = base->GetApi(EP_ORT_API_VERSION);
-    if (!api) die(1, "ORT %s lacks C API %d", version, EP_ORT_API_VERSION);
+    const char *version = load_ort(ort);
 
     OrtEnv *env = NULL;
     OrtSessionOptions *so = NULL;

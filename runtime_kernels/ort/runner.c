@@ -29,12 +29,10 @@
  * (dynamic dims become 1), so another runtime can rebuild the same feed.
  */
 #define _POSIX_C_SOURCE 200809L
-#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,7 +42,7 @@
 #include <unistd.h>
 
 #include "decode_model.h"
-#include "json_string.h"
+#include "runner_common.h"
 #include "ort_abi.h"
 
 /* not declared in ort_abi.h: OrtApi slot 25, right after SetIntraOpNumThreads, same signature */
@@ -57,54 +55,17 @@ typedef OrtStatus *(*ort_AddExternalInitializers_fn)(OrtSessionOptions *, const 
 #define OrtCreateSessionFromArray(a) ORT_SLOT(a, 8, ort_CreateSessionFromArray_fn)
 #define OrtAddExternalInitializers(a) ORT_SLOT(a, 210, ort_AddExternalInitializers_fn)
 
-static const OrtApi *api;
 static int bench;
 
 
-#if defined(__GNUC__)
-__attribute__((format(printf, 2, 3)))
-#endif
-static _Noreturn void die(int code, const char *fmt, ...) {
-    char msg[2048];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    if (bench) {
-        fputs("{\"status\": \"error\", \"error\": ", stdout);
-        json_string(stdout, msg);
-        fputs("}\n", stdout);
-        fflush(stdout);
-    } else {
-        fprintf(stderr, "edgepack_ort_runner: %s\n", msg);
-    }
-    exit(code);
-}
 
-static void check(OrtStatus *st, const char *what) {
-    if (!st) return;
-    char msg[1800];
-    snprintf(msg, sizeof msg, "%s", OrtGetErrorMessage(api)(st));
-    OrtReleaseStatus(api)(st);
-    die(1, "%s: %s", what, msg);
-}
 
-static void *xcalloc(size_t n, size_t size) {
-    void *p = calloc(n ? n : 1, size);
-    if (!p) die(1, "out of memory");
-    return p;
-}
 
 static float fill_value(size_t k, size_t i) {
     unsigned long long v = ((unsigned long long)i * 7919ull + (unsigned long long)(k + 1) * 104729ull) % 2001ull;
     return (float)((double)((long long)v - 1000) / 1000.0);
 }
 
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
 
 /* VmRSS or VmHWM of this process in kB (0 where /proc is not there) */
 static long rss_kb(const char *field) {
@@ -203,7 +164,9 @@ int main(int argc, char **argv) {
     int threads = 1, warmup = 10, runs = 100;
     int keep_fused = 0;
     double min_seconds = 0.0;
-    for (int i = 1; i < argc; i++) bench |= !strcmp(argv[i], "--bench"); /* errors as JSON from here on */
+    program = "edgepack_ort_runner";
+    for (int i = 1; i < argc; i++) bench |= !strcmp(argv[i], "--bench");
+    json_errors = bench; /* errors as JSON from here on */
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "--bench")) continue;
@@ -240,15 +203,7 @@ int main(int argc, char **argv) {
         die(2, "no model given");
     }
 
-    void *h = dlopen(ort, RTLD_NOW | RTLD_LOCAL);
-    if (!h) die(1, "dlopen %s: %s", ort, dlerror());
-    const OrtApiBase *(*get_base)(void) = NULL;
-    *(void **)&get_base = dlsym(h, "OrtGetApiBase");
-    if (!get_base) die(1, "OrtGetApiBase not found in %s", ort);
-    const OrtApiBase *base = get_base();
-    const char *version = base->GetVersionString();
-    api = base->GetApi(EP_ORT_API_VERSION);
-    if (!api) die(1, "ORT %s lacks C API %d", version, EP_ORT_API_VERSION);
+    const char *version = load_ort(ort);
 
     OrtEnv *env = NULL;
     OrtSessionOptions *so = NULL;
