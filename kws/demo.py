@@ -2,8 +2,9 @@
 
 Data (espeak-ng + sox) → train a DS-CNN-S → compress it with each method and fine-tune → export
 ONNX and TFLite → latency in ONNX Runtime and LiteRT (interleaved rounds in one process, a ratio to
-the dense model) → the streaming detector on a long stream → an HTML report. Every step caches
-its output in the work folder, so a second run only redoes what is missing.
+the dense model) → the streaming detector on a long stream → the native C streaming runner for
+aarch64 under qemu on a part of it (emulated: the same detections, not ARM timings) → an HTML
+report. Data and training are cached in the work folder: a second run reuses them.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import numpy as np
 from edgepack.errors import EdgepackError
 
 RECIPES = ("dense", "hashed-pw", "hashed-all", "funhash-all", "hashed+circulant-fc", "hashed+ldr-fc")
-STEPS = 6
+STEPS = 7
+STREAMING_SHIFT_MS = 300.0  # wider than MLPerf's ±100 ms: the stream's hit rate went 58 % → 73 % (README)
+QEMU_SECONDS = 20  # of the stream run under qemu (about 1 s of emulation per second of audio)
 
 
 class DemoError(EdgepackError):
@@ -33,7 +36,7 @@ def run_kws_demo(work_dir="edgepack-demo", *, quick: bool = False, seed: int = 0
     """Run the whole pipeline in ``work_dir``; returns the summary (also in ``summary.json`` there)."""
     from rich.console import Console
 
-    from edgepack.kws.compress_kws import compress_run
+    from edgepack.kws.compress_kws import FINETUNE_EPOCHS, compress_run
     from edgepack.kws.generate import generate
     from edgepack.kws.train import train
 
@@ -49,12 +52,12 @@ def run_kws_demo(work_dir="edgepack-demo", *, quick: bool = False, seed: int = 0
 
     started = _step(console, 2, "train: DS-CNN-S, MLPerf Tiny recipe (short schedule)")
     state = train(work / "data", work / "dense", epochs=2 if quick else None, quick=True, seed=seed,
-                  console=console)
+                  console=console, time_shift_ms=STREAMING_SHIFT_MS)
     timings["train"] = time.monotonic() - started
 
-    started = _step(console, 3, "compress + fine-tune + export (ONNX, TFLite)")
-    rows = compress_run(work / "dense", RECIPES, work / "compressed", finetune_epochs=1 if quick else 3,
-                        seed=seed, console=console)
+    started = _step(console, 3, "compress, retrain (distilled from the dense model), export ONNX + TFLite")
+    rows = compress_run(work / "dense", RECIPES, work / "compressed",
+                        finetune_epochs=1 if quick else FINETUNE_EPOCHS, seed=seed, console=console)
     timings["compress"] = time.monotonic() - started
 
     started = _step(console, 4, "latency on this machine: ONNX Runtime and LiteRT, 1 thread, interleaved")
@@ -65,9 +68,15 @@ def run_kws_demo(work_dir="edgepack-demo", *, quick: bool = False, seed: int = 0
     stream = stream_results(rows, work, minutes=1.0 if quick else 5.0, seed=seed)
     timings["stream"] = time.monotonic() - started
 
-    started = _step(console, 6, "report")
-    summary = {"quick": quick, "seed": seed, "dense_test_accuracy": state.get("test_accuracy"),
-               "rows": [_summary_row(row, latency) for row in rows], "stream": stream,
+    started = _step(console, 6, "the C streaming runner for aarch64, under qemu (emulated)")
+    summary_qemu = aarch64_stream(rows[0]["onnx"]["path"], work, seed)
+    console.print(summary_qemu["summary"])
+    timings["aarch64"] = time.monotonic() - started
+
+    started = _step(console, 7, "report")
+    summary = {"quick": quick, "seed": seed, "data": str(work / "data"),
+               "dense_test_accuracy": state.get("test_accuracy"),
+               "rows": [_summary_row(row, latency) for row in rows], "stream": stream, "aarch64": summary_qemu,
                "seconds": {k: round(v, 1) for k, v in timings.items()}}
     (work / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     from edgepack.kws.demo_report import print_summary, write_demo_report
@@ -112,6 +121,40 @@ def stream_results(rows: list[dict], work: Path, minutes: float, seed: int) -> d
                                    "non_keyword_hours", "minutes")}
         results[row["recipe"]]["results"] = str(out / "results.json")
     return results
+
+
+def aarch64_stream(model, work: Path, seed: int) -> dict:
+    """The first QEMU_SECONDS of the dense model's stream through ``edgepack_kws_stream`` built for
+    aarch64 (runtime_kernels/scripts/kws_stream_aarch64.sh): are its detections the Python
+    detector's? A missing cross tool or emulator is reported, not fatal: the rest of the demo stands."""
+    import subprocess
+
+    from edgepack.kws.detector import detect_stream
+    from edgepack.kws.wav import read_wav, write_wav
+    from edgepack.runtime_kernels.artifacts import ROOT
+
+    audio = read_wav(work / "stream" / "dense" / "stream.wav")[:QEMU_SECONDS * 16000]
+    excerpt = work / "stream" / "dense" / f"first_{QEMU_SECONDS}s.wav"
+    write_wav(excerpt, audio)
+    want = [d.as_dict() for d in detect_stream(model, audio)[0]]
+    script = ROOT / "runtime_kernels" / "scripts" / "kws_stream_aarch64.sh"
+    done = subprocess.run(["bash", str(script), str(model), str(excerpt), "--bench"], capture_output=True, text=True)
+    lines = done.stdout.strip().splitlines()
+    try:
+        result = json.loads(lines[-1]) if lines else {}
+    except ValueError:
+        result = {}
+    if done.returncode or result.get("status") != "ok":
+        why = result.get("error") or done.stderr.strip().splitlines()[-1:] or [f"exit {done.returncode}"]
+        return {"ok": False, "summary": f"skipped: {why if isinstance(why, str) else why[0]}"}
+    got = [{k: d[k] for k in ("time_s", "label")} for d in result["detections"]]
+    same = got == [{k: d[k] for k in ("time_s", "label")} for d in want]
+    hop = result["hop_total_ms"]["median"]
+    return {"ok": same, "seconds_of_audio": QEMU_SECONDS, "detections": len(got), "python_detections": len(want),
+            "hop_ms_median_emulated": hop,
+            "summary": f"aarch64 (qemu, emulated): {len(got)} detection(s) in the first {QEMU_SECONDS} s, "
+                       + ("the same as the Python detector's" if same else f"but Python found {len(want)}: MISMATCH")
+                       + f"; {hop:.2f} ms per 20 ms hop under emulation (not an ARM core's speed)"}
 
 
 def _summary_row(row: dict, latency: dict) -> dict:

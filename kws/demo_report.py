@@ -36,6 +36,7 @@ def print_summary(summary: dict, console) -> None:
     console.print(table)
     for name, s in summary["stream"].items():
         console.print(f"stream ({name}): {_stream_line(s)}")
+    console.print(summary["aarch64"]["summary"])
     console.print(f"report: {summary.get('report')}")
 
 
@@ -78,6 +79,7 @@ def write_demo_report(summary: dict, out) -> Path:
         "the same rounds. Compressed weights are decoded to dense constants when the model is loaded.",
         "## Streaming detection\n\n" + "\n\n".join(f"{name}: {_stream_line(s)}"
                                                     for name, s in summary["stream"].items()),
+        "## aarch64\n\n" + summary["aarch64"]["summary"],
         "## Step times\n\n" + markdown_table(["step", "seconds"], [[k, f"{v:.0f}"]
                                                                   for k, v in summary["seconds"].items()]),
     ]
@@ -95,9 +97,8 @@ def _confusion(row: dict, summary: dict, out: Path) -> Path:
 
     from edgepack.kws.evaluate import evaluate
 
-    data = Path(row["onnx"]).parent.parent.parent / "data"
     quiet = Console(file=io.StringIO())
-    result = evaluate(row["onnx"], data, "test", output=out, console=quiet)
+    result = evaluate(row["onnx"], summary["data"], "test", output=out, console=quiet)
     return Path(result["plot"])
 
 

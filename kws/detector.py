@@ -96,12 +96,13 @@ class RecognizeCommands:
 
 def to_posteriors(outputs: np.ndarray) -> np.ndarray:
     """Rows of class probabilities: the outputs as they are when each row already is a distribution
-    (the model ends in a softmax), else their softmax (logits)."""
+    (the model ends in a softmax: all values in [0, 1], sum within 0.05 of 1, as a dequantized int8 softmax)
+    divided by their sum, else their softmax (logits)."""
     x = np.asarray(outputs, np.float64).reshape(len(outputs), -1)
-    if np.all(x >= 0) and np.all(x <= 1) and np.allclose(x.sum(axis=1), 1.0, atol=1e-3):
-        return x
+    sums = x.sum(axis=1, keepdims=True)
+    probabilities = np.all((x >= 0) & (x <= 1), axis=1, keepdims=True) & (np.abs(sums - 1.0) <= 0.05)
     e = np.exp(x - x.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+    return np.where(probabilities, x / np.where(probabilities, sums, 1.0), e / e.sum(axis=1, keepdims=True))
 
 
 # ---- model runners: a batch of inputs in the model's own input shape -> outputs [B, classes] ----------
@@ -228,7 +229,7 @@ def _dequantize(x: np.ndarray, detail: dict) -> np.ndarray:
 
 def load_runner(model, kind: str | None = None, threads: int = 1) -> ModelRunner:
     """A ModelRunner for ``model``: a runner, a torch module, or a path to .onnx / .tflite / an edgepack
-    checkpoint (.safetensors, as ``kws train`` writes) / a pickled torch module (.pt/.pth); ``kind``
+    checkpoint (.safetensors as ``kws train`` writes, or a torch.save .pt/.pth of save_checkpoint); ``kind``
     (onnx, tflite, torch) overrides the suffix."""
     if isinstance(model, ModelRunner):
         return model
@@ -250,21 +251,19 @@ def load_runner(model, kind: str | None = None, threads: int = 1) -> ModelRunner
 
 
 def _load_torch(path: Path):
-    """A torch module from ``path``: an edgepack checkpoint (.safetensors), a pickled module, or a dict
-    holding one under "model"."""
-    import torch
+    """A torch module from the edgepack checkpoint ``path`` (.safetensors or a torch.save .pt/.pth, read
+    with weights_only=True); StreamError for anything else: a pickled module could run code."""
+    from edgepack.compression import load_checkpoint
 
-    if path.suffix.lower() == ".safetensors":
-        from edgepack.compression import load_checkpoint
-
+    if path.suffix.lower() not in (".safetensors", ".pt", ".pth"):
+        raise StreamError(f"{path}: a torch model must be an edgepack checkpoint (.safetensors, or a .pt/.pth "
+                          "written by edgepack's save_checkpoint); export other models to ONNX or TFLite")
+    try:
         return load_checkpoint(path)
-    obj = torch.load(path, map_location="cpu", weights_only=False)
-    if isinstance(obj, dict):
-        obj = obj.get("model", obj.get("module"))
-    if not isinstance(obj, torch.nn.Module):
-        raise StreamError(f"{path} holds no torch module (a pickled nn.Module, or a dict with it under 'model'); "
-                          "export the model to ONNX or TFLite instead")
-    return obj
+    except EdgepackError as error:
+        raise StreamError(f"{path}: not an edgepack checkpoint ({error}); pickled torch modules are not loaded "
+                          "(they can run code): save it with edgepack.compression.save_checkpoint or export it "
+                          "to ONNX or TFLite") from None
 
 
 # ---- the front end ---------------------------------------------------------------------------------
@@ -302,10 +301,14 @@ def stream_features(audio: np.ndarray, frontend: Callable | None = None, chunk_f
     return out
 
 
+MAX_HOP_MS = NUM_FRAMES * STRIDE_SAMPLES * 1000 // SAMPLE_RATE  # 980: a hop renews at most the 49 frames
+
+
 def _check_hop(hop_ms) -> int:
-    """The hop in samples; StreamError unless ``hop_ms`` is a multiple of 20 ms within one second."""
-    if not (isinstance(hop_ms, (int, np.integer)) and 0 < hop_ms <= 1000 and hop_ms % 20 == 0):
-        raise StreamError(f"hop_ms must be a multiple of the 20 ms MFCC stride from 20 to 1000, got {hop_ms}")
+    """The hop in samples; StreamError unless ``hop_ms`` is a multiple of 20 ms that leaves the new
+    samples inside whole MFCC frames of the one-second window (20 to 980 ms)."""
+    if not (isinstance(hop_ms, (int, np.integer)) and 0 < hop_ms <= MAX_HOP_MS and hop_ms % 20 == 0):
+        raise StreamError(f"hop_ms must be a multiple of the 20 ms MFCC stride from 20 to {MAX_HOP_MS}, got {hop_ms}")
     return int(hop_ms) * SAMPLE_RATE // 1000
 
 
@@ -320,11 +323,10 @@ class StreamingDetector:
 
     def __init__(self, model_runner, hop_ms: int = 20, recognizer: RecognizeCommands | None = None,
                  frontend: Callable | None = None, model_kind: str | None = None, keep_posteriors: bool = False):
-        _check_hop(hop_ms)
+        self.hop = _check_hop(hop_ms)
         self.runner = load_runner(model_runner, model_kind)
         self.recognizer = recognizer or RecognizeCommands()
         self.frontend = frontend or default_frontend()
-        self.hop = hop_ms * SAMPLE_RATE // 1000
         self.ring = np.zeros(CLIP_SAMPLES, np.float32)
         self.features = stream_features(self.ring, self.frontend)
         self.pending = np.zeros(0, np.float32)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepack.kws.labels import CLASSES, CLIP_SAMPLES
+from edgepack.kws.labels import CLASSES
 from edgepack.kws.train import KwsTrainError, features, load_data
 
 FEATURE_SHAPE = (1, 49, 10)
@@ -68,66 +68,34 @@ def load_torch(path):
     return model
 
 
-def _input_kind(shape, path) -> bool:
-    """True for a raw-audio input [N, 16000], False for features [N, 1, 49, 10]; else a clear error."""
-    rest = tuple(shape[1:])
-    if rest == FEATURE_SHAPE:
-        return False
-    if rest == (CLIP_SAMPLES,):
-        return True
-    raise KwsTrainError(f"{path}: input shape {list(shape)} is not a KWS model's: expected [N, 1, 49, 10] MFCC "
-                        f"features or [N, {CLIP_SAMPLES}] audio")
-
-
-def _batched(run, batch: int | None):
-    """Run ``run`` over chunks of ``batch`` rows (a static batch: the last chunk zero-padded)."""
+def _batched(run, step: int = 256):
+    """Run ``run`` over chunks of ``step`` rows (bounded memory on a whole split)."""
     def call(x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
-        step = batch or 256
-        outs = []
-        for i in range(0, len(x), step):
-            chunk = x[i:i + step]
-            n = len(chunk)
-            if batch and n < batch:
-                chunk = np.concatenate([chunk, np.zeros((batch - n, *chunk.shape[1:]), np.float32)])
-            outs.append(np.asarray(run(chunk))[:n])
+        outs = [np.asarray(run(x[i:i + step])) for i in range(0, len(x), step)]
         return np.concatenate(outs) if outs else np.zeros((0, len(CLASSES)), np.float32)
     return call
 
 
 def load_predictor(target) -> Predictor:
-    """A Predictor for a run folder, a checkpoint (.safetensors / .pt), or an .onnx / .tflite file."""
+    """A Predictor for a run folder, a checkpoint (.safetensors / .pt), or an .onnx / .tflite file, built
+    on detector.load_runner (int8 TFLite inputs/outputs (de)quantized); KwsTrainError unless it gives 12 scores."""
+    from edgepack.kws.detector import FEATURE_SHAPE as DETECTOR_FEATURES
+    from edgepack.kws.detector import RAW_SHAPE, OnnxRunner, TfliteRunner, TorchRunner, load_runner
+
     path = checkpoint_of(target)
     suffix = path.suffix.lower()
-    if suffix == ".onnx":
-        from edgepack.runtime_kernels import onnx_session
-
-        session = onnx_session(path)
-        inp, out = session.get_inputs()[0], session.get_outputs()[0]
-        takes_audio = _input_kind(inp.shape, path)
-        static = inp.shape[0] if isinstance(inp.shape[0], int) else None
-        return Predictor(path, _batched(lambda x: session.run([out.name], {inp.name: x})[0], static),
-                         takes_audio, "onnxruntime")
-    if suffix == ".tflite":
-        from edgepack.runtime_kernels import tflite_interpreter
-
-        interpreter = tflite_interpreter(path)
-        inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-        takes_audio = _input_kind(tuple(inp["shape"]), path)
-
-        def invoke(x: np.ndarray) -> np.ndarray:
-            interpreter.set_tensor(inp["index"], x)
-            interpreter.invoke()
-            return interpreter.get_tensor(out["index"]).copy()
-        return Predictor(path, _batched(invoke, int(inp["shape"][0])), takes_audio, "litert")
-    import torch
-
-    model = load_torch(path)
-
-    def run(x: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return model(torch.from_numpy(x)).numpy()
-    return Predictor(path, _batched(run, None), False, "torch")
+    if suffix in (".onnx", ".tflite"):
+        runner = load_runner(path)
+    else:
+        runner = TorchRunner(load_torch(path), kind="features", name=str(path))
+    kinds = {OnnxRunner: "onnxruntime", TfliteRunner: "litert", TorchRunner: "torch"}
+    probe = np.zeros((1, *(DETECTOR_FEATURES if runner.kind == "features" else RAW_SHAPE)[1:]), np.float32)
+    shape = np.asarray(runner.run(probe)).shape
+    if shape[-1] != len(CLASSES):
+        raise KwsTrainError(f"{path}: the model outputs shape {list(shape)}; a keyword-spotting model gives "
+                            f"{len(CLASSES)} class scores ({', '.join(CLASSES)})")
+    return Predictor(path, _batched(runner.run), runner.kind == "audio", kinds[type(runner)])
 
 
 def confusion_matrix(labels, predictions, classes: int = len(CLASSES)) -> np.ndarray:

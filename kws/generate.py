@@ -21,7 +21,7 @@ import numpy as np
 from edgepack.errors import EdgepackError
 from edgepack.kws.labels import KEYWORDS, SAMPLE_RATE
 
-VERSION = 1  # bump when the output for a (seed, size) changes
+VERSION = 2  # bump when the output for a (seed, size) changes (2: split by espeak variant, babble of train voices)
 MANIFEST = "edgepack_data.json"
 PARTIAL = "edgepack_data.partial"  # present while a generation is under way or was interrupted
 BACKGROUND_DIR = "_background_noise_"
@@ -58,19 +58,25 @@ class Job:
     effects: tuple[str, ...] = ()
     seed: int = 0
     seconds: float = 1.0
+    voices: tuple[str, ...] = ()  # babble: the voices it may mix (the train split's)
 
 
 def plan(seed: int, size: str) -> list[Job]:
-    """Every file of the dataset for (seed, size), in a fixed order; each voice in one split only."""
-    from edgepack.kws.synth import voices
+    """Every file of the dataset for (seed, size), in a fixed order. A voice is an accent + an espeak
+    variant (the timbre); each variant, with all its accents, is in one split only, and the
+    background babble mixes train voices only: no test speaker is heard in training."""
+    from edgepack.kws.synth import ACCENTS, VARIANTS
 
     if size not in SIZES:
         raise DataError(f"unknown size {size!r}; expected one of {', '.join(SIZES)}")
     spec = SIZES[size]
     rng = np.random.default_rng([seed, VERSION])
-    pool = [voices()[i] for i in rng.permutation(len(voices()))]
-    n_val = n_test = round(len(pool) * SPLIT_FRACTIONS[1][1])
-    by_split = {"validation": pool[:n_val], "test": pool[n_val:n_val + n_test], "train": pool[n_val + n_test:]}
+    variants = [VARIANTS[i] for i in rng.permutation(len(VARIANTS))]
+    n_val = n_test = round(len(variants) * SPLIT_FRACTIONS[1][1])
+    parts = {"validation": variants[:n_val], "test": variants[n_val:n_val + n_test],
+             "train": variants[n_val + n_test:]}
+    by_split = {split: [f"{accent}+{variant}" for variant in part for accent in ACCENTS]
+                for split, part in parts.items()}
     n_unknown = round(spec["per_keyword"] * spec["unknown_ratio"])
     jobs: list[Job] = []
     for label, count in [(k, spec["per_keyword"]) for k in KEYWORDS] + [("unknown", n_unknown)]:
@@ -87,7 +93,8 @@ def plan(seed: int, size: str) -> list[Job]:
                                 effects=_effects(rng), seed=int(rng.integers(2 ** 62))))
     for kind in NOISES:
         jobs.append(Job(path=f"{BACKGROUND_DIR}/{kind}_noise.wav", split="background", kind=kind,
-                        seed=int(rng.integers(2 ** 62)), seconds=spec["background_seconds"]))
+                        seed=int(rng.integers(2 ** 62)), seconds=spec["background_seconds"],
+                        voices=tuple(by_split["train"]) if kind == "babble" else ()))
     return jobs
 
 
@@ -118,9 +125,8 @@ def render(job: Job, out: str) -> bool:
         if job.kind == "hum":
             audio = synth.hum(n, rng)
         elif job.kind == "babble":
-            all_voices = synth.voices()
             streams = [synth.speak(" ".join(rng.choice(UNKNOWN_WORDS, 12)),
-                                   all_voices[int(rng.integers(len(all_voices)))],
+                                   job.voices[int(rng.integers(len(job.voices)))],
                                    int(rng.integers(140, 200)), int(rng.integers(20, 81))) for _ in range(6)]
             audio = synth.babble(n, streams, rng)
         else:

@@ -31,7 +31,8 @@ def add_detector_arguments(p) -> None:
     p.add_argument("--suppression-ms", type=float, default=1500.0,
                    help="no second detection of the same keyword this soon (default 1500)")
     p.add_argument("--min-count", type=int, default=3, help="results needed in the window (default 3)")
-    p.add_argument("--hop-ms", type=int, default=20, help="model run interval, a multiple of 20 (default 20)")
+    p.add_argument("--hop-ms", type=int, default=20,
+                   help="model run interval, a multiple of 20 from 20 to 980 (default 20)")
 
 
 def recognizer_from(args) -> RecognizeCommands:

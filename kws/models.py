@@ -32,7 +32,8 @@ def ds_cnn(channels: int = 64, blocks: int = 4, classes: int = 12, first_stride=
 
 def ds_cnn_l(classes: int = 12) -> nn.Sequential:
     """DS-CNN-L: conv 276×10×4 stride (2, 1), then 5 blocks of 276 channels, the first depthwise with
-    stride 2 (≈ 0.42 M parameters, ≈ 18 M MACs on 49×10 input)."""
+    stride 2 (413,736 parameters). The conv pads (5, 1) as DS-CNN-S's does: 25×9 where TF's SAME
+    padding gives 25×10 (asymmetric padding would need a Pad op); both are 13×5 after block 1."""
     return ds_cnn(channels=276, blocks=5, classes=classes, first_stride=(2, 1), block_strides=(2, 1, 1, 1, 1))
 
 

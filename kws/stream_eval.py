@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .detector import Detection, RecognizeCommands, StreamError, detect_stream
+from .detector import Detection, RecognizeCommands, StreamError, _check_hop, detect_stream, load_runner
 from .labels import CLASSES, KEYWORDS, SAMPLE_RATE
 
 UNKNOWN = CLASSES.index("unknown")
@@ -149,22 +149,30 @@ def evaluate(model, data, minutes: float = 10.0, seed: int = 0, output=None,
     an ``output`` folder) also runs ``edgepack_kws_stream --bench`` on stream.wav: per-hop latency on
     this machine and whether its detections are the Python detector's. Returns the results dict."""
     from .speech_commands import load_split
-    from .wav import write_wav
+    from .wav import read_wav, write_wav
 
+    hop = _check_hop(hop_ms)
+    if native:
+        if output is None or Path(str(model)).suffix.lower() != ".onnx":
+            raise StreamError("--native needs an .onnx model and an output folder (it runs edgepack_kws_stream on "
+                              "the stream's WAV)")
+        native_runner()
+    runner = load_runner(model, model_kind)
     recognizer = recognizer or RecognizeCommands()
     split = load_split(data, "test", unknown_fraction=10.0, silence_fraction=0.0, seed=seed)
     stream = build_stream(split, minutes, seed)
     truth = stream.truth()
+    audio = stream.audio
     if output is not None:
         out = Path(output)
         out.mkdir(parents=True, exist_ok=True)
         write_wav(out / "stream.wav", stream.audio)
         (out / "truth.json").write_text(json.dumps(truth, indent=1))
-    hops = len(stream.audio) // (hop_ms * SAMPLE_RATE // 1000)
+        audio = read_wav(out / "stream.wav", max_seconds=stream.duration_s + 1.0)  # the int16 samples native reads
+    hops = len(audio) // hop
     with _progress(progress) as bar:
         task = bar.add_task("stream-eval: detecting", total=hops)
-        detections, times, posteriors = detect_stream(model, stream.audio, recognizer, hop_ms=hop_ms,
-                                                      model_kind=model_kind,
+        detections, times, posteriors = detect_stream(runner, audio, recognizer, hop_ms=hop_ms,
                                                       progress=lambda n: bar.update(task, completed=n))
     results = {"model": str(model), "data": str(data), "minutes": minutes, "seed": seed, "tolerance_s": tolerance_s,
                "detector": {"window_ms": recognizer.window_ms, "threshold": recognizer.threshold,
@@ -173,9 +181,6 @@ def evaluate(model, data, minutes: float = 10.0, seed: int = 0, output=None,
                **score(detections, truth, tolerance_s), "detections": [d.as_dict() for d in detections],
                "operating_points": operating_points(times, posteriors, truth, recognizer, tolerance_s)}
     if native:
-        if output is None or Path(str(model)).suffix.lower() != ".onnx":
-            raise StreamError("--native needs an .onnx model and an output folder (it runs edgepack_kws_stream on "
-                              "the stream's WAV)")
         results["native"] = native_bench(model, Path(output) / "stream.wav", recognizer, hop_ms)
         results["native"]["same_detections"] = [(d["label"], d["time_s"]) for d in results["native"]["detections"]] \
             == [(d["label"], d["time_s"]) for d in results["detections"]]

@@ -27,11 +27,6 @@ class SynthError(EdgepackError):
     """espeak-ng or sox is missing or failed on a clip."""
 
 
-def voices() -> list[str]:
-    """Every voice, ``accent+variant`` (e.g. ``en-us+m3``), in a fixed order."""
-    return [f"{accent}+{variant}" for accent in ACCENTS for variant in VARIANTS]
-
-
 def check_tools() -> None:
     """Refuse early, with the fix, when espeak-ng or sox is not installed."""
     missing = [tool for tool in ("espeak-ng", "sox") if shutil.which(tool) is None]

@@ -130,6 +130,8 @@ def tflite_interpreter(
     lib = delegate_library_path()
     limits = _limits(max_virtual_weights, max_decoded_bytes)
     content = None
+    if decode_at_load not in (True, False, "c"):
+        raise DecodeError(f"decode_at_load must be True, False or 'c' (decode in C), got {decode_at_load!r}")
     if decode_at_load == "c":
         content = _c_decoded(lib, path, limits)
     elif decode_at_load and decoded_tflite is not None:

@@ -267,8 +267,10 @@ def invocations(corpus, checkpoints, tmp_path_factory):
     runs.append(("report", "output under a file", ["report", str(ok), "-o", str(out / "file" / "r")]))
     runs.append(("report", "unknown baseline", ["report", str(ok), "-o", str(out / "r2"), "--baseline", "zzz"]))
     for label, extra in (("seed text", ["--seed", "x"]), ("unknown flag", ["--fast"]),
-                         ("save is a file", ["--quick", "--save", str(out / "file")]),
-                         ("save under a file", ["--quick", "--save", str(out / "file" / "sub")])):
+                         ("save is a file", ["--digits", "--quick", "--save", str(out / "file")]),
+                         ("save under a file", ["--digits", "--quick", "--save", str(out / "file" / "sub")]),
+                         ("save without --digits", ["--quick", "--save", str(out / "s")]),
+                         ("work is a file", ["--quick", "--work", str(out / "file")])):
         runs.append(("demo", label, ["demo"] + extra))
     runs.append(("(none)", "unknown command", ["frobnicate"]))
     return runs

@@ -86,23 +86,11 @@ save(load(f"{out}/hashed_expand.onnx"), f"{out}/hashed_expand_ext.onnx", save_as
 EOF
 
 # 4. run under qemu (or natively), both kernel variants
-arm_exec() {  # an aarch64 command: natively, or under qemu-user with an ARM /proc/cpuinfo
-  if [ $NATIVE = 1 ]; then "$@"; return; fi
-  if [ "$(id -u)" = 0 ] && command -v unshare >/dev/null; then
-    unshare -m sh -c 'mount --bind "$0" /proc/cpuinfo && exec "$@"' "$WORK/cpuinfo" \
-      qemu-aarch64 -L "$SYSROOT" "$@"
-  else
-    echo "ci_ort_aarch64: not root: running without an ARM /proc/cpuinfo (ORT may crash in cpuinfo)" >&2
-    qemu-aarch64 -L "$SYSROOT" "$@"
-  fi
-}
+ARM_CPUINFO=$WORK/cpuinfo
+source "$RK/scripts/arm_exec.sh"
 run_arm() {
   arm_exec "$BUILD/ort/edgepack_ort_runner" --ort "$ORT_LIB" --lib "$BUILD/ort/libedgepack_ort.so" --model "$@"
 }
-ncpu=$(( $(sed 's/.*-//' /sys/devices/system/cpu/possible 2>/dev/null || echo 0) + 1 ))
-for ((i = 0; i < ncpu; i++)); do
-  printf 'processor\t: %d\nBogoMIPS\t: 100.00\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp\nCPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x3\nCPU part\t: 0xd0c\nCPU revision\t: 1\n\n' "$i"
-done > "$WORK/cpuinfo"
 
 for m in "$WORK"/*.onnx; do
   for variant in neon ref; do

@@ -3,12 +3,11 @@ confusion matrix, and report.html rendered by a real headless browser with every
 
 import base64
 import re
-import shutil
-import subprocess
 
 import matplotlib.image
 import numpy as np
 import pytest
+from browser_helpers import find_chromium, rendered_images
 from test_report import record
 
 from edgepack.benchmarks.plots import latency_limits, pareto_front, plot_confusion_matrix
@@ -64,27 +63,8 @@ def test_confusion_matrix_plot(tmp_path):
         plot_confusion_matrix([[1, 2], [3, 4]], labels, tmp_path / "bad.png")
 
 
-LOADED = re.compile(r'data-images="(\d+)/(\d+)"')
-CHECK = ("<script>window.addEventListener('load', () => { const all = [...document.images]; "
-         "document.body.setAttribute('data-images', all.filter(i => i.complete && i.naturalWidth > 0).length"
-         " + '/' + all.length); });</script>")
-
-
-def rendered_images(chromium: str, page) -> tuple[int, int]:
-    """(images loaded, images) of ``page`` in headless chromium, read back from the rendered DOM."""
-    checked = page.with_name("checked.html")
-    checked.write_text(page.read_text(encoding="utf-8").replace("</body>", CHECK + "</body>"), encoding="utf-8")
-    result = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                             f"--user-data-dir={page.with_name('chromium-profile')}",
-                             "--run-all-compositor-stages-before-draw", "--virtual-time-budget=5000",
-                             "--dump-dom", checked.as_uri()], capture_output=True, text=True, timeout=120)
-    match = LOADED.search(result.stdout)
-    assert match, f"chromium printed no rendered DOM (exit {result.returncode}): {result.stderr[-500:]}"
-    return int(match.group(1)), int(match.group(2))
-
-
 def test_report_html_images_load_in_a_real_browser(tmp_path):
-    chromium = next(filter(None, map(shutil.which, ("chromium", "chromium-browser"))), None)
+    chromium = find_chromium()
     if chromium is None:
         pytest.skip("chromium is not installed (scripts/setup-system.sh installs it)")
     results = tmp_path / "results.jsonl"

@@ -215,9 +215,23 @@ def test_generated_splits_are_held_out_by_voice_with_every_class(quick):
     assert not speakers["train"] & speakers["validation"]
     assert not speakers["train"] & speakers["test"]
     assert not speakers["validation"] & speakers["test"]
+    timbres = {split: {s.split("+")[1] for s in names} for split, names in speakers.items()}
+    assert not timbres["train"] & (timbres["validation"] | timbres["test"])  # an espeak variant in one split
+    assert not timbres["validation"] & timbres["test"]
     listed = (quick / "validation_list.txt").read_text().split() + (quick / "testing_list.txt").read_text().split()
     assert all(((quick / rel).exists() and rel.split("/")[1].split("_nohash_")[0] in
                 speakers["validation"] | speakers["test"]) for rel in listed)
+
+
+def test_background_babble_mixes_train_voices_only():
+    from edgepack.kws.generate import plan
+
+    jobs = plan(0, "small")  # (planning only) enough clips that every voice of each split is used
+    train = {job.voice for job in jobs if job.split == "train"}
+    babble = [job for job in jobs if job.kind == "babble"]
+    assert len(babble) == 1 and babble[0].voices and set(babble[0].voices) <= train
+    held_out = {job.voice.split("+")[1] for job in jobs if job.split in ("validation", "test")}
+    assert not {voice.split("+")[1] for voice in babble[0].voices} & held_out
 
 
 def test_generated_clips_are_one_second_16_bit_mono(quick):

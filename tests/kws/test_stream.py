@@ -105,6 +105,17 @@ def test_posteriors_keep_probabilities_and_softmax_logits():
     np.testing.assert_allclose(to_posteriors(logits), e / e.sum(), rtol=1e-12)
 
 
+def test_dequantized_int8_softmax_stays_a_distribution():
+    """An int8 softmax (scale 1/256, zero point -128) sums to 1 ± a few 1/256: still probabilities."""
+    p = np.array([0.9] + [0.1 / 11] * 11)
+    dequantized = (np.clip(np.round(p * 256) - 128, -128, 127) + 128) / 256
+    assert abs(dequantized.sum() - 1) > 1e-3
+    np.testing.assert_allclose(to_posteriors(dequantized[None])[0], dequantized / dequantized.sum(), rtol=1e-12)
+    assert to_posteriors(dequantized[None])[0, 0] > 0.9
+    far = np.full((1, 12), 0.5)  # in [0, 1] but sums to 6: logits
+    np.testing.assert_allclose(to_posteriors(far), np.full((1, 12), 1 / 12), rtol=1e-12)
+
+
 # ---- a toy model and a synthetic stream -----------------------------------------------------------------
 
 class Energy(torch.nn.Module):
@@ -304,9 +315,50 @@ def test_wrong_model_input_is_named(bad_files):
         load_runner(bad_files / "wide.onnx")
     with pytest.raises(StreamError, match=r"neither MFCC features \[1, 1, 49, 10\] nor raw audio \[1, 16000\]"):
         load_runner(torch.nn.Linear(40, 12))
-    for hop_ms in (30, 0, 1020):
-        with pytest.raises(StreamError, match="multiple of the 20 ms"):
+    for hop_ms in (30, 0, 1020, 1000):
+        with pytest.raises(StreamError, match="multiple of the 20 ms MFCC stride from 20 to 980"):
             StreamingDetector(Energy(0.0), hop_ms=hop_ms)
+
+
+def test_longest_hop_equals_the_batched_stream(toy):
+    """980 ms (49 new frames, the whole window) is the longest hop; hop by hop equals the batched run."""
+    det = StreamingDetector(toy["module"], hop_ms=980, keep_posteriors=True)
+    det.feed(toy["audio"])
+    want = detect_stream(toy["module"], toy["audio"], hop_ms=980)[2]
+    assert len(det.posteriors) == len(want) == len(toy["audio"]) // (980 * 16)
+    np.testing.assert_allclose([p for _, p in det.posteriors], want, atol=1e-5)
+
+
+class Opens:
+    """Unpickling this opens (creates) ``marker``: code a pickled checkpoint could run."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_torch_files_are_never_unpickled(tmp_path):
+    from edgepack.compression import save_checkpoint
+
+    marker = tmp_path / "ran"
+    torch.save({"model": Opens(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(StreamError, match=r"evil.pt: not an edgepack checkpoint.*pickled torch modules"):
+        load_runner(tmp_path / "evil.pt")
+    assert not marker.exists()
+    (tmp_path / "model.bin").write_bytes(b"")
+    with pytest.raises(StreamError, match="model.bin: a torch model must be an edgepack checkpoint"):
+        load_runner(tmp_path / "model.bin", "torch")
+    from edgepack.kws.models import build_model
+
+    torch.manual_seed(0)
+    model, builder, kwargs = build_model("ds-cnn-s")
+    path = save_checkpoint(model.eval(), tmp_path / "ds-cnn.pt", builder, kwargs)
+    x = np.random.default_rng(0).standard_normal((3, 1, 49, 10)).astype(np.float32)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(load_runner(path).run(x), want, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("name, message", [("empty", "empty file"), ("truncated", "truncated: the header promises"),
@@ -325,7 +377,19 @@ def test_native_runner_names_the_expected_input(toy, native, bad_files):
     assert rc == 2 and "half a sample" in got[0]["error"]
 
 
-def test_stream_eval_end_to_end(toy, tmp_path, capsys):
+def test_stream_eval_checks_its_settings_before_any_work(toy, tmp_path):
+    from edgepack.kws.stream_eval import evaluate
+
+    missing = tmp_path / "no-such-data"  # reading it would fail: the settings must be refused first
+    for hop_ms in (0, 30, 1000):
+        with pytest.raises(StreamError, match=f"hop_ms must be a multiple of the 20 ms.*got {hop_ms}"):
+            evaluate(toy["onnx"], missing, hop_ms=hop_ms, progress=False)
+    for model, output in ((toy["onnx"], None), (toy["module"], tmp_path)):
+        with pytest.raises(StreamError, match="--native needs an .onnx model and an output folder"):
+            evaluate(model, missing, output=output, progress=False, native=True)
+
+
+def test_stream_eval_end_to_end(toy, tmp_path, capsys, monkeypatch):
     """A tiny Speech Commands tree: 'yes' clips are loud bursts (the toy model's 'yes'), unknown words
     are quiet; every keyword must be hit, nothing else detected, and the sweep agrees at 1000 ms / 0.8."""
     from edgepack.cli import main
@@ -341,6 +405,14 @@ def test_stream_eval_end_to_end(toy, tmp_path, capsys):
             lines.append(f"{word}/v{n}_nohash_0.wav")
     (tmp_path / "data" / "testing_list.txt").write_text("\n".join(lines) + "\n")
     out = tmp_path / "eval"
+    from edgepack.kws import stream_eval
+
+    seen = []  # the audio the Python detector ran on
+
+    def detect_spy(model, audio, *args, **kwargs):
+        seen.append(np.array(audio))
+        return detect_stream(model, audio, *args, **kwargs)
+    monkeypatch.setattr(stream_eval, "detect_stream", detect_spy)
     assert main(["kws", "stream-eval", str(toy["onnx"]), "--data", str(tmp_path / "data"), "--minutes", "1",
                  "-o", str(out), "--native"]) == 0
     headline = json.loads(capsys.readouterr().out.splitlines()[-1])
@@ -354,6 +426,7 @@ def test_stream_eval_end_to_end(toy, tmp_path, capsys):
     assert results["native"]["same_detections"] and results["native"]["hops"] == 60 * 50
     from edgepack.kws.wav import read_wav
     assert len(read_wav(out / "stream.wav")) == 60 * 16000
+    assert len(seen) == 1 and np.array_equal(seen[0], read_wav(out / "stream.wav"))  # what native reads
 
 
 def test_tflite_and_onnx_runners_match_torch(toy, tmp_path):
@@ -389,3 +462,92 @@ def test_raw_audio_models(toy, native, tmp_path):
         assert [d.label for d in got[0]] == [d.label for d in want[0]] == ["yes"] * len(BURSTS)
     rc, got = run_native(native + ["--model", str(tmp_path / "audio.onnx"), str(toy["wav"])])
     assert rc == 0 and [(d["label"], d["time_s"]) for d in got] == [(d.label, d.time_s) for d in want[0]]
+
+
+# ---- quantized and wrongly shaped models in kws eval ------------------------------------------------------
+
+def int8_linear_tflite(path, weights: np.ndarray, in_scale: float = 0.05) -> Path:
+    """A .tflite with int8 input [1, 1, 49, 10] (``in_scale``, zero point 0) -> DEQUANTIZE -> FULLY_CONNECTED
+    (``weights`` [classes, 490]) -> SOFTMAX -> QUANTIZE -> int8 output (scale 1/256, zero point -128)."""
+    import tflite
+
+    from edgepack.exporter.tflite_writer import Options, TFLiteModelBuilder, _Tensor
+
+    quant = {"in": (in_scale, 0), "out": (1 / 256, -128)}
+
+    class Int8Builder(TFLiteModelBuilder):
+        def int8(self, name, shape) -> int:
+            self.tensors.append(_Tensor(name, tuple(shape), np.dtype(np.int8), None))
+            return len(self.tensors) - 1
+
+        def _tensor(self, b, t, buffer):
+            if t.dtype != np.int8:
+                return super()._tensor(b, t, buffer)
+            scale, zero = quant[t.name]
+            name, shape = b.CreateString(t.name), self._int_vector(b, list(t.shape))
+            scales = b.CreateNumpyVector(np.array([scale], np.float32))
+            zeros = b.CreateNumpyVector(np.array([zero], np.int64))
+            tflite.QuantizationParametersStart(b)
+            tflite.QuantizationParametersAddScale(b, scales)
+            tflite.QuantizationParametersAddZeroPoint(b, zeros)
+            q = tflite.QuantizationParametersEnd(b)
+            tflite.TensorStart(b)
+            tflite.TensorAddShape(b, shape)
+            tflite.TensorAddType(b, tflite.TensorType.INT8)
+            tflite.TensorAddBuffer(b, buffer)
+            tflite.TensorAddName(b, name)
+            tflite.TensorAddQuantization(b, q)
+            return tflite.TensorEnd(b)
+
+    m = Int8Builder()
+    op = tflite.BuiltinOperator
+    x, out = m.int8("in", (1, 1, 49, 10)), m.int8("out", (1, len(weights)))
+    xf, w = m.tensor("x", (1, 1, 49, 10)), m.constant("w", weights.astype(np.float32))
+    logits, probs = m.tensor("logits", (1, len(weights))), m.tensor("probs", (1, len(weights)))
+    m.operator(op.DEQUANTIZE, [x], [xf])
+    m.operator(op.FULLY_CONNECTED, [xf, w], [logits], Options("FullyConnectedOptions", {}))
+    m.operator(op.SOFTMAX, [logits], [probs], Options("SoftmaxOptions", {"Beta": 1.0}))
+    m.operator(op.QUANTIZE, [probs], [out])
+    Path(path).write_bytes(m.serialize([x], [out]))
+    return Path(path)
+
+
+def test_eval_runs_an_int8_tflite_like_numpy(tmp_path):
+    pytest.importorskip("ai_edge_litert")
+    from edgepack.kws.evaluate import load_predictor
+
+    rng = np.random.default_rng(3)
+    weights = rng.standard_normal((12, 490)) * 0.05
+    predictor = load_predictor(int8_linear_tflite(tmp_path / "int8.tflite", weights))
+    feats = rng.standard_normal((5, 1, 49, 10)).astype(np.float32) * 2
+    x = np.clip(np.round(feats / 0.05), -128, 127) * 0.05
+    logits = x.reshape(5, -1) @ weights.T
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    want = (np.clip(np.round(probs * 256) - 128, -128, 127) + 128) / 256
+    assert predictor.kind == "litert"
+    np.testing.assert_allclose(predictor(feats), want, rtol=0, atol=1 / 256 + 1e-6)
+
+
+def test_decode_at_load_takes_only_true_false_or_c(tmp_path):
+    pytest.importorskip("ai_edge_litert")
+    from edgepack.errors import EdgepackError
+    from edgepack.runtime_kernels import tflite_interpreter
+
+    path = int8_linear_tflite(tmp_path / "int8.tflite", np.zeros((12, 490)))
+    for value in ("C", "yes"):
+        with pytest.raises(EdgepackError, match=rf"decode_at_load must be True, False or 'c'.*got '{value}'"):
+            tflite_interpreter(path, decode_at_load=value)
+    assert tflite_interpreter(path, decode_at_load="c").get_output_details()[0]["shape"].tolist() == [1, 12]
+
+
+@pytest.mark.parametrize("classes", [10, 35])
+def test_eval_refuses_a_model_without_12_classes(tmp_path, classes):
+    from edgepack.kws.evaluate import load_predictor
+    from edgepack.kws.train import KwsTrainError
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(490, classes)).eval()
+    torch.onnx.export(model, torch.zeros(1, 1, 49, 10), tmp_path / "wrong.onnx", dynamo=False, input_names=["x"])
+    with pytest.raises(KwsTrainError, match=rf"wrong.onnx: the model outputs shape \[1, {classes}\]; .* 12 class "
+                                            r"scores \(silence, unknown, yes"):
+        load_predictor(tmp_path / "wrong.onnx")

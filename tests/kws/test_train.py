@@ -81,6 +81,7 @@ def test_training_writes_checkpoints_and_a_log_and_learns(run):
     model = load_checkpoint(folder / "best.safetensors")
     assert sum(p.numel() for p in model.parameters()) == 23_180  # DS-CNN-S
     assert log["test_accuracy"] > 0.6  # chance is 1/12
+    assert log["config"]["time_shift_ms"] == 100.0  # MLPerf Tiny's augmentation by default
 
 
 def test_an_interrupted_run_resumes_to_the_same_weights(tree, tmp_path, monkeypatch):
@@ -149,6 +150,7 @@ def test_compressed_export_matches_torch_in_ort_and_litert(run, tree, tmp_path):
         interpreter.invoke()
         np.testing.assert_allclose(interpreter.get_tensor(outp["index"])[0], expected[i], rtol=0, atol=1e-4)
     assert row["onnx"]["max_abs_diff_vs_torch"] < 1e-4 and row["tflite"]["max_abs_diff_vs_torch"] < 1e-4
+    assert row["onnx"]["accuracy"] == row["tflite"]["accuracy"] == row["accuracy"]  # measured on what ships
     assert json.loads((out / "compress.json").read_text())["recipe"] == "mixed"
 
 
@@ -164,7 +166,9 @@ def test_ds_cnn_l_round_trips_through_a_checkpoint(tmp_path):
 
 
 def test_cli_trains_and_evaluates(tree, tmp_path, capsys):
-    assert main(["kws", "train", "--data", str(tree), "-o", str(tmp_path / "r"), "--epochs", "1"]) == 0
+    assert main(["kws", "train", "--data", str(tree), "-o", str(tmp_path / "r"), "--quick", "--epochs", "2"]) == 0
+    log = json.loads((tmp_path / "r" / "train.json").read_text())
+    assert [row["lr"] for row in log["history"]] == [3e-3, 1e-3]  # --quick's rates
     assert (tmp_path / "r" / "best.safetensors").is_file()
     assert main(["kws", "eval", str(tmp_path / "r"), "--data", str(tree), "--split", "validation"]) == 0
     assert "accuracy" in capsys.readouterr().out
@@ -174,6 +178,8 @@ def test_bad_inputs_give_clear_errors(run, tree, tmp_path, capsys):
     folder, _ = run
     with pytest.raises(EdgepackError, match="no-such-data.*not a folder"):
         train(tmp_path / "no-such-data", tmp_path / "r")
+    with pytest.raises(EdgepackError, match=r"--time-shift-ms must be in \[0, 500\], got 900"):
+        train(tree, tmp_path / "r", time_shift_ms=900)
     with pytest.raises(EdgepackError, match="holds a run with model='ds-cnn-s', not 'ds-cnn-l'"):
         train(tree, folder, model="ds-cnn-l")
     digits = save_checkpoint(digits_mlp(), tmp_path / "digits.safetensors", digits_mlp)
@@ -185,3 +191,44 @@ def test_bad_inputs_give_clear_errors(run, tree, tmp_path, capsys):
         evaluate(tmp_path, tree)
     assert main(["kws", "compress", str(folder), "--recipe", "nope", "-o", str(tmp_path / "c")]) == 2
     assert "edgepack kws: error: unknown recipe 'nope'" in capsys.readouterr().err
+
+
+def test_resume_without_the_optimizer_state_says_how_to_start_over(run, tree, tmp_path):
+    import shutil
+
+    folder = tmp_path / "run"
+    shutil.copytree(run[0], folder)
+    (folder / "optimizer.pt").unlink()
+    with pytest.raises(train_module.KwsTrainError, match=r"run: cannot resume: last.safetensors is there but "
+                                                         r"optimizer.pt .* is missing; remove the run folder"):
+        train(tree, folder, **FAST)
+
+
+def test_fine_tuning_shifts_like_the_dense_run(run, tree, tmp_path, monkeypatch):
+    """compress fine-tunes with the time shift recorded in the run's train.json (default 100 ms when absent);
+    a corrupt train.json is a KwsTrainError."""
+    import shutil
+
+    from edgepack.kws import augment
+
+    shifts = []
+
+    class Recording(augment.Augmenter):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            shifts.append(self.shift)
+    monkeypatch.setattr(augment, "Augmenter", Recording)
+    folder = tmp_path / "run"
+    shutil.copytree(run[0], folder)
+    state = json.loads((folder / "train.json").read_text())
+    for shift_ms, want in ((35.0, 560), (None, 1600)):
+        if shift_ms is None:
+            del state["config"]["time_shift_ms"]
+        else:
+            state["config"]["time_shift_ms"] = shift_ms
+        (folder / "train.json").write_text(json.dumps(state))
+        compress_run(folder, ["hashed-pw"], tmp_path / "out", finetune_epochs=1, export=False, **FAST)
+        assert shifts[-1] == want  # samples at 16 kHz
+    (folder / "train.json").write_text("{not json")
+    with pytest.raises(train_module.KwsTrainError, match="train.json: not valid JSON"):
+        compress_run(folder, ["hashed-pw"], tmp_path / "out", finetune_epochs=1, export=False, **FAST)
