@@ -106,8 +106,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             memcpy(first, out, sizeof(float) * (size_t)out_len);
             continue;
         }
+        /* A float32 FFT's rounding (~1e-7 of the frame's peak) is large against a mel band near the
+         * log offset, and the log magnifies it: variants may differ by ~1e-2 there (a tone over
+         * silence). A broken kernel is off by O(1) in the log domain, far above this bound. */
         for (int64_t i = 0; i < out_len && c.log_offset >= 1e-6f; i++)
-            FZ_ASSERT(fabsf(out[i] - first[i]) <= 1e-3f * (1.0f + fabsf(first[i])), "[%s] feature %lld: %g vs ref %g",
+            FZ_ASSERT(fabsf(out[i] - first[i]) <= 5e-2f * (1.0f + fabsf(first[i])), "[%s] feature %lld: %g vs ref %g",
                       g_variants[v], (long long)i, (double)out[i], (double)first[i]);
     }
     ep_set_variant("auto");

@@ -193,7 +193,8 @@ typedef struct tinfo { /* one initializer of the main graph */
     int has_raw, external, is_input, consumed;
 } tinfo;
 
-typedef struct ninfo { /* one node of the main graph */
+typedef struct ninfo { /* one ai.edgepack HashedWeight / HashedMatMul node of the main graph */
+    size_t index; /* its place among the graph's nodes */
     span whole, name, op_type, domain, out0;
     span in[EP_OP_MAX_INPUTS];
     size_t n_in, n_out;
@@ -210,7 +211,7 @@ typedef struct ctx {
     const ep_limits *lim;
     tinfo *inits;
     size_t n_inits;
-    ninfo *nodes;
+    ninfo *nodes; /* the candidates to decode only: other nodes cost no memory */
     size_t n_nodes;
     spans inputs, reads, taken;
     char **owned; /* fresh names (taken points into them) */
@@ -532,14 +533,13 @@ static ep_attr_result get_float(void *vctx, const char *name, float *out, char *
 
 /* ---- the graph -------------------------------------------------------------------------- */
 
-static int parse_node(ctx *c, span whole, span payload, ninfo *nd) {
+static int parse_node(ctx *c, span payload, ninfo *nd) {
     memset(nd, 0, sizeof *nd);
     nd->whole = payload;
     nd->name.p = nd->op_type.p = nd->domain.p = nd->out0.p = EMPTY;
     pb r = reader(payload);
     pb_field f;
     int k;
-    (void)whole;
     while ((k = next_field(&r, &f)) > 0) {
         if (f.wire != 2) continue;
         if (f.num == 1) {
@@ -576,6 +576,13 @@ static int plan_node(ctx *c, ninfo *nd) {
     if (span_eq(nd->op_type, "HashedWeight")) nd->op = EP_OP_HashedWeight;
     else if (span_eq(nd->op_type, "HashedMatMul")) nd->op = EP_OP_HashedMatMul;
     else return 0;
+    if (nd->n_out != 1 || !nd->out0.n) {
+        char m[96];
+        snprintf(m, sizeof m, nd->n_out != 1 ? "has %zu outputs; takes exactly one" : "its output has an empty name",
+                 nd->n_out);
+        node_fail(c, nd, m);
+        return -1;
+    }
     attr_ctx actx = {nd->whole};
     if (nd->op == EP_OP_HashedMatMul) {
         int64_t v = 0;
@@ -770,7 +777,7 @@ static int decode_node(ctx *c, ninfo *nd, buf *g, buf *tail) {
             goto done;
         }
         if (load_floats(c, t, ep_op_input_name(nd->op, s), &data[s])) {
-            snprintf(msg, sizeof msg, "%s", c->msg);
+            snprintf(msg, sizeof msg, "%s", c->cap ? c->msg : "");
             node_fail(c, nd, msg);
             goto done;
         }
@@ -794,7 +801,13 @@ static int decode_node(ctx *c, ninfo *nd, buf *g, buf *tail) {
         }
     }
     const int64_t bytes = ep_op_plan_bytes(nd->op, a, in, what, sizeof what);
-    if (bytes < 0 || ep_limits_check_bytes(c->lim, c->used, bytes, what)) {
+    int64_t peak = bytes; /* HashedMatMul holds the weight and its transpose at once */
+    if (nd->op == EP_OP_HashedMatMul && bytes >= 0) {
+        peak = bytes > INT64_MAX / 2 ? INT64_MAX : 2 * bytes;
+        const size_t wn = strlen(what);
+        snprintf(what + wn, sizeof what - wn, " and its transpose");
+    }
+    if (bytes < 0 || ep_limits_check_bytes(c->lim, c->used, peak, what)) {
         node_fail(c, nd, bytes < 0 ? "internal error: no decoded size" : ep_last_error());
         goto done;
     }
@@ -889,17 +902,23 @@ static int rewrite_graph(ctx *c, span graph, buf *g) {
     pb_field f;
     int k;
     /* 1. what the graph holds */
-    size_t cap_n = 0, cap_i = 0;
+    size_t cap_n = 0, cap_i = 0, n_all = 0;
+    ninfo nd;
     while ((k = next_field(&r, &f)) > 0) {
         if (f.wire != 2) continue;
         if (f.num == 1) {
+            if (parse_node(c, f.s, &nd)) return 1;
+            nd.index = n_all++;
+            if (!span_eq(nd.domain, DOMAIN) ||
+                !(span_eq(nd.op_type, "HashedWeight") || span_eq(nd.op_type, "HashedMatMul")))
+                continue;
             if (c->n_nodes == cap_n) {
-                cap_n = cap_n ? 2 * cap_n : 64;
+                cap_n = cap_n ? 2 * cap_n : 16;
                 ninfo *v = (ninfo *)realloc(c->nodes, cap_n * sizeof *v);
                 if (!v) return fail(c, "out of memory reading the model");
                 c->nodes = v;
             }
-            if (parse_node(c, f.whole, f.s, &c->nodes[c->n_nodes++])) return 1;
+            c->nodes[c->n_nodes++] = nd;
         } else if (f.num == 5) {
             if (c->n_inits == cap_i) {
                 cap_i = cap_i ? 2 * cap_i : 64;
@@ -926,10 +945,14 @@ static int rewrite_graph(ctx *c, span graph, buf *g) {
         planned += p;
     }
     if (!planned) return 0;
-    for (size_t i = 0; i < c->n_nodes; i++) {
-        ninfo *nd = &c->nodes[i];
-        if (!nd->decode) {
-            if (scan_node(c, nd->whole, 0, 1)) return 1;
+    size_t ni = 0, nc = 0;
+    r = reader(graph);
+    while (next_field(&r, &f) > 0) {
+        if (f.wire != 2 || f.num != 1) continue;
+        const ninfo *nd = nc < c->n_nodes && c->nodes[nc].index == ni ? &c->nodes[nc++] : NULL;
+        ni++;
+        if (!nd || !nd->decode) {
+            if (scan_node(c, f.s, 0, 1)) return 1;
             continue;
         }
         for (int s = 0; s < EP_OP_MAX_INPUTS; s++)
@@ -939,12 +962,14 @@ static int rewrite_graph(ctx *c, span graph, buf *g) {
     }
     /* 3. the new graph, field by field in the original order; decoded weights at the end */
     buf tail = {0};
-    size_t ni = 0, ii = 0;
+    size_t ii = 0;
+    ni = nc = 0;
     r = reader(graph);
     while (next_field(&r, &f) > 0) {
         if (f.wire == 2 && f.num == 1) {
-            ninfo *nd = &c->nodes[ni++];
-            if (!nd->decode) put(g, f.whole.p, f.whole.n);
+            ninfo *nd = nc < c->n_nodes && c->nodes[nc].index == ni ? &c->nodes[nc++] : NULL;
+            ni++;
+            if (!nd || !nd->decode) put(g, f.whole.p, f.whole.n);
             else if (decode_node(c, nd, g, &tail)) goto fail;
         } else if (f.wire == 2 && f.num == 5) {
             const tinfo *t = &c->inits[ii++];

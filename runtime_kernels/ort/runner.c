@@ -3,10 +3,9 @@
  * dlopen'ed (no headers or import library needed), so the same binary works with any ORT >= 1.16
  * build for its architecture.
  *
- *   edgepack_ort_runner --ort libonnxruntime.so --lib libedgepack_ort.so --model m.onnx [--threads N]
- *                       [--keep-fused]
- *   edgepack_ort_runner --bench --ort-lib libonnxruntime.so [--custom-ops libedgepack_ort.so]
- *                       [--threads N] [--warmup N] [--runs N] [--min-seconds S] [--keep-fused] m.onnx
+ *   edgepack_ort_runner --ort libonnxruntime.so --lib libedgepack_ort.so --model m.onnx [OPTIONS]
+ *   edgepack_ort_runner --bench --ort-lib libonnxruntime.so [--custom-ops libedgepack_ort.so] [OPTIONS] m.onnx
+ *   OPTIONS: [--threads N] [--keep-fused]; with --bench also [--warmup N] [--runs N] [--min-seconds S]
  *
  * Decode at load (the default with --lib / --custom-ops, as onnx_session(decode_at_load=True) with
  * use_kernels): HashedWeight and expand-mode HashedMatMul nodes with constant weights are decoded
@@ -196,10 +195,10 @@ int main(int argc, char **argv) {
     }
     if (!model) {
         if (!bench)
-            fprintf(stderr, "usage: %s --ort LIBONNXRUNTIME --lib LIBEDGEPACK_ORT --model M.onnx [--threads N]"
-                            " [--keep-fused]\n"
-                            "       %s --bench --ort-lib LIBONNXRUNTIME [--custom-ops LIBEDGEPACK_ORT] [--threads N]"
-                            " [--warmup N] [--runs N] [--min-seconds S] [--keep-fused] M.onnx\n", argv[0], argv[0]);
+            fprintf(stderr, "usage: %s --ort LIBONNXRUNTIME --lib LIBEDGEPACK_ORT --model M.onnx [OPTIONS]\n"
+                            "       %s --bench --ort-lib LIBONNXRUNTIME [--custom-ops LIBEDGEPACK_ORT] [OPTIONS] M.onnx\n"
+                            "OPTIONS: [--threads N] [--keep-fused]; with --bench also [--warmup N] [--runs N]"
+                            " [--min-seconds S]\n", argv[0], argv[0]);
         die(2, "no model given");
     }
 

@@ -22,14 +22,6 @@
 /* ---- errors ------------------------------------------------------------------------------ */
 static EP_TLS char g_err[1024];
 
-static ep_status fail(ep_status s, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(g_err, sizeof g_err, fmt, ap);
-    va_end(ap);
-    return s;
-}
-
 const char *ep_last_error(void) { return g_err; }
 
 ep_status ep_fail(ep_status s, const char *fmt, ...) {
@@ -55,7 +47,7 @@ const char *ep_status_str(ep_status s) {
 }
 
 #define CHECK_PTR(p, what) \
-    do { if (!(p)) return fail(EP_ERR_NULL, "%s: %s is NULL (a valid buffer is required)", __func__, what); } while (0)
+    do { if (!(p)) return ep_fail(EP_ERR_NULL, "%s: %s is NULL (a valid buffer is required)", __func__, what); } while (0)
 
 /* a*b with overflow check against a byte limit (elements of elem bytes must fit in size_t) */
 static int mul_ok(int64_t a, int64_t b, int64_t *out) {
@@ -91,13 +83,13 @@ ep_status ep_parse_limit(const char *name, const char *text, int64_t *out) {
     int digits = 0;
     for (; *p >= '0' && *p <= '9'; p++, digits++) {
         if (v > (INT64_MAX - (*p - '0')) / 10)
-            return fail(EP_ERR_ARG, "%s='%.40s' is too large: must be a decimal integer in [1, %lld]", name,
+            return ep_fail(EP_ERR_ARG, "%s='%.40s' is too large: must be a decimal integer in [1, %lld]", name,
                         text, (long long)INT64_MAX);
         v = v * 10 + (*p - '0');
     }
     while (*p == ' ' || *p == '\t') p++;
     if (!digits || *p || v < 1)
-        return fail(EP_ERR_ARG, "%s='%.40s' is not a positive decimal integer (e.g. %s=%lld)", name,
+        return ep_fail(EP_ERR_ARG, "%s='%.40s' is not a positive decimal integer (e.g. %s=%lld)", name,
                     text ? text : "", name, (long long)EP_LIMIT_DEFAULT_MAX_VIRTUAL_WEIGHTS);
     *out = v;
     return EP_OK;
@@ -117,7 +109,7 @@ ep_status ep_limits_from_env(ep_limits *out) {
 ep_status ep_limits_check_weights(const ep_limits *lim, int64_t virtual_weights, const char *shape) {
     CHECK_PTR(lim, "limits");
     if (virtual_weights >= 0 && virtual_weights <= lim->max_virtual_weights) return EP_OK;
-    return fail(EP_ERR_SIZE, "%s would decode %lld virtual weights, above the limit of %lld per node"
+    return ep_fail(EP_ERR_SIZE, "%s would decode %lld virtual weights, above the limit of %lld per node"
                 EP_RAISE_HINT(EP_ENV_MAX_VIRTUAL_WEIGHTS, "max_virtual_weights"), shape ? shape : "the node",
                 (long long)virtual_weights, (long long)lim->max_virtual_weights);
 }
@@ -127,11 +119,11 @@ ep_status ep_limits_check_bytes(const ep_limits *lim, int64_t used, int64_t byte
     if (used >= 0 && bytes >= 0 && used <= lim->max_decoded_bytes && bytes <= lim->max_decoded_bytes - used)
         return EP_OK;
     if (used > 0)
-        return fail(EP_ERR_SIZE, "%s needs %lld bytes; with the %lld bytes already decoded in this session / "
+        return ep_fail(EP_ERR_SIZE, "%s needs %lld bytes; with the %lld bytes already decoded in this session / "
                     "interpreter that is above the limit of %lld decoded bytes"
                     EP_RAISE_HINT(EP_ENV_MAX_DECODED_BYTES, "max_decoded_bytes"), what ? what : "the node",
                     (long long)bytes, (long long)used, (long long)lim->max_decoded_bytes);
-    return fail(EP_ERR_SIZE, "%s needs %lld bytes, above the limit of %lld decoded bytes"
+    return ep_fail(EP_ERR_SIZE, "%s needs %lld bytes, above the limit of %lld decoded bytes"
                 EP_RAISE_HINT(EP_ENV_MAX_DECODED_BYTES, "max_decoded_bytes"), what ? what : "the node",
                 (long long)bytes, (long long)lim->max_decoded_bytes);
 }
@@ -223,7 +215,7 @@ ep_status ep_set_variant(const char *name) {
         strncat(list, ", ", sizeof list - strlen(list) - 1);
         strncat(list, g_avail[i]->name, sizeof list - strlen(list) - 1);
     }
-    return fail(EP_ERR_ARG, "ep_set_variant: unknown or unsupported variant '%s' (available: %s)", name, list);
+    return ep_fail(EP_ERR_ARG, "ep_set_variant: unknown or unsupported variant '%s' (available: %s)", name, list);
 }
 
 /* ---- XXH32: hand-written so the library has no external C dependency (NDK/Xcode/cross) ---- */
@@ -267,32 +259,32 @@ static int is_identity_recon(const float *r, int64_t len) {
 static ep_status check_hash(const char *fn, const ep_hash_params *p, const float *buckets,
                             const float *recon, int64_t recon_len, ep_hcfg *c, int need_data) {
     int64_t tmp;
-    if (!p) return fail(EP_ERR_NULL, "%s: params is NULL", fn);
+    if (!p) return ep_fail(EP_ERR_NULL, "%s: params is NULL", fn);
     if (p->rows <= 0 || p->cols <= 0 || p->rows > UINT32_MAX || p->cols > UINT32_MAX)
-        return fail(EP_ERR_SIZE, "%s: rows=%lld, cols=%lld; both must be in [1, 2^32)", fn,
+        return ep_fail(EP_ERR_SIZE, "%s: rows=%lld, cols=%lld; both must be in [1, 2^32)", fn,
                     (long long)p->rows, (long long)p->cols);
     if (!mul_ok(p->rows, p->cols, &tmp) || !mul_ok(tmp, p->num_hashes > 0 ? p->num_hashes : 1, &tmp))
-        return fail(EP_ERR_OVERFLOW, "%s: rows*cols*num_hashes = %lld*%lld*%d overflows", fn,
+        return ep_fail(EP_ERR_OVERFLOW, "%s: rows*cols*num_hashes = %lld*%lld*%d overflows", fn,
                     (long long)p->rows, (long long)p->cols, p->num_hashes);
     if (p->num_buckets <= 0 || p->num_buckets > EP_LIMIT_MAX_BUCKETS)
-        return fail(EP_ERR_SIZE, "%s: num_buckets=%lld; must be in [1, 2^31)", fn, (long long)p->num_buckets);
+        return ep_fail(EP_ERR_SIZE, "%s: num_buckets=%lld; must be in [1, 2^31)", fn, (long long)p->num_buckets);
     if (p->num_hashes < 1 || p->num_hashes > EP_MAX_HASHES)
-        return fail(EP_ERR_SIZE, "%s: num_hashes=%d; must be in [1, %d]", fn, p->num_hashes, EP_MAX_HASHES);
+        return ep_fail(EP_ERR_SIZE, "%s: num_hashes=%d; must be in [1, %d]", fn, p->num_hashes, EP_MAX_HASHES);
     if (p->is_signed != 0 && p->is_signed != 1)
-        return fail(EP_ERR_ARG, "%s: is_signed=%d; must be 0 or 1", fn, p->is_signed);
+        return ep_fail(EP_ERR_ARG, "%s: is_signed=%d; must be 0 or 1", fn, p->is_signed);
     memset(c, 0, sizeof *c);
     c->seed = p->seed; c->nb = (uint32_t)p->num_buckets; c->k = p->num_hashes; c->sgn = p->is_signed;
     c->buckets = buckets;
     if (!buckets && need_data)
-        return fail(EP_ERR_NULL, "%s: buckets is NULL (need %lld floats)", fn, (long long)p->num_buckets);
+        return ep_fail(EP_ERR_NULL, "%s: buckets is NULL (need %lld floats)", fn, (long long)p->num_buckets);
     if (c->k == 1 && recon && is_identity_recon(recon, recon_len))
         recon = NULL; /* relu(z) - relu(-z) == z exactly: the exporter's K = 1 stand-in, skip it */
     if ((c->k > 1 || recon) && need_data) { /* K = 1 applies the MLP only when one is given */
         const int64_t per = c->k + 2;
-        if (!recon) return fail(EP_ERR_NULL, "%s: recon is NULL but num_hashes=%d > 1 needs the reconstruction MLP "
+        if (!recon) return ep_fail(EP_ERR_NULL, "%s: recon is NULL but num_hashes=%d > 1 needs the reconstruction MLP "
                                 "[W1 (H x K), b1 (H), W2 (H), b2] of length H*(K+2)+1", fn, c->k);
         if (recon_len < per + 1 || (recon_len - 1) % per != 0 || (recon_len - 1) / per > EP_LIMIT_MAX_RECON_HIDDEN)
-            return fail(EP_ERR_ARG, "%s: recon_len=%lld is not H*(K+2)+1 for an integer H >= 1 with K=%d "
+            return ep_fail(EP_ERR_ARG, "%s: recon_len=%lld is not H*(K+2)+1 for an integer H >= 1 with K=%d "
                         "(valid: %lld, %lld, ...)", fn, (long long)recon_len, c->k,
                         (long long)(per + 1), (long long)(2 * per + 1));
         c->h = (int)((recon_len - 1) / per);
@@ -343,7 +335,7 @@ ep_status ep_hashed_decode(const ep_hash_params *p, const float *buckets, const 
 static ep_status check_mm(const char *fn, const float *X, int64_t N, const float *Y) {
     CHECK_PTR(X, "X");
     CHECK_PTR(Y, "Y");
-    if (N <= 0) return fail(EP_ERR_SIZE, "%s: batch N=%lld; must be >= 1", fn, (long long)N);
+    if (N <= 0) return ep_fail(EP_ERR_SIZE, "%s: batch N=%lld; must be >= 1", fn, (long long)N);
     return EP_OK;
 }
 
@@ -401,7 +393,7 @@ ep_status ep_hashed_matmul_stream(const ep_hash_params *p, const float *buckets,
     ep_status st = check_hash("ep_hashed_matmul_stream", p, buckets, recon, recon_len, &c, 1);
     if (st || (st = check_mm("ep_hashed_matmul_stream", X, N, Y))) return st;
     if (!mul_ok(N, p->cols, &tmp) || !mul_ok(N, p->rows, &tmp))
-        return fail(EP_ERR_OVERFLOW, "ep_hashed_matmul_stream: N*cols or N*rows overflows (N=%lld)", (long long)N);
+        return ep_fail(EP_ERR_OVERFLOW, "ep_hashed_matmul_stream: N*cols or N*rows overflows (N=%lld)", (long long)N);
     const ep_ops *o = ops();
     const int64_t work = work3(N + c.k, p->rows, p->cols);
     stream_job j = {o, &c, p, X, N, bias, Y, 0, NULL, 0, 0};
@@ -417,7 +409,7 @@ ep_status ep_hashed_matmul_stream(const ep_hash_params *p, const float *buckets,
     j.per = pf < 0 || pf > INT64_MAX / 4 ? -1 : (2 * pf + 15) & ~(int64_t)15; /* each part's on a 64-byte line */
     void *raw;
     j.mem = j.per < 0 || j.per > INT64_MAX / j.parts ? NULL : alloc_panels(j.per * j.parts, &raw);
-    if (!j.mem) return fail(EP_ERR_NOMEM, "ep_hashed_matmul_stream: cannot allocate %d tiles of %lld x %lld", j.parts, (long long)j.T, (long long)p->cols);
+    if (!j.mem) return ep_fail(EP_ERR_NOMEM, "ep_hashed_matmul_stream: cannot allocate %d tiles of %lld x %lld", j.parts, (long long)j.T, (long long)p->cols);
     ep_parallel_for(j.parts, j.parts, stream_tile_task, &j);
     free(raw);
     return EP_OK;
@@ -442,7 +434,7 @@ ep_status ep_hashed_plan_create(const ep_hash_params *p, const float *buckets, c
     if (!pl || !pl->Wp || !rowbuf) {
         if (pl) free(pl->raw);
         free(pl); free(rowbuf);
-        return fail(EP_ERR_NOMEM, "ep_hashed_plan_create: cannot allocate %lld x %lld weights", (long long)p->rows, (long long)p->cols);
+        return ep_fail(EP_ERR_NOMEM, "ep_hashed_plan_create: cannot allocate %lld x %lld weights", (long long)p->rows, (long long)p->cols);
     }
     pl->rows = p->rows; pl->cols = p->cols; pl->o = o;
     for (int64_t r0 = 0; r0 < p->rows; r0 += nr) { /* one panel at a time: no unpacked copy of V */
@@ -506,11 +498,11 @@ ep_status ep_hashed_matmul_expand(const ep_hashed_plan *pl, const float *X, int6
     ep_status st = check_mm("ep_hashed_matmul_expand", X, N, Y);
     if (st) return st;
     if (in != pl->cols || out != pl->rows)
-        return fail(EP_ERR_PLAN, "ep_hashed_matmul_expand: in_features=%lld, out_features=%lld but the plan was made "
+        return ep_fail(EP_ERR_PLAN, "ep_hashed_matmul_expand: in_features=%lld, out_features=%lld but the plan was made "
                     "for in=%lld, out=%lld", (long long)in, (long long)out, (long long)pl->cols, (long long)pl->rows);
     int64_t t;
     if (!mul_ok(N, pl->cols, &t) || !mul_ok(N, pl->rows, &t))
-        return fail(EP_ERR_OVERFLOW, "ep_hashed_matmul_expand: N*in or N*out overflows (N=%lld)", (long long)N);
+        return ep_fail(EP_ERR_OVERFLOW, "ep_hashed_matmul_expand: N*in or N*out overflows (N=%lld)", (long long)N);
     const int64_t nr = pl->o->tile.gemm_nr;
     gemm_job j = {pl->o, X, N, pl->cols, pl->rows, pl->Wp, NULL, bias, Y, 0, 0, NULL, 0};
     j.parts = ep_threads_for(work3(N, pl->rows, pl->cols), (pl->rows + nr - 1) / nr);
@@ -527,9 +519,9 @@ ep_status ep_dense_matmul(const float *X, int64_t N, int64_t cols, const float *
     if (st) return st;
     CHECK_PTR(W, "W");
     if (rows <= 0 || cols <= 0)
-        return fail(EP_ERR_SIZE, "ep_dense_matmul: rows=%lld, cols=%lld; both must be >= 1", (long long)rows, (long long)cols);
+        return ep_fail(EP_ERR_SIZE, "ep_dense_matmul: rows=%lld, cols=%lld; both must be >= 1", (long long)rows, (long long)cols);
     if (!mul_ok(rows, cols, &t) || !mul_ok(N, cols, &t) || !mul_ok(N, rows, &t))
-        return fail(EP_ERR_OVERFLOW, "ep_dense_matmul: N=%lld, rows=%lld, cols=%lld overflow", (long long)N, (long long)rows, (long long)cols);
+        return ep_fail(EP_ERR_OVERFLOW, "ep_dense_matmul: N=%lld, rows=%lld, cols=%lld overflow", (long long)N, (long long)rows, (long long)cols);
     const ep_ops *o = ops();
     const int64_t nr = o->tile.gemm_nr;
     gemm_job j = {o, X, N, cols, rows, NULL, W, bias, Y, 0, 0, NULL, 0};
@@ -542,7 +534,7 @@ ep_status ep_dense_matmul(const float *X, int64_t N, int64_t cols, const float *
     j.per = pf < 0 ? -1 : (pf + 15) & ~(int64_t)15; /* each part's Wp on a 64-byte line */
     void *raw;
     j.mem = j.per < 0 || j.per > INT64_MAX / j.parts ? NULL : alloc_panels(j.per * j.parts, &raw);
-    if (!j.mem) return fail(EP_ERR_NOMEM, "ep_dense_matmul: cannot allocate %lld x %lld packed weights", (long long)j.chunk, (long long)cols);
+    if (!j.mem) return ep_fail(EP_ERR_NOMEM, "ep_dense_matmul: cannot allocate %lld x %lld packed weights", (long long)j.chunk, (long long)cols);
     ep_parallel_for(j.parts, j.parts, gemm_dense_task, &j);
     free(raw);
     return EP_OK;
@@ -584,7 +576,7 @@ struct ep_rfft_plan { int64_t n, m; cplan c; float *rt; /* e^{-2 pi i k/n}, k < 
 
 static ep_status check_pow2(const char *fn, const char *what, int64_t n) {
     if (n < EP_LIMIT_MIN_POW2 || !is_pow2(n) || n > EP_LIMIT_MAX_POW2)
-        return fail(EP_ERR_SIZE, "%s: %s=%lld; must be a power of two in [4, 2^30]", fn, what, (long long)n);
+        return ep_fail(EP_ERR_SIZE, "%s: %s=%lld; must be a power of two in [4, 2^30]", fn, what, (long long)n);
     return EP_OK;
 }
 
@@ -593,7 +585,7 @@ static ep_status rfft_init(const char *fn, ep_rfft_plan *p, int64_t n) {
     p->rt = (float *)malloc(sizeof(float) * 2 * (size_t)p->m);
     if (!p->rt || !cplan_init(&p->c, p->m)) {
         free(p->rt); p->rt = NULL;
-        return fail(EP_ERR_NOMEM, "%s: cannot allocate FFT tables for n=%lld", fn, (long long)n);
+        return ep_fail(EP_ERR_NOMEM, "%s: cannot allocate FFT tables for n=%lld", fn, (long long)n);
     }
     for (int64_t k = 0; k < p->m; k++) {
         double a = -2.0 * M_PI * (double)k / (double)n;
@@ -609,7 +601,7 @@ ep_status ep_rfft_plan_create(int64_t n, ep_rfft_plan **out) {
     CHECK_PTR(out, "out");
     *out = NULL;
     ep_rfft_plan *p = (ep_rfft_plan *)calloc(1, sizeof *p);
-    if (!p) return fail(EP_ERR_NOMEM, "ep_rfft_plan_create: out of memory");
+    if (!p) return ep_fail(EP_ERR_NOMEM, "ep_rfft_plan_create: out of memory");
     if ((st = rfft_init("ep_rfft_plan_create", p, n))) { free(p); return st; }
     *out = p;
     return EP_OK;
@@ -631,10 +623,10 @@ static void irfft_run(const ep_ops *o, const ep_rfft_plan *p, const float *X, fl
 #define EP_STACK_TMP 2048 /* floats of FFT scratch kept on the stack (m <= 1024) */
 ep_status ep_rfft(const ep_rfft_plan *p, int64_t n, const float *x, float *X) {
     CHECK_PTR(p, "plan"); CHECK_PTR(x, "x"); CHECK_PTR(X, "X");
-    if (n != p->n) return fail(EP_ERR_PLAN, "ep_rfft: n=%lld but the plan was made for n=%lld", (long long)n, (long long)p->n);
+    if (n != p->n) return ep_fail(EP_ERR_PLAN, "ep_rfft: n=%lld but the plan was made for n=%lld", (long long)n, (long long)p->n);
     float stk[EP_STACK_TMP];
     float *tmp = 2 * p->m <= EP_STACK_TMP ? stk : (float *)malloc(sizeof(float) * 2 * (size_t)p->m);
-    if (!tmp) return fail(EP_ERR_NOMEM, "ep_rfft: out of memory");
+    if (!tmp) return ep_fail(EP_ERR_NOMEM, "ep_rfft: out of memory");
     rfft_run(ops(), p, x, X, tmp);
     if (tmp != stk) free(tmp);
     return EP_OK;
@@ -642,10 +634,10 @@ ep_status ep_rfft(const ep_rfft_plan *p, int64_t n, const float *x, float *X) {
 
 ep_status ep_irfft(const ep_rfft_plan *p, int64_t n, const float *X, float *x) {
     CHECK_PTR(p, "plan"); CHECK_PTR(x, "x"); CHECK_PTR(X, "X");
-    if (n != p->n) return fail(EP_ERR_PLAN, "ep_irfft: n=%lld but the plan was made for n=%lld", (long long)n, (long long)p->n);
+    if (n != p->n) return ep_fail(EP_ERR_PLAN, "ep_irfft: n=%lld but the plan was made for n=%lld", (long long)n, (long long)p->n);
     float stk[EP_STACK_TMP];
     float *tmp = 2 * p->m <= EP_STACK_TMP ? stk : (float *)malloc(sizeof(float) * 2 * (size_t)p->m);
-    if (!tmp) return fail(EP_ERR_NOMEM, "ep_irfft: out of memory");
+    if (!tmp) return ep_fail(EP_ERR_NOMEM, "ep_irfft: out of memory");
     irfft_run(ops(), p, X, x, tmp);
     if (tmp != stk) free(tmp);
     const float s = 1.0f / (float)p->m;
@@ -702,21 +694,21 @@ ep_status ep_circulant_plan_create(int64_t p, int64_t q, int64_t b, const float 
     *res = NULL;
     ep_status st = check_pow2(fn, "block size b", b);
     if (st) return st;
-    if (p <= 0 || q <= 0) return fail(EP_ERR_SIZE, "%s: p=%lld, q=%lld block counts; both must be >= 1", fn, (long long)p, (long long)q);
+    if (p <= 0 || q <= 0) return ep_fail(EP_ERR_SIZE, "%s: p=%lld, q=%lld block counts; both must be >= 1", fn, (long long)p, (long long)q);
     if (!mul_ok(p, q, &t) || !mul_ok(t, b + 2, &t) || !mul_ok(p, b, &t) || !mul_ok(q, b, &t))
-        return fail(EP_ERR_OVERFLOW, "%s: p*q*b = %lld*%lld*%lld overflows", fn, (long long)p, (long long)q, (long long)b);
+        return ep_fail(EP_ERR_OVERFLOW, "%s: p*q*b = %lld*%lld*%lld overflows", fn, (long long)p, (long long)q, (long long)b);
     if (in < 1 || in > q * b || out < 1 || out > p * b)
-        return fail(EP_ERR_SIZE, "%s: in_features=%lld, out_features=%lld; need 1 <= in <= q*b=%lld and 1 <= out <= p*b=%lld",
+        return ep_fail(EP_ERR_SIZE, "%s: in_features=%lld, out_features=%lld; need 1 <= in <= q*b=%lld and 1 <= out <= p*b=%lld",
                     fn, (long long)in, (long long)out, (long long)(q * b), (long long)(p * b));
     ep_circulant_plan *pl = (ep_circulant_plan *)calloc(1, sizeof *pl);
-    if (!pl) return fail(EP_ERR_NOMEM, "%s: out of memory", fn);
+    if (!pl) return ep_fail(EP_ERR_NOMEM, "%s: out of memory", fn);
     if ((st = rfft_init(fn, &pl->f, b))) { free(pl); return st; }
     const int64_t m = b / 2;
     pl->mem = (float *)malloc(sizeof(float) * (size_t)(p * q * (2 * m + 1) + 16));
     float *tmp = (float *)malloc(sizeof(float) * (size_t)(4 * m + 2)), *S = tmp + 2 * m;
     if (!pl->mem || !tmp) {
         free(tmp); ep_circulant_plan_destroy(pl);
-        return fail(EP_ERR_NOMEM, "%s: cannot allocate spectra for p=%lld q=%lld b=%lld", fn, (long long)p, (long long)q, (long long)b);
+        return ep_fail(EP_ERR_NOMEM, "%s: cannot allocate spectra for p=%lld q=%lld b=%lld", fn, (long long)p, (long long)q, (long long)b);
     }
     pl->p = p; pl->q = q; pl->b = b; pl->in = in; pl->out = out;
     const ep_ops *o = ops();
@@ -740,7 +732,7 @@ void ep_circulant_plan_destroy(ep_circulant_plan *pl) {
 
 static ep_status check_plan_io(const char *fn, int64_t in, int64_t out, int64_t pin, int64_t pout) {
     if (in != pin || out != pout)
-        return fail(EP_ERR_PLAN, "%s: in_features=%lld, out_features=%lld but the plan was made for in=%lld, out=%lld",
+        return ep_fail(EP_ERR_PLAN, "%s: in_features=%lld, out_features=%lld but the plan was made for in=%lld, out=%lld",
                     fn, (long long)in, (long long)out, (long long)pin, (long long)pout);
     return EP_OK;
 }
@@ -796,7 +788,7 @@ static ep_status check_fft_matmul(const char *fn, const float *X, int64_t N, int
     ep_status st = check_mm(fn, X, N, Y);
     if (st || (st = check_plan_io(fn, in, out, plan_in, plan_out))) return st;
     if (!mul_ok(N, in, &t) || !mul_ok(N, out, &t))
-        return fail(EP_ERR_OVERFLOW, "%s: N=%lld rows of in=%lld, out=%lld overflow", fn, (long long)N, (long long)in,
+        return ep_fail(EP_ERR_OVERFLOW, "%s: N=%lld rows of in=%lld, out=%lld overflow", fn, (long long)N, (long long)in,
                     (long long)out);
     return EP_OK;
 }
@@ -815,12 +807,12 @@ ep_status ep_circulant_matmul(const ep_circulant_plan *pl, const float *X, int64
     j.parts = ep_threads_for(work3(N, pa * qa, b), pa);
     j.priv = line_stride(j.nb * ld + 2 * b);
     if (!mul_ok(j.nb, qa * ld + qa, &t) || !mul_ok(j.parts, j.priv, &t) || !mul_ok(j.nb, qa * ld + qa + j.parts * j.priv + 16, &t))
-        return fail(EP_ERR_OVERFLOW, "%s: scratch for %lld rows of %lld input blocks of b=%lld overflows", fn,
+        return ep_fail(EP_ERR_OVERFLOW, "%s: scratch for %lld rows of %lld input blocks of b=%lld overflows", fn,
                     (long long)j.nb, (long long)qa, (long long)b);
     /* shared: xs[j][r], the spectrum of row r's input block j (ny[r][j]: its Nyquist bin, real);
      * each part's own: acc[r], row r's output block spectrum, then xb and tmp (b floats each) */
     float *mem = (float *)malloc(sizeof(float) * (size_t)(j.nb * (qa * ld + qa) + j.parts * j.priv + 32));
-    if (!mem) return fail(EP_ERR_NOMEM, "%s: out of memory", fn);
+    if (!mem) return ep_fail(EP_ERR_NOMEM, "%s: out of memory", fn);
     j.xs = line_align(mem);
     j.own = line_align(j.xs + j.nb * qa * ld);
     j.ny = j.own + j.parts * j.priv;
@@ -855,12 +847,12 @@ ep_status ep_ldr_plan_create(int64_t r, int64_t n, const float *G, const float *
     ep_status st = check_pow2(fn, "n", n);
     if (st) return st;
     if (r < 1 || !mul_ok(r, 2 * n + 2, &t))
-        return fail(EP_ERR_SIZE, "%s: rank r=%lld; must be >= 1 (and r*n must not overflow)", fn, (long long)r);
+        return ep_fail(EP_ERR_SIZE, "%s: rank r=%lld; must be >= 1 (and r*n must not overflow)", fn, (long long)r);
     if (in < 1 || in > n || out < 1 || out > n)
-        return fail(EP_ERR_SIZE, "%s: in_features=%lld, out_features=%lld; both must be in [1, n=%lld]", fn,
+        return ep_fail(EP_ERR_SIZE, "%s: in_features=%lld, out_features=%lld; both must be in [1, n=%lld]", fn,
                     (long long)in, (long long)out, (long long)n);
     ep_ldr_plan *pl = (ep_ldr_plan *)calloc(1, sizeof *pl);
-    if (!pl) return fail(EP_ERR_NOMEM, "%s: out of memory", fn);
+    if (!pl) return ep_fail(EP_ERR_NOMEM, "%s: out of memory", fn);
     if ((st = rfft_init(fn, &pl->f, n))) { free(pl); return st; }
     const int64_t m = n / 2;
     pl->r = r; pl->n = n; pl->in = in; pl->out = out;
@@ -871,7 +863,7 @@ ep_status ep_ldr_plan_create(int64_t r, int64_t n, const float *G, const float *
     float *tmp = (float *)malloc(sizeof(float) * 2 * (size_t)n);
     if (!ok || !pl->tw || !pl->gs || !pl->hs || !tmp) {
         free(tmp); ep_ldr_plan_destroy(pl);
-        return fail(EP_ERR_NOMEM, "%s: cannot allocate tables for r=%lld n=%lld", fn, (long long)r, (long long)n);
+        return ep_fail(EP_ERR_NOMEM, "%s: cannot allocate tables for r=%lld n=%lld", fn, (long long)r, (long long)n);
     }
     for (int64_t k = 0; k < n; k++) {
         double a = M_PI * (double)k / (double)n;
@@ -956,9 +948,9 @@ ep_status ep_ldr_matmul(const ep_ldr_plan *pl, const float *X, int64_t N, int64_
     j.parts = ep_threads_for(work3(N, pl->r, n * 4), N);
     j.priv = line_stride(j.nb * (2 * n + cs) + 2 * n * 2 + n + cs);
     if (!mul_ok(j.nb, 2 * n + cs + 5 * n + cs, &t) || !mul_ok(j.parts, j.priv, &t))
-        return fail(EP_ERR_OVERFLOW, "%s: scratch for %lld rows of n=%lld overflows", fn, (long long)j.nb, (long long)n);
+        return ep_fail(EP_ERR_OVERFLOW, "%s: scratch for %lld rows of n=%lld overflows", fn, (long long)j.nb, (long long)n);
     j.mem = (float *)malloc(sizeof(float) * (size_t)(j.parts * j.priv));
-    if (!j.mem) return fail(EP_ERR_NOMEM, "%s: out of memory", fn);
+    if (!j.mem) return ep_fail(EP_ERR_NOMEM, "%s: out of memory", fn);
     ep_parallel_for(j.parts, j.parts, ldr_task, &j);
     free(j.mem);
     return EP_OK;

@@ -78,7 +78,7 @@ typedef struct opr {
     int weight, bias;              /* the values of its weight and of its folded bias (-1: none) */
     int64_t channels;              /* its output channels */
     int n_steps, steps[MAX_STEPS]; /* the MUL / ADD / RELU nodes folded into it, in order */
-    ep_op_attrs at;
+    ep_op_attrs *at; /* an ai.edgepack node to decode: its attributes */
 } opr;
 
 typedef struct val {
@@ -226,6 +226,11 @@ static int parse_buffers(dec *d, const tbl *m) {
     }
     size_t meta;
     uint32_t n_meta;
+    if (!vec_field(d, m, 5, 4, &n_meta, &meta)) return MALFORMED("the metadata_buffer vector");
+    for (uint32_t i = 0; i < n_meta; i++) { /* deprecated Model.metadata_buffer: buffer indices */
+        const int32_t b = i32(d, meta, i);
+        if (b >= 0 && (uint32_t)b < d->nb) d->bf[b].used = 1;
+    }
     if (!vec_field(d, m, 6, 4, &n_meta, &meta)) return MALFORMED("the metadata vector");
     for (uint32_t i = 0; i < n_meta; i++) { /* metadata buffers keep their entries */
         tbl t;
@@ -433,15 +438,16 @@ static int classify_edgepack(dec *d, uint32_t i) {
     char where[200], msg[1100];
     label(d, i, where, sizeof where);
     fx_map m;
+    ep_op_attrs at;
     if (fx_map_open(d->b + o->opts, o->opts_len, &m, msg, sizeof msg))
         return fail(d, "edgepack %s: %s", where, msg);
     const ep_attr_reader reader = {&m, fx_int, fx_ints, fx_float};
-    if (ep_op_read_attrs(op, EP_RUNTIME_TFLITE, &reader, &o->at, msg, sizeof msg))
+    if (ep_op_read_attrs(op, EP_RUNTIME_TFLITE, &reader, &at, msg, sizeof msg))
         return fail(d, "edgepack %s: %s", where, msg);
     if (o->n_in < (uint32_t)ep_op_n_required(op) || o->n_in > (uint32_t)ep_op_n_inputs(op) || o->n_out != 1)
         return fail(d, "edgepack %s: has %u inputs and %u outputs; takes %d..%d inputs and one output", where,
                     o->n_in, o->n_out, ep_op_n_required(op), ep_op_n_inputs(op));
-    if (op == EP_OP_HashedMatMul && (o->at.mode != 0 || o->at.activation != 0 || in_at(d, o, 4) >= 0))
+    if (op == EP_OP_HashedMatMul && (at.mode != 0 || at.activation != 0 || in_at(d, o, 4) >= 0))
         return 0; /* stream mode, or an epilogue: the delegate's kernel applies it */
     ep_tensor in[EP_OP_MAX_INPUTS];
     float *copies[EP_OP_MAX_INPUTS] = {0};
@@ -459,14 +465,16 @@ static int classify_edgepack(dec *d, uint32_t i) {
         }
     }
     const int32_t y = out_at(d, o);
-    if (rc == 2 && ((op == EP_OP_HashedWeight ? ep_op_check_weights(op, &o->at, in, msg, sizeof msg)
-                                              : ep_op_check_inputs(op, &o->at, in, msg, sizeof msg)) ||
-                    ep_op_check_virtual(op, &o->at, &d->lim, msg, sizeof msg)))
+    if (rc == 2 && ((op == EP_OP_HashedWeight ? ep_op_check_weights(op, &at, in, msg, sizeof msg)
+                                              : ep_op_check_inputs(op, &at, in, msg, sizeof msg)) ||
+                    ep_op_check_virtual(op, &at, &d->lim, msg, sizeof msg)))
         rc = fail(d, "edgepack %s: %s", where, msg);
     else if (rc == 2 && (d->t[y].type != TYPE_FLOAT32 || d->bf[d->t[y].buffer].len))
         rc = fail(d, "edgepack %s: output (tensor %d) is %s; an op output must be a float32 tensor without a data "
                   "buffer", where, y, d->t[y].type != TYPE_FLOAT32 ? "not float32" : "a constant");
     for (int k = 0; k < EP_OP_MAX_INPUTS; k++) free(copies[k]);
+    if (rc == 2 && !(o->at = (ep_op_attrs *)malloc(sizeof at))) rc = fail(d, "out of memory reading %s", where);
+    if (rc == 2) *o->at = at;
     return rc;
 }
 
@@ -554,7 +562,7 @@ static void fold_epilogue(dec *d, uint32_t i) {
     const int b = d->c[o->code].builtin;
     int32_t bias = -1;
     if (o->state == TO_FC) {
-        o->channels = o->at.out_f, bias = in_at(d, o, 3);
+        o->channels = o->at->out_f, bias = in_at(d, o, 3);
     } else if (o->state == KEEP && (b == OP_CONV_2D || b == OP_DEPTHWISE_CONV_2D) && o->n_out == 1 &&
                (o->n_in == 2 || o->n_in == 3) && o->bopts &&
                o->bopts_type == (b == OP_CONV_2D ? OPTIONS_CONV_2D : OPTIONS_DEPTHWISE_CONV_2D) &&
@@ -767,10 +775,6 @@ static int compute(dec *d, val *v) {
     }
     /* a decode: HashedWeight's own, or HashedMatMul's weight [out, in] through the same decoder */
     const opr *o = &d->o[v->op];
-    ep_op_attrs at = o->at;
-    if (o->kind == EP_OP_HashedMatMul) {
-        at.shape[0] = at.out_f, at.shape[1] = at.in_f, at.shape_rank = 2;
-    }
     const int bslot = o->kind == EP_OP_HashedWeight ? 0 : 1;
     ep_tensor in[EP_OP_MAX_INPUTS];
     float *copies[2] = {0};
@@ -778,7 +782,7 @@ static int compute(dec *d, val *v) {
     int rc = !const_view(d, in_at(d, o, (uint32_t)bslot), &in[0], &copies[0]) ||
              !const_view(d, in_at(d, o, (uint32_t)bslot + 1), &in[1], &copies[1]);
     if (rc) rc = fail(d, "out of memory copying the buckets of node #%d", v->op);
-    else if (ep_op_run(EP_OP_HashedWeight, &at, NULL, in, v->data, msg, sizeof msg))
+    else if (ep_op_run(EP_OP_HashedWeight, o->at, NULL, in, v->data, msg, sizeof msg))
         rc = fail(d, "edgepack node #%d: %s", v->op, msg);
     free(copies[0]);
     free(copies[1]);
@@ -815,10 +819,10 @@ static int rewrite(dec *d, void **dense_out, size_t *dense_size) {
         const int rc = classify_edgepack(d, i);
         if (rc == 1) return 1;
         if (rc == 2 && o->kind == EP_OP_HashedWeight) {
-            const int64_t *s = o->at.shape;
+            const int64_t *s = o->at->shape;
             if (d->value_of[out_at(d, o)] >= 0)
                 return fail(d, "model: tensor %d is the output of two decoded nodes", out_at(d, o));
-            add_value(d, V_DECODE, (int)i, -1, out_at(d, o), (int)o->at.shape_rank, s);
+            add_value(d, V_DECODE, (int)i, -1, out_at(d, o), (int)o->at->shape_rank, s);
             o->state = REMOVE;
         } else if (rc == 2) {
             o->state = TO_FC, o->out = out_at(d, o), n_hmm++;
@@ -839,7 +843,7 @@ static int rewrite(dec *d, void **dense_out, size_t *dense_size) {
     for (uint32_t i = 0; i < d->no; i++) { /* each FULLY_CONNECTED's weight and each folded bias, placed below */
         opr *o = &d->o[i];
         if (o->state == TO_FC) {
-            const int64_t dims[2] = {o->at.out_f, o->at.in_f};
+            const int64_t dims[2] = {o->at->out_f, o->at->in_f};
             o->weight = add_value(d, V_DECODE, (int)i, -1, -1, 2, dims);
             d->v[o->weight].name = out_at(d, o), d->v[o->weight].suffix = "_decoded_weight";
         }
@@ -983,14 +987,6 @@ static int rewrite(dec *d, void **dense_out, size_t *dense_size) {
     for (uint32_t k = 0; !rc && k < d->nv; k++) rc = compute(d, &d->v[k]);
     for (uint32_t i = 0; !rc && i < d->no; i++)
         if (d->o[i].bias >= 0) rc = apply_steps(d, &d->o[i]);
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-    for (uint32_t k = 0; !rc && k < d->nv; k++) /* flatbuffers are little-endian */
-        for (int64_t e = 0; d->v[k].in_output && e < d->v[k].count; e++) {
-            uint32_t bits;
-            memcpy(&bits, &d->v[k].data[e], 4);
-            put32((uint8_t *)&d->v[k].data[e], 0, bits);
-        }
-#endif
     if (!rc) {
         *dense_out = w.b, *dense_size = w.n;
         w.b = NULL;
@@ -1014,6 +1010,7 @@ static int decode_once(dec *d, void **dense_out, size_t *dense_size) {
     free(d->t);
     free(d->bf);
     free(d->c);
+    for (uint32_t i = 0; d->o && i < d->no; i++) free(d->o[i].at);
     free(d->o);
     free(d->value_of);
     free(d->readers);
@@ -1030,6 +1027,10 @@ EP_TFLITE_DECODE_EXPORT int edgepack_tflite_decode_model(const void *model, size
     if (errlen) err[0] = 0;
     if (!dense_out || !dense_size || (!model && size)) return fail(&d, "edgepack_tflite_decode_model: NULL argument");
     *dense_out = NULL, *dense_size = 0;
+    const uint16_t one = 1;
+    if (*(const uint8_t *)&one != 1)
+        return fail(&d, "edgepack_tflite_decode_model: decode at load needs a little-endian host (flatbuffers are "
+                    "little-endian); load the file as it is");
     if (max_virtual_weights < 0 || max_decoded_bytes < 0)
         return fail(&d, "edgepack_tflite_decode_model: limits must be positive (0: the environment's or the default)");
     if (ep_limits_from_env(&d.lim)) return fail(&d, "%s", ep_last_error());

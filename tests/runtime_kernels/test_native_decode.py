@@ -6,9 +6,11 @@ Needs `make kernels` (build/host/ort/edgepack_ort_runner and libedgepack_ort.so)
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -218,3 +220,53 @@ def test_truncated_and_corrupted_files_are_errors_not_crashes(libs, models, tmp_
         assert done.returncode not in CRASHES, (i, done.stderr)
         result = json.loads(done.stdout.strip().splitlines()[-1])
         assert result["status"] in ("ok", "error") and (result["status"] == "ok") == (done.returncode == 0)
+
+
+def peak_rss_kib(libs, model) -> tuple[int, str]:
+    """The runner's peak resident memory (KiB, from a fresh Python's RUSAGE_CHILDREN) and its error."""
+    runner, ort_lib, edgepack_lib = libs
+    argv = [str(runner), "--ort", str(ort_lib), "--lib", str(edgepack_lib), "--bench", "--runs", "1", "--warmup", "0",
+            str(model)]
+    probe = ("import json, resource, subprocess, sys; done = subprocess.run(sys.argv[1:], capture_output=True, "
+             "text=True); print(json.dumps([resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, done.stdout]))")
+    done = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=120, check=True)
+    rss, stdout = json.loads(done.stdout)
+    return rss, json.loads(stdout.strip().splitlines()[-1])["error"]
+
+
+def test_many_empty_nodes_cost_memory_of_the_files_order(libs, tmp_path):
+    """Only ai.edgepack nodes keep a full record: 500k two-byte empty nodes (a 1 MB file) stay well
+    under 32x the file in memory (a ~400-byte record each took ~200x), and a HashedWeight with two
+    outputs is refused by name."""
+    model = onnx.ModelProto.FromString(hashed_weight_model([[3, 4]]))
+    model.graph.node[0].output.append("W0_extra")
+    small = tmp_path / "small.onnx"
+    small.write_bytes(model.SerializeToString())
+    model.graph.node.extend([onnx.NodeProto() for _ in range(500_000)])
+    big = tmp_path / "big.onnx"
+    big.write_bytes(model.SerializeToString())
+    base, error = peak_rss_kib(libs, small)
+    assert "HashedWeight node 'w0': has 2 outputs; takes exactly one" in error
+    peak, error = peak_rss_kib(libs, big)
+    assert "has 2 outputs" in error
+    assert (peak - base) * 1024 < 32 * big.stat().st_size, (peak, base, big.stat().st_size)
+
+
+def test_hashed_matmul_counts_its_weight_and_transpose_against_the_limit(libs, tmp_path, monkeypatch):
+    """The decoded [5, 6] weight (120 bytes) and its transpose live at once: 240 bytes are needed."""
+    path = tmp_path / "matmul.onnx"
+    path.write_bytes(hashed_matmul_model(0))
+    monkeypatch.setenv(limits.ENV_MAX_DECODED_BYTES, "239")
+    error = runner_error(libs, path, env=dict(os.environ))
+    assert "and its transpose needs 240 bytes, above the limit of 239" in error
+    monkeypatch.setenv(limits.ENV_MAX_DECODED_BYTES, "240")
+    done = run(libs, path, bench=True, env=dict(os.environ))
+    assert done.returncode == 0 and json.loads(done.stdout)["decoded_nodes"] == 1, done.stdout + done.stderr
+
+
+def test_edgepack_node_with_an_unnamed_output_is_refused(libs, tmp_path):
+    model = onnx.ModelProto.FromString(hashed_weight_model([[3, 4]]))
+    model.graph.node[0].output[0] = ""
+    path = tmp_path / "unnamed.onnx"
+    path.write_bytes(model.SerializeToString())
+    assert "HashedWeight node 'w0': its output has an empty name" in runner_error(libs, path)

@@ -14,6 +14,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import flatbuffers
 import numpy as np
 import pytest
 import tflite
@@ -212,3 +213,24 @@ def test_tflite_runtime_214_runs_the_c_output(models, tmp_path):
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert result.returncode == 0, result.stdout + result.stderr
     assert len(rows) == len(paths) and all(row["ok"] for row in rows), rows
+
+
+def test_deprecated_metadata_buffers_keep_their_bytes(models, tmp_path):
+    """Model.metadata_buffer (deprecated, buffer indices) pins its buffers: the first HashedMatMul's
+    buckets, listed there, are not reused for a decoded weight, and the output still equals the kernels'."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(models["mlp"].read_bytes(), 0)
+    graph = model.subgraphs[0]
+    pinned = [graph.tensors[graph.operators[0].inputs[1]].buffer]
+    assert model.buffers[pinned[0]].data is not None
+    model.metadataBuffer = pinned
+    builder = flatbuffers.Builder(0)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    path = tmp_path / "metadata_buffer.tflite"
+    path.write_bytes(bytes(builder.Output()))
+    decoded = schema.ModelT.InitFromPackedBuf(c_decoded(path), 0)
+    assert list(decoded.metadataBuffer) == pinned
+    assert bytes(decoded.buffers[pinned[0]].data) == bytes(model.buffers[pinned[0]].data)
+    xs, want = run(path, decode_at_load=False)
+    assert_within_1e6(run(path, xs, decode_at_load="c")[1], want)
