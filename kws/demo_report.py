@@ -11,7 +11,8 @@ from edgepack.benchmarks.results import format_ratio, format_time_ms
 
 HEADERS = ["recipe", "weight bytes", "× smaller", "test acc.", "acc. ONNX", "acc. TFLite", "ONNX file",
            "ORT latency", "× dense (ORT)", "LiteRT latency", "× dense (LiteRT)"]
-CONSOLE = ["recipe", "weight bytes", "× smaller", "acc. ONNX", "ORT latency", "× dense (ORT)", "× dense (LiteRT)"]
+CONSOLE = {"recipe": "recipe", "weight bytes": "bytes", "× smaller": "smaller", "acc. ONNX": "acc.",
+           "ORT latency": "ORT", "× dense (ORT)": "ORT ×", "× dense (LiteRT)": "LiteRT ×"}
 
 
 def table_rows(summary: dict) -> list[list[str]]:
@@ -25,12 +26,14 @@ def table_rows(summary: dict) -> list[list[str]]:
 
 def print_summary(summary: dict, console) -> None:
     """The table and the stream figures on the console."""
+    from rich import box
     from rich.table import Table
 
-    table = Table(title="DS-CNN-S keyword spotting: dense vs compressed (test voices unseen in training)")
+    table = Table(title="DS-CNN-S keyword spotting: dense vs compressed (test voices unseen in training)",
+                  box=box.SIMPLE)
     shown = [HEADERS.index(h) for h in CONSOLE]
     for i in shown:
-        table.add_column(HEADERS[i], justify="left" if i == 0 else "right", no_wrap=i == 0)
+        table.add_column(CONSOLE[HEADERS[i]], justify="left" if i == 0 else "right", no_wrap=True)
     for cells in table_rows(summary):
         table.add_row(*[cells[i] for i in shown])
     console.print(table)
