@@ -30,12 +30,7 @@ class WavError(EdgepackError):
 def read_wav(path, sample_rate: int = SAMPLE_RATE, max_seconds: float = MAX_SECONDS) -> np.ndarray:
     """Read ``path`` as float32 mono in [-1, 1] at ``sample_rate`` (channels averaged, other rates
     resampled); refuse bad files and headers claiming more than ``max_seconds`` with a ``WavError``."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            rate, channels, kind, bits, data = _parse(f, path, max_seconds)
-    except OSError as e:
-        raise WavError(f"{path}: cannot read: {e.strerror or e}") from e
+    rate, channels, kind, bits, data = _parse_file(path, max_seconds)
     audio = _decode(data, kind, bits).reshape(-1, channels)
     audio = audio.mean(axis=1, dtype=np.float64) if channels > 1 else audio[:, 0].astype(np.float64)
     if rate != sample_rate:
@@ -43,15 +38,20 @@ def read_wav(path, sample_rate: int = SAMPLE_RATE, max_seconds: float = MAX_SECO
     return np.clip(audio, -1.0, 1.0).astype(np.float32)
 
 
-def wav_info(path, max_seconds: float = MAX_SECONDS) -> dict:
-    """The header of ``path`` (sample_rate, channels, bits, format, frames) after the same checks as
-    ``read_wav``, without decoding the samples."""
+def _parse_file(path, max_seconds: float):
+    """_parse on the file at ``path``; an unreadable file is a WavError too."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            rate, channels, kind, bits, data = _parse(f, path, max_seconds)
+            return _parse(f, path, max_seconds)
     except OSError as e:
         raise WavError(f"{path}: cannot read: {e.strerror or e}") from e
+
+
+def wav_info(path, max_seconds: float = MAX_SECONDS) -> dict:
+    """The header of ``path`` (sample_rate, channels, bits, format, frames) after the same checks as
+    ``read_wav``, without decoding the samples."""
+    rate, channels, kind, bits, data = _parse_file(path, max_seconds)
     return {"sample_rate": rate, "channels": channels, "bits": bits,
             "format": "float" if kind == _FLOAT else "pcm", "frames": len(data) // (channels * bits // 8)}
 

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import tflite
 import torch
+from test_decode_at_load import tflite_ops
 from torch import nn
 
 from edgepack.compression import HashedLinear, compress
@@ -102,14 +103,6 @@ def c_decoded(path: Path, **limits) -> bytes | None:
     return _c_decoded(delegate_library_path(), path, limits)
 
 
-def ops_of(data: bytes) -> list[int | str]:
-    model = tflite.Model.GetRootAs(data, 0)
-    graph, ops = model.Subgraphs(0), []
-    for i in range(graph.OperatorsLength()):
-        code = model.OperatorCodes(graph.Operators(i).OpcodeIndex())
-        ops.append(code.CustomCode().decode() if code.CustomCode() else max(code.BuiltinCode(),
-                                                                            code.DeprecatedBuiltinCode()))
-    return ops
 
 
 def test_the_committed_seeds_are_make_seeds_output():
@@ -127,8 +120,8 @@ def test_c_decoded_equals_the_kernel_path_and_the_python_rewrite(models, name):
 
 def test_c_output_has_static_filters_and_no_decoder_left(models):
     ds, mlp = c_decoded(models["ds_cnn"]), c_decoded(models["mlp"])
-    assert ops_of(mlp) == [OP.FULLY_CONNECTED] * 3  # the ReLU / ReLU6 fused
-    ops = ops_of(ds)
+    assert tflite_ops(mlp) == [OP.FULLY_CONNECTED] * 3  # the ReLU / ReLU6 fused
+    ops = tflite_ops(ds)
     assert not [op for op in ops if isinstance(op, str)]
     assert ops.count(OP.CONV_2D) == 1 and ops.count(OP.DEPTHWISE_CONV_2D) == 2 and ops.count(OP.FULLY_CONNECTED) == 3
     assert not {OP.MUL, OP.ADD, OP.RELU} & set(ops)  # BatchNorm and ReLU folded, as in the dense export
@@ -140,7 +133,8 @@ def test_c_output_has_static_filters_and_no_decoder_left(models):
             weights += 4 * int(np.prod(weight.ShapeAsNumpy()))
             assert model.Buffers(weight.Buffer()).DataLength() == 4 * int(np.prod(weight.ShapeAsNumpy()))
     assert OP.TRANSPOSE in ops  # the input's NCHW -> NHWC stays; the filters' transposes are folded
-    assert ops_of(c_decoded(models["ok_mlp"])) == [OP.FULLY_CONNECTED, OP.FULLY_CONNECTED, "ai.edgepack.HashedMatMul"]
+    assert tflite_ops(c_decoded(models["ok_mlp"])) == [OP.FULLY_CONNECTED, OP.FULLY_CONNECTED,
+                                                       "ai.edgepack.HashedMatMul"]
     assert len(ds) > models["ds_cnn"].stat().st_size + weights * 3 // 4  # the dense weights appended in memory
 
 
