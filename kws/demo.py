@@ -24,7 +24,7 @@ QEMU_SECONDS = 20  # of the stream run under qemu (about 1 s of emulation per se
 
 
 class DemoError(EdgepackError):
-    """A demo step failed; the message names the step."""
+    """The demo cannot run as asked (e.g. its work folder is a file)."""
 
 
 def _step(console, number: int, title: str) -> float:
@@ -69,7 +69,7 @@ def run_kws_demo(work_dir="edgepack-demo", *, quick: bool = False, seed: int = 0
     timings["stream"] = time.monotonic() - started
 
     started = _step(console, 6, "the C streaming runner for aarch64, under qemu (emulated)")
-    summary_qemu = aarch64_stream(rows[0]["onnx"]["path"], work, seed)
+    summary_qemu = aarch64_stream(rows[0]["onnx"]["path"], work)
     console.print(summary_qemu["summary"])
     timings["aarch64"] = time.monotonic() - started
 
@@ -123,7 +123,7 @@ def stream_results(rows: list[dict], work: Path, minutes: float, seed: int) -> d
     return results
 
 
-def aarch64_stream(model, work: Path, seed: int) -> dict:
+def aarch64_stream(model, work: Path) -> dict:
     """The first QEMU_SECONDS of the dense model's stream through ``edgepack_kws_stream`` built for
     aarch64 (runtime_kernels/scripts/kws_stream_aarch64.sh): are its detections the Python
     detector's? A missing cross tool or emulator is reported, not fatal: the rest of the demo stands."""
