@@ -16,6 +16,7 @@ import re
 import time
 from pathlib import Path
 
+from edgepack.kws.progress import progress_bar
 from edgepack.kws.recipes import DESCRIPTIONS, RECIPES
 from edgepack.kws.train import (
     BATCH_SIZE,
@@ -25,7 +26,6 @@ from edgepack.kws.train import (
     accuracy,
     features,
     load_data,
-    progress_bar,
     read_state,
     train_epoch,
 )

@@ -205,15 +205,14 @@ def dataset_hash(out, files) -> str:
 
 def _run(jobs: list[Job], out: Path, workers: int, progress: bool) -> list[bool]:
     """Render ``jobs`` in a pool of ``workers`` processes, in batches, with a progress bar."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from edgepack.kws.progress import progress_bar
 
     batch = 16
     batches = [jobs[i:i + batch] for i in range(0, len(jobs), batch)]
     results: list[list[bool] | None] = [None] * len(batches)
-    columns = (TextColumn("[bold]kws data"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, disable=not progress, transient=True) as bar, \
+    with progress_bar(enabled=progress) as bar, \
             ProcessPoolExecutor(max_workers=workers, initializer=_ignore_sigint) as pool:
-        task = bar.add_task("clips", total=len(jobs))
+        task = bar.add_task("kws data: clips", total=len(jobs))
         pending = {pool.submit(_render_batch, b, str(out)): i for i, b in enumerate(batches)}
         try:
             while pending:

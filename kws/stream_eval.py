@@ -18,6 +18,7 @@ import numpy as np
 
 from .detector import Detection, RecognizeCommands, StreamError, _check_hop, detect_stream, load_runner
 from .labels import CLASSES, KEYWORDS, SAMPLE_RATE
+from .progress import progress_bar
 
 UNKNOWN = CLASSES.index("unknown")
 SWEEP_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
@@ -170,7 +171,7 @@ def evaluate(model, data, minutes: float = 10.0, seed: int = 0, output=None,
         (out / "truth.json").write_text(json.dumps(truth, indent=1))
         audio = read_wav(out / "stream.wav", max_seconds=stream.duration_s + 1.0)  # the int16 samples native reads
     hops = len(audio) // hop
-    with _progress(progress) as bar:
+    with progress_bar(enabled=progress) as bar:
         task = bar.add_task("stream-eval: detecting", total=hops)
         detections, times, posteriors = detect_stream(runner, audio, recognizer, hop_ms=hop_ms,
                                                       progress=lambda n: bar.update(task, completed=n))
@@ -234,25 +235,6 @@ def operating_points(times, posteriors, truth: dict, recognizer: RecognizeComman
             points.append({"window_ms": window_ms, "threshold": threshold, "hit_rate": result["hit_rate"],
                            "false_alarms_per_hour": result["false_alarms_per_hour"]})
     return points
-
-
-def _progress(enabled: bool):
-    """A rich progress bar (transient), or a stand-in with the same calls when disabled."""
-    from contextlib import nullcontext
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    if enabled:
-        return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                        transient=True)
-
-    class Quiet:
-        def add_task(self, *a, **k):
-            return 0
-
-        def update(self, *a, **k):
-            pass
-    return nullcontext(Quiet())
 
 
 def print_table(results: dict) -> None:

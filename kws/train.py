@@ -17,6 +17,7 @@ from pathlib import Path
 
 from edgepack.errors import EdgepackError
 from edgepack.kws.labels import CLASSES
+from edgepack.kws.progress import progress_bar
 
 BATCH_SIZE = 100
 LEARNING_RATES = (5e-4, 1e-4, 2e-5)
@@ -135,14 +136,6 @@ def train_epoch(model, optimizer, audio, labels, augmenter, epoch: int, seed: in
         progress.remove_task(task)
     model.eval()
     return total_loss / max(len(labels), 1), correct / max(len(labels), 1)
-
-
-def progress_bar(console=None):
-    """The rich progress bar KWS training and fine-tuning show."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=True)
 
 
 def _save_atomic(model, path: Path, builder: str, kwargs: dict, recipe: dict | None = None) -> None:
