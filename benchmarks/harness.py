@@ -15,6 +15,13 @@ A failure (that check, a runner past ``--timeout`` included) becomes a record wi
 ``status: "error"`` and the run goes on with the next model. A record that cannot be written
 (disk full) is printed to stderr as JSON and the run goes on. The device's work directory is
 removed at the end, on success, failure or Ctrl-C, unless ``keep_workdir``.
+
+With ``kws_stream`` (a 16 kHz mono 16-bit WAV) each .onnx model is measured streaming instead: the C
+runner ``edgepack_kws_stream --bench`` (built for the device's ABI, pushed with libonnxruntime) runs the
+MFCC front end and the model (decoded at load unless ``decode_at_load`` is False, as the other runners)
+every 20 ms hop over the WAV; the record (runtime "kws-stream", the WAV's path and sha256) has per-hop
+latency (hop_p50_us, hop_p90_us, hop_p99_us, and latency_*_ms / latencies_ms per hop, so reports plot
+it), real_time_factor, peak_rss_mb and the detections.
 """
 
 import json
@@ -33,7 +40,7 @@ from rich.progress import Progress
 from edgepack.devices import CommandTimeout, Device, DeviceError, get_device
 from edgepack.errors import EdgepackError
 
-from .native import run_with_native
+from .native import run_kws_stream, run_with_native
 from .results import (
     MB,
     append_result,
@@ -43,6 +50,7 @@ from .results import (
     load_results,
     result_key,
     significant,
+    stream_wav,
 )
 from .transfer import command_timeout, model_size_bytes, push_model
 
@@ -99,6 +107,7 @@ class BenchOptions:
     keep_workdir: bool = False  # keep the device's work directory (its path is printed)
     known_hosts: str | None = None  # ssh devices: known_hosts file to check the host key against
     decode_at_load: bool = True  # False: keep ai.edgepack ops on the fused kernels (less memory)
+    kws_stream: str | None = None  # a 16 kHz WAV: per-hop latency of the streaming keyword runner on it
 
     def __post_init__(self):
         for name in LIMITS:
@@ -130,6 +139,8 @@ def check_inputs(device: str | Device, options: BenchOptions) -> None:
         raise BenchError(f"--known-hosts is for ssh:// devices, not {spec}")
     if options.cpus and not CPU_LIST.fullmatch(options.cpus):
         raise BenchError(f"--cpus {options.cpus!r}: expected a CPU list such as 4-7 or 0,2,4")
+    if options.kws_stream:
+        check_stream_inputs(options)
     if options.dataset:
         from edgepack.exporter.model_files import load_npz
 
@@ -137,6 +148,28 @@ def check_inputs(device: str | Device, options: BenchOptions) -> None:
         if not ({"x", "y"} <= set(data) and len(data["x"]) == len(data["y"])):
             raise BenchError(f"--dataset {options.dataset}: needs arrays x (inputs) and y (labels) of the "
                              "same length")
+
+
+def check_stream_inputs(options: BenchOptions) -> None:
+    """BenchError unless --kws-stream names a WAV the streaming runner reads (16-bit PCM, mono, 16 kHz)
+    and the other options fit a streaming run."""
+    from edgepack.kws.wav import WavError, wav_info
+
+    wav = options.kws_stream
+    clash = [flag for flag, used in (("--energy", options.energy), ("--dataset", options.dataset),
+                                     ("--benchmark-model", options.benchmark_model),
+                                     ("--runtime tflite", options.runtime == "tflite")) if used]
+    if clash:
+        raise BenchError(f"--kws-stream measures the C streaming runner per hop; {', '.join(clash)} "
+                         "is for whole-model runs: leave it out")
+    try:
+        info = wav_info(wav)
+    except WavError as error:
+        raise BenchError(f"--kws-stream: {error}") from None
+    if (info["format"], info["bits"], info["channels"], info["sample_rate"]) != ("pcm", 16, 1, 16000):
+        raise BenchError(f"--kws-stream {wav}: {info['bits']}-bit {info['format']}, {info['channels']} channel(s), "
+                         f"{info['sample_rate']} Hz; the streaming runner reads 16-bit PCM mono 16 kHz WAV "
+                         f"(convert with `sox {wav} -r 16000 -c 1 -b 16 OUT.wav`)")
 
 
 def runtime_for(model: Path, runtime: str) -> str:
@@ -268,10 +301,41 @@ def new_record(model: Path, device_spec: str, description: dict, options: BenchO
         runtime = runtime_for(model, options.runtime)
     except BenchError:
         runtime = options.runtime
-    return {"model": model.stem, "model_path": str(model.resolve()), "device_spec": device_spec,
-            "device": description, "runtime": runtime, "threads": options.threads,
-            "emulated": bool(description.get("emulated")), "timestamp": time.time(),
-            "command": shlex.join(sys.argv), "decode_at_load": options.decode_at_load}
+    record = {"model": model.stem, "model_path": str(model.resolve()), "device_spec": device_spec,
+              "device": description, "runtime": runtime, "threads": options.threads,
+              "emulated": bool(description.get("emulated")), "timestamp": time.time(),
+              "command": shlex.join(sys.argv), "decode_at_load": options.decode_at_load}
+    if options.kws_stream:
+        record.update(runtime="kws-stream", kws_stream=stream_wav(options.kws_stream))
+    return record
+
+
+def measure_stream(device: Device, model: Path, options: BenchOptions, arch: str) -> dict:
+    """The metrics, latencies and details of one streaming run of ``model`` over ``options.kws_stream``."""
+    if model.suffix != ".onnx":
+        raise BenchError(f"--kws-stream runs .onnx models through ONNX Runtime's C API, not {model.name}")
+    check_model_file(model)
+    library = host_library("ort", arch) if needs_edgepack_library(model) else None
+    measured, device_command = run_kws_stream(device, model, Path(options.kws_stream), arch=arch,
+                                              edgepack_ort_lib=library, threads=options.threads,
+                                              cpus=options.cpus, timeout=command_timeout(options),
+                                              decode_at_load=options.decode_at_load)
+    hops = measured["hop_latencies_ms"]
+    if not hops:
+        raise BenchError(f"--kws-stream {options.kws_stream}: shorter than one {measured['hop_ms']:g} ms hop")
+    latency = latency_metrics(hops)
+    size = model_size_bytes(model)
+    metrics = {**latency, "hops": measured["hops"], "audio_s": measured["audio_s"],
+               **{f"hop_{q}_us": latency[f"latency_{q}_ms"] * 1e3 for q in ("p50", "p90", "p99")},
+               "hop_max_us": max(hops) * 1e3,
+               "frontend_p50_us": measured["frontend_ms"]["median"] * 1e3,
+               "model_p50_us": measured["model_ms"]["median"] * 1e3,
+               "real_time_factor": measured["real_time_factor"], "peak_rss_mb": measured["peak_rss_mb"],
+               "size_kb": size / 1024, "file_size_mb": size / MB}
+    return {"metrics": metrics, "latencies_ms": hops, "runtime_version": measured["runtime_version"],
+            "device_command": device_command, "weights": weights_used(model, measured),
+            "kws_stream": {"hop_ms": measured["hop_ms"], "input": measured["input"],
+                           "decoded_nodes": measured["decoded_nodes"], "detections": measured["detections"]}}
 
 
 WEIGHTS = {True: "decoded at load", False: "fused kernels", None: "dense"}
@@ -292,6 +356,11 @@ def measure_model(device: Device, description: dict, model: Path, options: Bench
         runtime = runtime_for(model, options.runtime)
         if not model.is_file():
             raise BenchError(f"model file {model} does not exist")
+        if options.kws_stream:
+            measured = measure_stream(device, model, options, description.get("arch", ""))
+            record["kws_stream"].update(measured.pop("kws_stream"))
+            record.update(measured, status="ok")
+            return record
         run_once = choose_runner(device, model, runtime, options, description.get("arch", ""))
         check_model_file(model)
         measured, device_command = run_once()
@@ -396,6 +465,11 @@ def bench(models: list[str | Path], device: str | Device, options: BenchOptions,
                 if record["status"] == "ok":
                     metrics = record["metrics"]
                     note = " (emulated)" if record["emulated"] else ""
+                    if "real_time_factor" in metrics:
+                        note = (f" per {significant(record['kws_stream']['hop_ms'])} ms hop, p99 "
+                                f"{format_time_ms(metrics['latency_p99_ms'])}, real-time factor "
+                                f"{significant(metrics['real_time_factor'])}, {metrics['hops']} hops, "
+                                f"{len(record['kws_stream']['detections'])} detection(s)" + note)
                     rss = metrics.get("peak_rss_mb")
                     console.print(f"{escape(model.name)}: p50 {format_time_ms(metrics['latency_p50_ms'])}{note}, "
                                   f"file {significant(metrics['file_size_mb'])} MB, peak RSS "

@@ -5,6 +5,8 @@ torn last line, a line that is not a JSON object, bytes that are not UTF-8. Appe
 line starts on a new line, so the new record stays readable.
 """
 
+import functools
+import hashlib
 import json
 import math
 import os
@@ -96,8 +98,28 @@ def read_results(path: str | Path) -> list[dict]:
 
 
 def result_key(record: dict) -> tuple:
-    """What identifies one measurement for ``--resume``."""
-    return tuple(str(record.get(key)) for key in ("model_path", "device_spec", "runtime", "threads", "decode_at_load"))
+    """What identifies one measurement for ``--resume``: for a kws-stream record also the WAV it
+    streamed (path and sha256), so another or a changed recording is measured again."""
+    stream = record.get("kws_stream") or {}
+    return (*(str(record.get(key)) for key in ("model_path", "device_spec", "runtime", "threads", "decode_at_load")),
+            str(stream.get("wav")), str(stream.get("wav_sha256")))
+
+
+def stream_wav(path: str | Path) -> dict:
+    """How a kws-stream record names its WAV: the resolved path and the sha256 of its bytes."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    return {"wav": str(path), "wav_sha256": _sha256(path, stat.st_size, stat.st_mtime_ns)}
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256(path: Path, size: int, mtime_ns: int) -> str:
+    """sha256 of a file, cached while its size and mtime stay the same (one hash per bench, not per model)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def latency_metrics(latencies_ms: list[float]) -> dict:

@@ -249,6 +249,12 @@ def _check_fields(path: Path, builder, kwargs, recipe, state) -> tuple[str, dict
 
 def _load_state(model: nn.Module, state: dict, path: Path, builder: str) -> None:
     """Load ``state`` into ``model``, or say which keys are missing, unexpected or mis-shaped."""
+    for name, module in model.named_modules():  # layers whose buffer sizes are data (codebooks)
+        if callable(getattr(module, "prepare_state", None)):
+            try:
+                module.prepare_state(state, f"{name}." if name else "")
+            except EdgepackError as error:
+                raise CheckpointError(f"{path}: {error}") from None
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

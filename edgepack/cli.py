@@ -89,7 +89,7 @@ def _export(args: argparse.Namespace) -> int:
     model = load_checkpoint(args.model, trust_builder=args.trust_builder or ())
     examples = tuple(torch.randn(shape) for shape in args.example_shape)
     path = export(model, examples, args.output, mode=args.mode, stream=args.stream,
-                  dynamic_batch=not args.static_batch,
+                  dynamic_batch=not args.static_batch, codebook_op=args.codebook_op,
                   **({"fallback_fold_limit": args.fallback_fold_limit} if args.fallback_fold_limit else {}))
     print(f"wrote {path} ({path.stat().st_size:,} bytes, mode {args.mode})")
     return 0
@@ -125,7 +125,8 @@ def _bench(args: argparse.Namespace) -> int:
                            min_seconds=args.min_seconds, energy=args.energy, dataset=args.dataset,
                            output=args.output, resume=args.resume, benchmark_model=args.benchmark_model,
                            cpus=args.cpus, timeout=args.timeout, keep_workdir=args.keep_workdir,
-                           known_hosts=args.known_hosts, decode_at_load=args.decode_at_load)
+                           known_hosts=args.known_hosts, decode_at_load=args.decode_at_load,
+                           kws_stream=args.kws_stream)
     records = bench(args.models, args.device, options)
     failed = sum(r["status"] != "ok" for r in records)
     if records.unsaved:
@@ -196,6 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "decoding the weights once")
     export.add_argument("--static-batch", action="store_true",
                         help="fix the batch size to the example's (default: dynamic)")
+    export.add_argument("--codebook-op", choices=["decode", "sparse"], default="decode",
+                        help="codebook Linear layers as CodebookWeight + Gemm, decoded once at load "
+                             "(decode, default) or as SparseCodebookMatMul computed from the CSR form "
+                             "(sparse); codebook convolutions always decode")
     export.add_argument("--fallback-fold-limit", type=_positive_int, metavar="N",
                         help="in ONNX Runtime without edgepack's library, hashed layers up to N "
                              "virtual weights x hashes are decoded once at session build (dense "
@@ -250,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="TFLite's benchmark_model binary for devices without Python")
     bench.add_argument("--cpus", metavar="LIST",
                        help="pin the runner to these cores with taskset -c (e.g. 4-7, a phone's big cores)")
+    bench.add_argument("--kws-stream", metavar="STREAM.wav",
+                       help="measure streaming keyword detection instead (.onnx): edgepack_kws_stream --bench on "
+                            "this 16 kHz mono WAV; records per-hop latency (µs), real-time factor, peak RSS")
     bench.add_argument("--decode-at-load", action=argparse.BooleanOptionalAction, default=True,
                        help="decode compressed weights to dense constants when the model loads (default; "
                             "needs edgepack on the device or the native runner); --no-decode-at-load keeps "
@@ -274,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from edgepack.kws.cli import add_kws_parser
     add_kws_parser(commands)
+    from edgepack.benchmarks.papers import add_papers_parser
+    add_papers_parser(commands)
     return parser
 
 

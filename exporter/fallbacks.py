@@ -290,6 +290,72 @@ def ldr_matmul_function(scaled: bool = False) -> onnx.FunctionProto:
     return _function("LDRMatMul", body, body.epilogue(y, scaled), scaled)
 
 
+def _codebook_values(body: Body, n: str) -> str:
+    """codebook[idx[k]] for k < n: entry k's ``bits`` bits read LSB first from byte k·bits/8 at bit
+    (k·bits) % 8, in int64 (Div by 2^offset, Mod by 2^bits: exact, and no uint8 BitShift needed)."""
+    bits = body.attribute("bits", AttributeProto.INT)
+    powers = body.const([1 << p for p in range(9)])
+    position = body.op("Mul", body.op("Range", body.const(0), n, body.const(1)), bits)
+    byte = body.op("Cast", body.op("Gather", "indices", body.op("Div", position, body.const(8))),
+                   to=TensorProto.INT64)
+    shifted = body.op("Div", byte, body.op("Gather", powers, body.op("Mod", position, body.const(8))))
+    index = body.op("Mod", shifted, body.op("Gather", powers, bits))
+    return body.op("Gather", "codebook", index)
+
+
+def _csr_decode(body: Body, rows: str, cols: str) -> str:
+    """The flat rows·cols weight of the sparse form: each entry's row from row_ptr (a ScatterElements
+    of row starts, then CumSum), its column from the running sum of col_gaps restarted per row,
+    the values scattered into zeros (fillers write their 0.0)."""
+    zero, one = body.const(0), body.const(1)
+    n = body.op("Squeeze", body.op("Shape", "col_gaps"))
+    values = _codebook_values(body, n)
+    row_ptr = body.op("Cast", "row_ptr", to=TensorProto.INT64)
+    starts = body.slice1d(row_ptr, one, rows)  # rows 1 .. rows−1 begin here
+    marks = body.op("ScatterElements", body.op("ConstantOfShape", body.vector(body.op("Add", n, one)),
+                                               value=numpy_helper.from_array(np.zeros(1, np.int64))),
+                    starts, body.op("Expand", one, body.op("Shape", starts)), reduction="add")
+    row = body.slice1d(body.op("CumSum", marks, zero), zero, n)
+    running = body.op("CumSum", body.op("Cast", "col_gaps", to=TensorProto.INT64), zero)
+    before = body.op("Concat", body.const([0]), running, axis=0)
+    base = body.op("Gather", before, body.op("Gather", row_ptr, row))
+    column = body.op("Sub", body.op("Sub", running, base), one)
+    position = body.op("Add", body.op("Mul", row, cols), column)
+    size = body.vector(body.op("Mul", rows, cols))
+    zeros = body.op("ConstantOfShape", size, value=numpy_helper.from_array(np.zeros(1, np.float32)))
+    return body.op("ScatterElements", zeros, position, values)
+
+
+def codebook_weight_function(sparse: bool = True) -> onnx.FunctionProto:
+    """CodebookWeight(codebook, indices[, row_ptr, col_gaps]) → W[shape] (docs/ops.md). A body cannot
+    test whether an input is present, so the dense form (``sparse=False``) is its own variant
+    declaring only codebook and indices; the exporter attaches the one its nodes use."""
+    body = Body()
+    shape = body.attribute("shape", AttributeProto.INTS)
+    if sparse:
+        rows = body.op("Squeeze", body.op("Slice", shape, body.const([0]), body.const([1])))
+        cols = body.op("ReduceProd", body.op("Slice", shape, body.const([1]), body.const([2**62])), keepdims=0)
+        flat = _csr_decode(body, rows, cols)
+    else:
+        flat = _codebook_values(body, body.op("ReduceProd", shape, keepdims=0))
+    function = _function("CodebookWeight", body, body.op("Reshape", flat, shape))
+    if not sparse:
+        del function.input[2:]
+    return function
+
+
+def sparse_codebook_matmul_function(scaled: bool = False) -> onnx.FunctionProto:
+    """SparseCodebookMatMul(X, codebook, indices, row_ptr, col_gaps, bias[, scale]): the CSR weight
+    decoded (as CodebookWeight's), then MatMul and the epilogue."""
+    body = Body()
+    rows = body.attribute("out_features", AttributeProto.INT)
+    cols = body.attribute("in_features", AttributeProto.INT)
+    weight = body.op("Reshape", _csr_decode(body, rows, cols),
+                     body.op("Concat", body.vector(rows), body.vector(cols), axis=0))
+    product = body.op("MatMul", "X", body.op("Transpose", weight, perm=[1, 0]))
+    return _function("SparseCodebookMatMul", body, body.epilogue(product, scaled), scaled)
+
+
 def mfcc_function(scaled: bool = False) -> onnx.FunctionProto:
     """MFCC(audio[..., samples]) → Y[..., frames, coefficients] (docs/ops.md "Audio front end"), in
     float64: the samples padded by fft − window zeros, STFT with the Hann window zero-padded to fft,
@@ -359,15 +425,21 @@ FUNCTIONS = {
     "CirculantMatMul": circulant_matmul_function,
     "LDRMatMul": ldr_matmul_function,
     "MFCC": mfcc_function,
+    "CodebookWeight": codebook_weight_function,
+    "SparseCodebookMatMul": sparse_codebook_matmul_function,
 }
 
 
-def fallback_function(name: str, fold_limit: int = FOLD_LIMIT, scaled: bool = False) -> onnx.FunctionProto:
+def fallback_function(name: str, fold_limit: int = FOLD_LIMIT, scaled: bool = False,
+                      sparse: bool = True) -> onnx.FunctionProto:
     """The fallback FunctionProto of op ``name``; hashed decodes up to ``fold_limit`` virtual
     weights × hashes are folded by ORT at session build (dense speed, ~350 bytes per weight then).
-    ``scaled``: the compute ops' variant that reads the ``scale`` input (every node must give one)."""
+    ``scaled``: the compute ops' variant that reads the ``scale`` input (every node must give one).
+    ``sparse``: CodebookWeight's variant with row_ptr / col_gaps (else the dense form's)."""
     if name == "HashedWeight":
         return FUNCTIONS[name](fold_limit)
+    if name == "CodebookWeight":
+        return FUNCTIONS[name](sparse)
     if name == "HashedMatMul":
         return FUNCTIONS[name](fold_limit, scaled)
     return FUNCTIONS[name](scaled)

@@ -71,13 +71,17 @@ def _initializer_bytes(tensor) -> int:
 
 def plan_bytes(op_type: str, attributes: dict, shapes: dict[str, list[int]]) -> int:
     """Bytes the kernels allocate at load for one node's weights (kernels.c, ops.c): the decoded
-    weight of HashedWeight and of expand-mode HashedMatMul (4 per virtual weight), nothing for
-    stream mode, the circulant / LDR spectra (the op spec's counts). ``shapes``: the weight
-    inputs' shapes by spec name."""
+    weight of the decoders and of expand-mode HashedMatMul (4 per virtual weight), nothing for
+    stream mode, the circulant / LDR spectra (the op spec's counts), SparseCodebookMatMul's plan
+    (codebook, row starts, an index byte and a gap byte per entry: ep_codebook_plan_bytes).
+    ``shapes``: the weight inputs' shapes by spec name."""
     op = OPS[op_type]
     attributes = op.defaults | attributes
-    if op_type == "HashedWeight" or (op_type == "HashedMatMul" and attributes["mode"] == 0):
+    if op.kind == "decoder" or (op_type == "HashedMatMul" and attributes["mode"] == 0):
         return op.dense_bytes(attributes)
+    if op_type == "SparseCodebookMatMul" and shapes.get("codebook") and shapes.get("col_gaps"):
+        return (4 * int(np.prod(shapes["codebook"])) + 4 * (attributes["out_features"] + 1)
+                + 2 * int(np.prod(shapes["col_gaps"])))
     shape_of = lambda name: tuple(shapes[name])  # noqa: E731
     if op_type == "CirculantMatMul" and len(shapes.get("blocks", [])) == 3:
         return _circulant_spectra(shape_of)

@@ -9,6 +9,7 @@ inline the compute ops in ``portable`` mode, check the model, save.
 """
 
 import copy
+import inspect
 import logging
 import warnings
 from pathlib import Path
@@ -19,7 +20,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgepack.compression import CirculantLinear, HashedConv2d, HashedLinear, LDRLinear
+from edgepack.compression import (
+    CirculantLinear,
+    CodebookConv2d,
+    CodebookLinear,
+    HashedConv2d,
+    HashedLinear,
+    LDRLinear,
+)
+from edgepack.compression.codebook import CodebookError, encode_codebook
+from edgepack.compression.sws import SwsConv2d, SwsLinear
 from edgepack.errors import EdgepackError
 from edgepack.kws.frontend import MFCC
 from edgepack.runtime_kernels.op_spec import OPS
@@ -30,6 +40,7 @@ from .passes import fuse_epilogues, strip_export_trail
 from .validate import check_onnx_model
 
 MODES = ("kernels", "portable")
+CODEBOOK_OPS = ("decode", "sparse")
 
 
 class ExportError(EdgepackError, ValueError):
@@ -143,6 +154,82 @@ class LoweredLDRLinear(nn.Module):
         return torch.ops.edgepack.ldr_matmul(x, self.G, self.H, self.bias, None, *self.sizes, 0)
 
 
+def _codebook_buffers(module: nn.Module, layer, encoded: dict | None = None) -> None:
+    """Copy the layer's codebook arrays (or ``encoded``'s) and a bias that is always present."""
+    names = OPS["CodebookWeight"].weight_inputs
+    source = encoded or {name: getattr(layer, name) for name in names}
+    for name in names:
+        value = source.get(name)
+        value = None if value is None else torch.as_tensor(value).detach().clone()
+        module.register_buffer(name, value)
+    module.bits = int(layer.bits) if encoded is None else int(encoded["bits"])
+    bias = layer.bias if layer.bias is not None else torch.zeros(layer.weight_shape[0])
+    module.register_buffer("bias", bias.detach().clone())
+
+
+@lowers(CodebookLinear)
+class LoweredCodebookLinear(nn.Module):
+    """CodebookLinear as CodebookWeight + Gemm (``codebook_op="decode"``, decoded at load), or as
+    SparseCodebookMatMul (``"sparse"``: computed from the CSR form; a dense-form layer is re-encoded)."""
+
+    def __init__(self, layer: CodebookLinear, mode: str = "kernels", stream: bool = False,
+                 codebook_op: str = "decode") -> None:
+        super().__init__()
+        self.sparse_op = codebook_op == "sparse"
+        encoded = None
+        if self.sparse_op and not layer.sparse:
+            weight = layer.dense_weight().detach().cpu().numpy()
+            try:
+                encoded = encode_codebook(weight, sparse=True)
+            except CodebookError as error:
+                raise ExportError(f"{type(layer).__name__}: cannot store it sparse for "
+                                  f"SparseCodebookMatMul: {error}") from None
+        _codebook_buffers(self, layer, encoded)
+        self.sizes = (layer.in_features, layer.out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        in_features, out_features = self.sizes
+        if self.sparse_op:
+            return torch.ops.edgepack.sparse_codebook_matmul(
+                x, self.codebook, self.indices, self.row_ptr, self.col_gaps, self.bias, None,
+                in_features, out_features, self.bits, 0)
+        weight = torch.ops.edgepack.codebook_weight(self.codebook, self.indices, self.row_ptr, self.col_gaps,
+                                                    [out_features, in_features], self.bits)
+        return F.linear(x, weight, self.bias)
+
+
+@lowers(CodebookConv2d)
+class LoweredCodebookConv2d(nn.Module):
+    """CodebookConv2d as CodebookWeight + Conv (there is no fused codebook convolution)."""
+
+    def __init__(self, layer: CodebookConv2d, mode: str = "kernels", stream: bool = False,
+                 codebook_op: str = "decode") -> None:
+        super().__init__()
+        _codebook_buffers(self, layer)
+        self.layer_shape = list(layer.weight_shape)
+        self.conv = dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
+                         groups=layer.groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = torch.ops.edgepack.codebook_weight(self.codebook, self.indices, self.row_ptr, self.col_gaps,
+                                                    self.layer_shape, self.bits)
+        return F.conv2d(x, weight, self.bias, **self.conv)
+
+
+@lowers(SwsLinear)
+@lowers(SwsConv2d)
+class LoweredSwsLayer(nn.Module):
+    """A layer under the soft weight-sharing prior is the dense layer it still is; ``postprocess(...,
+    codebook=True)`` or ``to_codebook`` makes it a codebook layer, which exports as CodebookWeight."""
+
+    def __init__(self, layer: nn.Module, mode: str = "kernels", stream: bool = False) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
+
+
 @lowers(MFCC)
 class LoweredMFCC(nn.Module):
     """The MFCC front end (kws/frontend.py) as one ai.edgepack.MFCC node; the op takes the band
@@ -161,20 +248,53 @@ class LoweredMFCC(nn.Module):
         return torch.ops.edgepack.mfcc(audio, *self.attributes)
 
 
-def lower(model: nn.Module, mode: str = "kernels", stream: bool = False) -> nn.Module:
+def _make(make: type[nn.Module], module: nn.Module, mode: str, stream: bool, options: dict) -> nn.Module:
+    """``make(module, mode, stream)`` plus the ``options`` its constructor takes (``codebook_op``)."""
+    accepted = inspect.signature(make.__init__).parameters
+    return make(module, mode, stream, **{k: v for k, v in options.items() if k in accepted})
+
+
+def lower(model: nn.Module, mode: str = "kernels", stream: bool = False, codebook_op: str = "decode") -> nn.Module:
     """A copy of ``model`` whose compressed layers call the edgepack torch custom ops."""
     if mode not in MODES:
         raise ExportError(f"mode must be one of {MODES}, got {mode!r}")
+    if codebook_op not in CODEBOOK_OPS:
+        raise ExportError(f"codebook_op must be one of {CODEBOOK_OPS}, got {codebook_op!r}")
+    options = {"codebook_op": codebook_op}
     lowered = copy.deepcopy(model).eval()
     for name, module in list(lowered.named_modules()):
         make = LOWERINGS.get(type(module))
         if make is None or not name:
             continue
         parent, _, attribute = name.rpartition(".")
-        setattr(lowered.get_submodule(parent), attribute, make(module, mode, stream))
+        setattr(lowered.get_submodule(parent), attribute, _make(make, module, mode, stream, options))
     if type(lowered) in LOWERINGS:  # the model is itself one compressed layer
-        lowered = LOWERINGS[type(lowered)](lowered, mode, stream)
+        lowered = _make(LOWERINGS[type(lowered)], lowered, mode, stream, options)
+    _one_codebook_form(lowered)
     return lowered
+
+
+def _one_codebook_form(lowered: nn.Module) -> None:
+    """CodebookWeight nodes all sparse or all dense: a fallback function declares a fixed input
+    list, so when some decoders are sparse the dense-form ones are re-encoded sparse (same weights)."""
+    decoders = [(name, m) for name, m in lowered.named_modules()
+                if isinstance(m, (LoweredCodebookLinear, LoweredCodebookConv2d)) and not getattr(m, "sparse_op", False)]
+    if not any(m.row_ptr is not None for _, m in decoders):
+        return
+    for name, module in decoders:
+        if module.row_ptr is not None:
+            continue
+        shape = module.layer_shape if isinstance(module, LoweredCodebookConv2d) else module.sizes[::-1]
+        weight = torch.ops.edgepack.codebook_weight(module.codebook, module.indices, None, None, list(shape),
+                                                    module.bits).cpu().numpy()
+        try:
+            encoded = encode_codebook(weight, sparse=True)
+        except CodebookError as error:
+            raise ExportError(f"layer {name!r}: the model's other codebook layers are sparse, so its "
+                              f"CodebookWeight must be too, and {error}") from None
+        for key in OPS["CodebookWeight"].weight_inputs:
+            setattr(module, key, torch.from_numpy(encoded[key]))
+        module.bits = encoded["bits"]
 
 
 def _name_nodes_after_layers(model: onnx.ModelProto) -> None:
@@ -183,12 +303,12 @@ def _name_nodes_after_layers(model: onnx.ModelProto) -> None:
     initializers = {t.name for t in model.graph.initializer}
     taken = {node.name for node in model.graph.node}
     for node in model.graph.node:
-        weights = [name for name in node.input if name in initializers]
-        if node.domain == DOMAIN and weights and "." in weights[0]:
-            name = weights[0].rpartition(".")[0]
-            if name not in taken:
-                node.name = name
-                taken.add(name)
+        weights = [name for name in node.input if name in initializers and "." in name]
+        # the first weight may be shared with an earlier layer (the exporter dedupes equal constants)
+        name = next((w.rpartition(".")[0] for w in weights if w.rpartition(".")[0] not in taken), None)
+        if node.domain == DOMAIN and name is not None:
+            node.name = name
+            taken.add(name)
 
 
 def _scaled(model: onnx.ModelProto, name: str) -> bool:
@@ -205,9 +325,12 @@ def _attach_functions(model: onnx.ModelProto, mode: str, fold_limit: int) -> onn
     unknown = set(used) - set(FUNCTIONS)
     if unknown:
         raise ExportError(f"exported graph has ai.edgepack ops without a fallback: {sorted(unknown)}")
-    model.functions.extend(fallback_function(name, fold_limit, scaled=_scaled(model, name)) for name in used)
+    sparse = any(node.op_type == "CodebookWeight" and node.domain == DOMAIN and len(node.input) > 2
+                 for node in model.graph.node)
+    model.functions.extend(fallback_function(name, fold_limit, scaled=_scaled(model, name), sparse=sparse)
+                           for name in used)
     if mode == "portable":
-        inline = [(DOMAIN, name) for name in used if name != "HashedWeight"]
+        inline = [(DOMAIN, name) for name in used if OPS[name].kind != "decoder"]
         if inline:
             model = onnx.inliner.inline_selected_functions(model, inline, exclude=False)
             kept = [f for f in model.functions if (f.domain, f.name) not in set(inline)]
@@ -249,7 +372,8 @@ def _check_examples(model: nn.Module, examples: tuple) -> None:
 
 
 def export_onnx(model: nn.Module, example_inputs, path: str | Path, mode: str = "kernels",
-                stream: bool = False, dynamic_batch: bool = True, fallback_fold_limit: int = FOLD_LIMIT) -> Path:
+                stream: bool = False, dynamic_batch: bool = True, fallback_fold_limit: int = FOLD_LIMIT,
+                codebook_op: str = "decode") -> Path:
     """Export ``model`` to ``path`` (.onnx); see docs/ops.md for the ai.edgepack ops.
 
     ``mode="kernels"`` emits fused HashedMatMul / CirculantMatMul / LDRMatMul nodes (fast with
@@ -259,11 +383,13 @@ def export_onnx(model: nn.Module, example_inputs, path: str | Path, mode: str = 
     ``fallback_fold_limit``: in ORT without our library, hashed matrices up to this many virtual
     weights × hashes are decoded once at session build (dense speed, ~350 bytes per weight while
     building); larger ones by a Loop at every run (session build within 3× the dense bytes).
+    ``codebook_op``: codebook Linear layers as CodebookWeight + Gemm (``"decode"``, decoded at load)
+    or as SparseCodebookMatMul (``"sparse"``, computed from the CSR form); convolutions always decode.
     """
     if isinstance(fallback_fold_limit, bool) or not isinstance(fallback_fold_limit, int) or fallback_fold_limit < 0:
         raise ExportError(f"fallback_fold_limit must be an int >= 0 (virtual weights × hashes), "
                           f"got {fallback_fold_limit!r}")
-    lowered = lower(model, mode, stream)
+    lowered = lower(model, mode, stream, codebook_op)
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     example_inputs = tuple(example_inputs)

@@ -129,7 +129,7 @@ def fuse_hashed_pointwise_convs(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-EPILOGUE_OPS = ("HashedMatMul", "CirculantMatMul", "LDRMatMul")
+EPILOGUE_OPS = ("HashedMatMul", "CirculantMatMul", "LDRMatMul", "SparseCodebookMatMul")
 
 
 def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:

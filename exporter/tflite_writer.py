@@ -11,6 +11,7 @@ import tflite
 
 TENSOR_TYPES = {np.dtype(np.float32): tflite.TensorType.FLOAT32,
                 np.dtype(np.int32): tflite.TensorType.INT32,
+                np.dtype(np.uint8): tflite.TensorType.UINT8,
                 np.dtype(np.int64): tflite.TensorType.INT64,
                 np.dtype(bool): tflite.TensorType.BOOL}
 # The oldest version each builtin is registered at (1 unless listed): BROADCAST_TO starts at 2.

@@ -13,6 +13,7 @@ import torch
 from onnx.defs import OpSchema
 
 from edgepack.compression.circulant import circulant_product
+from edgepack.compression.codebook import decode_torch
 from edgepack.compression.hashed import decode_virtual
 from edgepack.compression.hashing import hash_indices
 from edgepack.compression.ldr import ldr_product
@@ -28,7 +29,7 @@ def _torch_names(op: Op) -> list[str]:
 
 def torch_schema(op: Op) -> str:
     """The torch.library schema of ``op``, from the spec (ints are SymInt, as torch infers them)."""
-    types = ["Tensor?" if i.folded else "Tensor" for i in op.inputs]
+    types = ["Tensor?" if i.folded or not i.required else "Tensor" for i in op.inputs]
     types += [{"int": "SymInt", "ints": "SymInt[]"}[a.type] for a in op.attributes]
     return "(" + ", ".join(f"{t} {n}" for t, n in zip(types, _torch_names(op))) + ") -> Tensor"
 
@@ -97,6 +98,31 @@ def _(x, G, H, bias, scale, in_features, out_features, activation):
     return x.new_empty(*x.shape[:-1], out_features)
 
 
+@_custom_op("CodebookWeight")
+def codebook_weight(codebook: torch.Tensor, indices: torch.Tensor, row_ptr: torch.Tensor | None,
+                    col_gaps: torch.Tensor | None, shape: list[int], bits: int) -> torch.Tensor:
+    return decode_torch(codebook, indices, shape, bits, row_ptr, col_gaps).clone()
+
+
+@codebook_weight.register_fake
+def _(codebook, indices, row_ptr, col_gaps, shape, bits):
+    return codebook.new_empty(shape)
+
+
+@_custom_op("SparseCodebookMatMul")
+def sparse_codebook_matmul(x: torch.Tensor, codebook: torch.Tensor, indices: torch.Tensor, row_ptr: torch.Tensor,
+                           col_gaps: torch.Tensor, bias: torch.Tensor | None, scale: torch.Tensor | None,
+                           in_features: int, out_features: int, bits: int, activation: int) -> torch.Tensor:
+    weight = decode_torch(codebook, indices, [out_features, in_features], bits, row_ptr, col_gaps)
+    bias = x.new_zeros(out_features) if bias is None else bias
+    return _epilogue(x @ weight.T, bias, scale, activation)
+
+
+@sparse_codebook_matmul.register_fake
+def _(x, codebook, indices, row_ptr, col_gaps, bias, scale, in_features, out_features, bits, activation):
+    return x.new_empty(*x.shape[:-1], out_features)
+
+
 @_custom_op("MFCC")
 def mfcc(audio: torch.Tensor, sample_rate: int, window_length: int, hop_length: int, fft_length: int,
          num_mel_bins: int, num_coefficients: int, lower_hz: int, upper_hz: int) -> torch.Tensor:
@@ -120,7 +146,8 @@ def _schema(op: Op) -> OpSchema:
     attribute_type = {"int": OpSchema.AttrType.INT, "ints": OpSchema.AttrType.INTS}
     return OpSchema(
         op.name, DOMAIN, OPSET_VERSION,
-        inputs=[OpSchema.FormalParameter(i.name, "T", param_option=OpSchema.FormalParameterOption.Single
+        inputs=[OpSchema.FormalParameter(i.name, "T" if i.dtype == "float32" else f"tensor({i.dtype})",
+                                         param_option=OpSchema.FormalParameterOption.Single
                                          if i.required else OpSchema.FormalParameterOption.Optional)
                 for i in op.inputs],
         outputs=[OpSchema.FormalParameter("Y", "T")],

@@ -54,6 +54,11 @@ class Tensor:
     present: bool
     dims: tuple[int, ...] | None = None
     float32: bool = True
+    dtype: str | None = None  # "float32", "uint8", "int32", another name, or None: unknown
+    data: np.ndarray | None = None  # the values of a constant integer input (codebook ops)
+
+    def element(self) -> str:
+        return self.dtype or ("float32" if self.float32 else "a non-float32 type")
 
 
 class _Node:
@@ -160,7 +165,8 @@ def check_node(op_type: str, label: str, values: dict, inputs: list[Tensor],
     if op_type == "MFCC":
         return _check_mfcc(node, read, list(inputs))
     shape, K, mode = read.get("shape"), read.get("num_hashes", 1), read.get("mode", 0)
-    if op_type == "HashedWeight":
+    decoder = OPS[op_type].kind == "decoder"
+    if decoder:
         rows, cols = shape[0], int(np.prod(shape[1:], dtype=object)) if len(shape) > 1 else 1
         in_f = out_f = 0
     else:
@@ -178,9 +184,13 @@ def check_node(op_type: str, label: str, values: dict, inputs: list[Tensor],
         if not inputs[i].present:
             raise node.fail(f"required input '{names[i]}' is missing")
     known = {name: t for name, t in zip(names, inputs) if t.present and t.dims is not None}
+    dtypes = {i.name: i.dtype for i in OPS[op_type].inputs}
+    typed = any(d != "float32" for d in dtypes.values())  # ops with integer inputs name the type found
     for name, t in known.items():
-        if not t.float32:
+        if dtypes[name] == "float32" and not t.float32 and not typed:
             raise node.fail(f"input '{name}' has a non-float32 element type; must be float32")
+        if (dtypes[name] != "float32" or typed) and t.element() != dtypes[name]:
+            raise node.fail(f"input '{name}' has element type {t.element()}; must be {dtypes[name]}")
     if op_type in ("HashedWeight", "HashedMatMul"):
         _check_buckets(node, known.get("buckets"))
         recon = inputs[names.index("recon")]
@@ -189,7 +199,9 @@ def check_node(op_type: str, label: str, values: dict, inputs: list[Tensor],
         _check_blocks(node, known["blocks"], in_f, out_f)
     elif op_type == "LDRMatMul" and "G" in known and "H" in known:
         _check_ldr(node, known["G"], known["H"], in_f, out_f)
-    if op_type != "HashedWeight":
+    elif "codebook" in names:
+        _check_codebook(node, dict(zip(names, inputs)), known, rows, cols, read["bits"])
+    if not decoder:
         x = known.get("X")
         if x is not None and (not x.dims or (x.dims[-1] >= 0 and x.dims[-1] != in_f)):
             raise node.fail(f"input 'X' has shape {_dims(x)}; its last axis must equal "
@@ -199,10 +211,13 @@ def check_node(op_type: str, label: str, values: dict, inputs: list[Tensor],
             if vector is not None and (len(vector.dims) != 1 or vector.dims[0] != out_f):
                 raise node.fail(f"input '{name}' has shape {_dims(vector)}; must be [out_features] = [{out_f}]")
     decoded, what = 0, ""
-    if op_type == "HashedWeight" or (op_type == "HashedMatMul" and mode == 0):
+    if decoder or (op_type == "HashedMatMul" and mode == 0):
         decoded = 4 * rows * cols
-        what = f"the {'decoded' if op_type == 'HashedWeight' else 'expanded'} weight" + \
-            ("" if op_type == "HashedWeight" else " (mode 0)") + f" ({desc})"
+        what = f"the {'decoded' if decoder else 'expanded'} weight" + \
+            ("" if decoder else " (mode 0)") + f" ({desc})"
+    elif op_type == "SparseCodebookMatMul" and "codebook" in known and "col_gaps" in known:
+        j, n = int(np.prod(known["codebook"].dims)), int(np.prod(known["col_gaps"].dims))
+        decoded, what = 4 * j + 4 * (out_f + 1) + 2 * n, f"the sparse plan ({desc}, {n} entries)"
     elif op_type == "CirculantMatMul" and "blocks" in known:
         p, q, b = known["blocks"].dims
         decoded, what = 4 * p * q * (b + 2), f"the block spectra ({desc}, input 'blocks' {_dims(known['blocks'])})"
@@ -242,7 +257,7 @@ def _hint(env: str, keyword: str) -> str:
 
 
 def _size_desc(op_type: str, shape: list[int] | None, in_f: int, out_f: int) -> str:
-    if op_type == "HashedWeight":
+    if OPS[op_type].kind == "decoder":
         return "shape [" + ", ".join(str(d) for d in shape) + "]"
     return f"in_features={in_f} x out_features={out_f}"
 
@@ -311,6 +326,74 @@ def _check_ldr(node: _Node, g: Tensor, h: Tensor, in_f: int, out_f: int) -> None
         raise node.fail(f"kernel error (size): n={n}; must be a power of two in [4, 2^30]")
 
 
+def _check_codebook(node: _Node, given: dict[str, Tensor], known: dict[str, Tensor], rows: int, cols: int,
+                    bits: int) -> None:
+    """The codebook form's rules (src/codebook.c ep_codebook_check): bits, codebook size, both or
+    neither of row_ptr / col_gaps, the indices' length for n entries, and, for constant inputs, every
+    index < J, row_ptr from 0 never decreasing to n, every gap >= 1 and every column < cols."""
+    if bits not in (1, 2, 4, 8):
+        raise node.fail(f"attribute 'bits' = {bits}; must be 1, 2, 4 or 8")
+    codebook = known.get("codebook")
+    j = int(np.prod(codebook.dims, dtype=object)) if codebook is not None else None
+    if codebook is not None and len(codebook.dims) != 1:
+        raise node.fail(f"input 'codebook' has shape {_dims(codebook)}; must be 1-D")
+    if codebook is not None and not 1 <= j <= 256:
+        raise node.fail(f"input 'codebook' has {j} values; must have 1..256")
+    if given["row_ptr"].present != given["col_gaps"].present:
+        raise node.fail("only one of 'row_ptr' / 'col_gaps' is given; the sparse form needs both, the dense form "
+                        "neither")
+    for name in OPS[node.op_type].weight_inputs:
+        if name in known and len(known[name].dims) != 1:
+            raise node.fail(f"input '{name}' has shape {_dims(known[name])}; must be 1-D")
+    row_ptr, col_gaps, indices = known.get("row_ptr"), known.get("col_gaps"), known.get("indices")
+    if row_ptr is not None and row_ptr.dims[0] != rows + 1:
+        raise node.fail(f"input 'row_ptr' has {row_ptr.dims[0]} values; must have rows+1 = {rows + 1}")
+    n = rows * cols if not given["col_gaps"].present else (col_gaps.dims[0] if col_gaps is not None else None)
+    if n is None or indices is None:
+        return
+    need = -(-n * bits // 8)
+    if indices.dims[0] != need:
+        raise node.fail(f"input 'indices' has {indices.dims[0]} bytes; {n} entries of {bits} bits need "
+                        f"ceil({n}*{bits}/8) = {need} (an nnz that disagrees with the indices)")
+    if indices.data is not None:
+        packed = indices.data.astype(np.int64)
+        used = (n * bits) % 8
+        if used and packed[-1] >> used:
+            raise node.fail(f"input 'indices': the unused high bits of its last byte (byte {need - 1} = "
+                            f"0x{int(packed[-1]):02x}) must be 0 ({n} entries of {bits} bits)")
+        position = np.arange(n, dtype=np.int64) * bits
+        index = (packed[position // 8] >> (position % 8)) & ((1 << bits) - 1)
+        bad = np.flatnonzero(index >= j) if j is not None else []
+        if len(bad):
+            raise node.fail(f"input 'indices': entry {bad[0]} is index {index[bad[0]]}, but the codebook has {j} "
+                            f"values; every index must be < {j}")
+    if row_ptr is None or row_ptr.data is None or col_gaps.data is None:
+        return
+    rp = row_ptr.data.astype(np.int64)
+    if rp[0] != 0:
+        raise node.fail(f"input 'row_ptr' starts at {rp[0]}; must start at 0")
+    down = np.flatnonzero(np.diff(rp) < 0)
+    if len(down):
+        r = int(down[0])
+        raise node.fail(f"input 'row_ptr' decreases at row {r}: row_ptr[{r}] = {rp[r]} > row_ptr[{r + 1}] = "
+                        f"{rp[r + 1]}; row pointers must never decrease")
+    if rp[-1] != n:
+        raise node.fail(f"input 'row_ptr' ends at {rp[-1]}; must end at n = {n}, the length of 'col_gaps' "
+                        "(an nnz that disagrees with the entries)")
+    gaps = col_gaps.data.astype(np.int64)
+    row = np.repeat(np.arange(rows), np.diff(rp))
+    zero = np.flatnonzero(gaps == 0)
+    if len(zero):
+        raise node.fail(f"input 'col_gaps': entry {zero[0]} (row {row[zero[0]]}) is 0; every gap must be >= 1")
+    running = np.cumsum(gaps)
+    column = running - np.concatenate([[0], running])[rp[:-1]][row] - 1
+    far = np.flatnonzero(column >= cols)
+    if len(far):
+        m = int(far[0])
+        raise node.fail(f"input 'col_gaps': entry {m} puts row {row[m]} at column {column[m]}; columns must be "
+                        f"< cols = {cols}")
+
+
 def _check_total(results: list[dict]) -> None:
     """Count each node's decoded bytes against one budget per model, in node order (as ORT does)."""
     limit, used = limits.max_decoded_bytes(), 0
@@ -348,6 +431,14 @@ def _onnx_values(node: onnx.NodeProto) -> dict:
     return values
 
 
+def _dtype_name(elem_type: int) -> str:
+    """An ONNX element type as the op spec's dtype words (numpy's name for the others)."""
+    try:
+        return onnx.helper.tensor_dtype_to_np_dtype(elem_type).name
+    except Exception:
+        return f"ONNX type {elem_type}"
+
+
 def _static_shapes(model: onnx.ModelProto) -> dict[str, Tensor]:
     """Statically known shapes: initializers, Constant outputs, typed graph inputs/value_info."""
     known: dict[str, Tensor] = {}
@@ -362,9 +453,12 @@ def _static_shapes(model: onnx.ModelProto) -> dict[str, Tensor]:
         if not tensor_type.HasField("shape"):
             continue
         dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tensor_type.shape.dim)
-        known[info.name] = Tensor(True, dims, tensor_type.elem_type == TensorProto.FLOAT)
+        known[info.name] = Tensor(True, dims, tensor_type.elem_type == TensorProto.FLOAT,
+                                  _dtype_name(tensor_type.elem_type))
     for t in graph.initializer:
-        known[t.name] = Tensor(True, tuple(t.dims), t.data_type == TensorProto.FLOAT)
+        integer = t.data_type in (TensorProto.UINT8, TensorProto.INT32)
+        known[t.name] = Tensor(True, tuple(t.dims), t.data_type == TensorProto.FLOAT, _dtype_name(t.data_type),
+                               onnx.numpy_helper.to_array(t) if integer else None)
     for node in graph.node:
         if node.op_type == "Constant" and not node.domain and node.output:
             for a in node.attribute:
@@ -415,6 +509,10 @@ def checked_onnx(source, runtime: str = "tflite") -> onnx.ModelProto:
 # ---- TFLite ----------------------------------------------------------------------------------
 
 
+_TFLITE_TYPES = {0: "float32", 2: "int32", 3: "uint8"}  # TfLiteType / tflite.TensorType
+_ITEMSIZE = {"float32": 4, "int32": 4, "uint8": 1}
+
+
 def check_tflite_model(model, where: str = "model") -> int:
     """Check every ai.edgepack CUSTOM op of a ``tflite.Model`` with the delegate's rules."""
     from flatbuffers import flexbuffers
@@ -459,13 +557,18 @@ def check_tflite_model(model, where: str = "model") -> int:
                     continue
                 tensor = graph.Tensors(int(t))
                 dims = tuple(int(d) for d in tensor.ShapeAsNumpy()) if tensor.ShapeLength() else ()
-                inputs.append(Tensor(True, dims, tensor.Type() == 0))
-                size = model.Buffers(tensor.Buffer()).DataLength() \
-                    if tensor.Buffer() < model.BuffersLength() else 0
-                stored.append((names[len(inputs) - 1], int(t), dims, size))
+                dtype = _TFLITE_TYPES.get(tensor.Type(), f"TfLiteType {tensor.Type()}")
+                buffer = model.Buffers(tensor.Buffer()) if tensor.Buffer() < model.BuffersLength() else None
+                size = buffer.DataLength() if buffer is not None else 0
+                itemsize = _ITEMSIZE.get(dtype, 4)
+                data = None
+                if dtype in ("uint8", "int32") and size and size == itemsize * int(np.prod(dims, dtype=object)):
+                    data = buffer.DataAsNumpy().view(dtype).reshape(dims)
+                inputs.append(Tensor(True, dims, tensor.Type() == 0, dtype, data))
+                stored.append((names[len(inputs) - 1], int(t), dims, size, itemsize))
             results.append(check_node(op_type, label, options, inputs, "tflite"))
-            for name, t, dims, size in stored:  # a constant's buffer must match its shape exactly
-                needed = 4 * int(np.prod(dims, dtype=object))
+            for name, t, dims, size, itemsize in stored:  # a constant's buffer must match its shape exactly
+                needed = itemsize * int(np.prod(dims, dtype=object))
                 if size and size != needed:
                     raise node.fail(f"input '{name}' (tensor {t}, kTfLiteMmapRo) holds {size} bytes; "
                                     f"its shape [{', '.join(map(str, dims))}] needs exactly {needed}")

@@ -108,3 +108,58 @@ def _snr_gain(clip: np.ndarray, noise: np.ndarray, snr_db: float) -> float:
     if clip_rms == 0:
         return 0.1
     return clip_rms / noise_rms * 10 ** (-snr_db / 20)
+
+
+def word_bounds(clip: np.ndarray) -> tuple[int, int]:
+    """(first, last + 1) sample within 20 dB of the clip's peak: where the spoken word is; (0, len) if silent."""
+    level = np.abs(clip)
+    loud = np.nonzero(level >= 0.1 * float(level.max()))[0] if len(level) and level.max() > 0 else []
+    return (int(loud[0]), int(loud[-1]) + 1) if len(loud) else (0, len(clip))
+
+
+def fragment(clip: np.ndarray, rng: np.random.Generator, fraction: tuple[float, float] = (0.15, 0.45)) -> np.ndarray:
+    """Less than half of the clip's word, at an edge of the window as a stream shows a word arriving or
+    leaving: its first part at the end of the window, or its last part at the start."""
+    start, end = word_bounds(clip)
+    keep = max(1, int((end - start) * rng.uniform(*fraction)))
+    if rng.random() < 0.5:
+        return time_shift(clip, len(clip) - keep - start)
+    return time_shift(clip, -(end - keep))
+
+
+def word_pair(first: np.ndarray, second: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A window at a random offset over two clips back to back: the end of one word and the start of the next."""
+    both = np.concatenate([first, second])
+    offset = int(rng.integers(len(first) // 4, 3 * len(first) // 4 + 1))
+    return both[offset:offset + len(first)].copy()
+
+
+class StreamNegatives:
+    """Stream-like "unknown" examples for training a streaming detector: with ``probability`` an example of
+    the batch becomes a fragment (< half) of a random keyword clip at the window's edge or the junction of
+    two random unknown clips (half each), labelled unknown. ``labels`` index kws.labels.CLASSES."""
+
+    def __init__(self, audio: np.ndarray, labels: np.ndarray, probability: float = 0.2):
+        from edgepack.kws.labels import CLASSES, KEYWORDS
+
+        if not 0 <= probability <= 1:
+            raise EdgepackError(f"the stream-negative probability must be in [0, 1], got {probability}")
+        self.audio, self.probability = audio, probability
+        self.unknown = CLASSES.index("unknown")
+        labels = np.asarray(labels)
+        self.keywords = np.nonzero(labels >= CLASSES.index(KEYWORDS[0]))[0]
+        self.unknowns = np.nonzero(labels == self.unknown)[0]
+
+    def __call__(self, clips: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tuple:
+        """(clips, labels) with the chosen examples replaced (new arrays; the inputs are not changed)."""
+        clips, labels = np.array(clips, np.float32), np.array(labels)
+        for i in np.nonzero(rng.random(len(clips)) < self.probability)[0]:
+            if len(self.unknowns) and (rng.random() < 0.5 or not len(self.keywords)):
+                a, b = rng.choice(self.unknowns, 2)
+                clips[i] = word_pair(self.audio[a], self.audio[b], rng)
+            elif len(self.keywords):
+                clips[i] = fragment(self.audio[int(rng.choice(self.keywords))], rng)
+            else:
+                continue
+            labels[i] = self.unknown
+        return clips, labels

@@ -33,3 +33,6 @@ COMMANDS.extend([train.add_parser, evaluate.add_parser, compress_kws.add_parser]
 from edgepack.kws import listen, stream_eval  # noqa: E402  (edgepack kws listen / stream-eval)
 
 COMMANDS.extend([listen.add_parser, stream_eval.add_parser])
+from edgepack.kws import calibrate  # noqa: E402  (edgepack kws calibrate)
+
+COMMANDS.append(calibrate.add_parser)

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from edgepack.kws.progress import progress_bar
-from edgepack.kws.recipes import DESCRIPTIONS, RECIPES
+from edgepack.kws.recipes import DESCRIPTIONS, FINETUNE, RECIPES
 from edgepack.kws.train import (
     BATCH_SIZE,
     QUICK_RATES,
@@ -35,7 +35,15 @@ from edgepack.kws.train import (
 # compressed space, with the dense model as teacher. Measured (DS-CNN-L, hashed-pw, default dataset):
 # 4 epochs at 1e-3 → 2e-4 reached 93.6 % test accuracy, 12 epochs of these rates 96.3 % (dense 97.6 %).
 FINETUNE_RATES = QUICK_RATES
-FINETUNE_EPOCHS = 12
+FINETUNE_EPOCHS = 12  # recipes listed in kws.recipes.FINETUNE retrain with their own epochs and rates
+
+
+def finetune_of(name: str, finetune_epochs: int | None = None, learning_rates=None) -> tuple[int, tuple]:
+    """(epochs, learning rates) of recipe ``name``'s retraining: the given ones, else the recipe's own
+    (``kws.recipes.FINETUNE``), else FINETUNE_EPOCHS and FINETUNE_RATES."""
+    own = FINETUNE.get(name, {})
+    return (own.get("epochs", FINETUNE_EPOCHS) if finetune_epochs is None else finetune_epochs,
+            tuple(own.get("learning_rates", FINETUNE_RATES) if learning_rates is None else learning_rates))
 
 
 def slug(name: str) -> str:
@@ -126,6 +134,7 @@ def compress_one(dense, builder: str, kwargs: dict, name: str, recipe: dict, dat
         model.load_state_dict(best)
     model.eval()
     row.update({"bytes": compressed_size_bytes(model), "finetune_epochs": finetune_epochs if recipe else 0,
+                "learning_rates": list(learning_rates),
                 "accuracy": accuracy(model, cache["test"], test.labels)})
     row["ratio"] = row["dense_bytes"] / row["bytes"]
     out.mkdir(parents=True, exist_ok=True)
@@ -148,12 +157,14 @@ def compress_one(dense, builder: str, kwargs: dict, name: str, recipe: dict, dat
     return row
 
 
-def compress_run(source, recipes, output, data_dir=None, finetune_epochs: int = FINETUNE_EPOCHS, seed: int = 0,
-                 console=None, batch_size: int = BATCH_SIZE, learning_rates=FINETUNE_RATES,
+def compress_run(source, recipes, output, data_dir=None, finetune_epochs: int | None = None, seed: int = 0,
+                 console=None, batch_size: int = BATCH_SIZE, learning_rates=None,
                  export: bool = True, distill: bool = True, threads: int = 1) -> list[dict]:
     """Compress the dense model of a run folder or checkpoint with each recipe (names, files or "all").
 
     One recipe writes to ``output``; several write to ``output/<recipe>/`` and ``output/summary.json``.
+    ``finetune_epochs`` / ``learning_rates``: the retraining's for every recipe (None: each recipe's,
+    ``finetune_of``).
     ``threads``: torch threads meanwhile (1 by default, as ``kws train``)."""
     import torch
 
@@ -174,7 +185,7 @@ def _compress_run(source, recipes, output, data_dir, finetune_epochs, seed, cons
     from edgepack.kws.evaluate import load_torch
 
     console = console or Console()
-    if finetune_epochs < 0:
+    if finetune_epochs is not None and finetune_epochs < 0:
         raise KwsTrainError(f"--finetune-epochs must be >= 0, got {finetune_epochs}")
     names = [n for r in recipes for n in (RECIPES if r == "all" else [r])]
     resolved = [resolve_recipe(r) for r in dict.fromkeys(names)]  # unknown names fail before any work
@@ -191,8 +202,9 @@ def _compress_run(source, recipes, output, data_dir, finetune_epochs, seed, cons
     rows = []
     for name, recipe in resolved:
         folder = out if len(resolved) == 1 else out / slug(name)
-        rows.append(compress_one(dense, builder, kwargs, name, recipe, data, cache, folder, finetune_epochs, seed,
-                                 console, batch_size, learning_rates, export, distill, shift_ms))
+        epochs, rates = finetune_of(name, finetune_epochs, learning_rates)
+        rows.append(compress_one(dense, builder, kwargs, name, recipe, data, cache, folder, epochs, seed, console,
+                                 batch_size, rates, export, distill, shift_ms))
         row = rows[-1]
         console.print(f"{name}: {row['bytes']:,} bytes ({row['ratio']:.1f}x smaller), accuracy "
                       f"{row['accuracy_compressed']:.1%} → {row['accuracy']:.1%} fine-tuned "
@@ -235,9 +247,11 @@ def add_parser(subparsers) -> None:
                              "repeat for several (each then in OUT/<name>/)")
     parser.add_argument("-o", "--output", required=True, help="output folder")
     parser.add_argument("--data", help="dataset folder (default: the one the run was trained on)")
-    parser.add_argument("--finetune-epochs", type=int, default=FINETUNE_EPOCHS,
+    parser.add_argument("--finetune-epochs", type=int,
                         help="fine-tuning epochs at learning rates "
-                             f"{' → '.join(f'{r:g}' for r in FINETUNE_RATES)} (default {FINETUNE_EPOCHS}; 0: none)")
+                             f"{' → '.join(f'{r:g}' for r in FINETUNE_RATES)} (default {FINETUNE_EPOCHS}"
+                             + "".join(f", {n}: {f['epochs']}" for n, f in FINETUNE.items() if "epochs" in f)
+                             + "; 0: none)")
     parser.add_argument("--no-distill", action="store_true",
                         help="fine-tune on the labels only (default: half the loss is distilled from the dense model)")
     parser.add_argument("--seed", type=int, default=0)

@@ -8,6 +8,7 @@ count of results, a threshold and a suppression time before it reports a keyword
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections import deque
@@ -92,6 +93,120 @@ class RecognizeCommands:
             return None
         self.previous_label, self.previous_time_ms = label, float(time_ms)
         return Detection(label, float(time_ms) / 1000.0, score)
+
+    def settings(self) -> dict:
+        """The four settings as ``detector.json`` stores them."""
+        return {"threshold": self.threshold, "window_ms": self.window_ms, "minimum_count": self.minimum_count,
+                "suppression_ms": self.suppression_ms}
+
+
+# ---- detector settings beside a model (detector.json, written by `edgepack kws calibrate`) ----------------
+
+DETECTOR_FILE = "detector.json"
+DEFAULT_SETTINGS = {"threshold": 0.8, "window_ms": 1000.0, "minimum_count": 3, "suppression_ms": 1500.0}
+
+
+def detector_file(model) -> Path | None:
+    """The ``detector.json`` in the folder of the model file ``model``, or None (no file there, or not a path)."""
+    if not isinstance(model, (str, os.PathLike)):
+        return None
+    path = Path(model).parent / DETECTOR_FILE
+    return path if path.is_file() else None
+
+
+def load_detector_settings(path) -> dict:
+    """The detector settings of a ``detector.json``: threshold, window_ms, minimum_count, suppression_ms
+    (each optional, defaults to micro_speech's) checked as RecognizeCommands checks them; StreamError
+    naming the file and the field otherwise. Other keys (the calibration record) are ignored."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except OSError as error:
+        raise StreamError(f"{path}: cannot read detector settings ({error.strerror or error})") from None
+    except ValueError as error:
+        raise StreamError(f"{path}: not valid JSON ({error}); rerun `edgepack kws calibrate` or remove it") from None
+    if not isinstance(data, dict):
+        raise StreamError(f"{path}: detector settings must be a JSON object with keys {', '.join(DEFAULT_SETTINGS)}")
+    settings = dict(DEFAULT_SETTINGS)
+    for key, default in DEFAULT_SETTINGS.items():
+        if key not in data:
+            continue
+        value = data[key]
+        whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or (isinstance(default, int) and not whole):
+            kind = "a whole number" if isinstance(default, int) else "a number"
+            raise StreamError(f"{path}: {key!r} must be {kind}, got {value!r}")
+        settings[key] = type(default)(value)
+    try:
+        RecognizeCommands(**settings)
+    except StreamError as error:
+        raise StreamError(f"{path}: {error}") from None
+    return settings
+
+
+def write_detector_settings(path, recognizer: RecognizeCommands, calibration: dict | None = None) -> Path:
+    """Write ``recognizer``'s settings (and the ``calibration`` record) as ``detector.json`` at ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {**recognizer.settings(), **({"calibration": calibration} if calibration else {})}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def recognizer_for(model=None, settings_file=None, **overrides) -> RecognizeCommands:
+    """The RecognizeCommands a model gets: micro_speech's defaults, replaced by ``settings_file`` (or, when
+    None, the ``detector.json`` beside the model file, if any), replaced by the ``overrides`` that are
+    not None (threshold, window_ms, minimum_count, suppression_ms)."""
+    path = settings_file if settings_file is not None else detector_file(model)
+    settings = load_detector_settings(path) if path is not None else dict(DEFAULT_SETTINGS)
+    unknown = set(overrides) - set(DEFAULT_SETTINGS)
+    if unknown:
+        raise TypeError(f"unknown detector settings {sorted(unknown)}")
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    return RecognizeCommands(**settings)
+
+
+def sweep_detections(times_s, posteriors, settings: Sequence[dict], labels: Sequence[str] = CLASSES,
+                     ignore: Sequence[str] = IGNORED) -> list[list[Detection]]:
+    """The detections RecognizeCommands would make on (``times_s``, ``posteriors``) under each of the
+    ``settings`` (dicts of RecognizeCommands' four settings), computed together: the window averages
+    once per (window, minimum count) from cumulative sums, the suppression only over the hops above
+    the threshold. Equal to running RecognizeCommands per setting (tests/kws/test_calibrate.py)."""
+    times_ms = np.asarray(times_s, np.float64).reshape(-1) * 1000.0
+    scores = np.asarray(posteriors, np.float64).reshape(len(times_ms), -1)
+    if scores.shape[1] != len(labels):
+        raise StreamError(f"the posteriors have {scores.shape[1]} classes; the detector has {len(labels)} labels")
+    if np.any(np.diff(times_ms) < 0):
+        raise StreamError("results must come in time order")
+    sums = np.concatenate([np.zeros((1, scores.shape[1])), np.cumsum(scores, axis=0)])
+    reportable = np.array([label not in ignore for label in labels])
+    index = np.arange(len(times_ms))
+    cache: dict = {}
+    out = []
+    for setting in settings:
+        rec = RecognizeCommands(labels, **setting)
+        key = (rec.window_ms, rec.minimum_count)
+        if key not in cache:
+            first = np.searchsorted(times_ms, times_ms - rec.window_ms, side="left")
+            count = index - first + 1
+            valid = (count >= rec.minimum_count) & (times_ms - times_ms[first] >= rec.window_ms / 4)
+            average = (sums[index + 1] - sums[first]) / count[:, None]
+            top = np.argmax(average, axis=1)
+            cache[key] = (top, average[index, top], valid & reportable[top])
+        top, best, usable = cache[key]
+        previous_label, previous_time = -1, -math.inf
+        found = []
+        for i in np.nonzero(usable & (best > rec.threshold))[0]:
+            t = times_ms[i]
+            if top[i] == previous_label and t - previous_time <= rec.suppression_ms:
+                continue
+            previous_label, previous_time = top[i], t
+            found.append(Detection(labels[top[i]], float(t) / 1000.0, float(best[i])))
+        out.append(found)
+    return out
 
 
 def to_posteriors(outputs: np.ndarray) -> np.ndarray:
@@ -318,14 +433,15 @@ class StreamingDetector:
     The stream starts with a second of silence in the ring buffer (as a device that just booted), so
     the first hop already runs the model. Each hop computes only the MFCC frame that became complete
     (the window's newest frame, samples [T-640, T-160) when T samples have arrived) and shifts the
-    49×10 feature window, which equals the full recompute of the buffer.
+    49×10 feature window, which equals the full recompute of the buffer. Without a ``recognizer``, the
+    settings come from the detector.json beside a model file (``recognizer_for``), else micro_speech's.
     """
 
     def __init__(self, model_runner, hop_ms: int = 20, recognizer: RecognizeCommands | None = None,
                  frontend: Callable | None = None, model_kind: str | None = None, keep_posteriors: bool = False):
         self.hop = _check_hop(hop_ms)
+        self.recognizer = recognizer or recognizer_for(model_runner)
         self.runner = load_runner(model_runner, model_kind)
-        self.recognizer = recognizer or RecognizeCommands()
         self.frontend = frontend or default_frontend()
         self.ring = np.zeros(CLIP_SAMPLES, np.float32)
         self.features = stream_features(self.ring, self.frontend)
@@ -368,10 +484,11 @@ def detect_stream(model, audio: np.ndarray, recognizer: RecognizeCommands | None
                   frontend: Callable | None = None, batch: int = 256, progress: Callable[[int], None] | None = None,
                   model_kind: str | None = None) -> tuple[list[Detection], np.ndarray, np.ndarray]:
     """The detections of ``StreamingDetector`` on a whole recording, computed in batches (one MFCC pass,
-    the model on many windows per call): (detections, hop times in s, posteriors [hops, classes]).
+    the model on many windows per call): (detections, hop times in s, posteriors [hops, classes]); the
+    recognizer defaults as StreamingDetector's.
     ``progress(n)`` is called with the hops done after each batch."""
+    recognizer = recognizer or recognizer_for(model)
     runner = load_runner(model, model_kind)
-    recognizer = recognizer or RecognizeCommands()
     frontend = frontend or default_frontend()
     hop = _check_hop(hop_ms)
     audio = np.asarray(audio, np.float32).reshape(-1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 
-from .detector import RecognizeCommands, StreamingDetector
+from .detector import RecognizeCommands, StreamingDetector, detector_file, recognizer_for
 from .labels import SAMPLE_RATE
 
 
@@ -26,19 +26,26 @@ def add_detector_arguments(p) -> None:
     p.add_argument("model", help="a model file: .onnx, .tflite, a `kws train` .safetensors checkpoint or a torch .pt "
                                  "(input MFCC [1,1,49,10] or raw audio [1,16000])")
     p.add_argument("--model-kind", choices=("onnx", "tflite", "torch"), help="override the kind the suffix says")
-    p.add_argument("--threshold", type=float, default=0.8, help="averaged posterior to detect (default 0.8)")
-    p.add_argument("--window-ms", type=float, default=1000.0, help="posterior averaging window (default 1000)")
-    p.add_argument("--suppression-ms", type=float, default=1500.0,
+    p.add_argument("--detector", metavar="JSON",
+                   help="detector settings file (default: detector.json beside MODEL when there is one, as "
+                        "`edgepack kws calibrate` writes; else micro_speech's settings); the flags below override it")
+    p.add_argument("--threshold", type=float, help="averaged posterior to detect (default 0.8)")
+    p.add_argument("--window-ms", type=float, help="posterior averaging window (default 1000)")
+    p.add_argument("--suppression-ms", type=float,
                    help="no second detection of the same keyword this soon (default 1500)")
-    p.add_argument("--min-count", type=int, default=3, help="results needed in the window (default 3)")
+    p.add_argument("--min-count", type=int, help="results needed in the window (default 3)")
     p.add_argument("--hop-ms", type=int, default=20,
                    help="model run interval, a multiple of 20 from 20 to 980 (default 20)")
 
 
 def recognizer_from(args) -> RecognizeCommands:
-    """The RecognizeCommands the command-line flags describe."""
-    return RecognizeCommands(window_ms=args.window_ms, threshold=args.threshold,
-                             suppression_ms=args.suppression_ms, minimum_count=args.min_count)
+    """The RecognizeCommands of the command line: the flags given, over ``--detector`` or the model's
+    detector.json, over micro_speech's settings; says on stderr which file it used."""
+    source = args.detector if args.detector is not None else detector_file(args.model)
+    if source is not None:
+        print(f"detector settings from {source}", file=sys.stderr)
+    return recognizer_for(args.model, source, threshold=args.threshold, window_ms=args.window_ms,
+                          suppression_ms=args.suppression_ms, minimum_count=args.min_count)
 
 
 def _listen(args) -> int:

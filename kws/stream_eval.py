@@ -9,6 +9,7 @@ runs over it; we report the hit rate (the right keyword detected between the cli
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 from dataclasses import dataclass, field
@@ -16,7 +17,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .detector import Detection, RecognizeCommands, StreamError, _check_hop, detect_stream, load_runner
+from .detector import (
+    Detection,
+    RecognizeCommands,
+    StreamError,
+    _check_hop,
+    detect_stream,
+    load_runner,
+    recognizer_for,
+    sweep_detections,
+)
 from .labels import CLASSES, KEYWORDS, SAMPLE_RATE
 from .progress import progress_bar
 
@@ -114,9 +124,15 @@ def score(detections: list[Detection], truth: dict, tolerance_s: float = 1.0) ->
     keywords = truth["keywords"]
     hit = [None] * len(keywords)
     false_alarms = []
+    starts = [kw["start_s"] for kw in keywords]
+    lasts = [kw["end_s"] + tolerance_s for kw in keywords]
+    ordered = starts == sorted(starts) and lasts == sorted(lasts)  # as build_stream lays them out
     for d in detections:
-        match = next((k for k, kw in enumerate(keywords) if hit[k] is None and kw["label"] == d.label
-                      and kw["start_s"] <= d.time_s <= kw["end_s"] + tolerance_s), None)
+        # only keywords with start <= t <= end + tolerance can match: a contiguous range when ordered
+        lo, hi = (bisect.bisect_left(lasts, d.time_s), bisect.bisect_right(starts, d.time_s)) if ordered \
+            else (0, len(keywords))
+        match = next((k for k in range(lo, hi) if hit[k] is None and keywords[k]["label"] == d.label
+                      and keywords[k]["start_s"] <= d.time_s <= lasts[k]), None)
         if match is None:
             false_alarms.append(d)
         else:
@@ -144,22 +160,25 @@ def score(detections: list[Detection], truth: dict, tolerance_s: float = 1.0) ->
 
 def evaluate(model, data, minutes: float = 10.0, seed: int = 0, output=None,
              recognizer: RecognizeCommands | None = None, tolerance_s: float = 1.0, model_kind: str | None = None,
-             hop_ms: int = 20, progress: bool = True, native: bool = False) -> dict:
+             hop_ms: int = 20, progress: bool = True, native: bool = False, threads: int = 1) -> dict:
     """Build the stream from ``data``'s test split, run the detector, score it; with ``output`` (a
     folder) also write stream.wav, truth.json and results.json there. ``native`` (an .onnx model and
     an ``output`` folder) also runs ``edgepack_kws_stream --bench`` on stream.wav: per-hop latency on
-    this machine and whether its detections are the Python detector's. Returns the results dict."""
+    this machine and whether its detections are the Python detector's. ``threads``: torch / ONNX Runtime
+    threads for the Python detector (1 by default: fastest on a shared machine). Returns the results dict."""
     from .speech_commands import load_split
     from .wav import read_wav, write_wav
 
     hop = _check_hop(hop_ms)
+    if not (isinstance(threads, int) and threads >= 1):
+        raise StreamError(f"--threads must be a whole number >= 1, got {threads}")
     if native:
         if output is None or Path(str(model)).suffix.lower() != ".onnx":
             raise StreamError("--native needs an .onnx model and an output folder (it runs edgepack_kws_stream on "
                               "the stream's WAV)")
         native_runner()
-    runner = load_runner(model, model_kind)
-    recognizer = recognizer or RecognizeCommands()
+    recognizer = recognizer or recognizer_for(model)
+    runner = load_runner(model, model_kind, threads)
     split = load_split(data, "test", unknown_fraction=10.0, silence_fraction=0.0, seed=seed)
     stream = build_stream(split, minutes, seed)
     truth = stream.truth()
@@ -171,10 +190,17 @@ def evaluate(model, data, minutes: float = 10.0, seed: int = 0, output=None,
         (out / "truth.json").write_text(json.dumps(truth, indent=1))
         audio = read_wav(out / "stream.wav", max_seconds=stream.duration_s + 1.0)  # the int16 samples native reads
     hops = len(audio) // hop
-    with progress_bar(enabled=progress) as bar:
-        task = bar.add_task("stream-eval: detecting", total=hops)
-        detections, times, posteriors = detect_stream(runner, audio, recognizer, hop_ms=hop_ms,
-                                                      progress=lambda n: bar.update(task, completed=n))
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with progress_bar(enabled=progress) as bar:
+            task = bar.add_task("stream-eval: detecting", total=hops)
+            detections, times, posteriors = detect_stream(runner, audio, recognizer, hop_ms=hop_ms,
+                                                          progress=lambda n: bar.update(task, completed=n))
+    finally:
+        torch.set_num_threads(previous)
     results = {"model": str(model), "data": str(data), "minutes": minutes, "seed": seed, "tolerance_s": tolerance_s,
                "detector": {"window_ms": recognizer.window_ms, "threshold": recognizer.threshold,
                             "suppression_ms": recognizer.suppression_ms, "minimum_count": recognizer.minimum_count,
@@ -225,15 +251,22 @@ def operating_points(times, posteriors, truth: dict, recognizer: RecognizeComman
                      thresholds=SWEEP_THRESHOLDS, windows_ms=SWEEP_WINDOWS_MS) -> list[dict]:
     """Hit rate and false alarms per hour of the same posteriors under other thresholds and averaging
     windows (the other settings as ``recognizer``): where to set ``--threshold`` for a model."""
+    grid = [{**recognizer.settings(), "window_ms": w, "threshold": t} for w in windows_ms for t in thresholds]
+    return [{"window_ms": p["window_ms"], "threshold": p["threshold"], "hit_rate": p["hit_rate"],
+             "false_alarms_per_hour": p["false_alarms_per_hour"]}
+            for p in sweep(times, posteriors, truth, grid, tolerance_s, recognizer.labels, tuple(recognizer.ignore))]
+
+
+def sweep(times, posteriors, truth: dict, grid: list[dict], tolerance_s: float = 1.0, labels=CLASSES,
+          ignore=("silence", "unknown")) -> list[dict]:
+    """Each detector setting of ``grid`` scored on the same posteriors: the setting plus hits, keywords,
+    hit_rate, false_alarms, non_keyword_hours, false_alarms_per_hour and the median delay (s)."""
     points = []
-    for window_ms in windows_ms:
-        for threshold in thresholds:
-            rec = RecognizeCommands(recognizer.labels, window_ms, threshold, recognizer.suppression_ms,
-                                    recognizer.minimum_count, tuple(recognizer.ignore))
-            found = [d for t, p in zip(times, posteriors) if (d := rec.process(p, t * 1000.0))]
-            result = score(found, truth, tolerance_s)
-            points.append({"window_ms": window_ms, "threshold": threshold, "hit_rate": result["hit_rate"],
-                           "false_alarms_per_hour": result["false_alarms_per_hour"]})
+    for setting, found in zip(grid, sweep_detections(times, posteriors, grid, labels, ignore)):
+        result = score(found, truth, tolerance_s)
+        points.append({**setting, **{k: result[k] for k in ("hits", "keywords", "hit_rate", "false_alarms",
+                                                              "non_keyword_hours", "false_alarms_per_hour")},
+                       "delay_median_s": result["delay_s"]["median"]})
     return points
 
 
@@ -291,6 +324,7 @@ def add_parser(subparsers) -> None:
                    help="folder for stream.wav, truth.json, results.json (default stream-eval/)")
     p.add_argument("--native", action="store_true",
                    help="also run edgepack_kws_stream --bench on the stream (.onnx models): per-hop latency here")
+    p.add_argument("--threads", type=int, default=1, help="torch / ONNX Runtime threads (default 1)")
     p.set_defaults(handler=_stream_eval)
 
 
@@ -298,7 +332,8 @@ def _stream_eval(args) -> int:
     from .listen import recognizer_from
 
     results = evaluate(args.model, args.data, args.minutes, args.seed, args.output, recognizer_from(args),
-                       args.tolerance_ms / 1000.0, args.model_kind, args.hop_ms, native=args.native)
+                       args.tolerance_ms / 1000.0, args.model_kind, args.hop_ms, native=args.native,
+                       threads=args.threads)
     print_table(results)
     print(json.dumps({k: results[k] for k in ("hit_rate", "hits", "keywords", "false_alarms", "false_alarms_per_hour",
                                               "non_keyword_hours", "delay_s")}))

@@ -47,6 +47,7 @@ class TrainConfig:
     batch_size: int = BATCH_SIZE
     learning_rates: list = field(default_factory=lambda: list(LEARNING_RATES))
     time_shift_ms: float = TIME_SHIFT_MS
+    stream_negatives: float = 0.0
 
 
 def learning_rate(epoch: int, epochs: int, rates=LEARNING_RATES) -> float:
@@ -98,11 +99,13 @@ def accuracy(model, feats, labels) -> float:
 
 
 def train_epoch(model, optimizer, audio, labels, augmenter, epoch: int, seed: int, batch_size: int = BATCH_SIZE,
-                progress=None, description: str = "", teacher=None, temperature: float = 2.0) -> tuple[float, float]:
+                progress=None, description: str = "", teacher=None, temperature: float = 2.0,
+                negatives=None) -> tuple[float, float]:
     """One pass over shuffled, augmented batches of numpy ``audio`` / ``labels``; returns (mean loss,
     train accuracy). The order and the augmentation depend only on (seed, epoch), so a resumed run
     repeats them. With a ``teacher`` model, half the loss is distillation (Hinton et al. 2015): the
-    KL divergence from the teacher's softened outputs at ``temperature``, scaled by its square."""
+    KL divergence from the teacher's softened outputs at ``temperature``, scaled by its square. ``negatives``
+    (kws.augment.StreamNegatives) replaces some examples with stream-like unknowns before augmenting."""
     import numpy as np
     import torch
 
@@ -114,9 +117,12 @@ def train_epoch(model, optimizer, audio, labels, augmenter, epoch: int, seed: in
     task = progress.add_task(description, total=len(batches)) if progress is not None else None
     total_loss, correct = 0.0, 0
     for batch in batches:
-        clips = augmenter(audio[batch], rng) if augmenter is not None else audio[batch]
+        clips, targets = audio[batch], labels[batch]
+        if negatives is not None:
+            clips, targets = negatives(clips, targets, rng)
+        clips = augmenter(clips, rng) if augmenter is not None else clips
         x = features(clips)
-        y = torch.as_tensor(labels[batch])
+        y = torch.as_tensor(targets)
         logits = model(x)
         loss = torch.nn.functional.cross_entropy(logits, y)
         if teacher is not None:
@@ -166,25 +172,27 @@ def read_state(run_dir) -> dict | None:
 
 def train(data_dir, run_dir, model: str = "ds-cnn-s", epochs: int | None = None, quick: bool = False,
           seed: int = 0, console=None, batch_size: int = BATCH_SIZE, learning_rates=None,
-          threads: int = 1, time_shift_ms: float | None = None) -> dict:
+          threads: int = 1, time_shift_ms: float | None = None, stream_negatives: float | None = None) -> dict:
     """Train (or resume training) a DS-CNN in ``run_dir`` on the dataset at ``data_dir``; returns the state
     that ``train.json`` holds (config, per-epoch history, best epoch, test accuracy of the best model).
     ``batch_size`` and ``learning_rates`` default to MLPerf Tiny's (``quick``: QUICK_RATES);
     ``threads``: torch threads while training (1 by default: on a shared 2-core machine, 2 threads
     made a DS-CNN-S step ~9× slower, the threads waiting on each other); ``time_shift_ms``: the
-    augmentation's largest shift (default MLPerf Tiny's 100 ms)."""
+    augmentation's largest shift (default MLPerf Tiny's 100 ms); ``stream_negatives``: the share of
+    examples replaced by stream-like unknowns (kws.augment.StreamNegatives; default 0)."""
     import torch
 
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         return _train(data_dir, run_dir, model, epochs, quick, seed, console, batch_size,
-                      learning_rates or (QUICK_RATES if quick else LEARNING_RATES), time_shift_ms)
+                      learning_rates or (QUICK_RATES if quick else LEARNING_RATES), time_shift_ms, stream_negatives)
     finally:
         torch.set_num_threads(previous)
 
 
-def _train(data_dir, run_dir, model, epochs, quick, seed, console, batch_size, learning_rates, time_shift_ms) -> dict:
+def _train(data_dir, run_dir, model, epochs, quick, seed, console, batch_size, learning_rates, time_shift_ms,
+           stream_negatives=None) -> dict:
     """train() with the thread count set."""
     import torch
     from rich.console import Console
@@ -201,9 +209,12 @@ def _train(data_dir, run_dir, model, epochs, quick, seed, console, batch_size, l
         raise KwsTrainError(f"-o {run}: exists and is not a folder")
     if time_shift_ms is not None and not 0 <= time_shift_ms <= 500:
         raise KwsTrainError(f"--time-shift-ms must be in [0, 500], got {time_shift_ms}")
+    if stream_negatives is not None and not 0 <= stream_negatives <= 1:
+        raise KwsTrainError(f"--stream-negatives must be in [0, 1], got {stream_negatives}")
     config = TrainConfig(data=str(Path(data_dir).resolve()), model=model, seed=seed, batch_size=batch_size,
                          learning_rates=list(learning_rates), epochs=epochs or (EPOCHS_QUICK if quick else EPOCHS_FULL),
-                         time_shift_ms=TIME_SHIFT_MS if time_shift_ms is None else time_shift_ms)
+                         time_shift_ms=TIME_SHIFT_MS if time_shift_ms is None else time_shift_ms,
+                         stream_negatives=stream_negatives or 0.0)
     state = read_state(run)
     if state is not None:
         saved = state["config"]
@@ -217,6 +228,7 @@ def _train(data_dir, run_dir, model, epochs, quick, seed, console, batch_size, l
             config.epochs = saved["epochs"]
         config.learning_rates = saved["learning_rates"]
         config.time_shift_ms = saved.get("time_shift_ms", TIME_SHIFT_MS)
+        config.stream_negatives = saved.get("stream_negatives", 0.0)
     data = load_data(data_dir, seed=seed)
     torch.manual_seed(seed)
     net, builder, kwargs = build_model(model, classes=len(CLASSES))
@@ -238,10 +250,12 @@ def _train(data_dir, run_dir, model, epochs, quick, seed, console, batch_size, l
         done = 0
     state["config"] = asdict(config)
     run.mkdir(parents=True, exist_ok=True)
-    from edgepack.kws.augment import Augmenter
+    from edgepack.kws.augment import Augmenter, StreamNegatives
 
     train_split, val_split = data["train"], data["validation"]
     augmenter = Augmenter(train_split.background, seed, shift_ms=config.time_shift_ms)
+    negatives = StreamNegatives(train_split.audio, train_split.labels, config.stream_negatives) \
+        if config.stream_negatives else None
     val_x = features(val_split.audio)  # cached for every epoch
     if done < config.epochs:
         console.print(f"training {model} on {len(train_split)} clips ({len(val_split)} validation), "
@@ -253,7 +267,8 @@ def _train(data_dir, run_dir, model, epochs, quick, seed, console, batch_size, l
                 group["lr"] = lr
             start = time.monotonic()
             loss, train_acc = train_epoch(net, optimizer, train_split.audio, train_split.labels, augmenter, epoch,
-                                          seed, config.batch_size, progress, f"epoch {epoch + 1}/{config.epochs}")
+                                          seed, config.batch_size, progress, f"epoch {epoch + 1}/{config.epochs}",
+                                          negatives=negatives)
             val_acc = accuracy(net, val_x, val_split.labels)
             row = {"epoch": epoch + 1, "lr": lr, "loss": round(loss, 5), "train_accuracy": round(train_acc, 5),
                    "val_accuracy": round(val_acc, 5), "seconds": round(time.monotonic() - start, 2)}
@@ -296,7 +311,8 @@ def _rates(text: str) -> tuple[float, ...]:
 def _handler(args) -> int:
     try:
         train(args.data, args.output, model=args.model, epochs=args.epochs, quick=args.quick, seed=args.seed,
-              threads=args.threads, learning_rates=args.lr, time_shift_ms=args.time_shift_ms)
+              threads=args.threads, learning_rates=args.lr, time_shift_ms=args.time_shift_ms,
+              stream_negatives=args.stream_negatives)
     except KeyboardInterrupt:
         print(f"\ninterrupted; rerun the same command to continue from the last finished epoch in {args.output}")
         return 130
@@ -324,4 +340,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--time-shift-ms", type=float, metavar="MS",
                         help=f"augmentation: shift each clip by up to ±MS (default {TIME_SHIFT_MS:g}, MLPerf Tiny's; "
                              "300 made a streaming detector find more keywords, see README)")
+    parser.add_argument("--stream-negatives", type=float, metavar="P",
+                        help="replace each training example with probability P by a stream-like unknown: under half "
+                             "a keyword at the window's edge, or two unknown words back to back (default 0; see "
+                             "README, \"Keyword spotting — streaming\")")
     parser.set_defaults(handler=_handler)

@@ -23,8 +23,8 @@ except ImportError:  # loaded as a lone file by tflite_runtime.py in a venv with
     class EdgepackError(Exception):
         """Stands in for edgepack.errors.EdgepackError where edgepack is not installed."""
 
-__all__ = ["ENV_LIB_DIR", "ArtifactNotFoundError", "BUILD_DIRS", "find_artifact", "host_arch", "normalize_arch",
-           "onnxruntime_library_path", "search_paths"]
+__all__ = ["ENV_LIB_DIR", "ArtifactNotFoundError", "BUILD_DIRS", "find_artifact", "host_arch", "how_to_build",
+           "normalize_arch", "onnxruntime_library_path", "search_paths"]
 
 ENV_LIB_DIR = "EDGEPACK_LIB_DIR"
 RETIRED_ENV = ("EDGEPACK_KERNELS_LIB", "EDGEPACK_ORT_LIB", "EDGEPACK_TFLITE_DELEGATE")
@@ -38,6 +38,7 @@ ARTIFACTS = {
     "libedgepack_ort.so": ("ort", "edgepack_ort"),
     "libedgepack_tflite_delegate.so": ("tflite", "edgepack_tflite_delegate"),
     "edgepack_ort_runner": ("ort", "edgepack_ort_runner"),
+    "edgepack_kws_stream": ("ort", "edgepack_kws_stream"),
     "edgepack-bench": ("", "edgepack-bench"),
 }
 ARCH_ALIASES = {"arm64": "aarch64", "armv8": "aarch64", "amd64": "x86_64", "x64": "x86_64"}
@@ -84,8 +85,10 @@ def search_paths(name: str, arch: str = "host") -> list[Path]:
     return [build / folder / name for build in builds]
 
 
-def _how_to_build(name: str, arch: str) -> str:
+def how_to_build(name: str, arch: str = "host") -> str:
+    """How to build (or rebuild) ``name`` for ``arch``: the make target or the cross build script."""
     folder, target = ARTIFACTS[name]
+    arch = normalize_arch(arch)
     if arch == host_arch():
         if os.environ.get(ENV_LIB_DIR) and name.startswith("lib"):
             return f"{ENV_LIB_DIR} is set: put {name} there, or unset it to use the package's lib/"
@@ -109,7 +112,7 @@ def find_artifact(name: str, arch: str = "host") -> Path:
         if path.is_file():
             return path
     raise ArtifactNotFoundError(f"{name} for {arch} not found (looked at {', '.join(map(str, paths))}); "
-                                f"{_how_to_build(name, arch)}")
+                                f"{how_to_build(name, arch)}")
 
 
 def _version_key(path: Path) -> tuple[int, ...]:

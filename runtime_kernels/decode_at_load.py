@@ -1,5 +1,6 @@
-"""What the ONNX and TFLite load-time rewrites share: the decode limits they validate with, and the
-C decode of one HashedWeight / HashedMatMul weight (``ep_hashed_decode``: 4 bytes per weight).
+"""What the ONNX and TFLite load-time rewrites share: the decode limits they validate with, the
+C decode of one HashedWeight / HashedMatMul weight (``ep_hashed_decode``: 4 bytes per weight) and
+the numpy decode of one CodebookWeight (a gather per entry, after the validator's checks).
 
 Storage-compressed weights are decoded once, when a model is loaded, so the runtime sees plain
 constant weights and runs its own dense kernels and fusions (README: "Decode at load").
@@ -18,11 +19,12 @@ from edgepack.errors import EdgepackError
 from . import limits
 from .kernels import hashed_decode
 
-__all__ = ["DecodeError", "DECODED_OPS", "decode_weight", "validation_limits"]
+__all__ = ["DecodeError", "DECODED_OPS", "codebook_weight", "decode_node", "decode_weight", "validation_limits"]
 
-# The ops rewritten at load: HashedWeight always, HashedMatMul in expand mode (mode 0). Stream mode
-# (mode 1) was asked for O(buckets) memory, so it keeps its kernel.
-DECODED_OPS = ("HashedWeight", "HashedMatMul")
+# The ops rewritten at load: HashedWeight and CodebookWeight always, HashedMatMul in expand mode
+# (mode 0). Stream mode (mode 1) was asked for O(buckets) memory, so it keeps its kernel, and
+# SparseCodebookMatMul was asked for instead of a dense weight.
+DECODED_OPS = ("HashedWeight", "HashedMatMul", "CodebookWeight")
 _ENV_LOCK = threading.Lock()
 
 
@@ -63,3 +65,33 @@ def decode_weight(attributes: dict, buckets: np.ndarray, recon: np.ndarray | Non
                            num_hashes=int(attributes["num_hashes"]), signed=bool(attributes.get("signed", 1)),
                            recon=None if recon is None else np.ravel(recon))
     return weight.reshape(shape)
+
+
+def codebook_weight(attributes: dict, codebook: np.ndarray, indices: np.ndarray, row_ptr: np.ndarray | None = None,
+                    col_gaps: np.ndarray | None = None) -> np.ndarray:
+    """The dense float32 weight of a CodebookWeight node that passed the validator (docs/ops.md):
+    packed indices read LSB first, the sparse form's columns from the running sum of its gaps."""
+    shape = [int(d) for d in attributes["shape"]]
+    bits = int(attributes.get("bits", 8))
+    rows, cols = shape[0], int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
+    n = rows * cols if row_ptr is None else int(np.ravel(col_gaps).size)
+    position = np.arange(n, dtype=np.int64) * bits
+    packed = np.ravel(indices).astype(np.int64)
+    values = np.ravel(codebook).astype(np.float32)[(packed[position >> 3] >> (position & 7)) & ((1 << bits) - 1)]
+    if row_ptr is None:
+        return values.reshape(shape)
+    starts = np.ravel(row_ptr).astype(np.int64)
+    row = np.repeat(np.arange(rows, dtype=np.int64), np.diff(starts))
+    running = np.cumsum(np.ravel(col_gaps).astype(np.int64))
+    column = running - np.concatenate([[0], running])[starts[:-1]][row] - 1
+    weight = np.zeros(rows * cols, np.float32)
+    weight[row * cols + column] = values
+    return weight.reshape(shape)
+
+
+def decode_node(op_type: str, attributes: dict, weights: dict[str, np.ndarray | None]) -> np.ndarray:
+    """The dense weight of a validated decodable node from its weight inputs by spec name."""
+    if op_type == "CodebookWeight":
+        return codebook_weight(attributes, weights["codebook"], weights["indices"], weights.get("row_ptr"),
+                               weights.get("col_gaps"))
+    return decode_weight(attributes, weights["buckets"], weights.get("recon"))

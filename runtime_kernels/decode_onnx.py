@@ -1,6 +1,6 @@
 """Decode at load for ONNX: a model whose storage-compressed weights are plain initializers.
 
-``HashedWeight`` nodes with constant inputs become initializers (the Conv / Gemm / MatMul that
+``HashedWeight`` / ``CodebookWeight`` nodes with constant inputs become initializers (the Conv / Gemm / MatMul that
 reads them then sees a constant weight, so ONNX Runtime folds BatchNorm and ReLU into it and
 prepacks it); expand-mode ``HashedMatMul`` nodes become ``MatMul`` (+ ``Add`` for the bias) with
 the decoded weight transposed to [in, out]. Circulant / LDR nodes (compute compression) and
@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .decode_at_load import DECODED_OPS, DecodeError, decode_weight, validation_limits
+from .decode_at_load import DECODED_OPS, DecodeError, decode_node, validation_limits
 from .op_spec import DOMAIN, OPS
 
 __all__ = ["IN_MEMORY", "decoded_onnx"]
@@ -150,9 +150,9 @@ def _rewrite(model: onnx.ModelProto, constants: dict, inline: bool) -> dict[str,
         weights = {slot: numpy_helper.to_array(constants[given[slot]]) if given.get(slot) else None
                    for slot in op.weight_inputs}
         consumed.update(given[slot] for slot in op.weight_inputs if given.get(slot))
-        weight = decode_weight(_attributes(node), weights["buckets"], weights["recon"])
+        weight = decode_node(node.op_type, _attributes(node), weights)
         out = node.output[0]
-        if node.op_type == "HashedWeight":
+        if OPS[node.op_type].kind == "decoder":
             initializer(out, weight)
             continue
         label = node.name or out

@@ -1,6 +1,6 @@
 """Decode at load for TFLite: a flatbuffer whose storage-compressed weights are constant buffers.
 
-A CUSTOM ``ai.edgepack.HashedWeight`` op with constant inputs is removed and its output tensor
+A CUSTOM ``ai.edgepack.HashedWeight`` or ``CodebookWeight`` op with constant inputs is removed and its output tensor
 becomes a constant buffer (the TRANSPOSE / RESHAPE that lays it out for CONV_2D / DEPTHWISE /
 FULLY_CONNECTED is folded too); an expand-mode ``ai.edgepack.HashedMatMul`` becomes a
 FULLY_CONNECTED (or a 1×1 CONV_2D on an NHWC input) with the decoded weight. A per-channel MUL,
@@ -20,7 +20,7 @@ import numpy as np
 import tflite
 from flatbuffers import flexbuffers
 
-from .decode_at_load import DECODED_OPS, DecodeError, decode_weight, validation_limits
+from .decode_at_load import DECODED_OPS, DecodeError, decode_node, validation_limits
 from .op_spec import DOMAIN, OPS
 
 __all__ = ["decoded_tflite"]
@@ -128,8 +128,11 @@ def _read(model, where: str) -> tuple[list[_Tensor], list[_Op], list[int], list[
     return tensors, ops, inputs, outputs, model.Description() or b"edgepack"
 
 
+_DTYPES = {tflite.TensorType.FLOAT32: "<f4", tflite.TensorType.INT32: "<i4", tflite.TensorType.UINT8: "u1"}
+
+
 def _array(tensor: _Tensor) -> np.ndarray:
-    return np.frombuffer(tensor.data, "<f4").reshape(tensor.shape)
+    return np.frombuffer(tensor.data, _DTYPES.get(tensor.type, "<f4")).reshape(tensor.shape)
 
 
 def _const(tensors: list[_Tensor], index: int) -> bool:
@@ -174,15 +177,15 @@ def _decode(ops: list[_Op], tensors: list[_Tensor]) -> list[_Op]:
             kept.append(op)
             continue
         slots = dict(zip(OPS[op.custom_op].input_names, op.inputs))
-        buckets = _array(tensors[slots["buckets"]])
-        recon = _array(tensors[slots["recon"]]) if slots.get("recon", -1) >= 0 else None
+        weights = {slot: _array(tensors[slots[slot]]) if slots.get(slot, -1) >= 0 else None
+                   for slot in OPS[op.custom_op].weight_inputs}
         out = op.outputs[0]
         if tensors[out].data is not None:  # the delegate's words for a constant output
             label = f"{op.custom_op} node #{index} (output '{tensors[out].name.decode(errors='replace')[:80]}')"
             raise InvalidNodeError(f"edgepack {label}: output (tensor {out}) has allocation type kTfLiteMmapRo; "
                                    "an op output must be a writable arena, dynamic or custom buffer, not a constant")
-        weight = decode_weight(attributes, buckets, recon)
-        if op.custom_op == "HashedWeight":
+        weight = decode_node(op.custom_op, attributes, weights)
+        if OPS[op.custom_op].kind == "decoder":
             _set_const(tensors, out, weight)
             continue
         x, name = slots["X"], tensors[out].name

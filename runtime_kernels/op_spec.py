@@ -15,7 +15,7 @@ import math
 import re
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 DOMAIN = "ai.edgepack"
@@ -290,6 +290,69 @@ HASH_ATTRIBUTES = (
     Attribute("signed", "int", 1, (0, 1), (0, 1), "1: random ±1 sign per hash; 0: always +1"),
 )
 
+ITEMSIZE = {"float32": 4, "int32": 4, "uint8": 1}
+
+
+def _input_bytes(inputs: tuple[Input, ...], shape: ShapeOf) -> int:
+    """Real bytes of the present ``inputs`` (elements × their dtype's size)."""
+    total = 0
+    for i in inputs:
+        try:
+            total += math.prod(shape(i.name)) * ITEMSIZE[i.dtype]
+        except KeyError:
+            pass
+    return total
+
+
+def _entries(shape: ShapeOf) -> int:
+    """n, the stored entries of a codebook weight: col_gaps' length when sparse, else prod(`shape`)."""
+    return math.prod(shape("col_gaps"))
+
+
+CODEBOOK = Input("codebook", True, "weight", "the J shared values, 1-D, 1 ≤ J ≤ 256 (entry 0 is 0.0 when "
+                 "the sparse form needs fillers)")
+INDICES = Input("indices", True, "weight", "n codebook indices of `bits` bits, packed LSB first: "
+                "ceil(n·`bits`/8) bytes, unused high bits of the last byte 0, every index < J", "uint8")
+ROW_PTR = Input("row_ptr", False, "weight", "CSR row starts [rows+1]: 0, non-decreasing, ending at n", "int32")
+COL_GAPS = Input("col_gaps", False, "weight", "[n] relative column indices (each ≥ 1; a row's m-th column is "
+                 "the sum of its first m+1 gaps − 1; gaps > 255 bridged by filler entries of value 0)",
+                 "uint8")
+BITS = Attribute("bits", "int", 8, (1, 8), (1, 8), "bits per packed index: 1, 2, 4 or 8 (J ≤ 2^`bits`)")
+CODEBOOK_INPUTS = (CODEBOOK, INDICES, ROW_PTR, COL_GAPS)
+
+
+def _codebook_load(attributes: dict, shape: ShapeOf) -> Work:
+    """CodebookWeight decoded once, at load: read the compressed form, one codebook gather per entry,
+    write the dense weight."""
+    dims = attributes["shape"]
+    try:
+        entries = _entries(shape)
+    except KeyError:
+        entries = math.prod(dims)
+    return Work(weight_bytes=_input_bytes(CODEBOOK_INPUTS, shape) + 4 * math.prod(dims), gathers=entries)
+
+
+def _sparse_codebook_macs(attributes: dict, shape: ShapeOf) -> float:
+    return _batch(shape) * _entries(shape)
+
+
+def _sparse_plan_bytes(attributes: dict, shape: ShapeOf) -> int:
+    """What the sparse kernel's plan keeps (kernels.c): the codebook, the row starts, and per entry its
+    unpacked 8-bit index and its gap: 4·J + 4·(out+1) + 2·n bytes."""
+    return 4 * math.prod(shape("codebook")) + 4 * (attributes["out_features"] + 1) + 2 * _entries(shape)
+
+
+def _sparse_codebook_work(attributes: dict, shape: ShapeOf) -> Work:
+    """Per inference: N·n MACs straight from the plan (every entry read once per run), n gathers."""
+    return Work(macs=_sparse_codebook_macs(attributes, shape), weight_bytes=_sparse_plan_bytes(attributes, shape),
+                gathers=_entries(shape))
+
+
+def _sparse_codebook_load(attributes: dict, shape: ShapeOf) -> Work:
+    """At load: read the compressed inputs, write the plan."""
+    return Work(weight_bytes=_input_bytes(CODEBOOK_INPUTS, shape) + _sparse_plan_bytes(attributes, shape))
+
+
 def _mfcc_frames(attributes: dict, shape: ShapeOf) -> int:
     samples = shape("audio")[-1]
     return max(0, 1 + (samples - attributes["window_length"]) // attributes["hop_length"])
@@ -374,6 +437,24 @@ OPS: dict[str, Op] = {op.name: op for op in (
        lambda a, shape: Work(macs=_ldr_macs(a, shape), weight_bytes=_ldr_spectra(shape)), _ldr_load,
        "per inference the MACs above, reading the spectra, 8·r·(n/2+1) + 8·r·n bytes. At load: "
        "3·r·F(n) MACs, reading 8·r·n bytes of G and H and writing the spectra"),
+    Op("CodebookWeight", "codebook_weight", "decoder", CODEBOOK_INPUTS,
+       (Attribute("shape", "ints", None, (1, U32_MAX), (1, INT_MAX),
+                  "shape of W; sparse form: rows = shape[0], cols = product of the rest (< 2³²)"), BITS),
+       "`shape`", lambda a, shape: tuple(a["shape"]), lambda a: math.prod(a["shape"]),
+       None, "0 per inference (decoded once, at load; its consumer counts the MACs)",
+       lambda a, shape: Work(), _codebook_load,
+       "per inference nothing: decoded at load into a constant that its consumer reads (4·prod(`shape`) "
+       "bytes, counted there). At load: reading the inputs' real bytes (4·J + ceil(n·`bits`/8) "
+       "[+ 4·(rows+1) + n]), one codebook gather per entry, writing 4·prod(`shape`) bytes"),
+    Op("SparseCodebookMatMul", "sparse_codebook_matmul", "compute",
+       (X, CODEBOOK, INDICES, replace(ROW_PTR, required=True), replace(COL_GAPS, required=True), BIAS, SCALE),
+       (IN_FEATURES, OUT_FEATURES, BITS, ACTIVATION),
+       "X's shape with the last axis `out_features`", _matmul_output, _dense,
+       _sparse_codebook_macs, "N·n (n = the stored entries, fillers included)",
+       _sparse_codebook_work, _sparse_codebook_load,
+       "per inference N·n MACs and n codebook gathers, reading the plan: 4·J + 4·(out+1) + 2·n bytes "
+       "(codebook, row starts, an unpacked 8-bit index and a gap per entry). At load: reading the inputs' "
+       "real bytes and writing that plan"),
     Op("MFCC", "mfcc", "frontend",
        (Input("audio", True, "activation", "float audio [..., samples] in [-1, 1] at `sample_rate`; "
               "at least `window_length` samples"),),
@@ -404,13 +485,14 @@ def c_header() -> str:
              "/* Define the macros you use before including this file; it undefines them all.",
              " *   EP_OP_DOMAIN(domain, opset_version)   EP_OP_LIMIT(name, value)",
              " *   EP_OP(op, n_inputs, n_required, n_attributes)",
-             " *   EP_OP_INPUT(op, index, name, required, kind)   kind: \"activation\", \"weight\" or \"bias\"",
+             " *   EP_OP_INPUT(op, index, name, required, kind, dtype)   kind: \"activation\", \"weight\" or \"bias\";",
+             " *     dtype: \"float32\", \"uint8\" or \"int32\"",
              " *   EP_OP_ATTR(op, name, is_ints, required, default, ort_lo, ort_hi, tflite_lo, tflite_hi)",
              " */",
              "#ifndef EP_OP_DOMAIN", "#define EP_OP_DOMAIN(domain, version)", "#endif",
              "#ifndef EP_OP_LIMIT", "#define EP_OP_LIMIT(name, value)", "#endif",
              "#ifndef EP_OP", "#define EP_OP(op, n_inputs, n_required, n_attributes)", "#endif",
-             "#ifndef EP_OP_INPUT", "#define EP_OP_INPUT(op, index, name, required, kind)", "#endif",
+             "#ifndef EP_OP_INPUT", "#define EP_OP_INPUT(op, index, name, required, kind, dtype)", "#endif",
              "#ifndef EP_OP_ATTR",
              "#define EP_OP_ATTR(op, name, is_ints, required, default, ort_lo, ort_hi, tflite_lo, tflite_hi)",
              "#endif", "",
@@ -418,7 +500,7 @@ def c_header() -> str:
     lines += [f"EP_OP_LIMIT({name}, {value}LL) /* {what} */" for name, (value, what) in LIMITS.items()]
     for op in OPS.values():
         lines += ["", f"EP_OP({op.name}, {len(op.inputs)}, {op.required_inputs}, {len(op.attributes)})"]
-        lines += [f'EP_OP_INPUT({op.name}, {i}, "{x.name}", {int(x.required)}, "{x.kind}")'
+        lines += [f'EP_OP_INPUT({op.name}, {i}, "{x.name}", {int(x.required)}, "{x.kind}", "{x.dtype}")'
                   for i, x in enumerate(op.inputs)]
         lines += [f'EP_OP_ATTR({op.name}, "{a.name}", {int(a.type == "ints")}, {int(a.required)}, '
                   f'{a.default or 0}, {a.ort[0]}LL, {a.ort[1]}LL, {a.tflite[0]}LL, {a.tflite[1]}LL)'
@@ -459,7 +541,7 @@ def op_table(op: Op) -> str:
         stored = "Stored: nothing (no weight inputs)."
     lines += ["", f"Output: {op.output_rule}. {stored} "
               f"MACs: {op.macs_rule}.", "", f"Energy estimate (work and weight bytes): {op.work_rule}."]
-    if op.kind == "decoder" or "mode" in op.attribute_names:
+    if "num_hashes" in op.attribute_names:
         lines += ["", HASH_RULE]
     return "\n".join(lines)
 

@@ -308,8 +308,9 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
 }
 
 /* ---- the input --------------------------------------------------------------------------- */
-static const char *const ATTR_NAMES[10] = {"in_features", "out_features", "num_hashes", "seed", "signed",
-                                           "mode", "shape", "bogus", "", "Shape"};
+#define N_ATTR_NAMES 12
+static const char *const ATTR_NAMES[N_ATTR_NAMES] = {"in_features", "out_features", "num_hashes", "seed", "signed",
+                                                     "mode", "shape", "bogus", "", "Shape", "bits", "activation"};
 static const int64_t HOSTILE[16] = {0, -1, -7, INT64_MIN, INT64_MAX, INT32_MAX, (int64_t)INT32_MAX + 1,
                                     (int64_t)UINT32_MAX, (int64_t)UINT32_MAX + 1, (int64_t)1 << 40,
                                     (int64_t)1 << 62, 65536, 1 << 20, 4096, 1 << 28, 64};
@@ -324,7 +325,7 @@ static int64_t read_int(fz *in) {
 
 /* One attribute: a name (known, unknown or empty), a type and a value. */
 static void read_attr(fz *in, fattr *a) {
-    a->name = ATTR_NAMES[fz_u8(in) % 10];
+    a->name = ATTR_NAMES[fz_u8(in) % N_ATTR_NAMES];
     a->type = fz_u8(in) % 5;
     switch (a->type) {
     case A_INT: a->i = read_int(in); break;
@@ -345,14 +346,22 @@ static void read_attr(fz *in, fattr *a) {
     }
 }
 
-static const ONNXTensorElementDataType TYPES[4] = {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT,
-                                                   ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT,
-                                                   ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE, 7 /* int64 */};
+static const ONNXTensorElementDataType TYPES[8] = {
+    ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE,
+    7 /* int64 */, ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32,
+    ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32};
 
-/* One input tensor; 0 when it would hold more than CAP values. */
+static size_t elem_size(ONNXTensorElementDataType t) {
+    return t == ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 ? 1 : t == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT ||
+                                                          t == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 ? 4 : 8;
+}
+
+/* One input tensor (type: bits 2-3 and 7 of its first byte); 0 when it would hold more than CAP
+ * values. float32 data from a seed, uint8 / int32 data spelled out by the input (codebook indices,
+ * row pointers, gaps), the others filled with 0x3F bytes. */
 static int read_value(fz *in, fvalue *v) {
     const uint8_t k = fz_u8(in);
-    v->type = TYPES[k >> 2 & 3];
+    v->type = TYPES[(k >> 2 & 3) | (k >> 5 & 4)];
     const int r = k >> 4 & 7;
     v->rank = r <= 4 ? (size_t)r : 16 + (size_t)r;
     v->count = 1;
@@ -361,10 +370,15 @@ static int read_value(fz *in, fvalue *v) {
         if (v->dims[d] && v->count > CAP / (size_t)v->dims[d]) return 0;
         v->count *= (size_t)v->dims[d];
     }
-    const size_t elem = v->type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT ? 4 : 8;
+    const size_t elem = elem_size(v->type);
     v->data = v->count ? malloc(v->count * elem) : NULL;
-    if (elem == 4) fz_fill_seeded((float *)v->data, v->count, fz_u8(in));
-    else if (v->count) memset(v->data, 0x3F, v->count * elem);
+    if (v->type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
+        fz_fill_seeded((float *)v->data, v->count, fz_u8(in));
+    } else if (v->type == ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 || v->type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32) {
+        for (size_t i = 0; i < v->count * elem; i++) ((uint8_t *)v->data)[i] = fz_u8(in);
+    } else if (v->count) {
+        memset(v->data, 0x3F, v->count * elem);
+    }
     return 1;
 }
 
@@ -380,13 +394,13 @@ static void run_compute(const OrtCustomOp *op, void *kernel, finfo *k) {
     for (size_t i = 0; i < k->n_in; i++) { /* compute must not write its inputs */
         const fvalue *v = k->in[i];
         copy[i] = v && v->count ? malloc(v->count * 8) : NULL;
-        if (copy[i]) memcpy(copy[i], v->data, v->count * (v->type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT ? 4 : 8));
+        if (copy[i]) memcpy(copy[i], v->data, v->count * elem_size(v->type));
     }
     release("compute", op->KernelComputeV2(kernel, (OrtKernelContext *)(void *)k));
     for (size_t i = 0; i < k->n_in; i++) {
         const fvalue *v = k->in[i];
         if (copy[i])
-            FZ_ASSERT(!memcmp(copy[i], v->data, v->count * (v->type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT ? 4 : 8)),
+            FZ_ASSERT(!memcmp(copy[i], v->data, v->count * elem_size(v->type)),
                       "compute wrote into input %zu", i);
         free(copy[i]);
     }

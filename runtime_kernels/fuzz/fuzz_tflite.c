@@ -44,7 +44,8 @@ static int read_tensor(fz *in, TfLiteTensor *t) {
         else if (v && count > CAP / v) count = (int64_t)CAP + 1;
         else count *= v;
     }
-    size_t floats;
+    size_t floats; /* elements */
+    const size_t elem = t->type == kTfLiteUInt8 ? 1 : 4; /* float32, int32 and the rest: 4 bytes a value */
     if (konst) { /* a buffer from the file: its size need not match the shape */
         const uint8_t m = fz_u8(in);
         floats = m & 1 && count >= 0 && count <= CAP ? (size_t)count : (size_t)(m >> 1);
@@ -54,9 +55,12 @@ static int read_tensor(fz *in, TfLiteTensor *t) {
         floats = (size_t)count;
     }
     const uint8_t seed = fz_u8(in);
-    t->bytes = floats * sizeof(float);
+    t->bytes = floats * elem;
     if (t->allocation_type == 0 || (!konst && seed == 0xFF)) { /* not allocated yet */
         t->data = NULL;
+    } else if (t->type == kTfLiteUInt8 || t->type == kTfLiteInt32) { /* indices, row pointers, gaps: spelled out */
+        t->data = malloc(t->bytes ? t->bytes : 1);
+        for (size_t i = 0; i < t->bytes; i++) ((uint8_t *)t->data)[i] = fz_u8(in);
     } else {
         t->data = malloc(t->bytes ? t->bytes : 1);
         fz_fill_seeded((float *)t->data, floats, seed);
@@ -117,13 +121,14 @@ static void check_exact_constants(const fake *f, int first, int last) {
             if (idx < 0 || idx >= f->nt || produced(f, first, last, idx)) continue; /* inside the partition */
             const TfLiteTensor *t = &f->t[idx];
             if ((t->allocation_type != kTfLiteMmapRo && t->allocation_type != kTfLitePersistentRo) || !t->data ||
-                t->type != kTfLiteFloat32 || !t->dims)
+                (t->type != kTfLiteFloat32 && t->type != kTfLiteInt32 && t->type != kTfLiteUInt8) || !t->dims)
                 continue;
+            const size_t elem = t->type == kTfLiteUInt8 ? 1 : 4;
             size_t count = 1;
             for (int d = 0; d < t->dims->size && count; d++)
                 count = t->dims->data[d] > 0 ? count * (size_t)t->dims->data[d] : 0;
             if (count)
-                FZ_ASSERT(t->bytes == count * sizeof(float), "node %d prepared with constant input %d of %zu values "
+                FZ_ASSERT(t->bytes == count * elem, "node %d prepared with constant input %d of %zu values "
                           "holding %zu bytes", k, idx, count, t->bytes);
         }
     }
@@ -139,9 +144,11 @@ static TfLiteStatus invoke_checked(fake *f, TfLiteStatus (*invoke)(TfLiteContext
     return st;
 }
 
-static const char *const NAMES[7] = {"ai.edgepack.HashedWeight", "ai.edgepack.HashedMatMul",
-                                     "ai.edgepack.CirculantMatMul", "ai.edgepack.LDRMatMul", "ai.edgepack.Bogus",
-                                     "ai.edgepackHashedWeight", "ai.edgepack.MFCC"};
+#define N_NAMES 9
+static const char *const NAMES[N_NAMES] = {"ai.edgepack.HashedWeight", "ai.edgepack.HashedMatMul",
+                                           "ai.edgepack.CirculantMatMul", "ai.edgepack.LDRMatMul", "ai.edgepack.Bogus",
+                                           "ai.edgepackHashedWeight", "ai.edgepack.MFCC", "ai.edgepack.CodebookWeight",
+                                           "ai.edgepack.SparseCodebookMatMul"};
 static const char *const VARIANTS[4] = {"ref", "auto", "avx2", "nope"};
 
 /* Small decode limits; FUZZ_VERBOSE. */
@@ -190,7 +197,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         n->custom_initial_data = copy;
         n->custom_initial_data_size = (int)got;
         f.regs[f.nn].builtin_code = (op & 0x70) == 0x70 ? 9 : kTfLiteBuiltinCustom;
-        f.regs[f.nn].custom_name = NAMES[(op & 15) % 7];
+        f.regs[f.nn].custom_name = NAMES[(op & 15) % N_NAMES];
         f.regs[f.nn].version = 1;
     }
     TfLiteStatus st;

@@ -19,6 +19,28 @@ HASHED_MATMUL = {"in_features": 11, "out_features": 7, "num_hashes": 2, "seed": 
 HASHED_WEIGHT = {"shape": [5, 2, 3], "num_hashes": 1, "seed": 9, "signed": 1}
 CIRCULANT = {"in_features": 13, "out_features": 10}
 LDR = {"in_features": 12, "out_features": 9}
+SPARSE_CODEBOOK = {"in_features": 13, "out_features": 7, "bits": 2, "activation": 1}
+CODEBOOK_WEIGHT = {"shape": [7, 13], "bits": 2}
+
+
+def codebook_weight(rows: int = 7, cols: int = 13, bits: int = 2, seed: int = 3) -> dict[str, bytes]:
+    """A valid sparse codebook weight (the CodebookWeight contract): 4 codebook values (0.0 first),
+    about a third of the positions set, a row left empty; each input's raw little-endian bytes."""
+    rng = random.Random(seed)
+    idx, gaps, row_ptr = [], [], [0]
+    for r in range(rows):
+        last = -1
+        for c in range(cols):
+            if r != 2 and rng.random() < 0.35:
+                idx.append(rng.randrange(1, 4))
+                gaps.append(c - last)
+                last = c
+        row_ptr.append(len(idx))
+    packed = bytearray((len(idx) * bits + 7) // 8)
+    for k, i in enumerate(idx):
+        packed[k * bits // 8] |= i << (k * bits % 8)
+    return {"codebook": struct.pack("<4f", 0.0, -0.5, 0.25, 1.0), "indices": bytes(packed),
+            "row_ptr": struct.pack(f"<{len(row_ptr)}i", *row_ptr), "col_gaps": bytes(gaps)}
 
 
 def write(target: str, name: str, data: bytes) -> None:
@@ -43,16 +65,20 @@ def flexmap_seeds() -> None:
 
 # ---- fuzz_tflite -------------------------------------------------------------------------------
 ARENA, CONST, PERSISTENT_RO = 0, 2, 4  # allocation indices of fuzz_tflite.c's ALLOC table
-OPS = {"HashedWeight": 0, "HashedMatMul": 1, "CirculantMatMul": 2, "LDRMatMul": 3}
+OPS = {"HashedWeight": 0, "HashedMatMul": 1, "CirculantMatMul": 2, "LDRMatMul": 3, "CodebookWeight": 7,
+       "SparseCodebookMatMul": 8}
+TFLITE_TYPES = {"int32": 2, "uint8": 3}  # TfLiteType, in bits 4-6 of the allocation byte (bit 7 set)
 
 
-def tensor(alloc: int, dims: list[int], seed: int, floats: int | None = None) -> bytes:
-    """A float32 tensor: allocation, rank, dims, (constants: a buffer of its shape's size or of
-    `floats` values), data seed."""
-    out = bytes([alloc, len(dims), *dims])
+def tensor(alloc: int, dims: list[int], seed: int, floats: int | None = None, dtype: str = "float32",
+           data: bytes = b"") -> bytes:
+    """A tensor: allocation (| type), rank, dims, (constants: a buffer of its shape's size or of
+    `floats` values), data seed; uint8 / int32 tensors then spell out their bytes."""
+    kind = 0x80 | TFLITE_TYPES[dtype] << 4 if dtype != "float32" else 0
+    out = bytes([alloc | kind, len(dims), *dims])
     if alloc in (CONST, 3, PERSISTENT_RO):
         out += b"\x01" if floats is None else bytes([2 * floats])
-    return out + bytes([seed])
+    return out + bytes([seed]) + data
 
 
 def node(op: str, inputs: list[int], output: int, options: bytes, partition_output: bool = False) -> bytes:
@@ -103,6 +129,20 @@ def tflite_seeds() -> None:
     tensors = [tensor(ARENA, [2, 13], 8), tensor(CONST, [2, 2, 8], 7, floats=40), tensor(ARENA, [1], 0)]
     write("fuzz_tflite", "constant_longer_than_shape",
           graph(0, tensors, [node("CirculantMatMul", [0, 1], 2, flexbuffer_options(CIRCULANT))]))
+    w = codebook_weight()
+    n = len(w["col_gaps"])
+    for weights in (CONST, ARENA):
+        for route in (0, 1):
+            cw = [tensor(weights, [4], 21),
+                  tensor(weights, [len(w["indices"])], 0, dtype="uint8", data=w["indices"]),
+                  tensor(weights, [8], 0, dtype="int32", data=w["row_ptr"]),
+                  tensor(weights, [n], 0, dtype="uint8", data=w["col_gaps"])]
+            write("fuzz_tflite", f"sparse_codebook_w{weights}_r{route}",
+                  graph(route, [tensor(ARENA, [3, 13], 15), *cw, tensor(ARENA, [1], 0)],
+                        [node("SparseCodebookMatMul", [0, 1, 2, 3, 4], 5, flexbuffer_options(SPARSE_CODEBOOK))]))
+            write("fuzz_tflite", f"codebook_weight_w{weights}_r{route}",
+                  graph(route, [*cw, tensor(ARENA, [1], 0)],
+                        [node("CodebookWeight", [0, 1, 2, 3], 4, flexbuffer_options(CODEBOOK_WEIGHT))]))
     bomb = flexbuffer_options(HASHED_WEIGHT | {"shape": [2, 2**31 - 1]})
     write("fuzz_tflite", "bomb_hashed_weight",
           graph(0, [tensor(CONST, [10], 5), tensor(ARENA, [1], 0)], [node("HashedWeight", [0], 1, bomb)]))
@@ -198,9 +238,21 @@ def decode_models() -> dict[str, bytes]:
         b.operator(hw, [b.constant("buckets", floats(5))], [w], flexbuffer_options(attrs))
         return b.serialize([], [w])
 
+    def codebook_fc() -> bytes:
+        """A sparse CodebookWeight [7, 13] (uint8 / int32 buffers) as a FULLY_CONNECTED filter."""
+        b, w = TFLiteModelBuilder(), codebook_weight()
+        x, filt, y = b.tensor("x", (2, 13)), b.tensor("w", (7, 13)), b.tensor("y", (2, 7))
+        inputs = [b.constant("codebook", np.frombuffer(w["codebook"], "<f4")),
+                  b.constant("indices", np.frombuffer(w["indices"], np.uint8)),
+                  b.constant("row_ptr", np.frombuffer(w["row_ptr"], "<i4").astype(np.int32)),
+                  b.constant("col_gaps", np.frombuffer(w["col_gaps"], np.uint8))]
+        b.operator("ai.edgepack.CodebookWeight", inputs, [filt], flexbuffer_options(CODEBOOK_WEIGHT))
+        b.operator(op.FULLY_CONNECTED, [x, filt, -1], [y], Options("FullyConnectedOptions", {}))
+        return b.serialize([x], [y])
+
     weight = {"shape": [3, 4], "num_hashes": 1, "seed": 6}
     return {"ok_conv": conv(False), "ok_depthwise": conv(True), "ok_mlp": mlp(), "ok_nhwc_matmul": nhwc_matmul(),
-            "ok_reshape_fc": reshape_fc(), "ok_weight_output": weight_output(weight),
+            "ok_reshape_fc": reshape_fc(), "ok_weight_output": weight_output(weight), "ok_codebook_fc": codebook_fc(),
             "bad_num_hashes": weight_output(weight | {"num_hashes": 65}),
             "bad_bomb": weight_output(weight | {"shape": [2, 2**31 - 1]}),
             "bad_constant_output": conv(False, output_data=True)}
@@ -214,7 +266,9 @@ def decode_seeds() -> None:
 
 
 # ---- fuzz_ort ----------------------------------------------------------------------------------
-ATTR_NAMES = ["in_features", "out_features", "num_hashes", "seed", "signed", "mode", "shape"]
+ATTR_NAMES = ["in_features", "out_features", "num_hashes", "seed", "signed", "mode", "shape", "bogus", "", "Shape",
+              "bits", "activation"]
+ORT_TYPES = {"uint8": 0x80, "int32": 0x84}  # fuzz_ort.c's type bits (2-3 and 7) of uint8 / int32
 
 
 def small_int(value: int) -> bytes:
@@ -233,9 +287,12 @@ def ort_attrs(attributes: dict) -> bytes:
     return out
 
 
-def ort_value(dims: list[int], seed: int, const: bool = False) -> bytes:
-    """A present float32 input (constant initializer or fed at run time)."""
-    return bytes([1 | (2 if const else 0), len(dims) << 4, *dims, seed])
+def ort_value(dims: list[int], seed: int, const: bool = False, dtype: str = "float32", data: bytes = b"") -> bytes:
+    """A present input (constant initializer or fed at run time): float32 from a seed, uint8 / int32
+    with its bytes."""
+    if dtype == "float32":
+        return bytes([1 | (2 if const else 0), len(dims) << 4, *dims, seed])
+    return bytes([1 | (2 if const else 0), len(dims) << 4 | ORT_TYPES[dtype], *dims]) + data
 
 
 def ort_seeds() -> None:
@@ -255,6 +312,17 @@ def ort_seeds() -> None:
         write("fuzz_ort", f"ldr_c{int(const)}",
               bytes([3, 0]) + ort_attrs(LDR) + bytes([4]) + ort_value([3, 12], 11)
               + ort_value([2, 16], 9, const) + ort_value([2, 16], 10, const) + absent)
+    w = codebook_weight()
+    op_index = {"CodebookWeight": 4, "SparseCodebookMatMul": 5}  # ops.inc order
+    for const in (True, False):
+        cw = [ort_value([4], 21, const), ort_value([len(w["indices"])], 0, const, "uint8", w["indices"]),
+              ort_value([8], 0, const, "int32", w["row_ptr"]),
+              ort_value([len(w["col_gaps"])], 0, const, "uint8", w["col_gaps"])]
+        write("fuzz_ort", f"sparse_codebook_c{int(const)}",
+              bytes([op_index["SparseCodebookMatMul"], 1]) + ort_attrs(SPARSE_CODEBOOK) + bytes([6])
+              + ort_value([3, 13], 4) + b"".join(cw) + ort_value([7], 6))
+        write("fuzz_ort", f"codebook_weight_c{int(const)}",
+              bytes([op_index["CodebookWeight"], 0]) + ort_attrs(CODEBOOK_WEIGHT) + bytes([4]) + b"".join(cw))
     # issue 9 regressions: decode bombs (the 227-byte HashedWeight of shape [2, 2^29]; an 11.8 GB plan)
     write("fuzz_ort", "bomb_hashed_weight",
           bytes([0, 4]) + ort_attrs(HASHED_WEIGHT | {"shape": [2, 2**29]}) + bytes([2]) + ort_value([10], 5, True)
@@ -289,6 +357,22 @@ def kernel_seeds() -> None:
     write("fuzz_kernels", "misc_variant", bytes([8]) + b"\x01\x02\x03\x04" + b"avx2")
     limits = struct.pack("<QBQBqqq", 1 << 28, 0, 1 << 30, 0, 1 << 20, 1 << 29, 1 << 29)
     write("fuzz_kernels", "limits", bytes([9]) + limits + b" 268435456 ")
+
+
+def codebook_seeds() -> None:
+    """fuzz_codebook: flags, rows-1, cols-1 (u16), bits selector, J (u16), J codebook bytes, then (sparse)
+    row counts and gaps, then index bytes, in fuzz_codebook.c's order."""
+    rng = random.Random(4)
+
+    def data(n: int) -> bytes:
+        return bytes(rng.randrange(256) for _ in range(n))
+    for bits_sel, j in ((0, 2), (1, 4), (2, 16), (3, 200)):
+        write("fuzz_codebook", f"dense_b{bits_sel}", bytes([0, 4]) + struct.pack("<H", 20) + bytes([bits_sel])
+              + struct.pack("<H", j) + data(j) + data(200))
+        write("fuzz_codebook", f"sparse_b{bits_sel}", bytes([1, 9]) + struct.pack("<H", 300) + bytes([bits_sel])
+              + struct.pack("<H", j) + data(j) + data(10) + bytes(rng.randrange(1, 9) for _ in range(120)) + data(800))
+    write("fuzz_codebook", "sparse_raw_gaps", bytes([1 | 16, 3, 40, 0, 1]) + struct.pack("<H", 3) + data(600))
+    write("fuzz_codebook", "indices_off_by_one", bytes([64, 2, 9, 0, 2, 5, 0]) + data(200))
 
 
 def mfcc_seeds() -> None:
@@ -355,6 +439,52 @@ def onnx_decode_seeds() -> None:
     for key, value in (("location", "m.onnx.data"), ("offset", "0"), ("length", "28")):
         external.external_data.add(key=key, value=value)
     write("fuzz_onnx_decode", "external_buckets", model([hm("m")], [external, init("bias", 5)], x))
+    w = codebook_weight()
+    arrays = {"codebook": np.frombuffer(w["codebook"], "<f4"), "indices": np.frombuffer(w["indices"], np.uint8),
+              "row_ptr": np.frombuffer(w["row_ptr"], "<i4"), "col_gaps": np.frombuffer(w["col_gaps"], np.uint8)}
+    for raw in (True, False):  # raw_data, or int32_data for the uint8 / int32 inputs
+        inits = [numpy_helper.from_array(v, n) if raw or v.dtype == np.float32 else
+                 helper.make_tensor(n, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape, v.astype(np.int64).tolist())
+                 for n, v in arrays.items()]
+        cw = helper.make_node("CodebookWeight", list(arrays), ["Y"], domain="ai.edgepack", name="cw",
+                              **CODEBOOK_WEIGHT)
+        write("fuzz_onnx_decode", f"codebook_weight_{'raw' if raw else 'int32_data'}", model([cw], inits))
+
+
+def wav_seeds() -> None:
+    """fuzz_wav: WAV files the streaming runner accepts (extra and odd-sized chunks, the extensible
+    'fmt ', a streamed size) and ones it refuses (truncated, stereo, 44.1 kHz, float, out of order)."""
+    audio = struct.pack("<64h", *range(-32768, 32768, 1024))
+
+    def chunk(name: bytes, body: bytes) -> bytes:
+        return name + struct.pack("<I", len(body)) + body + b"\0" * (len(body) & 1)
+
+    def fmt(tag=1, channels=1, rate=16000, bits=16, extensible=False) -> bytes:
+        body = struct.pack("<HHIIHH", 0xFFFE if extensible else tag, channels, rate, rate * channels * bits // 8,
+                           channels * bits // 8, bits)
+        return body + (struct.pack("<HHI", 22, bits, 4) + struct.pack("<H", tag) + bytes(14) if extensible else b"")
+
+    def wav(*chunks: bytes) -> bytes:
+        body = b"WAVE" + b"".join(chunks)
+        return b"RIFF" + struct.pack("<I", len(body)) + body
+
+    cases = {
+        "plain": wav(chunk(b"fmt ", fmt()), chunk(b"data", audio)),
+        "extensible": wav(chunk(b"fmt ", fmt(extensible=True)), chunk(b"data", audio)),
+        "list_odd_chunk": wav(chunk(b"fmt ", fmt()), chunk(b"LIST", b"INFOabc"), chunk(b"data", audio[:33])),
+        "streamed_size": wav(chunk(b"fmt ", fmt()), b"data\xff\xff\xff\xff" + audio),
+        "truncated": wav(chunk(b"fmt ", fmt()), chunk(b"data", audio))[:80],
+        "stereo": wav(chunk(b"fmt ", fmt(channels=2)), chunk(b"data", audio)),
+        "44k": wav(chunk(b"fmt ", fmt(rate=44100)), chunk(b"data", audio)),
+        "float": wav(chunk(b"fmt ", fmt(tag=3, bits=32)), chunk(b"data", audio)),
+        "data_first": wav(chunk(b"data", audio), chunk(b"fmt ", fmt())),
+        "empty_data": wav(chunk(b"fmt ", fmt()), chunk(b"data", b"")),
+        "long_fmt": wav(chunk(b"fmt ", fmt() + bytes(30)), chunk(b"data", audio)),
+        "huge_chunk": wav(chunk(b"fmt ", fmt()), b"junk\xff\xff\xff\xff" + audio),
+        "raw_odd": audio[:21],
+    }
+    for name, data in cases.items():
+        write("fuzz_wav", name, data)
 
 
 def main() -> None:
@@ -365,7 +495,9 @@ def main() -> None:
     ort_seeds()
     onnx_decode_seeds()
     kernel_seeds()
+    codebook_seeds()
     mfcc_seeds()
+    wav_seeds()
     for folder in sorted(CORPUS.iterdir()):
         print(f"{folder.name}: {len(list(folder.iterdir()))} seeds")
 

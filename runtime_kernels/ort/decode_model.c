@@ -14,7 +14,8 @@
  * opset imports, metadata, other nodes and initializers). The input is untrusted: each length is
  * checked against the bytes left before it is used, and decoded sizes against the limits before
  * anything is allocated. Hashing and decoding are the kernels' (ep_op_read_attrs,
- * ep_op_check_weights, ep_hashed_decode), so the weights equal the custom ops' bit for bit.
+ * ep_op_check_weights, ep_hashed_decode; CodebookWeight through ep_op_run), so the weights equal
+ * the custom ops' bit for bit.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "decode_model.h"
@@ -193,7 +194,7 @@ typedef struct tinfo { /* one initializer of the main graph */
     int has_raw, external, is_input, consumed;
 } tinfo;
 
-typedef struct ninfo { /* one ai.edgepack HashedWeight / HashedMatMul node of the main graph */
+typedef struct ninfo { /* one ai.edgepack HashedWeight / HashedMatMul / CodebookWeight node of the main graph */
     size_t index; /* its place among the graph's nodes */
     span whole, name, op_type, domain, out0;
     span in[EP_OP_MAX_INPUTS];
@@ -400,18 +401,54 @@ static int read_external(ctx *c, const tinfo *t, size_t bytes, void **out) {
     return 0;
 }
 
-/* A float32 initializer's values (raw_data, float_data or external data) into a new buffer. */
-static int load_floats(ctx *c, const tinfo *t, const char *slot, float **out) {
-    if (t->type != TYPE_FLOAT || t->count < 0 || (uint64_t)t->count > SIZE_MAX / 8)
-        return fail(c, "input '%s' (initializer '%.*s') must be a float32 tensor (data_type 1, valid dims), got "
-                    "data_type %d", slot, TNAME(t), (int)t->type);
-    const size_t bytes = (size_t)t->count * 4;
-    if (t->external) return read_external(c, t, bytes, (void **)out);
+/* int32_data (field 5, packed or not) of a uint8 (item 1) or int32 (item 4) initializer into a
+ * new buffer: counted, then copied. */
+static int load_int32_data(ctx *c, const tinfo *t, size_t item, void **out) {
+    for (int pass = 0; pass < 2; pass++) {
+        pb r = reader(t->whole);
+        pb_field f;
+        size_t n = 0;
+        if (next_field(&r, &f) <= 0) return malformed(c, "an initializer");
+        r = reader(f.s);
+        while (next_field(&r, &f) > 0) {
+            if (f.num != 5 || (f.wire != 0 && f.wire != 2)) continue;
+            pb q = reader(f.s);
+            uint64_t v = f.v;
+            while (f.wire == 0 || q.p < q.end) {
+                if (f.wire == 2 && read_varint(&q, &v)) return malformed(c, "int32_data");
+                if (pass && n < (size_t)t->count) {
+                    const int32_t x = (int32_t)(uint32_t)v;
+                    if (item == 1) ((uint8_t *)*out)[n] = (uint8_t)x;
+                    else memcpy((uint8_t *)*out + 4 * n, &x, 4);
+                }
+                n++;
+                if (f.wire == 0) break;
+            }
+        }
+        if (!pass && n != (size_t)t->count)
+            return fail(c, "initializer '%.*s' holds %zu values; its shape needs %lld", TNAME(t), n,
+                        (long long)t->count);
+        if (!pass && !(*out = aligned(item * (size_t)(t->count ? t->count : 1)))) return fail(c, "out of memory");
+    }
+    return 0;
+}
+
+/* An initializer's values (raw_data, float_data / int32_data or external data) into a new buffer:
+ * of the spec's dtype ("float32", "uint8" or "int32"; data_type 1, 2 or 6). */
+static int load_values(ctx *c, const tinfo *t, const char *slot, const char *dtype, void **out) {
+    const int want = !strcmp(dtype, "uint8") ? 2 : !strcmp(dtype, "int32") ? 6 : TYPE_FLOAT;
+    const size_t item = want == 2 ? 1 : 4;
+    if (t->type != want || t->count < 0 || (uint64_t)t->count > SIZE_MAX / 8)
+        return fail(c, "input '%s' (initializer '%.*s') must be a %s tensor (data_type %d, valid dims), got "
+                    "data_type %d", slot, TNAME(t), dtype, want, (int)t->type);
+    const size_t bytes = (size_t)t->count * item;
+    if (t->external) return read_external(c, t, bytes, out);
+    if (want != TYPE_FLOAT && !t->has_raw) return load_int32_data(c, t, item, out);
     if (t->has_raw) {
         if (t->raw.n != bytes)
             return fail(c, "initializer '%.*s': raw_data has %zu bytes; its shape needs %zu", TNAME(t), t->raw.n,
                         bytes);
-        if (!(*out = (float *)aligned(bytes))) return fail(c, "out of memory");
+        if (!(*out = aligned(bytes ? bytes : 1))) return fail(c, "out of memory");
         memcpy(*out, t->raw.p, bytes);
         return 0;
     }
@@ -431,7 +468,7 @@ static int load_floats(ctx *c, const tinfo *t, const char *slot, float **out) {
         if (!pass && n != (size_t)t->count)
             return fail(c, "initializer '%.*s' holds %zu values; its shape needs %lld", TNAME(t), n,
                         (long long)t->count);
-        if (!pass && !(*out = (float *)aligned(bytes))) return fail(c, "out of memory");
+        if (!pass && !(*out = aligned(bytes ? bytes : 1))) return fail(c, "out of memory");
     }
     return 0;
 }
@@ -568,12 +605,13 @@ static size_t find_init(const ctx *c, span name) {
     return SIZE_MAX;
 }
 
-/* Whether the node is decoded (as decode_onnx._decodable): an ai.edgepack HashedWeight or
- * HashedMatMul in expand mode without an epilogue whose weight inputs are all constant
+/* Whether the node is decoded (as decode_onnx._decodable): an ai.edgepack HashedWeight, a
+ * CodebookWeight, or a HashedMatMul in expand mode without an epilogue whose weight inputs are all constant
  * initializers. Its attributes are then read and checked with the kernels' rules. */
 static int plan_node(ctx *c, ninfo *nd) {
     if (!span_eq(nd->domain, DOMAIN)) return 0;
     if (span_eq(nd->op_type, "HashedWeight")) nd->op = EP_OP_HashedWeight;
+    else if (span_eq(nd->op_type, "CodebookWeight")) nd->op = EP_OP_CodebookWeight;
     else if (span_eq(nd->op_type, "HashedMatMul")) nd->op = EP_OP_HashedMatMul;
     else return 0;
     if (nd->n_out != 1 || !nd->out0.n) {
@@ -763,7 +801,7 @@ static void put_node(buf *g, const char *op, span a, span b, span out, span name
  * HashedWeight, whose output becomes an initializer; MatMul (+ Add) for HashedMatMul). */
 static int decode_node(ctx *c, ninfo *nd, buf *g, buf *tail) {
     ep_tensor in[EP_OP_MAX_INPUTS];
-    float *data[EP_OP_MAX_INPUTS] = {0};
+    void *data[EP_OP_MAX_INPUTS] = {0};
     char msg[512], what[320];
     int rc = 1;
     memset(in, 0, sizeof in);
@@ -776,13 +814,17 @@ static int decode_node(ctx *c, ninfo *nd, buf *g, buf *tail) {
             node_fail(c, nd, msg);
             goto done;
         }
-        if (load_floats(c, t, ep_op_input_name(nd->op, s), &data[s])) {
+        const char *dtype = ep_op_input_dtype(nd->op, s);
+        if (load_values(c, t, ep_op_input_name(nd->op, s), dtype, &data[s])) {
             snprintf(msg, sizeof msg, "%s", c->cap ? c->msg : "");
             node_fail(c, nd, msg);
             goto done;
         }
         in[s].present = 1;
-        in[s].data = data[s];
+        in[s].bytes = data[s];
+        in[s].dtype = !strcmp(dtype, "uint8") ? EP_DTYPE_UINT8 : !strcmp(dtype, "int32") ? EP_DTYPE_INT32
+                                                                                          : EP_DTYPE_FLOAT32;
+        in[s].data = in[s].dtype == EP_DTYPE_FLOAT32 ? (const float *)data[s] : NULL;
         in[s].rank = t->rank;
         memcpy(in[s].dims, t->dims, t->rank * sizeof t->dims[0]);
         in[s].count = t->count;
@@ -817,14 +859,19 @@ static int decode_node(ctx *c, ninfo *nd, buf *g, buf *tail) {
     }
     const int64_t rows = a->hp.rows, cols = a->hp.cols;
     ep_hash_params p = a->hp;
-    const int bs = nd->op == EP_OP_HashedWeight ? 0 : 1, rs = bs + 1;
+    const int bs = nd->op == EP_OP_HashedMatMul ? 1 : 0, rs = bs + 1;
     p.num_buckets = in[bs].count;
     if (!(V = (float *)aligned((size_t)bytes))) {
         node_fail(c, nd, "out of memory for the decoded weight");
         goto done;
     }
-    const ep_status st = ep_hashed_decode(&p, in[bs].data, in[rs].present ? in[rs].data : NULL,
-                                          in[rs].present ? in[rs].count : 0, V);
+    if (nd->op == EP_OP_CodebookWeight && ep_op_run(nd->op, a, NULL, in, V, msg, sizeof msg)) {
+        node_fail(c, nd, msg); /* a codebook's contents: the custom op's words */
+        goto done;
+    }
+    const ep_status st = nd->op == EP_OP_CodebookWeight ? EP_OK
+                         : ep_hashed_decode(&p, in[bs].data, in[rs].present ? in[rs].data : NULL,
+                                            in[rs].present ? in[rs].count : 0, V);
     if (st) {
         snprintf(msg, sizeof msg, "kernel error (%s): %s", ep_status_str(st), ep_last_error());
         node_fail(c, nd, msg);
@@ -832,7 +879,7 @@ static int decode_node(ctx *c, ninfo *nd, buf *g, buf *tail) {
     }
     c->used += bytes;
     c->out->decoded_bytes += bytes;
-    if (nd->op == EP_OP_HashedWeight) {
+    if (nd->op != EP_OP_HashedMatMul) { /* a decoder: its output becomes the initializer */
         const ep_onnx_initializer *e = add_initializer(c, nd->out0, TYPE_FLOAT, a->shape, a->shape_rank, V,
                                                        (size_t)bytes);
         if (!e) {
@@ -910,7 +957,8 @@ static int rewrite_graph(ctx *c, span graph, buf *g) {
             if (parse_node(c, f.s, &nd)) return 1;
             nd.index = n_all++;
             if (!span_eq(nd.domain, DOMAIN) ||
-                !(span_eq(nd.op_type, "HashedWeight") || span_eq(nd.op_type, "HashedMatMul")))
+                !(span_eq(nd.op_type, "HashedWeight") || span_eq(nd.op_type, "HashedMatMul") ||
+                  span_eq(nd.op_type, "CodebookWeight")))
                 continue;
             if (c->n_nodes == cap_n) {
                 cap_n = cap_n ? 2 * cap_n : 16;

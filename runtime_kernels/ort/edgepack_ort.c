@@ -1,6 +1,7 @@
 /* libedgepack_ort: ONNX Runtime custom ops for the ai.edgepack domain, opset 1 (docs/ops.md).
  *
- * Ops: HashedWeight, HashedMatMul, CirculantMatMul, LDRMatMul. A thin adapter over the C op layer
+ * Ops: every op of ops.inc (HashedWeight, HashedMatMul, CirculantMatMul, LDRMatMul, CodebookWeight,
+ * SparseCodebookMatMul, MFCC). A thin adapter over the C op layer
  * (src/ops.c): it reads attributes through an ep_attr_reader and turns OrtValues into ep_tensor
  * views; the layer validates them before memory is touched, builds plans and runs the kernels.
  * Failures come back as an OrtStatus naming the node and what would be valid. Plans (decoded V, FFT spectra) are built
@@ -170,7 +171,23 @@ static OrtStatus *read_attrs(kernel *k, const OrtKernelInfo *info) {
 
 /* ---- tensors ----------------------------------------------------------------------------- */
 
-/* The view of input `idx` (v NULL: absent), a float32 tensor with its data. */
+/* ONNX's element type as the op layer's (which checks it against the spec). */
+static ep_dtype dtype_of(ONNXTensorElementDataType type) {
+    switch ((int)type) {
+    case 1: return EP_DTYPE_FLOAT32;
+    case 2: return EP_DTYPE_UINT8;
+    case 3: return EP_DTYPE_INT8;
+    case 5: return EP_DTYPE_INT16;
+    case 6: return EP_DTYPE_INT32;
+    case 7: return EP_DTYPE_INT64;
+    case 9: return EP_DTYPE_BOOL;
+    case 10: return EP_DTYPE_FLOAT16;
+    case 11: return EP_DTYPE_FLOAT64;
+    default: return EP_DTYPE_OTHER;
+    }
+}
+
+/* The view of input `idx` (v NULL: absent) with its data and element type. */
 static OrtStatus *view_of(const kernel *k, const OrtValue *v, int idx, ep_tensor *t) {
     const OrtApi *a = k->api;
     const char *name = ep_op_input_name(k->desc->op, idx);
@@ -193,11 +210,13 @@ static OrtStatus *view_of(const kernel *k, const OrtValue *v, int idx, ep_tensor
     if (st) return st;
     t->present = 1;
     t->count = (int64_t)count;
-    if (type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
-        return fail(k, "input '%s' has element type %d; must be float32 (1)", name, (int)type);
+    t->dtype = dtype_of(type);
+    if (t->dtype == EP_DTYPE_OTHER || t->dtype == EP_DTYPE_BOOL) /* no data to read: the layer names the type */
+        return NULL;
     if ((st = OrtGetTensorMutableData(a)((OrtValue *)v, &data))) return st;
     if (!data && count) return fail(k, "input '%s' has no data", name);
-    t->data = (const float *)data;
+    t->bytes = data;
+    t->data = t->dtype == EP_DTYPE_FLOAT32 ? (const float *)data : NULL;
     return NULL;
 }
 
@@ -246,8 +265,9 @@ static OrtStatus *prepare_constants(kernel *k, const OrtKernelInfo *info) {
     }
     char msg[1100], what[512];
     if (ep_op_check_weights(op, &k->at, w, msg, sizeof msg)) return fail(k, "%s", msg);
-    /* the hashed ops' bytes were counted at creation; the spectra's size comes with the weights */
-    if ((op == EP_OP_CirculantMatMul || op == EP_OP_LDRMatMul) &&
+    /* the hashed ops' bytes were counted at creation; the spectra's and the sparse plan's size come
+     * with the weights */
+    if ((op == EP_OP_CirculantMatMul || op == EP_OP_LDRMatMul || op == EP_OP_SparseCodebookMatMul) &&
         (st = reserve(k, ep_op_plan_bytes(op, &k->at, w, what, sizeof what), what)))
         return st;
     return ep_op_plan_create(op, &k->at, w, &k->plan, msg, sizeof msg) ? fail(k, "%s", msg) : NULL;
@@ -265,7 +285,7 @@ static OrtStatus *create_kernel(const OrtCustomOp *op, const OrtApi *api, const 
     if (!st && ep_op_check_virtual(k->desc->op, &k->at, &k->desc->reg->lim, msg, sizeof msg)) st = fail(k, "%s", msg);
     /* the hashed ops' decoded size is known from the attributes: count it whatever feeds them */
     const ep_op o = k->desc->op;
-    if (!st && (o == EP_OP_HashedWeight || (o == EP_OP_HashedMatMul && k->at.mode == 0)))
+    if (!st && (o == EP_OP_HashedWeight || o == EP_OP_CodebookWeight || (o == EP_OP_HashedMatMul && k->at.mode == 0)))
         st = reserve(k, ep_op_plan_bytes(o, &k->at, NULL, what, sizeof what), what);
     if (!st) st = prepare_constants(k, info);
     if (st) {
@@ -325,7 +345,7 @@ static OrtStatus *compute(void *p, OrtKernelContext *ctx) {
     if ((st = get_output(k, ctx, &y, &Y))) return st;
     if (y.count == 0) return NULL;
     /* weights fed at run time: the spectra built for this run must fit what the session has left */
-    if (!k->plan && (op == EP_OP_CirculantMatMul || op == EP_OP_LDRMatMul) &&
+    if (!k->plan && (op == EP_OP_CirculantMatMul || op == EP_OP_LDRMatMul || op == EP_OP_SparseCodebookMatMul) &&
         ep_limits_check_bytes(&r->lim, atomic_load(&r->used), ep_op_plan_bytes(op, &k->at, in, what, sizeof what),
                               what))
         return fail(k, "%s", ep_last_error());
@@ -340,6 +360,12 @@ static const char *op_ep(const OrtCustomOp *op) { (void)op; return NULL; /* CPU 
 static ONNXTensorElementDataType op_type(const OrtCustomOp *op, size_t i) {
     (void)op; (void)i;
     return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+}
+/* Inputs of any element type: the op layer checks each against the spec (float32, uint8 or int32),
+ * so a wrong one gets the message the delegate gives, not ORT's own type error. */
+static ONNXTensorElementDataType op_input_type(const OrtCustomOp *op, size_t i) {
+    (void)op; (void)i;
+    return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
 }
 static size_t op_n_inputs(const OrtCustomOp *op) { return (size_t)ep_op_n_inputs(((const op_desc *)op)->op); }
 static size_t op_n_outputs(const OrtCustomOp *op) { (void)op; return 1; }
@@ -357,7 +383,7 @@ static int op_one(const OrtCustomOp *op) { (void)op; return 1; }
 
 #define EP_ORT_OP(OP)                                                                               \
     { .base = { .version = EP_ORT_API_VERSION, .GetName = op_name, .GetExecutionProviderType = op_ep, \
-                .GetInputType = op_type, .GetInputTypeCount = op_n_inputs, .GetOutputType = op_type,  \
+                .GetInputType = op_input_type, .GetInputTypeCount = op_n_inputs, .GetOutputType = op_type,  \
                 .GetOutputTypeCount = op_n_outputs, .KernelDestroy = destroy_kernel,                  \
                 .GetInputCharacteristic = op_in_char, .GetOutputCharacteristic = op_out_char,         \
                 .GetInputMemoryType = op_mem, .GetVariadicInputMinArity = op_one,                     \

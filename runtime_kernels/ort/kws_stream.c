@@ -5,7 +5,11 @@
  *
  *   edgepack_kws_stream --ort LIBONNXRUNTIME [--lib LIBEDGEPACK_ORT] --model M.onnx
  *                       [--threshold 0.8] [--window-ms 1000] [--suppression-ms 1500] [--min-count 3]
- *                       [--hop-ms 20] [--threads 1] [--bench] FILE.wav|-
+ *                       [--hop-ms 20] [--threads 1] [--keep-fused] [--bench] FILE.wav|-
+ *
+ * With --lib the model is decoded at load as edgepack_ort_runner does (runner_common.h's
+ * open_session: HashedWeight / expand-mode HashedMatMul nodes become dense constants once, and ORT
+ * runs its own kernels); --keep-fused runs the file as it is, on the fused custom ops.
  *
  * FILE.wav must be 16-bit PCM mono 16 kHz (anything else is refused with a message); `-` reads raw
  * s16le 16 kHz mono PCM from stdin as it arrives. The model's one float input is MFCC features
@@ -14,7 +18,10 @@
  * second of silence in the ring buffer; each hop computes only the new MFCC frame(s) and shifts the
  * 49×10 window (frame k covers samples [320k, 320k + 480)), exactly as kws/detector.py.
  * --bench prints one JSON object at the end instead: per-hop latency statistics (front end, model,
- * whole hop, in ms, CLOCK_MONOTONIC) and the detections. Errors: {"status": "error", "error": ...}
+ * whole hop, in ms, CLOCK_MONOTONIC), every hop's latency, the real-time factor (processing time over
+ * audio time), peak_rss_mb (VmHWM over the RSS before the session, as runner.c), decode_at_load and
+ * decoded_nodes (as runner.c's) and the detections.
+ * The WAV parser is wav_reader.c (fuzzed by fuzz/fuzz_wav.c). Errors: {"status": "error", "error": ...}
  * on stdout, exit 2 for bad input, 1 for a runtime failure.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -29,6 +36,7 @@
 #include "edgepack/mfcc.h"
 #include "runner_common.h"
 #include "ort_abi.h"
+#include "wav_reader.h"
 
 #define SAMPLE_RATE 16000
 #define CLIP 16000
@@ -41,11 +49,6 @@
 static const char *const LABELS[NUM_LABELS] = {"silence", "unknown", "yes", "no", "up", "down",
                                                "left", "right", "on", "off", "stop", "go"};
 
-
-
-
-
-
 static double parse_number(const char *flag, const char *v, double lo, double hi) {
     char *end;
     errno = 0;
@@ -53,90 +56,6 @@ static double parse_number(const char *flag, const char *v, double lo, double hi
     if (!*v || *end || errno || !isfinite(x) || x < lo || x > hi)
         die(2, "%s wants a number in [%g, %g], got '%s'", flag, lo, hi, v);
     return x;
-}
-
-/* ---- audio input: a 16-bit mono 16 kHz WAV, or raw s16le PCM on stdin -------------------------- */
-
-typedef struct {
-    FILE *f;
-    const char *name;
-    uint64_t left; /* bytes of audio still to read (UINT64_MAX: until EOF) */
-} Audio;
-
-static uint32_t le32(const unsigned char *p) { return p[0] | p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24; }
-static uint16_t le16(const unsigned char *p) { return (uint16_t)(p[0] | p[1] << 8); }
-
-static const char *WANT = "kws_stream needs 16-bit PCM mono 16 kHz WAV (convert with `sox IN.wav -r 16000 -c 1 "
-                          "-b 16 OUT.wav`, or use `edgepack kws listen`, which resamples)";
-
-/* Opens a WAV and positions it at the audio; every header field is checked before use. */
-static Audio open_wav(const char *path) {
-    Audio a = {fopen(path, "rb"), path, 0};
-    unsigned char head[12], ch[8], fmt[40];
-    int have_fmt = 0;
-    if (!a.f) die(2, "%s: cannot open: %s", path, strerror(errno));
-    if (fseek(a.f, 0, SEEK_END) != 0) die(2, "%s: not a seekable file (pipe raw PCM to '-' instead)", path);
-    long size = ftell(a.f);
-    rewind(a.f);
-    size_t got = fread(head, 1, sizeof head, a.f);
-    if (got == 0) die(2, "%s: empty file; %s", path, WANT);
-    if (got < 12 || memcmp(head, "RIFF", 4) || memcmp(head + 8, "WAVE", 4))
-        die(2, "%s: not a WAV file (no RIFF/WAVE header); %s", path, WANT);
-    for (;;) {
-        if (fread(ch, 1, 8, a.f) < 8)
-            die(2, "%s: truncated or incomplete WAV: no %s chunk; %s", path, have_fmt ? "'data'" : "'fmt '", WANT);
-        uint32_t csize = le32(ch + 4);
-        long here = ftell(a.f);
-        if (!memcmp(ch, "fmt ", 4)) {
-            if (csize < 16 || csize > sizeof fmt)
-                die(2, "%s: 'fmt ' chunk of %u bytes (16 to %zu expected); %s", path, csize, sizeof fmt, WANT);
-            if (fread(fmt, 1, csize, a.f) < csize) die(2, "%s: truncated 'fmt ' chunk; %s", path, WANT);
-            if ((csize & 1) && fseek(a.f, 1, SEEK_CUR)) die(2, "%s: truncated 'fmt ' chunk", path);
-            unsigned tag = le16(fmt), channels = le16(fmt + 2), bits = le16(fmt + 14);
-            uint32_t rate = le32(fmt + 4);
-            if (tag == 0xFFFE && csize >= 26) tag = le16(fmt + 24);
-            if (tag != 1 || bits != 16 || channels != 1 || rate != SAMPLE_RATE)
-                die(2, "%s: %s %u-bit, %u channel(s), %u Hz; %s", path, tag == 1 ? "PCM" : tag == 3 ? "float" : "coded",
-                    bits, channels, rate, WANT);
-            have_fmt = 1;
-        } else if (!memcmp(ch, "data", 4)) {
-            if (!have_fmt) die(2, "%s: 'data' chunk before the 'fmt ' chunk; %s", path, WANT);
-            uint64_t avail = size > here ? (uint64_t)(size - here) : 0;
-            uint64_t want = csize == 0xFFFFFFFFu ? avail : csize; /* a streamed WAV never patched */
-            if (want > avail)
-                die(2, "%s: truncated: the header promises %llu bytes of audio but only %llu follow", path,
-                    (unsigned long long)want, (unsigned long long)avail);
-            if (want < 2) die(2, "%s: no audio samples (empty 'data' chunk)", path);
-            a.left = want - (want & 1);
-            return a;
-        } else {
-            if ((uint64_t)here + csize + (csize & 1) > (uint64_t)size)
-                die(2, "%s: truncated: chunk '%.4s' runs past the end of the file", path, (const char *)ch);
-            if (fseek(a.f, (long)(csize + (csize & 1)), SEEK_CUR)) die(2, "%s: cannot seek", path);
-        }
-    }
-}
-
-/* Reads up to n samples as float in [-1, 1); returns how many (short only at the end). */
-static size_t read_samples(Audio *a, float *out, size_t n) {
-    unsigned char buf[2 * 4096];
-    size_t done = 0;
-    while (done < n && a->left > 0) {
-        size_t want = (n - done) * 2;
-        if (want > sizeof buf) want = sizeof buf;
-        if (want > a->left) want = (size_t)a->left;
-        size_t got = fread(buf, 1, want, a->f);
-        if (got == 0) break;
-        if (got & 1) { /* keep sample alignment on pipes: finish the odd byte */
-            int c = fgetc(a->f);
-            if (c == EOF) die(2, "%s: raw PCM ends in half a sample; expected s16le mono 16 kHz", a->name);
-            buf[got++] = (unsigned char)c;
-        }
-        for (size_t i = 0; i < got / 2; i++) out[done + i] = (float)(int16_t)le16(buf + 2 * i) / 32768.0f;
-        done += got / 2;
-        if (a->left != UINT64_MAX) a->left -= got;
-    }
-    return done;
 }
 
 /* ---- RecognizeCommands (micro_speech), as kws/detector.py ------------------------------------ */
@@ -221,13 +140,14 @@ static void print_stats(const char *name, double *v, size_t n) {
 
 int main(int argc, char **argv) {
     const char *ort = "libonnxruntime.so", *lib = NULL, *model = NULL, *input = NULL;
-    int threads = 1, bench = 0;
+    int threads = 1, bench = 0, keep_fused = 0;
     double hop_ms = 20;
     Recognizer rec = {.window_ms = 1000, .threshold = 0.8, .suppression_ms = 1500, .minimum_count = 3};
     json_errors = 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "--bench")) { bench = 1; continue; }
+        if (!strcmp(a, "--keep-fused")) { keep_fused = 1; continue; }
         if (strncmp(a, "--", 2) || !strcmp(a, "-")) {
             if (input) die(2, "more than one audio input given (%s, %s)", input, a);
             input = a;
@@ -248,7 +168,7 @@ int main(int argc, char **argv) {
     }
     if (!model || !input)
         die(2, "usage: %s --ort LIBONNXRUNTIME [--lib LIBEDGEPACK_ORT] --model M.onnx [--threshold T] "
-               "[--window-ms MS] [--suppression-ms MS] [--min-count N] [--hop-ms MS] [--threads N] [--bench] "
+               "[--window-ms MS] [--suppression-ms MS] [--min-count N] [--hop-ms MS] [--threads N] [--keep-fused] [--bench] "
                "FILE.wav|-", argv[0]);
     int hop = (int)hop_ms * SAMPLE_RATE / 1000;
     if (hop_ms != floor(hop_ms) || hop % STRIDE)
@@ -269,20 +189,21 @@ int main(int argc, char **argv) {
     if (ep_mfcc(plan, ring, CLIP, features, FRAMES * COEFS) != EP_OK) die(1, "ep_mfcc: %s", ep_last_error());
 
     const char *version = load_ort(ort);
+    const long rss_before = rss_kb("VmRSS");
 
     OrtEnv *env = NULL;
     OrtSessionOptions *so = NULL;
-    OrtSession *sess = NULL;
+    OrtAllocator *alloc = NULL;
+    OrtMemoryInfo *mem = NULL;
+    RunnerSession session;
     check(OrtCreateEnv(api)(ORT_LOGGING_LEVEL_WARNING, "edgepack", &env), "CreateEnv");
     check(OrtCreateSessionOptions(api)(&so), "CreateSessionOptions");
     check(OrtSetIntraOpNumThreads(api)(so, threads), "SetIntraOpNumThreads");
     if (lib) check(OrtRegisterCustomOpsLibrary_V2(api)(so, lib), "RegisterCustomOpsLibrary_V2");
-    check(OrtCreateSession(api)(env, model, so, &sess), "CreateSession");
-
-    OrtAllocator *alloc = NULL;
-    OrtMemoryInfo *mem = NULL;
-    check(OrtGetAllocatorWithDefaultOptions(api)(&alloc), "GetAllocatorWithDefaultOptions");
     check(OrtCreateCpuMemoryInfo(api)(OrtArenaAllocator, OrtMemTypeDefault, &mem), "CreateCpuMemoryInfo");
+    open_session(&session, env, so, mem, model, lib && !keep_fused, threads);
+    OrtSession *sess = session.sess;
+    check(OrtGetAllocatorWithDefaultOptions(api)(&alloc), "GetAllocatorWithDefaultOptions");
     size_t n_in = 0, n_out = 0, rank = 0;
     check(OrtSessionGetInputCount(api)(sess, &n_in), "SessionGetInputCount");
     check(OrtSessionGetOutputCount(api)(sess, &n_out), "SessionGetOutputCount");
@@ -322,9 +243,13 @@ int main(int argc, char **argv) {
                                                  ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, &in_value),
           "CreateTensorWithDataAsOrtValue");
 
-    Audio audio;
-    if (!strcmp(input, "-")) audio = (Audio){stdin, "stdin", UINT64_MAX};
-    else audio = open_wav(input);
+    ep_wav audio;
+    if (!strcmp(input, "-")) ep_wav_raw(&audio, stdin, "stdin");
+    else {
+        FILE *f = fopen(input, "rb");
+        if (!f) die(2, "%s: cannot open: %s", input, strerror(errno));
+        if (ep_wav_open(&audio, f, input)) die(2, "%s", audio.error);
+    }
 
     size_t cap = 1024, n = 0;
     double *t_front = xcalloc(cap, sizeof(double)), *t_model = xcalloc(cap, sizeof(double));
@@ -334,7 +259,8 @@ int main(int argc, char **argv) {
     double *det_time = xcalloc(det_cap, sizeof(double)), *det_score = xcalloc(det_cap, sizeof(double));
     uint64_t samples = 0;
     const int end = (FRAMES - 1) * STRIDE + WIN, start = end - WIN - (new_frames - 1) * STRIDE;
-    while (read_samples(&audio, hop_buf, (size_t)hop) == (size_t)hop) {
+    size_t got = 0;
+    while (ep_wav_read(&audio, hop_buf, (size_t)hop, &got) == 0 && got == (size_t)hop) {
         double t0 = now_ms();
         samples += (uint64_t)hop;
         memmove(ring, ring + hop, sizeof(float) * (CLIP - hop));
@@ -394,10 +320,20 @@ int main(int argc, char **argv) {
             n++;
         }
     }
+    if (audio.error[0]) die(2, "%s", audio.error);
     if (audio.f != stdin) fclose(audio.f);
     if (bench) {
+        const long peak = rss_kb("VmHWM") - rss_before;
+        double busy = 0;
+        for (size_t i = 0; i < n; i++) busy += t_hop[i];
         printf("{\"status\": \"ok\", \"runtime_version\": \"onnxruntime %s\", \"input\": \"%s\", \"hops\": %zu, "
-               "\"hop_ms\": %g, ", version, audio_input ? "audio" : "features", n, hop_ms);
+               "\"hop_ms\": %g, \"audio_s\": %.3f, \"real_time_factor\": %.6g, \"peak_rss_mb\": %.6f, "
+               "\"decode_at_load\": %s, \"decoded_nodes\": %d, \"hop_latencies_ms\": [", version,
+               audio_input ? "audio" : "features", n, hop_ms, (double)samples / SAMPLE_RATE,
+               samples ? busy / ((double)samples * 1000.0 / SAMPLE_RATE) : 0.0, (double)(peak > 0 ? peak : 0) / 1024.0,
+               session.decode ? "true" : "false", session.decoded.n_decoded);
+        for (size_t i = 0; i < n; i++) printf("%s%.6f", i ? ", " : "", t_hop[i]);
+        printf("], ");
         print_stats("frontend_ms", t_front, n);
         printf(", ");
         print_stats("model_ms", t_model, n);
@@ -415,7 +351,7 @@ int main(int argc, char **argv) {
     check(OrtAllocatorFree(api)(alloc, in_name), "AllocatorFree");
     check(OrtAllocatorFree(api)(alloc, out_name), "AllocatorFree");
     OrtReleaseMemoryInfo(api)(mem);
-    OrtReleaseSession(api)(sess);
+    close_session(&session);
     OrtReleaseSessionOptions(api)(so);
     OrtReleaseEnv(api)(env);
     ep_mfcc_plan_destroy(plan);

@@ -42,6 +42,8 @@ typedef enum OrtErrorCode {
 typedef enum ONNXTensorElementDataType {
     ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED = 0,
     ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT = 1,
+    ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 = 2,
+    ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 = 6,
     ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE = 11,
 } ONNXTensorElementDataType; /* other values exist; we only name the ones we use */
 

@@ -28,84 +28,26 @@
  * (dynamic dims become 1), so another runtime can rebuild the same feed.
  */
 #define _POSIX_C_SOURCE 200809L
-#include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
 #include <time.h>
-#include <unistd.h>
 
-#include "decode_model.h"
 #include "runner_common.h"
 #include "ort_abi.h"
 
 /* not declared in ort_abi.h: OrtApi slot 25, right after SetIntraOpNumThreads, same signature */
 #define OrtSetInterOpNumThreads(a) ORT_SLOT(a, 25, ort_SetIntraOpNumThreads_fn)
-/* nor these (slot 8 of API 1; slot 210, the first of API 12) */
-typedef OrtStatus *(*ort_CreateSessionFromArray_fn)(const OrtEnv *, const void *, size_t, const OrtSessionOptions *,
-                                                    OrtSession **);
-typedef OrtStatus *(*ort_AddExternalInitializers_fn)(OrtSessionOptions *, const char *const *,
-                                                     const OrtValue *const *, size_t);
-#define OrtCreateSessionFromArray(a) ORT_SLOT(a, 8, ort_CreateSessionFromArray_fn)
-#define OrtAddExternalInitializers(a) ORT_SLOT(a, 210, ort_AddExternalInitializers_fn)
 
 static int bench;
-
-
-
-
 
 static float fill_value(size_t k, size_t i) {
     unsigned long long v = ((unsigned long long)i * 7919ull + (unsigned long long)(k + 1) * 104729ull) % 2001ull;
     return (float)((double)((long long)v - 1000) / 1000.0);
 }
 
-
-/* VmRSS or VmHWM of this process in kB (0 where /proc is not there) */
-static long rss_kb(const char *field) {
-    char line[256];
-    long kb = 0;
-    size_t n = strlen(field);
-    FILE *f = fopen("/proc/self/status", "r");
-    if (!f) return 0;
-    while (fgets(line, sizeof line, f))
-        if (!strncmp(line, field, n) && line[n] == ':') { kb = strtol(line + n + 1, NULL, 10); break; }
-    fclose(f);
-    return kb;
-}
-
-/* The model file decoded at load into *d (d->model stays NULL when it has nothing to decode, or is
- * no protobuf: ORT then says why it refuses the file). The file is mapped, not read: the rewrite
- * skips over the bytes it copies or drops unread. */
-static void decode_at_load(const char *model, ep_onnx_decoded *d) {
-    struct stat st;
-    const int fd = open(model, O_RDONLY);
-    if (fd < 0) die(1, "%s: cannot open the model: %s", model, strerror(errno));
-    if (fstat(fd, &st) || !S_ISREG(st.st_mode) || st.st_size <= 0 || (unsigned long long)st.st_size > SIZE_MAX) {
-        close(fd);
-        die(1, "%s: not a non-empty regular file (expected an ONNX model)", model);
-    }
-    const size_t size = (size_t)st.st_size;
-    void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
-    close(fd);
-    if (map == MAP_FAILED) die(1, "%s: cannot map the model: %s", model, strerror(errno));
-    char dir[4096];
-    const char *slash = strrchr(model, '/');
-    if (!slash) snprintf(dir, sizeof dir, ".");
-    else if ((size_t)(slash - model) >= sizeof dir) die(1, "%s: the model's folder name is too long", model);
-    else snprintf(dir, sizeof dir, "%.*s", slash == model ? 1 : (int)(slash - model), model);
-    ep_limits lim;
-    char msg[1536];
-    if (ep_limits_from_env(&lim)) die(2, "%s", ep_last_error());
-    const int failed = ep_onnx_decode_model((const uint8_t *)map, size, dir, &lim, d, msg, sizeof msg);
-    munmap(map, size);
-    if (failed == 1) die(1, "%s: decode at load: %s (--keep-fused runs the file on the edgepack kernels)", model, msg);
-}
 
 static int parse_count(const char *flag, const char *v) {
     char *end;
@@ -206,12 +148,9 @@ int main(int argc, char **argv) {
 
     OrtEnv *env = NULL;
     OrtSessionOptions *so = NULL;
-    OrtSession *sess = NULL;
     OrtAllocator *alloc = NULL;
     OrtMemoryInfo *mem = NULL;
-    ep_onnx_decoded decoded;
-    OrtValue **weights = NULL; /* decoded and external initializers: they live as long as the session */
-    memset(&decoded, 0, sizeof decoded);
+    RunnerSession session;
     long rss_before = rss_kb("VmRSS");
     double t_init = now_ms();
     check(OrtCreateEnv(api)(ORT_LOGGING_LEVEL_WARNING, "edgepack", &env), "CreateEnv");
@@ -221,32 +160,8 @@ int main(int argc, char **argv) {
     if (lib) check(OrtRegisterCustomOpsLibrary_V2(api)(so, lib), "RegisterCustomOpsLibrary_V2");
     check(OrtCreateCpuMemoryInfo(api)(OrtArenaAllocator, OrtMemTypeDefault, &mem), "CreateCpuMemoryInfo");
     const int decode = lib && !keep_fused; /* as onnx_session: decode at load goes with the kernels */
-    if (decode) {
-        ep_set_num_threads(threads > 0 ? threads : 1);
-        decode_at_load(model, &decoded);
-    }
-    if (decoded.model) {
-        const size_t n = decoded.n_initializers;
-        const char **names = xcalloc(n, sizeof *names);
-        weights = xcalloc(n, sizeof *weights);
-        for (size_t i = 0; i < n; i++) {
-            ep_onnx_initializer *w = &decoded.initializers[i];
-            names[i] = w->name;
-            check(OrtCreateTensorWithDataAsOrtValue(api)(mem, w->data, w->bytes, w->dims, w->rank,
-                                                         (ONNXTensorElementDataType)w->data_type, &weights[i]),
-                  "CreateTensorWithDataAsOrtValue");
-        }
-        if (n) check(OrtAddExternalInitializers(api)(so, names, (const OrtValue *const *)weights, n),
-                     "AddExternalInitializers");
-        free(names);
-        char what[512];
-        snprintf(what, sizeof what, "CreateSession (%s, decoded at load)", model);
-        check(OrtCreateSessionFromArray(api)(env, decoded.model, decoded.model_size, so, &sess), what);
-        free(decoded.model); /* ORT parsed it; the weights stay */
-        decoded.model = NULL;
-    } else {
-        check(OrtCreateSession(api)(env, model, so, &sess), "CreateSession");
-    }
+    open_session(&session, env, so, mem, model, decode, threads);
+    OrtSession *sess = session.sess;
     double init_ms = now_ms() - t_init;
 
     check(OrtGetAllocatorWithDefaultOptions(api)(&alloc), "GetAllocatorWithDefaultOptions");
@@ -294,7 +209,7 @@ int main(int argc, char **argv) {
 
     if (!bench) {
         run_once(&feed, 1);
-        print_outputs(version, decode, decoded.n_decoded, &feed);
+        print_outputs(version, decode, session.decoded.n_decoded, &feed);
     } else {
         double first_ms = run_once(&feed, 0);
         for (int i = 0; i < warmup; i++) run_once(&feed, 0);
@@ -316,7 +231,7 @@ int main(int argc, char **argv) {
         printf(", \"input_shape\": [");
         for (size_t d = 0; d < rank0; d++) printf("%s%lld", d ? ", " : "", (long long)dims0[d]);
         printf("], \"init_ms\": %.6f, \"decode_at_load\": %s, \"decoded_nodes\": %d, \"first_inference_ms\": %.6f, "
-               "\"latencies_ms\": [", init_ms, decode ? "true" : "false", decoded.n_decoded, first_ms);
+               "\"latencies_ms\": [", init_ms, decode ? "true" : "false", session.decoded.n_decoded, first_ms);
         for (size_t i = 0; i < n; i++) printf("%s%.6f", i ? ", " : "", lat[i]);
         printf("], \"peak_rss_mb\": %.6f}\n", (double)(peak > 0 ? peak : 0) / 1024.0);
         free(lat);
@@ -330,11 +245,8 @@ int main(int argc, char **argv) {
     for (size_t k = 0; k < n_out; k++) check(OrtAllocatorFree(api)(alloc, out_names[k]), "AllocatorFree");
     free(in_names); free(out_names); free(inputs); free(outputs); free(buffers);
     OrtReleaseMemoryInfo(api)(mem);
-    OrtReleaseSession(api)(sess);
+    close_session(&session);
     OrtReleaseSessionOptions(api)(so);
     OrtReleaseEnv(api)(env);
-    for (size_t i = 0; weights && i < decoded.n_initializers; i++) OrtReleaseValue(api)(weights[i]);
-    free(weights);
-    ep_onnx_decoded_free(&decoded);
     return fflush(stdout) ? 1 : 0;
 }

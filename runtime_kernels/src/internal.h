@@ -63,6 +63,8 @@ typedef struct ep_tiles {
     int cmac_lanes;     /* complex values per step of cmac */
     int cmac_rows_lanes; /* complex values per main step of cmac_rows (each step covers every row) */
     int cmac_rows_mr;    /* rows per register tile of cmac_rows (the rest in smaller tiles) */
+    int spcb_lanes;      /* batch columns per main step of spcb_row (then one vector, then a tail) */
+    int spcb_min_nb;     /* batch columns from which spcb_row runs its vector path (below: scalar) */
 } ep_tiles;
 
 /* A variant: the micro-kernels that differ per ISA. The core validates and drives them. */
@@ -101,8 +103,16 @@ typedef struct ep_ops {
      * output block; each spectrum read once per block of rows). */
     void (*cmac_rows)(int64_t m, int64_t nj, int64_t rows, const float *a, int64_t lda, const float *B,
                       int64_t ldb, float *acc, int64_t ldacc);
+    /* the sparse codebook row: acc[b] = sum_{m < count} codebook[idx[m]] * xt[col_m * ldx + b] for
+     * b < nb, col_m = gaps[0] + ... + gaps[m] - 1 (one CSR row; xt: X transposed, [cols, ldx]) */
+    void (*spcb_row)(int64_t count, const float *codebook, const uint8_t *idx, const uint8_t *gaps,
+                     const float *xt, int64_t ldx, int64_t nb, float *acc);
     ep_tiles tile;
 } ep_ops;
+
+/* spcb_row's scalar definition, also the SIMD variants' path for few batch columns */
+void ep_spcb_row_ref(int64_t count, const float *codebook, const uint8_t *idx, const uint8_t *gaps,
+                     const float *xt, int64_t ldx, int64_t nb, float *acc);
 
 extern const ep_ops ep_ops_ref;
 
@@ -158,6 +168,9 @@ void ep_cfft_radix2_stage_ref(int64_t s, const float *a, float *b);
  * for the SIMD variants' remainders */
 void ep_rfft_post_ref(int64_t m, const float *rt, float *X, int64_t k0);
 void ep_irfft_pre_ref(int64_t m, const float *rt, const float *X, float *Z, int64_t k0);
+
+/* the variant the kernels use now (ep_set_variant, EDGEPACK_KERNELS), for the other source files */
+const ep_ops *ep_active_ops(void);
 
 /* sets ep_last_error() to the formatted message and returns s (for the other source files: mfcc.c) */
 ep_status ep_fail(ep_status s, const char *fmt, ...);

@@ -197,6 +197,8 @@ static const ep_ops *ops(void) {
     return g_ops;
 }
 
+const ep_ops *ep_active_ops(void) { return ops(); }
+
 int ep_variant_count(void) { init_variants(); return g_navail; }
 const char *ep_variant_name(int i) {
     init_variants();

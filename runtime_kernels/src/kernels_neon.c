@@ -152,9 +152,17 @@ static void cmac_rows_neon(int64_t m, int64_t nj, int64_t rows, const float *a, 
     fft_cmac_rows(m, nj, rows, a, lda, B, ldb, acc, ldacc);
 }
 
+/* ---- sparse codebook rows (codebook_simd.h) ---- */
+#include "codebook_simd.h"
+
+static void spcb_row_neon(int64_t count, const float *cb, const uint8_t *idx, const uint8_t *gaps, const float *xt,
+                          int64_t ldx, int64_t nb, float *acc) {
+    spcb_row_simd(count, cb, idx, gaps, xt, ldx, nb, acc);
+}
+
 const ep_ops ep_ops_neon = {
     "neon", gemm_neon, gemm_dot_neon, gemm_pack_neon, hash_row_neon, NULL, cfft_neon, rfft_post_neon, irfft_pre_neon, cmac_neon,
-    .cmac_rows = cmac_rows_neon,
+    .cmac_rows = cmac_rows_neon, .spcb_row = spcb_row_neon,
     .tile = {
         .gemm_mr = MR, .gemm_nr = NR, /* 6 x 8 (aarch64) or 4 x 8 (ARMv7) tile, 1..MR-1-row tails */
         .gemm_kr = 1,                 /* one broadcast per row and column */
@@ -172,6 +180,8 @@ const ep_ops ep_ops_neon = {
         .cmac_lanes = EP_VC,        /* 2 complex per step, scalar tail */
         .cmac_rows_lanes = 2 * EP_VC, /* 4 complex per step, then 2, then scalar */
         .cmac_rows_mr = 4,            /* 4 rows x 2 vectors of sums in registers, 2- and 1-row tails */
+        .spcb_lanes = SPCB_LANES,     /* 4 x 4 batch columns per entry, then 1-3 vectors and a partial one */
+        .spcb_min_nb = SPCB_MIN_NB,   /* one batch column: scalar, four sums */
     },
 };
 #endif /* __aarch64__ || ARMv7 NEON */

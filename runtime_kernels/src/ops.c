@@ -145,10 +145,13 @@ int ep_op_read_attrs(ep_op op, ep_runtime rt, const ep_attr_reader *r, ep_op_att
         else if (!strcmp(a->name, "signed")) sgn = v;
         else if (!strcmp(a->name, "mode")) out->mode = v;
         else if (!strcmp(a->name, "activation")) out->activation = v;
+        else if (!strcmp(a->name, "bits")) out->bits = v;
         else if (op == EP_OP_MFCC) mfcc_field(&out->mfcc, a->name, v);
     }
     if (op == EP_OP_MFCC) return check_mfcc(&out->mfcc, msg, cap);
-    if (op == EP_OP_HashedWeight) {
+    if ((op == EP_OP_CodebookWeight || op == EP_OP_SparseCodebookMatMul) && (out->bits & (out->bits - 1)))
+        return say(msg, cap, "attribute 'bits' = %lld; must be 1, 2, 4 or 8", (long long)out->bits);
+    if (op == EP_OP_HashedWeight || op == EP_OP_CodebookWeight) {
         out->hp.rows = out->shape[0];
         out->hp.cols = 1;
         for (size_t d = 1; d < out->shape_rank; d++) out->hp.cols *= out->shape[d];
@@ -174,11 +177,19 @@ typedef struct input_spec {
     int index;
     const char *name;
     int required;
-    const char *kind;
+    const char *kind, *dtype;
 } input_spec;
 
+static const char *const DTYPE_NAMES[] = {"float32", "uint8", "int32", "int8", "int16", "int64", "float16", "float64",
+                                          "bool", "another type"};
+static const unsigned char DTYPE_SIZES[] = {4, 1, 4, 1, 2, 8, 2, 8, 1, 0};
+_Static_assert(sizeof DTYPE_NAMES / sizeof DTYPE_NAMES[0] == EP_DTYPE_OTHER + 1, "one name per ep_dtype");
+
+const char *ep_dtype_name(ep_dtype t) { return (unsigned)t <= EP_DTYPE_OTHER ? DTYPE_NAMES[t] : DTYPE_NAMES[EP_DTYPE_OTHER]; }
+size_t ep_dtype_size(ep_dtype t) { return (unsigned)t <= EP_DTYPE_OTHER ? DTYPE_SIZES[t] : 0; }
+
 static const input_spec INPUTS[] = {
-#define EP_OP_INPUT(op, index, name, required, kind) {EP_OP_##op, index, name, required, kind},
+#define EP_OP_INPUT(op, index, name, required, kind, dtype) {EP_OP_##op, index, name, required, kind, dtype},
 #include "edgepack/ops.inc"
 };
 
@@ -213,6 +224,11 @@ const char *ep_op_input_name(ep_op op, int index) {
 const char *ep_op_input_kind(ep_op op, int index) {
     const input_spec *s = input_at(op, index);
     return s ? s->kind : NULL;
+}
+
+const char *ep_op_input_dtype(ep_op op, int index) {
+    const input_spec *s = input_at(op, index);
+    return s ? s->dtype : NULL;
 }
 
 /* The slot of op's input `name`, or -1 when it has none. */
@@ -287,13 +303,58 @@ static int check_ldr(const ep_op_attrs *a, const ep_tensor *g, const ep_tensor *
                (long long)a->in_f, (long long)a->out_f, (long long)g->dims[1], sg);
 }
 
+/* The required inputs present, and every present one of the spec's dtype. */
 static int check_missing(ep_op op, const ep_tensor *in, int weights_only, char *msg, size_t cap) {
-    for (int i = 0; i < N_REQUIRED[op]; i++) {
+    for (int i = 0; i < N_INPUTS[op]; i++) {
         const input_spec *s = input_at(op, i);
-        if (!in[i].present && (!weights_only || !strcmp(s->kind, "weight")))
-            return say(msg, cap, "required input '%s' is missing", s->name);
+        if (weights_only && strcmp(s->kind, "weight")) continue;
+        if (!in[i].present && i < N_REQUIRED[op]) return say(msg, cap, "required input '%s' is missing", s->name);
+        if (in[i].present && strcmp(ep_dtype_name(in[i].dtype), s->dtype))
+            return say(msg, cap, "input '%s' has element type %s; must be %s", s->name, ep_dtype_name(in[i].dtype),
+                       s->dtype);
     }
     return 0;
+}
+
+/* The codebook weight of a CodebookWeight (rows, cols from `shape`) or SparseCodebookMatMul node
+ * (out_features x in_features) over its inputs' data. */
+static ep_codebook codebook_of(ep_op op, const ep_op_attrs *a, const ep_tensor *in) {
+    const ep_tensor *cb = &in[slot(op, "codebook")], *ind = &in[slot(op, "indices")];
+    const ep_tensor *rp = &in[slot(op, "row_ptr")], *cg = &in[slot(op, "col_gaps")];
+    ep_codebook w;
+    memset(&w, 0, sizeof w);
+    w.rows = a->hp.rows;
+    w.cols = a->hp.cols;
+    w.bits = (int32_t)a->bits;
+    w.codebook = cb->data;
+    w.codebook_len = cb->count;
+    w.indices = (const uint8_t *)ind->bytes;
+    w.indices_len = ind->count;
+    static const int32_t no_rows[1];
+    static const uint8_t no_gaps[1];
+    if (rp->present) { /* an empty tensor may have no data: present all the same */
+        w.row_ptr = rp->bytes ? (const int32_t *)rp->bytes : no_rows;
+        w.row_ptr_len = rp->count;
+    }
+    if (cg->present) {
+        w.col_gaps = cg->bytes ? (const uint8_t *)cg->bytes : no_gaps;
+        w.col_gaps_len = cg->count;
+    }
+    return w;
+}
+
+/* A codebook node's weight inputs: 1-D, and their sizes (ep_codebook_check_sizes). */
+static int check_codebook(ep_op op, const ep_op_attrs *a, const ep_tensor *in, char *msg, size_t cap) {
+    static const char *const names[] = {"codebook", "indices", "row_ptr", "col_gaps"};
+    for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
+        const ep_tensor *t = &in[slot(op, names[k])];
+        if (!t->present || t->rank == 1) continue;
+        char s[256];
+        ep_tensor_dims_str(t, s, sizeof s);
+        return say(msg, cap, "input '%s' has shape %s; must be 1-D", names[k], s);
+    }
+    const ep_codebook w = codebook_of(op, a, in);
+    return ep_codebook_check_sizes(&w) ? say(msg, cap, "%s", ep_last_error()) : 0;
 }
 
 static int bad_args(ep_op op, const ep_op_attrs *a, const void *in, char *msg, size_t cap) {
@@ -309,6 +370,8 @@ int ep_op_check_weights(ep_op op, const ep_op_attrs *a, const ep_tensor *in, cha
         return check_buckets(&in[slot(op, "buckets")], msg, cap) || check_recon(a, &in[slot(op, "recon")], msg, cap);
     case EP_OP_CirculantMatMul: return check_blocks(a, &in[slot(op, "blocks")], msg, cap);
     case EP_OP_LDRMatMul: return check_ldr(a, &in[slot(op, "G")], &in[slot(op, "H")], msg, cap);
+    case EP_OP_CodebookWeight:
+    case EP_OP_SparseCodebookMatMul: return check_codebook(op, a, in, msg, cap);
     case EP_OP_MFCC: return 0; /* no weights */
     case EP_OP_COUNT: break;
     }
@@ -349,7 +412,7 @@ int ep_op_output_shape(ep_op op, const ep_op_attrs *a, const ep_tensor *in, ep_t
     if (bad_args(op, a, y, msg, cap)) return 1;
     memset(y, 0, sizeof *y);
     y->present = 1;
-    if (op == EP_OP_HashedWeight) {
+    if (op == EP_OP_HashedWeight || op == EP_OP_CodebookWeight) {
         y->rank = a->shape_rank;
         memcpy(y->dims, a->shape, sizeof(int64_t) * a->shape_rank);
         y->count = a->hp.rows * a->hp.cols; /* ep_op_read_attrs bounds it by INT64_MAX / 8 */
@@ -388,9 +451,10 @@ int ep_op_output_shape(ep_op op, const ep_op_attrs *a, const ep_tensor *in, ep_t
     return 0;
 }
 
-/* "shape [2, 3]" (HashedWeight) or "in_features=3 x out_features=2": the node's size in messages. */
+/* "shape [2, 3]" (HashedWeight, CodebookWeight) or "in_features=3 x out_features=2": the node's size
+ * in messages. */
 static void size_str(ep_op op, const ep_op_attrs *a, char *buf, size_t cap) {
-    if (op != EP_OP_HashedWeight) {
+    if (op != EP_OP_HashedWeight && op != EP_OP_CodebookWeight) {
         snprintf(buf, cap, "in_features=%lld x out_features=%lld", (long long)a->in_f, (long long)a->out_f);
         return;
     }
@@ -429,8 +493,15 @@ int64_t ep_op_plan_bytes(ep_op op, const ep_op_attrs *a, const ep_tensor *in, ch
     size_str(op, a, desc, sizeof desc);
     switch (op) {
     case EP_OP_HashedWeight:
+    case EP_OP_CodebookWeight:
         snprintf(what, cap, "the decoded weight (%s)", desc);
         return 4 * a->hp.rows * a->hp.cols;
+    case EP_OP_SparseCodebookMatMul: {
+        if (!in || !in[slot(op, "codebook")].present || !in[slot(op, "col_gaps")].present) return -1;
+        const ep_codebook w = codebook_of(op, a, in);
+        snprintf(what, cap, "the sparse codebook plan (%s, %lld entries)", desc, (long long)w.col_gaps_len);
+        return ep_codebook_plan_bytes(&w);
+    }
     case EP_OP_HashedMatMul:
         if (a->mode == 1) return 0;
         snprintf(what, cap, "the expanded weight (mode 0) (%s)", desc);
@@ -462,8 +533,14 @@ struct ep_op_plan {
     ep_circulant_plan *circulant;
     ep_ldr_plan *ldr;
     ep_mfcc_plan *mfcc;
-    float *W; /* HashedWeight, decoded */
+    ep_codebook_plan *codebook;
+    float *W; /* HashedWeight, CodebookWeight: decoded */
 };
+
+/* A codebook kernel's failure: its message names the input (the same words in every runtime). */
+static int codebook_error(ep_status s, char *msg, size_t cap) {
+    return s == EP_ERR_NOMEM ? say(msg, cap, "out of memory: %s", ep_last_error()) : say(msg, cap, "%s", ep_last_error());
+}
 
 static int kernel_error(ep_status s, char *msg, size_t cap) {
     return say(msg, cap, "kernel error (%s): %s", ep_status_str(s), ep_last_error());
@@ -517,6 +594,25 @@ int ep_op_plan_create(ep_op op, const ep_op_attrs *a, const ep_tensor *in, ep_op
         break;
     }
     case EP_OP_MFCC: s = ep_mfcc_plan_create(&a->mfcc, &plan->mfcc); break;
+    case EP_OP_CodebookWeight:
+    case EP_OP_SparseCodebookMatMul: {
+        const ep_codebook w = codebook_of(op, a, in);
+        if (op == EP_OP_SparseCodebookMatMul) {
+            s = ep_codebook_plan_create(&w, &plan->codebook);
+        } else if ((s = ep_codebook_check(&w)) == EP_OK) {
+            plan->W = (float *)malloc(sizeof(float) * (size_t)(w.rows * w.cols));
+            if (!plan->W) {
+                ep_op_plan_destroy(plan);
+                return say(msg, cap, "cannot allocate the %lld x %lld weight", (long long)w.rows, (long long)w.cols);
+            }
+            s = ep_codebook_decode(&w, plan->W);
+        }
+        if (s) {
+            ep_op_plan_destroy(plan);
+            return codebook_error(s, msg, cap);
+        }
+        break;
+    }
     case EP_OP_COUNT: break;
     }
     if (s) {
@@ -533,6 +629,7 @@ void ep_op_plan_destroy(ep_op_plan *plan) {
     ep_circulant_plan_destroy(plan->circulant);
     ep_ldr_plan_destroy(plan->ldr);
     ep_mfcc_plan_destroy(plan->mfcc);
+    ep_codebook_plan_destroy(plan->codebook);
     free(plan->W);
     free(plan);
 }
@@ -584,6 +681,15 @@ int ep_op_run(ep_op op, const ep_op_attrs *a, const ep_op_plan *plan, const ep_t
         return s ? kernel_error(s, msg, cap) : 0;
     }
     if (op == EP_OP_MFCC) return run_mfcc(a, plan, &in[slot(op, "audio")], Y, msg, cap);
+    if (op == EP_OP_CodebookWeight) {
+        if (plan && plan->W) {
+            memcpy(Y, plan->W, sizeof(float) * (size_t)(a->hp.rows * a->hp.cols));
+            return 0;
+        }
+        const ep_codebook w = codebook_of(op, a, in);
+        s = ep_codebook_decode(&w, Y);
+        return s ? codebook_error(s, msg, cap) : 0;
+    }
     const int64_t N = in[slot(op, "X")].count / a->in_f;
     if (N == 0) return 0;
     const ep_tensor *b = &in[slot(op, "bias")], *sc = &in[slot(op, "scale")];
@@ -603,6 +709,9 @@ int ep_op_run(ep_op op, const ep_op_attrs *a, const ep_op_plan *plan, const ep_t
     case EP_OP_HashedMatMul: s = ep_hashed_matmul_expand(use->hashed, X, N, a->in_f, bias, Y, a->out_f); break;
     case EP_OP_CirculantMatMul: s = ep_circulant_matmul(use->circulant, X, N, a->in_f, bias, Y, a->out_f); break;
     case EP_OP_LDRMatMul: s = ep_ldr_matmul(use->ldr, X, N, a->in_f, bias, Y, a->out_f); break;
+    case EP_OP_SparseCodebookMatMul:
+        s = ep_sparse_codebook_matmul(use->codebook, X, N, a->in_f, bias, Y, a->out_f);
+        break;
     default: break;
     }
     ep_op_plan_destroy(own);

@@ -626,6 +626,147 @@ static void test_cmac_rows(const ep_ops *v) {
     summary(&s);
 }
 
+/* ---- sparse codebook rows ---- */
+/* One CSR row over cols columns at about density (every column when density >= 1), codebook of
+ * J values (entry 0 is 0.0, the fillers' value), gaps over 255 bridged by fillers: its entries. */
+typedef struct spcb_row_data { int64_t count; uint8_t *idx, *gaps; float *cb; } spcb_row_data;
+static spcb_row_data spcb_row_make(int64_t cols, double density, int J) {
+    spcb_row_data d = {0, (uint8_t *)malloc((size_t)cols * 2 + 1), (uint8_t *)malloc((size_t)cols * 2 + 1), fvec(J)};
+    if (!d.idx || !d.gaps) { printf("out of memory\n"); exit(2); }
+    d.cb[0] = 0.0f;
+    int64_t last = -1;
+    for (int64_t c = 0; c < cols; c++) {
+        if (density < 1.0 && (double)rnd_u32() / 4294967296.0 >= density) continue;
+        int64_t gap = c - last;
+        for (; gap > 255; gap -= 255) { d.idx[d.count] = 0; d.gaps[d.count++] = 255; }
+        d.idx[d.count] = (uint8_t)(rnd_u32() % (uint32_t)J);
+        d.gaps[d.count++] = (uint8_t)gap;
+        last = c;
+    }
+    return d;
+}
+
+/* nb batch columns of X transposed at stride ldx = nb + 3 (exactly the floats read: ASan sees
+ * any access past them), against naive double sums (ref) or the reference (the others) */
+static void spcb_case(const ep_ops *v, kstat *s, int64_t cols, double density, int J, int64_t nb) {
+    spcb_row_data d = spcb_row_make(cols, density, J);
+    const int64_t ldx = nb + 3;
+    float *xt = fvec((cols - 1) * ldx + nb), *acc = fvec(nb), *R = fvec(nb);
+    double *want = dvec(nb), *scale = dvec(nb);
+    for (int64_t b = 0; b < nb; b++) {
+        int64_t col = -1;
+        for (int64_t m = 0; m < d.count; m++) {
+            col += d.gaps[m];
+            const double t = (double)d.cb[d.idx[m]] * xt[col * ldx + b];
+            want[b] += t;
+            scale[b] += fabs(t);
+        }
+        scale[b] = scale[b] > 0 ? scale[b] : 1e-30;
+    }
+    v->spcb_row(d.count, d.cb, d.idx, d.gaps, xt, ldx, nb, acc);
+    if (v != &ep_ops_ref) {
+        ep_ops_ref.spcb_row(d.count, d.cb, d.idx, d.gaps, xt, ldx, nb, R);
+        for (int64_t b = 0; b < nb; b++) want[b] = R[b];
+    }
+    int64_t at = 0;
+    double e = max_err(acc, want, scale, nb, &at);
+    if (d.count == 0)
+        for (int64_t b = 0; b < nb; b++) e = acc[b] == 0.0f ? e : INFINITY; /* an empty row sums to exactly 0 */
+    check(s, e, TOL_DOT, "cols=%lld density=%g J=%d nb=%lld entries=%lld (at %lld)", (long long)cols, density, J,
+          (long long)nb, (long long)d.count, (long long)at);
+    free(d.idx); free(d.gaps); free(d.cb); free(xt); free(acc); free(R); free(want); free(scale);
+}
+
+static void test_spcb_row(const ep_ops *v) {
+    int64_t nbs[24];
+    int nn = tile_sizes(v->tile.spcb_lanes, nbs, 0);
+    const int64_t h = v->tile.spcb_min_nb; /* the scalar path below it; SIMD variants: half a vector */
+    const int64_t more[] = {h - 1, h, 2 * h, 4 * h + 3, 6 * h, 64}; /* 1, 2 (+ masked) and 3 vectors */
+    for (size_t i = 0; i < sizeof more / sizeof more[0]; i++)
+        if (more[i] >= 1 && more[i] <= 200) nbs[nn++] = more[i];
+    const int64_t colss[] = {1, 7, 300, 1000};
+    const double dens[] = {0.0, 0.02, 0.1, 0.5, 1.0};
+    const int Js[] = {1, 2, 16, 256};
+    kstat s = stat_new(v, "spcb_row");
+    for (int a = 0; a < nn; a++)
+        for (size_t c = 0; c < sizeof colss / sizeof colss[0]; c++)
+            for (size_t dd = 0; dd < sizeof dens / sizeof dens[0]; dd++)
+                spcb_case(v, &s, colss[c], dens[dd], Js[(a + c + dd) % 4], nbs[a]);
+    summary(&s);
+}
+
+/* The fused matmul under every variant (batch blocks of 64, one-row batches on X as given,
+ * threads) against X W^T + bias with W from ep_codebook_decode; the decoder against the packed
+ * indices read back naively, for bits 1, 2, 4, 8. */
+static void test_codebook_across_variants(void) {
+    kstat s = {"all", "codebook", 0, 0, 0.0};
+    const int bitss[] = {1, 2, 4, 8};
+    for (size_t bi = 0; bi < 4; bi++) {
+        const int bits = bitss[bi], J = 1 << bits > 200 ? 200 : 1 << bits;
+        const int64_t rows = 23, cols = 301, N = 130;
+        int32_t row_ptr[24];
+        uint8_t *gaps = (uint8_t *)malloc(rows * cols * 2), *idx = (uint8_t *)malloc(rows * cols * 2);
+        float *cb = fvec(J);
+        cb[0] = 0.0f;
+        int64_t n = 0;
+        row_ptr[0] = 0;
+        for (int64_t r = 0; r < rows; r++) { /* densities 0 .. 100 %, row 3 empty */
+            spcb_row_data d = spcb_row_make(cols, r == 3 ? 0.0 : (double)(r % 6) / 5.0, J);
+            memcpy(gaps + n, d.gaps, (size_t)d.count);
+            memcpy(idx + n, d.idx, (size_t)d.count);
+            n += d.count;
+            row_ptr[r + 1] = (int32_t)n;
+            free(d.idx); free(d.gaps); free(d.cb);
+        }
+        uint8_t *packed = (uint8_t *)calloc((size_t)((n * bits + 7) / 8 + 1), 1);
+        for (int64_t k = 0; k < n; k++) packed[k * bits / 8] |= (uint8_t)(idx[k] << (k * bits % 8));
+        ep_codebook w = {rows, cols, bits, cb, J, packed, (n * bits + 7) / 8, row_ptr, rows + 1, gaps, n};
+        float *W = fvec(rows * cols), *X = fvec(N * cols), *bias = fvec(rows), *Y = fvec(N * rows);
+        double e = ep_codebook_decode(&w, W) ? INFINITY : 0.0;
+        for (int64_t r = 0; r < rows && e == 0.0; r++) {
+            int64_t col = -1, m = row_ptr[r];
+            for (int64_t c = 0; c < cols; c++) {
+                float want = 0.0f;
+                if (m < row_ptr[r + 1] && col + gaps[m] == c) { col += gaps[m]; want = cb[idx[m++]]; }
+                if (memcmp(&W[r * cols + c], &want, 4) && !(W[r * cols + c] == 0.0f && want == 0.0f)) e = INFINITY;
+            }
+        }
+        check(&s, e, TOL_DOT, "decode, bits=%d", bits);
+        for (int a = 0; a < ep_variant_count(); a++)
+            for (int threads = 1; threads <= 2; threads++) {
+                ep_codebook_plan *pl = NULL;
+                ep_set_variant(ep_variant_name(a));
+                ep_set_num_threads(threads);
+                ep_set_parallel_min_work(threads > 1 ? 1 : -1);
+                const int64_t Ns[] = {1, 3, 64, N};
+                for (size_t ni = 0; ni < 4; ni++) {
+                    const int64_t NN = Ns[ni];
+                    e = ep_codebook_plan_create(&w, &pl) || ep_sparse_codebook_matmul(pl, X, NN, cols, bias, Y, rows)
+                            ? INFINITY : 0.0;
+                    for (int64_t i = 0; i < NN && e < INFINITY; i++)
+                        for (int64_t r = 0; r < rows; r++) {
+                            double acc = bias[r], mag = fabs(bias[r]);
+                            for (int64_t c = 0; c < cols; c++) {
+                                acc += (double)X[i * cols + c] * W[r * cols + c];
+                                mag += fabs((double)X[i * cols + c] * W[r * cols + c]);
+                            }
+                            double dd = fabs(Y[i * rows + r] - acc) / mag;
+                            if (!(dd <= e)) e = dd != dd ? INFINITY : dd;
+                        }
+                    check(&s, e, TOL_DOT, "matmul under %s, bits=%d, N=%lld, %d threads", ep_variant_name(a), bits,
+                          (long long)NN, threads);
+                    ep_codebook_plan_destroy(pl);
+                    pl = NULL;
+                }
+            }
+        ep_set_variant("auto");
+        ep_set_num_threads(1);
+        ep_set_parallel_min_work(-1);
+        free(gaps); free(idx); free(cb); free(packed); free(W); free(X); free(bias); free(Y);
+    }
+    summary(&s);
+}
+
 /* the declared tiles are usable: positive lanes, a hash_dot tile exactly when there is a hash_dot */
 static int tiles_valid(const ep_ops *v) {
     const ep_tiles *t = &v->tile;
@@ -633,7 +774,8 @@ static int tiles_valid(const ep_ops *v) {
              t->dot_nr >= 1 && t->dot_kr >= 1 && t->dot_kc >= 0 && t->pack_kr >= 1 && t->pack_min_n >= 0 &&
              t->hash_row_lanes >= 1 &&
              (t->hash_dot_lanes >= 1) == (v->hash_dot != NULL) && t->fft_lanes >= 1 && t->fft_min_m >= 2 &&
-             t->split_lanes >= 1 && t->cmac_lanes >= 1 && t->cmac_rows_lanes >= 1 && t->cmac_rows_mr >= 1 && v->cmac_rows;
+             t->split_lanes >= 1 && t->cmac_lanes >= 1 && t->cmac_rows_lanes >= 1 && t->cmac_rows_mr >= 1 && v->cmac_rows &&
+             t->spcb_lanes >= 1 && t->spcb_min_nb >= 1 && v->spcb_row;
     if (!ok) printf("FAIL %s: declared tiles are incomplete or inconsistent with its table\n", v->name);
     return ok;
 }
@@ -657,11 +799,11 @@ int main(void) {
         for (int j = 0; j < ep_variant_count(); j++) supported |= strcmp(ep_variant_name(j), v->name) == 0;
         if (!supported) { printf("%-7s compiled in, not supported by this CPU: skipped\n", v->name); continue; }
         const ep_tiles *t = &v->tile;
-        printf("%-7s tiles: gemm %dx%d k%d kc%d, gemm_dot %dx%d k%d kc%d, gemm_pack k%d (from N=%d), hash_row %d, hash_dot %d, fft %d (m >= %d), split %d, cmac %d, cmac_rows %d x %d rows%s\n",
+        printf("%-7s tiles: gemm %dx%d k%d kc%d, gemm_dot %dx%d k%d kc%d, gemm_pack k%d (from N=%d), hash_row %d, hash_dot %d, fft %d (m >= %d), split %d, cmac %d, cmac_rows %d x %d rows, spcb %d (from nb=%d)%s\n",
                v->name, t->gemm_mr, t->gemm_nr, t->gemm_kr, t->gemm_kc, t->dot_mr, t->dot_nr, t->dot_kr, t->dot_kc,
                t->pack_kr, t->pack_min_n, t->hash_row_lanes, t->hash_dot_lanes,
                t->fft_lanes, t->fft_min_m, t->split_lanes, t->cmac_lanes, t->cmac_rows_lanes, t->cmac_rows_mr,
-               v == &ep_ops_ref ? " (checked against naive double math)" : "");
+               t->spcb_lanes, t->spcb_min_nb, v == &ep_ops_ref ? " (checked against naive double math)" : "");
         if (!tiles_valid(v)) { g_failed = 1; continue; }
         test_gemm(v, 1);
         test_gemm(v, 0);
@@ -671,8 +813,10 @@ int main(void) {
         test_split(v);
         test_cmac(v);
         test_cmac_rows(v);
+        test_spcb_row(v);
     }
     test_plan_across_variants();
+    test_codebook_across_variants();
     printf(g_failed ? "test_microkernels: FAILED\n" : "test_microkernels: all variants match the reference\n");
     return g_failed ? 1 : 0;
 }

@@ -21,9 +21,9 @@ static const op_row OPS[] = {
 #include "edgepack/ops.inc"
 };
 
-typedef struct { const char *op; int index; const char *name; int required; const char *kind; } input_row;
+typedef struct { const char *op; int index; const char *name; int required; const char *kind, *dtype; } input_row;
 static const input_row INPUTS[] = {
-#define EP_OP_INPUT(op, index, name, required, kind) {#op, index, name, required, kind},
+#define EP_OP_INPUT(op, index, name, required, kind, dtype) {#op, index, name, required, kind, dtype},
 #include "edgepack/ops.inc"
 };
 
@@ -47,8 +47,8 @@ int main(void) {
     for (size_t i = 0; i < COUNT(OPS); i++)
         printf("op %s %d %d %d\n", OPS[i].op, OPS[i].n_inputs, OPS[i].n_required, OPS[i].n_attributes);
     for (size_t i = 0; i < COUNT(INPUTS); i++)
-        printf("input %s %d %s %d %s\n", INPUTS[i].op, INPUTS[i].index, INPUTS[i].name, INPUTS[i].required,
-               INPUTS[i].kind);
+        printf("input %s %d %s %d %s %s\n", INPUTS[i].op, INPUTS[i].index, INPUTS[i].name, INPUTS[i].required,
+               INPUTS[i].kind, INPUTS[i].dtype);
     for (size_t i = 0; i < COUNT(ATTRS); i++) {
         const attr_row *a = &ATTRS[i];
         printf("attr %s %s %d %d %lld %lld %lld %lld %lld\n", a->op, a->name, a->is_ints, a->required, a->def,

@@ -1,8 +1,9 @@
 /* edgepack_tflite_decode_model (edgepack_tflite_decode.h): decode at load for apps in C.
  *
  * What it rewrites, in one subgraph:
- *  - ai.edgepack.HashedWeight with constant buckets (and recon) is decoded by the C op layer
- *    (src/ops.c, 4 bytes per weight) and removed; its output becomes a constant tensor;
+ *  - ai.edgepack.HashedWeight with constant buckets (and recon), and ai.edgepack.CodebookWeight with
+ *    constant inputs, are decoded by the C op layer (src/ops.c, 4 bytes per weight) and removed;
+ *    the output becomes a constant tensor;
  *  - TRANSPOSE (constant int32 perm) and RESHAPE of such a constant are folded, so CONV_2D /
  *    DEPTHWISE_CONV_2D / FULLY_CONNECTED read a static filter (XNNPACK needs one);
  *  - an expand-mode ai.edgepack.HashedMatMul without a fused epilogue (activation 0, no scale)
@@ -36,7 +37,7 @@
 
 #define MAX_STEPS 8 /* MUL / ADD / RELU nodes folded into one convolution or FULLY_CONNECTED */
 
-enum { TYPE_FLOAT32 = 0, TYPE_INT32 = 2 };
+enum { TYPE_FLOAT32 = 0, TYPE_INT32 = 2, TYPE_UINT8 = 3 };
 enum {
     OP_ADD = 0, OP_CONV_2D = 3, OP_DEPTHWISE_CONV_2D = 4, OP_FULLY_CONNECTED = 9, OP_MUL = 18, OP_RELU = 19,
     OP_RELU6 = 21, OP_RESHAPE = 22, OP_CUSTOM = 32, OP_TRANSPOSE = 39,
@@ -395,18 +396,23 @@ static void label(const dec *d, uint32_t i, char *buf, size_t cap) {
              t ? (const char *)d->b + t->name : "");
 }
 
-/* A constant float32 input as an ep_tensor over an aligned copy in *copy; 0 when it is not one. */
-static int const_view(dec *d, int32_t i, ep_tensor *v, float **copy) {
+/* A constant input of the spec's `dtype` ("float32", "int32", "uint8") as an ep_tensor over an
+ * aligned copy in *copy; 0 when it is not one (another type: left to the delegate, which names it). */
+static int const_view(dec *d, int32_t i, const char *dtype, ep_tensor *v, void **copy) {
     memset(v, 0, sizeof *v);
     *copy = NULL;
     if (i < 0) return 1; /* absent */
     const ten *t = &d->t[i];
     const bufr *b = &d->bf[t->buffer];
-    if (t->type != TYPE_FLOAT32 || t->rank < 0 || !b->len || b->len / 4 < (uint64_t)t->count) return 0;
-    *copy = (float *)malloc(4 * (size_t)(t->count ? t->count : 1));
+    const uint32_t want = !strcmp(dtype, "uint8") ? TYPE_UINT8 : !strcmp(dtype, "int32") ? TYPE_INT32 : TYPE_FLOAT32;
+    const size_t item = want == TYPE_UINT8 ? 1 : 4;
+    if (t->type != want || t->rank < 0 || !b->len || b->len / item < (uint64_t)t->count) return 0;
+    *copy = malloc(item * (size_t)(t->count ? t->count : 1));
     if (!*copy) return 0;
-    memcpy(*copy, d->b + b->data, 4 * (size_t)t->count);
-    v->present = 1, v->data = *copy, v->rank = (size_t)t->rank, v->count = t->count;
+    memcpy(*copy, d->b + b->data, item * (size_t)t->count);
+    v->present = 1, v->bytes = *copy, v->rank = (size_t)t->rank, v->count = t->count;
+    v->dtype = want == TYPE_UINT8 ? EP_DTYPE_UINT8 : want == TYPE_INT32 ? EP_DTYPE_INT32 : EP_DTYPE_FLOAT32;
+    v->data = want == TYPE_FLOAT32 ? (const float *)*copy : NULL;
     memcpy(v->dims, t->dims, sizeof(int64_t) * (size_t)t->rank);
     return 1;
 }
@@ -431,6 +437,8 @@ static int classify_edgepack(dec *d, uint32_t i) {
     const char *name = (const char *)d->b + c->custom + plen;
     const size_t name_len = c->custom_len - plen;
     if (name_len == strlen("HashedWeight") && !memcmp(name, "HashedWeight", name_len)) o->kind = EP_OP_HashedWeight;
+    else if (name_len == strlen("CodebookWeight") && !memcmp(name, "CodebookWeight", name_len))
+        o->kind = EP_OP_CodebookWeight;
     else if (name_len == strlen("HashedMatMul") && !memcmp(name, "HashedMatMul", name_len))
         o->kind = EP_OP_HashedMatMul;
     else return 0;
@@ -450,13 +458,14 @@ static int classify_edgepack(dec *d, uint32_t i) {
     if (op == EP_OP_HashedMatMul && (at.mode != 0 || at.activation != 0 || in_at(d, o, 4) >= 0))
         return 0; /* stream mode, or an epilogue: the delegate's kernel applies it */
     ep_tensor in[EP_OP_MAX_INPUTS];
-    float *copies[EP_OP_MAX_INPUTS] = {0};
+    void *copies[EP_OP_MAX_INPUTS] = {0};
     memset(in, 0, sizeof in);
     int rc = 2;
     for (int k = 0; k < ep_op_n_inputs(op) && rc == 2; k++) {
         const int32_t t = in_at(d, o, (uint32_t)k);
         if (!strcmp(ep_op_input_kind(op, k), "weight")) {
-            if (!const_view(d, t, &in[k], &copies[k])) rc = 0; /* fed weights: left to the delegate */
+            if (!const_view(d, t, ep_op_input_dtype(op, k), &in[k], &copies[k]))
+                rc = 0; /* fed weights, or another type: left to the delegate */
         } else if (t >= 0) {
             const ten *x = &d->t[t];
             if (x->type != TYPE_FLOAT32 || x->rank < 1) rc = 0;
@@ -465,7 +474,7 @@ static int classify_edgepack(dec *d, uint32_t i) {
         }
     }
     const int32_t y = out_at(d, o);
-    if (rc == 2 && ((op == EP_OP_HashedWeight ? ep_op_check_weights(op, &at, in, msg, sizeof msg)
+    if (rc == 2 && ((op != EP_OP_HashedMatMul ? ep_op_check_weights(op, &at, in, msg, sizeof msg)
                                               : ep_op_check_inputs(op, &at, in, msg, sizeof msg)) ||
                     ep_op_check_virtual(op, &at, &d->lim, msg, sizeof msg)))
         rc = fail(d, "edgepack %s: %s", where, msg);
@@ -773,19 +782,23 @@ static int compute(dec *d, val *v) {
         }
         return 0;
     }
-    /* a decode: HashedWeight's own, or HashedMatMul's weight [out, in] through the same decoder */
+    /* a decode: CodebookWeight's, HashedWeight's own, or HashedMatMul's weight [out, in] through
+     * HashedWeight's decoder */
     const opr *o = &d->o[v->op];
-    const int bslot = o->kind == EP_OP_HashedWeight ? 0 : 1;
+    const ep_op op = o->kind == EP_OP_CodebookWeight ? EP_OP_CodebookWeight : EP_OP_HashedWeight;
+    const int first = o->kind == EP_OP_HashedMatMul ? 1 : 0;
     ep_tensor in[EP_OP_MAX_INPUTS];
-    float *copies[2] = {0};
+    void *copies[EP_OP_MAX_INPUTS] = {0};
     memset(in, 0, sizeof in);
-    int rc = !const_view(d, in_at(d, o, (uint32_t)bslot), &in[0], &copies[0]) ||
-             !const_view(d, in_at(d, o, (uint32_t)bslot + 1), &in[1], &copies[1]);
-    if (rc) rc = fail(d, "out of memory copying the buckets of node #%d", v->op);
-    else if (ep_op_run(EP_OP_HashedWeight, o->at, NULL, in, v->data, msg, sizeof msg))
-        rc = fail(d, "edgepack node #%d: %s", v->op, msg);
-    free(copies[0]);
-    free(copies[1]);
+    int rc = 0;
+    for (int k = 0; k < ep_op_n_inputs(op) && !rc; k++)
+        rc = !const_view(d, in_at(d, o, (uint32_t)(first + k)), ep_op_input_dtype(op, k), &in[k], &copies[k]);
+    char where[200];
+    label(d, (uint32_t)v->op, where, sizeof where);
+    if (rc) rc = fail(d, "out of memory copying the weights of node #%d", v->op);
+    else if (ep_op_run(op, o->at, NULL, in, v->data, msg, sizeof msg))
+        rc = fail(d, "edgepack %s: %s", where, msg); /* the delegate's words (a codebook's contents) */
+    for (int k = 0; k < EP_OP_MAX_INPUTS; k++) free(copies[k]);
     return rc;
 }
 
@@ -818,7 +831,7 @@ static int rewrite(dec *d, void **dense_out, size_t *dense_size) {
         opr *o = &d->o[i];
         const int rc = classify_edgepack(d, i);
         if (rc == 1) return 1;
-        if (rc == 2 && o->kind == EP_OP_HashedWeight) {
+        if (rc == 2 && (o->kind == EP_OP_HashedWeight || o->kind == EP_OP_CodebookWeight)) {
             const int64_t *s = o->at->shape;
             if (d->value_of[out_at(d, o)] >= 0)
                 return fail(d, "model: tensor %d is the output of two decoded nodes", out_at(d, o));

@@ -267,6 +267,22 @@ static int is_writable(int type) {
     return type == kTfLiteArenaRw || type == kTfLiteArenaRwPersistent || type == kTfLiteDynamic || type == kTfLiteCustom;
 }
 
+/* TFLite's element type as the op layer's (which checks it against the spec). */
+static ep_dtype dtype_of(int type) {
+    switch (type) {
+    case 1: return EP_DTYPE_FLOAT32;
+    case 2: return EP_DTYPE_INT32;
+    case 3: return EP_DTYPE_UINT8;
+    case 4: return EP_DTYPE_INT64;
+    case 6: return EP_DTYPE_BOOL;
+    case 7: return EP_DTYPE_INT16;
+    case 9: return EP_DTYPE_INT8;
+    case 10: return EP_DTYPE_FLOAT16;
+    case 11: return EP_DTYPE_FLOAT64;
+    default: return EP_DTYPE_OTHER;
+    }
+}
+
 /* View of input slot i of n (absent: present = 0), and whether it is a constant. need_data: the
  * data must be there (invoke). */
 static TfLiteStatus view_of(TfLiteContext *ctx, const part *p, const ep_node *n, int i, int need_data, ep_tensor *t,
@@ -289,8 +305,8 @@ static TfLiteStatus view_of(TfLiteContext *ctx, const part *p, const ep_node *n,
     if (idx < 0 || (size_t)idx >= ctx->tensors_size)
         return fail(ctx, n, "input '%s' is tensor %d; the model has %zu tensors", iname, idx, ctx->tensors_size);
     const TfLiteTensor *ts = &ctx->tensors[idx];
-    if (ts->type != kTfLiteFloat32)
-        return fail(ctx, n, "input '%s' (tensor %d) has TfLiteType %d; must be float32 (1)", iname, idx, ts->type);
+    t->dtype = dtype_of(ts->type);
+    const size_t item = ep_dtype_size(t->dtype);
     if (!ts->dims || ts->dims->size < 0 || ts->dims->size > EP_LIMIT_MAX_RANK)
         return fail(ctx, n, "input '%s' (tensor %d) has no shape or a rank above %d", iname, idx, EP_LIMIT_MAX_RANK);
     t->present = 1;
@@ -309,14 +325,16 @@ static TfLiteStatus view_of(TfLiteContext *ctx, const part *p, const ep_node *n,
                     "(kTfLiteMmapRo, kTfLitePersistentRo) or an arena, dynamic or custom buffer", iname, idx,
                     alloc_name(at));
     *is_const = is_read_only(at) && ts->data;
-    t->data = (const float *)ts->data;
+    if (!item || t->dtype == EP_DTYPE_BOOL) return kTfLiteOk; /* no data to read: the layer names the type */
+    t->bytes = ts->data;
+    t->data = t->dtype == EP_DTYPE_FLOAT32 ? (const float *)ts->data : NULL;
     if (need_data || *is_const) {
         char s[256];
         ep_tensor_dims_str(t, s, sizeof s);
         if (!ts->data && t->count) return fail(ctx, n, "input '%s' (tensor %d) has no data", iname, idx);
-        if (ts->bytes != (size_t)t->count * sizeof(float))
+        if (ts->bytes != (size_t)t->count * item)
             return fail(ctx, n, "input '%s' (tensor %d, %s) holds %zu bytes; its shape %s needs exactly %lld",
-                        iname, idx, alloc_name(at), ts->bytes, s, (long long)t->count * 4);
+                        iname, idx, alloc_name(at), ts->bytes, s, (long long)t->count * (long long)item);
     }
     return kTfLiteOk;
 }
@@ -336,7 +354,7 @@ static TfLiteStatus gather(TfLiteContext *ctx, const part *p, const ep_node *n, 
     if (ep_op_check_inputs(n->kind, &n->at, in, msg, sizeof msg) || ep_op_output_shape(n->kind, &n->at, in, y, msg,
                                                                                         sizeof msg))
         return fail(ctx, n, "%s", msg);
-    if (n->kind != EP_OP_HashedWeight && y->count > INT32_MAX) /* HashedWeight: bounded by its limits */
+    if (n->kind != EP_OP_HashedWeight && n->kind != EP_OP_CodebookWeight && y->count > INT32_MAX) /* decoders: their limits */
         return fail(ctx, n, "output 'Y' would have more than 2^31 elements");
     return kTfLiteOk;
 }

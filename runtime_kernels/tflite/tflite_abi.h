@@ -13,7 +13,7 @@
 
 typedef enum { kTfLiteOk = 0, kTfLiteError = 1 } TfLiteStatus;
 
-enum { kTfLiteFloat32 = 1 };                                       /* TfLiteType */
+enum { kTfLiteFloat32 = 1, kTfLiteInt32 = 2, kTfLiteUInt8 = 3 };   /* TfLiteType */
 enum { /* TfLiteAllocationType */
     kTfLiteMemNone = 0, kTfLiteMmapRo = 1, kTfLiteArenaRw = 2, kTfLiteArenaRwPersistent = 3, kTfLiteDynamic = 4,
     kTfLitePersistentRo = 5, kTfLiteCustom = 6, kTfLiteVariantObject = 7,

@@ -9,9 +9,13 @@ from torch import nn
 from edgepack.compression import (
     METHODS,
     CirculantLinear,
+    CodebookConv2d,
+    CodebookLinear,
     HashedConv2d,
     HashedLinear,
     LDRLinear,
+    SwsConv2d,
+    SwsLinear,
     compress,
     register_method,
 )
@@ -33,6 +37,8 @@ def test_builtin_layers_register_their_methods():
         "hashed": [(nn.Linear, HashedLinear), (nn.Conv2d, HashedConv2d)],
         "circulant": [(nn.Linear, CirculantLinear)],
         "ldr": [(nn.Linear, LDRLinear)],
+        "codebook": [(nn.Linear, CodebookLinear), (nn.Conv2d, CodebookConv2d)],
+        "sws": [(nn.Linear, SwsLinear), (nn.Conv2d, SwsConv2d)],
     }
 
 
@@ -40,7 +46,8 @@ def test_unknown_method_lists_every_registered_one(registry):
     model = nn.Sequential(nn.Linear(4, 4))
     with pytest.raises(ValueError) as error:
         compress(model, {"0": {"method": "prune"}})
-    assert str(error.value) == "layer '0': unknown method 'prune'; valid: ['circulant', 'dense', 'hashed', 'ldr']"
+    assert str(error.value) == ("layer '0': unknown method 'prune'; "
+                                "valid: ['circulant', 'codebook', 'dense', 'hashed', 'ldr', 'sws']")
 
     @register_method("diagonal", nn.Linear)
     class DiagonalLinear(FromDenseLinear, nn.Module):
@@ -57,7 +64,8 @@ def test_unknown_method_lists_every_registered_one(registry):
         def forward(self, x):
             return x * self.d
 
-    with pytest.raises(ValueError, match=r"valid: \['circulant', 'dense', 'diagonal', 'hashed', 'ldr'\]"):
+    valid = r"valid: \['circulant', 'codebook', 'dense', 'diagonal', 'hashed', 'ldr', 'sws'\]"
+    with pytest.raises(ValueError, match=valid):
         compress(model, {"0": {"method": "prune"}})
     compressed, table = compress(model, {"0": {"method": "diagonal"}})
     assert isinstance(compressed[0], DiagonalLinear) and table[0].method == "diagonal"

@@ -232,3 +232,25 @@ def test_fine_tuning_shifts_like_the_dense_run(run, tree, tmp_path, monkeypatch)
     (folder / "train.json").write_text("{not json")
     with pytest.raises(train_module.KwsTrainError, match="train.json: not valid JSON"):
         compress_run(folder, ["hashed-pw"], tmp_path / "out", finetune_epochs=1, export=False, **FAST)
+
+
+def test_each_recipe_retrains_its_own_epochs_unless_told(run, tmp_path, monkeypatch):
+    """Without --finetune-epochs a recipe in FINETUNE retrains its own epochs at its own rates, the others
+    the defaults; an explicit count applies to every recipe (counted as passes of the training loop)."""
+    from edgepack.kws import compress_kws
+
+    passes = []
+    real_epoch = compress_kws.train_epoch
+
+    def counting(model, *args, **kwargs):
+        passes.append(args[8].split(":")[0])  # the progress description names the recipe
+        return real_epoch(model, *args, **kwargs)
+    monkeypatch.setattr(compress_kws, "train_epoch", counting)
+    monkeypatch.setattr(compress_kws, "FINETUNE_EPOCHS", 1)
+    monkeypatch.setattr(compress_kws, "FINETUNE", {"hashed-pw": {"epochs": 3, "learning_rates": (2e-3, 1e-3)}})
+    rows = compress_run(run[0], ["hashed-pw", "ldr-fc"], tmp_path / "out", export=False, batch_size=24)
+    assert passes == ["hashed-pw"] * 3 + ["ldr-fc"] and [r["finetune_epochs"] for r in rows] == [3, 1]
+    assert [r["learning_rates"] for r in rows] == [[2e-3, 1e-3], list(compress_kws.FINETUNE_RATES)]
+    passes.clear()
+    rows = compress_run(run[0], ["hashed-pw", "ldr-fc"], tmp_path / "out", finetune_epochs=2, export=False, **FAST)
+    assert passes == ["hashed-pw"] * 2 + ["ldr-fc"] * 2 and [r["finetune_epochs"] for r in rows] == [2, 2]

@@ -45,7 +45,7 @@ def test_docs_without_a_generated_block_are_refused():
 def _expected_rows() -> list[str]:
     rows = [f"domain {DOMAIN} {OPSET_VERSION}"] + [f"limit {n} {v}" for n, (v, _) in LIMITS.items()]
     rows += [f"op {op.name} {len(op.inputs)} {op.required_inputs} {len(op.attributes)}" for op in OPS.values()]
-    rows += [f"input {op.name} {i} {x.name} {int(x.required)} {x.kind}"
+    rows += [f"input {op.name} {i} {x.name} {int(x.required)} {x.kind} {x.dtype}"
              for op in OPS.values() for i, x in enumerate(op.inputs)]
     rows += [f"attr {op.name} {a.name} {int(a.type == 'ints')} {int(a.required)} {a.default or 0} "
              f"{a.ort[0]} {a.ort[1]} {a.tflite[0]} {a.tflite[1]}" for op in OPS.values() for a in op.attributes]

@@ -111,7 +111,7 @@ def test_the_committed_seeds_are_make_seeds_output():
 
 
 @pytest.mark.parametrize("name", ["ds_cnn", "mlp", "ok_conv", "ok_depthwise", "ok_mlp", "ok_nhwc_matmul",
-                                  "ok_reshape_fc", "ok_weight_output"])
+                                  "ok_reshape_fc", "ok_weight_output", "ok_codebook_fc"])
 def test_c_decoded_equals_the_kernel_path_and_the_python_rewrite(models, name):
     xs, decoded = run(models[name], decode_at_load="c")
     assert_within_1e6(decoded, run(models[name], xs, decode_at_load=False)[1])

@@ -329,9 +329,9 @@ def test_bad_weight_shapes(tmp_path, route):
 def test_unknown_edgepack_op_is_claimed_and_rejected(tmp_path):
     g = tm.Graph()
     x, y = g.tensor("X", (2, 4)), g.tensor("Y", (2, 4))
-    g.ops.append(tm.Op("ai.edgepack.CodebookWeight", [x], [y], tm.options(in_features=4)))
+    g.ops.append(tm.Op("ai.edgepack.NoSuchOp", [x], [y], tm.options(in_features=4)))
     g.inputs, g.outputs = [x], [y]
-    with pytest.raises((RuntimeError, ValueError), match="unknown custom op 'ai.edgepack.CodebookWeight'"):
+    with pytest.raises((RuntimeError, ValueError), match="unknown custom op 'ai.edgepack.NoSuchOp'"):
         run(tmp_path, tm.build(g), [f32(2, 4)])
 
 

@@ -28,14 +28,24 @@ class Graph:
     ops: list[Op] = field(default_factory=list)
     inputs: list[int] = field(default_factory=list)
     outputs: list[int] = field(default_factory=list)
+    dtypes: dict[int, str] = field(default_factory=dict)  # tensor index: "uint8" / "int32" (default float32)
 
-    def tensor(self, name: str, shape, data: np.ndarray | None = None) -> int:
+    def tensor(self, name: str, shape, data: np.ndarray | None = None, dtype: str = "float32") -> int:
         self.tensors.append((name, tuple(int(d) for d in shape), data))
+        if dtype != "float32":
+            self.dtypes[len(self.tensors) - 1] = dtype
         return len(self.tensors) - 1
 
     def const(self, name: str, data: np.ndarray) -> int:
-        data = np.ascontiguousarray(data, np.float32)
-        return self.tensor(name, data.shape, data)
+        """A constant tensor: uint8 and int32 data keep their type, anything else becomes float32."""
+        kind = np.asarray(data).dtype.name
+        dtype = kind if kind in TENSOR_TYPES else "float32"
+        data = np.ascontiguousarray(data, dtype)
+        return self.tensor(name, data.shape, data, dtype)
+
+
+TENSOR_TYPES = {"float32": tflite.TensorType.FLOAT32, "uint8": tflite.TensorType.UINT8,
+                "int32": tflite.TensorType.INT32}
 
 
 def options(**attrs) -> bytes:
@@ -93,7 +103,7 @@ def build(g: Graph) -> bytes:
         shape_off = _ivec(b, tflite.TensorStartShapeVector, shape)
         tflite.TensorStart(b)
         tflite.TensorAddShape(b, shape_off)
-        tflite.TensorAddType(b, tflite.TensorType.FLOAT32)
+        tflite.TensorAddType(b, TENSOR_TYPES[g.dtypes.get(i, "float32")])
         tflite.TensorAddBuffer(b, buffer_of.get(i, 0))
         tflite.TensorAddName(b, name_off)
         tensor_offsets.append(tflite.TensorEnd(b))

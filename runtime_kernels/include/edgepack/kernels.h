@@ -171,6 +171,49 @@ EP_API ep_status ep_ldr_matmul(const ep_ldr_plan *plan, const float *X, int64_t 
                                int64_t in_features, const float *bias, float *Y,
                                int64_t out_features);
 
+/* ---- codebook weights (soft weight-sharing, Deep Compression; docs/ops.md) --------------- *
+ * W[rows, cols] from a codebook of 1..256 floats and n indices of `bits` bits (1, 2, 4 or 8),
+ * packed LSB first: entry k in byte k*bits/8 at bit (k*bits)%8; the unused high bits of the last
+ * byte are 0 and every index is < codebook_len. Dense form (row_ptr and col_gaps NULL with length
+ * 0): n = rows*cols, W.flat[k] = codebook[idx[k]]. Sparse form (CSR): row_ptr[rows+1] starts at 0,
+ * never decreases, ends at n = col_gaps_len; within row r the column of its m-th entry is
+ * col_gaps[row_ptr[r]] + ... + col_gaps[row_ptr[r]+m] - 1 (gaps >= 1, columns < cols); positions
+ * not listed are 0. Every check runs before anything is written; the message names the input. */
+#define EP_CODEBOOK_MAX 256
+typedef struct ep_codebook {
+    int64_t rows, cols; /* >= 1 each */
+    int32_t bits;       /* 1, 2, 4 or 8 */
+    const float *codebook;
+    int64_t codebook_len;
+    const uint8_t *indices;
+    int64_t indices_len; /* bytes: ceil(n * bits / 8) */
+    const int32_t *row_ptr;
+    int64_t row_ptr_len; /* rows + 1; 0 with row_ptr NULL: dense form */
+    const uint8_t *col_gaps;
+    int64_t col_gaps_len; /* n; 0 with col_gaps NULL: dense form */
+} ep_codebook;
+
+/* EP_OK when w satisfies every rule above; else EP_ERR_NULL / EP_ERR_SIZE / EP_ERR_ARG and
+ * ep_last_error() names the input and what would be valid. */
+EP_API ep_status ep_codebook_check(const ep_codebook *w);
+/* Only the O(1) rules: bits, the codebook's length, the form, every input's length (no contents;
+ * codebook and indices may still be NULL, as at a TFLite prepare before the data is there). */
+EP_API ep_status ep_codebook_check_sizes(const ep_codebook *w);
+/* W[rows*cols] = the decoded weight (checked first; W untouched on error). */
+EP_API ep_status ep_codebook_decode(const ep_codebook *w, float *W);
+
+/* The sparse form's fused matmul: Y[N, rows] = X[N, cols] W^T (+ bias[rows]) without W. The plan
+ * keeps the codebook, the row starts and per entry its unpacked 8-bit index and its gap:
+ * ep_codebook_plan_bytes(w) = 4*codebook_len + 4*(rows+1) + 2*n bytes. */
+typedef struct ep_codebook_plan ep_codebook_plan;
+EP_API int64_t ep_codebook_plan_bytes(const ep_codebook *w);
+EP_API ep_status ep_codebook_plan_create(const ep_codebook *w, ep_codebook_plan **out);
+EP_API void ep_codebook_plan_destroy(ep_codebook_plan *plan);
+/* in_features / out_features must equal the plan's cols / rows; bias may be NULL. */
+EP_API ep_status ep_sparse_codebook_matmul(const ep_codebook_plan *plan, const float *X, int64_t N,
+                                           int64_t in_features, const float *bias, float *Y,
+                                           int64_t out_features);
+
 #ifdef __cplusplus
 }
 #endif

@@ -49,9 +49,10 @@ typedef struct ep_attr_reader {
 /* Every attribute of one op node, validated. */
 typedef struct ep_op_attrs {
     int64_t in_f, out_f;      /* matmul ops */
+    int64_t bits;             /* codebook ops: bits per packed index (1, 2, 4 or 8) */
     int64_t mode;             /* HashedMatMul: 0 expand, 1 stream */
     int64_t activation;       /* matmul ops' epilogue after the bias: 0 none, 1 ReLU, 2 ReLU6 */
-    ep_hash_params hp;        /* rows, cols and the hash attributes; num_buckets left 0 */
+    ep_hash_params hp;        /* rows, cols (every op with a weight) and the hash attributes; num_buckets left 0 */
     int64_t shape[EP_LIMIT_MAX_RANK];
     size_t shape_rank;        /* HashedWeight */
     ep_mfcc_config mfcc;      /* MFCC (log_offset fixed at 1e-6) */
@@ -67,23 +68,35 @@ const char *ep_op_name(ep_op op);
 
 /* ---- inputs (ops.inc's EP_OP_INPUT rows) ---------------------------------------------------- */
 
-#define EP_OP_MAX_INPUTS 5 /* most input slots of any op (checked against ops.inc in ops.c) */
+#define EP_OP_MAX_INPUTS 7 /* most input slots of any op (checked against ops.inc in ops.c) */
 
 int ep_op_n_inputs(ep_op op);   /* its input slots */
 int ep_op_n_required(ep_op op); /* the leading slots that must be present */
 const char *ep_op_input_name(ep_op op, int index); /* "X", "buckets", ...; NULL out of range */
 const char *ep_op_input_kind(ep_op op, int index); /* "activation", "weight", "bias"; NULL out of range */
+const char *ep_op_input_dtype(ep_op op, int index); /* "float32", "uint8", "int32"; NULL out of range */
 /* "in_features, out_features, ..." (its attributes, for messages) into buf[cap]. */
 void ep_op_attr_names(ep_op op, char *buf, size_t cap);
 
-/* A runtime's float32 tensor as the layer sees it. count = prod(dims) (1 for rank 0); the adapter
- * checks the element type and that data holds count floats. An absent optional input: present 0. */
+/* Element types the adapters map their runtime's onto (so both name a wrong one alike). */
+typedef enum ep_dtype {
+    EP_DTYPE_FLOAT32 = 0, EP_DTYPE_UINT8, EP_DTYPE_INT32, EP_DTYPE_INT8, EP_DTYPE_INT16, EP_DTYPE_INT64,
+    EP_DTYPE_FLOAT16, EP_DTYPE_FLOAT64, EP_DTYPE_BOOL, EP_DTYPE_OTHER
+} ep_dtype;
+const char *ep_dtype_name(ep_dtype t); /* "float32", ...; "another type" for EP_DTYPE_OTHER */
+size_t ep_dtype_size(ep_dtype t);      /* bytes per element; 0 for EP_DTYPE_OTHER */
+
+/* A runtime's tensor as the layer sees it. count = prod(dims) (1 for rank 0); the adapter checks
+ * that bytes holds count elements of dtype. data: the same memory when dtype is float32 (else
+ * NULL). The op layer checks dtype against the spec. An absent optional input: present 0. */
 typedef struct ep_tensor {
     int present;
     const float *data;
     int64_t dims[EP_LIMIT_MAX_RANK];
     size_t rank;
     int64_t count;
+    ep_dtype dtype;
+    const void *bytes;
 } ep_tensor;
 
 /* "[2, 3]" into buf[cap]. */
@@ -92,8 +105,9 @@ void ep_tensor_dims_str(const ep_tensor *t, char *buf, size_t cap);
 /* in[] below has one view per input slot (EP_OP_MAX_INPUTS). Each check returns 0 when valid,
  * otherwise 1 with the message (without the node label) in msg[cap]. */
 
-/* The weight inputs (buckets, recon, blocks, G, H) against the attributes; for plans from
- * constant weights, before the activations are known. */
+/* The weight inputs (buckets, recon, blocks, G, H, codebook, ...) against the attributes: their
+ * dtypes and shapes (O(1); a codebook weight's contents are checked by its plan or decode); for
+ * plans from constant weights, before the activations are known. */
 int ep_op_check_weights(ep_op op, const ep_op_attrs *a, const ep_tensor *in, char *msg, size_t cap);
 /* Every input: the required ones present, the weights, X and bias. */
 int ep_op_check_inputs(ep_op op, const ep_op_attrs *a, const ep_tensor *in, char *msg, size_t cap);
