@@ -31,6 +31,8 @@ _BUILTIN_BUILDERS = {
     "edgepack.demo:digits_mlp": ("edgepack.demo", "digits_mlp"),
     "edgepack.kws.models:ds_cnn": ("edgepack.kws.models", "ds_cnn"),
     "edgepack.kws.models:ds_cnn_l": ("edgepack.kws.models", "ds_cnn_l"),
+    "edgepack.benchmarks.lenet:lenet_300_100": ("edgepack.benchmarks.lenet", "lenet_300_100"),
+    "edgepack.benchmarks.lenet:lenet_5": ("edgepack.benchmarks.lenet", "lenet_5"),
 }
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 

@@ -91,6 +91,8 @@ def encode_codebook(weight: np.ndarray, sparse: bool | None = None, bits: int | 
     _check(values.size <= MAX_CODEBOOK, f"the weight has {values.size - int(sparse)} distinct "
            f"{'non-zero ' if sparse else ''}values; a codebook holds at most {MAX_CODEBOOK}"
            f"{' (0.0 included when sparse)' if sparse else ''} (quantize or cluster it first)")
+    _check(bits is None or type(bits) is int, f"bits={bits!r} ({type(bits).__name__}); bits must be an "
+           f"int in {list(BITS)} or None (the smallest width that holds the codebook)")
     bits = choose_bits(values.size) if bits is None else bits
     _check(bits in BITS and (1 << bits) >= values.size,
            f"bits={bits!r} cannot index {values.size} codebook entries; valid: "
@@ -127,7 +129,8 @@ def check_codebook(codebook, indices, shape, bits: int = 8, row_ptr=None, col_ga
     shape = tuple(int(d) for d in shape)
     _check(len(shape) >= 1 and all(d >= 1 for d in shape), f"{where}: shape {list(shape)} must have "
            "1 or more dims, each >= 1")
-    _check(bits in BITS, f"{where}: attribute 'bits' = {bits}; valid: {list(BITS)}")
+    _check(isinstance(bits, (int, np.integer)) and not isinstance(bits, bool) and bits in BITS,
+           f"{where}: attribute 'bits' = {bits!r}; valid: {list(BITS)}")
     codebook, indices = np.asarray(codebook), np.asarray(indices)
     _check(codebook.dtype == np.float32, f"{where}: codebook must be float32, got {codebook.dtype}")
     _check(codebook.ndim == 1 and 1 <= codebook.size <= MAX_CODEBOOK,
@@ -261,16 +264,30 @@ class _CodebookLayer(nn.Module):
 
     def prepare_state(self, state: dict, prefix: str = "") -> None:
         """Resize the buffers to a state dict's (its codebook size, nnz, bits and form are data),
-        so ``load_state_dict`` and checkpoints rebuild a layer made without its weights."""
+        so ``load_state_dict`` and checkpoints rebuild a layer made without its weights. The arrays
+        are checked against the contract first, so a broken state fails here, never in forward."""
+        where = f"{type(self).__name__} {prefix.rstrip('.') or '(state)'}"
+        arrays = {}
         for name, dtype in (_FORM_BUFFERS | _CSR_BUFFERS).items():
             value = state.get(prefix + name)
             if value is None:
-                if name in _CSR_BUFFERS:  # no CSR arrays: the dense form
-                    setattr(self, name, None)
                 continue
-            _check(value.dtype == dtype, f"{type(self).__name__}: state {prefix + name!r} is "
-                   f"{value.dtype}; must be {dtype}")
-            setattr(self, name, torch.empty_like(value))
+            _check(isinstance(value, torch.Tensor) and value.dtype == dtype,
+                   f"{type(self).__name__}: state {prefix + name!r} is "
+                   f"{getattr(value, 'dtype', type(value).__name__)}; must be {dtype}")
+            arrays[name] = value.detach().cpu().numpy()
+        if all(name in arrays for name in _FORM_BUFFERS):  # a missing one is reported by the loader
+            bits = arrays["bits"]
+            _check(bits.size == 1, f"{where}: state {prefix + 'bits'!r} has shape {list(bits.shape)}; "
+                   f"it must be one uint8 value in {list(BITS)}")
+            check_codebook(arrays["codebook"], arrays["indices"], self.weight_shape, int(bits.reshape(-1)[0]),
+                           arrays.get("row_ptr"), arrays.get("col_gaps"), where)
+        for name in _FORM_BUFFERS | _CSR_BUFFERS:
+            value = state.get(prefix + name)
+            if value is not None:
+                setattr(self, name, torch.empty_like(value))
+            elif name in _CSR_BUFFERS:  # no CSR arrays: the dense form
+                setattr(self, name, None)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         self.prepare_state(state_dict, prefix)

@@ -156,9 +156,17 @@ class MixturePrior(nn.Module):
             raise SwsError("the weights to initialise the prior from must be non-empty and finite")
         means = torch.linspace(float(w.min()), float(w.max()), components - 1)
         if init_std is not None:
+            if isinstance(init_std, bool) or not isinstance(init_std, (int, float, np.integer, np.floating)) or not (
+                    math.isfinite(init_std) and init_std > 0):
+                raise SwsError(f"init_std must be a finite number > 0 (a standard deviation), got {init_std!r}")
             log_precisions = torch.full((components,), -2.0 * math.log(init_std))
         else:
             (a0, b0), (a, b) = hyper.get("gamma_zero", GAMMA_ZERO), hyper.get("gamma_others", GAMMA_OTHERS)
+            for name, (alpha, beta) in (("gamma_zero", (a0, b0)), ("gamma_others", (a, b))):
+                if not (alpha > 1 and beta > 0):
+                    raise SwsError(f"{name}=({alpha!r}, {beta!r}): the precisions start at the Gamma "
+                                   f"hyper-prior's mode (α−1)/β, which needs α > 1 and β > 0; pass such "
+                                   f"values or init_std=")
             log_precisions = torch.tensor([math.log((a0 - 1) / b0)] + [math.log((a - 1) / b)] * (components - 1))
         return cls(means, log_precisions, torch.zeros(components - 1), pi_zero, pi_zero_prior, **hyper)
 
@@ -369,33 +377,27 @@ def kl_gaussian(m1, v1, m2, v2):
 
 
 def merge_components(means, variances, pis, threshold: float):
-    """Merge every pair of components whose KL divergence (either direction) is below
-    ``threshold``, transitively; a merged component has π = Σπ and the π-weighted mean and
-    variance. Returns (groups, means, variances, pis); the group holding component 0 comes first
-    and its mean is exactly 0."""
-    means, variances, pis = (np.asarray(a, dtype=np.float64) for a in (means, variances, pis))
-    j = len(means)
-    parent = list(range(j))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            i = parent[i]
-        return i
-
-    kl = kl_gaussian(means[:, None], variances[:, None], means[None, :], variances[None, :])
-    for a in range(j):
-        for b in range(a + 1, j):
-            if min(kl[a, b], kl[b, a]) < threshold:
-                parent[max(root(a), root(b))] = min(root(a), root(b))
-    groups: dict[int, list[int]] = {}
-    for i in range(j):
-        groups.setdefault(root(i), []).append(i)
-    ordered = [groups[r] for r in sorted(groups)]
-    new_pis = np.array([pis[g].sum() for g in ordered])
-    new_means = np.array([(pis[g] * means[g]).sum() for g in ordered]) / new_pis
-    new_variances = np.array([(pis[g] * variances[g]).sum() for g in ordered]) / new_pis
-    new_means[0] = 0.0
-    return ordered, new_means, new_variances, new_pis
+    """Merge components as the authors' tutorial does: while some pair's KL divergence is below
+    ``threshold``, merge the single pair with the smallest one (π = Σπ, π-weighted mean and
+    variance) and recompute; so a chain A~B~C with A, C far apart is not merged in one go. The KL
+    of a pair is the smaller of its two directions (KL is not symmetric). The group holding
+    component 0 stays first and its mean stays exactly 0. Returns (groups, means, variances, pis)."""
+    means, variances, pis = (np.array(a, dtype=np.float64) for a in (means, variances, pis))
+    groups = [[i] for i in range(len(means))]
+    while len(groups) > 1:
+        kl = kl_gaussian(means[:, None], variances[:, None], means[None, :], variances[None, :])
+        kl = np.minimum(kl, kl.T)
+        np.fill_diagonal(kl, np.inf)
+        a, b = np.unravel_index(np.argmin(kl), kl.shape)  # row-major: a < b
+        if not kl[a, b] < threshold:
+            break
+        pi = pis[a] + pis[b]
+        means[a] = 0.0 if a == 0 else (pis[a] * means[a] + pis[b] * means[b]) / pi
+        variances[a] = (pis[a] * variances[a] + pis[b] * variances[b]) / pi
+        pis[a] = pi
+        groups[a] = sorted(groups[a] + groups.pop(b))
+        means, variances, pis = (np.delete(x, b) for x in (means, variances, pis))
+    return groups, means, variances, pis
 
 
 @dataclass

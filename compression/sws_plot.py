@@ -50,6 +50,10 @@ def plot_weights(before, after, prior_before: MixturePrior, prior_after: Mixture
     if x.shape != y.shape or x.size == 0:
         raise SwsError(f"plot_weights: before and after must hold the same non-zero number of weights, "
                        f"got {x.size} and {y.size}")
+    for label, values in (("before", x), ("after", y)):
+        if not np.isfinite(values).all():
+            raise SwsError(f"plot_weights: {int((~np.isfinite(values)).sum())} of the {label} weights are "
+                           f"NaN or infinite; every weight must be finite (did training diverge?)")
     means, stds, pis = _mixture(prior_after)
     log_density = np.log(pis) - np.log(stds) - 0.5 * ((y[:, None] - means) / stds) ** 2
     component = log_density.argmax(axis=1)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 from onnx import AttributeProto, TensorProto
+from onnx.external_data_helper import uses_external_data
 
 from edgepack.errors import EdgepackError
 from edgepack.runtime_kernels import limits
@@ -456,15 +457,23 @@ def _static_shapes(model: onnx.ModelProto) -> dict[str, Tensor]:
         known[info.name] = Tensor(True, dims, tensor_type.elem_type == TensorProto.FLOAT,
                                   _dtype_name(tensor_type.elem_type))
     for t in graph.initializer:
-        integer = t.data_type in (TensorProto.UINT8, TensorProto.INT32)
-        known[t.name] = Tensor(True, tuple(t.dims), t.data_type == TensorProto.FLOAT, _dtype_name(t.data_type),
-                               onnx.numpy_helper.to_array(t) if integer else None)
+        known[t.name] = _constant(t)
     for node in graph.node:
         if node.op_type == "Constant" and not node.domain and node.output:
             for a in node.attribute:
                 if a.name == "value" and a.type == AttributeProto.TENSOR:
-                    known[node.output[0]] = Tensor(True, tuple(a.t.dims), a.t.data_type == TensorProto.FLOAT)
+                    known[node.output[0]] = _constant(a.t)
     return known
+
+
+def _constant(t: onnx.TensorProto) -> Tensor:
+    """A constant's dims and dtype, and its values when uint8/int32 (the codebook ops' integer
+    inputs). Values kept in external data are not read (they live relative to the model file,
+    not the current directory): those are checked at run time, like non-constant inputs."""
+    integer = t.data_type in (TensorProto.UINT8, TensorProto.INT32)
+    external = uses_external_data(t)
+    return Tensor(True, tuple(t.dims), t.data_type == TensorProto.FLOAT, _dtype_name(t.data_type),
+                  onnx.numpy_helper.to_array(t) if integer and not external else None)
 
 
 def check_onnx_model(model: onnx.ModelProto, where: str = "model", runtime: str = "ort") -> int:

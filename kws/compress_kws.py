@@ -38,12 +38,13 @@ FINETUNE_RATES = QUICK_RATES
 FINETUNE_EPOCHS = 12  # recipes listed in kws.recipes.FINETUNE retrain with their own epochs and rates
 
 
-def finetune_of(name: str, finetune_epochs: int | None = None, learning_rates=None) -> tuple[int, tuple]:
-    """(epochs, learning rates) of recipe ``name``'s retraining: the given ones, else the recipe's own
-    (``kws.recipes.FINETUNE``), else FINETUNE_EPOCHS and FINETUNE_RATES."""
+def finetune_of(name: str, finetune_epochs: int | None = None, learning_rates=None) -> tuple[int, tuple, int]:
+    """(epochs, learning rates, epochs averaged) of recipe ``name``'s retraining: the given ones, else the
+    recipe's own (``kws.recipes.FINETUNE``), else FINETUNE_EPOCHS, FINETUNE_RATES and 0 (best epoch)."""
     own = FINETUNE.get(name, {})
     return (own.get("epochs", FINETUNE_EPOCHS) if finetune_epochs is None else finetune_epochs,
-            tuple(own.get("learning_rates", FINETUNE_RATES) if learning_rates is None else learning_rates))
+            tuple(own.get("learning_rates", FINETUNE_RATES) if learning_rates is None else learning_rates),
+            own.get("average_last", 0))
 
 
 def slug(name: str) -> str:
@@ -96,9 +97,11 @@ def _dense_source(source) -> tuple[Path, str, dict, str | None, float]:
 def compress_one(dense, builder: str, kwargs: dict, name: str, recipe: dict, data: dict, cache: dict, out: Path,
                  finetune_epochs: int, seed: int = 0, console=None, batch_size: int = BATCH_SIZE,
                  learning_rates=FINETUNE_RATES, export: bool = True, distill: bool = True,
-                 shift_ms: float = TIME_SHIFT_MS) -> dict:
+                 shift_ms: float = TIME_SHIFT_MS, average_last: int = 0, tau: float | None = None) -> dict:
     """Compress ``dense`` with ``recipe``, fine-tune (augmenting with the dense run's ``shift_ms``), save and
-    export it to ``out``; returns the result row."""
+    export it to ``out``; returns the result row. The fine-tuned model is the best validation epoch, or with
+    ``average_last`` N the mean of the weights (and BatchNorm statistics) after each of the last N epochs.
+    A recipe of "sws" layers is retrained by soft weight-sharing at ``tau`` instead (``_retrain_sws``)."""
     import torch
 
     from edgepack.compression import compress, compressed_size_bytes, save_checkpoint
@@ -117,10 +120,15 @@ def compress_one(dense, builder: str, kwargs: dict, name: str, recipe: dict, dat
            "layers": [vars(r) for r in report], "dense_bytes": compressed_size_bytes(dense),
            "accuracy_dense": accuracy(dense, cache["test"], test.labels),
            "accuracy_compressed": accuracy(model, cache["test"], test.labels)}
-    if recipe and finetune_epochs:
+    sws = any(spec.get("method") == "sws" for spec in recipe.values())
+    if sws:
+        recipe = _retrain_sws(model, row, data, cache, finetune_epochs, learning_rates, tau, seed, batch_size,
+                              shift_ms, console)
+    elif recipe and finetune_epochs:
         augmenter = Augmenter(train_split.background, seed, shift_ms=shift_ms)
         optimizer = torch.optim.Adam(model.parameters(), lr=learning_rates[0])
         best, best_acc = copy.deepcopy(model.state_dict()), accuracy(model, cache["validation"], val.labels)
+        total, averaged = None, 0
         with progress_bar(console) as progress:
             for epoch in range(finetune_epochs):
                 for group in optimizer.param_groups:
@@ -128,9 +136,16 @@ def compress_one(dense, builder: str, kwargs: dict, name: str, recipe: dict, dat
                 train_epoch(model, optimizer, train_split.audio, train_split.labels, augmenter, epoch, seed + 1,
                             batch_size, progress, f"{name}: fine-tune {epoch + 1}/{finetune_epochs}",
                             teacher=dense if distill else None)
+                if epoch >= finetune_epochs - average_last:
+                    state = {k: t.detach().double() for k, t in model.state_dict().items()}
+                    total = state if total is None else {k: total[k] + state[k] for k in total}
+                    averaged += 1
                 val_acc = accuracy(model, cache["validation"], val.labels)
                 if val_acc > best_acc:
                     best, best_acc = copy.deepcopy(model.state_dict()), val_acc
+        if averaged:
+            best = {k: (total[k] / averaged).to(t.dtype) for k, t in model.state_dict().items()}
+        row["averaged_epochs"] = averaged
         model.load_state_dict(best)
     model.eval()
     row.update({"bytes": compressed_size_bytes(model), "finetune_epochs": finetune_epochs if recipe else 0,
@@ -157,28 +172,91 @@ def compress_one(dense, builder: str, kwargs: dict, name: str, recipe: dict, dat
     return row
 
 
+class _AugmentedBatches:
+    """The training split as sws.retrain's DataLoader: shuffled, augmented MFCC batches, new ones each pass,
+    the order and augmentation seeded by (seed, pass) as ``kws.train.train_epoch``'s."""
+
+    def __init__(self, split, augmenter, batch_size: int, seed: int) -> None:
+        self.audio, self.dataset, self.augmenter = split.audio, split.labels, augmenter
+        self.batch_size, self.seed, self.epoch = batch_size, seed, 0
+
+    def __len__(self) -> int:
+        return -(-len(self.dataset) // self.batch_size)
+
+    def __iter__(self):
+        import numpy as np
+        import torch
+
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        rng = np.random.default_rng([self.seed, self.epoch])
+        self.epoch += 1
+        order = torch.randperm(len(self.dataset), generator=generator).numpy()
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start:start + self.batch_size]
+            yield features(self.augmenter(self.audio[batch], rng)), torch.as_tensor(self.dataset[batch])
+
+
+def _retrain_sws(model, row: dict, data: dict, cache: dict, epochs: int, learning_rates, tau, seed: int,
+                 batch_size: int, shift_ms: float, console) -> dict:
+    """Soft weight-sharing: ``compression.sws.retrain`` on the augmented training split (one equal share of
+    the epochs per learning rate, the prior carried over), then ``postprocess`` into codebook layers; fills
+    ``row`` (τ, per-epoch history, non-zero %, Deep Compression's size) and returns the recipe to save."""
+    import torch
+
+    from edgepack.compression import postprocess, retrain, to_codebook
+    from edgepack.compression.size_accounting import model_size
+    from edgepack.kws.augment import Augmenter
+
+    if not epochs:
+        raise KwsTrainError("recipe sws: soft weight-sharing needs --finetune-epochs >= 1")
+    tau = FINETUNE["sws"]["tau"] if tau is None else tau
+    batches = _AugmentedBatches(data["train"], Augmenter(data["train"].background, seed, shift_ms=shift_ms),
+                                batch_size, seed + 1)
+    val = (cache["validation"], torch.as_tensor(data["validation"].labels))
+    prior, history = None, []
+    try:
+        for i, rate in enumerate(learning_rates):
+            share = epochs * (i + 1) // len(learning_rates) - epochs * i // len(learning_rates)
+            if share:
+                prior, part = retrain(model, batches, epochs=share, tau=tau, lr=rate, prior=prior, val_data=val,
+                                      progress=console is not None, seed=seed)
+                history += part
+        report = postprocess(model, prior)
+    except ValueError as error:
+        raise KwsTrainError(f"recipe sws: {error}") from None
+    sizes = model_size(model)
+    to_codebook(model, [layer.name for layer in report])
+    row.update(tau=tau, sws_history=history, codebook=[float(v) for v in report.codebook],
+               nonzero_percent=sizes.nonzero_percent,
+               deep_compression={"bytes": sizes.total_bits / 8, "dense_bytes": sizes.dense_bits / 8,
+                                 "rate": sizes.rate})
+    row["averaged_epochs"] = 0
+    return {layer.name: {"method": "codebook"} for layer in report}
+
+
 def compress_run(source, recipes, output, data_dir=None, finetune_epochs: int | None = None, seed: int = 0,
                  console=None, batch_size: int = BATCH_SIZE, learning_rates=None,
-                 export: bool = True, distill: bool = True, threads: int = 1) -> list[dict]:
+                 export: bool = True, distill: bool = True, threads: int = 1, tau: float | None = None) -> list[dict]:
     """Compress the dense model of a run folder or checkpoint with each recipe (names, files or "all").
 
     One recipe writes to ``output``; several write to ``output/<recipe>/`` and ``output/summary.json``.
     ``finetune_epochs`` / ``learning_rates``: the retraining's for every recipe (None: each recipe's,
     ``finetune_of``).
-    ``threads``: torch threads meanwhile (1 by default, as ``kws train``)."""
+    ``threads``: torch threads meanwhile (1 by default, as ``kws train``); ``tau``: soft weight-sharing's τ
+    (None: ``kws.recipes.FINETUNE["sws"]``)."""
     import torch
 
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         return _compress_run(source, recipes, output, data_dir, finetune_epochs, seed, console, batch_size,
-                             learning_rates, export, distill)
+                             learning_rates, export, distill, tau)
     finally:
         torch.set_num_threads(previous)
 
 
 def _compress_run(source, recipes, output, data_dir, finetune_epochs, seed, console, batch_size, learning_rates,
-                  export, distill) -> list[dict]:
+                  export, distill, tau=None) -> list[dict]:
     """compress_run() with the thread count set."""
     from rich.console import Console
 
@@ -202,13 +280,17 @@ def _compress_run(source, recipes, output, data_dir, finetune_epochs, seed, cons
     rows = []
     for name, recipe in resolved:
         folder = out if len(resolved) == 1 else out / slug(name)
-        epochs, rates = finetune_of(name, finetune_epochs, learning_rates)
+        epochs, rates, average_last = finetune_of(name, finetune_epochs, learning_rates)
         rows.append(compress_one(dense, builder, kwargs, name, recipe, data, cache, folder, epochs, seed, console,
-                                 batch_size, rates, export, distill, shift_ms))
+                                 batch_size, rates, export, distill, shift_ms, average_last, tau))
         row = rows[-1]
         console.print(f"{name}: {row['bytes']:,} bytes ({row['ratio']:.1f}x smaller), accuracy "
                       f"{row['accuracy_compressed']:.1%} → {row['accuracy']:.1%} fine-tuned "
                       f"(dense {row['accuracy_dense']:.1%})")
+        if "deep_compression" in row:
+            console.print(f"{name}: τ {row['tau']:g}, {row['nonzero_percent']:.1f} % of the weights non-zero, "
+                          f"{len(row['codebook'])} shared values; Deep Compression's size "
+                          f"{row['deep_compression']['bytes']:,.0f} bytes ({row['deep_compression']['rate']:.1f}x)")
     if len(resolved) > 1:
         (out / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
     print_summary(rows, console)
@@ -234,7 +316,8 @@ def print_summary(rows: list[dict], console) -> None:
 
 def _handler(args) -> int:
     compress_run(args.run, args.recipe, args.output, data_dir=args.data, finetune_epochs=args.finetune_epochs,
-                 seed=args.seed, export=not args.no_export, distill=not args.no_distill, threads=args.threads)
+                 seed=args.seed, export=not args.no_export, distill=not args.no_distill, threads=args.threads,
+                 tau=args.tau)
     return 0
 
 
@@ -254,6 +337,8 @@ def add_parser(subparsers) -> None:
                              + "; 0: none)")
     parser.add_argument("--no-distill", action="store_true",
                         help="fine-tune on the labels only (default: half the loss is distilled from the dense model)")
+    parser.add_argument("--tau", type=float,
+                        help=f"soft weight-sharing's τ for the sws recipe (default {FINETUNE['sws']['tau']:g})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as kws train)")
     parser.add_argument("--no-export", action="store_true", help="skip the ONNX / TFLite export")

@@ -7,7 +7,7 @@ import ctypes as C
 
 import numpy as np
 
-from .loader import HashParams, KernelError, check, load
+from .loader import Codebook, HashParams, KernelError, check, load
 
 __all__ = [
     "xxh32",
@@ -18,6 +18,8 @@ __all__ = [
     "irfft",
     "circulant_matmul",
     "ldr_matmul",
+    "codebook_decode",
+    "sparse_codebook_matmul",
     "dense_matmul",
     "variants",
     "variant",
@@ -264,6 +266,56 @@ def ldr_matmul(x, G, H, out_features: int, bias=None) -> np.ndarray:
         check(lib.ep_ldr_matmul(plan, _ptr(x2), x2.shape[0], x2.shape[1], _ptr(bias), _ptr(y), out_features))
     finally:
         lib.ep_ldr_plan_destroy(plan)
+    return y.reshape(*lead, out_features)
+
+
+def _codebook(rows: int, cols: int, codebook, indices, row_ptr, col_gaps, bits: int) -> tuple[Codebook, list]:
+    """The ep_codebook over contiguous copies of the arrays (kept alive in the returned list); the C
+    side checks every rule of the contract."""
+    arrays = [_f32(codebook, "codebook", 1), np.ascontiguousarray(np.asarray(indices, np.uint8).ravel())]
+    if (row_ptr is None) != (col_gaps is None):
+        raise KernelError("give both row_ptr and col_gaps (the sparse form) or neither (the dense form)")
+    if row_ptr is not None:
+        arrays += [np.ascontiguousarray(np.asarray(row_ptr, np.int32).ravel()),
+                   np.ascontiguousarray(np.asarray(col_gaps, np.uint8).ravel())]
+    w = Codebook(rows, cols, bits, _ptr(arrays[0]), arrays[0].size, _ptr(arrays[1]), arrays[1].size)
+    if row_ptr is not None:  # numpy gives even an empty array a data pointer: the sparse form stays
+        w.row_ptr, w.row_ptr_len = _ptr(arrays[2]), arrays[2].size
+        w.col_gaps, w.col_gaps_len = _ptr(arrays[3]), arrays[3].size
+    return w, arrays
+
+
+def codebook_decode(shape, codebook, indices, row_ptr=None, col_gaps=None, bits: int = 8) -> np.ndarray:
+    """W of ``shape`` from a CodebookWeight's inputs (dense form, or sparse with row_ptr and col_gaps)."""
+    shape = tuple(int(d) for d in shape)
+    if not shape or min(shape) < 1:
+        raise KernelError(f"shape {shape} must have at least one dim, each >= 1")
+    rows, cols = shape[0], int(np.prod(shape[1:], dtype=np.int64))
+    w, keep = _codebook(rows, cols, codebook, indices, row_ptr, col_gaps, bits)
+    W = np.empty(shape, np.float32)
+    check(load().ep_codebook_decode(C.byref(w), _ptr(W)))
+    del keep
+    return W
+
+
+def sparse_codebook_matmul(x, codebook, indices, row_ptr, col_gaps, out_features: int, bits: int = 8,
+                           bias=None) -> np.ndarray:
+    """SparseCodebookMatMul's y = x·Wᵀ + bias straight from the sparse form (W is out × in)."""
+    lib = load()
+    x2, lead = _batch(x)
+    bias = _opt(bias)
+    if bias is not None and bias.size != out_features:
+        raise KernelError(f"bias has {bias.size} elements; must equal out_features={out_features}")
+    w, keep = _codebook(out_features, x2.shape[1], codebook, indices, row_ptr, col_gaps, bits)
+    plan = _vp()
+    check(lib.ep_codebook_plan_create(C.byref(w), C.byref(plan)))
+    try:
+        y = np.empty((x2.shape[0], out_features), np.float32)
+        check(lib.ep_sparse_codebook_matmul(plan, _ptr(x2), x2.shape[0], x2.shape[1], _ptr(bias), _ptr(y),
+                                            out_features))
+    finally:
+        lib.ep_codebook_plan_destroy(plan)
+    del keep
     return y.reshape(*lead, out_features)
 
 

@@ -34,6 +34,25 @@ class HashParams(C.Structure):
     ]
 
 
+class Codebook(C.Structure):
+    """``ep_codebook``: a codebook weight (docs/ops.md CodebookWeight); NULL / 0 row_ptr and
+    col_gaps for the dense form."""
+
+    _fields_ = [
+        ("rows", _i64),
+        ("cols", _i64),
+        ("bits", C.c_int32),
+        ("codebook", _vp),
+        ("codebook_len", _i64),
+        ("indices", _vp),
+        ("indices_len", _i64),
+        ("row_ptr", _vp),
+        ("row_ptr_len", _i64),
+        ("col_gaps", _vp),
+        ("col_gaps_len", _i64),
+    ]
+
+
 def library_path() -> Path:
     """Where the kernel library is (``$EDGEPACK_LIB_DIR``, the package's lib/, build/host)."""
     return find_artifact("libedgepack_kernels.so")
@@ -69,6 +88,10 @@ def load() -> C.CDLL:
         "ep_ldr_plan_create": (C.c_int, [_i64, _i64, _vp, _vp, _i64, _i64, C.POINTER(_vp)]),
         "ep_ldr_plan_destroy": (None, [_vp]),
         "ep_ldr_matmul": (C.c_int, [_vp, _vp, _i64, _i64, _vp, _vp, _i64]),
+        "ep_codebook_decode": (C.c_int, [C.POINTER(Codebook), _vp]),
+        "ep_codebook_plan_create": (C.c_int, [C.POINTER(Codebook), C.POINTER(_vp)]),
+        "ep_codebook_plan_destroy": (None, [_vp]),
+        "ep_sparse_codebook_matmul": (C.c_int, [_vp, _vp, _i64, _i64, _vp, _vp, _i64]),
     }
     for name, (res, args) in sig.items():
         fn = getattr(lib, name)

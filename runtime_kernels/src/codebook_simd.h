@@ -33,13 +33,15 @@ EP_SI void spcb_block(const int U, int64_t count, const float *cb, const uint8_t
     }
 }
 
-/* one batch column: four independent sums over interleaved entries hide the add latency */
+/* one batch column: four independent sums over interleaved entries hide the add latency, and the
+ * four columns come from partial sums of their gaps, so only one add per step depends on the last */
 EP_SI float spcb_column(int64_t count, const float *cb, const uint8_t *idx, const uint8_t *gaps, const float *x,
                         int64_t ldx) {
     float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
     int64_t col = -1, m = 0;
     for (; m + 4 <= count; m += 4) {
-        const int64_t c0 = col + gaps[m], c1 = c0 + gaps[m + 1], c2 = c1 + gaps[m + 2], c3 = c2 + gaps[m + 3];
+        const int64_t g01 = gaps[m] + gaps[m + 1], g012 = g01 + gaps[m + 2], g0123 = g012 + gaps[m + 3];
+        const int64_t c0 = col + gaps[m], c1 = col + g01, c2 = col + g012, c3 = col + g0123;
         s0 += cb[idx[m]] * x[c0 * ldx];
         s1 += cb[idx[m + 1]] * x[c1 * ldx];
         s2 += cb[idx[m + 2]] * x[c2 * ldx];
@@ -55,6 +57,10 @@ EP_SI float spcb_column(int64_t count, const float *cb, const uint8_t *idx, cons
 
 static void spcb_row_simd(int64_t count, const float *cb, const uint8_t *idx, const uint8_t *gaps, const float *xt,
                           int64_t ldx, int64_t nb, float *acc) {
+    if (nb == 1 && ldx == 1) { /* one row of X as given (the driver's batch of 1): no stride multiply */
+        acc[0] = spcb_column(count, cb, idx, gaps, xt, 1);
+        return;
+    }
     if (nb < SPCB_MIN_NB) {
         for (int64_t b = 0; b < nb; b++) acc[b] = spcb_column(count, cb, idx, gaps, xt + b, ldx);
         return;

@@ -67,3 +67,16 @@ def test_lenets_have_the_papers_sizes_and_rebuild_from_a_checkpoint(tmp_path, na
     loaded = load_checkpoint(path)
     assert torch.equal(loaded(x), model.eval()(x)) and loaded(x).shape == (3, 10)
 
+
+
+def test_a_lenet_checkpoint_exports_from_the_command_line_in_a_fresh_process(tmp_path):
+    """The LeNet builders are built in, so `edgepack export` rebuilds them without importing the
+    module that registers them."""
+    import subprocess
+    import sys
+
+    path = save_checkpoint(MODELS["lenet-300-100"](), tmp_path / "l.safetensors", BUILDER_NAMES["lenet-300-100"])
+    done = subprocess.run([sys.executable, "-m", "edgepack.cli", "export", str(path), "-o", str(tmp_path / "l.onnx"),
+                           "--example-shape", "1,1,28,28"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "l.onnx").stat().st_size > 1_000_000

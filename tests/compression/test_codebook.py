@@ -194,3 +194,73 @@ def test_recipe_method_and_plain_load_state_dict():
     fresh.load_state_dict(compressed.state_dict())
     x = torch.randn(3, 64)
     assert torch.equal(fresh(x), model(x))
+
+
+@pytest.fixture(scope="module")
+def good_checkpoint(tmp_path_factory):
+    """A digits_mlp checkpoint with a sparse 4-bit fc1 (64 columns) and a dense 2-bit fc2."""
+    torch.manual_seed(0)
+    model = digits_mlp(16)
+    with torch.no_grad():
+        w = model.fc1.weight
+        w.copy_(torch.round(w * 32) / 32)
+        w[w.abs() < 0.07] = 0
+        model.fc2.weight.copy_(torch.round(model.fc2.weight * 4) / 4)
+    recipe = {"fc1": {"method": "codebook"}, "fc2": {"method": "codebook"}}
+    compressed, _ = compress(model, recipe)
+    assert compressed.fc1.sparse and not compressed.fc2.sparse and int(compressed.fc2.bits) == 2
+    return save_checkpoint(compressed, tmp_path_factory.mktemp("ckpt") / "good.safetensors",
+                           "edgepack.demo:digits_mlp", {"hidden": 16}, recipe)
+
+
+def _swap_rows(st):
+    st["fc1.row_ptr"][1], st["fc1.row_ptr"][2] = st["fc1.row_ptr"][2].clone(), st["fc1.row_ptr"][1].clone()
+
+
+BROKEN_STATES = {
+    "index >= J": (lambda st: st["fc1.indices"].fill_(255), r"fc1: index 15 >= codebook size 5"),
+    "J > 256": (lambda st: st.update({"fc2.codebook": torch.zeros(1000)}), r"fc2: codebook must be 1-D with 1\.\.256"),
+    "bits 3": (lambda st: st.update({"fc2.bits": torch.tensor(3, dtype=torch.uint8)}), r"'bits' = 3; valid"),
+    "bits two elements": (lambda st: st.update({"fc2.bits": torch.tensor([8, 8], dtype=torch.uint8)}),
+                          r"'fc2.bits' has shape \[2\]; it must be one uint8 value"),
+    "codebook 2-D": (lambda st: st.update({"fc2.codebook": st["fc2.codebook"].reshape(1, -1).clone()}),
+                     r"got shape \[1, 4\]"),
+    "row_ptr decreasing": (_swap_rows, r"fc1: row_ptr decreases at row 1"),
+    "row_ptr short": (lambda st: st.update({"fc1.row_ptr": st["fc1.row_ptr"][:5].clone()}),
+                      r"row_ptr must be int32 \[17\] \(rows \+ 1\), got int32 \[5\]"),
+    "row_ptr end huge": (lambda st: st["fc1.row_ptr"].__setitem__(-1, 2**31 - 1), r"says nnz = 2147483647"),
+    "col_gaps without row_ptr": (lambda st: st.pop("fc1.row_ptr"), r"got only col_gaps"),
+    "gap 0": (lambda st: st["fc1.col_gaps"].__setitem__(0, 0), r"every gap must be >= 1"),
+    "column >= cols": (lambda st: st["fc1.col_gaps"].fill_(255), r"columns must be < 64"),
+    "indices too short": (lambda st: st.update({"fc2.indices": st["fc2.indices"][:3].clone()}),
+                          r"fc2: indices has 3 bytes; nnz = 256 entries of 2 bits need 64"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_STATES))
+def test_checkpoint_breaking_the_contract_is_refused_on_load(good_checkpoint, tmp_path, case):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from edgepack.compression import CheckpointError
+
+    mutate, message = BROKEN_STATES[case]
+    state = load_file(str(good_checkpoint))
+    mutate(state)
+    with safe_open(str(good_checkpoint), "pt") as file:
+        metadata = file.metadata()
+    bad = tmp_path / "bad.safetensors"
+    save_file(state, str(bad), metadata=metadata)
+    assert isinstance(load_checkpoint(good_checkpoint), nn.Module)
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(bad)
+    fresh, _ = compress(digits_mlp(16), {"fc1": {"method": "codebook"}, "fc2": {"method": "codebook"}},
+                        initialize=False)
+    with pytest.raises(CodebookError, match=message):
+        fresh.load_state_dict(state)
+
+
+@pytest.mark.parametrize("bits", [8.0, True, "8", np.uint8(8)])
+def test_encode_refuses_bits_that_are_not_ints_by_name(bits):
+    with pytest.raises(CodebookError, match=r"bits must be an int in \[1, 2, 4, 8\] or None"):
+        encode_codebook(np.ones((2, 2), np.float32), bits=bits)

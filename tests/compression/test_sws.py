@@ -115,10 +115,29 @@ def test_kl_merge_by_hand():
     np.testing.assert_allclose(pis, [0.9, 0.1])
     np.testing.assert_allclose(means, [0.0, (0.06 * 0.5 + 0.04 * 0.51) / 0.1])
     np.testing.assert_allclose(variances, [0.01, (0.06 * 0.01 + 0.04 * 0.0102) / 0.1])
-    # transitive: 0~1 and 1~2 below the threshold, 0~2 above it → one group, mean exactly 0
+    # 0~1 and 1~2 tie at 0.005 < 0.006: the first pair merges (mean stays exactly 0), then
+    # KL(0, 2) = ½·0.02²/0.01 = 0.02 ≥ 0.006, so 2 stays apart (no transitive collapse)
     groups, means, _, pis = merge_components([0.0, 0.01, 0.02], [0.01] * 3, [0.5, 0.3, 0.2], threshold=0.006)
-    assert kl_gaussian(0.0, 0.01, 0.02, 0.01) > 0.006 and groups == [[0, 1, 2]]
-    assert means[0] == 0.0 and pis[0] == pytest.approx(1.0)
+    assert groups == [[0, 1], [2]]
+    assert means[0] == 0.0 and pis.tolist() == pytest.approx([0.8, 0.2])
+
+
+def test_merge_takes_the_closest_pair_and_recomputes():
+    # A, B, C at 1.00, 1.01, 1.02 (σ² = 0.01): KL(A,B) = KL(B,C) = 0.005, KL(A,C) = 0.02.
+    means, variances, pis = [0.0, 1.0, 1.01, 1.02], [0.01] * 4, [0.2, 0.3, 0.2, 0.3]
+    assert kl_gaussian(1.0, 0.01, 1.02, 0.01) == pytest.approx(0.02)
+    # A+B merge (mean 1.004); KL(AB, C) = ½·0.016²/0.01 = 0.0128 ≥ 0.006: the chain stays split.
+    groups, merged_means, _, merged_pis = merge_components(means, variances, pis, threshold=0.006)
+    assert groups == [[0], [1, 2], [3]]
+    np.testing.assert_allclose(merged_means, [0.0, 1.004, 1.02])
+    np.testing.assert_allclose(merged_pis, [0.2, 0.5, 0.3])
+    # with threshold 0.015 the recomputed KL(AB, C) = 0.0128 merges C too, though KL(A, C) = 0.02.
+    groups, merged_means, merged_vars, merged_pis = merge_components(means, variances, pis, threshold=0.015)
+    assert groups == [[0], [1, 2, 3]]
+    np.testing.assert_allclose(merged_means, [0.0, (0.3 * 1.0 + 0.2 * 1.01 + 0.3 * 1.02) / 0.8])
+    np.testing.assert_allclose(merged_vars, [0.01, 0.01])
+    # unequal variances: the smaller direction decides (KL(1‖2) ≈ 0.0966 < threshold < KL(2‖1) ≈ 0.153)
+    assert merge_components([0.0, 1.0, 1.0], [0.01, 0.01, 0.02], [0.5, 0.25, 0.25], 0.1)[0] == [[0], [1, 2]]
 
 
 def test_postprocess_sets_each_weight_to_its_component_mean(one_thread):
@@ -193,6 +212,10 @@ def test_retraining_digits_prunes_half_and_keeps_accuracy(pretrained, tmp_path):
     assert figure.stat().st_size > 10_000
     with pytest.raises(SwsError, match="same non-zero number"):
         plot_weights(before, np.zeros(3), prior, prior, tmp_path / "bad.png")
+    diverged = sws_weights(marked).detach().numpy().copy()
+    diverged[[3, 7]] = np.nan
+    with pytest.raises(SwsError, match="2 of the after weights are NaN or infinite"):
+        plot_weights(before, diverged, prior, prior, tmp_path / "nan.png")
 
 
 def test_retrain_is_deterministic_for_a_seed(pretrained):
@@ -208,6 +231,17 @@ def test_retrain_is_deterministic_for_a_seed(pretrained):
     for one, two in ((w1, w2), (p1, p2)):
         assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
     assert h1[-1]["pi_zero"] != pytest.approx(0.999, abs=1e-7)  # learned under the Beta prior
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"init_std": 0}, r"init_std must be a finite number > 0"),
+    ({"init_std": -0.25}, r"init_std must be a finite number > 0"),
+    ({"gamma_others": (1.0, 0.1)}, r"gamma_others=\(1.0, 0.1\).*needs α > 1 and β > 0"),
+    ({"gamma_zero": (0.5, 2.0)}, r"gamma_zero=\(0.5, 2.0\).*needs α > 1 and β > 0"),
+])
+def test_prior_initialisation_names_bad_parameters(kwargs, message):
+    with pytest.raises(SwsError, match=message):
+        MixturePrior.from_weights(torch.linspace(-1, 1, 50), **kwargs)
 
 
 def test_bad_input_is_named(pretrained):

@@ -312,3 +312,45 @@ def test_a_soft_weight_sharing_layer_exports_dense_and_as_a_codebook_after_to_co
     to_codebook(model, "*")
     ops, error = ops_and_error(export(model, x, tmp_path / "after.onnx"))
     assert "CodebookWeight" in ops and error < 1e-6
+
+
+def _decoded(arrays: dict) -> np.ndarray:
+    from edgepack.compression import decode_codebook
+
+    return decode_codebook(arrays["codebook"], arrays["indices"], (3, 10), 2, arrays["row_ptr"], arrays["col_gaps"])
+
+
+def test_validator_leaves_external_data_to_the_model_folder(tmp_path, monkeypatch):
+    from edgepack.exporter.inspect_model import inspect_onnx
+
+    folder, cwd = tmp_path / "model", tmp_path / "cwd"
+    folder.mkdir(), cwd.mkdir()
+    for name, arrays in (("good", good_arrays()), ("bad", good_arrays() | BAD["index >= J"][0])):
+        onnx.save_model(codebook_model(arrays, dict(shape=[3, 10], bits=2)), folder / f"{name}.onnx",
+                        save_as_external_data=True, location=f"{name}.data", size_threshold=0)
+        (cwd / f"{name}.data").write_bytes(b"\xff" * 64)  # an unrelated file of the same name
+    monkeypatch.chdir(cwd)
+    assert inspect_onnx(folder / "good.onnx").op_counts["ai.edgepack::CodebookWeight"] == 1
+    with pytest.raises(InvalidNodeError, match=BAD["index >= J"][1]):  # with its data: fully checked
+        check_onnx_model(onnx.load(folder / "bad.onnx"), "test")
+    got = run_ort(onnx.load(folder / "good.onnx").SerializeToString(), None, use_kernels=False)
+    np.testing.assert_array_equal(got, _decoded(good_arrays()))
+
+
+@pytest.mark.parametrize("moved", ["indices", "row_ptr", "col_gaps"])
+def test_integer_inputs_from_constant_nodes_are_checked_like_initializers(moved):
+    def with_constant(arrays):
+        model = codebook_model(arrays, dict(shape=[3, 10], bits=2))
+        tensor = next(t for t in model.graph.initializer if t.name == moved)
+        model.graph.initializer.remove(tensor)
+        model.graph.node.insert(0, helper.make_node("Constant", [], [moved], value=tensor))
+        return model
+
+    model = with_constant(good_arrays())
+    assert check_onnx_model(model, "test") == 1
+    np.testing.assert_array_equal(run_ort(model.SerializeToString(), None, use_kernels=False),
+                                  _decoded(good_arrays()))
+    change, message = {"indices": BAD["index >= J"], "row_ptr": BAD["row_ptr decreasing"],
+                       "col_gaps": BAD["gap 0"]}[moved]
+    with pytest.raises(InvalidNodeError, match=message):
+        check_onnx_model(with_constant(good_arrays() | change), "test")

@@ -230,11 +230,16 @@ def test_calibrate_writes_the_setting_stream_eval_then_uses(toy, tmp_path, capsy
         want = score(brute_force(times, posteriors, {k: point[k] for k in settings[0]}), stream.truth())
         assert (point["hits"], point["false_alarms"]) == (want["hits"], want["false_alarms"])
     out = tmp_path / "eval"
+    from edgepack.runtime_kernels.artifacts import ROOT
+
+    native = (ROOT / "build" / "host" / "ort" / "edgepack_kws_stream").is_file()  # `make kernels` builds it
     assert main(["kws", "stream-eval", str(model), "--data", str(toy / "data"), "--minutes", "0.5",
-                 "-o", str(out)]) == 0
+                 "-o", str(out)] + ["--native"] * native) == 0
     capsys.readouterr()
-    used = json.loads((out / "results.json").read_text())["detector"]
-    assert {k: used[k] for k in settings[0]} == {k: chosen[k] for k in settings[0]}
+    results = json.loads((out / "results.json").read_text())
+    assert {k: results["detector"][k] for k in settings[0]} == {k: chosen[k] for k in settings[0]}
+    if native:  # the C runner got the calibrated settings: the same detections as Python's
+        assert results["native"]["same_detections"] and results["hits"] == results["keywords"]
 
 
 def test_calibrate_refuses_bad_settings_before_any_work(toy, tmp_path, capsys):

@@ -251,6 +251,69 @@ def test_each_recipe_retrains_its_own_epochs_unless_told(run, tmp_path, monkeypa
     rows = compress_run(run[0], ["hashed-pw", "ldr-fc"], tmp_path / "out", export=False, batch_size=24)
     assert passes == ["hashed-pw"] * 3 + ["ldr-fc"] and [r["finetune_epochs"] for r in rows] == [3, 1]
     assert [r["learning_rates"] for r in rows] == [[2e-3, 1e-3], list(compress_kws.FINETUNE_RATES)]
+    assert [r["averaged_epochs"] for r in rows] == [0, 0]
     passes.clear()
     rows = compress_run(run[0], ["hashed-pw", "ldr-fc"], tmp_path / "out", finetune_epochs=2, export=False, **FAST)
     assert passes == ["hashed-pw"] * 2 + ["ldr-fc"] * 2 and [r["finetune_epochs"] for r in rows] == [2, 2]
+
+
+def test_averaging_keeps_the_mean_of_the_last_epochs(run, tmp_path, monkeypatch):
+    """A recipe with "average_last": 2 saves the mean of the weights and BatchNorm statistics after each of its
+    last 2 epochs (checked against numpy's mean of the states the training loop left)."""
+    from edgepack.kws import compress_kws
+
+    states = []
+    real_epoch = compress_kws.train_epoch
+
+    def recording(model, *args, **kwargs):
+        result = real_epoch(model, *args, **kwargs)
+        states.append({k: t.double().numpy().copy() for k, t in model.state_dict().items()})
+        return result
+    monkeypatch.setattr(compress_kws, "train_epoch", recording)
+    monkeypatch.setattr(compress_kws, "FINETUNE", {"hashed-pw": {"epochs": 3, "average_last": 2}})
+    [row] = compress_run(run[0], ["hashed-pw"], tmp_path / "out", export=False, **FAST)
+    assert row["averaged_epochs"] == 2 and len(states) == 3
+    saved = load_checkpoint(tmp_path / "out" / "model.safetensors").state_dict()
+    for key in ("pw0.buckets", "pw0_bn.running_mean", "fc.weight", "conv.weight"):
+        expected = np.mean([states[1][key], states[2][key]], axis=0)
+        np.testing.assert_allclose(saved[key].numpy(), expected, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(states[1]["pw0.buckets"], states[2]["pw0.buckets"])  # the epochs did differ
+
+
+def test_sws_recipe_makes_codebook_layers_that_export_exactly(run, tree, tmp_path):
+    """``--recipe sws`` retrains with the mixture prior and saves codebook layers for conv, depthwise, pointwise
+    and FC (BatchNorm dense): each decodes to few shared values including 0, the ONNX file holds CodebookWeight
+    nodes and equals torch in ONNX Runtime, and the weight bytes are below the dense model's."""
+    import onnx
+
+    from edgepack.compression import decode_codebook
+    from edgepack.compression.codebook import CodebookConv2d, CodebookLinear
+
+    folder, _ = run
+    [row] = compress_run(folder, ["sws"], tmp_path / "out", finetune_epochs=1, tau=5e-3, batch_size=24,
+                         learning_rates=(1e-3,))
+    out = tmp_path / "out"
+    model = load_checkpoint(out / "model.safetensors")
+    dense = load_checkpoint(folder / "best.safetensors")
+    modules = dict(model.named_modules())
+    layers = {n: modules[n] for n, m in dense.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
+    assert len(layers) == 10 and all(isinstance(m, (CodebookConv2d, CodebookLinear)) for m in layers.values())
+    assert all(isinstance(modules[n], torch.nn.BatchNorm2d) for n, m in dense.named_modules()
+               if isinstance(m, torch.nn.BatchNorm2d))
+    for name, layer in layers.items():
+        buffers = {k: (None if v is None else v.numpy()) for k, v in layer.named_buffers()}
+        weight = decode_codebook(buffers["codebook"], buffers["indices"], layer.weight_shape, int(layer.bits),
+                                 buffers.get("row_ptr"), buffers.get("col_gaps"))
+        np.testing.assert_array_equal(weight, layer.dense_weight().numpy())
+        assert set(np.unique(weight)) <= set(np.float32(row["codebook"])) and 0.0 in row["codebook"], name
+    assert row["bytes"] == compressed_size_bytes(model) < compressed_size_bytes(dense) == row["dense_bytes"]
+    assert 0 < row["nonzero_percent"] < 100 and row["deep_compression"]["rate"] > 1
+    graph = onnx.load(out / "model.onnx").graph
+    assert sum(n.op_type == "CodebookWeight" and n.domain == "ai.edgepack" for n in graph.node) == len(layers)
+    x = features(load_data(tree, ("test",))["test"].audio)[:20]
+    with torch.no_grad():
+        expected = model(x).numpy()
+    session = onnx_session(out / "model.onnx")
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
+    assert row["onnx"]["accuracy"] == row["tflite"]["accuracy"] == row["accuracy"]

@@ -1,6 +1,7 @@
 """CodebookWeight and SparseCodebookMatMul (docs/ops.md) in both real runtimes, the ORT library and
 the LiteRT delegate, on hand-built one-node models: against a small numpy encoder / decoder written
-here from the op contract, and every bad input of the contract refused with the same words."""
+here from the op contract, and every bad input of the contract refused with the same words. Then the
+C decoders at load (tflite/decode_model.c, ort/decode_model.c through the native runner)."""
 
 from __future__ import annotations
 
@@ -360,3 +361,23 @@ def test_native_runner_decodes_codebook_weight(sparse, raw, tmp_path):
     X = feed(onnx_session(path.read_bytes(), decode_at_load=False))["X"]
     np.testing.assert_allclose(outputs[()], linear(X, W.T), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(outputs[()], outputs[("--keep-fused",)], rtol=1e-5, atol=1e-5)
+
+
+# ---- the numpy wrappers (runtime_kernels/kernels.py) ---------------------------------------------
+
+def test_numpy_wrappers_against_the_reference():
+    from edgepack.runtime_kernels import KernelError, codebook_decode, sparse_codebook_matmul, use_variant, variants
+
+    W = random_weight(11, 700, 0.03, 5)  # gaps over 255: fillers
+    for sparse in (False, True):
+        w = encode(W, sparse, 4)
+        assert np.array_equal(codebook_decode(W.shape, bits=4, **w), W)
+    w = encode(W, True, 4)
+    X = RNG.standard_normal((2, 70, 700)).astype(np.float32)  # 140 rows: blocks of 64 and a tail
+    bias = RNG.standard_normal(11).astype(np.float32)
+    for name in variants():
+        with use_variant(name):
+            got = sparse_codebook_matmul(X, w["codebook"], w["indices"], w["row_ptr"], w["col_gaps"], 11, 4, bias)
+            np.testing.assert_allclose(got, linear(X, W, bias), rtol=1e-4, atol=1e-4)
+    with pytest.raises(KernelError, match="input 'row_ptr' starts at [0-9]+; must start at 0"):
+        codebook_decode(W.shape, w["codebook"], w["indices"], w["row_ptr"][::-1], w["col_gaps"], bits=4)
