@@ -6,6 +6,7 @@ epoch kept), save the
 checkpoint, export ONNX and TFLite with ``edgepack.exporter.export`` (what ``edgepack export`` uses),
 and measure test accuracy in torch and in the exported files under ONNX Runtime and LiteRT, plus the
 largest difference of their outputs from torch's. Results go to ``compress.json`` in the output.
+A recipe of "sws" layers is retrained by soft weight-sharing instead and saved as codebook layers.
 """
 
 from __future__ import annotations
@@ -121,22 +122,26 @@ def compress_one(dense, builder: str, kwargs: dict, name: str, recipe: dict, dat
            "accuracy_dense": accuracy(dense, cache["test"], test.labels),
            "accuracy_compressed": accuracy(model, cache["test"], test.labels)}
     sws = any(spec.get("method") == "sws" for spec in recipe.values())
-    if sws:
+    tune_epochs, tune_rates, tune_batch = finetune_epochs, learning_rates, batch_size
+    if sws:  # then only BatchNorm is trainable (codebook layers hold buffers): "bn_epochs" tune it, distilled
         recipe = _retrain_sws(model, row, data, cache, finetune_epochs, learning_rates, tau, seed, batch_size,
                               shift_ms, console)
-    elif recipe and finetune_epochs:
+        tune_epochs, tune_rates = FINETUNE["sws"].get("bn_epochs", 0), FINETUNE_RATES
+        tune_batch = FINETUNE["sws"].get("batch_size", batch_size)
+        row["bn_epochs"] = tune_epochs
+    if recipe and tune_epochs:
         augmenter = Augmenter(train_split.background, seed, shift_ms=shift_ms)
-        optimizer = torch.optim.Adam(model.parameters(), lr=learning_rates[0])
+        optimizer = torch.optim.Adam(model.parameters(), lr=tune_rates[0])
         best, best_acc = copy.deepcopy(model.state_dict()), accuracy(model, cache["validation"], val.labels)
         total, averaged = None, 0
         with progress_bar(console) as progress:
-            for epoch in range(finetune_epochs):
+            for epoch in range(tune_epochs):
                 for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(epoch, finetune_epochs, learning_rates)
+                    group["lr"] = learning_rate(epoch, tune_epochs, tune_rates)
                 train_epoch(model, optimizer, train_split.audio, train_split.labels, augmenter, epoch, seed + 1,
-                            batch_size, progress, f"{name}: fine-tune {epoch + 1}/{finetune_epochs}",
+                            tune_batch, progress, f"{name}: fine-tune {epoch + 1}/{tune_epochs}",
                             teacher=dense if distill else None)
-                if epoch >= finetune_epochs - average_last:
+                if epoch >= tune_epochs - average_last:
                     state = {k: t.detach().double() for k, t in model.state_dict().items()}
                     total = state if total is None else {k: total[k] + state[k] for k in total}
                     averaged += 1
@@ -209,9 +214,10 @@ def _retrain_sws(model, row: dict, data: dict, cache: dict, epochs: int, learnin
 
     if not epochs:
         raise KwsTrainError("recipe sws: soft weight-sharing needs --finetune-epochs >= 1")
-    tau = FINETUNE["sws"]["tau"] if tau is None else tau
+    own = FINETUNE["sws"]
+    tau = own["tau"] if tau is None else tau
     batches = _AugmentedBatches(data["train"], Augmenter(data["train"].background, seed, shift_ms=shift_ms),
-                                batch_size, seed + 1)
+                                own.get("batch_size", batch_size), seed + 1)
     val = (cache["validation"], torch.as_tensor(data["validation"].labels))
     prior, history = None, []
     try:
@@ -219,6 +225,7 @@ def _retrain_sws(model, row: dict, data: dict, cache: dict, epochs: int, learnin
             share = epochs * (i + 1) // len(learning_rates) - epochs * i // len(learning_rates)
             if share:
                 prior, part = retrain(model, batches, epochs=share, tau=tau, lr=rate, prior=prior, val_data=val,
+                                      pi_zero=own.get("pi_zero", 0.999), prior_lrs=own.get("prior_lrs"),
                                       progress=console is not None, seed=seed)
                 history += part
         report = postprocess(model, prior)

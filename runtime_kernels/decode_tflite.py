@@ -132,11 +132,16 @@ _DTYPES = {tflite.TensorType.FLOAT32: "<f4", tflite.TensorType.INT32: "<i4", tfl
 
 
 def _array(tensor: _Tensor) -> np.ndarray:
-    return np.frombuffer(tensor.data, _DTYPES.get(tensor.type, "<f4")).reshape(tensor.shape)
+    data = b"" if tensor.data is None else tensor.data
+    return np.frombuffer(data, _DTYPES.get(tensor.type, "<f4")).reshape(tensor.shape)
 
 
 def _const(tensors: list[_Tensor], index: int) -> bool:
-    return index >= 0 and tensors[index].data is not None
+    """A tensor with data, or one of a static count 0 (a fully pruned layer's empty indices), as the C decoders."""
+    if index < 0:
+        return False
+    t = tensors[index]
+    return t.data is not None or (0 in t.shape and not t.variable and (t.signature is None or -1 not in t.signature))
 
 
 def _decodable(op: _Op, tensors: list[_Tensor]) -> dict | None:

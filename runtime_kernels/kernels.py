@@ -269,15 +269,27 @@ def ldr_matmul(x, G, H, out_features: int, bias=None) -> np.ndarray:
     return y.reshape(*lead, out_features)
 
 
+def _int_array(x, name: str, dtype) -> np.ndarray:
+    """``x`` as a flat contiguous ``dtype`` array; integers only, every value in dtype's range (a cast
+    would silently wrap 257 to 1)."""
+    a = np.asarray(x)
+    info = np.iinfo(dtype)
+    if a.size and a.dtype.kind not in "iu":
+        raise KernelError(f"input '{name}' has dtype {a.dtype}; must be integers in [{info.min}, {info.max}]")
+    if a.size and (a.min() < info.min or a.max() > info.max):
+        raise KernelError(f"input '{name}' has values in [{a.min()}, {a.max()}]; every value must be in "
+                          f"[{info.min}, {info.max}] ({np.dtype(dtype).name})")
+    return np.ascontiguousarray(a.astype(dtype).ravel())
+
+
 def _codebook(rows: int, cols: int, codebook, indices, row_ptr, col_gaps, bits: int) -> tuple[Codebook, list]:
     """The ep_codebook over contiguous copies of the arrays (kept alive in the returned list); the C
     side checks every rule of the contract."""
-    arrays = [_f32(codebook, "codebook", 1), np.ascontiguousarray(np.asarray(indices, np.uint8).ravel())]
+    arrays = [_f32(codebook, "codebook", 1), _int_array(indices, "indices", np.uint8)]
     if (row_ptr is None) != (col_gaps is None):
         raise KernelError("give both row_ptr and col_gaps (the sparse form) or neither (the dense form)")
     if row_ptr is not None:
-        arrays += [np.ascontiguousarray(np.asarray(row_ptr, np.int32).ravel()),
-                   np.ascontiguousarray(np.asarray(col_gaps, np.uint8).ravel())]
+        arrays += [_int_array(row_ptr, "row_ptr", np.int32), _int_array(col_gaps, "col_gaps", np.uint8)]
     w = Codebook(rows, cols, bits, _ptr(arrays[0]), arrays[0].size, _ptr(arrays[1]), arrays[1].size)
     if row_ptr is not None:  # numpy gives even an empty array a data pointer: the sparse form stays
         w.row_ptr, w.row_ptr_len = _ptr(arrays[2]), arrays[2].size

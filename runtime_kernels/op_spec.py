@@ -317,7 +317,8 @@ ROW_PTR = Input("row_ptr", False, "weight", "CSR row starts [rows+1]: 0, non-dec
 COL_GAPS = Input("col_gaps", False, "weight", "[n] relative column indices (each ≥ 1; a row's m-th column is "
                  "the sum of its first m+1 gaps − 1; gaps > 255 bridged by filler entries of value 0)",
                  "uint8")
-BITS = Attribute("bits", "int", 8, (1, 8), (1, 8), "bits per packed index: 1, 2, 4 or 8 (J ≤ 2^`bits`)")
+BITS = Attribute("bits", "int", 8, (1, 8), (1, 8),
+                 "bits per packed index: 1, 2, 4 or 8 (indices reach entries 0 … 2^`bits` − 1 only)")
 CODEBOOK_INPUTS = (CODEBOOK, INDICES, ROW_PTR, COL_GAPS)
 
 

@@ -76,6 +76,9 @@ ep_status ep_codebook_check_sizes(const ep_codebook *w) {
     if (w->rows < 1 || w->cols < 1)
         return ep_fail(EP_ERR_SIZE, "the weight has %lld rows and %lld cols; both must be >= 1", (long long)w->rows,
                        (long long)w->cols);
+    if (w->rows > INT64_MAX / 8 / w->cols)
+        return ep_fail(EP_ERR_OVERFLOW, "the weight has %lld rows and %lld cols; rows*cols must be <= %lld",
+                       (long long)w->rows, (long long)w->cols, (long long)(INT64_MAX / 8));
     if (!w->row_ptr != !w->col_gaps || (!w->row_ptr && (w->row_ptr_len || w->col_gaps_len)))
         return ep_fail(EP_ERR_ARG, "only one of 'row_ptr' / 'col_gaps' is given; the sparse form needs both, the "
                        "dense form neither");
@@ -151,6 +154,9 @@ ep_status ep_codebook_plan_create(const ep_codebook *w, ep_codebook_plan **out) 
         return ep_fail(EP_ERR_ARG, "ep_codebook_plan_create: the fused matmul needs the sparse form (inputs 'row_ptr' "
                        "and 'col_gaps')");
     const int64_t n = w->col_gaps_len, bytes = ep_codebook_plan_bytes(w);
+    if (bytes < 0 || (uint64_t)bytes > (uint64_t)(SIZE_MAX - sizeof(ep_codebook_plan)))
+        return ep_fail(EP_ERR_OVERFLOW, "ep_codebook_plan_create: the plan needs %lld bytes, more than this platform "
+                       "can allocate", (long long)bytes);
     ep_codebook_plan *p = (ep_codebook_plan *)malloc(sizeof *p + (size_t)bytes);
     if (!p) return ep_fail(EP_ERR_NOMEM, "ep_codebook_plan_create: cannot allocate %lld bytes", (long long)bytes);
     float *cb = (float *)(p + 1);
@@ -211,6 +217,9 @@ ep_status ep_sparse_codebook_matmul(const ep_codebook_plan *plan, const float *X
         return ep_fail(EP_ERR_OVERFLOW, "ep_sparse_codebook_matmul: N=%lld rows overflow", (long long)N);
     if (N == 0) return EP_OK;
     const int64_t cols = plan->cols, block = N < SPCB_NB ? N : SPCB_NB;
+    if (block > 1 && (uint64_t)cols > SIZE_MAX / sizeof(float) / (uint64_t)block)
+        return ep_fail(EP_ERR_OVERFLOW, "ep_sparse_codebook_matmul: a block of %lld x %lld floats is more than this "
+                       "platform can allocate", (long long)block, (long long)cols);
     float *xt = block > 1 ? (float *)malloc(sizeof(float) * (size_t)(block * cols)) : NULL;
     if (block > 1 && !xt)
         return ep_fail(EP_ERR_NOMEM, "ep_sparse_codebook_matmul: cannot allocate %lld x %lld floats", (long long)cols,

@@ -159,6 +159,10 @@ int ep_op_read_attrs(ep_op op, ep_runtime rt, const ep_attr_reader *r, ep_op_att
         out->hp.rows = out->out_f;
         out->hp.cols = out->in_f;
     }
+    if ((op == EP_OP_CodebookWeight || op == EP_OP_SparseCodebookMatMul) &&
+        (uint64_t)out->hp.rows * (uint64_t)out->hp.cols > (uint64_t)INT64_MAX / 8)
+        return say(msg, cap, "rows*cols = %lld*%lld is too large; must be <= %lld", (long long)out->hp.rows,
+                   (long long)out->hp.cols, (long long)(INT64_MAX / 8));
     if (op == EP_OP_HashedWeight || op == EP_OP_HashedMatMul) {
         out->hp.num_hashes = (int32_t)K;
         out->hp.seed = (uint32_t)seed;

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "edgepack/kernels.h"
+#include "edgepack/ops.h"
 
 #ifndef M_PI
 #define M_PI 3.14159265358979323846
@@ -546,6 +547,54 @@ static void test_limits(void) {
     CHECK(ep_limits_check_bytes(&lim, INT64_MAX - 5, 5, "w") == EP_OK, "up to INT64_MAX");
 }
 
+/* Codebook sizes whose rows*cols (or rows+1) overflow int64 are refused before any arithmetic on them,
+ * in the kernel's check and in the op's attributes (shape / in_features x out_features). */
+static ep_attr_result cb_int(void *c, const char *n, int64_t *o, char *k, size_t kc) {
+    (void)k; (void)kc;
+    if (!strcmp(n, "bits")) { *o = 8; return EP_ATTR_FOUND; }
+    if (strcmp(n, "in_features") && strcmp(n, "out_features")) return EP_ATTR_MISSING;
+    *o = *(const int64_t *)c;
+    return EP_ATTR_FOUND;
+}
+static ep_attr_result cb_ints(void *c, const char *n, int64_t *o, size_t cap, size_t *cnt, char *k, size_t kc) {
+    (void)n; (void)cap; (void)k; (void)kc;
+    o[0] = o[1] = *(const int64_t *)c;
+    *cnt = 2;
+    return EP_ATTR_FOUND;
+}
+static ep_attr_result cb_float(void *c, const char *n, float *o, char *k, size_t kc) {
+    (void)c; (void)n; (void)o; (void)k; (void)kc;
+    return EP_ATTR_MISSING;
+}
+
+static void test_codebook_bounds(void) {
+    float cb[2] = {1, 2}, W[4];
+    uint8_t ind[1] = {0}, gaps[1] = {1};
+    int32_t rp[3] = {0, 0, 0};
+    ep_codebook w = {2, INT64_MAX / 2 + 1, 8, cb, 2, ind, 0, rp, 3, gaps, 0};
+    CHECK(ep_codebook_check(&w) == EP_ERR_OVERFLOW, "sparse rows*cols overflow: %s", ep_last_error());
+    CHECK(ep_codebook_decode(&w, W) == EP_ERR_OVERFLOW, "decode of an overflowing sparse weight");
+    w.rows = INT64_MAX;
+    w.cols = 1;
+    CHECK(ep_codebook_check_sizes(&w) == EP_ERR_OVERFLOW, "rows = INT64_MAX: %s", ep_last_error());
+    w.rows = 2;
+    w.cols = 2;
+    w.row_ptr_len = 3;
+    CHECK(ep_codebook_check(&w) == EP_OK, "a 2x2 empty sparse weight: %s", ep_last_error());
+    const int64_t big = 4294967295LL;
+    char msg[512];
+    ep_op_attrs a;
+    ep_attr_reader r = {(void *)&big, cb_int, cb_ints, cb_float};
+    CHECK(ep_op_read_attrs(EP_OP_CodebookWeight, EP_RUNTIME_ORT, &r, &a, msg, sizeof msg) == 1 &&
+          strstr(msg, "too large"), "CodebookWeight shape [2^32-1, 2^32-1]: %s", msg);
+    CHECK(ep_op_read_attrs(EP_OP_SparseCodebookMatMul, EP_RUNTIME_ORT, &r, &a, msg, sizeof msg) == 1 &&
+          strstr(msg, "too large"), "SparseCodebookMatMul 2^32-1 x 2^32-1: %s", msg);
+    const int64_t ok = 3;
+    r.ctx = (void *)&ok;
+    CHECK(ep_op_read_attrs(EP_OP_CodebookWeight, EP_RUNTIME_ORT, &r, &a, msg, sizeof msg) == 0 && a.hp.rows == 3 &&
+          a.hp.cols == 3, "CodebookWeight shape [3, 3]: %s", msg);
+}
+
 int main(void) {
     printf("edgepack kernels %s, variants:", ep_version());
     for (int v = 0; v < ep_variant_count(); v++) printf(" %s", ep_variant_name(v));
@@ -559,6 +608,7 @@ int main(void) {
     test_ldr();
     test_bad_input();
     test_limits();
+    test_codebook_bounds();
     printf("%d passed, %d failed\n", g_pass, g_fail);
     return g_fail ? 1 : 0;
 }

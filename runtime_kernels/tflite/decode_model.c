@@ -406,7 +406,8 @@ static int const_view(dec *d, int32_t i, const char *dtype, ep_tensor *v, void *
     const bufr *b = &d->bf[t->buffer];
     const uint32_t want = !strcmp(dtype, "uint8") ? TYPE_UINT8 : !strcmp(dtype, "int32") ? TYPE_INT32 : TYPE_FLOAT32;
     const size_t item = want == TYPE_UINT8 ? 1 : 4;
-    if (t->type != want || t->rank < 0 || !b->len || b->len / item < (uint64_t)t->count) return 0;
+    if (t->type != want || t->rank < 0 || (t->count && (!b->len || b->len / item < (uint64_t)t->count)))
+        return 0; /* a tensor of count 0 (a fully pruned layer's indices) is a constant without a buffer */
     *copy = malloc(item * (size_t)(t->count ? t->count : 1));
     if (!*copy) return 0;
     memcpy(*copy, d->b + b->data, item * (size_t)t->count);

@@ -280,7 +280,7 @@ def test_averaging_keeps_the_mean_of_the_last_epochs(run, tmp_path, monkeypatch)
     assert not np.allclose(states[1]["pw0.buckets"], states[2]["pw0.buckets"])  # the epochs did differ
 
 
-def test_sws_recipe_makes_codebook_layers_that_export_exactly(run, tree, tmp_path):
+def test_sws_recipe_makes_codebook_layers_that_export_exactly(run, tree, tmp_path, monkeypatch):
     """``--recipe sws`` retrains with the mixture prior and saves codebook layers for conv, depthwise, pointwise
     and FC (BatchNorm dense): each decodes to few shared values including 0, the ONNX file holds CodebookWeight
     nodes and equals torch in ONNX Runtime, and the weight bytes are below the dense model's."""
@@ -288,10 +288,13 @@ def test_sws_recipe_makes_codebook_layers_that_export_exactly(run, tree, tmp_pat
 
     from edgepack.compression import decode_codebook
     from edgepack.compression.codebook import CodebookConv2d, CodebookLinear
+    from edgepack.kws import compress_kws
 
     folder, _ = run
+    monkeypatch.setitem(compress_kws.FINETUNE, "sws", {**compress_kws.FINETUNE["sws"], "bn_epochs": 1})
     [row] = compress_run(folder, ["sws"], tmp_path / "out", finetune_epochs=1, tau=5e-3, batch_size=24,
                          learning_rates=(1e-3,))
+    assert row["bn_epochs"] == 1 and len(row["sws_history"]) == 1
     out = tmp_path / "out"
     model = load_checkpoint(out / "model.safetensors")
     dense = load_checkpoint(folder / "best.safetensors")

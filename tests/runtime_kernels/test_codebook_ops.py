@@ -303,6 +303,31 @@ def test_c_decode_at_load(sparse, tmp_path):
     np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
 
 
+def test_fully_pruned_layer_is_decoded_at_load_in_c_and_python(tmp_path):
+    """An all-zero layer has empty indices and col_gaps (count 0, no buffer): still constants, so
+    both TFLite decoders replace the node, and the FC gives torch's zeros."""
+    import torch
+    from test_decode_at_load import tflite_ops
+
+    from edgepack.runtime_kernels import delegate_library_path
+    from edgepack.runtime_kernels.decode_tflite import decoded_tflite
+    from edgepack.runtime_kernels.tflite_runtime import _c_decoded
+
+    w = encode(np.zeros((7, 13), np.float32), True, 8)
+    assert w["indices"].size == 0 and w["col_gaps"].size == 0
+    path = tmp_path / "pruned.tflite"
+    path.write_bytes(codebook_fc_model(w, 7, 13, 8))
+    assert tflite_ops(_c_decoded(delegate_library_path(), path, {})) == [tm.FULLY_CONNECTED]
+    assert tflite_ops(decoded_tflite(path)) == [tm.FULLY_CONNECTED]
+    X = RNG.standard_normal((3, 13)).astype(np.float32)
+    want = torch.nn.functional.linear(torch.from_numpy(X), torch.zeros(7, 13)).numpy()
+    for mode in ("c", True):
+        interp = tflite_interpreter(path, decode_at_load=mode)
+        interp.set_tensor(interp.get_input_details()[0]["index"], X)
+        interp.invoke()
+        np.testing.assert_array_equal(interp.get_tensor(interp.get_output_details()[0]["index"]), want)
+
+
 def test_c_decode_at_load_refuses_bad_contents_with_the_delegates_words(tmp_path):
     w = {**_good(), "row_ptr": np.array([0, 3, 2, 4], np.int32)}
     path = tmp_path / "bad.tflite"
@@ -381,3 +406,21 @@ def test_numpy_wrappers_against_the_reference():
             np.testing.assert_allclose(got, linear(X, W, bias), rtol=1e-4, atol=1e-4)
     with pytest.raises(KernelError, match="input 'row_ptr' starts at [0-9]+; must start at 0"):
         codebook_decode(W.shape, w["codebook"], w["indices"], w["row_ptr"][::-1], w["col_gaps"], bits=4)
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("indices", [257], r"input 'indices' has values in \[257, 257\]; every value must be in \[0, 255\]"),
+    ("col_gaps", [-255], r"input 'col_gaps' has values in \[-255, -255\]; every value must be in \[0, 255\]"),
+    ("row_ptr", [0, 2**32], r"input 'row_ptr' has values in \[0, 4294967296\]; every value must be in "
+                            r"\[-2147483648, 2147483647\]"),
+    ("indices", [1.5], r"input 'indices' has dtype float64; must be integers"),
+])
+def test_numpy_wrappers_refuse_values_a_cast_would_wrap(field, value, words):
+    """257 cast to uint8 is 1, 2**32 to int32 is 0: each would decode to a valid, wrong weight."""
+    from edgepack.runtime_kernels import KernelError, codebook_decode
+
+    w = {"codebook": np.array([0.0, 2.0], np.float32), "indices": np.array([1], np.uint8),
+         "row_ptr": np.array([0, 1], np.int32), "col_gaps": np.array([1], np.uint8)}
+    w[field] = np.array(value)
+    with pytest.raises(KernelError, match=words):
+        codebook_decode((1, 2), bits=8, **w)
