@@ -400,12 +400,18 @@ def test_ctrl_c_on_the_cli_stops_the_runner_and_removes_the_workdir(models, tmp_
     temp.mkdir()
     command = [sys.executable, "-m", "edgepack.cli", "bench", str(models["embedded"]), "--runs", "100000000",
                "--warmup", "0", "--min-seconds", "600", "-o", str(tmp_path / "r.jsonl")]
+    # SIGINT as a terminal delivers it: a suite started as a background job (`make test &` in a script)
+    # inherits SIGINT ignored, and Python then never installs its Ctrl-C handler in the CLI
     process = subprocess.Popen(command, env={**os.environ, "TMPDIR": str(temp)}, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+                               stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not list(temp.glob("edgepack-*/runner_script.py")) and time.monotonic() < deadline:
         time.sleep(0.1)
     workdir = str(next(temp.glob("edgepack-*")))
+    # wait until the runner (its command line names the workdir) has started
+    while not any(workdir in _cmdline(p) for p in Path("/proc").glob("[0-9]*")) and time.monotonic() < deadline:
+        time.sleep(0.1)
     time.sleep(1.0)  # the runner is measuring now
     os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
     _, err = process.communicate(timeout=120)
