@@ -95,23 +95,7 @@ def onnx_model(op: str, attrs: dict, inputs: dict, fed: tuple = ()) -> bytes:
 
 def tflite_model(op: str, attrs: dict, inputs: dict, fed: tuple = ()) -> bytes:
     """The same node as a CUSTOM op with FlexBuffers options."""
-    g = tm.Graph()
-    ins = []
-    for name in OPS[op].input_names:
-        value = inputs.get(name)
-        if value is None:
-            ins.append(-1)
-        elif name == "X" or name in fed:
-            ins.append(g.tensor(name, value.shape, dtype=value.dtype.name))
-            g.inputs.append(ins[-1])
-        else:
-            ins.append(g.const(name, value))
-    while ins and ins[-1] == -1:
-        ins.pop()
-    y = g.tensor("Y", (1,))
-    g.ops.append(tm.Op(f"{DOMAIN}.{op}", ins, [y], tm.options(**attrs)))
-    g.outputs = [y]
-    return tm.build(g)
+    return tm.fed_op(op, OPS[op].input_names, attrs, inputs, {"X", *fed})
 
 
 def run_ort(op, attrs, inputs, fed=()):

@@ -97,24 +97,7 @@ def onnx_model(op: str, attrs: dict, inputs: dict, fed: tuple, functions: bool =
 
 def tflite_model(op: str, attrs: dict, inputs: dict, fed: tuple) -> bytes:
     """The same node as a CUSTOM op: X and the fed inputs are graph inputs, the rest buffers."""
-    g = tm.Graph()
-    runtime = _runtime_inputs(inputs, fed)
-    ins = []
-    for name in OPS[op].input_names:
-        value = inputs.get(name)
-        if value is None:
-            ins.append(-1)
-        elif name in runtime:
-            ins.append(g.tensor(name, value.shape))
-            g.inputs.append(ins[-1])
-        else:
-            ins.append(g.const(name, value))
-    while ins and ins[-1] == -1:
-        ins.pop()
-    y = g.tensor("Y", (1,))
-    g.ops.append(tm.Op(f"{DOMAIN}.{op}", ins, [y], tm.options(**attrs)))
-    g.outputs = [y]
-    return tm.build(g)
+    return tm.fed_op(op, OPS[op].input_names, attrs, inputs, _runtime_inputs(inputs, fed))
 
 
 def ort_message(op: str, attrs: dict, inputs: dict, fed: tuple) -> str:

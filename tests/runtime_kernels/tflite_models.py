@@ -199,3 +199,25 @@ def single_op(
     g.ops.append(Op(f"ai.edgepack.{op}", ins, [y], opts))
     g.inputs, g.outputs = [x], [y]
     return build(g)
+
+
+def fed_op(op: str, input_names, attrs: dict, inputs: dict, runtime) -> bytes:
+    """Model with one ai.edgepack.<op> node whose inputs (in ``input_names`` order) are graph inputs when
+    named in ``runtime``, else buffers; absent (None / missing) ones are index -1, trailing ones dropped."""
+    g = Graph()
+    ins = []
+    for name in input_names:
+        value = inputs.get(name)
+        if value is None:
+            ins.append(-1)
+        elif name in runtime:
+            ins.append(g.tensor(name, value.shape, dtype=value.dtype.name))
+            g.inputs.append(ins[-1])
+        else:
+            ins.append(g.const(name, value))
+    while ins and ins[-1] == -1:
+        ins.pop()
+    y = g.tensor("Y", (1,))  # the op sets the real shape at prepare
+    g.ops.append(Op(f"ai.edgepack.{op}", ins, [y], options(**attrs)))
+    g.outputs = [y]
+    return build(g)
