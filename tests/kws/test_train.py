@@ -137,12 +137,7 @@ def test_compressed_export_matches_torch_in_ort_and_litert(run, tree, tmp_path):
     out = tmp_path / "out"
     model = load_checkpoint(out / "model.safetensors")
     assert row["bytes"] == compressed_size_bytes(model) and row["ratio"] > 4  # >= 4x fewer weight bytes
-    x = features(load_data(tree, ("test",))["test"].audio)[:20]
-    with torch.no_grad():
-        expected = model(x).numpy()
-    session = onnx_session(out / "model.onnx")
-    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
-    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
+    x, expected = _onnx_equals_torch(model, out / "model.onnx", tree)
     interpreter = tflite_interpreter(out / "model.tflite")
     inp, outp = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     for i in range(len(x)):
@@ -313,10 +308,16 @@ def test_sws_recipe_makes_codebook_layers_that_export_exactly(run, tree, tmp_pat
     assert 0 < row["nonzero_percent"] < 100 and row["deep_compression"]["rate"] > 1
     graph = onnx.load(out / "model.onnx").graph
     assert sum(n.op_type == "CodebookWeight" and n.domain == "ai.edgepack" for n in graph.node) == len(layers)
+    _onnx_equals_torch(model, out / "model.onnx", tree)
+    assert row["onnx"]["accuracy"] == row["tflite"]["accuracy"] == row["accuracy"]
+
+
+def _onnx_equals_torch(model, onnx_path, tree):
+    """The exported file in ONNX Runtime gives the torch model's outputs on 20 test clips (both returned)."""
     x = features(load_data(tree, ("test",))["test"].audio)[:20]
     with torch.no_grad():
         expected = model(x).numpy()
-    session = onnx_session(out / "model.onnx")
+    session = onnx_session(onnx_path)
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
-    assert row["onnx"]["accuracy"] == row["tflite"]["accuracy"] == row["accuracy"]
+    return x, expected
