@@ -6,9 +6,9 @@ them in the order ``edgepack papers --help`` shows them.
 
 from __future__ import annotations
 
-from edgepack.benchmarks import papers_sws
+from edgepack.benchmarks import papers_hyper, papers_sws
 
-COMMANDS = [papers_sws.add_parser]
+COMMANDS = [papers_sws.add_parser, papers_hyper.add_parser]
 
 
 def add_papers_parser(commands) -> None:

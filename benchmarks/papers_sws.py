@@ -32,7 +32,9 @@ BATCH_SIZE = 256
 QUICK = {"train": 8000, "test": 2000, "pretrain_epochs": 10, "epochs": 2, "tau": 2.0, "batch_size": 128,
          "lr": 1e-3}
 KL_THRESHOLD = 1e-2
-PRIOR_OPTIONS = ("components", "pi_zero", "pi_zero_prior", "init_std")
+FINAL_EPOCHS = 0   # epochs at FINAL_TAU with the mixture frozen, after the retraining (run_sws)
+FINAL_TAU = 1.0
+PRIOR_OPTIONS = ("components", "pi_zero", "pi_zero_prior", "init_std", "gamma_zero", "gamma_others")
 
 
 class PapersError(EdgepackError):
@@ -83,11 +85,14 @@ def _plot(before, after, prior_before, prior_after, path: Path) -> str:
 
 def run_sws(name: str, work: str | Path, *, epochs: int | None = None, pretrain_epochs: int | None = None,
             quick: bool = False, tau: float | None = None, kl_threshold: float = KL_THRESHOLD, seed: int = 0,
-            export: bool = True, progress: bool = True, **retrain_options) -> dict:
+            export: bool = True, progress: bool = True, final_epochs: int | None = None,
+            final_tau: float | None = None, **retrain_options) -> dict:
     """Run the whole reproduction for ``name`` (lenet-300-100 or lenet-5); returns the JSON report.
 
     ``retrain_options`` go to ``compression.sws.retrain`` (batch_size, lr, prior_lrs, ...), those
-    named in ``PRIOR_OPTIONS`` to the prior's initialisation (``MixturePrior.from_model``)."""
+    named in ``PRIOR_OPTIONS`` to the prior's initialisation (``MixturePrior.from_model``).
+    ``final_epochs`` more epochs at ``final_tau`` follow with the mixture frozen (τ annealed up, as
+    the authors' tutorial suggests), so the weights settle on the means before quantization."""
     from edgepack.benchmarks.lenet import MODELS, error_rate
     from edgepack.benchmarks.mnist import load_mnist
     from edgepack.compression import compress
@@ -97,6 +102,10 @@ def run_sws(name: str, work: str | Path, *, epochs: int | None = None, pretrain_
 
     if name not in MODELS:
         raise PapersError(f"--model {name!r} is not a model of the paper (valid: {', '.join(MODELS)})")
+    if final_epochs is not None and not (isinstance(final_epochs, int) and final_epochs >= 0):
+        raise PapersError(f"--final-epochs must be an integer >= 0, got {final_epochs!r}")
+    if final_tau is not None and not (isinstance(final_tau, (int, float)) and 0 <= final_tau < float("inf")):
+        raise PapersError(f"--final-tau must be a finite number >= 0, got {final_tau!r}")
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     tag = "quick" if quick else "full"
@@ -120,6 +129,14 @@ def run_sws(name: str, work: str | Path, *, epochs: int | None = None, pretrain_
     prior, history = retrain(model, (train.images, train.labels), epochs=epochs, tau=tau, prior=prior,
                              val_data=(test.images, test.labels), progress=progress, seed=seed,
                              **retrain_options)
+    final_epochs = final_epochs if final_epochs is not None else (0 if quick else FINAL_EPOCHS)
+    final_tau = final_tau if final_tau is not None else FINAL_TAU
+    if final_epochs:
+        frozen = {"means": 0.0, "log_precisions": 0.0, "mixing": 0.0}
+        prior, settled = retrain(model, (train.images, train.labels), epochs=final_epochs, tau=final_tau,
+                                 prior=prior, val_data=(test.images, test.labels), progress=progress,
+                                 seed=seed + 1, **{**retrain_options, "prior_lrs": frozen})
+        history += [{**record, "epoch": epochs + record["epoch"], "final": True} for record in settled]
     weights_retrained = sws_weights(model).detach().clone()
     report = postprocess(model, prior, kl_threshold)
     retrain_done = time.perf_counter()
@@ -131,6 +148,7 @@ def run_sws(name: str, work: str | Path, *, epochs: int | None = None, pretrain_
         "model": name, "quick": quick, "seed": seed, "tau": tau, "kl_threshold": kl_threshold,
         "retrain_options": {**retrain_options, **prior_options}, "train_samples": len(train), "test_samples": len(test),
         "pretrain_epochs": pretrain_epochs, "pretrained_from_cache": cached, "epochs": epochs,
+        "final_epochs": final_epochs, "final_tau": final_tau,
         "error_before": error_before, "error_after": error_rate(model, test.images, test.labels),
         "nonzero_percent": size.nonzero_percent, "rate": size.rate,
         "compressed_bytes": size.total_bits / 8, "dense_bytes": size.dense_bits / 8,
@@ -168,18 +186,46 @@ def format_result(result: dict) -> str:
 
 def _handler(args) -> int:
     torch.set_num_threads(args.threads)
+    prior_lrs = {key: value for key, value in (("means", args.lr_means), ("log_precisions", args.lr_log_precisions),
+                                               ("mixing", args.lr_mixing)) if value is not None}
     result = run_sws(args.model, args.work, epochs=args.epochs, pretrain_epochs=args.pretrain_epochs,
                      quick=args.quick, tau=args.tau, kl_threshold=args.kl_threshold, seed=args.seed,
-                     export=args.export, batch_size=args.batch_size, lr=args.lr)
+                     export=args.export, batch_size=args.batch_size, lr=args.lr, prior_lrs=prior_lrs or None,
+                     pi_zero=args.pi_zero, init_std=args.init_std, gamma_zero=args.gamma_zero,
+                     gamma_others=args.gamma_others, final_epochs=args.final_epochs, final_tau=args.final_tau)
     print(format_result(result))
     print(f"report: {Path(args.work) / f'sws-{args.model}.json'}")
     return 0
+
+
+def _pair(values) -> str:
+    """``(5000.0, 2.0)`` as ``5000,2`` for the help text."""
+    return ",".join(f"{v:g}" for v in values)
+
+
+def _gamma(text: str) -> tuple[float, float]:
+    """``ALPHA,BETA`` of a Gamma hyper-prior (argparse type): two numbers, α > 1, β > 0."""
+    try:
+        alpha, beta = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected ALPHA,BETA (two numbers), got {text!r}") from None
+    if not (alpha > 1 and beta > 0):
+        raise argparse.ArgumentTypeError(f"expected alpha > 1 and beta > 0, got {text!r}")
+    return alpha, beta
+
+
+def _count(text: str) -> int:
+    """An integer >= 0 (argparse type)."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return int(text)
 
 
 def add_parser(subcommands) -> None:
     """``edgepack papers sws``."""
     from edgepack.benchmarks.lenet import MODELS
     from edgepack.cli import _positive_int
+    from edgepack.compression.sws import GAMMA_OTHERS, GAMMA_ZERO, PI_ZERO, PRIOR_LRS
 
     parser = subcommands.add_parser("sws", help="Soft Weight-Sharing's Table 1 on MNIST (LeNet-300-100, LeNet-5)")
     parser.add_argument("--model", choices=list(MODELS), default="lenet-300-100", help="default lenet-300-100")
@@ -198,6 +244,24 @@ def add_parser(subcommands) -> None:
                                                                   f"--quick {QUICK['batch_size']})")
     parser.add_argument("--lr", type=float, help="retraining learning rate of the weights (default 5e-4, the "
                                                  f"paper's; --quick {QUICK['lr']})")
+    parser.add_argument("--lr-means", type=float, help=f"learning rate of the mixture's means (default "
+                                                       f"{PRIOR_LRS['means']})")
+    parser.add_argument("--lr-log-precisions", type=float, help="learning rate of the log-precisions (default "
+                                                                f"{PRIOR_LRS['log_precisions']})")
+    parser.add_argument("--lr-mixing", type=float, help=f"learning rate of the mixing logits (default "
+                                                        f"{PRIOR_LRS['mixing']})")
+    parser.add_argument("--pi-zero", type=float,
+                        help=f"the zero component's fixed mixing proportion (default {PI_ZERO})")
+    parser.add_argument("--init-std", type=float, help="initial standard deviation of every component (default: "
+                                                       "each at its Gamma hyper-prior's mode)")
+    parser.add_argument("--gamma-zero", type=_gamma, metavar="ALPHA,BETA",
+                        help=f"Gamma hyper-prior on the zero component's precision (default {_pair(GAMMA_ZERO)})")
+    parser.add_argument("--gamma-others", type=_gamma, metavar="ALPHA,BETA",
+                        help=f"Gamma hyper-prior on the other precisions (default {_pair(GAMMA_OTHERS)})")
+    parser.add_argument("--final-epochs", type=_count, help="then this many epochs at --final-tau with the mixture "
+                                                        f"frozen, to settle the weights on its means (default "
+                                                        f"{FINAL_EPOCHS}; --quick 0)")
+    parser.add_argument("--final-tau", type=float, help=f"tau of those final epochs (default {FINAL_TAU})")
     parser.add_argument("--kl-threshold", type=float, default=KL_THRESHOLD,
                         help=f"merge mixture components closer than this KL divergence (default {KL_THRESHOLD})")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

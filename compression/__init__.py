@@ -19,7 +19,24 @@ from .codebook import (
 )
 from .hashed import HashedConv2d, HashedLinear
 from .hashing import hash_indices
+from .hyper import (
+    DEFAULT_BUDGET,
+    HyperConv2d,
+    HyperError,
+    HyperLinear,
+    HyperReport,
+    LayerChoice,
+    check_hyper,
+    decode_hyper,
+    decode_hyper_torch,
+    encode_hyper,
+    hyper_compress,
+    hyper_layer,
+    pack_bits,
+    unpack_bits,
+)
 from .ldr import LDRLinear
+from .ptq_baselines import BaselineReport, kmeans_compress, ptq_compress  # noqa: F401 (baselines)
 from .recipe import (
     METHODS,
     CompressionReport,
@@ -42,6 +59,7 @@ from .sws import (
 from .sws_plot import plot_weights
 
 __all__ = [
+    "DEFAULT_BUDGET",
     "METHODS",
     "CheckpointError",
     "CirculantLinear",
@@ -51,21 +69,33 @@ __all__ = [
     "CompressionReport",
     "HashedConv2d",
     "HashedLinear",
+    "HyperConv2d",
+    "HyperError",
+    "HyperLinear",
+    "HyperReport",
     "LDRLinear",
+    "LayerChoice",
     "LayerReport",
     "MixturePrior",
     "SwsConv2d",
     "SwsError",
     "SwsLinear",
     "SwsReport",
+    "check_hyper",
     "codebook_layer",
     "compress",
     "compressed_size_bytes",
     "decode_codebook",
+    "decode_hyper",
+    "decode_hyper_torch",
     "encode_codebook",
+    "encode_hyper",
     "hash_indices",
+    "hyper_compress",
+    "hyper_layer",
     "load_checkpoint",
     "load_recipe",
+    "pack_bits",
     "plot_weights",
     "postprocess",
     "register_builder",
@@ -75,4 +105,5 @@ __all__ = [
     "save_checkpoint",
     "sws_layers",
     "to_codebook",
+    "unpack_bits",
 ]

@@ -78,6 +78,13 @@ def load_recipe(recipe: dict | str | Path) -> dict[str, dict]:
     return recipe
 
 
+def _named_parameters(function) -> set[str]:
+    """The parameter names a recipe may pass: the constructor's and ``from_dense``'s (a method that
+    encodes trained weights, such as "hyper", takes its search options there), no ``**kwargs``."""
+    return {p.name for p in inspect.signature(function).parameters.values()
+            if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+
+
 def _build(name: str, layer: nn.Module, spec: dict, initialize: bool) -> nn.Module:
     params = dict(spec)
     method = params.pop("method", None)
@@ -90,9 +97,9 @@ def _build(name: str, layer: nn.Module, spec: dict, initialize: bool) -> nn.Modu
         valid = [t.__name__ for t in METHODS[method]]
         raise ValueError(f"layer {name!r}: method {method!r} supports {valid}, "
                          f"not {type(layer).__name__}")
-    accepted = set(inspect.signature(layer_class.__init__).parameters) - {
-        "self", "initialize", "in_features", "out_features", "in_channels", "out_channels", "kernel_size",
-        "bias", "stride", "padding", "dilation", "groups"}
+    accepted = (_named_parameters(layer_class.__init__) | _named_parameters(layer_class.from_dense)) - {
+        "self", "layer", "initialize", "in_features", "out_features", "in_channels", "out_channels",
+        "kernel_size", "bias", "stride", "padding", "dilation", "groups"}
     unknown = set(params) - accepted
     if unknown:
         raise ValueError(f"layer {name!r}: unknown parameters {sorted(unknown)} for "

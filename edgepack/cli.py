@@ -284,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_kws_parser(commands)
     from edgepack.benchmarks.papers import add_papers_parser
     add_papers_parser(commands)
+    from edgepack.compress_cli import add_parser as add_compress_parser
+    add_compress_parser(commands)
     return parser
 
 

@@ -356,6 +356,80 @@ def sparse_codebook_matmul_function(scaled: bool = False) -> onnx.FunctionProto:
     return _function("SparseCodebookMatMul", body, body.epilogue(product, scaled), scaled)
 
 
+HYPER_CLAMP = 1 << 20  # above every t^e the decode uses (t^e ≤ t^k < 2^17), so clamping keeps them
+
+
+def _hyper_powers(body: Body, base: str, count: int) -> str:
+    """[base^1 .. base^count] in int64, each clamped to HYPER_CLAMP (so nothing overflows for any base)."""
+    power, powers = base, []
+    for _ in range(count):
+        power = body.op("Min", power, body.const(HYPER_CLAMP))
+        powers.append(power)
+        power = body.op("Mul", power, base)
+    return body.op("Concat", *(body.op("Unsqueeze", p, body.const([0])) for p in powers), axis=0)
+
+
+def _hyper_indices(body: Body, g: str) -> str:
+    """The g stored indices, ``bits`` (1..24) each, LSB first: the 4 bytes from byte m·bits/8 (the
+    stream padded by 3 zero bytes) combined in int64, Div by 2^((m·bits) mod 8), Mod by 2^bits."""
+    bits = body.attribute("bits", AttributeProto.INT)
+    packed = body.op("Concat", body.op("Cast", "indices", to=TensorProto.INT64), body.const([0, 0, 0]), axis=0)
+    position = body.op("Mul", body.op("Range", body.const(0), g, body.const(1)), bits)
+    first = body.op("Unsqueeze", body.op("Div", position, body.const(8)), body.const([1]))
+    four = body.op("Gather", packed, body.op("Add", first, body.const([0, 1, 2, 3])))  # [g, 4]
+    word = body.op("ReduceSum", body.op("Mul", four, body.const([1, 1 << 8, 1 << 16, 1 << 24])),
+                   body.const([1]), keepdims=0)
+    shifted = body.op("Div", word, body.op("Gather", body.const([1 << p for p in range(8)]),
+                                           body.op("Mod", position, body.const(8))))
+    return body.op("Mod", shifted, body.op("Gather", body.const([1 << p for p in range(25)]), bits))
+
+
+def _hyper_table(body: Body, n: str, k: str, rings: str) -> str:
+    """The (R+1)·(n+1) × k table of decoded points (docs/ops.md, HyperWeight), in the contract's
+    float32 operations: the trajectory points (entry 0 the center), then each ring's
+    (p − c)·s_r + c, ring 0 taken as the points themselves (Where: bit-exact)."""
+    one = body.const(1)
+    f32 = TensorProto.FLOAT
+    # t: the smallest t >= 1 with t^k >= n, as 1 + #{c in 1..n : c^k < n}
+    candidates = body.op("Range", one, body.op("Add", n, one), one)
+    column = body.op("Gather", _hyper_powers(body, candidates, 4), body.op("Sub", k, one))
+    t = body.op("Add", one, body.op("ReduceSum", body.op("Cast", body.op("Less", column, n), to=TensorProto.INT64),
+                                    body.const([0]), keepdims=0))
+    exponents = body.op("Sub", k, body.op("Range", body.const(0), k, one))  # k − j for j = 0..k−1
+    divisor = body.op("Cast", body.op("Gather", _hyper_powers(body, t, 4), body.op("Sub", exponents, one)), to=f32)
+    step = body.op("Div", "side", divisor)
+    corner = body.op("Sub", "center", body.op("Mul", "side", body.const(0.5, np.float32)))
+    theta = body.op("Unsqueeze", body.op("Cast", body.op("Range", body.const(0), n, one), to=f32), body.const([1]))
+    trajectory = body.op("Add", body.op("Mod", body.op("Mul", theta, step), "side", fmod=1), corner)
+    points = body.op("Concat", body.op("Unsqueeze", "center", body.const([0])), trajectory, axis=0)  # [n+1, k]
+    # [1, s_1 .. s_R]: Gemm reads the optional scales as its C (0·0 + s = s exactly; absent: R = 0, nothing)
+    zeros = body.op("ConstantOfShape", body.op("Concat", body.const([1]), body.vector(rings), axis=0),
+                    value=numpy_helper.from_array(np.zeros(1, np.float32)))
+    scales = body.op("Gemm", body.const([[0.0]], np.float32), zeros, "scales")
+    factor = body.op("Concat", body.const([1.0], np.float32), body.op("Reshape", scales, body.const([-1])), axis=0)
+    count = body.op("Add", rings, one)
+    ringed = body.op("Add", body.op("Mul", body.op("Unsqueeze", body.op("Sub", points, "center"), body.const([0])),
+                                    body.op("Reshape", factor, body.const([-1, 1, 1]))), "center")
+    ring = body.op("Reshape", body.op("Range", body.const(0), count, one), body.const([-1, 1, 1]))
+    table = body.op("Where", body.op("Equal", ring, body.const(0)), body.op("Unsqueeze", points, body.const([0])),
+                    ringed)
+    return body.op("Reshape", table, body.op("Concat", body.const([-1]), body.vector(k), axis=0))
+
+
+def hyper_weight_function() -> onnx.FunctionProto:
+    """HyperWeight(indices, center, side, scales?) → W[shape] (docs/ops.md): the point table, one
+    gather per stored index, the last group's padding dropped. A node always gives all four inputs
+    (scales as "" when R = 0, as onnx's ReferenceEvaluator wants); Gemm takes the absent scales."""
+    body = Body()
+    shape = body.attribute("shape", AttributeProto.INTS)
+    n, k, rings = (body.attribute(name, AttributeProto.INT) for name in ("points", "group", "rings"))
+    size = body.op("ReduceProd", shape, keepdims=0)
+    groups = body.op("Div", body.op("Sub", body.op("Add", size, k), body.const(1)), k)
+    weights = body.op("Gather", _hyper_table(body, n, k, rings), _hyper_indices(body, groups))  # [g, k]
+    flat = body.slice1d(body.op("Reshape", weights, body.const([-1])), body.const(0), size)
+    return _function("HyperWeight", body, body.op("Reshape", flat, shape))
+
+
 def mfcc_function(scaled: bool = False) -> onnx.FunctionProto:
     """MFCC(audio[..., samples]) → Y[..., frames, coefficients] (docs/ops.md "Audio front end"), in
     float64: the samples padded by fft − window zeros, STFT with the Hann window zero-padded to fft,
@@ -427,6 +501,7 @@ FUNCTIONS = {
     "MFCC": mfcc_function,
     "CodebookWeight": codebook_weight_function,
     "SparseCodebookMatMul": sparse_codebook_matmul_function,
+    "HyperWeight": hyper_weight_function,
 }
 
 
@@ -440,6 +515,8 @@ def fallback_function(name: str, fold_limit: int = FOLD_LIMIT, scaled: bool = Fa
         return FUNCTIONS[name](fold_limit)
     if name == "CodebookWeight":
         return FUNCTIONS[name](sparse)
+    if name == "HyperWeight":
+        return FUNCTIONS[name]()
     if name == "HashedMatMul":
         return FUNCTIONS[name](fold_limit, scaled)
     return FUNCTIONS[name](scaled)

@@ -29,6 +29,7 @@ from edgepack.compression import (
     LDRLinear,
 )
 from edgepack.compression.codebook import CodebookError, encode_codebook
+from edgepack.compression.hyper import HyperConv2d, HyperLinear
 from edgepack.compression.sws import SwsConv2d, SwsLinear
 from edgepack.errors import EdgepackError
 from edgepack.kws.frontend import MFCC
@@ -216,6 +217,46 @@ class LoweredCodebookConv2d(nn.Module):
         return F.conv2d(x, weight, self.bias, **self.conv)
 
 
+class _LoweredHyper(nn.Module):
+    """A Hyper-Compression layer's arrays (scales only when rings > 0) and a bias that is always
+    present; ``weight()`` is one HyperWeight node, decoded once at load."""
+
+    def __init__(self, layer) -> None:
+        super().__init__()
+        self.attributes = layer.attributes() | {"shape": list(layer.weight_shape)}
+        for name in OPS["HyperWeight"].weight_inputs:
+            absent = name == "scales" and not self.attributes["rings"]
+            self.register_buffer(name, None if absent else getattr(layer, name).detach().clone())
+        bias = layer.bias if layer.bias is not None else torch.zeros(layer.weight_shape[0])
+        self.register_buffer("bias", bias.detach().clone())
+
+    def weight(self) -> torch.Tensor:
+        return torch.ops.edgepack.hyper_weight(self.indices, self.center, self.side, self.scales, **self.attributes)
+
+
+@lowers(HyperLinear)
+class LoweredHyperLinear(_LoweredHyper):
+    """HyperLinear as HyperWeight + Gemm."""
+
+    def __init__(self, layer: HyperLinear, mode: str = "kernels", stream: bool = False) -> None:
+        super().__init__(layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight(), self.bias)
+
+
+@lowers(HyperConv2d)
+class LoweredHyperConv2d(_LoweredHyper):
+    """HyperConv2d as HyperWeight + Conv."""
+
+    def __init__(self, layer: HyperConv2d, mode: str = "kernels", stream: bool = False) -> None:
+        super().__init__(layer)
+        self.conv = dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation, groups=layer.groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight(), self.bias, **self.conv)
+
+
 @lowers(SwsLinear)
 @lowers(SwsConv2d)
 class LoweredSwsLayer(nn.Module):
@@ -327,6 +368,9 @@ def _attach_functions(model: onnx.ModelProto, mode: str, fold_limit: int) -> onn
         raise ExportError(f"exported graph has ai.edgepack ops without a fallback: {sorted(unknown)}")
     sparse = any(node.op_type == "CodebookWeight" and node.domain == DOMAIN and len(node.input) > 2
                  for node in model.graph.node)
+    for node in model.graph.node:  # HyperWeight's function reads every input, scales "" when absent
+        if node.op_type == "HyperWeight" and node.domain == DOMAIN:
+            node.input.extend([""] * (len(OPS["HyperWeight"].inputs) - len(node.input)))
     model.functions.extend(fallback_function(name, fold_limit, scaled=_scaled(model, name), sparse=sparse)
                            for name in used)
     if mode == "portable":

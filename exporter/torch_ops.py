@@ -16,6 +16,7 @@ from edgepack.compression.circulant import circulant_product
 from edgepack.compression.codebook import decode_torch
 from edgepack.compression.hashed import decode_virtual
 from edgepack.compression.hashing import hash_indices
+from edgepack.compression.hyper import decode_hyper_torch
 from edgepack.compression.ldr import ldr_product
 from edgepack.runtime_kernels.op_spec import DOMAIN, OPS, OPSET_VERSION, Op
 
@@ -107,6 +108,18 @@ def codebook_weight(codebook: torch.Tensor, indices: torch.Tensor, row_ptr: torc
 @codebook_weight.register_fake
 def _(codebook, indices, row_ptr, col_gaps, shape, bits):
     return codebook.new_empty(shape)
+
+
+@_custom_op("HyperWeight")
+def hyper_weight(indices: torch.Tensor, center: torch.Tensor, side: torch.Tensor, scales: torch.Tensor | None,
+                 shape: list[int], points: int, group: int, rings: int, bits: int) -> torch.Tensor:
+    return decode_hyper_torch(indices, center, side, scales, shape=shape, points=points, group=group,
+                              rings=rings, bits=bits).clone()
+
+
+@hyper_weight.register_fake
+def _(indices, center, side, scales, shape, points, group, rings, bits):
+    return center.new_empty(shape)
 
 
 @_custom_op("SparseCodebookMatMul")

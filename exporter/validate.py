@@ -56,7 +56,7 @@ class Tensor:
     dims: tuple[int, ...] | None = None
     float32: bool = True
     dtype: str | None = None  # "float32", "uint8", "int32", another name, or None: unknown
-    data: np.ndarray | None = None  # the values of a constant integer input (codebook ops)
+    data: np.ndarray | None = None  # a constant integer input's values, or a small float one's (SMALL_FLOATS)
 
     def element(self) -> str:
         return self.dtype or ("float32" if self.float32 else "a non-float32 type")
@@ -202,6 +202,8 @@ def check_node(op_type: str, label: str, values: dict, inputs: list[Tensor],
         _check_ldr(node, known["G"], known["H"], in_f, out_f)
     elif "codebook" in names:
         _check_codebook(node, dict(zip(names, inputs)), known, rows, cols, read["bits"])
+    elif op_type == "HyperWeight":
+        _check_hyper(node, dict(zip(names, inputs)), known, read, rows * cols)
     if not decoder:
         x = known.get("X")
         if x is not None and (not x.dims or (x.dims[-1] >= 0 and x.dims[-1] != in_f)):
@@ -395,6 +397,70 @@ def _check_codebook(node: _Node, given: dict[str, Tensor], known: dict[str, Tens
                         f"< cols = {cols}")
 
 
+def _g(value: float) -> str:
+    """A float as C's printf %g writes it (glibc: "-nan" for a NaN with the sign bit)."""
+    if np.isnan(value):
+        return "-nan" if np.signbit(value) else "nan"
+    return f"{float(value):g}"
+
+
+def _check_hyper(node: _Node, given: dict[str, Tensor], known: dict[str, Tensor], read: dict, weights: int) -> None:
+    """The HyperWeight contract's input rules in the order and words of src/hyper.c (ep_hyper_check)
+    and src/ops.c: 1-D inputs, the packed indices' length for g = ceil(V/k) groups, center [k],
+    side [1], scales [R] present iff R > 0; for constant inputs finite values, side and scales > 0,
+    zero trailing bits and every index < (R+1)·(n+1)."""
+    n, k, rings, bits = read["points"], read["group"], read["rings"], read["bits"]
+    for name in OPS[node.op_type].weight_inputs:
+        if name in known and len(known[name].dims) != 1:
+            raise node.fail(f"input '{name}' has shape {_dims(known[name])}; must be 1-D")
+    g = -(-weights // k)
+    need = -(-g * bits // 8)
+    indices, center, side, scales = (known.get(name) for name in OPS[node.op_type].weight_inputs)
+    if indices is not None and indices.dims[0] != need:
+        have = indices.dims[0]
+        why = "truncated packed indices" if have < need else "more bytes than the packed indices"
+        raise node.fail(f"input 'indices' has {have} bytes; {g} groups of {bits} bits need "
+                        f"ceil({g}*{bits}/8) = {need} ({why})")
+    if center is not None and center.dims[0] != k:
+        raise node.fail(f"input 'center' has {center.dims[0]} values; must be [group] = [{k}]")
+    if side is not None and side.dims[0] != 1:
+        raise node.fail(f"input 'side' has {side.dims[0]} values; must be [1]")
+    if rings > 0 and not given["scales"].present:
+        raise node.fail(f"input 'scales' is missing; rings = {rings} needs [rings] = [{rings}] expansion factors")
+    if rings == 0 and given["scales"].present:
+        raise node.fail("input 'scales' is given but rings = 0; it must be absent when rings = 0")
+    if scales is not None and scales.dims[0] != rings:
+        raise node.fail(f"input 'scales' has {scales.dims[0]} values; must be [rings] = [{rings}]")
+    if center is not None and center.data is not None:
+        for j, value in enumerate(center.data.astype(np.float32)):
+            if not np.isfinite(value):
+                raise node.fail(f"input 'center': value {j} is {_g(value)}; must be finite")
+    if side is not None and side.data is not None:
+        value = side.data.astype(np.float32)[0]
+        if not (np.isfinite(value) and value > 0):
+            raise node.fail(f"input 'side' is {_g(value)}; must be finite and > 0")
+    if scales is not None and scales.data is not None:
+        for r, value in enumerate(scales.data.astype(np.float32)):
+            if not (np.isfinite(value) and value > 0):
+                raise node.fail(f"input 'scales': value {r} is {_g(value)}; must be finite and > 0")
+    if indices is None or indices.data is None:
+        return
+    packed = np.concatenate([indices.data.astype(np.int64), np.zeros(3, np.int64)])
+    used = (g * bits) % 8
+    if used and packed[need - 1] >> used:
+        raise node.fail(f"input 'indices': the unused high bits of its last byte (byte {need - 1} = "
+                        f"0x{int(packed[need - 1]):02x}) must be 0 ({g} groups of {bits} bits)")
+    position = np.arange(g, dtype=np.int64) * bits
+    byte = position // 8
+    word = packed[byte] | packed[byte + 1] << 8 | packed[byte + 2] << 16 | packed[byte + 3] << 24
+    index = (word >> (position % 8)) & ((1 << bits) - 1)
+    limit = (rings + 1) * (n + 1)
+    bad = np.flatnonzero(index >= limit)
+    if len(bad):
+        raise node.fail(f"input 'indices': group {int(bad[0])} has index {int(index[bad[0]])}; every index must be "
+                        f"< (rings+1)*(points+1) = {limit}")
+
+
 def _check_total(results: list[dict]) -> None:
     """Count each node's decoded bytes against one budget per model, in node order (as ORT does)."""
     limit, used = limits.max_decoded_bytes(), 0
@@ -466,14 +532,19 @@ def _static_shapes(model: onnx.ModelProto) -> dict[str, Tensor]:
     return known
 
 
+SMALL_FLOATS = 16  # float constants up to this many values are read (HyperWeight's center, side, scales)
+
+
 def _constant(t: onnx.TensorProto) -> Tensor:
     """A constant's dims and dtype, and its values when uint8/int32 (the codebook ops' integer
-    inputs). Values kept in external data are not read (they live relative to the model file,
-    not the current directory): those are checked at run time, like non-constant inputs."""
-    integer = t.data_type in (TensorProto.UINT8, TensorProto.INT32)
+    inputs) or a float32 of at most SMALL_FLOATS values. Values kept in external data are not read
+    (they live relative to the model file, not the current directory): those are checked at run
+    time, like non-constant inputs."""
+    small = t.data_type == TensorProto.FLOAT and int(np.prod(t.dims, dtype=object)) <= SMALL_FLOATS
+    read = t.data_type in (TensorProto.UINT8, TensorProto.INT32) or small
     external = uses_external_data(t)
     return Tensor(True, tuple(t.dims), t.data_type == TensorProto.FLOAT, _dtype_name(t.data_type),
-                  onnx.numpy_helper.to_array(t) if integer and not external else None)
+                  onnx.numpy_helper.to_array(t) if read and not external else None)
 
 
 def check_onnx_model(model: onnx.ModelProto, where: str = "model", runtime: str = "ort") -> int:
@@ -571,7 +642,9 @@ def check_tflite_model(model, where: str = "model") -> int:
                 size = buffer.DataLength() if buffer is not None else 0
                 itemsize = _ITEMSIZE.get(dtype, 4)
                 data = None
-                if dtype in ("uint8", "int32") and size and size == itemsize * int(np.prod(dims, dtype=object)):
+                count = int(np.prod(dims, dtype=object))
+                small = dtype == "float32" and count <= SMALL_FLOATS
+                if (dtype in ("uint8", "int32") or small) and size and size == itemsize * count:
                     data = buffer.DataAsNumpy().view(dtype).reshape(dims)
                 inputs.append(Tensor(True, dims, tensor.Type() == 0, dtype, data))
                 stored.append((names[len(inputs) - 1], int(t), dims, size, itemsize))

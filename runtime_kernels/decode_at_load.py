@@ -1,6 +1,7 @@
 """What the ONNX and TFLite load-time rewrites share: the decode limits they validate with, the
 C decode of one HashedWeight / HashedMatMul weight (``ep_hashed_decode``: 4 bytes per weight) and
-the numpy decode of one CodebookWeight (a gather per entry, after the validator's checks).
+the numpy decodes of one CodebookWeight and one HyperWeight (a gather per entry / group, after the
+validator's checks).
 
 Storage-compressed weights are decoded once, when a model is loaded, so the runtime sees plain
 constant weights and runs its own dense kernels and fusions (README: "Decode at load").
@@ -19,12 +20,13 @@ from edgepack.errors import EdgepackError
 from . import limits
 from .kernels import hashed_decode
 
-__all__ = ["DecodeError", "DECODED_OPS", "codebook_weight", "decode_node", "decode_weight", "validation_limits"]
+__all__ = ["DecodeError", "DECODED_OPS", "codebook_weight", "decode_node", "decode_weight", "hyper_weight",
+           "validation_limits"]
 
-# The ops rewritten at load: HashedWeight and CodebookWeight always, HashedMatMul in expand mode
+# The ops rewritten at load: HashedWeight, CodebookWeight and HyperWeight always, HashedMatMul in expand mode
 # (mode 0). Stream mode (mode 1) was asked for O(buckets) memory, so it keeps its kernel, and
 # SparseCodebookMatMul was asked for instead of a dense weight.
-DECODED_OPS = ("HashedWeight", "HashedMatMul", "CodebookWeight")
+DECODED_OPS = ("HashedWeight", "HashedMatMul", "CodebookWeight", "HyperWeight")
 _ENV_LOCK = threading.Lock()
 
 
@@ -89,8 +91,42 @@ def codebook_weight(attributes: dict, codebook: np.ndarray, indices: np.ndarray,
     return weight.reshape(shape)
 
 
+def _trajectory_base(points: int, group: int) -> int:
+    """t: the smallest integer >= 1 with t^group >= points."""
+    t = 1
+    while t**group < points:
+        t += 1
+    return t
+
+
+def hyper_weight(attributes: dict, indices: np.ndarray, center: np.ndarray, side: np.ndarray,
+                 scales: np.ndarray | None = None) -> np.ndarray:
+    """The dense float32 weight of a HyperWeight node that passed the validator (docs/ops.md): the
+    (R+1)·(n+1) × k table of points in the contract's float32 operations, one gather per index."""
+    shape = [int(d) for d in attributes["shape"]]
+    n, k, bits = int(attributes["points"]), int(attributes.get("group", 2)), int(attributes["bits"])
+    count = int(np.prod(shape, dtype=np.int64))
+    c = np.ravel(center).astype(np.float32)
+    length = np.float32(np.ravel(side)[0])
+    t = _trajectory_base(n, k)
+    step = np.array([length / np.float32(t ** (k - j)) for j in range(k)], np.float32)
+    theta = np.arange(n, dtype=np.float32)[:, None]
+    points = np.concatenate([c[None], np.fmod(theta * step, length) + (c - length * np.float32(0.5))])
+    rings = [] if scales is None else np.ravel(scales).astype(np.float32)
+    table = np.concatenate([points] + [(points - c) * s + c for s in rings])
+    groups = -(-count // k)
+    packed = np.concatenate([np.ravel(indices), np.zeros(3, np.uint8)]).astype(np.int64)
+    position = np.arange(groups, dtype=np.int64) * bits
+    byte = position >> 3
+    word = packed[byte] | packed[byte + 1] << 8 | packed[byte + 2] << 16 | packed[byte + 3] << 24
+    index = (word >> (position & 7)) & ((1 << bits) - 1)
+    return table[index].reshape(-1)[:count].reshape(shape)
+
+
 def decode_node(op_type: str, attributes: dict, weights: dict[str, np.ndarray | None]) -> np.ndarray:
     """The dense weight of a validated decodable node from its weight inputs by spec name."""
+    if op_type == "HyperWeight":
+        return hyper_weight(attributes, weights["indices"], weights["center"], weights["side"], weights.get("scales"))
     if op_type == "CodebookWeight":
         return codebook_weight(attributes, weights["codebook"], weights["indices"], weights.get("row_ptr"),
                                weights.get("col_gaps"))

@@ -1,8 +1,8 @@
 """Decode at load for ONNX: a model whose storage-compressed weights are plain initializers.
 
-``HashedWeight`` / ``CodebookWeight`` nodes with constant inputs become initializers (the Conv / Gemm / MatMul that
-reads them then sees a constant weight, so ONNX Runtime folds BatchNorm and ReLU into it and
-prepacks it); expand-mode ``HashedMatMul`` nodes become ``MatMul`` (+ ``Add`` for the bias) with
+``HashedWeight`` / ``CodebookWeight`` / ``HyperWeight`` nodes with constant inputs become initializers
+(the Conv / Gemm / MatMul that reads them then sees a constant weight, so ONNX Runtime folds BatchNorm and
+ReLU into it and prepacks it); expand-mode ``HashedMatMul`` nodes become ``MatMul`` (+ ``Add`` for the bias) with
 the decoded weight transposed to [in, out]. Circulant / LDR nodes (compute compression) and
 stream-mode HashedMatMul stay. The model is validated first with the kernels' rules and limits
 (exporter/validate.py); the file on disk is not changed.

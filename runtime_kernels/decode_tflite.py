@@ -1,7 +1,7 @@
 """Decode at load for TFLite: a flatbuffer whose storage-compressed weights are constant buffers.
 
-A CUSTOM ``ai.edgepack.HashedWeight`` or ``CodebookWeight`` op with constant inputs is removed and its output tensor
-becomes a constant buffer (the TRANSPOSE / RESHAPE that lays it out for CONV_2D / DEPTHWISE /
+A CUSTOM ``ai.edgepack.HashedWeight``, ``CodebookWeight`` or ``HyperWeight`` op with constant inputs is removed and
+its output tensor becomes a constant buffer (the TRANSPOSE / RESHAPE that lays it out for CONV_2D / DEPTHWISE /
 FULLY_CONNECTED is folded too); an expand-mode ``ai.edgepack.HashedMatMul`` becomes a
 FULLY_CONNECTED (or a 1×1 CONV_2D on an NHWC input) with the decoded weight. A per-channel MUL,
 ADD (a folded BatchNorm) and RELU / RELU6 right after a convolution whose weights are now constant

@@ -7,7 +7,7 @@ import ctypes as C
 
 import numpy as np
 
-from .loader import Codebook, HashParams, KernelError, check, load
+from .loader import Codebook, HashParams, Hyper, KernelError, check, load
 
 __all__ = [
     "xxh32",
@@ -20,6 +20,7 @@ __all__ = [
     "ldr_matmul",
     "codebook_decode",
     "sparse_codebook_matmul",
+    "hyper_decode",
     "dense_matmul",
     "variants",
     "variant",
@@ -329,6 +330,26 @@ def sparse_codebook_matmul(x, codebook, indices, row_ptr, col_gaps, out_features
         lib.ep_codebook_plan_destroy(plan)
     del keep
     return y.reshape(*lead, out_features)
+
+
+def hyper_decode(indices, center, side, scales, *, shape, points: int, group: int = 2, rings: int = 0,
+                 bits: int) -> np.ndarray:
+    """W of ``shape`` from a HyperWeight's inputs (``scales`` None when absent); the C side checks
+    every rule of the contract, so this is the C decoder at load, bit for bit."""
+    shape = tuple(int(d) for d in shape)
+    if not shape or min(shape) < 1:
+        raise KernelError(f"shape {shape} must have at least one dim, each >= 1")
+    arrays = [_int_array(indices, "indices", np.uint8), _f32(center, "center", 1), _f32(side, "side", 1)]
+    if scales is not None:
+        arrays.append(_f32(scales, "scales", 1))
+    w = Hyper(int(np.prod(shape, dtype=np.int64)), points, group, rings, bits, _ptr(arrays[0]), arrays[0].size,
+              _ptr(arrays[1]), arrays[1].size, _ptr(arrays[2]), arrays[2].size)
+    if scales is not None:  # numpy gives even an empty array a data pointer
+        w.has_scales, w.scales, w.scales_len = 1, _ptr(arrays[3]), arrays[3].size
+    W = np.empty(shape, np.float32)
+    check(load().ep_hyper_decode(C.byref(w), _ptr(W)))
+    del arrays
+    return W
 
 
 # ---- MFCC front end (include/edgepack/mfcc.h) ------------------------------------------------

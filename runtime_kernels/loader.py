@@ -10,7 +10,7 @@ from edgepack.errors import EdgepackError
 
 from .artifacts import find_artifact
 
-__all__ = ["KernelError", "HashParams", "check", "library_path", "load"]
+__all__ = ["KernelError", "HashParams", "Hyper", "check", "library_path", "load"]
 
 _lib: C.CDLL | None = None
 _i64 = C.c_int64
@@ -53,6 +53,28 @@ class Codebook(C.Structure):
     ]
 
 
+class Hyper(C.Structure):
+    """``ep_hyper``: a hyper-compressed weight (docs/ops.md HyperWeight); has_scales 0 with NULL
+    scales when absent."""
+
+    _fields_ = [
+        ("weights", _i64),
+        ("points", C.c_int32),
+        ("group", C.c_int32),
+        ("rings", C.c_int32),
+        ("bits", C.c_int32),
+        ("indices", _vp),
+        ("indices_len", _i64),
+        ("center", _vp),
+        ("center_len", _i64),
+        ("side", _vp),
+        ("side_len", _i64),
+        ("has_scales", C.c_int32),
+        ("scales", _vp),
+        ("scales_len", _i64),
+    ]
+
+
 def library_path() -> Path:
     """Where the kernel library is (``$EDGEPACK_LIB_DIR``, the package's lib/, build/host)."""
     return find_artifact("libedgepack_kernels.so")
@@ -92,6 +114,7 @@ def load() -> C.CDLL:
         "ep_codebook_plan_create": (C.c_int, [C.POINTER(Codebook), C.POINTER(_vp)]),
         "ep_codebook_plan_destroy": (None, [_vp]),
         "ep_sparse_codebook_matmul": (C.c_int, [_vp, _vp, _i64, _i64, _vp, _vp, _i64]),
+        "ep_hyper_decode": (C.c_int, [C.POINTER(Hyper), _vp]),
     }
     for name, (res, args) in sig.items():
         fn = getattr(lib, name)

@@ -338,9 +338,12 @@ def _sparse_codebook_macs(attributes: dict, shape: ShapeOf) -> float:
 
 
 def _sparse_plan_bytes(attributes: dict, shape: ShapeOf) -> int:
-    """What the sparse kernel's plan keeps (kernels.c): the codebook, the row starts, and per entry its
-    unpacked 8-bit index and its gap: 4·J + 4·(out+1) + 2·n bytes."""
-    return 4 * math.prod(shape("codebook")) + 4 * (attributes["out_features"] + 1) + 2 * _entries(shape)
+    """What the sparse kernel's plan keeps (codebook.c): the rows sorted by length in S = ceil(out/16)
+    slices (order, lengths, slice starts) and per entry its codebook value and its column (c = 2 bytes
+    up to 65536 columns, else 4; 16 more after the last): 4·out + 64·S + 4·(S+1) + 4·n + c·(n+16)."""
+    rows, n = attributes["out_features"], _entries(shape)
+    slices, c = -(-rows // 16), 2 if attributes["in_features"] <= 65536 else 4
+    return 4 * rows + 64 * slices + 4 * (slices + 1) + 4 * n + c * (n + 16)
 
 
 def _sparse_codebook_work(attributes: dict, shape: ShapeOf) -> Work:
@@ -352,6 +355,28 @@ def _sparse_codebook_work(attributes: dict, shape: ShapeOf) -> Work:
 def _sparse_codebook_load(attributes: dict, shape: ShapeOf) -> Work:
     """At load: read the compressed inputs, write the plan."""
     return Work(weight_bytes=_input_bytes(CODEBOOK_INPUTS, shape) + _sparse_plan_bytes(attributes, shape))
+
+
+HYPER_INPUTS = (
+    Input("indices", True, "weight", "g = ceil(V/`group`) point indices of `bits` bits, a bit stream LSB first "
+          "(index m is stream bits m·`bits` … m·`bits`+`bits`−1; stream bit b is bit b mod 8 of byte b div 8): "
+          "ceil(g·`bits`/8) bytes, unused high bits of the last byte 0, every index < (`rings`+1)·(`points`+1)",
+          "uint8"),
+    Input("center", True, "weight", "[`group`] the groups' centroid c, finite"),
+    Input("side", True, "weight", "[1] the square's side L, finite and > 0"),
+    Input("scales", False, "weight", "[`rings`] ring r's expansion factor s_r (r = 1 … `rings`), finite and > 0; "
+          "present iff `rings` > 0"),
+)
+
+
+def _hyper_load(attributes: dict, shape: ShapeOf) -> Work:
+    """HyperWeight decoded once, at load: the (R+1)·(n+1)·k point table (one multiply and add per
+    value), per group an index unpacked (shift, mask) and one table gather, 4·prod(`shape`) written."""
+    weights, k = math.prod(attributes["shape"]), attributes["group"]
+    groups = -(-weights // k)
+    table = (attributes["rings"] + 1) * (attributes["points"] + 1) * k
+    return Work(macs=table, weight_bytes=_input_bytes(HYPER_INPUTS, shape) + 4 * weights,
+                int_ops=2 * groups, gathers=groups)
 
 
 def _mfcc_frames(attributes: dict, shape: ShapeOf) -> int:
@@ -453,9 +478,10 @@ OPS: dict[str, Op] = {op.name: op for op in (
        "X's shape with the last axis `out_features`", _matmul_output, _dense,
        _sparse_codebook_macs, "N·n (n = the stored entries, fillers included)",
        _sparse_codebook_work, _sparse_codebook_load,
-       "per inference N·n MACs and n codebook gathers, reading the plan: 4·J + 4·(out+1) + 2·n bytes "
-       "(codebook, row starts, an unpacked 8-bit index and a gap per entry). At load: reading the inputs' "
-       "real bytes and writing that plan"),
+       "per inference N·n MACs and n gathers of X, reading the plan: 4·out + 64·S + 4·(S+1) + 4·n + "
+       "c·(n+16) bytes, S = ceil(out/16) (the rows sorted by length in slices of 16; per entry its codebook "
+       "value and its column, c = 2 bytes up to 65536 columns, else 4). At load: reading the inputs' real "
+       "bytes and writing that plan"),
     Op("MFCC", "mfcc", "frontend",
        (Input("audio", True, "activation", "float audio [..., samples] in [-1, 1] at `sample_rate`; "
               "at least `window_length` samples"),),
@@ -469,6 +495,21 @@ OPS: dict[str, Op] = {op.name: op for op in (
        "per inference the MACs above, reading the plan's tables (window, mel weights, DCT: "
        "4·(`window_length` + 2·(`fft_length`/2+1) + 2·`num_mel_bins` + `num_mel_bins`·`num_coefficients`) "
        "bytes). At load: writing those tables"),
+    Op("HyperWeight", "hyper_weight", "decoder", HYPER_INPUTS,
+       (Attribute("shape", "ints", None, (1, U32_MAX), (1, INT_MAX), "shape of W; V = prod(`shape`) weights"),
+        Attribute("points", "int", None, (1, 65536), (1, 65536), "n, the trajectory's points (codebook entries "
+                  "1 … n; entry 0 is the centroid)"),
+        Attribute("group", "int", 2, (1, 4), (1, 4), "k, consecutive weights per point (the last group padded)"),
+        Attribute("rings", "int", 0, (0, 15), (0, 15), "R, the concentric rings (index v: ring v div (n+1), "
+                  "point v mod (n+1))"),
+        Attribute("bits", "int", None, (1, 24), (1, 24), "bits per stored index")),
+       "`shape`", lambda a, shape: tuple(a["shape"]), lambda a: math.prod(a["shape"]),
+       None, "0 per inference (decoded once, at load; its consumer counts the MACs)",
+       lambda a, shape: Work(), _hyper_load,
+       "per inference nothing: decoded at load into a constant that its consumer reads (4·prod(`shape`) "
+       "bytes, counted there). At load: reading the inputs' real bytes (ceil(g·`bits`/8) + 4·(k + 1 + R)), "
+       "the (R+1)·(n+1)·k point table (one multiply-add per value), per group g an index unpacked "
+       "(2 integer ops) and one table gather, writing 4·prod(`shape`) bytes"),
 )}
 
 

@@ -1,9 +1,10 @@
 /* codebook-bench: the fused sparse codebook matmul (ep_sparse_codebook_matmul) against the dense
  * kernel (ep_dense_matmul) on the same weight, single thread, in interleaved rounds in one
- * process; prints the median time per call of each and the ratio dense / sparse.
- *   codebook-bench [--rounds 9]
+ * process; prints the median (and the fastest) time per call of each and the ratio dense / sparse.
+ *   codebook-bench [--rounds 9] [--shape 784x300] [--density 4] [--batch 1]
  * Shapes 784x300 (LeNet-300-100's first layer, out x in = 300 x 784) and 1024x1024, densities
- * 2, 4, 5, 10 %, batch 1, 8 and 32, a 16-value codebook at 4 bits. */
+ * 2, 4, 5, 10 %, batch 1, 8 and 32 (each option keeps only the one named), a 16-value codebook at
+ * 4 bits. */
 #define _POSIX_C_SOURCE 200112L
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,18 +45,30 @@ static double time_calls(int sparse, const ep_codebook_plan *plan, const float *
 
 int main(int argc, char **argv) {
     int rounds = 9;
-    for (int i = 1; i + 1 < argc; i++)
+    const char *only_shape = NULL;
+    double only_density = 0;
+    int64_t only_batch = 0;
+    for (int i = 1; i + 1 < argc; i++) {
         if (!strcmp(argv[i], "--rounds")) rounds = atoi(argv[i + 1]);
+        if (!strcmp(argv[i], "--shape")) only_shape = argv[i + 1];
+        if (!strcmp(argv[i], "--density")) only_density = atof(argv[i + 1]) / 100.0;
+        if (!strcmp(argv[i], "--batch")) only_batch = atoll(argv[i + 1]);
+    }
     if (rounds < 1 || rounds > 101) rounds = 9;
     ep_set_num_threads(1);
     const int64_t shapes[2][2] = {{784, 300}, {1024, 1024}}; /* in, out */
     const double dens[] = {0.02, 0.04, 0.05, 0.10};
     const int64_t batches[] = {1, 8, 32};
     printf("variant %s, 1 thread, %d interleaved rounds, median per call\n", ep_variant(), rounds);
-    printf("%-10s %7s %5s %12s %12s %8s\n", "in x out", "density", "N", "dense us", "sparse us", "speed-up");
+    printf("%-10s %7s %5s %12s %12s %8s %18s\n", "in x out", "density", "N", "dense us", "sparse us", "speed-up",
+           "fastest d/s (us)");
     for (int s = 0; s < 2; s++) {
         const int64_t in = shapes[s][0], out = shapes[s][1];
+        char name[32];
+        snprintf(name, sizeof name, "%lldx%lld", (long long)in, (long long)out);
+        if (only_shape && strcmp(only_shape, name)) continue;
         for (size_t di = 0; di < sizeof dens / sizeof dens[0]; di++) {
+            if (only_density > 0 && (only_density < dens[di] - 1e-9 || only_density > dens[di] + 1e-9)) continue;
             float cb[16];
             cb[0] = 0.0f;
             for (int j = 1; j < 16; j++) cb[j] = rnd();
@@ -84,6 +97,7 @@ int main(int argc, char **argv) {
             if (ep_codebook_plan_create(&w, &plan)) { fprintf(stderr, "plan: %s\n", ep_last_error()); return 1; }
             for (size_t bi = 0; bi < sizeof batches / sizeof batches[0]; bi++) {
                 const int64_t N = batches[bi];
+                if (only_batch && N != only_batch) continue;
                 float *X = (float *)malloc(sizeof(float) * (size_t)(N * in));
                 float *Y = (float *)malloc(sizeof(float) * (size_t)(N * out));
                 for (int64_t i = 0; i < N * in; i++) X[i] = rnd();
@@ -97,8 +111,9 @@ int main(int argc, char **argv) {
                 qsort(td, (size_t)rounds, sizeof(double), cmp_d);
                 qsort(ts, (size_t)rounds, sizeof(double), cmp_d);
                 const double md = td[rounds / 2], ms = ts[rounds / 2];
-                printf("%4lldx%-5lld %6.0f%% %5lld %12.2f %12.2f %7.2fx\n", (long long)in, (long long)out,
-                       100 * dens[di], (long long)N, 1e6 * md, 1e6 * ms, md / ms);
+                printf("%4lldx%-5lld %6.0f%% %5lld %12.2f %12.2f %7.2fx %8.2f / %-8.2f\n", (long long)in,
+                       (long long)out, 100 * dens[di], (long long)N, 1e6 * md, 1e6 * ms, md / ms, 1e6 * td[0],
+                       1e6 * ts[0]);
                 free(X); free(Y);
             }
             ep_codebook_plan_destroy(plan);

@@ -32,6 +32,7 @@ for src in src/*.c; do
   case "$src" in
     src/kernels_avx2.c) [ $x86 = 1 ] && compile "$src" -mavx2 -mfma ;;
     src/kernels_avx512.c) [ $x86 = 1 ] && compile "$src" -mavx512f -mavx512dq -mavx512vl -mavx2 -mfma ;;
+    src/hyper.c) compile "$src" -ffp-contract=off ;;
     *) compile "$src" ;;
   esac
 done
@@ -58,10 +59,11 @@ link() { # target, objects...
 link fuzz_flexmap "$OUT/obj/tflite_flexmap.c.o"
 link fuzz_kernels "${kernel_objs[@]}"
 link fuzz_codebook "${kernel_objs[@]}"
+link fuzz_hyper "${kernel_objs[@]}"
 link fuzz_mfcc "${kernel_objs[@]}"
 link fuzz_tflite "${tflite_objs[@]}" "${kernel_objs[@]}"
 link fuzz_tflite_decode "${tflite_objs[@]}" "${kernel_objs[@]}"
 link fuzz_ort "${ort_objs[@]}" "${kernel_objs[@]}"
 link fuzz_onnx_decode "$OUT/obj/ort_decode_model.c.o" "${kernel_objs[@]}"
 link fuzz_wav "$OUT/obj/ort_wav_reader.c.o"
-echo "fuzz harnesses in $OUT: fuzz_flexmap fuzz_kernels fuzz_codebook fuzz_mfcc fuzz_tflite fuzz_tflite_decode fuzz_ort fuzz_onnx_decode fuzz_wav"
+echo "fuzz harnesses in $OUT: fuzz_flexmap fuzz_kernels fuzz_codebook fuzz_hyper fuzz_mfcc fuzz_tflite fuzz_tflite_decode fuzz_ort fuzz_onnx_decode fuzz_wav"

@@ -80,7 +80,8 @@ static void f_ReleaseStatus(void *p) {
     if (s) free(s->msg), free(s);
 }
 
-static const OrtCustomOp *g_ops[8];
+#define MAX_OPS 16
+static const OrtCustomOp *g_ops[MAX_OPS];
 static int g_nops;
 static OrtStatus *f_CreateCustomOpDomain(const char *name, OrtCustomOpDomain **out) {
     FZ_ASSERT(!strcmp(name, "ai.edgepack"), "domain '%s'", name);
@@ -90,7 +91,7 @@ static OrtStatus *f_CreateCustomOpDomain(const char *name, OrtCustomOpDomain **o
 }
 static OrtStatus *f_CustomOpDomain_Add(OrtCustomOpDomain *d, const OrtCustomOp *op) {
     (void)d;
-    if (g_nops < 8) g_ops[g_nops++] = op;
+    if (g_nops < MAX_OPS) g_ops[g_nops++] = op;
     return NULL;
 }
 static OrtStatus *f_AddCustomOpDomain(OrtSessionOptions *o, OrtCustomOpDomain *d) {
@@ -308,9 +309,10 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
 }
 
 /* ---- the input --------------------------------------------------------------------------- */
-#define N_ATTR_NAMES 12
+#define N_ATTR_NAMES 15
 static const char *const ATTR_NAMES[N_ATTR_NAMES] = {"in_features", "out_features", "num_hashes", "seed", "signed",
-                                                     "mode", "shape", "bogus", "", "Shape", "bits", "activation"};
+                                                     "mode", "shape", "bogus", "", "Shape", "bits", "activation",
+                                                     "points", "group", "rings"};
 static const int64_t HOSTILE[16] = {0, -1, -7, INT64_MIN, INT64_MAX, INT32_MAX, (int64_t)INT32_MAX + 1,
                                     (int64_t)UINT32_MAX, (int64_t)UINT32_MAX + 1, (int64_t)1 << 40,
                                     (int64_t)1 << 62, 65536, 1 << 20, 4096, 1 << 28, 64};

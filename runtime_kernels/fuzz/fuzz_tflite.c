@@ -144,11 +144,11 @@ static TfLiteStatus invoke_checked(fake *f, TfLiteStatus (*invoke)(TfLiteContext
     return st;
 }
 
-#define N_NAMES 9
+#define N_NAMES 10
 static const char *const NAMES[N_NAMES] = {"ai.edgepack.HashedWeight", "ai.edgepack.HashedMatMul",
                                            "ai.edgepack.CirculantMatMul", "ai.edgepack.LDRMatMul", "ai.edgepack.Bogus",
                                            "ai.edgepackHashedWeight", "ai.edgepack.MFCC", "ai.edgepack.CodebookWeight",
-                                           "ai.edgepack.SparseCodebookMatMul"};
+                                           "ai.edgepack.SparseCodebookMatMul", "ai.edgepack.HyperWeight"};
 static const char *const VARIANTS[4] = {"ref", "auto", "avx2", "nope"};
 
 /* Small decode limits; FUZZ_VERBOSE. */

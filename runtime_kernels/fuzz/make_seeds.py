@@ -43,6 +43,20 @@ def codebook_weight(rows: int = 7, cols: int = 13, bits: int = 2, seed: int = 3)
             "row_ptr": struct.pack(f"<{len(row_ptr)}i", *row_ptr), "col_gaps": bytes(gaps)}
 
 
+HYPER_WEIGHT = {"shape": [5, 7], "points": 40, "group": 2, "rings": 2, "bits": 7}
+
+
+def hyper_weight(seed: int = 5) -> dict[str, bytes]:
+    """A valid HyperWeight of HYPER_WEIGHT (18 groups of 7 bits, every index < 3·41); each input's raw
+    little-endian bytes."""
+    rng = random.Random(seed)
+    bits, groups = HYPER_WEIGHT["bits"], 18
+    idx = [rng.randrange(3 * 41) for _ in range(groups)]
+    stream = sum(v << (m * bits) for m, v in enumerate(idx))
+    return {"indices": stream.to_bytes((groups * bits + 7) // 8, "little"), "center": struct.pack("<2f", 0.25, -0.5),
+            "side": struct.pack("<f", 1.5), "scales": struct.pack("<2f", 1.5, 2.25)}
+
+
 def write(target: str, name: str, data: bytes) -> None:
     """One seed file."""
     folder = CORPUS / target
@@ -66,7 +80,7 @@ def flexmap_seeds() -> None:
 # ---- fuzz_tflite -------------------------------------------------------------------------------
 ARENA, CONST, PERSISTENT_RO = 0, 2, 4  # allocation indices of fuzz_tflite.c's ALLOC table
 OPS = {"HashedWeight": 0, "HashedMatMul": 1, "CirculantMatMul": 2, "LDRMatMul": 3, "CodebookWeight": 7,
-       "SparseCodebookMatMul": 8}
+       "SparseCodebookMatMul": 8, "HyperWeight": 9}
 TFLITE_TYPES = {"int32": 2, "uint8": 3}  # TfLiteType, in bits 4-6 of the allocation byte (bit 7 set)
 
 
@@ -267,7 +281,7 @@ def decode_seeds() -> None:
 
 # ---- fuzz_ort ----------------------------------------------------------------------------------
 ATTR_NAMES = ["in_features", "out_features", "num_hashes", "seed", "signed", "mode", "shape", "bogus", "", "Shape",
-              "bits", "activation"]
+              "bits", "activation", "points", "group", "rings"]
 ORT_TYPES = {"uint8": 0x80, "int32": 0x84}  # fuzz_ort.c's type bits (2-3 and 7) of uint8 / int32
 
 
@@ -487,6 +501,80 @@ def wav_seeds() -> None:
         write("fuzz_wav", name, data)
 
 
+def hyper_seeds() -> None:
+    """HyperWeight: fuzz_hyper's own format (flags, more, weights-1 (u16), points-1 (u16), group-1, rings,
+    bits - the fewest, center, side, scales and index bytes, as fuzz_hyper.c reads them), and the op in
+    fuzz_ort, fuzz_tflite (constant and fed weights, both routes), fuzz_onnx_decode and fuzz_tflite_decode."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgepack.exporter.tflite_writer import Options, TFLiteModelBuilder
+
+    rng = random.Random(6)
+
+    def data(n: int) -> bytes:
+        return bytes(rng.randrange(256) for _ in range(n))
+    for weights, points, group, rings in ((35, 40, 1, 2), (300, 1000, 0, 0), (97, 65535, 3, 15), (1, 0, 0, 0)):
+        head = bytes([0, 0]) + struct.pack("<HH", weights - 1, points) + bytes([group, rings, 0])
+        write("fuzz_hyper", f"w{weights}_n{points + 1}_k{group + 1}_r{rings}", head + data(600))
+    write("fuzz_hyper", "raw_floats", bytes([16, 14]) + struct.pack("<HH", 20, 9) + bytes([1, 3, 1]) + data(300))
+    write("fuzz_hyper", "raw_indices", bytes([128 | 64, 0]) + struct.pack("<HH", 50, 30) + bytes([1, 1, 0, 3])
+          + data(300))
+    write("fuzz_hyper", "lengths_off", bytes([8 | 32, 16]) + struct.pack("<HH", 10, 5) + bytes([0, 2, 0, 3])
+          + data(200))
+
+    w = hyper_weight()
+    f32 = {n: np.frombuffer(w[n], "<f4") for n in ("center", "side", "scales")}
+    op_index = 7  # ops.inc order
+    side, scales = positive_seed(1), positive_seed(2)  # fz_fill_seeded values > 0: a valid side and scales
+    for const in (True, False):
+        inputs = [ort_value([len(w["indices"])], 0, const, "uint8", w["indices"]), ort_value([2], 9, const),
+                  ort_value([1], side, const), ort_value([2], scales, const)]
+        write("fuzz_ort", f"hyper_weight_c{int(const)}",
+              bytes([op_index, 0]) + ort_attrs(HYPER_WEIGHT) + bytes([4]) + b"".join(inputs))
+    for weights in (CONST, ARENA):
+        for route in (0, 1):
+            hw = [tensor(weights, [len(w["indices"])], 0, dtype="uint8", data=w["indices"]),
+                  tensor(weights, [2], 21), tensor(weights, [1], side), tensor(weights, [2], scales)]
+            write("fuzz_tflite", f"hyper_weight_w{weights}_r{route}",
+                  graph(route, [*hw, tensor(ARENA, [1], 0)],
+                        [node("HyperWeight", [0, 1, 2, 3], 4, flexbuffer_options(HYPER_WEIGHT))]))
+    inits = [numpy_helper.from_array(np.frombuffer(w["indices"], np.uint8), "indices")] + \
+        [numpy_helper.from_array(f32[n], n) for n in ("center", "side", "scales")]
+    hw = helper.make_node("HyperWeight", ["indices", "center", "side", "scales"], ["W"], domain="ai.edgepack",
+                          name="hw", **HYPER_WEIGHT)
+    mm = helper.make_node("MatMul", ["X", "W"], ["Y"])
+    graph_proto = helper.make_graph([hw, mm], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 5])],
+                                    [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph_proto, opset_imports=[helper.make_opsetid("", 18),
+                                                          helper.make_opsetid("ai.edgepack", 1)])
+    model.ir_version = 10
+    write("fuzz_onnx_decode", "hyper_weight_matmul", model.SerializeToString())
+    b = TFLiteModelBuilder()
+    x, filt, y = b.tensor("x", (2, 7)), b.tensor("w", (5, 7)), b.tensor("y", (2, 5))
+    consts = [b.constant("indices", np.frombuffer(w["indices"], np.uint8))] + [b.constant(n, f32[n]) for n in f32]
+    b.operator("ai.edgepack.HyperWeight", consts, [filt], flexbuffer_options(HYPER_WEIGHT))
+    b.operator(tflite_op_fully_connected(), [x, filt, -1], [y], Options("FullyConnectedOptions", {}))
+    write("fuzz_tflite_decode", "ok_hyper_fc", b.serialize([x], [y]))
+
+
+def positive_seed(count: int) -> int:
+    """The first seed byte whose fz_fill_seeded values (fuzz_common.h) are all > 0."""
+    for seed in range(1, 255):
+        state, values = seed, []
+        for _ in range(count):
+            state = (state * 1664525 + 1013904223) % 2**32
+            values.append(((state >> 8) & 0xFFFF) / 32768.0 - 1.0)
+        if min(values) > 0:
+            return seed
+    raise ValueError(f"no seed gives {count} positive values")
+
+
+def tflite_op_fully_connected() -> int:
+    import tflite
+    return tflite.BuiltinOperator.FULLY_CONNECTED
+
+
 def main() -> None:
     """Write every corpus."""
     flexmap_seeds()
@@ -496,6 +584,7 @@ def main() -> None:
     onnx_decode_seeds()
     kernel_seeds()
     codebook_seeds()
+    hyper_seeds()
     mfcc_seeds()
     wav_seeds()
     for folder in sorted(CORPUS.iterdir()):

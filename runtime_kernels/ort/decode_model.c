@@ -14,7 +14,7 @@
  * opset imports, metadata, other nodes and initializers). The input is untrusted: each length is
  * checked against the bytes left before it is used, and decoded sizes against the limits before
  * anything is allocated. Hashing and decoding are the kernels' (ep_op_read_attrs,
- * ep_op_check_weights, ep_hashed_decode; CodebookWeight through ep_op_run), so the weights equal
+ * ep_op_check_weights, ep_hashed_decode; CodebookWeight and HyperWeight through ep_op_run), so the weights equal
  * the custom ops' bit for bit.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -194,7 +194,7 @@ typedef struct tinfo { /* one initializer of the main graph */
     int has_raw, external, is_input, consumed;
 } tinfo;
 
-typedef struct ninfo { /* one ai.edgepack HashedWeight / HashedMatMul / CodebookWeight node of the main graph */
+typedef struct ninfo { /* one ai.edgepack HashedWeight / HashedMatMul / CodebookWeight / HyperWeight node of the main graph */
     size_t index; /* its place among the graph's nodes */
     span whole, name, op_type, domain, out0;
     span in[EP_OP_MAX_INPUTS];
@@ -606,12 +606,13 @@ static size_t find_init(const ctx *c, span name) {
 }
 
 /* Whether the node is decoded (as decode_onnx._decodable): an ai.edgepack HashedWeight, a
- * CodebookWeight, or a HashedMatMul in expand mode without an epilogue whose weight inputs are all constant
+ * CodebookWeight, a HyperWeight, or a HashedMatMul in expand mode without an epilogue whose weight inputs are all constant
  * initializers. Its attributes are then read and checked with the kernels' rules. */
 static int plan_node(ctx *c, ninfo *nd) {
     if (!span_eq(nd->domain, DOMAIN)) return 0;
     if (span_eq(nd->op_type, "HashedWeight")) nd->op = EP_OP_HashedWeight;
     else if (span_eq(nd->op_type, "CodebookWeight")) nd->op = EP_OP_CodebookWeight;
+    else if (span_eq(nd->op_type, "HyperWeight")) nd->op = EP_OP_HyperWeight;
     else if (span_eq(nd->op_type, "HashedMatMul")) nd->op = EP_OP_HashedMatMul;
     else return 0;
     if (nd->n_out != 1 || !nd->out0.n) {
@@ -865,11 +866,12 @@ static int decode_node(ctx *c, ninfo *nd, buf *g, buf *tail) {
         node_fail(c, nd, "out of memory for the decoded weight");
         goto done;
     }
-    if (nd->op == EP_OP_CodebookWeight && ep_op_run(nd->op, a, NULL, in, V, msg, sizeof msg)) {
-        node_fail(c, nd, msg); /* a codebook's contents: the custom op's words */
+    const int by_op = nd->op == EP_OP_CodebookWeight || nd->op == EP_OP_HyperWeight;
+    if (by_op && ep_op_run(nd->op, a, NULL, in, V, msg, sizeof msg)) {
+        node_fail(c, nd, msg); /* a codebook's or hyper weight's contents: the custom op's words */
         goto done;
     }
-    const ep_status st = nd->op == EP_OP_CodebookWeight ? EP_OK
+    const ep_status st = by_op ? EP_OK
                          : ep_hashed_decode(&p, in[bs].data, in[rs].present ? in[rs].data : NULL,
                                             in[rs].present ? in[rs].count : 0, V);
     if (st) {
@@ -958,7 +960,7 @@ static int rewrite_graph(ctx *c, span graph, buf *g) {
             nd.index = n_all++;
             if (!span_eq(nd.domain, DOMAIN) ||
                 !(span_eq(nd.op_type, "HashedWeight") || span_eq(nd.op_type, "HashedMatMul") ||
-                  span_eq(nd.op_type, "CodebookWeight")))
+                  span_eq(nd.op_type, "CodebookWeight") || span_eq(nd.op_type, "HyperWeight")))
                 continue;
             if (c->n_nodes == cap_n) {
                 cap_n = cap_n ? 2 * cap_n : 16;

@@ -1,6 +1,6 @@
 /* libedgepack_ort: ONNX Runtime custom ops for the ai.edgepack domain, opset 1 (docs/ops.md).
  *
- * Ops: every op of ops.inc (HashedWeight, HashedMatMul, CirculantMatMul, LDRMatMul, CodebookWeight,
+ * Ops: every op of ops.inc (HashedWeight, HashedMatMul, CirculantMatMul, LDRMatMul, CodebookWeight, HyperWeight,
  * SparseCodebookMatMul, MFCC). A thin adapter over the C op layer
  * (src/ops.c): it reads attributes through an ep_attr_reader and turns OrtValues into ep_tensor
  * views; the layer validates them before memory is touched, builds plans and runs the kernels.
@@ -285,7 +285,8 @@ static OrtStatus *create_kernel(const OrtCustomOp *op, const OrtApi *api, const 
     if (!st && ep_op_check_virtual(k->desc->op, &k->at, &k->desc->reg->lim, msg, sizeof msg)) st = fail(k, "%s", msg);
     /* the hashed ops' decoded size is known from the attributes: count it whatever feeds them */
     const ep_op o = k->desc->op;
-    if (!st && (o == EP_OP_HashedWeight || o == EP_OP_CodebookWeight || (o == EP_OP_HashedMatMul && k->at.mode == 0)))
+    if (!st && (o == EP_OP_HashedWeight || o == EP_OP_CodebookWeight || o == EP_OP_HyperWeight ||
+                (o == EP_OP_HashedMatMul && k->at.mode == 0)))
         st = reserve(k, ep_op_plan_bytes(o, &k->at, NULL, what, sizeof what), what);
     if (!st) st = prepare_constants(k, info);
     if (st) {

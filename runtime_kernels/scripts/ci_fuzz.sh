@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SECONDS_EACH=${FUZZ_SECONDS:-20}
-TARGETS=${FUZZ_TARGETS:-"fuzz_flexmap fuzz_kernels fuzz_codebook fuzz_mfcc fuzz_tflite fuzz_tflite_decode fuzz_ort fuzz_onnx_decode fuzz_wav"}
+TARGETS=${FUZZ_TARGETS:-"fuzz_flexmap fuzz_kernels fuzz_codebook fuzz_hyper fuzz_mfcc fuzz_tflite fuzz_tflite_decode fuzz_ort fuzz_onnx_decode fuzz_wav"}
 OUT=build/fuzz
 bash runtime_kernels/fuzz/build.sh "$OUT"
 mkdir -p "$OUT/artifacts"

@@ -1,6 +1,8 @@
 /* Codebook weights (kernels.h, docs/ops.md CodebookWeight / SparseCodebookMatMul): the checks of
- * the compressed form, its decoder, and the fused sparse matmul that runs on it without a dense W
- * (the variant's spcb_row micro-kernel over X transposed in blocks of batch rows). */
+ * the compressed form, its decoder, and the fused sparse matmul that runs on it without a dense W:
+ * a plan of the rows sorted by length in slices of EP_SPCB_ROWS stored as jagged diagonals (values
+ * looked up, absolute columns), run by the variant's spcb_slice micro-kernel on each row of X
+ * (few rows) or on X transposed in blocks of batch rows. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -131,18 +133,33 @@ ep_status ep_codebook_decode(const ep_codebook *w, float *W) {
     return EP_OK;
 }
 
+/* The plan: the rows sorted by entry count (longest first), cut into S = ceil(rows/16) slices of
+ * EP_SPCB_ROWS; sorted row i is row perm[i] with len[i] entries (len[i] = 0 for i >= rows). Slice
+ * s's entries start at start[s], stored diagonal by diagonal (spcb_slice's layout), each entry as
+ * its codebook value and its absolute column (uint16_t when cols <= 65536, else int32_t;
+ * EP_SPCB_ROWS columns 0 follow the last entry, for the micro-kernels' reads past it). */
 struct ep_codebook_plan {
-    int64_t rows, cols, n;
-    const float *cb;
-    const int32_t *row_ptr;
-    const uint8_t *idx, *gaps;
+    int64_t rows, cols, n, slices;
+    int wide;
+    const int32_t *perm, *len, *start;
+    const float *val;
+    const void *col;
 };
 
+static int64_t slices_of(int64_t rows) { return (rows + EP_SPCB_ROWS - 1) / EP_SPCB_ROWS; }
+
 int64_t ep_codebook_plan_bytes(const ep_codebook *w) {
-    if (!w || w->codebook_len < 0 || w->rows < 0 || w->col_gaps_len < 0 || w->codebook_len > INT64_MAX / 16 ||
-        w->rows > INT64_MAX / 16 || w->col_gaps_len > INT64_MAX / 16)
+    if (!w || w->rows < 0 || w->cols < 0 || w->col_gaps_len < 0 || w->rows > INT64_MAX / 64 ||
+        w->col_gaps_len > INT64_MAX / 16)
         return -1;
-    return 4 * w->codebook_len + 4 * (w->rows + 1) + 2 * w->col_gaps_len;
+    const int64_t col_bytes = w->cols <= 65536 ? 2 : 4;
+    return 4 * w->rows + 4 * EP_SPCB_ROWS * slices_of(w->rows) + 4 * (slices_of(w->rows) + 1) + 4 * w->col_gaps_len +
+           col_bytes * (w->col_gaps_len + EP_SPCB_ROWS);
+}
+
+static int cmp_i64(const void *a, const void *b) {
+    const int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
 }
 
 ep_status ep_codebook_plan_create(const ep_codebook *w, ep_codebook_plan **out) {
@@ -153,21 +170,58 @@ ep_status ep_codebook_plan_create(const ep_codebook *w, ep_codebook_plan **out) 
     if (!w->row_ptr)
         return ep_fail(EP_ERR_ARG, "ep_codebook_plan_create: the fused matmul needs the sparse form (inputs 'row_ptr' "
                        "and 'col_gaps')");
-    const int64_t n = w->col_gaps_len, bytes = ep_codebook_plan_bytes(w);
-    if (bytes < 0 || (uint64_t)bytes > (uint64_t)(SIZE_MAX - sizeof(ep_codebook_plan)))
+    if (w->cols > INT32_MAX || w->rows > INT32_MAX)
+        return ep_fail(EP_ERR_SIZE, "ep_codebook_plan_create: the weight has %lld rows and %lld cols; the fused matmul "
+                       "needs both <= %d", (long long)w->rows, (long long)w->cols, INT32_MAX);
+    const int64_t n = w->col_gaps_len, rows = w->rows, S = slices_of(rows), bytes = ep_codebook_plan_bytes(w);
+    if (bytes < 0 || (uint64_t)bytes > (uint64_t)(SIZE_MAX - sizeof(ep_codebook_plan)) ||
+        (uint64_t)rows > SIZE_MAX / sizeof(int64_t))
         return ep_fail(EP_ERR_OVERFLOW, "ep_codebook_plan_create: the plan needs %lld bytes, more than this platform "
                        "can allocate", (long long)bytes);
     ep_codebook_plan *p = (ep_codebook_plan *)malloc(sizeof *p + (size_t)bytes);
-    if (!p) return ep_fail(EP_ERR_NOMEM, "ep_codebook_plan_create: cannot allocate %lld bytes", (long long)bytes);
-    float *cb = (float *)(p + 1);
-    int32_t *rp = (int32_t *)(cb + w->codebook_len);
-    uint8_t *idx = (uint8_t *)(rp + w->rows + 1), *gaps = idx + n;
-    memcpy(cb, w->codebook, sizeof(float) * (size_t)w->codebook_len);
-    memcpy(rp, w->row_ptr, sizeof(int32_t) * (size_t)(w->rows + 1));
-    for (int64_t k = 0; k < n; k++) idx[k] = (uint8_t)index_at(w->indices, k, w->bits);
-    if (n) memcpy(gaps, w->col_gaps, (size_t)n);
-    p->rows = w->rows; p->cols = w->cols; p->n = n;
-    p->cb = cb; p->row_ptr = rp; p->idx = idx; p->gaps = gaps;
+    int64_t *key = (int64_t *)malloc(sizeof(int64_t) * (size_t)rows);
+    if (!p || !key) {
+        free(p); free(key);
+        return ep_fail(EP_ERR_NOMEM, "ep_codebook_plan_create: cannot allocate %lld bytes", (long long)bytes);
+    }
+    int32_t *perm = (int32_t *)(p + 1), *len = perm + rows, *start = len + EP_SPCB_ROWS * S;
+    float *val = (float *)(start + S + 1);
+    void *col = val + n;
+    const int wide = w->cols > 65536;
+    /* longest first, ties in row order: key = (n - count) * 2^31 + row */
+    for (int64_t r = 0; r < rows; r++) key[r] = (int64_t)(n - (w->row_ptr[r + 1] - w->row_ptr[r])) * 2147483648ll + r;
+    qsort(key, (size_t)rows, sizeof(int64_t), cmp_i64);
+    memset(len, 0, sizeof(int32_t) * (size_t)(EP_SPCB_ROWS * S));
+    for (int64_t i = 0; i < rows; i++) {
+        perm[i] = (int32_t)(key[i] & 2147483647ll);
+        len[i] = w->row_ptr[perm[i] + 1] - w->row_ptr[perm[i]];
+    }
+    free(key);
+    for (int64_t sl = 0, e = 0; sl <= S; sl++) {
+        start[sl] = (int32_t)e;
+        for (int l = 0; sl < S && l < EP_SPCB_ROWS; l++) e += len[EP_SPCB_ROWS * sl + l];
+    }
+    /* each row's values and running sums of gaps, written at its entries' places */
+    for (int64_t sl = 0; sl < S; sl++) {
+        const int32_t *ln = len + EP_SPCB_ROWS * sl;
+        for (int l = 0; l < EP_SPCB_ROWS && ln[l]; l++) {
+            const int64_t m0 = w->row_ptr[perm[EP_SPCB_ROWS * sl + l]];
+            int64_t d = start[sl], column = -1;
+            int c = EP_SPCB_ROWS;
+            for (int32_t j = 0; j < ln[l]; j++) {
+                while (ln[c - 1] <= j) c--;
+                column += w->col_gaps[m0 + j];
+                val[d + l] = w->codebook[index_at(w->indices, m0 + j, w->bits)];
+                if (wide) ((int32_t *)col)[d + l] = (int32_t)column;
+                else ((uint16_t *)col)[d + l] = (uint16_t)column;
+                d += c;
+            }
+        }
+    }
+    if (wide) memset((int32_t *)col + n, 0, sizeof(int32_t) * EP_SPCB_ROWS);
+    else memset((uint16_t *)col + n, 0, sizeof(uint16_t) * EP_SPCB_ROWS);
+    p->rows = rows; p->cols = w->cols; p->n = n; p->slices = S; p->wide = wide;
+    p->perm = perm; p->len = len; p->start = start; p->val = val; p->col = col;
     *out = p;
     return EP_OK;
 }
@@ -183,25 +237,35 @@ typedef struct spcb_job {
     int parts;
 } spcb_job;
 
-#define SPCB_RT 16 /* output rows gathered before they are written: Y's rows get 16 floats at a time */
-
-/* rows [rows*task/parts, rows*(task+1)/parts) of one batch block, SPCB_RT rows at a time into a
- * tile, so Y is written in runs of consecutive floats (not one float per row of Y: a stride of
- * 4 KB for 1024 outputs keeps hitting one cache set) */
+/* slices [S*task/parts, S*(task+1)/parts) of one batch block (or one row of X), SPCB_NB / nb
+ * slices at a time into acc before their sums go to Y (a sum read back right after the
+ * micro-kernel's vector store of it would wait on that store) */
 static void spcb_task(void *ctx, int64_t task, int worker) {
     (void)worker;
     const spcb_job *j = (const spcb_job *)ctx;
     const ep_codebook_plan *p = j->p;
-    const int64_t r0 = p->rows * task / j->parts, r1 = p->rows * (task + 1) / j->parts;
-    float tile[SPCB_RT][SPCB_NB];
-    for (int64_t t0 = r0; t0 < r1; t0 += SPCB_RT) {
-        const int64_t t1 = r1 - t0 < SPCB_RT ? r1 : t0 + SPCB_RT;
-        for (int64_t r = t0; r < t1; r++) {
-            const int64_t start = p->row_ptr[r], count = p->row_ptr[r + 1] - start;
-            j->o->spcb_row(count, p->cb, p->idx + start, p->gaps + start, j->xt, j->ldx, j->nb, tile[r - t0]);
+    const int64_t s0 = p->slices * task / j->parts, s1 = p->slices * (task + 1) / j->parts, nb = j->nb;
+    const int64_t step = SPCB_NB / nb, width = EP_SPCB_ROWS * nb;
+    const size_t cb = p->wide ? 4 : 2;
+    float acc[EP_SPCB_ROWS * SPCB_NB];
+    for (int64_t c0 = s0; c0 < s1; c0 += step) {
+        const int64_t c1 = s1 - c0 < step ? s1 : c0 + step;
+        for (int64_t s = c0; s < c1; s++) {
+            const int64_t e = p->start[s];
+            j->o->spcb_slice(p->len + EP_SPCB_ROWS * s, p->val + e, (const char *)p->col + cb * (size_t)e, p->wide,
+                             j->xt, j->ldx, nb, acc + (s - c0) * width, nb);
         }
-        for (int64_t i = 0; i < j->nb; i++)
-            for (int64_t r = t0; r < t1; r++) j->Y[i * p->rows + r] = tile[r - t0][i] + (j->bias ? j->bias[r] : 0.0f);
+        const int64_t i0 = EP_SPCB_ROWS * c0, i1 = p->rows < EP_SPCB_ROWS * c1 ? p->rows : EP_SPCB_ROWS * c1;
+        if (nb == 1 && !j->bias)
+            for (int64_t i = i0; i < i1; i++) j->Y[p->perm[i]] = acc[i - i0] + 0.0f;
+        else if (nb == 1)
+            for (int64_t i = i0; i < i1; i++) j->Y[p->perm[i]] = acc[i - i0] + j->bias[p->perm[i]];
+        else
+            for (int64_t i = i0; i < i1; i++) {
+                const int64_t r = p->perm[i];
+                const float b = j->bias ? j->bias[r] : 0.0f, *a = acc + (i - i0) * nb;
+                for (int64_t k = 0; k < nb; k++) j->Y[k * p->rows + r] = a[k] + b;
+            }
     }
 }
 
@@ -216,7 +280,8 @@ ep_status ep_sparse_codebook_matmul(const ep_codebook_plan *plan, const float *X
     if (N > INT64_MAX / 4 / (in_features > out_features ? in_features : out_features))
         return ep_fail(EP_ERR_OVERFLOW, "ep_sparse_codebook_matmul: N=%lld rows overflow", (long long)N);
     if (N == 0) return EP_OK;
-    const int64_t cols = plan->cols, block = N < SPCB_NB ? N : SPCB_NB;
+    const ep_ops *o = ep_active_ops();
+    const int64_t cols = plan->cols, block = N < o->tile.spcb_min_nb ? 1 : N < SPCB_NB ? N : SPCB_NB;
     if (block > 1 && (uint64_t)cols > SIZE_MAX / sizeof(float) / (uint64_t)block)
         return ep_fail(EP_ERR_OVERFLOW, "ep_sparse_codebook_matmul: a block of %lld x %lld floats is more than this "
                        "platform can allocate", (long long)block, (long long)cols);
@@ -224,22 +289,25 @@ ep_status ep_sparse_codebook_matmul(const ep_codebook_plan *plan, const float *X
     if (block > 1 && !xt)
         return ep_fail(EP_ERR_NOMEM, "ep_sparse_codebook_matmul: cannot allocate %lld x %lld floats", (long long)cols,
                        (long long)block);
-    spcb_job j = {ep_active_ops(), plan, NULL, bias, 0, 0, NULL, 1};
-    for (int64_t n0 = 0; n0 < N; n0 += block) {
-        j.nb = N - n0 < block ? N - n0 : block;
+    spcb_job j = {o, plan, NULL, bias, 0, 0, NULL, 1};
+    for (int64_t n0 = 0; n0 < N;) {
+        const int64_t left = N - n0;
+        j.nb = left < block ? left : block;
+        if (j.nb < o->tile.spcb_min_nb) j.nb = 1; /* the last few rows: one at a time, as given */
         const float *x = X + n0 * cols;
         if (j.nb == 1) {
             j.xt = x;
             j.ldx = 1;
         } else {
-            for (int64_t i = 0; i < j.nb; i++)
-                for (int64_t c = 0; c < cols; c++) xt[c * j.nb + i] = x[i * cols + c];
+            for (int64_t c = 0; c < cols; c++) /* nb sequential reads, one sequential write */
+                for (int64_t i = 0; i < j.nb; i++) xt[c * j.nb + i] = x[i * cols + c];
             j.xt = xt;
             j.ldx = j.nb;
         }
         j.Y = Y + n0 * plan->rows;
-        j.parts = ep_threads_for(j.nb * (plan->n + plan->rows), plan->rows);
+        j.parts = ep_threads_for(j.nb * (plan->n + plan->rows), plan->slices);
         ep_parallel_for(j.parts, j.parts, spcb_task, &j);
+        n0 += j.nb;
     }
     free(xt);
     return EP_OK;

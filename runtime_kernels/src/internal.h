@@ -63,8 +63,10 @@ typedef struct ep_tiles {
     int cmac_lanes;     /* complex values per step of cmac */
     int cmac_rows_lanes; /* complex values per main step of cmac_rows (each step covers every row) */
     int cmac_rows_mr;    /* rows per register tile of cmac_rows (the rest in smaller tiles) */
-    int spcb_lanes;      /* batch columns per main step of spcb_row (then one vector, then a tail) */
-    int spcb_min_nb;     /* batch columns from which spcb_row runs its vector path (below: scalar) */
+    int spcb_lanes;      /* batch columns per main step of spcb_slice (then 1..4 vectors, the last masked) */
+    int spcb_min_nb;     /* batch columns from which spcb_slice runs its vector path over the batch
+                          * (below: the reference; the driver runs fewer rows of X one at a time) */
+    int hyper_lanes;     /* groups (indices) unpacked and gathered per main step of hyper_gather */
 } ep_tiles;
 
 /* A variant: the micro-kernels that differ per ISA. The core validates and drives them. */
@@ -103,16 +105,38 @@ typedef struct ep_ops {
      * output block; each spectrum read once per block of rows). */
     void (*cmac_rows)(int64_t m, int64_t nj, int64_t rows, const float *a, int64_t lda, const float *B,
                       int64_t ldb, float *acc, int64_t ldacc);
-    /* the sparse codebook row: acc[b] = sum_{m < count} codebook[idx[m]] * xt[col_m * ldx + b] for
-     * b < nb, col_m = gaps[0] + ... + gaps[m] - 1 (one CSR row; xt: X transposed, [cols, ldx]) */
-    void (*spcb_row)(int64_t count, const float *codebook, const uint8_t *idx, const uint8_t *gaps,
-                     const float *xt, int64_t ldx, int64_t nb, float *acc);
+    /* one slice of the sparse codebook plan (codebook.c): EP_SPCB_ROWS rows as jagged diagonals.
+     * Row l has len[l] entries (len non-increasing); its entry j is e = d_j + l, where d_j = c_0 +
+     * ... + c_{j-1} and c_i = #{l : len[l] > i}, with the value val[e] at the column col[e] (uint16_t,
+     * int32_t when wide; col holds valid columns for EP_SPCB_ROWS entries past the slice's last too,
+     * and may be read there, x at them too).
+     * acc[l*ldacc + b] = sum_{j < len[l]} val[e] * xt[col[e]*ldx + b] for l < EP_SPCB_ROWS, b < nb
+     * (xt: X transposed, [cols, ldx]; nb = ldx = 1: one row of X as given) */
+    void (*spcb_slice)(const int32_t *len, const float *val, const void *col, int wide, const float *xt,
+                       int64_t ldx, int64_t nb, float *acc, int64_t ldacc);
+    /* the HyperWeight gather: out[m*k + j] = table[v_m*k + j] for m < count, j < k (1..4), v_m the
+     * bits-bit (1..24) index m of the LSB-first bit stream at `stream`, of which exactly len >=
+     * ceil(count*bits/8) bytes may be read; every v_m was checked against the table */
+    void (*hyper_gather)(int64_t count, const uint8_t *stream, int64_t len, int bits, int k, const float *table,
+                         float *out);
     ep_tiles tile;
 } ep_ops;
 
-/* spcb_row's scalar definition, also the SIMD variants' path for few batch columns */
-void ep_spcb_row_ref(int64_t count, const float *codebook, const uint8_t *idx, const uint8_t *gaps,
-                     const float *xt, int64_t ldx, int64_t nb, float *acc);
+#define EP_SPCB_ROWS 16 /* rows per slice of the sparse codebook plan */
+/* spcb_slice's scalar definition, also the SIMD variants' path for few batch columns */
+void ep_spcb_slice_ref(const int32_t *len, const float *val, const void *col, int wide, const float *xt,
+                       int64_t ldx, int64_t nb, float *acc, int64_t ldacc);
+
+/* index m (bits <= 24) of an LSB-first bit stream of len bytes, reading no byte past len */
+static inline uint32_t ep_hyper_index(const uint8_t *stream, int64_t len, int64_t m, int bits) {
+    const int64_t bit = m * bits, byte = bit >> 3;
+    uint32_t word = 0;
+    for (int b = 0; b < 4 && byte + b < len; b++) word |= (uint32_t)stream[byte + b] << (8 * b);
+    return (word >> (bit & 7)) & ((1u << bits) - 1u);
+}
+/* hyper_gather's scalar definition, also the SIMD variants' tail */
+void ep_hyper_gather_ref(int64_t count, const uint8_t *stream, int64_t len, int bits, int k, const float *table,
+                         float *out);
 
 extern const ep_ops ep_ops_ref;
 

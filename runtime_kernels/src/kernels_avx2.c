@@ -306,14 +306,23 @@ void ep_cmac_rows_avx2(int64_t m, int64_t nj, int64_t rows, const float *a, int6
 
 /* (measured: an 8-lane gather of X and of the codebook for one batch column was slower than the
  * scalar loop of four sums, 1.1-1.5x against 1.3-1.7x over dense at 4 %, on AMD EPYC) */
-static void ep_spcb_row_avx2(int64_t count, const float *cb, const uint8_t *idx, const uint8_t *gaps, const float *xt,
-                             int64_t ldx, int64_t nb, float *acc) {
-    spcb_row_simd(count, cb, idx, gaps, xt, ldx, nb, acc);
+static void ep_spcb_slice_avx2(const int32_t *len, const float *val, const void *col, int wide, const float *xt,
+                               int64_t ldx, int64_t nb, float *acc, int64_t ldacc) {
+    spcb_slice_simd(len, val, col, wide, xt, ldx, nb, acc, ldacc);
+}
+
+/* ---- HyperWeight gather (hyper_simd.h): 8-lane unpack + gather ---- */
+#include "hyper_simd.h"
+
+static void hyper_gather_avx2(int64_t count, const uint8_t *stream, int64_t len, int bits, int k, const float *table,
+                              float *out) {
+    hyper_gather_simd(count, stream, len, bits, k, table, out);
 }
 
 const ep_ops ep_ops_avx2 = {
     "avx2", gemm_avx2, ep_gemm_dot_avx2, gemm_pack_avx2, ep_hash_row_avx2, ep_hash_dot_avx2, ep_cfft_avx2, ep_rfft_post_avx2,
-    ep_irfft_pre_avx2, ep_cmac_avx2, .cmac_rows = ep_cmac_rows_avx2, .spcb_row = ep_spcb_row_avx2,
+    ep_irfft_pre_avx2, ep_cmac_avx2, .cmac_rows = ep_cmac_rows_avx2, .spcb_slice = ep_spcb_slice_avx2,
+    .hyper_gather = hyper_gather_avx2,
     .tile = {
         .gemm_mr = MR, .gemm_nr = NR, /* 6 x 16 tile (12 ymm accumulators), 1..5-row tails */
         .gemm_kr = 1,                 /* one broadcast per row and column */
@@ -331,7 +340,8 @@ const ep_ops ep_ops_avx2 = {
         .cmac_lanes = EP_VC,        /* 4 complex per step, scalar tail */
         .cmac_rows_lanes = 2 * EP_VC, /* 8 complex per step, then 4, then scalar */
         .cmac_rows_mr = 4,            /* 4 rows x 2 vectors of sums in registers, 2- and 1-row tails */
-        .spcb_lanes = SPCB_LANES,     /* 4 x 8 batch columns per entry, then 1-3 vectors and a masked one */
-        .spcb_min_nb = SPCB_MIN_NB,   /* fewer than 4 batch columns: scalar, four sums per column */
+        .spcb_lanes = SPCB_LANES,     /* 4 x 8 batch columns per entry, then 1-4 vectors, the last masked */
+        .spcb_min_nb = SPCB_MIN_NB,   /* fewer than 4 rows of X: one at a time, 16 rows of W per step */
+        .hyper_lanes = HY_LANES,      /* 8 indices per step (gathers), byte-wise tail */
     },
 };

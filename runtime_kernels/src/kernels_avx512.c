@@ -160,15 +160,23 @@ static void hash_dot_avx512(const ep_hcfg *c, uint32_t i, int64_t cols, const fl
 /* ---- sparse codebook rows: codebook_simd.h over the 16-lane mapping ---- */
 #include "codebook_simd.h"
 
-static void spcb_row_avx512(int64_t count, const float *cb, const uint8_t *idx, const uint8_t *gaps,
-                            const float *xt, int64_t ldx, int64_t nb, float *acc) {
-    spcb_row_simd(count, cb, idx, gaps, xt, ldx, nb, acc);
+static void spcb_slice_avx512(const int32_t *len, const float *val, const void *col, int wide, const float *xt,
+                              int64_t ldx, int64_t nb, float *acc, int64_t ldacc) {
+    spcb_slice_simd(len, val, col, wide, xt, ldx, nb, acc, ldacc);
+}
+
+/* ---- HyperWeight gather: hyper_simd.h over 16 lanes ---- */
+#include "hyper_simd.h"
+
+static void hyper_gather_avx512(int64_t count, const uint8_t *stream, int64_t len, int bits, int k, const float *table,
+                                float *out) {
+    hyper_gather_simd(count, stream, len, bits, k, table, out);
 }
 
 const ep_ops ep_ops_avx512 = {
     "avx512", gemm_avx512, ep_gemm_dot_avx2, gemm_pack_avx512, hash_row_avx512, hash_dot_avx512, ep_cfft_avx2,
     ep_rfft_post_avx2, ep_irfft_pre_avx2, ep_cmac_avx2, .cmac_rows = ep_cmac_rows_avx2,
-    .spcb_row = spcb_row_avx512,
+    .spcb_slice = spcb_slice_avx512, .hyper_gather = hyper_gather_avx512,
     .tile = { /* the avx2 kernels' tiles except the GEMM and the two hash kernels */
         .gemm_mr = MR, .gemm_nr = NR, /* 12 x 32 tile (24 zmm accumulators), 1..11-row tails */
         .gemm_kr = 1, .gemm_kc = KC,  /* one broadcast per row and column; N > MR: 256-column blocks */
@@ -179,7 +187,8 @@ const ep_ops ep_ops_avx512 = {
         .hash_dot_lanes = 16 * HD_U, /* K = 1: HD_U 16-lane gathers per step, 16-lane tail */
         .fft_lanes = 4, .fft_min_m = EP_TW1_MIN, .split_lanes = 4, .cmac_lanes = 4,
         .cmac_rows_lanes = 8, .cmac_rows_mr = 4,
-        .spcb_lanes = SPCB_LANES, .spcb_min_nb = SPCB_MIN_NB, /* 4 x 16 batch columns, 1-3 more vectors; < 8: scalar */
+        .spcb_lanes = SPCB_LANES, .spcb_min_nb = SPCB_MIN_NB, /* 4 x 16 batch columns, 1-4 more; < 8: row by row */
+        .hyper_lanes = HY_LANES,   /* 16 indices per step (gathers), byte-wise tail */
     },
 };
 

@@ -155,14 +155,22 @@ static void cmac_rows_neon(int64_t m, int64_t nj, int64_t rows, const float *a, 
 /* ---- sparse codebook rows (codebook_simd.h) ---- */
 #include "codebook_simd.h"
 
-static void spcb_row_neon(int64_t count, const float *cb, const uint8_t *idx, const uint8_t *gaps, const float *xt,
-                          int64_t ldx, int64_t nb, float *acc) {
-    spcb_row_simd(count, cb, idx, gaps, xt, ldx, nb, acc);
+static void spcb_slice_neon(const int32_t *len, const float *val, const void *col, int wide, const float *xt,
+                            int64_t ldx, int64_t nb, float *acc, int64_t ldacc) {
+    spcb_slice_simd(len, val, col, wide, xt, ldx, nb, acc, ldacc);
+}
+
+/* ---- HyperWeight gather (hyper_simd.h): 4-lane unpack, lane loads ---- */
+#include "hyper_simd.h"
+
+static void hyper_gather_neon(int64_t count, const uint8_t *stream, int64_t len, int bits, int k, const float *table,
+                              float *out) {
+    hyper_gather_simd(count, stream, len, bits, k, table, out);
 }
 
 const ep_ops ep_ops_neon = {
     "neon", gemm_neon, gemm_dot_neon, gemm_pack_neon, hash_row_neon, NULL, cfft_neon, rfft_post_neon, irfft_pre_neon, cmac_neon,
-    .cmac_rows = cmac_rows_neon, .spcb_row = spcb_row_neon,
+    .cmac_rows = cmac_rows_neon, .spcb_slice = spcb_slice_neon, .hyper_gather = hyper_gather_neon,
     .tile = {
         .gemm_mr = MR, .gemm_nr = NR, /* 6 x 8 (aarch64) or 4 x 8 (ARMv7) tile, 1..MR-1-row tails */
         .gemm_kr = 1,                 /* one broadcast per row and column */
@@ -180,8 +188,9 @@ const ep_ops ep_ops_neon = {
         .cmac_lanes = EP_VC,        /* 2 complex per step, scalar tail */
         .cmac_rows_lanes = 2 * EP_VC, /* 4 complex per step, then 2, then scalar */
         .cmac_rows_mr = 4,            /* 4 rows x 2 vectors of sums in registers, 2- and 1-row tails */
-        .spcb_lanes = SPCB_LANES,     /* 4 x 4 batch columns per entry, then 1-3 vectors and a partial one */
-        .spcb_min_nb = SPCB_MIN_NB,   /* one batch column: scalar, four sums */
+        .spcb_lanes = SPCB_LANES,     /* 4 x 4 batch columns per entry, then 1-4 vectors, the last partial */
+        .spcb_min_nb = SPCB_MIN_NB,   /* one row of X: 16 rows of W per step, lane loads */
+        .hyper_lanes = HY_LANES,      /* 4 indices per step, lane loads, byte-wise tail */
     },
 };
 #endif /* __aarch64__ || ARMv7 NEON */

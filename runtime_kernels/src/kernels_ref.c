@@ -183,22 +183,34 @@ static void cmac_rows_ref(int64_t m, int64_t nj, int64_t rows, const float *a, i
         for (int64_t r = 0; r < rows; r++) cmac_ref(m, a + j * lda, B + (j * rows + r) * ldb, acc + r * ldacc);
 }
 
-void ep_spcb_row_ref(int64_t count, const float *codebook, const uint8_t *idx, const uint8_t *gaps,
-                     const float *xt, int64_t ldx, int64_t nb, float *acc) {
-    for (int64_t b = 0; b < nb; b++) {
-        float sum = 0.0f;
-        int64_t col = -1;
-        for (int64_t m = 0; m < count; m++) {
-            col += gaps[m];
-            sum += codebook[idx[m]] * xt[col * ldx + b];
+void ep_spcb_slice_ref(const int32_t *len, const float *val, const void *col, int wide, const float *xt,
+                       int64_t ldx, int64_t nb, float *acc, int64_t ldacc) {
+    for (int l = 0; l < EP_SPCB_ROWS; l++)
+        for (int64_t b = 0; b < nb; b++) {
+            float sum = 0.0f;
+            int64_t d = 0;
+            int c = EP_SPCB_ROWS;
+            for (int32_t j = 0; j < len[l]; j++) {
+                while (len[c - 1] <= j) c--;
+                const int64_t e = d + l, cl = wide ? ((const int32_t *)col)[e] : ((const uint16_t *)col)[e];
+                sum += val[e] * xt[cl * ldx + b];
+                d += c;
+            }
+            acc[l * ldacc + b] = sum;
         }
-        acc[b] = sum;
+}
+
+void ep_hyper_gather_ref(int64_t count, const uint8_t *stream, int64_t len, int bits, int k, const float *table,
+                         float *out) {
+    for (int64_t m = 0; m < count; m++) {
+        const float *p = table + (int64_t)ep_hyper_index(stream, len, m, bits) * k;
+        for (int j = 0; j < k; j++) out[m * k + j] = p[j];
     }
 }
 
 const ep_ops ep_ops_ref = {
     "ref", gemm_ref, gemm_dot_ref, gemm_pack_ref, hash_row_ref, NULL, cfft_ref, rfft_post_ref, irfft_pre_ref, cmac_ref,
-    .cmac_rows = cmac_rows_ref, .spcb_row = ep_spcb_row_ref,
+    .cmac_rows = cmac_rows_ref, .spcb_slice = ep_spcb_slice_ref, .hyper_gather = ep_hyper_gather_ref,
     .tile = {
         .gemm_mr = 1, .gemm_nr = REF_NR, .gemm_kr = 1, /* one output at a time on 4-row panels */
         .gemm_kc = 0,                                   /* no column blocking */
@@ -212,5 +224,6 @@ const ep_ops ep_ops_ref = {
         .cmac_lanes = 1,
         .cmac_rows_lanes = 1, .cmac_rows_mr = 1,   /* one complex value of one row per step */
         .spcb_lanes = 1, .spcb_min_nb = 1 << 30,   /* one batch column at a time, every entry */
+        .hyper_lanes = 1,                          /* one index at a time, byte by byte */
     },
 };

@@ -146,12 +146,15 @@ int ep_op_read_attrs(ep_op op, ep_runtime rt, const ep_attr_reader *r, ep_op_att
         else if (!strcmp(a->name, "mode")) out->mode = v;
         else if (!strcmp(a->name, "activation")) out->activation = v;
         else if (!strcmp(a->name, "bits")) out->bits = v;
+        else if (!strcmp(a->name, "points")) out->points = v;
+        else if (!strcmp(a->name, "group")) out->group = v;
+        else if (!strcmp(a->name, "rings")) out->rings = v;
         else if (op == EP_OP_MFCC) mfcc_field(&out->mfcc, a->name, v);
     }
     if (op == EP_OP_MFCC) return check_mfcc(&out->mfcc, msg, cap);
     if ((op == EP_OP_CodebookWeight || op == EP_OP_SparseCodebookMatMul) && (out->bits & (out->bits - 1)))
         return say(msg, cap, "attribute 'bits' = %lld; must be 1, 2, 4 or 8", (long long)out->bits);
-    if (op == EP_OP_HashedWeight || op == EP_OP_CodebookWeight) {
+    if (op == EP_OP_HashedWeight || op == EP_OP_CodebookWeight || op == EP_OP_HyperWeight) {
         out->hp.rows = out->shape[0];
         out->hp.cols = 1;
         for (size_t d = 1; d < out->shape_rank; d++) out->hp.cols *= out->shape[d];
@@ -159,7 +162,7 @@ int ep_op_read_attrs(ep_op op, ep_runtime rt, const ep_attr_reader *r, ep_op_att
         out->hp.rows = out->out_f;
         out->hp.cols = out->in_f;
     }
-    if ((op == EP_OP_CodebookWeight || op == EP_OP_SparseCodebookMatMul) &&
+    if ((op == EP_OP_CodebookWeight || op == EP_OP_SparseCodebookMatMul || op == EP_OP_HyperWeight) &&
         (uint64_t)out->hp.rows * (uint64_t)out->hp.cols > (uint64_t)INT64_MAX / 8)
         return say(msg, cap, "rows*cols = %lld*%lld is too large; must be <= %lld", (long long)out->hp.rows,
                    (long long)out->hp.cols, (long long)(INT64_MAX / 8));
@@ -361,6 +364,47 @@ static int check_codebook(ep_op op, const ep_op_attrs *a, const ep_tensor *in, c
     return ep_codebook_check_sizes(&w) ? say(msg, cap, "%s", ep_last_error()) : 0;
 }
 
+/* The hyper weight of a HyperWeight node (V = prod(shape)) over its inputs' data. */
+static ep_hyper hyper_of(const ep_op_attrs *a, const ep_tensor *in) {
+    const ep_op op = EP_OP_HyperWeight;
+    const ep_tensor *ind = &in[slot(op, "indices")], *c = &in[slot(op, "center")], *sd = &in[slot(op, "side")];
+    const ep_tensor *sc = &in[slot(op, "scales")];
+    static const float none[1];
+    ep_hyper w;
+    memset(&w, 0, sizeof w);
+    w.weights = a->hp.rows * a->hp.cols;
+    w.points = (int32_t)a->points;
+    w.group = (int32_t)a->group;
+    w.rings = (int32_t)a->rings;
+    w.bits = (int32_t)a->bits;
+    w.indices = (const uint8_t *)ind->bytes;
+    w.indices_len = ind->count;
+    w.center = c->data;
+    w.center_len = c->count;
+    w.side = sd->data;
+    w.side_len = sd->count;
+    if (sc->present) { /* an empty tensor may have no data: present all the same */
+        w.has_scales = 1;
+        w.scales = sc->data ? sc->data : none;
+        w.scales_len = sc->count;
+    }
+    return w;
+}
+
+/* A HyperWeight node's inputs: 1-D, and their sizes (ep_hyper_check_sizes). */
+static int check_hyper(const ep_op_attrs *a, const ep_tensor *in, char *msg, size_t cap) {
+    static const char *const names[] = {"indices", "center", "side", "scales"};
+    for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
+        const ep_tensor *t = &in[slot(EP_OP_HyperWeight, names[k])];
+        if (!t->present || t->rank == 1) continue;
+        char s[256];
+        ep_tensor_dims_str(t, s, sizeof s);
+        return say(msg, cap, "input '%s' has shape %s; must be 1-D", names[k], s);
+    }
+    const ep_hyper w = hyper_of(a, in);
+    return ep_hyper_check_sizes(&w) ? say(msg, cap, "%s", ep_last_error()) : 0;
+}
+
 static int bad_args(ep_op op, const ep_op_attrs *a, const void *in, char *msg, size_t cap) {
     if ((unsigned)op < EP_OP_COUNT && a && in) return 0;
     return say(msg, cap, "internal error: bad arguments to the op layer");
@@ -376,6 +420,7 @@ int ep_op_check_weights(ep_op op, const ep_op_attrs *a, const ep_tensor *in, cha
     case EP_OP_LDRMatMul: return check_ldr(a, &in[slot(op, "G")], &in[slot(op, "H")], msg, cap);
     case EP_OP_CodebookWeight:
     case EP_OP_SparseCodebookMatMul: return check_codebook(op, a, in, msg, cap);
+    case EP_OP_HyperWeight: return check_hyper(a, in, msg, cap);
     case EP_OP_MFCC: return 0; /* no weights */
     case EP_OP_COUNT: break;
     }
@@ -416,7 +461,7 @@ int ep_op_output_shape(ep_op op, const ep_op_attrs *a, const ep_tensor *in, ep_t
     if (bad_args(op, a, y, msg, cap)) return 1;
     memset(y, 0, sizeof *y);
     y->present = 1;
-    if (op == EP_OP_HashedWeight || op == EP_OP_CodebookWeight) {
+    if (op == EP_OP_HashedWeight || op == EP_OP_CodebookWeight || op == EP_OP_HyperWeight) {
         y->rank = a->shape_rank;
         memcpy(y->dims, a->shape, sizeof(int64_t) * a->shape_rank);
         y->count = a->hp.rows * a->hp.cols; /* ep_op_read_attrs bounds it by INT64_MAX / 8 */
@@ -458,7 +503,7 @@ int ep_op_output_shape(ep_op op, const ep_op_attrs *a, const ep_tensor *in, ep_t
 /* "shape [2, 3]" (HashedWeight, CodebookWeight) or "in_features=3 x out_features=2": the node's size
  * in messages. */
 static void size_str(ep_op op, const ep_op_attrs *a, char *buf, size_t cap) {
-    if (op != EP_OP_HashedWeight && op != EP_OP_CodebookWeight) {
+    if (op != EP_OP_HashedWeight && op != EP_OP_CodebookWeight && op != EP_OP_HyperWeight) {
         snprintf(buf, cap, "in_features=%lld x out_features=%lld", (long long)a->in_f, (long long)a->out_f);
         return;
     }
@@ -498,6 +543,7 @@ int64_t ep_op_plan_bytes(ep_op op, const ep_op_attrs *a, const ep_tensor *in, ch
     switch (op) {
     case EP_OP_HashedWeight:
     case EP_OP_CodebookWeight:
+    case EP_OP_HyperWeight:
         snprintf(what, cap, "the decoded weight (%s)", desc);
         return 4 * a->hp.rows * a->hp.cols;
     case EP_OP_SparseCodebookMatMul: {
@@ -538,7 +584,7 @@ struct ep_op_plan {
     ep_ldr_plan *ldr;
     ep_mfcc_plan *mfcc;
     ep_codebook_plan *codebook;
-    float *W; /* HashedWeight, CodebookWeight: decoded */
+    float *W; /* HashedWeight, CodebookWeight, HyperWeight: decoded */
 };
 
 /* A codebook kernel's failure: its message names the input (the same words in every runtime). */
@@ -610,6 +656,22 @@ int ep_op_plan_create(ep_op op, const ep_op_attrs *a, const ep_tensor *in, ep_op
                 return say(msg, cap, "cannot allocate the %lld x %lld weight", (long long)w.rows, (long long)w.cols);
             }
             s = ep_codebook_decode(&w, plan->W);
+        }
+        if (s) {
+            ep_op_plan_destroy(plan);
+            return codebook_error(s, msg, cap);
+        }
+        break;
+    }
+    case EP_OP_HyperWeight: {
+        const ep_hyper w = hyper_of(a, in);
+        if ((s = ep_hyper_check(&w)) == EP_OK) {
+            plan->W = (float *)malloc(sizeof(float) * (size_t)w.weights);
+            if (!plan->W) {
+                ep_op_plan_destroy(plan);
+                return say(msg, cap, "cannot allocate the weight of %lld values", (long long)w.weights);
+            }
+            s = ep_hyper_decode(&w, plan->W);
         }
         if (s) {
             ep_op_plan_destroy(plan);
@@ -692,6 +754,15 @@ int ep_op_run(ep_op op, const ep_op_attrs *a, const ep_op_plan *plan, const ep_t
         }
         const ep_codebook w = codebook_of(op, a, in);
         s = ep_codebook_decode(&w, Y);
+        return s ? codebook_error(s, msg, cap) : 0;
+    }
+    if (op == EP_OP_HyperWeight) {
+        if (plan && plan->W) {
+            memcpy(Y, plan->W, sizeof(float) * (size_t)(a->hp.rows * a->hp.cols));
+            return 0;
+        }
+        const ep_hyper w = hyper_of(a, in);
+        s = ep_hyper_decode(&w, Y);
         return s ? codebook_error(s, msg, cap) : 0;
     }
     const int64_t N = in[slot(op, "X")].count / a->in_f;

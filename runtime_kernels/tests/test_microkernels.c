@@ -646,64 +646,126 @@ static spcb_row_data spcb_row_make(int64_t cols, double density, int J) {
     return d;
 }
 
-/* nb batch columns of X transposed at stride ldx = nb + 3 (exactly the floats read: ASan sees
- * any access past them), against naive double sums (ref) or the reference (the others) */
-static void spcb_case(const ep_ops *v, kstat *s, int64_t cols, double density, int J, int64_t nb) {
-    spcb_row_data d = spcb_row_make(cols, density, J);
-    const int64_t ldx = nb + 3;
-    float *xt = fvec((cols - 1) * ldx + nb), *acc = fvec(nb), *R = fvec(nb);
-    double *want = dvec(nb), *scale = dvec(nb);
-    for (int64_t b = 0; b < nb; b++) {
-        int64_t col = -1;
-        for (int64_t m = 0; m < d.count; m++) {
-            col += d.gaps[m];
-            const double t = (double)d.cb[d.idx[m]] * xt[col * ldx + b];
-            want[b] += t;
-            scale[b] += fabs(t);
+/* A slice of EP_SPCB_ROWS such rows (row l at density dens[l]) in spcb_slice's layout: sorted by
+ * length (longest first), diagonal by diagonal, values looked up, absolute columns (uint16_t, or
+ * int32_t when wide); the column array exactly EP_SPCB_ROWS entries longer (the reads the
+ * contract allows: the last column there). */
+typedef struct spcb_slice_data { int32_t len[EP_SPCB_ROWS]; int64_t n; float *val; void *col; } spcb_slice_data;
+static spcb_slice_data spcb_slice_make(int64_t cols, const double *dens, int J, int wide) {
+    spcb_slice_data sl = {{0}, 0, NULL, NULL};
+    spcb_row_data d[EP_SPCB_ROWS];
+    for (int l = 0; l < EP_SPCB_ROWS; l++) {
+        d[l] = spcb_row_make(cols, dens[l], J);
+        for (int i = l; i > 0 && d[i].count > d[i - 1].count; i--) { spcb_row_data t = d[i]; d[i] = d[i - 1]; d[i - 1] = t; }
+    }
+    for (int l = 0; l < EP_SPCB_ROWS; l++) sl.n += d[l].count;
+    sl.val = fvec(sl.n);
+    const size_t cb = wide ? 4 : 2;
+    sl.col = malloc((size_t)(sl.n + EP_SPCB_ROWS) * cb);
+    if (!sl.col) { printf("out of memory\n"); exit(2); }
+    for (int64_t e = sl.n; e < sl.n + EP_SPCB_ROWS; e++) { /* past the end: the last column */
+        if (wide) ((int32_t *)sl.col)[e] = (int32_t)(cols - 1);
+        else ((uint16_t *)sl.col)[e] = (uint16_t)(cols - 1);
+    }
+    for (int l = 0; l < EP_SPCB_ROWS; l++) {
+        sl.len[l] = (int32_t)d[l].count;
+        int64_t e = l, col = -1;
+        for (int64_t j = 0; j < d[l].count; j++) {
+            col += d[l].gaps[j];
+            sl.val[e] = d[l].cb[d[l].idx[j]];
+            if (wide) ((int32_t *)sl.col)[e] = (int32_t)col;
+            else ((uint16_t *)sl.col)[e] = (uint16_t)col;
+            int alive = 0; /* rows that reach diagonal j */
+            for (int k = 0; k < EP_SPCB_ROWS; k++) alive += d[k].count > j;
+            e += alive;
         }
-        scale[b] = scale[b] > 0 ? scale[b] : 1e-30;
     }
-    v->spcb_row(d.count, d.cb, d.idx, d.gaps, xt, ldx, nb, acc);
-    if (v != &ep_ops_ref) {
-        ep_ops_ref.spcb_row(d.count, d.cb, d.idx, d.gaps, xt, ldx, nb, R);
-        for (int64_t b = 0; b < nb; b++) want[b] = R[b];
-    }
-    int64_t at = 0;
-    double e = max_err(acc, want, scale, nb, &at);
-    if (d.count == 0)
-        for (int64_t b = 0; b < nb; b++) e = acc[b] == 0.0f ? e : INFINITY; /* an empty row sums to exactly 0 */
-    check(s, e, TOL_DOT, "cols=%lld density=%g J=%d nb=%lld entries=%lld (at %lld)", (long long)cols, density, J,
-          (long long)nb, (long long)d.count, (long long)at);
-    free(d.idx); free(d.gaps); free(d.cb); free(xt); free(acc); free(R); free(want); free(scale);
+    for (int l = 0; l < EP_SPCB_ROWS; l++) { free(d[l].idx); free(d[l].gaps); free(d[l].cb); }
+    return sl;
 }
 
-static void test_spcb_row(const ep_ops *v) {
+/* one slice against nb batch columns of X transposed at stride ldx (exactly the floats read: ASan
+ * sees any access past them), into acc at stride ldacc = nb + 1, against naive double sums (ref)
+ * or the reference (the others) */
+static void spcb_case(const ep_ops *v, kstat *s, int64_t cols, const double *dens, int J, int64_t nb, int64_t ldx,
+                      int wide) {
+    spcb_slice_data sl = spcb_slice_make(cols, dens, J, wide);
+    const int64_t ldacc = nb + 1, na = (EP_SPCB_ROWS - 1) * ldacc + nb;
+    float *xt = fvec((cols - 1) * ldx + nb), *acc = fvec(na), *R = fvec(na);
+    double *want = dvec(na), *scale = dvec(na);
+    for (int l = 0; l < EP_SPCB_ROWS; l++)
+        for (int64_t b = 0; b < nb; b++) {
+            int64_t e = l;
+            for (int32_t j = 0; j < sl.len[l]; j++) {
+                const int64_t c = wide ? ((int32_t *)sl.col)[e] : ((uint16_t *)sl.col)[e];
+                const double t = (double)sl.val[e] * xt[c * ldx + b];
+                want[l * ldacc + b] += t;
+                scale[l * ldacc + b] += fabs(t);
+                for (int k = 0; k < EP_SPCB_ROWS; k++) e += sl.len[k] > j;
+            }
+        }
+    v->spcb_slice(sl.len, sl.val, sl.col, wide, xt, ldx, nb, acc, ldacc);
+    if (v != &ep_ops_ref) {
+        ep_ops_ref.spcb_slice(sl.len, sl.val, sl.col, wide, xt, ldx, nb, R, ldacc);
+        for (int64_t i = 0; i < na; i++) want[i] = R[i];
+    }
+    double e = 0.0;
+    int64_t at = 0;
+    for (int l = 0; l < EP_SPCB_ROWS; l++) {
+        int64_t a = 0;
+        const double el = max_err(acc + l * ldacc, want + l * ldacc, scale + l * ldacc, nb, &a);
+        if (el > e) { e = el; at = l * ldacc + a; }
+        for (int64_t b = 0; b < nb && !sl.len[l]; b++)
+            e = acc[l * ldacc + b] == 0.0f ? e : INFINITY; /* an empty row sums to exactly 0 */
+    }
+    check(s, e, TOL_DOT, "cols=%lld density=%g..%g J=%d nb=%lld ldx=%lld wide=%d lens=%d..%d (at %lld)",
+          (long long)cols, dens[EP_SPCB_ROWS - 1], dens[0], J, (long long)nb, (long long)ldx, wide, sl.len[0],
+          sl.len[EP_SPCB_ROWS - 1], (long long)at);
+    free(sl.val); free(sl.col); free(xt); free(acc); free(R); free(want); free(scale);
+}
+
+/* random sparsity at densities 0 .. 100 %, equal and spread lengths, a partial slice (empty
+ * rows), codebooks of 1 .. 256 values, uint16_t and int32_t columns (past 65535), batch columns
+ * from the tiles, one row of X as given (nb = ldx = 1: 16 rows at once) and transposed */
+static void test_spcb_slice(const ep_ops *v) {
     int64_t nbs[24];
     int nn = tile_sizes(v->tile.spcb_lanes, nbs, 0);
-    const int64_t h = v->tile.spcb_min_nb; /* the scalar path below it; SIMD variants: half a vector */
+    const int64_t h = v->tile.spcb_min_nb; /* the reference below it; SIMD variants: half a vector */
     const int64_t more[] = {h - 1, h, 2 * h, 4 * h + 3, 6 * h, 64}; /* 1, 2 (+ masked) and 3 vectors */
     for (size_t i = 0; i < sizeof more / sizeof more[0]; i++)
         if (more[i] >= 1 && more[i] <= 200) nbs[nn++] = more[i];
     const int64_t colss[] = {1, 7, 300, 1000};
     const double dens[] = {0.0, 0.02, 0.1, 0.5, 1.0};
     const int Js[] = {1, 2, 16, 256};
-    kstat s = stat_new(v, "spcb_row");
+    kstat s = stat_new(v, "spcb_slice");
     for (int a = 0; a < nn; a++)
         for (size_t c = 0; c < sizeof colss / sizeof colss[0]; c++)
-            for (size_t dd = 0; dd < sizeof dens / sizeof dens[0]; dd++)
-                spcb_case(v, &s, colss[c], dens[dd], Js[(a + c + dd) % 4], nbs[a]);
+            for (size_t dd = 0; dd < sizeof dens / sizeof dens[0]; dd++) {
+                double ds[EP_SPCB_ROWS];
+                for (int l = 0; l < EP_SPCB_ROWS; l++) /* equal, spread over 0 .. 2x, partial (rows 11+ empty) */
+                    ds[l] = a % 3 == 0 ? dens[dd] : a % 3 == 1 ? dens[dd] * (l % 5) / 2.0 : l < 11 ? dens[dd] : 0.0;
+                const int J = Js[(a + c + dd) % 4], wide = (int)((a + c + dd) % 2);
+                spcb_case(v, &s, colss[c], ds, J, nbs[a], nbs[a] + 3, wide);
+                if (nbs[a] == 1) spcb_case(v, &s, colss[c], ds, J, 1, 1, wide);
+            }
+    double sparse[EP_SPCB_ROWS];
+    for (int l = 0; l < EP_SPCB_ROWS; l++) sparse[l] = l == 15 ? 0.0 : 0.002 / (1 + l / 2);
+    spcb_case(v, &s, 70001, sparse, 16, 1, 1, 1); /* columns past 65535 */
+    spcb_case(v, &s, 70001, sparse, 16, 2 * h < 64 ? 2 * h : 64, 2 * h < 64 ? 2 * h : 64, 1);
+    spcb_case(v, &s, 65536, sparse, 16, 1, 1, 0); /* up to the last uint16_t column */
     summary(&s);
 }
 
-/* The fused matmul under every variant (batch blocks of 64, one-row batches on X as given,
+/* The fused matmul under every variant (batch blocks of 64, rows of X one at a time as given,
  * threads) against X W^T + bias with W from ep_codebook_decode; the decoder against the packed
- * indices read back naively, for bits 1, 2, 4, 8. */
+ * indices read back naively, for bits 1, 2, 4, 8, and once with 70001 columns (int32_t). */
 static void test_codebook_across_variants(void) {
     kstat s = {"all", "codebook", 0, 0, 0.0};
-    const int bitss[] = {1, 2, 4, 8};
-    for (size_t bi = 0; bi < 4; bi++) {
-        const int bits = bitss[bi], J = 1 << bits > 200 ? 200 : 1 << bits;
-        const int64_t rows = 23, cols = 301, N = 130;
+    const int bitss[] = {1, 2, 4, 8, 4};
+    for (size_t bi = 0; bi < 5; bi++) { /* the last: columns past 65535 (the plan's int32_t columns) */
+        const int bits = bitss[bi], J = 1 << bits > 200 ? 200 : 1 << bits, wide = bi == 4;
+        const int64_t rows = 23, cols = wide ? 70001 : 301, N = wide ? 9 : 130;
+        const double scale = wide ? 0.004 : 1.0;
         int32_t row_ptr[24];
         uint8_t *gaps = (uint8_t *)malloc(rows * cols * 2), *idx = (uint8_t *)malloc(rows * cols * 2);
         float *cb = fvec(J);
@@ -711,7 +773,7 @@ static void test_codebook_across_variants(void) {
         int64_t n = 0;
         row_ptr[0] = 0;
         for (int64_t r = 0; r < rows; r++) { /* densities 0 .. 100 %, row 3 empty */
-            spcb_row_data d = spcb_row_make(cols, r == 3 ? 0.0 : (double)(r % 6) / 5.0, J);
+            spcb_row_data d = spcb_row_make(cols, r == 3 ? 0.0 : scale * (r % 6) / 5.0, J);
             memcpy(gaps + n, d.gaps, (size_t)d.count);
             memcpy(idx + n, d.idx, (size_t)d.count);
             n += d.count;
@@ -738,7 +800,7 @@ static void test_codebook_across_variants(void) {
                 ep_set_variant(ep_variant_name(a));
                 ep_set_num_threads(threads);
                 ep_set_parallel_min_work(threads > 1 ? 1 : -1);
-                const int64_t Ns[] = {1, 3, 64, N};
+                const int64_t Ns[] = {1, 3, wide ? 8 : 64, N};
                 for (size_t ni = 0; ni < 4; ni++) {
                     const int64_t NN = Ns[ni];
                     e = ep_codebook_plan_create(&w, &pl) || ep_sparse_codebook_matmul(pl, X, NN, cols, bias, Y, rows)
@@ -767,6 +829,151 @@ static void test_codebook_across_variants(void) {
     summary(&s);
 }
 
+/* ---- HyperWeight ---- */
+/* index m of an LSB-first bit stream, bit by bit (the contract's definition) */
+static uint32_t naive_index(const uint8_t *stream, int64_t m, int bits) {
+    uint32_t v = 0;
+    for (int i = 0; i < bits; i++) {
+        const int64_t b = m * bits + i;
+        v |= (uint32_t)((stream[b / 8] >> (b % 8)) & 1u) << i;
+    }
+    return v;
+}
+
+/* count random indices < entries packed into exactly ceil(count*bits/8) bytes (ASan sees any read
+ * past them), unused high bits 0 */
+static uint8_t *hyper_stream(int64_t count, int bits, uint32_t entries, uint32_t *want) {
+    const int64_t len = (count * bits + 7) / 8;
+    uint8_t *st = (uint8_t *)calloc((size_t)(len > 0 ? len : 1), 1);
+    if (!st) { printf("out of memory\n"); exit(2); }
+    for (int64_t m = 0; m < count; m++) {
+        want[m] = rnd_u32() % entries;
+        if (m % 7 == 3) want[m] = entries - 1; /* the largest index, all its bits set when entries = 2^bits */
+        for (int i = 0; i < bits; i++)
+            if (want[m] >> i & 1u) st[(m * bits + i) / 8] |= (uint8_t)(1u << ((m * bits + i) % 8));
+    }
+    return st;
+}
+
+#define HY_MAX_ENTRIES (16 * 65537) /* (rings+1)*(points+1) at the largest rings and points */
+
+/* hyper_gather against the naive unpack and copy, bit for bit (no arithmetic: exact); indices
+ * reach up to 2^bits - 1 (or the largest real table), so their high bits are exercised */
+static void hyper_gather_case(const ep_ops *v, kstat *s, const float *table, int64_t count, int bits, int k) {
+    const uint32_t entries = bits <= 20 ? (1u << bits) - (bits > 1 ? rnd_u32() % 2u : 0u)
+                                        : (uint32_t)HY_MAX_ENTRIES - rnd_u32() % 16u;
+    uint32_t *want = (uint32_t *)malloc(sizeof(uint32_t) * (size_t)count);
+    if (!want) { printf("out of memory\n"); exit(2); }
+    uint8_t *st = hyper_stream(count, bits, entries, want);
+    float *out = fvec(count * k);
+    fill_sentinel(out, count * k);
+    v->hyper_gather(count, st, (count * bits + 7) / 8, bits, k, table, out);
+    double e = 0.0;
+    for (int64_t m = 0; m < count && e == 0.0; m++) {
+        if (naive_index(st, m, bits) != want[m]) e = INFINITY; /* the test's own packing */
+        if (memcmp(out + m * k, table + (int64_t)want[m] * k, sizeof(float) * (size_t)k)) e = INFINITY;
+    }
+    check(s, e, 0.0, "count=%lld bits=%d k=%d entries=%u", (long long)count, bits, k, entries);
+    free(want); free(st); free(out);
+}
+
+static void test_hyper_gather(const ep_ops *v) {
+    int64_t counts[24];
+    int nc = tile_sizes(v->tile.hyper_lanes, counts, 0);
+    const int64_t more[] = {8, 17, 33, 100, 257};
+    for (size_t i = 0; i < sizeof more / sizeof more[0]; i++) {
+        int dup = 0;
+        for (int j = 0; j < nc; j++) dup |= counts[j] == more[i];
+        if (!dup) counts[nc++] = more[i];
+    }
+    float *table = fvec((int64_t)HY_MAX_ENTRIES * 4);
+    kstat s = stat_new(v, "hyper");
+    for (int bits = 1; bits <= 24; bits++)
+        for (int k = 1; k <= 4; k++)
+            for (int c = 0; c < nc; c++) hyper_gather_case(v, &s, table, counts[c], bits, k);
+    free(table);
+    summary(&s);
+}
+
+/* One point of the contract, each operation rounded to float (volatile: never fused). */
+static void naive_point(const ep_hyper *w, uint32_t v, float *out) {
+    const int k = w->group;
+    int64_t t = 1;
+    for (;; t++) {
+        int64_t p = 1;
+        for (int j = 0; j < k; j++) p *= t;
+        if (p >= w->points) break;
+    }
+    const uint32_t n1 = (uint32_t)w->points + 1u, r = v / n1, q = v % n1;
+    const float L = w->side[0];
+    volatile float half = L * 0.5f;
+    for (int j = 0; j < k; j++) {
+        int64_t pw = 1;
+        for (int e = 0; e < k - j; e++) pw *= t;
+        volatile float corner = w->center[j] - half, step = L / (float)pw;
+        volatile float p = w->center[j];
+        if (q) {
+            volatile float a = (float)(q - 1u) * step;
+            volatile float f = fmodf(a, L);
+            p = f + corner;
+        }
+        if (r) {
+            volatile float d = p - w->center[j];
+            volatile float e = d * w->scales[r - 1];
+            p = e + w->center[j];
+        }
+        out[j] = p;
+    }
+}
+
+/* ep_hyper_decode under every variant and 1 or 2 threads against the contract computed naively,
+ * bit for bit: rings 0..15, groups 1..4, weights around the table size (each group computed from
+ * its index below it, the table gathered above it) and a padded last group. */
+static void test_hyper_across_variants(void) {
+    kstat s = {"all", "hyperdec", 0, 0, 0.0};
+    for (int rings = 0; rings <= 15; rings++)
+        for (int k = 1; k <= 4; k++) {
+            const int32_t points = 1 + (int32_t)(rnd_u32() % (rings % 3 == 0 ? 3000u : 40u));
+            const uint32_t entries = (uint32_t)(rings + 1) * (uint32_t)(points + 1);
+            int bits = 1;
+            while ((1u << bits) < entries) bits++;
+            bits += rings == 7; /* one case with indices that could pass the table: checked, none do */
+            float center[4], side = 0.05f + (float)(rnd_u32() % 1000) / 100.0f, scales[15];
+            for (int j = 0; j < k; j++) center[j] = rnd();
+            for (int r = 0; r < rings; r++) scales[r] = 1.0f + (float)(r + 1) * 0.37f;
+            const int64_t sizes[] = {1, k + 1, (int64_t)entries * k - 1, (int64_t)entries * k * 3 + k - 1, 40000};
+            for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
+                const int64_t V = sizes[si] > 0 ? sizes[si] : 1, g = (V + k - 1) / k;
+                uint32_t *want = (uint32_t *)malloc(sizeof(uint32_t) * (size_t)g);
+                if (!want) { printf("out of memory\n"); exit(2); }
+                uint8_t *st = hyper_stream(g, bits, entries, want);
+                ep_hyper w = {V, points, k, rings, bits, st, (g * bits + 7) / 8, center, k, &side, 1, rings > 0,
+                              rings ? scales : NULL, rings};
+                float *ref = fvec(V + 3), *W = fvec(V);
+                for (int64_t m = 0; m < g; m++) {
+                    float p[4];
+                    naive_point(&w, want[m], p);
+                    for (int j = 0; j < k && m * k + j < V; j++) ref[m * k + j] = p[j];
+                }
+                for (int a = 0; a < ep_variant_count(); a++)
+                    for (int threads = 1; threads <= 2; threads++) {
+                        ep_set_variant(ep_variant_name(a));
+                        ep_set_num_threads(threads);
+                        ep_set_parallel_min_work(threads > 1 ? 1 : -1);
+                        fill_sentinel(W, V);
+                        double e = ep_hyper_decode(&w, W) || memcmp(W, ref, sizeof(float) * (size_t)V) ? INFINITY : 0.0;
+                        check(&s, e, 0.0, "under %s, %d threads: V=%lld points=%d group=%d rings=%d bits=%d",
+                              ep_variant_name(a), threads, (long long)V, points, k, rings, bits);
+                    }
+                free(want); free(st); free(ref); free(W);
+            }
+        }
+    ep_set_variant("auto");
+    ep_set_num_threads(1);
+    ep_set_parallel_min_work(-1);
+    summary(&s);
+}
+
 /* the declared tiles are usable: positive lanes, a hash_dot tile exactly when there is a hash_dot */
 static int tiles_valid(const ep_ops *v) {
     const ep_tiles *t = &v->tile;
@@ -775,7 +982,7 @@ static int tiles_valid(const ep_ops *v) {
              t->hash_row_lanes >= 1 &&
              (t->hash_dot_lanes >= 1) == (v->hash_dot != NULL) && t->fft_lanes >= 1 && t->fft_min_m >= 2 &&
              t->split_lanes >= 1 && t->cmac_lanes >= 1 && t->cmac_rows_lanes >= 1 && t->cmac_rows_mr >= 1 && v->cmac_rows &&
-             t->spcb_lanes >= 1 && t->spcb_min_nb >= 1 && v->spcb_row;
+             t->spcb_lanes >= 1 && t->spcb_min_nb >= 1 && v->spcb_slice && t->hyper_lanes >= 1 && v->hyper_gather;
     if (!ok) printf("FAIL %s: declared tiles are incomplete or inconsistent with its table\n", v->name);
     return ok;
 }
@@ -799,11 +1006,11 @@ int main(void) {
         for (int j = 0; j < ep_variant_count(); j++) supported |= strcmp(ep_variant_name(j), v->name) == 0;
         if (!supported) { printf("%-7s compiled in, not supported by this CPU: skipped\n", v->name); continue; }
         const ep_tiles *t = &v->tile;
-        printf("%-7s tiles: gemm %dx%d k%d kc%d, gemm_dot %dx%d k%d kc%d, gemm_pack k%d (from N=%d), hash_row %d, hash_dot %d, fft %d (m >= %d), split %d, cmac %d, cmac_rows %d x %d rows, spcb %d (from nb=%d)%s\n",
+        printf("%-7s tiles: gemm %dx%d k%d kc%d, gemm_dot %dx%d k%d kc%d, gemm_pack k%d (from N=%d), hash_row %d, hash_dot %d, fft %d (m >= %d), split %d, cmac %d, cmac_rows %d x %d rows, spcb %d (from nb=%d), hyper %d%s\n",
                v->name, t->gemm_mr, t->gemm_nr, t->gemm_kr, t->gemm_kc, t->dot_mr, t->dot_nr, t->dot_kr, t->dot_kc,
                t->pack_kr, t->pack_min_n, t->hash_row_lanes, t->hash_dot_lanes,
                t->fft_lanes, t->fft_min_m, t->split_lanes, t->cmac_lanes, t->cmac_rows_lanes, t->cmac_rows_mr,
-               t->spcb_lanes, t->spcb_min_nb, v == &ep_ops_ref ? " (checked against naive double math)" : "");
+               t->spcb_lanes, t->spcb_min_nb, t->hyper_lanes, v == &ep_ops_ref ? " (checked against naive double math)" : "");
         if (!tiles_valid(v)) { g_failed = 1; continue; }
         test_gemm(v, 1);
         test_gemm(v, 0);
@@ -813,10 +1020,12 @@ int main(void) {
         test_split(v);
         test_cmac(v);
         test_cmac_rows(v);
-        test_spcb_row(v);
+        test_spcb_slice(v);
+        test_hyper_gather(v);
     }
     test_plan_across_variants();
     test_codebook_across_variants();
+    test_hyper_across_variants();
     printf(g_failed ? "test_microkernels: FAILED\n" : "test_microkernels: all variants match the reference\n");
     return g_failed ? 1 : 0;
 }

@@ -1,7 +1,7 @@
 /* edgepack_tflite_decode_model (edgepack_tflite_decode.h): decode at load for apps in C.
  *
  * What it rewrites, in one subgraph:
- *  - ai.edgepack.HashedWeight with constant buckets (and recon), and ai.edgepack.CodebookWeight with
+ *  - ai.edgepack.HashedWeight with constant buckets (and recon), and ai.edgepack.CodebookWeight and HyperWeight with
  *    constant inputs, are decoded by the C op layer (src/ops.c, 4 bytes per weight) and removed;
  *    the output becomes a constant tensor;
  *  - TRANSPOSE (constant int32 perm) and RESHAPE of such a constant are folded, so CONV_2D /
@@ -440,6 +440,8 @@ static int classify_edgepack(dec *d, uint32_t i) {
     if (name_len == strlen("HashedWeight") && !memcmp(name, "HashedWeight", name_len)) o->kind = EP_OP_HashedWeight;
     else if (name_len == strlen("CodebookWeight") && !memcmp(name, "CodebookWeight", name_len))
         o->kind = EP_OP_CodebookWeight;
+    else if (name_len == strlen("HyperWeight") && !memcmp(name, "HyperWeight", name_len))
+        o->kind = EP_OP_HyperWeight;
     else if (name_len == strlen("HashedMatMul") && !memcmp(name, "HashedMatMul", name_len))
         o->kind = EP_OP_HashedMatMul;
     else return 0;
@@ -783,10 +785,11 @@ static int compute(dec *d, val *v) {
         }
         return 0;
     }
-    /* a decode: CodebookWeight's, HashedWeight's own, or HashedMatMul's weight [out, in] through
-     * HashedWeight's decoder */
+    /* a decode: CodebookWeight's, HyperWeight's, HashedWeight's own, or HashedMatMul's weight [out, in]
+     * through HashedWeight's decoder */
     const opr *o = &d->o[v->op];
-    const ep_op op = o->kind == EP_OP_CodebookWeight ? EP_OP_CodebookWeight : EP_OP_HashedWeight;
+    const ep_op op = o->kind == EP_OP_CodebookWeight || o->kind == EP_OP_HyperWeight ? (ep_op)o->kind
+                                                                                      : EP_OP_HashedWeight;
     const int first = o->kind == EP_OP_HashedMatMul ? 1 : 0;
     ep_tensor in[EP_OP_MAX_INPUTS];
     void *copies[EP_OP_MAX_INPUTS] = {0};
@@ -832,7 +835,8 @@ static int rewrite(dec *d, void **dense_out, size_t *dense_size) {
         opr *o = &d->o[i];
         const int rc = classify_edgepack(d, i);
         if (rc == 1) return 1;
-        if (rc == 2 && (o->kind == EP_OP_HashedWeight || o->kind == EP_OP_CodebookWeight)) {
+        if (rc == 2 && (o->kind == EP_OP_HashedWeight || o->kind == EP_OP_CodebookWeight ||
+                        o->kind == EP_OP_HyperWeight)) {
             const int64_t *s = o->at->shape;
             if (d->value_of[out_at(d, o)] >= 0)
                 return fail(d, "model: tensor %d is the output of two decoded nodes", out_at(d, o));

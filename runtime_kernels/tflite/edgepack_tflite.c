@@ -354,7 +354,8 @@ static TfLiteStatus gather(TfLiteContext *ctx, const part *p, const ep_node *n, 
     if (ep_op_check_inputs(n->kind, &n->at, in, msg, sizeof msg) || ep_op_output_shape(n->kind, &n->at, in, y, msg,
                                                                                         sizeof msg))
         return fail(ctx, n, "%s", msg);
-    if (n->kind != EP_OP_HashedWeight && n->kind != EP_OP_CodebookWeight && y->count > INT32_MAX) /* decoders: their limits */
+    if (n->kind != EP_OP_HashedWeight && n->kind != EP_OP_CodebookWeight && n->kind != EP_OP_HyperWeight &&
+        y->count > INT32_MAX) /* decoders: their limits */
         return fail(ctx, n, "output 'Y' would have more than 2^31 elements");
     return kTfLiteOk;
 }

@@ -13,6 +13,8 @@ from edgepack.compression import (
     CodebookLinear,
     HashedConv2d,
     HashedLinear,
+    HyperConv2d,
+    HyperLinear,
     LDRLinear,
     SwsConv2d,
     SwsLinear,
@@ -39,6 +41,7 @@ def test_builtin_layers_register_their_methods():
         "ldr": [(nn.Linear, LDRLinear)],
         "codebook": [(nn.Linear, CodebookLinear), (nn.Conv2d, CodebookConv2d)],
         "sws": [(nn.Linear, SwsLinear), (nn.Conv2d, SwsConv2d)],
+        "hyper": [(nn.Linear, HyperLinear), (nn.Conv2d, HyperConv2d)],
     }
 
 
@@ -47,7 +50,7 @@ def test_unknown_method_lists_every_registered_one(registry):
     with pytest.raises(ValueError) as error:
         compress(model, {"0": {"method": "prune"}})
     assert str(error.value) == ("layer '0': unknown method 'prune'; "
-                                "valid: ['circulant', 'codebook', 'dense', 'hashed', 'ldr', 'sws']")
+                                "valid: ['circulant', 'codebook', 'dense', 'hashed', 'hyper', 'ldr', 'sws']")
 
     @register_method("diagonal", nn.Linear)
     class DiagonalLinear(FromDenseLinear, nn.Module):
@@ -64,7 +67,7 @@ def test_unknown_method_lists_every_registered_one(registry):
         def forward(self, x):
             return x * self.d
 
-    valid = r"valid: \['circulant', 'codebook', 'dense', 'diagonal', 'hashed', 'ldr', 'sws'\]"
+    valid = r"valid: \['circulant', 'codebook', 'dense', 'diagonal', 'hashed', 'hyper', 'ldr', 'sws'\]"
     with pytest.raises(ValueError, match=valid):
         compress(model, {"0": {"method": "prune"}})
     compressed, table = compress(model, {"0": {"method": "diagonal"}})

@@ -203,8 +203,10 @@ EP_API ep_status ep_codebook_check_sizes(const ep_codebook *w);
 EP_API ep_status ep_codebook_decode(const ep_codebook *w, float *W);
 
 /* The sparse form's fused matmul: Y[N, rows] = X[N, cols] W^T (+ bias[rows]) without W. The plan
- * keeps the codebook, the row starts and per entry its unpacked 8-bit index and its gap:
- * ep_codebook_plan_bytes(w) = 4*codebook_len + 4*(rows+1) + 2*n bytes. */
+ * keeps the rows sorted by length in S = ceil(rows/16) slices of 16 (the order, each slice's row
+ * lengths and first entry) and per entry its codebook value and its column (c = 2 bytes when
+ * cols <= 65536, else 4; 16 more columns after the last entry): ep_codebook_plan_bytes(w) =
+ * 4*rows + 64*S + 4*(S+1) + 4*n + c*(n+16) bytes. It needs rows and cols <= 2^31 - 1. */
 typedef struct ep_codebook_plan ep_codebook_plan;
 EP_API int64_t ep_codebook_plan_bytes(const ep_codebook *w);
 EP_API ep_status ep_codebook_plan_create(const ep_codebook *w, ep_codebook_plan **out);
@@ -213,6 +215,41 @@ EP_API void ep_codebook_plan_destroy(ep_codebook_plan *plan);
 EP_API ep_status ep_sparse_codebook_matmul(const ep_codebook_plan *plan, const float *X, int64_t N,
                                            int64_t in_features, const float *bias, float *Y,
                                            int64_t out_features);
+
+/* ---- hyper-compressed weights (Hyper-Compression, Fan et al. 2024; docs/ops.md HyperWeight) --- *
+ * W.flat[0 .. weights) from g = ceil(weights/group) indices of `bits` bits (a bit stream, LSB first:
+ * index m is stream bits m*bits .. m*bits+bits-1, stream bit b is bit b%8 of byte b/8; the unused
+ * high bits of the last byte 0), each < (rings+1)*(points+1): ring r = v/(points+1), point
+ * q = v%(points+1) of the trajectory in the square of side side[0] around center[group], ring r >= 1
+ * scaled by scales[r-1]. Decoded in float32 with each operation rounded, in the contract's order
+ * (no fused multiply-add: hyper.c is built with -ffp-contract=off). Every check runs before
+ * anything is written; the message names the input or attribute. */
+#define EP_HYPER_MAX_POINTS 65536
+#define EP_HYPER_MAX_GROUP 4
+#define EP_HYPER_MAX_RINGS 15
+#define EP_HYPER_MAX_BITS 24
+typedef struct ep_hyper {
+    int64_t weights;                     /* V = prod(shape), >= 1 */
+    int32_t points, group, rings, bits;  /* n in [1, 65536], k in [1, 4], R in [0, 15], bits in [1, 24] */
+    const uint8_t *indices;
+    int64_t indices_len;                 /* bytes: ceil(g * bits / 8) */
+    const float *center;
+    int64_t center_len;                  /* k */
+    const float *side;
+    int64_t side_len;                    /* 1 */
+    int32_t has_scales;                  /* 1 iff rings > 0 */
+    const float *scales;
+    int64_t scales_len;                  /* R */
+} ep_hyper;
+
+/* EP_OK when w satisfies every rule above; else EP_ERR_NULL / EP_ERR_SIZE / EP_ERR_ARG /
+ * EP_ERR_OVERFLOW and ep_last_error() names the input or attribute and what would be valid. */
+EP_API ep_status ep_hyper_check(const ep_hyper *w);
+/* Only the O(1) rules: the attributes and every input's length (no contents; the data pointers
+ * may still be NULL, as at a TFLite prepare before the data is there). */
+EP_API ep_status ep_hyper_check_sizes(const ep_hyper *w);
+/* W[weights] = the decoded weight (checked first; W untouched on error). */
+EP_API ep_status ep_hyper_decode(const ep_hyper *w, float *W);
 
 #ifdef __cplusplus
 }

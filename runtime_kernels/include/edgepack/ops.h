@@ -49,7 +49,8 @@ typedef struct ep_attr_reader {
 /* Every attribute of one op node, validated. */
 typedef struct ep_op_attrs {
     int64_t in_f, out_f;      /* matmul ops */
-    int64_t bits;             /* codebook ops: bits per packed index (1, 2, 4 or 8) */
+    int64_t bits;             /* codebook ops: bits per packed index (1, 2, 4 or 8); HyperWeight: 1..24 */
+    int64_t points, group, rings; /* HyperWeight */
     int64_t mode;             /* HashedMatMul: 0 expand, 1 stream */
     int64_t activation;       /* matmul ops' epilogue after the bias: 0 none, 1 ReLU, 2 ReLU6 */
     ep_hash_params hp;        /* rows, cols (every op with a weight) and the hash attributes; num_buckets left 0 */

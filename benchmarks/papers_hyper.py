@@ -1,0 +1,351 @@
+"""``edgepack papers hyper``: Hyper-Compression (Fan et al. 2024) against the retraining-free baselines.
+
+Pretrain a model (or reuse the work folder's checkpoint), then compress it without retraining by
+Hyper-Compression at several error budgets, per-channel 8- and 4-bit quantization and k-means
+weight sharing (2..5 bits); measure each one's accuracy and its compression (dense bytes / stored
+bytes, of the compressed layers and of the whole model); print the table with the paper's claims
+beside, the answer to "is Hyper-Compression better, and where?", and write ``hyper-<model>.json``
+and the accuracy-vs-compression plot ``hyper-<model>.png`` in the work folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgepack.benchmarks.papers_sws import PRETRAIN_EPOCHS, QUICK, PapersError, _pretrained
+
+MODELS = ("lenet-300-100", "lenet-5", "digits-mlp", "kws-dscnn")
+BUDGETS = (0.01, 0.02, 0.04, 0.08, 0.15, 0.25, 0.4)  # relative RMS error per layer (hyper_compress's budget)
+QUICK_BUDGETS = (0.02, 0.08)
+PTQ_BITS = (8, 4)
+KMEANS_BITS = (5, 4, 3, 2)
+DIGITS_EPOCHS = 30  # edgepack demo's dense training
+CALIBRATION = 256  # model inputs from the training data on which hyper measures each layer's output error
+LOSS_POINTS = (0.5, 1.0, 2.0)
+# The paper's repository README (PAPERS.md): retraining-free results, metric before -> after.
+PAPER = [
+    {"model": "MobileNetV3 (CIFAR-10)", "ratio": 5.0, "metric": "accuracy %", "before": 74.41, "after": 73.93},
+    {"model": "UNet (Carvana)", "ratio": 7.9, "metric": "Dice %", "before": 99.86, "after": 99.71},
+    {"model": "LLaMA2-7B", "ratio": 2.6, "metric": "perplexity", "before": 5.19, "after": 5.48},
+]
+
+
+@dataclass
+class Task:
+    """A model to compress and how to score it: ``evaluate(model)`` → accuracy in percent."""
+
+    model: nn.Module
+    evaluate: object
+    calibration: torch.Tensor
+    description: str
+    cached: bool
+
+
+def _mnist_task(name: str, work: Path, quick: bool, seed: int, progress: bool) -> Task:
+    from edgepack.benchmarks.lenet import error_rate
+    from edgepack.benchmarks.mnist import load_mnist
+    from edgepack.kws.progress import progress_bar
+
+    train = load_mnist("train", limit=QUICK["train"] if quick else None, seed=seed)
+    test = load_mnist("test", limit=QUICK["test"] if quick else None, seed=seed)
+    epochs = QUICK["pretrain_epochs"] if quick else PRETRAIN_EPOCHS[name]
+    with progress_bar(enabled=progress) as bar:
+        model, cached = _pretrained(name, work, train, epochs, seed, "quick" if quick else "full", bar)
+    calibration = train.images[torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:CALIBRATION]]
+    data = f"MNIST {len(train)}/{len(test)}, pretrained {epochs} epochs"
+    return Task(model, lambda m: 100.0 - error_rate(m, test.images, test.labels), calibration, data, cached)
+
+
+def _digits_task(work: Path, seed: int) -> Task:
+    from edgepack.compression import load_checkpoint, save_checkpoint
+    from edgepack.demo import accuracy, digits_mlp, load_digits_split, train_classifier
+
+    data = load_digits_split(seed)
+    path = work / f"digits-mlp-pretrained-e{DIGITS_EPOCHS}-s{seed}.safetensors"
+    cached = path.exists()
+    if cached:
+        model = load_checkpoint(path)
+    else:
+        torch.manual_seed(seed)
+        model = train_classifier(digits_mlp(), data, DIGITS_EPOCHS, seed=seed)
+        save_checkpoint(model, path, "edgepack.demo:digits_mlp")
+    calibration = data.x_train[torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(seed))
+                               [:CALIBRATION]]
+    description = f"sklearn digits {len(data.x_train)}/{len(data.x_test)}, MLP 64-256-256-10, {DIGITS_EPOCHS} epochs"
+    return Task(model, lambda m: 100.0 * accuracy(m, data.x_test, data.y_test), calibration, description, cached)
+
+
+def _kws_task(checkpoint, data_dir, seed: int) -> Task:
+    from edgepack.kws.evaluate import checkpoint_of, load_torch
+    from edgepack.kws.train import accuracy, features, load_data
+
+    if checkpoint is None or data_dir is None:
+        raise PapersError("--model kws-dscnn needs --checkpoint (a DS-CNN run folder or .safetensors, e.g. from "
+                          "`edgepack kws train`) and --data (its Speech Commands folder)")
+    path = checkpoint_of(checkpoint)
+    model = load_torch(path)
+    splits = load_data(data_dir, ("validation", "test"), seed=seed)
+    test_features, test_labels = features(splits["test"].audio), splits["test"].labels
+    calibration = features(splits["validation"].audio)
+    calibration = calibration[torch.randperm(len(calibration), generator=torch.Generator().manual_seed(seed))
+                              [:CALIBRATION]]
+    description = f"KWS {Path(data_dir).name}: {len(test_labels)} test clips, checkpoint {path}"
+    return Task(model, lambda m: 100.0 * accuracy(m, test_features, test_labels), calibration, description, True)
+
+
+def _layer_bytes(dense: nn.Module, compressed: nn.Module) -> tuple[int, int]:
+    """(dense, stored) bytes of the layers every method compresses (Linear / Conv2d with ≥ 10 weights),
+    read from ``compressed`` (a layer left dense counts in full)."""
+    from edgepack.compression.ptq_baselines import target_layers
+    from edgepack.compression.recipe import tensor_bytes
+
+    names = list(target_layers(dense))
+    return (sum(tensor_bytes(dense.get_submodule(name))[1] for name in names),
+            sum(tensor_bytes(compressed.get_submodule(name))[1] for name in names))
+
+
+def _row(family: str, method: str, setting: str, tag: str, accuracy: float, dense_accuracy: float,
+         layer_bytes: tuple[int, int], model_bytes: tuple[int, int], seconds: float, **extra) -> dict:
+    """One table row: accuracy, loss against dense, (dense, stored) bytes of the layers and the model."""
+    return {"family": family, "method": method, "setting": setting, "tag": tag, "accuracy": accuracy,
+            "error": 100.0 - accuracy, "loss_points": dense_accuracy - accuracy,
+            "layers_dense_bytes": layer_bytes[0], "layers_stored_bytes": layer_bytes[1],
+            "ratio": layer_bytes[0] / max(layer_bytes[1], 1), "model_dense_bytes": model_bytes[0],
+            "model_stored_bytes": model_bytes[1], "model_ratio": model_bytes[0] / max(model_bytes[1], 1),
+            "seconds": seconds, **extra}
+
+
+def _hyper_rows(task: Task, dense_accuracy: float, budgets, calibrate: bool, progress: bool) -> list[dict]:
+    if not budgets:
+        return []
+    from edgepack.compression.hyper import hyper_compress
+    from edgepack.compression.recipe import compressed_size_bytes
+
+    rows = []
+    dense_bytes = compressed_size_bytes(task.model)
+    for budget in budgets:
+        started = time.perf_counter()
+        model, report = hyper_compress(copy.deepcopy(task.model), budget=budget,
+                                       calibration=task.calibration if calibrate else None, progress=progress)
+        seconds = time.perf_counter() - started
+        layers = [{key: (value if isinstance(value, (int, float, str, type(None))) else str(value))
+                   for key, value in (vars(row) if hasattr(row, "__dict__") else dict(row)).items()}
+                  for row in report]
+        rows.append(_row("hyper", f"hyper {budget:g}", f"budget {budget:g}{', calibrated' if calibrate else ''}",
+                         f"{budget:g}", task.evaluate(model), dense_accuracy,
+                         _layer_bytes(task.model, model), (dense_bytes, compressed_size_bytes(model)), seconds,
+                         budget=budget, calibrated=calibrate, layers=layers))
+    return rows
+
+
+def _baseline_rows(task: Task, dense_accuracy: float, seed: int) -> list[dict]:
+    from edgepack.compression.codebook import choose_bits
+    from edgepack.compression.ptq_baselines import kmeans_compress, ptq_compress
+
+    rows = []
+    runs = [("ptq", f"PTQ {bits}-bit", "per-channel symmetric", f"{bits}b", lambda b=bits: ptq_compress(task.model, b))
+            for bits in PTQ_BITS]
+    runs += [("k-means", f"k-means {bits}-bit", f"k={2 ** bits}, {choose_bits(2 ** bits)}-bit indices", f"{bits}b",
+              lambda b=bits: kmeans_compress(task.model, b, seed=seed)) for bits in KMEANS_BITS]
+    for family, method, setting, tag, run in runs:
+        started = time.perf_counter()
+        model, report = run()
+        seconds = time.perf_counter() - started
+        packed = sum(row.packed_bytes for row in report)
+        rows.append(_row(family, method, setting, tag, task.evaluate(model), dense_accuracy,
+                         (report.dense_bytes, report.stored_bytes),
+                         (report.model_dense_bytes, report.model_stored_bytes), seconds,
+                         storage=sorted({row.storage for row in report}),
+                         packed_ratio=report.dense_bytes / max(packed, 1),
+                         layers=[{**vars(row), "shape": list(row.shape)} for row in report]))
+    return rows
+
+
+def verdict(rows: list[dict], losses=LOSS_POINTS) -> list[str]:
+    """The answer from the numbers: per accuracy loss allowed, the highest layer ratio each family
+    reaches within it and the winner; then the methods on the Pareto front (no other is both smaller
+    and at least as accurate)."""
+    lines = []
+    families = [family for family in ("hyper", "ptq", "k-means") if any(r["family"] == family for r in rows)]
+    for loss in losses:
+        best = {}
+        for family in families:
+            within = [r for r in rows if r["family"] == family and r["loss_points"] <= loss + 1e-9]
+            if within:
+                best[family] = max(within, key=lambda r: r["ratio"])
+        parts = [f"{best[family]['method']} {best[family]['ratio']:.1f}x" if family in best
+                 else f"{family} none" for family in families]
+        winner = max(best.values(), key=lambda r: r["ratio"])["family"] if best else "none"
+        packed = [r for r in rows if r["family"] == "k-means" and "packed_ratio" in r
+                  and r["loss_points"] <= loss + 1e-9]
+        exact = (f" (k-means at exact b-bit indices: {max(r['packed_ratio'] for r in packed):.1f}x)"
+                 if packed else "")
+        lines.append(f"loss <= {loss:g} pt: " + ", ".join(parts) + f" -> best: {winner}{exact}")
+    front = [r for r in rows if r["family"] != "dense" and not any(
+        o is not r and o["family"] != "dense" and o["ratio"] >= r["ratio"] and o["accuracy"] >= r["accuracy"]
+        and (o["ratio"] > r["ratio"] or o["accuracy"] > r["accuracy"]) for o in rows)]
+    front.sort(key=lambda r: r["ratio"])
+    lines.append("Pareto front (ratio, accuracy): " + ", ".join(
+        f"{r['method']} {r['ratio']:.1f}x {r['accuracy']:.2f}%" for r in front))
+    hyper_on_front = [r for r in front if r["family"] == "hyper"]
+    if any(r["family"] == "hyper" for r in rows):
+        lines.append("Hyper-Compression is " + (
+            "on the front at " + ", ".join(f"{r['ratio']:.1f}x" for r in hyper_on_front) if hyper_on_front
+            else "dominated everywhere (another method is smaller and at least as accurate)") + ".")
+    return lines
+
+
+def _plot(rows: list[dict], dense_accuracy: float, title: str, path: Path) -> str:
+    """Accuracy against compression (dense / stored bytes of the compressed layers), one line per family."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    styles = {"hyper": ("tab:red", "o"), "ptq": ("tab:blue", "s"), "k-means": ("tab:green", "^")}
+    for family, (color, marker) in styles.items():
+        points = sorted((r["ratio"], r["accuracy"], r["tag"]) for r in rows if r["family"] == family)
+        if points:
+            axis.plot([p[0] for p in points], [p[1] for p in points], marker=marker, color=color, label=family)
+            for x, y, tag in points:
+                axis.annotate(tag, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=color)
+    packed = sorted((r["packed_ratio"], r["accuracy"]) for r in rows if r["family"] == "k-means")
+    if packed:
+        axis.plot([p[0] for p in packed], [p[1] for p in packed], marker="^", color="tab:green", linestyle=":",
+                  markerfacecolor="none", label="k-means, exact b-bit indices (not an edgepack format)")
+    axis.axhline(dense_accuracy, color="grey", linestyle="--", linewidth=1, label="dense")
+    axis.set_xscale("log")
+    ticks = FuncFormatter(lambda value, _: f"{value:g}x")
+    axis.xaxis.set_major_formatter(ticks)
+    axis.xaxis.set_minor_formatter(ticks)
+    axis.set_xlabel("compression of the compressed layers (dense bytes / stored bytes)")
+    axis.set_ylabel("accuracy (%)")
+    low = min([r["accuracy"] for r in rows] + [dense_accuracy])
+    axis.set_ylim(max(low - 1, dense_accuracy - 25), dense_accuracy + 1)
+    axis.set_title(title, fontsize=9)
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend(fontsize=8, loc="lower left")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return str(path)
+
+
+def run_hyper(name: str, work: str | Path, *, quick: bool = False, budgets=None, calibrate: bool = True,
+              seed: int = 0, checkpoint=None, data=None, progress: bool = True) -> dict:
+    """Compress ``name`` by every method without retraining, evaluate each; returns the JSON report."""
+    if name not in MODELS:
+        raise PapersError(f"--model {name!r} is not supported (valid: {', '.join(MODELS)})")
+    budgets = tuple(budgets) if budgets is not None else (QUICK_BUDGETS if quick else BUDGETS)
+    if any(not (0 < b < 1) for b in budgets):
+        raise PapersError(f"--budgets {','.join(map(str, budgets))}: each budget is a relative RMS error in (0, 1)")
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+    if name == "digits-mlp":
+        task = _digits_task(work, seed)
+    elif name == "kws-dscnn":
+        task = _kws_task(checkpoint, data, seed)
+    else:
+        task = _mnist_task(name, work, quick, seed, progress)
+    from edgepack.compression.ptq_baselines import target_layers
+    from edgepack.compression.recipe import compressed_size_bytes, tensor_bytes
+
+    dense_accuracy = task.evaluate(task.model)
+    dense_bytes = compressed_size_bytes(task.model)
+    layers = sum(tensor_bytes(m)[1] for m in target_layers(task.model).values())
+    rows = [_row("dense", "dense", "float32", "", dense_accuracy, dense_accuracy, (layers, layers),
+                 (dense_bytes, dense_bytes), 0.0)]
+    rows += _hyper_rows(task, dense_accuracy, budgets, calibrate, progress)
+    rows += _baseline_rows(task, dense_accuracy, seed)
+    weights = sum(m.weight.numel() for m in target_layers(task.model).values())
+    for row in rows:
+        row["bits_per_weight"] = 8 * row["layers_stored_bytes"] / weights
+    title = f"{name}: {task.description}"
+    result = {"model": name, "quick": quick, "seed": seed, "data": task.description,
+              "pretrained_from_cache": task.cached, "dense_accuracy": dense_accuracy, "dense_bytes": dense_bytes,
+              "calibrated": calibrate, "calibration_samples": len(task.calibration), "rows": rows,
+              "verdict": verdict(rows), "paper": PAPER, "wall_seconds": time.perf_counter() - started}
+    result["plot"] = _plot(rows, dense_accuracy, title, work / f"hyper-{name}.png")
+    (work / f"hyper-{name}.json").write_text(json.dumps(result, indent=1, default=float))
+    return result
+
+
+def format_result(result: dict) -> str:
+    """Our table (every method, no retraining), the paper's claims beside, and the verdict."""
+    header = (f"{'method':<15}{'setting':<26}{'accuracy %':>11}{'loss pt':>9}{'layers B':>11}{'bits/w':>7}{'ratio':>8}"
+              f"{'model B':>10}{'model':>8}")
+    lines = [f"Hyper-Compression vs retraining-free baselines, {result['model']} ({result['data']}"
+             f"{'; pretrained model cached' if result['pretrained_from_cache'] else ''}; "
+             f"{result['wall_seconds']:.0f} s)",
+             header]
+    for r in result["rows"]:
+        lines.append(f"{r['method']:<15}{r['setting']:<26}{r['accuracy']:>11.2f}{r['loss_points']:>9.2f}"
+                     f"{r['layers_stored_bytes']:>11}{r['bits_per_weight']:>7.2f}{r['ratio']:>7.1f}x{r['model_stored_bytes']:>10}"
+                     f"{r['model_ratio']:>7.1f}x" + ("  (bytes counted, dense simulation)"
+                                                      if "counted" in r.get("storage", []) else ""))
+    kmeans = [r for r in result["rows"] if r["family"] == "k-means"]
+    if kmeans:
+        lines.append("k-means at exactly b bits per index (the codebook op packs 1/2/4/8): " + ", ".join(
+            f"{r['tag']} {r['packed_ratio']:.1f}x" for r in kmeans))
+    lines.append("bits/w: stored bits of the compressed layers per weight (indices, tables, bias included)")
+    lines += ["", "The paper (no retraining, its README):"]
+    lines += [f"  {p['model']:<24}{p['ratio']:>5.1f}x  {p['metric']} {p['before']} -> {p['after']} "
+              f"({p['after'] - p['before']:+.2f})" for p in result["paper"]]
+    lines += ["", "Is Hyper-Compression better, and where? (ratio = dense / stored bytes of the compressed layers)"]
+    lines += [f"  {line}" for line in result["verdict"]]
+    lines.append(f"plot: {result['plot']}")
+    return "\n".join(lines)
+
+
+def _budgets(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise PapersError(f"--budgets {text!r}: give comma-separated relative errors, e.g. 0.02,0.05") from None
+
+
+def _handler(args) -> int:
+    torch.set_num_threads(args.threads)
+    result = run_hyper(args.model, args.work, quick=args.quick,
+                       budgets=_budgets(args.budgets) if args.budgets else None, calibrate=args.calibrate,
+                       seed=args.seed, checkpoint=args.checkpoint, data=args.data)
+    print(format_result(result))
+    print(f"report: {Path(args.work) / f'hyper-{args.model}.json'}")
+    return 0
+
+
+def add_parser(subcommands) -> None:
+    """``edgepack papers hyper``."""
+    import argparse
+
+    from edgepack.cli import _positive_int
+
+    parser = subcommands.add_parser("hyper", help="Hyper-Compression vs per-channel PTQ and k-means, no retraining")
+    parser.add_argument("--model", choices=MODELS, default="lenet-300-100", help="default lenet-300-100")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"MNIST models: a seeded subset ({QUICK['train']} train / {QUICK['test']} test); "
+                             f"hyper budgets {','.join(map(str, QUICK_BUDGETS))}")
+    parser.add_argument("--budgets", metavar="B,B,...",
+                        help=f"hyper's per-layer relative RMS error budgets (default {','.join(map(str, BUDGETS))})")
+    parser.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=True,
+                        help=f"measure hyper's error on each layer's output for {CALIBRATION} training inputs "
+                             "(default on; off: on the weights)")
+    parser.add_argument("--checkpoint", help="kws-dscnn: the DS-CNN run folder or checkpoint")
+    parser.add_argument("--data", help="kws-dscnn: its Speech Commands data folder")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--threads", type=_positive_int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--work", metavar="DIR", default="edgepack-papers",
+                        help="work folder: cached pretrained checkpoints, JSON report, plot (default edgepack-papers/)")
+    parser.set_defaults(handler=_handler)
+

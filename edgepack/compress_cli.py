@@ -1,0 +1,103 @@
+"""``edgepack compress``: compress a checkpoint's layers without retraining (Hyper-Compression,
+``compression.hyper``) and save a checkpoint that ``edgepack export`` and ``inspect`` then take."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+
+def _positive_float(text: str) -> float:
+    """An argparse type for ``--budget`` / ``--side``: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def add_parser(commands) -> None:
+    """Add ``compress`` to the top-level sub-parsers ``commands``."""
+    from edgepack.compression.hyper import DEFAULT_BUDGET, MAX_AUTO_RINGS
+
+    parser = commands.add_parser(
+        "compress", help="compress a checkpoint without retraining (Hyper-Compression) into a new checkpoint")
+    parser.add_argument("checkpoint", help="an edgepack checkpoint (.safetensors, see save_checkpoint)")
+    parser.add_argument("--method", choices=["hyper"], default="hyper",
+                        help="hyper (default): Hyper-Compression, groups of weights as indices along an "
+                             "ergodic trajectory")
+    parser.add_argument("--budget", type=_positive_float, default=DEFAULT_BUDGET,
+                        help="per-layer relative RMS error allowed: of the weight, or with --calibration of "
+                             f"the layer's output (default {DEFAULT_BUDGET}); each layer gets the fewest "
+                             "bytes within it")
+    parser.add_argument("--calibration", metavar="FILE.npy",
+                        help="a batch of model inputs (float array, samples along the first axis): measure "
+                             "each layer's error on its outputs")
+    parser.add_argument("--points", type=int, metavar="N",
+                        help="force the trajectory points n (1..65536) instead of searching")
+    parser.add_argument("--side", type=_positive_float, metavar="L",
+                        help="force the square's side L instead of searching")
+    parser.add_argument("--rings", type=int, metavar="R",
+                        help=f"force the rings R (0..15) instead of searching 0..{MAX_AUTO_RINGS}")
+    parser.add_argument("--group", type=int, default=2, metavar="K",
+                        help="weights per trajectory point (1..4, default 2 as the paper)")
+    parser.add_argument("--layers", action="append", metavar="PATTERN",
+                        help="compress only Linear/Conv2d layers whose names match this glob (repeatable; "
+                             "default all with >= 10 weights)")
+    parser.add_argument("--trust-builder", action="append", metavar="MODULE:FUNCTION",
+                        help="allow the checkpoint's builder MODULE:FUNCTION to be imported although it is "
+                             "not registered (repeatable; only for code you trust)")
+    parser.add_argument("-o", "--output", required=True, help="the compressed checkpoint (.safetensors)")
+    parser.set_defaults(handler=_compress)
+
+
+def _calibration(path: str | None):
+    """The calibration inputs of a .npy file (float32), or None."""
+    import numpy as np
+
+    from edgepack.compression import HyperError
+
+    if path is None:
+        return None
+    if not Path(path).is_file():
+        raise HyperError(f"--calibration {path}: no such file (a .npy array of model inputs)")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except Exception as error:
+        raise HyperError(f"--calibration {path}: not a .npy array ({type(error).__name__}: {error})") from None
+    if not isinstance(data, np.ndarray) or data.dtype.kind not in "fiu" or data.ndim < 1 or len(data) == 0:
+        raise HyperError(f"--calibration {path}: expected a non-empty numeric array with samples along the "
+                         f"first axis, got {getattr(data, 'dtype', type(data).__name__)} "
+                         f"{list(getattr(data, 'shape', []))}")
+    return data.astype(np.float32)
+
+
+def _fields(path: Path) -> tuple[str, dict, dict | None]:
+    """The builder, its arguments and the recipe of a checkpoint ``load_checkpoint`` has read."""
+    from edgepack.compression import checkpoint
+
+    with path.open("rb") as file:
+        head = file.read(9)
+    legacy = head[8:9] != b"{" and (head[:4] == b"PK\x03\x04" or head[:1] == b"\x80")
+    builder, kwargs, recipe, _ = (checkpoint._read_legacy if legacy else checkpoint._read_safetensors)(path)
+    return builder, kwargs, recipe
+
+
+def _compress(args: argparse.Namespace) -> int:
+    from edgepack.compression import HyperError, hyper_compress, load_checkpoint, save_checkpoint
+
+    model = load_checkpoint(args.checkpoint, trust_builder=args.trust_builder or ())
+    builder, kwargs, recipe = _fields(Path(args.checkpoint))
+    compressed, report = hyper_compress(model, budget=args.budget, calibration=_calibration(args.calibration),
+                                        names=args.layers, group=args.group, points=args.points, side=args.side,
+                                        rings=args.rings, progress=True)
+    print(report)
+    if not report.recipe:
+        raise HyperError(f"{args.checkpoint}: nothing to compress: every matched layer has fewer than 10 weights "
+                         f"or no encoding within budget {args.budget} is smaller than float32")
+    path = save_checkpoint(compressed, args.output, builder, kwargs, recipe={**report.recipe, **(recipe or {})})
+    print(f"wrote {path} ({path.stat().st_size:,} bytes)")
+    return 0
