@@ -157,13 +157,7 @@ def load_checkpoint(path: str | Path, trust_builder: str | Iterable[str] = ()) -
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} is not a file")
-    with path.open("rb") as file:
-        head = file.read(9)
-    safetensors = head[8:9] == b"{"  # u64 header length, then the JSON header
-    if not safetensors and (head[:4] == b"PK\x03\x04" or head[:1] == b"\x80"):  # torch.save
-        builder, kwargs, recipe, state = _read_legacy(path)
-    else:
-        builder, kwargs, recipe, state = _read_safetensors(path)
+    builder, kwargs, recipe, state = _read(path)
     function = _builder(builder, trusted, path)
     try:
         model = function(**kwargs)
@@ -183,6 +177,22 @@ def load_checkpoint(path: str | Path, trust_builder: str | Iterable[str] = ()) -
                                   f"{type(error).__name__}: {error}") from None
     _load_state(model, state, path, builder)
     return model.eval()
+
+
+def read_checkpoint_fields(path: str | Path) -> tuple[str, dict, dict | None]:
+    """A checkpoint's builder name, builder arguments and recipe, checked; builds nothing."""
+    builder, kwargs, recipe, _ = _read(Path(path))
+    return builder, kwargs, recipe
+
+
+def _read(path: Path) -> tuple[str, dict, dict | None, dict]:
+    """Builder, arguments, recipe and state of a checkpoint in either format."""
+    with path.open("rb") as file:
+        head = file.read(9)
+    safetensors = head[8:9] == b"{"  # u64 header length, then the JSON header
+    if not safetensors and (head[:4] == b"PK\x03\x04" or head[:1] == b"\x80"):  # torch.save
+        return _read_legacy(path)
+    return _read_safetensors(path)
 
 
 def _read_safetensors(path: Path) -> tuple[str, dict, dict | None, dict]:

@@ -23,163 +23,35 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgepack.errors import EdgepackError
+from edgepack.runtime_kernels.hyper_format import (
+    ATTRIBUTES,
+    MAX_BITS,
+    MAX_GROUP,
+    MAX_POINTS,
+    MAX_RINGS,
+    HyperError,
+    check_attribute,
+    check_hyper,
+    describe_array,
+    hyper_table,
+    index_bits,
+    pack_bits,
+    side_fits,
+    trajectory_base,
+    unpack_bits,
+)
 from edgepack.runtime_kernels.op_spec import OPS
 
 from .registry import register_method
 
 _WEIGHT_INPUTS = OPS["HyperWeight"].weight_inputs  # indices, center, side, scales
-
-MAX_POINTS = 65536
-MAX_GROUP = 4
-MAX_RINGS = 15
-MAX_BITS = 24
-ATTRIBUTES = {"points": (1, MAX_POINTS), "group": (1, MAX_GROUP), "rings": (0, MAX_RINGS),
-              "bits": (1, MAX_BITS)}
-
-
-class HyperError(EdgepackError, ValueError):
-    """A Hyper-Compression weight or request that breaks the HyperWeight contract; names the field."""
+__all__ = ["ATTRIBUTES", "MAX_BITS", "MAX_GROUP", "MAX_POINTS", "MAX_RINGS", "HyperError", "check_hyper",
+           "hyper_table", "index_bits", "pack_bits", "trajectory_base", "unpack_bits"]
 
 
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise HyperError(message)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
-def _check_attribute(name: str, value, where: str) -> int:
-    low, high = ATTRIBUTES[name]
-    _check(_is_int(value) and low <= value <= high,
-           f"{where}: attribute {name!r} = {value!r}; must be in [{low}, {high}]")
-    return int(value)
-
-
-def index_bits(points: int, rings: int) -> int:
-    """The fewest bits that hold every index of ``rings`` rings of ``points`` + 1 codebook points."""
-    return max(1, ((rings + 1) * (points + 1) - 1).bit_length())
-
-
-def trajectory_base(points: int, group: int) -> int:
-    """t: the smallest integer ≥ 1 with t^group ≥ points (integer arithmetic, as the decoders)."""
-    t = max(1, int(round(points ** (1.0 / group))) - 1)
-    while t ** group < points:
-        t += 1
-    while t > 1 and (t - 1) ** group >= points:
-        t -= 1
-    return t
-
-
-def pack_bits(values, bits: int) -> np.ndarray:
-    """Pack non-negative integers of ``bits`` (1..24) bits into a uint8 bit stream, LSB first, the
-    last byte's unused high bits zero."""
-    _check(_is_int(bits) and 1 <= bits <= MAX_BITS, f"pack_bits: bits = {bits!r}; must be in [1, {MAX_BITS}]")
-    values = np.asarray(values, dtype=np.int64).ravel()
-    if values.size and not (int(values.min()) >= 0 and int(values.max()) < (1 << bits)):
-        raise HyperError(f"pack_bits: values must be in [0, {(1 << bits) - 1}] to fit {bits} bits, got "
-                         f"[{int(values.min())}, {int(values.max())}]")
-    stream = ((values[:, None] >> np.arange(bits, dtype=np.int64)) & 1).astype(np.uint8)
-    return np.packbits(stream.ravel(), bitorder="little")
-
-
-def unpack_bits(packed, count: int, bits: int) -> np.ndarray:
-    """The ``count`` integers of ``bits`` bits that ``pack_bits`` wrote (int64); needs
-    ceil(count·bits/8) bytes."""
-    packed = np.asarray(packed, dtype=np.uint8).ravel()
-    _check(packed.size * 8 >= count * bits, f"unpack_bits: {packed.size} bytes hold fewer than "
-           f"{count} values of {bits} bits")
-    padded = np.concatenate([packed, np.zeros(3, np.uint8)]).astype(np.int64)
-    start = np.arange(count, dtype=np.int64) * bits
-    byte, shift = start // 8, start % 8
-    word = padded[byte] | (padded[byte + 1] << 8) | (padded[byte + 2] << 16) | (padded[byte + 3] << 24)
-    return (word >> shift) & ((1 << bits) - 1)
-
-
-def _limits(count: int, where: str) -> None:
-    """The decode limits of every edgepack decoder (runtime_kernels.limits), before allocating."""
-    from edgepack.runtime_kernels import limits
-
-    virtual = limits.max_virtual_weights()
-    _check(count <= virtual, f"{where}: would decode {count} weights, above the limit of {virtual} per "
-           f"node (environment variable {limits.ENV_MAX_VIRTUAL_WEIGHTS})")
-    decoded = limits.max_decoded_bytes()
-    _check(4 * count <= decoded, f"{where}: would decode {4 * count} bytes, above the limit of {decoded} "
-           f"decoded bytes (environment variable {limits.ENV_MAX_DECODED_BYTES})")
-
-
-def _describe(array: np.ndarray) -> str:
-    return f"{array.dtype} {list(array.shape)}"
-
-
-def check_hyper(indices, center, side, scales, *, shape, points, group, rings, bits,
-                where: str = "HyperWeight") -> np.ndarray:
-    """Check every rule of the contract; returns the g group indices (int64).
-
-    ``scales`` None (or empty) means absent; it must be present exactly when rings > 0.
-    """
-    _check(isinstance(shape, (tuple, list)) and len(shape) >= 1 and all(_is_int(d) and d >= 1 for d in shape),
-           f"{where}: attribute 'shape' = {shape!r}; must be 1 or more ints, each >= 1")
-    shape = tuple(int(d) for d in shape)
-    n = _check_attribute("points", points, where)
-    k = _check_attribute("group", group, where)
-    r = _check_attribute("rings", rings, where)
-    bits = _check_attribute("bits", bits, where)
-    count = math.prod(shape)
-    _limits(count, where)
-    indices = np.asarray(indices)
-    _check(indices.dtype == np.uint8 and indices.ndim == 1,
-           f"{where}: indices must be 1-D uint8, got {_describe(indices)}")
-    g = -(-count // k)
-    expected = -(-g * bits // 8)
-    _check(indices.size >= expected, f"{where}: truncated packed indices: indices has {indices.size} bytes; "
-           f"{g} groups of {bits} bits need {expected}")
-    _check(indices.size == expected, f"{where}: indices has {indices.size} bytes; {g} groups of {bits} "
-           f"bits need exactly {expected}")
-    used = (g * bits) % 8
-    _check(used == 0 or int(indices[-1]) >> used == 0,
-           f"{where}: non-zero trailing bits: the unused high {8 - used} bits of the last indices byte "
-           f"must be 0, got byte {int(indices[-1]):#04x}")
-    idx = unpack_bits(indices, g, bits)
-    limit = (r + 1) * (n + 1)
-    if idx.size and int(idx.max()) >= limit:
-        m = int(np.argmax(idx >= limit))
-        raise HyperError(f"{where}: index {int(idx[m])} of group {m} is out of range: indices must be < "
-                         f"(rings+1)·(points+1) = {limit}")
-    center, side = np.asarray(center), np.asarray(side)
-    _check(center.dtype == np.float32 and center.shape == (k,),
-           f"{where}: center must be float32 [{k}] (group), got {_describe(center)}")
-    _check(bool(np.isfinite(center).all()), f"{where}: center must be finite, got {center.tolist()}")
-    _check(side.dtype == np.float32 and side.shape == (1,),
-           f"{where}: side must be float32 [1], got {_describe(side)}")
-    _check(bool(np.isfinite(side).all()) and float(side[0]) > 0,
-           f"{where}: side must be finite and > 0, got {float(side[0])!r}")
-    present = scales is not None and np.asarray(scales).size > 0
-    _check(present or r == 0, f"{where}: scales missing; rings = {r} needs float32 [{r}] scales")
-    _check(not present or r > 0, f"{where}: scales present with rings = 0; omit scales or set rings")
-    if present:
-        scales = np.asarray(scales)
-        _check(scales.dtype == np.float32 and scales.shape == (r,),
-               f"{where}: scales must be float32 [{r}] (rings), got {_describe(scales)}")
-        _check(bool(np.isfinite(scales).all() and (scales > 0).all()),
-               f"{where}: scales must be finite and > 0, got {scales.tolist()}")
-    return idx
-
-
-def hyper_table(center, side, scales, *, points: int, group: int) -> np.ndarray:
-    """The (R+1)·(n+1) × k float32 table of decoded points, by the contract's operations (no checks)."""
-    c = np.asarray(center, dtype=np.float32).reshape(group)
-    length = np.float32(np.asarray(side, dtype=np.float32).reshape(-1)[0])
-    t = trajectory_base(points, group)
-    half = length * np.float32(0.5)
-    corner = c - half
-    step = np.array([length / np.float32(t ** (group - j)) for j in range(group)], dtype=np.float32)
-    theta = np.arange(points, dtype=np.float32)
-    base = np.concatenate([c[None, :], np.fmod(theta[:, None] * step[None, :], length) + corner[None, :]])
-    rings = [] if scales is None else np.asarray(scales, dtype=np.float32).ravel()
-    return np.concatenate([base] + [(base - c) * s + c for s in rings]).astype(np.float32)
 
 
 def decode_hyper(indices, center, side, scales, *, shape, points, group, rings, bits) -> np.ndarray:
@@ -226,7 +98,7 @@ def _check_weight(weight, where: str) -> np.ndarray:
     weight = np.asarray(weight)
     _check(weight.dtype.kind == "f" and weight.ndim >= 1 and weight.size >= 1,
            f"{where}: weight must be a float array with at least one element and one dim, got "
-           f"{_describe(weight)}")
+           f"{describe_array(weight)}")
     weight = np.ascontiguousarray(weight, dtype=np.float32)
     _check(bool(np.isfinite(weight).all()), f"{where}: weight has non-finite values")
     return weight
@@ -282,7 +154,7 @@ class _Groups:
 
     def __init__(self, weight, group: int, where: str = "encode_hyper") -> None:
         self.weight = _check_weight(weight, where)
-        self.group = _check_attribute("group", group, where)
+        self.group = check_attribute("group", group, where)
         self.groups = _groups(self.weight, self.group)
         self.center = self.groups.mean(axis=0).astype(np.float32)
         self.deviation = self.groups - self.center.astype(np.float64)
@@ -295,6 +167,8 @@ class _Groups:
         scales = ring_scales(self.farthest, float(length), rings)
         table = hyper_table(self.center, np.array([length], dtype=np.float32), scales, points=points,
                             group=self.group)
+        _check(bool(np.isfinite(table).all()), f"encode_hyper: side {float(length)!r} around center "
+               f"{self.center.tolist()} decodes points outside float32; use a smaller side")
         idx, _ = _nearest(self.groups, table, points, rings, scales, self.chebyshev <= float(length) / 2)
         return idx, table, scales
 
@@ -313,10 +187,15 @@ class _Groups:
                 "rings": rings, "bits": bits}
 
 
-def _check_side(side, where: str) -> float:
+def _check_side(side, where: str, points: int | None = None) -> float:
+    """``side`` as a float after the contract's side rule: finite and > 0 in float32, and with
+    ``points`` given side·points finite in float32 (else θ·step overflows)."""
     _check(isinstance(side, (int, float, np.floating, np.integer)) and not isinstance(side, bool)
-           and math.isfinite(float(side)) and np.float32(side) > 0,
-           f"{where}: side = {side!r}; must be a finite number > 0 (the square's side L)")
+           and side_fits(side, 1),
+           f"{where}: side = {side!r}; must be a finite number > 0 that float32 holds (the square's side L)")
+    _check(points is None or side_fits(side, points),
+           f"{where}: side = {side!r} with points = {points}: side·points overflows float32; side must be at "
+           f"most {float(np.finfo(np.float32).max) / (points or 1):.6g}")
     return float(side)
 
 
@@ -331,8 +210,8 @@ def encode_hyper(weight, *, side: float, points: int, rings: int = 0, group: int
     """
     where = "encode_hyper"
     prepared = _Groups(weight, group, where)
-    return prepared.encode(_check_side(side, where), _check_attribute("points", points, where),
-                           _check_attribute("rings", rings, where))
+    points = check_attribute("points", points, where)
+    return prepared.encode(_check_side(side, where, points), points, check_attribute("rings", rings, where))
 
 
 def decode_encoded(encoded: dict) -> np.ndarray:
@@ -406,13 +285,16 @@ def choose_encoding(weight, *, budget: float | None = None, points: int | None =
             return relative_error(prepared.weight, decoded)
     forced = {"points": points, "side": side, "rings": rings}
     sides = [_check_side(side, where)] if side is not None else _sides(prepared)
-    ring_list = [_check_attribute("rings", rings, where)] if rings is not None else range(MAX_AUTO_RINGS + 1)
+    ring_list = [check_attribute("rings", rings, where)] if rings is not None else range(MAX_AUTO_RINGS + 1)
     if points is not None:
-        points = _check_attribute("points", points, where)
+        points = check_attribute("points", points, where)
+        if side is not None:
+            _check_side(side, where, points)
     count = prepared.weight.size
     candidates = sorted((stored_bytes(count, prepared.group, index_bits(n, r), r), n, r, length)
                         for r in ring_list for n in ([points] if points else _trajectory_sizes(group, r))
-                        for length in sides)
+                        for length in sides if side_fits(length, n))
+    _check(bool(candidates), f"{where}: no side fits: side·points overflows float32 for every candidate")
     if all(value is not None for value in forced.values()):
         _, n, r, length = candidates[0]
         return prepared.encode(length, n, r), error(prepared.decoded(length, n, r))
@@ -462,7 +344,7 @@ class _HyperLayer(nn.Module):
                  rings: int = 0) -> None:
         super().__init__()
         where = type(self).__name__
-        points, group, rings = (_check_attribute(name, value, where) for name, value in
+        points, group, rings = (check_attribute(name, value, where) for name, value in
                                 (("points", points), ("group", group), ("rings", rings)))
         self.weight_shape = tuple(int(d) for d in shape)
         bits = index_bits(points, rings)
@@ -560,12 +442,24 @@ def _from_dense(cls, layer, initialize: bool, options: dict) -> nn.Module:
     return module
 
 
+def numeric_padding(layer: nn.Conv2d) -> tuple[int, int] | None:
+    """The Conv2d's padding as numbers: 'valid' is 0, 'same' is dilation·(kernel−1)/2 per axis when
+    that is even (symmetric); None for an asymmetric 'same', which needs uneven padding."""
+    if not isinstance(layer.padding, str):
+        return tuple(layer.padding)
+    if layer.padding == "valid":
+        return (0, 0)
+    totals = [d * (k - 1) for d, k in zip(layer.dilation, layer.kernel_size)]
+    return None if any(t % 2 for t in totals) else tuple(t // 2 for t in totals)
+
+
 def _new_layer(cls, layer: nn.Module, **sizes) -> nn.Module:
-    """An empty ``cls`` layer with the sizes and options of the dense ``layer``."""
+    """An empty ``cls`` layer with the sizes and options of the dense ``layer`` (numeric padding)."""
     if isinstance(layer, nn.Linear):
         return cls(layer.in_features, layer.out_features, bias=layer.bias is not None, **sizes)
     return cls(layer.in_channels, layer.out_channels, layer.kernel_size, bias=layer.bias is not None,
-               stride=layer.stride, padding=layer.padding, dilation=layer.dilation, groups=layer.groups, **sizes)
+               stride=layer.stride, padding=numeric_padding(layer), dilation=layer.dilation, groups=layer.groups,
+               **sizes)
 
 
 @register_method("hyper", nn.Linear)
@@ -619,9 +513,10 @@ class HyperConv2d(_HyperLayer):
     def from_dense(cls, layer: nn.Conv2d, initialize: bool = True, *, budget: float | None = None,
                    points: int | None = None, side: float | None = None, rings: int | None = None,
                    group: int = 2) -> nn.Module:
-        """As ``HyperLinear.from_dense`` for a trained ``nn.Conv2d`` (zero padding, numeric sizes)."""
-        _check(layer.padding_mode == "zeros" and not isinstance(layer.padding, str),
-               f"HyperConv2d: padding_mode must be 'zeros' with numeric padding, got "
+        """As ``HyperLinear.from_dense`` for a trained ``nn.Conv2d`` (zero padding; 'same' only when
+        symmetric)."""
+        _check(layer.padding_mode == "zeros" and numeric_padding(layer) is not None,
+               f"HyperConv2d: padding_mode must be 'zeros' with numeric or symmetric 'same' padding, got "
                f"{layer.padding_mode!r} / {layer.padding!r}")
         return _from_dense(cls, layer, initialize, {"budget": budget, "points": points, "side": side,
                                                     "rings": rings, "group": group})
@@ -708,8 +603,9 @@ def _output_error(layer: nn.Module, inputs: torch.Tensor):
             patches = inputs.reshape(1, -1, inputs.shape[-1]).transpose(1, 2)  # groups, cols, samples
             groups = 1
         else:
-            reference = F.conv2d(inputs, weight, bias, layer.stride, layer.padding, layer.dilation, layer.groups)
-            unfolded = F.unfold(inputs, layer.kernel_size, layer.dilation, layer.padding, layer.stride)
+            padding = numeric_padding(layer)
+            reference = F.conv2d(inputs, weight, bias, layer.stride, padding, layer.dilation, layer.groups)
+            unfolded = F.unfold(inputs, layer.kernel_size, layer.dilation, padding, layer.stride)
             groups = layer.groups
             patches = unfolded.reshape(inputs.shape[0], groups, -1, unfolded.shape[-1]).permute(1, 2, 0, 3)
             patches = patches.reshape(groups, patches.shape[1], -1)
@@ -736,15 +632,19 @@ def hyper_layer(layer: nn.Linear | nn.Conv2d, *, budget: float = DEFAULT_BUDGET,
 
     _check(isinstance(layer, (nn.Linear, nn.Conv2d)),
            f"hyper_layer takes nn.Linear or nn.Conv2d, got {type(layer).__name__}")
+    padding = None
     if isinstance(layer, nn.Conv2d):
-        _check(layer.padding_mode == "zeros" and not isinstance(layer.padding, str),
-               f"layer {name!r}: padding_mode must be 'zeros' with numeric padding, got "
-               f"{layer.padding_mode!r} / {layer.padding!r}")
+        _check(layer.padding_mode == "zeros", f"layer {name!r}: padding_mode must be 'zeros', got "
+               f"{layer.padding_mode!r}")
+        padding = numeric_padding(layer)
     weight = layer.weight.detach().cpu().to(torch.float32)
     dense = tensor_bytes(layer)[1]
     row = LayerChoice(name, tuple(weight.shape), "dense", dense, dense, group=group)
     if weight.numel() < MIN_WEIGHTS:
         row.note = f"< {MIN_WEIGHTS} weights"
+        return layer, row
+    if isinstance(layer, nn.Conv2d) and padding is None:
+        row.note = "asymmetric 'same' padding"
         return layer, row
     error = None
     if calibration is not None:
@@ -758,8 +658,8 @@ def hyper_layer(layer: nn.Linear | nn.Conv2d, *, budget: float = DEFAULT_BUDGET,
     if encoded is None:
         row.note = f"budget; best {value:.2g}"
         return layer, row
-    new = _new_layer(HyperLinear if isinstance(layer, nn.Linear) else HyperConv2d, layer,
-                     points=encoded["points"], group=encoded["group"], rings=encoded["rings"])
+    sizes = {"points": encoded["points"], "group": encoded["group"], "rings": encoded["rings"]}
+    new = _new_layer(HyperLinear if isinstance(layer, nn.Linear) else HyperConv2d, layer, **sizes)
     new.set_encoding(encoded, layer.bias)
     decoded = decode_encoded(encoded)
     row.method, row.stored_bytes = "hyper", tensor_bytes(new)[1]
@@ -781,6 +681,10 @@ def _layer_inputs(model: nn.Module, layers: dict[str, nn.Module], calibration) -
     inputs = calibration if isinstance(calibration, (tuple, list)) else (calibration,)
     inputs = tuple(torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x, dtype=torch.float32)
                    for x in inputs)
+    for number, x in enumerate(inputs):
+        bad = int((~torch.isfinite(x)).sum())
+        _check(bad == 0, f"calibration: input {number} (shape {list(x.shape)}) has {bad} non-finite values (NaN or "
+               "Inf); calibration data must be finite")
     was_training = model.training
     try:
         with torch.no_grad():
@@ -793,6 +697,9 @@ def _layer_inputs(model: nn.Module, layers: dict[str, nn.Module], calibration) -
         model.train(was_training)
         for hook in hooks:
             hook.remove()
+    for name, x in captured.items():
+        _check(bool(torch.isfinite(x).all()), f"calibration: the input that reaches layer {name!r} has non-finite "
+               "values (NaN or Inf) when the dense model runs on the calibration data")
     return captured
 
 
@@ -820,6 +727,9 @@ def hyper_compress(model: nn.Module, *, budget: float = DEFAULT_BUDGET, calibrat
     patterns = None if names is None else ([names] if isinstance(names, str) else list(names))
     matched = {name: layer for name, layer in candidates.items()
                if patterns is None or any(fnmatch.fnmatchcase(name, p) for p in patterns)}
+    _check(not isinstance(model, (nn.Linear, nn.Conv2d)),
+           f"hyper_compress: the model is itself a {type(model).__name__}; the root module is not replaced, only "
+           "Linear/Conv2d layers inside it: wrap it (nn.Sequential(layer)) or use hyper_layer")
     _check(bool(matched), f"hyper_compress: {'the model has no' if patterns is None else str(patterns) + ' match no'} "
            f"Linear/Conv2d layer to compress; layers: {sorted(candidates)}")
     inputs = _layer_inputs(model, matched, calibration) if calibration is not None else {}

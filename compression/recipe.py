@@ -106,8 +106,9 @@ def _build(name: str, layer: nn.Module, spec: dict, initialize: bool) -> nn.Modu
                          f"{method!r}; valid: {sorted(accepted)}")
     try:
         return layer_class.from_dense(layer, initialize=initialize, **params)
-    except ValueError as error:
-        raise ValueError(f"layer {name!r}: {error}") from None
+    except ValueError as error:  # keeps the error's type (an EdgepackError stays one)
+        error.args = (f"layer {name!r}: {error}",)
+        raise
 
 
 def compress(model: nn.Module, recipe: dict | str | Path, inplace: bool = False,

@@ -75,22 +75,12 @@ def _calibration(path: str | None):
     return data.astype(np.float32)
 
 
-def _fields(path: Path) -> tuple[str, dict, dict | None]:
-    """The builder, its arguments and the recipe of a checkpoint ``load_checkpoint`` has read."""
-    from edgepack.compression import checkpoint
-
-    with path.open("rb") as file:
-        head = file.read(9)
-    legacy = head[8:9] != b"{" and (head[:4] == b"PK\x03\x04" or head[:1] == b"\x80")
-    builder, kwargs, recipe, _ = (checkpoint._read_legacy if legacy else checkpoint._read_safetensors)(path)
-    return builder, kwargs, recipe
-
-
 def _compress(args: argparse.Namespace) -> int:
     from edgepack.compression import HyperError, hyper_compress, load_checkpoint, save_checkpoint
+    from edgepack.compression.checkpoint import read_checkpoint_fields
 
     model = load_checkpoint(args.checkpoint, trust_builder=args.trust_builder or ())
-    builder, kwargs, recipe = _fields(Path(args.checkpoint))
+    builder, kwargs, recipe = read_checkpoint_fields(args.checkpoint)
     compressed, report = hyper_compress(model, budget=args.budget, calibration=_calibration(args.calibration),
                                         names=args.layers, group=args.group, points=args.points, side=args.side,
                                         rings=args.rings, progress=True)
@@ -98,6 +88,6 @@ def _compress(args: argparse.Namespace) -> int:
     if not report.recipe:
         raise HyperError(f"{args.checkpoint}: nothing to compress: every matched layer has fewer than 10 weights "
                          f"or no encoding within budget {args.budget} is smaller than float32")
-    path = save_checkpoint(compressed, args.output, builder, kwargs, recipe={**report.recipe, **(recipe or {})})
+    path = save_checkpoint(compressed, args.output, builder, kwargs, recipe={**(recipe or {}), **report.recipe})
     print(f"wrote {path} ({path.stat().st_size:,} bytes)")
     return 0

@@ -419,7 +419,9 @@ def _hyper_table(body: Body, n: str, k: str, rings: str) -> str:
 def hyper_weight_function() -> onnx.FunctionProto:
     """HyperWeight(indices, center, side, scales?) → W[shape] (docs/ops.md): the point table, one
     gather per stored index, the last group's padding dropped. A node always gives all four inputs
-    (scales as "" when R = 0, as onnx's ReferenceEvaluator wants); Gemm takes the absent scales."""
+    (scales as "" when R = 0, as onnx's ReferenceEvaluator wants); Gemm takes the absent scales, and
+    a zero-length one as absent too. It checks nothing: the validator refuses the contract's faults
+    (side·points must be finite in float32, or θ·step overflows to inf and the points to NaN)."""
     body = Body()
     shape = body.attribute("shape", AttributeProto.INTS)
     n, k, rings = (body.attribute(name, AttributeProto.INT) for name in ("points", "group", "rings"))

@@ -17,7 +17,7 @@ from onnx import AttributeProto, TensorProto
 from onnx.external_data_helper import uses_external_data
 
 from edgepack.errors import EdgepackError
-from edgepack.runtime_kernels import limits
+from edgepack.runtime_kernels import hyper_format, limits
 from edgepack.runtime_kernels.op_spec import (
     DOMAIN,
     MAX_BUCKETS,
@@ -27,6 +27,7 @@ from edgepack.runtime_kernels.op_spec import (
     MIN_POW2,
     OPS,
     U32_MAX,
+    sparse_plan_bytes,
 )
 
 from .model_files import load_onnx
@@ -218,9 +219,11 @@ def check_node(op_type: str, label: str, values: dict, inputs: list[Tensor],
         decoded = 4 * rows * cols
         what = f"the {'decoded' if decoder else 'expanded'} weight" + \
             ("" if decoder else " (mode 0)") + f" ({desc})"
-    elif op_type == "SparseCodebookMatMul" and "codebook" in known and "col_gaps" in known:
-        j, n = int(np.prod(known["codebook"].dims)), int(np.prod(known["col_gaps"].dims))
-        decoded, what = 4 * j + 4 * (out_f + 1) + 2 * n, f"the sparse plan ({desc}, {n} entries)"
+    elif op_type == "SparseCodebookMatMul" and _sized(known.get("codebook")) and _sized(known.get("col_gaps")):
+        n = int(np.prod(known["col_gaps"].dims))
+        plan_attributes = {"in_features": in_f, "out_features": out_f}
+        decoded = sparse_plan_bytes(plan_attributes, lambda name: known[name].dims)
+        what = f"the sparse plan ({desc}, {n} entries)"
     elif op_type == "CirculantMatMul" and "blocks" in known:
         p, q, b = known["blocks"].dims
         decoded, what = 4 * p * q * (b + 2), f"the block spectra ({desc}, input 'blocks' {_dims(known['blocks'])})"
@@ -336,7 +339,7 @@ def _check_codebook(node: _Node, given: dict[str, Tensor], known: dict[str, Tens
     index < J, row_ptr from 0 never decreasing to n, every gap >= 1 and every column < cols."""
     if bits not in (1, 2, 4, 8):
         raise node.fail(f"attribute 'bits' = {bits}; must be 1, 2, 4 or 8")
-    codebook = known.get("codebook")
+    codebook = _sized(known.get("codebook"))
     j = int(np.prod(codebook.dims, dtype=object)) if codebook is not None else None
     if codebook is not None and len(codebook.dims) != 1:
         raise node.fail(f"input 'codebook' has shape {_dims(codebook)}; must be 1-D")
@@ -348,7 +351,8 @@ def _check_codebook(node: _Node, given: dict[str, Tensor], known: dict[str, Tens
     for name in OPS[node.op_type].weight_inputs:
         if name in known and len(known[name].dims) != 1:
             raise node.fail(f"input '{name}' has shape {_dims(known[name])}; must be 1-D")
-    row_ptr, col_gaps, indices = known.get("row_ptr"), known.get("col_gaps"), known.get("indices")
+    row_ptr, col_gaps = _sized(known.get("row_ptr")), _sized(known.get("col_gaps"))
+    indices = _sized(known.get("indices"))
     if row_ptr is not None and row_ptr.dims[0] != rows + 1:
         raise node.fail(f"input 'row_ptr' has {row_ptr.dims[0]} values; must have rows+1 = {rows + 1}")
     n = rows * cols if not given["col_gaps"].present else (col_gaps.dims[0] if col_gaps is not None else None)
@@ -411,11 +415,11 @@ def _check_hyper(node: _Node, given: dict[str, Tensor], known: dict[str, Tensor]
     zero trailing bits and every index < (R+1)·(n+1)."""
     n, k, rings, bits = read["points"], read["group"], read["rings"], read["bits"]
     for name in OPS[node.op_type].weight_inputs:
-        if name in known and len(known[name].dims) != 1:
+        if name in known and len(known[name].dims) != 1 and not (name == "scales" and 0 in known[name].dims):
             raise node.fail(f"input '{name}' has shape {_dims(known[name])}; must be 1-D")
     g = -(-weights // k)
     need = -(-g * bits // 8)
-    indices, center, side, scales = (known.get(name) for name in OPS[node.op_type].weight_inputs)
+    indices, center, side, scales = (_sized(known.get(name)) for name in OPS[node.op_type].weight_inputs)
     if indices is not None and indices.dims[0] != need:
         have = indices.dims[0]
         why = "truncated packed indices" if have < need else "more bytes than the packed indices"
@@ -425,11 +429,14 @@ def _check_hyper(node: _Node, given: dict[str, Tensor], known: dict[str, Tensor]
         raise node.fail(f"input 'center' has {center.dims[0]} values; must be [group] = [{k}]")
     if side is not None and side.dims[0] != 1:
         raise node.fail(f"input 'side' has {side.dims[0]} values; must be [1]")
-    if rings > 0 and not given["scales"].present:
+    scales_len = None if scales is None else int(np.prod(scales.dims, dtype=np.int64))
+    given_scales = given["scales"].present and scales_len != 0  # a zero-length scales counts as absent
+    unknown_scales = given["scales"].present and scales is None
+    if rings > 0 and not given_scales:
         raise node.fail(f"input 'scales' is missing; rings = {rings} needs [rings] = [{rings}] expansion factors")
-    if rings == 0 and given["scales"].present:
+    if rings == 0 and given_scales and not unknown_scales:
         raise node.fail("input 'scales' is given but rings = 0; it must be absent when rings = 0")
-    if scales is not None and scales.dims[0] != rings:
+    if scales_len and scales.dims[0] != rings:
         raise node.fail(f"input 'scales' has {scales.dims[0]} values; must be [rings] = [{rings}]")
     if center is not None and center.data is not None:
         for j, value in enumerate(center.data.astype(np.float32)):
@@ -439,26 +446,32 @@ def _check_hyper(node: _Node, given: dict[str, Tensor], known: dict[str, Tensor]
         value = side.data.astype(np.float32)[0]
         if not (np.isfinite(value) and value > 0):
             raise node.fail(f"input 'side' is {_g(value)}; must be finite and > 0")
+        if not hyper_format.side_fits(value, n):
+            raise node.fail(f"input 'side' is {_g(value)}; side*points overflows float32 (must be <= "
+                            f"{_g(np.finfo(np.float32).max / np.float32(n))} for {n} points)")
     if scales is not None and scales.data is not None:
         for r, value in enumerate(scales.data.astype(np.float32)):
             if not (np.isfinite(value) and value > 0):
                 raise node.fail(f"input 'scales': value {r} is {_g(value)}; must be finite and > 0")
     if indices is None or indices.data is None:
         return
-    packed = np.concatenate([indices.data.astype(np.int64), np.zeros(3, np.int64)])
+    packed = indices.data.astype(np.int64)
     used = (g * bits) % 8
     if used and packed[need - 1] >> used:
         raise node.fail(f"input 'indices': the unused high bits of its last byte (byte {need - 1} = "
                         f"0x{int(packed[need - 1]):02x}) must be 0 ({g} groups of {bits} bits)")
-    position = np.arange(g, dtype=np.int64) * bits
-    byte = position // 8
-    word = packed[byte] | packed[byte + 1] << 8 | packed[byte + 2] << 16 | packed[byte + 3] << 24
-    index = (word >> (position % 8)) & ((1 << bits) - 1)
+    index = hyper_format.unpack_bits(indices.data, g, bits)
     limit = (rings + 1) * (n + 1)
     bad = np.flatnonzero(index >= limit)
     if len(bad):
         raise node.fail(f"input 'indices': group {int(bad[0])} has index {int(index[bad[0]])}; every index must be "
                         f"< (rings+1)*(points+1) = {limit}")
+
+
+def _sized(t: Tensor | None) -> Tensor | None:
+    """``t`` when its length is known (no symbolic dim), else None: a length known only at run time
+    is checked by the kernels then."""
+    return t if t is not None and all(d >= 0 for d in t.dims) else None
 
 
 def _check_total(results: list[dict]) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 
 from edgepack.errors import EdgepackError
 
-from . import limits
+from . import hyper_format, limits
 from .kernels import hashed_decode
 
 __all__ = ["DecodeError", "DECODED_OPS", "codebook_weight", "decode_node", "decode_weight", "hyper_weight",
@@ -91,35 +91,17 @@ def codebook_weight(attributes: dict, codebook: np.ndarray, indices: np.ndarray,
     return weight.reshape(shape)
 
 
-def _trajectory_base(points: int, group: int) -> int:
-    """t: the smallest integer >= 1 with t^group >= points."""
-    t = 1
-    while t**group < points:
-        t += 1
-    return t
-
-
 def hyper_weight(attributes: dict, indices: np.ndarray, center: np.ndarray, side: np.ndarray,
                  scales: np.ndarray | None = None) -> np.ndarray:
     """The dense float32 weight of a HyperWeight node that passed the validator (docs/ops.md): the
-    (R+1)·(n+1) × k table of points in the contract's float32 operations, one gather per index."""
+    (R+1)·(n+1) × k table of points (hyper_format.hyper_table), one gather per index; a zero-length
+    ``scales`` counts as absent."""
     shape = [int(d) for d in attributes["shape"]]
     n, k, bits = int(attributes["points"]), int(attributes.get("group", 2)), int(attributes["bits"])
     count = int(np.prod(shape, dtype=np.int64))
-    c = np.ravel(center).astype(np.float32)
-    length = np.float32(np.ravel(side)[0])
-    t = _trajectory_base(n, k)
-    step = np.array([length / np.float32(t ** (k - j)) for j in range(k)], np.float32)
-    theta = np.arange(n, dtype=np.float32)[:, None]
-    points = np.concatenate([c[None], np.fmod(theta * step, length) + (c - length * np.float32(0.5))])
-    rings = [] if scales is None else np.ravel(scales).astype(np.float32)
-    table = np.concatenate([points] + [(points - c) * s + c for s in rings])
-    groups = -(-count // k)
-    packed = np.concatenate([np.ravel(indices), np.zeros(3, np.uint8)]).astype(np.int64)
-    position = np.arange(groups, dtype=np.int64) * bits
-    byte = position >> 3
-    word = packed[byte] | packed[byte + 1] << 8 | packed[byte + 2] << 16 | packed[byte + 3] << 24
-    index = (word >> (position & 7)) & ((1 << bits) - 1)
+    table = hyper_format.hyper_table(np.ravel(center), np.ravel(side), scales if int(attributes.get("rings", 0))
+                                     else None, points=n, group=k)
+    index = hyper_format.unpack_bits(indices, -(-count // k), bits)
     return table[index].reshape(-1)[:count].reshape(shape)
 
 

@@ -336,10 +336,22 @@ def hyper_decode(indices, center, side, scales, *, shape, points: int, group: in
                  bits: int) -> np.ndarray:
     """W of ``shape`` from a HyperWeight's inputs (``scales`` None when absent); the C side checks
     every rule of the contract, so this is the C decoder at load, bit for bit."""
+    for name, value in {"points": points, "group": group, "rings": rings, "bits": bits}.items():
+        if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)) \
+                or not -2**31 <= value < 2**31:
+            raise KernelError(f"attribute '{name}' = {value!r}; must be an int32 (the contract's range is "
+                              "checked by the kernel)")
     shape = tuple(int(d) for d in shape)
     if not shape or min(shape) < 1:
         raise KernelError(f"shape {shape} must have at least one dim, each >= 1")
-    arrays = [_int_array(indices, "indices", np.uint8), _f32(center, "center", 1), _f32(side, "side", 1)]
+    given = {"indices": (indices, np.uint8), "center": (center, np.float32), "side": (side, np.float32)}
+    if scales is not None:
+        given["scales"] = (scales, np.float32)
+    for name, (value, dtype) in given.items():
+        if not isinstance(value, np.ndarray) or value.dtype != dtype:
+            found = value.dtype if isinstance(value, np.ndarray) else type(value).__name__
+            raise KernelError(f"input '{name}' has dtype {found}; must be a {np.dtype(dtype).name} numpy array")
+    arrays = [np.ascontiguousarray(indices).ravel(), _f32(center, "center", 1), _f32(side, "side", 1)]
     if scales is not None:
         arrays.append(_f32(scales, "scales", 1))
     w = Hyper(int(np.prod(shape, dtype=np.int64)), points, group, rings, bits, _ptr(arrays[0]), arrays[0].size,

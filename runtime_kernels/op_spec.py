@@ -337,24 +337,25 @@ def _sparse_codebook_macs(attributes: dict, shape: ShapeOf) -> float:
     return _batch(shape) * _entries(shape)
 
 
-def _sparse_plan_bytes(attributes: dict, shape: ShapeOf) -> int:
+def sparse_plan_bytes(attributes: dict, shape: ShapeOf) -> int:
     """What the sparse kernel's plan keeps (codebook.c): the rows sorted by length in S = ceil(out/16)
-    slices (order, lengths, slice starts) and per entry its codebook value and its column (c = 2 bytes
-    up to 65536 columns, else 4; 16 more after the last): 4·out + 64·S + 4·(S+1) + 4·n + c·(n+16)."""
+    slices (order and its inverse, lengths, slice starts) and per entry its codebook value and its
+    column (c = 2 bytes up to 65536 columns, else 4; 16 more after the last): 8·out + 64·S + 4·(S+1) +
+    4·n + c·(n+16)."""
     rows, n = attributes["out_features"], _entries(shape)
     slices, c = -(-rows // 16), 2 if attributes["in_features"] <= 65536 else 4
-    return 4 * rows + 64 * slices + 4 * (slices + 1) + 4 * n + c * (n + 16)
+    return 8 * rows + 64 * slices + 4 * (slices + 1) + 4 * n + c * (n + 16)
 
 
 def _sparse_codebook_work(attributes: dict, shape: ShapeOf) -> Work:
     """Per inference: N·n MACs straight from the plan (every entry read once per run), n gathers."""
-    return Work(macs=_sparse_codebook_macs(attributes, shape), weight_bytes=_sparse_plan_bytes(attributes, shape),
+    return Work(macs=_sparse_codebook_macs(attributes, shape), weight_bytes=sparse_plan_bytes(attributes, shape),
                 gathers=_entries(shape))
 
 
 def _sparse_codebook_load(attributes: dict, shape: ShapeOf) -> Work:
     """At load: read the compressed inputs, write the plan."""
-    return Work(weight_bytes=_input_bytes(CODEBOOK_INPUTS, shape) + _sparse_plan_bytes(attributes, shape))
+    return Work(weight_bytes=_input_bytes(CODEBOOK_INPUTS, shape) + sparse_plan_bytes(attributes, shape))
 
 
 HYPER_INPUTS = (
@@ -363,9 +364,10 @@ HYPER_INPUTS = (
           "ceil(g·`bits`/8) bytes, unused high bits of the last byte 0, every index < (`rings`+1)·(`points`+1)",
           "uint8"),
     Input("center", True, "weight", "[`group`] the groups' centroid c, finite"),
-    Input("side", True, "weight", "[1] the square's side L, finite and > 0"),
+    Input("side", True, "weight", "[1] the square's side L, finite and > 0, with L·(float)`points` finite in "
+          "float32"),
     Input("scales", False, "weight", "[`rings`] ring r's expansion factor s_r (r = 1 … `rings`), finite and > 0; "
-          "present iff `rings` > 0"),
+          "present iff `rings` > 0 (a zero-length `scales` counts as absent)"),
 )
 
 
@@ -478,7 +480,7 @@ OPS: dict[str, Op] = {op.name: op for op in (
        "X's shape with the last axis `out_features`", _matmul_output, _dense,
        _sparse_codebook_macs, "N·n (n = the stored entries, fillers included)",
        _sparse_codebook_work, _sparse_codebook_load,
-       "per inference N·n MACs and n gathers of X, reading the plan: 4·out + 64·S + 4·(S+1) + 4·n + "
+       "per inference N·n MACs and n gathers of X, reading the plan: 8·out + 64·S + 4·(S+1) + 4·n + "
        "c·(n+16) bytes, S = ceil(out/16) (the rows sorted by length in slices of 16; per entry its codebook "
        "value and its column, c = 2 bytes up to 65536 columns, else 4). At load: reading the inputs' real "
        "bytes and writing that plan"),

@@ -51,10 +51,13 @@ static int model_valid(const ep_hyper *w) {
         return 0;
     const int64_t g = groups(w), limit = ((int64_t)w->rings + 1) * ((int64_t)w->points + 1);
     if (w->indices_len != (g * w->bits + 7) / 8 || w->center_len != w->group || w->side_len != 1) return 0;
-    if (w->has_scales != (w->rings > 0) || (w->has_scales && w->scales_len != w->rings)) return 0;
+    const int has_scales = w->has_scales && w->scales_len > 0; /* a zero-length scales is absent */
+    if (has_scales != (w->rings > 0) || (has_scales && w->scales_len != w->rings)) return 0;
     for (int j = 0; j < w->group; j++)
         if (!isfinite(w->center[j])) return 0;
     if (!isfinite(w->side[0]) || !(w->side[0] > 0.0f)) return 0;
+    volatile float span = w->side[0] * (float)w->points;
+    if (!isfinite(span)) return 0;
     for (int r = 0; r < w->rings; r++)
         if (!isfinite(w->scales[r]) || !(w->scales[r] > 0.0f)) return 0;
     if ((g * w->bits) % 8 && w->indices[w->indices_len - 1] >> ((g * w->bits) % 8)) return 0;

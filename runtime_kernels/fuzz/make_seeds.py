@@ -522,6 +522,11 @@ def hyper_seeds() -> None:
           + data(300))
     write("fuzz_hyper", "lengths_off", bytes([8 | 32, 16]) + struct.pack("<HH", 10, 5) + bytes([0, 2, 0, 3])
           + data(200))
+    table_rng = random.Random(7)  # fewer table points than groups: the table + SIMD gather path
+    for weights, points, group, rings in ((4096, 16, 1, 0), (4096, 16, 2, 1)):
+        head = bytes([0, 0]) + struct.pack("<HH", weights - 1, points - 1) + bytes([group - 1, rings, 0])
+        body = bytes(table_rng.randrange(256) for _ in range(2 + 4 * 4096))
+        write("fuzz_hyper", f"table_w{weights}_n{points}_k{group}_r{rings}", head + body)
 
     w = hyper_weight()
     f32 = {n: np.frombuffer(w[n], "<f4") for n in ("center", "side", "scales")}

@@ -134,14 +134,15 @@ ep_status ep_codebook_decode(const ep_codebook *w, float *W) {
 }
 
 /* The plan: the rows sorted by entry count (longest first), cut into S = ceil(rows/16) slices of
- * EP_SPCB_ROWS; sorted row i is row perm[i] with len[i] entries (len[i] = 0 for i >= rows). Slice
+ * EP_SPCB_ROWS; sorted row i is row perm[i] (row r sorted row pos[r]) with len[i] entries (len[i]
+ * = 0 for i >= rows). Slice
  * s's entries start at start[s], stored diagonal by diagonal (spcb_slice's layout), each entry as
  * its codebook value and its absolute column (uint16_t when cols <= 65536, else int32_t;
  * EP_SPCB_ROWS columns 0 follow the last entry, for the micro-kernels' reads past it). */
 struct ep_codebook_plan {
     int64_t rows, cols, n, slices;
     int wide;
-    const int32_t *perm, *len, *start;
+    const int32_t *perm, *pos, *len, *start;
     const float *val;
     const void *col;
 };
@@ -153,7 +154,7 @@ int64_t ep_codebook_plan_bytes(const ep_codebook *w) {
         w->col_gaps_len > INT64_MAX / 16)
         return -1;
     const int64_t col_bytes = w->cols <= 65536 ? 2 : 4;
-    return 4 * w->rows + 4 * EP_SPCB_ROWS * slices_of(w->rows) + 4 * (slices_of(w->rows) + 1) + 4 * w->col_gaps_len +
+    return 8 * w->rows + 4 * EP_SPCB_ROWS * slices_of(w->rows) + 4 * (slices_of(w->rows) + 1) + 4 * w->col_gaps_len +
            col_bytes * (w->col_gaps_len + EP_SPCB_ROWS);
 }
 
@@ -184,7 +185,7 @@ ep_status ep_codebook_plan_create(const ep_codebook *w, ep_codebook_plan **out) 
         free(p); free(key);
         return ep_fail(EP_ERR_NOMEM, "ep_codebook_plan_create: cannot allocate %lld bytes", (long long)bytes);
     }
-    int32_t *perm = (int32_t *)(p + 1), *len = perm + rows, *start = len + EP_SPCB_ROWS * S;
+    int32_t *perm = (int32_t *)(p + 1), *pos = perm + rows, *len = pos + rows, *start = len + EP_SPCB_ROWS * S;
     float *val = (float *)(start + S + 1);
     void *col = val + n;
     const int wide = w->cols > 65536;
@@ -194,6 +195,7 @@ ep_status ep_codebook_plan_create(const ep_codebook *w, ep_codebook_plan **out) 
     memset(len, 0, sizeof(int32_t) * (size_t)(EP_SPCB_ROWS * S));
     for (int64_t i = 0; i < rows; i++) {
         perm[i] = (int32_t)(key[i] & 2147483647ll);
+        pos[perm[i]] = (int32_t)i;
         len[i] = w->row_ptr[perm[i] + 1] - w->row_ptr[perm[i]];
     }
     free(key);
@@ -221,7 +223,7 @@ ep_status ep_codebook_plan_create(const ep_codebook *w, ep_codebook_plan **out) 
     if (wide) memset((int32_t *)col + n, 0, sizeof(int32_t) * EP_SPCB_ROWS);
     else memset((uint16_t *)col + n, 0, sizeof(uint16_t) * EP_SPCB_ROWS);
     p->rows = rows; p->cols = w->cols; p->n = n; p->slices = S; p->wide = wide;
-    p->perm = perm; p->len = len; p->start = start; p->val = val; p->col = col;
+    p->perm = perm; p->pos = pos; p->len = len; p->start = start; p->val = val; p->col = col;
     *out = p;
     return EP_OK;
 }
@@ -233,39 +235,57 @@ typedef struct spcb_job {
     const ep_codebook_plan *p;
     const float *xt, *bias;
     int64_t ldx, nb;
-    float *Y; /* the block's first row of Y */
+    float *ys; /* nb > 1: the block's sums in sorted row order, [16 S, nb] */
+    float *Y;  /* the block's first row of Y */
     int parts;
 } spcb_job;
 
-/* slices [S*task/parts, S*(task+1)/parts) of one batch block (or one row of X), SPCB_NB / nb
- * slices at a time into acc before their sums go to Y (a sum read back right after the
+/* slices [S*task/parts, S*(task+1)/parts) of one batch block into ys, or of one row of X into Y:
+ * SPCB_NB slices at a time into acc before their sums go to Y (a sum read back right after the
  * micro-kernel's vector store of it would wait on that store) */
 static void spcb_task(void *ctx, int64_t task, int worker) {
     (void)worker;
     const spcb_job *j = (const spcb_job *)ctx;
     const ep_codebook_plan *p = j->p;
     const int64_t s0 = p->slices * task / j->parts, s1 = p->slices * (task + 1) / j->parts, nb = j->nb;
-    const int64_t step = SPCB_NB / nb, width = EP_SPCB_ROWS * nb;
     const size_t cb = p->wide ? 4 : 2;
+    if (nb > 1) {
+        for (int64_t s = s0; s < s1; s++) {
+            const int64_t e = p->start[s];
+            j->o->spcb_slice(p->len + EP_SPCB_ROWS * s, p->val + e, (const char *)p->col + cb * (size_t)e, p->wide,
+                             j->xt, j->ldx, nb, j->ys + EP_SPCB_ROWS * s * nb, nb);
+        }
+        return;
+    }
     float acc[EP_SPCB_ROWS * SPCB_NB];
-    for (int64_t c0 = s0; c0 < s1; c0 += step) {
-        const int64_t c1 = s1 - c0 < step ? s1 : c0 + step;
+    for (int64_t c0 = s0; c0 < s1; c0 += SPCB_NB) {
+        const int64_t c1 = s1 - c0 < SPCB_NB ? s1 : c0 + SPCB_NB;
         for (int64_t s = c0; s < c1; s++) {
             const int64_t e = p->start[s];
             j->o->spcb_slice(p->len + EP_SPCB_ROWS * s, p->val + e, (const char *)p->col + cb * (size_t)e, p->wide,
-                             j->xt, j->ldx, nb, acc + (s - c0) * width, nb);
+                             j->xt, 1, 1, acc + (s - c0) * EP_SPCB_ROWS, 1);
         }
         const int64_t i0 = EP_SPCB_ROWS * c0, i1 = p->rows < EP_SPCB_ROWS * c1 ? p->rows : EP_SPCB_ROWS * c1;
-        if (nb == 1 && !j->bias)
-            for (int64_t i = i0; i < i1; i++) j->Y[p->perm[i]] = acc[i - i0] + 0.0f;
-        else if (nb == 1)
+        if (j->bias)
             for (int64_t i = i0; i < i1; i++) j->Y[p->perm[i]] = acc[i - i0] + j->bias[p->perm[i]];
         else
-            for (int64_t i = i0; i < i1; i++) {
-                const int64_t r = p->perm[i];
-                const float b = j->bias ? j->bias[r] : 0.0f, *a = acc + (i - i0) * nb;
-                for (int64_t k = 0; k < nb; k++) j->Y[k * p->rows + r] = a[k] + b;
-            }
+            for (int64_t i = i0; i < i1; i++) j->Y[p->perm[i]] = acc[i - i0] + 0.0f;
+    }
+}
+
+/* rows [R*task/parts, R*(task+1)/parts) of Y (R = S 16-row groups) from ys: 16 rows at a time, so
+ * each of the nb rows of Y gets 16 consecutive floats (one float per row of Y at a stride of 4 KB
+ * for 1024 outputs would keep hitting one cache set) */
+static void spcb_out_task(void *ctx, int64_t task, int worker) {
+    (void)worker;
+    const spcb_job *j = (const spcb_job *)ctx;
+    const ep_codebook_plan *p = j->p;
+    const int64_t g0 = p->slices * task / j->parts, g1 = p->slices * (task + 1) / j->parts, nb = j->nb;
+    for (int64_t r0 = EP_SPCB_ROWS * g0; r0 < EP_SPCB_ROWS * g1 && r0 < p->rows; r0 += EP_SPCB_ROWS) {
+        const int64_t r1 = p->rows - r0 < EP_SPCB_ROWS ? p->rows : r0 + EP_SPCB_ROWS;
+        for (int64_t k = 0; k < nb; k++)
+            for (int64_t r = r0; r < r1; r++)
+                j->Y[k * p->rows + r] = j->ys[(int64_t)p->pos[r] * nb + k] + (j->bias ? j->bias[r] : 0.0f);
     }
 }
 
@@ -282,14 +302,15 @@ ep_status ep_sparse_codebook_matmul(const ep_codebook_plan *plan, const float *X
     if (N == 0) return EP_OK;
     const ep_ops *o = ep_active_ops();
     const int64_t cols = plan->cols, block = N < o->tile.spcb_min_nb ? 1 : N < SPCB_NB ? N : SPCB_NB;
-    if (block > 1 && (uint64_t)cols > SIZE_MAX / sizeof(float) / (uint64_t)block)
+    const int64_t per = cols + EP_SPCB_ROWS * plan->slices; /* floats per batch row: X transposed, sums */
+    if (block > 1 && (uint64_t)per > SIZE_MAX / sizeof(float) / (uint64_t)block)
         return ep_fail(EP_ERR_OVERFLOW, "ep_sparse_codebook_matmul: a block of %lld x %lld floats is more than this "
-                       "platform can allocate", (long long)block, (long long)cols);
-    float *xt = block > 1 ? (float *)malloc(sizeof(float) * (size_t)(block * cols)) : NULL;
+                       "platform can allocate", (long long)block, (long long)per);
+    float *xt = block > 1 ? (float *)malloc(sizeof(float) * (size_t)(block * per)) : NULL;
     if (block > 1 && !xt)
-        return ep_fail(EP_ERR_NOMEM, "ep_sparse_codebook_matmul: cannot allocate %lld x %lld floats", (long long)cols,
-                       (long long)block);
-    spcb_job j = {o, plan, NULL, bias, 0, 0, NULL, 1};
+        return ep_fail(EP_ERR_NOMEM, "ep_sparse_codebook_matmul: cannot allocate %lld x %lld floats", (long long)block,
+                       (long long)per);
+    spcb_job j = {o, plan, NULL, bias, 0, 0, xt ? xt + block * cols : NULL, NULL, 1};
     for (int64_t n0 = 0; n0 < N;) {
         const int64_t left = N - n0;
         j.nb = left < block ? left : block;
@@ -307,6 +328,7 @@ ep_status ep_sparse_codebook_matmul(const ep_codebook_plan *plan, const float *X
         j.Y = Y + n0 * plan->rows;
         j.parts = ep_threads_for(j.nb * (plan->n + plan->rows), plan->slices);
         ep_parallel_for(j.parts, j.parts, spcb_task, &j);
+        if (j.nb > 1) ep_parallel_for(j.parts, j.parts, spcb_out_task, &j);
         n0 += j.nb;
     }
     free(xt);

@@ -2,8 +2,8 @@
  * rows stored as jagged diagonals (codebook.c's plan). One row of X (nb = 1, ldx = 1): the 16 rows
  * at once, a diagonal per step, x at its 16 columns loaded one by one into vectors and multiplied
  * into the rows' 16 sums. Many batch columns (nb >= SPCB_MIN_NB, X transposed): each entry's value
- * broadcast and multiplied into vectors of batch sums, four rows at a time for one vector, else
- * row by row with up to SPCB_U vectors. Anything else takes the reference. The including variant
+ * broadcast and multiplied into vectors of batch sums, four rows at a time for one or two vectors,
+ * else row by row with up to SPCB_U vectors. Anything else takes the reference. The including variant
  * file wraps spcb_slice_simd. */
 #ifndef EDGEPACK_CODEBOOK_SIMD_H
 #define EDGEPACK_CODEBOOK_SIMD_H
@@ -66,33 +66,40 @@ EP_SI void spcb_row_batch(const int32_t *len, int l, const float *val, const voi
     }
 }
 
-/* rows l .. l+3 against nb <= EP_VL batch columns (one vector, masked when fewer): four
- * independent sums (one row's would wait on each multiply-add) and one walk over the diagonals */
-EP_SI void spcb_quad(const int32_t *len, int l, const float *val, const void *col, const int wide, const float *xt,
-                     int64_t ldx, float *acc, int64_t ldacc, const int masked, ep_vtail tail) {
-    ep_v s[4];
-    for (int k = 0; k < 4; k++) s[k] = ep_vset1(0.0f);
+/* rows l .. l+3 against U (1 or 2) vectors of batch columns (the last masked when masked): 4 U
+ * independent sums (one row's one vector would wait on each multiply-add) and one walk over the
+ * diagonals, the four rows' entries side by side */
+EP_SI void spcb_quad(const int U, const int32_t *len, int l, const float *val, const void *col, const int wide,
+                     const float *xt, int64_t ldx, float *acc, int64_t ldacc, const int masked, ep_vtail tail) {
+    ep_v s[4][2];
+    for (int k = 0; k < 4; k++)
+        for (int u = 0; u < U; u++) s[k][u] = ep_vset1(0.0f);
     const int32_t full = len[EP_SPCB_ROWS - 1];
     int64_t d = 0;
     int32_t j = 0;
     for (; j < full; j++, d += EP_SPCB_ROWS)
         for (int k = 0; k < 4; k++) {
             const float *x = xt + spcb_col(col, d + l + k, wide) * ldx;
-            s[k] = ep_vfma(s[k], ep_vset1(val[d + l + k]), masked ? ep_vld_n(x, tail) : ep_vld(x));
+            const ep_v w = ep_vset1(val[d + l + k]);
+            for (int u = 0; u < U; u++)
+                s[k][u] = ep_vfma(s[k][u], w, masked && u == U - 1 ? ep_vld_n(x + u * EP_VL, tail) : ep_vld(x + u * EP_VL));
         }
     int c = EP_SPCB_ROWS; /* rows that reach diagonal j: len[0 .. c) */
     for (; j < len[l]; j++) {
         while (len[c - 1] <= j) c--;
         for (int k = 0; k < 4 && l + k < c; k++) {
             const float *x = xt + spcb_col(col, d + l + k, wide) * ldx;
-            s[k] = ep_vfma(s[k], ep_vset1(val[d + l + k]), masked ? ep_vld_n(x, tail) : ep_vld(x));
+            const ep_v w = ep_vset1(val[d + l + k]);
+            for (int u = 0; u < U; u++)
+                s[k][u] = ep_vfma(s[k][u], w, masked && u == U - 1 ? ep_vld_n(x + u * EP_VL, tail) : ep_vld(x + u * EP_VL));
         }
         d += c;
     }
-    for (int k = 0; k < 4; k++) {
-        if (masked) ep_vst_n(acc + (l + k) * ldacc, s[k], tail);
-        else ep_vst(acc + (l + k) * ldacc, s[k]);
-    }
+    for (int k = 0; k < 4; k++)
+        for (int u = 0; u < U; u++) {
+            if (masked && u == U - 1) ep_vst_n(acc + (l + k) * ldacc + u * EP_VL, s[k][u], tail);
+            else ep_vst(acc + (l + k) * ldacc + u * EP_VL, s[k][u]);
+        }
 }
 
 #if defined(EP_SIMD_AVX512) || defined(__AVX2__)
@@ -217,12 +224,14 @@ static void spcb_slice_simd(const int32_t *len, const float *val, const void *co
         ep_spcb_slice_ref(len, val, col, wide, xt, ldx, nb, acc, ldacc);
         return;
     }
-    if (nb <= EP_VL) { /* one vector of batch columns: four rows at a time */
-        const int masked = nb < EP_VL;
-        const ep_vtail tail = ep_vtail_of((int)nb);
+    if (nb <= 2 * EP_VL) { /* one or two vectors of batch columns: four rows at a time */
+        const int masked = nb % EP_VL != 0;
+        const ep_vtail tail = ep_vtail_of((int)(nb - (nb - 1) / EP_VL * EP_VL));
         for (int l = 0; l < EP_SPCB_ROWS; l += 4) {
-            if (wide) spcb_quad(len, l, val, col, 1, xt, ldx, acc, ldacc, masked, tail);
-            else spcb_quad(len, l, val, col, 0, xt, ldx, acc, ldacc, masked, tail);
+            if (nb <= EP_VL && wide) spcb_quad(1, len, l, val, col, 1, xt, ldx, acc, ldacc, masked, tail);
+            else if (nb <= EP_VL) spcb_quad(1, len, l, val, col, 0, xt, ldx, acc, ldacc, masked, tail);
+            else if (wide) spcb_quad(2, len, l, val, col, 1, xt, ldx, acc, ldacc, masked, tail);
+            else spcb_quad(2, len, l, val, col, 0, xt, ldx, acc, ldacc, masked, tail);
         }
         return;
     }

@@ -4,6 +4,7 @@
  * every product and sum as its own statement. A table of the (R+1)*(n+1) points is built once when
  * it is smaller than the groups, then the variant's hyper_gather unpacks and copies; otherwise each
  * group's point is computed from its index (the same operations, so the same values). */
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,12 +44,13 @@ ep_status ep_hyper_check_sizes(const ep_hyper *w) {
                        w->group);
     if (w->side_len != 1)
         return ep_fail(EP_ERR_SIZE, "input 'side' has %lld values; must be [1]", (long long)w->side_len);
-    if (w->rings > 0 && !w->has_scales)
+    const int has_scales = w->has_scales && w->scales_len > 0; /* a zero-length scales counts as absent */
+    if (w->rings > 0 && !has_scales)
         return ep_fail(EP_ERR_ARG, "input 'scales' is missing; rings = %d needs [rings] = [%d] expansion factors",
                        w->rings, w->rings);
-    if (w->rings == 0 && w->has_scales)
+    if (w->rings == 0 && has_scales)
         return ep_fail(EP_ERR_ARG, "input 'scales' is given but rings = 0; it must be absent when rings = 0");
-    if (w->has_scales && w->scales_len != w->rings)
+    if (has_scales && w->scales_len != w->rings)
         return ep_fail(EP_ERR_SIZE, "input 'scales' has %lld values; must be [rings] = [%d]", (long long)w->scales_len,
                        w->rings);
     return EP_OK;
@@ -84,6 +86,10 @@ ep_status ep_hyper_check(const ep_hyper *w) {
             return ep_fail(EP_ERR_ARG, "input 'center': value %d is %g; must be finite", j, (double)w->center[j]);
     if (!isfinite(w->side[0]) || !(w->side[0] > 0.0f))
         return ep_fail(EP_ERR_ARG, "input 'side' is %g; must be finite and > 0", (double)w->side[0]);
+    const float span = w->side[0] * (float)w->points; /* bounds every theta*step */
+    if (!isfinite(span))
+        return ep_fail(EP_ERR_ARG, "input 'side' is %g; side*points overflows float32 (must be <= %g for %d points)",
+                       (double)w->side[0], (double)(FLT_MAX / (float)w->points), w->points);
     for (int r = 0; r < w->rings; r++)
         if (!isfinite(w->scales[r]) || !(w->scales[r] > 0.0f))
             return ep_fail(EP_ERR_ARG, "input 'scales': value %d is %g; must be finite and > 0", r,
@@ -106,9 +112,11 @@ static hy_geom geom_of(const ep_hyper *w) {
     g.n1 = (uint32_t)w->points + 1u;
     g.L = w->side[0];
     g.scales = w->scales;
-    int64_t t = 1, tk = 1; /* the smallest t >= 1 with t^k >= n */
+    /* the smallest t >= 1 with t^k >= n: from the float root, then corrected in integers */
+    int64_t t = (int64_t)pow((double)w->points, 1.0 / g.k) - 1;
+    if (t < 1) t = 1;
     for (;; t++) {
-        tk = 1;
+        int64_t tk = 1;
         for (int j = 0; j < g.k; j++) tk *= t;
         if (tk >= w->points) break;
     }

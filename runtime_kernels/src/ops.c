@@ -396,7 +396,7 @@ static int check_hyper(const ep_op_attrs *a, const ep_tensor *in, char *msg, siz
     static const char *const names[] = {"indices", "center", "side", "scales"};
     for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
         const ep_tensor *t = &in[slot(EP_OP_HyperWeight, names[k])];
-        if (!t->present || t->rank == 1) continue;
+        if (!t->present || t->rank == 1 || (k == 3 && t->count == 0)) continue; /* empty scales: absent */
         char s[256];
         ep_tensor_dims_str(t, s, sizeof s);
         return say(msg, cap, "input '%s' has shape %s; must be 1-D", names[k], s);

@@ -731,7 +731,7 @@ static void test_spcb_slice(const ep_ops *v) {
     int64_t nbs[24];
     int nn = tile_sizes(v->tile.spcb_lanes, nbs, 0);
     const int64_t h = v->tile.spcb_min_nb; /* the reference below it; SIMD variants: half a vector */
-    const int64_t more[] = {h - 1, h, 2 * h, 4 * h + 3, 6 * h, 64}; /* 1, 2 (+ masked) and 3 vectors */
+    const int64_t more[] = {h - 1, h, 2 * h, 3 * h, 4 * h, 4 * h + 3, 6 * h, 64}; /* 1, 2 (+ masked), 3 vectors */
     for (size_t i = 0; i < sizeof more / sizeof more[0]; i++)
         if (more[i] >= 1 && more[i] <= 200) nbs[nn++] = more[i];
     const int64_t colss[] = {1, 7, 300, 1000};
@@ -742,8 +742,9 @@ static void test_spcb_slice(const ep_ops *v) {
         for (size_t c = 0; c < sizeof colss / sizeof colss[0]; c++)
             for (size_t dd = 0; dd < sizeof dens / sizeof dens[0]; dd++) {
                 double ds[EP_SPCB_ROWS];
-                for (int l = 0; l < EP_SPCB_ROWS; l++) /* equal, spread over 0 .. 2x, partial (rows 11+ empty) */
-                    ds[l] = a % 3 == 0 ? dens[dd] : a % 3 == 1 ? dens[dd] * (l % 5) / 2.0 : l < 11 ? dens[dd] : 0.0;
+                const size_t shape = (a + dd) % 3; /* equal, spread over 0 .. 2x, partial (rows 11+ empty) */
+                for (int l = 0; l < EP_SPCB_ROWS; l++)
+                    ds[l] = shape == 0 ? dens[dd] : shape == 1 ? dens[dd] * (l % 5) / 2.0 : l < 11 ? dens[dd] : 0.0;
                 const int J = Js[(a + c + dd) % 4], wide = (int)((a + c + dd) % 2);
                 spcb_case(v, &s, colss[c], ds, J, nbs[a], nbs[a] + 3, wide);
                 if (nbs[a] == 1) spcb_case(v, &s, colss[c], ds, J, 1, 1, wide);

@@ -160,6 +160,17 @@ def test_decode_equals_the_loop_and_torch(group, points, rings):
     assert same_bits(torch_decode(e), decoded)
 
 
+def test_trajectory_base_is_the_smallest_root_for_every_n():
+    """t from the float root, corrected, equals counting up from 1 for every n and k of the contract."""
+    for k in range(1, 5):
+        t, expected = 1, []
+        for n in range(1, 65537):
+            while t ** k < n:
+                t += 1
+            expected.append(t)
+        assert [trajectory_base(n, k) for n in range(1, 65537)] == expected
+
+
 def test_torch_decode_bit_exact_on_every_index():
     """Every (ring, point) of a large table, through torch and numpy."""
     n, k, rings = 999, 2, 3
@@ -174,17 +185,38 @@ def test_torch_decode_bit_exact_on_every_index():
     assert same_bits(loop_decode(e)[:4000], decoded[:4000])
 
 
+def public_ring_errors(weight, e):
+    """Each group's error under the public code's ring pick (compress_decom_v3): groups in the
+    square take ring 0's nearest point; the others the first ring whose radius s_r·L/2 holds their
+    distance to the centroid, the group scaled by 1/s_r to its nearest ring-0 point, decoded."""
+    from scipy.spatial import cKDTree
+
+    from edgepack.runtime_kernels.hyper_format import hyper_table
+
+    groups = weight.astype(np.float64).reshape(-1, 2)
+    c, half = e["center"].astype(np.float64), float(e["side"][0]) / 2
+    table = hyper_table(e["center"], e["side"], e["scales"], points=e["points"], group=2).astype(np.float64)
+    tree = cKDTree(table[:e["points"] + 1])
+    radius = e["scales"].astype(np.float64) * half
+    distance = np.linalg.norm(groups - c, axis=1)
+    ring = np.where(np.abs(groups - c).max(axis=1) <= half, 0, np.argmax(distance[:, None] <= radius, axis=1) + 1)
+    scale = np.r_[1.0, e["scales"].astype(np.float64)][ring]
+    _, q = tree.query((groups - c) / scale[:, None] + c)
+    return np.linalg.norm(table[ring * (e["points"] + 1) + q] - groups, axis=1)
+
+
 def test_rings_beat_or_match_the_public_assignment():
     """A group outside the square takes the ring that decodes it closest: never worse than the
-    public code's pick (the ring whose radius first holds it), so more rings never hurt an outlier."""
+    public code's pick (the first distance ring that holds it), group by group."""
     rng = np.random.default_rng(5)
-    weight = np.concatenate([rng.normal(0, 0.05, 2000), [0.9, -1.3, 2.0, 0.7]]).astype(np.float32)
-    errors = []
+    weight = np.concatenate([rng.normal(0, 0.05, 2000), [0.9, -1.3, 2.0, 0.7, 0.33, -0.41]]).astype(np.float32)
     for rings in (1, 2, 4):
         e = encode_hyper(weight, side=0.2, points=144, rings=rings, group=2)
         assert bound_violations(weight, e)[0] == 0
-        errors.append(float(np.abs(decode_encoded(e) - weight)[-4:].max()))
-    assert errors[-1] < 0.25 * np.abs(weight[-4:]).max()
+        ours = np.linalg.norm(decode_encoded(e).astype(np.float64).reshape(-1, 2) - weight.reshape(-1, 2), axis=1)
+        public = public_ring_errors(weight, e)
+        assert (ours <= public + 1e-7).all()
+        assert ours.sum() < public.sum()  # somewhere the best ring is not the public code's
 
 
 def good():
@@ -323,6 +355,8 @@ def test_recipe_method_encodes_trained_layers_and_keeps_small_ones_dense():
     with pytest.raises(ValueError, match=r"unknown parameters \['ratio'\].*valid: \['budget', 'group', "
                                          r"'points', 'rings', 'side'\]"):
         compress(model, {"0": {"method": "hyper", "ratio": 2}})
+    with pytest.raises(HyperError, match=r"^layer '0': .*budget"):  # the named error keeps its type
+        compress(model, {"0": {"method": "hyper", "budget": 1e-9}})
 
 
 @pytest.fixture(scope="module")
@@ -467,6 +501,80 @@ def test_a_budget_no_encoding_meets_keeps_the_layer_dense():
     compressed, report = hyper_compress(model, budget=1e-12, progress=False)
     assert compressed[0] is not model[0] and type(compressed[0]) is nn.Linear
     assert report[0].method == "dense" and report[0].note.startswith("budget; best ") and report.recipe == {}
-    with pytest.raises(ValueError, match=r"layer '0': no \(side, points, rings\) keeps the relative error within "
+    with pytest.raises(HyperError, match=r"layer '0': no \(side, points, rings\) keeps the relative error within "
                                          r"budget 1e-12 in fewer bytes than float32"):
         compress(model, {"0": {"method": "hyper", "budget": 1e-12}})
+
+
+def test_side_must_fit_float32_with_the_points(mlp_checkpoint, tmp_path, capsys):
+    """A side that is infinite in float32, or whose side·points overflows it, is refused by name
+    (never a crash in the nearest-point search)."""
+    from edgepack.cli import main
+
+    weight = np.linspace(-1, 1, 40, dtype=np.float32)
+    with pytest.raises(HyperError, match=r"side = 1e\+39; must be a finite number > 0 that float32 holds"):
+        encode_hyper(weight, side=1e39, points=16)
+    with pytest.raises(HyperError, match=r"side·points overflows float32; side must be at most 2\.12676e\+37"):
+        encode_hyper(weight, side=3e38, points=16, rings=2)
+    with pytest.raises(HyperError, match="side·points"):
+        choose_encoding(weight, side=3e38, points=16, rings=0)
+    e = encode_hyper(weight, side=1.0, points=16)
+    with pytest.raises(HyperError, match=r"side·points = 3e\+38·16 overflows float32"):
+        decode_hyper(e["indices"], e["center"], np.float32([3e38]), None, shape=e["shape"], points=16, group=2,
+                     rings=0, bits=e["bits"])
+    out = tmp_path / "out.safetensors"
+    assert main(["compress", str(mlp_checkpoint), "--side", "1e39", "--points", "16", "-o", str(out)]) == 2
+    assert "side = 1e+39; must be a finite number > 0 that float32 holds" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_non_finite_calibration_is_refused_by_name(mlp, mlp_checkpoint, tmp_path, capsys):
+    from edgepack.cli import main
+
+    x = np.random.default_rng(0).normal(size=(4, 64)).astype(np.float32)
+    x[1, 3] = np.nan
+    with pytest.raises(HyperError, match=r"calibration: input 0 \(shape \[4, 64\]\) has 1 non-finite values"):
+        hyper_compress(mlp, calibration=x, progress=False)
+    path = tmp_path / "nan.npy"
+    np.save(path, np.where(np.isnan(x), np.inf, x))
+    out = str(tmp_path / "o.safetensors")
+    assert main(["compress", str(mlp_checkpoint), "--calibration", str(path), "-o", out]) == 2
+    assert "non-finite values (NaN or Inf)" in capsys.readouterr().err
+
+
+def test_conv_same_padding_becomes_numeric_or_stays_dense():
+    """'same' with an odd effective kernel is symmetric: compressed with numeric padding, equal to
+    F.conv2d on the decoded weight; an even one stays dense with a note."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding="same", dilation=2), nn.Conv2d(8, 4, (2, 3), padding="same"))
+    x = torch.randn(2, 3, 7, 7)
+    compressed, report = hyper_compress(model, budget=0.05, progress=False)
+    assert isinstance(compressed[0], HyperConv2d) and compressed[0].padding == (2, 2)
+    with torch.no_grad():
+        expected = F.conv2d(x, stored_weight(compressed[0]), model[0].bias, padding=2, dilation=2)
+        torch.testing.assert_close(compressed[0](x), expected, rtol=0, atol=0)
+        assert compressed[0](x).shape == model[0](x).shape
+    assert type(compressed[1]) is nn.Conv2d and report[1].method == "dense"
+    assert report[1].note == "asymmetric 'same' padding"
+
+
+def test_a_bare_layer_is_not_a_model():
+    with pytest.raises(HyperError, match=r"the model is itself a Linear; the root module is not replaced"):
+        hyper_compress(nn.Linear(8, 8), progress=False)
+
+
+def test_cli_new_hyper_entries_override_the_old_recipe(mlp, tmp_path):
+    """A checkpoint whose recipe already names a layer (dense): the new hyper entry wins, so the
+    output loads and equals the API's result."""
+    from edgepack.cli import main
+
+    dense, _ = compress(mlp, {"fc1": {"method": "dense"}})
+    source = save_checkpoint(dense, tmp_path / "dense.safetensors", "edgepack.demo:digits_mlp", {"hidden": 48},
+                             recipe={"fc1": {"method": "dense"}})
+    out = tmp_path / "hyper.safetensors"
+    assert main(["compress", str(source), "--layers", "fc1", "--budget", "0.05", "-o", str(out)]) == 0
+    loaded = load_checkpoint(out)
+    expected, _ = hyper_compress(mlp, budget=0.05, names="fc1", progress=False)
+    assert isinstance(loaded.fc1, HyperLinear)
+    x = torch.randn(2, 64)
+    torch.testing.assert_close(loaded(x), expected(x), rtol=0, atol=0)

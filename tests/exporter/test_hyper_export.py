@@ -240,6 +240,32 @@ def random_case(rng, weights: int, points: int, group: int, rings: int, bits: in
     return arrays, dict(shape=[weights], points=points, group=group, rings=rings, bits=bits)
 
 
+def contract_decode(arrays: dict, attributes: dict) -> np.ndarray:
+    """The contract's decode written here (not runtime_kernels.hyper_format): the bit stream by
+    np.unpackbits, t by counting up, each float32 operation on its own."""
+    f32 = np.float32
+    n, k, rings, bits = (attributes[a] for a in ("points", "group", "rings", "bits"))
+    count = int(np.prod(attributes["shape"]))
+    g = -(-count // k)
+    stream = np.unpackbits(arrays["indices"], bitorder="little")[:g * bits].reshape(g, bits).astype(np.int64)
+    index = (stream << np.arange(bits)).sum(axis=1)
+    t = 1
+    while t ** k < n:
+        t += 1
+    c, length = arrays["center"].astype(f32), f32(arrays["side"][0])
+    out = np.empty((g, k), f32)
+    for j in range(k):
+        step = f32(length / f32(t ** (k - j)))
+        q, r = index % (n + 1), index // (n + 1)
+        theta = np.maximum(q - 1, 0).astype(f32)
+        p = np.where(q == 0, c[j], np.fmod(theta * step, length) + f32(c[j] - f32(length * f32(0.5)))).astype(f32)
+        if rings:
+            s = np.concatenate([[f32(1)], arrays["scales"]]).astype(f32)[r]
+            p = np.where(r == 0, p, (p - c[j]) * s + c[j]).astype(f32)
+        out[:, j] = p
+    return out.ravel()[:count].reshape(attributes["shape"])
+
+
 # (weights V, points n, group k, rings R, bits): bits 1..24 sampled, more bits than needed included
 CASES = [(1, 1, 1, 0, 1), (7, 2, 2, 0, 2), (11, 7, 3, 1, 4), (33, 100, 4, 3, 9), (101, 225, 2, 0, 8),
          (63, 1600, 2, 4, 13), (17, 65536, 1, 0, 17), (29, 65536, 4, 15, 24), (41, 5000, 3, 15, 17),
@@ -251,7 +277,8 @@ def test_fallback_function_and_decode_at_load_equal_decode_hyper(case):
     """Bit for bit: the function in onnx's ReferenceEvaluator and in ORT without our library, and the
     Python decode at load (decode_onnx / decode_tflite), against the reference ``decode_hyper``."""
     arrays, attributes = random_case(np.random.default_rng(list(case)), *case)
-    want = decode_hyper(arrays["indices"], arrays["center"], arrays["side"], arrays["scales"], **attributes)
+    want = contract_decode(arrays, attributes)
+    assert decode_hyper(**arrays, **attributes).tobytes() == want.tobytes()
     model = hyper_model(arrays, attributes)
     assert check_onnx_model(model, "test") == 1
     assert ReferenceEvaluator(model).run(None, {})[0].tobytes() == want.tobytes()
@@ -298,8 +325,13 @@ BAD = {
     "side shape": (dict(side=np.ones(2, np.float32)), {}, r"input 'side' has 2 values; must be \[1\]"),
     "side zero": (dict(side=np.zeros(1, np.float32)), {}, r"input 'side' is 0; must be finite and > 0"),
     "side inf": (dict(side=np.array([np.inf], np.float32)), {}, r"input 'side' is inf; must be finite and > 0"),
+    "side times points": (dict(side=np.array([1e38], np.float32)), {},
+                          r"input 'side' is 1e\+38; side\*points overflows float32 \(must be <= 3\.40282e\+36 for "
+                          r"100 points\)"),
     "scales missing": (dict(scales=None), {},
                        r"input 'scales' is missing; rings = 2 needs \[rings\] = \[2\] expansion factors"),
+    "scales empty": (dict(scales=np.zeros(0, np.float32)), {},
+                     r"input 'scales' is missing; rings = 2 needs \[rings\] = \[2\] expansion factors"),
     "scales with rings 0": ({}, dict(rings=0), r"input 'scales' is given but rings = 0; it must be absent"),
     "scales shape": (dict(scales=np.ones(3, np.float32)), {},
                      r"input 'scales' has 3 values; must be \[rings\] = \[2\]"),
@@ -324,6 +356,41 @@ def test_validator_and_kernels_name_each_bad_input(case):
         check_onnx_model(model, "test")
     with pytest.raises(Exception, match=message):  # the ORT library, the same words
         onnx_session(model.SerializeToString(), decode_at_load=False).run(None, {})
+
+
+def test_empty_scales_count_as_absent():
+    """rings = 0 with a zero-length scales: every runtime decodes as without scales (docs/ops.md)."""
+    arrays, attributes = random_case(np.random.default_rng(3), 9, 100, 2, 0, 7)
+    want = contract_decode(arrays, attributes)
+    model = hyper_model(arrays | {"scales": np.zeros(0, np.float32)}, attributes)
+    assert check_onnx_model(model, "test") == 1
+    assert ReferenceEvaluator(model).run(None, {})[0].tobytes() == want.tobytes()
+    assert run_ort(model.SerializeToString(), None, use_kernels=False).tobytes() == want.tobytes()
+    for decode_at_load in (False, True):
+        got = onnx_session(model.SerializeToString(), decode_at_load=decode_at_load).run(None, {})[0]
+        assert got.tobytes() == want.tobytes()
+    assert hyper_weight(attributes, **arrays).tobytes() == want.tobytes()
+    assert hyper_weight(attributes, **(arrays | {"scales": np.zeros(0, np.float32)})).tobytes() == want.tobytes()
+
+
+def test_symbolic_lengths_are_left_to_the_kernels():
+    """Graph inputs whose lengths are symbolic (-1) pass the validator; the kernel checks them when fed."""
+    arrays, attributes = random_case(np.random.default_rng(4), 9, 100, 2, 2, 9)
+    fed = ("indices", "center", "side", "scales")
+    node = helper.make_node("HyperWeight", list(fed), ["Y"], domain=DOMAIN, name="n", **attributes)
+    inputs = [helper.make_tensor_value_info(name, TensorProto.UINT8 if name == "indices" else TensorProto.FLOAT,
+                                            [f"len_{name}"]) for name in fed]
+    graph = helper.make_graph([node], "g", inputs, [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", STANDARD_OPSET),
+                                                    helper.make_opsetid(DOMAIN, OPSET_VERSION)])
+    model.ir_version = 10
+    model.functions.append(fallback_function("HyperWeight"))
+    assert check_onnx_model(model, "test") == 1
+    session = onnx_session(model.SerializeToString(), decode_at_load=False)
+    got = session.run(None, {name: arrays[name] for name in fed})[0]
+    assert got.tobytes() == contract_decode(arrays, attributes).tobytes()
+    with pytest.raises(Exception, match=r"truncated packed indices"):
+        session.run(None, {name: arrays[name][:-1] if name == "indices" else arrays[name] for name in fed})
 
 
 def test_validator_checks_tflite_constants():

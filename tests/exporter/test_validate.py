@@ -23,7 +23,7 @@ from edgepack.exporter.validate import (
     check_tflite_model,
 )
 from edgepack.runtime_kernels import onnx_session
-from edgepack.runtime_kernels.op_spec import OPS
+from edgepack.runtime_kernels.op_spec import OPS, OPSET_VERSION
 
 RNG = np.random.default_rng(0)
 IDENTITY = np.array([1, -1, 0, 0, 1, -1, 0], np.float32)
@@ -189,7 +189,7 @@ def build(op, attrs, weights, x_width, functions=False, count=1):
         outputs.append(helper.make_tensor_value_info(f"Y{c}", TensorProto.FLOAT, None))
     graph = helper.make_graph(nodes, "g", inputs, outputs, initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", STANDARD_OPSET),
-                                                    helper.make_opsetid(DOMAIN, 1)])
+                                                    helper.make_opsetid(DOMAIN, OPSET_VERSION)])
     if functions:
         model.functions.append(FUNCTIONS[op]())
     return model
@@ -497,3 +497,23 @@ def test_inspect_counts_external_data_without_reading_it(tmp_path, capsys, monke
     (tmp_path / "m.onnx.data").unlink()
     assert main(["inspect", str(path)]) == 2
     assert "keeps its data in 'm.onnx.data', but" in capsys.readouterr().err
+
+
+def test_symbolic_codebook_lengths_are_left_to_the_kernels():
+    """CodebookWeight / SparseCodebookMatMul inputs fed at run time with symbolic (-1) lengths pass the
+    validator (the kernels check the fed lengths), and the node then runs in ORT."""
+    codebook = np.array([0.5, -1.0, 2.0, 0.25], np.float32)
+    indices = np.array([0b11100100, 0b00011011, 0b01010101], np.uint8)  # 12 entries of 2 bits
+    fed = {"codebook": (TensorProto.FLOAT, codebook), "indices": (TensorProto.UINT8, indices)}
+    node = helper.make_node("CodebookWeight", list(fed), ["Y"], domain=DOMAIN, name="n", shape=[3, 4], bits=2)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(name, dtype, [f"len_{name}"])
+                                            for name, (dtype, _) in fed.items()],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", STANDARD_OPSET),
+                                                    helper.make_opsetid(DOMAIN, OPSET_VERSION)])
+    model.ir_version = 10
+    model.functions.append(FUNCTIONS["CodebookWeight"]())
+    assert check_onnx_model(model, "test") == 1
+    got = onnx_session(model.SerializeToString(), decode_at_load=False).run(None, {n: v for n, (_, v) in fed.items()})
+    index = (np.unpackbits(indices, bitorder="little").reshape(-1, 2) * [1, 2]).sum(axis=1)
+    assert np.array_equal(got[0], codebook[index].reshape(3, 4))

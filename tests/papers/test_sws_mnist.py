@@ -3,6 +3,7 @@ prune and quantize to a stated compression rate at a stated error, through the r
 
 import json
 
+import pytest
 import torch
 
 from edgepack.cli import main
@@ -19,12 +20,16 @@ MAX_ERROR_AFTER = 45.0
 def test_quick_sws_reaches_the_stated_rate_and_error(tmp_path, capsys):
     threads = torch.get_num_threads()
     try:
-        assert main(["papers", "sws", "--model", "lenet-300-100", "--quick", "--work", str(tmp_path)]) == 0
+        # the prior's flags at --quick's values: the same run, and they must reach the prior
+        assert main(["papers", "sws", "--model", "lenet-300-100", "--quick", "--work", str(tmp_path),
+                     "--lr-means", "1e-4", "--gamma-zero", "5000,2"]) == 0
     finally:
         torch.set_num_threads(threads)
     printed = capsys.readouterr().out
     assert "paper" in printed and "compression rate" in printed and "64x" in printed
     result = json.loads((tmp_path / "sws-lenet-300-100.json").read_text())
+    assert result["retrain_options"]["prior_lrs"] == {"means": 1e-4}
+    assert result["retrain_options"]["gamma_zero"] == [5000.0, 2.0] and result["final_epochs"] == 0
     assert result["error_before"] <= MAX_ERROR_BEFORE
     assert result["rate"] >= MIN_RATE and result["nonzero_percent"] <= MAX_NONZERO_PERCENT
     assert result["error_after"] <= MAX_ERROR_AFTER
@@ -35,3 +40,15 @@ def test_quick_sws_reaches_the_stated_rate_and_error(tmp_path, capsys):
     assert result["exported_bytes"] is not None, result["exported"]
     assert result["exported_bytes"] < result["dense_bytes"] / 10
     assert (tmp_path / "sws-lenet-300-100.png").stat().st_size > 0 and result["plot"].endswith(".png")
+
+
+def test_bad_prior_and_final_phase_settings_are_refused_by_name(tmp_path, capsys):
+    for argv, message in ((["--gamma-zero", "1,2"], "alpha > 1"), (["--gamma-others", "250"], "ALPHA,BETA"),
+                          (["--final-epochs", "-1"], "integer >= 0")):
+        with pytest.raises(SystemExit) as stopped:
+            main(["papers", "sws", "--work", str(tmp_path), *argv])
+        assert stopped.value.code == 2
+        assert message in capsys.readouterr().err
+    assert main(["papers", "sws", "--work", str(tmp_path), "--final-tau", "-1"]) == 2
+    assert "--final-tau must be a finite number >= 0" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

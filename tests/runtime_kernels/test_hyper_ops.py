@@ -251,6 +251,10 @@ BAD = {  # name: (changed inputs (None: absent), attribute changes, the message 
     "side-shape": ({"side": np.array([1.0, 2.0], F)}, {}, "input 'side' has 2 values; must be [1]"),
     "side-zero": ({"side": np.array([0.0], F)}, {}, "input 'side' is 0; must be finite and > 0"),
     "side-inf": ({"side": np.array([INF], F)}, {}, "input 'side' is inf; must be finite and > 0"),
+    "side-times-points": ({"side": np.array([1e38], F)}, {}, "input 'side' is 1e+38; side*points overflows float32 "
+                          "(must be <= 6.80565e+37 for 5 points)"),
+    "scales-empty-with-rings": ({"scales": np.zeros(0, F)}, {}, "input 'scales' is missing; rings = 1 needs [rings] "
+                                "= [1] expansion factors"),
     "scales-missing": ({"scales": None}, {}, "input 'scales' is missing; rings = 1 needs [rings] = [1] expansion "
                        "factors"),
     "scales-present": ({}, {"rings": 0, "bits": 3},
@@ -291,9 +295,28 @@ def test_decoded_size_over_the_limit(tmp_path):
         tflite_interpreter(path, decode_at_load=False, max_virtual_weights=100).allocate_tensors()
 
 
+def test_empty_scales_with_no_rings_is_absent(tmp_path):
+    """A zero-length scales counts as absent (docs/ops.md): ORT, the delegate and the wrapper decode
+    as without it."""
+    w = hyper((3, 4), 5, 2, 0)
+    inputs = {**inputs_of(w), "scales": np.zeros(0, F)}
+    want = reference(w)
+    assert np.array_equal(run_ort("HyperWeight", attrs_of(w), inputs), want)
+    assert np.array_equal(run_tflite("HyperWeight", attrs_of(w), inputs, tmp_path), want)
+    assert np.array_equal(hyper_decode(w["indices"], w["center"], w["side"], np.zeros(0, F), **attrs_of(w)), want)
+
+
 def test_numpy_wrapper_refuses_bad_input():
     w = hyper((5, 5), 7, 2, 0)
-    with pytest.raises(KernelError, match=r"input 'indices' has values in \[0, 300\]"):
+    with pytest.raises(KernelError, match=r"input 'indices' has dtype int64; must be a uint8 numpy array"):
         hyper_decode(np.array([0, 300]), w["center"], w["side"], None, **attrs_of(w))
+    with pytest.raises(KernelError, match=r"input 'center' has dtype float64; must be a float32 numpy array"):
+        hyper_decode(w["indices"], w["center"].astype(np.float64), w["side"], None, **attrs_of(w))
+    with pytest.raises(KernelError, match=r"input 'side' has dtype list"):
+        hyper_decode(w["indices"], w["center"], [1.5], None, **attrs_of(w))
+    with pytest.raises(KernelError, match=r"attribute 'points' = 4294967303; must be an int32"):
+        hyper_decode(w["indices"], w["center"], w["side"], None, **{**attrs_of(w), "points": 7 + 2**32})
+    with pytest.raises(KernelError, match=r"attribute 'group' = 2.0; must be an int32"):
+        hyper_decode(w["indices"], w["center"], w["side"], None, **{**attrs_of(w), "group": 2.0})
     with pytest.raises(KernelError, match=r"input 'side' is -2; must be finite and > 0"):
         hyper_decode(w["indices"], w["center"], np.array([-2.0], F), None, **attrs_of(w))

@@ -203,10 +203,10 @@ EP_API ep_status ep_codebook_check_sizes(const ep_codebook *w);
 EP_API ep_status ep_codebook_decode(const ep_codebook *w, float *W);
 
 /* The sparse form's fused matmul: Y[N, rows] = X[N, cols] W^T (+ bias[rows]) without W. The plan
- * keeps the rows sorted by length in S = ceil(rows/16) slices of 16 (the order, each slice's row
- * lengths and first entry) and per entry its codebook value and its column (c = 2 bytes when
- * cols <= 65536, else 4; 16 more columns after the last entry): ep_codebook_plan_bytes(w) =
- * 4*rows + 64*S + 4*(S+1) + 4*n + c*(n+16) bytes. It needs rows and cols <= 2^31 - 1. */
+ * keeps the rows sorted by length in S = ceil(rows/16) slices of 16 (the order and its inverse,
+ * each slice's row lengths and first entry) and per entry its codebook value and its column (c = 2
+ * bytes when cols <= 65536, else 4; 16 more columns after the last entry): ep_codebook_plan_bytes(w)
+ * = 8*rows + 64*S + 4*(S+1) + 4*n + c*(n+16) bytes. It needs rows and cols <= 2^31 - 1. */
 typedef struct ep_codebook_plan ep_codebook_plan;
 EP_API int64_t ep_codebook_plan_bytes(const ep_codebook *w);
 EP_API ep_status ep_codebook_plan_create(const ep_codebook *w, ep_codebook_plan **out);
@@ -237,13 +237,14 @@ typedef struct ep_hyper {
     int64_t center_len;                  /* k */
     const float *side;
     int64_t side_len;                    /* 1 */
-    int32_t has_scales;                  /* 1 iff rings > 0 */
+    int32_t has_scales;                  /* 1 iff rings > 0 (0, or scales_len 0: absent) */
     const float *scales;
     int64_t scales_len;                  /* R */
 } ep_hyper;
 
-/* EP_OK when w satisfies every rule above; else EP_ERR_NULL / EP_ERR_SIZE / EP_ERR_ARG /
- * EP_ERR_OVERFLOW and ep_last_error() names the input or attribute and what would be valid. */
+/* EP_OK when w satisfies every rule above (side[0] * (float)points finite too; has_scales with
+ * scales_len 0 counts as absent); else EP_ERR_NULL / EP_ERR_SIZE / EP_ERR_ARG and ep_last_error()
+ * names the input or attribute and what would be valid. */
 EP_API ep_status ep_hyper_check(const ep_hyper *w);
 /* Only the O(1) rules: the attributes and every input's length (no contents; the data pointers
  * may still be NULL, as at a TFLite prepare before the data is there). */
