@@ -6,7 +6,8 @@ epoch kept), save the
 checkpoint, export ONNX and TFLite with ``edgepack.exporter.export`` (what ``edgepack export`` uses),
 and measure test accuracy in torch and in the exported files under ONNX Runtime and LiteRT, plus the
 largest difference of their outputs from torch's. Results go to ``compress.json`` in the output.
-A recipe of "sws" layers is retrained by soft weight-sharing instead and saved as codebook layers.
+A recipe of "sws" layers is retrained by soft weight-sharing instead and saved as codebook layers; one of
+"hyper" layers is Hyper-Compression-encoded on calibration clips of the training split, not retrained.
 """
 
 from __future__ import annotations
@@ -98,11 +99,13 @@ def _dense_source(source) -> tuple[Path, str, dict, str | None, float]:
 def compress_one(dense, builder: str, kwargs: dict, name: str, recipe: dict, data: dict, cache: dict, out: Path,
                  finetune_epochs: int, seed: int = 0, console=None, batch_size: int = BATCH_SIZE,
                  learning_rates=FINETUNE_RATES, export: bool = True, distill: bool = True,
-                 shift_ms: float = TIME_SHIFT_MS, average_last: int = 0, tau: float | None = None) -> dict:
+                 shift_ms: float = TIME_SHIFT_MS, average_last: int = 0, tau: float | None = None,
+                 budget: float | None = None) -> dict:
     """Compress ``dense`` with ``recipe``, fine-tune (augmenting with the dense run's ``shift_ms``), save and
     export it to ``out``; returns the result row. The fine-tuned model is the best validation epoch, or with
     ``average_last`` N the mean of the weights (and BatchNorm statistics) after each of the last N epochs.
-    A recipe of "sws" layers is retrained by soft weight-sharing at ``tau`` instead (``_retrain_sws``)."""
+    A recipe of "sws" layers is retrained by soft weight-sharing at ``tau`` instead (``_retrain_sws``); one of
+    "hyper" layers is encoded within ``budget`` on calibration clips, not retrained (``_hyper``)."""
     import torch
 
     from edgepack.compression import compress, compressed_size_bytes, save_checkpoint
@@ -112,17 +115,25 @@ def compress_one(dense, builder: str, kwargs: dict, name: str, recipe: dict, dat
 
     start = time.monotonic()
     torch.manual_seed(seed)
+    spec, hyper = recipe, any(spec.get("method") == "hyper" for spec in recipe.values())
     try:
-        model, report = compress(dense, recipe) if recipe else (copy.deepcopy(dense), [])
+        if hyper:
+            model, report, recipe, hyper_row = _hyper(dense, name, recipe, data["train"], seed, budget)
+        else:
+            model, report = compress(dense, recipe) if recipe else (copy.deepcopy(dense), [])
     except ValueError as error:
         raise KwsTrainError(f"recipe {name!r}: {error}") from None
     train_split, val, test = data["train"], data["validation"], data["test"]
-    row = {"recipe": name, "description": DESCRIPTIONS.get(name, "recipe file"), "spec": recipe,
-           "layers": [vars(r) for r in report], "dense_bytes": compressed_size_bytes(dense),
+    row = {"recipe": name, "description": DESCRIPTIONS.get(name, "recipe file"), "spec": spec,
+           "layers": [{**vars(r), "ratio": r.ratio} for r in report], "dense_bytes": compressed_size_bytes(dense),
            "accuracy_dense": accuracy(dense, cache["test"], test.labels),
            "accuracy_compressed": accuracy(model, cache["test"], test.labels)}
     sws = any(spec.get("method") == "sws" for spec in recipe.values())
     tune_epochs, tune_rates, tune_batch = finetune_epochs, learning_rates, batch_size
+    if hyper:  # no retraining; "bn_epochs" (default 0) would tune BatchNorm and biases alone, distilled
+        row.update(hyper_row)
+        tune_epochs, tune_rates = hyper_settings(name).get("bn_epochs", 0), FINETUNE_RATES
+        finetune_epochs = row["bn_epochs"] = tune_epochs
     if sws:  # then only BatchNorm is trainable (codebook layers hold buffers): "bn_epochs" tune it, distilled
         recipe = _retrain_sws(model, row, data, cache, finetune_epochs, learning_rates, tau, seed, batch_size,
                               shift_ms, console)
@@ -175,6 +186,46 @@ def compress_one(dense, builder: str, kwargs: dict, name: str, recipe: dict, dat
     row["seconds"] = round(time.monotonic() - start, 1)
     (out / "compress.json").write_text(json.dumps(row, indent=2) + "\n")
     return row
+
+
+def hyper_settings(name: str) -> dict:
+    """Recipe ``name``'s Hyper-Compression settings: ``FINETUNE["hyper"]`` updated by ``FINETUNE[name]``."""
+    return {**FINETUNE["hyper"], **FINETUNE.get(name, {})}
+
+
+def _hyper(dense, name: str, recipe: dict, train_split, seed: int, budget: float | None):
+    """Hyper-Compression of the layers of a recipe of "hyper" layers (no retraining): ``hyper_compress`` on the
+    MFCC features of ``calibration_clips`` seeded training clips (not augmented), each layer's output within
+    ``budget`` (None: the spec's "budget", else ``hyper_settings(name)``'s). Returns (model, per-layer report,
+    the recipe of the encoded layers to save, the row's hyper fields)."""
+    import numpy as np
+
+    from edgepack.compression import hyper_compress
+
+    if any(spec.get("method") != "hyper" for spec in recipe.values()):
+        raise KwsTrainError(f"recipe {name!r}: mixes \"hyper\" with other methods; a hyper recipe encodes "
+                            "trained weights without retraining, so all its layers must be \"hyper\"")
+    own = hyper_settings(name)
+    clips = min(own["calibration_clips"], len(train_split.labels))
+    chosen = np.sort(np.random.default_rng(seed).choice(len(train_split.labels), clips, replace=False))
+    calibration = features(train_split.audio[chosen])
+    options: dict[str, list[str]] = {}  # patterns grouped by their options: one hyper_compress call per group
+    for pattern, spec in recipe.items():
+        spec = {k: v for k, v in spec.items() if k != "method"}
+        unknown = set(spec) - {"budget", "group", "points", "side", "rings"}
+        if unknown:
+            raise KwsTrainError(f"recipe {name!r}: layer {pattern!r}: unknown parameters {sorted(unknown)} for "
+                                "'hyper'; valid: ['budget', 'group', 'points', 'rings', 'side']")
+        options.setdefault(json.dumps(spec, sort_keys=True), []).append(pattern)
+    model, report, used = dense, [], set()
+    for key, patterns in options.items():
+        spec = json.loads(key)
+        spec["budget"] = budget if budget is not None else spec.get("budget", own["budget"])
+        used.add(spec["budget"])
+        model, part = hyper_compress(model, calibration=calibration, names=patterns, progress=False, **spec)
+        report += part
+    hyper_row = {"budget": used.pop() if len(used) == 1 else sorted(used), "calibration_clips": clips}
+    return model, report, {r.name: r.recipe() for r in report if r.recipe() is not None}, hyper_row
 
 
 class _AugmentedBatches:
@@ -243,27 +294,29 @@ def _retrain_sws(model, row: dict, data: dict, cache: dict, epochs: int, learnin
 
 def compress_run(source, recipes, output, data_dir=None, finetune_epochs: int | None = None, seed: int = 0,
                  console=None, batch_size: int = BATCH_SIZE, learning_rates=None,
-                 export: bool = True, distill: bool = True, threads: int = 1, tau: float | None = None) -> list[dict]:
+                 export: bool = True, distill: bool = True, threads: int = 1, tau: float | None = None,
+                 budget: float | None = None) -> list[dict]:
     """Compress the dense model of a run folder or checkpoint with each recipe (names, files or "all").
 
     One recipe writes to ``output``; several write to ``output/<recipe>/`` and ``output/summary.json``.
     ``finetune_epochs`` / ``learning_rates``: the retraining's for every recipe (None: each recipe's,
     ``finetune_of``).
     ``threads``: torch threads meanwhile (1 by default, as ``kws train``); ``tau``: soft weight-sharing's τ
-    (None: ``kws.recipes.FINETUNE["sws"]``)."""
+    (None: ``kws.recipes.FINETUNE["sws"]``); ``budget``: Hyper-Compression's per-layer error budget for "hyper"
+    recipes (None: ``kws.recipes.FINETUNE["hyper"]``)."""
     import torch
 
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         return _compress_run(source, recipes, output, data_dir, finetune_epochs, seed, console, batch_size,
-                             learning_rates, export, distill, tau)
+                             learning_rates, export, distill, tau, budget)
     finally:
         torch.set_num_threads(previous)
 
 
 def _compress_run(source, recipes, output, data_dir, finetune_epochs, seed, console, batch_size, learning_rates,
-                  export, distill, tau=None) -> list[dict]:
+                  export, distill, tau=None, budget=None) -> list[dict]:
     """compress_run() with the thread count set."""
     from rich.console import Console
 
@@ -289,7 +342,7 @@ def _compress_run(source, recipes, output, data_dir, finetune_epochs, seed, cons
         folder = out if len(resolved) == 1 else out / slug(name)
         epochs, rates, average_last = finetune_of(name, finetune_epochs, learning_rates)
         rows.append(compress_one(dense, builder, kwargs, name, recipe, data, cache, folder, epochs, seed, console,
-                                 batch_size, rates, export, distill, shift_ms, average_last, tau))
+                                 batch_size, rates, export, distill, shift_ms, average_last, tau, budget))
         row = rows[-1]
         console.print(f"{name}: {row['bytes']:,} bytes ({row['ratio']:.1f}x smaller), accuracy "
                       f"{row['accuracy_compressed']:.1%} → {row['accuracy']:.1%} fine-tuned "
@@ -324,7 +377,7 @@ def print_summary(rows: list[dict], console) -> None:
 def _handler(args) -> int:
     compress_run(args.run, args.recipe, args.output, data_dir=args.data, finetune_epochs=args.finetune_epochs,
                  seed=args.seed, export=not args.no_export, distill=not args.no_distill, threads=args.threads,
-                 tau=args.tau)
+                 tau=args.tau, budget=args.budget)
     return 0
 
 
@@ -346,6 +399,9 @@ def add_parser(subparsers) -> None:
                         help="fine-tune on the labels only (default: half the loss is distilled from the dense model)")
     parser.add_argument("--tau", type=float,
                         help=f"soft weight-sharing's τ for the sws recipe (default {FINETUNE['sws']['tau']:g})")
+    parser.add_argument("--budget", type=float,
+                        help="Hyper-Compression's per-layer relative output error for the hyper recipes; default: "
+                             + ", ".join(f"{n} {f['budget']:g}" for n, f in FINETUNE.items() if "budget" in f))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as kws train)")
     parser.add_argument("--no-export", action="store_true", help="skip the ONNX / TFLite export")

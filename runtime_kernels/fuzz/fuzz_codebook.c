@@ -9,26 +9,14 @@
  *  - the fused matmul under every variant equals the dense product exactly (codebook values, X and
  *    bias are multiples of 1/128, so every sum is exact in float32). */
 #include "fuzz_common.h"
+#include "fuzz_variants.h"
 
 #include "edgepack/kernels.h"
 
-#define MAX_VARIANTS 8
-
-static const char *g_variants[MAX_VARIANTS];
-static int g_nvar;
-
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc, (void)argv;
-    g_nvar = ep_variant_count();
-    if (g_nvar > MAX_VARIANTS) g_nvar = MAX_VARIANTS;
-    for (int i = 0; i < g_nvar; i++) g_variants[i] = ep_variant_name(i);
+    fz_load_variants();
     return 0;
-}
-
-static void *alloc(size_t n) {
-    void *p = malloc(n ? n : 1);
-    if (!p) abort();
-    return p;
 }
 
 static unsigned index_at(const uint8_t *ind, int64_t k, int bits) {
@@ -82,8 +70,8 @@ static void check_matmul(const ep_codebook *w, const float *W, fz *f) {
     const int64_t rows = w->rows, cols = w->cols;
     int64_t N = 1 + fz_u8(f) % 70; /* past 64: two batch blocks */
     while (N > 1 && N * rows * cols > (1 << 16)) N /= 2; /* keep the dense checks cheap */
-    float *X = (float *)alloc(sizeof(float) * (size_t)(N * cols)), *bias = (float *)alloc(sizeof(float) * (size_t)rows);
-    float *Y = (float *)alloc(sizeof(float) * (size_t)(N * rows));
+    float *X = (float *)fz_alloc(sizeof(float) * (size_t)(N * cols)), *bias = (float *)fz_alloc(sizeof(float) * (size_t)rows);
+    float *Y = (float *)fz_alloc(sizeof(float) * (size_t)(N * rows));
     fz_fill_seeded(X, (size_t)(N * cols), fz_u32(f));
     for (int64_t i = 0; i < N * cols; i++) X[i] = (float)(int)(X[i] * 128.0f) / 128.0f;
     for (int64_t r = 0; r < rows; r++) bias[r] = fz_unit(f);
@@ -115,7 +103,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     w.cols = 1 + fz_u16(&f) % 700;
     w.bits = BITS[fz_u8(&f) & 7];
     w.codebook_len = fz_u16(&f) % 260;
-    float *cb = (float *)alloc(sizeof(float) * (size_t)w.codebook_len);
+    float *cb = (float *)fz_alloc(sizeof(float) * (size_t)w.codebook_len);
     for (int64_t j = 0; j < w.codebook_len; j++) cb[j] = fz_unit(&f);
     w.codebook = cb;
     int32_t *row_ptr = NULL;
@@ -123,12 +111,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     int64_t n = w.rows * w.cols;
     if (flags & 1) { /* sparse: per-row counts (consistent row pointers) or raw ones */
         w.row_ptr_len = flags & 2 ? fz_u8(&f) % (w.rows + 3) : w.rows + 1;
-        row_ptr = (int32_t *)alloc(sizeof(int32_t) * (size_t)w.row_ptr_len);
+        row_ptr = (int32_t *)fz_alloc(sizeof(int32_t) * (size_t)w.row_ptr_len);
         for (int64_t r = 0; r < w.row_ptr_len; r++)
             row_ptr[r] = flags & 4 ? (int32_t)fz_u32(&f) : (r ? row_ptr[r - 1] + fz_u8(&f) % 12 : 0);
         n = w.row_ptr_len && !(flags & 8) ? (row_ptr[w.row_ptr_len - 1] < 0 ? 0 : row_ptr[w.row_ptr_len - 1] % 4096)
                                          : fz_u16(&f) % 4096;
-        gaps = (uint8_t *)alloc((size_t)n);
+        gaps = (uint8_t *)fz_alloc((size_t)n);
         for (int64_t m = 0; m < n; m++) gaps[m] = flags & 16 ? fz_u8(&f) : (uint8_t)(1 + fz_u8(&f) % 40);
         w.row_ptr = flags & 32 ? NULL : row_ptr; /* only one of the two: invalid */
         w.col_gaps = gaps;
@@ -136,7 +124,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     w.indices_len = (n * (w.bits > 0 ? w.bits : 8) + 7) / 8 + (flags & 64 ? (int64_t)(fz_u8(&f) % 5) - 2 : 0);
     if (w.indices_len < 0) w.indices_len = 0;
-    uint8_t *ind = (uint8_t *)alloc((size_t)w.indices_len);
+    uint8_t *ind = (uint8_t *)fz_alloc((size_t)w.indices_len);
     for (int64_t k = 0; k < w.indices_len; k++) ind[k] = flags & 128 ? fz_u8(&f) : 0;
     if (!(flags & 128) && w.bits > 0 && w.codebook_len > 0) /* mostly valid indices */
         for (int64_t k = 0; k < n && (k * w.bits) / 8 < w.indices_len; k++)
@@ -147,7 +135,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const ep_status s = ep_codebook_check(&w);
     FZ_ASSERT((s == EP_OK) == valid, "check says %d (%s), the contract says valid=%d", (int)s, ep_last_error(), valid);
     const int64_t total = w.rows * w.cols;
-    float *W = (float *)alloc(sizeof(float) * (size_t)total), *want = (float *)alloc(sizeof(float) * (size_t)total);
+    float *W = (float *)fz_alloc(sizeof(float) * (size_t)total), *want = (float *)fz_alloc(sizeof(float) * (size_t)total);
     for (int64_t k = 0; k < total; k++) W[k] = 7.0f;
     const ep_status d = ep_codebook_decode(&w, W);
     FZ_ASSERT(d == s, "decode status %d, check status %d", (int)d, (int)s);

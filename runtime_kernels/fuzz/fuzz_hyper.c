@@ -8,28 +8,16 @@
  *  - a valid weight decodes under every variant bit for bit to the harness's own decode (each
  *    float operation rounded on its own: volatile, never fused). */
 #include "fuzz_common.h"
+#include "fuzz_variants.h"
 
 #include <math.h>
 
 #include "edgepack/kernels.h"
 
-#define MAX_VARIANTS 8
-
-static const char *g_variants[MAX_VARIANTS];
-static int g_nvar;
-
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc, (void)argv;
-    g_nvar = ep_variant_count();
-    if (g_nvar > MAX_VARIANTS) g_nvar = MAX_VARIANTS;
-    for (int i = 0; i < g_nvar; i++) g_variants[i] = ep_variant_name(i);
+    fz_load_variants();
     return 0;
-}
-
-static void *alloc(size_t n) {
-    void *p = malloc(n ? n : 1);
-    if (!p) abort();
-    return p;
 }
 
 /* index m of the bit stream, bit by bit */
@@ -127,23 +115,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (!(flags & 4) && w.bits > 24) w.bits = 24;
     const int raw = (flags & 16) != 0, k = w.group >= 1 && w.group <= 4 ? w.group : 2;
     w.center_len = flags & 8 ? fz_u8(&f) % 6 : k;
-    float *center = (float *)alloc(sizeof(float) * (size_t)w.center_len);
+    float *center = (float *)fz_alloc(sizeof(float) * (size_t)w.center_len);
     for (int64_t j = 0; j < w.center_len; j++) center[j] = read_float(&f, raw && (more & 2), -1.0f, 1.0f / 128.0f);
     w.side_len = flags & 8 ? fz_u8(&f) % 3 : 1;
-    float *side = (float *)alloc(sizeof(float) * (size_t)w.side_len);
+    float *side = (float *)fz_alloc(sizeof(float) * (size_t)w.side_len);
     for (int64_t j = 0; j < w.side_len; j++) side[j] = read_float(&f, raw && (more & 4), 1.0f / 64.0f, 1.0f / 32.0f);
     w.has_scales = flags & 32 ? fz_u8(&f) & 1 : w.rings > 0;
     float *scales = NULL;
     if (w.has_scales) {
         w.scales_len = flags & 8 ? fz_u8(&f) % 17 : (w.rings > 0 ? w.rings : 0);
-        scales = (float *)alloc(sizeof(float) * (size_t)w.scales_len);
+        scales = (float *)fz_alloc(sizeof(float) * (size_t)w.scales_len);
         for (int64_t r = 0; r < w.scales_len; r++) scales[r] = read_float(&f, raw && (more & 8), 1.0f, 1.0f / 64.0f);
     }
     const int bits_for_len = w.bits >= 1 && w.bits <= 24 ? w.bits : 8;
     const int64_t g = w.weights >= 1 ? (w.weights + k - 1) / k : 0, need = (g * bits_for_len + 7) / 8;
     w.indices_len = need + (flags & 64 ? (int64_t)(fz_u8(&f) % 5) - 2 : 0);
     if (w.indices_len < 0) w.indices_len = 0;
-    uint8_t *ind = (uint8_t *)alloc((size_t)w.indices_len);
+    uint8_t *ind = (uint8_t *)fz_alloc((size_t)w.indices_len);
     memset(ind, 0, (size_t)w.indices_len);
     if (flags & 128) {
         for (int64_t b = 0; b < w.indices_len; b++) ind[b] = fz_u8(&f);
@@ -165,7 +153,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const ep_status s = ep_hyper_check(&w);
     FZ_ASSERT((s == EP_OK) == valid, "check says %d (%s), the contract says valid=%d", (int)s, ep_last_error(), valid);
     const int64_t total = w.weights > 0 ? w.weights : 0;
-    float *W = (float *)alloc(sizeof(float) * (size_t)total), *want = (float *)alloc(sizeof(float) * (size_t)total);
+    float *W = (float *)fz_alloc(sizeof(float) * (size_t)total), *want = (float *)fz_alloc(sizeof(float) * (size_t)total);
     for (int64_t i = 0; i < total; i++) W[i] = 7.0f;
     if (!valid) {
         const ep_status d = ep_hyper_decode(&w, W);

@@ -11,24 +11,19 @@
  * The first byte picks the entry point; "raw" mode feeds arbitrary float bits (NaN, Inf) and
  * only checks memory safety and statuses. */
 #include "fuzz_common.h"
+#include "fuzz_variants.h"
 
 #include <math.h>
 
 #include "edgepack/kernels.h"
 
-#define MAX_VARIANTS 8
 #define CAP (1 << 15) /* floats per buffer of a valid call; bigger valid calls are skipped */
-
-static const char *g_variants[MAX_VARIANTS];
-static int g_nvar;
 
 /* The variants this CPU runs, ref first; small decode limits. */
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc, (void)argv;
     fz_set_limits();
-    g_nvar = ep_variant_count();
-    if (g_nvar > MAX_VARIANTS) g_nvar = MAX_VARIANTS;
-    for (int i = 0; i < g_nvar; i++) g_variants[i] = ep_variant_name(i);
+    fz_load_variants();
     fprintf(stderr, "fuzz_kernels: %d variants:", g_nvar);
     for (int i = 0; i < g_nvar; i++) fprintf(stderr, " %s", g_variants[i]);
     fprintf(stderr, "\n");

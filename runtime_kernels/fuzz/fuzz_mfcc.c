@@ -7,22 +7,17 @@
  * within 1e-3. Valid calls over 2^21 FFT points are skipped. "raw" mode feeds arbitrary float
  * bits (NaN, Inf) and checks memory safety only. */
 #include "fuzz_common.h"
+#include "fuzz_variants.h"
 
 #include <math.h>
 
 #include "edgepack/mfcc.h"
 
-#define MAX_VARIANTS 8
 #define MAX_SAMPLES 4096
-
-static const char *g_variants[MAX_VARIANTS];
-static int g_nvar;
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc, (void)argv;
-    g_nvar = ep_variant_count();
-    if (g_nvar > MAX_VARIANTS) g_nvar = MAX_VARIANTS;
-    for (int i = 0; i < g_nvar; i++) g_variants[i] = ep_variant_name(i);
+    fz_load_variants();
     return 0;
 }
 

@@ -312,6 +312,40 @@ def test_sws_recipe_makes_codebook_layers_that_export_exactly(run, tree, tmp_pat
     assert row["onnx"]["accuracy"] == row["tflite"]["accuracy"] == row["accuracy"]
 
 
+def test_hyper_recipe_encodes_without_retraining_and_exports_exactly(run, tree, tmp_path):
+    """``--recipe hyper`` swaps conv, depthwise, pointwise and FC for Hyper-Compression layers calibrated on training
+    clips, retrains nothing, saves the chosen (side, points, rings) per layer, lists them in compress.json, and
+    the ONNX file (HyperWeight nodes) equals torch in ONNX Runtime at ≥ 3× fewer weight bytes."""
+    import onnx
+
+    from edgepack.compression.hyper import HyperConv2d, HyperLinear
+
+    folder, _ = run
+    [row] = compress_run(folder, ["hyper"], tmp_path / "out", finetune_epochs=3, **FAST)
+    out = tmp_path / "out"
+    model = load_checkpoint(out / "model.safetensors")
+    hyper = {n for n, m in model.named_modules() if isinstance(m, (HyperConv2d, HyperLinear))}
+    assert len(hyper) == 10 and row["bytes"] == compressed_size_bytes(model) and row["ratio"] >= 3
+    assert row["finetune_epochs"] == row["bn_epochs"] == 0 and row["accuracy"] == row["accuracy_compressed"]
+    assert row["calibration_clips"] == len(load_data(tree, ("train",))["train"].labels) and row["budget"] == 0.05
+    table = json.loads((out / "compress.json").read_text())["layers"]
+    assert {r["name"] for r in table} == hyper and all(r["method"] == "hyper" for r in table)
+    assert all(r["ratio"] > 1 and 0 < r["error"] <= 0.05 and r["measured"] == "output" for r in table)
+    graph = onnx.load(out / "model.onnx").graph
+    assert sum(n.op_type == "HyperWeight" and n.domain == "ai.edgepack" for n in graph.node) == len(hyper)
+    _onnx_equals_torch(model, out / "model.onnx", tree)
+    assert row["onnx"]["accuracy"] == row["tflite"]["accuracy"] == row["accuracy"]
+    [tuned] = compress_run(folder, ["hyper-bn"], tmp_path / "bn", export=False, **FAST)  # then BatchNorm tuned
+    assert tuned["budget"] == 0.1 and tuned["bn_epochs"] == tuned["finetune_epochs"] == 3
+    assert all(0 < r["error"] <= 0.1 for r in tuned["layers"]) and tuned["bytes"] < row["bytes"]
+    dense, bn = load_checkpoint(folder / "best.safetensors"), load_checkpoint(tmp_path / "bn" / "model.safetensors")
+    assert not torch.equal(dense.state_dict()["bn.weight"], bn.state_dict()["bn.weight"])
+    mixed = tmp_path / "mixed.json"
+    mixed.write_text(json.dumps({"conv": {"method": "hyper"}, "fc": {"method": "hashed", "ratio": 0.25}}))
+    with pytest.raises(EdgepackError, match="mixes \"hyper\" with other methods"):
+        compress_run(folder, [str(mixed)], tmp_path / "mixed", export=False)
+
+
 def _onnx_equals_torch(model, onnx_path, tree):
     """The exported file in ONNX Runtime gives the torch model's outputs on 20 test clips (both returned)."""
     x = features(load_data(tree, ("test",))["test"].audio)[:20]
