@@ -24,7 +24,7 @@ PAPER = {
     "lenet-5": {"error_before": 0.88, "error_after": 0.97, "nonzero_percent": 0.5, "rate": 162.0},
 }
 PRETRAIN_EPOCHS = {"lenet-300-100": 10, "lenet-5": 8}
-RETRAIN_EPOCHS = 4  # measured (README "Papers"); the authors' tutorial runs 30 at its slower prior rates
+RETRAIN_EPOCHS = 10  # measured (README "Papers"); the authors' tutorial runs 30 at its slower prior rates
 TAU = 0.05
 BATCH_SIZE = 256
 # --quick (CI): a subset, 126 retraining steps; a strong prior (tau 2) and the pretraining learning rate
