@@ -7,7 +7,9 @@ checkpoint, export ONNX and TFLite with ``edgepack.exporter.export`` (what ``edg
 and measure test accuracy in torch and in the exported files under ONNX Runtime and LiteRT, plus the
 largest difference of their outputs from torch's. Results go to ``compress.json`` in the output.
 A recipe of "sws" layers is retrained by soft weight-sharing instead and saved as codebook layers; one of
-"hyper" layers is Hyper-Compression-encoded on calibration clips of the training split, not retrained.
+"hyper" layers is Hyper-Compression-encoded on calibration clips of the training split, not retrained (with
+BatchNorm first folded into the convs where the recipe's settings say "fold_bn"; the checkpoint's builder then
+gets ``fold_bn=True``, which rebuilds convs with biases and no BatchNorm).
 """
 
 from __future__ import annotations
@@ -105,20 +107,26 @@ def compress_one(dense, builder: str, kwargs: dict, name: str, recipe: dict, dat
     export it to ``out``; returns the result row. The fine-tuned model is the best validation epoch, or with
     ``average_last`` N the mean of the weights (and BatchNorm statistics) after each of the last N epochs.
     A recipe of "sws" layers is retrained by soft weight-sharing at ``tau`` instead (``_retrain_sws``); one of
-    "hyper" layers is encoded within ``budget`` on calibration clips, not retrained (``_hyper``)."""
+    "hyper" layers is encoded within ``budget`` on calibration clips, not retrained (``_hyper``), after
+    ``kws.models.fold_batchnorms`` when its settings say "fold_bn" (the saved builder kwargs then say it too)."""
     import torch
 
     from edgepack.compression import compress, compressed_size_bytes, save_checkpoint
     from edgepack.kws.augment import Augmenter
     from edgepack.kws.evaluate import load_predictor
+    from edgepack.kws.models import fold_batchnorms
     from edgepack.kws.train import learning_rate
 
     start = time.monotonic()
     torch.manual_seed(seed)
     spec, hyper = recipe, any(spec.get("method") == "hyper" for spec in recipe.values())
     try:
-        if hyper:
-            model, report, recipe, hyper_row = _hyper(dense, name, recipe, data["train"], seed, budget)
+        if hyper:  # "fold_bn": BatchNorm folded into the convs first, so the encoding covers its bytes too
+            source = dense
+            if hyper_settings(name).get("fold_bn"):
+                source, kwargs = fold_batchnorms(dense), {**kwargs, "fold_bn": True}
+            model, report, recipe, hyper_row = _hyper(source, name, recipe, data["train"], seed, budget)
+            hyper_row["fold_bn"] = source is not dense
         else:
             model, report = compress(dense, recipe) if recipe else (copy.deepcopy(dense), [])
     except ValueError as error:

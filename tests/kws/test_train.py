@@ -12,13 +12,14 @@ import torch
 
 from edgepack.cli import main
 from edgepack.compression import compressed_size_bytes, load_checkpoint, save_checkpoint
+from edgepack.compression.checkpoint import read_checkpoint_fields
 from edgepack.demo import digits_mlp
 from edgepack.errors import EdgepackError
 from edgepack.kws import train as train_module
 from edgepack.kws.compress_kws import compress_run
 from edgepack.kws.evaluate import evaluate
 from edgepack.kws.labels import CLASSES, KEYWORDS
-from edgepack.kws.models import ds_cnn_l
+from edgepack.kws.models import ds_cnn, ds_cnn_l, fold_batchnorms
 from edgepack.kws.train import features, load_data, train
 from edgepack.kws.wav import write_wav
 from edgepack.runtime_kernels import onnx_session, tflite_interpreter
@@ -313,9 +314,10 @@ def test_sws_recipe_makes_codebook_layers_that_export_exactly(run, tree, tmp_pat
 
 
 def test_hyper_recipe_encodes_without_retraining_and_exports_exactly(run, tree, tmp_path):
-    """``--recipe hyper`` swaps conv, depthwise, pointwise and FC for Hyper-Compression layers calibrated on training
-    clips, retrains nothing, saves the chosen (side, points, rings) per layer, lists them in compress.json, and
-    the ONNX file (HyperWeight nodes) equals torch in ONNX Runtime at ≥ 3× fewer weight bytes."""
+    """``--recipe hyper`` folds BatchNorm into the convs, swaps conv, depthwise, pointwise and FC for
+    Hyper-Compression layers calibrated on training clips, retrains nothing, saves the chosen (side, points, rings)
+    per layer (and fold_bn=True for the builder), lists them in compress.json, and the ONNX file (HyperWeight
+    nodes, no BatchNormalization) equals torch in ONNX Runtime at ≥ 3× fewer weight bytes."""
     import onnx
 
     from edgepack.compression.hyper import HyperConv2d, HyperLinear
@@ -333,17 +335,38 @@ def test_hyper_recipe_encodes_without_retraining_and_exports_exactly(run, tree, 
     assert all(r["ratio"] > 1 and 0 < r["error"] <= 0.05 and r["measured"] == "output" for r in table)
     graph = onnx.load(out / "model.onnx").graph
     assert sum(n.op_type == "HyperWeight" and n.domain == "ai.edgepack" for n in graph.node) == len(hyper)
+    assert row["fold_bn"] and not any(n.op_type == "BatchNormalization" for n in graph.node)
+    assert row["bytes"] == sum(r["stored_bytes"] for r in table)  # no float32 BatchNorm left beside the layers
+    assert read_checkpoint_fields(out / "model.safetensors")[1]["fold_bn"] is True
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     _onnx_equals_torch(model, out / "model.onnx", tree)
     assert row["onnx"]["accuracy"] == row["tflite"]["accuracy"] == row["accuracy"]
     [tuned] = compress_run(folder, ["hyper-bn"], tmp_path / "bn", export=False, **FAST)  # then BatchNorm tuned
-    assert tuned["budget"] == 0.1 and tuned["bn_epochs"] == tuned["finetune_epochs"] == 3
-    assert all(0 < r["error"] <= 0.1 for r in tuned["layers"]) and tuned["bytes"] < row["bytes"]
+    assert tuned["budget"] == 0.1 and tuned["bn_epochs"] == tuned["finetune_epochs"] == 3 and not tuned["fold_bn"]
+    assert all(0 < r["error"] <= 0.1 for r in tuned["layers"]) and tuned["bytes"] < tuned["dense_bytes"]
     dense, bn = load_checkpoint(folder / "best.safetensors"), load_checkpoint(tmp_path / "bn" / "model.safetensors")
     assert not torch.equal(dense.state_dict()["bn.weight"], bn.state_dict()["bn.weight"])
     mixed = tmp_path / "mixed.json"
     mixed.write_text(json.dumps({"conv": {"method": "hyper"}, "fc": {"method": "hashed", "ratio": 0.25}}))
     with pytest.raises(EdgepackError, match="mixes \"hyper\" with other methods"):
         compress_run(folder, [str(mixed)], tmp_path / "mixed", export=False)
+
+
+def test_folding_batchnorm_keeps_the_dense_outputs(run, tree):
+    """fold_batchnorms leaves the trained DS-CNN's outputs unchanged (eval statistics), leaves the original alone,
+    loads into ds_cnn(fold_bn=True) (how a checkpoint rebuilds it), and refuses by name a BatchNorm it cannot fold."""
+    folder, _ = run
+    dense = load_checkpoint(folder / "best.safetensors")
+    folded = fold_batchnorms(dense)
+    x = features(load_data(tree, ("test",))["test"].audio)[:20]
+    with torch.no_grad():
+        np.testing.assert_allclose(folded(x).numpy(), dense(x).numpy(), rtol=0, atol=1e-5)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert isinstance(dense.bn, torch.nn.BatchNorm2d) and dense.conv.bias is None
+    ds_cnn(fold_bn=True).load_state_dict(folded.state_dict())
+    after_relu = torch.nn.Sequential(dense.conv, dense.relu, dense.bn)
+    with pytest.raises(EdgepackError, match="cannot fold '2' \\(BatchNorm2d\\) into '1' \\(ReLU\\)"):
+        fold_batchnorms(after_relu)
 
 
 def _onnx_equals_torch(model, onnx_path, tree):
