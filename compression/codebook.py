@@ -25,6 +25,7 @@ from torch import nn
 
 from edgepack.errors import EdgepackError
 
+from .common import set_conv_geometry
 from .registry import register_method
 
 BITS = (1, 2, 4, 8)
@@ -342,15 +343,9 @@ class CodebookConv2d(_CodebookLayer):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, *, bias: bool = True,
                  sparse: bool = False, bits: int = 8, stride=1, padding=0, dilation=1,
                  groups: int = 1) -> None:
-        kernel_size = nn.modules.utils._pair(kernel_size)
-        _check(groups >= 1 and in_channels % groups == 0 and out_channels % groups == 0,
-               f"CodebookConv2d: groups={groups} must divide in_channels={in_channels} and "
-               f"out_channels={out_channels}")
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.groups = kernel_size, groups
-        self.stride, self.padding, self.dilation = stride, padding, dilation
-        super().__init__((out_channels, in_channels // groups, *kernel_size), bias=bias,
-                         sparse=bool(sparse), bits=bits)
+        shape = set_conv_geometry(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+                                  CodebookError)
+        super().__init__(shape, bias=bias, sparse=bool(sparse), bits=bits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.dense_weight(), self.bias, self.stride, self.padding, self.dilation,

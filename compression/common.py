@@ -1,5 +1,5 @@
-"""What the compressed layers share: one ValueError style that names the layer, size helpers, and
-the constructor from a trained ``nn.Linear``."""
+"""What the compressed layers share: one ValueError style that names the layer, size helpers, a
+Conv2d's geometry, and the constructor from a trained ``nn.Linear``."""
 
 from torch import nn
 
@@ -18,6 +18,20 @@ def is_power_of_two(n: int) -> bool:
 def next_power_of_two(n: int, minimum: int = 4) -> int:
     """The smallest power of two that is >= max(n, minimum)."""
     return max(minimum, 1 << (max(n, 1) - 1).bit_length())
+
+
+def set_conv_geometry(layer: nn.Module, in_channels: int, out_channels: int, kernel_size, stride, padding,
+                      dilation, groups: int, error: type[Exception]) -> tuple[int, ...]:
+    """Store a Conv2d's geometry on ``layer`` (as nn.Conv2d names it) and return its weight's shape
+    (out, in/groups, kh, kw); a ``groups`` that does not divide both channel counts raises ``error``."""
+    kernel_size = nn.modules.utils._pair(kernel_size)
+    if not (groups >= 1 and in_channels % groups == 0 and out_channels % groups == 0):
+        raise error(f"{type(layer).__name__}: groups={groups} must divide in_channels={in_channels} and "
+                    f"out_channels={out_channels}")
+    layer.in_channels, layer.out_channels = in_channels, out_channels
+    layer.kernel_size, layer.groups = kernel_size, groups
+    layer.stride, layer.padding, layer.dilation = stride, padding, dilation
+    return (out_channels, in_channels // groups, *kernel_size)
 
 
 class FromDenseLinear:

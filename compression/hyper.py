@@ -42,6 +42,7 @@ from edgepack.runtime_kernels.hyper_format import (
 )
 from edgepack.runtime_kernels.op_spec import OPS
 
+from .common import set_conv_geometry
 from .registry import register_method
 
 _WEIGHT_INPUTS = OPS["HyperWeight"].weight_inputs  # indices, center, side, scales
@@ -495,15 +496,9 @@ class HyperConv2d(_HyperLayer):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, *, bias: bool = True,
                  points: int = 1, group: int = 2, rings: int = 0, stride=1, padding=0, dilation=1,
                  groups: int = 1) -> None:
-        kernel_size = nn.modules.utils._pair(kernel_size)
-        _check(groups >= 1 and in_channels % groups == 0 and out_channels % groups == 0,
-               f"HyperConv2d: groups={groups} must divide in_channels={in_channels} and "
-               f"out_channels={out_channels}")
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.groups = kernel_size, groups
-        self.stride, self.padding, self.dilation = stride, padding, dilation
-        super().__init__((out_channels, in_channels // groups, *kernel_size), bias=bias, points=points,
-                         group=group, rings=rings)
+        shape = set_conv_geometry(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+                                  HyperError)
+        super().__init__(shape, bias=bias, points=points, group=group, rings=rings)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.dense_weight(), self.bias, self.stride, self.padding, self.dilation,

@@ -12,6 +12,7 @@ from torch import nn
 
 from edgepack.compression import (
     CheckpointError,
+    CodebookConv2d,
     HyperConv2d,
     HyperError,
     HyperLinear,
@@ -28,6 +29,7 @@ from edgepack.compression import (
     save_checkpoint,
     unpack_bits,
 )
+from edgepack.compression.codebook import CodebookError
 from edgepack.compression.hyper import (
     MAX_AUTO_RINGS,
     SIDE_QUANTILES,
@@ -578,3 +580,11 @@ def test_cli_new_hyper_entries_override_the_old_recipe(mlp, tmp_path):
     assert isinstance(loaded.fc1, HyperLinear)
     x = torch.randn(2, 64)
     torch.testing.assert_close(loaded(x), expected(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("layer_class, error", [(HyperConv2d, HyperError), (CodebookConv2d, CodebookError)])
+def test_conv_layers_refuse_groups_that_do_not_divide_the_channels(layer_class, error):
+    with pytest.raises(error, match=rf"^{layer_class.__name__}: groups=4 must divide in_channels=4 and "
+                                    r"out_channels=6"):
+        layer_class(4, 6, 3, groups=4)
+    assert layer_class(4, 8, 3, groups=4, padding=1).weight_shape == (8, 1, 3, 3)

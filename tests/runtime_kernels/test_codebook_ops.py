@@ -342,32 +342,12 @@ def codebook_matmul_onnx(w: dict, cols: int, rows: int, bits: int, raw: bool) ->
 
 @pytest.mark.parametrize("sparse, raw", [(True, True), (True, False), (False, True)])
 def test_native_runner_decodes_codebook_weight(sparse, raw, tmp_path):
-    import json
-    import platform
-    import subprocess
+    from test_native_decode import decoded_and_fused_outputs
 
-    from test_native_decode import feed
-
-    from edgepack.runtime_kernels import ort_library_path
-    from edgepack.runtime_kernels.artifacts import find_artifact, onnxruntime_library_path
-
-    try:
-        runner, ort_lib = find_artifact("edgepack_ort_runner", platform.machine()), onnxruntime_library_path()
-    except (FileNotFoundError, OSError) as exc:  # pragma: no cover - depends on the build
-        pytest.skip(f"{exc} (run `make kernels`)")
     W = random_weight(40, 300, 0.05 if sparse else 1.0, 9)  # [cols, rows] as MatMul reads it
     path = tmp_path / "cw.onnx"
     path.write_bytes(codebook_matmul_onnx(encode(W, sparse, 4), 40, 300, 4, raw))
-    outputs = {}
-    for flags in ((), ("--keep-fused",)):
-        done = subprocess.run([str(runner), "--ort", str(ort_lib), "--lib", ort_library_path(), *flags, "--model",
-                               str(path)], capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stderr
-        result = json.loads(done.stdout)
-        assert (result["decode_at_load"], result["decoded_nodes"]) == ((False, 0) if flags else (True, 1))
-        (out,) = result["outputs"].values()
-        outputs[flags] = np.array(out["data"], np.float32).reshape(out["shape"])
-    X = feed(onnx_session(path.read_bytes(), decode_at_load=False))["X"]
+    outputs, X = decoded_and_fused_outputs(path)
     np.testing.assert_allclose(outputs[()], linear(X, W.T), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(outputs[()], outputs[("--keep-fused",)], rtol=1e-5, atol=1e-5)
 

@@ -184,37 +184,16 @@ def hyper_matmul_onnx(w: dict) -> bytes:
 
 
 def test_native_runner_decodes_hyper_weight(tmp_path):
-    import json
-    import platform
-    import subprocess
+    from test_native_decode import decoded_and_fused_outputs, native_libs, run
 
-    from test_native_decode import feed
-
-    from edgepack.runtime_kernels import ort_library_path
-    from edgepack.runtime_kernels.artifacts import find_artifact, onnxruntime_library_path
-
-    try:
-        runner, ort_lib = find_artifact("edgepack_ort_runner", platform.machine()), onnxruntime_library_path()
-    except (FileNotFoundError, OSError) as exc:  # pragma: no cover - depends on the build
-        pytest.skip(f"{exc} (run `make kernels`)")
     w = hyper((40, 300), 500, 2, 2)
     path = tmp_path / "hw.onnx"
     path.write_bytes(hyper_matmul_onnx(w))
-    outputs = {}
-    for flags in ((), ("--keep-fused",)):
-        done = subprocess.run([str(runner), "--ort", str(ort_lib), "--lib", ort_library_path(), *flags, "--model",
-                               str(path)], capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stderr
-        result = json.loads(done.stdout)
-        assert (result["decode_at_load"], result["decoded_nodes"]) == ((False, 0) if flags else (True, 1))
-        (out,) = result["outputs"].values()
-        outputs[flags] = np.array(out["data"], F).reshape(out["shape"])
-    X = feed(onnx_session(path.read_bytes(), decode_at_load=False))["X"]
+    outputs, X = decoded_and_fused_outputs(path)
     np.testing.assert_allclose(outputs[()], X.astype(np.float64) @ reference(w), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(outputs[()], outputs[("--keep-fused",)], rtol=1e-5, atol=1e-5)
     path.write_bytes(hyper_matmul_onnx({**w, "side": np.array([-1.0], F)}))
-    done = subprocess.run([str(runner), "--ort", str(ort_lib), "--lib", ort_library_path(), "--model", str(path)],
-                          capture_output=True, text=True, timeout=120)
+    done = run(native_libs(), path)
     assert done.returncode != 0 and "input 'side' is -1; must be finite and > 0" in done.stderr, done.stderr
 
 

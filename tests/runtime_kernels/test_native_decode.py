@@ -39,13 +39,18 @@ def _no_limit_env(monkeypatch):
         monkeypatch.delenv(env, raising=False)
 
 
-@pytest.fixture(scope="module")
-def libs():
+def native_libs() -> tuple[Path, Path, Path]:
+    """The runner, ONNX Runtime's library and libedgepack_ort for this machine (skips when not built)."""
     try:
         return (find_artifact("edgepack_ort_runner", ARCH), onnxruntime_library_path(ARCH),
                 Path(ort_library_path()))
     except (FileNotFoundError, OSError) as exc:  # pragma: no cover - depends on the build
         pytest.skip(f"{exc} (run `make kernels`)")
+
+
+@pytest.fixture(scope="module")
+def libs():
+    return native_libs()
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +87,16 @@ def runner_outputs(libs, model, *flags) -> tuple[dict, np.ndarray]:
     result = json.loads(done.stdout)
     (out,) = result["outputs"].values()
     return result, np.array(out["data"], np.float32).reshape(out["shape"])
+
+
+def decoded_and_fused_outputs(model) -> tuple[dict, np.ndarray]:
+    """The runner's outputs on ``model`` with its one custom node decoded at load (key ()) and kept fused
+    (key ("--keep-fused",)), each run's decode report checked, and the input the runner fed."""
+    outputs = {}
+    for flags in ((), ("--keep-fused",)):
+        result, outputs[flags] = runner_outputs(native_libs(), model, *flags)
+        assert (result["decode_at_load"], result["decoded_nodes"]) == ((False, 0) if flags else (True, 1))
+    return outputs, feed(onnx_session(Path(model).read_bytes(), decode_at_load=False))["X"]
 
 
 def feed(session) -> dict[str, np.ndarray]:
