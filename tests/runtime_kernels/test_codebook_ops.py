@@ -104,6 +104,18 @@ def run_ort(op, attrs, inputs, fed=()):
     return session.run(None, {n: inputs[n] for n in names})[0]
 
 
+def tflite_decoded_and_not(path, X: np.ndarray) -> list[np.ndarray]:
+    """A one-input TFLite model's output on X, decoded at load by the C decoder and then left to the
+    delegate's kernels (in that order)."""
+    outputs = []
+    for mode in ("c", False):
+        interp = tflite_interpreter(path, decode_at_load=mode)
+        interp.set_tensor(interp.get_input_details()[0]["index"], X)
+        interp.invoke()
+        outputs.append(interp.get_tensor(interp.get_output_details()[0]["index"]))
+    return outputs
+
+
 def run_tflite(op, attrs, inputs, tmp_path, fed=()):
     path = tmp_path / "m.tflite"
     path.write_bytes(tflite_model(op, attrs, inputs, fed))
@@ -277,12 +289,7 @@ def test_c_decode_at_load(sparse, tmp_path):
     path.write_bytes(codebook_fc_model(encode(W, sparse, 4), 6, 300, 4))
     assert tflite_ops(_c_decoded(delegate_library_path(), path, {})) == [tm.FULLY_CONNECTED]
     X = RNG.standard_normal((3, 300)).astype(np.float32)
-    outputs = []
-    for mode in ("c", False):
-        interp = tflite_interpreter(path, decode_at_load=mode)
-        interp.set_tensor(interp.get_input_details()[0]["index"], X)
-        interp.invoke()
-        outputs.append(interp.get_tensor(interp.get_output_details()[0]["index"]))
+    outputs = tflite_decoded_and_not(path, X)
     np.testing.assert_allclose(outputs[0], linear(X, W), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
 

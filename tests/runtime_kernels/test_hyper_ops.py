@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from test_codebook_ops import _check_both, run_ort, run_tflite
+from test_codebook_ops import _check_both, run_ort, run_tflite, tflite_decoded_and_not
 
 from edgepack.exporter.fallbacks import STANDARD_OPSET
 from edgepack.runtime_kernels import KernelError, hyper_decode, onnx_session, tflite_interpreter, use_variant, variants
@@ -154,12 +154,7 @@ def test_tflite_c_decode_at_load(tmp_path):
     assert tflite_ops(decoded) == [tm.FULLY_CONNECTED]
     assert np.array_equal(filter_of(decoded), reference(w))  # the decoded constant, bit for bit
     X = RNG.standard_normal((3, 300)).astype(F)
-    outputs = []
-    for mode in ("c", False):
-        interp = tflite_interpreter(path, decode_at_load=mode)
-        interp.set_tensor(interp.get_input_details()[0]["index"], X)
-        interp.invoke()
-        outputs.append(interp.get_tensor(interp.get_output_details()[0]["index"]))
+    outputs = tflite_decoded_and_not(path, X)
     W = reference(w).astype(np.float64)
     np.testing.assert_allclose(outputs[0], X @ W.T, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
