@@ -46,6 +46,20 @@ from .recipe import (
     load_recipe,
 )
 from .registry import register_method
+from .stages import (
+    STAGES,
+    TRANSFORMS,
+    StageData,
+    StageError,
+    StageReport,
+    count_macs,
+    evaluate,
+    fine_tune,
+    register_stage,
+    register_transform,
+    run_stage,
+    stage_report,
+)
 from .sws import (
     MixturePrior,
     SwsConv2d,
@@ -61,6 +75,18 @@ from .sws_plot import plot_weights
 __all__ = [
     "DEFAULT_BUDGET",
     "METHODS",
+    "STAGES",
+    "TRANSFORMS",
+    "StageData",
+    "StageError",
+    "StageReport",
+    "count_macs",
+    "evaluate",
+    "fine_tune",
+    "register_stage",
+    "register_transform",
+    "run_stage",
+    "stage_report",
     "CheckpointError",
     "CirculantLinear",
     "CodebookConv2d",

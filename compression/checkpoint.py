@@ -2,7 +2,9 @@
 
 A checkpoint is a ``.safetensors`` file: the state dict as tensors, and in its string metadata
 the format, version, the *registered name* of the builder that makes the dense model, the
-builder's keyword arguments (JSON) and the compression recipe (JSON). Loading looks the name
+builder's keyword arguments (JSON), the compression recipe (JSON) and the structural transforms of
+compression stages (JSON: ``[{"name": ..., "params": {...}}]``, replayed in order by the functions
+``compression.stages.register_transform`` registers, after the recipe). Loading looks the name
 up in a registry the user's code fills (``register_builder``); edgepack registers its own
 builders. A name that is not registered is refused unless the caller trusts exactly that
 ``module:function`` (``trust_builder=``, ``edgepack export --trust-builder``).
@@ -15,6 +17,7 @@ import json
 import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -39,6 +42,15 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 
 class CheckpointError(EdgepackError, ValueError):
     """A checkpoint cannot be written or read; the message names the file and what is wrong."""
+
+
+class CheckpointFields(NamedTuple):
+    """What rebuilds a checkpoint's model: the builder's name and arguments, the recipe, the transforms."""
+
+    builder: str
+    kwargs: dict
+    recipe: dict | None
+    transforms: list
 
 
 def register_builder(name: str | Callable | None = None, fn: Callable | None = None):
@@ -120,8 +132,10 @@ def _check_plain(value, where: str) -> None:
 
 
 def save_checkpoint(model: nn.Module, path: str | Path, builder: str | Callable,
-                    builder_kwargs: dict | None = None, recipe: dict | None = None) -> Path:
-    """Save ``model`` as a .safetensors checkpoint, rebuilt on load by ``builder`` and ``recipe``.
+                    builder_kwargs: dict | None = None, recipe: dict | None = None,
+                    transforms: list[dict] | None = None) -> Path:
+    """Save ``model`` as a .safetensors checkpoint, rebuilt on load by ``builder``, ``recipe`` and then
+    ``transforms`` (the structural changes of compression stages, ``StageReport.transform``).
 
     ``builder`` is a registered name (``registered_builders()``), a registered function, or a
     ``"module:function"`` that a loader must then register or trust explicitly.
@@ -137,9 +151,11 @@ def save_checkpoint(model: nn.Module, path: str | Path, builder: str | Callable,
     tensors = {name: value.detach().cpu().contiguous().clone()
                for name, value in model.state_dict().items()}
     builder_kwargs = builder_kwargs or {}
-    _check_fields(path, builder, builder_kwargs, recipe, tensors)  # refuse what load_checkpoint would
+    transforms = list(transforms or [])
+    _check_fields(path, builder, builder_kwargs, recipe, tensors, transforms)  # refuse what loading would
     metadata = {"format": FORMAT, "version": str(VERSION), "builder": builder,
-                "builder_kwargs": json.dumps(builder_kwargs), "recipe": json.dumps(recipe)}
+                "builder_kwargs": json.dumps(builder_kwargs), "recipe": json.dumps(recipe),
+                "transforms": json.dumps(transforms)}
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata=metadata)
     return path
@@ -157,7 +173,7 @@ def load_checkpoint(path: str | Path, trust_builder: str | Iterable[str] = ()) -
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} is not a file")
-    builder, kwargs, recipe, state = _read(path)
+    (builder, kwargs, recipe, transforms), state = _read(path)
     function = _builder(builder, trusted, path)
     try:
         model = function(**kwargs)
@@ -175,18 +191,24 @@ def load_checkpoint(path: str | Path, trust_builder: str | Iterable[str] = ()) -
         except Exception as error:
             raise CheckpointError(f"{path}: the checkpoint's recipe cannot be applied: "
                                   f"{type(error).__name__}: {error}") from None
+    if transforms:
+        from .stages import apply_transforms
+
+        try:
+            model = apply_transforms(model, transforms)
+        except EdgepackError as error:
+            raise CheckpointError(f"{path}: {error}") from None
     _load_state(model, state, path, builder)
     return model.eval()
 
 
-def read_checkpoint_fields(path: str | Path) -> tuple[str, dict, dict | None]:
-    """A checkpoint's builder name, builder arguments and recipe, checked; builds nothing."""
-    builder, kwargs, recipe, _ = _read(Path(path))
-    return builder, kwargs, recipe
+def read_checkpoint_fields(path: str | Path) -> CheckpointFields:
+    """A checkpoint's builder name, builder arguments, recipe and transforms, checked; builds nothing."""
+    return _read(Path(path))[0]
 
 
-def _read(path: Path) -> tuple[str, dict, dict | None, dict]:
-    """Builder, arguments, recipe and state of a checkpoint in either format."""
+def _read(path: Path) -> tuple[CheckpointFields, dict]:
+    """The fields and the state of a checkpoint in either format."""
     with path.open("rb") as file:
         head = file.read(9)
     safetensors = head[8:9] == b"{"  # u64 header length, then the JSON header
@@ -195,7 +217,7 @@ def _read(path: Path) -> tuple[str, dict, dict | None, dict]:
     return _read_safetensors(path)
 
 
-def _read_safetensors(path: Path) -> tuple[str, dict, dict | None, dict]:
+def _read_safetensors(path: Path) -> tuple[CheckpointFields, dict]:
     """The metadata and tensors of a version-2 checkpoint."""
     from safetensors import safe_open
 
@@ -215,16 +237,16 @@ def _read_safetensors(path: Path) -> tuple[str, dict, dict | None, dict]:
         raise CheckpointError(f"{path}: checkpoint version {metadata.get('version')!r}; this "
                               f"edgepack reads versions {LEGACY_VERSION} and {VERSION}")
     fields = {}
-    for key in ("builder_kwargs", "recipe"):
+    for key in ("builder_kwargs", "recipe", "transforms"):
         try:
             fields[key] = json.loads(metadata.get(key, "null"))
         except ValueError as error:
             raise CheckpointError(f"{path}: metadata {key!r} is not valid JSON: {error}") from None
     return _check_fields(path, metadata.get("builder"), fields["builder_kwargs"] or {},
-                         fields["recipe"], state)
+                         fields["recipe"], state, fields["transforms"] or [])
 
 
-def _read_legacy(path: Path) -> tuple[str, dict, dict | None, dict]:
+def _read_legacy(path: Path) -> tuple[CheckpointFields, dict]:
     """A version-1 checkpoint (torch.save'd dict), read with ``weights_only=True``."""
     try:
         data = torch.load(path, weights_only=True, map_location="cpu")
@@ -240,10 +262,10 @@ def _read_legacy(path: Path) -> tuple[str, dict, dict | None, dict]:
                               f"this edgepack reads version {LEGACY_VERSION} there "
                               f"(version {VERSION} is a .safetensors file)")
     return _check_fields(path, data.get("builder"), data.get("builder_kwargs") or {},
-                         data.get("recipe"), data.get("state_dict"))
+                         data.get("recipe"), data.get("state_dict"), [])
 
 
-def _check_fields(path: Path, builder, kwargs, recipe, state) -> tuple[str, dict, dict | None, dict]:
+def _check_fields(path: Path, builder, kwargs, recipe, state, transforms) -> tuple[CheckpointFields, dict]:
     """A checkpoint's fields, or CheckpointError: the rules save_checkpoint and load_checkpoint share."""
     if not isinstance(builder, str) or not builder:
         raise CheckpointError(f"{path}: the checkpoint has no builder name (a string)")
@@ -253,10 +275,16 @@ def _check_fields(path: Path, builder, kwargs, recipe, state) -> tuple[str, dict
     if recipe is not None and not isinstance(recipe, dict):
         raise CheckpointError(f"{path}: recipe must be a dict or null, got {type(recipe).__name__}")
     _check_plain(recipe, f"{path}: recipe")
+    if not isinstance(transforms, list) or not all(
+            isinstance(t, dict) and set(t) == {"name", "params"} and isinstance(t["name"], str)
+            and isinstance(t["params"], dict) for t in transforms):
+        raise CheckpointError(f"{path}: transforms must be a list of {{'name': str, 'params': dict}}, "
+                              f"got {transforms!r:.200}")
+    _check_plain(transforms, f"{path}: transforms")
     if not isinstance(state, dict) or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise CheckpointError(f"{path}: the state dict must map names to tensors")
-    return builder, kwargs, recipe, state
+    return CheckpointFields(builder, kwargs, recipe, transforms), state
 
 
 def _load_state(model: nn.Module, state: dict, path: Path, builder: str) -> None:

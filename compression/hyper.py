@@ -43,6 +43,7 @@ from edgepack.runtime_kernels.hyper_format import (
 from edgepack.runtime_kernels.op_spec import OPS
 
 from .common import set_conv_geometry
+from .progress import progress_bar
 from .registry import register_method
 
 _WEIGHT_INPUTS = OPS["HyperWeight"].weight_inputs  # indices, center, side, scales
@@ -729,7 +730,7 @@ def hyper_compress(model: nn.Module, *, budget: float = DEFAULT_BUDGET, calibrat
            f"Linear/Conv2d layer to compress; layers: {sorted(candidates)}")
     inputs = _layer_inputs(model, matched, calibration) if calibration is not None else {}
     report = HyperReport()
-    with _progress(progress) as bar:
+    with progress_bar(enabled=progress) as bar:
         task = bar.add_task("hyper-compressing", total=len(matched))
         for name, layer in matched.items():
             bar.update(task, description=f"hyper-compressing {name}")
@@ -746,10 +747,3 @@ def hyper_compress(model: nn.Module, *, budget: float = DEFAULT_BUDGET, calibrat
     report.model_bytes = (before, compressed_size_bytes(model))
     return model, report
 
-
-def _progress(enabled: bool):
-    """A transient rich bar over the layers (drawn only when ``enabled`` and on a terminal)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    transient=True, disable=not enabled)

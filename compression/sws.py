@@ -41,9 +41,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgepack.errors import EdgepackError
-from edgepack.kws.progress import progress_bar
 
 from .codebook import to_codebook
+from .progress import progress_bar
 from .registry import register_method
 
 COMPONENTS = 17

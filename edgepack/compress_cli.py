@@ -80,7 +80,7 @@ def _compress(args: argparse.Namespace) -> int:
     from edgepack.compression.checkpoint import read_checkpoint_fields
 
     model = load_checkpoint(args.checkpoint, trust_builder=args.trust_builder or ())
-    builder, kwargs, recipe = read_checkpoint_fields(args.checkpoint)
+    builder, kwargs, recipe, transforms = read_checkpoint_fields(args.checkpoint)
     compressed, report = hyper_compress(model, budget=args.budget, calibration=_calibration(args.calibration),
                                         names=args.layers, group=args.group, points=args.points, side=args.side,
                                         rings=args.rings, progress=True)
@@ -88,6 +88,10 @@ def _compress(args: argparse.Namespace) -> int:
     if not report.recipe:
         raise HyperError(f"{args.checkpoint}: nothing to compress: every matched layer has fewer than 10 weights "
                          f"or no encoding within budget {args.budget} is smaller than float32")
-    path = save_checkpoint(compressed, args.output, builder, kwargs, recipe={**(recipe or {}), **report.recipe})
+    if transforms:  # the layers now exist only after the stages' transforms: replay the recipe after them
+        transforms = [*transforms, {"name": "recipe", "params": {"recipe": report.recipe}}]
+    else:
+        recipe = {**(recipe or {}), **report.recipe}
+    path = save_checkpoint(compressed, args.output, builder, kwargs, recipe=recipe, transforms=transforms)
     print(f"wrote {path} ({path.stat().st_size:,} bytes)")
     return 0

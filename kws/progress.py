@@ -1,12 +1,5 @@
-"""The one rich progress bar the KWS commands show (data generation, training, stream evaluation)."""
+"""The KWS commands' progress bar: compression's one bar (``compression.progress``)."""
 
-from __future__ import annotations
+from edgepack.compression.progress import progress_bar
 
-
-def progress_bar(console=None, enabled: bool = True):
-    """A transient bar: description, bar, done/total, time left; ``enabled=False`` keeps the calls
-    but draws nothing."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=console, transient=True, disable=not enabled)
+__all__ = ["progress_bar"]
