@@ -17,6 +17,8 @@ from .codebook import (
     encode_codebook,
     to_codebook,
 )
+from .distill import distill_loss, distill_stage
+from .early_exit import EarlyExitNet, early_exit_stage
 from .hashed import HashedConv2d, HashedLinear
 from .hashing import hash_indices
 from .hyper import (
@@ -36,7 +38,11 @@ from .hyper import (
     unpack_bits,
 )
 from .ldr import LDRLinear
+from .method_stages import hyper_stage, recipe_stage, sws_stage  # noqa: F401 (registers the stages)
+from .pipeline import Pipeline, load_pipeline, run_pipeline
+from .prune import prune_channels_stage, prune_stage, resize_channels
 from .ptq_baselines import BaselineReport, kmeans_compress, ptq_compress  # noqa: F401 (baselines)
+from .quantize import QuantConv2d, QuantizeError, QuantLinear, quantize_stage
 from .recipe import (
     METHODS,
     CompressionReport,
@@ -92,6 +98,7 @@ __all__ = [
     "CodebookConv2d",
     "CodebookError",
     "CodebookLinear",
+    "EarlyExitNet",
     "CompressionReport",
     "HashedConv2d",
     "HashedLinear",
@@ -100,9 +107,15 @@ __all__ = [
     "HyperLinear",
     "HyperReport",
     "LDRLinear",
+    "Pipeline",
+    "load_pipeline",
+    "run_pipeline",
     "LayerChoice",
     "LayerReport",
     "MixturePrior",
+    "QuantConv2d",
+    "QuantLinear",
+    "QuantizeError",
     "SwsConv2d",
     "SwsError",
     "SwsLinear",
@@ -114,6 +127,9 @@ __all__ = [
     "decode_codebook",
     "decode_hyper",
     "decode_hyper_torch",
+    "distill_loss",
+    "distill_stage",
+    "early_exit_stage",
     "encode_codebook",
     "encode_hyper",
     "hash_indices",
@@ -124,9 +140,13 @@ __all__ = [
     "pack_bits",
     "plot_weights",
     "postprocess",
+    "prune_channels_stage",
+    "prune_stage",
+    "quantize_stage",
     "register_builder",
     "register_method",
     "registered_builders",
+    "resize_channels",
     "retrain",
     "save_checkpoint",
     "sws_layers",

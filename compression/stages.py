@@ -18,6 +18,7 @@ from edgepack.errors import EdgepackError
 
 from .progress import progress_bar
 from .recipe import compress, compressed_size_bytes
+from .registry import METHODS
 
 
 class StageError(EdgepackError, ValueError):
@@ -174,13 +175,15 @@ def apply_transforms(model: nn.Module, transforms: list[dict]) -> nn.Module:
 
 
 def _counted(module: nn.Module) -> bool:
-    return isinstance(module, (nn.Linear, nn.Conv2d)) or hasattr(module, "weight_bits")
+    """A layer the MAC count covers: dense Linear / Conv2d, a recipe method's layer, or one with bit widths."""
+    return (isinstance(module, (nn.Linear, nn.Conv2d)) or hasattr(module, "weight_bits")
+            or any(type(module) in layers.values() for layers in METHODS.values()))
 
 
 def count_macs(model: nn.Module, example: torch.Tensor) -> list[LayerCost]:
     """Per-layer MACs of one forward pass on ``example`` (batch 1), dense-equivalent for compressed layers
-    (decoders are decoded at load, so the runtime computes densely). Counted: nn.Linear, nn.Conv2d and
-    every module with a ``weight_bits`` attribute, outermost only; its bit widths come from its
+    (decoders are decoded at load, so the runtime computes densely). Counted: nn.Linear, nn.Conv2d, the
+    recipe methods' layers and every module with a ``weight_bits`` attribute, outermost only; bit widths from
     ``weight_bits`` / ``activation_bits`` (default 32)."""
     costs: dict[str, LayerCost] = {}
     hooks, counted = [], []
@@ -217,6 +220,13 @@ def weight_bits(model: nn.Module) -> dict[str, int]:
     """Each counted layer's weight bit width (32 unless the layer says otherwise)."""
     return {name: int(getattr(module, "weight_bits", 32)) for name, module in model.named_modules()
             if _counted(module)}
+
+
+def run_every_output(model: nn.Module, inputs: torch.Tensor):
+    """One forward pass through every path of ``model``: all exits of a model that has several
+    (``forward_exits``, EarlyExitNet), else ``model(inputs)``; calibration must see every layer."""
+    forward_exits = getattr(model, "forward_exits", None)
+    return forward_exits(inputs) if callable(forward_exits) else model(inputs)
 
 
 def evaluate(model: nn.Module, data: StageData, split: str = "val", batch_size: int = 500) -> float:
@@ -267,13 +277,19 @@ def fine_tune(model: nn.Module, data: StageData, *, epochs: int, lr: float = 1e-
 def stage_report(stage: str, model: nn.Module, data: StageData, params: dict, *, transform: dict | None = None,
                  extra: dict | None = None, started: float | None = None, macs: int | None = None,
                  bitops: int | None = None) -> StageReport:
-    """Measure ``model`` after ``stage``: accuracy on data.val, stored weight bytes, MACs and BitOps per
-    example (``macs`` / ``bitops`` override the count, e.g. early exit's expectation over exits)."""
-    costs = count_macs(model, data.example)
+    """Measure ``model`` after ``stage``: accuracy on data.val, stored weight bytes, MACs and BitOps per example
+    (a model with ``deployed(inputs, labels)``, such as EarlyExitNet, gives its accuracy and expected cost
+    when it stops early; ``macs`` / ``bitops`` override the count)."""
+    deployed = getattr(model, "deployed", None)
+    if callable(deployed):  # a model that stops early (EarlyExitNet): its accuracy and expected cost as deployed
+        accuracy, counted_macs, counted_bitops = deployed(*data.val)
+    else:
+        costs = count_macs(model, data.example)
+        accuracy, counted_macs, counted_bitops = (evaluate(model, data), sum(c.macs for c in costs),
+                                                  sum(c.bitops for c in costs))
     return StageReport(
-        stage=stage, params=copy.deepcopy(params), accuracy=evaluate(model, data),
-        weight_bytes=compressed_size_bytes(model),
-        macs=int(macs if macs is not None else sum(c.macs for c in costs)),
-        bitops=int(bitops if bitops is not None else sum(c.bitops for c in costs)),
+        stage=stage, params=copy.deepcopy(params), accuracy=accuracy, weight_bytes=compressed_size_bytes(model),
+        macs=int(macs if macs is not None else counted_macs),
+        bitops=int(bitops if bitops is not None else counted_bitops),
         seconds=time.perf_counter() - started if started is not None else 0.0,
         transform=transform, extra=dict(extra or {}))

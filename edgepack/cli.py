@@ -121,6 +121,10 @@ def _inspect(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from edgepack.benchmarks.harness import BenchOptions, bench
 
+    if args.early_exit:
+        from edgepack.benchmarks.early_exit import bench_command
+
+        return bench_command(args)
     options = BenchOptions(runtime=args.runtime, threads=args.threads, warmup=args.warmup, runs=args.runs,
                            min_seconds=args.min_seconds, energy=args.energy, dataset=args.dataset,
                            output=args.output, resume=args.resume, benchmark_model=args.benchmark_model,
@@ -152,7 +156,7 @@ def _convert(args: argparse.Namespace) -> int:
 
     path, verification = convert_and_verify(
         args.model, args.output, batch_size=args.batch_size, input_shapes=dict(args.input_shape or []),
-        verify=not args.no_verify, calibration_data=args.calibration_data)
+        verify=not args.no_verify, calibration_data=args.calibration_data, io_type=args.io_type)
     print(f"wrote {path} ({path.stat().st_size:,} bytes); "
           + (verification.summary() if verification else "not verified (--no-verify)"))
     return 0
@@ -222,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--calibration-data", metavar="FILE.npz",
                          help="also verify on these samples: one array per input name (or x), samples "
                               "along the first axis")
+    convert.add_argument("--io-type", choices=["float", "int8"], default="float",
+                         help="for a QDQ-quantized model (converted fully int8): float inputs/outputs with "
+                              "QUANTIZE / DEQUANTIZE ops (default), or the int8 tensors themselves")
     convert.set_defaults(handler=_convert)
 
     bench = commands.add_parser("bench", help="measure latency, memory, size, energy and accuracy on a device")
@@ -262,6 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="decode compressed weights to dense constants when the model loads (default; "
                             "needs edgepack on the device or the native runner); --no-decode-at-load keeps "
                             "the fused kernels (less memory)")
+    bench.add_argument("--early-exit", action="store_true",
+                       help="the models are early-exit manifests (export_early_exit's manifest.json): average latency "
+                            "per example and accuracy at the threshold against the full model, in this process "
+                            "(ORT, needs --dataset)")
     bench.set_defaults(handler=_bench)
 
     report = commands.add_parser("report", help="Markdown + HTML report with plots from a results file")

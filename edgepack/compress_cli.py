@@ -1,10 +1,12 @@
 """``edgepack compress``: compress a checkpoint's layers without retraining (Hyper-Compression,
-``compression.hyper``) and save a checkpoint that ``edgepack export`` and ``inspect`` then take."""
+``compression.hyper``) and save a checkpoint that ``edgepack export`` and ``inspect`` then take; or, with
+``--pipeline``, run a pipeline of stages (``compression.pipeline``) into a folder of per-stage checkpoints."""
 
 from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 
 
@@ -50,7 +52,20 @@ def add_parser(commands) -> None:
     parser.add_argument("--trust-builder", action="append", metavar="MODULE:FUNCTION",
                         help="allow the checkpoint's builder MODULE:FUNCTION to be imported although it is "
                              "not registered (repeatable; only for code you trust)")
-    parser.add_argument("-o", "--output", required=True, help="the compressed checkpoint (.safetensors)")
+    parser.add_argument("--pipeline", metavar="PIPELINE.yaml",
+                        help="run this pipeline of stages (YAML/JSON: stages, optional data / seed / batch_size) "
+                             "instead of --method: a checkpoint per stage, pipeline.jsonl and summary.md in -o")
+    parser.add_argument("--data", metavar="SPEC",
+                        help="with --pipeline: the data the stages train and are measured on: digits, mnist, "
+                             "mnist[:N], kws:DIR or FILE.npz (x_train, y_train, x_val, y_val[, x_test, y_test]); "
+                             "overrides the file's data")
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument("--resume", dest="restart", action="store_false", default=False,
+                       help="with --pipeline (default): skip the stages whose checkpoints in -o match the file")
+    again.add_argument("--restart", action="store_true",
+                       help="with --pipeline: ignore what -o holds and run every stage")
+    parser.add_argument("-o", "--output", required=True,
+                        help="the compressed checkpoint (.safetensors); with --pipeline, a folder")
     parser.set_defaults(handler=_compress)
 
 
@@ -75,10 +90,43 @@ def _calibration(path: str | None):
     return data.astype(np.float32)
 
 
+def _run_pipeline(args: argparse.Namespace) -> int:
+    """``--pipeline``: check the file, load the data and the checkpoint, run the stages into the folder -o."""
+    from edgepack.compression import load_checkpoint
+    from edgepack.compression import pipeline as pipelines
+    from edgepack.compression.checkpoint import read_checkpoint_fields
+    from edgepack.compression.stages import StageError
+    from edgepack.pipeline_data import load_data_spec
+
+    hyper_only = [flag for flag, value in (("--calibration", args.calibration), ("--points", args.points),
+                                           ("--side", args.side), ("--rings", args.rings),
+                                           ("--layers", args.layers)) if value is not None]
+    if hyper_only:
+        raise StageError(f"{', '.join(hyper_only)}: options of --method hyper; in a pipeline give them to its "
+                         "hyper stage (- hyper: {budget: 0.05, layers: 'fc*'})")
+    pipeline = pipelines.load_pipeline(args.pipeline)
+    spec, base = (args.data, None) if args.data else (pipeline.data, pipeline.folder)
+    if spec is None:
+        raise StageError(f"{args.pipeline}: no data: give --data SPEC (digits, mnist[:N], kws:DIR, FILE.npz) or "
+                         "data: in the file")
+    trusted = args.trust_builder or ()
+    model = load_checkpoint(args.checkpoint, trust_builder=trusted)
+    fields = read_checkpoint_fields(args.checkpoint)
+    data = load_data_spec(spec, seed=pipeline.seed, batch_size=pipeline.batch_size, base=base)
+    pipelines.run_pipeline(model, data, pipeline.stages, args.output, fields.builder, fields.kwargs,
+                           recipe=fields.recipe, transforms=fields.transforms, resume=not args.restart,
+                           progress=sys.stdout.isatty(), trust_builder=trusted)
+    return 0
+
+
 def _compress(args: argparse.Namespace) -> int:
     from edgepack.compression import HyperError, hyper_compress, load_checkpoint, save_checkpoint
     from edgepack.compression.checkpoint import read_checkpoint_fields
 
+    if args.pipeline:
+        return _run_pipeline(args)
+    if args.data or args.restart:
+        raise HyperError(f"{'--data' if args.data else '--restart'} goes with --pipeline")
     model = load_checkpoint(args.checkpoint, trust_builder=args.trust_builder or ())
     builder, kwargs, recipe, transforms = read_checkpoint_fields(args.checkpoint)
     compressed, report = hyper_compress(model, budget=args.budget, calibration=_calibration(args.calibration),

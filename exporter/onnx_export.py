@@ -460,3 +460,6 @@ def export_onnx(model: nn.Module, example_inputs, path: str | Path, mode: str = 
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, path)
     return path
+
+
+from . import onnx_quant  # noqa: E402, F401 (its @lowers registers the int8 layers; it imports ``lowers`` above)

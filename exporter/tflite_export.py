@@ -550,18 +550,20 @@ def emit_custom(c: Converter, node: onnx.NodeProto, value: Value | None = None) 
 # ---- entry points -----------------------------------------------------------------------------
 def convert_onnx_to_tflite(source, path: str | Path, batch_size: int = 1, *,
                            input_shapes: dict[str, tuple[int, ...]] | None = None, verify: bool = True,
-                           calibration_data: str | Path | None = None) -> Path:
+                           calibration_data: str | Path | None = None, io_type: str = "float") -> Path:
     """Convert an ONNX model (a path or a ModelProto) to a .tflite file at ``path``; see
     :func:`convert_and_verify`."""
     return convert_and_verify(source, path, batch_size, input_shapes=input_shapes, verify=verify,
-                              calibration_data=calibration_data)[0]
+                              calibration_data=calibration_data, io_type=io_type)[0]
 
 
 def convert_and_verify(source, path: str | Path, batch_size: int = 1, *,
                        input_shapes: dict[str, tuple[int, ...]] | None = None, verify: bool = True,
-                       calibration_data: str | Path | None = None, seeds: int = 3):
+                       calibration_data: str | Path | None = None, seeds: int = 3, io_type: str = "float"):
     """Convert, check the result against ONNX Runtime on ``seeds`` random inputs (and the samples
-    of ``calibration_data``, an .npz) unless ``verify`` is False, then write ``path``.
+    of ``calibration_data``, an .npz) unless ``verify`` is False, then write ``path``. A QDQ model
+    (QuantizeLinear / DequantizeLinear) becomes a fully int8 model (tflite_quant) with float or, for
+    ``io_type="int8"``, int8 inputs and outputs.
 
     Returns (path, Verification or None). A disagreement raises ConversionError and writes nothing.
     """
@@ -571,7 +573,17 @@ def convert_and_verify(source, path: str | Path, batch_size: int = 1, *,
     path = Path(path)
     if path.is_dir():
         raise ConversionError(f"output {str(path)!r} is a directory; give a .tflite file path")
-    converter = Converter(run_passes(model), batch_size, input_shapes)  # exporter/passes.py first
+    from .tflite_quant import IO_TYPES, QuantConverter, has_qdq
+
+    if io_type not in IO_TYPES:
+        raise ConversionError(f"io_type {io_type!r} is not valid; valid: {', '.join(IO_TYPES)}")
+    if has_qdq(model):
+        converter = QuantConverter(model, batch_size, input_shapes, io_type)
+    elif io_type != "float":
+        raise ConversionError("int8 inputs and outputs need a QDQ-quantized model (QuantizeLinear / "
+                              "DequantizeLinear nodes, e.g. from onnxruntime.quantization.quantize_static)")
+    else:
+        converter = Converter(run_passes(model), batch_size, input_shapes)  # exporter/passes.py first
     data = converter.convert()
     verification = None
     if verify:

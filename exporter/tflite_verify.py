@@ -3,7 +3,10 @@
 Both run the same inputs: a few seeded random ones, plus samples from a calibration ``.npz``
 when given. Every output must agree within ``ATOL + RTOL * max|ONNX output|``. On a mismatch both
 run again keeping every intermediate value, and the error names the first ONNX node whose output
-diverges, so a wrong lowering is refused instead of written.
+diverges, so a wrong lowering is refused instead of written. An int8 model (from a QDQ model) is
+checked in output quantization steps instead, on inputs drawn over each input's quantized range: within
+``INT8_STEPS`` of ONNX Runtime running the QDQ model with LiteRT's default XNNPACK delegate, and within
+``INT8_BUILTIN_STEPS`` with its builtin kernels alone.
 """
 
 from __future__ import annotations
@@ -21,6 +24,12 @@ from .model_files import ModelFileError, load_npz
 from .tflite_export import TO_NCHW, ConversionError
 
 ATOL, RTOL = 1e-5, 1e-3
+INT8_STEPS = 2  # one output quantization step, plus one for a rounding difference carried through the layers
+# TFLite's builtin int8 kernels round requantization differently from ORT and XNNPACK: a one-step difference in
+# a few elements of one layer grows through the next (measured on the trained KWS DS-CNN-S: up to 3 steps after
+# one depthwise conv, 7 inside, 2 at the output on real features, 5 on random in-range inputs; mean < 0.5).
+# A wrong scale, zero point or layout is off by far more.
+INT8_BUILTIN_STEPS = 8
 MAX_CALIBRATION_SAMPLES = 16
 
 
@@ -32,13 +41,18 @@ class Verification:
     random_inputs: int
     calibration_samples: int
     max_abs_error: float
+    max_steps: float | None = None  # int8 models: the largest error in output quantization steps (XNNPACK)
+    max_builtin_steps: float | None = None  # the same with LiteRT's builtin kernels
 
     def summary(self) -> str:
         runs = [f"{self.random_inputs} random input{'s' * (self.random_inputs != 1)}"]
         if self.calibration_samples:
             runs.append(f"{self.calibration_samples} calibration sample{'s' * (self.calibration_samples != 1)}")
+        steps = "" if self.max_steps is None else (
+            f" ({self.max_steps:.2f} output quantization steps with LiteRT's XNNPACK, tolerance {INT8_STEPS}; "
+            f"{self.max_builtin_steps:.2f} with its builtin kernels, tolerance {INT8_BUILTIN_STEPS})")
         return (f"verified against {self.reference} on {' and '.join(runs)}: "
-                f"max abs error {self.max_abs_error:.1e}")
+                f"max abs error {self.max_abs_error:.1e}{steps}")
 
 
 def has_edgepack_ops(model: onnx.ModelProto) -> bool:
@@ -121,10 +135,10 @@ class OnnxReference:
         return self.evaluator.run(None, feeds, intermediate=True)
 
 
-def tflite_runner(data: bytes, custom_ops: bool, preserve_all_tensors: bool = False):
+def tflite_runner(data: bytes, custom_ops: bool, preserve_all_tensors: bool = False, builtin_only: bool = False):
     """An allocated LiteRT (or tflite-runtime) interpreter for ``data``; the edgepack delegate runs
     the ai.edgepack CUSTOM ops. ``preserve_all_tensors`` keeps intermediates readable (and turns
-    off the default XNNPACK delegate)."""
+    off the default XNNPACK delegate); ``builtin_only`` runs the builtin kernels without it."""
     try:
         from ai_edge_litert import interpreter as runtime
     except ImportError:
@@ -145,8 +159,10 @@ def tflite_runner(data: bytes, custom_ops: bool, preserve_all_tensors: bool = Fa
     try:
         with warnings.catch_warnings():  # LiteRT warns that preserving tensors costs memory: intended
             warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors")
+            resolver = {"experimental_op_resolver_type": runtime.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES} \
+                if builtin_only else {}
             interpreter = runtime.Interpreter(model_content=data, experimental_delegates=delegates,
-                                              experimental_preserve_all_tensors=preserve_all_tensors)
+                                              experimental_preserve_all_tensors=preserve_all_tensors, **resolver)
         interpreter.edgepack_keep_alive = (data, delegates)
         interpreter.allocate_tensors()
     except (RuntimeError, ValueError) as error:
@@ -224,6 +240,8 @@ def verify_conversion(model: onnx.ModelProto, data: bytes, converter, seeds: int
                       calibration: str | os.PathLike | Path | None = None) -> Verification:
     """Run ``data`` (the converter's output) and ``model`` on the same inputs; raise
     ConversionError naming the first diverging node when any output disagrees."""
+    if hasattr(converter, "output_params"):
+        return verify_int8(model, data, converter, seeds, calibration)
     shapes = converter.input_shapes
     feeds = [random_feeds(converter, seed) for seed in range(seeds)]
     samples = calibration_samples(calibration, shapes, converter.input_dtypes) if calibration is not None else []
@@ -270,3 +288,78 @@ def first_divergence(reference: OnnxReference, data: bytes, converter, feed: dic
                         f"ONNX shape {want.shape})")
     return ("no intermediate value diverges with LiteRT's builtin kernels alone, so the difference comes "
             "from its default XNNPACK delegate")
+
+
+def int8_feed(converter, feed: dict) -> list[np.ndarray]:
+    """The TFLite inputs for ``feed``: quantized with the inputs' parameters for an int8-IO model."""
+    return [converter.input_params[v.name].quantize(feed[v.name]) if v.name in converter.input_params
+            else feed[v.name] for v in converter.inputs]
+
+
+def int8_steps(converter, name: str, got: np.ndarray, want: np.ndarray) -> tuple[float, float]:
+    """(max abs error, the same in output quantization steps) of a TFLite output against ONNX."""
+    params = converter.output_params[name]
+    got = params.dequantize(got) if got.dtype == np.int8 else got
+    if got.shape != np.shape(want):
+        return np.inf, np.inf
+    error = float(np.abs(got.astype(np.float64) - np.asarray(want, np.float64)).max(initial=0.0))
+    return error, round(error / params.scale, 4)  # outputs are whole steps apart: no float fuzz
+
+
+def int8_random_feeds(converter, seed: int) -> dict[str, np.ndarray]:
+    """Random float inputs uniform over each quantized input's representable range (the calibrated one);
+    other inputs as ``random_feeds``."""
+    rng, feeds = np.random.default_rng(seed), random_feeds(converter, seed)
+    for name, params in converter.input_params.items():
+        low, high = params.dequantize(np.array([-128, 127], np.int8))
+        feeds[name] = rng.uniform(low, high, converter.input_shapes[name]).astype(np.float32)
+    return feeds
+
+
+def verify_int8(model: onnx.ModelProto, data: bytes, converter, seeds: int = 3,
+                calibration: str | os.PathLike | Path | None = None) -> Verification:
+    """An int8 model against ONNX Runtime running the QDQ model: every output within INT8_STEPS of its
+    quantization step with LiteRT's XNNPACK delegate, within INT8_BUILTIN_STEPS with its builtin kernels."""
+    feeds = [int8_random_feeds(converter, seed) for seed in range(seeds)]
+    samples = calibration_samples(calibration, converter.input_shapes, converter.input_dtypes) \
+        if calibration is not None else []
+    reference = OnnxReference(model)
+    expected = [reference.run(feed) for feed in feeds + samples]
+    worst, worst_steps = 0.0, {}
+    for label, builtin_only, tolerance in (("XNNPACK", False, INT8_STEPS),
+                                           ("builtin kernels", True, INT8_BUILTIN_STEPS)):
+        interpreter = tflite_runner(data, False, builtin_only=builtin_only)
+        for number, feed in enumerate(feeds + samples):
+            actual = run_tflite(interpreter, int8_feed(converter, feed))
+            for name, got, want in zip(reference.outputs, actual, expected[number]):
+                error, steps = int8_steps(converter, name, got, want)
+                if steps > tolerance:
+                    what = f"random input {number}" if number < seeds else f"calibration sample {number - seeds}"
+                    where = first_int8_divergence(reference, data, converter, feed)
+                    raise ConversionError(
+                        f"the int8 model (LiteRT, {label}) disagrees with {reference.name} on {what}: output {name!r} "
+                        f"is {steps:.3g} quantization steps off (tolerance {tolerance}); {where}. Nothing was written "
+                        "(--no-verify writes it anyway)")
+                worst, worst_steps[label] = max(worst, error), max(worst_steps.get(label, 0.0), steps)
+    return Verification(reference.name, seeds, len(samples), worst, worst_steps["XNNPACK"],
+                        worst_steps["builtin kernels"])
+
+
+def first_int8_divergence(reference: OnnxReference, data: bytes, converter, feed: dict) -> str:
+    """The first ONNX node whose dequantized int8 TFLite tensor is more than INT8_STEPS off."""
+    expected = reference.intermediates(feed)
+    interpreter = tflite_runner(data, False, preserve_all_tensors=True)
+    run_tflite(interpreter, int8_feed(converter, feed))
+    for node in reference.model.graph.node:
+        for name in node.output:
+            value, params = converter.values.get(name), converter.params.get(name)
+            if value is None or value.index is None or params is None or name not in expected:
+                continue
+            want = np.asarray(expected[name])
+            if want.dtype.kind != "f":
+                continue
+            got = params.dequantize(interpreter.get_tensor(value.index))
+            got = got.transpose(TO_NCHW) if value.nhwc else got
+            if got.shape == want.shape and np.abs(got - want).max(initial=0.0) / params.scale > INT8_STEPS:
+                return f"first diverging node: {node.name or '(unnamed)'!r} ({node.op_type}), output {name!r}"
+    return "no intermediate value diverges with LiteRT's builtin kernels alone"

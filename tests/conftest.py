@@ -16,6 +16,17 @@ from sshd_helpers import Sshd, free_port, keygen
 SSHD = Path("/usr/sbin/sshd")
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models train far faster on one torch thread than on two contended ones (same numbers)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def sshd(tmp_path_factory) -> Sshd:
     """An sshd on 127.0.0.1:PORT that accepts one throw-away key; stopped at the end."""

@@ -147,3 +147,14 @@ def test_unknown_or_malformed_transforms_are_refused(tmp_path):
                            transforms=[{"name": "test-widen", "params": {"depth": 2}}])
     with pytest.raises(CheckpointError, match="transform 0 'test-widen' cannot be applied: TypeError"):
         load_checkpoint(path, trust_builder=f"{__name__}:small_mlp")
+
+
+def test_compressed_layers_count_their_dense_equivalent_macs():
+    """Decoder layers (decoded at load) and compute layers count as the dense layer they replace."""
+    from edgepack.compression import compress
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8 * 4 * 4, 10))
+    compressed, _ = compress(model, {"0": {"method": "hashed", "ratio": 0.5}, "2": {"method": "hashed", "ratio": 0.5}})
+    expected = [c.macs for c in count_macs(model, torch.zeros(1, 3, 6, 6))]
+    assert expected == [4 * 4 * 8 * 27, 128 * 10]
+    assert [c.macs for c in count_macs(compressed, torch.zeros(1, 3, 6, 6))] == expected

@@ -33,15 +33,6 @@ MAX_ACCURACY_DROP = 0.05
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    """Tiny models train far faster on one thread than on two contended ones (same numbers)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
 def pretrained(one_thread):
     """A digits MLP (64 hidden units) trained normally, and its data."""
     torch.manual_seed(0)

@@ -1,0 +1,169 @@
+"""On-device early exit: an ``EarlyExitNet`` as one ONNX model per segment plus a JSON manifest, and a
+runner that runs the segments in order and stops at the first confident exit.
+
+Segment i maps its input activation to (next activation, exit logits, exit confidence = max softmax
+probability); the last one to the final logits.
+``full.onnx`` is the whole backbone without heads (the baseline ``edgepack bench --early-exit`` times
+against). The runner uses ONNX Runtime sessions; any runtime that runs the segment files can follow the
+manifest the same way: run segment i, stop if its confidence >= threshold, else feed the activation on.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgepack.errors import EdgepackError
+
+FORMAT = "edgepack.early_exit"
+VERSION = 1
+
+
+class EarlyExitError(EdgepackError, ValueError):
+    """An early-exit manifest or its segment files cannot be used; the message names the file and field."""
+
+
+class _Segment(nn.Module):
+    """One segment with its exit head: activation -> (next activation, exit logits, max softmax probability)."""
+
+    def __init__(self, segment: nn.Module, head: nn.Module):
+        super().__init__()
+        self.segment, self.head = segment, head
+
+    def forward(self, x: torch.Tensor):
+        y = self.segment(x)
+        logits = self.head(y)
+        return y, logits, torch.softmax(logits, 1).amax(1)
+
+
+def export_early_exit(model, example: torch.Tensor, folder: str | Path, mode: str = "kernels") -> Path:
+    """Write ``segment{i}.onnx`` for each segment of ``model`` (an EarlyExitNet), ``full.onnx`` and
+    ``manifest.json`` (threshold, files, input / output names and shapes) into ``folder``; returns the manifest."""
+    from edgepack.compression.early_exit import EarlyExitNet
+
+    from .onnx_export import export_onnx
+
+    if not isinstance(model, EarlyExitNet):
+        raise EarlyExitError(f"export_early_exit: needs an EarlyExitNet (the early_exit stage's model), "
+                             f"got {type(model).__name__}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    x, segments = torch.cat([example[:1]] * 2), []  # batch 2: a batch of 1 would not export as dynamic
+    with torch.no_grad():
+        for i, segment in enumerate(model.segments):
+            last = i == len(model.segments) - 1
+            module = segment if last else _Segment(segment, model.heads[i]).eval()
+            path = export_onnx(module, (x,), folder / f"segment{i}.onnx", mode=mode)
+            outputs = module(x)
+            names = _io_names(path)
+            entry = {"file": path.name, "input": names[0][0], "input_shape": list(x.shape[1:])}
+            if last:
+                entry.update(logits=names[1][0])
+            else:
+                entry.update(activation=names[1][0], logits=names[1][1], confidence=names[1][2], exit=model.exits[i])
+                x = outputs[0]
+            segments.append(entry)
+        full = export_onnx(model, (torch.cat([example[:1]] * 2),), folder / "full.onnx", mode=mode)
+    manifest = {"format": FORMAT, "version": VERSION, "threshold": model.threshold, "segments": segments,
+                "full": {"file": full.name, "input": _io_names(full)[0][0], "logits": _io_names(full)[1][0]},
+                "input_shape": list(example.shape[1:]), "classes": int(model(example[:1]).shape[1])}
+    path = folder / "manifest.json"
+    path.write_text(json.dumps(manifest, indent=1))
+    return path
+
+
+def _io_names(path: Path) -> tuple[list[str], list[str]]:
+    """(input names, output names) of an ONNX file."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+    return [i.name for i in graph.input if i.name not in initializers], [o.name for o in graph.output]
+
+
+def read_manifest(path: str | Path) -> dict:
+    """The manifest at ``path``, checked: format, version, threshold and every segment's files and names."""
+    path = Path(path)
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise EarlyExitError(f"{path}: cannot read the early-exit manifest: {error}") from error
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+        raise EarlyExitError(f"{path}: not an early-exit manifest (format {FORMAT!r}, version {VERSION}); write "
+                             "one with edgepack.exporter.early_exit_export.export_early_exit")
+    threshold = manifest.get("threshold")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 2:
+        raise EarlyExitError(f"{path}: field 'threshold' must be a number in [0, 2], got {threshold!r}")
+    segments = manifest.get("segments")
+    if not isinstance(segments, list) or not segments:
+        raise EarlyExitError(f"{path}: field 'segments' must be a non-empty list")
+    for i, entry in enumerate(segments + [manifest.get("full")]):
+        where = f"segments[{i}]" if i < len(segments) else "full"
+        needed = ["file", "input", "logits"] + (["activation", "confidence"] if i < len(segments) - 1 else [])
+        if not isinstance(entry, dict) or any(not isinstance(entry.get(k), str) for k in needed):
+            raise EarlyExitError(f"{path}: {where} needs the string fields {', '.join(needed)}")
+        if not (path.parent / entry["file"]).is_file():
+            raise EarlyExitError(f"{path}: {where}: file {entry['file']!r} is missing next to the manifest")
+    return manifest
+
+
+class EarlyExitRunner:
+    """The exported segments in ONNX Runtime sessions: ``predict`` (class and exit per example) and
+    ``run_one`` (one example, stopping at the first confident exit, as a device runs it)."""
+
+    def __init__(self, manifest: str | Path, threads: int = 1, use_kernels: bool = True):
+        from edgepack.runtime_kernels.ort_session import onnx_session
+
+        self.path = Path(manifest)
+        self.manifest = read_manifest(self.path)
+        self.threshold = float(self.manifest["threshold"])
+        self.segments = self.manifest["segments"]
+
+        def session(entry):
+            return onnx_session(str(self.path.parent / entry["file"]), use_kernels=use_kernels, threads=threads)
+
+        self.sessions = [session(entry) for entry in self.segments]
+        self.full = session(self.manifest["full"])
+
+    def _run(self, i: int, x: np.ndarray) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+        """(next activation, logits, confidence) of segment ``i``; (None, logits, None) for the last."""
+        entry = self.segments[i]
+        if i == len(self.segments) - 1:
+            return None, self.sessions[i].run([entry["logits"]], {entry["input"]: x})[0], None
+        return tuple(self.sessions[i].run([entry["activation"], entry["logits"], entry["confidence"]],
+                                          {entry["input"]: x}))
+
+    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(class, exit index) per example of ``x``: each segment runs only on the examples still going."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        classes = np.zeros(len(x), dtype=np.int64)
+        chosen = np.full(len(x), len(self.segments) - 1, dtype=np.int64)
+        going = np.arange(len(x))
+        for i in range(len(self.segments)):
+            if not len(going):
+                break
+            x, logits, confident = self._run(i, x)
+            stop = np.ones(len(going), bool) if x is None else confident >= self.threshold
+            classes[going[stop]] = logits[stop].argmax(1)
+            chosen[going[stop]] = i
+            going = going[~stop]
+            x = x[~stop] if x is not None else x
+        return classes, chosen
+
+    def run_one(self, x: np.ndarray) -> tuple[int, int]:
+        """(class, exit index) of one example [1, ...], running segments until an exit is confident."""
+        for i in range(len(self.segments)):
+            x, logits, confident = self._run(i, x)
+            if x is None or confident[0] >= self.threshold:
+                return int(logits[0].argmax()), i
+        raise AssertionError("unreachable: the last segment always answers")
+
+    def run_full(self, x: np.ndarray) -> int:
+        """The class of one example [1, ...] from the whole model (no exits)."""
+        entry = self.manifest["full"]
+        return int(self.full.run([entry["logits"]], {entry["input"]: x})[0][0].argmax())
