@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from onnx import helper
+from onnx import TensorProto, helper
 
 from edgepack.runtime_kernels.decode_at_load import DECODED_OPS
 from edgepack.runtime_kernels.op_spec import DOMAIN, OPS, _circulant_spectra, _ldr_spectra
@@ -61,6 +61,9 @@ class ModelSummary:
     def memory_kernels(self) -> int:
         """Estimated weight bytes in memory on the fused kernels: stored weights plus every plan."""
         return self.other_bytes + sum(node.stored_bytes + node.plan_bytes for node in self.nodes)
+
+
+FLOAT_PER_INT8 = 4  # an int8 weight (QDQ / int8 TFLite) is 4 bytes in the float model
 
 
 def _initializer_bytes(tensor) -> int:
@@ -151,6 +154,8 @@ def inspect_tflite(path: str | Path) -> ModelSummary:
               for i in range(graph.TensorsLength())]
     summary = ModelSummary(str(path), path.stat().st_size)
     summary.stored_bytes = summary.dense_bytes = sum(sizes)
+    summary.dense_bytes += (FLOAT_PER_INT8 - 1) * sum(
+        size for i, size in enumerate(sizes) if graph.Tensors(i).Type() == tflite.TensorType.INT8)
     prefix = f"{DOMAIN}."
     for i in range(graph.OperatorsLength()):
         op = graph.Operators(i)
@@ -178,6 +183,9 @@ def inspect_onnx(path: str | Path) -> ModelSummary:
     graph_inputs = {value.name for value in model.graph.input}
     summary = ModelSummary(str(path), model_size_bytes(path, model))
     summary.stored_bytes = summary.dense_bytes = sum(sizes.values())
+    dequantized = {node.input[0] for node in model.graph.node if node.op_type == "DequantizeLinear"}
+    summary.dense_bytes += (FLOAT_PER_INT8 - 1) * sum(  # int8 weights, not their zero points
+        sizes[t.name] for t in model.graph.initializer if t.data_type == TensorProto.INT8 and t.name in dequantized)
     for node in model.graph.node:
         summary.op_counts[f"{node.domain}::{node.op_type}" if node.domain else node.op_type] += 1
         if node.domain != DOMAIN or node.op_type not in OPS:

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Build the libFuzzer harnesses (runtime_kernels/fuzz) and run each for FUZZ_SECONDS (default 20)
+# Build the libFuzzer harnesses (runtime_kernels/fuzz) and run each for FUZZ_SECONDS (default 12)
 # from its committed seed corpus: first every committed input once (regressions), then new
 # inputs. New corpus entries and crash artifacts go under build/fuzz, never into the repository.
 # FUZZ_TARGETS (space-separated) picks targets; FUZZ_JOBS>1 runs that many workers per target.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-SECONDS_EACH=${FUZZ_SECONDS:-20}
+SECONDS_EACH=${FUZZ_SECONDS:-12}
 TARGETS=${FUZZ_TARGETS:-"fuzz_flexmap fuzz_kernels fuzz_codebook fuzz_hyper fuzz_mfcc fuzz_tflite fuzz_tflite_decode fuzz_ort fuzz_onnx_decode fuzz_wav"}
 OUT=build/fuzz
 bash runtime_kernels/fuzz/build.sh "$OUT"

@@ -242,6 +242,16 @@ def test_ds_cnn_s_is_fully_int8_and_small(converted):
         assert tflite_io(path)[0][2] == (np.int8 if io_type == "int8" else np.float32)
 
 
+def test_inspect_counts_int8_weights_as_four_bytes_of_the_float_model(converted):
+    """The DS-CNN-S's int8 weights: stored 1 byte each, 4 as a dense (float) model, in .tflite and QDQ ONNX."""
+    from edgepack.exporter.inspect_model import inspect_model
+
+    path, qdq = converted["ds_cnn_s", "float"][0], converted["ds_cnn_s", "float"][4]
+    weights = 10 * 4 * 64 + 4 * (9 * 64 + 64 * 64) + 64 * 12  # conv, 4 × (depthwise, pointwise), FC
+    for summary in (inspect_model(path), inspect_model(qdq)):
+        assert summary.dense_bytes - summary.stored_bytes == 3 * weights
+
+
 def test_uint8_weights_convert_when_symmetric_and_are_refused_otherwise(tmp_path):
     """ORT's per-channel uint8 weights are symmetric (zero point 128: shifted to int8 exactly); moving
     their zero points makes them asymmetric, which TFLite's int8 weights cannot express."""
