@@ -77,6 +77,14 @@ def registered_builders() -> list[str]:
     return sorted(set(_BUILTIN_BUILDERS) | set(_BUILDERS))
 
 
+def builder_name(builder: str | Callable) -> str:
+    """The name a checkpoint records for ``builder``: its registered name, else ``"module:function"``."""
+    if isinstance(builder, str):
+        return builder
+    names = [name for name, function in _BUILDERS.items() if function is builder]
+    return names[0] if names else f"{builder.__module__}:{builder.__qualname__}"
+
+
 def _builder(name: str, trusted: Iterable[str], path: Path) -> Callable[..., nn.Module]:
     """The function registered (or explicitly trusted) under ``name``; never imports otherwise."""
     if name in _BUILDERS:
@@ -142,9 +150,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, builder: str | Callable,
     """
     from safetensors.torch import save_file
 
-    if callable(builder):
-        names = [n for n, f in _BUILDERS.items() if f is builder]
-        builder = names[0] if names else f"{builder.__module__}:{builder.__qualname__}"
+    builder = builder_name(builder)
     if builder not in _BUILTIN_BUILDERS and builder not in _BUILDERS:
         _import_builder(builder)  # fail now, not at load time, if it is not even importable
     path = Path(path)

@@ -33,8 +33,8 @@ from torch import nn
 
 from edgepack.errors import EdgepackError
 
-from .checkpoint import load_checkpoint, read_checkpoint_fields, save_checkpoint
-from .stages import STAGES, StageData, StageError, StageReport, _accepted, run_stage, stage_report
+from .checkpoint import builder_name, load_checkpoint, read_checkpoint_fields, save_checkpoint
+from .stages import STAGES, StageData, StageError, StageReport, run_stage, stage_parameters, stage_report
 
 RESULTS = "pipeline.jsonl"
 SUMMARY = "summary.md"
@@ -94,10 +94,10 @@ def check_stages(stages) -> list[tuple[str, dict]]:
             raise StageError(f"{where}: unknown stage; registered: {', '.join(sorted(STAGES))}")
         if not isinstance(params, dict):
             raise StageError(f"{where}: its parameters must be a map (name: value), got {params!r:.80}")
-        unknown = set(params) - _accepted(STAGES[name])
+        unknown = set(params) - stage_parameters(STAGES[name])
         if unknown:
             raise StageError(f"{where}: unknown parameters {sorted(unknown)}; valid: "
-                             f"{sorted(_accepted(STAGES[name]))}")
+                             f"{sorted(stage_parameters(STAGES[name]))}")
         missing = _required(STAGES[name]) - set(params)
         if missing:
             raise StageError(f"{where}: needs the parameters {sorted(missing)}")
@@ -214,16 +214,6 @@ def _append_row(path: Path, row: dict) -> None:
         file.write(json.dumps(row, default=_json_default) + "\n")
         file.flush()
         os.fsync(file.fileno())
-
-
-def _builder_name(builder) -> str:
-    """The name ``save_checkpoint`` records for ``builder`` (so the resumed load may trust exactly it)."""
-    if isinstance(builder, str):
-        return builder
-    from .checkpoint import _BUILDERS
-
-    names = [name for name, function in _BUILDERS.items() if function is builder]
-    return names[0] if names else f"{builder.__module__}:{builder.__qualname__}"
 
 
 def _save_checked(model: nn.Module, path: Path, builder, kwargs, recipe, transforms, trusted, data: StageData,
@@ -348,7 +338,7 @@ def run_pipeline(model: nn.Module, data: StageData, stages, output_dir, builder,
     check_fits(model, data)
     out.mkdir(parents=True, exist_ok=True)
     results = out / RESULTS
-    name = _builder_name(builder)
+    name = builder_name(builder)
     trusted = {name, *([trust_builder] if isinstance(trust_builder, str) else trust_builder)}
     digest = fingerprint(model, data, name, kwargs, recipe, transforms)
     recorded = _read_rows(results) if resume else []
@@ -393,7 +383,7 @@ def run_pipeline(model: nn.Module, data: StageData, stages, output_dir, builder,
 def _run_one(stage: str, params: dict, model: nn.Module, data: StageData, number: int, progress: bool,
              where: str) -> tuple[nn.Module, StageReport]:
     """One stage, its random state seeded by (data seed, stage number) so a rerun repeats it; errors name it."""
-    extra = {"progress": progress} if "progress" in _accepted(STAGES[stage]) and "progress" not in params else {}
+    extra = {"progress": progress} if "progress" in stage_parameters(STAGES[stage]) and "progress" not in params else {}
     started = time.perf_counter()
     with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
         torch.manual_seed(data.seed * 1000 + number)

@@ -135,7 +135,8 @@ def register_transform(name: str):
     return _register(TRANSFORMS, "transform", name)
 
 
-def _accepted(function: Callable) -> set[str]:
+def stage_parameters(function: Callable) -> set[str]:
+    """The keyword parameters a stage function accepts (after ``model, data``)."""
     return {p.name for p in list(inspect.signature(function).parameters.values())[2:]
             if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
 
@@ -144,10 +145,10 @@ def run_stage(name: str, model: nn.Module, data: StageData, **params) -> tuple[n
     """Run the registered stage ``name``; an unknown stage or parameter is a StageError listing the valid ones."""
     if name not in STAGES:
         raise StageError(f"unknown stage {name!r}; valid: {', '.join(sorted(STAGES))}")
-    unknown = set(params) - _accepted(STAGES[name])
+    unknown = set(params) - stage_parameters(STAGES[name])
     if unknown:
         raise StageError(f"stage {name!r}: unknown parameters {sorted(unknown)}; valid: "
-                         f"{sorted(_accepted(STAGES[name]))}")
+                         f"{sorted(stage_parameters(STAGES[name]))}")
     return STAGES[name](model, data, **params)
 
 
