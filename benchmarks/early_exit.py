@@ -1,14 +1,17 @@
 """``edgepack bench --early-exit``: average latency per example and accuracy of an exported early-exit
 model at its threshold, against the full model (``full.onnx``, no exits), in one process.
 
-Each example runs alone (batch 1, as on a device). The two are timed in interleaved rounds (early exit
-first in even rounds, the full model first in odd ones) and each figure is the median over rounds of
-the mean latency per example, so drifts of the machine hit both alike.
+Each example runs alone (batch 1, as on a device), in ONNX Runtime or (``--runtime tflite``) in LiteRT on the
+exported .tflite files. The two are timed in interleaved rounds (early exit first in even rounds, the full
+model first in odd ones) and each figure is the median over rounds of the mean latency per example, so
+drifts of the machine hit both alike. ``-o FILE`` appends one record per manifest in the results format.
 """
 
 from __future__ import annotations
 
+import shlex
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -16,6 +19,8 @@ import numpy as np
 from rich.progress import Progress
 
 from edgepack.exporter.early_exit_export import EarlyExitError, EarlyExitRunner
+
+from .results import append_result, check_writable
 
 ROUNDS = 5
 
@@ -35,10 +40,10 @@ def load_dataset(path: str | Path, input_shape: list[int]) -> tuple[np.ndarray, 
 
 
 def bench_early_exit(manifest: str | Path, dataset: str | Path, *, threads: int = 1, rounds: int = ROUNDS,
-                     warmup: int = 10, progress: bool = True) -> dict:
+                     warmup: int = 10, progress: bool = True, runtime: str = "onnxruntime") -> dict:
     """Latency (ms per example, median over rounds) and accuracy of early exit and of the full model on
-    ``dataset``; also the fraction of examples leaving at each exit and the threshold."""
-    runner = EarlyExitRunner(manifest, threads=threads)
+    ``dataset`` in ``runtime`` (onnxruntime or tflite); also the fraction of examples leaving at each exit."""
+    runner = EarlyExitRunner(manifest, threads=threads, runtime=runtime)
     x, y = load_dataset(dataset, runner.manifest["input_shape"])
     examples = [x[i:i + 1] for i in range(len(x))]
     for example in examples[:warmup]:
@@ -67,7 +72,7 @@ def bench_early_exit(manifest: str | Path, dataset: str | Path, *, threads: int 
                 bar.advance(task)
     count = len(runner.segments)
     return {"manifest": str(manifest), "dataset": str(dataset), "examples": len(x), "threads": threads,
-            "rounds": rounds, "threshold": runner.threshold,
+            "runtime": runtime, "rounds": rounds, "threshold": runner.threshold,
             "early_exit_ms": statistics.median(early), "full_ms": statistics.median(full),
             "early_exit_accuracy": float((early_classes == y).mean()),
             "full_accuracy": float((full_classes == y).mean()),
@@ -75,20 +80,44 @@ def bench_early_exit(manifest: str | Path, dataset: str | Path, *, threads: int 
             "exit_names": [entry.get("exit", "final") for entry in runner.segments]}
 
 
+def result_record(result: dict) -> dict:
+    """One results-file record (benchmarks/results.py) of a ``bench_early_exit`` result: metric names carry units."""
+    manifest = Path(result["manifest"])
+    return {"model": manifest.parent.name, "model_path": str(manifest.resolve()), "device_spec": "local",
+            "runtime": result["runtime"], "threads": result["threads"], "status": "ok", "timestamp": time.time(),
+            "command": shlex.join(sys.argv), "kind": "early_exit",
+            "early_exit": {key: result[key] for key in ("dataset", "examples", "rounds", "threshold", "exit_names",
+                                                        "exit_fractions")},
+            "metrics": {"early_exit_latency_ms": result["early_exit_ms"], "full_latency_ms": result["full_ms"],
+                        "early_exit_accuracy": result["early_exit_accuracy"], "full_accuracy": result["full_accuracy"],
+                        "speedup": result["full_ms"] / result["early_exit_ms"]}}
+
+
+RUNTIME_FLAGS = {"auto": "onnxruntime", "ort": "onnxruntime", "tflite": "tflite"}
+
+
 def bench_command(args) -> int:
-    """The ``edgepack bench --early-exit`` sub-command: one line per manifest in ``args.models``."""
+    """The ``edgepack bench --early-exit`` sub-command: one line per manifest in ``args.models`` (and one record
+    each in ``args.output`` when given)."""
     if not args.dataset:
         raise EarlyExitError("bench --early-exit needs --dataset X.npz (x inputs, y labels) to measure accuracy")
-    if args.device != "local" or args.runtime not in ("auto", "ort"):
-        raise EarlyExitError(f"bench --early-exit runs the segments in this process with ONNX Runtime: use "
-                             f"--device local and --runtime auto or ort (got {args.device!r}, {args.runtime!r})")
+    if args.device != "local" or args.runtime not in RUNTIME_FLAGS:
+        raise EarlyExitError(f"bench --early-exit runs the segments in this process: use --device local and "
+                             f"--runtime auto, ort or tflite (got {args.device!r}, {args.runtime!r})")
+    runtime = RUNTIME_FLAGS[args.runtime]
+    if args.output:
+        check_writable(args.output)
     for manifest in args.models:
-        result = bench_early_exit(manifest, args.dataset, threads=args.threads, warmup=args.warmup)
+        result = bench_early_exit(manifest, args.dataset, threads=args.threads, warmup=args.warmup, runtime=runtime)
         fractions = ", ".join(f"{name} {fraction:.1%}" for name, fraction in
                               zip(result["exit_names"], result["exit_fractions"]))
         print(f"{manifest}: early exit {result['early_exit_ms']:.3f} ms/example, accuracy "
               f"{result['early_exit_accuracy']:.2%} (threshold {result['threshold']:.4f}; {fractions}) | full model "
               f"{result['full_ms']:.3f} ms/example, accuracy {result['full_accuracy']:.2%} | "
               f"{result['full_ms'] / result['early_exit_ms']:.2f}x, median of {result['rounds']} interleaved rounds "
-              f"over {result['examples']} examples, {result['threads']} thread(s)")
+              f"over {result['examples']} examples, {result['threads']} thread(s), {runtime}")
+        if args.output:
+            append_result(args.output, result_record(result))
+    if args.output:
+        print(f"results appended to {args.output}")
     return 0

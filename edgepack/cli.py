@@ -88,10 +88,41 @@ def _export(args: argparse.Namespace) -> int:
 
     model = load_checkpoint(args.model, trust_builder=args.trust_builder or ())
     examples = tuple(torch.randn(shape) for shape in args.example_shape)
+    if args.early_exit or args.format:
+        return _export_early_exit(args, model, examples)
     path = export(model, examples, args.output, mode=args.mode, stream=args.stream,
                   dynamic_batch=not args.static_batch, codebook_op=args.codebook_op,
                   **({"fallback_fold_limit": args.fallback_fold_limit} if args.fallback_fold_limit else {}))
     print(f"wrote {path} ({path.stat().st_size:,} bytes, mode {args.mode})")
+    return 0
+
+
+def _export_early_exit(args: argparse.Namespace, model, examples) -> int:
+    """``export --early-exit``: an early-exit checkpoint as segment files + manifest.json in the folder -o."""
+    import json
+
+    from edgepack.compression.checkpoint import read_checkpoint_fields
+    from edgepack.compression.early_exit import EarlyExitNet
+    from edgepack.exporter.early_exit_export import EarlyExitError, export_early_exit
+
+    if not args.early_exit:
+        raise EarlyExitError("--format goes with --early-exit (a single model's format follows -o's extension)")
+    if not isinstance(model, EarlyExitNet):
+        transforms = [t["name"] for t in read_checkpoint_fields(args.model).transforms] or ["none"]
+        raise EarlyExitError(f"{args.model}: --early-exit needs a checkpoint of the early_exit stage (transforms "
+                             f"ending in early_exit, or quantize after it); this one has transforms "
+                             f"{', '.join(transforms)} and builds a {type(model).__name__}: export it without "
+                             "--early-exit")
+    if len(examples) != 1:
+        raise EarlyExitError(f"--early-exit takes one --example-shape (the model's single input), got {len(examples)}")
+    if args.stream or args.static_batch or args.codebook_op != "decode" or args.fallback_fold_limit:
+        raise EarlyExitError("--early-exit exports each segment with the default options; drop --stream, "
+                             "--static-batch, --codebook-op and --fallback-fold-limit")
+    path = export_early_exit(model, examples[0], args.output, mode=args.mode, tflite=args.format == "onnx,tflite")
+    manifest = json.loads(path.read_text())
+    files = [entry[key] for entry in manifest["segments"] + [manifest["full"]] for key in ("file", "tflite")
+             if key in entry]
+    print(f"wrote {path} and {', '.join(files)} (threshold {model.threshold:.4f}, mode {args.mode})")
     return 0
 
 
@@ -125,6 +156,7 @@ def _bench(args: argparse.Namespace) -> int:
         from edgepack.benchmarks.early_exit import bench_command
 
         return bench_command(args)
+    args.output = args.output or "results.jsonl"
     options = BenchOptions(runtime=args.runtime, threads=args.threads, warmup=args.warmup, runs=args.runs,
                            min_seconds=args.min_seconds, energy=args.energy, dataset=args.dataset,
                            output=args.output, resume=args.resume, benchmark_model=args.benchmark_model,
@@ -192,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "although it is not registered (repeatable; only for code you trust)")
     export.add_argument("--example-shape", type=_shape, action="append", required=True,
                         metavar="N,C,...", help="shape of an example input (repeat per input)")
-    export.add_argument("-o", "--output", required=True, help="output file (.onnx or .tflite)")
+    export.add_argument("-o", "--output", required=True, help="output file (.onnx or .tflite); a folder with "
+                                                                "--early-exit")
     export.add_argument("--mode", choices=["kernels", "portable"], default="kernels",
                         help="kernels: fused ai.edgepack compute ops (default); portable: "
                              "decoders + standard ops")
@@ -211,6 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "speed, ~350 bytes per weight while building); larger ones at every "
                              "run, with session build within 3x the dense bytes (default: "
                              "exporter.fallbacks.FOLD_LIMIT, docs/ops.md)")
+    export.add_argument("--early-exit", action="store_true",
+                        help="the checkpoint is an early-exit net (early_exit stage): write one model per segment, "
+                             "full.onnx and manifest.json into the folder -o (for bench --early-exit)")
+    export.add_argument("--format", choices=["onnx", "onnx,tflite"],
+                        help="with --early-exit: ONNX files only (default), or also a verified batch-1 .tflite "
+                             "per file (float nets; int8 ones are refused)")
     export.set_defaults(handler=_export)
 
     convert = commands.add_parser("convert", help="convert an ONNX model to TFLite (no TensorFlow)")
@@ -256,7 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--energy", metavar="SOURCE",
                        help="auto, rapl, hwmon, battery, csv:FILE or estimate (labelled estimated)")
     bench.add_argument("--dataset", help=".npz with x (inputs) and y (labels): adds accuracy")
-    bench.add_argument("-o", "--output", default="results.jsonl", help="results file (appended)")
+    bench.add_argument("-o", "--output", help="results file (appended; default results.jsonl, with --early-exit "
+                                              "only when given)")
     bench.add_argument("--resume", action="store_true", help="skip what the results file already has")
     bench.add_argument("--benchmark-model", metavar="PATH",
                        help="TFLite's benchmark_model binary for devices without Python")
@@ -272,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--early-exit", action="store_true",
                        help="the models are early-exit manifests (export_early_exit's manifest.json): average latency "
                             "per example and accuracy at the threshold against the full model, in this process "
-                            "(ORT, needs --dataset)")
+                            "(ORT, or LiteRT with --runtime tflite; needs --dataset)")
     bench.set_defaults(handler=_bench)
 
     report = commands.add_parser("report", help="Markdown + HTML report with plots from a results file")

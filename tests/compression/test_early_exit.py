@@ -1,5 +1,5 @@
 """The early_exit stage: threshold calibration against a brute-force search, the expected MACs against a
-hand count, checkpoint reload, and the exported segments in ONNX Runtime against the torch model."""
+hand count, checkpoint reload, and the exported segments in ONNX Runtime and LiteRT against the torch model."""
 
 from collections import OrderedDict
 
@@ -47,12 +47,20 @@ def trained():
 
 @pytest.fixture(scope="module")
 def exported(trained, tmp_path_factory):
-    """The net with a threshold that sends examples to every exit, exported; (net, manifest path)."""
+    """The net with a threshold that sends examples to every exit, saved as a checkpoint and exported to ONNX and
+    TFLite by ``edgepack export --early-exit``; (net, manifest path)."""
+    from edgepack.cli import main
+
     data, _, net, _ = trained
     net = EarlyExitNet(list(net.segments), list(net.heads), net.exits, threshold=0.0)
     confidence = torch.softmax(exit_logits(net, data.val[0])[0], 1).amax(1)
     net.threshold = float(confidence.quantile(0.7))
-    return net, export_early_exit(net, data.val[0][:2], tmp_path_factory.mktemp("early_exit"))
+    folder = tmp_path_factory.mktemp("early_exit")
+    checkpoint = save_checkpoint(net, folder / "ee.safetensors", "tests.early_exit:digits_cnn", {},
+                                 transforms=[{"name": "early_exit", "params": net.spec()}])
+    assert main(["export", str(checkpoint), "--example-shape", "2,1,8,8", "-o", str(folder / "out"), "--early-exit",
+                 "--format", "onnx,tflite"]) == 0
+    return net, folder / "out" / "manifest.json"
 
 
 def _early_accuracy(confidences: np.ndarray, correct: np.ndarray, threshold: float) -> float:
@@ -137,6 +145,60 @@ def test_exported_runner_matches_torch(exported, trained):
         assert runner.run_full(x[n:n + 1].numpy()) == int(net(x[n:n + 1]).argmax())
 
 
+def test_tflite_runner_matches_onnx_runtime_and_torch(exported, trained, tmp_path):
+    """LiteRT runs the verified batch-1 .tflite segments: the same classes and exits as ORT and torch."""
+    import json
+
+    data, _, _, _ = trained
+    net, manifest = exported
+    fields = json.loads(manifest.read_text())
+    assert [entry["tflite"] for entry in fields["segments"]] == [f"segment{i}.tflite" for i in range(3)]
+    assert fields["full"]["tflite"] == "full.tflite" and fields["tflite_custom_ops"] is False
+    x = data.val[0][:300]
+    classes, chosen = net.predict(x)
+    runner = EarlyExitRunner(manifest, runtime="tflite")
+    lite_classes, lite_chosen = runner.predict(x.numpy())
+    assert set(lite_chosen.tolist()) == {0, 1, 2}
+    np.testing.assert_array_equal(lite_chosen, chosen.numpy())
+    np.testing.assert_array_equal(lite_classes, classes.numpy())
+    ort_classes, ort_chosen = EarlyExitRunner(manifest).predict(x.numpy())
+    np.testing.assert_array_equal(lite_chosen, ort_chosen)
+    np.testing.assert_array_equal(lite_classes, ort_classes)
+    for n in range(0, len(x), 50):
+        assert runner.run_full(x[n:n + 1].numpy()) == int(net(x[n:n + 1]).argmax())
+    del fields["full"]["tflite"]
+    (tmp_path / "manifest.json").write_text(json.dumps(fields))
+    for path in [*manifest.parent.glob("*.onnx"), *manifest.parent.glob("*.tflite")]:
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    with pytest.raises(EarlyExitError, match="full has no 'tflite' file"):
+        EarlyExitRunner(tmp_path / "manifest.json", runtime="tflite")
+    with pytest.raises(EarlyExitError, match="runtime 'litert' is not valid"):
+        EarlyExitRunner(manifest, runtime="litert")
+
+
+def test_export_command_refuses_what_is_not_early_exit(trained, tmp_path, capsys):
+    from edgepack.cli import main
+
+    data, backbone, _, _ = trained
+    checkpoint = save_checkpoint(backbone, tmp_path / "plain.safetensors", "tests.early_exit:digits_cnn", {})
+    command = ["export", str(checkpoint), "--example-shape", "1,1,8,8", "-o", str(tmp_path / "out")]
+    assert main(command + ["--early-exit"]) == 2
+    assert "needs a checkpoint of the early_exit stage" in capsys.readouterr().err
+    assert main(command + ["--format", "onnx,tflite"]) == 2
+    assert "--format goes with --early-exit" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_int8_segments_are_refused_for_tflite(trained, tmp_path):
+    from edgepack.compression import run_stage
+
+    data, _, net, _ = trained
+    quantized, _ = run_stage("quantize", net, data, calibration_batches=2, progress=False)
+    with pytest.raises(EarlyExitError, match="int8 early-exit net.*cannot become TFLite segments"):
+        export_early_exit(quantized, data.val[0][:2], tmp_path / "int8", tflite=True)
+    assert not (tmp_path / "int8").exists()
+
+
 def test_bench_reports_the_accuracy_the_runner_gets(exported, trained, tmp_path):
     data, _, _, _ = trained
     net, manifest = exported
@@ -204,3 +266,33 @@ def test_bench_command_line(exported, trained, tmp_path, capsys):
     (tmp_path / "bad.json").write_text('{"format": "edgepack.early_exit", "version": 1, "threshold": 0.5}')
     assert main(["bench", str(tmp_path / "bad.json"), "--early-exit", "--dataset", str(tmp_path / "val.npz")]) == 2
     assert "field 'segments' must be a non-empty list" in capsys.readouterr().err
+
+
+def test_bench_tflite_appends_a_results_record(exported, trained, tmp_path, capsys):
+    from edgepack.benchmarks.results import read_results
+    from edgepack.cli import main
+
+    data, _, _, _ = trained
+    net, manifest = exported
+    x, y = data.val[0][:40], data.val[1][:40]
+    np.savez(tmp_path / "val.npz", x=x.numpy(), y=y.numpy())
+    results = tmp_path / "results.jsonl"
+    command = ["bench", str(manifest), "--early-exit", "--dataset", str(tmp_path / "val.npz"), "--warmup", "1"]
+    assert main(command + ["--runtime", "tflite", "-o", str(results)]) == 0
+    assert "tflite" in capsys.readouterr().out
+    [record] = read_results(results)
+    classes, chosen = net.predict(x)
+    assert record["runtime"] == "tflite" and record["threads"] == 1 and record["status"] == "ok"
+    assert record["model_path"] == str(manifest.resolve()) and record["kind"] == "early_exit"
+    metrics = record["metrics"]
+    assert metrics["early_exit_accuracy"] == pytest.approx(float((classes == y).float().mean()))
+    assert metrics["full_accuracy"] == pytest.approx(float((net(x).argmax(1) == y).float().mean()))
+    assert metrics["speedup"] == pytest.approx(metrics["full_latency_ms"] / metrics["early_exit_latency_ms"])
+    assert record["early_exit"]["exit_names"] == ["relu1", "relu2", "final"]
+    assert record["early_exit"]["exit_fractions"] == pytest.approx([float((chosen == i).float().mean())
+                                                                    for i in range(3)])
+    assert main(command + ["--runtime", "tflite", "--threads", "2"]) == 2
+    assert "runs LiteRT with 1 thread" in capsys.readouterr().err
+    assert main(command + ["--runtime", "native"]) == 2
+    assert "--runtime auto, ort or tflite" in capsys.readouterr().err
+    assert len(read_results(results)) == 1
