@@ -19,6 +19,7 @@ import numpy as np
 from rich.progress import Progress
 
 from edgepack.exporter.early_exit_export import EarlyExitError, EarlyExitRunner
+from edgepack.exporter.model_files import ModelFileError, load_npz
 
 from .results import append_result, check_writable
 
@@ -28,9 +29,9 @@ ROUNDS = 5
 def load_dataset(path: str | Path, input_shape: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """(x float32, y int64) of an .npz with ``x`` [N, *input_shape] and ``y`` [N]; EarlyExitError otherwise."""
     try:
-        with np.load(path, allow_pickle=False) as data:
-            x, y = data["x"], data["y"]
-    except (OSError, KeyError, ValueError) as error:
+        data = load_npz(path, f"--dataset {path}")
+        x, y = data["x"], data["y"]
+    except (ModelFileError, KeyError) as error:
         raise EarlyExitError(f"--dataset {path}: needs an .npz with arrays x (inputs) and y (labels): "
                              f"{error}") from None
     if list(x.shape[1:]) != list(input_shape) or y.shape != (len(x),) or not len(x):

@@ -36,6 +36,7 @@ from edgepack.errors import EdgepackError
 from .checkpoint import builder_name, load_checkpoint, read_checkpoint_fields, save_checkpoint
 from .stages import STAGES, StageData, StageError, StageReport, run_stage, stage_parameters, stage_report
 
+MAX_PIPELINE_BYTES = 1 << 20
 RESULTS = "pipeline.jsonl"
 SUMMARY = "summary.md"
 _CHECKPOINT = re.compile(r"(\d{2,})-[A-Za-z0-9_.-]+\.safetensors")
@@ -112,6 +113,9 @@ def load_pipeline(source) -> Pipeline:
         path = Path(source)
         if not path.is_file():
             raise StageError(f"pipeline file {str(path)!r} does not exist")
+        if path.stat().st_size > MAX_PIPELINE_BYTES:
+            raise StageError(f"pipeline file {path}: {path.stat().st_size:,} bytes; a pipeline file is at most "
+                             f"{MAX_PIPELINE_BYTES:,}")
         try:
             text = path.read_text()
             source = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)

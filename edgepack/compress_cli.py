@@ -74,19 +74,16 @@ def _calibration(path: str | None):
     import numpy as np
 
     from edgepack.compression import HyperError
+    from edgepack.exporter.model_files import load_npy
 
     if path is None:
         return None
     if not Path(path).is_file():
         raise HyperError(f"--calibration {path}: no such file (a .npy array of model inputs)")
-    try:
-        data = np.load(path, allow_pickle=False)
-    except Exception as error:
-        raise HyperError(f"--calibration {path}: not a .npy array ({type(error).__name__}: {error})") from None
-    if not isinstance(data, np.ndarray) or data.dtype.kind not in "fiu" or data.ndim < 1 or len(data) == 0:
+    data = load_npy(path, f"--calibration {path}")
+    if data.dtype.kind not in "fiu" or data.ndim < 1 or len(data) == 0:
         raise HyperError(f"--calibration {path}: expected a non-empty numeric array with samples along the "
-                         f"first axis, got {getattr(data, 'dtype', type(data).__name__)} "
-                         f"{list(getattr(data, 'shape', []))}")
+                         f"first axis, got {data.dtype} {list(data.shape)}")
     return data.astype(np.float32)
 
 

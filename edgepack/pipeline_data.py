@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from edgepack.compression.stages import StageData, StageError
+from edgepack.exporter.model_files import ModelFileError, load_npz
 
 FORMS = "digits, mnist, mnist[:N], kws:DIR, FILE.npz"
 NPZ_REQUIRED = ("x_train", "y_train", "x_val", "y_val")
@@ -93,10 +94,9 @@ def _npz(path: Path):
         raise StageError(f"data spec {path}: no such file (a .npz with arrays {', '.join(NPZ_REQUIRED)}"
                          f"[, {', '.join(NPZ_OPTIONAL)}])")
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-    except Exception as error:
-        raise StageError(f"data spec {path}: not a readable .npz ({type(error).__name__}: {error})") from None
+        arrays = load_npz(path, f"data spec {path}")
+    except ModelFileError as error:
+        raise StageError(f"data spec {path}: not a readable .npz ({error})") from None
     missing = [name for name in NPZ_REQUIRED if name not in arrays]
     if missing or (("x_test" in arrays) != ("y_test" in arrays)):
         raise StageError(f"data spec {path}: missing arrays {missing or ['x_test/y_test (give both or neither)']}; "

@@ -23,6 +23,7 @@ from edgepack.errors import EdgepackError
 
 FORMAT = "edgepack.early_exit"
 VERSION = 1
+MAX_MANIFEST_BYTES = 1 << 20
 RUNTIMES = ("onnxruntime", "tflite")
 
 
@@ -127,6 +128,8 @@ def read_manifest(path: str | Path, runtime: str = "onnxruntime") -> dict:
     if runtime not in RUNTIMES:
         raise EarlyExitError(f"early-exit runtime {runtime!r} is not valid; valid: {', '.join(RUNTIMES)}")
     try:
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise ValueError(f"{path.stat().st_size:,} bytes; a manifest is at most {MAX_MANIFEST_BYTES:,}")
         manifest = json.loads(path.read_text())
     except (OSError, ValueError) as error:
         raise EarlyExitError(f"{path}: cannot read the early-exit manifest: {error}") from error

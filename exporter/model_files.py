@@ -140,6 +140,18 @@ def why(error: Exception) -> str:
 MAX_NPZ_BYTES = 1 << 30
 
 
+def _check_npy_header(member, stored_bytes: int, what: str, name: str) -> None:
+    """Read an .npy header and refuse object arrays and a declared size over the bytes actually stored, so
+    nothing is allocated for data the file does not hold."""
+    read_header = (np.lib.format.read_array_header_1_0 if np.lib.format.read_magic(member) == (1, 0)
+                   else np.lib.format.read_array_header_2_0)
+    shape, _, dtype = read_header(member)
+    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if dtype.hasobject or declared > stored_bytes:
+        raise ModelFileError(f"{what}: array {name!r} declares {shape} {dtype} ({declared:,} bytes) in "
+                             f"{stored_bytes:,} stored bytes; expected plain numeric arrays (np.save / np.savez)")
+
+
 def load_npz(path: str | Path, what: str, max_bytes: int = MAX_NPZ_BYTES) -> dict[str, np.ndarray]:
     """The arrays of an .npz data file, or ModelFileError naming ``what`` (e.g. ``--dataset x.npz``).
     No pickles; each member's .npy header must declare exactly the bytes the member holds, and all
@@ -154,15 +166,7 @@ def load_npz(path: str | Path, what: str, max_bytes: int = MAX_NPZ_BYTES) -> dic
                                      f"one array and at most {max_bytes:,} bytes in all")
             for info in members:
                 with archive.open(info) as member:
-                    read_header = (np.lib.format.read_array_header_1_0
-                                   if np.lib.format.read_magic(member) == (1, 0)
-                                   else np.lib.format.read_array_header_2_0)
-                    shape, _, dtype = read_header(member)
-                    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
-                    if dtype.hasobject or declared > info.file_size:
-                        raise ModelFileError(f"{what}: array {info.filename[:-4]!r} declares {shape} {dtype} "
-                                             f"({declared:,} bytes) in {info.file_size:,} stored bytes; "
-                                             "expected plain numeric arrays (np.savez)")
+                    _check_npy_header(member, info.file_size, what, info.filename[:-4])
         with np.load(path, allow_pickle=False) as npz:
             return {key: npz[key] for key in npz.files}
     except ModelFileError:
@@ -170,3 +174,21 @@ def load_npz(path: str | Path, what: str, max_bytes: int = MAX_NPZ_BYTES) -> dic
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise ModelFileError(f"{what}: not a readable .npz file ({why(error)}); expected arrays saved "
                              "with np.savez") from None
+
+
+def load_npy(path: str | Path, what: str, max_bytes: int = MAX_NPZ_BYTES) -> np.ndarray:
+    """The array of an .npy file, or ModelFileError naming ``what``: no pickles, at most ``max_bytes``, and a
+    header that declares no more than the file holds (checked before the data is read)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise ModelFileError(f"{what}: {size:,} bytes; at most {max_bytes:,}")
+        with path.open("rb") as file:
+            _check_npy_header(file, size, what, path.stem)
+        return np.load(path, allow_pickle=False)
+    except ModelFileError:
+        raise
+    except (OSError, ValueError, EOFError) as error:
+        raise ModelFileError(f"{what}: not a readable .npy file ({why(error)}); expected an array saved "
+                             "with np.save") from None

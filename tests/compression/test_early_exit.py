@@ -266,6 +266,9 @@ def test_bench_command_line(exported, trained, tmp_path, capsys):
     (tmp_path / "bad.json").write_text('{"format": "edgepack.early_exit", "version": 1, "threshold": 0.5}')
     assert main(["bench", str(tmp_path / "bad.json"), "--early-exit", "--dataset", str(tmp_path / "val.npz")]) == 2
     assert "field 'segments' must be a non-empty list" in capsys.readouterr().err
+    (tmp_path / "big.json").write_text(" " * (1 << 20) + "{}")
+    assert main(["bench", str(tmp_path / "big.json"), "--early-exit", "--dataset", str(tmp_path / "val.npz")]) == 2
+    assert "a manifest is at most 1,048,576" in capsys.readouterr().err
 
 
 def test_bench_tflite_appends_a_results_record(exported, trained, tmp_path, capsys):

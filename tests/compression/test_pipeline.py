@@ -174,6 +174,9 @@ def test_pipeline_files(tmp_path):
             load_pipeline(path)
     with pytest.raises(StageError, match="does not exist"):
         load_pipeline(tmp_path / "none.yaml")
+    path.write_text("stages: [sws: {tau: 1}]\n" + "#" * (1 << 20))
+    with pytest.raises(StageError, match="a pipeline file is at most 1,048,576"):
+        load_pipeline(path)
 
 
 def test_the_fingerprint_covers_every_tensor_and_the_data(data):
