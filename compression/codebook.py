@@ -400,6 +400,5 @@ def to_codebook(model: nn.Module, pattern_or_names: str | list[str], sparse: boo
             new_layer = codebook_layer(candidates[name], sparse=sparse, bits=bits)
         except CodebookError as error:
             raise CodebookError(f"layer {name!r}: {error}") from None
-        parent, _, attribute = name.rpartition(".")
-        setattr(model.get_submodule(parent), attribute, new_layer)
+        model.set_submodule(name, new_layer)
     return model

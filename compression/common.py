@@ -1,6 +1,10 @@
-"""What the compressed layers share: one ValueError style that names the layer, size helpers, a
-Conv2d's geometry, and the constructor from a trained ``nn.Linear``."""
+"""What the compressed layers and stages share: one ValueError style that names the layer, size helpers, a
+Conv2d's geometry, running a model for measurement (``evaluating``), and the constructor from a trained
+``nn.Linear``."""
 
+from contextlib import contextmanager
+
+import torch
 from torch import nn
 
 
@@ -32,6 +36,18 @@ def set_conv_geometry(layer: nn.Module, in_channels: int, out_channels: int, ker
     layer.kernel_size, layer.groups = kernel_size, groups
     layer.stride, layer.padding, layer.dilation = stride, padding, dilation
     return (out_channels, in_channels // groups, *kernel_size)
+
+
+@contextmanager
+def evaluating(model: nn.Module):
+    """Run ``model`` in eval mode without gradients, then put its training mode back as it was."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
 
 
 class FromDenseLinear:

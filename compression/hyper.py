@@ -42,7 +42,7 @@ from edgepack.runtime_kernels.hyper_format import (
 )
 from edgepack.runtime_kernels.op_spec import OPS
 
-from .common import set_conv_geometry
+from .common import evaluating, set_conv_geometry
 from .progress import progress_bar
 from .registry import register_method
 
@@ -681,16 +681,14 @@ def _layer_inputs(model: nn.Module, layers: dict[str, nn.Module], calibration) -
         bad = int((~torch.isfinite(x)).sum())
         _check(bad == 0, f"calibration: input {number} (shape {list(x.shape)}) has {bad} non-finite values (NaN or "
                "Inf); calibration data must be finite")
-    was_training = model.training
     try:
-        with torch.no_grad():
-            model.eval()(*inputs)
+        with evaluating(model):
+            model(*inputs)
     except Exception as error:
         raise HyperError(f"calibration: the model does not run on inputs of shape "
                          f"{[list(x.shape) for x in inputs]} ({type(error).__name__}: "
                          f"{str(error).splitlines()[0] if str(error) else ''})") from None
     finally:
-        model.train(was_training)
         for hook in hooks:
             hook.remove()
     for name, x in captured.items():
@@ -740,8 +738,7 @@ def hyper_compress(model: nn.Module, *, budget: float = DEFAULT_BUDGET, calibrat
             new, row = hyper_layer(layer, budget=budget, calibration=inputs.get(name), points=points, side=side,
                                    rings=rings, group=group, name=name)
             if new is not layer:
-                parent, _, attribute = name.rpartition(".")
-                setattr(model.get_submodule(parent), attribute, new)
+                model.set_submodule(name, new)
             report.append(row)
             bar.advance(task)
     report.model_bytes = (before, compressed_size_bytes(model))

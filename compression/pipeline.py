@@ -34,6 +34,7 @@ from torch import nn
 from edgepack.errors import EdgepackError
 
 from .checkpoint import builder_name, load_checkpoint, read_checkpoint_fields, save_checkpoint
+from .common import evaluating
 from .stages import STAGES, StageData, StageError, StageReport, run_stage, stage_parameters, stage_report
 
 MAX_PIPELINE_BYTES = 1 << 20
@@ -149,17 +150,13 @@ def check_fits(model: nn.Module, data: StageData) -> None:
     """Run one example through ``model``: a shape that does not fit, or fewer outputs than classes, is a
     StageError naming the shapes."""
     example = data.example
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with evaluating(model):
             output = model(example)
     except Exception as error:
         raise StageError(f"the model does not take the data's inputs: one example is {list(example.shape)} "
                          f"(batch 1), and the model raised {type(error).__name__}: "
                          f"{' '.join(str(error).split())[:300]}") from None
-    finally:
-        model.train(was_training)
     classes = int(max(data.train[1].max(), data.val[1].max())) + 1
     if not isinstance(output, torch.Tensor) or output.ndim != 2 or output.shape[1] < classes:
         shape = list(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
@@ -233,11 +230,8 @@ def _save_checked(model: nn.Module, path: Path, builder, kwargs, recipe, transfo
             raise StageError(f"{where}: its checkpoint does not reload ({error}); a stage that changes the "
                              "architecture must return the transform that rebuilds it") from None
         inputs = data.val[0][:8]
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
+        with evaluating(model):
             expected, got = model(inputs), loaded(inputs)
-        model.train(was_training)
         if expected.shape != got.shape or not torch.allclose(expected, got, rtol=1e-4, atol=1e-5):
             difference = (expected - got).abs().max().item() if expected.shape == got.shape else "shape"
             raise StageError(f"{where}: its reloaded checkpoint computes different outputs (max difference "

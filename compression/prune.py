@@ -121,8 +121,7 @@ def to_sparse_codebook(model: nn.Module, names: list[str], seed: int = 0) -> dic
         layer = model.get_submodule(name)
         with torch.no_grad():
             layer.weight.copy_(_share(layer.weight, seed))
-        parent, _, attribute = name.rpartition(".")
-        setattr(model.get_submodule(parent), attribute, codebook_layer(layer, sparse=True))
+        model.set_submodule(name, codebook_layer(layer, sparse=True))
     return {"name": "recipe", "params": {"recipe": {name: {"method": "codebook", "sparse": True} for name in names}}}
 
 

@@ -260,8 +260,7 @@ def _compress(model: nn.Module, make, names) -> tuple[nn.Module, BaselineReport]
     counted_in_model = 0
     for name, layer in target_layers(model, names).items():
         module, row = make(layer, name)
-        parent, _, attribute = name.rpartition(".")
-        setattr(model.get_submodule(parent), attribute, module)
+        model.set_submodule(name, module)
         report.append(row)
         counted_in_model += tensor_bytes(module)[1] - row.stored_bytes
     report.model_dense_bytes = dense_total

@@ -339,11 +339,6 @@ def _get(model: nn.Module, name: str) -> nn.Module | None:
         return None
 
 
-def _set(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, attribute = name.rpartition(".")
-    setattr(model.get_submodule(parent), attribute, module)
-
-
 def _dense_layers(model: nn.Module) -> dict[str, nn.Module]:
     """The dense nn.Linear / nn.Conv2d layers (exact types: compressed layers stay as they are)."""
     return {name: m for name, m in model.named_modules() if type(m) in QUANT_LAYERS and name}
@@ -362,9 +357,9 @@ def prepare(model: nn.Module, observer: str = "minmax", percentile: float = 99.9
         if isinstance(layer, nn.Conv2d) and layer.padding_mode != "zeros":
             raise QuantizeError(f"layer {name!r}: padding_mode={layer.padding_mode!r}; int8 convs support "
                                 "padding_mode='zeros' only")
-        _set(prepared, name, FakeQuantLayer(layer, name in relus, observer, percentile))
+        prepared.set_submodule(name, FakeQuantLayer(layer, name in relus, observer, percentile))
     for relu in relus.values():
-        _set(prepared, relu, nn.Identity())
+        prepared.set_submodule(relu, nn.Identity())
     return prepared
 
 
@@ -480,12 +475,12 @@ def link_inputs(model: nn.Module, example: torch.Tensor) -> None:
             wrapper.source = [layer]
             if isinstance(module, AVERAGING):
                 wrapper.observer = RangeObserver(layer.output_observer.method, layer.output_observer.percentile)
-            _set(model, names[module], wrapper)
+            model.set_submodule(names[module], wrapper)
     for layer, module in starts.items():
         if names.get(module):
             wrapper = QuantPassThrough(module, "input")
             wrapper.source = [layer]
-            _set(model, names[module], wrapper)
+            model.set_submodule(names[module], wrapper)
     for module, (provider, direct) in _trace_sources(model, example)[0].items():
         if isinstance(module, FakeQuantLayer):
             module.upstream, module.input_quantized = [provider], direct
@@ -531,7 +526,7 @@ def convert(model: nn.Module) -> tuple[nn.Module, dict, dict[str, str]]:
         quant = QUANT_LAYERS[type(fake.layer)].from_dense(fake.layer, **spec)
         with torch.no_grad():
             quant.set_quantization(fake)
-        _set(model, name, quant)
+        model.set_submodule(name, quant)
         structure[name] = spec
     passing = {name: m.side for name, m in model.named_modules() if isinstance(m, QuantPassThrough)}
     for name in passing:
@@ -551,14 +546,14 @@ def quantize_transform(model: nn.Module, layers: dict, identity: list, pass_thro
         module = _get(model, name)
         if module is None:
             raise QuantizeError(f"quantize transform: the model has no module {name!r} to replace")
-        _set(model, name, make(module))
+        model.set_submodule(name, make(module))
     dense = _dense_layers(model)
     for name, spec in layers.items():
         if name not in dense:
             raise QuantizeError(f"quantize transform: {name!r} is not a dense nn.Linear / nn.Conv2d of the "
                                 f"model; dense layers: {sorted(dense)}")
         layer = dense[name]
-        _set(model, name, QUANT_LAYERS[type(layer)].from_dense(layer, **spec))
+        model.set_submodule(name, QUANT_LAYERS[type(layer)].from_dense(layer, **spec))
     return model
 
 

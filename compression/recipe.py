@@ -133,8 +133,7 @@ def compress(model: nn.Module, recipe: dict | str | Path, inplace: bool = False,
         if pattern is None:
             continue
         new_layer = _build(name, layer, recipe[pattern], initialize)
-        parent_name, _, attribute = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), attribute, new_layer)
+        model.set_submodule(name, new_layer)
         before, after = tensor_bytes(layer), tensor_bytes(new_layer)
         report.append(LayerReport(name, recipe[pattern].get("method"), before[0], after[0],
                                   before[1], after[1]))

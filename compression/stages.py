@@ -16,6 +16,7 @@ from torch import nn
 
 from edgepack.errors import EdgepackError
 
+from .common import evaluating
 from .progress import progress_bar
 from .recipe import compress, compressed_size_bytes
 from .registry import METHODS
@@ -205,22 +206,13 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> list[LayerCost]:
                                                     int(getattr(module, "activation_bits", 32))))
             cost.macs += macs // max(len(example), 1)
         hooks.append(module.register_forward_hook(hook))
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
+        with evaluating(model):
             model(example)
     finally:
         for handle in hooks:
             handle.remove()
-        model.train(was_training)
     return list(costs.values())
-
-
-def weight_bits(model: nn.Module) -> dict[str, int]:
-    """Each counted layer's weight bit width (32 unless the layer says otherwise)."""
-    return {name: int(getattr(module, "weight_bits", 32)) for name, module in model.named_modules()
-            if _counted(module)}
 
 
 def run_every_output(model: nn.Module, inputs: torch.Tensor):
@@ -236,12 +228,9 @@ def evaluate(model: nn.Module, data: StageData, split: str = "val", batch_size: 
     if pair is None:
         raise StageError(f"evaluate: no {split!r} split; valid: train, val" + (", test" if data.test else ""))
     inputs, labels = pair
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
+    with evaluating(model):
         correct = sum(int((model(inputs[i:i + batch_size]).argmax(1) == labels[i:i + batch_size]).sum())
                       for i in range(0, len(labels), batch_size))
-    model.train(was_training)
     return correct / max(len(labels), 1)
 
 

@@ -307,8 +307,7 @@ def lower(model: nn.Module, mode: str = "kernels", stream: bool = False, codeboo
         make = LOWERINGS.get(type(module))
         if make is None or not name:
             continue
-        parent, _, attribute = name.rpartition(".")
-        setattr(lowered.get_submodule(parent), attribute, _make(make, module, mode, stream, options))
+        lowered.set_submodule(name, _make(make, module, mode, stream, options))
     if type(lowered) in LOWERINGS:  # the model is itself one compressed layer
         lowered = _make(LOWERINGS[type(lowered)], lowered, mode, stream, options)
     _one_codebook_form(lowered)

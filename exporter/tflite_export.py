@@ -42,11 +42,11 @@ INTEGER_READERS = {("Gather", 0), ("Gather", 1), ("Expand", 0), ("Cast", 0)}
 HANDLERS: dict[str, Callable] = {}
 
 
-def handles(*op_types: str):
-    """Register a lowering function for ONNX op types (a registry instead of an if-chain)."""
+def handles(*op_types: str, table: dict[str, Callable] = HANDLERS):
+    """Register a lowering function for ONNX op types in ``table`` (a registry instead of an if-chain)."""
     def register(function):
         for op_type in op_types:
-            HANDLERS[op_type] = function
+            table[op_type] = function
         return function
     return register
 

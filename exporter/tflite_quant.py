@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import tflite
 
-from .tflite_export import OP, TO_NCHW, TO_NHWC, ConversionError, Converter, Value
+from .tflite_export import OP, TO_NCHW, TO_NHWC, ConversionError, Converter, Value, handles
 from .tflite_ops_conv import pool_options, pool_output_hw, pool_pads, spatial_2d, tflite_padding
 from .tflite_writer import Options, Quantization
 
@@ -74,11 +74,7 @@ QUANT_HANDLERS: dict[str, Callable] = {}
 
 def quant_handles(*op_types: str):
     """Register the int8 lowering of ONNX op types."""
-    def register(function):
-        for op_type in op_types:
-            QUANT_HANDLERS[op_type] = function
-        return function
-    return register
+    return handles(*op_types, table=QUANT_HANDLERS)
 
 
 class QuantConverter(Converter):

@@ -55,21 +55,20 @@ def build_model(name: str, classes: int = 12) -> tuple[nn.Module, str, dict]:
 
 def fold_batchnorms(model: nn.Sequential) -> nn.Sequential:
     """A copy of a trained DS-CNN with each BatchNorm folded into the conv before it (eval statistics,
-    ``torch.nn.utils.fusion.fuse_conv_bn_eval``) and replaced by ``nn.Identity``, so that compressing the convs
+    ``compression.quantize.fold_batchnorms``) and replaced by ``nn.Identity``, so that compressing the convs
     covers the BatchNorm bytes too; ``ds_cnn(..., fold_bn=True)`` rebuilds it. Refuses, by name, a BatchNorm
     that does not directly follow a dense Conv2d of as many output channels or has no running statistics."""
     import copy
 
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
+    from edgepack.compression.quantize import fold_batchnorms as fold_conv_batchnorms
     from edgepack.kws.train import KwsTrainError
 
     if not isinstance(model, nn.Sequential):
         raise KwsTrainError(f"fold_batchnorms: needs the DS-CNN's nn.Sequential, got {type(model).__name__}")
-    folded, previous = copy.deepcopy(model).eval(), None
-    for name, module in list(folded.named_children()):
+    previous = None
+    for name, module in model.named_children():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            conv = getattr(folded, previous) if previous else None
+            conv = getattr(model, previous) if previous else None
             if type(module) is not nn.BatchNorm2d or type(conv) is not nn.Conv2d:
                 raise KwsTrainError(f"fold_batchnorms: cannot fold {name!r} ({type(module).__name__}) into "
                                     f"{previous!r} ({type(conv).__name__}); only a BatchNorm2d right after a "
@@ -77,7 +76,7 @@ def fold_batchnorms(model: nn.Sequential) -> nn.Sequential:
             if module.running_mean is None or module.num_features != conv.out_channels:
                 raise KwsTrainError(f"fold_batchnorms: cannot fold {name!r} into {previous!r}: it needs running "
                                     f"statistics and {conv.out_channels} features, has {module.num_features}")
-            setattr(folded, previous, fuse_conv_bn_eval(conv, module))
-            setattr(folded, name, nn.Identity())
         previous = name
+    folded = copy.deepcopy(model).eval()
+    fold_conv_batchnorms(folded)  # every BatchNorm checked above folds
     return folded
