@@ -402,7 +402,7 @@ def add_parser(subcommands) -> None:
     """``edgepack papers hyper``."""
     import argparse
 
-    from edgepack.cli import _positive_int
+    from edgepack.cli import positive_int
 
     parser = subcommands.add_parser("hyper", help="Hyper-Compression vs per-channel PTQ and k-means, no retraining")
     parser.add_argument("--model", choices=MODELS, default="lenet-300-100", help="default lenet-300-100")
@@ -417,7 +417,7 @@ def add_parser(subcommands) -> None:
     parser.add_argument("--checkpoint", help="kws-dscnn: the DS-CNN run folder or checkpoint")
     parser.add_argument("--data", help="kws-dscnn: its Speech Commands data folder")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--threads", type=_positive_int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
     parser.add_argument("--work", metavar="DIR", default="edgepack-papers",
                         help="work folder: cached pretrained checkpoints, JSON report, plot (default edgepack-papers/)")
     parser.set_defaults(handler=_handler)

@@ -234,14 +234,14 @@ def _count(text: str) -> int:
 def add_parser(subcommands) -> None:
     """``edgepack papers sws``."""
     from edgepack.benchmarks.lenet import MODELS
-    from edgepack.cli import _positive_int
+    from edgepack.cli import positive_int
     from edgepack.compression.sws import GAMMA_OTHERS, GAMMA_ZERO, PI_ZERO, PRIOR_LRS
 
     parser = subcommands.add_parser("sws", help="Soft Weight-Sharing's Table 1 on MNIST (LeNet-300-100, LeNet-5)")
     parser.add_argument("--model", choices=list(MODELS), default="lenet-300-100", help="default lenet-300-100")
-    parser.add_argument("--epochs", type=_positive_int, help=f"retraining epochs (default {RETRAIN_EPOCHS}; "
+    parser.add_argument("--epochs", type=positive_int, help=f"retraining epochs (default {RETRAIN_EPOCHS}; "
                                                               f"--quick {QUICK['epochs']})")
-    parser.add_argument("--pretrain-epochs", type=_positive_int,
+    parser.add_argument("--pretrain-epochs", type=positive_int,
                         help="pretraining epochs when no cached checkpoint exists (default "
                              f"{PRETRAIN_EPOCHS['lenet-300-100']} / {PRETRAIN_EPOCHS['lenet-5']}; --quick "
                              f"{QUICK['pretrain_epochs']})")
@@ -250,7 +250,7 @@ def add_parser(subcommands) -> None:
                              "epochs (for CI)")
     parser.add_argument("--tau", type=float, help=f"weight of the prior, the paper's tau (default {TAU}; --quick "
                                                      f"{QUICK['tau']})")
-    parser.add_argument("--batch-size", type=_positive_int, help=f"retraining batch size (default {BATCH_SIZE}; "
+    parser.add_argument("--batch-size", type=positive_int, help=f"retraining batch size (default {BATCH_SIZE}; "
                                                                   f"--quick {QUICK['batch_size']})")
     parser.add_argument("--lr", type=float, help="retraining learning rate of the weights (default 5e-4, the "
                                                  f"paper's; --quick {QUICK['lr']})")
@@ -274,7 +274,7 @@ def add_parser(subcommands) -> None:
     parser.add_argument("--kl-threshold", type=float, default=KL_THRESHOLD,
                         help=f"merge mixture components closer than this KL divergence (default {KL_THRESHOLD})")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--threads", type=_positive_int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
     parser.add_argument("--work", metavar="DIR", default="edgepack-papers",
                         help="work folder: cached pretrained checkpoints, JSON report, plot, ONNX file "
                              "(default edgepack-papers/)")

@@ -54,7 +54,7 @@ def _padded(values: list[float]) -> tuple[float, float]:
     return low - pad, high + pad
 
 
-def _save(figure, path: str | Path) -> Path:
+def save_figure(figure, path: str | Path) -> Path:
     path = Path(path)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
@@ -79,7 +79,7 @@ def plot_latency(samples: list[list[float]], labels: list[str], path: str | Path
     _scale(axis, "x", *latency_limits(samples), TIME_TICKS)
     axis.grid(axis="x", which="both", alpha=0.3)
     axis.set(xlabel="latency per inference (whiskers p1–p99)", title="Latency distribution")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def pareto_front(points: list[tuple[float, float]], maximize_y: bool) -> list[int]:
@@ -112,7 +112,7 @@ def plot_pareto(points: list[tuple[float, float]], names: list[str], path: str |
     axis.grid(which="both", alpha=0.3)
     axis.legend(loc="best", fontsize=8)
     axis.set(xlabel=xlabel, ylabel=ylabel, title=title)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_energy(values: list[float], labels: list[str], path: str | Path) -> Path:
@@ -120,7 +120,7 @@ def plot_energy(values: list[float], labels: list[str], path: str | Path) -> Pat
     figure, axis = plt.subplots(figsize=(9, 1 + 0.5 * len(values)))
     axis.barh(labels, values)
     axis.set(xlabel="energy per inference (mJ)", title="Energy per inference")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_confusion_matrix(matrix, labels: list[str], path: str | Path, title: str = "Confusion matrix") -> Path:
@@ -144,4 +144,4 @@ def plot_confusion_matrix(matrix, labels: list[str], path: str | Path, title: st
             axis.text(j, i, significant(value.item()), ha="center", va="center", fontsize=7,
                       color="white" if value > threshold else "black")
     axis.set(xlabel="predicted", ylabel="true", title=title)
-    return _save(figure, path)
+    return save_figure(figure, path)

@@ -179,7 +179,7 @@ def fingerprint(model: nn.Module, data: StageData, builder: str, kwargs: dict, r
     return digest.hexdigest()
 
 
-def _json_default(value):
+def json_default(value):
     """numpy / torch scalars and arrays in a report's ``extra`` as plain numbers and lists."""
     if hasattr(value, "tolist"):
         return value.tolist()
@@ -205,14 +205,14 @@ def _read_rows(path: Path) -> list[dict]:
 def _write_rows(path: Path, rows: list[dict]) -> None:
     """Replace the results file with ``rows`` (temporary file, then rename)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(row, default=_json_default) + "\n" for row in rows))
+    tmp.write_text("".join(json.dumps(row, default=json_default) + "\n" for row in rows))
     os.replace(tmp, path)
 
 
-def _append_row(path: Path, row: dict) -> None:
+def append_row(path: Path, row: dict) -> None:
     """Add one stage's row to the results file, flushed to disk before the next stage starts."""
     with path.open("a") as file:
-        file.write(json.dumps(row, default=_json_default) + "\n")
+        file.write(json.dumps(row, default=json_default) + "\n")
         file.flush()
         os.fsync(file.fileno())
 
@@ -367,8 +367,8 @@ def run_pipeline(model: nn.Module, data: StageData, stages, output_dir, builder,
         path = out / checkpoint_name(number, stage)
         _save_checked(model, path, builder, kwargs, recipe, transforms, trusted, data, where)
         row = {"index": number, "spec": specs[number - 1], "checkpoint": path.name, **report.row()}
-        _append_row(results, row)
-        rows.append(json.loads(json.dumps(row, default=_json_default)))
+        append_row(results, row)
+        rows.append(json.loads(json.dumps(row, default=json_default)))
         reports.append(report)
         echo(format_line(table_cells(rows[-1], rows[0])))
 

@@ -25,7 +25,7 @@ def _input_shape(text: str) -> tuple[str, tuple[int, ...]]:
     return name, _shape(shape)
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     """An argparse type for a count such as ``--batch-size``: an integer >= 1."""
     try:
         value = int(text)
@@ -238,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="codebook Linear layers as CodebookWeight + Gemm, decoded once at load "
                              "(decode, default) or as SparseCodebookMatMul computed from the CSR form "
                              "(sparse); codebook convolutions always decode")
-    export.add_argument("--fallback-fold-limit", type=_positive_int, metavar="N",
+    export.add_argument("--fallback-fold-limit", type=positive_int, metavar="N",
                         help="in ONNX Runtime without edgepack's library, hashed layers up to N "
                              "virtual weights x hashes are decoded once at session build (dense "
                              "speed, ~350 bytes per weight while building); larger ones at every "
@@ -256,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("model", help="an .onnx file (standard ops of the supported list, "
                                        "ai.edgepack ops become CUSTOM ops)")
     convert.add_argument("-o", "--output", required=True, help="output .tflite file")
-    convert.add_argument("--batch-size", type=_positive_int, default=1,
+    convert.add_argument("--batch-size", type=positive_int, default=1,
                          help="value for a dynamic batch axis (TFLite shapes are static; default 1)")
     convert.add_argument("--input-shape", type=_input_shape, action="append", metavar="NAME=1,16000",
                          help="static shape for an input with dynamic axes other than the batch (repeatable)")
@@ -337,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_papers_parser(commands)
     from edgepack.compress_cli import add_parser as add_compress_parser
     add_compress_parser(commands)
+    from edgepack.order_cli import add_parser as add_order_parser
+    add_order_parser(commands)
     return parser
 
 

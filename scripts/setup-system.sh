@@ -7,7 +7,8 @@ packages=(build-essential cmake python3-venv gcc-aarch64-linux-gnu g++-aarch64-l
           gcc-arm-linux-gnueabihf libc6-dev-armhf-cross  # armv7 (armeabi-v7a ISA) build + qemu-arm
           clang libclang-rt-dev  # clang + libFuzzer/sanitizer runtimes for make fuzz
           espeak-ng sox  # keyword-spotting data: speech synthesis and audio effects
-          chromium)  # a headless browser: the report test checks report.html's images load
+          chromium  # a headless browser: the report test checks report.html's images load
+          iproute2)  # ip netns: the two-node Ray test keeps its cluster on loopback
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
