@@ -165,9 +165,21 @@ def run_sweep(model: nn.Module, model_bytes: bytes, data: StageData, specs: dict
     return [rows[key] for key in wanted if key in rows]
 
 
+def _check_feasible(ray, settings: SweepSettings) -> None:
+    """A task no node can hold would wait forever: say which resource is short instead."""
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    for resource, wanted, flag in (("CPU", settings.cpus, "--cpus-per-task"),
+                                   ("GPU", settings.gpus, "--gpus-per-task")):
+        most = max((node.get(resource, 0) for node in nodes), default=0)
+        if wanted > most:
+            raise EdgepackError(f"{flag} {wanted:g}: no Ray node has that many {resource}s (the most is {most:g}); "
+                                f"ask for at most {most:g}" + (" or add GPU nodes" if resource == "GPU" else ""))
+
+
 def _run_tasks(todo, wanted, model_bytes, data, specs, output_dir, settings, trust_builder, progress, echo):
     """Submit ``todo`` to Ray and record each result as it finishes (also when the sweep is interrupted)."""
     with ray_session(settings) as ray:
+        _check_feasible(ray, settings)
         task = ray.remote(execute_run).options(num_cpus=settings.cpus, num_gpus=settings.gpus,
                                                max_retries=settings.retries, retry_exceptions=True)
         model_ref, data_ref = ray.put(model_bytes), ray.put(data)

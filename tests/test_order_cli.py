@@ -206,7 +206,7 @@ def test_the_sweep_spreads_over_a_two_node_cluster(checkpoint, tmp_path):
         assert "(2 nodes, 1 CPU per task)" in done.stdout
         rows = rows_of(out)
         assert len({r["node"] for r in rows}) == 2, [(r["order"], r["node"]) for r in rows]
-        assert "on 2 Ray node(s)" in (out / "report.md").read_text()
+        assert "2 Ray node id(s) recorded" in (out / "report.md").read_text()
     finally:
         for group in groups:
             with contextlib.suppress(ProcessLookupError):
@@ -236,6 +236,8 @@ def test_bad_input_is_one_error_line_before_ray_starts(checkpoint, tmp_path, cap
     for extra, message in cases:
         assert main(base + extra) == 2
         assert message in capsys.readouterr().err
+    assert main(base + ["--stages", "P,Q", "--gpus-per-task", "1", "--local-cpus", "1"]) == 2
+    assert "--gpus-per-task 1: no Ray node has that many GPUs (the most is 0)" in capsys.readouterr().err
     assert main(["order", "--model", str(checkpoint), "--data", "cifar", "--stages", "P,Q", "-o",
                  str(tmp_path / "o")]) == 2
     assert "not one of the forms" in capsys.readouterr().err
