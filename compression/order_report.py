@@ -83,7 +83,8 @@ def _insertion_rows(checks: list[InsertionCheck]) -> list[list]:
 def _comparison_rows(candidates: list[tuple[str, tuple[str, ...]]], rows: list[dict], start: dict,
                      latencies: dict) -> list[list]:
     base = latencies.get("input model")
-    table = [["input model", "", "", _percent(start["accuracy"]), None, float(start["weight_bytes"]), "1×",
+    table = [["input model", "", "", _percent(start["accuracy"]), _percent(start.get("test_accuracy")),
+              float(start["weight_bytes"]), "1×",
               float(start["bitops"]), "1×", *_latency_cells(base, base)]]
     for label, order in candidates:
         runs = runs_of(rows, order)

@@ -4,6 +4,7 @@ orders, and the report."""
 
 from __future__ import annotations
 
+import math
 import random
 import tempfile
 import time
@@ -29,7 +30,7 @@ from .order import (
 from .order_latency import measure_latencies
 from .order_report import write_order_report
 from .order_sweep import SweepSettings, ray_session, run_sweep
-from .stages import StageData, StageError, stage_report
+from .stages import StageData, StageError, evaluate, stage_report
 
 
 @dataclass
@@ -46,10 +47,7 @@ class OrderResult:
 def random_orders(letters: list[str], count: int, avoid: tuple[str, ...], seed: int = 0) -> list[tuple[str, ...]]:
     """Up to ``count`` distinct random permutations of ``letters`` other than ``avoid`` (seeded)."""
     generator, orders = random.Random(seed), []
-    possible = 1
-    for n in range(2, len(letters) + 1):
-        possible *= n
-    while len(orders) < min(count, possible - 1):
+    while len(orders) < min(count, math.factorial(len(letters)) - 1):
         order = tuple(generator.sample(letters, len(letters)))
         if order != tuple(avoid) and order not in orders:
             orders.append(order)
@@ -91,6 +89,7 @@ def search_order(model: nn.Module, model_bytes: bytes, data: StageData, specs: d
         rows += run_sweep(orders=[order for _, order in candidates], **sweep)
     rows = _unique(rows)
     start = stage_report("input", model, data, {}).row()
+    start["test_accuracy"] = evaluate(model, data, "test") if data.test is not None else None
     latencies = _latencies(candidates, rows, model_bytes, data, out, trust_builder, echo) if latency else {}
     report = write_order_report(out, model=labels[0], data=labels[1], specs=specs, seeds=seeds, epochs=epochs,
                                 rows=rows, start=start, decisions=decisions, checks=checks, ordering=ordering,

@@ -84,6 +84,10 @@ def test_a_tiny_sweep_end_to_end_and_resumed(checkpoint, tmp_path):
     assert latency and float(latency.group(1)) > 0 and float(latency.group(2)) > 0, report
     html = (out / "report.html").read_text()
     assert html.count("<img") == 2 and "P before Q" in html
+    start = re.search(r"validation accuracy ([0-9.]+)%, .* ([0-9,]+) BitOps per example", report)
+    ok = [r for r in rows if r["status"] == "ok" and r["accuracy"] >= float(start.group(1)) / 100 - 0.05]
+    cheapest = min(ok, key=lambda r: r["bitops"])
+    assert f"| 5 | {'→'.join(cheapest['order'])} |" in report, report
 
     data = load_data_spec("digits")
     for name in ("PQ", "P", "Q"):
