@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -73,7 +74,8 @@ def execute_run(model_bytes: bytes, data: StageData, specs: list[dict], seed: in
 
     torch.set_num_threads(max(1, int(threads)))
     started = time.perf_counter()
-    where = {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+    where = {"node": ray.get_runtime_context().get_node_id(), "ip": ray.util.get_node_ip_address(),
+             "pid": os.getpid()}
     data = dataclasses.replace(data, seed=seed)
     with tempfile.TemporaryDirectory(prefix="edgepack-order-") as folder:
         start = Path(folder) / "start.safetensors"
@@ -118,6 +120,10 @@ def _check_reachable(address: str) -> None:
 def ray_session(settings: SweepSettings):
     """Ray for the sweep: the session already open, else a connection to ``settings.address`` or a local
     instance (kept on loopback), shut down on leaving."""
+    if settings.address is None and "ray" not in sys.modules:
+        # A local instance: Ray 2.60 would advertise the host's external address and listen on every interface;
+        # this (read when ray is imported) keeps it on 127.0.0.1.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         import ray
     except ImportError:
@@ -126,10 +132,7 @@ def ray_session(settings: SweepSettings):
     if ray.is_initialized():
         yield ray
         return
-    if settings.address is None:
-        # A local instance: Ray 2.60 would advertise the host's external address; this keeps it on 127.0.0.1.
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    else:
+    if settings.address is not None:
         _check_reachable(settings.address)
     try:
         ray.init(address=settings.address, num_cpus=settings.local_cpus if settings.address is None else None,

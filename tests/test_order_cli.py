@@ -25,19 +25,19 @@ from edgepack.demo import digits_mlp
 from edgepack.pipeline_data import load_data_spec
 
 RAY = Path(sys.executable).with_name("ray")
-# Every Ray test stays on loopback: a local instance is 127.0.0.1 with this (the product sets it too); token
-# authentication (on by default in Ray 2.60) is off for the test clusters.
-ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-       "RAY_USAGE_STATS_ENABLED": "0"}
+# Every Ray test stays on loopback: edgepack's local instance sets RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 itself
+# (checked below); token authentication (on by default in Ray 2.60) is off for the test clusters.
+ENV = {**{k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"},
+       "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 TASK = "ray::execute_run"
 
 
-def order(*args, env=ENV, prefix=(), **popen):
+def order(*args, prefix=(), **popen):
     """``edgepack order`` in its own process (Ray starts and stops with it)."""
     command = [*prefix, sys.executable, "-m", "edgepack.cli", "order", *map(str, args)]
     if popen:
-        return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        return subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
 
 
 def rows_of(out: Path) -> list[dict]:
@@ -74,6 +74,7 @@ def test_a_tiny_sweep_end_to_end_and_resumed(checkpoint, tmp_path):
     assert "recommended order: P → Q" in done.stdout
     rows = rows_of(out)
     assert sorted("".join(r["order"]) for r in rows) == ["P", "PQ", "Q", "QP"]
+    assert {r["ip"] for r in rows} == {"127.0.0.1"}  # the local instance stays on loopback
     by_order = {"".join(r["order"]): r for r in rows}
     assert by_order["QP"]["status"] == "invalid" and "cannot follow channels" in by_order["QP"]["error"]
     report = (out / "report.md").read_text()
@@ -188,8 +189,7 @@ def test_the_sweep_spreads_over_a_two_node_cluster(checkpoint, tmp_path):
     if made.returncode:
         pytest.skip(f"cannot make a network namespace here: {made.stderr.strip()}")
     inside = ["ip", "netns", "exec", namespace]
-    # Two nodes need Ray's cluster mode (no RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER); the namespace keeps it on lo.
-    env = {key: value for key, value in ENV.items() if key != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    # Two nodes need Ray's cluster mode (ENV has no RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER); the namespace keeps it on lo
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
     groups = []  # each node's daemons stay in the process group of its `ray start`: stopped by group, not
     try:         # by `ray stop`, which would stop every Ray on this machine
@@ -197,19 +197,19 @@ def test_the_sweep_spreads_over_a_two_node_cluster(checkpoint, tmp_path):
         common = ["--num-cpus", "1", "--disable-usage-stats"]
         for extra in (["--head", "--port", "6379", "--include-dashboard", "false", "--temp-dir", temp],
                       ["--address", "127.0.0.1:6379"]):
-            node = subprocess.Popen([*inside, str(RAY), "start", *extra, *common], env=env, start_new_session=True,
+            node = subprocess.Popen([*inside, str(RAY), "start", *extra, *common], env=ENV, start_new_session=True,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             groups.append(node.pid)
             output, _ = node.communicate(timeout=120)
             assert node.returncode == 0, output
         out = tmp_path / "cluster"
         done = order("--model", checkpoint, "--data", "digits", "--stages", "P,Q,E", "--seeds", 2, "--budget", 3,
-                     "--random-orders", 1, "--no-latency", "--address", "127.0.0.1:6379", "-o", out, env=env,
-                     prefix=inside)
+                     "--random-orders", 1, "--no-latency", "--address", "127.0.0.1:6379", "-o", out, prefix=inside)
         assert done.returncode == 0, done.stdout + done.stderr
         assert "(2 nodes, 1 CPU per task)" in done.stdout
         rows = rows_of(out)
         assert len({r["node"] for r in rows}) == 2, [(r["order"], r["node"]) for r in rows]
+        assert {r["ip"] for r in rows} == {"127.0.0.1"}
         assert "2 Ray node id(s) recorded" in (out / "report.md").read_text()
     finally:
         for group in groups:
