@@ -4,7 +4,7 @@ orders, and the report."""
 
 from __future__ import annotations
 
-import math
+import itertools
 import random
 import tempfile
 import time
@@ -44,14 +44,29 @@ class OrderResult:
     report: Path
 
 
-def random_orders(letters: list[str], count: int, avoid: tuple[str, ...], seed: int = 0) -> list[tuple[str, ...]]:
-    """Up to ``count`` distinct random permutations of ``letters`` other than ``avoid`` (seeded)."""
-    generator, orders = random.Random(seed), []
-    while len(orders) < min(count, math.factorial(len(letters)) - 1):
-        order = tuple(generator.sample(letters, len(letters)))
-        if order != tuple(avoid) and order not in orders:
-            orders.append(order)
-    return orders
+def random_orders(letters: list[str], count: int, avoid: tuple[str, ...], blocked=(), seed: int = 0):
+    """Up to ``count`` distinct random orders of all ``letters`` other than ``avoid`` (seeded), drawn from those
+    with no ``blocked`` pair (x, y) with x before y — orders the pairwise runs show cannot run — when there are
+    any; returns the orders and whether they were drawn from the runnable ones."""
+    generator = random.Random(seed)
+    if len(letters) <= 8:
+        pool = list(itertools.permutations(letters))
+    else:  # 9! and more: a sample of them
+        pool = list({tuple(generator.sample(letters, len(letters))) for _ in range(20000)})
+    pool = [order for order in pool if order != tuple(avoid)]
+    runnable = [order for order in pool
+                if not any((x, y) in blocked for x, y in itertools.combinations(order, 2))]
+    chosen = runnable or pool
+    return generator.sample(chosen, min(count, len(chosen))), bool(runnable)
+
+
+def blocked_pairs(rows: list[dict]) -> set[tuple[str, str]]:
+    """(x, y) whose two-stage runs were all invalid: y cannot follow x."""
+    pairs = {}
+    for row in rows:
+        if len(row["order"]) == 2:
+            pairs.setdefault(tuple(row["order"]), []).append(row.get("status") == "invalid")
+    return {pair for pair, invalid in pairs.items() if all(invalid)}
 
 
 def search_order(model: nn.Module, model_bytes: bytes, data: StageData, specs: dict[str, dict], output_dir, *,
@@ -83,9 +98,10 @@ def search_order(model: nn.Module, model_bytes: bytes, data: StageData, specs: d
         echo(f"recommended order: {' → '.join(ordering.order)}")
         recommended = tuple(ordering.order)
         candidates = [("recommended", recommended)] + [(f"{letter} alone", (letter,)) for letter in letters]
-        candidates += [(f"random {i + 1}", order) for i, order in
-                       enumerate(random_orders(letters, random_count, recommended))]
-        echo(f"comparison runs: the recommended order, {len(letters)} single stages, {random_count} random orders")
+        randoms, runnable = random_orders(letters, random_count, recommended, blocked_pairs(rows))
+        kind = "random runnable" if runnable else "random"
+        candidates += [(f"{kind} {i + 1}", order) for i, order in enumerate(randoms)]
+        echo(f"comparison runs: the recommended order, {len(letters)} single stages, {len(randoms)} {kind} orders")
         rows += run_sweep(orders=[order for _, order in candidates], **sweep)
     rows = _unique(rows)
     start = stage_report("input", model, data, {}).row()

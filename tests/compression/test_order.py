@@ -19,7 +19,7 @@ from edgepack.compression.order import (
     recommend,
     stage_specs,
 )
-from edgepack.compression.order_search import random_orders
+from edgepack.compression.order_search import blocked_pairs, random_orders
 from edgepack.compression.order_sweep import read_runs, run_key
 from edgepack.compression.stages import StageError
 
@@ -150,11 +150,22 @@ def test_stage_settings_letters_and_triples():
             parse_triples(text, list("DPQE"))
 
 
-def test_random_orders_are_distinct_and_avoid_the_recommended_one():
-    orders = random_orders(list("DPQE"), 5, tuple("DPQE"))
-    assert len(set(orders)) == 5 and tuple("DPQE") not in orders and all(sorted(o) == list("DEPQ") for o in orders)
-    assert random_orders(list("DPQE"), 5, tuple("DPQE")) == orders  # seeded
-    assert random_orders(list("DP"), 5, ("D", "P")) == [("P", "D")]
+def test_random_orders_are_distinct_avoid_the_recommended_one_and_prefer_runnable_ones():
+    orders, runnable = random_orders(list("DPQE"), 5, tuple("DPQE"))
+    assert runnable and len(set(orders)) == 5 and tuple("DPQE") not in orders
+    assert all(sorted(o) == list("DEPQ") for o in orders)
+    assert random_orders(list("DPQE"), 5, tuple("DPQE")) == (orders, True)  # seeded
+    assert random_orders(list("DP"), 5, ("D", "P")) == ([("P", "D")], True)
+    rows = runs("QP", [0], status="invalid") + runs("PQ", [0.9]) + runs("ED", [0, 0], status="invalid")
+    rows += runs("DE", [0.9]) + runs("QE", [0.9]) + runs("EQ", [0.9]) + runs("EQP", [0], status="invalid")
+    blocked = blocked_pairs(rows)
+    assert blocked == {("Q", "P"), ("E", "D")}
+    orders, runnable = random_orders(list("DPQE"), 30, tuple("DPQE"), blocked)
+    position = [{letter: i for i, letter in enumerate(o)} for o in orders]
+    assert runnable and all(p["P"] < p["Q"] and p["D"] < p["E"] for p in position)
+    assert len(orders) == 24 // 4 - 1  # P before Q and D before E: a quarter of the 24 orders, less DPQE
+    everything = {(x, y) for x in "DP" for y in "DP" if x != y}
+    assert random_orders(list("DP"), 3, ("D", "P"), everything) == ([("P", "D")], False)
 
 
 def test_run_keys_follow_the_settings_and_torn_results_are_skipped(tmp_path):
