@@ -26,6 +26,7 @@ from .stages import StageData, StageError
 
 RUNS = "runs.jsonl"
 RUN_CHECKPOINTS = "runs"
+MAX_RUNS_BYTES = 256 << 20  # a run's row is a few kB: far more runs than any sweep
 
 
 @dataclasses.dataclass
@@ -50,6 +51,9 @@ def read_runs(path: Path) -> list[dict]:
     """The recorded runs; a line cut short by a crash (or otherwise unreadable) is skipped."""
     rows = []
     if path.is_file():
+        if path.stat().st_size > MAX_RUNS_BYTES:
+            raise EdgepackError(f"{path}: {path.stat().st_size:,} bytes, more than a sweep writes (at most "
+                                f"{MAX_RUNS_BYTES:,}); use another -o or --restart")
         for line in path.read_text(errors="replace").splitlines():
             try:
                 row = json.loads(line)

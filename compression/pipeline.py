@@ -107,22 +107,37 @@ def check_stages(stages) -> list[tuple[str, dict]]:
     return checked
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without anchors / aliases: a few hundred bytes of nested aliases expand to gigabytes once walked."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed here",
+                                              self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
+def read_settings_file(path: Path, what: str):
+    """A YAML / JSON settings file (a pipeline, the order search's stages) as plain data: at most
+    MAX_PIPELINE_BYTES, no YAML aliases; a missing, large or malformed file is a StageError naming it."""
+    if not path.is_file():
+        raise StageError(f"{what} {str(path)!r} does not exist (no such file)")
+    if path.stat().st_size > MAX_PIPELINE_BYTES:
+        raise StageError(f"{what} {path}: {path.stat().st_size:,} bytes; a {what} is at most {MAX_PIPELINE_BYTES:,}")
+    try:
+        text = path.read_text()
+        return json.loads(text) if path.suffix == ".json" else yaml.load(text, Loader=_NoAliasLoader)
+    except (ValueError, yaml.YAMLError, UnicodeDecodeError) as error:
+        raise StageError(f"{what} {path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
+                         f"{' '.join(str(error).split())}") from None
+
+
 def load_pipeline(source) -> Pipeline:
     """A pipeline from a YAML/JSON file (``str`` / ``Path``) or an already-parsed mapping, checked up front."""
     folder = None
     if isinstance(source, (str, Path)):
         path = Path(source)
-        if not path.is_file():
-            raise StageError(f"pipeline file {str(path)!r} does not exist")
-        if path.stat().st_size > MAX_PIPELINE_BYTES:
-            raise StageError(f"pipeline file {path}: {path.stat().st_size:,} bytes; a pipeline file is at most "
-                             f"{MAX_PIPELINE_BYTES:,}")
-        try:
-            text = path.read_text()
-            source = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        except (ValueError, yaml.YAMLError, UnicodeDecodeError) as error:
-            raise StageError(f"pipeline file {path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
-                             f"{' '.join(str(error).split())}") from None
+        source = read_settings_file(path, "pipeline file")
         folder = path.resolve().parent
     if not isinstance(source, dict):
         raise StageError(f"a pipeline is a map with 'stages' (and optional data, seed, batch_size), got "

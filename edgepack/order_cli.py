@@ -69,23 +69,13 @@ def add_parser(commands) -> None:
 
 
 def _stages_file(path: str | None) -> dict:
-    """The letters' settings of ``--stages-file`` (YAML/JSON mapping), read within the pipeline files' limit."""
-    import yaml
-
-    from edgepack.compression.pipeline import MAX_PIPELINE_BYTES
+    """The letters' settings of ``--stages-file`` (YAML/JSON mapping), read as pipeline files are."""
+    from edgepack.compression.pipeline import read_settings_file
     from edgepack.compression.stages import StageError
 
     if path is None:
         return {}
-    file = Path(path)
-    if not file.is_file():
-        raise StageError(f"--stages-file {path}: no such file")
-    if file.stat().st_size > MAX_PIPELINE_BYTES:
-        raise StageError(f"--stages-file {path}: larger than {MAX_PIPELINE_BYTES} bytes")
-    try:
-        content = yaml.safe_load(file.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise StageError(f"--stages-file {path}: not YAML/JSON: {' '.join(str(error).split())[:200]}") from None
+    content = read_settings_file(Path(path), "--stages-file")
     if not isinstance(content, dict) or not all(isinstance(k, str) and len(k) == 1 for k in content):
         raise StageError(f"--stages-file {path}: expected a mapping of letters to {{stage: {{params}}}}")
     return content

@@ -225,6 +225,7 @@ def test_bad_input_is_one_error_line_before_ray_starts(checkpoint, tmp_path, cap
     (tmp_path / "file").write_text("x")
     (tmp_path / "bad.yaml").write_text("P: [1, 2]\n")
     (tmp_path / "list.yaml").write_text("- P\n")
+    (tmp_path / "alias.yaml").write_text("a: &a [1, 2]\nP: {prune: {layers: *a}}\n")
     base = ["order", "--model", str(checkpoint), "--data", "digits", "-o", str(tmp_path / "out")]
     cases = [
         (["--stages", "P"], "two or more different letters"),
@@ -232,6 +233,7 @@ def test_bad_input_is_one_error_line_before_ray_starts(checkpoint, tmp_path, cap
         (["--stages", "P,Q", "--triples", "PQ"], "three different letters"),
         (["--stages", "P,Q", "--stages-file", str(tmp_path / "bad.yaml")], "expected {stage: {params}}"),
         (["--stages", "P,Q", "--stages-file", str(tmp_path / "list.yaml")], "a mapping of letters"),
+        (["--stages", "P,Q", "--stages-file", str(tmp_path / "alias.yaml")], "aliases (*name) are not allowed"),
         (["--stages", "P,Q", "--stages-file", str(tmp_path / "none.yaml")], "no such file"),
         (["--stages", "P,Q", "--random-orders", "-1"], "--random-orders must be >= 0"),
         (["--stages", "P,Q", "--address", "127.0.0.1:9"], "no Ray cluster answers there"),

@@ -20,8 +20,9 @@ from edgepack.compression.order import (
     stage_specs,
 )
 from edgepack.compression.order_search import blocked_pairs, random_orders
-from edgepack.compression.order_sweep import read_runs, run_key
+from edgepack.compression.order_sweep import MAX_RUNS_BYTES, read_runs, run_key
 from edgepack.compression.stages import StageError
+from edgepack.errors import EdgepackError
 
 
 def runs(order, accuracies, bitops=1000, weight_bytes=100, status="ok"):
@@ -182,3 +183,12 @@ def test_run_keys_follow_the_settings_and_torn_results_are_skipped(tmp_path):
     path.write_text(json.dumps(rows[0]) + "\n" + '{"key": "c", "ord' + "\n" + "[1, 2]\n" + json.dumps(rows[1]) + "\n")
     assert read_runs(path) == rows
     assert read_runs(tmp_path / "none.jsonl") == []
+    generator = random.Random(5)  # garbage of every kind: skipped line by line, never an exception
+    for _ in range(200):
+        junk = bytes(generator.randrange(256) for _ in range(generator.randrange(200)))
+        path.write_bytes(junk + b"\n" + json.dumps(rows[0]).encode() + b"\n" + junk[::-1])
+        assert rows[0] in read_runs(path)
+    with open(path, "wb") as file:
+        file.truncate(MAX_RUNS_BYTES + 1)
+    with pytest.raises(EdgepackError, match="more than a sweep writes"):
+        read_runs(path)

@@ -241,3 +241,13 @@ def test_recipe_stage_names_each_layer_and_wraps_recipe_errors(trained, data):
         STAGES["recipe"](trained, data, recipe={"conv*": {"method": "hashed", "ratio": 0.5}})
     with pytest.raises(StageError, match="unknown method 'zip'"):
         STAGES["recipe"](trained, data, recipe={"fc1": {"method": "zip"}})
+
+
+def test_yaml_aliases_are_refused_before_they_expand(tmp_path):
+    """A billion-laughs file is a few hundred bytes; walking it would take gigabytes."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}]" for i in range(1, 30)]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines) + "\nstages: [{prune: {layers: *a29}}]\n")
+    with pytest.raises(StageError, match="aliases .* are not allowed"):
+        load_pipeline(bomb)
