@@ -28,6 +28,22 @@ def one_thread():
 
 
 @pytest.fixture(scope="session")
+def digits_checkpoint(tmp_path_factory):
+    """A digits MLP (64 → 16 → 16 → 10) trained a few epochs, as a checkpoint (pipeline and order CLI tests)."""
+    import torch
+
+    from edgepack.compression import save_checkpoint
+    from edgepack.compression.stages import fine_tune
+    from edgepack.demo import digits_mlp
+    from edgepack.pipeline_data import load_data_spec
+
+    torch.manual_seed(0)
+    model = fine_tune(digits_mlp(16), load_data_spec("digits"), epochs=8, lr=1e-2, progress=False)
+    return save_checkpoint(model, tmp_path_factory.mktemp("digits") / "digits.safetensors",
+                           "edgepack.demo:digits_mlp", {"hidden": 16})
+
+
+@pytest.fixture(scope="session")
 def sshd(tmp_path_factory) -> Sshd:
     """An sshd on 127.0.0.1:PORT that accepts one throw-away key; stopped at the end."""
     if not SSHD.exists() or shutil.which("ssh") is None or shutil.which("ssh-keygen") is None:

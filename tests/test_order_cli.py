@@ -17,10 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from edgepack.compression import load_checkpoint, run_pipeline, save_checkpoint
-from edgepack.compression.stages import evaluate, fine_tune
+from edgepack.compression.stages import evaluate
 from edgepack.demo import digits_mlp
 from edgepack.pipeline_data import load_data_spec
 
@@ -45,14 +44,6 @@ def rows_of(out: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    model = fine_tune(digits_mlp(16), load_data_spec("digits"), epochs=8, lr=1e-2, progress=False)
-    return save_checkpoint(model, tmp_path_factory.mktemp("order") / "digits.safetensors", "edgepack.demo:digits_mlp",
-                           {"hidden": 16})
-
-
-@pytest.fixture(scope="module")
 def slow_task(tmp_path_factory):
     """A checkpoint and data on which one pruning run takes seconds: long enough to kill its worker."""
     folder = tmp_path_factory.mktemp("slow")
@@ -65,9 +56,9 @@ def slow_task(tmp_path_factory):
     return path, folder / "data.npz"
 
 
-def test_a_tiny_sweep_end_to_end_and_resumed(checkpoint, tmp_path):
+def test_a_tiny_sweep_end_to_end_and_resumed(digits_checkpoint, tmp_path):
     out = tmp_path / "sweep"
-    args = ["--model", checkpoint, "--data", "digits", "--stages", "P,Q", "--seeds", 1, "--budget", 1,
+    args = ["--model", digits_checkpoint, "--data", "digits", "--stages", "P,Q", "--seeds", 1, "--budget", 1,
             "--random-orders", 1, "--local-cpus", 2, "-o", out]
     done = order(*args)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -98,7 +89,7 @@ def test_a_tiny_sweep_end_to_end_and_resumed(checkpoint, tmp_path):
         assert evaluate(model, data) == pytest.approx(run["accuracy"], abs=1e-12)
         assert evaluate(model, data, "test") == pytest.approx(run["test_accuracy"], abs=1e-12)
     # The same pipeline in this process, from the same start and seed: the same result
-    local, reports = run_pipeline(load_checkpoint(checkpoint), data, [
+    local, reports = run_pipeline(load_checkpoint(digits_checkpoint), data, [
         {"prune_channels": {"ratio": 0.5, "epochs": 1}}, {"quantize": {"mode": "ptq", "epochs": 1}}],
         tmp_path / "local", "edgepack.demo:digits_mlp", {"hidden": 16}, progress=False, echo=lambda _: None)
     assert reports[-1].accuracy == pytest.approx(by_order["PQ"]["accuracy"], abs=2 / len(data.val[1]))
@@ -183,7 +174,7 @@ def _netns_usable() -> bool:
 
 
 @pytest.mark.skipif(not _netns_usable(), reason="needs root, iproute2 (ip netns) and the ray CLI")
-def test_the_sweep_spreads_over_a_two_node_cluster(checkpoint, tmp_path):
+def test_the_sweep_spreads_over_a_two_node_cluster(digits_checkpoint, tmp_path):
     namespace = f"edgepack-ray-{os.getpid()}"
     made = subprocess.run(["ip", "netns", "add", namespace], capture_output=True, text=True)
     if made.returncode:
@@ -203,7 +194,7 @@ def test_the_sweep_spreads_over_a_two_node_cluster(checkpoint, tmp_path):
             output, _ = node.communicate(timeout=120)
             assert node.returncode == 0, output
         out = tmp_path / "cluster"
-        done = order("--model", checkpoint, "--data", "digits", "--stages", "P,Q,E", "--seeds", 2, "--budget", 3,
+        done = order("--model", digits_checkpoint, "--data", "digits", "--stages", "P,Q,E", "--seeds", 2, "--budget", 3,
                      "--random-orders", 1, "--no-latency", "--address", "127.0.0.1:6379", "-o", out, prefix=inside)
         assert done.returncode == 0, done.stdout + done.stderr
         assert "(2 nodes, 1 CPU per task)" in done.stdout
@@ -219,14 +210,14 @@ def test_the_sweep_spreads_over_a_two_node_cluster(checkpoint, tmp_path):
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def test_bad_input_is_one_error_line_before_ray_starts(checkpoint, tmp_path, capsys):
+def test_bad_input_is_one_error_line_before_ray_starts(digits_checkpoint, tmp_path, capsys):
     from edgepack.cli import main
 
     (tmp_path / "file").write_text("x")
     (tmp_path / "bad.yaml").write_text("P: [1, 2]\n")
     (tmp_path / "list.yaml").write_text("- P\n")
     (tmp_path / "alias.yaml").write_text("a: &a [1, 2]\nP: {prune: {layers: *a}}\n")
-    base = ["order", "--model", str(checkpoint), "--data", "digits", "-o", str(tmp_path / "out")]
+    base = ["order", "--model", str(digits_checkpoint), "--data", "digits", "-o", str(tmp_path / "out")]
     cases = [
         (["--stages", "P"], "two or more different letters"),
         (["--stages", "P,Z"], "unknown stage letter 'Z'"),
@@ -244,10 +235,10 @@ def test_bad_input_is_one_error_line_before_ray_starts(checkpoint, tmp_path, cap
         assert message in capsys.readouterr().err
     assert main(base + ["--stages", "P,Q", "--gpus-per-task", "1", "--local-cpus", "1"]) == 2
     assert "--gpus-per-task 1: no Ray node has that many GPUs (the most is 0)" in capsys.readouterr().err
-    assert main(["order", "--model", str(checkpoint), "--data", "cifar", "--stages", "P,Q", "-o",
+    assert main(["order", "--model", str(digits_checkpoint), "--data", "cifar", "--stages", "P,Q", "-o",
                  str(tmp_path / "o")]) == 2
     assert "not one of the forms" in capsys.readouterr().err
-    assert main(["order", "--model", str(checkpoint), "--data", "digits", "--stages", "P,Q", "-o",
+    assert main(["order", "--model", str(digits_checkpoint), "--data", "digits", "--stages", "P,Q", "-o",
                  str(tmp_path / "file")]) == 2
     assert "is a file" in capsys.readouterr().err
     with pytest.raises(SystemExit):

@@ -13,22 +13,12 @@ from sklearn.datasets import load_digits
 from edgepack.cli import main
 from edgepack.compression import load_checkpoint, save_checkpoint
 from edgepack.compression.stages import StageError, fine_tune
-from edgepack.demo import digits_mlp
 from edgepack.pipeline_data import load_data_spec
 
 PIPELINE = """stages:
   - recipe: {recipe: {fc1: {method: hashed, ratio: 0.25}}, epochs: 1}
   - hyper: {layers: fc2, budget: 0.05, calibration: 100}
 """
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A digits MLP (64 → 16 → 16 → 10) trained a few epochs, as a checkpoint."""
-    torch.manual_seed(0)
-    model = fine_tune(digits_mlp(16), load_data_spec("digits"), epochs=8, lr=1e-2, progress=False)
-    return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "digits.safetensors", "edgepack.demo:digits_mlp",
-                           {"hidden": 16})
 
 
 def write(path, text):
@@ -113,11 +103,11 @@ def test_kws_spec_gives_the_mfcc_features_and_labels_of_each_split(tmp_path):
         load_data_spec("kws:/nope")
 
 
-def test_cli_runs_resumes_and_restarts_a_pipeline(checkpoint, tmp_path, capsys, monkeypatch):
+def test_cli_runs_resumes_and_restarts_a_pipeline(digits_checkpoint, tmp_path, capsys, monkeypatch):
     pipeline = write(tmp_path / "p.yaml", "data: digits\n" + PIPELINE)
     out = tmp_path / "out"
     monkeypatch.chdir(tmp_path)
-    assert main(["compress", str(checkpoint), "--pipeline", pipeline, "-o", str(out)]) == 0
+    assert main(["compress", str(digits_checkpoint), "--pipeline", pipeline, "-o", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "weight bytes" in printed and "final checkpoint: " in printed
     rows = [json.loads(line) for line in (out / "pipeline.jsonl").read_text().splitlines()]
@@ -125,26 +115,26 @@ def test_cli_runs_resumes_and_restarts_a_pipeline(checkpoint, tmp_path, capsys, 
     assert rows[0]["weight_bytes"] > rows[1]["weight_bytes"] > rows[2]["weight_bytes"]
     final = load_checkpoint(out / "02-hyper.safetensors")
     assert final.fc2.__class__.__name__ == "HyperLinear" and final.fc1.__class__.__name__ == "HashedLinear"
-    assert main(["compress", str(checkpoint), "--pipeline", pipeline, "-o", str(out), "--resume"]) == 0
+    assert main(["compress", str(digits_checkpoint), "--pipeline", pipeline, "-o", str(out), "--resume"]) == 0
     assert "resuming: stages 1..2 are done" in capsys.readouterr().out
-    assert main(["compress", str(checkpoint), "--pipeline", pipeline, "-o", str(out), "--restart"]) == 0
+    assert main(["compress", str(digits_checkpoint), "--pipeline", pipeline, "-o", str(out), "--restart"]) == 0
     assert "restart: ignoring what" in capsys.readouterr().out
     assert "| 2 | hyper |" in (out / "summary.md").read_text()
 
 
-def test_cli_data_paths_in_the_file_are_relative_to_it(checkpoint, tmp_path, capsys, monkeypatch):
+def test_cli_data_paths_in_the_file_are_relative_to_it(digits_checkpoint, tmp_path, capsys, monkeypatch):
     digits = load_data_spec("digits")
     (tmp_path / "sets").mkdir()
     np.savez(tmp_path / "sets" / "small.npz", x_train=digits.train[0][:200].numpy(), y_train=digits.train[1][:200],
              x_val=digits.val[0][:100].numpy(), y_val=digits.val[1][:100].numpy())
     pipeline = write(tmp_path / "sets" / "p.yaml", "data: small.npz\nstages:\n  - recipe: {recipe: {head: {method: "
                                                    "hashed, ratio: 0.5}}, epochs: 0}\n")
-    monkeypatch.chdir(checkpoint.parent)
-    assert main(["compress", str(checkpoint), "--pipeline", pipeline, "-o", str(tmp_path / "o")]) == 0
+    monkeypatch.chdir(digits_checkpoint.parent)
+    assert main(["compress", str(digits_checkpoint), "--pipeline", pipeline, "-o", str(tmp_path / "o")]) == 0
     assert json.loads((tmp_path / "o" / "pipeline.jsonl").read_text().splitlines()[0])["accuracy"] > 0.5
 
 
-def test_cli_pipeline_errors_are_one_line_and_exit_2(checkpoint, tmp_path, capsys):
+def test_cli_pipeline_errors_are_one_line_and_exit_2(digits_checkpoint, tmp_path, capsys):
     np.savez(tmp_path / "wide.npz", x_train=np.zeros((4, 65), np.float32), y_train=np.zeros(4, np.int64),
              x_val=np.zeros((4, 65), np.float32), y_val=np.zeros(4, np.int64))
     good = write(tmp_path / "good.yaml", PIPELINE)
@@ -162,7 +152,7 @@ def test_cli_pipeline_errors_are_one_line_and_exit_2(checkpoint, tmp_path, capsy
         (["--pipeline", str(tmp_path / "none.yaml")], "pipeline file .* does not exist"),
     ]
     for flags, message in cases:
-        assert main(["compress", str(checkpoint), *flags, "-o", str(tmp_path / "out")]) == 2, flags
+        assert main(["compress", str(digits_checkpoint), *flags, "-o", str(tmp_path / "out")]) == 2, flags
         error = capsys.readouterr().err
         assert error.startswith("edgepack compress: error: ") and len(error.strip().splitlines()) == 1
         assert re.search(message, error), (message, error)
