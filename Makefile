@@ -69,7 +69,7 @@ $(TFLITE214)/.installed:
 	touch $@
 
 test-python: kernels $(OLD_ORT)/.installed $(TFLITE214)/.installed
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=25
 	$(TFLITE214)/bin/python -m pytest -p no:cacheprovider tests/runtime_kernels/test_tflite_delegate.py
 
 test: lint test-c test-python

@@ -124,6 +124,13 @@ def descends(pid: int, ancestor: int, parent: dict[int, int]) -> bool:
     return False
 
 
+def still_running_a_task(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].split()[0].decode() == TASK
+    except (OSError, IndexError):
+        return False
+
+
 def kill_first_task(process: subprocess.Popen, timeout: float = 120) -> int:
     """SIGKILL the first worker of ``process``'s Ray instance seen executing a run (after it has run a
     moment); its pid. Only descendants of ``process``: another Ray on this machine is left alone."""
@@ -136,8 +143,9 @@ def kill_first_task(process: subprocess.Popen, timeout: float = 120) -> int:
                 if args and args[0].split()[0] == TASK and descends(int(pid), process.pid, parent)]
         if pids:
             time.sleep(1.0)
-            os.kill(pids[0], signal.SIGKILL)
-            return pids[0]
+            if still_running_a_task(pids[0]):  # a quick run may have ended: its idle worker is no test
+                os.kill(pids[0], signal.SIGKILL)
+                return pids[0]
         time.sleep(0.1)
     raise AssertionError("no Ray worker ran a task: " + (process.stdout.read() if process.poll() is not None else ""))
 
