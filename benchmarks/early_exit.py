@@ -2,9 +2,11 @@
 model at its threshold, against the full model (``full.onnx``, no exits), in one process.
 
 Each example runs alone (batch 1, as on a device), in ONNX Runtime or (``--runtime tflite``) in LiteRT on the
-exported .tflite files. The two are timed in interleaved rounds (early exit first in even rounds, the full
-model first in odd ones) and each figure is the median over rounds of the mean latency per example, so
-drifts of the machine hit both alike. ``-o FILE`` appends one record per manifest in the results format.
+exported .tflite files (fully int8 ones for an int8 net, whose confidence the runner computes from the exit
+logits: the manifest's ``confidence: "logits"``). The two are timed in interleaved rounds (early exit first
+in even rounds, the full model first in odd ones) and each figure is the median over rounds of the mean
+latency per example, so drifts of the machine hit both alike. ``-o FILE`` appends one record per manifest in
+the results format.
 """
 
 from __future__ import annotations

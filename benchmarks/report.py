@@ -51,6 +51,30 @@ def well_formed(record: dict) -> bool:
             and isinstance(latencies, list) and bool(latencies) and all(_number(v) for v in latencies))
 
 
+def early_exit_record(record: dict) -> bool:
+    """Whether ``record`` is a well-formed ``edgepack bench --early-exit`` result (benchmarks/early_exit.py)."""
+    metrics, details = record.get("metrics"), record.get("early_exit")
+    keys = ("early_exit_latency_ms", "full_latency_ms", "early_exit_accuracy", "full_accuracy")
+    return (record.get("kind") == "early_exit" and isinstance(record.get("model"), str)
+            and isinstance(record.get("runtime"), str) and isinstance(metrics, dict) and isinstance(details, dict)
+            and all(_number(metrics.get(key)) for key in keys) and metrics["early_exit_latency_ms"] > 0
+            and isinstance(details.get("exit_names"), list) and isinstance(details.get("exit_fractions"), list)
+            and all(_number(v) for v in details["exit_fractions"]))
+
+
+def _early_exit_rows(records: list[dict]) -> list[list]:
+    rows = []
+    for r in records:
+        m, d = r["metrics"], r["early_exit"]
+        exits = ", ".join(f"{name} {significant(100 * share)} %" for name, share in
+                          zip(map(str, d["exit_names"]), d["exit_fractions"]))
+        rows.append([r["model"], r["runtime"], r.get("threads"), d.get("threshold"),
+                     format_time_ms(m["early_exit_latency_ms"]), format_time_ms(m["full_latency_ms"]),
+                     format_ratio(m["full_latency_ms"] / m["early_exit_latency_ms"]),
+                     _percent(m["early_exit_accuracy"]), _percent(m["full_accuracy"]), exits])
+    return rows
+
+
 def _label(record: dict) -> str:
     kernels = ", fused kernels" if record.get("weights") == "fused kernels" else ""
     return f"{record['model']} [{record['runtime']}, {record.get('device_spec', '?')}{kernels}]"
@@ -131,9 +155,10 @@ def write_report(results: str | Path, out: str | Path, baseline: str | None = No
     loaded = load_results(results)
     records = loaded.records
     ok = [r for r in records if r.get("status") == "ok" and well_formed(r)]
+    exits = [r for r in records if r.get("status") == "ok" and early_exit_record(r)]
     failed = [r for r in records if r.get("status") != "ok"]
-    skipped = loaded.skipped + len(records) - len(ok) - len(failed)
-    if not ok and not failed:
+    skipped = loaded.skipped + len(records) - len(ok) - len(exits) - len(failed)
+    if not ok and not exits and not failed:
         raise ResultsError(f"{results}: no results to report" + (
             f" ({skipped} unreadable line(s) or incomplete record(s) skipped)" if skipped else ""))
     out = Path(out)
@@ -141,7 +166,7 @@ def write_report(results: str | Path, out: str | Path, baseline: str | None = No
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ResultsError(f"cannot create the report folder {out}: {error.strerror or error}") from None
-    sections = [f"# edgepack benchmark report\n\n{len(ok)} measurements, {len(failed)} failed, "
+    sections = [f"# edgepack benchmark report\n\n{len(ok) + len(exits)} measurements, {len(failed)} failed, "
                 f"from `{results}`."]
     if skipped:
         sections[0] += (f" {skipped} line(s) skipped: unreadable (torn, not a JSON object, not UTF-8) or "
@@ -171,6 +196,13 @@ def write_report(results: str | Path, out: str | Path, baseline: str | None = No
             ["model", "speed-up (p50)", "file smaller by", "peak RSS smaller by", "energy saved by",
              "Δ accuracy"],
             _baseline_rows(ok, baseline)))
+    if exits:
+        sections.append("## Early exit\n\n" + markdown_table(
+            ["model", "runtime", "threads", "threshold", "early exit (per input)", "full model (per input)",
+             "speed-up", "accuracy (early exit)", "accuracy (full)", "stopped at"], _early_exit_rows(exits)))
+        sections.append("Early exit: the segments run until the first exit whose confidence reaches the threshold; "
+                        "full model: every input through the whole net. Both timed in the same process in "
+                        "interleaved rounds (median), `edgepack bench --early-exit`.")
     if failed:
         sections.append("## Failed\n\n" + markdown_table(
             ["model", "device", "error"], [[r.get("model"), r.get("device_spec"), r.get("error")] for r in failed]))

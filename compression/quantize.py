@@ -1,11 +1,13 @@
 """int8 quantization on the TFLite int8 spec: post-training calibration (PTQ) and quantization-aware
-training (QAT) of a model's dense Linear / Conv2d layers, so one model exports to ONNX QDQ and to int8 TFLite.
+training (QAT) of a model's dense Linear / Conv2d layers and of its hashed / codebook layers (int8 buckets /
+codebook, compression/quantize_compressed.py), so one model exports to ONNX QDQ and to int8 TFLite.
 
 Weights: int8 symmetric per output channel (zero point 0, −127..127), stored as an int8 buffer plus float32
 scales. Activations: int8 asymmetric per tensor (−128..127), observed at each layer's input and output (after
 its ReLU when the ReLU is fused). Biases stay float32, snapped to the int32 grid of input scale × weight
 scale, so a converter's int32 bias is exact. BatchNorm2d right after a Conv2d in an ``nn.Sequential`` is
-folded first; an ``nn.ReLU`` right after a quantized layer (Identity children skipped) is fused into it.
+folded first (into a hashed / codebook conv's per-channel weight scale); an ``nn.ReLU`` right after a
+quantized layer (Identity children skipped) is fused into it. Circulant, LDR and hyper layers stay float.
 Parameter-free modules next to them (pool, flatten) become ``QuantPassThrough``: each tensor is quantized once.
 Flow: ``prepare`` (fold, fuse, wrap in ``FakeQuantLayer``) → ``calibrate`` → [QAT: ``fine_tune`` with fake
 quant] → ``convert`` (``QuantLinear`` / ``QuantConv2d``), and the ``quantize`` stage doing all of it.
@@ -164,6 +166,14 @@ class FakeQuantLayer(nn.Module):
         """The output's (scale, zero point)."""
         return self.output_observer.qparams()
 
+    def layer_bias(self) -> torch.Tensor | None:
+        """The float bias."""
+        return self.layer.bias
+
+    def quant_layer(self, spec: dict) -> nn.Module:
+        """The int8 layer this one converts to (filled by its ``set_quantization``)."""
+        return QUANT_LAYERS[type(self.layer)].from_dense(self.layer, **spec)
+
     def weight(self) -> torch.Tensor:
         """The float weight, fake-quantized per channel when ``fake``."""
         weight = self.layer.weight
@@ -178,7 +188,7 @@ class FakeQuantLayer(nn.Module):
             self.input_observer.update(x)
         if self.fake:
             x = fake_quant(x, *self.input_qparams())
-        y = _compute(self.layer, x, self.weight(), self.layer.bias)
+        y = _compute(self.layer, x, self.weight(), self.layer_bias())
         if self.relu:
             y = torch.relu(y)
         if observe:
@@ -188,7 +198,7 @@ class FakeQuantLayer(nn.Module):
 
 def _compute(layer: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """The layer's linear map with the given weight (Conv2d geometry taken from ``layer``)."""
-    if isinstance(layer, (nn.Linear, QuantLinear)):
+    if not hasattr(layer, "kernel_size"):
         return F.linear(x, weight, bias)
     return F.conv2d(x, weight, bias, layer.stride, layer.padding, layer.dilation, layer.groups)
 
@@ -202,10 +212,14 @@ class _QuantLayer(nn.Module):
     activation_bits = 8
 
     def _init_quant(self, shape: tuple[int, ...], bias: bool, relu: bool, input_quantized: bool) -> None:
-        self.relu, self.input_quantized = bool(relu), bool(input_quantized)
         self.register_buffer("weight", torch.zeros(shape, dtype=torch.int8))
-        self.register_buffer("weight_scale", torch.ones(shape[0]))
-        self.register_buffer("bias", torch.zeros(shape[0]) if bias else None)
+        self._init_buffers(shape[0], bias, relu, input_quantized)
+
+    def _init_buffers(self, out: int, bias: bool, relu: bool, input_quantized: bool) -> None:
+        """Everything but the int8 weight: scales [out], bias, activation parameters."""
+        self.relu, self.input_quantized = bool(relu), bool(input_quantized)
+        self.register_buffer("weight_scale", torch.ones(out))
+        self.register_buffer("bias", torch.zeros(out) if bias else None)
         for name in ("input", "output"):
             self.register_buffer(f"{name}_scale", torch.tensor(1.0))
             self.register_buffer(f"{name}_zero_point", torch.tensor(0, dtype=torch.int32))
@@ -223,6 +237,10 @@ class _QuantLayer(nn.Module):
         scales = weight_scales(layer.layer.weight)
         self.weight.copy_(quantize_weight(layer.layer.weight, scales))
         self.weight_scale.copy_(scales)
+        self._set_activations(layer, scales)
+
+    def _set_activations(self, layer: FakeQuantLayer, scales: torch.Tensor) -> None:
+        """The activation parameters and the bias on the int32 grid of input scale × ``scales``."""
         input_scale, input_zero = layer.input_qparams()
         output_scale, output_zero = layer.output_qparams()
         self.input_scale.fill_(input_scale)
@@ -232,7 +250,7 @@ class _QuantLayer(nn.Module):
         if self.bias is not None:
             step = self.input_scale * scales  # the int32 bias grid of the TFLite spec
             limit = 2.0 ** 31 - 1
-            self.bias.copy_(torch.round(layer.layer.bias.detach() / step).clamp(-limit, limit) * step)
+            self.bias.copy_(torch.round(layer.layer_bias().detach() / step).clamp(-limit, limit) * step)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = fake_quant(x, *self.qparams("input"))
@@ -318,8 +336,10 @@ def fold_batchnorms(model: nn.Module) -> list[str]:
 
 
 def _fusable_relus(model: nn.Module) -> dict[str, str]:
-    """{layer name: ReLU name} for each nn.ReLU that follows a dense Linear / Conv2d in an nn.Sequential
-    (nn.Identity children in between are skipped)."""
+    """{layer name: ReLU name} for each nn.ReLU that follows a dense Linear / Conv2d or a hashed / codebook
+    layer in an nn.Sequential (nn.Identity children in between are skipped)."""
+    from .quantize_compressed import QUANT_COMPRESSED, unstorable_reason
+
     fused = {}
     for prefix, sequential in _sequentials(model):
         previous = None
@@ -328,7 +348,8 @@ def _fusable_relus(model: nn.Module) -> dict[str, str]:
                 continue
             if type(child) is nn.ReLU and previous is not None:
                 fused[prefix + previous] = prefix + name
-            previous = name if type(child) in QUANT_LAYERS else None
+            storable = type(child) in QUANT_COMPRESSED and unstorable_reason(child) is None
+            previous = name if type(child) in QUANT_LAYERS or storable else None
     return fused
 
 
@@ -346,18 +367,26 @@ def _dense_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 def prepare(model: nn.Module, observer: str = "minmax", percentile: float = 99.99) -> nn.Module:
     """A copy of ``model`` with BatchNorms folded, ReLUs fused and every dense Linear / Conv2d wrapped in a
-    ``FakeQuantLayer`` that observes its activation ranges."""
+    ``FakeQuantLayer`` that observes its activation ranges (a hashed / codebook layer in a
+    ``FakeQuantCompressed``; one that cannot store int8 values stays float)."""
+    from .quantize_compressed import FakeQuantCompressed, fold_compressed_batchnorms, storable_layers
+
     prepared = copy.deepcopy(model).eval()
+    compressed = storable_layers(prepared)
     fold_batchnorms(prepared)
+    folded = fold_compressed_batchnorms(prepared)
     relus = _fusable_relus(prepared)
     layers = _dense_layers(prepared)
-    if not layers:
-        raise QuantizeError(f"{type(model).__name__} has no dense nn.Linear / nn.Conv2d layer to quantize")
+    if not layers and not compressed:
+        raise QuantizeError(f"{type(model).__name__} has no dense nn.Linear / nn.Conv2d layer (nor a hashed / "
+                            "codebook one) to quantize")
     for name, layer in layers.items():
         if isinstance(layer, nn.Conv2d) and layer.padding_mode != "zeros":
             raise QuantizeError(f"layer {name!r}: padding_mode={layer.padding_mode!r}; int8 convs support "
                                 "padding_mode='zeros' only")
         prepared.set_submodule(name, FakeQuantLayer(layer, name in relus, observer, percentile))
+    for name, layer in compressed.items():
+        prepared.set_submodule(name, FakeQuantCompressed(layer, name in relus, observer, percentile, folded.get(name)))
     for relu in relus.values():
         prepared.set_submodule(relu, nn.Identity())
     return prepared
@@ -522,8 +551,8 @@ def convert(model: nn.Module) -> tuple[nn.Module, dict, dict[str, str]]:
     "input_quantized", "bias"}}`` and the pass-throughs ``{name: side}``, which the "quantize" transform replays."""
     structure = {}
     for name, fake in _fake_layers(model).items():
-        spec = {"relu": fake.relu, "input_quantized": fake.input_quantized, "bias": fake.layer.bias is not None}
-        quant = QUANT_LAYERS[type(fake.layer)].from_dense(fake.layer, **spec)
+        spec = {"relu": fake.relu, "input_quantized": fake.input_quantized, "bias": fake.layer_bias() is not None}
+        quant = fake.quant_layer(spec)
         with torch.no_grad():
             quant.set_quantization(fake)
         model.set_submodule(name, quant)
@@ -537,8 +566,11 @@ def convert(model: nn.Module) -> tuple[nn.Module, dict, dict[str, str]]:
 @register_transform("quantize")
 def quantize_transform(model: nn.Module, layers: dict, identity: list, pass_through: dict | None = None) -> nn.Module:
     """Rebuild a quantized model's architecture from the dense one (checkpoint replay): the ``identity``
-    modules (folded BatchNorms, fused ReLUs) become nn.Identity, the ``layers`` QuantLinear / QuantConv2d,
-    the ``pass_through`` modules ({name: "input" | "output"}) are wrapped in QuantPassThrough."""
+    modules (folded BatchNorms, fused ReLUs) become nn.Identity, the ``layers`` QuantLinear / QuantConv2d (or,
+    for hashed / codebook layers, their int8 forms), the ``pass_through`` modules ({name: "input" | "output"})
+    are wrapped in QuantPassThrough."""
+    from .quantize_compressed import QUANT_COMPRESSED, check_storable, storable_layers
+
     replacements = [(name, lambda module: nn.Identity()) for name in identity]
     replacements += [(name, lambda module, side=side: QuantPassThrough(module, side))
                      for name, side in (pass_through or {}).items()]
@@ -547,13 +579,17 @@ def quantize_transform(model: nn.Module, layers: dict, identity: list, pass_thro
         if module is None:
             raise QuantizeError(f"quantize transform: the model has no module {name!r} to replace")
         model.set_submodule(name, make(module))
-    dense = _dense_layers(model)
+    dense = _dense_layers(model) | storable_layers(model)
     for name, spec in layers.items():
         if name not in dense:
-            raise QuantizeError(f"quantize transform: {name!r} is not a dense nn.Linear / nn.Conv2d of the "
-                                f"model; dense layers: {sorted(dense)}")
+            raise QuantizeError(f"quantize transform: {name!r} is not a dense nn.Linear / nn.Conv2d or a hashed / "
+                                f"codebook layer of the model; those layers: {sorted(dense)}")
         layer = dense[name]
-        model.set_submodule(name, QUANT_LAYERS[type(layer)].from_dense(layer, **spec))
+        if type(layer) in QUANT_COMPRESSED:
+            check_storable(name, layer)
+            model.set_submodule(name, QUANT_COMPRESSED[type(layer)].from_compressed(layer, **spec))
+        else:
+            model.set_submodule(name, QUANT_LAYERS[type(layer)].from_dense(layer, **spec))
     return model
 
 

@@ -249,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "full.onnx and manifest.json into the folder -o (for bench --early-exit)")
     export.add_argument("--format", choices=["onnx", "onnx,tflite"],
                         help="with --early-exit: ONNX files only (default), or also a verified batch-1 .tflite "
-                             "per file (float nets; int8 ones are refused)")
+                             "per file (fully int8 for an int8 net: quantize after early_exit)")
     export.set_defaults(handler=_export)
 
     convert = commands.add_parser("convert", help="convert an ONNX model to TFLite (no TensorFlow)")

@@ -8,6 +8,15 @@ against). With ``tflite=True`` each file is also converted to ``.tflite`` (batch
 Runtime) and recorded in the manifest. The runner uses ONNX Runtime sessions or LiteRT interpreters; any
 runtime that runs the segment files can follow the manifest the same way: run segment i, stop if its
 confidence >= threshold, else feed the activation on.
+
+An int8 net (``quantize`` after ``early_exit``) is exported as QDQ segments that a fully int8 converter
+takes: segment i > 0 starts with QuantizeLinear → DequantizeLinear at the previous segment's output
+quantization (exact on the int8 grid the activation already lies on), and an early segment outputs only
+(next activation, exit logits), both int8 tensors dequantized. The manifest's ``confidence`` is then
+``"logits"``: the runner computes the max softmax probability of the exit logits in float32 itself (as
+torch's ``EarlyExitNet.predict`` does on the int8 model's logits), in ONNX Runtime and LiteRT alike. A float
+net's manifest has ``confidence: "output"`` (the segment's third output); a manifest without the field is read
+as ``"output"``.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ FORMAT = "edgepack.early_exit"
 VERSION = 1
 MAX_MANIFEST_BYTES = 1 << 20
 RUNTIMES = ("onnxruntime", "tflite")
+CONFIDENCES = ("output", "logits")  # the segment outputs its exit confidence / the runner computes it from the logits
 
 
 class EarlyExitError(EdgepackError, ValueError):
@@ -32,45 +42,96 @@ class EarlyExitError(EdgepackError, ValueError):
 
 
 class _Segment(nn.Module):
-    """One segment with its exit head: activation -> (next activation, exit logits, max softmax probability)."""
+    """One segment with its exit head: activation -> (next activation, exit logits, max softmax probability);
+    ``confidence=False``: (next activation, exit logits); no head (the last segment): its output. ``input_qparams``
+    (scale, zero point): a QuantizeLinear → DequantizeLinear on the input first (an int8 segment's input is the
+    previous segment's int8 activation, which a fully int8 converter needs quantized at the model input)."""
 
-    def __init__(self, segment: nn.Module, head: nn.Module):
+    def __init__(self, segment: nn.Module, head: nn.Module | None, confidence: bool = True,
+                 input_qparams: tuple[float, int] | None = None):
         super().__init__()
-        self.segment, self.head = segment, head
+        self.segment, self.head, self.confidence, self.input_qparams = segment, head, confidence, input_qparams
 
     def forward(self, x: torch.Tensor):
+        if self.input_qparams is not None:
+            from .onnx_quant import qdq
+
+            x = qdq(x, *self.input_qparams)
         y = self.segment(x)
+        if self.head is None:
+            return y
         logits = self.head(y)
+        if not self.confidence:
+            return y, logits
         return y, logits, torch.softmax(logits, 1).amax(1)
+
+
+def is_int8(model: nn.Module) -> bool:
+    """Whether ``model`` has int8 layers (the quantize stage's QuantLinear / QuantConv2d / int8-stored ones)."""
+    from edgepack.compression.quantize import QuantConv2d, QuantLinear
+    from edgepack.compression.quantize_compressed import INT8_STORED
+
+    return any(isinstance(m, (QuantConv2d, QuantLinear, *INT8_STORED)) for m in model.modules())
+
+
+def max_softmax(logits: np.ndarray) -> np.ndarray:
+    """The max softmax probability per row of ``logits`` [N, classes], in float32 (torch's softmax: exp of the
+    logits minus their max, over the sum; the max term is 1): the confidence of ``confidence: "logits"``."""
+    logits = np.asarray(logits, np.float32)
+    return (np.float32(1) / np.exp(logits - logits.max(1, keepdims=True)).sum(1, dtype=np.float32)).astype(np.float32)
+
+
+def output_qparams(path: Path, name: str) -> tuple[float, int] | None:
+    """(scale, zero point) of graph output ``name`` of the ONNX file when a per-tensor int8 DequantizeLinear
+    writes it (through Identity nodes), else None."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    producers = {out: node for node in graph.node for out in node.output}
+    constants = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    node = producers.get(name)
+    while node is not None and node.op_type == "Identity":
+        node = producers.get(node.input[0])
+    if node is None or node.op_type != "DequantizeLinear" or len(node.input) < 3:
+        return None
+    scale, zero_point = constants.get(node.input[1]), constants.get(node.input[2])
+    if scale is None or zero_point is None or scale.size != 1 or zero_point.dtype != np.int8:
+        return None
+    return float(scale.ravel()[0]), int(zero_point.ravel()[0])
 
 
 def export_early_exit(model, example: torch.Tensor, folder: str | Path, mode: str = "kernels",
                       tflite: bool = False) -> Path:
     """Write ``segment{i}.onnx`` for each segment of ``model`` (an EarlyExitNet), ``full.onnx`` and
     ``manifest.json`` (threshold, files, input / output names and shapes) into ``folder``; returns the manifest.
-    ``tflite``: also ``segment{i}.tflite`` and ``full.tflite`` (batch 1), each verified against ONNX Runtime."""
+    ``tflite``: also ``segment{i}.tflite`` and ``full.tflite`` (batch 1, float inputs and outputs), each verified
+    against ONNX Runtime; an int8 net's become fully int8 models (QUANTIZE at the input, DEQUANTIZE at the outputs)."""
     from edgepack.compression.early_exit import EarlyExitNet
-    from edgepack.compression.quantize import QuantConv2d, QuantLinear
 
     from .onnx_export import export_onnx
 
     if not isinstance(model, EarlyExitNet):
         raise EarlyExitError(f"export_early_exit: needs an EarlyExitNet (the early_exit stage's model), "
                              f"got {type(model).__name__}")
-    if tflite and any(isinstance(m, (QuantConv2d, QuantLinear)) for m in model.modules()):
-        raise EarlyExitError("export_early_exit: an int8 early-exit net (quantize after early_exit) cannot become "
-                             "TFLite segments: a QDQ segment computes its exit confidence (Softmax, ReduceMax) in "
-                             "float and the next segment reads the int8 activation without a QuantizeLinear, "
-                             "which the fully int8 converter refuses; export it as ONNX only (tflite=False, "
-                             "--format onnx) and run it with ONNX Runtime")
+    int8 = is_int8(model)
+    if tflite and int8 and not all(is_int8(head) for head in model.heads):
+        raise EarlyExitError("export_early_exit: this net has int8 layers but float exit heads (early_exit after "
+                             "quantize), which a fully int8 TFLite segment cannot hold; run quantize after "
+                             "early_exit so the heads are int8 too, or export ONNX only (tflite=False, --format onnx)")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model.eval()
     x, segments = torch.cat([example[:1]] * 2), []  # batch 2: a batch of 1 would not export as dynamic
+    qparams = None  # int8: the previous segment's output quantization
     with torch.no_grad():
         for i, segment in enumerate(model.segments):
             last = i == len(model.segments) - 1
-            module = segment if last else _Segment(segment, model.heads[i]).eval()
+            module = segment if last and qparams is None else \
+                _Segment(segment, None if last else model.heads[i], not int8, qparams).eval()
             path = export_onnx(module, (x,), folder / f"segment{i}.onnx", mode=mode)
             outputs = module(x)
             names = _io_names(path)
@@ -78,11 +139,16 @@ def export_early_exit(model, example: torch.Tensor, folder: str | Path, mode: st
             if last:
                 entry.update(logits=names[1][0])
             else:
-                entry.update(activation=names[1][0], logits=names[1][1], confidence=names[1][2], exit=model.exits[i])
+                entry.update(activation=names[1][0], logits=names[1][1], exit=model.exits[i])
+                if not int8:
+                    entry.update(confidence=names[1][2])
+                else:
+                    qparams = output_qparams(path, names[1][0])
                 x = outputs[0]
             segments.append(entry)
         full = export_onnx(model, (torch.cat([example[:1]] * 2),), folder / "full.onnx", mode=mode)
-    manifest = {"format": FORMAT, "version": VERSION, "threshold": model.threshold, "segments": segments,
+    manifest = {"format": FORMAT, "version": VERSION, "threshold": model.threshold,
+                "confidence": "logits" if int8 else "output", "segments": segments,
                 "full": {"file": full.name, "input": _io_names(full)[0][0], "logits": _io_names(full)[1][0]},
                 "input_shape": list(example.shape[1:]), "classes": int(model(example[:1]).shape[1])}
     if tflite:
@@ -136,6 +202,10 @@ def read_manifest(path: str | Path, runtime: str = "onnxruntime") -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
         raise EarlyExitError(f"{path}: not an early-exit manifest (format {FORMAT!r}, version {VERSION}); write "
                              "one with edgepack.exporter.early_exit_export.export_early_exit")
+    confidence = manifest.setdefault("confidence", "output")
+    if confidence not in CONFIDENCES:
+        raise EarlyExitError(f"{path}: field 'confidence' must be one of {', '.join(map(repr, CONFIDENCES))}, got "
+                             f"{confidence!r}")
     threshold = manifest.get("threshold")
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 2:
         raise EarlyExitError(f"{path}: field 'threshold' must be a number in [0, 2], got {threshold!r}")
@@ -144,7 +214,8 @@ def read_manifest(path: str | Path, runtime: str = "onnxruntime") -> dict:
         raise EarlyExitError(f"{path}: field 'segments' must be a non-empty list")
     for i, entry in enumerate(segments + [manifest.get("full")]):
         where = f"segments[{i}]" if i < len(segments) else "full"
-        needed = ["file", "input", "logits"] + (["activation", "confidence"] if i < len(segments) - 1 else [])
+        early = ["activation"] + (["confidence"] if confidence == "output" else [])
+        needed = ["file", "input", "logits"] + (early if i < len(segments) - 1 else [])
         if not isinstance(entry, dict) or any(not isinstance(entry.get(k), str) for k in needed):
             raise EarlyExitError(f"{path}: {where} needs the string fields {', '.join(needed)}")
         if runtime == "tflite" and not isinstance(entry.get("tflite"), str):
@@ -159,7 +230,8 @@ def read_manifest(path: str | Path, runtime: str = "onnxruntime") -> dict:
 class EarlyExitRunner:
     """The exported segments in ONNX Runtime sessions or LiteRT interpreters (``runtime="tflite"``: the .tflite
     files, batch 1, one thread): ``predict`` (class and exit per example) and ``run_one`` (one example, stopping
-    at the first confident exit, as a device runs it)."""
+    at the first confident exit, as a device runs it). With the manifest's ``confidence: "logits"`` (an int8 net)
+    the confidence is ``max_softmax`` of the exit logits, computed here for either runtime."""
 
     def __init__(self, manifest: str | Path, threads: int = 1, use_kernels: bool = True,
                  runtime: str = "onnxruntime"):
@@ -168,11 +240,13 @@ class EarlyExitRunner:
         self.runtime = runtime
         self.threshold = float(self.manifest["threshold"])
         self.segments = self.manifest["segments"]
+        self.from_logits = self.manifest["confidence"] == "logits"
         if runtime == "tflite" and threads != 1:
             raise EarlyExitError(f"the TFLite early-exit runner runs LiteRT with 1 thread; got threads={threads}")
         last = len(self.segments) - 1
-        self.sessions = [self._session(entry, ["logits"] if i == last else ["activation", "logits", "confidence"],
-                                       use_kernels, threads) for i, entry in enumerate(self.segments)]
+        early = ["activation", "logits"] + ([] if self.from_logits else ["confidence"])
+        self.sessions = [self._session(entry, ["logits"] if i == last else early, use_kernels, threads)
+                         for i, entry in enumerate(self.segments)]
         self.full = self._session(self.manifest["full"], ["logits"], use_kernels, threads)
 
     def _session(self, entry: dict, outputs: list[str], use_kernels: bool, threads: int):
@@ -191,7 +265,7 @@ class EarlyExitRunner:
         except EdgepackError as error:
             raise EarlyExitError(f"{path}: cannot load in LiteRT: {error}") from error
         count = len(interpreter.get_output_details())
-        if count != len(outputs):  # the converter keeps the ONNX output order: activation, logits, confidence
+        if count != len(outputs):  # the converter keeps the ONNX output order: activation, logits[, confidence]
             raise EarlyExitError(f"{path}: has {count} outputs, the manifest needs {len(outputs)} "
                                  f"({', '.join(outputs)})")
         return lambda x: run_tflite(interpreter, [x])
@@ -200,7 +274,10 @@ class EarlyExitRunner:
         """(next activation, logits, confidence) of segment ``i``; (None, logits, None) for the last."""
         if i == len(self.segments) - 1:
             return None, self.sessions[i](x)[0], None
-        return tuple(self.sessions[i](x))
+        outputs = self.sessions[i](x)
+        if self.from_logits:
+            return outputs[0], outputs[1], max_softmax(outputs[1])
+        return tuple(outputs)
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(class, exit index) per example of ``x``: each segment runs only on the examples still going (one

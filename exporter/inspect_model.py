@@ -32,6 +32,12 @@ class CompressedNode:
     dense_bytes: int
     plan_bytes: int = 0  # what the kernels build from the weights at load (decoded W, spectra)
     decoded_at_load: bool = False  # decode at load makes it a dense constant (dense_bytes resident)
+    int8: bool = False  # int8 storage: a Cast to int8 reads its output, decoded at load into an int8 weight
+
+    @property
+    def resident_decoded(self) -> int:
+        """Its weight bytes in memory once decoded at load: float32, or int8 (int8 storage)."""
+        return self.dense_bytes // FLOAT_PER_INT8 if self.int8 else self.dense_bytes
 
 
 @dataclass
@@ -54,8 +60,8 @@ class ModelSummary:
     def memory_decoded(self) -> int:
         """Estimated weight bytes in memory with decode at load: decoded nodes as dense constants,
         the others as stored plus their kernels' plans."""
-        return self.other_bytes + sum(node.dense_bytes if node.decoded_at_load else node.stored_bytes + node.plan_bytes
-                                      for node in self.nodes)
+        return self.other_bytes + sum(node.resident_decoded if node.decoded_at_load else
+                                      node.stored_bytes + node.plan_bytes for node in self.nodes)
 
     @property
     def memory_kernels(self) -> int:
@@ -116,8 +122,8 @@ def _decoded_at_load(op_type: str, attributes: dict, named: dict[str, Slot]) -> 
 
 
 def _add_compressed_node(summary: ModelSummary, name: str, op_type: str, attributes: dict,
-                         inputs: list[Slot]) -> None:
-    """Count one ai.edgepack node; ``inputs`` in ONNX order."""
+                         inputs: list[Slot], int8: bool = False) -> None:
+    """Count one ai.edgepack node; ``inputs`` in ONNX order; ``int8``: its output is cast to int8."""
     op = OPS[op_type]
     named = dict(zip(op.input_names, inputs))
     stored = sum(named.get(n, ABSENT).stored for n in op.weight_inputs)
@@ -126,7 +132,7 @@ def _add_compressed_node(summary: ModelSummary, name: str, op_type: str, attribu
     shapes = {n: named.get(n, ABSENT).shape for n in op.weight_inputs}
     summary.nodes.append(CompressedNode(name, op_type, attributes, stored, dense,
                                         plan_bytes(op_type, attributes, shapes),
-                                        _decoded_at_load(op_type, attributes, named)))
+                                        _decoded_at_load(op_type, attributes, named), int8))
 
 
 def inspect_model(path: str | Path) -> ModelSummary:
@@ -157,6 +163,17 @@ def inspect_tflite(path: str | Path) -> ModelSummary:
     summary.dense_bytes += (FLOAT_PER_INT8 - 1) * sum(
         size for i, size in enumerate(sizes) if graph.Tensors(i).Type() == tflite.TensorType.INT8)
     prefix = f"{DOMAIN}."
+    int8_casts, cast_to_int8 = {}, set()  # int8 storage: CAST of a constant int8 tensor; CASTs to int8
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        code = model.OperatorCodes(op.OpcodeIndex())
+        if code.CustomCode() or max(code.BuiltinCode(), code.DeprecatedBuiltinCode()) != tflite.BuiltinOperator.CAST:
+            continue
+        source, out = int(op.Inputs(0)), int(op.Outputs(0))
+        if graph.Tensors(source).Type() == tflite.TensorType.INT8 and sizes[source]:
+            int8_casts[out] = source
+        if graph.Tensors(out).Type() == tflite.TensorType.INT8:
+            cast_to_int8.add(source)
     for i in range(graph.OperatorsLength()):
         op = graph.Operators(i)
         code = model.OperatorCodes(op.OpcodeIndex())
@@ -165,10 +182,10 @@ def inspect_tflite(path: str | Path) -> ModelSummary:
         summary.op_counts[label] += 1
         if custom and custom.startswith(prefix) and custom[len(prefix):] in OPS:
             options = flexbuffers.Loads(bytes(op.CustomOptionsAsNumpy()))
-            inputs = [Slot(sizes[t], shapes[t], True, sizes[t] > 0) if t >= 0 else ABSENT
-                      for t in op.InputsAsNumpy()]
+            inputs = [ABSENT if t < 0 else Slot(sizes[int8_casts[t]], shapes[t], True, True) if t in int8_casts
+                      else Slot(sizes[t], shapes[t], True, sizes[t] > 0) for t in op.InputsAsNumpy()]
             name = graph.Tensors(op.Outputs(0)).Name().decode(errors="replace")
-            _add_compressed_node(summary, name, custom[len(prefix):], options, inputs)
+            _add_compressed_node(summary, name, custom[len(prefix):], options, inputs, op.Outputs(0) in cast_to_int8)
     return summary
 
 
@@ -184,6 +201,13 @@ def inspect_onnx(path: str | Path) -> ModelSummary:
     summary = ModelSummary(str(path), model_size_bytes(path, model))
     summary.stored_bytes = summary.dense_bytes = sum(sizes.values())
     dequantized = {node.input[0] for node in model.graph.node if node.op_type == "DequantizeLinear"}
+    int8 = {t.name for t in model.graph.initializer if t.data_type == TensorProto.INT8 and t.name not in graph_inputs}
+    casts = [node for node in model.graph.node if node.op_type == "Cast" and node.domain in ("", "ai.onnx")
+             and node.input and node.output]
+    for node in casts:  # int8 storage: the Cast to float of an int8 initializer stores its int8 bytes
+        if node.input[0] in int8 and _cast_to(node) == TensorProto.FLOAT:
+            sizes[node.output[0]], shapes[node.output[0]] = sizes[node.input[0]], shapes[node.input[0]]
+    cast_to_int8 = {node.input[0] for node in casts if _cast_to(node) == TensorProto.INT8}
     summary.dense_bytes += (FLOAT_PER_INT8 - 1) * sum(  # int8 weights, not their zero points
         sizes[t.name] for t in model.graph.initializer if t.data_type == TensorProto.INT8 and t.name in dequantized)
     for node in model.graph.node:
@@ -194,8 +218,12 @@ def inspect_onnx(path: str | Path) -> ModelSummary:
         _add_compressed_node(summary, node.name, node.op_type, attributes,
                              [Slot(sizes.get(name, 0), shapes.get(name, []), True,
                                    name in sizes and name not in graph_inputs) if name else ABSENT
-                              for name in node.input])
+                              for name in node.input], node.output[0] in cast_to_int8)
     return summary
+
+
+def _cast_to(node) -> int:
+    return next((a.i for a in node.attribute if a.name == "to"), 0)
 
 
 def _mb(size: int) -> str:
@@ -215,8 +243,9 @@ def format_summary(summary: ModelSummary) -> str:
     for node in summary.nodes:
         attributes = ", ".join(f"{k}={v}" for k, v in sorted(node.attributes.items()))
         at_load = "decoded at load" if node.decoded_at_load else "stays on the kernels"
+        stored = " (int8, decoded to an int8 weight)" if node.int8 else ""
         lines.append(f"  {node.op_type} {node.name}: {attributes}; weights {node.stored_bytes:,} B "
-                     f"stored vs {node.dense_bytes:,} B dense; kernel plan {node.plan_bytes:,} B; {at_load}")
+                     f"stored{stored} vs {node.dense_bytes:,} B dense; kernel plan {node.plan_bytes:,} B; {at_load}")
     ratio = summary.dense_bytes / max(summary.stored_bytes, 1)
     lines.append(f"weights: {summary.stored_bytes:,} B stored, {summary.dense_bytes:,} B as a dense "
                  f"model ({format_ratio(ratio)} smaller)")

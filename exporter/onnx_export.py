@@ -37,7 +37,7 @@ from edgepack.runtime_kernels.op_spec import OPS
 
 from . import torch_ops
 from .fallbacks import DOMAIN, FOLD_LIMIT, FUNCTIONS, STANDARD_OPSET, fallback_function
-from .passes import fuse_epilogues, strip_export_trail
+from .passes import fuse_epilogues, store_int8_decoder_inputs, strip_export_trail
 from .validate import check_onnx_model
 
 MODES = ("kernels", "portable")
@@ -452,7 +452,8 @@ def export_onnx(model: nn.Module, example_inputs, path: str | Path, mode: str = 
             text = " ".join(str(error).split())[:600]
             raise ExportError(f"torch.onnx.export failed for {type(model).__name__}: "
                               f"{type(error).__name__}: {text}") from error
-    proto = _attach_functions(strip_export_trail(fuse_epilogues(program.model_proto)), mode, fallback_fold_limit)
+    proto = fuse_epilogues(store_int8_decoder_inputs(program.model_proto))
+    proto = _attach_functions(strip_export_trail(proto), mode, fallback_fold_limit)
     onnx.checker.check_model(proto, full_check=True)
     check_onnx_model(proto, f"export to {path}")
     path = Path(path)

@@ -4,7 +4,8 @@ converter lowers to fewer, cheaper TFLite ops, and returns a new model (its inpu
 ``run_passes`` applies them in order: BatchNorm folding into the convolution before it, 1×1
 convolutions of hashed weights as HashedMatMul over the channels (no decoded filter), then the
 epilogues (per-channel Mul / Add / BatchNorm, Relu / Clip(0, 6)) folded into the ai.edgepack
-compute op before them (``fuse_epilogues``; the ONNX export runs it too).
+compute op before them (``fuse_epilogues``; the ONNX export runs it too). The ONNX export also stores
+int8-valued decoder inputs as INT8 initializers (``store_int8_decoder_inputs``).
 """
 
 from __future__ import annotations
@@ -76,6 +77,91 @@ def fold_batch_norms(model: onnx.ModelProto) -> onnx.ModelProto:
         removed.append(node)
     for node in removed:
         graph.node.remove(node)
+    return model
+
+
+# the decoder input that int8 storage covers (docs/ops.md "int8 storage")
+INT8_STORED_INPUTS = {"HashedWeight": "buckets", "CodebookWeight": "codebook"}
+
+
+def _casts_to_int8(node: onnx.NodeProto) -> bool:
+    return (node.op_type == "Cast" and node.domain in ("", "ai.onnx")
+            and any(a.name == "to" and a.i == onnx.TensorProto.INT8 for a in node.attribute))
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    candidate, number = name, 1
+    while candidate in taken:
+        candidate, number = f"{name}_{number}", number + 1
+    taken.add(candidate)
+    return candidate
+
+
+def store_int8_decoder_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """int8 storage of decoder weights (INT8 storage contract): where every reader of a HashedWeight /
+    CodebookWeight output is a Cast(to=INT8), its buckets / codebook input, a float initializer holding integers
+    in [-127, 127] read by such decoders only, becomes an INT8 initializer of the same name read through one
+    Cast(to=FLOAT) (output ``<name>_float``). The values are unchanged; the file stores 1 byte per value.
+    Others (another reader, a non-integer or out-of-range value, external data, a graph input) are left as
+    they are."""
+    model = _copy(model)
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    blocked = {o.name for o in graph.output} | {i.name for i in graph.input}
+    for node in graph.node:  # a value a subgraph (If / Loop body) reads stays as it is
+        for a in node.attribute:
+            for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                blocked |= _names_read(sub)
+    decoders: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for node in graph.node:
+        slot = INT8_STORED_INPUTS.get(node.op_type) if node.domain == DOMAIN else None
+        at = OPS[node.op_type].input_names.index(slot) if slot else -1
+        if slot is None or len(node.input) <= at or not node.output or node.output[0] in blocked:
+            continue
+        if readers.get(node.output[0]) and all(_casts_to_int8(r) for r in readers[node.output[0]]):
+            decoders.setdefault(node.input[at], []).append((node, at))
+    stored: dict[str, str] = {}  # initializer -> its Cast output
+    taken = {n for node in graph.node for n in node.output} | set(initializers) | blocked
+    node_names = {node.name for node in graph.node}
+    for name, uses in decoders.items():
+        t = initializers.get(name)
+        if (t is None or name in blocked or t.data_type != onnx.TensorProto.FLOAT or len(readers[name]) != len(uses)
+                or t.data_location == onnx.TensorProto.EXTERNAL):
+            continue
+        values = numpy_helper.to_array(t)
+        if values.size == 0 or not np.all(np.isfinite(values)) or np.abs(values).max() > 127 \
+                or not np.array_equal(values, np.round(values)):
+            continue
+        t.CopyFrom(numpy_helper.from_array(values.astype(np.int8), name))
+        stored[name] = _unique(f"{name}_float", taken)
+        layer = name.rpartition(".")[0]
+        for node, at in uses:
+            node.input[at] = stored[name]
+            if len(uses) == 1 and layer and layer not in node_names:  # named after its layer, as the export does
+                node_names.discard(node.name)
+                node.name = layer
+                node_names.add(layer)
+    if not stored:
+        return model
+    kept = [v for v in graph.value_info if v.name not in stored]  # a float type recorded for the initializer
+    del graph.value_info[:]
+    graph.value_info.extend(kept)
+    sources = {out: name for name, out in stored.items()}
+    nodes, cast = [], set()
+    for node in graph.node:
+        for name in node.input:
+            source = sources.get(name)
+            if source is not None and source not in cast:
+                nodes.append(helper.make_node("Cast", [source], [stored[source]], to=onnx.TensorProto.FLOAT,
+                                              name=_unique(f"{source}_to_float", node_names)))
+                cast.add(source)
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
     return model
 
 
@@ -219,7 +305,6 @@ def fuse_epilogues(model: onnx.ModelProto) -> onnx.ModelProto:
     (runtime_kernels/decode_onnx.py, decode_tflite.py), where the runtime fuses the epilogue itself.
     When one node of an op gets a ``scale``, every node of that op gets one (ones), since the
     fallback function cannot test for an absent input; that op's fallback then reads it."""
-    model = _copy(model)
     graph, opset = model.graph, _opset(model)
     constants, readers = _constants(graph), _readers(graph)
     consumers: dict[str, onnx.NodeProto] = {n: node for node in graph.node for n in node.input}

@@ -589,7 +589,8 @@ def convert_and_verify(source, path: str | Path, batch_size: int = 1, *,
     if verify:
         from .tflite_verify import verify_conversion
 
-        verification = verify_conversion(model, data, converter, seeds, calibration_data)
+        checked = converter.verifiable(data) if isinstance(converter, QuantConverter) else data
+        verification = verify_conversion(model, checked, converter, seeds, calibration_data)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:

@@ -8,19 +8,35 @@ point by −128, exactly), symmetric per-channel int8 convolution / depthwise / 
 weights, int32 biases of scale s_in · s_w[c], and a Relu / Clip(0, 6) between an op and its
 QuantizeLinear fused into the op. The model's inputs and outputs are float (a QUANTIZE op after
 each input, a DEQUANTIZE before each output) or, with ``io_type="int8"``, the int8 tensors
-themselves. Anything TFLite cannot express in int8 is refused with a ConversionError naming the
-node. The layout machinery (NHWC inside, pads, pool sizes) is the float converter's.
+themselves. An int8-stored compressed weight (INT8_STORAGE_SPEC: Cast(INT8 q) → HashedWeight |
+CodebookWeight → Cast(INT8) → DequantizeLinear) becomes CAST / CUSTOM / CAST [/ TRANSPOSE | RESHAPE] into
+the per-channel int8 filter; verification runs the model decoded at load. Anything TFLite cannot express
+in int8 is refused with a ConversionError naming the node. The layout machinery (NHWC inside, pads,
+pool sizes) is the float converter's.
 """
 
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 import tflite
+from onnx import helper
 
-from .tflite_export import OP, TO_NCHW, TO_NHWC, ConversionError, Converter, Value, handles
+from edgepack.runtime_kernels.op_spec import DOMAIN
+
+from .tflite_export import (
+    OP,
+    TO_NCHW,
+    TO_NHWC,
+    ConversionError,
+    Converter,
+    Value,
+    custom_attributes,
+    flexbuffer_options,
+    handles,
+)
 from .tflite_ops_conv import pool_options, pool_output_hw, pool_pads, spatial_2d, tflite_padding
 from .tflite_writer import Options, Quantization
 
@@ -32,6 +48,9 @@ INT8_VERSIONS = {OP.CONV_2D: 3, OP.DEPTHWISE_CONV_2D: 3, OP.FULLY_CONNECTED: 4, 
                  OP.MAX_POOL_2D: 2, OP.TRANSPOSE: 2, OP.ADD: 2, OP.MUL: 2, OP.PAD: 2, OP.CONCATENATION: 2,
                  OP.SOFTMAX: 2, OP.MEAN: 2, OP.RELU: 2, OP.RELU6: 2, OP.DEQUANTIZE: 2}
 SOFTMAX_OUTPUT = (1 / 256, -128)  # the only int8 softmax output TFLite accepts
+STORED_DECODERS = ("HashedWeight", "CodebookWeight")  # int8-storable (INT8_STORAGE_SPEC)
+FILTER_READERS = ("Conv", "Gemm", "MatMul")  # an int8-stored weight is input 1 (the filter) of one of these
+CAST_VERSION = 3  # CAST with an int8 input or output (tensorflow/lite/tools/versioning/op_version.cc)
 
 
 def has_qdq(model: onnx.ModelProto) -> bool:
@@ -69,6 +88,21 @@ class QuantConstant:
     axis: int | None
 
 
+@dataclass
+class StoredWeight:
+    """An int8-stored compressed weight: Cast(INT8 q, to=FLOAT) → decoder → Cast(to=INT8) → DequantizeLinear.
+    ``decoded`` is the float32 TFLite tensor the CUSTOM decoder writes, ``shape`` its ONNX shape;
+    ``scale`` / ``axis`` come from the DequantizeLinear, ``filters`` caches its int8 filter per layout."""
+
+    decoded: int
+    shape: tuple[int, ...]
+    cast: str  # the Cast(to=INT8) output: the int8 weight in ONNX layout
+    scale: np.ndarray | None = None
+    axis: int | None = None
+    raw: int | None = None  # the CAST(float32 → int8) output in ONNX layout, when a layout op follows
+    filters: dict = field(default_factory=dict)
+
+
 QUANT_HANDLERS: dict[str, Callable] = {}
 
 
@@ -97,6 +131,10 @@ class QuantConverter(Converter):
         self.absorbed: set[int] = set()  # ids of Relu / Clip / QuantizeLinear nodes an op already wrote
         self.input_params: dict[str, Int8] = {}
         self.output_params: dict[str, Int8] = {}
+        self.producers = {name: node for node in model.graph.node for name in node.output}
+        self.decoded: dict[str, tuple[int, tuple[int, ...]]] = {}  # decoder output: (TFLite tensor, shape)
+        self.stored_casts: dict[str, StoredWeight] = {}  # Cast(to=INT8) output
+        self.stored: dict[str, StoredWeight] = {}  # its DequantizeLinear's output
 
     # ---- parameters ------------------------------------------------------------------------
     def qdq_parameters(self, node: onnx.NodeProto):
@@ -281,6 +319,164 @@ class QuantConverter(Converter):
         finally:
             self.node = node_now
 
+    # ---- int8-stored compressed weights (INT8_STORAGE_SPEC) ---------------------------------
+    def int8_storage(self, node: onnx.NodeProto) -> bool:
+        """Lower ``node`` when it is part of an int8-stored weight's chain, Cast(INT8 q, to=FLOAT) →
+        HashedWeight | CodebookWeight → Cast(to=INT8) → DequantizeLinear; False for any other node."""
+        if node.domain == DOMAIN:
+            if node.op_type not in STORED_DECODERS:
+                raise self.fail(f"{DOMAIN}.{node.op_type} has no int8 TFLite lowering; in an int8 model only "
+                                f"{' and '.join(STORED_DECODERS)} with int8-stored values are supported")
+            self.stored_decoder(node)
+            return True
+        if node.op_type == "Cast" and node.domain in ("", "ai.onnx"):
+            if any(r.domain == DOMAIN for r in self.readers[node.output[0]]):
+                self.storage_cast(node)
+                return True
+            producer = self.producers.get(node.input[0])
+            if producer is not None and producer.domain == DOMAIN:
+                self.decoded_cast(node)
+                return True
+            return False
+        if node.op_type == "DequantizeLinear" and node.input[0] in self.stored_casts:
+            self.stored_dequantize(node)
+            return True
+        return False
+
+    def cast_target(self) -> np.dtype:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(self.attribute("to")))
+
+    def reader_list(self, name: str) -> str:
+        readers = [f"{r.op_type} {r.name or '(unnamed)'!r} (input {list(r.input).index(name)})"
+                   for r in self.readers[name]]
+        return ", ".join(readers) + (" and the graph output" if name in self.graph_outputs else "") or "nothing"
+
+    def storage_cast(self, node: onnx.NodeProto) -> None:
+        """Cast(INT8 initializer, to=FLOAT) read by decoders: an int8 constant and a CAST to float32."""
+        source, out = node.input[0], node.output[0]
+        readers = self.readers[out]
+        if out in self.graph_outputs or any(r.domain != DOMAIN or r.op_type not in STORED_DECODERS
+                                            or list(r.input).index(out) != 0 for r in readers):
+            raise self.fail(f"its output {out!r} is read by {self.reader_list(out)}; the Cast of an int8-stored "
+                            "weight feeds only input 0 (buckets / codebook) of HashedWeight or CodebookWeight")
+        target = self.cast_target()
+        if target != np.float32:
+            raise self.fail(f"casts to {target}; the ai.edgepack decoders read float32: an int8-stored weight is "
+                            "Cast(INT8 initializer, to=FLOAT) before its decoder")
+        value = self.values.get(source)
+        if value is None or value.const is None:
+            raise self.fail(f"input {source!r} is not an initializer; an int8-stored weight casts an INT8 initializer")
+        if value.const.dtype != np.int8:
+            raise self.fail(f"input {source!r} is a {value.const.dtype} initializer; an int8-stored weight casts an "
+                            "INT8 one (store a float weight without the Cast)")
+        stored = self.builder.constant(source, np.ascontiguousarray(value.const))
+        index = self.builder.tensor(out, value.const.shape, np.float32)
+        self.emit(OP.CAST, [stored], [index], version=CAST_VERSION)
+        self.values[out] = Value(value.const.shape, index=index)
+
+    def stored_decoder(self, node: onnx.NodeProto) -> None:
+        """A HashedWeight / CodebookWeight over a storage Cast: its CUSTOM op, writing a float32 weight."""
+        values = node.input[0]
+        producer = self.producers.get(values)
+        if producer is None or producer.op_type != "Cast" or values not in self.values \
+                or self.values[values].index is None:
+            raise self.fail(f"input {values!r} is not Cast(INT8 initializer, to=FLOAT); in an int8 model a "
+                            "compressed weight's values are stored as int8 (edgepack export of an int8 model)")
+        if node.op_type == "HashedWeight" and custom_attributes(node).get("num_hashes", 1) != 1:
+            raise self.fail("has num_hashes > 1: functional hashing is not int8-storable")
+        for name in node.input[1:]:
+            if name:
+                self.const(name, f"input {name}")
+        out = node.output[0]
+        if out in self.graph_outputs or any(r.op_type != "Cast" for r in self.readers[out]):
+            raise self.fail(f"its output {out!r} is read by {self.reader_list(out)}; an int8-stored weight's "
+                            "decoder output is read only by Cast(to=INT8)")
+        shape = tuple(np.shape(self.static[out]))
+        inputs = [self.tensor(name) if name else -1 for name in node.input]
+        index = self.builder.tensor(out, shape, np.float32)
+        self.builder.operator(f"{DOMAIN}.{node.op_type}", inputs, [index],
+                              flexbuffer_options(custom_attributes(node)))
+        self.decoded[out] = index, shape
+
+    def decoded_cast(self, node: onnx.NodeProto) -> None:
+        """Cast(decoded weight, to=INT8) read by one DequantizeLinear: recorded, emitted with its filter."""
+        source, out = node.input[0], node.output[0]
+        if source not in self.decoded:
+            raise self.fail(f"input {source!r} is an ai.edgepack output that is not an int8-stored weight's decoder")
+        target = self.cast_target()
+        if target != np.int8:
+            raise self.fail(f"casts the decoded weight {source!r} to {target}; an int8-stored weight is cast to "
+                            "INT8, then read by DequantizeLinear")
+        readers = self.readers[out]
+        if out in self.graph_outputs or len(readers) != 1 or readers[0].op_type != "DequantizeLinear" \
+                or list(readers[0].input).index(out) != 0:
+            raise self.fail(f"its output {out!r} is read by {self.reader_list(out)}; an int8-stored weight is read "
+                            "by one DequantizeLinear (the filter of a Conv, Gemm or MatMul)")
+        index, shape = self.decoded[source]
+        self.stored_casts[out] = StoredWeight(index, shape, out)
+
+    def stored_dequantize(self, node: onnx.NodeProto) -> None:
+        """The DequantizeLinear of an int8-stored weight: symmetric scales, read only as a filter."""
+        weight = self.stored_casts[node.input[0]]
+        scale, zero_point, _, axis = self.qdq_parameters(node)
+        if (zero_point != 0).any():
+            raise self.fail(f"zero points {np.unique(zero_point).tolist()[:4]}: an int8-stored weight is symmetric "
+                            "(zero point 0)")
+        out = node.output[0]
+        for reader in self.readers[out]:
+            if reader.op_type not in FILTER_READERS or list(reader.input).index(out) != 1:
+                raise self.fail(f"the int8-stored weight {out!r} is read by {self.reader_list(out)}; it can only be "
+                                f"the filter (input 1) of {', '.join(FILTER_READERS)}")
+        if out in self.graph_outputs:
+            raise self.fail(f"the int8-stored weight {out!r} is a graph output; it can only be a filter")
+        weight.scale, weight.axis = scale, axis
+        self.stored[out] = weight
+        self.values[out] = Value(weight.shape)
+
+    def filter(self, name: str, channels: int, axis: int, perm, dimension: int,
+               per_channel: bool | None = None) -> tuple[int, np.ndarray, bool]:
+        """The int8 filter tensor of weight ``name`` (output channels along ``axis``) in TFLite's layout
+        (``perm`` of the ONNX axes), quantized along ``dimension``: a constant, or for an int8-stored
+        weight CAST(float32 → int8) [→ TRANSPOSE / RESHAPE]. Returns (tensor, scales, per channel)."""
+        stored = self.stored.get(name)
+        if stored is None:
+            values, scale = self.symmetric_weight(name, channels, axis)
+            per_channel = self.weights[name].axis is not None if per_channel is None else per_channel
+            quantization = self.filter_quantization(scale, channels, dimension, per_channel)
+            return (self.builder.constant(f"{name}_int8", np.ascontiguousarray(values.transpose(perm)), quantization),
+                    scale, per_channel)
+        if stored.axis is not None and stored.axis % len(stored.shape) != axis:
+            raise self.fail(f"weight {name!r} is quantized per channel along axis {stored.axis}; TFLite needs "
+                            f"the output-channel axis ({axis})")
+        scale = np.asarray(np.broadcast_to(stored.scale.ravel(), (channels,)) if stored.scale.size == 1
+                           else stored.scale, np.float64)
+        per_channel = stored.axis is not None if per_channel is None else per_channel
+        key = (tuple(perm), dimension, per_channel)
+        if key not in stored.filters:
+            shape = tuple(stored.shape[p] for p in perm)
+            quantization = self.filter_quantization(scale, channels, dimension, per_channel)
+            out = self.builder.tensor(f"{name}_int8", shape, np.int8, quantization=quantization)
+            if list(perm) == sorted(perm):
+                self.emit(OP.CAST, [stored.decoded], [out], version=CAST_VERSION)
+            else:
+                if stored.raw is None:  # quantized too: XNNPACK refuses an int8 tensor without parameters
+                    stored.raw = self.builder.tensor(stored.cast, stored.shape, np.int8, quantization=(
+                        self.filter_quantization(scale, channels, axis, per_channel)))
+                    self.emit(OP.CAST, [stored.decoded], [stored.raw], version=CAST_VERSION)
+                moved = [a for a in range(len(perm)) if stored.shape[a] != 1]
+                if moved == [a for a in perm if stored.shape[a] != 1]:
+                    self.emit(OP.RESHAPE, [stored.raw, self.int32(shape)], [out], version=1)
+                else:
+                    self.emit(OP.TRANSPOSE, [stored.raw, self.int32(perm)], [out])
+            stored.filters[key] = out
+        return stored.filters[key], scale, per_channel
+
+    @staticmethod
+    def filter_quantization(scale: np.ndarray, channels: int, dimension: int, per_channel: bool) -> Quantization:
+        if per_channel:
+            return Quantization(scale.astype(np.float32), np.zeros(channels, np.int64), dimension)
+        return Quantization(scale[:1].astype(np.float32), np.zeros(1, np.int64))
+
     # ---- the walk --------------------------------------------------------------------------
     def convert(self) -> bytes:
         inputs = []
@@ -289,7 +485,7 @@ class QuantConverter(Converter):
             inputs.append(self.quantized_input(value.name, shape))
         for node in self.model.graph.node:
             self.node = node
-            if id(node) in self.absorbed:
+            if id(node) in self.absorbed or self.int8_storage(node):
                 continue
             if node.op_type == "DequantizeLinear":
                 self.dequantize(node)
@@ -303,6 +499,15 @@ class QuantConverter(Converter):
                 handler(self, node)
         outputs = [self.quantized_output(value.name) for value in self.model.graph.output]
         return self.builder.serialize(inputs, outputs, description="edgepack int8")
+
+    def verifiable(self, data: bytes) -> bytes:
+        """The model verification runs: ``data`` with its int8-stored weights decoded at load into constant
+        int8 filters (as LiteRT / tflite-runtime load it through edgepack; LiteRT alone has no decoder kernel)."""
+        if not self.stored:
+            return data
+        from edgepack.runtime_kernels.decode_tflite import decoded_tflite_content
+
+        return decoded_tflite_content(data, "the converted model") or data
 
     def quantized_input(self, name: str, shape) -> int:
         """A model input: float (each QuantizeLinear reading it becomes a QUANTIZE) or, for int8
@@ -401,10 +606,8 @@ def quant_conv(c: QuantConverter, node: onnx.NodeProto) -> None:
     depthwise = group > 1 and group == in_channels and in_per_group == 1
     if group > 1 and not depthwise:
         raise c.fail(f"grouped convolution (group {group}) has no int8 lowering; supported: group 1 or depthwise")
-    values, scale = c.symmetric_weight(node.input[1], out_channels, 0)
     perm, dimension = ((1, 2, 3, 0), 3) if depthwise else (TO_NHWC, 0)
-    weight = c.builder.constant(f"{node.input[1]}_int8", values.transpose(perm),
-                                Quantization(scale.astype(np.float32), np.zeros(out_channels, np.int64), dimension))
+    weight, scale, _ = c.filter(node.input[1], out_channels, 0, perm, dimension, per_channel=True)
     bias = c.bias(node.input[2] if len(node.input) > 2 else None, out_channels, x_params.scale, scale)
     kernel, strides = tuple(weight_shape[2:]), c.attribute("strides", [1, 1])
     dilations, pads = c.attribute("dilations", [1, 1]), c.attribute("pads", [0, 0, 0, 0])
@@ -444,12 +647,8 @@ def quant_dense(c: QuantConverter, node: onnx.NodeProto) -> None:
     x_params = c.activation(node.input[0])
     trans_b = node.op_type == "Gemm" and c.attribute("transB", 0)
     out_channels = b_shape[0] if trans_b else b_shape[1]
-    values, scale = c.symmetric_weight(node.input[1], out_channels, 0 if trans_b else 1)
-    values = values if trans_b else values.T
-    per_channel = c.weights[node.input[1]].axis is not None
-    quantization = (Quantization(scale.astype(np.float32), np.zeros(out_channels, np.int64), 0) if per_channel
-                    else Quantization(scale[:1].astype(np.float32), np.zeros(1, np.int64)))
-    weight = c.builder.constant(f"{node.input[1]}_int8", np.ascontiguousarray(values), quantization)
+    weight, scale, per_channel = c.filter(node.input[1], out_channels, 0 if trans_b else 1,
+                                          (0, 1) if trans_b else (1, 0), 0)
     bias_name = node.input[2] if node.op_type == "Gemm" and len(node.input) > 2 else None
     bias = c.bias(bias_name, out_channels, x_params.scale, scale, per_channel)
     keep = len(x_value.shape) > 2

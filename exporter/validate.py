@@ -34,6 +34,10 @@ from .model_files import load_onnx
 from .model_files import why as _why
 
 INT64_MAX = (1 << 63) - 1
+# int8 storage (docs/ops.md "int8 storage"): these decoder inputs may be Cast(to=FLOAT) of a constant INT8
+# initializer with values in [-127, 127]; decode at load folds Cast + decoder + Cast(to=INT8) into an int8 weight.
+INT8_STORED = {("HashedWeight", "buckets"), ("CodebookWeight", "codebook")}
+INT8_RANGE = "a Cast only to FLOAT (1) of a constant INT8 (3) initializer"
 OP_INPUTS = {name: op.input_names for name, op in OPS.items()}
 # Inputs that must be present, in order (ORT: non-optional; TFLite: min_in).
 REQUIRED_INPUTS = {name: op.required_inputs for name, op in OPS.items()}
@@ -535,6 +539,12 @@ def _static_shapes(model: onnx.ModelProto) -> dict[str, Tensor]:
         dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tensor_type.shape.dim)
         known[info.name] = Tensor(True, dims, tensor_type.elem_type == TensorProto.FLOAT,
                                   _dtype_name(tensor_type.elem_type))
+    inputs = {value.name for value in graph.input}
+    initializers = {t.name: t for t in graph.initializer}
+    for node in graph.node:  # an int8-stored weight: its Cast to float has the initializer's dims
+        source = initializers.get(node.input[0]) if _is_cast(node) and node.input else None
+        if source is not None and node.input[0] not in inputs and _cast_to(node) == TensorProto.FLOAT:
+            known.setdefault(node.output[0], Tensor(True, tuple(source.dims), True, "float32"))
     for t in graph.initializer:
         known[t.name] = _constant(t)
     for node in graph.node:
@@ -560,6 +570,85 @@ def _constant(t: onnx.TensorProto) -> Tensor:
                   onnx.numpy_helper.to_array(t) if read and not external else None)
 
 
+def _is_cast(node: onnx.NodeProto) -> bool:
+    return node.op_type == "Cast" and node.domain in ("", "ai.onnx")
+
+
+def _cast_to(node: onnx.NodeProto) -> int:
+    return next((a.i for a in node.attribute if a.name == "to" and a.type == AttributeProto.INT), 0)
+
+
+def cast_counts(node: onnx.NodeProto) -> str | None:
+    """Why a Cast is refused where int8 storage reads one (a Cast into an ai.edgepack weight input, one that
+    reads a decoded weight), None when it has one input, one output and one 'to' attribute (the C decode at
+    load counts the same)."""
+    n_in, n_out, n_to = len(node.input), len(node.output), sum(a.name == "to" for a in node.attribute)
+    if (n_in, n_out, n_to) == (1, 1, 1):
+        return None
+    return f"{n_in} inputs, {n_out} outputs and {n_to} 'to' attributes; a Cast has exactly one of each"
+
+
+def int8_casts(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    """The graph's Casts by their first output, the first Cast of a name (as the C decode at load finds them)."""
+    casts: dict[str, onnx.NodeProto] = {}
+    for node in graph.node:
+        if _is_cast(node) and node.output and node.output[0]:
+            casts.setdefault(node.output[0], node)
+    return casts
+
+
+def cast_label(node: onnx.NodeProto) -> str:
+    """A Cast node in messages: its name, else its first output (as the C decode at load names it)."""
+    return f"Cast node '{node.name or (node.output[0] if node.output else '')}'"
+
+
+def int8_values(t: onnx.TensorProto, fail) -> np.ndarray | None:
+    """An INT8 initializer's values (None when they live in external data), its data checked
+    against its dims with the words of the C decode at load; ``fail(message)`` makes the error."""
+    if uses_external_data(t):
+        return None
+    count = int(np.prod(t.dims, dtype=object))
+    if t.HasField("raw_data"):
+        if len(t.raw_data) != count:
+            raise fail(f"initializer '{t.name}': raw_data has {len(t.raw_data)} bytes; its shape needs {count}")
+        return np.frombuffer(t.raw_data, np.int8).copy()
+    if len(t.int32_data) != count:
+        raise fail(f"initializer '{t.name}' holds {len(t.int32_data)} values; its shape needs {count}")
+    return np.array(t.int32_data, np.int32).astype(np.int8)  # wraps, as the C reader's (uint8_t) cast
+
+
+def _check_casts(checked: _Node, node: onnx.NodeProto, casts: dict, initializers: dict, graph_inputs: set) -> None:
+    """An ai.edgepack weight input computed by a Cast (int8 storage) must be HashedWeight 'buckets' or
+    CodebookWeight 'codebook', read through a Cast (one input, one output, one 'to') to FLOAT of a constant INT8
+    initializer whose data matches its shape and whose values are in [-127, 127]; checked for every node,
+    decoded at load or not (the C decode at load checks the same, in the same order and words)."""
+    op = OPS[node.op_type]
+    for slot, name in zip(op.input_names, node.input):
+        cast = casts.get(name) if name and slot in op.weight_inputs and name not in initializers else None
+        if cast is None:
+            continue
+        where = f"input '{slot}' is the output of {cast_label(cast)}"
+        if (node.op_type, slot) not in INT8_STORED:
+            raise checked.fail(f"{where}; only HashedWeight 'buckets' and CodebookWeight 'codebook' may be stored as "
+                               f"int8 ({INT8_RANGE})")
+        counts = cast_counts(cast)
+        if counts:
+            raise checked.fail(f"{where}, which has {counts}")
+        if _cast_to(cast) != TensorProto.FLOAT:
+            raise checked.fail(f"{where} to data_type {_cast_to(cast)}; a decoder's weight input may be {INT8_RANGE}")
+        source = cast.input[0]
+        t = initializers.get(source)
+        if source in graph_inputs or t is None or t.data_type != TensorProto.INT8:
+            what = "a graph input" if source in graph_inputs else \
+                "not an initializer" if t is None else f"an initializer of data_type {t.data_type}"
+            raise checked.fail(f"{where} of '{source}', which is {what}; a decoder's weight input may be {INT8_RANGE}")
+        values = int8_values(t, checked.fail)
+        low = np.flatnonzero(values == -128) if values is not None else []
+        if len(low):
+            raise checked.fail(f"input '{slot}' (Cast of INT8 initializer '{source}'): value {int(low[0])} is -128; "
+                               "int8-stored weights must be in [-127, 127]")
+
+
 def check_onnx_model(model: onnx.ModelProto, where: str = "model", runtime: str = "ort") -> int:
     """Check every ai.edgepack node of ``model`` (graph and functions' callers); returns the count.
 
@@ -567,6 +656,9 @@ def check_onnx_model(model: onnx.ModelProto, where: str = "model", runtime: str 
     also applies the delegate's rules to the options ``convert`` will write.
     """
     known = _static_shapes(model)
+    casts = int8_casts(model.graph)
+    initializers = {t.name: t for t in model.graph.initializer}
+    graph_inputs = {value.name for value in model.graph.input}
     results = []
     for index, node in enumerate(model.graph.node):
         if node.domain != DOMAIN:
@@ -584,6 +676,7 @@ def check_onnx_model(model: onnx.ModelProto, where: str = "model", runtime: str 
                                    f"inputs ({', '.join(names)}) and exactly 1 output")
         inputs = [known.get(i, Tensor(True)) if i else Tensor(False) for i in node.input]
         values = _onnx_values(node)
+        _check_casts(_Node(node.op_type, label, {}, "ort"), node, casts, initializers, graph_inputs)
         results.append(check_node(node.op_type, label, values, inputs, "ort"))
         if runtime == "tflite":  # the options convert writes: the op's own attributes
             options = {k: v for k, (_, v) in values.items() if k in OPTION_KEYS[node.op_type]}
@@ -604,6 +697,53 @@ def checked_onnx(source, runtime: str = "tflite") -> onnx.ModelProto:
 
 _TFLITE_TYPES = {0: "float32", 2: "int32", 3: "uint8"}  # TfLiteType / tflite.TensorType
 _ITEMSIZE = {"float32": 4, "int32": 4, "uint8": 1}
+_TFLITE_CAST, _TFLITE_INT8 = 53, 9  # tflite.BuiltinOperator.CAST, tflite.TensorType.INT8
+TFLITE_INT8_RANGE = "a CAST only to float32 of a constant int8 tensor"
+
+
+def _tflite_name(graph, t: int) -> str:
+    return graph.Tensors(t).Name().decode(errors="replace")[:80]
+
+
+def _check_tflite_casts(model, graph, node: _Node, op_type: str, ins, producers: dict, graph_inputs: set) -> None:
+    """int8 storage (docs/ops.md): a weight input written by a CAST must be HashedWeight 'buckets' or
+    CodebookWeight 'codebook', a CAST to float32 of a constant int8 tensor whose buffer matches its shape
+    and holds no -128 (the C decode at load, tflite/decode_model.c check_casts, says the same)."""
+    spec = OPS[op_type]
+    for slot, t in zip(spec.input_names, ins):
+        p = producers.get(int(t), -1) if t >= 0 else -1
+        cast = graph.Operators(p) if p >= 0 else None
+        if cast is None or cast.OutputsLength() != 1 or slot not in spec.weight_inputs:
+            continue
+        code = model.OperatorCodes(cast.OpcodeIndex())
+        if max(code.BuiltinCode(), code.DeprecatedBuiltinCode()) != _TFLITE_CAST:
+            continue
+        where = f"input '{slot}' is the output of CAST node #{p} (output '{_tflite_name(graph, int(t))}')"
+        x = int(cast.Inputs(0)) if cast.InputsLength() == 1 else -1
+        source = graph.Tensors(x) if x >= 0 else None
+        buffer = model.Buffers(source.Buffer()) if source is not None else None
+        size = buffer.DataLength() if buffer is not None else 0
+        dims = source.ShapeAsNumpy().tolist() if source is not None and source.ShapeLength() else []
+        count = int(np.prod(dims, dtype=object)) if min(dims, default=0) >= 0 else -1
+        name = _tflite_name(graph, x) if x >= 0 else ""
+        if (op_type, slot) not in INT8_STORED:
+            raise node.fail(f"{where}; only HashedWeight 'buckets' and CodebookWeight 'codebook' may be stored as "
+                            f"int8 ({TFLITE_INT8_RANGE})")
+        if graph.Tensors(int(t)).Type() != 0:
+            raise node.fail(f"{where} to TensorType {graph.Tensors(int(t)).Type()}; a decoder's weight input may be "
+                            f"{TFLITE_INT8_RANGE}")
+        if source is None or x in graph_inputs or (not size and count) or source.Type() != _TFLITE_INT8:
+            what = "not a constant" if source is None else "a graph input" if x in graph_inputs else \
+                "not a constant" if not size and count else f"a constant of TensorType {source.Type()}"
+            raise node.fail(f"{where} of tensor {x} ('{name}'), which is {what}; a decoder's weight input may be "
+                            f"{TFLITE_INT8_RANGE}")
+        if size != count:
+            raise node.fail(f"input '{slot}' (CAST of int8 tensor {x} '{name}'): its buffer holds {size} bytes; its "
+                            f"shape needs {count}")
+        low = np.flatnonzero(buffer.DataAsNumpy().view(np.int8) == -128) if size else []
+        if len(low):
+            raise node.fail(f"input '{slot}' (CAST of int8 tensor {x} '{name}'): value {int(low[0])} is -128; "
+                            "int8-stored weights must be in [-127, 127]")
 
 
 def check_tflite_model(model, where: str = "model") -> int:
@@ -614,6 +754,9 @@ def check_tflite_model(model, where: str = "model") -> int:
     prefix = f"{DOMAIN}."
     for s in range(model.SubgraphsLength()):
         graph = model.Subgraphs(s)
+        producers = {int(t): i for i in range(graph.OperatorsLength())
+                     for t in (graph.Operators(i).OutputsAsNumpy() if graph.Operators(i).OutputsLength() else [])}
+        graph_inputs = set(graph.InputsAsNumpy().tolist()) if graph.InputsLength() else set()
         for index in range(graph.OperatorsLength()):
             op = graph.Operators(index)
             code = model.OperatorCodes(op.OpcodeIndex()).CustomCode()
@@ -662,6 +805,7 @@ def check_tflite_model(model, where: str = "model") -> int:
                 inputs.append(Tensor(True, dims, tensor.Type() == 0, dtype, data))
                 stored.append((names[len(inputs) - 1], int(t), dims, size, itemsize))
             results.append(check_node(op_type, label, options, inputs, "tflite"))
+            _check_tflite_casts(model, graph, node, op_type, ins, producers, graph_inputs)
             for name, t, dims, size, itemsize in stored:  # a constant's buffer must match its shape exactly
                 needed = itemsize * int(np.prod(dims, dtype=object))
                 if size and size != needed:

@@ -6,12 +6,21 @@ ReLU into it and prepacks it); expand-mode ``HashedMatMul`` nodes become ``MatMu
 the decoded weight transposed to [in, out]. Circulant / LDR nodes (compute compression) and
 stream-mode HashedMatMul stay. The model is validated first with the kernels' rules and limits
 (exporter/validate.py); the file on disk is not changed.
+
+int8 storage: a decoder's weight input may be Cast(to=FLOAT) of a constant INT8 initializer (HashedWeight
+'buckets', CodebookWeight 'codebook', values in [-127, 127]; the validator refuses a Cast into any other
+ai.edgepack weight input); the one Cast(to=INT8) of the decoded weight becomes one INT8 initializer named as
+the Cast's output (every decoded value must be an integer in [-128, 127]; a second Cast to INT8 of it, or a
+Cast reading it that is not one input, one output and one 'to', is refused: InvalidNodeError), and the Cast
+nodes, the decoder and the int8 source go when nothing else reads them, so a QDQ graph (int8 weight ->
+DequantizeLinear -> Conv / Gemm) is left for ORT's int8 kernels.
 """
 
 from __future__ import annotations
 
 import mmap
 import os
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -50,16 +59,76 @@ def _peek(source: str | os.PathLike | bytes) -> onnx.ModelProto | None:
         return None
 
 
-def _constants(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
-    """Values fixed at load: initializers that are not graph inputs, and Constant outputs."""
+class _CastOf(NamedTuple):
+    """Cast(to=FLOAT) of a constant INT8 initializer (int8 storage): a constant float weight."""
+
+    node: onnx.NodeProto
+    source: str
+
+
+def _any_cast(node: onnx.NodeProto) -> bool:
+    return node.op_type == "Cast" and node.domain in ("", "ai.onnx")
+
+
+def _cast_to(node: onnx.NodeProto) -> int | None:
+    """A Cast's 'to' when it has one input, one named output and one 'to' attribute (an int), else None."""
+    if not _any_cast(node) or len(node.input) != 1 or len(node.output) != 1 or not node.output[0]:
+        return None
+    to = [a for a in node.attribute if a.name == "to"]
+    return to[0].i if len(to) == 1 and to[0].type == onnx.AttributeProto.INT else None
+
+
+def _is_cast(node: onnx.NodeProto, to: int) -> bool:
+    return _cast_to(node) == to
+
+
+def _constants(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto | _CastOf]:
+    """Values fixed at load: initializers that are not graph inputs, Constant outputs, and the
+    Cast to FLOAT of an INT8 initializer."""
     inputs = {value.name for value in graph.input}
     constants = {t.name: t for t in graph.initializer if t.name not in inputs}
+    int8 = {name for name, t in constants.items() if t.data_type == onnx.TensorProto.INT8}
     for node in graph.node:
         if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and node.output:
             value = next((a.t for a in node.attribute if a.name == "value" and a.HasField("t")), None)
             if value is not None:
                 constants[node.output[0]] = value
+        elif _is_cast(node, onnx.TensorProto.FLOAT) and node.input[0] in int8:
+            constants[node.output[0]] = _CastOf(node, node.input[0])
     return constants
+
+
+def _value(constants: dict, name: str) -> np.ndarray:
+    constant = constants[name]
+    if isinstance(constant, _CastOf):
+        return numpy_helper.to_array(constants[constant.source]).astype(np.float32)
+    return numpy_helper.to_array(constant)
+
+
+def _int8_stored(graph: onnx.GraphProto) -> bool:
+    """Whether an ai.edgepack weight input is a Cast's output (int8 storage, or a Cast the validator refuses):
+    the model is then validated, decodable or not, as the C decode at load checks every such input."""
+    casts = {node.output[0] for node in graph.node if _any_cast(node) and node.output and node.output[0]}
+    return any(name in casts for node in graph.node if node.domain == DOMAIN and node.op_type in OPS
+               for slot, name in zip(OPS[node.op_type].input_names, node.input)
+               if slot in OPS[node.op_type].weight_inputs)
+
+
+def _int8_weight(decoder: onnx.NodeProto, cast: onnx.NodeProto, weight: np.ndarray) -> np.ndarray:
+    """The decoded weight as int8 for Cast(to=INT8): every value must be an integer in [-128, 127]
+    (the C decode at load refuses the same, in the same words)."""
+    from edgepack.exporter.validate import InvalidNodeError, _g, cast_label
+
+    flat = weight.ravel()
+    with np.errstate(invalid="ignore"):
+        bad = np.flatnonzero(~((flat == np.rint(flat)) & (flat >= -128) & (flat <= 127)))
+    if len(bad):
+        i = int(bad[0])
+        raise InvalidNodeError(
+            f"edgepack {decoder.op_type} node '{decoder.name or decoder.output[0]}': {cast_label(cast)} to INT8 of its "
+            f"output: decoded value {_g(flat[i])} at index {i} is not an integer in [-128, 127]; an int8 weight "
+            "decodes exactly only from int8 buckets / codebook values (HashedWeight with num_hashes = 1)")
+    return flat.astype(np.int8).reshape(weight.shape)
 
 
 def _attributes(node: onnx.NodeProto) -> dict:
@@ -80,9 +149,14 @@ def _decodable(node: onnx.NodeProto, constants: dict) -> bool:
     attributes = _attributes(node)
     if attributes.get("mode", 0) != 0 or attributes.get("activation", 0) != 0 or _has_scale(node):
         return False
+    from edgepack.exporter.validate import INT8_STORED
+
     names = OPS[node.op_type].input_names
-    weights = [name for slot, name in zip(names, node.input) if name and slot in OPS[node.op_type].weight_inputs]
-    return bool(weights) and all(name in constants for name in weights)
+    weights = [(slot, name) for slot, name in zip(names, node.input)
+               if name and slot in OPS[node.op_type].weight_inputs]
+    return bool(weights) and all(name in constants and (not isinstance(constants[name], _CastOf)
+                                                        or (node.op_type, slot) in INT8_STORED)
+                                 for slot, name in weights)
 
 
 def _read_names(graph: onnx.GraphProto, into: set[str]) -> set[str]:
@@ -124,10 +198,41 @@ class _Names:
 
 def _placeholder(name: str, array: np.ndarray) -> onnx.TensorProto:
     """An initializer whose data ORT takes from ``add_external_initializers`` (never from a file)."""
-    tensor = onnx.TensorProto(name=name, dims=array.shape, data_type=onnx.TensorProto.FLOAT,
+    tensor = onnx.TensorProto(name=name, dims=array.shape, data_type=helper.np_dtype_to_tensor_dtype(array.dtype),
                               data_location=onnx.TensorProto.EXTERNAL)
     tensor.external_data.add(key="location", value=IN_MEMORY)
     return tensor
+
+
+def _folded_casts(graph: onnx.GraphProto, constants: dict) -> dict[str, tuple[int, onnx.NodeProto]]:
+    """{decoded weight: (index, node) of the Cast to INT8 of it that decode at load folds}: one per decoded
+    weight; a Cast reading
+    one that is not one input, one output and one 'to', or a second Cast to INT8 of it, raises InvalidNodeError
+    (the C decode at load refuses the same, in the same order and words)."""
+    from edgepack.exporter.validate import InvalidNodeError, cast_counts, cast_label
+
+    decoded: dict[str, onnx.NodeProto] = {}
+    for node in graph.node:
+        if _decodable(node, constants) and OPS[node.op_type].kind == "decoder":
+            decoded.setdefault(node.output[0], node)
+    folds: dict[str, tuple[int, onnx.NodeProto]] = {}
+    for index, cast in enumerate(graph.node):
+        decoder = decoded.get(cast.input[0]) if _any_cast(cast) and cast.input else None
+        if decoder is None:
+            continue
+        where = f"edgepack {decoder.op_type} node '{decoder.name or decoder.output[0]}'"
+        counts = cast_counts(cast)
+        if counts:
+            raise InvalidNodeError(f"{where}: {cast_label(cast)} reading its output has {counts}")
+        if _cast_to(cast) != onnx.TensorProto.INT8:
+            continue
+        first = folds.get(cast.input[0], (0, None))[1]
+        if first is not None:
+            raise InvalidNodeError(
+                f"{where}: Cast nodes '{first.name or first.output[0]}' and '{cast.name or cast.output[0]}' both cast "
+                "its output to INT8; decode at load folds one Cast to INT8 per decoded weight")
+        folds[cast.input[0]] = (index, cast)
+    return folds
 
 
 def _rewrite(model: onnx.ModelProto, constants: dict, inline: bool) -> dict[str, np.ndarray]:
@@ -135,25 +240,37 @@ def _rewrite(model: onnx.ModelProto, constants: dict, inline: bool) -> dict[str,
     initializers (``inline``) or placeholders, returned as {name: array}."""
     graph, fresh = model.graph, _Names(model.graph)
     nodes, consumed, decoded = [], set(), {}
+    casts = set()  # the Casts to FLOAT the decoded nodes read
+    folds = _folded_casts(graph, constants)  # {decoded weight: its Cast to INT8}, folded wherever it stands
+    folded = {index for index, _ in folds.values()}
 
     def initializer(name: str, array: np.ndarray) -> None:
         graph.initializer.append(numpy_helper.from_array(array, name) if inline else _placeholder(name, array))
         if not inline:
             decoded[name] = array
 
-    for node in graph.node:
+    for index, node in enumerate(graph.node):
+        if index in folded:
+            continue
         if not _decodable(node, constants):
             nodes.append(node)
             continue
         op = OPS[node.op_type]
         given = dict(zip(op.input_names, node.input))
-        weights = {slot: numpy_helper.to_array(constants[given[slot]]) if given.get(slot) else None
-                   for slot in op.weight_inputs}
+        weights = {slot: _value(constants, given[slot]) if given.get(slot) else None for slot in op.weight_inputs}
+        for slot in op.weight_inputs:
+            constant = constants.get(given.get(slot))
+            if isinstance(constant, _CastOf):
+                casts.add(given[slot])
+                consumed.add(constant.source)
         consumed.update(given[slot] for slot in op.weight_inputs if given.get(slot))
         weight = decode_node(node.op_type, _attributes(node), weights)
         out = node.output[0]
         if OPS[node.op_type].kind == "decoder":
             initializer(out, weight)
+            if out in folds:
+                cast = folds[out][1]
+                initializer(cast.output[0], _int8_weight(node, cast, weight))
             continue
         label = node.name or out
         transposed = fresh(f"{label}_decoded_weight")
@@ -166,6 +283,14 @@ def _rewrite(model: onnx.ModelProto, constants: dict, inline: bool) -> dict[str,
     del graph.node[:]
     graph.node.extend(nodes)
     read = _read_names(graph, set())
+    dead = [i for i, n in enumerate(graph.node) if n.op_type == "Cast" and n.output and n.output[0] in casts
+            and n.output[0] not in read]  # the Casts to FLOAT only the decoded nodes read
+    for i in reversed(dead):
+        del graph.node[i]
+    read = _read_names(graph, set()) if dead else read
+    consumed |= {name for name in folds if name not in read}  # only a folded Cast(INT8) read it
+    for name in consumed - read:
+        decoded.pop(name, None)
     kept = [t for t in graph.initializer if t.name not in consumed or t.name in read]
     del graph.initializer[:]
     graph.initializer.extend(kept)
@@ -205,7 +330,8 @@ def decoded_onnx(source: str | os.PathLike | bytes, max_virtual_weights: int | N
     (None: the environment's or the default), raises InvalidNodeError with the kernels' message.
     """
     model = _peek(source)
-    if model is None or not any(_decodable(node, _constants(model.graph)) for node in model.graph.node):
+    if model is None or not (_int8_stored(model.graph)
+                             or any(_decodable(node, _constants(model.graph)) for node in model.graph.node)):
         return None
     from edgepack.exporter.model_files import load_onnx
     from edgepack.exporter.validate import check_onnx_model
@@ -216,6 +342,8 @@ def decoded_onnx(source: str | os.PathLike | bytes, max_virtual_weights: int | N
     constants = _constants(model.graph)
     with validation_limits(max_virtual_weights, max_decoded_bytes):
         check_onnx_model(model, where, "ort")
+    if not any(_decodable(node, constants) for node in model.graph.node):
+        return None
     decoded = _rewrite(model, constants, inline)
     try:
         return model.SerializeToString(), decoded

@@ -5,8 +5,11 @@ its output tensor becomes a constant buffer (the TRANSPOSE / RESHAPE that lays i
 FULLY_CONNECTED is folded too); an expand-mode ``ai.edgepack.HashedMatMul`` becomes a
 FULLY_CONNECTED (or a 1×1 CONV_2D on an NHWC input) with the decoded weight. A per-channel MUL,
 ADD (a folded BatchNorm) and RELU / RELU6 right after a convolution whose weights are now constant
-are folded into it, so LiteRT / XNNPACK see the same graph as for the dense model. Read with the
-``tflite`` package, written with its builders and ``flatbuffers``; the file on disk is unchanged.
+are folded into it, so LiteRT / XNNPACK see the same graph as for the dense model. An int8-stored
+weight (INT8_STORAGE_SPEC: an int8 buffer → CAST to float32 → decoder → CAST to int8 [→ TRANSPOSE / RESHAPE]
+→ the filter of an int8 CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED) becomes one constant int8 filter
+with the filter tensor's per-channel quantization. Read with the ``tflite`` package, written with its
+builders and ``flatbuffers``; the file on disk is unchanged.
 """
 
 from __future__ import annotations
@@ -23,11 +26,11 @@ from flatbuffers import flexbuffers
 from .decode_at_load import DECODED_OPS, DecodeError, decode_node, validation_limits
 from .op_spec import DOMAIN, OPS
 
-__all__ = ["decoded_tflite"]
+__all__ = ["decoded_tflite", "decoded_tflite_content"]
 
 OP = tflite.BuiltinOperator
 _OPTION_KINDS = {v: k for k, v in vars(tflite.BuiltinOptions).items() if not k.startswith("_")}
-_FLOAT32 = tflite.TensorType.FLOAT32
+_FLOAT32, _INT8 = tflite.TensorType.FLOAT32, tflite.TensorType.INT8
 _ACTIVATIONS = {OP.RELU: tflite.ActivationFunctionType.RELU, OP.RELU6: tflite.ActivationFunctionType.RELU6}
 _CONVS = (OP.CONV_2D, OP.DEPTHWISE_CONV_2D)
 
@@ -40,6 +43,7 @@ class _Tensor:
     data: bytes | np.ndarray | None  # a constant's buffer (little-endian bytes or a float32 array)
     signature: list[int] | None = None
     variable: bool = False
+    quantization: tuple[np.ndarray, np.ndarray, int] | None = None  # scales, zero points, quantized dimension
 
 
 @dataclass
@@ -50,6 +54,7 @@ class _Op:
     kind: str | None = None  # builtin options table, e.g. "Conv2DOptions"
     fields: dict = field(default_factory=dict)  # its fields: scalars, or numpy arrays for vectors
     custom: bytes | None = None
+    index: int = -1  # its position in the model read (messages)
 
     @property
     def custom_op(self) -> str | None:
@@ -99,17 +104,22 @@ def _read(model, where: str) -> tuple[list[_Tensor], list[_Op], list[int], list[
     for t in range(graph.TensorsLength()):
         tensor = graph.Tensors(t)
         quantization = tensor.Quantization()
-        if (quantization is not None and (quantization.ScaleLength() or quantization.ZeroPointLength()
-                                          or quantization.DetailsType())) or tensor.Sparsity() is not None \
+        if (quantization is not None and (quantization.DetailsType() or quantization.MinLength()
+                                          or quantization.MaxLength())) or tensor.Sparsity() is not None \
                 or tensor.VariantTensorsLength():
-            raise _refuse(where, f"tensor {t}'s quantization, sparsity or variant tensors")
+            raise _refuse(where, f"tensor {t}'s quantization details or min / max, sparsity or variant tensors")
+        affine = None
+        if quantization is not None and (quantization.ScaleLength() or quantization.ZeroPointLength()):
+            affine = (quantization.ScaleAsNumpy() if quantization.ScaleLength() else np.zeros(0, np.float32),
+                      quantization.ZeroPointAsNumpy() if quantization.ZeroPointLength() else np.zeros(0, np.int64),
+                      quantization.QuantizedDimension())
         buffer = model.Buffers(tensor.Buffer())
         if buffer.Offset() > 1:
             raise _refuse(where, f"tensor {t}'s buffer stored outside the flatbuffer")
         data = buffer.DataAsNumpy().tobytes() if buffer.DataLength() else None
         signature = tensor.ShapeSignatureAsNumpy().tolist() if tensor.ShapeSignatureLength() else None
         tensors.append(_Tensor(tensor.Name() or b"", tensor.ShapeAsNumpy().tolist() if tensor.ShapeLength() else [],
-                               tensor.Type(), data, signature, bool(tensor.IsVariable())))
+                               tensor.Type(), data, signature, bool(tensor.IsVariable()), affine))
     ops = []
     for o in range(graph.OperatorsLength()):
         op = graph.Operators(o)
@@ -122,13 +132,14 @@ def _read(model, where: str) -> tuple[list[_Tensor], list[_Op], list[int], list[
         kind, fields = _options(op, where)
         ops.append(_Op((builtin, custom, code.Version()), op.InputsAsNumpy().tolist() if op.InputsLength() else [],
                        op.OutputsAsNumpy().tolist() if op.OutputsLength() else [], kind, fields,
-                       op.CustomOptionsAsNumpy().tobytes() if op.CustomOptionsLength() else None))
+                       op.CustomOptionsAsNumpy().tobytes() if op.CustomOptionsLength() else None, o))
     inputs = graph.InputsAsNumpy().tolist() if graph.InputsLength() else []
     outputs = graph.OutputsAsNumpy().tolist() if graph.OutputsLength() else []
     return tensors, ops, inputs, outputs, model.Description() or b"edgepack"
 
 
-_DTYPES = {tflite.TensorType.FLOAT32: "<f4", tflite.TensorType.INT32: "<i4", tflite.TensorType.UINT8: "u1"}
+_DTYPES = {tflite.TensorType.FLOAT32: "<f4", tflite.TensorType.INT32: "<i4", tflite.TensorType.UINT8: "u1",
+           tflite.TensorType.INT8: "i1"}
 
 
 def _array(tensor: _Tensor) -> np.ndarray:
@@ -144,9 +155,10 @@ def _const(tensors: list[_Tensor], index: int) -> bool:
     return t.data is not None or (0 in t.shape and not t.variable and (t.signature is None or -1 not in t.signature))
 
 
-def _decodable(op: _Op, tensors: list[_Tensor]) -> dict | None:
-    """The attributes of an expand-mode storage-compressed op whose weights are all constant (one
-    with a fused epilogue, ``activation`` or ``scale``, stays on the delegate, which applies it)."""
+def _decodable(op: _Op, tensors: list[_Tensor], storage: dict[int, _Op]) -> dict | None:
+    """The attributes of an expand-mode storage-compressed op whose weights are all constant or
+    int8-stored (``storage``; one with a fused epilogue, ``activation`` or ``scale``, stays on the
+    delegate, which applies it)."""
     name = op.custom_op
     if name not in DECODED_OPS or not op.custom:
         return None
@@ -155,14 +167,54 @@ def _decodable(op: _Op, tensors: list[_Tensor]) -> dict | None:
     weights = [slots[s] for s in OPS[name].weight_inputs if slots.get(s, -1) >= 0]
     if attributes.get("mode", 0) != 0 or attributes.get("activation", 0) != 0 or slots.get("scale", -1) >= 0:
         return None
-    if not weights or not all(_const(tensors, i) for i in weights):
+    if not weights or not all(_const(tensors, i) or i in storage for i in weights):
         return None
     return attributes
 
 
 def _set_const(tensors: list[_Tensor], index: int, array: np.ndarray) -> None:
-    tensors[index].data = np.ascontiguousarray(array, "<f4")
+    tensors[index].data = np.ascontiguousarray(array, "i1" if tensors[index].type == _INT8 else "<f4")
     tensors[index].shape = list(array.shape)
+
+
+def _storage_casts(ops: list[_Op], tensors: list[_Tensor], outputs: list[int]) -> dict[int, _Op]:
+    """The CAST (an int8 constant → float32, read by one decoded op's weight input only) of each
+    int8-stored weight, by its float32 tensor, as the C decode at load's storage_cast (exporter/validate.py
+    has refused a CAST anywhere but in HashedWeight 'buckets' / CodebookWeight 'codebook')."""
+    uses, found = _readers(ops, outputs), {}
+    producer = {t: op for op in ops for t in op.outputs}
+    for op in ops:
+        name = op.custom_op
+        if name not in DECODED_OPS:
+            continue
+        for slot, t in zip(OPS[name].input_names, op.inputs):
+            cast = producer.get(t) if t >= 0 and slot in OPS[name].weight_inputs else None
+            if cast is None or cast.code[0] != OP.CAST or len(cast.inputs) != 1 or len(cast.outputs) != 1 \
+                    or cast.inputs[0] < 0 or uses.get(t) != 1:
+                continue
+            source, value = tensors[cast.inputs[0]], tensors[t]
+            count = int(np.prod(source.shape, dtype=np.int64))
+            if source.type == _INT8 and value.type == _FLOAT32 and value.data is None \
+                    and min(source.shape, default=0) >= 0 and count == int(np.prod(value.shape, dtype=np.int64)) \
+                    and len(b"" if source.data is None else source.data) == count:
+                found[t] = cast
+    return found
+
+
+def _int8_weight(value: np.ndarray, decoder: str, cast: _Op, tensors: list[_Tensor]) -> np.ndarray:
+    """A decoded weight through CAST(float32 → int8): every value an integer in [-128, 127], else refused
+    (the C decode at load's words)."""
+    flat = value.reshape(-1)
+    bad = np.flatnonzero(~((flat >= -128) & (flat <= 127) & (np.trunc(flat) == flat)))
+    if len(bad):
+        from edgepack.exporter.validate import InvalidNodeError
+
+        name = tensors[cast.outputs[0]].name.decode(errors="replace")[:80]
+        raise InvalidNodeError(f"edgepack {decoder}: CAST node #{cast.index} (output '{name}') to int8 of its output: "
+                               f"decoded value {float(flat[bad[0]]):g} at index {int(bad[0])} is not an integer in "
+                               "[-128, 127]; an int8 weight decodes exactly only from int8 buckets / codebook values "
+                               "(HashedWeight with num_hashes = 1)")
+    return value.astype(np.int8)
 
 
 def _constant(tensors: list[_Tensor], name: bytes, array: np.ndarray) -> int:
@@ -171,27 +223,34 @@ def _constant(tensors: list[_Tensor], name: bytes, array: np.ndarray) -> int:
     return len(tensors) - 1
 
 
-def _decode(ops: list[_Op], tensors: list[_Tensor]) -> list[_Op]:
-    """The operator list with every decodable op replaced by constants or a dense builtin."""
+def _decode(ops: list[_Op], tensors: list[_Tensor], storage: dict[int, _Op]) -> tuple[list[_Op], dict[int, str]]:
+    """The operator list with every decodable op replaced by constants or a dense builtin (the
+    int8-stored weights' CASTs gone with their decoders), and each decoder's output with its label."""
     from edgepack.exporter.validate import InvalidNodeError
 
-    kept = []
-    for index, op in enumerate(ops):
-        attributes = _decodable(op, tensors)
+    kept, decoded, casts = [], {}, set()
+    for op in ops:
+        attributes = _decodable(op, tensors, storage)
         if attributes is None:
             kept.append(op)
             continue
         slots = dict(zip(OPS[op.custom_op].input_names, op.inputs))
-        weights = {slot: _array(tensors[slots[slot]]) if slots.get(slot, -1) >= 0 else None
-                   for slot in OPS[op.custom_op].weight_inputs}
+        weights = {}
+        for slot in OPS[op.custom_op].weight_inputs:
+            t = slots.get(slot, -1)
+            weights[slot] = None if t < 0 else _array(tensors[t]) if t not in storage else \
+                _array(tensors[storage[t].inputs[0]]).astype(np.float32)
+            if t in storage:
+                casts.add(id(storage[t]))
         out = op.outputs[0]
+        label = f"{op.custom_op} node #{op.index} (output '{tensors[out].name.decode(errors='replace')[:80]}')"
         if tensors[out].data is not None:  # the delegate's words for a constant output
-            label = f"{op.custom_op} node #{index} (output '{tensors[out].name.decode(errors='replace')[:80]}')"
             raise InvalidNodeError(f"edgepack {label}: output (tensor {out}) has allocation type kTfLiteMmapRo; "
                                    "an op output must be a writable arena, dynamic or custom buffer, not a constant")
         weight = decode_node(op.custom_op, attributes, weights)
         if OPS[op.custom_op].kind == "decoder":
             _set_const(tensors, out, weight)
+            decoded[out] = label
             continue
         x, name = slots["X"], tensors[out].name
         bias = slots.get("bias", -1)
@@ -206,16 +265,26 @@ def _decode(ops: list[_Op], tensors: list[_Tensor]) -> list[_Op]:
             w = _constant(tensors, name + b"_decoded_weight", weight)
             kept.append(_Op((OP.FULLY_CONNECTED, None, 1), [x, w, bias], [out], "FullyConnectedOptions",
                             {"KeepNumDims": len(tensors[x].shape) > 2}))
-    return kept
+    return [op for op in kept if id(op) not in casts], decoded
 
 
-def _fold_layout(ops: list[_Op], tensors: list[_Tensor]) -> list[_Op]:
-    """TRANSPOSE / RESHAPE of a float32 constant (a decoded weight's layout) as a constant."""
+def _fold_layout(ops: list[_Op], tensors: list[_Tensor], decoded: dict[int, str]) -> list[_Op]:
+    """TRANSPOSE / RESHAPE of a float32 or int8 constant (a decoded weight's layout), and CAST(float32 →
+    int8) of a decoded weight (an int8-stored one: exact, else refused), as a constant."""
     kept = []
     for op in ops:
         code, ins = op.code[0], op.inputs
+        if code == OP.CAST and ins and ins[0] in decoded and len(op.outputs) == 1 \
+                and tensors[ins[0]].type == _FLOAT32 and tensors[op.outputs[0]].type == _INT8 \
+                and tensors[op.outputs[0]].data is None and op.outputs[0] not in decoded:
+            value, shape = _array(tensors[ins[0]]), tensors[op.outputs[0]].shape
+            if len(shape) == value.ndim and min(shape, default=0) >= 0 and int(np.prod(shape)) == value.size:
+                _set_const(tensors, op.outputs[0], _int8_weight(value, decoded[ins[0]], op, tensors))
+                decoded[op.outputs[0]] = decoded[ins[0]]
+                continue
         if code in (OP.TRANSPOSE, OP.RESHAPE) and ins and _const(tensors, ins[0]) \
-                and tensors[ins[0]].type == _FLOAT32 and tensors[op.outputs[0]].data is None:
+                and tensors[ins[0]].type in (_FLOAT32, _INT8) and tensors[op.outputs[0]].type == tensors[ins[0]].type \
+                and tensors[op.outputs[0]].data is None:
             value = _array(tensors[ins[0]])
             if code == OP.TRANSPOSE and _const(tensors, ins[1]):
                 value = value.transpose(np.frombuffer(tensors[ins[1]].data, "<i4"))
@@ -226,6 +295,8 @@ def _fold_layout(ops: list[_Op], tensors: list[_Tensor]) -> list[_Op]:
                 value = None
             if value is not None:
                 _set_const(tensors, op.outputs[0], value)
+                if ins[0] in decoded:
+                    decoded[op.outputs[0]] = decoded[ins[0]]
                 continue
         kept.append(op)
     return kept
@@ -261,6 +332,7 @@ def _fold_epilogues(ops: list[_Op], tensors: list[_Tensor], outputs: list[int]) 
             continue
         conv = producer.get(op.inputs[0])
         if conv is None or id(conv) in removed or conv.code[0] not in _CONVS or readers.get(conv.outputs[0]) != 1 \
+                or tensors[conv.outputs[0]].type != _FLOAT32 or tensors[conv.inputs[1]].type != _FLOAT32 \
                 or conv.outputs[0] in outputs or len(conv.inputs) < 3 or not _const(tensors, conv.inputs[1]) \
                 or not _const(tensors, conv.inputs[2]) or conv.fields.get("FusedActivationFunction", 0):
             continue
@@ -355,6 +427,16 @@ def _tensor(b: flatbuffers.Builder, t: _Tensor, buffer: int) -> int:
     name = b.CreateString(t.name)
     shape = b.CreateNumpyVector(np.asarray(t.shape, np.int32))
     signature = None if t.signature is None else b.CreateNumpyVector(np.asarray(t.signature, np.int32))
+    quantization = None
+    if t.quantization is not None:
+        scale, zero_point, dimension = t.quantization
+        scales = b.CreateNumpyVector(np.asarray(scale, "<f4"))
+        zero_points = b.CreateNumpyVector(np.asarray(zero_point, "<i8"))
+        tflite.QuantizationParametersStart(b)
+        tflite.QuantizationParametersAddScale(b, scales)
+        tflite.QuantizationParametersAddZeroPoint(b, zero_points)
+        tflite.QuantizationParametersAddQuantizedDimension(b, dimension)
+        quantization = tflite.QuantizationParametersEnd(b)
     tflite.TensorStart(b)
     tflite.TensorAddShape(b, shape)
     tflite.TensorAddType(b, t.type)
@@ -364,6 +446,8 @@ def _tensor(b: flatbuffers.Builder, t: _Tensor, buffer: int) -> int:
         tflite.TensorAddShapeSignature(b, signature)
     if t.variable:
         tflite.TensorAddIsVariable(b, True)
+    if quantization is not None:
+        tflite.TensorAddQuantization(b, quantization)
     return tflite.TensorEnd(b)
 
 
@@ -427,15 +511,27 @@ def decoded_tflite(path: str | os.PathLike, max_virtual_weights: int | None = No
     if not _has_decoders(path):
         return None
     from edgepack.exporter.model_files import load_tflite
+
+    _, model = load_tflite(path)
+    return _decoded(model, str(path), max_virtual_weights, max_decoded_bytes)
+
+
+def decoded_tflite_content(data: bytes, where: str = "model", max_virtual_weights: int | None = None,
+                           max_decoded_bytes: int | None = None) -> bytes | None:
+    """``decoded_tflite`` of flatbuffer bytes already checked to be in bounds (a converter's own output)."""
+    return _decoded(tflite.Model.GetRootAs(data, 0), where, max_virtual_weights, max_decoded_bytes)
+
+
+def _decoded(model, where: str, max_virtual_weights: int | None, max_decoded_bytes: int | None) -> bytes | None:
     from edgepack.exporter.validate import check_tflite_model
 
-    where = str(path)
-    _, model = load_tflite(path)
     with validation_limits(max_virtual_weights, max_decoded_bytes):
         check_tflite_model(model, where)
     tensors, ops, inputs, outputs, description = _read(model, where)
-    if not any(_decodable(op, tensors) for op in ops):
+    storage = _storage_casts(ops, tensors, outputs)
+    if not any(_decodable(op, tensors, storage) for op in ops):
         return None
-    ops = _fold_layout(_decode(ops, tensors), tensors)
+    ops, decoded = _decode(ops, tensors, storage)
+    ops = _fold_layout(ops, tensors, decoded)
     ops = _fold_epilogues(ops, tensors, outputs)
     return _write(tensors, ops, inputs, outputs, description)

@@ -169,7 +169,8 @@ def tflite_seeds() -> None:
 def decode_models() -> dict[str, bytes]:
     """Small .tflite files: ok_* decode (a conv / depthwise filter through TRANSPOSE with MUL /
     ADD / RELU after it, a RESHAPE, expand HashedMatMuls with an ADD and RELU / RELU6 after them next
-    to a stream one kept for the delegate, a HashedWeight graph output), bad_* are refused.
+    to a stream one kept for the delegate, a HashedWeight graph output, int8-stored weights from
+    `edgepack convert`: int8_storage_models()), bad_* are refused.
     tests/runtime_kernels/test_tflite_decode_c.py runs the ok_* ones in LiteRT;
     tflite/test_decode_model.c checks every one."""
     import numpy as np
@@ -267,9 +268,163 @@ def decode_models() -> dict[str, bytes]:
     weight = {"shape": [3, 4], "num_hashes": 1, "seed": 6}
     return {"ok_conv": conv(False), "ok_depthwise": conv(True), "ok_mlp": mlp(), "ok_nhwc_matmul": nhwc_matmul(),
             "ok_reshape_fc": reshape_fc(), "ok_weight_output": weight_output(weight), "ok_codebook_fc": codebook_fc(),
+            **int8_storage_models(),
             "bad_num_hashes": weight_output(weight | {"num_hashes": 65}),
             "bad_bomb": weight_output(weight | {"shape": [2, 2**31 - 1]}),
-            "bad_constant_output": conv(False, output_data=True)}
+            "bad_constant_output": conv(False, output_data=True), **int8_cast_models()}
+
+
+def int8_cast_models() -> dict[str, bytes]:
+    """CASTs around decoders (docs/ops.md "int8 storage"): ok_int8_activation_cast, an expand HashedMatMul whose
+    X is a CAST of an int8 constant (decoded; the CAST stays); bad_int8_*: a -128 bucket, a buffer one byte
+    short, a CAST of a graph input, a CAST into 'recon' or into a HashedMatMul's buckets, a decoded value
+    that is not an integer folded through CAST(float32 -> int8)."""
+    import numpy as np
+    import tflite
+
+    from edgepack.exporter.tflite_writer import Options, TFLiteModelBuilder
+
+    op, hw, hm = tflite.BuiltinOperator, "ai.edgepack.HashedWeight", "ai.edgepack.HashedMatMul"
+    rng = np.random.default_rng(16)
+
+    def stored(q=None, short: bool = False, fed: bool = False, buckets=None, recon_cast: bool = False) -> bytes:
+        """x -> FULLY_CONNECTED(CAST(HashedWeight(CAST(q) or buckets[, recon])) to int8) -> y."""
+        b = TFLiteModelBuilder()
+        x = b.tensor("x", (1, 8))
+        if buckets is None:
+            qi = b.tensor("q", (5,), np.int8) if fed else b.constant("q", q)
+            if short:
+                b.tensors[qi].shape = (len(q) + 1,)
+            qf = b.tensor("qf", b.tensors[qi].shape)
+            b.operator(op.CAST, [qi], [qf])
+        else:
+            qf = b.constant("buckets", buckets)
+        extra, attrs = [], {"shape": [4, 8], "num_hashes": 1, "seed": 5}
+        if recon_cast:
+            ri = b.constant("recon_q", np.array([1, 0, 0, 1], np.int8))  # H = 1: the identity recon
+            extra = [b.tensor("recon", (4,))]
+            b.operator(op.CAST, [ri], extra)
+        w, wq, y = b.tensor("w", (4, 8)), b.tensor("wq", (4, 8), np.int8), b.tensor("y", (1, 4))
+        b.operator(hw, [qf, *extra], [w], flexbuffer_options(attrs))
+        b.operator(op.CAST, [w], [wq])
+        b.operator(op.FULLY_CONNECTED, [x, wq, -1], [y], Options("FullyConnectedOptions", {}))
+        return b.serialize([x, qi] if fed else [x], [y])
+
+    def matmul(x_cast: bool) -> bytes:
+        """An expand HashedMatMul [2, 6] -> [2, 5]: X a CAST of an int8 constant, or its buckets one."""
+        b = TFLiteModelBuilder()
+        q = b.constant("q", rng.integers(-9, 10, (2, 6) if x_cast else 9).astype(np.int8))
+        qf, y = b.tensor("qf", (2, 6) if x_cast else (9,)), b.tensor("y", (2, 5))
+        b.operator(op.CAST, [q], [qf])
+        x = b.tensor("x", (2, 6))
+        inputs = [qf, b.constant("b1", rng.standard_normal(9).astype(np.float32))] if x_cast else [x, qf]
+        b.operator(hm, inputs, [y], flexbuffer_options({"in_features": 6, "out_features": 5, "num_hashes": 1,
+                                                        "seed": 1}))
+        return b.serialize([] if x_cast else [x], [y])
+
+    q = rng.integers(-127, 128, 5).astype(np.int8)
+    return {"ok_int8_activation_cast": matmul(True),
+            "bad_int8_minus_128": stored(np.array([3, -7, -128, 5, 1], np.int8)),
+            "bad_int8_short": stored(q, short=True),
+            "bad_int8_graph_input": stored(fed=True),
+            "bad_int8_recon": stored(buckets=rng.standard_normal(5).astype(np.float32), recon_cast=True),
+            "bad_int8_matmul_buckets": matmul(False),
+            "bad_int8_not_integer": stored(buckets=np.full(5, 0.5, np.float32))}
+
+
+# int8 storage (docs/ops.md): the activation scales of int8_storage_models(), and each seed's output scale
+INT8_STORAGE_SCALES = {"x": 4 / 127, "conv": 0.03, "dw": 0.02, "fc": 0.05}
+INT8_STORAGE_OUTPUT_SCALE = {"ok_int8_storage_conv": INT8_STORAGE_SCALES["fc"],
+                             "ok_int8_storage_depthwise": INT8_STORAGE_SCALES["dw"]}
+
+
+def int8_storage_models() -> dict[str, bytes]:
+    """int8-stored compressed weights through `edgepack convert` (tflite_quant, no verification): a tiny QDQ
+    ONNX model with each weight Cast(INT8 q) -> HashedWeight | CodebookWeight -> Cast(INT8) -> DequantizeLinear
+    becomes CAST -> CUSTOM -> CAST [-> TRANSPOSE] into a per-channel int8 filter. ok_int8_storage_conv: a
+    hashed CONV_2D, ReLU, then a sparse-codebook FULLY_CONNECTED; ok_int8_storage_depthwise: a dense-codebook
+    DEPTHWISE_CONV_2D."""
+    import tempfile
+
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgepack.exporter.tflite_export import convert_onnx_to_tflite
+    from edgepack.runtime_kernels.op_spec import DOMAIN, OPSET_VERSION
+
+    rng, scales = np.random.default_rng(15), INT8_STORAGE_SCALES
+
+    def stored(name: str, op: str, q: np.ndarray, rows: int, extra: dict, **attributes) -> tuple[list, dict]:
+        """The chain of one int8-stored weight {name}_wd, and its initializers."""
+        inits = {f"{name}_q": q, **{f"{name}_{k}": v for k, v in extra.items()},
+                 f"{name}_scale": rng.uniform(0.002, 0.006, rows).astype(np.float32),
+                 f"{name}_zero": np.zeros(rows, np.int8),
+                 f"{name}_bias": rng.uniform(-0.1, 0.1, rows).astype(np.float32)}
+        nodes = [helper.make_node("Cast", [f"{name}_q"], [f"{name}_f"], to=TensorProto.FLOAT, name=f"{name}_cast_f"),
+                 helper.make_node(op, [f"{name}_f", *(f"{name}_{k}" for k in extra)], [f"{name}_w"], domain=DOMAIN,
+                                  name=f"{name}_decode", **attributes),
+                 helper.make_node("Cast", [f"{name}_w"], [f"{name}_wq"], to=TensorProto.INT8, name=f"{name}_cast_q"),
+                 helper.make_node("DequantizeLinear", [f"{name}_wq", f"{name}_scale", f"{name}_zero"],
+                                  [f"{name}_wd"], axis=0, name=f"{name}_dq")]
+        return nodes, inits
+
+    def qdq(x: str, y: str, scale: str, zero: str) -> list:
+        return [helper.make_node("QuantizeLinear", [x, scale, zero], [f"{x}_q"], name=f"q_{x}"),
+                helper.make_node("DequantizeLinear", [f"{x}_q", scale, zero], [y], name=f"dq_{x}")]
+
+    def convert(nodes: list, inits: dict, x_shape: list[int], y_shape: list[int]) -> bytes:
+        graph = helper.make_graph(nodes, "int8_storage",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
+                                  [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                        helper.make_opsetid(DOMAIN, OPSET_VERSION)])
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "m.tflite"
+            convert_onnx_to_tflite(model, path, verify=False)
+            return path.read_bytes()
+
+    io = {"xs": np.float32(scales["x"]), "xz": np.int8(0)}
+    # ok_int8_storage_conv: x [1, 2, 4, 4] -> hashed Conv 3x3 (4 outputs) -> Relu -> Flatten -> sparse codebook
+    # Gemm [5, 64] -> y [1, 5]
+    conv_nodes, conv_inits = stored("conv", "HashedWeight", rng.integers(-127, 128, 13).astype(np.int8), 4, {},
+                                    shape=[4, 2, 3, 3], num_hashes=1, seed=11, signed=1)
+    dense = np.where(rng.random((5, 64)) < 0.2, rng.integers(1, 4, (5, 64)), 0)
+    dense[3] = 0  # an empty row
+    row_ptr, gaps, idx = [0], [], []
+    for row in dense:
+        cols = np.flatnonzero(row)
+        idx += row[cols].tolist()
+        gaps += np.diff(np.r_[-1, cols]).tolist()
+        row_ptr.append(len(idx))
+    packed = np.zeros((len(idx) * 2 + 7) // 8, np.uint8)
+    for k, i in enumerate(idx):
+        packed[k * 2 // 8] |= i << (k * 2 % 8)
+    fc_nodes, fc_inits = stored("fc", "CodebookWeight", np.array([0, -90, 45, 127], np.int8), 5,
+                                {"indices": packed, "row_ptr": np.array(row_ptr, np.int32),
+                                 "col_gaps": np.array(gaps, np.uint8)}, shape=[5, 64], bits=2)
+    inits = io | conv_inits | fc_inits | {"s1": np.float32(scales["conv"]), "z1": np.int8(-128),
+                                          "s2": np.float32(scales["fc"]), "z2": np.int8(0)}
+    nodes = [*qdq("x", "xd", "xs", "xz"), *conv_nodes, *fc_nodes,
+             helper.make_node("Conv", ["xd", "conv_wd", "conv_bias"], ["c1"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu"), *qdq("r1", "r1d", "s1", "z1"),
+             helper.make_node("Flatten", ["r1d"], ["f"], name="flatten"), *qdq("f", "fd", "s1", "z1"),
+             helper.make_node("Gemm", ["fd", "fc_wd", "fc_bias"], ["g"], transB=1, name="fc"),
+             *qdq("g", "y", "s2", "z2")]
+    models = {"ok_int8_storage_conv": convert(nodes, inits, [1, 2, 4, 4], [1, 5])}
+    # ok_int8_storage_depthwise: x [1, 3, 5, 5] -> dense codebook depthwise Conv 3x3, stride 2 -> y [1, 3, 3, 3]
+    dw_idx = rng.integers(0, 4, 27)
+    dw_packed = np.zeros(7, np.uint8)
+    for k, i in enumerate(dw_idx):
+        dw_packed[k * 2 // 8] |= i << (k * 2 % 8)
+    dw_nodes, dw_inits = stored("dw", "CodebookWeight", np.array([-127, -20, 33, 100], np.int8), 3,
+                                {"indices": dw_packed}, shape=[3, 1, 3, 3], bits=2)
+    nodes = [*qdq("x", "xd", "xs", "xz"), *dw_nodes,
+             helper.make_node("Conv", ["xd", "dw_wd", "dw_bias"], ["c"], pads=[1, 1, 1, 1], strides=[2, 2], group=3,
+                              name="dw"), *qdq("c", "y", "s1", "z1")]
+    inits = io | dw_inits | {"s1": np.float32(scales["dw"]), "z1": np.int8(0)}
+    models["ok_int8_storage_depthwise"] = convert(nodes, inits, [1, 3, 5, 5], [1, 3, 3, 3])
+    return models
 
 
 def decode_seeds() -> None:
@@ -465,6 +620,72 @@ def onnx_decode_seeds() -> None:
         write("fuzz_onnx_decode", f"codebook_weight_{'raw' if raw else 'int32_data'}", model([cw], inits))
 
 
+def onnx_int8_decode_seeds() -> None:
+    """int8 storage (docs/ops.md): INT8 buckets / codebook -> Cast(FLOAT) -> HashedWeight | CodebookWeight ->
+    Cast(INT8) -> DequantizeLinear, folded into one int8 weight; the decoder's output also read elsewhere;
+    and refused chains: a Cast to DOUBLE, a -128 bucket (also in a node not decoded: recon a graph input), an
+    int8 initializer one byte short, a Cast to INT8 of values that are not integers, two Casts to INT8 of one
+    decoded weight, a Cast into HashedMatMul's buckets, a Cast with two 'to' attributes."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(12)
+
+    def model(nodes, inits, outputs=("Y",), inputs=()) -> bytes:
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
+                                               for n in inputs],
+                                  [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs], inits)
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("ai.edgepack", 1)])
+        m.ir_version = 10
+        return m.SerializeToString()
+
+    def chain(op: str, extra: list[str], to: int = TensorProto.FLOAT, **attributes) -> list:
+        return [helper.make_node("Cast", ["q"], ["qf"], name="to_float", to=to),
+                helper.make_node(op, ["qf", *extra], ["W"], domain="ai.edgepack", name="w", **attributes),
+                helper.make_node("Cast", ["W"], ["Wq"], name="to_int8", to=TensorProto.INT8),
+                helper.make_node("DequantizeLinear", ["Wq", "s", "z"], ["Y"], axis=0)]
+
+    def qdq(rows: int) -> list:
+        return [numpy_helper.from_array(np.full(rows, 0.01, np.float32), "s"),
+                numpy_helper.from_array(np.zeros(rows, np.int8), "z")]
+
+    buckets = numpy_helper.from_array(rng.integers(-127, 128, 9).astype(np.int8), "q")
+    hashed = chain("HashedWeight", [], shape=[4, 3, 2], num_hashes=1, seed=5, signed=1)
+    write("fuzz_onnx_decode", "int8_hashed_weight", model(hashed, [buckets, *qdq(4)]))
+    write("fuzz_onnx_decode", "int8_hashed_weight_also_float", model(hashed, [buckets, *qdq(4)], ("Y", "W")))
+    as_int32 = helper.make_tensor("q", TensorProto.INT8, [9], numpy_helper.to_array(buckets).astype(np.int64).tolist())
+    write("fuzz_onnx_decode", "int8_hashed_int32_data", model(hashed, [as_int32, *qdq(4)]))
+    w = codebook_weight()
+    codebook = numpy_helper.from_array(np.array([0, -100, 37, 127], np.int8), "q")
+    sparse = [numpy_helper.from_array(np.frombuffer(w[n], dtype), n)
+              for n, dtype in (("indices", np.uint8), ("row_ptr", "<i4"), ("col_gaps", np.uint8))]
+    write("fuzz_onnx_decode", "int8_codebook_sparse", model(
+        chain("CodebookWeight", ["indices", "row_ptr", "col_gaps"], **CODEBOOK_WEIGHT), [codebook, *sparse, *qdq(7)]))
+    write("fuzz_onnx_decode", "int8_cast_to_double", model(
+        chain("HashedWeight", [], TensorProto.DOUBLE, shape=[4, 3], num_hashes=1, seed=1), [buckets, *qdq(4)]))
+    low = numpy_helper.from_array(np.array([3, -128, 5], np.int8), "q")
+    write("fuzz_onnx_decode", "int8_minus_128", model(chain("HashedWeight", [], shape=[4, 3], num_hashes=1, seed=1),
+                                                      [low, *qdq(4)]))
+    short = numpy_helper.from_array(np.ones(9, np.int8), "q")
+    short.raw_data = short.raw_data[:-1]
+    write("fuzz_onnx_decode", "int8_short", model(hashed, [short, *qdq(4)]))
+    recon = numpy_helper.from_array(np.array([1.0, 0.5, 0.0, 1.0, 0.25], np.float32), "r")
+    write("fuzz_onnx_decode", "int8_fold_not_integer", model(
+        chain("HashedWeight", ["r"], shape=[4, 3], num_hashes=2, seed=1), [buckets, recon, *qdq(4)]))
+    identity = numpy_helper.from_array(np.array([1, -1, 0, 0, 1, -1, 0], np.float32), "r")
+    write("fuzz_onnx_decode", "int8_minus_128_not_decoded", model(
+        chain("HashedWeight", ["r"], shape=[4, 3], num_hashes=1, seed=1), [low, identity, *qdq(4)], inputs=("r",)))
+    twice = [*hashed, helper.make_node("Cast", ["W"], ["Wq2"], name="to_int8_again", to=TensorProto.INT8)]
+    write("fuzz_onnx_decode", "int8_fold_twice", model(twice, [buckets, *qdq(4)], ("Y", "Wq2")))
+    matmul = [helper.make_node("Cast", ["q"], ["qf"], name="to_float", to=TensorProto.FLOAT),
+              helper.make_node("HashedMatMul", ["X", "qf"], ["Y"], domain="ai.edgepack", name="mm", in_features=3,
+                               out_features=2, num_hashes=1, seed=1)]
+    write("fuzz_onnx_decode", "int8_cast_into_hashed_matmul", model(matmul, [buckets], inputs=("X",)))
+    two_to = chain("HashedWeight", [], shape=[4, 3], num_hashes=1, seed=1)
+    two_to[0].attribute.append(helper.make_attribute("to", TensorProto.FLOAT))
+    write("fuzz_onnx_decode", "int8_cast_two_to", model(two_to, [buckets, *qdq(4)]))
+
+
 def wav_seeds() -> None:
     """fuzz_wav: WAV files the streaming runner accepts (extra and odd-sized chunks, the extensible
     'fmt ', a streamed size) and ones it refuses (truncated, stereo, 44.1 kHz, float, out of order)."""
@@ -587,6 +808,7 @@ def main() -> None:
     decode_seeds()
     ort_seeds()
     onnx_decode_seeds()
+    onnx_int8_decode_seeds()
     kernel_seeds()
     codebook_seeds()
     hyper_seeds()

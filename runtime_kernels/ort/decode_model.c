@@ -16,6 +16,12 @@
  * anything is allocated. Hashing and decoding are the kernels' (ep_op_read_attrs,
  * ep_op_check_weights, ep_hashed_decode; CodebookWeight and HyperWeight through ep_op_run), so the weights equal
  * the custom ops' bit for bit.
+ *
+ * int8 storage (decode_onnx.py, docs/ops.md "int8 storage"): a HashedWeight 'buckets' or CodebookWeight
+ * 'codebook' input may be the output of Cast(to=FLOAT) of a constant INT8 initializer (values in
+ * [-127, 127]); a Cast(to=INT8) of the decoded weight becomes one INT8 initializer named as its output
+ * (every decoded value an integer in [-128, 127]), and the Casts, the decoder's float output and the int8
+ * source are dropped when nothing else reads them: a plain QDQ graph is left for ORT's int8 kernels.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "decode_model.h"
@@ -37,6 +43,8 @@
 #define ATTR_INT 2
 #define ATTR_INTS 7
 #define TYPE_FLOAT 1
+#define TYPE_INT8 3
+#define CAST_TAIL "a decoder's weight input may be a Cast only to FLOAT (1) of a constant INT8 (3) initializer"
 
 static const uint8_t EMPTY[1] = {0};
 
@@ -203,7 +211,21 @@ typedef struct ninfo { /* one ai.edgepack HashedWeight / HashedMatMul / Codebook
     ep_op op;
     ep_op_attrs attrs;
     size_t w[EP_OP_MAX_INPUTS]; /* initializer index of each weight slot (SIZE_MAX: none) */
+    size_t cast[EP_OP_MAX_INPUTS]; /* the Cast (c->casts) a weight slot reads (SIZE_MAX: none) */
+    size_t fold;    /* the Cast (c->casts) to INT8 of its output folded into an int8 initializer (SIZE_MAX: none) */
+    int keep_float; /* its float output is kept: no fold, or something besides the folded Cast reads it */
 } ninfo;
+
+enum { CAST_KEEP, CAST_SOURCE, CAST_FOLD }; /* a Cast stays; feeds decoded nodes only; is folded */
+
+typedef struct cinfo { /* one Cast node of the main graph (int8 storage) */
+    size_t index;
+    span name, in0, out0;
+    size_t n_in, n_out, n_to; /* its inputs, outputs and 'to' attributes: one of each, else refused */
+    int64_t to;
+    int role;
+    size_t decoder; /* CAST_FOLD: the decoded node (c->nodes) whose output it casts */
+} cinfo;
 
 typedef struct ctx {
     char *msg;
@@ -214,6 +236,9 @@ typedef struct ctx {
     size_t n_inits;
     ninfo *nodes; /* the candidates to decode only: other nodes cost no memory */
     size_t n_nodes;
+    cinfo *casts; /* the main graph's Cast nodes */
+    size_t n_casts;
+    struct skey *cast_by_out; /* c->casts sorted by first output (find_cast) */
     spans inputs, reads, taken;
     char **owned; /* fresh names (taken points into them) */
     size_t n_owned;
@@ -473,6 +498,60 @@ static int load_values(ctx *c, const tinfo *t, const char *slot, const char *dty
     return 0;
 }
 
+/* An INT8 initializer's values (raw_data, int32_data or external data), checked against its shape and to be in
+ * [-127, 127] (int8 storage; exporter/validate.int8_values and _check_casts say the same); *out: a new buffer
+ * of them, or out NULL to check only. */
+static int load_int8(ctx *c, const tinfo *t, const char *slot, int8_t **out) {
+    if (t->count < 0 || (uint64_t)t->count > SIZE_MAX / 8)
+        return fail(c, "initializer '%.*s' has invalid dims", TNAME(t));
+    const size_t n = (size_t)t->count;
+    void *q = NULL;
+    const uint8_t *v;
+    if (t->external) {
+        if (read_external(c, t, n, &q)) return 1;
+        v = (const uint8_t *)q;
+    } else if (t->has_raw) {
+        if (t->raw.n != n)
+            return fail(c, "initializer '%.*s': raw_data has %zu bytes; its shape needs %zu", TNAME(t), t->raw.n, n);
+        v = t->raw.p;
+    } else {
+        if (load_int32_data(c, t, 1, &q)) return 1;
+        v = (const uint8_t *)q;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (v[i] == 0x80) {
+            free(q);
+            return fail(c, "input '%s' (Cast of INT8 initializer '%.*s'): value %zu is -128; int8-stored weights must "
+                        "be in [-127, 127]", slot, TNAME(t), i);
+        }
+    if (!out) {
+        free(q);
+        return 0;
+    }
+    if (!q) {
+        if (!(q = aligned(n ? n : 1))) return fail(c, "out of memory");
+        if (n) memcpy(q, v, n);
+    }
+    *out = (int8_t *)q;
+    return 0;
+}
+
+/* An INT8 initializer's values as float32 in a new buffer (load_int8's checks). */
+static int load_int8_as_float(ctx *c, const tinfo *t, const char *slot, void **out) {
+    int8_t *q = NULL;
+    if (load_int8(c, t, slot, &q)) return 1;
+    const size_t n = (size_t)t->count;
+    float *f = (float *)aligned(4 * (n ? n : 1));
+    if (!f) {
+        free(q);
+        return fail(c, "out of memory");
+    }
+    for (size_t i = 0; i < n; i++) f[i] = (float)q[i];
+    free(q);
+    *out = f;
+    return 0;
+}
+
 /* ---- attributes: the op layer's ep_attr_reader over a NodeProto's bytes --------------------- */
 
 typedef struct attr_ctx {
@@ -506,6 +585,22 @@ static int find_attr(span node, const char *name, span *a, uint64_t *type) {
         }
     }
     return found;
+}
+
+/* How many attributes named `name` the node has. */
+static size_t count_attr(span node, const char *name) {
+    pb r = reader(node), q;
+    pb_field f, g;
+    size_t n = 0;
+    while (next_field(&r, &f) > 0) {
+        if (f.num != 5 || f.wire != 2) continue;
+        span a = {EMPTY, 0};
+        q = reader(f.s);
+        while (next_field(&q, &g) > 0)
+            if (g.num == 1 && g.wire == 2) a = g.s;
+        n += span_eq(a, name);
+    }
+    return n;
 }
 
 static ep_attr_result get_int(void *vctx, const char *name, int64_t *out, char *kind, size_t cap) {
@@ -605,17 +700,94 @@ static size_t find_init(const ctx *c, span name) {
     return SIZE_MAX;
 }
 
+/* Names sorted for lookups (ties in index order), so that Casts and decoded weights are matched in
+ * O(log n) each, not by scanning every node. */
+typedef struct skey {
+    span key;
+    size_t idx;
+} skey;
+
+static int skey_cmp(const void *a, const void *b) {
+    const skey *x = (const skey *)a, *y = (const skey *)b;
+    const size_t n = x->key.n < y->key.n ? x->key.n : y->key.n;
+    const int r = n ? memcmp(x->key.p, y->key.p, n) : 0;
+    if (r) return r;
+    if (x->key.n != y->key.n) return x->key.n < y->key.n ? -1 : 1;
+    return x->idx < y->idx ? -1 : x->idx > y->idx;
+}
+
+/* The first (lowest idx) entry named `key` in v[n] sorted by skey_cmp; SIZE_MAX when none. */
+static size_t skey_find(const skey *v, size_t n, span key) {
+    size_t lo = 0, hi = n;
+    const skey probe = {key, 0};
+    while (lo < hi) {
+        const size_t mid = lo + (hi - lo) / 2;
+        if (skey_cmp(&v[mid], &probe) < 0) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo < n && span_same(v[lo].key, key) ? v[lo].idx : SIZE_MAX;
+}
+
+/* The first Cast whose first output is `name` (any output count: check_cast refuses a malformed one). */
+static size_t find_cast(const ctx *c, span name) {
+    return name.n && c->cast_by_out ? skey_find(c->cast_by_out, c->n_casts, name) : SIZE_MAX;
+}
+
+#define SNAME(s) (int)((s).n > 200 ? 200 : (s).n), (const char *)(s).p
+
+/* A Cast that is not one input, one output and one 'to' attribute is refused where int8 storage reads one. */
+static int cast_malformed(const cinfo *k) { return k->n_in != 1 || k->n_out != 1 || k->n_to != 1; }
+
+#define CAST_COUNTS "%zu inputs, %zu outputs and %zu 'to' attributes; a Cast has exactly one of each"
+
+/* An ai.edgepack weight slot s read from a Cast: only HashedWeight 'buckets' / CodebookWeight 'codebook',
+ * a Cast (one input, one output, one 'to') to FLOAT of a constant INT8 initializer whose values are in
+ * [-127, 127] (exporter/validate._check_casts checks the same, in the same order and words). */
+static int check_cast(ctx *c, const ninfo *nd, int s) {
+    const cinfo *k = &c->casts[nd->cast[s]];
+    const char *slot = ep_op_input_name(nd->op, s);
+    char msg[768], where[320];
+    const span label = k->name.n ? k->name : k->out0, source = k->n_in ? k->in0 : span_of("");
+    snprintf(where, sizeof where, "input '%s' is the output of Cast node '%.*s'", slot, SNAME(label));
+    const int stored = (nd->op == EP_OP_HashedWeight && !strcmp(slot, "buckets")) ||
+                       (nd->op == EP_OP_CodebookWeight && !strcmp(slot, "codebook"));
+    const size_t i = find_init(c, source);
+    if (!stored)
+        snprintf(msg, sizeof msg, "%s; only HashedWeight 'buckets' and CodebookWeight 'codebook' may be stored as int8 "
+                 "(a Cast only to FLOAT (1) of a constant INT8 (3) initializer)", where);
+    else if (cast_malformed(k))
+        snprintf(msg, sizeof msg, "%s, which has " CAST_COUNTS, where, k->n_in, k->n_out, k->n_to);
+    else if (k->to != TYPE_FLOAT)
+        snprintf(msg, sizeof msg, "%s to data_type %lld; " CAST_TAIL, where, (long long)k->to);
+    else if (contains(&c->inputs, source) || i == SIZE_MAX || c->inits[i].type != TYPE_INT8) {
+        char what[64];
+        if (contains(&c->inputs, source)) snprintf(what, sizeof what, "a graph input");
+        else if (i == SIZE_MAX) snprintf(what, sizeof what, "not an initializer");
+        else snprintf(what, sizeof what, "an initializer of data_type %d", (int)c->inits[i].type);
+        snprintf(msg, sizeof msg, "%s of '%.*s', which is %s; " CAST_TAIL, where, SNAME(source), what);
+    } else if (load_int8(c, &c->inits[i], slot, NULL)) /* its values, whether or not the node is decoded */
+        snprintf(msg, sizeof msg, "%s", c->cap ? c->msg : "");
+    else return 0;
+    return node_fail(c, nd, msg);
+}
+
 /* Whether the node is decoded (as decode_onnx._decodable): an ai.edgepack HashedWeight, a
  * CodebookWeight, a HyperWeight, or a HashedMatMul in expand mode without an epilogue whose weight inputs are all constant
- * initializers. Its attributes are then read and checked with the kernels' rules. */
+ * initializers (or, for HashedWeight 'buckets' / CodebookWeight 'codebook', Casts of int8 ones). Its attributes are
+ * then read and checked with the kernels' rules. Any ai.edgepack node's weight input read from a Cast is checked
+ * (check_cast), decoded or not, as exporter/validate.py does. */
 static int plan_node(ctx *c, ninfo *nd) {
     if (!span_eq(nd->domain, DOMAIN)) return 0;
-    if (span_eq(nd->op_type, "HashedWeight")) nd->op = EP_OP_HashedWeight;
-    else if (span_eq(nd->op_type, "CodebookWeight")) nd->op = EP_OP_CodebookWeight;
-    else if (span_eq(nd->op_type, "HyperWeight")) nd->op = EP_OP_HyperWeight;
-    else if (span_eq(nd->op_type, "HashedMatMul")) nd->op = EP_OP_HashedMatMul;
-    else return 0;
-    if (nd->n_out != 1 || !nd->out0.n) {
+    int known = 0;
+    for (int o = 0; o < EP_OP_COUNT && !known; o++)
+        if (span_eq(nd->op_type, ep_op_name((ep_op)o))) {
+            nd->op = (ep_op)o;
+            known = 1;
+        }
+    if (!known) return 0;
+    const int candidate = nd->op == EP_OP_HashedWeight || nd->op == EP_OP_CodebookWeight ||
+                          nd->op == EP_OP_HyperWeight || nd->op == EP_OP_HashedMatMul;
+    if (candidate && (nd->n_out != 1 || !nd->out0.n)) {
         char m[96];
         snprintf(m, sizeof m, nd->n_out != 1 ? "has %zu outputs; takes exactly one" : "its output has an empty name",
                  nd->n_out);
@@ -623,24 +795,29 @@ static int plan_node(ctx *c, ninfo *nd) {
         return -1;
     }
     attr_ctx actx = {nd->whole};
+    int fused = !candidate; /* computed at run time by the kernels: not decoded */
     if (nd->op == EP_OP_HashedMatMul) {
         int64_t v = 0;
         char kind[96];
-        if (get_int(&actx, "mode", &v, kind, sizeof kind) == EP_ATTR_FOUND && v != 0) return 0;
-        if (get_int(&actx, "activation", &v, kind, sizeof kind) == EP_ATTR_FOUND && v != 0) return 0;
-        if (nd->n_in > 4 && nd->in[4].n) return 0; /* scale: a fused epilogue */
+        if (get_int(&actx, "mode", &v, kind, sizeof kind) == EP_ATTR_FOUND && v != 0) fused = 1;
+        if (get_int(&actx, "activation", &v, kind, sizeof kind) == EP_ATTR_FOUND && v != 0) fused = 1;
+        if (nd->n_in > 4 && nd->in[4].n) fused = 1; /* scale: a fused epilogue */
     }
     const int n_slots = ep_op_n_inputs(nd->op);
-    int weights = 0;
-    for (int s = 0; s < EP_OP_MAX_INPUTS; s++) nd->w[s] = SIZE_MAX;
+    int weights = 0, casts = 0, stays = 0;
+    for (int s = 0; s < EP_OP_MAX_INPUTS; s++) nd->w[s] = nd->cast[s] = SIZE_MAX;
+    nd->fold = SIZE_MAX;
     for (int s = 0; s < n_slots && (size_t)s < nd->n_in; s++) {
         if (strcmp(ep_op_input_kind(nd->op, s), "weight") || !nd->in[s].n) continue;
-        const size_t i = find_init(c, nd->in[s]);
-        if (i == SIZE_MAX || c->inits[i].is_input) return 0; /* computed or overridable: stays */
-        nd->w[s] = i;
+        const size_t i = find_init(c, nd->in[s]), k = i == SIZE_MAX ? find_cast(c, nd->in[s]) : SIZE_MAX;
+        if (k != SIZE_MAX) { /* int8 storage, checked below */
+            nd->cast[s] = k;
+            casts++;
+        } else if (i == SIZE_MAX || c->inits[i].is_input) stays = 1; /* computed or overridable: stays */
+        else nd->w[s] = i;
         weights++;
     }
-    if (!weights) return 0;
+    if (!casts && (fused || !weights || stays)) return 0;
     char msg[512];
     ep_attr_reader rd = {&actx, get_int, get_ints, get_float};
     if (nd->n_in > (size_t)n_slots) {
@@ -652,10 +829,19 @@ static int plan_node(ctx *c, ninfo *nd) {
         node_fail(c, nd, "required input 'X' is missing");
         return -1;
     }
+    for (int s = 0; s < n_slots; s++) /* before the attributes, as exporter/validate.py */
+        if (nd->cast[s] != SIZE_MAX && check_cast(c, nd, s)) return -1;
+    if (fused) return 0; /* not reached with a Cast: check_cast refuses one into any op but a decoder */
     if (ep_op_read_attrs(nd->op, EP_RUNTIME_ORT, &rd, &nd->attrs, msg, sizeof msg)) {
         node_fail(c, nd, msg);
         return -1;
     }
+    if (stays) return 0;
+    for (int s = 0; s < n_slots; s++)
+        if (nd->cast[s] != SIZE_MAX) {
+            c->casts[nd->cast[s]].role = CAST_SOURCE;
+            nd->w[s] = find_init(c, c->casts[nd->cast[s]].in0);
+        }
     nd->decode = 1;
     return 1;
 }
@@ -798,6 +984,32 @@ static void put_node(buf *g, const char *op, span a, span b, span out, span name
     free(n.p);
 }
 
+/* The Cast to INT8 of decoder nd's output V[n] as an INT8 initializer named as the Cast's output: every
+ * value must be an integer in [-128, 127] (decode_onnx._int8_weight refuses the same, in the same words). */
+static int fold_cast(ctx *c, const ninfo *nd, const float *V, size_t n, buf *tail) {
+    char msg[512];
+    const cinfo *ck = &c->casts[nd->fold];
+    const span label = ck->name.n ? ck->name : ck->out0;
+    for (size_t i = 0; i < n; i++) {
+        const float v = V[i];
+        if (v >= -128.0f && v <= 127.0f && (float)(int32_t)v == v) continue;
+        snprintf(msg, sizeof msg, "Cast node '%.*s' to INT8 of its output: decoded value %g at index %zu is not an "
+                 "integer in [-128, 127]; an int8 weight decodes exactly only from int8 buckets / codebook values "
+                 "(HashedWeight with num_hashes = 1)", SNAME(label), (double)v, i);
+        return node_fail(c, nd, msg);
+    }
+    int8_t *q = (int8_t *)aligned(n ? n : 1);
+    if (!q) return node_fail(c, nd, "out of memory for the int8 weight");
+    for (size_t i = 0; i < n; i++) q[i] = (int8_t)(int32_t)V[i];
+    const ep_onnx_initializer *e = add_initializer(c, ck->out0, TYPE_INT8, nd->attrs.shape, nd->attrs.shape_rank, q, n);
+    if (!e) {
+        free(q);
+        return node_fail(c, nd, "out of memory");
+    }
+    put_placeholder(tail, e);
+    return 0;
+}
+
 /* Decode one planned node: its weight decoded by the kernels, then its replacement (nothing for
  * HashedWeight, whose output becomes an initializer; MatMul (+ Add) for HashedMatMul). */
 static int decode_node(ctx *c, ninfo *nd, buf *g, buf *tail) {
@@ -816,7 +1028,8 @@ static int decode_node(ctx *c, ninfo *nd, buf *g, buf *tail) {
             goto done;
         }
         const char *dtype = ep_op_input_dtype(nd->op, s);
-        if (load_values(c, t, ep_op_input_name(nd->op, s), dtype, &data[s])) {
+        if (nd->cast[s] != SIZE_MAX ? load_int8_as_float(c, t, ep_op_input_name(nd->op, s), &data[s])
+                                    : load_values(c, t, ep_op_input_name(nd->op, s), dtype, &data[s])) {
             snprintf(msg, sizeof msg, "%s", c->cap ? c->msg : "");
             node_fail(c, nd, msg);
             goto done;
@@ -882,14 +1095,17 @@ static int decode_node(ctx *c, ninfo *nd, buf *g, buf *tail) {
     c->used += bytes;
     c->out->decoded_bytes += bytes;
     if (nd->op != EP_OP_HashedMatMul) { /* a decoder: its output becomes the initializer */
-        const ep_onnx_initializer *e = add_initializer(c, nd->out0, TYPE_FLOAT, a->shape, a->shape_rank, V,
-                                                       (size_t)bytes);
-        if (!e) {
-            node_fail(c, nd, "out of memory");
-            goto done;
+        if (nd->fold != SIZE_MAX && fold_cast(c, nd, V, (size_t)bytes / 4, tail)) goto done;
+        if (nd->keep_float) {
+            const ep_onnx_initializer *e = add_initializer(c, nd->out0, TYPE_FLOAT, a->shape, a->shape_rank, V,
+                                                           (size_t)bytes);
+            if (!e) {
+                node_fail(c, nd, "out of memory");
+                goto done;
+            }
+            V = NULL;
+            put_placeholder(tail, e);
         }
-        V = NULL;
-        put_placeholder(tail, e);
     } else {
         if (!(W = (float *)aligned((size_t)bytes))) {
             node_fail(c, nd, "out of memory for the transposed weight");
@@ -951,17 +1167,36 @@ static int rewrite_graph(ctx *c, span graph, buf *g) {
     pb_field f;
     int k;
     /* 1. what the graph holds */
-    size_t cap_n = 0, cap_i = 0, n_all = 0;
+    size_t cap_n = 0, cap_i = 0, cap_c = 0, n_all = 0;
     ninfo nd;
     while ((k = next_field(&r, &f)) > 0) {
         if (f.wire != 2) continue;
         if (f.num == 1) {
             if (parse_node(c, f.s, &nd)) return 1;
             nd.index = n_all++;
-            if (!span_eq(nd.domain, DOMAIN) ||
-                !(span_eq(nd.op_type, "HashedWeight") || span_eq(nd.op_type, "HashedMatMul") ||
-                  span_eq(nd.op_type, "CodebookWeight") || span_eq(nd.op_type, "HyperWeight")))
+            if ((!nd.domain.n || span_eq(nd.domain, "ai.onnx")) && span_eq(nd.op_type, "Cast")) {
+                if (c->n_casts == cap_c) {
+                    cap_c = cap_c ? 2 * cap_c : 16;
+                    cinfo *v = (cinfo *)realloc(c->casts, cap_c * sizeof *v);
+                    if (!v) return fail(c, "out of memory reading the model");
+                    c->casts = v;
+                }
+                cinfo *ck = &c->casts[c->n_casts++];
+                memset(ck, 0, sizeof *ck);
+                attr_ctx actx = {nd.whole};
+                char kind[96];
+                ck->index = nd.index;
+                ck->name = nd.name;
+                ck->in0 = nd.n_in ? nd.in[0] : span_of("");
+                ck->out0 = nd.out0;
+                ck->n_in = nd.n_in;
+                ck->n_out = nd.n_out;
+                if (get_int(&actx, "to", &ck->to, kind, sizeof kind) != EP_ATTR_FOUND) ck->to = 0;
+                ck->n_to = count_attr(nd.whole, "to");
                 continue;
+            }
+            if (!span_eq(nd.domain, DOMAIN)) continue; /* every ai.edgepack node: its Cast inputs are checked */
+            nd.fold = SIZE_MAX;
             if (c->n_nodes == cap_n) {
                 cap_n = cap_n ? 2 * cap_n : 16;
                 ninfo *v = (ninfo *)realloc(c->nodes, cap_n * sizeof *v);
@@ -987,6 +1222,11 @@ static int rewrite_graph(ctx *c, span graph, buf *g) {
     }
     if (k < 0) return malformed(c, "the graph");
     for (size_t i = 0; i < c->n_inits; i++) c->inits[i].is_input = contains(&c->inputs, c->inits[i].name);
+    if (c->n_casts) {
+        if (!(c->cast_by_out = (skey *)malloc(c->n_casts * sizeof(skey)))) return fail(c, "out of memory");
+        for (size_t k2 = 0; k2 < c->n_casts; k2++) c->cast_by_out[k2] = (skey){c->casts[k2].out0, k2};
+        qsort(c->cast_by_out, c->n_casts, sizeof(skey), skey_cmp);
+    }
     /* 2. which nodes are decoded; what the others (and their subgraphs) read */
     int planned = 0;
     for (size_t i = 0; i < c->n_nodes; i++) {
@@ -995,12 +1235,48 @@ static int rewrite_graph(ctx *c, span graph, buf *g) {
         planned += p;
     }
     if (!planned) return 0;
-    size_t ni = 0, nc = 0;
+    size_t n_dec = 0; /* the decoded decoders by output */
+    skey *dec = (skey *)malloc((c->n_nodes ? c->n_nodes : 1) * sizeof(skey));
+    if (!dec) return fail(c, "out of memory");
+    for (size_t d = 0; d < c->n_nodes; d++)
+        if (c->nodes[d].decode && c->nodes[d].op != EP_OP_HashedMatMul) dec[n_dec++] = (skey){c->nodes[d].out0, d};
+    qsort(dec, n_dec, sizeof(skey), skey_cmp);
+    for (size_t k2 = 0; k2 < c->n_casts; k2++) { /* the Cast to INT8 of a decoded weight is folded */
+        cinfo *ck = &c->casts[k2];
+        const size_t d = ck->n_in ? skey_find(dec, n_dec, ck->in0) : SIZE_MAX;
+        if (d == SIZE_MAX) continue;
+        ninfo *dn = &c->nodes[d];
+        /* decode_onnx._folded_casts refuses the same, in the same order and words */
+        char m[640];
+        const span label = ck->name.n ? ck->name : ck->out0;
+        if (cast_malformed(ck)) {
+            snprintf(m, sizeof m, "Cast node '%.*s' reading its output has " CAST_COUNTS, SNAME(label), ck->n_in,
+                     ck->n_out, ck->n_to);
+            free(dec);
+            return node_fail(c, dn, m);
+        }
+        if (ck->to != TYPE_INT8 || !ck->out0.n) continue;
+        if (dn->fold != SIZE_MAX) {
+            const cinfo *first = &c->casts[dn->fold];
+            const span l0 = first->name.n ? first->name : first->out0;
+            snprintf(m, sizeof m, "Cast nodes '%.*s' and '%.*s' both cast its output to INT8; decode at load folds "
+                     "one Cast to INT8 per decoded weight", SNAME(l0), SNAME(label));
+            free(dec);
+            return node_fail(c, dn, m);
+        }
+        ck->role = CAST_FOLD;
+        ck->decoder = d;
+        dn->fold = k2;
+    }
+    free(dec);
+    size_t ni = 0, nc = 0, cc = 0;
     r = reader(graph);
     while (next_field(&r, &f) > 0) {
         if (f.wire != 2 || f.num != 1) continue;
         const ninfo *nd = nc < c->n_nodes && c->nodes[nc].index == ni ? &c->nodes[nc++] : NULL;
+        const cinfo *ck = cc < c->n_casts && c->casts[cc].index == ni ? &c->casts[cc++] : NULL;
         ni++;
+        if (ck && ck->role != CAST_KEEP) continue; /* read by decoded nodes, or folded */
         if (!nd || !nd->decode) {
             if (scan_node(c, f.s, 0, 1)) return 1;
             continue;
@@ -1010,15 +1286,26 @@ static int rewrite_graph(ctx *c, span graph, buf *g) {
         if (nd->op == EP_OP_HashedMatMul && (push(c, &c->reads, nd->in[0]) || (nd->n_in > 3 && push(c, &c->reads, nd->in[3]))))
             return 1;
     }
+    for (size_t k2 = 0; k2 < c->n_casts; k2++) { /* a Cast to FLOAT something else reads stays */
+        cinfo *ck = &c->casts[k2];
+        if (ck->role == CAST_SOURCE && contains(&c->reads, ck->out0)) {
+            ck->role = CAST_KEEP;
+            if (push(c, &c->reads, ck->in0)) return 1;
+        }
+    }
+    for (size_t d = 0; d < c->n_nodes; d++)
+        c->nodes[d].keep_float = c->nodes[d].fold == SIZE_MAX || contains(&c->reads, c->nodes[d].out0);
     /* 3. the new graph, field by field in the original order; decoded weights at the end */
     buf tail = {0};
     size_t ii = 0;
-    ni = nc = 0;
+    ni = nc = cc = 0;
     r = reader(graph);
     while (next_field(&r, &f) > 0) {
         if (f.wire == 2 && f.num == 1) {
             ninfo *nd = nc < c->n_nodes && c->nodes[nc].index == ni ? &c->nodes[nc++] : NULL;
+            const cinfo *ck = cc < c->n_casts && c->casts[cc].index == ni ? &c->casts[cc++] : NULL;
             ni++;
+            if (ck && ck->role != CAST_KEEP) continue;
             if (!nd || !nd->decode) put(g, f.whole.p, f.whole.n);
             else if (decode_node(c, nd, g, &tail)) goto fail;
         } else if (f.wire == 2 && f.num == 5) {
@@ -1109,6 +1396,8 @@ int ep_onnx_decode_model(const uint8_t *model, size_t size, const char *model_di
     free(m.p);
     free(c.inits);
     free(c.nodes);
+    free(c.casts);
+    free(c.cast_by_out);
     free(c.inputs.v);
     free(c.reads.v);
     free(c.taken.v);

@@ -11,6 +11,11 @@
  *  - a MUL / ADD by a per-channel constant (a BatchNorm) and a RELU / RELU6 that alone read such a
  *    FULLY_CONNECTED, or a convolution whose filter is a decoded weight, are folded into it (its
  *    filter, a new bias and its fused activation), as TFLite's converter does for a dense model.
+ *  - an int8-stored weight (INT8_STORAGE_SPEC): CAST(int8 constant -> float32) feeding HashedWeight 'buckets' or
+ *    CodebookWeight 'codebook', and CAST(float32 -> int8) [+ TRANSPOSE / RESHAPE] of the decoded weight, fold into
+ *    one constant int8 filter that keeps its tensor's (per-channel) quantization; a CAST into any other weight
+ *    input of an ai.edgepack op, a stored -128 and a decoded value that is not an integer in [-128, 127] are
+ *    refused (check_casts; decode_tflite.py and exporter/validate.py in the same words);
  * Every other node, ai.edgepack ones included, is kept for its runtime or the edgepack delegate.
  *
  * How: the flatbuffer reader is hand-written (no C flatbuffers library on-device, and only seven
@@ -37,14 +42,14 @@
 
 #define MAX_STEPS 8 /* MUL / ADD / RELU nodes folded into one convolution or FULLY_CONNECTED */
 
-enum { TYPE_FLOAT32 = 0, TYPE_INT32 = 2, TYPE_UINT8 = 3 };
+enum { TYPE_FLOAT32 = 0, TYPE_INT32 = 2, TYPE_UINT8 = 3, TYPE_INT8 = 9 };
 enum {
     OP_ADD = 0, OP_CONV_2D = 3, OP_DEPTHWISE_CONV_2D = 4, OP_FULLY_CONNECTED = 9, OP_MUL = 18, OP_RELU = 19,
-    OP_RELU6 = 21, OP_RESHAPE = 22, OP_CUSTOM = 32, OP_TRANSPOSE = 39,
+    OP_RELU6 = 21, OP_RESHAPE = 22, OP_CUSTOM = 32, OP_TRANSPOSE = 39, OP_CAST = 53,
 };
 enum { OPTIONS_CONV_2D = 1, OPTIONS_DEPTHWISE_CONV_2D = 2, OPTIONS_FULLY_CONNECTED = 8, ACT_RELU = 1, ACT_RELU6 = 3 };
 enum { KEEP = 0, REMOVE = 1, TO_FC = 2, REBUILD = 3 }; /* what happens to an operator */
-enum { V_DECODE = 0, V_TRANSPOSE = 1, V_RESHAPE = 2, V_BIAS = 3 }; /* how a value is computed */
+enum { V_DECODE = 0, V_TRANSPOSE = 1, V_RESHAPE = 2, V_BIAS = 3, V_CAST8 = 4 }; /* how a value is computed */
 
 typedef struct tbl {
     size_t pos, vt, vt_len, t_len;
@@ -55,6 +60,7 @@ typedef struct ten {
     int64_t dims[MAXR], count;
     uint32_t type, buffer;
     size_t name, name_len, entry; /* entry: its element of the tensors vector */
+    size_t quant;                 /* its QuantizationParameters table, 0 when absent */
 } ten;
 
 typedef struct bufr {
@@ -91,6 +97,8 @@ typedef struct val {
     const char *suffix;
     float *data;
     int in_output; /* data lies in the output model (its buffer's bytes): not freed on its own */
+    int int8;      /* an int8 value (an int8-stored weight): data holds its integers as floats */
+    uint8_t *out8; /* where its int8 bytes go in the output model */
 } val;
 
 typedef struct dec {
@@ -105,6 +113,7 @@ typedef struct dec {
     opr *o;
     val *v;
     int *value_of, *readers, *consumer; /* per tensor: its value, readers and (last) reading node */
+    int *producer, *uses; /* per tensor, in the input graph: the node writing it (-1: none), nodes / outputs reading it */
     int fold;                           /* fold epilogues (MUL / ADD / RELU) into the nodes */
     uint32_t nt, nb, nc, no, nv, n_gin, n_gout;
     size_t gin, gout, ops_vec;
@@ -269,7 +278,10 @@ static int parse_tensors(dec *d, const tbl *g) {
     d->value_of = (int *)malloc(sizeof(int) * (d->nt ? d->nt : 1));
     d->readers = (int *)calloc(d->nt ? d->nt : 1, sizeof(int));
     d->consumer = (int *)calloc(d->nt ? d->nt : 1, sizeof(int));
-    if (!d->t || !d->value_of || !d->readers || !d->consumer) return fail(d, "out of memory reading %u tensors", d->nt);
+    d->producer = (int *)calloc(d->nt ? d->nt : 1, sizeof(int));
+    d->uses = (int *)calloc(d->nt ? d->nt : 1, sizeof(int));
+    if (!d->t || !d->value_of || !d->readers || !d->consumer || !d->producer || !d->uses)
+        return fail(d, "out of memory reading %u tensors", d->nt);
     for (uint32_t i = 0; i < d->nt; i++) {
         ten *x = &d->t[i];
         tbl t;
@@ -277,10 +289,18 @@ static int parse_tensors(dec *d, const tbl *g) {
         size_t shape;
         uint64_t type, buffer;
         d->value_of[i] = -1;
+        tbl q;
+        uint32_t n_scale, n_zero;
+        size_t scale, zero;
+        uint64_t dim;
         if (!elem_table(d, data, i, &t, &x->entry) || !vec_field(d, &t, 0, 4, &rank, &shape) ||
             !scalar(d, &t, 1, 1, 0, &type) || !scalar(d, &t, 2, 4, 0, &buffer) ||
-            !vec_field(d, &t, 3, 1, &name_len, &x->name))
+            !vec_field(d, &t, 3, 1, &name_len, &x->name) || !ref(d, &t, 4, &x->quant))
             return MALFORMED("a Tensor table");
+        /* its scale, zero_point and quantized_dimension, read again when an int8 filter copies them */
+        if (x->quant && (!table(d, x->quant, &q) || !vec_field(d, &q, 2, 4, &n_scale, &scale) ||
+                         !vec_field(d, &q, 3, 8, &n_zero, &zero) || !scalar(d, &q, 6, 4, 0, &dim)))
+            return MALFORMED("a tensor's QuantizationParameters table (scale, zero_point, quantized_dimension)");
         if (buffer >= d->nb) return fail(d, "model: tensor %u names buffer %llu; the model has %u", i,
                                          (unsigned long long)buffer, d->nb);
         x->type = (uint32_t)type, x->buffer = (uint32_t)buffer, x->name_len = name_len;
@@ -418,6 +438,119 @@ static int const_view(dec *d, int32_t i, const char *dtype, ep_tensor *v, void *
     return 1;
 }
 
+/* Per tensor of the input graph: the node writing it (-1 when none) and how many nodes and graph outputs read it. */
+static void index_graph(dec *d) {
+    for (uint32_t t = 0; t < d->nt; t++) d->producer[t] = -1, d->uses[t] = 0;
+    for (uint32_t i = 0; i < d->no; i++) {
+        const opr *o = &d->o[i];
+        for (uint32_t k = 0; k < o->n_out; k++) d->producer[i32(d, o->outs, k)] = (int)i;
+        for (uint32_t k = 0; k < o->n_in; k++)
+            if (in_at(d, o, k) >= 0) d->uses[in_at(d, o, k)]++;
+    }
+    for (uint32_t k = 0; k < d->n_gout; k++) d->uses[i32(d, d->gout, k)]++;
+}
+
+/* The CAST node writing tensor t (as its one output), or -1. */
+static int32_t cast_of(const dec *d, int32_t t) {
+    const int32_t p = t >= 0 ? d->producer[t] : -1;
+    return p >= 0 && d->c[d->o[p].code].builtin == OP_CAST && d->o[p].n_out == 1 ? p : -1;
+}
+
+static int graph_input(const dec *d, int32_t t) {
+    for (uint32_t k = 0; k < d->n_gin; k++)
+        if (i32(d, d->gin, k) == t) return 1;
+    return 0;
+}
+
+/* A CAST node, or a tensor, in messages (decode_tflite.py and exporter/validate.py use the same words). */
+static void cast_label(const dec *d, int32_t p, char *buf, size_t cap) {
+    const int32_t y = out_at(d, &d->o[p]);
+    const ten *t = &d->t[y];
+    snprintf(buf, cap, "CAST node #%d (output '%.*s')", p, (int)(t->name_len < 80 ? t->name_len : 80),
+             (const char *)d->b + t->name);
+}
+
+#define CAST_TAIL "a CAST only to float32 of a constant int8 tensor"
+
+/* int8 storage (docs/ops.md): a weight input of ai.edgepack node i (op) written by a CAST must be HashedWeight
+ * 'buckets' or CodebookWeight 'codebook', a CAST to float32 of a constant int8 tensor whose buffer matches its
+ * shape and holds no -128 (exporter/validate.py checks the same, in the same words). 1 refuses (err set). */
+static int check_casts(dec *d, uint32_t i, ep_op op) {
+    const opr *o = &d->o[i];
+    char where[200], cast[160], msg[600];
+    for (int k = 0; k < ep_op_n_inputs(op); k++) {
+        const int32_t t = in_at(d, o, (uint32_t)k), p = cast_of(d, t);
+        if (p < 0 || strcmp(ep_op_input_kind(op, k), "weight")) continue;
+        const char *slot = ep_op_input_name(op, k);
+        const int32_t x = d->o[p].n_in == 1 ? in_at(d, &d->o[p], 0) : -1;
+        const ten *s = x >= 0 ? &d->t[x] : NULL;
+        const uint64_t len = s ? d->bf[s->buffer].len : 0;
+        cast_label(d, p, cast, sizeof cast);
+        const int sn = s ? (int)(s->name_len < 80 ? s->name_len : 80) : 0;
+        const char *name = s ? (const char *)d->b + s->name : "";
+        if (!((op == EP_OP_HashedWeight && !strcmp(slot, "buckets")) ||
+              (op == EP_OP_CodebookWeight && !strcmp(slot, "codebook"))))
+            snprintf(msg, sizeof msg, "input '%s' is the output of %s; only HashedWeight 'buckets' and CodebookWeight "
+                     "'codebook' may be stored as int8 (" CAST_TAIL ")", slot, cast);
+        else if (d->t[t].type != TYPE_FLOAT32)
+            snprintf(msg, sizeof msg, "input '%s' is the output of %s to TensorType %u; a decoder's weight input may "
+                     "be " CAST_TAIL, slot, cast, d->t[t].type);
+        else if (!s || graph_input(d, x) || (!len && s->count) || s->type != TYPE_INT8) {
+            char what[64];
+            if (s && graph_input(d, x)) snprintf(what, sizeof what, "a graph input");
+            else if (!s || (!len && s->count)) snprintf(what, sizeof what, "not a constant");
+            else snprintf(what, sizeof what, "a constant of TensorType %u", s->type);
+            snprintf(msg, sizeof msg, "input '%s' is the output of %s of tensor %d ('%.*s'), which is %s; a decoder's "
+                     "weight input may be " CAST_TAIL, slot, cast, x, sn, name, what);
+        } else if (s->rank < 0 || len != (uint64_t)s->count)
+            snprintf(msg, sizeof msg, "input '%s' (CAST of int8 tensor %d '%.*s'): its buffer holds %llu bytes; its "
+                     "shape needs %lld", slot, x, sn, name, (unsigned long long)len,
+                     (long long)(s->rank < 0 ? -1 : s->count));
+        else {
+            const uint8_t *q = d->b + d->bf[s->buffer].data;
+            const uint8_t *low = (const uint8_t *)memchr(q, 0x80, (size_t)len);
+            if (!low) continue;
+            snprintf(msg, sizeof msg, "input '%s' (CAST of int8 tensor %d '%.*s'): value %zu is -128; int8-stored "
+                     "weights must be in [-127, 127]", slot, x, sn, name, (size_t)(low - q));
+        }
+        label(d, i, where, sizeof where);
+        return fail(d, "edgepack %s: %s", where, msg);
+    }
+    return 0;
+}
+
+/* The CAST node (int8 constant -> float32 tensor t, t read by its decoder only) of an int8-stored weight, or -1;
+ * check_casts has checked it. */
+static int32_t storage_cast(const dec *d, int32_t t) {
+    const int32_t p = cast_of(d, t);
+    if (p < 0 || d->t[t].type != TYPE_FLOAT32 || d->bf[d->t[t].buffer].len || d->uses[t] != 1 || d->o[p].n_in != 1)
+        return -1;
+    const int32_t x = in_at(d, &d->o[p], 0);
+    if (x < 0) return -1;
+    const ten *s = &d->t[x];
+    const bufr *b = &d->bf[s->buffer];
+    if (s->type != TYPE_INT8 || s->rank < 0 || s->count != d->t[t].count || b->len != (uint64_t)s->count)
+        return -1;
+    return p;
+}
+
+/* const_view of a float32 weight, or of an int8 constant through its storage CAST (as float32). */
+static int weight_view(dec *d, int32_t i, const char *dtype, ep_tensor *v, void **copy) {
+    if (const_view(d, i, dtype, v, copy)) return 1;
+    const int32_t p = strcmp(dtype, "float32") ? -1 : storage_cast(d, i);
+    if (p < 0) return 0;
+    const ten *s = &d->t[in_at(d, &d->o[p], 0)];
+    float *f = (float *)malloc(sizeof(float) * (size_t)(s->count ? s->count : 1));
+    if (!f) return 0;
+    const int8_t *q = (const int8_t *)(d->b + d->bf[s->buffer].data);
+    for (int64_t e = 0; e < s->count; e++) f[e] = (float)q[e];
+    *copy = f;
+    v->present = 1, v->bytes = f, v->data = f, v->rank = (size_t)s->rank, v->count = s->count;
+    v->dtype = EP_DTYPE_FLOAT32;
+    memcpy(v->dims, s->dims, sizeof(int64_t) * (size_t)s->rank);
+    return 1;
+}
+
 static int add_value(dec *d, int kind, int op, int src, int tensor, int rank, const int64_t *dims) {
     val *v = &d->v[d->nv];
     memset(v, 0, sizeof *v);
@@ -437,15 +570,12 @@ static int classify_edgepack(dec *d, uint32_t i) {
     if (c->builtin != OP_CUSTOM || c->custom_len <= plen || memcmp(d->b + c->custom, PREFIX, plen)) return 0;
     const char *name = (const char *)d->b + c->custom + plen;
     const size_t name_len = c->custom_len - plen;
-    if (name_len == strlen("HashedWeight") && !memcmp(name, "HashedWeight", name_len)) o->kind = EP_OP_HashedWeight;
-    else if (name_len == strlen("CodebookWeight") && !memcmp(name, "CodebookWeight", name_len))
-        o->kind = EP_OP_CodebookWeight;
-    else if (name_len == strlen("HyperWeight") && !memcmp(name, "HyperWeight", name_len))
-        o->kind = EP_OP_HyperWeight;
-    else if (name_len == strlen("HashedMatMul") && !memcmp(name, "HashedMatMul", name_len))
-        o->kind = EP_OP_HashedMatMul;
-    else return 0;
+    for (int k = 0; k < EP_OP_COUNT && o->kind < 0; k++)
+        if (strlen(ep_op_name((ep_op)k)) == name_len && !memcmp(name, ep_op_name((ep_op)k), name_len)) o->kind = k;
+    if (o->kind < 0) return 0;
     const ep_op op = (ep_op)o->kind;
+    if (op != EP_OP_HashedWeight && op != EP_OP_CodebookWeight && op != EP_OP_HyperWeight && op != EP_OP_HashedMatMul)
+        return check_casts(d, i, op); /* left to the delegate, but not an int8-stored weight in a wrong place */
     char where[200], msg[1100];
     label(d, i, where, sizeof where);
     fx_map m;
@@ -458,6 +588,7 @@ static int classify_edgepack(dec *d, uint32_t i) {
     if (o->n_in < (uint32_t)ep_op_n_required(op) || o->n_in > (uint32_t)ep_op_n_inputs(op) || o->n_out != 1)
         return fail(d, "edgepack %s: has %u inputs and %u outputs; takes %d..%d inputs and one output", where,
                     o->n_in, o->n_out, ep_op_n_required(op), ep_op_n_inputs(op));
+    if (check_casts(d, i, op)) return 1;
     if (op == EP_OP_HashedMatMul && (at.mode != 0 || at.activation != 0 || in_at(d, o, 4) >= 0))
         return 0; /* stream mode, or an epilogue: the delegate's kernel applies it */
     ep_tensor in[EP_OP_MAX_INPUTS];
@@ -467,7 +598,7 @@ static int classify_edgepack(dec *d, uint32_t i) {
     for (int k = 0; k < ep_op_n_inputs(op) && rc == 2; k++) {
         const int32_t t = in_at(d, o, (uint32_t)k);
         if (!strcmp(ep_op_input_kind(op, k), "weight")) {
-            if (!const_view(d, t, ep_op_input_dtype(op, k), &in[k], &copies[k]))
+            if (!weight_view(d, t, ep_op_input_dtype(op, k), &in[k], &copies[k]))
                 rc = 0; /* fed weights, or another type: left to the delegate */
         } else if (t >= 0) {
             const ten *x = &d->t[t];
@@ -495,15 +626,23 @@ static int fold_layout(dec *d, uint32_t i) {
     const opr *o = &d->o[i];
     const int32_t x = in_at(d, o, 0), y = out_at(d, o);
     const int builtin = d->c[o->code].builtin;
+    if (builtin == OP_CAST && x >= 0 && d->value_of[x] >= 0 && o->n_out == 1 && d->value_of[y] < 0 &&
+        !d->v[d->value_of[x]].int8 && d->t[y].type == TYPE_INT8 && d->t[y].rank == d->v[d->value_of[x]].rank &&
+        d->t[y].count == d->v[d->value_of[x]].count) { /* float32 -> int8: an int8-stored weight */
+        const int v = add_value(d, V_CAST8, (int)i, d->value_of[x], y, d->v[d->value_of[x]].rank,
+                                d->v[d->value_of[x]].dims);
+        d->v[v].int8 = 1;
+        return 1;
+    }
     if ((builtin != OP_TRANSPOSE && builtin != OP_RESHAPE) || x < 0 || d->value_of[x] < 0 || o->n_out != 1 ||
-        d->value_of[y] >= 0 || d->t[y].type != TYPE_FLOAT32)
+        d->value_of[y] >= 0 || d->t[y].type != (d->v[d->value_of[x]].int8 ? TYPE_INT8 : TYPE_FLOAT32))
         return 0;
     const int src = d->value_of[x];
     const val s = d->v[src];
     if (builtin == OP_RESHAPE) {
         const ten *t = &d->t[y];
         if (t->rank < 0 || t->count != s.count) return 0;
-        add_value(d, V_RESHAPE, (int)i, src, y, t->rank, t->dims);
+        d->v[add_value(d, V_RESHAPE, (int)i, src, y, t->rank, t->dims)].int8 = s.int8;
         return 1;
     }
     const int32_t p = in_at(d, o, 1);
@@ -522,6 +661,7 @@ static int fold_layout(dec *d, uint32_t i) {
     }
     const int v = add_value(d, V_TRANSPOSE, (int)i, src, y, s.rank, dims);
     memcpy(d->v[v].perm, perm, sizeof perm);
+    d->v[v].int8 = s.int8;
     return 1;
 }
 
@@ -580,7 +720,9 @@ static void fold_epilogue(dec *d, uint32_t i) {
                o->bopts_type == (b == OP_CONV_2D ? OPTIONS_CONV_2D : OPTIONS_DEPTHWISE_CONV_2D) &&
                !option(d, o, b == OP_CONV_2D ? 3 : 4, 1, 0)) {
         const int32_t w = in_at(d, o, 1);
-        if (w < 0 || d->value_of[w] < 0 || d->readers[w] != 1 || d->v[d->value_of[w]].rank != 4) return;
+        if (w < 0 || d->value_of[w] < 0 || d->readers[w] != 1 || d->v[d->value_of[w]].rank != 4 ||
+            d->v[d->value_of[w]].int8)
+            return;
         o->weight = d->value_of[w], o->act = 0, o->out = out_at(d, o), bias = in_at(d, o, 2);
         o->channels = d->v[o->weight].dims[b == OP_CONV_2D ? 0 : 3];
     } else {
@@ -708,22 +850,59 @@ static size_t w_string(wbuf *w, const char *a, size_t na, const char *b) {
     return at;
 }
 
-/* A Tensor table (shape, float32, buffer, name + suffix) that entry `entry` now points at. */
-static void w_tensor(wbuf *w, size_t entry, int rank, const int64_t *dims, uint32_t buffer, const char *name,
-                     size_t name_len, const char *suffix) {
-    const int ids[] = {0, 1, 2, 3};
-    const uint32_t vals[] = {0, TYPE_FLOAT32, buffer, 0};
-    size_t slot[4];
-    const size_t t = w_table(w, 4, ids, vals, slot);
+/* A copy of vector bytes (n elements of el bytes at data in the input), its data aligned to el. */
+static size_t w_copy(const dec *d, wbuf *w, uint32_t n, size_t el, size_t data) {
+    w_pad(w, el > 4 ? el : 4, 4);
+    const size_t at = w->n;
+    if (!w_room(w, 4 + el * (size_t)n)) return at;
+    w_u32(w, n);
+    memcpy(w->b + w->n, d->b + data, el * (size_t)n);
+    w->n += el * (size_t)n;
+    return at;
+}
+
+/* A QuantizationParameters table copied from the input's at q (scale, zero_point, quantized_dimension). */
+static size_t w_quant(const dec *d, wbuf *w, size_t q) {
+    tbl t;
+    uint32_t n_scale = 0, n_zero = 0;
+    size_t scale = 0, zero = 0;
+    uint64_t dim = 0;
+    if (!table(d, q, &t) || !vec_field(d, &t, 2, 4, &n_scale, &scale) || !vec_field(d, &t, 3, 8, &n_zero, &zero) ||
+        !scalar(d, &t, 6, 4, 0, &dim))
+        return 0;
+    const int ids[] = {2, 3, 6};
+    const uint32_t vals[] = {0, 0, (uint32_t)dim};
+    size_t slot[3];
+    const size_t at = w_table(w, 3, ids, vals, slot);
+    if (!at) return 0;
+    point(w, slot[0], w_copy(d, w, n_scale, 4, scale));
+    point(w, slot[1], w_copy(d, w, n_zero, 8, zero));
+    return at;
+}
+
+/* A Tensor table (shape, type, buffer, name + suffix, the quantization at quant when not 0) that entry `entry`
+ * now points at. */
+static void w_tensor(const dec *d, wbuf *w, size_t entry, int rank, const int64_t *dims, uint32_t type,
+                     uint32_t buffer, const char *name, size_t name_len, const char *suffix, size_t quant) {
+    const int ids[] = {0, 1, 2, 3, 4};
+    const uint32_t vals[] = {0, type, buffer, 0, 0};
+    size_t slot[5];
+    const size_t t = w_table(w, quant ? 5 : 4, ids, vals, slot);
     if (!t) return;
     point(w, entry, t);
     point(w, slot[0], w_ints(w, rank, dims));
     point(w, slot[3], w_string(w, name, name_len, suffix));
+    if (quant) {
+        const size_t q = w_quant(d, w, quant);
+        if (q) point(w, slot[4], q);
+        else w->full = 1;
+    }
 }
 
 /* ---- the rewrite ----------------------------------------------------------------------------- */
 
 static size_t value_bytes(const val *v) { return 4 * (size_t)v->count; }
+static size_t stored_bytes(const val *v) { return (v->int8 ? 1 : 4) * (size_t)v->count; }
 
 /* Node o as a new Operator table its entry points at: a FULLY_CONNECTED (TO_FC) under code, or
  * the convolution with its folded bias, output and activation (REBUILD), options copied. */
@@ -764,6 +943,24 @@ static int compute(dec *d, val *v) {
         memcpy(v->data, d->v[v->src].data, value_bytes(v));
         return 0;
     }
+    if (v->kind == V_CAST8) { /* exact: every decoded value an integer in [-128, 127] (decode_tflite.py: the same) */
+        const float *s = d->v[v->src].data;
+        for (int64_t e = 0; e < v->count; e++) {
+            if (s[e] >= -128.0f && s[e] <= 127.0f && (float)(int32_t)s[e] == s[e]) {
+                v->data[e] = s[e];
+                continue;
+            }
+            int src = v->src;
+            while (d->v[src].kind != V_DECODE) src = d->v[src].src; /* through TRANSPOSE / RESHAPE */
+            char where[200], cast[160];
+            label(d, (uint32_t)d->v[src].op, where, sizeof where);
+            cast_label(d, v->op, cast, sizeof cast);
+            return fail(d, "edgepack %s: %s to int8 of its output: decoded value %g at index %lld is not an integer "
+                        "in [-128, 127]; an int8 weight decodes exactly only from int8 buckets / codebook values "
+                        "(HashedWeight with num_hashes = 1)", where, cast, (double)s[e], (long long)e);
+        }
+        return 0;
+    }
     if (v->kind == V_BIAS) { /* the node's bias (or zeros), folded by apply_steps */
         const opr *o = &d->o[v->op];
         if (!channel_const(d, in_at(d, o, o->state == TO_FC ? 3 : 2), v->count, 1, v->data))
@@ -796,7 +993,7 @@ static int compute(dec *d, val *v) {
     memset(in, 0, sizeof in);
     int rc = 0;
     for (int k = 0; k < ep_op_n_inputs(op) && !rc; k++)
-        rc = !const_view(d, in_at(d, o, (uint32_t)(first + k)), ep_op_input_dtype(op, k), &in[k], &copies[k]);
+        rc = !weight_view(d, in_at(d, o, (uint32_t)(first + k)), ep_op_input_dtype(op, k), &in[k], &copies[k]);
     char where[200];
     label(d, (uint32_t)v->op, where, sizeof where);
     if (rc) rc = fail(d, "out of memory copying the weights of node #%d", v->op);
@@ -831,6 +1028,7 @@ static void count_readers(dec *d) {
 static int rewrite(dec *d, void **dense_out, size_t *dense_size) {
     /* which nodes go: decodable ai.edgepack nodes, and the layout ops of their weights */
     int n_hmm = 0;
+    index_graph(d);
     for (uint32_t i = 0; i < d->no; i++) {
         opr *o = &d->o[i];
         const int rc = classify_edgepack(d, i);
@@ -857,6 +1055,15 @@ static int rewrite(dec *d, void **dense_out, size_t *dense_size) {
         if (o->state != TO_FC) continue;
         for (int k = 0; k < o->n_steps; k++) d->o[o->steps[k]].state = KEEP;
         o->state = KEEP, o->act = 0, o->out = out_at(d, o), o->n_steps = 0;
+    }
+    for (uint32_t i = 0; i < d->no; i++) { /* the CAST of a decoded node's int8-stored weight goes too */
+        const opr *o = &d->o[i];
+        if (!o->at || (o->state != REMOVE && o->state != TO_FC)) continue;
+        for (int k = 0; k < ep_op_n_inputs((ep_op)o->kind); k++) {
+            if (strcmp(ep_op_input_kind((ep_op)o->kind, k), "weight")) continue; /* not X or a bias */
+            const int32_t p = storage_cast(d, in_at(d, o, (uint32_t)k));
+            if (p >= 0) d->o[p].state = REMOVE;
+        }
     }
     for (uint32_t i = 0; i < d->no; i++) { /* each FULLY_CONNECTED's weight and each folded bias, placed below */
         opr *o = &d->o[i];
@@ -932,7 +1139,15 @@ static int rewrite(dec *d, void **dense_out, size_t *dense_size) {
             break;
         }
         v->buffer = free_b[next_b++];
-        extra += 4 * (size_t)v->count + 192 + 4 * (size_t)v->rank + d->t[v->name].name_len;
+        extra += stored_bytes(v) + 192 + 4 * (size_t)v->rank + d->t[v->name].name_len;
+        if (v->int8 && d->t[v->tensor].quant) { /* its quantization table, copied: bounded by the input's size */
+            tbl q;
+            uint32_t n_scale = 0, n_zero = 0;
+            size_t at;
+            if (table(d, d->t[v->tensor].quant, &q) && vec_field(d, &q, 2, 4, &n_scale, &at) &&
+                vec_field(d, &q, 3, 8, &n_zero, &at))
+                extra += 64 + 4 * (size_t)n_scale + 8 * (size_t)n_zero;
+        }
     }
     for (uint32_t i = 0; i < d->no; i++) extra += d->o[i].state == TO_FC || d->o[i].state == REBUILD ? 256 : 0;
     if (!rc && (size_t)used > SIZE_MAX / 2 - d->n - extra)
@@ -954,16 +1169,18 @@ static int rewrite(dec *d, void **dense_out, size_t *dense_size) {
             size_t slot;
             const size_t t = w_table(&w, 1, ids, vals, &slot);
             w_pad(&w, 16, 4); /* the data 16-byte aligned, as TFLite's converter writes it */
-            if (!t || !w_room(&w, 4 + 4 * (size_t)v->count)) break;
+            if (!t || !w_room(&w, 4 + stored_bytes(v))) break;
             point(&w, d->bf[v->buffer].entry, t);
             point(&w, slot, w.n);
-            w_u32(&w, (uint32_t)(4 * v->count));
-            v->data = (float *)(void *)(w.b + w.n), v->in_output = 1; /* decoded in place below */
-            memset(w.b + w.n, 0, 4 * (size_t)v->count);
-            w.n += 4 * (size_t)v->count;
+            w_u32(&w, (uint32_t)stored_bytes(v));
+            if (v->int8) v->out8 = w.b + w.n; /* computed in floats, stored below */
+            else v->data = (float *)(void *)(w.b + w.n), v->in_output = 1; /* decoded in place below */
+            memset(w.b + w.n, 0, stored_bytes(v));
+            w.n += stored_bytes(v);
             const ten *named = &d->t[v->name];
-            w_tensor(&w, d->t[v->tensor].entry, v->rank, v->dims, (uint32_t)v->buffer, (const char *)d->b + named->name,
-                     named->name_len, v->suffix);
+            w_tensor(d, &w, d->t[v->tensor].entry, v->rank, v->dims, v->int8 ? TYPE_INT8 : TYPE_FLOAT32,
+                     (uint32_t)v->buffer, (const char *)d->b + named->name, named->name_len, v->suffix,
+                     v->int8 ? d->t[v->tensor].quant : 0);
         }
         size_t dead = 0;
         for (int k = next_t; k < n_free_t; k++) { /* dead tensors: one shared empty table */
@@ -1002,7 +1219,11 @@ static int rewrite(dec *d, void **dense_out, size_t *dense_size) {
     }
     /* the values, decoded straight into their buffers (a weight no node reads as it is, e.g. before a
      * folded TRANSPOSE, in memory of its own), then the folded epilogues */
-    for (uint32_t k = 0; !rc && k < d->nv; k++) rc = compute(d, &d->v[k]);
+    for (uint32_t k = 0; !rc && k < d->nv; k++) {
+        val *v = &d->v[k];
+        rc = compute(d, v);
+        for (int64_t e = 0; !rc && v->out8 && e < v->count; e++) v->out8[e] = (uint8_t)(int8_t)v->data[e];
+    }
     for (uint32_t i = 0; !rc && i < d->no; i++)
         if (d->o[i].bias >= 0) rc = apply_steps(d, &d->o[i]);
     if (!rc) {
@@ -1033,6 +1254,8 @@ static int decode_once(dec *d, void **dense_out, size_t *dense_size) {
     free(d->value_of);
     free(d->readers);
     free(d->consumer);
+    free(d->producer);
+    free(d->uses);
     return rc;
 }
 

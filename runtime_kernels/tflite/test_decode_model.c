@@ -35,8 +35,9 @@ static int decode(const uint8_t *b, size_t n, int64_t mvw, int64_t mdb, void **o
 }
 
 /* The decoded model: parses, names no ai.edgepack op it could decode, its CONV_2D / DEPTHWISE /
- * FULLY_CONNECTED filters are constants of exactly their shape's bytes, and a second decode finds
- * nothing to do. */
+ * FULLY_CONNECTED filters are constants of exactly their shape's bytes (float32, or int8 with their
+ * per-channel quantization, zero points 0 and no -128: every filter of an ok_int8_storage_* seed), and
+ * a second decode finds nothing to do. */
 static void check_output(const char *name, const uint8_t *b, size_t n) {
     dec d;
     char err[2048] = "";
@@ -44,7 +45,7 @@ static void check_output(const char *name, const uint8_t *b, size_t n) {
     d.b = b, d.n = n, d.err = err, d.cap = sizeof err;
     ep_limits_from_env(&d.lim);
     CHECK(!parse(&d), "%s: the decoded model does not parse: %s", name, err);
-    int filters = 0;
+    int filters = 0, int8_filters = 0;
     for (uint32_t i = 0; i < d.no && !err[0]; i++) {
         const opr *o = &d.o[i];
         const int builtin = d.c[o->code].builtin;
@@ -54,12 +55,38 @@ static void check_output(const char *name, const uint8_t *b, size_t n) {
               "%s: node #%u is still a HashedWeight", name, i);
         if (builtin != 3 && builtin != 4 && builtin != OP_FULLY_CONNECTED) continue;
         const int32_t w = in_at(&d, o, 1);
-        CHECK(w >= 0 && d.t[w].rank >= 1 && d.bf[d.t[w].buffer].len == 4 * (size_t)d.t[w].count,
+        const size_t item = w >= 0 && d.t[w].type == TYPE_INT8 ? 1 : 4;
+        CHECK(w >= 0 && d.t[w].rank >= 1 && d.bf[d.t[w].buffer].len == item * (size_t)d.t[w].count,
               "%s: node #%u's filter (tensor %d) is not a constant of its shape", name, i, w);
+        if (w >= 0 && d.t[w].type == TYPE_INT8) { /* an int8-stored weight's filter keeps its quantization */
+            tbl q;
+            uint32_t n_scale = 0, n_zero = 0;
+            size_t at = 0, zero = 0;
+            uint64_t dim = 0;
+            const int quantized = d.t[w].quant && table(&d, d.t[w].quant, &q) &&
+                                  vec_field(&d, &q, 2, 4, &n_scale, &at) && vec_field(&d, &q, 3, 8, &n_zero, &zero) &&
+                                  scalar(&d, &q, 6, 4, 0, &dim) && n_scale && n_zero == n_scale;
+            CHECK(quantized, "%s: node #%u's int8 filter (tensor %d) lost its quantization", name, i, w);
+            /* per channel along quantized_dimension (or per tensor), zero points 0, values in [-127, 127] */
+            CHECK(!quantized || ((int)dim < d.t[w].rank && (n_scale == 1 || (int64_t)n_scale == d.t[w].dims[dim])),
+                  "%s: node #%u's int8 filter: %u scales along dimension %d", name, i, (unsigned)n_scale, (int)dim);
+            for (uint32_t k = 0; quantized && k < n_zero; k++) {
+                uint64_t z = 1;
+                CHECK(get(&d, zero + 8 * (size_t)k, 8, &z) && z == 0, "%s: node #%u's int8 filter: zero point %u "
+                      "is not 0", name, i, (unsigned)k);
+            }
+            const bufr *buf = &d.bf[d.t[w].buffer];
+            for (size_t k = 0; k < buf->len && buf->len == (size_t)d.t[w].count; k++)
+                CHECK(b[buf->data + k] != 0x80, "%s: node #%u's int8 filter holds -128 at %zu", name, i, k);
+            int8_filters++;
+        }
         filters++;
     }
     CHECK(filters > 0 || strstr(name, "weight_output"), "%s: no convolution or FULLY_CONNECTED left", name);
-    free(d.t), free(d.bf), free(d.c), free(d.o), free(d.value_of), free(d.readers), free(d.consumer);
+    CHECK(!strstr(name, "int8_storage") || (int8_filters && int8_filters == filters),
+          "%s: %d of its %d filters are int8", name, int8_filters, filters);
+    free(d.t), free(d.bf), free(d.c), free(d.o), free(d.value_of), free(d.readers), free(d.consumer), free(d.producer);
+    free(d.uses);
     void *again = NULL;
     size_t size = 0;
     CHECK(!decode(b, n, 0, 0, &again, &size, err) && !again, "%s: decoding the output again: %s", name, err);
@@ -98,12 +125,41 @@ static const struct {
     {"bad_num_hashes", "edgepack HashedWeight node #0 (output 'w'): attribute 'num_hashes' = 65; must be in [1, 64]"},
     {"bad_bomb", "shape [2, 2147483647] would decode 4294967294 virtual weights"},
     {"bad_constant_output", "output (tensor 2) is a constant"},
+    /* int8 storage (docs/ops.md): decode_tflite.py and exporter/validate.py refuse these in the same words */
+    {"bad_int8_minus_128", "edgepack HashedWeight node #1 (output 'w'): input 'buckets' (CAST of int8 tensor 1 'q'): "
+                           "value 2 is -128; int8-stored weights must be in [-127, 127]"},
+    {"bad_int8_short", "input 'buckets' (CAST of int8 tensor 1 'q'): its buffer holds 5 bytes; its shape needs 6"},
+    {"bad_int8_graph_input", "input 'buckets' is the output of CAST node #0 (output 'qf') of tensor 1 ('q'), which is "
+                             "a graph input; a decoder's weight input may be a CAST only to float32 of a constant int8 "
+                             "tensor"},
+    {"bad_int8_recon", "edgepack HashedWeight node #1 (output 'w'): input 'recon' is the output of CAST node #0 "
+                       "(output 'recon'); only HashedWeight 'buckets' and CodebookWeight 'codebook' may be stored as "
+                       "int8"},
+    {"bad_int8_matmul_buckets", "edgepack HashedMatMul node #1 (output 'y'): input 'buckets' is the output of CAST "
+                                "node #0 (output 'qf'); only HashedWeight 'buckets'"},
+    {"bad_int8_not_integer", "edgepack HashedWeight node #0 (output 'w'): CAST node #1 (output 'wq') to int8 of its "
+                             "output: decoded value 0.5 at index 0 is not an integer in [-128, 127]"},
 };
 
 int main(int argc, char **argv) {
-    if (argc != 2) {
-        fprintf(stderr, "usage: %s <corpus dir: runtime_kernels/fuzz/corpus/fuzz_tflite_decode>\n", argv[0]);
+    if (argc < 2) {
+        fprintf(stderr, "usage: %s <corpus dir: runtime_kernels/fuzz/corpus/fuzz_tflite_decode> [more ok models]\n",
+                argv[0]);
         return 2;
+    }
+    for (int a = 2; a < argc; a++) { /* e.g. an int8-stored model from `edgepack convert` (under 64 KiB) */
+        size_t n = 0;
+        char err[2048];
+        uint8_t *b = read_file(argv[a], &n);
+        void *out = NULL;
+        size_t size = 0;
+        CHECK(b && n > 0 && n < (1 << 16), "cannot read %s (or it is 64 KiB or more)", argv[a]);
+        if (!b) continue;
+        CHECK(!decode(b, n, 0, 0, &out, &size, err) && out, "%s: not decoded: %s", argv[a], err);
+        if (out) check_output(argv[a], (const uint8_t *)out, size);
+        edgepack_tflite_free_model(out);
+        corrupt(b, n);
+        free(b);
     }
     DIR *dir = opendir(argv[1]);
     if (!dir) {

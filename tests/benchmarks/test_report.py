@@ -96,3 +96,23 @@ def test_report_skips_garbled_lines_and_incomplete_records(tmp_path, capsys):
     assert main(["report", str(results), "-o", str(tmp_path / "cli")]) == 2
     err = capsys.readouterr().err
     assert "no results to report (2 unreadable line(s)" in err and "Traceback" not in err
+
+
+def test_report_has_an_early_exit_section(tmp_path):
+    from edgepack.benchmarks.early_exit import result_record
+
+    results = tmp_path / "results.jsonl"
+    result = {"manifest": str(tmp_path / "dscnn_exits" / "manifest.json"), "dataset": "test.npz", "examples": 300,
+              "threads": 1, "runtime": "tflite", "rounds": 5, "threshold": 0.465, "early_exit_ms": 0.036,
+              "full_ms": 0.045, "early_exit_accuracy": 0.9583, "full_accuracy": 0.9589,
+              "exit_fractions": [0.818, 0.129, 0.053], "exit_names": ["pw1_relu", "pw2_relu", "final"]}
+    append_result(results, result_record(result))
+    append_result(results, {**result_record(result), "model": "torn", "metrics": {"early_exit_latency_ms": "x"}})
+    append_result(results, record("dense", 1.0, 10.0, 0.9))
+    paths = write_report(results, tmp_path / "report")
+    markdown = paths["markdown"].read_text()
+    assert "2 measurements" in markdown and paths.skipped == 1 and "| torn" not in markdown
+    row = next(line for line in markdown.splitlines() if line.startswith("| dscnn_exits"))
+    assert row == ("| dscnn_exits | tflite | 1 | 0.465 | 36.0 µs | 45.0 µs | 1.25× | 95.8 % | 95.9 % | "
+                   "pw1_relu 81.8 %, pw2_relu 12.9 %, final 5.30 % |")
+    assert "<h2>Early exit</h2>" in paths["html"].read_text()

@@ -189,14 +189,23 @@ def test_export_command_refuses_what_is_not_early_exit(trained, tmp_path, capsys
     assert not (tmp_path / "out").exists()
 
 
-def test_int8_segments_are_refused_for_tflite(trained, tmp_path):
+def test_int8_segments_run_in_onnx_runtime(trained, tmp_path):
+    """An int8 net's segments quantize their input (the previous segment's int8 activation) and output (activation,
+    logits); the runner computes the confidence (manifest ``confidence: "logits"``). TFLite:
+    tests/exporter/test_early_exit_int8_tflite.py."""
+    import onnx
+
     from edgepack.compression import run_stage
 
     data, _, net, _ = trained
     quantized, _ = run_stage("quantize", net, data, calibration_batches=2, progress=False)
-    with pytest.raises(EarlyExitError, match="int8 early-exit net.*cannot become TFLite segments"):
-        export_early_exit(quantized, data.val[0][:2], tmp_path / "int8", tflite=True)
-    assert not (tmp_path / "int8").exists()
+    quantized.threshold = float(torch.softmax(quantized.forward_exits(data.val[0])[0], 1).amax(1).quantile(0.7))
+    manifest = export_early_exit(quantized, data.val[0][:2], tmp_path / "int8")
+    assert '"confidence": "logits"' in manifest.read_text()
+    assert onnx.load(str(tmp_path / "int8" / "segment1.onnx")).graph.node[0].op_type == "QuantizeLinear"
+    classes, chosen = quantized.predict(data.val[0])
+    ort_classes, ort_chosen = EarlyExitRunner(manifest).predict(data.val[0].numpy())
+    assert (ort_classes != classes.numpy()).mean() <= 0.01 and (ort_chosen != chosen.numpy()).mean() <= 0.01
 
 
 def test_bench_reports_the_accuracy_the_runner_gets(exported, trained, tmp_path):

@@ -46,17 +46,6 @@ def randomize_batchnorms(model: nn.Module) -> nn.Module:
 
 
 @pytest.fixture(scope="module")
-def cnn_data():
-    """A learnable 3-class task on 8×8 images (the class sets the sign of a quadrant) and its StageData."""
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(600, 1, 8, 8, generator=generator)
-    y = torch.randint(0, 3, (600,), generator=generator)
-    x[y == 0, :, :4, :4] += 1.5
-    x[y == 1, :, 4:, 4:] -= 1.5
-    return StageData((x[:400], y[:400]), (x[400:], y[400:]), batch_size=50)
-
-
-@pytest.fixture(scope="module")
 def trained_cnn(cnn_data):
     torch.manual_seed(0)
     model = randomize_batchnorms(small_cnn())

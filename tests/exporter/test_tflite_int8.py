@@ -195,19 +195,25 @@ for path in sys.argv[1:]:
 """
 
 
-def test_tflite_runtime_214_within_one_step_of_ort_qdq(converted):
+def tflite214_outputs(paths: list) -> dict[str, dict[str, np.ndarray]]:
+    """{path: {resolver: outputs}} of each .tflite in tflite-runtime 2.14 (second venv), XNNPACK ("AUTO") and the
+    builtin kernels, on the inputs saved beside it as PATH.npz (key xs)."""
     if not TFLITE214_PYTHON.exists():
         pytest.fail(f"{TFLITE214_PYTHON} is missing: `make test` creates it (make .venv-tflite214)")
-    paths = []
-    for path, xs, *_ in converted.values():
-        np.savez(f"{path}.npz", xs=np.stack([to_feed(path, x) for x in xs]))
-        paths.append(str(path))
+    paths = [str(path) for path in paths]
     result = subprocess.run([str(TFLITE214_PYTHON), "-c", _TFLITE214, *paths], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert len([line for line in result.stdout.splitlines() if line.startswith("{")]) == 2 * len(paths)
+    resolvers = ("AUTO", "BUILTIN_WITHOUT_DEFAULT_DELEGATES")
+    return {path: {resolver: np.load(f"{path}.{resolver}.npy") for resolver in resolvers} for path in paths}
+
+
+def test_tflite_runtime_214_within_one_step_of_ort_qdq(converted):
+    for path, xs, *_ in converted.values():
+        np.savez(f"{path}.npz", xs=np.stack([to_feed(path, x) for x in xs]))
+    results = tflite214_outputs([path for path, *_ in converted.values()])
     for path, _, expected, *_ in converted.values():
-        for resolver in ("AUTO", "BUILTIN_WITHOUT_DEFAULT_DELEGATES"):
-            outputs = np.load(f"{path}.{resolver}.npy")
+        for resolver, outputs in results[str(path)].items():
             worst = max(steps_off(path, got, want) for got, want in zip(outputs, expected))
             assert worst <= 1 + 1e-3, (path.name, resolver, worst)
 

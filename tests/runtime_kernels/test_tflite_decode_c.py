@@ -110,12 +110,56 @@ def test_the_committed_seeds_are_make_seeds_output():
         assert (CORPUS / name).read_bytes() == data, f"{name}: run runtime_kernels/fuzz/make_seeds.py"
 
 
+INT8_STORAGE = ["ok_int8_storage_conv", "ok_int8_storage_depthwise"]
+
+
 @pytest.mark.parametrize("name", ["ds_cnn", "mlp", "ok_conv", "ok_depthwise", "ok_mlp", "ok_nhwc_matmul",
-                                  "ok_reshape_fc", "ok_weight_output", "ok_codebook_fc"])
+                                  "ok_reshape_fc", "ok_weight_output", "ok_codebook_fc", "ok_int8_activation_cast",
+                                  *INT8_STORAGE])
 def test_c_decoded_equals_the_kernel_path_and_the_python_rewrite(models, name):
     xs, decoded = run(models[name], decode_at_load="c")
-    assert_within_1e6(decoded, run(models[name], xs, decode_at_load=False)[1])
-    assert_within_1e6(decoded, run(models[name], xs, decode_at_load=True)[1])
+    assert_within_1e6(decoded, run(models[name], xs, decode_at_load=True)[1])  # the same int8 model: equal
+    kernels = run(models[name], xs, decode_at_load=False)[1]
+    if name in INT8_STORAGE:  # LiteRT's builtin int8 kernels on the computed filter (XNNPACK needs it static)
+        from edgepack.exporter.tflite_verify import INT8_BUILTIN_STEPS
+
+        scale = make_seeds().INT8_STORAGE_OUTPUT_SCALE[name]
+        assert len(decoded) == len(kernels) == 1 and decoded[0].shape == kernels[0].shape
+        assert np.abs(decoded[0] - kernels[0]).max() <= INT8_BUILTIN_STEPS * scale * (1 + 1e-6)
+        assert np.abs(decoded[0]).max() > 10 * scale  # not all zero / saturated to nothing
+    else:
+        assert_within_1e6(decoded, kernels)
+
+
+@pytest.mark.parametrize("name", INT8_STORAGE)
+def test_c_folds_int8_storage_into_the_python_rewrites_int8_filters(models, name):
+    """CAST -> CUSTOM -> CAST [-> TRANSPOSE] becomes a constant per-channel int8 filter, byte for byte the
+    Python rewrite's (decode_tflite.py), its quantization kept; no CAST or ai.edgepack op left."""
+    from edgepack.runtime_kernels.decode_tflite import decoded_tflite
+
+    c, python = c_decoded(models[name]), decoded_tflite(models[name])
+    ops = tflite_ops(c)
+    assert OP.CAST not in ops and not [op for op in ops if isinstance(op, str)]
+    assert ops == tflite_ops(python)
+
+    def filters(data: bytes) -> list:
+        model = tflite.Model.GetRootAs(data, 0)
+        graph, out = model.Subgraphs(0), []
+        for i, op in enumerate(tflite_ops(data)):
+            if op in (OP.CONV_2D, OP.DEPTHWISE_CONV_2D, OP.FULLY_CONNECTED):
+                w = graph.Tensors(int(graph.Operators(i).InputsAsNumpy()[1]))
+                q = w.Quantization()
+                out.append((op, w.Type(), w.ShapeAsNumpy().tolist(), model.Buffers(w.Buffer()).DataAsNumpy().tobytes(),
+                            q.ScaleAsNumpy().tolist(), q.ZeroPointAsNumpy().tolist(), q.QuantizedDimension()))
+        return out
+
+    got = filters(c)
+    assert got == filters(python)
+    assert [f[0] for f in got] == ([OP.CONV_2D, OP.FULLY_CONNECTED] if name == "ok_int8_storage_conv" else
+                                   [OP.DEPTHWISE_CONV_2D])
+    for _, dtype, shape, data, scales, zeros, dimension in got:
+        assert dtype == tflite.TensorType.INT8 and len(data) == int(np.prod(shape))
+        assert len(scales) == len(zeros) == shape[dimension] and not any(zeros)
 
 
 def test_c_output_has_static_filters_and_no_decoder_left(models):
@@ -146,6 +190,102 @@ def test_c_output_has_static_filters_and_no_decoder_left(models):
 def test_bad_files_are_refused_with_the_delegates_words(models, name, words):
     with pytest.raises(DecodeError, match=words.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
         tflite_interpreter(models[name], decode_at_load="c")
+
+
+INT8_REFUSED = ["bad_int8_minus_128", "bad_int8_short", "bad_int8_graph_input", "bad_int8_recon",
+                "bad_int8_matmul_buckets", "bad_int8_not_integer"]
+
+
+@pytest.mark.parametrize("name", INT8_REFUSED)
+def test_int8_storage_is_refused_in_the_same_words_by_c_and_python(models, name):
+    """docs/ops.md "int8 storage": a -128 bucket, a short buffer, a CAST of a graph input, into 'recon' or a
+    HashedMatMul's buckets (exporter/validate.py and decode_tflite.py), a decoded value that is not an integer
+    folded through CAST(float32 -> int8) (decode_tflite.py): the C decode at load says exactly the same."""
+    from edgepack.exporter.validate import InvalidNodeError
+    from edgepack.runtime_kernels.decode_tflite import decoded_tflite
+
+    with pytest.raises(InvalidNodeError) as python:
+        decoded_tflite(models[name])
+    with pytest.raises(DecodeError) as c:
+        c_decoded(models[name])
+    assert str(c.value) == f"{models[name]}: {python.value}"
+    assert str(python.value).startswith("edgepack HashedMatMul" if "matmul" in name else "edgepack HashedWeight")
+
+
+def graph_tensors(data: bytes) -> tuple[list[int], set[int], set[int]]:
+    """The tensors each node reads, and those a node writes or a buffer / graph input holds."""
+    model = tflite.Model.GetRootAs(data, 0)
+    graph = model.Subgraphs(0)
+    read, written = [], set(graph.InputsAsNumpy().tolist())
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        read += [t for t in op.InputsAsNumpy().tolist() if t >= 0]
+        written |= set(op.OutputsAsNumpy().tolist())
+    constant = {t for t in range(graph.TensorsLength()) if model.Buffers(graph.Tensors(t).Buffer()).DataLength()}
+    return read, written, constant
+
+
+def test_a_cast_into_x_stays(models):
+    """An expand HashedMatMul whose X is a CAST of an int8 constant (the reviewer's x_cast.tflite): the CAST
+    is not an int8-stored weight and stays; the new FULLY_CONNECTED reads its output (was: removed, the
+    FULLY_CONNECTED reading a tensor nothing writes)."""
+    from edgepack.runtime_kernels.decode_tflite import decoded_tflite
+
+    for data in (c_decoded(models["ok_int8_activation_cast"]), decoded_tflite(models["ok_int8_activation_cast"])):
+        assert tflite_ops(data) == [OP.CAST, OP.FULLY_CONNECTED]
+        read, written, constant = graph_tensors(data)
+        assert set(read) <= written | constant
+
+
+def test_a_reverted_matmul_keeps_its_inputs_and_the_decoded_weights_cast_goes(tmp_path):
+    """No FULLY_CONNECTED code to reuse (every code still used): the expand HashedMatMul stays as it is (with
+    its X CAST) while an int8-stored HashedWeight next to it is decoded and its storage CAST removed (was:
+    CASTs marked for removal before the FULLY_CONNECTED decision; revert3.tflite)."""
+    from edgepack.exporter.tflite_writer import TFLiteModelBuilder
+
+    seeds, rng = make_seeds(), np.random.default_rng(2)
+    hm, hw = "ai.edgepack.HashedMatMul", "ai.edgepack.HashedWeight"
+    b = TFLiteModelBuilder()
+    xi = b.tensor("x_i8", (2, 6), np.int8)
+    x, h, y = b.tensor("x", (2, 6)), b.tensor("h", (2, 5)), b.tensor("y", (2, 3))
+    b.operator(OP.CAST, [xi], [x])
+    b.operator(hm, [x, b.constant("b1", rng.standard_normal(9).astype(np.float32))], [h],
+               seeds.flexbuffer_options({"in_features": 6, "out_features": 5, "num_hashes": 1, "seed": 1}))
+    b.operator(hm, [h, b.constant("b3", rng.standard_normal(5).astype(np.float32))], [y],
+               seeds.flexbuffer_options({"in_features": 5, "out_features": 3, "num_hashes": 1, "seed": 3, "mode": 1}))
+    q = b.constant("q", rng.integers(-127, 128, 5).astype(np.int8))
+    qf, w, wq = b.tensor("qf", (5,)), b.tensor("w", (4, 8)), b.tensor("wq", (4, 8), np.int8)
+    b.operator(OP.CAST, [q], [qf])
+    b.operator(hw, [qf], [w], seeds.flexbuffer_options({"shape": [4, 8], "num_hashes": 1, "seed": 5}))
+    b.operator(OP.CAST, [w], [wq])
+    bk, w3 = b.tensor("bk_in", (5,)), b.tensor("w3", (4, 8))
+    b.operator(hw, [bk], [w3], seeds.flexbuffer_options({"shape": [4, 8], "num_hashes": 1, "seed": 6}))
+    path = tmp_path / "revert.tflite"
+    path.write_bytes(b.serialize([xi, bk], [y, wq, w3]))
+    data = c_decoded(path)
+    assert tflite_ops(data) == [OP.CAST, hm, hm, hw]
+    read, written, constant = graph_tensors(data)
+    assert set(read) <= written | constant
+    model = tflite.Model.GetRootAs(data, 0)
+    graph = model.Subgraphs(0)
+    out = graph.Tensors(int(graph.OutputsAsNumpy()[1]))
+    assert out.Type() == tflite.TensorType.INT8 and model.Buffers(out.Buffer()).DataLength() == 32
+
+
+def test_a_malformed_quantization_is_refused_as_malformed(models, tmp_path):
+    """A QuantizationParameters scale vector running past the file: refused while parsing (was: "internal
+    error: the decoded model overran its buffer" when the int8 filter copied it)."""
+    data = bytearray(models["ok_int8_storage_conv"].read_bytes())
+    graph = tflite.Model.GetRootAs(bytes(data), 0).Subgraphs(0)
+    q = next(graph.Tensors(t).Quantization() for t in range(graph.TensorsLength())
+             if graph.Tensors(t).Quantization() is not None and graph.Tensors(t).Quantization().ScaleLength() > 1)
+    at = q._tab.Vector(q._tab.Offset(8)) - 4  # the scale vector's length (field 2)
+    data[at:at + 4] = (1 << 28).to_bytes(4, "little")
+    path = tmp_path / "bad_quant.tflite"
+    path.write_bytes(bytes(data))
+    with pytest.raises(DecodeError, match=r"a tensor's QuantizationParameters table \(scale, zero_point, "
+                                          r"quantized_dimension\) is out of bounds or malformed"):
+        c_decoded(path)
 
 
 def test_limits_from_kwargs_and_env(models, monkeypatch):
