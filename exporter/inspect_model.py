@@ -163,17 +163,29 @@ def inspect_tflite(path: str | Path) -> ModelSummary:
     summary.dense_bytes += (FLOAT_PER_INT8 - 1) * sum(
         size for i, size in enumerate(sizes) if graph.Tensors(i).Type() == tflite.TensorType.INT8)
     prefix = f"{DOMAIN}."
-    int8_casts, cast_to_int8 = {}, set()  # int8 storage: CAST of a constant int8 tensor; CASTs to int8
+    # int8 storage: CAST of a constant int8 tensor; the tensors a CAST to int8 reads, through the float32
+    # TRANSPOSE / RESHAPE that lays a decoded weight out for its filter (decoder → [layout →] CAST(int8))
+    int8_casts, cast_to_int8, layout_of = {}, set(), {}
     for i in range(graph.OperatorsLength()):
         op = graph.Operators(i)
         code = model.OperatorCodes(op.OpcodeIndex())
-        if code.CustomCode() or max(code.BuiltinCode(), code.DeprecatedBuiltinCode()) != tflite.BuiltinOperator.CAST:
+        builtin = None if code.CustomCode() else max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        if builtin in (tflite.BuiltinOperator.TRANSPOSE, tflite.BuiltinOperator.RESHAPE) and op.InputsLength() \
+                and op.OutputsLength():
+            layout_of[int(op.Outputs(0))] = int(op.Inputs(0))
+        if builtin != tflite.BuiltinOperator.CAST or not op.InputsLength() or not op.OutputsLength():
             continue
         source, out = int(op.Inputs(0)), int(op.Outputs(0))
         if graph.Tensors(source).Type() == tflite.TensorType.INT8 and sizes[source]:
             int8_casts[out] = source
         if graph.Tensors(out).Type() == tflite.TensorType.INT8:
             cast_to_int8.add(source)
+    for t in list(cast_to_int8):
+        seen = {t}
+        while t in layout_of and layout_of[t] not in seen and graph.Tensors(t).Type() == tflite.TensorType.FLOAT32:
+            t = layout_of[t]
+            seen.add(t)
+            cast_to_int8.add(t)
     for i in range(graph.OperatorsLength()):
         op = graph.Operators(i)
         code = model.OperatorCodes(op.OpcodeIndex())

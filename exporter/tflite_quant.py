@@ -9,10 +9,11 @@ weights, int32 biases of scale s_in · s_w[c], and a Relu / Clip(0, 6) between a
 QuantizeLinear fused into the op. The model's inputs and outputs are float (a QUANTIZE op after
 each input, a DEQUANTIZE before each output) or, with ``io_type="int8"``, the int8 tensors
 themselves. An int8-stored compressed weight (INT8_STORAGE_SPEC: Cast(INT8 q) → HashedWeight |
-CodebookWeight → Cast(INT8) → DequantizeLinear) becomes CAST / CUSTOM / CAST [/ TRANSPOSE | RESHAPE] into
-the per-channel int8 filter; verification runs the model decoded at load. Anything TFLite cannot express
-in int8 is refused with a ConversionError naming the node. The layout machinery (NHWC inside, pads,
-pool sizes) is the float converter's.
+CodebookWeight → Cast(INT8) → DequantizeLinear) becomes CAST / CUSTOM [/ TRANSPOSE | RESHAPE in float32] /
+CAST into the per-channel int8 filter (the one int8 tensor of the chain that carries quantization);
+verification runs the model decoded at load. Anything TFLite cannot express in int8 is refused with a
+ConversionError naming the node. The layout machinery (NHWC inside, pads, pool sizes) is the float
+converter's.
 """
 
 from collections import defaultdict
@@ -92,14 +93,14 @@ class QuantConstant:
 class StoredWeight:
     """An int8-stored compressed weight: Cast(INT8 q, to=FLOAT) → decoder → Cast(to=INT8) → DequantizeLinear.
     ``decoded`` is the float32 TFLite tensor the CUSTOM decoder writes, ``shape`` its ONNX shape;
-    ``scale`` / ``axis`` come from the DequantizeLinear, ``filters`` caches its int8 filter per layout."""
+    ``scale`` / ``axis`` come from the DequantizeLinear, ``filters`` caches its int8 filter per layout, ``layouts``
+    the float32 TRANSPOSE / RESHAPE output it is cast from."""
 
     decoded: int
     shape: tuple[int, ...]
-    cast: str  # the Cast(to=INT8) output: the int8 weight in ONNX layout
     scale: np.ndarray | None = None
     axis: int | None = None
-    raw: int | None = None  # the CAST(float32 → int8) output in ONNX layout, when a layout op follows
+    layouts: dict = field(default_factory=dict)  # the float32 decoded weight per TFLite layout (perm)
     filters: dict = field(default_factory=dict)
 
 
@@ -413,7 +414,7 @@ class QuantConverter(Converter):
             raise self.fail(f"its output {out!r} is read by {self.reader_list(out)}; an int8-stored weight is read "
                             "by one DequantizeLinear (the filter of a Conv, Gemm or MatMul)")
         index, shape = self.decoded[source]
-        self.stored_casts[out] = StoredWeight(index, shape, out)
+        self.stored_casts[out] = StoredWeight(index, shape)
 
     def stored_dequantize(self, node: onnx.NodeProto) -> None:
         """The DequantizeLinear of an int8-stored weight: symmetric scales, read only as a filter."""
@@ -437,7 +438,9 @@ class QuantConverter(Converter):
                per_channel: bool | None = None) -> tuple[int, np.ndarray, bool]:
         """The int8 filter tensor of weight ``name`` (output channels along ``axis``) in TFLite's layout
         (``perm`` of the ONNX axes), quantized along ``dimension``: a constant, or for an int8-stored
-        weight CAST(float32 → int8) [→ TRANSPOSE / RESHAPE]. Returns (tensor, scales, per channel)."""
+        weight [TRANSPOSE / RESHAPE of the float32 decoded weight →] CAST(float32 → int8), so that only the
+        filter is an int8 tensor (XNNPACK refuses one without quantization parameters, and a quantized copy
+        before a layout op would store the scales twice). Returns (tensor, scales, per channel)."""
         stored = self.stored.get(name)
         if stored is None:
             values, scale = self.symmetric_weight(name, channels, axis)
@@ -455,19 +458,20 @@ class QuantConverter(Converter):
         if key not in stored.filters:
             shape = tuple(stored.shape[p] for p in perm)
             quantization = self.filter_quantization(scale, channels, dimension, per_channel)
-            out = self.builder.tensor(f"{name}_int8", shape, np.int8, quantization=quantization)
-            if list(perm) == sorted(perm):
-                self.emit(OP.CAST, [stored.decoded], [out], version=CAST_VERSION)
-            else:
-                if stored.raw is None:  # quantized too: XNNPACK refuses an int8 tensor without parameters
-                    stored.raw = self.builder.tensor(stored.cast, stored.shape, np.int8, quantization=(
-                        self.filter_quantization(scale, channels, axis, per_channel)))
-                    self.emit(OP.CAST, [stored.decoded], [stored.raw], version=CAST_VERSION)
-                moved = [a for a in range(len(perm)) if stored.shape[a] != 1]
-                if moved == [a for a in perm if stored.shape[a] != 1]:
-                    self.emit(OP.RESHAPE, [stored.raw, self.int32(shape)], [out], version=1)
+            laid = stored.layouts.get(tuple(perm))
+            if laid is None:  # the float32 decoded weight in TFLite's layout: only the filter is int8 (and quantized)
+                if list(perm) == sorted(perm):
+                    laid = stored.decoded
                 else:
-                    self.emit(OP.TRANSPOSE, [stored.raw, self.int32(perm)], [out])
+                    laid = self.builder.tensor(f"{name}_tflite", shape, np.float32)
+                    moved = [a for a in range(len(perm)) if stored.shape[a] != 1]
+                    if moved == [a for a in perm if stored.shape[a] != 1]:
+                        self.emit(OP.RESHAPE, [stored.decoded, self.int32(shape)], [laid], version=1)
+                    else:
+                        self.emit(OP.TRANSPOSE, [stored.decoded, self.int32(perm)], [laid], version=1)
+                stored.layouts[tuple(perm)] = laid
+            out = self.builder.tensor(f"{name}_int8", shape, np.int8, quantization=quantization)
+            self.emit(OP.CAST, [laid], [out], version=CAST_VERSION)
             stored.filters[key] = out
         return stored.filters[key], scale, per_channel
 

@@ -6,8 +6,8 @@ FULLY_CONNECTED is folded too); an expand-mode ``ai.edgepack.HashedMatMul`` beco
 FULLY_CONNECTED (or a 1×1 CONV_2D on an NHWC input) with the decoded weight. A per-channel MUL,
 ADD (a folded BatchNorm) and RELU / RELU6 right after a convolution whose weights are now constant
 are folded into it, so LiteRT / XNNPACK see the same graph as for the dense model. An int8-stored
-weight (INT8_STORAGE_SPEC: an int8 buffer → CAST to float32 → decoder → CAST to int8 [→ TRANSPOSE / RESHAPE]
-→ the filter of an int8 CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED) becomes one constant int8 filter
+weight (INT8_STORAGE_SPEC: an int8 buffer → CAST to float32 → decoder [→ TRANSPOSE / RESHAPE in float32] → CAST
+to int8 → the filter of an int8 CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED) becomes one constant int8 filter
 with the filter tensor's per-channel quantization. Read with the ``tflite`` package, written with its
 builders and ``flatbuffers``; the file on disk is unchanged.
 """
@@ -269,8 +269,9 @@ def _decode(ops: list[_Op], tensors: list[_Tensor], storage: dict[int, _Op]) -> 
 
 
 def _fold_layout(ops: list[_Op], tensors: list[_Tensor], decoded: dict[int, str]) -> list[_Op]:
-    """TRANSPOSE / RESHAPE of a float32 or int8 constant (a decoded weight's layout), and CAST(float32 →
-    int8) of a decoded weight (an int8-stored one: exact, else refused), as a constant."""
+    """TRANSPOSE / RESHAPE of a float32 constant (a decoded weight's layout), and CAST(float32 → int8) of a
+    decoded weight, after its layout op (an int8-stored one: exact, else refused; only the filter is int8), as a
+    constant, as the C decode at load's fold_layout."""
     kept = []
     for op in ops:
         code, ins = op.code[0], op.inputs
@@ -283,7 +284,7 @@ def _fold_layout(ops: list[_Op], tensors: list[_Tensor], decoded: dict[int, str]
                 decoded[op.outputs[0]] = decoded[ins[0]]
                 continue
         if code in (OP.TRANSPOSE, OP.RESHAPE) and ins and _const(tensors, ins[0]) \
-                and tensors[ins[0]].type in (_FLOAT32, _INT8) and tensors[op.outputs[0]].type == tensors[ins[0]].type \
+                and tensors[ins[0]].type == _FLOAT32 and tensors[op.outputs[0]].type == _FLOAT32 \
                 and tensors[op.outputs[0]].data is None:
             value = _array(tensors[ins[0]])
             if code == OP.TRANSPOSE and _const(tensors, ins[1]):

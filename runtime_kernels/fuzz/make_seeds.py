@@ -333,17 +333,19 @@ def int8_cast_models() -> dict[str, bytes]:
 
 
 # int8 storage (docs/ops.md): the activation scales of int8_storage_models(), and each seed's output scale
-INT8_STORAGE_SCALES = {"x": 4 / 127, "conv": 0.03, "dw": 0.02, "fc": 0.05}
+INT8_STORAGE_SCALES = {"x": 4 / 127, "conv": 0.03, "dw": 0.02, "fc": 0.05, "pw": 0.02}
 INT8_STORAGE_OUTPUT_SCALE = {"ok_int8_storage_conv": INT8_STORAGE_SCALES["fc"],
-                             "ok_int8_storage_depthwise": INT8_STORAGE_SCALES["dw"]}
+                             "ok_int8_storage_depthwise": INT8_STORAGE_SCALES["dw"],
+                             "ok_int8_storage_pointwise": INT8_STORAGE_SCALES["pw"]}
 
 
 def int8_storage_models() -> dict[str, bytes]:
     """int8-stored compressed weights through `edgepack convert` (tflite_quant, no verification): a tiny QDQ
     ONNX model with each weight Cast(INT8 q) -> HashedWeight | CodebookWeight -> Cast(INT8) -> DequantizeLinear
-    becomes CAST -> CUSTOM -> CAST [-> TRANSPOSE] into a per-channel int8 filter. ok_int8_storage_conv: a
-    hashed CONV_2D, ReLU, then a sparse-codebook FULLY_CONNECTED; ok_int8_storage_depthwise: a dense-codebook
-    DEPTHWISE_CONV_2D."""
+    becomes CAST -> CUSTOM [-> TRANSPOSE | RESHAPE, float32] -> CAST into a per-channel int8 filter (the only
+    quantized tensor of the chain). ok_int8_storage_conv: a hashed CONV_2D, ReLU, then a sparse-codebook
+    FULLY_CONNECTED; ok_int8_storage_depthwise: a dense-codebook DEPTHWISE_CONV_2D; ok_int8_storage_pointwise: a
+    hashed 1x1 CONV_2D (its layout a RESHAPE, not a TRANSPOSE)."""
     import tempfile
 
     import numpy as np
@@ -424,6 +426,13 @@ def int8_storage_models() -> dict[str, bytes]:
                               name="dw"), *qdq("c", "y", "s1", "z1")]
     inits = io | dw_inits | {"s1": np.float32(scales["dw"]), "z1": np.int8(0)}
     models["ok_int8_storage_depthwise"] = convert(nodes, inits, [1, 3, 5, 5], [1, 3, 3, 3])
+    # ok_int8_storage_pointwise: x [1, 3, 2, 2] -> hashed Conv 1x1 (4 outputs) -> y [1, 4, 2, 2]: a float32 RESHAPE
+    pw_nodes, pw_inits = stored("pw", "HashedWeight", rng.integers(-127, 128, 7).astype(np.int8), 4, {},
+                                shape=[4, 3, 1, 1], num_hashes=1, seed=3, signed=1)
+    nodes = [*qdq("x", "xd", "xs", "xz"), *pw_nodes,
+             helper.make_node("Conv", ["xd", "pw_wd", "pw_bias"], ["c"], name="pw"), *qdq("c", "y", "s1", "z1")]
+    inits = io | pw_inits | {"s1": np.float32(scales["pw"]), "z1": np.int8(0)}
+    models["ok_int8_storage_pointwise"] = convert(nodes, inits, [1, 3, 2, 2], [1, 4, 2, 2])
     return models
 
 

@@ -12,7 +12,7 @@
  *    FULLY_CONNECTED, or a convolution whose filter is a decoded weight, are folded into it (its
  *    filter, a new bias and its fused activation), as TFLite's converter does for a dense model.
  *  - an int8-stored weight (INT8_STORAGE_SPEC): CAST(int8 constant -> float32) feeding HashedWeight 'buckets' or
- *    CodebookWeight 'codebook', and CAST(float32 -> int8) [+ TRANSPOSE / RESHAPE] of the decoded weight, fold into
+ *    CodebookWeight 'codebook', and [TRANSPOSE / RESHAPE +] CAST(float32 -> int8) of the decoded weight, fold into
  *    one constant int8 filter that keeps its tensor's (per-channel) quantization; a CAST into any other weight
  *    input of an ai.edgepack op, a stored -128 and a decoded value that is not an integer in [-128, 127] are
  *    refused (check_casts; decode_tflite.py and exporter/validate.py in the same words);
@@ -621,7 +621,9 @@ static int classify_edgepack(dec *d, uint32_t i) {
     return rc;
 }
 
-/* TRANSPOSE / RESHAPE of a decoded value into a new value of its output; 1 when folded. */
+/* TRANSPOSE / RESHAPE of a decoded float32 value, or CAST(float32 -> int8) of one (an int8-stored weight, after
+ * its layout op: only the filter is int8), into a new value of its output; 1 when folded. An int8 value is the
+ * end of its chain: no layout op, CAST or epilogue folds it further. */
 static int fold_layout(dec *d, uint32_t i) {
     const opr *o = &d->o[i];
     const int32_t x = in_at(d, o, 0), y = out_at(d, o);
@@ -635,14 +637,14 @@ static int fold_layout(dec *d, uint32_t i) {
         return 1;
     }
     if ((builtin != OP_TRANSPOSE && builtin != OP_RESHAPE) || x < 0 || d->value_of[x] < 0 || o->n_out != 1 ||
-        d->value_of[y] >= 0 || d->t[y].type != (d->v[d->value_of[x]].int8 ? TYPE_INT8 : TYPE_FLOAT32))
+        d->value_of[y] >= 0 || d->v[d->value_of[x]].int8 || d->t[y].type != TYPE_FLOAT32)
         return 0;
     const int src = d->value_of[x];
     const val s = d->v[src];
     if (builtin == OP_RESHAPE) {
         const ten *t = &d->t[y];
         if (t->rank < 0 || t->count != s.count) return 0;
-        d->v[add_value(d, V_RESHAPE, (int)i, src, y, t->rank, t->dims)].int8 = s.int8;
+        add_value(d, V_RESHAPE, (int)i, src, y, t->rank, t->dims);
         return 1;
     }
     const int32_t p = in_at(d, o, 1);
@@ -661,7 +663,6 @@ static int fold_layout(dec *d, uint32_t i) {
     }
     const int v = add_value(d, V_TRANSPOSE, (int)i, src, y, s.rank, dims);
     memcpy(d->v[v].perm, perm, sizeof perm);
-    d->v[v].int8 = s.int8;
     return 1;
 }
 

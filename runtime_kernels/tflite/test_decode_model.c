@@ -1,6 +1,7 @@
 /* Test of edgepack_tflite_decode_model (decode_model.c, included to reuse its reader on the
  * output) on the seed files of runtime_kernels/fuzz/corpus/fuzz_tflite_decode (make_seeds.py):
- * ok_* decode into a valid model with static weights and nothing left to decode; bad_* and the
+ * ok_* decode into a valid model with static weights and nothing left to decode (ok_int8_storage_*: the chain in
+ * the exporter's order, only the filter int8 and quantized); bad_* and the
  * limits are refused with the expected words; every truncation and many corruptions of every seed
  * are refused or decoded without a memory error (run under ASan/UBSan and qemu-aarch64 by
  * ci_tflite.sh). Usage: test_tflite_decode <corpus dir>. LiteRT runs the outputs in
@@ -93,6 +94,52 @@ static void check_output(const char *name, const uint8_t *b, size_t n) {
     edgepack_tflite_free_model(again);
 }
 
+/* An int8-stored weight's chain in the input model (docs/ops.md "int8 storage"): each CAST to int8 reads a float32,
+ * unquantized decoded weight (its decoder's output, or a TRANSPOSE / RESHAPE of it) and writes the quantized filter
+ * of one CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED (input 1), read by nothing else; no layout op reads an int8
+ * tensor a CAST wrote (the order before: a second quantized copy ahead of the layout op). Returns the CASTs. */
+static int check_chain(const char *name, const uint8_t *b, size_t n) {
+    dec d;
+    char err[2048] = "";
+    memset(&d, 0, sizeof d);
+    d.b = b, d.n = n, d.err = err, d.cap = sizeof err;
+    ep_limits_from_env(&d.lim);
+    CHECK(!parse(&d), "%s: does not parse: %s", name, err);
+    int casts = 0;
+    if (!err[0]) index_graph(&d);
+    for (uint32_t i = 0; i < d.no && !err[0]; i++) {
+        const opr *o = &d.o[i];
+        const int builtin = d.c[o->code].builtin;
+        const int32_t x = in_at(&d, o, 0), y = out_at(&d, o);
+        if (builtin == OP_TRANSPOSE || builtin == OP_RESHAPE)
+            CHECK(x < 0 || d.t[x].type != TYPE_INT8 || cast_of(&d, x) < 0,
+                  "%s: layout node #%u reads the int8 output of CAST node #%d", name, i, cast_of(&d, x));
+        if (builtin != OP_CAST || o->n_in != 1 || y < 0 || d.t[y].type != TYPE_INT8) continue;
+        casts++;
+        int32_t p = x >= 0 ? d.producer[x] : -1;
+        const int layout = p >= 0 && (d.c[d.o[p].code].builtin == OP_TRANSPOSE ||
+                                      d.c[d.o[p].code].builtin == OP_RESHAPE);
+        const int32_t decoded = layout ? in_at(&d, &d.o[p], 0) : x;
+        p = decoded >= 0 ? d.producer[decoded] : -1;
+        CHECK(x >= 0 && d.t[x].type == TYPE_FLOAT32 && !d.t[x].quant && decoded >= 0 &&
+                  d.t[decoded].type == TYPE_FLOAT32 && !d.t[decoded].quant && p >= 0 &&
+                  d.c[d.o[p].code].builtin == OP_CUSTOM,
+              "%s: CAST node #%u to int8 does not read a float32 decoder output [through one layout op]", name, i);
+        int filters = 0;
+        for (uint32_t k = 0; k < d.no; k++) {
+            const int r = d.c[d.o[k].code].builtin;
+            filters += (r == OP_CONV_2D || r == OP_DEPTHWISE_CONV_2D || r == OP_FULLY_CONNECTED) &&
+                       in_at(&d, &d.o[k], 1) == y;
+        }
+        CHECK(d.t[y].quant && filters == 1 && d.uses[y] == 1,
+              "%s: CAST node #%u's int8 output is not one quantized filter (%d readers as a filter, %d in all)", name,
+              i, filters, d.uses[y]);
+    }
+    free(d.t), free(d.bf), free(d.c), free(d.o), free(d.value_of), free(d.readers), free(d.consumer), free(d.producer);
+    free(d.uses);
+    return casts;
+}
+
 /* Refused or decoded, never a memory error: every prefix, and every byte flipped three ways. */
 static void corrupt(const uint8_t *b, size_t n) {
     uint8_t *c = (uint8_t *)malloc(n ? n : 1);
@@ -155,6 +202,7 @@ int main(int argc, char **argv) {
         size_t size = 0;
         CHECK(b && n > 0 && n < (1 << 16), "cannot read %s (or it is 64 KiB or more)", argv[a]);
         if (!b) continue;
+        check_chain(argv[a], b, n);
         CHECK(!decode(b, n, 0, 0, &out, &size, err) && out, "%s: not decoded: %s", argv[a], err);
         if (out) check_output(argv[a], (const uint8_t *)out, size);
         edgepack_tflite_free_model(out);
@@ -182,6 +230,8 @@ int main(int argc, char **argv) {
         const int rc = decode(b, n, 0, 0, &out, &size, err);
         if (is_ok) {
             ok++;
+            CHECK(!strstr(e->d_name, "int8_storage") || check_chain(e->d_name, b, n) > 0,
+                  "%s: no int8-stored weight", e->d_name);
             CHECK(rc == 0 && out && size > n, "%s: not decoded: %s", e->d_name, err);
             if (!rc && out) check_output(e->d_name, (const uint8_t *)out, size);
             edgepack_tflite_free_model(out);

@@ -179,11 +179,14 @@ def test_litert_within_one_step_of_ort_qdq(converted, name, io_type):
 
 _TFLITE214 = """
 import json, sys, numpy as np
-from tflite_runtime.interpreter import Interpreter, OpResolverType
-for path in sys.argv[1:]:
+from tflite_runtime.interpreter import Interpreter, OpResolverType, load_delegate
+library, paths = sys.argv[1], sys.argv[2:]
+for path in paths:
     data = np.load(path + ".npz")
     for resolver in ("AUTO", "BUILTIN_WITHOUT_DEFAULT_DELEGATES"):
-        it = Interpreter(model_path=path, experimental_op_resolver_type=getattr(OpResolverType, resolver))
+        delegates = [load_delegate(library)] if library else []
+        it = Interpreter(model_path=path, experimental_op_resolver_type=getattr(OpResolverType, resolver),
+                         experimental_delegates=delegates)
         it.allocate_tensors()
         ys = []
         for x in data["xs"]:
@@ -195,13 +198,15 @@ for path in sys.argv[1:]:
 """
 
 
-def tflite214_outputs(paths: list) -> dict[str, dict[str, np.ndarray]]:
+def tflite214_outputs(paths: list, delegate: Path | None = None) -> dict[str, dict[str, np.ndarray]]:
     """{path: {resolver: outputs}} of each .tflite in tflite-runtime 2.14 (second venv), XNNPACK ("AUTO") and the
-    builtin kernels, on the inputs saved beside it as PATH.npz (key xs)."""
+    builtin kernels, on the inputs saved beside it as PATH.npz (key xs); with ``delegate`` (the edgepack delegate
+    library) loaded as the model's first delegate, for the ai.edgepack ops of a model not decoded at load."""
     if not TFLITE214_PYTHON.exists():
         pytest.fail(f"{TFLITE214_PYTHON} is missing: `make test` creates it (make .venv-tflite214)")
     paths = [str(path) for path in paths]
-    result = subprocess.run([str(TFLITE214_PYTHON), "-c", _TFLITE214, *paths], capture_output=True, text=True)
+    result = subprocess.run([str(TFLITE214_PYTHON), "-c", _TFLITE214, str(delegate or ""), *paths],
+                            capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert len([line for line in result.stdout.splitlines() if line.startswith("{")]) == 2 * len(paths)
     resolvers = ("AUTO", "BUILTIN_WITHOUT_DEFAULT_DELEGATES")

@@ -110,7 +110,10 @@ def test_the_committed_seeds_are_make_seeds_output():
         assert (CORPUS / name).read_bytes() == data, f"{name}: run runtime_kernels/fuzz/make_seeds.py"
 
 
-INT8_STORAGE = ["ok_int8_storage_conv", "ok_int8_storage_depthwise"]
+INT8_STORAGE = ["ok_int8_storage_conv", "ok_int8_storage_depthwise", "ok_int8_storage_pointwise"]
+INT8_FILTERS = {"ok_int8_storage_conv": ([OP.TRANSPOSE, None], [OP.CONV_2D, OP.FULLY_CONNECTED]),
+                "ok_int8_storage_depthwise": ([OP.TRANSPOSE], [OP.DEPTHWISE_CONV_2D]),
+                "ok_int8_storage_pointwise": ([OP.RESHAPE], [OP.CONV_2D])}  # layout ops (None: none), filters
 
 
 @pytest.mark.parametrize("name", ["ds_cnn", "mlp", "ok_conv", "ok_depthwise", "ok_mlp", "ok_nhwc_matmul",
@@ -133,9 +136,32 @@ def test_c_decoded_equals_the_kernel_path_and_the_python_rewrite(models, name):
 
 @pytest.mark.parametrize("name", INT8_STORAGE)
 def test_c_folds_int8_storage_into_the_python_rewrites_int8_filters(models, name):
-    """CAST -> CUSTOM -> CAST [-> TRANSPOSE] becomes a constant per-channel int8 filter, byte for byte the
-    Python rewrite's (decode_tflite.py), its quantization kept; no CAST or ai.edgepack op left."""
+    """CAST -> CUSTOM [-> TRANSPOSE | RESHAPE, float32] -> CAST, only the filter int8 and quantized, becomes a
+    constant per-channel int8 filter, byte for byte the Python rewrite's (decode_tflite.py), its quantization
+    kept; no CAST or ai.edgepack op left."""
     from edgepack.runtime_kernels.decode_tflite import decoded_tflite
+
+    data = models[name].read_bytes()
+    model, layouts = tflite.Model.GetRootAs(data, 0), []
+    graph, ops = model.Subgraphs(0), tflite_ops(data)
+    producer = {int(graph.Operators(i).OutputsAsNumpy()[0]): i for i in range(len(ops))}
+    for i, op in enumerate(ops):  # the seed: filter <- CAST(int8) <- [float32 layout op <-] decoder
+        if op not in (OP.CONV_2D, OP.DEPTHWISE_CONV_2D, OP.FULLY_CONNECTED):
+            continue
+        w = int(graph.Operators(i).InputsAsNumpy()[1])
+        cast = producer[w]
+        source = int(graph.Operators(cast).InputsAsNumpy()[0])
+        assert ops[cast] == OP.CAST and graph.Tensors(w).Quantization().ScaleLength() > 1
+        layout = ops[producer[source]] if ops[producer[source]] in (OP.TRANSPOSE, OP.RESHAPE) else None
+        layouts.append(layout)
+        if layout is not None:
+            source = int(graph.Operators(producer[source]).InputsAsNumpy()[0])
+        assert isinstance(ops[producer[source]], str) and ops[producer[source]].startswith("ai.edgepack.")
+    assert layouts == INT8_FILTERS[name][0]
+    quantized = [t for t in range(graph.TensorsLength()) if graph.Tensors(t).Type() == tflite.TensorType.INT8
+                 and t in producer and graph.Tensors(t).Quantization() is not None
+                 and graph.Tensors(t).Quantization().ScaleLength() > 1]
+    assert len(quantized) == len(layouts)  # the filters only: no second copy of the scales
 
     c, python = c_decoded(models[name]), decoded_tflite(models[name])
     ops = tflite_ops(c)
@@ -155,8 +181,7 @@ def test_c_folds_int8_storage_into_the_python_rewrites_int8_filters(models, name
 
     got = filters(c)
     assert got == filters(python)
-    assert [f[0] for f in got] == ([OP.CONV_2D, OP.FULLY_CONNECTED] if name == "ok_int8_storage_conv" else
-                                   [OP.DEPTHWISE_CONV_2D])
+    assert [f[0] for f in got] == INT8_FILTERS[name][1]
     for _, dtype, shape, data, scales, zeros, dimension in got:
         assert dtype == tflite.TensorType.INT8 and len(data) == int(np.prod(shape))
         assert len(scales) == len(zeros) == shape[dimension] and not any(zeros)
