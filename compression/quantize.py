@@ -374,7 +374,8 @@ def prepare(model: nn.Module, observer: str = "minmax", percentile: float = 99.9
     prepared = copy.deepcopy(model).eval()
     compressed = storable_layers(prepared)
     fold_batchnorms(prepared)
-    folded = fold_compressed_batchnorms(prepared)
+    folded, kept_float = fold_compressed_batchnorms(prepared)
+    compressed = {name: layer for name, layer in compressed.items() if name not in kept_float}
     relus = _fusable_relus(prepared)
     layers = _dense_layers(prepared)
     if not layers and not compressed:
@@ -569,7 +570,7 @@ def quantize_transform(model: nn.Module, layers: dict, identity: list, pass_thro
     modules (folded BatchNorms, fused ReLUs) become nn.Identity, the ``layers`` QuantLinear / QuantConv2d (or,
     for hashed / codebook layers, their int8 forms), the ``pass_through`` modules ({name: "input" | "output"})
     are wrapped in QuantPassThrough."""
-    from .quantize_compressed import QUANT_COMPRESSED, check_storable, storable_layers
+    from .quantize_compressed import QUANT_COMPRESSED, storable_layers
 
     replacements = [(name, lambda module: nn.Identity()) for name in identity]
     replacements += [(name, lambda module, side=side: QuantPassThrough(module, side))
@@ -586,11 +587,18 @@ def quantize_transform(model: nn.Module, layers: dict, identity: list, pass_thro
                                 f"codebook layer of the model; those layers: {sorted(dense)}")
         layer = dense[name]
         if type(layer) in QUANT_COMPRESSED:
-            check_storable(name, layer)
             model.set_submodule(name, QUANT_COMPRESSED[type(layer)].from_compressed(layer, **spec))
         else:
             model.set_submodule(name, QUANT_LAYERS[type(layer)].from_dense(layer, **spec))
     return model
+
+
+def float_compressed_layers(model: nn.Module) -> list[str]:
+    """The names of the hashed / codebook layers an int8 model keeps float (functional hashing, a hashed bias, a
+    BatchNorm factor <= 0 after the conv): they do not convert to a fully int8 TFLite file."""
+    from .quantize_compressed import QUANT_COMPRESSED
+
+    return [name for name, module in model.named_modules() if type(module) in QUANT_COMPRESSED]
 
 
 def _check_params(mode, bits, observer, percentile, epochs, lr, calibration_batches) -> None:
@@ -637,6 +645,7 @@ def quantize_stage(model: nn.Module, data: StageData, *, mode: str = "ptq", bits
     params = dict(mode=mode, bits=bits, observer=observer, percentile=percentile, epochs=epochs, lr=lr,
                   calibration_batches=calibration_batches)
     transform = {"name": "quantize", "params": {"layers": layers, "identity": identity, "pass_through": pass_through}}
-    extra = {"calibration_inputs": len(inputs), "int8_layers": len(layers), "folded_or_fused": len(identity)}
+    extra = {"calibration_inputs": len(inputs), "int8_layers": len(layers), "folded_or_fused": len(identity),
+             "float_compressed_layers": float_compressed_layers(quantized)}
     return quantized, stage_report("quantize", quantized, data, params, transform=transform, extra=extra,
                                    started=started)

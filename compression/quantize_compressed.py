@@ -1,4 +1,4 @@
-"""int8 storage of hashed and codebook layers (docs: INT8 storage contract): the buckets or the codebook are
+"""int8 storage of hashed and codebook layers (docs/ops.md, "int8 storage"): the buckets or the codebook are
 quantized per tensor, q = clamp(round(v / s), −127, 127) with s = max|v| / 127, and decode into the int8
 weight Wq (a bucket times its sign, or a codebook entry; 0 where a sparse codebook layer is pruned), whose
 per-output-channel scale is s·g, g the factor of a BatchNorm folded into the conv (1 without one).
@@ -6,7 +6,8 @@ per-output-channel scale is s·g, g the factor of a BatchNorm folded into the co
 ``FakeQuantCompressed`` is the layer while it is calibrated or trained with fake quant (the stored values
 fake-quantized per tensor, straight-through gradients); ``convert`` makes it a ``QuantHashedLinear``,
 ``QuantHashedConv2d``, ``QuantCodebookLinear`` or ``QuantCodebookConv2d``. Functional hashing (num_hashes > 1)
-and a hashed bias cannot be stored this way: those layers stay float, as circulant, LDR and hyper layers do.
+and a hashed bias cannot be stored this way, nor a conv whose BatchNorm factor is <= 0 (a negative weight scale):
+those layers stay float, as circulant, LDR and hyper layers do.
 """
 
 from __future__ import annotations
@@ -70,11 +71,12 @@ def storable_layers(model: nn.Module) -> dict[str, nn.Module]:
             if type(m) in QUANT_COMPRESSED and name and unstorable_reason(m) is None}
 
 
-def fold_compressed_batchnorms(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def fold_compressed_batchnorms(model: nn.Module) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], set[str]]:
     """Each BatchNorm2d that directly follows a hashed / codebook conv in an nn.Sequential becomes nn.Identity,
-    in place; returns {conv name: (factor g = gamma / sqrt(var + eps), folded bias)}. g must be > 0 on every
-    channel (it becomes part of the channel's weight scale, the stored values being shared)."""
-    folded = {}
+    in place; returns ({conv name: (factor g = gamma / sqrt(var + eps), folded bias)}, the convs left float). g
+    becomes part of the channel's weight scale (the stored values are shared), so it must be > 0 on every
+    channel: a conv whose BatchNorm has a factor <= 0 keeps both float."""
+    folded, kept_float = {}, set()
     for prefix, sequential in _sequentials(model):
         children = list(sequential.named_children())
         for (conv_name, conv), (bn_name, bn) in zip(children, children[1:]):
@@ -86,20 +88,15 @@ def fold_compressed_batchnorms(model: nn.Module) -> dict[str, tuple[torch.Tensor
                 factor = torch.rsqrt(bn.running_var + bn.eps)
                 if bn.weight is not None:
                     factor = factor * bn.weight
-                bad = torch.nonzero(factor <= 0).flatten()
-                if bad.numel():
-                    channel = int(bad[0])
-                    raise QuantizeError(
-                        f"layer {prefix + conv_name!r}: the BatchNorm {prefix + bn_name!r} after it has factor "
-                        f"gamma/sqrt(var+eps) = {float(factor[channel]):.6g} on channel {channel} ({bad.numel()} "
-                        "channel(s) <= 0); int8 hashed / codebook storage folds it into the per-channel weight "
-                        "scale, which must be > 0: valid factors are > 0 (a positive BatchNorm weight)")
+                if not bool((factor > 0).all()):
+                    kept_float.add(prefix + conv_name)
+                    continue
                 bias = conv.dense_bias()
                 bias = torch.zeros_like(bn.running_mean) if bias is None else bias.detach()
                 shift = bn.bias.detach() if bn.bias is not None else torch.zeros_like(factor)
                 folded[prefix + conv_name] = (factor.float(), ((bias - bn.running_mean) * factor + shift).float())
             setattr(sequential, bn_name, nn.Identity())
-    return folded
+    return folded, kept_float
 
 
 class FakeQuantCompressed(FakeQuantLayer):
@@ -176,6 +173,16 @@ class _QuantHashed(_QuantStored):
 
     def store(self, q: torch.Tensor) -> None:
         self.buckets.copy_(q)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        value = state_dict.get(prefix + "buckets")
+        if value is not None and not (isinstance(value, torch.Tensor) and value.dtype == torch.int8
+                                      and value.shape == self.buckets.shape and int(value.min()) >= -WEIGHT_MAX):
+            raise QuantizeError(f"{type(self).__name__} {prefix.rstrip('.') or '(state)'}: state "
+                                f"{prefix + 'buckets'!r} must be int8 of shape {list(self.buckets.shape)} with values "
+                                f"in -127..127, got {getattr(value, 'dtype', type(value).__name__)} of shape "
+                                f"{list(getattr(value, 'shape', []))}")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def weight(self) -> torch.Tensor:

@@ -341,9 +341,12 @@ def _name_nodes_after_layers(model: onnx.ModelProto) -> None:
     """Name each ai.edgepack node after its layer ("fc1" from the initializer "fc1.buckets"),
     so that errors and ``edgepack inspect`` point at the layer."""
     initializers = {t.name for t in model.graph.initializer}
+    stored = {node.output[0]: node.input[0] for node in model.graph.node  # int8 storage: Cast(fc1.buckets)
+              if node.op_type == "Cast" and len(node.input) == 1 and len(node.output) == 1}
     taken = {node.name for node in model.graph.node}
     for node in model.graph.node:
-        weights = [name for name in node.input if name in initializers and "." in name]
+        weights = [stored.get(name, name) for name in node.input]
+        weights = [name for name in weights if name in initializers and "." in name]
         # the first weight may be shared with an earlier layer (the exporter dedupes equal constants)
         name = next((w.rpartition(".")[0] for w in weights if w.rpartition(".")[0] not in taken), None)
         if node.domain == DOMAIN and name is not None:

@@ -75,43 +75,41 @@ class _LoweredQuant(nn.Module):
         return qdq(y, *self.output)
 
 
-@lowers(QuantLinear)
-class LoweredQuantLinear(_LoweredQuant):
-    """QuantLinear as QDQ + Gemm."""
-
-    def __init__(self, layer: QuantLinear, mode: str = "kernels", stream: bool = False) -> None:
-        super().__init__(layer)
-        self.register_buffer("weight", layer.weight.detach().clone())
-
-    def compute(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, weight, self.bias)
-
-
-@lowers(QuantConv2d)
-class LoweredQuantConv2d(_LoweredQuant):
-    """QuantConv2d as QDQ + Conv."""
-
-    def __init__(self, layer: QuantConv2d, mode: str = "kernels", stream: bool = False) -> None:
-        super().__init__(layer)
-        self.register_buffer("weight", layer.weight.detach().clone())
-        self.conv = dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation, groups=layer.groups)
-
-    def compute(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, weight, self.bias, **self.conv)
-
-
 class _Linear:
+    """Gemm with the dequantized weight."""
+
     def compute(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return F.linear(x, weight, self.bias)
 
 
 class _Conv:
+    """Conv with the dequantized weight, in the layer's geometry (``self.conv``)."""
+
     def compute(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, weight, self.bias, **self.conv)
 
 
 def _conv_geometry(layer) -> dict:
     return dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation, groups=layer.groups)
+
+
+@lowers(QuantLinear)
+class LoweredQuantLinear(_Linear, _LoweredQuant):
+    """QuantLinear as QDQ + Gemm."""
+
+    def __init__(self, layer: QuantLinear, mode: str = "kernels", stream: bool = False) -> None:
+        super().__init__(layer)
+        self.register_buffer("weight", layer.weight.detach().clone())
+
+
+@lowers(QuantConv2d)
+class LoweredQuantConv2d(_Conv, _LoweredQuant):
+    """QuantConv2d as QDQ + Conv."""
+
+    def __init__(self, layer: QuantConv2d, mode: str = "kernels", stream: bool = False) -> None:
+        super().__init__(layer)
+        self.register_buffer("weight", layer.weight.detach().clone())
+        self.conv = _conv_geometry(layer)
 
 
 class _LoweredQuantHashed(_LoweredQuant):

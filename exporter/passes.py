@@ -98,7 +98,7 @@ def _unique(name: str, taken: set[str]) -> str:
 
 
 def store_int8_decoder_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
-    """int8 storage of decoder weights (INT8 storage contract): where every reader of a HashedWeight /
+    """int8 storage of decoder weights (docs/ops.md "int8 storage"): where every reader of a HashedWeight /
     CodebookWeight output is a Cast(to=INT8), its buckets / codebook input, a float initializer holding integers
     in [-127, 127] read by such decoders only, becomes an INT8 initializer of the same name read through one
     Cast(to=FLOAT) (output ``<name>_float``). The values are unchanged; the file stores 1 byte per value.
@@ -138,13 +138,8 @@ def store_int8_decoder_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
             continue
         t.CopyFrom(numpy_helper.from_array(values.astype(np.int8), name))
         stored[name] = _unique(f"{name}_float", taken)
-        layer = name.rpartition(".")[0]
         for node, at in uses:
             node.input[at] = stored[name]
-            if len(uses) == 1 and layer and layer not in node_names:  # named after its layer, as the export does
-                node_names.discard(node.name)
-                node.name = layer
-                node_names.add(layer)
     if not stored:
         return model
     kept = [v for v in graph.value_info if v.name not in stored]  # a float type recorded for the initializer
@@ -305,6 +300,7 @@ def fuse_epilogues(model: onnx.ModelProto) -> onnx.ModelProto:
     (runtime_kernels/decode_onnx.py, decode_tflite.py), where the runtime fuses the epilogue itself.
     When one node of an op gets a ``scale``, every node of that op gets one (ones), since the
     fallback function cannot test for an absent input; that op's fallback then reads it."""
+    model = _copy(model)
     graph, opset = model.graph, _opset(model)
     constants, readers = _constants(graph), _readers(graph)
     consumers: dict[str, onnx.NodeProto] = {n: node for node in graph.node for n in node.input}

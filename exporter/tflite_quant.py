@@ -8,7 +8,7 @@ point by −128, exactly), symmetric per-channel int8 convolution / depthwise / 
 weights, int32 biases of scale s_in · s_w[c], and a Relu / Clip(0, 6) between an op and its
 QuantizeLinear fused into the op. The model's inputs and outputs are float (a QUANTIZE op after
 each input, a DEQUANTIZE before each output) or, with ``io_type="int8"``, the int8 tensors
-themselves. An int8-stored compressed weight (INT8_STORAGE_SPEC: Cast(INT8 q) → HashedWeight |
+themselves. An int8-stored compressed weight (docs/ops.md "int8 storage": Cast(INT8 q) → HashedWeight |
 CodebookWeight → Cast(INT8) → DequantizeLinear) becomes CAST / CUSTOM [/ TRANSPOSE | RESHAPE in float32] /
 CAST into the per-channel int8 filter (the one int8 tensor of the chain that carries quantization);
 verification runs the model decoded at load. Anything TFLite cannot express in int8 is refused with a
@@ -49,7 +49,7 @@ INT8_VERSIONS = {OP.CONV_2D: 3, OP.DEPTHWISE_CONV_2D: 3, OP.FULLY_CONNECTED: 4, 
                  OP.MAX_POOL_2D: 2, OP.TRANSPOSE: 2, OP.ADD: 2, OP.MUL: 2, OP.PAD: 2, OP.CONCATENATION: 2,
                  OP.SOFTMAX: 2, OP.MEAN: 2, OP.RELU: 2, OP.RELU6: 2, OP.DEQUANTIZE: 2}
 SOFTMAX_OUTPUT = (1 / 256, -128)  # the only int8 softmax output TFLite accepts
-STORED_DECODERS = ("HashedWeight", "CodebookWeight")  # int8-storable (INT8_STORAGE_SPEC)
+STORED_DECODERS = ("HashedWeight", "CodebookWeight")  # int8-storable (docs/ops.md "int8 storage")
 FILTER_READERS = ("Conv", "Gemm", "MatMul")  # an int8-stored weight is input 1 (the filter) of one of these
 CAST_VERSION = 3  # CAST with an int8 input or output (tensorflow/lite/tools/versioning/op_version.cc)
 
@@ -320,7 +320,7 @@ class QuantConverter(Converter):
         finally:
             self.node = node_now
 
-    # ---- int8-stored compressed weights (INT8_STORAGE_SPEC) ---------------------------------
+    # ---- int8-stored compressed weights (docs/ops.md "int8 storage") ---------------------------------
     def int8_storage(self, node: onnx.NodeProto) -> bool:
         """Lower ``node`` when it is part of an int8-stored weight's chain, Cast(INT8 q, to=FLOAT) →
         HashedWeight | CodebookWeight → Cast(to=INT8) → DequantizeLinear; False for any other node."""

@@ -20,6 +20,15 @@ from edgepack.errors import EdgepackError
 from . import hyper_format, limits
 from .kernels import hashed_decode
 
+
+def first_non_int8(values: np.ndarray) -> int | None:
+    """Index of the first value that is not an integer in [-128, 127] (what a Cast to int8 of a decoded weight must
+    hold exactly), None when all are; the ONNX and TFLite decoders at load refuse such a weight."""
+    flat = np.asarray(values).reshape(-1)
+    with np.errstate(invalid="ignore"):
+        bad = np.flatnonzero(~((flat == np.trunc(flat)) & (flat >= -128) & (flat <= 127)))
+    return int(bad[0]) if len(bad) else None
+
 __all__ = ["DecodeError", "DECODED_OPS", "codebook_weight", "decode_node", "decode_weight", "hyper_weight",
            "validation_limits"]
 

@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .decode_at_load import DECODED_OPS, DecodeError, decode_node, validation_limits
+from .decode_at_load import DECODED_OPS, DecodeError, decode_node, first_non_int8, validation_limits
 from .op_spec import DOMAIN, OPS
 
 __all__ = ["IN_MEMORY", "decoded_onnx"]
@@ -120,10 +120,8 @@ def _int8_weight(decoder: onnx.NodeProto, cast: onnx.NodeProto, weight: np.ndarr
     from edgepack.exporter.validate import InvalidNodeError, _g, cast_label
 
     flat = weight.ravel()
-    with np.errstate(invalid="ignore"):
-        bad = np.flatnonzero(~((flat == np.rint(flat)) & (flat >= -128) & (flat <= 127)))
-    if len(bad):
-        i = int(bad[0])
+    i = first_non_int8(flat)
+    if i is not None:
         raise InvalidNodeError(
             f"edgepack {decoder.op_type} node '{decoder.name or decoder.output[0]}': {cast_label(cast)} to INT8 of its "
             f"output: decoded value {_g(flat[i])} at index {i} is not an integer in [-128, 127]; an int8 weight "

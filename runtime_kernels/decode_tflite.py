@@ -6,7 +6,7 @@ FULLY_CONNECTED is folded too); an expand-mode ``ai.edgepack.HashedMatMul`` beco
 FULLY_CONNECTED (or a 1×1 CONV_2D on an NHWC input) with the decoded weight. A per-channel MUL,
 ADD (a folded BatchNorm) and RELU / RELU6 right after a convolution whose weights are now constant
 are folded into it, so LiteRT / XNNPACK see the same graph as for the dense model. An int8-stored
-weight (INT8_STORAGE_SPEC: an int8 buffer → CAST to float32 → decoder [→ TRANSPOSE / RESHAPE in float32] → CAST
+weight (docs/ops.md "int8 storage": an int8 buffer → CAST to float32 → decoder [→ TRANSPOSE / RESHAPE in float32] → CAST
 to int8 → the filter of an int8 CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED) becomes one constant int8 filter
 with the filter tensor's per-channel quantization. Read with the ``tflite`` package, written with its
 builders and ``flatbuffers``; the file on disk is unchanged.
@@ -23,7 +23,7 @@ import numpy as np
 import tflite
 from flatbuffers import flexbuffers
 
-from .decode_at_load import DECODED_OPS, DecodeError, decode_node, validation_limits
+from .decode_at_load import DECODED_OPS, DecodeError, decode_node, first_non_int8, validation_limits
 from .op_spec import DOMAIN, OPS
 
 __all__ = ["decoded_tflite", "decoded_tflite_content"]
@@ -205,13 +205,13 @@ def _int8_weight(value: np.ndarray, decoder: str, cast: _Op, tensors: list[_Tens
     """A decoded weight through CAST(float32 → int8): every value an integer in [-128, 127], else refused
     (the C decode at load's words)."""
     flat = value.reshape(-1)
-    bad = np.flatnonzero(~((flat >= -128) & (flat <= 127) & (np.trunc(flat) == flat)))
-    if len(bad):
+    bad = first_non_int8(flat)
+    if bad is not None:
         from edgepack.exporter.validate import InvalidNodeError
 
         name = tensors[cast.outputs[0]].name.decode(errors="replace")[:80]
         raise InvalidNodeError(f"edgepack {decoder}: CAST node #{cast.index} (output '{name}') to int8 of its output: "
-                               f"decoded value {float(flat[bad[0]]):g} at index {int(bad[0])} is not an integer in "
+                               f"decoded value {float(flat[bad]):g} at index {bad} is not an integer in "
                                "[-128, 127]; an int8 weight decodes exactly only from int8 buckets / codebook values "
                                "(HashedWeight with num_hashes = 1)")
     return value.astype(np.int8)

@@ -11,7 +11,7 @@
  *  - a MUL / ADD by a per-channel constant (a BatchNorm) and a RELU / RELU6 that alone read such a
  *    FULLY_CONNECTED, or a convolution whose filter is a decoded weight, are folded into it (its
  *    filter, a new bias and its fused activation), as TFLite's converter does for a dense model.
- *  - an int8-stored weight (INT8_STORAGE_SPEC): CAST(int8 constant -> float32) feeding HashedWeight 'buckets' or
+ *  - an int8-stored weight (docs/ops.md "int8 storage"): CAST(int8 constant -> float32) feeding HashedWeight 'buckets' or
  *    CodebookWeight 'codebook', and [TRANSPOSE / RESHAPE +] CAST(float32 -> int8) of the decoded weight, fold into
  *    one constant int8 filter that keeps its tensor's (per-channel) quantization; a CAST into any other weight
  *    input of an ai.edgepack op, a stored -128 and a decoded value that is not an integer in [-128, 127] are

@@ -19,19 +19,26 @@ from edgepack.compression import (
     register_builder,
     save_checkpoint,
 )
-from edgepack.compression.quantize import FakeQuantLayer, QuantLinear, QuantPassThrough, calibrate, prepare
+from edgepack.compression.quantize import (
+    FakeQuantLayer,
+    QuantizeError,
+    QuantLinear,
+    QuantPassThrough,
+    calibrate,
+    prepare,
+)
 from edgepack.compression.quantize_compressed import (
+    INT8_STORED,
     FakeQuantCompressed,
     QuantCodebookConv2d,
     QuantCodebookLinear,
     QuantHashedConv2d,
     QuantHashedLinear,
 )
-from edgepack.compression.stages import StageData, StageError, evaluate, run_stage
+from edgepack.compression.stages import StageData, evaluate, run_stage
 
 RECIPE = {"conv": {"method": "hashed", "ratio": 0.5, "seed": 3}, "dw": {"method": "codebook"},
           "fc1": {"method": "hashed", "ratio": 0.25, "seed": 5}, "fc3": {"method": "codebook", "sparse": True}}
-INT8_STORED = (QuantHashedConv2d, QuantHashedLinear, QuantCodebookConv2d, QuantCodebookLinear)
 
 
 @register_builder("tests.int8_storage_net")
@@ -226,11 +233,6 @@ def test_report_counts_int8_buckets_and_codebooks_as_one_byte(ptq):
         + dense + 2 * 8  # + the pass-throughs' scale and zero point
 
 
-def refusal_net(layer: nn.Module, bn: bool = False) -> nn.Sequential:
-    children = [("layer", layer)] + ([("bn", nn.BatchNorm2d(layer.out_channels))] if bn else [])
-    return nn.Sequential(OrderedDict(children + [("flatten", nn.Flatten())]))
-
-
 def codebook_conv() -> CodebookConv2d:
     dense = nn.Conv2d(1, 4, 3, padding=1)
     with torch.no_grad():
@@ -238,21 +240,31 @@ def codebook_conv() -> CodebookConv2d:
     return CodebookConv2d.from_dense(dense)
 
 
-@pytest.mark.parametrize("make, bn, message", [
-    (lambda: HashedConv2d(1, 4, 3, ratio=0.5, padding=1), True,
-     r"layer 'layer': the BatchNorm 'bn' after it has factor .* on channel 2 .* must be > 0"),
-    (codebook_conv, True, r"layer 'layer': the BatchNorm 'bn' after it has factor .* on channel 2"),
-])
-def test_refusals_name_the_layer(make, bn, message):
-    model = refusal_net(make(), bn).eval()
-    if bn:
-        with torch.no_grad():
-            model.bn.weight.copy_(torch.tensor([1.0, 0.5, -0.5, 2.0]))
-    x = torch.randn(20, 1, 8, 8) if isinstance(model.layer, nn.Module) and hasattr(model.layer, "kernel_size") \
-        else torch.randn(20, 64)
+@pytest.mark.parametrize("make", [lambda: HashedConv2d(1, 4, 3, ratio=0.5, padding=1), codebook_conv])
+def test_a_batchnorm_factor_below_zero_keeps_the_conv_float(make):
+    """The factor would become part of a per-channel weight scale, which must be > 0: that conv and its BatchNorm
+    stay float (named in the report), the dense layer after them is quantized."""
+    model = nn.Sequential(OrderedDict([("conv", make()), ("bn", nn.BatchNorm2d(4)), ("relu", nn.ReLU()),
+                                       ("flatten", nn.Flatten()), ("fc", nn.Linear(256, 3))])).eval()
+    with torch.no_grad():
+        model.bn.weight.copy_(torch.tensor([1.0, 0.5, -0.5, 2.0]))
+    x = torch.randn(20, 1, 8, 8)
     stage_data = StageData((x, torch.arange(20) % 3), (x[:10], torch.arange(10) % 3), batch_size=10)
-    with pytest.raises(StageError, match=message):
-        run_stage("quantize", model, stage_data, progress=False)
+    quantized, report = run_stage("quantize", model, stage_data, progress=False)
+    assert type(quantized.conv) is type(model.conv) and type(quantized.bn) is nn.BatchNorm2d
+    assert type(quantized.fc).__name__ == "QuantLinear" and report.extra["float_compressed_layers"] == ["conv"]
+    with torch.no_grad():
+        assert torch.equal(quantized.bn(quantized.conv(x)), model.bn(model.conv(x)))
+
+
+def test_a_hashed_int8_state_must_hold_int8_buckets():
+    layer = QuantHashedLinear(8, 4, num_buckets=6)
+    good = layer.state_dict()
+    layer.load_state_dict(good)
+    for bad in (good["buckets"].float(), torch.tensor([1, -128, 3, 0, 0, 0], dtype=torch.int8),
+                torch.zeros(5, dtype=torch.int8)):
+        with pytest.raises(QuantizeError, match=r"state 'buckets' must be int8 of shape \[6\] with values in -127"):
+            layer.load_state_dict({**good, "buckets": bad})
 
 
 @pytest.mark.parametrize("make", [lambda: HashedLinear(64, 16, ratio=0.25, num_hashes=2),

@@ -16,10 +16,7 @@ from torch import nn
 from edgepack import onnx_session
 from edgepack.compression import CodebookConv2d, CodebookLinear, HashedConv2d, HashedLinear
 from edgepack.compression.quantize_compressed import (
-    QuantCodebookConv2d,
-    QuantCodebookLinear,
-    QuantHashedConv2d,
-    QuantHashedLinear,
+    INT8_STORED,
 )
 from edgepack.compression.stages import StageData, run_stage
 from edgepack.exporter import export
@@ -27,8 +24,6 @@ from edgepack.exporter.fallbacks import STANDARD_OPSET, fallback_function
 from edgepack.exporter.onnx_export import IDENTITY_RECON
 from edgepack.exporter.passes import store_int8_decoder_inputs
 from edgepack.runtime_kernels.op_spec import DOMAIN, OPSET_VERSION
-
-INT8_STORED = (QuantHashedConv2d, QuantHashedLinear, QuantCodebookConv2d, QuantCodebookLinear)
 
 
 def codebook_from(dense: nn.Module, levels: int, density: float, sparse: bool) -> nn.Module:
@@ -204,7 +199,7 @@ def test_pass_stores_integer_buckets_as_int8_and_keeps_the_values():
     cast = stored.graph.node[0]
     assert (cast.op_type, list(cast.input), list(cast.output)) == ("Cast", ["fc.buckets"], ["fc.buckets_float"])
     assert attribute(cast, "to") == TensorProto.FLOAT
-    assert stored.graph.node[1].input[0] == "fc.buckets_float" and stored.graph.node[1].name == "fc"
+    assert stored.graph.node[1].input[0] == "fc.buckets_float" and stored.graph.node[1].name == "hw"
     onnx.checker.check_model(stored, full_check=True)
     assert store_int8_decoder_inputs(stored) == stored  # nothing left to store
     assert model.graph.initializer[0].data_type == TensorProto.FLOAT  # the input is untouched

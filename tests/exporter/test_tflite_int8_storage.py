@@ -1,4 +1,4 @@
-"""int8-stored compressed weights (INT8_STORAGE_SPEC) through `edgepack convert`: the ONNX chain
+"""int8-stored compressed weights (docs/ops.md "int8 storage") through `edgepack convert`: the ONNX chain
 Cast(INT8 q) → HashedWeight | CodebookWeight → Cast(INT8) → DequantizeLinear becomes CAST / CUSTOM
 [/ TRANSPOSE | RESHAPE in float32] / CAST feeding a per-channel int8 filter, the one quantized tensor of the chain;
 decode at load (Python and the delegate's C) folds it into the constant int8 filter a numpy decode of the
