@@ -12,6 +12,7 @@ import numpy as np
 from onnx import TensorProto, helper
 
 from edgepack.runtime_kernels.decode_at_load import DECODED_OPS
+from edgepack.runtime_kernels.onnx_cast import cast_target
 from edgepack.runtime_kernels.op_spec import DOMAIN, OPS, _circulant_spectra, _ldr_spectra
 
 from .external_data import model_size_bytes
@@ -217,9 +218,9 @@ def inspect_onnx(path: str | Path) -> ModelSummary:
     casts = [node for node in model.graph.node if node.op_type == "Cast" and node.domain in ("", "ai.onnx")
              and node.input and node.output]
     for node in casts:  # int8 storage: the Cast to float of an int8 initializer stores its int8 bytes
-        if node.input[0] in int8 and _cast_to(node) == TensorProto.FLOAT:
+        if node.input[0] in int8 and cast_target(node) == TensorProto.FLOAT:
             sizes[node.output[0]], shapes[node.output[0]] = sizes[node.input[0]], shapes[node.input[0]]
-    cast_to_int8 = {node.input[0] for node in casts if _cast_to(node) == TensorProto.INT8}
+    cast_to_int8 = {node.input[0] for node in casts if cast_target(node) == TensorProto.INT8}
     summary.dense_bytes += (FLOAT_PER_INT8 - 1) * sum(  # int8 weights, not their zero points
         sizes[t.name] for t in model.graph.initializer if t.data_type == TensorProto.INT8 and t.name in dequantized)
     for node in model.graph.node:
@@ -232,10 +233,6 @@ def inspect_onnx(path: str | Path) -> ModelSummary:
                                    name in sizes and name not in graph_inputs) if name else ABSENT
                               for name in node.input], node.output[0] in cast_to_int8)
     return summary
-
-
-def _cast_to(node) -> int:
-    return next((a.i for a in node.attribute if a.name == "to"), 0)
 
 
 def _mb(size: int) -> str:

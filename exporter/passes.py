@@ -14,7 +14,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgepack.runtime_kernels.op_spec import DOMAIN, OPS
+from edgepack.runtime_kernels.onnx_cast import cast_target
+from edgepack.runtime_kernels.op_spec import DOMAIN, INT8_STORED_INPUTS, OPS
 
 from .fallbacks import FUNCTIONS, fallback_function
 
@@ -81,12 +82,6 @@ def fold_batch_norms(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 # the decoder input that int8 storage covers (docs/ops.md "int8 storage")
-INT8_STORED_INPUTS = {"HashedWeight": "buckets", "CodebookWeight": "codebook"}
-
-
-def _casts_to_int8(node: onnx.NodeProto) -> bool:
-    return (node.op_type == "Cast" and node.domain in ("", "ai.onnx")
-            and any(a.name == "to" and a.i == onnx.TensorProto.INT8 for a in node.attribute))
 
 
 def _unique(name: str, taken: set[str]) -> str:
@@ -122,7 +117,8 @@ def store_int8_decoder_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
         at = OPS[node.op_type].input_names.index(slot) if slot else -1
         if slot is None or len(node.input) <= at or not node.output or node.output[0] in blocked:
             continue
-        if readers.get(node.output[0]) and all(_casts_to_int8(r) for r in readers[node.output[0]]):
+        cast_readers = readers.get(node.output[0], [])
+        if cast_readers and all(cast_target(r) == onnx.TensorProto.INT8 for r in cast_readers):
             decoders.setdefault(node.input[at], []).append((node, at))
     stored: dict[str, str] = {}  # initializer -> its Cast output
     taken = {n for node in graph.node for n in node.output} | set(initializers) | blocked

@@ -25,7 +25,7 @@ import onnx
 import tflite
 from onnx import helper
 
-from edgepack.runtime_kernels.op_spec import DOMAIN
+from edgepack.runtime_kernels.op_spec import DOMAIN, INT8_STORED_INPUTS
 
 from .tflite_export import (
     OP,
@@ -49,7 +49,6 @@ INT8_VERSIONS = {OP.CONV_2D: 3, OP.DEPTHWISE_CONV_2D: 3, OP.FULLY_CONNECTED: 4, 
                  OP.MAX_POOL_2D: 2, OP.TRANSPOSE: 2, OP.ADD: 2, OP.MUL: 2, OP.PAD: 2, OP.CONCATENATION: 2,
                  OP.SOFTMAX: 2, OP.MEAN: 2, OP.RELU: 2, OP.RELU6: 2, OP.DEQUANTIZE: 2}
 SOFTMAX_OUTPUT = (1 / 256, -128)  # the only int8 softmax output TFLite accepts
-STORED_DECODERS = ("HashedWeight", "CodebookWeight")  # int8-storable (docs/ops.md "int8 storage")
 FILTER_READERS = ("Conv", "Gemm", "MatMul")  # an int8-stored weight is input 1 (the filter) of one of these
 CAST_VERSION = 3  # CAST with an int8 input or output (tensorflow/lite/tools/versioning/op_version.cc)
 
@@ -325,9 +324,9 @@ class QuantConverter(Converter):
         """Lower ``node`` when it is part of an int8-stored weight's chain, Cast(INT8 q, to=FLOAT) →
         HashedWeight | CodebookWeight → Cast(to=INT8) → DequantizeLinear; False for any other node."""
         if node.domain == DOMAIN:
-            if node.op_type not in STORED_DECODERS:
+            if node.op_type not in INT8_STORED_INPUTS:
                 raise self.fail(f"{DOMAIN}.{node.op_type} has no int8 TFLite lowering; in an int8 model only "
-                                f"{' and '.join(STORED_DECODERS)} with int8-stored values are supported")
+                                f"{' and '.join(INT8_STORED_INPUTS)} with int8-stored values are supported")
             self.stored_decoder(node)
             return True
         if node.op_type == "Cast" and node.domain in ("", "ai.onnx"):
@@ -356,7 +355,7 @@ class QuantConverter(Converter):
         """Cast(INT8 initializer, to=FLOAT) read by decoders: an int8 constant and a CAST to float32."""
         source, out = node.input[0], node.output[0]
         readers = self.readers[out]
-        if out in self.graph_outputs or any(r.domain != DOMAIN or r.op_type not in STORED_DECODERS
+        if out in self.graph_outputs or any(r.domain != DOMAIN or r.op_type not in INT8_STORED_INPUTS
                                             or list(r.input).index(out) != 0 for r in readers):
             raise self.fail(f"its output {out!r} is read by {self.reader_list(out)}; the Cast of an int8-stored "
                             "weight feeds only input 0 (buckets / codebook) of HashedWeight or CodebookWeight")

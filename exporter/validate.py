@@ -18,8 +18,10 @@ from onnx.external_data_helper import uses_external_data
 
 from edgepack.errors import EdgepackError
 from edgepack.runtime_kernels import hyper_format, limits
+from edgepack.runtime_kernels.onnx_cast import is_cast
 from edgepack.runtime_kernels.op_spec import (
     DOMAIN,
+    INT8_STORED_INPUTS,
     MAX_BUCKETS,
     MAX_POW2,
     MAX_RANK,
@@ -36,7 +38,6 @@ from .model_files import why as _why
 INT64_MAX = (1 << 63) - 1
 # int8 storage (docs/ops.md "int8 storage"): these decoder inputs may be Cast(to=FLOAT) of a constant INT8
 # initializer with values in [-127, 127]; decode at load folds Cast + decoder + Cast(to=INT8) into an int8 weight.
-INT8_STORED = {("HashedWeight", "buckets"), ("CodebookWeight", "codebook")}
 INT8_RANGE = "a Cast only to FLOAT (1) of a constant INT8 (3) initializer"
 OP_INPUTS = {name: op.input_names for name, op in OPS.items()}
 # Inputs that must be present, in order (ORT: non-optional; TFLite: min_in).
@@ -542,7 +543,7 @@ def _static_shapes(model: onnx.ModelProto) -> dict[str, Tensor]:
     inputs = {value.name for value in graph.input}
     initializers = {t.name: t for t in graph.initializer}
     for node in graph.node:  # an int8-stored weight: its Cast to float has the initializer's dims
-        source = initializers.get(node.input[0]) if _is_cast(node) and node.input else None
+        source = initializers.get(node.input[0]) if is_cast(node) and node.input else None
         if source is not None and node.input[0] not in inputs and _cast_to(node) == TensorProto.FLOAT:
             known.setdefault(node.output[0], Tensor(True, tuple(source.dims), True, "float32"))
     for t in graph.initializer:
@@ -570,10 +571,6 @@ def _constant(t: onnx.TensorProto) -> Tensor:
                   onnx.numpy_helper.to_array(t) if read and not external else None)
 
 
-def _is_cast(node: onnx.NodeProto) -> bool:
-    return node.op_type == "Cast" and node.domain in ("", "ai.onnx")
-
-
 def _cast_to(node: onnx.NodeProto) -> int:
     return next((a.i for a in node.attribute if a.name == "to" and a.type == AttributeProto.INT), 0)
 
@@ -592,7 +589,7 @@ def int8_casts(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
     """The graph's Casts by their first output, the first Cast of a name (as the C decode at load finds them)."""
     casts: dict[str, onnx.NodeProto] = {}
     for node in graph.node:
-        if _is_cast(node) and node.output and node.output[0]:
+        if is_cast(node) and node.output and node.output[0]:
             casts.setdefault(node.output[0], node)
     return casts
 
@@ -628,7 +625,7 @@ def _check_casts(checked: _Node, node: onnx.NodeProto, casts: dict, initializers
         if cast is None:
             continue
         where = f"input '{slot}' is the output of {cast_label(cast)}"
-        if (node.op_type, slot) not in INT8_STORED:
+        if INT8_STORED_INPUTS.get(node.op_type) != slot:
             raise checked.fail(f"{where}; only HashedWeight 'buckets' and CodebookWeight 'codebook' may be stored as "
                                f"int8 ({INT8_RANGE})")
         counts = cast_counts(cast)
@@ -726,7 +723,7 @@ def _check_tflite_casts(model, graph, node: _Node, op_type: str, ins, producers:
         dims = source.ShapeAsNumpy().tolist() if source is not None and source.ShapeLength() else []
         count = int(np.prod(dims, dtype=object)) if min(dims, default=0) >= 0 else -1
         name = _tflite_name(graph, x) if x >= 0 else ""
-        if (op_type, slot) not in INT8_STORED:
+        if INT8_STORED_INPUTS.get(op_type) != slot:
             raise node.fail(f"{where}; only HashedWeight 'buckets' and CodebookWeight 'codebook' may be stored as "
                             f"int8 ({TFLITE_INT8_RANGE})")
         if graph.Tensors(int(t)).Type() != 0:

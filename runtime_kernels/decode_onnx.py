@@ -27,7 +27,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .decode_at_load import DECODED_OPS, DecodeError, decode_node, first_non_int8, validation_limits
-from .op_spec import DOMAIN, OPS
+from .onnx_cast import cast_target, is_cast
+from .op_spec import DOMAIN, INT8_STORED_INPUTS, OPS
 
 __all__ = ["IN_MEMORY", "decoded_onnx"]
 
@@ -66,22 +67,6 @@ class _CastOf(NamedTuple):
     source: str
 
 
-def _any_cast(node: onnx.NodeProto) -> bool:
-    return node.op_type == "Cast" and node.domain in ("", "ai.onnx")
-
-
-def _cast_to(node: onnx.NodeProto) -> int | None:
-    """A Cast's 'to' when it has one input, one named output and one 'to' attribute (an int), else None."""
-    if not _any_cast(node) or len(node.input) != 1 or len(node.output) != 1 or not node.output[0]:
-        return None
-    to = [a for a in node.attribute if a.name == "to"]
-    return to[0].i if len(to) == 1 and to[0].type == onnx.AttributeProto.INT else None
-
-
-def _is_cast(node: onnx.NodeProto, to: int) -> bool:
-    return _cast_to(node) == to
-
-
 def _constants(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto | _CastOf]:
     """Values fixed at load: initializers that are not graph inputs, Constant outputs, and the
     Cast to FLOAT of an INT8 initializer."""
@@ -93,7 +78,7 @@ def _constants(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto | _CastOf]:
             value = next((a.t for a in node.attribute if a.name == "value" and a.HasField("t")), None)
             if value is not None:
                 constants[node.output[0]] = value
-        elif _is_cast(node, onnx.TensorProto.FLOAT) and node.input[0] in int8:
+        elif cast_target(node) == onnx.TensorProto.FLOAT and node.input[0] in int8:
             constants[node.output[0]] = _CastOf(node, node.input[0])
     return constants
 
@@ -108,7 +93,7 @@ def _value(constants: dict, name: str) -> np.ndarray:
 def _int8_stored(graph: onnx.GraphProto) -> bool:
     """Whether an ai.edgepack weight input is a Cast's output (int8 storage, or a Cast the validator refuses):
     the model is then validated, decodable or not, as the C decode at load checks every such input."""
-    casts = {node.output[0] for node in graph.node if _any_cast(node) and node.output and node.output[0]}
+    casts = {node.output[0] for node in graph.node if is_cast(node) and node.output and node.output[0]}
     return any(name in casts for node in graph.node if node.domain == DOMAIN and node.op_type in OPS
                for slot, name in zip(OPS[node.op_type].input_names, node.input)
                if slot in OPS[node.op_type].weight_inputs)
@@ -147,13 +132,12 @@ def _decodable(node: onnx.NodeProto, constants: dict) -> bool:
     attributes = _attributes(node)
     if attributes.get("mode", 0) != 0 or attributes.get("activation", 0) != 0 or _has_scale(node):
         return False
-    from edgepack.exporter.validate import INT8_STORED
 
     names = OPS[node.op_type].input_names
     weights = [(slot, name) for slot, name in zip(names, node.input)
                if name and slot in OPS[node.op_type].weight_inputs]
     return bool(weights) and all(name in constants and (not isinstance(constants[name], _CastOf)
-                                                        or (node.op_type, slot) in INT8_STORED)
+                                                        or INT8_STORED_INPUTS.get(node.op_type) == slot)
                                  for slot, name in weights)
 
 
@@ -215,14 +199,14 @@ def _folded_casts(graph: onnx.GraphProto, constants: dict) -> dict[str, tuple[in
             decoded.setdefault(node.output[0], node)
     folds: dict[str, tuple[int, onnx.NodeProto]] = {}
     for index, cast in enumerate(graph.node):
-        decoder = decoded.get(cast.input[0]) if _any_cast(cast) and cast.input else None
+        decoder = decoded.get(cast.input[0]) if is_cast(cast) and cast.input else None
         if decoder is None:
             continue
         where = f"edgepack {decoder.op_type} node '{decoder.name or decoder.output[0]}'"
         counts = cast_counts(cast)
         if counts:
             raise InvalidNodeError(f"{where}: {cast_label(cast)} reading its output has {counts}")
-        if _cast_to(cast) != onnx.TensorProto.INT8:
+        if cast_target(cast) != onnx.TensorProto.INT8:
             continue
         first = folds.get(cast.input[0], (0, None))[1]
         if first is not None:

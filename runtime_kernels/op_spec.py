@@ -40,6 +40,9 @@ LIMITS = {
 (MAX_RANK, MAX_HASHES, MAX_RECON_HIDDEN, MAX_BUCKETS, MIN_POW2, MAX_POW2, DEFAULT_MAX_VIRTUAL_WEIGHTS,
  DEFAULT_MAX_DECODED_BYTES, MFCC_MAX_FFT, MFCC_MAX_MEL_BINS) = (v for v, _ in LIMITS.values())
 
+# the decoder input an int8 model may store as int8, read through Cast(to=FLOAT) (docs/ops.md "int8 storage")
+INT8_STORED_INPUTS = {"HashedWeight": "buckets", "CodebookWeight": "codebook"}
+
 Shape = tuple[int, ...]
 ShapeOf = Callable[[str], Shape]  # an input's static shape by its spec name (KeyError: unknown)
 
