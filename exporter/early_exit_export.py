@@ -144,6 +144,10 @@ def export_early_exit(model, example: torch.Tensor, folder: str | Path, mode: st
                     entry.update(confidence=names[1][2])
                 else:
                     qparams = output_qparams(path, names[1][0])
+                    if qparams is None and tflite:
+                        raise EarlyExitError(f"{path}: the activation output {names[1][0]!r} does not come from a "
+                                             "per-tensor int8 DequantizeLinear, so the next fully int8 TFLite segment "
+                                             "cannot start on its grid; export ONNX only (tflite=False, --format onnx)")
                 x = outputs[0]
             segments.append(entry)
         full = export_onnx(model, (torch.cat([example[:1]] * 2),), folder / "full.onnx", mode=mode)

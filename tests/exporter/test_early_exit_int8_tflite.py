@@ -229,3 +229,17 @@ def test_float_heads_on_an_int8_backbone_are_refused_for_tflite(int8_net, tmp_pa
     with pytest.raises(EarlyExitError, match="int8 layers but float exit heads"):
         export_early_exit(net, data.val[0][:2], tmp_path / "out", tflite=True)
     assert not (tmp_path / "out").exists()
+
+
+def test_an_activation_off_the_int8_grid_is_refused_for_tflite(int8_net, tmp_path, monkeypatch):
+    """A segment whose activation output has no per-tensor int8 DequantizeLinear (its quantization cannot be read)
+    gives a named error for TFLite; ONNX-only export still works."""
+    from edgepack.exporter import early_exit_export
+
+    data, net, _ = int8_net
+    monkeypatch.setattr(early_exit_export, "output_qparams", lambda path, name: None)
+    example = data.val[0][:1]
+    with pytest.raises(early_exit_export.EarlyExitError, match="segment0.onnx: the activation output .* does not "
+                                                               "come from a per-tensor int8 DequantizeLinear"):
+        early_exit_export.export_early_exit(net, example, tmp_path / "tflite", tflite=True)
+    assert early_exit_export.export_early_exit(net, example, tmp_path / "onnx").exists()
