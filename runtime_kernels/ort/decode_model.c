@@ -564,11 +564,11 @@ static const char *attr_kind(uint64_t type) {
     return type < sizeof kinds / sizeof kinds[0] ? kinds[type] : "another type";
 }
 
-/* The last attribute `name` of the node (its payload in *a, its type in *type); 0 when absent. */
-static int find_attr(span node, const char *name, span *a, uint64_t *type) {
+/* How many attributes named `name` the node has; the last one's payload in *a and its type in *type. */
+static size_t find_attr(span node, const char *name, span *a, uint64_t *type) {
     pb r = reader(node), q;
     pb_field f, g;
-    int found = 0;
+    size_t found = 0;
     while (next_field(&r, &f) > 0) {
         if (f.num != 5 || f.wire != 2) continue;
         span n = {EMPTY, 0};
@@ -581,26 +581,10 @@ static int find_attr(span node, const char *name, span *a, uint64_t *type) {
         if (span_eq(n, name)) {
             *a = f.s;
             *type = t;
-            found = 1;
+            found++;
         }
     }
     return found;
-}
-
-/* How many attributes named `name` the node has. */
-static size_t count_attr(span node, const char *name) {
-    pb r = reader(node), q;
-    pb_field f, g;
-    size_t n = 0;
-    while (next_field(&r, &f) > 0) {
-        if (f.num != 5 || f.wire != 2) continue;
-        span a = {EMPTY, 0};
-        q = reader(f.s);
-        while (next_field(&q, &g) > 0)
-            if (g.num == 1 && g.wire == 2) a = g.s;
-        n += span_eq(a, name);
-    }
-    return n;
 }
 
 static ep_attr_result get_int(void *vctx, const char *name, int64_t *out, char *kind, size_t cap) {
@@ -1185,6 +1169,8 @@ static int rewrite_graph(ctx *c, span graph, buf *g) {
                 memset(ck, 0, sizeof *ck);
                 attr_ctx actx = {nd.whole};
                 char kind[96];
+                span to_attr;
+                uint64_t to_type;
                 ck->index = nd.index;
                 ck->name = nd.name;
                 ck->in0 = nd.n_in ? nd.in[0] : span_of("");
@@ -1192,7 +1178,7 @@ static int rewrite_graph(ctx *c, span graph, buf *g) {
                 ck->n_in = nd.n_in;
                 ck->n_out = nd.n_out;
                 if (get_int(&actx, "to", &ck->to, kind, sizeof kind) != EP_ATTR_FOUND) ck->to = 0;
-                ck->n_to = count_attr(nd.whole, "to");
+                ck->n_to = find_attr(nd.whole, "to", &to_attr, &to_type);
                 continue;
             }
             if (!span_eq(nd.domain, DOMAIN)) continue; /* every ai.edgepack node: its Cast inputs are checked */

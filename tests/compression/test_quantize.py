@@ -7,6 +7,7 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 import torch
+from compression_helpers import train
 from torch import nn
 
 from edgepack.compression import load_checkpoint, save_checkpoint
@@ -48,15 +49,7 @@ def randomize_batchnorms(model: nn.Module) -> nn.Module:
 @pytest.fixture(scope="module")
 def trained_cnn(cnn_data):
     torch.manual_seed(0)
-    model = randomize_batchnorms(small_cnn())
-    model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for epoch in range(4):
-        for x, y in cnn_data.batches(epoch):
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(model(x), y).backward()
-            optimizer.step()
-    return model.eval()
+    return train(randomize_batchnorms(small_cnn()), cnn_data, 4)
 
 
 @pytest.fixture(scope="module")

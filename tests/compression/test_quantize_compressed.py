@@ -7,6 +7,7 @@ from collections import OrderedDict
 
 import pytest
 import torch
+from compression_helpers import train
 from safetensors import safe_open
 from torch import nn
 
@@ -51,17 +52,6 @@ def storage_net() -> nn.Sequential:
         ("fc1", nn.Linear(24, 16)), ("fc1_relu", nn.ReLU()), ("fc2", nn.Linear(16, 8)), ("fc2_relu", nn.ReLU()),
         ("fc3", nn.Linear(8, 3)),
     ]))
-
-
-def train(model: nn.Module, data: StageData, epochs: int) -> nn.Module:
-    model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for epoch in range(epochs):
-        for x, y in data.batches(epoch):
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(model(x), y).backward()
-            optimizer.step()
-    return model.eval()
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 import torch
 import xxhash
-from conftest import assert_close_relative
+from export_helpers import assert_close_relative
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import LAYERS
+from export_helpers import LAYERS
 
 from edgepack.exporter import export
 from edgepack.runtime_kernels import ort_library_path

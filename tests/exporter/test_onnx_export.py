@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import LAYERS, assert_close_relative, run_all
+from export_helpers import LAYERS, assert_close_relative, run_all
 from torch import nn
 
 from edgepack import onnx_session

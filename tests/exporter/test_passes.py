@@ -5,7 +5,7 @@ and the converter lowers their result with no extra ops."""
 import numpy as np
 import onnx
 import torch
-from conftest import randomize_batchnorm
+from export_helpers import randomize_batchnorm
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import LAYERS, MixedNet, assert_close_relative, randomize_batchnorm
+from export_helpers import LAYERS, MixedNet, assert_close_relative, randomize_batchnorm
 from test_tflite_export import ds_cnn
 from torch import nn
 

@@ -4,7 +4,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import assert_close_relative, randomize_batchnorm
+from export_helpers import assert_close_relative, randomize_batchnorm
 from flatbuffers import flexbuffers
 from onnx import TensorProto, helper
 from torch import nn

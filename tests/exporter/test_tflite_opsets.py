@@ -542,7 +542,7 @@ def test_verification_runs_edgepack_custom_ops_and_names_a_wrong_one(tmp_path, m
     """ai.edgepack ops run on libedgepack_ort (ORT) and the delegate (LiteRT, intermediates kept):
     the honest file verifies; a HashedMatMul given the wrong seed is the node named."""
     import torch
-    from conftest import MixedNet, randomize_batchnorm
+    from export_helpers import MixedNet, randomize_batchnorm
 
     from edgepack.exporter import export_onnx, tflite_export
 
