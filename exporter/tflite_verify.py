@@ -6,7 +6,8 @@ run again keeping every intermediate value, and the error names the first ONNX n
 diverges, so a wrong lowering is refused instead of written. An int8 model (from a QDQ model) is
 checked in output quantization steps instead, on inputs drawn over each input's quantized range: within
 ``INT8_STEPS`` of ONNX Runtime running the QDQ model with LiteRT's default XNNPACK delegate, and within
-``INT8_BUILTIN_STEPS`` with its builtin kernels alone.
+``INT8_BUILTIN_STEPS`` with its builtin kernels alone, where each int8 conv / depthwise / FC must also be
+within ``INT8_LAYER_STEPS`` of exact arithmetic on the int8 input the kernel was given.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import onnx
 from .fallbacks import DOMAIN
 from .model_files import ModelFileError, load_npz
 from .tflite_export import TO_NCHW, ConversionError
+from .tflite_int8_layers import layer_steps
 
 ATOL, RTOL = 1e-5, 1e-3
 INT8_STEPS = 2  # one output quantization step, plus one for a rounding difference carried through the layers
@@ -30,6 +32,9 @@ INT8_STEPS = 2  # one output quantization step, plus one for a rounding differen
 # one depthwise conv, 7 inside, 2 at the output on real features, 5 on random in-range inputs; mean < 0.5).
 # A wrong scale, zero point or layout is off by far more.
 INT8_BUILTIN_STEPS = 8
+# Layer by layer the builtin kernels stay within one step of exact arithmetic on their own int8 inputs
+# (tflite_int8_layers): the drift above is rounding carried on, not a wrong lowering.
+INT8_LAYER_STEPS = 1
 MAX_CALIBRATION_SAMPLES = 16
 
 
@@ -43,6 +48,7 @@ class Verification:
     max_abs_error: float
     max_steps: float | None = None  # int8 models: the largest error in output quantization steps (XNNPACK)
     max_builtin_steps: float | None = None  # the same with LiteRT's builtin kernels
+    max_layer_steps: float | None = None  # the builtin kernels' worst conv / FC layer against exact arithmetic
 
     def summary(self) -> str:
         runs = [f"{self.random_inputs} random input{'s' * (self.random_inputs != 1)}"]
@@ -50,7 +56,8 @@ class Verification:
             runs.append(f"{self.calibration_samples} calibration sample{'s' * (self.calibration_samples != 1)}")
         steps = "" if self.max_steps is None else (
             f" ({self.max_steps:.2f} output quantization steps with LiteRT's XNNPACK, tolerance {INT8_STEPS}; "
-            f"{self.max_builtin_steps:.2f} with its builtin kernels, tolerance {INT8_BUILTIN_STEPS})")
+            f"{self.max_builtin_steps:.2f} with its builtin kernels, tolerance {INT8_BUILTIN_STEPS}, each layer "
+            f"within {self.max_layer_steps:.2f} of exact arithmetic, tolerance {INT8_LAYER_STEPS})")
         return (f"verified against {self.reference} on {' and '.join(runs)}: "
                 f"max abs error {self.max_abs_error:.1e}{steps}")
 
@@ -325,12 +332,14 @@ def verify_int8(model: onnx.ModelProto, data: bytes, converter, seeds: int = 3,
         if calibration is not None else []
     reference = OnnxReference(model)
     expected = [reference.run(feed) for feed in feeds + samples]
-    worst, worst_steps = 0.0, {}
+    worst, worst_steps, worst_layer = 0.0, {}, 0.0
     for label, builtin_only, tolerance in (("XNNPACK", False, INT8_STEPS),
                                            ("builtin kernels", True, INT8_BUILTIN_STEPS)):
-        interpreter = tflite_runner(data, False, builtin_only=builtin_only)
+        interpreter = tflite_runner(data, False, preserve_all_tensors=builtin_only, builtin_only=builtin_only)
         for number, feed in enumerate(feeds + samples):
             actual = run_tflite(interpreter, int8_feed(converter, feed))
+            if builtin_only:
+                worst_layer = max(worst_layer, check_layers(data, interpreter))
             for name, got, want in zip(reference.outputs, actual, expected[number]):
                 error, steps = int8_steps(converter, name, got, want)
                 if steps > tolerance:
@@ -342,7 +351,20 @@ def verify_int8(model: onnx.ModelProto, data: bytes, converter, seeds: int = 3,
                         "(--no-verify writes it anyway)")
                 worst, worst_steps[label] = max(worst, error), max(worst_steps.get(label, 0.0), steps)
     return Verification(reference.name, seeds, len(samples), worst, worst_steps["XNNPACK"],
-                        worst_steps["builtin kernels"])
+                        worst_steps["builtin kernels"], worst_layer)
+
+
+def check_layers(data: bytes, interpreter) -> float:
+    """The builtin kernels' worst int8 conv / FC layer on the last input, in output steps off exact arithmetic;
+    more than INT8_LAYER_STEPS → ConversionError naming it."""
+    layers = layer_steps(data, interpreter)
+    worst = max(layers, key=lambda layer: layer.steps, default=None)
+    if worst is not None and worst.steps > INT8_LAYER_STEPS:
+        raise ConversionError(
+            f"LiteRT's builtin {worst.kind} (operator {worst.index}, output {worst.output!r}) is {worst.steps:.3g} "
+            f"quantization steps off exact int8 arithmetic on its own input (tolerance {INT8_LAYER_STEPS}): the "
+            "file says something the kernel reads differently. Nothing was written (--no-verify writes it anyway)")
+    return 0.0 if worst is None else worst.steps
 
 
 def first_int8_divergence(reference: OnnxReference, data: bytes, converter, feed: dict) -> str:

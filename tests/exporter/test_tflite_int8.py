@@ -18,7 +18,8 @@ from torch import nn
 
 from edgepack.exporter import inspect_tflite
 from edgepack.exporter.tflite_export import ConversionError, convert_and_verify
-from edgepack.exporter.tflite_verify import ort_session
+from edgepack.exporter.tflite_int8_layers import layer_steps
+from edgepack.exporter.tflite_verify import check_layers, ort_session
 from edgepack.kws.models import ds_cnn
 
 ai_edge_litert = pytest.importorskip("ai_edge_litert")
@@ -400,3 +401,41 @@ def test_cli_convert_int8_io(converted, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "output quantization steps" in result.stdout
     assert tflite_io(out)[0][2] == tflite_io(out)[1][2] == np.int8
+
+
+def builtin_interpreter(path: Path, x: np.ndarray):
+    """LiteRT's builtin kernels with every intermediate kept, after one invoke on ``x``."""
+    interpreter = litert.Interpreter(model_path=str(path), experimental_preserve_all_tensors=True,
+                                     experimental_op_resolver_type=litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], to_feed(path, x))
+    interpreter.invoke()
+    return interpreter
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_builtin_kernels_are_within_one_step_of_exact_arithmetic_layer_by_layer(converted, name):
+    """Each int8 conv / depthwise / FC, recomputed exactly from the int8 input the builtin kernel was given, is
+    within one output step of the kernel's output; the verifier checked the same on its own inputs."""
+    path, xs, _, verification, _ = converted[name, "float"]
+    kinds = {"conv_net": 4, "mlp_uint8_per_tensor": 2, "seq_matmul_concat": 1, "ds_cnn_s": 10}[name]
+    for x in xs:
+        layers = layer_steps(path.read_bytes(), builtin_interpreter(path, x))
+        assert len(layers) == kinds and max(layer.steps for layer in layers) <= 1, layers
+    assert verification.max_layer_steps <= 1
+
+
+def test_a_layer_two_steps_off_is_named(converted):
+    """A conv output changed by two steps after the run (what a kernel reading the file differently would give)
+    is found, and the verifier's check refuses it naming the operator."""
+    path, xs, *_ = converted["ds_cnn_s", "int8"]
+    interpreter = builtin_interpreter(path, xs[0])
+    target = layer_steps(path.read_bytes(), interpreter)[3]
+    details = next(d for d in interpreter.get_tensor_details() if d["name"] == target.output)
+    value = interpreter.get_tensor(details["index"])
+    value.flat[5] = value.flat[5] - 2 if value.flat[5] > 0 else value.flat[5] + 2
+    interpreter.set_tensor(details["index"], value)
+    steps = {layer.index: layer.steps for layer in layer_steps(path.read_bytes(), interpreter)}
+    assert steps[target.index] == 2 and all(s <= 1 for i, s in steps.items() if i != target.index)
+    with pytest.raises(ConversionError, match=rf"{target.kind} \(operator {target.index},.*2 quantization steps"):
+        check_layers(path.read_bytes(), interpreter)
