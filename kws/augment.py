@@ -1,6 +1,8 @@
 """Training-time augmentation for 1 s clips, as MLPerf Tiny's KWS recipe (TF speech_commands): a random
 time shift of up to ±100 ms and, with probability 0.8, background noise at a volume up to 0.1;
-optionally a target SNR range instead of the volume, a simple synthetic reverb and band-limiting."""
+optionally a target SNR range instead of the volume, a simple synthetic reverb, band-limiting, a
+frequency scaling (pitch and formants together, as a shorter or longer vocal tract) and a random
+equalizer (formants weakened or stressed, as voices differ)."""
 
 from __future__ import annotations
 
@@ -15,21 +17,29 @@ class Augmenter:
 
     def __init__(self, background, seed: int = 0, *, shift_ms: float = 100.0, background_probability: float = 0.8,
                  background_volume: float = 0.1, snr_db: tuple[float, float] | None = None,
-                 reverb_probability: float = 0.0, band_limit_probability: float = 0.0):
+                 reverb_probability: float = 0.0, band_limit_probability: float = 0.0,
+                 frequency_scale: tuple[float, float] | None = None, equalizer_probability: float = 0.0):
         """``background``: noise recordings (float arrays, ≥ 1 s to be used); ``snr_db`` (lo, hi) mixes
-        the noise at a random SNR against the clip's RMS instead of a random volume."""
+        the noise at a random SNR against the clip's RMS instead of a random volume; ``frequency_scale``
+        (lo, hi): every clip's frequencies scaled by a factor drawn log-uniformly from it;
+        ``equalizer_probability``: the share of clips through ``random_equalizer``."""
         self.background = [np.asarray(b, dtype=np.float32) for b in background if len(b) >= CLIP_SAMPLES]
         if not 0 <= background_probability <= 1 or not 0 <= reverb_probability <= 1 \
-                or not 0 <= band_limit_probability <= 1:
+                or not 0 <= band_limit_probability <= 1 or not 0 <= equalizer_probability <= 1:
             raise EdgepackError("augmentation probabilities must be in [0, 1]")
         if snr_db is not None and snr_db[0] > snr_db[1]:
             raise EdgepackError(f"snr_db range {snr_db} must be (low, high) with low <= high")
+        if frequency_scale is not None and not 0.5 <= frequency_scale[0] <= frequency_scale[1] <= 2.0:
+            raise EdgepackError(f"frequency scale range {frequency_scale} must be (low, high) with "
+                                "0.5 <= low <= high <= 2")
         self.shift = int(round(shift_ms * SAMPLE_RATE / 1000))
         self.background_probability = background_probability
         self.background_volume = background_volume
         self.snr_db = snr_db
         self.reverb_probability = reverb_probability
         self.band_limit_probability = band_limit_probability
+        self.equalizer_probability = equalizer_probability
+        self.log_scale = None if frequency_scale is None else np.log(frequency_scale)
         self.rng = np.random.default_rng(seed)
 
     def __call__(self, audio: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
@@ -41,11 +51,15 @@ class Augmenter:
             raise EdgepackError(f"augmentation expects a batch [B, samples], got shape {audio.shape}")
         out = np.empty_like(audio)
         for i, clip in enumerate(audio):
+            if self.log_scale is not None:
+                clip = scale_frequencies(clip, float(np.exp(rng.uniform(*self.log_scale))))
             clip = time_shift(clip, int(rng.integers(-self.shift, self.shift + 1)) if self.shift else 0)
             if rng.random() < self.reverb_probability:
                 clip = reverb(clip, rng)
             if rng.random() < self.band_limit_probability:
                 clip = band_limit(clip, rng)
+            if self.equalizer_probability and rng.random() < self.equalizer_probability:
+                clip = random_equalizer(clip, rng)
             if self.background and rng.random() < self.background_probability:
                 noise = self._noise(len(clip), rng)
                 if self.snr_db is None:
@@ -71,6 +85,16 @@ def time_shift(clip: np.ndarray, shift: int) -> np.ndarray:
     return out
 
 
+def scale_frequencies(clip: np.ndarray, factor: float) -> np.ndarray:
+    """``clip`` played ``factor`` times faster about its word's centre (every frequency × factor, the word
+    factor times shorter), linearly interpolated, zero outside, same length. Aliasing from factor ≤ 1.5
+    lands above 4 kHz, outside the MFCC's 20–4000 Hz bands."""
+    start, end = word_bounds(clip)
+    centre = (start + end) / 2
+    positions = centre + (np.arange(len(clip)) - centre) * factor
+    return np.interp(positions, np.arange(len(clip)), clip, left=0.0, right=0.0).astype(np.float32)
+
+
 def reverb(clip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A simple room: convolve with exponentially decaying noise (RT60 0.1–0.6 s), mixed 30–70 % wet,
     rescaled to the dry peak."""
@@ -86,6 +110,19 @@ def reverb(clip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     out = (1 - mix) * clip + mix * wet
     peak = np.abs(out).max()
     return (out * (np.abs(clip).max() / peak) if peak > 0 else out).astype(np.float32)
+
+
+EQ_BANDS_HZ = np.geomspace(100.0, 8000.0, 8)  # the equalizer's control points, ~0.9 octave apart
+EQ_GAIN_DB = (-18.0, 6.0)
+
+
+def random_equalizer(clip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``clip`` through a smooth random equalizer: a gain drawn uniformly from EQ_GAIN_DB at each of
+    EQ_BANDS_HZ, linear in log frequency between them (flat beyond), applied to the spectrum."""
+    gains_db = rng.uniform(*EQ_GAIN_DB, len(EQ_BANDS_HZ))
+    frequencies = np.fft.rfftfreq(len(clip), 1 / SAMPLE_RATE)
+    curve = np.interp(np.log(np.maximum(frequencies, 1.0)), np.log(EQ_BANDS_HZ), gains_db)
+    return np.fft.irfft(np.fft.rfft(clip) * 10 ** (curve / 20), len(clip)).astype(np.float32)
 
 
 def band_limit(clip: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -25,9 +25,9 @@ from edgepack.kws.recipes import DESCRIPTIONS, FINETUNE, RECIPES
 from edgepack.kws.train import (
     BATCH_SIZE,
     QUICK_RATES,
-    TIME_SHIFT_MS,
     KwsTrainError,
     accuracy,
+    augmentation_of,
     features,
     load_data,
     read_state,
@@ -74,8 +74,8 @@ def resolve_recipe(name_or_file) -> tuple[str, dict]:
                         "or a .yaml / .json recipe file")
 
 
-def _dense_source(source) -> tuple[Path, str, dict, str | None, float]:
-    """(checkpoint, builder, builder kwargs, the run's data folder or None, its augmentation time shift in ms)
+def _dense_source(source) -> tuple[Path, str, dict, str | None, dict]:
+    """(checkpoint, builder, builder kwargs, the run's data folder or None, its augmentation settings)
     of a run folder or checkpoint; train.json is read with kws.train.read_state (corrupt: KwsTrainError)."""
     from safetensors import safe_open
 
@@ -93,22 +93,22 @@ def _dense_source(source) -> tuple[Path, str, dict, str | None, float]:
                             "model of the training run")
     state = read_state(Path(source) if Path(source).is_dir() else path.parent) or {}
     config = state.get("config") or {}
-    shift_ms = float(config.get("time_shift_ms", TIME_SHIFT_MS))
     return (path, metadata.get("builder", ""), json.loads(metadata.get("builder_kwargs") or "{}"),
-            config.get("data"), shift_ms)
+            config.get("data"), augmentation_of(config))
 
 
 def compress_one(dense, builder: str, kwargs: dict, name: str, recipe: dict, data: dict, cache: dict, out: Path,
                  finetune_epochs: int, seed: int = 0, console=None, batch_size: int = BATCH_SIZE,
                  learning_rates=FINETUNE_RATES, export: bool = True, distill: bool = True,
-                 shift_ms: float = TIME_SHIFT_MS, average_last: int = 0, tau: float | None = None,
+                 augmentation: dict | None = None, average_last: int = 0, tau: float | None = None,
                  budget: float | None = None) -> dict:
-    """Compress ``dense`` with ``recipe``, fine-tune (augmenting with the dense run's ``shift_ms``), save and
-    export it to ``out``; returns the result row. The fine-tuned model is the best validation epoch, or with
-    ``average_last`` N the mean of the weights (and BatchNorm statistics) after each of the last N epochs.
-    A recipe of "sws" layers is retrained by soft weight-sharing at ``tau`` instead (``_retrain_sws``); one of
-    "hyper" layers is encoded within ``budget`` on calibration clips, not retrained (``_hyper``), after
-    ``kws.models.fold_batchnorms`` when its settings say "fold_bn" (the saved builder kwargs then say it too)."""
+    """Compress ``dense`` with ``recipe``, fine-tune (augmenting as the dense run did: ``augmentation``, the
+    kws.augment.Augmenter settings), save and export it to ``out``; returns the result row. The fine-tuned
+    model is the best validation epoch, or with ``average_last`` N the mean of the weights (and BatchNorm
+    statistics) after each of the last N epochs. A recipe of "sws" layers is retrained by soft weight-sharing
+    at ``tau`` instead (``_retrain_sws``); one of "hyper" layers is encoded within ``budget`` on calibration
+    clips, not retrained (``_hyper``), after ``kws.models.fold_batchnorms`` when its settings say "fold_bn"
+    (the saved builder kwargs then say it too)."""
     import torch
 
     from edgepack.compression import compress, compressed_size_bytes, save_checkpoint
@@ -144,12 +144,12 @@ def compress_one(dense, builder: str, kwargs: dict, name: str, recipe: dict, dat
         finetune_epochs = row["bn_epochs"] = tune_epochs
     if sws:  # then only BatchNorm is trainable (codebook layers hold buffers): "bn_epochs" tune it, distilled
         recipe = _retrain_sws(model, row, data, cache, finetune_epochs, learning_rates, tau, seed, batch_size,
-                              shift_ms, console)
+                              augmentation, console)
         tune_epochs, tune_rates = FINETUNE["sws"].get("bn_epochs", 0), FINETUNE_RATES
         tune_batch = FINETUNE["sws"].get("batch_size", batch_size)
         row["bn_epochs"] = tune_epochs
     if recipe and tune_epochs:
-        augmenter = Augmenter(train_split.background, seed, shift_ms=shift_ms)
+        augmenter = Augmenter(train_split.background, seed, **(augmentation or {}))
         optimizer = torch.optim.Adam(model.parameters(), lr=tune_rates[0])
         best, best_acc = copy.deepcopy(model.state_dict()), accuracy(model, cache["validation"], val.labels)
         total, averaged = None, 0
@@ -261,7 +261,7 @@ class _AugmentedBatches:
 
 
 def _retrain_sws(model, row: dict, data: dict, cache: dict, epochs: int, learning_rates, tau, seed: int,
-                 batch_size: int, shift_ms: float, console) -> dict:
+                 batch_size: int, augmentation: dict | None, console) -> dict:
     """Soft weight-sharing: ``compression.sws.retrain`` on the augmented training split (one equal share of
     the epochs per learning rate, the prior carried over), then ``postprocess`` into codebook layers; fills
     ``row`` (τ, per-epoch history, non-zero %, Deep Compression's size) and returns the recipe to save."""
@@ -275,7 +275,7 @@ def _retrain_sws(model, row: dict, data: dict, cache: dict, epochs: int, learnin
         raise KwsTrainError("recipe sws: soft weight-sharing needs --finetune-epochs >= 1")
     own = FINETUNE["sws"]
     tau = own["tau"] if tau is None else tau
-    batches = _AugmentedBatches(data["train"], Augmenter(data["train"].background, seed, shift_ms=shift_ms),
+    batches = _AugmentedBatches(data["train"], Augmenter(data["train"].background, seed, **(augmentation or {})),
                                 own.get("batch_size", batch_size), seed + 1)
     val = (cache["validation"], torch.as_tensor(data["validation"].labels))
     prior, history = None, []
@@ -335,7 +335,7 @@ def _compress_run(source, recipes, output, data_dir, finetune_epochs, seed, cons
         raise KwsTrainError(f"--finetune-epochs must be >= 0, got {finetune_epochs}")
     names = [n for r in recipes for n in (RECIPES if r == "all" else [r])]
     resolved = [resolve_recipe(r) for r in dict.fromkeys(names)]  # unknown names fail before any work
-    checkpoint, builder, kwargs, run_data, shift_ms = _dense_source(source)
+    checkpoint, builder, kwargs, run_data, augmentation = _dense_source(source)
     dense = load_torch(checkpoint)
     data_dir = data_dir or run_data
     if data_dir is None:
@@ -350,7 +350,7 @@ def _compress_run(source, recipes, output, data_dir, finetune_epochs, seed, cons
         folder = out if len(resolved) == 1 else out / slug(name)
         epochs, rates, average_last = finetune_of(name, finetune_epochs, learning_rates)
         rows.append(compress_one(dense, builder, kwargs, name, recipe, data, cache, folder, epochs, seed, console,
-                                 batch_size, rates, export, distill, shift_ms, average_last, tau, budget))
+                                 batch_size, rates, export, distill, augmentation, average_last, tau, budget))
         row = rows[-1]
         console.print(f"{name}: {row['bytes']:,} bytes ({row['ratio']:.1f}x smaller), accuracy "
                       f"{row['accuracy_compressed']:.1%} → {row['accuracy']:.1%} fine-tuned "

@@ -48,6 +48,16 @@ class TrainConfig:
     learning_rates: list = field(default_factory=lambda: list(LEARNING_RATES))
     time_shift_ms: float = TIME_SHIFT_MS
     stream_negatives: float = 0.0
+    frequency_scale: list | None = None  # (lo, hi) of kws.augment.scale_frequencies; None: off
+    random_eq: float = 0.0  # share of clips through kws.augment.random_equalizer
+
+
+def augmentation_of(config: dict) -> dict:
+    """The kws.augment.Augmenter settings a run's config (train.json) records; older runs: the shift alone."""
+    scale = config.get("frequency_scale")
+    return {"shift_ms": float(config.get("time_shift_ms", TIME_SHIFT_MS)),
+            "frequency_scale": tuple(scale) if scale else None,
+            "equalizer_probability": float(config.get("random_eq", 0.0))}
 
 
 def learning_rate(epoch: int, epochs: int, rates=LEARNING_RATES) -> float:
@@ -172,27 +182,31 @@ def read_state(run_dir) -> dict | None:
 
 def train(data_dir, run_dir, model: str = "ds-cnn-s", epochs: int | None = None, quick: bool = False,
           seed: int = 0, console=None, batch_size: int = BATCH_SIZE, learning_rates=None,
-          threads: int = 1, time_shift_ms: float | None = None, stream_negatives: float | None = None) -> dict:
+          threads: int = 1, time_shift_ms: float | None = None, stream_negatives: float | None = None,
+          frequency_scale: tuple[float, float] | None = None, random_eq: float | None = None) -> dict:
     """Train (or resume training) a DS-CNN in ``run_dir`` on the dataset at ``data_dir``; returns the state
     that ``train.json`` holds (config, per-epoch history, best epoch, test accuracy of the best model).
     ``batch_size`` and ``learning_rates`` default to MLPerf Tiny's (``quick``: QUICK_RATES);
     ``threads``: torch threads while training (1 by default: on a shared 2-core machine, 2 threads
     made a DS-CNN-S step ~9× slower, the threads waiting on each other); ``time_shift_ms``: the
     augmentation's largest shift (default MLPerf Tiny's 100 ms); ``stream_negatives``: the share of
-    examples replaced by stream-like unknowns (kws.augment.StreamNegatives; default 0)."""
+    examples replaced by stream-like unknowns (kws.augment.StreamNegatives; default 0); ``frequency_scale``:
+    (lo, hi) of a per-clip frequency scaling (kws.augment.scale_frequencies; default off); ``random_eq``: the
+    share of clips through a random equalizer (kws.augment.random_equalizer; default 0)."""
     import torch
 
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         return _train(data_dir, run_dir, model, epochs, quick, seed, console, batch_size,
-                      learning_rates or (QUICK_RATES if quick else LEARNING_RATES), time_shift_ms, stream_negatives)
+                      learning_rates or (QUICK_RATES if quick else LEARNING_RATES), time_shift_ms, stream_negatives,
+                      frequency_scale, random_eq)
     finally:
         torch.set_num_threads(previous)
 
 
 def _train(data_dir, run_dir, model, epochs, quick, seed, console, batch_size, learning_rates, time_shift_ms,
-           stream_negatives=None) -> dict:
+           stream_negatives=None, frequency_scale=None, random_eq=None) -> dict:
     """train() with the thread count set."""
     import torch
     from rich.console import Console
@@ -211,10 +225,16 @@ def _train(data_dir, run_dir, model, epochs, quick, seed, console, batch_size, l
         raise KwsTrainError(f"--time-shift-ms must be in [0, 500], got {time_shift_ms}")
     if stream_negatives is not None and not 0 <= stream_negatives <= 1:
         raise KwsTrainError(f"--stream-negatives must be in [0, 1], got {stream_negatives}")
+    if frequency_scale is not None and not 0.5 <= frequency_scale[0] <= frequency_scale[1] <= 2.0:
+        raise KwsTrainError(f"--frequency-scale must be LO,HI with 0.5 <= LO <= HI <= 2, got {frequency_scale}")
+    if random_eq is not None and not 0 <= random_eq <= 1:
+        raise KwsTrainError(f"--random-eq must be in [0, 1], got {random_eq}")
     config = TrainConfig(data=str(Path(data_dir).resolve()), model=model, seed=seed, batch_size=batch_size,
                          learning_rates=list(learning_rates), epochs=epochs or (EPOCHS_QUICK if quick else EPOCHS_FULL),
                          time_shift_ms=TIME_SHIFT_MS if time_shift_ms is None else time_shift_ms,
-                         stream_negatives=stream_negatives or 0.0)
+                         stream_negatives=stream_negatives or 0.0,
+                         frequency_scale=None if frequency_scale is None else list(frequency_scale),
+                         random_eq=random_eq or 0.0)
     state = read_state(run)
     if state is not None:
         saved = state["config"]
@@ -229,6 +249,8 @@ def _train(data_dir, run_dir, model, epochs, quick, seed, console, batch_size, l
         config.learning_rates = saved["learning_rates"]
         config.time_shift_ms = saved.get("time_shift_ms", TIME_SHIFT_MS)
         config.stream_negatives = saved.get("stream_negatives", 0.0)
+        config.frequency_scale = saved.get("frequency_scale")
+        config.random_eq = saved.get("random_eq", 0.0)
     data = load_data(data_dir, seed=seed)
     torch.manual_seed(seed)
     net, builder, kwargs = build_model(model, classes=len(CLASSES))
@@ -253,7 +275,7 @@ def _train(data_dir, run_dir, model, epochs, quick, seed, console, batch_size, l
     from edgepack.kws.augment import Augmenter, StreamNegatives
 
     train_split, val_split = data["train"], data["validation"]
-    augmenter = Augmenter(train_split.background, seed, shift_ms=config.time_shift_ms)
+    augmenter = Augmenter(train_split.background, seed, **augmentation_of(asdict(config)))
     negatives = StreamNegatives(train_split.audio, train_split.labels, config.stream_negatives) \
         if config.stream_negatives else None
     val_x = features(val_split.audio)  # cached for every epoch
@@ -308,11 +330,25 @@ def _rates(text: str) -> tuple[float, ...]:
     return rates
 
 
+def _scale_range(text: str) -> tuple[float, float]:
+    """``--frequency-scale 0.9,1.4`` → (0.9, 1.4); 0.5 <= LO <= HI <= 2."""
+    import argparse
+
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected LO,HI, e.g. 0.9,1.4") from None
+    if not 0.5 <= low <= high <= 2.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: need 0.5 <= LO <= HI <= 2")
+    return low, high
+
+
 def _handler(args) -> int:
     try:
         train(args.data, args.output, model=args.model, epochs=args.epochs, quick=args.quick, seed=args.seed,
               threads=args.threads, learning_rates=args.lr, time_shift_ms=args.time_shift_ms,
-              stream_negatives=args.stream_negatives)
+              stream_negatives=args.stream_negatives, frequency_scale=args.frequency_scale,
+              random_eq=args.random_eq)
     except KeyboardInterrupt:
         print(f"\ninterrupted; rerun the same command to continue from the last finished epoch in {args.output}")
         return 130
@@ -344,4 +380,12 @@ def add_parser(subparsers) -> None:
                         help="replace each training example with probability P by a stream-like unknown: under half "
                              "a keyword at the window's edge, or two unknown words back to back (default 0; see "
                              "README, \"Keyword spotting — streaming\")")
+    parser.add_argument("--frequency-scale", type=_scale_range, metavar="LO,HI",
+                        help="scale each clip's frequencies (pitch and formants, as a shorter or longer vocal "
+                             "tract) by a factor drawn log-uniformly from [LO, HI], e.g. 0.9,1.4 for voices "
+                             "higher than the training voices (default off; see README)")
+    parser.add_argument("--random-eq", type=float, metavar="P",
+                        help="pass each clip with probability P through a smooth random equalizer (-18..+6 dB at "
+                             "8 points from 100 Hz to 8 kHz): voices whose formants are weaker or stronger than the "
+                             "training voices' (default 0; see README)")
     parser.set_defaults(handler=_handler)

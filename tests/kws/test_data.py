@@ -280,3 +280,64 @@ def test_trim_and_long_words():
     clip = word_clip("seventy seven", "en-us+m3", 140, 50, (), rng)
     assert len(clip) == CLIP_SAMPLES and 0.5 * 16000 < len(trim(clip, 0.1)) <= MAX_WORD_SECONDS * 16000 + 320
     assert word_clip("one two three four five six seven eight nine ten", "en-us+m3", 80, 50, (), rng) is None
+
+
+def test_frequency_scaling_moves_a_tone_and_shortens_the_word_about_its_centre():
+    """A 500 Hz tone burst scaled by 1.3: numpy's FFT peak moves to 650 Hz, the burst lasts 1/1.3 as long
+    and keeps its centre; 0.8 the other way; the Augmenter draws factors only within its range."""
+    from edgepack.kws.augment import Augmenter, scale_frequencies, word_bounds
+
+    t = np.arange(CLIP_SAMPLES) / 16000
+    clip = (np.sin(2 * np.pi * 500 * t) * ((t >= 0.3) & (t < 0.7))).astype(np.float32)
+    frequencies = np.fft.rfftfreq(CLIP_SAMPLES, 1 / 16000)
+    for factor in (1.3, 0.8):
+        scaled = scale_frequencies(clip, factor)
+        assert scaled.shape == clip.shape and scaled.dtype == np.float32
+        assert frequencies[np.abs(np.fft.rfft(scaled)).argmax()] == pytest.approx(500 * factor, abs=2)
+        start, end = word_bounds(scaled)
+        assert (end - start) == pytest.approx(0.4 * 16000 / factor, rel=0.01)
+        assert (start + end) / 2 == pytest.approx(0.5 * 16000, abs=2)
+    peaks = []
+    aug = Augmenter([], seed=4, shift_ms=0, frequency_scale=(0.9, 1.4))
+    for scaled in aug(np.repeat(clip[None], 200, axis=0)):
+        peaks.append(frequencies[np.abs(np.fft.rfft(scaled)).argmax()])
+    assert 450 - 2 <= min(peaks) < 480 and 680 < max(peaks) <= 700 + 2
+    with pytest.raises(Exception, match=r"0.5 <= low <= high <= 2"):
+        Augmenter([], frequency_scale=(1.2, 1.1))
+
+
+def test_train_refuses_bad_voice_augmentation_before_any_work(tmp_path, capsys):
+    from edgepack.cli import main
+    from edgepack.kws.train import KwsTrainError, train
+
+    with pytest.raises(KwsTrainError, match=r"--frequency-scale must be LO,HI with 0.5 <= LO <= HI <= 2"):
+        train(tmp_path / "no-such-data", tmp_path / "run", frequency_scale=(0.3, 1.0))
+    with pytest.raises(KwsTrainError, match=r"--random-eq must be in \[0, 1\], got 2"):
+        train(tmp_path / "no-such-data", tmp_path / "run", random_eq=2.0)
+    for text in ("1.4,0.9", "fast", "0.9"):
+        with pytest.raises(SystemExit) as stop:
+            main(["kws", "train", "--data", str(tmp_path), "-o", str(tmp_path / "run"), "--frequency-scale", text])
+        assert stop.value.code == 2 and "--frequency-scale" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_random_equalizer_applies_a_smooth_gain_curve_within_its_range():
+    """Tones at 150, 1000 and 3000 Hz through the equalizer: each tone's amplitude (numpy's FFT) changes by the
+    gain the drawn control points give at its frequency (linear in log frequency), within -18..+6 dB."""
+    from edgepack.kws.augment import EQ_BANDS_HZ, EQ_GAIN_DB, random_equalizer
+
+    t = np.arange(CLIP_SAMPLES) / 16000
+    tones = (150, 1000, 3000)
+    clip = sum(0.1 * np.sin(2 * np.pi * f * t) for f in tones).astype(np.float32)
+    for seed in range(5):
+        gains_db = np.random.default_rng(seed).uniform(*EQ_GAIN_DB, len(EQ_BANDS_HZ))
+        out = random_equalizer(clip, np.random.default_rng(seed))
+        spectrum_in, spectrum_out = np.abs(np.fft.rfft(clip)), np.abs(np.fft.rfft(out))
+        for f in tones:
+            want = np.interp(np.log(f), np.log(EQ_BANDS_HZ), gains_db)
+            assert 20 * np.log10(spectrum_out[f] / spectrum_in[f]) == pytest.approx(want, abs=0.01)
+            assert EQ_GAIN_DB[0] <= want <= EQ_GAIN_DB[1]
+    with pytest.raises(Exception, match=r"probabilities must be in \[0, 1\]"):
+        from edgepack.kws.augment import Augmenter
+
+        Augmenter([], equalizer_probability=1.5)
