@@ -324,7 +324,7 @@ def test_train_refuses_bad_voice_augmentation_before_any_work(tmp_path, capsys):
 def test_random_equalizer_applies_a_smooth_gain_curve_within_its_range():
     """Tones at 150, 1000 and 3000 Hz through the equalizer: each tone's amplitude (numpy's FFT) changes by the
     gain the drawn control points give at its frequency (linear in log frequency), within -18..+6 dB."""
-    from edgepack.kws.augment import EQ_BANDS_HZ, EQ_GAIN_DB, random_equalizer
+    from edgepack.kws.augment import EQ_BANDS_HZ, EQ_GAIN_DB, Augmenter, random_equalizer
 
     t = np.arange(CLIP_SAMPLES) / 16000
     tones = (150, 1000, 3000)
@@ -338,6 +338,4 @@ def test_random_equalizer_applies_a_smooth_gain_curve_within_its_range():
             assert 20 * np.log10(spectrum_out[f] / spectrum_in[f]) == pytest.approx(want, abs=0.01)
             assert EQ_GAIN_DB[0] <= want <= EQ_GAIN_DB[1]
     with pytest.raises(Exception, match=r"probabilities must be in \[0, 1\]"):
-        from edgepack.kws.augment import Augmenter
-
         Augmenter([], equalizer_probability=1.5)
