@@ -62,11 +62,10 @@ def _accumulators(kind: int, options, x: np.ndarray, w: np.ndarray) -> np.ndarra
 
 def _activation_range(function: int, scale: float, zero: int) -> tuple[int, int]:
     """TFLite's quantized activation range: the fused function's real bounds quantized, within int8."""
-    quantize = lambda real: zero + int(round(real / scale))  # noqa: E731
-    low, high = {tflite.ActivationFunctionType.RELU: (quantize(0.0), 127),
-                 tflite.ActivationFunctionType.RELU6: (quantize(0.0), quantize(6.0)),
-                 tflite.ActivationFunctionType.RELU_N1_TO_1: (quantize(-1.0), quantize(1.0))}.get(function, (-128, 127))
-    return max(low, -128), min(high, 127)
+    bounds = {tflite.ActivationFunctionType.RELU: (0.0, None), tflite.ActivationFunctionType.RELU6: (0.0, 6.0),
+              tflite.ActivationFunctionType.RELU_N1_TO_1: (-1.0, 1.0)}.get(function, (None, None))
+    low, high = (None if real is None else zero + int(round(real / scale)) for real in bounds)
+    return max(-128 if low is None else low, -128), min(127 if high is None else high, 127)
 
 
 def layer_steps(data: bytes, interpreter) -> list[LayerSteps]:

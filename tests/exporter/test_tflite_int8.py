@@ -322,6 +322,11 @@ def test_relu_and_clip_standalone_or_fused(tmp_path):
             activations.append(options.FusedActivationFunction())
     relu, relu6 = tflite.ActivationFunctionType.RELU, tflite.ActivationFunctionType.RELU6
     assert sorted(activations) == sorted([relu, relu, relu6])
+    # the fused activation ranges as the builtin kernels clamp them, layer by layer
+    x = np.random.default_rng(5).standard_normal((1, 3, 12, 12)).astype(np.float32)
+    layers = layer_steps((tmp_path / "fused.tflite").read_bytes(), builtin_interpreter(tmp_path / "fused.tflite", x))
+    assert len(layers) == 4 and max(layer.steps for layer in layers) <= 1, layers
+    assert fused.max_layer_steps <= 1 and standalone.max_layer_steps <= 1
 
 
 def qdq_graph(middle: str, scale_input: bool = False) -> onnx.ModelProto:
@@ -439,3 +444,16 @@ def test_a_layer_two_steps_off_is_named(converted):
     assert steps[target.index] == 2 and all(s <= 1 for i, s in steps.items() if i != target.index)
     with pytest.raises(ConversionError, match=rf"{target.kind} \(operator {target.index},.*2 quantization steps"):
         check_layers(path.read_bytes(), interpreter)
+
+
+def test_fused_activation_ranges_as_tflite_quantizes_them():
+    """TFLite clamps a fused activation at its real bounds quantized with the output's scale and zero point, within
+    int8 (what the layer check recomputes; the converted models above only reach the int8 limits)."""
+    from edgepack.exporter.tflite_int8_layers import _activation_range
+
+    act = tflite.ActivationFunctionType
+    assert _activation_range(act.RELU6, 0.05, -20) == (-20, 100)  # 0 → z, 6 → z + 120
+    assert _activation_range(act.RELU, 0.05, -20) == (-20, 127)
+    assert _activation_range(act.RELU_N1_TO_1, 0.01, 3) == (-97, 103)
+    assert _activation_range(act.NONE, 0.05, -20) == (-128, 127)
+    assert _activation_range(act.RELU6, 0.01, 0) == (0, 127)  # 6 → 600, beyond int8
