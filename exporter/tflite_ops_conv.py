@@ -56,15 +56,18 @@ def nhwc_output(c: Converter, name: str) -> tuple[int, Callable[[], None]]:
     return raw, finish
 
 
+def same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
+    """TFLite's SAME padding of one spatial axis: (before, after)."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
 def tflite_padding(in_hw, kernel, strides, dilations, pads) -> int | None:
     """SAME or VALID when the ONNX pads [top, left, bottom, right] equal TFLite's, else None."""
     if not any(pads):
         return tflite.Padding.VALID
-    same = []
-    for size, k, s, d in zip(in_hw, kernel, strides, dilations):
-        out = -(-size // s)
-        total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
-        same.append((total // 2, total - total // 2))
+    same = [same_padding(*axis) for axis in zip(in_hw, kernel, strides, dilations)]
     if [pads[0], pads[2]] == list(same[0]) and [pads[1], pads[3]] == list(same[1]):
         return tflite.Padding.SAME
     return None

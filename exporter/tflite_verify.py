@@ -23,7 +23,7 @@ import onnx
 from .fallbacks import DOMAIN
 from .model_files import ModelFileError, load_npz
 from .tflite_export import TO_NCHW, ConversionError
-from .tflite_int8_layers import layer_steps
+from .tflite_int8_layers import Int8Layer, int8_layers
 
 ATOL, RTOL = 1e-5, 1e-3
 INT8_STEPS = 2  # one output quantization step, plus one for a rounding difference carried through the layers
@@ -336,10 +336,11 @@ def verify_int8(model: onnx.ModelProto, data: bytes, converter, seeds: int = 3,
     for label, builtin_only, tolerance in (("XNNPACK", False, INT8_STEPS),
                                            ("builtin kernels", True, INT8_BUILTIN_STEPS)):
         interpreter = tflite_runner(data, False, preserve_all_tensors=builtin_only, builtin_only=builtin_only)
+        layers = int8_layers(data, interpreter) if builtin_only else []
         for number, feed in enumerate(feeds + samples):
             actual = run_tflite(interpreter, int8_feed(converter, feed))
-            if builtin_only:
-                worst_layer = max(worst_layer, check_layers(data, interpreter))
+            if layers:
+                worst_layer = max(worst_layer, check_layers(layers, interpreter))
             for name, got, want in zip(reference.outputs, actual, expected[number]):
                 error, steps = int8_steps(converter, name, got, want)
                 if steps > tolerance:
@@ -354,11 +355,10 @@ def verify_int8(model: onnx.ModelProto, data: bytes, converter, seeds: int = 3,
                         worst_steps["builtin kernels"], worst_layer)
 
 
-def check_layers(data: bytes, interpreter) -> float:
+def check_layers(layers: list[Int8Layer], interpreter) -> float:
     """The builtin kernels' worst int8 conv / FC layer on the last input, in output steps off exact arithmetic;
     more than INT8_LAYER_STEPS → ConversionError naming it."""
-    layers = layer_steps(data, interpreter)
-    worst = max(layers, key=lambda layer: layer.steps, default=None)
+    worst = max((layer.steps(interpreter) for layer in layers), key=lambda result: result.steps, default=None)
     if worst is not None and worst.steps > INT8_LAYER_STEPS:
         raise ConversionError(
             f"LiteRT's builtin {worst.kind} (operator {worst.index}, output {worst.output!r}) is {worst.steps:.3g} "

@@ -18,7 +18,7 @@ from torch import nn
 
 from edgepack.exporter import inspect_tflite
 from edgepack.exporter.tflite_export import ConversionError, convert_and_verify
-from edgepack.exporter.tflite_int8_layers import layer_steps
+from edgepack.exporter.tflite_int8_layers import int8_layers, layer_steps
 from edgepack.exporter.tflite_verify import check_layers, ort_session
 from edgepack.kws.models import ds_cnn
 
@@ -443,7 +443,7 @@ def test_a_layer_two_steps_off_is_named(converted):
     steps = {layer.index: layer.steps for layer in layer_steps(path.read_bytes(), interpreter)}
     assert steps[target.index] == 2 and all(s <= 1 for i, s in steps.items() if i != target.index)
     with pytest.raises(ConversionError, match=rf"{target.kind} \(operator {target.index},.*2 quantization steps"):
-        check_layers(path.read_bytes(), interpreter)
+        check_layers(int8_layers(path.read_bytes(), interpreter), interpreter)
 
 
 def test_fused_activation_ranges_as_tflite_quantizes_them():
