@@ -315,7 +315,7 @@ static TfLiteStatus view_of(TfLiteContext *ctx, const part *p, const ep_node *n,
     for (size_t d = 0; d < t->rank; d++) {
         t->dims[d] = ts->dims->data[d];
         if (t->dims[d] < 0) return fail(ctx, n, "input '%s' has a negative dim %lld", iname, (long long)t->dims[d]);
-        if (t->dims[d] && t->count > INT64_MAX / 4 / t->dims[d])
+        if (t->dims[d] && t->count > INT64_MAX / 8 / t->dims[d])
             return fail(ctx, n, "input '%s' has too many elements", iname);
         t->count *= t->dims[d];
     }
