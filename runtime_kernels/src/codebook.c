@@ -3,8 +3,10 @@
  * a plan of the rows sorted by length in slices of EP_SPCB_ROWS stored as jagged diagonals (values
  * looked up, absolute columns), run by the variant's spcb_slice micro-kernel on each row of X
  * (few rows) or on X transposed in blocks of batch rows. */
+#define _POSIX_C_SOURCE 200112L /* clock_gettime, for the gather-or-lane-loads choice */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "internal.h"
 
@@ -138,10 +140,11 @@ ep_status ep_codebook_decode(const ep_codebook *w, float *W) {
  * = 0 for i >= rows). Slice
  * s's entries start at start[s], stored diagonal by diagonal (spcb_slice's layout), each entry as
  * its codebook value and its absolute column (uint16_t when cols <= 65536, else int32_t;
- * EP_SPCB_ROWS columns 0 follow the last entry, for the micro-kernels' reads past it). */
+ * EP_SPCB_ROWS columns 0 follow the last entry, for the micro-kernels' reads past it). gather:
+ * one row of X runs the variant's spcb_gemv_gather (timed faster at plan time). */
 struct ep_codebook_plan {
     int64_t rows, cols, n, slices;
-    int wide;
+    int wide, gather;
     const int32_t *perm, *pos, *len, *start;
     const float *val;
     const void *col;
@@ -157,6 +160,43 @@ int64_t ep_codebook_plan_bytes(const ep_codebook *w) {
     return 8 * w->rows + 4 * EP_SPCB_ROWS * slices_of(w->rows) + 4 * (slices_of(w->rows) + 1) + 4 * w->col_gaps_len +
            col_bytes * (w->col_gaps_len + EP_SPCB_ROWS);
 }
+
+#if defined(EP_WITH_AVX512)
+static double seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Whether one row of X runs faster with the variant's gathers than with its lane loads: measured
+ * faster on Intel Sapphire Rapids (1.4x), slower on AMD EPYC, so the plan times both on its first
+ * slices (up to 32, x = 0, fastest of 5 interleaved rounds; at most ~1 ms) and keeps the faster.
+ * Both give the same sums bit for bit: the choice changes the speed only. */
+static int gather_is_faster(const ep_codebook_plan *p, const ep_ops *o) {
+    const int64_t S = p->slices < 32 ? p->slices : 32;
+    if (!o->spcb_gemv_gather || p->wide || !p->n) return 0;
+    float *x = (float *)calloc((size_t)p->cols, sizeof(float)), acc[EP_SPCB_ROWS];
+    if (!x) return 0;
+    double best[2] = {1e30, 1e30};
+    for (int round = 0; round < 5; round++)
+        for (int g = 0; g < 2; g++) {
+            const double t0 = seconds();
+            for (int64_t s = 0; s < S; s++) {
+                const int32_t *len = p->len + EP_SPCB_ROWS * s;
+                const float *val = p->val + p->start[s];
+                const uint16_t *col = (const uint16_t *)p->col + p->start[s];
+                if (g) o->spcb_gemv_gather(len, val, col, 0, x, acc);
+                else o->spcb_slice(len, val, col, 0, x, 1, 1, acc, 1);
+            }
+            const double t = seconds() - t0;
+            if (t < best[g]) best[g] = t;
+        }
+    free(x);
+    return best[1] < best[0];
+}
+#else
+static int gather_is_faster(const ep_codebook_plan *p, const ep_ops *o) { (void)p; (void)o; return 0; }
+#endif
 
 static int cmp_i64(const void *a, const void *b) {
     const int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
@@ -224,6 +264,7 @@ ep_status ep_codebook_plan_create(const ep_codebook *w, ep_codebook_plan **out) 
     else memset((uint16_t *)col + n, 0, sizeof(uint16_t) * EP_SPCB_ROWS);
     p->rows = rows; p->cols = w->cols; p->n = n; p->slices = S; p->wide = wide;
     p->perm = perm; p->pos = pos; p->len = len; p->start = start; p->val = val; p->col = col;
+    p->gather = gather_is_faster(p, ep_active_ops());
     *out = p;
     return EP_OK;
 }
@@ -262,8 +303,12 @@ static void spcb_task(void *ctx, int64_t task, int worker) {
         const int64_t c1 = s1 - c0 < SPCB_NB ? s1 : c0 + SPCB_NB;
         for (int64_t s = c0; s < c1; s++) {
             const int64_t e = p->start[s];
-            j->o->spcb_slice(p->len + EP_SPCB_ROWS * s, p->val + e, (const char *)p->col + cb * (size_t)e, p->wide,
-                             j->xt, 1, 1, acc + (s - c0) * EP_SPCB_ROWS, 1);
+            const int32_t *len = p->len + EP_SPCB_ROWS * s;
+            const void *col = (const char *)p->col + cb * (size_t)e;
+            if (p->gather && j->o->spcb_gemv_gather)
+                j->o->spcb_gemv_gather(len, p->val + e, col, p->wide, j->xt, acc + (s - c0) * EP_SPCB_ROWS);
+            else
+                j->o->spcb_slice(len, p->val + e, col, p->wide, j->xt, 1, 1, acc + (s - c0) * EP_SPCB_ROWS, 1);
         }
         const int64_t i0 = EP_SPCB_ROWS * c0, i1 = p->rows < EP_SPCB_ROWS * c1 ? p->rows : EP_SPCB_ROWS * c1;
         if (j->bias)

@@ -129,26 +129,40 @@ EP_SI __m512 spcb_x16(const float *x, const void *col, int64_t d, const int wide
     return _mm512_insertf32x4(v, spcb_x4(x, col, d + 12, wide), 3);
 }
 
+/* the same 16 floats by one gather instruction */
+EP_SI __m512 spcb_x16_gather(const float *x, const void *col, int64_t d, const int wide) {
+    const __m512i i = wide ? _mm512_loadu_si512((const int32_t *)col + d)
+                           : _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)col + d)));
+    return _mm512_i32gather_ps(i, x, 4);
+}
+
 /* the 16 rows' sums against one row of X: full diagonals two at a time (two sums), then the
  * shorter ones, their sums masked to the rows that reach them (the others read x at the valid
- * columns that follow and add nothing) */
-EP_SI void spcb_gemv(const int32_t *len, const float *val, const void *col, const int wide, const float *x,
-                     float *acc) {
+ * columns that follow and add nothing); x by lane loads or by gathers (the same sums) */
+EP_SI void spcb_gemv_by(const int32_t *len, const float *val, const void *col, const int wide, const float *x,
+                        float *acc, const int gather) {
+#define SPCB_X16(d) (gather ? spcb_x16_gather(x, col, d, wide) : spcb_x16(x, col, d, wide))
     const __m512i lv = _mm512_loadu_si512((const void *)len);
     const int32_t full = len[EP_SPCB_ROWS - 1], n = len[0];
     __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
     int64_t d = 0;
     int32_t j = 0;
     for (; j + 2 <= full; j += 2, d += 32) {
-        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(val + d), spcb_x16(x, col, d, wide), s0);
-        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(val + d + 16), spcb_x16(x, col, d + 16, wide), s1);
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(val + d), SPCB_X16(d), s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(val + d + 16), SPCB_X16(d + 16), s1);
     }
     for (; j < n; j++) {
         const __mmask16 k = _mm512_cmpgt_epi32_mask(lv, _mm512_set1_epi32(j));
-        s0 = _mm512_mask3_fmadd_ps(_mm512_maskz_loadu_ps(k, val + d), spcb_x16(x, col, d, wide), s0, k);
+        s0 = _mm512_mask3_fmadd_ps(_mm512_maskz_loadu_ps(k, val + d), SPCB_X16(d), s0, k);
         d += __builtin_ctz(~(unsigned)k);
     }
+#undef SPCB_X16
     _mm512_storeu_ps(acc, _mm512_add_ps(s0, s1));
+}
+
+EP_SI void spcb_gemv(const int32_t *len, const float *val, const void *col, const int wide, const float *x,
+                     float *acc) {
+    spcb_gemv_by(len, val, col, wide, x, acc, 0);
 }
 #elif defined(__AVX2__)
 EP_SI __m256 spcb_x8(const float *x, const void *col, int64_t d, const int wide) {

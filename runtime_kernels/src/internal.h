@@ -114,6 +114,11 @@ typedef struct ep_ops {
      * (xt: X transposed, [cols, ldx]; nb = ldx = 1: one row of X as given) */
     void (*spcb_slice)(const int32_t *len, const float *val, const void *col, int wide, const float *xt,
                        int64_t ldx, int64_t nb, float *acc, int64_t ldacc);
+    /* spcb_slice for one row of X as given (nb = ldx = ldacc = 1) with x loaded by gather
+     * instructions: the same sums, bit for bit; NULL where the ISA has none. Faster or slower than
+     * spcb_slice by CPU, so the plan times both (codebook.c). */
+    void (*spcb_gemv_gather)(const int32_t *len, const float *val, const void *col, int wide, const float *x,
+                             float *acc);
     /* the HyperWeight gather: out[m*k + j] = table[v_m*k + j] for m < count, j < k (1..4), v_m the
      * bits-bit (1..24) index m of the LSB-first bit stream at `stream`, of which exactly len >=
      * ceil(count*bits/8) bytes may be read; every v_m was checked against the table */

@@ -165,6 +165,12 @@ static void spcb_slice_avx512(const int32_t *len, const float *val, const void *
     spcb_slice_simd(len, val, col, wide, xt, ldx, nb, acc, ldacc);
 }
 
+static void spcb_gemv_gather_avx512(const int32_t *len, const float *val, const void *col, int wide, const float *x,
+                                    float *acc) {
+    if (wide) spcb_gemv_by(len, val, col, 1, x, acc, 1);
+    else spcb_gemv_by(len, val, col, 0, x, acc, 1);
+}
+
 /* ---- HyperWeight gather: hyper_simd.h over 16 lanes ---- */
 #include "hyper_simd.h"
 
@@ -176,7 +182,7 @@ static void hyper_gather_avx512(int64_t count, const uint8_t *stream, int64_t le
 const ep_ops ep_ops_avx512 = {
     "avx512", gemm_avx512, ep_gemm_dot_avx2, gemm_pack_avx512, hash_row_avx512, hash_dot_avx512, ep_cfft_avx2,
     ep_rfft_post_avx2, ep_irfft_pre_avx2, ep_cmac_avx2, .cmac_rows = ep_cmac_rows_avx2,
-    .spcb_slice = spcb_slice_avx512, .hyper_gather = hyper_gather_avx512,
+    .spcb_slice = spcb_slice_avx512, .spcb_gemv_gather = spcb_gemv_gather_avx512, .hyper_gather = hyper_gather_avx512,
     .tile = { /* the avx2 kernels' tiles except the GEMM and the two hash kernels */
         .gemm_mr = MR, .gemm_nr = NR, /* 12 x 32 tile (24 zmm accumulators), 1..11-row tails */
         .gemm_kr = 1, .gemm_kc = KC,  /* one broadcast per row and column; N > MR: 256-column blocks */

@@ -705,6 +705,14 @@ static void spcb_case(const ep_ops *v, kstat *s, int64_t cols, const double *den
             }
         }
     v->spcb_slice(sl.len, sl.val, sl.col, wide, xt, ldx, nb, acc, ldacc);
+    if (v->spcb_gemv_gather && nb == 1 && ldx == 1) { /* the gathers: the lane loads' sums, bit for bit */
+        float g[EP_SPCB_ROWS];
+        v->spcb_gemv_gather(sl.len, sl.val, sl.col, wide, xt, g);
+        for (int l = 0; l < EP_SPCB_ROWS; l++)
+            if (memcmp(&g[l], &acc[l * ldacc], sizeof(float)))
+                check(s, INFINITY, TOL_DOT, "spcb_gemv_gather row %d: %g, spcb_slice %g (cols=%lld wide=%d)", l,
+                      (double)g[l], (double)acc[l * ldacc], (long long)cols, wide);
+    }
     if (v != &ep_ops_ref) {
         ep_ops_ref.spcb_slice(sl.len, sl.val, sl.col, wide, xt, ldx, nb, R, ldacc);
         for (int64_t i = 0; i < na; i++) want[i] = R[i];
