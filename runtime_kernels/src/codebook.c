@@ -169,7 +169,7 @@ static double seconds(void) {
 }
 
 /* Whether one row of X runs faster with the variant's gathers than with its lane loads: measured
- * faster on Intel Sapphire Rapids (1.4x), slower on AMD EPYC, so the plan times both on its first
+ * faster on Intel Sapphire Rapids (1.3-1.5x), slower on AMD EPYC, so the plan times both on its first
  * slices (up to 32, x = 0, fastest of 5 interleaved rounds; at most ~1 ms) and keeps the faster.
  * Both give the same sums bit for bit: the choice changes the speed only. */
 static int gather_is_faster(const ep_codebook_plan *p, const ep_ops *o) {
