@@ -154,20 +154,26 @@ def test_a_killed_worker_is_retried_or_recorded_as_failed(slow_task, tmp_path):
     model, data = slow_task
     args = ["--model", model, "--data", data, "--stages", "P,Q", "--seeds", 1, "--budget", 6, "--random-orders",
             0, "--local-cpus", 2, "--no-latency"]
-    process = order(*args, "-o", tmp_path / "retried", popen=True)
-    killed = kill_first_task(process)
-    output, _ = process.communicate(timeout=300)
-    assert process.returncode == 0, output
-    rows = rows_of(tmp_path / "retried")
-    assert all(r["status"] in ("ok", "invalid") for r in rows) and len(rows) == 4
+    for attempt in range(3):  # a worker may finish its run between the check and the kill: then again
+        process = order(*args, "-o", tmp_path / f"retried{attempt}", popen=True)
+        killed = kill_first_task(process)
+        output, _ = process.communicate(timeout=300)
+        assert process.returncode == 0, output
+        rows = rows_of(tmp_path / f"retried{attempt}")
+        assert all(r["status"] in ("ok", "invalid") for r in rows) and len(rows) == 4
+        if killed not in {r["pid"] for r in rows}:
+            break
     assert killed not in {r["pid"] for r in rows}
 
-    out = tmp_path / "failed"
-    process = order(*args, "--retries", 0, "-o", out, popen=True)
-    killed = kill_first_task(process)
-    output, _ = process.communicate(timeout=300)
-    assert process.returncode == 0, output
-    failed = [r for r in rows_of(out) if r["status"] == "failed"]
+    for attempt in range(3):  # as above: a kill after the run ended fails nothing
+        out = tmp_path / f"failed{attempt}"
+        process = order(*args, "--retries", 0, "-o", out, popen=True)
+        kill_first_task(process)
+        output, _ = process.communicate(timeout=300)
+        assert process.returncode == 0, output
+        failed = [r for r in rows_of(out) if r["status"] == "failed"]
+        if failed:
+            break
     assert len(failed) == 1 and "failed after 0 retries" in output
     assert failed[0]["error"].split(":")[0] in {"WorkerCrashedError", "RayTaskError", "NodeDiedError"}
     assert "failed" in (out / "report.md").read_text()
