@@ -1,8 +1,9 @@
 """Training-time augmentation for 1 s clips, as MLPerf Tiny's KWS recipe (TF speech_commands): a random
 time shift of up to ±100 ms and, with probability 0.8, background noise at a volume up to 0.1;
 optionally a target SNR range instead of the volume, a simple synthetic reverb, band-limiting, a
-frequency scaling (pitch and formants together, as a shorter or longer vocal tract) and a random
-equalizer (formants weakened or stressed, as voices differ)."""
+frequency scaling (pitch and formants together, as a shorter or longer vocal tract), a random
+equalizer (formants weakened or stressed, as voices differ) and a formant warp (the front end's mel
+triangles moved by a different factor at each formant's range, as F1 and F2 differ between speakers)."""
 
 from __future__ import annotations
 
@@ -18,11 +19,13 @@ class Augmenter:
     def __init__(self, background, seed: int = 0, *, shift_ms: float = 100.0, background_probability: float = 0.8,
                  background_volume: float = 0.1, snr_db: tuple[float, float] | None = None,
                  reverb_probability: float = 0.0, band_limit_probability: float = 0.0,
-                 frequency_scale: tuple[float, float] | None = None, equalizer_probability: float = 0.0):
+                 frequency_scale: tuple[float, float] | None = None, equalizer_probability: float = 0.0,
+                 formant_warp: float = 0.0):
         """``background``: noise recordings (float arrays, ≥ 1 s to be used); ``snr_db`` (lo, hi) mixes
         the noise at a random SNR against the clip's RMS instead of a random volume; ``frequency_scale``
         (lo, hi): every clip's frequencies scaled by a factor drawn log-uniformly from it;
-        ``equalizer_probability``: the share of clips through ``random_equalizer``."""
+        ``equalizer_probability``: the share of clips through ``random_equalizer``; ``formant_warp`` (0: off):
+        the largest stretch of ``formant_warp_weights``, applied in the front end (``mel_weights``)."""
         self.background = [np.asarray(b, dtype=np.float32) for b in background if len(b) >= CLIP_SAMPLES]
         if not 0 <= background_probability <= 1 or not 0 <= reverb_probability <= 1 \
                 or not 0 <= band_limit_probability <= 1 or not 0 <= equalizer_probability <= 1:
@@ -32,6 +35,9 @@ class Augmenter:
         if frequency_scale is not None and not 0.5 <= frequency_scale[0] <= frequency_scale[1] <= 2.0:
             raise EdgepackError(f"frequency scale range {frequency_scale} must be (low, high) with "
                                 "0.5 <= low <= high <= 2")
+        if not 0 <= formant_warp <= MAX_FORMANT_WARP:
+            raise EdgepackError(f"formant warp {formant_warp} must be in [0, {MAX_FORMANT_WARP}]")
+        self.formant_warp = formant_warp
         self.shift = int(round(shift_ms * SAMPLE_RATE / 1000))
         self.background_probability = background_probability
         self.background_volume = background_volume
@@ -69,6 +75,14 @@ class Augmenter:
             out[i] = np.clip(clip, -1.0, 1.0)
         return out
 
+    def mel_weights(self, n: int, rng: np.random.Generator | None = None):
+        """Mel weights [n, bins, mel bins] for the front end (``kws.frontend.mfcc(..., mel=)``), one random
+        formant warp per clip; None when the warp is off."""
+        if not self.formant_warp:
+            return None
+        rng = self.rng if rng is None else rng
+        return np.stack([formant_warp_weights(rng, self.formant_warp) for _ in range(n)])
+
     def _noise(self, n: int, rng: np.random.Generator) -> np.ndarray:
         noise = self.background[int(rng.integers(len(self.background)))]
         start = int(rng.integers(len(noise) - n + 1)) if len(noise) >= n else 0
@@ -93,6 +107,25 @@ def scale_frequencies(clip: np.ndarray, factor: float) -> np.ndarray:
     centre = (start + end) / 2
     positions = centre + (np.arange(len(clip)) - centre) * factor
     return np.interp(positions, np.arange(len(clip)), clip, left=0.0, right=0.0).astype(np.float32)
+
+
+FORMANT_KNOTS_HZ = np.array([250.0, 700.0, 1300.0, 2200.0, 3500.0])  # about F0, F1, F2, F3 and F4
+MAX_FORMANT_WARP = 0.5
+
+
+def formant_warp_weights(rng: np.random.Generator, amount: float, config=None) -> np.ndarray:
+    """The front end's mel weights [bins, mel bins] (float32) seen through a random formant warp: the
+    frequency f is moved to f·s(f), s drawn log-uniformly from [1/(1+amount), 1+amount] at each of
+    FORMANT_KNOTS_HZ and linear in between (constant outside), kept increasing. Unlike one frequency
+    scale, F1 and F2 move by different factors, as they do between speakers (a generalised VTLP,
+    Jaitly and Hinton 2013)."""
+    from edgepack.kws.frontend import DEFAULT, mel_weight_matrix
+
+    log_factors = rng.uniform(-np.log1p(amount), np.log1p(amount), len(FORMANT_KNOTS_HZ))
+
+    def warp(hz):
+        return np.maximum.accumulate(hz * np.exp(np.interp(hz, FORMANT_KNOTS_HZ, log_factors)))
+    return mel_weight_matrix(config or DEFAULT, warp).astype(np.float32)
 
 
 def reverb(clip: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -100,11 +100,14 @@ def hann_window(length: int) -> np.ndarray:
     return 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(length) / length)
 
 
-def mel_weight_matrix(config: MFCCConfig = DEFAULT) -> np.ndarray:
+def mel_weight_matrix(config: MFCCConfig = DEFAULT, warp=None) -> np.ndarray:
     """[fft_length/2 + 1, num_mel_bins] float64, as tf.signal.linear_to_mel_weight_matrix: triangles
-    in mel space with edges evenly spaced from lower_hz to upper_hz; the DC bin gets no weight."""
+    in mel space with edges evenly spaced from lower_hz to upper_hz; the DC bin gets no weight.
+    ``warp`` (training only, kws.augment.formant_warp): maps each bin's frequency (Hz, numpy) to the
+    frequency at which the triangles see it."""
     bins = config.fft_length // 2 + 1
-    spectrum_mel = hertz_to_mel(np.linspace(0.0, config.sample_rate / 2, bins)[1:])[:, None]
+    bin_hz = np.linspace(0.0, config.sample_rate / 2, bins)[1:]
+    spectrum_mel = hertz_to_mel(bin_hz if warp is None else warp(bin_hz))[:, None]
     edges = np.linspace(hertz_to_mel(config.lower_hz), hertz_to_mel(config.upper_hz), config.num_mel_bins + 2)
     lower, center, upper = edges[:-2], edges[1:-1], edges[2:]
     rising = (spectrum_mel - lower) / (center - lower)
@@ -145,25 +148,27 @@ class MFCC(nn.Module):
         self.register_buffer("mel", torch.tensor(mel_weight_matrix(config), dtype=torch.float32), persistent=False)
         self.register_buffer("dct", torch.tensor(dct_matrix(config), dtype=torch.float32), persistent=False)
 
-    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+    def forward(self, audio: torch.Tensor, mel: torch.Tensor | None = None) -> torch.Tensor:
+        """``mel``: other mel weights ([bins, mel bins], or [N, bins, mel bins] one per clip) for training."""
         c = self.config
         if audio.dim() < 1:
             raise FrontendError("MFCC input must have a samples axis (shape [..., samples])")
         c.num_frames(audio.shape[-1])
         frames = audio.to(self.window.dtype).unfold(-1, c.window_length, c.hop_length)
         spectrum = torch.fft.rfft(frames * self.window, n=c.fft_length).abs()
-        return torch.log(spectrum @ self.mel + c.log_offset) @ self.dct
+        return torch.log(spectrum @ (self.mel if mel is None else mel) + c.log_offset) @ self.dct
 
 
 _MODULES: dict[tuple, MFCC] = {}
 
 
-def mfcc(audio: torch.Tensor, config: MFCCConfig = DEFAULT) -> torch.Tensor:
-    """MFCC of float audio [..., samples] (e.g. [B, 16000] → [B, 49, 10]) on audio's device."""
+def mfcc(audio: torch.Tensor, config: MFCCConfig = DEFAULT, mel: torch.Tensor | None = None) -> torch.Tensor:
+    """MFCC of float audio [..., samples] (e.g. [B, 16000] → [B, 49, 10]) on audio's device; ``mel`` as
+    ``MFCC.forward``."""
     key = (config, audio.device)
     if key not in _MODULES:
         _MODULES[key] = MFCC(config).to(audio.device)
-    return _MODULES[key](audio)
+    return _MODULES[key](audio, mel)
 
 
 class AudioModel(nn.Module):

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edgepack.errors import EdgepackError
+from edgepack.kws.augment import MAX_FORMANT_WARP
 from edgepack.kws.labels import CLASSES
 from edgepack.kws.progress import progress_bar
 
@@ -50,6 +51,7 @@ class TrainConfig:
     stream_negatives: float = 0.0
     frequency_scale: list | None = None  # (lo, hi) of kws.augment.scale_frequencies; None: off
     random_eq: float = 0.0  # share of clips through kws.augment.random_equalizer
+    formant_warp: float = 0.0  # largest stretch of kws.augment.formant_warp_weights; 0: off
 
 
 def augmentation_of(config: dict) -> dict:
@@ -57,7 +59,8 @@ def augmentation_of(config: dict) -> dict:
     scale = config.get("frequency_scale")
     return {"shift_ms": float(config.get("time_shift_ms", TIME_SHIFT_MS)),
             "frequency_scale": tuple(scale) if scale else None,
-            "equalizer_probability": float(config.get("random_eq", 0.0))}
+            "equalizer_probability": float(config.get("random_eq", 0.0)),
+            "formant_warp": float(config.get("formant_warp", 0.0))}
 
 
 def learning_rate(epoch: int, epochs: int, rates=LEARNING_RATES) -> float:
@@ -76,8 +79,9 @@ def load_data(data_dir, splits=("train", "validation", "test"), seed: int = 0) -
     return {split: load_split(path, split, seed=seed) for split in splits}
 
 
-def features(audio, batch_size: int = 500):
-    """MFCC features [N, 1, 49, 10] of float32 audio [N, 16000] (numpy or torch), computed in batches."""
+def features(audio, batch_size: int = 500, mel=None):
+    """MFCC features [N, 1, 49, 10] of float32 audio [N, 16000] (numpy or torch), computed in batches;
+    ``mel``: per-clip mel weights [N, bins, mel bins] (kws.augment.Augmenter.mel_weights) or None."""
     import numpy as np
     import torch
 
@@ -85,7 +89,9 @@ def features(audio, batch_size: int = 500):
 
     audio = torch.as_tensor(np.asarray(audio, dtype=np.float32))
     with torch.no_grad():
-        parts = [mfcc(audio[i:i + batch_size]) for i in range(0, len(audio), batch_size)]
+        mel = None if mel is None else torch.as_tensor(mel)
+        parts = [mfcc(audio[i:i + batch_size], mel=None if mel is None else mel[i:i + batch_size])
+                 for i in range(0, len(audio), batch_size)]
     return torch.cat(parts).unsqueeze(1) if parts else torch.zeros(0, 1, 49, 10)
 
 
@@ -131,7 +137,7 @@ def train_epoch(model, optimizer, audio, labels, augmenter, epoch: int, seed: in
         if negatives is not None:
             clips, targets = negatives(clips, targets, rng)
         clips = augmenter(clips, rng) if augmenter is not None else clips
-        x = features(clips)
+        x = features(clips, mel=augmenter.mel_weights(len(clips), rng) if augmenter is not None else None)
         y = torch.as_tensor(targets)
         logits = model(x)
         loss = torch.nn.functional.cross_entropy(logits, y)
@@ -183,7 +189,8 @@ def read_state(run_dir) -> dict | None:
 def train(data_dir, run_dir, model: str = "ds-cnn-s", epochs: int | None = None, quick: bool = False,
           seed: int = 0, console=None, batch_size: int = BATCH_SIZE, learning_rates=None,
           threads: int = 1, time_shift_ms: float | None = None, stream_negatives: float | None = None,
-          frequency_scale: tuple[float, float] | None = None, random_eq: float | None = None) -> dict:
+          frequency_scale: tuple[float, float] | None = None, random_eq: float | None = None,
+          formant_warp: float | None = None) -> dict:
     """Train (or resume training) a DS-CNN in ``run_dir`` on the dataset at ``data_dir``; returns the state
     that ``train.json`` holds (config, per-epoch history, best epoch, test accuracy of the best model).
     ``batch_size`` and ``learning_rates`` default to MLPerf Tiny's (``quick``: QUICK_RATES);
@@ -192,7 +199,9 @@ def train(data_dir, run_dir, model: str = "ds-cnn-s", epochs: int | None = None,
     augmentation's largest shift (default MLPerf Tiny's 100 ms); ``stream_negatives``: the share of
     examples replaced by stream-like unknowns (kws.augment.StreamNegatives; default 0); ``frequency_scale``:
     (lo, hi) of a per-clip frequency scaling (kws.augment.scale_frequencies; default off); ``random_eq``: the
-    share of clips through a random equalizer (kws.augment.random_equalizer; default 0)."""
+    share of clips through a random equalizer (kws.augment.random_equalizer; default 0); ``formant_warp``: the
+    largest stretch of a per-clip formant warp in the front end (kws.augment.formant_warp_weights; default 0,
+    off)."""
     import torch
 
     previous = torch.get_num_threads()
@@ -200,13 +209,13 @@ def train(data_dir, run_dir, model: str = "ds-cnn-s", epochs: int | None = None,
     try:
         return _train(data_dir, run_dir, model, epochs, quick, seed, console, batch_size,
                       learning_rates or (QUICK_RATES if quick else LEARNING_RATES), time_shift_ms, stream_negatives,
-                      frequency_scale, random_eq)
+                      frequency_scale, random_eq, formant_warp)
     finally:
         torch.set_num_threads(previous)
 
 
 def _train(data_dir, run_dir, model, epochs, quick, seed, console, batch_size, learning_rates, time_shift_ms,
-           stream_negatives=None, frequency_scale=None, random_eq=None) -> dict:
+           stream_negatives=None, frequency_scale=None, random_eq=None, formant_warp=None) -> dict:
     """train() with the thread count set."""
     import torch
     from rich.console import Console
@@ -229,12 +238,14 @@ def _train(data_dir, run_dir, model, epochs, quick, seed, console, batch_size, l
         raise KwsTrainError(f"--frequency-scale must be LO,HI with 0.5 <= LO <= HI <= 2, got {frequency_scale}")
     if random_eq is not None and not 0 <= random_eq <= 1:
         raise KwsTrainError(f"--random-eq must be in [0, 1], got {random_eq}")
+    if formant_warp is not None and not 0 <= formant_warp <= MAX_FORMANT_WARP:
+        raise KwsTrainError(f"--formant-warp must be in [0, {MAX_FORMANT_WARP}], got {formant_warp}")
     config = TrainConfig(data=str(Path(data_dir).resolve()), model=model, seed=seed, batch_size=batch_size,
                          learning_rates=list(learning_rates), epochs=epochs or (EPOCHS_QUICK if quick else EPOCHS_FULL),
                          time_shift_ms=TIME_SHIFT_MS if time_shift_ms is None else time_shift_ms,
                          stream_negatives=stream_negatives or 0.0,
                          frequency_scale=None if frequency_scale is None else list(frequency_scale),
-                         random_eq=random_eq or 0.0)
+                         random_eq=random_eq or 0.0, formant_warp=formant_warp or 0.0)
     state = read_state(run)
     if state is not None:
         saved = state["config"]
@@ -251,6 +262,7 @@ def _train(data_dir, run_dir, model, epochs, quick, seed, console, batch_size, l
         config.stream_negatives = saved.get("stream_negatives", 0.0)
         config.frequency_scale = saved.get("frequency_scale")
         config.random_eq = saved.get("random_eq", 0.0)
+        config.formant_warp = saved.get("formant_warp", 0.0)
     data = load_data(data_dir, seed=seed)
     torch.manual_seed(seed)
     net, builder, kwargs = build_model(model, classes=len(CLASSES))
@@ -348,7 +360,7 @@ def _handler(args) -> int:
         train(args.data, args.output, model=args.model, epochs=args.epochs, quick=args.quick, seed=args.seed,
               threads=args.threads, learning_rates=args.lr, time_shift_ms=args.time_shift_ms,
               stream_negatives=args.stream_negatives, frequency_scale=args.frequency_scale,
-              random_eq=args.random_eq)
+              random_eq=args.random_eq, formant_warp=args.formant_warp)
     except KeyboardInterrupt:
         print(f"\ninterrupted; rerun the same command to continue from the last finished epoch in {args.output}")
         return 130
@@ -388,4 +400,9 @@ def add_parser(subparsers) -> None:
                         help="pass each clip with probability P through a smooth random equalizer (-18..+6 dB at "
                              "8 points from 100 Hz to 8 kHz): voices whose formants are weaker or stronger than the "
                              "training voices' (default 0; see README)")
+    parser.add_argument("--formant-warp", type=float, metavar="A",
+                        help="move the front end's view of each clip's F1, F2, F3 by different factors, each drawn "
+                             "log-uniformly from [1/(1+A), 1+A] (e.g. 0.25): voices whose formants sit apart "
+                             f"differently from the training voices' (default 0, off; at most {MAX_FORMANT_WARP:g}; "
+                             "see README)")
     parser.set_defaults(handler=_handler)

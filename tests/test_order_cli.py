@@ -150,30 +150,34 @@ def kill_first_task(process: subprocess.Popen, timeout: float = 120) -> int:
     raise AssertionError("no Ray worker ran a task: " + (process.stdout.read() if process.poll() is not None else ""))
 
 
+def sweep_with_a_killed_task(args: list, out: Path, landed) -> tuple[str, Path, int]:
+    """Run ``edgepack order ARGS -o OUT<n>`` with its first running task's worker killed; the kill may land
+    just after that run ended, so run again (3 times at most) until ``landed(output, out, killed pid)``.
+    Returns the last (output, out folder, killed pid)."""
+    for attempt in range(3):
+        folder = out.with_name(f"{out.name}{attempt}")
+        process = order(*args, "-o", folder, popen=True)
+        killed = kill_first_task(process)
+        output, _ = process.communicate(timeout=300)
+        assert process.returncode == 0, output
+        if landed(output, folder, killed):
+            break
+    return output, folder, killed
+
+
 def test_a_killed_worker_is_retried_or_recorded_as_failed(slow_task, tmp_path):
     model, data = slow_task
     args = ["--model", model, "--data", data, "--stages", "P,Q", "--seeds", 1, "--budget", 6, "--random-orders",
             0, "--local-cpus", 2, "--no-latency"]
-    for attempt in range(3):  # a worker may finish its run between the check and the kill: then again
-        process = order(*args, "-o", tmp_path / f"retried{attempt}", popen=True)
-        killed = kill_first_task(process)
-        output, _ = process.communicate(timeout=300)
-        assert process.returncode == 0, output
-        rows = rows_of(tmp_path / f"retried{attempt}")
-        assert all(r["status"] in ("ok", "invalid") for r in rows) and len(rows) == 4
-        if killed not in {r["pid"] for r in rows}:
-            break
+    _, out, killed = sweep_with_a_killed_task(args, tmp_path / "retried",
+                                              lambda _, out, killed: killed not in {r["pid"] for r in rows_of(out)})
+    rows = rows_of(out)
+    assert all(r["status"] in ("ok", "invalid") for r in rows) and len(rows) == 4
     assert killed not in {r["pid"] for r in rows}
 
-    for attempt in range(3):  # as above: a kill after the run ended fails nothing
-        out = tmp_path / f"failed{attempt}"
-        process = order(*args, "--retries", 0, "-o", out, popen=True)
-        kill_first_task(process)
-        output, _ = process.communicate(timeout=300)
-        assert process.returncode == 0, output
-        failed = [r for r in rows_of(out) if r["status"] == "failed"]
-        if failed:
-            break
+    output, out, _ = sweep_with_a_killed_task([*args, "--retries", 0], tmp_path / "failed",
+                                              lambda _, out, __: any(r["status"] == "failed" for r in rows_of(out)))
+    failed = [r for r in rows_of(out) if r["status"] == "failed"]
     assert len(failed) == 1 and "failed after 0 retries" in output
     assert failed[0]["error"].split(":")[0] in {"WorkerCrashedError", "RayTaskError", "NodeDiedError"}
     assert "failed" in (out / "report.md").read_text()

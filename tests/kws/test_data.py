@@ -314,6 +314,8 @@ def test_train_refuses_bad_voice_augmentation_before_any_work(tmp_path, capsys):
         train(tmp_path / "no-such-data", tmp_path / "run", frequency_scale=(0.3, 1.0))
     with pytest.raises(KwsTrainError, match=r"--random-eq must be in \[0, 1\], got 2"):
         train(tmp_path / "no-such-data", tmp_path / "run", random_eq=2.0)
+    with pytest.raises(KwsTrainError, match=r"--formant-warp must be in \[0, 0.5\], got 0.7"):
+        train(tmp_path / "no-such-data", tmp_path / "run", formant_warp=0.7)
     for text in ("1.4,0.9", "fast", "0.9"):
         with pytest.raises(SystemExit) as stop:
             main(["kws", "train", "--data", str(tmp_path), "-o", str(tmp_path / "run"), "--frequency-scale", text])
@@ -339,3 +341,54 @@ def test_random_equalizer_applies_a_smooth_gain_curve_within_its_range():
             assert EQ_GAIN_DB[0] <= want <= EQ_GAIN_DB[1]
     with pytest.raises(Exception, match=r"probabilities must be in \[0, 1\]"):
         Augmenter([], equalizer_probability=1.5)
+
+
+class _Fixed:
+    """A stand-in generator whose uniform() returns the given log factors (one per formant knot)."""
+
+    def __init__(self, log_factors):
+        self.log_factors = np.asarray(log_factors, dtype=np.float64)
+
+    def uniform(self, low, high, size):
+        assert len(self.log_factors) == size and np.all((low <= self.log_factors) & (self.log_factors <= high))
+        return self.log_factors
+
+
+def _mel_position(tone_hz, weights=None):
+    """Where a tone's energy lands among the 40 mel bands (the energy-weighted mean band index): one
+    Hann-windowed frame, numpy's FFT, the weights."""
+    from edgepack.kws.frontend import hann_window, mel_weight_matrix
+
+    frame = np.sin(2 * np.pi * tone_hz * np.arange(480) / 16000) * hann_window(480)
+    energy = np.abs(np.fft.rfft(frame, 512)) @ (mel_weight_matrix() if weights is None else weights)
+    return float(energy @ np.arange(len(energy)) / energy.sum())
+
+
+def test_formant_warp_moves_each_formant_range_by_its_own_factor():
+    """Through the warped front end a tone at f shows where an unwarped tone at f·s(f) does: with the factor
+    0.75 at 1300 Hz and 1 at the other knots, 1300 Hz moves to the band of 975 Hz, 700 Hz and 3500 Hz stay;
+    a constant 1.2 moves 1000 Hz to 1200 Hz; the Augmenter draws one warp per clip (none when off), and the
+    torch front end applies per-clip weights as numpy does."""
+    import torch
+
+    from edgepack.kws.augment import FORMANT_KNOTS_HZ, Augmenter, formant_warp_weights
+    from edgepack.kws.frontend import DEFAULT, dct_matrix, hann_window, mel_weight_matrix, mfcc
+
+    f2_down = formant_warp_weights(_Fixed(np.log([1, 1, 0.75, 1, 1])), 0.4)
+    assert f2_down.shape == mel_weight_matrix().shape and f2_down.dtype == np.float32
+    for tone, seen_as in ((1300, 975), (700, 700), (3500, 3500)):
+        assert _mel_position(tone, f2_down) == pytest.approx(_mel_position(seen_as), abs=0.2)
+    assert _mel_position(1300) - _mel_position(1300, f2_down) > 3
+    wider = formant_warp_weights(_Fixed(np.full(len(FORMANT_KNOTS_HZ), np.log(1.2))), 0.25)
+    assert _mel_position(1000, wider) == pytest.approx(_mel_position(1200), abs=0.2)
+    assert _mel_position(1000, wider) - _mel_position(1000) > 2
+    aug = Augmenter([], seed=5, formant_warp=0.25)
+    weights = aug.mel_weights(3)
+    assert weights.shape == (3, *mel_weight_matrix().shape) and not np.array_equal(weights[0], weights[1])
+    assert Augmenter([], seed=5).mel_weights(3) is None
+    audio = np.random.default_rng(6).standard_normal((3, CLIP_SAMPLES)).astype(np.float32) * 0.1
+    spectrum = np.abs(np.fft.rfft(audio[:, np.arange(49)[:, None] * 320 + np.arange(480)] * hann_window(480), 512))
+    want = np.log(np.einsum("nfb,nbm->nfm", spectrum, weights) + DEFAULT.log_offset) @ dct_matrix()
+    np.testing.assert_allclose(mfcc(torch.as_tensor(audio), mel=torch.as_tensor(weights)).numpy(), want, atol=1e-4)
+    with pytest.raises(Exception, match=r"formant warp 0.6 must be in \[0, 0.5\]"):
+        Augmenter([], formant_warp=0.6)

@@ -87,7 +87,7 @@ def test_training_writes_checkpoints_and_a_log_and_learns(run):
 
 def test_an_interrupted_run_resumes_to_the_same_weights(tree, tmp_path, monkeypatch):
     """Also with the voice augmentations: train.json records them and the resumed run keeps them."""
-    voices = {"frequency_scale": (0.9, 1.3), "random_eq": 0.5}
+    voices = {"frequency_scale": (0.9, 1.3), "random_eq": 0.5, "formant_warp": 0.3}
     straight = tmp_path / "straight"
     train(tree, straight, epochs=3, **FAST, **voices)
     real_epoch, calls = train_module.train_epoch, []
@@ -105,6 +105,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tree, tmp_path, monkeypa
     saved = json.loads((resumed / "train.json").read_text())
     assert saved["epochs_done"] == 2
     assert saved["config"]["frequency_scale"] == [0.9, 1.3] and saved["config"]["random_eq"] == 0.5
+    assert saved["config"]["formant_warp"] == 0.3
     monkeypatch.setattr(train_module, "train_epoch", real_epoch)
     state = train(tree, resumed, **FAST)  # the command again (augmentations as saved): epoch 3 only
     assert [row["epoch"] for row in state["history"]] == [1, 2, 3]
