@@ -1,5 +1,5 @@
 """LeNet-300-100 and LeNet-5-Caffe, the MNIST models of the pruning / weight-sharing papers, and
-their pretraining (Adam, a few epochs).
+their pretraining (Adam for a few epochs, or Caffe's MNIST solver).
 
 The builders are registered for checkpoints (``edgepack.benchmarks.lenet:lenet_300_100`` ...), so a
 saved LeNet rebuilds from its name alone; no code is stored in or named by the file.
@@ -79,4 +79,49 @@ def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
         if progress:
             progress.remove_task(task)
         losses.append(total / max(len(labels), 1))
+    return losses
+
+
+# Caffe's examples/mnist/lenet_solver.prototxt, which trained the LeNet-5-Caffe of the papers: SGD with
+# momentum and weight decay, batches of 64 (lenet_train_test.prototxt), the "inv" learning-rate policy.
+CAFFE_SOLVER = {"base_lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "gamma": 1e-4, "power": 0.75,
+                "batch_size": 64, "iterations": 10_000}
+
+
+def caffe_learning_rate(iteration: int) -> float:
+    """Caffe's "inv" policy: base_lr · (1 + gamma · iteration)^−power."""
+    s = CAFFE_SOLVER
+    return s["base_lr"] * (1 + s["gamma"] * iteration) ** -s["power"]
+
+
+def train_caffe_solver(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, seed: int = 0,
+                       iterations: int = CAFFE_SOLVER["iterations"], progress=None,
+                       description: str = "pretrain") -> list[float]:
+    """Train as Caffe's MNIST solver (CAFFE_SOLVER) does, on shuffled batches (order fixed by ``seed``), with
+    PyTorch's SGD (momentum as PyTorch applies it: the current rate scales the whole step); returns the
+    mean loss of every pass over the data."""
+    s = CAFFE_SOLVER
+    optimizer = torch.optim.SGD(model.parameters(), lr=s["base_lr"], momentum=s["momentum"],
+                                weight_decay=s["weight_decay"])
+    generator = torch.Generator().manual_seed(seed)
+    task = progress.add_task(f"{description} ({iterations} iterations)", total=iterations) if progress else None
+    losses, iteration = [], 0
+    while iteration < iterations:
+        model.train()
+        total, seen = 0.0, 0
+        for batch in torch.randperm(len(labels), generator=generator).split(s["batch_size"]):
+            if iteration == iterations:
+                break
+            for group in optimizer.param_groups:
+                group["lr"] = caffe_learning_rate(iteration)
+            loss = nn.functional.cross_entropy(model(images[batch]), labels[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total, seen, iteration = total + float(loss.detach()) * len(batch), seen + len(batch), iteration + 1
+            if progress:
+                progress.advance(task)
+        losses.append(total / max(seen, 1))
+    if progress:
+        progress.remove_task(task)
     return losses

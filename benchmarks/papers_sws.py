@@ -24,6 +24,7 @@ PAPER = {
     "lenet-5": {"error_before": 0.88, "error_after": 0.97, "nonzero_percent": 0.5, "rate": 162.0},
 }
 PRETRAIN_EPOCHS = {"lenet-300-100": 10, "lenet-5": 8}
+PRETRAIN_SOLVERS = ("adam", "caffe")  # lenet.train_classifier / lenet.train_caffe_solver
 RETRAIN_EPOCHS = 30  # as the authors' tutorial (at its slower prior rates); measured in README "Papers"
 TAU = 0.05
 BATCH_SIZE = 256
@@ -45,18 +46,24 @@ class PapersError(EdgepackError):
     """Bad input to a ``papers`` run; the message names the option and what would be valid."""
 
 
-def _pretrained(name: str, work: Path, train, epochs: int, seed: int, tag: str, progress):
-    """The pretrained model from the work folder's checkpoint, or trained now and saved there."""
-    from edgepack.benchmarks.lenet import BUILDER_NAMES, MODELS, train_classifier
+def _pretrained(name: str, work: Path, train, epochs: int, seed: int, tag: str, progress, solver: str = "adam"):
+    """The pretrained model from the work folder's checkpoint, or trained now and saved there: ``epochs``
+    of Adam, or (``solver`` "caffe") Caffe's MNIST solver (lenet.CAFFE_SOLVER, which sets its own length)."""
+    from edgepack.benchmarks.lenet import BUILDER_NAMES, MODELS, train_caffe_solver, train_classifier
     from edgepack.compression import load_checkpoint, save_checkpoint
 
-    path = work / f"{name}-pretrained-{tag}-e{epochs}-s{seed}.safetensors"
+    length = f"e{epochs}" if solver == "adam" else "caffe"
+    path = work / f"{name}-pretrained-{tag}-{length}-s{seed}.safetensors"
     if path.exists():
         return load_checkpoint(path), True
     torch.manual_seed(seed)
     model = MODELS[name]()
-    train_classifier(model, train.images, train.labels, epochs=epochs, seed=seed, progress=progress,
-                description=f"pretrain {name}")
+    if solver == "caffe":
+        train_caffe_solver(model, train.images, train.labels, seed=seed, progress=progress,
+                           description=f"pretrain {name}, Caffe's solver")
+    else:
+        train_classifier(model, train.images, train.labels, epochs=epochs, seed=seed, progress=progress,
+                         description=f"pretrain {name}")
     save_checkpoint(model, path, BUILDER_NAMES[name])
     return model, False
 
@@ -90,11 +97,12 @@ def _plot(before, after, prior_before, prior_after, path: Path) -> str:
 def run_sws(name: str, work: str | Path, *, epochs: int | None = None, pretrain_epochs: int | None = None,
             quick: bool = False, tau: float | None = None, kl_threshold: float = KL_THRESHOLD, seed: int = 0,
             export: bool = True, progress: bool = True, final_epochs: int | None = None,
-            final_tau: float | None = None, **retrain_options) -> dict:
+            final_tau: float | None = None, pretrain: str = "adam", **retrain_options) -> dict:
     """Run the whole reproduction for ``name`` (lenet-300-100 or lenet-5); returns the JSON report.
 
     ``retrain_options`` go to ``compression.sws.retrain`` (batch_size, lr, prior_lrs, ...), those
-    named in ``PRIOR_OPTIONS`` to the prior's initialisation (``MixturePrior.from_model``).
+    named in ``PRIOR_OPTIONS`` to the prior's initialisation (``MixturePrior.from_model``). ``pretrain``:
+    "adam" (``pretrain_epochs`` of Adam) or "caffe" (Caffe's MNIST solver, 10,000 SGD iterations).
     ``final_epochs`` more epochs at ``final_tau`` follow with the mixture frozen (τ annealed up, as
     the authors' tutorial suggests), so the weights settle on the means before quantization."""
     from edgepack.benchmarks.lenet import MODELS, error_rate
@@ -110,6 +118,10 @@ def run_sws(name: str, work: str | Path, *, epochs: int | None = None, pretrain_
         raise PapersError(f"--final-epochs must be an integer >= 0, got {final_epochs!r}")
     if final_tau is not None and not (isinstance(final_tau, (int, float)) and 0 <= final_tau < float("inf")):
         raise PapersError(f"--final-tau must be a finite number >= 0, got {final_tau!r}")
+    if pretrain not in PRETRAIN_SOLVERS:
+        raise PapersError(f"--pretrain {pretrain!r} is not a pretraining (valid: {', '.join(PRETRAIN_SOLVERS)})")
+    if pretrain == "caffe" and pretrain_epochs is not None:
+        raise PapersError("--pretrain-epochs is for --pretrain adam; Caffe's solver runs a fixed 10,000 iterations")
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     tag = "quick" if quick else "full"
@@ -126,7 +138,7 @@ def run_sws(name: str, work: str | Path, *, epochs: int | None = None, pretrain_
     train = load_mnist("train", limit=QUICK["train"] if quick else None, seed=seed)
     test = load_mnist("test", limit=QUICK["test"] if quick else None, seed=seed)
     with progress_bar(enabled=progress) as bar:
-        model, cached = _pretrained(name, work, train, pretrain_epochs, seed, tag, bar)
+        model, cached = _pretrained(name, work, train, pretrain_epochs, seed, tag, bar, pretrain)
     error_before = error_rate(model, test.images, test.labels)
     pretrain_done = time.perf_counter()
 
@@ -155,7 +167,8 @@ def run_sws(name: str, work: str | Path, *, epochs: int | None = None, pretrain_
     result = {
         "model": name, "quick": quick, "seed": seed, "tau": tau, "kl_threshold": kl_threshold,
         "retrain_options": {**retrain_options, **prior_options}, "train_samples": len(train), "test_samples": len(test),
-        "pretrain_epochs": pretrain_epochs, "pretrained_from_cache": cached, "epochs": epochs,
+        "pretrain": pretrain, "pretrain_epochs": pretrain_epochs if pretrain == "adam" else None,
+        "pretrained_from_cache": cached, "epochs": epochs,
         "final_epochs": final_epochs, "final_tau": final_tau,
         "error_before": error_before, "error_after": error_rate(model, test.images, test.labels),
         "nonzero_percent": size.nonzero_percent, "rate": size.rate,
@@ -185,7 +198,9 @@ def format_result(result: dict) -> str:
     final = (f" + {result['final_epochs']} at tau {result['final_tau']:g}, mixture frozen"
              if result.get("final_epochs") else "")
     data = "full MNIST" if not result["quick"] else f"MNIST subset {result['train_samples']}/{result['test_samples']}"
-    lines = [f"Soft weight-sharing, {result['model']} ({data}; pretrain {result['pretrain_epochs']} epochs"
+    pretrain = (f"{result['pretrain_epochs']} epochs" if result.get("pretrain", "adam") == "adam"
+                else "Caffe's solver")
+    lines = [f"Soft weight-sharing, {result['model']} ({data}; pretrain {pretrain}"
              f"{' (cached)' if result['pretrained_from_cache'] else ''}, retrain {result['epochs']} epochs, "
              f"tau {result['tau']}{final}, {result['wall_seconds']:.0f} s)",
              f"{'':<{width}}  {'paper':>10}  {'edgepack':>16}"]
@@ -202,7 +217,8 @@ def _handler(args) -> int:
                      quick=args.quick, tau=args.tau, kl_threshold=args.kl_threshold, seed=args.seed,
                      export=args.export, batch_size=args.batch_size, lr=args.lr, prior_lrs=prior_lrs or None,
                      pi_zero=args.pi_zero, init_std=args.init_std, gamma_zero=args.gamma_zero,
-                     gamma_others=args.gamma_others, final_epochs=args.final_epochs, final_tau=args.final_tau)
+                     gamma_others=args.gamma_others, final_epochs=args.final_epochs, final_tau=args.final_tau,
+                     pretrain=args.pretrain)
     print(format_result(result))
     print(f"report: {Path(args.work) / f'sws-{args.model}.json'}")
     return 0
@@ -245,6 +261,10 @@ def add_parser(subcommands) -> None:
                         help="pretraining epochs when no cached checkpoint exists (default "
                              f"{PRETRAIN_EPOCHS['lenet-300-100']} / {PRETRAIN_EPOCHS['lenet-5']}; --quick "
                              f"{QUICK['pretrain_epochs']})")
+    parser.add_argument("--pretrain", choices=PRETRAIN_SOLVERS, default="adam",
+                        help="adam (default: --pretrain-epochs of Adam) or caffe (Caffe's MNIST solver, which "
+                             "trained the paper's LeNet-5-Caffe: SGD, momentum 0.9, weight decay 5e-4, batch 64, "
+                             "rate 0.01 on the inv policy, 10,000 iterations)")
     parser.add_argument("--quick", action="store_true",
                         help=f"a seeded MNIST subset ({QUICK['train']} train / {QUICK['test']} test) and few "
                              "epochs (for CI)")

@@ -51,4 +51,38 @@ def test_bad_prior_and_final_phase_settings_are_refused_by_name(tmp_path, capsys
         assert message in capsys.readouterr().err
     assert main(["papers", "sws", "--work", str(tmp_path), "--final-tau", "-1"]) == 2
     assert "--final-tau must be a finite number >= 0" in capsys.readouterr().err
+    assert main(["papers", "sws", "--work", str(tmp_path), "--pretrain", "caffe", "--pretrain-epochs", "3"]) == 2
+    assert "--pretrain-epochs is for --pretrain adam" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:
+        main(["papers", "sws", "--work", str(tmp_path), "--pretrain", "sgd"])
+    assert stopped.value.code == 2 and "--pretrain" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_caffe_solver_steps_as_sgd_with_momentum_decay_and_the_inv_rate():
+    """Seven iterations of lenet.train_caffe_solver on 200 images (batches of 64, so a second pass starts)
+    equal the update written out by hand: v = 0.9 v + (g + 5e-4 w), w -= rate(it) v, rate(it) = 0.01 (1 +
+    1e-4 it)^-0.75 (Caffe's inv policy), batches in the seeded order."""
+    from torch import nn
+
+    from edgepack.benchmarks.lenet import train_caffe_solver
+
+    torch.manual_seed(0)
+    images, labels = torch.randn(200, 1, 28, 28), torch.randint(0, 10, (200,))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    reference = [p.detach().clone() for p in model.parameters()]
+    train_caffe_solver(model, images, labels, seed=3, iterations=7)
+
+    velocity = [torch.zeros_like(p) for p in reference]
+    generator = torch.Generator().manual_seed(3)
+    batches = [*torch.randperm(200, generator=generator).split(64), *torch.randperm(200, generator=generator).split(64)]
+    for iteration, batch in enumerate(batches[:7]):
+        weights = [p.clone().requires_grad_() for p in reference]
+        logits = images[batch].flatten(1) @ weights[0].T + weights[1]
+        grads = torch.autograd.grad(nn.functional.cross_entropy(logits, labels[batch]), weights)
+        rate = 0.01 * (1 + 1e-4 * iteration) ** -0.75
+        for k, (w, g) in enumerate(zip(reference, grads)):
+            velocity[k] = 0.9 * velocity[k] + g + 5e-4 * w if iteration else g + 5e-4 * w
+            reference[k] = w - rate * velocity[k]
+    for trained, want in zip(model.parameters(), reference):
+        torch.testing.assert_close(trained.detach(), want, rtol=1e-5, atol=1e-6)
